@@ -1,0 +1,203 @@
+//! The error body and its stable codes. The API edge maps every backend
+//! error kind here with an exhaustive `match`, so a new kind forces a decision
+//! about its code and status.
+
+use crate::backend::{self, ErrorKind};
+use http::StatusCode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Stable error codes (documented in the README).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    InvalidRequest,
+    Unauthenticated,
+    Forbidden,
+    KeyNotFound,
+    NotFound,
+    OperationNotSupported,
+    PayloadTooLarge,
+    DecryptionFailed,
+    RateLimited,
+    BackendError,
+    BackendUnavailable,
+    BackendTimeout,
+    Internal,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidRequest => "invalid_request",
+            Code::Unauthenticated => "unauthenticated",
+            Code::Forbidden => "forbidden",
+            Code::KeyNotFound => "key_not_found",
+            Code::NotFound => "not_found",
+            Code::OperationNotSupported => "operation_not_supported",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::DecryptionFailed => "decryption_failed",
+            Code::RateLimited => "rate_limited",
+            Code::BackendError => "backend_error",
+            Code::BackendUnavailable => "backend_unavailable",
+            Code::BackendTimeout => "backend_timeout",
+            Code::Internal => "internal",
+        }
+    }
+
+    /// The status a code is answered with (`operation_not_supported` is 422
+    /// for a key that cannot do the operation, 405 for a wrong HTTP method).
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::InvalidRequest => StatusCode::BAD_REQUEST,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::KeyNotFound | Code::NotFound => StatusCode::NOT_FOUND,
+            Code::OperationNotSupported | Code::DecryptionFailed => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::BackendError => StatusCode::BAD_GATEWAY,
+            Code::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error as the caller sees it. The message helps fix the call and never
+/// holds key material, plaintext, tokens or secrets.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: Code,
+    pub status: StatusCode,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            status: code.status(),
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidRequest, message)
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// The JSON body: `{"error":{"code","message","retryable","request_id"}}`.
+    pub fn body(&self, request_id: &str) -> serde_json::Value {
+        serde_json::json!({"error": {
+            "code": self.code.as_str(),
+            "message": self.message,
+            "retryable": self.retryable,
+            "request_id": request_id,
+        }})
+    }
+}
+
+impl Code {
+    /// The code of a backend error kind.
+    pub fn of(kind: ErrorKind) -> Code {
+        match kind {
+            ErrorKind::InvalidRequest => Code::InvalidRequest,
+            ErrorKind::KeyNotFound => Code::KeyNotFound,
+            ErrorKind::OperationNotSupported => Code::OperationNotSupported,
+            ErrorKind::PayloadTooLarge => Code::PayloadTooLarge,
+            ErrorKind::DecryptionFailed => Code::DecryptionFailed,
+            ErrorKind::Forbidden => Code::Forbidden,
+            ErrorKind::Unauthenticated => Code::Unauthenticated,
+            ErrorKind::Backend => Code::BackendError,
+            ErrorKind::Unavailable | ErrorKind::Throttled => Code::BackendUnavailable,
+            ErrorKind::Timeout => Code::BackendTimeout,
+        }
+    }
+}
+
+impl From<backend::Error> for ApiError {
+    fn from(e: backend::Error) -> Self {
+        let code = Code::of(e.kind);
+        Self {
+            retryable: e.retryable,
+            ..ApiError::new(code, e.message)
+        }
+    }
+}
+
+/// Parses a JSON request body. An empty body reads as `{}`. Errors name the
+/// field and why, without quoting the value that was sent.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_data() {
+            if path == "." {
+                ApiError::invalid(format!("request body: {}", sanitize(&inner.to_string())))
+            } else {
+                ApiError::invalid(format!("field `{path}`: {}", sanitize(&inner.to_string())))
+            }
+        } else {
+            ApiError::invalid(format!("request body is not valid JSON: {inner}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
+    Ok(value)
+}
+
+/// Drops the quoted input from serde's "invalid type/value" messages (it may be
+/// a secret sent in the wrong field) and the position suffix.
+fn sanitize(message: &str) -> String {
+    let message = message.split(" at line ").next().unwrap_or(message);
+    for marker in ["unknown variant `", "unknown algorithm `"] {
+        if let Some(start) = message.find(marker) {
+            let rest = &message[start + marker.len()..];
+            let after = rest.find('`').map_or("", |i| &rest[i + 1..]);
+            return format!("{}{}{after}", &message[..start], marker.trim_end_matches(" `"));
+        }
+    }
+    for marker in ["invalid type: ", "invalid value: "] {
+        if let Some(start) = message.find(marker) {
+            let rest = &message[start + marker.len()..];
+            let kind = rest.split([' ', ',']).next().unwrap_or("value");
+            let expected = rest.find(", expected").map_or("", |i| &rest[i..]);
+            return format!("{}{marker}{kind}{expected}", &message[..start]);
+        }
+    }
+    message.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{EncryptRequest, SignRequest};
+
+    #[test]
+    fn parse_errors_name_the_field_without_quoting_values() {
+        let e = parse_json::<EncryptRequest>(br#"{"plaintext": 5}"#).unwrap_err();
+        assert_eq!(e.message, "field `plaintext`: invalid type: integer, expected a standard base64 string");
+        let e = parse_json::<EncryptRequest>(br#"{"plaintext": "c2VjcmV0", "context": {"a": "SECRETVALUE", "b": 1}}"#).unwrap_err();
+        assert!(e.message.starts_with("field `context.b`"), "{}", e.message);
+        let e = parse_json::<SignRequest>(br#"{"message": "not base64!!"}"#).unwrap_err();
+        assert_eq!(e.message, "field `message`: is not valid standard base64");
+        let e = parse_json::<SignRequest>(br#"{"mesage": "aGk="}"#).unwrap_err();
+        assert!(e.message.contains("unknown field `mesage`"), "{}", e.message);
+        let e = parse_json::<SignRequest>(br#"{"format": "SECRETFORMAT"}"#).unwrap_err();
+        assert!(!e.message.contains("SECRET"), "{}", e.message);
+        let e = parse_json::<SignRequest>(b"{").unwrap_err();
+        assert!(e.message.starts_with("request body is not valid JSON"), "{}", e.message);
+        let e = parse_json::<SignRequest>(b"{} {}").unwrap_err();
+        assert!(e.message.contains("trailing"), "{}", e.message);
+        assert!(parse_json::<SignRequest>(b"").is_ok());
+    }
+}

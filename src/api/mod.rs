@@ -1,0 +1,318 @@
+//! Wire types of API v1 (SPEC §4) and the error body with its stable codes.
+//! Pure serde: no IO, no backend calls.
+
+mod error;
+
+pub use error::{ApiError, Code, parse_json};
+
+use crate::backend::{Context, VersionInfo};
+use crate::crypto::{Algorithm, Purpose, SignatureFormat};
+use crate::policy::Op;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use zeroize::Zeroizing;
+
+/// Binary input: standard base64 in JSON, decoded into a buffer that is
+/// zeroized on drop and never printed.
+pub struct B64(pub Zeroizing<Vec<u8>>);
+
+impl fmt::Debug for B64 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "B64({} bytes, redacted)", self.0.len())
+    }
+}
+
+impl<'de> Deserialize<'de> for B64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = B64;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a standard base64 string")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<B64, E> {
+                STANDARD
+                    .decode(s)
+                    .map(|v| B64(Zeroizing::new(v)))
+                    .map_err(|_| E::custom("is not valid standard base64"))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Standard base64 of output bytes.
+pub fn b64(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+/// A key version in a request: `"2"` or `2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionArg(pub String);
+
+impl<'de> Deserialize<'de> for VersionArg {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = VersionArg;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key version (string or number)")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<VersionArg, E> {
+                Ok(VersionArg(v.to_string()))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<VersionArg, E> {
+                if s.is_empty() || s.len() > 128 {
+                    return Err(E::custom("must be 1 to 128 characters"));
+                }
+                Ok(VersionArg(s.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `POST /v1/keys/{name}/sign`: exactly one of `message` and `digest`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    pub message: Option<B64>,
+    pub digest: Option<B64>,
+    pub algorithm: Option<Algorithm>,
+    pub format: Option<SignatureFormat>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SignResponse {
+    pub signature: String,
+    pub algorithm: Algorithm,
+    pub key: String,
+    pub version: String,
+}
+
+/// `POST /v1/keys/{name}/sign-batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignBatchRequest {
+    pub items: Vec<SignItem>,
+    pub algorithm: Option<Algorithm>,
+    pub format: Option<SignatureFormat>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignItem {
+    pub message: Option<B64>,
+    pub digest: Option<B64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SignBatchResponse {
+    pub signatures: Vec<String>,
+    pub algorithm: Algorithm,
+    pub key: String,
+    pub version: String,
+}
+
+/// `POST /v1/keys/{name}/verify`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    pub message: Option<B64>,
+    pub digest: Option<B64>,
+    pub signature: B64,
+    pub version: Option<VersionArg>,
+    pub algorithm: Option<Algorithm>,
+    /// ECDSA: `der` or `raw`; guessed from the length when absent.
+    pub format: Option<SignatureFormat>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VerifyResponse {
+    pub valid: bool,
+    pub version: String,
+}
+
+/// `POST /v1/keys/{name}/encrypt`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptRequest {
+    pub plaintext: B64,
+    #[serde(default)]
+    pub context: Context,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EncryptResponse {
+    pub ciphertext: String,
+    pub version: String,
+}
+
+/// `POST /v1/keys/{name}/decrypt`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecryptRequest {
+    pub ciphertext: B64,
+    #[serde(default)]
+    pub context: Context,
+}
+
+/// Holds base64 plaintext: zeroized on drop.
+#[derive(Serialize)]
+pub struct DecryptResponse {
+    pub plaintext: Zeroizing<String>,
+}
+
+impl fmt::Debug for DecryptResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DecryptResponse { plaintext: <redacted> }")
+    }
+}
+
+/// `POST /v1/keys/{name}/datakey`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataKeyRequest {
+    #[serde(default)]
+    pub context: Context,
+    #[serde(default = "default_bits")]
+    pub bits: u32,
+}
+
+fn default_bits() -> u32 {
+    256
+}
+
+#[derive(Serialize)]
+pub struct DataKeyResponse {
+    pub plaintext_key: Zeroizing<String>,
+    pub encrypted_key: String,
+    pub version: String,
+}
+
+impl fmt::Debug for DataKeyResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKeyResponse")
+            .field("plaintext_key", &"<redacted>")
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// `POST /v1/keys/{name}/mac`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MacRequest {
+    pub message: B64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MacResponse {
+    pub mac: String,
+    pub version: String,
+}
+
+/// `POST /v1/keys/{name}/verify-mac`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyMacRequest {
+    pub message: B64,
+    pub mac: B64,
+    pub version: Option<VersionArg>,
+}
+
+/// `POST /v1/keys/{name}/rotate` takes no body (or `{}`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {}
+
+#[derive(Debug, Serialize)]
+pub struct RotateResponse {
+    pub key: String,
+    pub version: String,
+}
+
+/// `GET /v1/keys`.
+#[derive(Debug, Serialize)]
+pub struct KeyList {
+    pub keys: Vec<KeySummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeySummary {
+    pub name: String,
+    pub backend: String,
+    pub algorithm: Option<Algorithm>,
+    pub ops: Vec<Op>,
+    pub version: Option<String>,
+    /// Why algorithm and version are missing, when the backend did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/keys/{name}`.
+#[derive(Debug, Serialize)]
+pub struct KeyMetadataResponse {
+    pub name: String,
+    pub backend: String,
+    pub backend_type: &'static str,
+    pub backend_key: String,
+    pub algorithm: Algorithm,
+    pub purpose: Purpose,
+    pub ops: Vec<Op>,
+    pub current_version: String,
+    pub versions: Vec<VersionInfo>,
+    pub created: String,
+    pub rotation: Rotation,
+    pub origin: crate::backend::Origin,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub details: std::collections::BTreeMap<String, String>,
+}
+
+/// Rotation status of a key.
+#[derive(Debug, Serialize)]
+pub struct Rotation {
+    /// Whether a rotation period is set (in config or in the backend).
+    pub enabled: bool,
+    /// The period, as a human duration (`90days`).
+    pub period: Option<String>,
+    /// When the current version was created.
+    pub last: String,
+    /// When the current version is due for rotation.
+    pub next: Option<String>,
+    pub should_rotate: bool,
+}
+
+/// `GET /v1/keys/{name}/public-key`.
+#[derive(Debug, Serialize)]
+pub struct PublicKeyResponse {
+    pub pem: String,
+    pub jwk: serde_json::Value,
+    pub algorithm: Algorithm,
+    pub version: String,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    pub status: &'static str,
+    pub backends: std::collections::BTreeMap<String, BackendHealth>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendHealth {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Seconds since this state was checked.
+    pub checked_seconds_ago: u64,
+}

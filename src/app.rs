@@ -1,0 +1,82 @@
+//! Composition root: builds backends, policy, metrics and the service from a
+//! config, binds the socket, and runs until shutdown. Tests build the same
+//! app on a temporary socket.
+
+use crate::backend;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::server::{self, BindError, Settings, routes::Routes};
+use crate::service::Service;
+use crate::shutdown;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A backend could not be set up (missing key, bad key directory).
+    #[error(transparent)]
+    Backend(#[from] backend::BuildError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("listen.probes {addr}: {source}")]
+    Probes {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A built sidecar, ready to run.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    service: Arc<Service>,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<App, Error> {
+        let backends = backend::build(&config).await?;
+        let metrics = Arc::new(Metrics::new());
+        let service = Arc::new(Service::new(&config, backends, metrics));
+        Ok(App { config, service })
+    }
+
+    /// Binds the socket (and probe listener), serves until `stop` resolves,
+    /// then drains. Returns whether the drain finished within its timeout.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> Result<bool, Error> {
+        let started = Instant::now();
+        let listen = &self.config.listen;
+        server::raise_fd_limit();
+        let listener = server::bind(&listen.socket, listen.mode.0, listen.group.as_deref())?;
+        let settings = Settings {
+            socket: listen.socket.clone(),
+            max_connections: self.config.limits.max_connections,
+            max_body: usize::try_from(self.config.limits.max_body.0).unwrap_or(usize::MAX),
+            header_timeout: self.config.limits.header_timeout.0,
+            drain_timeout: listen.drain_timeout.0,
+        };
+        let (trigger, shutdown) = shutdown::channel();
+        if let Some(addr) = listen.probes {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Probes { addr, source })?;
+            let routes = Arc::new(Routes::new(self.service.clone(), settings.max_body));
+            tokio::spawn(crate::admin::serve(tcp, routes, shutdown.clone().wait()));
+            tracing::info!(%addr, "probe listener ready");
+        }
+        tracing::info!(
+            socket = %listen.socket.display(),
+            mode = %listen.mode,
+            keys = self.config.keys.len(),
+            startup_ms = started.elapsed().as_millis() as u64,
+            "kms-sidecar ready"
+        );
+        let drained = server::serve(listener, self.service.clone(), settings, async {
+            stop.await;
+            trigger.trigger();
+        })
+        .await;
+        Ok(drained)
+    }
+}

@@ -1,0 +1,654 @@
+//! The `local` backend: software keys in a directory, for development and
+//! tests. One JSON file per key (mode 0600, directory 0700) holding every
+//! version's private material; created on first start when the config names
+//! an `algorithm`. Crypto is `aws-lc-rs`.
+
+use super::{
+    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey,
+    Sealed, Signature, Verified, VersionInfo, canonical_context,
+};
+use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
+use async_trait::async_trait;
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+use aws_lc_rs::signature::{self as sig, KeyPair};
+use aws_lc_rs::{aead, hmac, rand, rsa};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+use zeroize::Zeroizing;
+
+/// Largest plaintext `encrypt` takes; larger data belongs in an envelope.
+pub const MAX_ENCRYPT: usize = 64 * 1024;
+
+/// First byte of a local ciphertext: `0x01 ‖ version (u32 BE) ‖ nonce (12) ‖
+/// AES-256-GCM ciphertext ‖ tag`, AAD = those first 5 bytes ‖ canonical context.
+const CIPHERTEXT_FORMAT: u8 = 1;
+const HEADER_LEN: usize = 1 + 4;
+
+/// Why the key directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: is readable or writable by group/others (mode {mode:04o}); run `chmod 600` on it")]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("{path}: not a valid key file: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("key `{key}` does not exist in {dir} and no `algorithm` is configured to create it")]
+    Missing { key: String, dir: PathBuf },
+    #[error("key `{key}` is {found} but the config says {configured}")]
+    AlgorithmMismatch {
+        key: String,
+        found: Algorithm,
+        configured: Algorithm,
+    },
+}
+
+/// Software keys, loaded from (and rotated into) a directory.
+pub struct LocalBackend {
+    dir: PathBuf,
+    keys: RwLock<HashMap<String, Arc<LocalKey>>>,
+    /// Serializes rotations so that no version is lost.
+    rotating: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalBackend").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+struct LocalKey {
+    algorithm: Algorithm,
+    /// Oldest first; the last is current.
+    versions: Vec<Arc<Version>>,
+}
+
+struct Version {
+    number: u32,
+    created: SystemTime,
+    /// The material as stored (PKCS#8 or raw secret), for rewriting the file.
+    stored: Zeroizing<Vec<u8>>,
+    material: Material,
+}
+
+/// Parsed key material; the private parts live inside aws-lc, which wipes
+/// them when freed.
+enum Material {
+    Ecdsa {
+        asn1: sig::EcdsaKeyPair,
+        fixed: sig::EcdsaKeyPair,
+        spki: Vec<u8>,
+    },
+    Ed25519 {
+        pair: sig::Ed25519KeyPair,
+        spki: Vec<u8>,
+    },
+    Rsa {
+        pair: rsa::KeyPair,
+        spki: Vec<u8>,
+    },
+    Aes(aead::LessSafeKey),
+    Hmac(hmac::Key),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    algorithm: Algorithm,
+    versions: Vec<VersionFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionFile {
+    version: u32,
+    created: String,
+    /// Base64 of PKCS#8 DER (asymmetric) or the raw secret (AES, HMAC).
+    material: Zeroizing<String>,
+}
+
+impl LocalBackend {
+    /// Opens `dir` (creating it 0700) and loads the keys named in `wanted`,
+    /// generating those that are missing and have an algorithm.
+    pub async fn open(dir: &Path, wanted: &[(String, Option<Algorithm>)]) -> Result<Self, OpenError> {
+        let dir = dir.to_path_buf();
+        let wanted = wanted.to_vec();
+        let backend = tokio::task::spawn_blocking(move || Self::open_blocking(dir, &wanted))
+            .await
+            .expect("the key loader does not panic")?;
+        Ok(backend)
+    }
+
+    fn open_blocking(dir: PathBuf, wanted: &[(String, Option<Algorithm>)]) -> Result<Self, OpenError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { path, source }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(&dir))?;
+        let mut keys = HashMap::new();
+        for (name, algorithm) in wanted {
+            let path = key_path(&dir, name);
+            let key = match std::fs::metadata(&path) {
+                Ok(meta) => {
+                    let mode = meta.permissions().mode() & 0o777;
+                    if mode & 0o077 != 0 {
+                        return Err(OpenError::Permissions { path, mode });
+                    }
+                    let key = load(&path)?;
+                    if let Some(configured) = *algorithm
+                        && configured != key.algorithm
+                    {
+                        return Err(OpenError::AlgorithmMismatch {
+                            key: name.clone(),
+                            found: key.algorithm,
+                            configured,
+                        });
+                    }
+                    key
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let Some(algorithm) = *algorithm else {
+                        return Err(OpenError::Missing {
+                            key: name.clone(),
+                            dir: dir.clone(),
+                        });
+                    };
+                    let key = LocalKey {
+                        algorithm,
+                        versions: vec![Arc::new(generate(algorithm, 1).map_err(|reason| {
+                            OpenError::Corrupt { path: path.clone(), reason }
+                        })?)],
+                    };
+                    save(&path, &key).map_err(io(&path))?;
+                    tracing::info!(key.id = %name, algorithm = %algorithm, "generated local key");
+                    key
+                }
+                Err(e) => return Err(io(&path)(e)),
+            };
+            keys.insert(name.clone(), Arc::new(key));
+        }
+        Ok(Self {
+            dir,
+            keys: RwLock::new(keys),
+            rotating: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn key(&self, key: KeyRef<'_>) -> Result<Arc<LocalKey>, Error> {
+        self.keys
+            .read()
+            .expect("the key map lock is never poisoned: no code panics while holding it")
+            .get(key.id)
+            .cloned()
+            .ok_or_else(|| Error::key_not_found(key))
+    }
+}
+
+fn key_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.json"))
+}
+
+impl LocalKey {
+    fn current(&self) -> &Arc<Version> {
+        self.versions.last().expect("a local key has at least one version")
+    }
+
+    fn version(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<&Arc<Version>, Error> {
+        match version {
+            None => Ok(self.current()),
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .and_then(|n| self.versions.iter().find(|x| x.number == n))
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::InvalidRequest,
+                        format!("key `{}` has no version `{v}`", key.alias),
+                    )
+                }),
+        }
+    }
+
+    /// The versions to try when the caller did not name one: newest first.
+    fn candidates<'a>(
+        &'a self,
+        key: KeyRef<'_>,
+        version: Option<&str>,
+    ) -> Result<Vec<&'a Arc<Version>>, Error> {
+        Ok(match version {
+            Some(_) => vec![self.version(key, version)?],
+            None => self.versions.iter().rev().collect(),
+        })
+    }
+}
+
+fn generate(algorithm: Algorithm, number: u32) -> Result<Version, String> {
+    let fail = |_| "key generation failed".to_string();
+    let stored: Zeroizing<Vec<u8>> = match algorithm {
+        Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384 => {
+            let (asn1, _) = ecdsa_algs(algorithm);
+            Zeroizing::new(
+                sig::EcdsaKeyPair::generate_pkcs8(asn1, &rand::SystemRandom::new())
+                    .map_err(fail)?
+                    .as_ref()
+                    .to_vec(),
+            )
+        }
+        Algorithm::Ed25519 => Zeroizing::new(
+            sig::Ed25519KeyPair::generate_pkcs8v1(&rand::SystemRandom::new())
+                .map_err(fail)?
+                .as_ref()
+                .to_vec(),
+        ),
+        Algorithm::RsaPssSha256 { bits } | Algorithm::RsaPkcs1Sha256 { bits } => {
+            let size = match bits {
+                2048 => rsa::KeySize::Rsa2048,
+                3072 => rsa::KeySize::Rsa3072,
+                _ => rsa::KeySize::Rsa4096,
+            };
+            let pair = rsa::KeyPair::generate(size).map_err(fail)?;
+            let der: Pkcs8V1Der<'_> = pair.as_der().map_err(fail)?;
+            Zeroizing::new(der.as_ref().to_vec())
+        }
+        Algorithm::Aes256Gcm | Algorithm::HmacSha256 => {
+            let mut secret = Zeroizing::new(vec![0u8; 32]);
+            rand::fill(&mut secret).map_err(fail)?;
+            secret
+        }
+    };
+    Ok(Version {
+        number,
+        created: SystemTime::now(),
+        material: parse_material(algorithm, &stored)?,
+        stored,
+    })
+}
+
+fn ecdsa_algs(algorithm: Algorithm) -> (&'static sig::EcdsaSigningAlgorithm, &'static sig::EcdsaSigningAlgorithm) {
+    if algorithm == Algorithm::EcdsaP384Sha384 {
+        (&sig::ECDSA_P384_SHA384_ASN1_SIGNING, &sig::ECDSA_P384_SHA384_FIXED_SIGNING)
+    } else {
+        (&sig::ECDSA_P256_SHA256_ASN1_SIGNING, &sig::ECDSA_P256_SHA256_FIXED_SIGNING)
+    }
+}
+
+fn parse_material(algorithm: Algorithm, stored: &[u8]) -> Result<Material, String> {
+    let bad = |_| format!("material is not a valid {algorithm} key");
+    let spki = |der: Result<aws_lc_rs::encoding::PublicKeyX509Der<'_>, _>| {
+        der.map(|d| d.as_ref().to_vec()).map_err(|_| "cannot encode the public key".to_string())
+    };
+    Ok(match algorithm {
+        Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384 => {
+            let (asn1, fixed) = ecdsa_algs(algorithm);
+            let asn1 = sig::EcdsaKeyPair::from_pkcs8(asn1, stored).map_err(bad)?;
+            let fixed = sig::EcdsaKeyPair::from_pkcs8(fixed, stored).map_err(bad)?;
+            let spki = spki(asn1.public_key().as_der())?;
+            Material::Ecdsa { asn1, fixed, spki }
+        }
+        Algorithm::Ed25519 => {
+            let pair = sig::Ed25519KeyPair::from_pkcs8(stored).map_err(bad)?;
+            let spki = spki(pair.public_key().as_der())?;
+            Material::Ed25519 { pair, spki }
+        }
+        Algorithm::RsaPssSha256 { bits } | Algorithm::RsaPkcs1Sha256 { bits } => {
+            let pair = rsa::KeyPair::from_pkcs8(stored).map_err(bad)?;
+            if pair.public_modulus_len() * 8 != usize::from(bits) {
+                return Err(format!("material is not a {bits}-bit RSA key"));
+            }
+            let spki = spki(pair.public_key().as_der())?;
+            Material::Rsa { pair, spki }
+        }
+        Algorithm::Aes256Gcm => {
+            let key = aead::UnboundKey::new(&aead::AES_256_GCM, stored)
+                .map_err(|_| format!("material is not a valid {algorithm} key"))?;
+            Material::Aes(aead::LessSafeKey::new(key))
+        }
+        Algorithm::HmacSha256 => {
+            if stored.len() < 32 {
+                return Err("an HMAC key needs at least 32 bytes".into());
+            }
+            Material::Hmac(hmac::Key::new(hmac::HMAC_SHA256, stored))
+        }
+    })
+}
+
+fn load(path: &Path) -> Result<LocalKey, OpenError> {
+    let corrupt = |reason: String| OpenError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?);
+    // Only the position is reported: serde's messages may quote the input.
+    let file: KeyFile = serde_json::from_str(&text)
+        .map_err(|e| corrupt(format!("malformed at line {} column {}", e.line(), e.column())))?;
+    if file.versions.is_empty() {
+        return Err(corrupt("no versions".into()));
+    }
+    let mut versions = Vec::with_capacity(file.versions.len());
+    for v in &file.versions {
+        let stored = Zeroizing::new(
+            STANDARD
+                .decode(v.material.as_bytes())
+                .map_err(|_| corrupt(format!("version {}: material is not base64", v.version)))?,
+        );
+        let created = humantime::parse_rfc3339(&v.created)
+            .map_err(|_| corrupt(format!("version {}: `created` is not RFC 3339", v.version)))?;
+        let material = parse_material(file.algorithm, &stored).map_err(|e| corrupt(format!("version {}: {e}", v.version)))?;
+        versions.push(Arc::new(Version {
+            number: v.version,
+            created,
+            stored,
+            material,
+        }));
+    }
+    versions.sort_by_key(|v| v.number);
+    if versions.windows(2).any(|w| w[0].number == w[1].number) {
+        return Err(corrupt("duplicate version numbers".into()));
+    }
+    Ok(LocalKey {
+        algorithm: file.algorithm,
+        versions,
+    })
+}
+
+/// Writes the key file atomically: a 0600 temporary file, fsync, rename.
+fn save(path: &Path, key: &LocalKey) -> std::io::Result<()> {
+    let file = KeyFile {
+        algorithm: key.algorithm,
+        versions: key
+            .versions
+            .iter()
+            .map(|v| VersionFile {
+                version: v.number,
+                created: humantime::format_rfc3339_seconds(v.created).to_string(),
+                material: Zeroizing::new(STANDARD.encode(&*v.stored)),
+            })
+            .collect(),
+    };
+    let text = Zeroizing::new(serde_json::to_vec_pretty(&file).expect("a key file always serializes"));
+    let tmp = path.with_extension("json.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&text)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn spki_of(material: &Material) -> Option<&[u8]> {
+    match material {
+        Material::Ecdsa { spki, .. } | Material::Ed25519 { spki, .. } | Material::Rsa { spki, .. } => Some(spki),
+        Material::Aes(_) | Material::Hmac(_) => None,
+    }
+}
+
+fn not_for(key: KeyRef<'_>, algorithm: Algorithm, what: &str) -> Error {
+    Error::unsupported(format!("key `{}` is {algorithm}: it cannot {what}", key.alias))
+}
+
+fn bad_input(e: crypto::BadInput) -> Error {
+    match e {
+        crypto::BadInput::NotASigningKey => Error::unsupported(e.to_string()),
+        crypto::BadInput::DigestNotSupported => Error::unsupported(e.to_string()),
+        crypto::BadInput::DigestLength { .. } => Error::new(ErrorKind::InvalidRequest, e.to_string()),
+    }
+}
+
+fn internal(what: &str) -> Error {
+    Error::new(ErrorKind::Backend, format!("local backend: {what} failed"))
+}
+
+fn seal(aes: &aead::LessSafeKey, number: u32, plaintext: &[u8], context: &Context) -> Result<Vec<u8>, Error> {
+    let mut nonce = [0u8; aead::NONCE_LEN];
+    rand::fill(&mut nonce).map_err(|_| internal("random nonce"))?;
+    let mut out = Vec::with_capacity(HEADER_LEN + nonce.len() + plaintext.len() + aead::AES_256_GCM.tag_len());
+    out.push(CIPHERTEXT_FORMAT);
+    out.extend_from_slice(&number.to_be_bytes());
+    let mut aad = out.clone();
+    aad.extend_from_slice(&canonical_context(context));
+    out.extend_from_slice(&nonce);
+    let body_start = out.len();
+    out.extend_from_slice(plaintext);
+    let mut body = out.split_off(body_start);
+    aes.seal_in_place_append_tag(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(aad), &mut body)
+        .map_err(|_| internal("encryption"))?;
+    out.append(&mut body);
+    Ok(out)
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn health(&self) -> Result<(), Error> {
+        match tokio::fs::metadata(&self.dir).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("key directory {} is not accessible", self.dir.display()),
+            )),
+        }
+    }
+
+    async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
+        let k = self.key(key)?;
+        Ok(KeyMetadata {
+            algorithm: k.algorithm,
+            current_version: k.current().number.to_string(),
+            versions: k
+                .versions
+                .iter()
+                .map(|v| VersionInfo {
+                    version: v.number.to_string(),
+                    created: v.created,
+                    enabled: true,
+                })
+                .collect(),
+            created: k.versions[0].created,
+            origin: Origin::Software,
+            rotation_period: None,
+            details: [("file".to_string(), key_path(&self.dir, key.id).display().to_string())].into(),
+        })
+    }
+
+    async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
+        let k = self.key(key)?;
+        let v = k.version(key, version)?;
+        let spki = spki_of(&v.material).ok_or_else(|| not_for(key, k.algorithm, "have a public key"))?;
+        Ok(PublicKey {
+            spki_der: spki.to_vec(),
+            algorithm: k.algorithm,
+            version: v.number.to_string(),
+        })
+    }
+
+    async fn sign(&self, key: KeyRef<'_>, input: SignInput<'_>, format: SignatureFormat) -> Result<Signature, Error> {
+        let k = self.key(key)?;
+        let v = k.current();
+        let rng = rand::SystemRandom::new();
+        let failed = |_| internal("signing");
+        let bytes = match (&v.material, input) {
+            (Material::Ecdsa { asn1, fixed, .. }, input) => {
+                let pair = if format == SignatureFormat::Raw { fixed } else { asn1 };
+                match input {
+                    SignInput::Message(m) => pair.sign(&rng, m).map_err(failed)?,
+                    SignInput::Digest(d) => {
+                        let digest = crypto::import_digest(k.algorithm, d).map_err(bad_input)?;
+                        pair.sign_digest(&digest).map_err(failed)?
+                    }
+                }
+                .as_ref()
+                .to_vec()
+            }
+            (Material::Ed25519 { pair, .. }, SignInput::Message(m)) => pair.sign(m).as_ref().to_vec(),
+            (Material::Ed25519 { .. }, SignInput::Digest(_)) => {
+                return Err(bad_input(crypto::BadInput::DigestNotSupported));
+            }
+            (Material::Rsa { pair, .. }, input) => {
+                let padding: &'static dyn sig::RsaEncoding = match k.algorithm {
+                    Algorithm::RsaPkcs1Sha256 { .. } => &sig::RSA_PKCS1_SHA256,
+                    _ => &sig::RSA_PSS_SHA256,
+                };
+                let mut out = vec![0u8; pair.public_modulus_len()];
+                match input {
+                    SignInput::Message(m) => pair.sign(padding, &rng, m, &mut out).map_err(failed)?,
+                    SignInput::Digest(d) => {
+                        let digest = crypto::import_digest(k.algorithm, d).map_err(bad_input)?;
+                        pair.sign_digest(padding, &digest, &mut out).map_err(failed)?
+                    }
+                }
+                out
+            }
+            (Material::Aes(_) | Material::Hmac(_), _) => return Err(not_for(key, k.algorithm, "sign")),
+        };
+        Ok(Signature {
+            bytes,
+            algorithm: k.algorithm,
+            version: v.number.to_string(),
+        })
+    }
+
+    async fn encrypt(&self, key: KeyRef<'_>, plaintext: &[u8], context: &Context) -> Result<Sealed, Error> {
+        let k = self.key(key)?;
+        let v = k.current();
+        let Material::Aes(aes) = &v.material else {
+            return Err(not_for(key, k.algorithm, "encrypt"));
+        };
+        if plaintext.len() > MAX_ENCRYPT {
+            return Err(Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "plaintext is {} bytes; direct encryption takes at most {MAX_ENCRYPT}: use envelope encryption for larger data",
+                    plaintext.len()
+                ),
+            ));
+        }
+        Ok(Sealed {
+            bytes: seal(aes, v.number, plaintext, context)?,
+            version: v.number.to_string(),
+        })
+    }
+
+    async fn decrypt(&self, key: KeyRef<'_>, ciphertext: &[u8], context: &Context) -> Result<Plaintext, Error> {
+        let k = self.key(key)?;
+        if !matches!(k.current().material, Material::Aes(_)) {
+            return Err(not_for(key, k.algorithm, "decrypt"));
+        }
+        let min = HEADER_LEN + aead::NONCE_LEN + aead::AES_256_GCM.tag_len();
+        if ciphertext.len() < min || ciphertext[0] != CIPHERTEXT_FORMAT {
+            return Err(Error::decryption_failed());
+        }
+        let number = u32::from_be_bytes(ciphertext[1..HEADER_LEN].try_into().expect("4 bytes"));
+        let Some(Material::Aes(aes)) = k.versions.iter().find(|v| v.number == number).map(|v| &v.material) else {
+            return Err(Error::decryption_failed());
+        };
+        let mut aad = ciphertext[..HEADER_LEN].to_vec();
+        aad.extend_from_slice(&canonical_context(context));
+        let nonce = aead::Nonce::try_assume_unique_for_key(&ciphertext[HEADER_LEN..HEADER_LEN + aead::NONCE_LEN])
+            .map_err(|_| Error::decryption_failed())?;
+        let mut buf = Zeroizing::new(ciphertext[HEADER_LEN + aead::NONCE_LEN..].to_vec());
+        let len = aes
+            .open_in_place(nonce, aead::Aad::from(aad), &mut buf)
+            .map_err(|_| Error::decryption_failed())?
+            .len();
+        buf.truncate(len);
+        Ok(Plaintext(buf))
+    }
+
+    async fn generate_data_key(&self, key: KeyRef<'_>, bits: u32, context: &Context) -> Result<DataKey, Error> {
+        if bits != 128 && bits != 256 {
+            return Err(Error::new(ErrorKind::InvalidRequest, "`bits` must be 128 or 256"));
+        }
+        let mut plaintext = Zeroizing::new(vec![0u8; bits as usize / 8]);
+        rand::fill(&mut plaintext).map_err(|_| internal("random data key"))?;
+        let sealed = self.encrypt(key, &plaintext, context).await?;
+        Ok(DataKey {
+            plaintext: Plaintext(plaintext),
+            encrypted: sealed.bytes,
+            version: sealed.version,
+        })
+    }
+
+    async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
+        let k = self.key(key)?;
+        let v = k.current();
+        let Material::Hmac(h) = &v.material else {
+            return Err(not_for(key, k.algorithm, "compute a MAC"));
+        };
+        Ok(Sealed {
+            bytes: hmac::sign(h, message).as_ref().to_vec(),
+            version: v.number.to_string(),
+        })
+    }
+
+    async fn verify_mac(&self, key: KeyRef<'_>, message: &[u8], mac: &[u8], version: Option<&str>) -> Result<Verified, Error> {
+        let k = self.key(key)?;
+        if !matches!(k.current().material, Material::Hmac(_)) {
+            return Err(not_for(key, k.algorithm, "verify a MAC"));
+        }
+        for v in k.candidates(key, version)? {
+            if let Material::Hmac(h) = &v.material
+                && hmac::verify(h, message, mac).is_ok()
+            {
+                return Ok(Verified {
+                    valid: true,
+                    version: v.number.to_string(),
+                });
+            }
+        }
+        Ok(Verified {
+            valid: false,
+            version: k.version(key, version)?.number.to_string(),
+        })
+    }
+
+    async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
+        let _one_at_a_time = self.rotating.lock().await;
+        let old = self.key(key)?;
+        let algorithm = old.algorithm;
+        let number = old.current().number + 1;
+        let fresh = tokio::task::spawn_blocking(move || generate(algorithm, number))
+            .await
+            .map_err(|_| internal("key generation"))?
+            .map_err(|_| internal("key generation"))?;
+        let mut versions = old.versions.clone();
+        versions.push(Arc::new(fresh));
+        let rotated = Arc::new(LocalKey { algorithm, versions });
+        let path = key_path(&self.dir, key.id);
+        let to_save = rotated.clone();
+        tokio::task::spawn_blocking(move || save(&path, &to_save))
+            .await
+            .map_err(|_| internal("writing the key file"))?
+            .map_err(|e| internal("writing the key file").with_source(e))?;
+        self.keys
+            .write()
+            .expect("the key map lock is never poisoned: no code panics while holding it")
+            .insert(key.id.to_owned(), rotated);
+        tracing::info!(key.alias = key.alias, version = number, "rotated local key");
+        Ok(number.to_string())
+    }
+}

@@ -1,0 +1,320 @@
+//! The one trait every KMS sits behind, its typed errors, and `build()` from
+//! config. Each KMS is one module behind a cargo feature.
+//!
+//! A backend answers for *backend key references* (`KeyRef::id`: a file name,
+//! an ARN, a transit key name); aliases, policy and caching live above it in
+//! [`crate::service`]. Versions are strings, since KMSs name them differently
+//! (numbers, key-material ids, hex strings).
+
+#[cfg(feature = "local")]
+pub mod local;
+
+use crate::config::{BackendConfig, Config};
+use crate::crypto::{Algorithm, SignInput, SignatureFormat};
+use async_trait::async_trait;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+use zeroize::Zeroizing;
+
+/// The encryption context: bound to ciphertexts as additional authenticated
+/// data. A `BTreeMap`, so its canonical encoding has sorted keys.
+pub type Context = BTreeMap<String, String>;
+
+/// Canonical bytes of an encryption context: compact JSON with sorted keys
+/// (`{}` for none).
+pub fn canonical_context(context: &Context) -> Vec<u8> {
+    serde_json::to_vec(context).expect("a map of strings always serializes")
+}
+
+/// A key as a backend knows it.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyRef<'a> {
+    /// The alias the app used (for messages and logs).
+    pub alias: &'a str,
+    /// The backend's own reference (file name, ARN, transit key name).
+    pub id: &'a str,
+}
+
+/// What kind of failure, which fixes the API code, status and retryability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request cannot be served as sent (bad digest length, …).
+    InvalidRequest,
+    /// The backend has no such key.
+    KeyNotFound,
+    /// The key or backend cannot do this operation.
+    OperationNotSupported,
+    /// The input is larger than the backend accepts for this operation.
+    PayloadTooLarge,
+    /// Wrong context, tampered or foreign ciphertext (never says which).
+    DecryptionFailed,
+    /// The KMS refused our credentials' permission for this.
+    Forbidden,
+    /// We have no valid credentials for the KMS.
+    Unauthenticated,
+    /// The KMS answered with an error we cannot attribute to the caller.
+    Backend,
+    /// The KMS cannot be reached, or its circuit is open.
+    Unavailable,
+    /// The KMS is throttling us: retry later. Not a health failure.
+    Throttled,
+    /// The KMS did not answer in time.
+    Timeout,
+}
+
+/// A backend failure: its kind, a message safe to show the caller (never key
+/// material, plaintext or tokens), and whether a retry may succeed.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub retryable: bool,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        let retryable = matches!(kind, ErrorKind::Unavailable | ErrorKind::Throttled | ErrorKind::Timeout);
+        Self {
+            kind,
+            message: message.into(),
+            retryable,
+            source: None,
+        }
+    }
+
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    pub fn key_not_found(key: KeyRef<'_>) -> Self {
+        Self::new(ErrorKind::KeyNotFound, format!("key `{}` does not exist in its backend", key.alias))
+    }
+
+    pub fn unsupported(what: impl fmt::Display) -> Self {
+        Self::new(ErrorKind::OperationNotSupported, what.to_string())
+    }
+
+    /// The one opaque decryption failure.
+    pub fn decryption_failed() -> Self {
+        Self::new(
+            ErrorKind::DecryptionFailed,
+            "decryption failed: wrong context, or tampered or foreign ciphertext",
+        )
+    }
+}
+
+/// A signature and what made it.
+#[derive(Debug, Clone)]
+pub struct Signature {
+    pub bytes: Vec<u8>,
+    pub algorithm: Algorithm,
+    pub version: String,
+}
+
+/// A public key as SubjectPublicKeyInfo DER.
+#[derive(Debug, Clone)]
+pub struct PublicKey {
+    pub spki_der: Vec<u8>,
+    pub algorithm: Algorithm,
+    pub version: String,
+}
+
+/// Ciphertext (or a MAC tag) and the key version that made it.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub bytes: Vec<u8>,
+    pub version: String,
+}
+
+/// Plaintext, zeroized on drop and never printed.
+pub struct Plaintext(pub Zeroizing<Vec<u8>>);
+
+impl fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Plaintext({} bytes, redacted)", self.0.len())
+    }
+}
+
+/// A fresh data key: its plaintext (zeroized on drop) and its wrapped form.
+pub struct DataKey {
+    pub plaintext: Plaintext,
+    pub encrypted: Vec<u8>,
+    pub version: String,
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKey")
+            .field("plaintext", &self.plaintext)
+            .field("encrypted_len", &self.encrypted.len())
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// The outcome of a verification: `valid` and the version that matched (or
+/// the current version when none did).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub valid: bool,
+    pub version: String,
+}
+
+/// Where a key's material lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Software,
+    Hsm,
+    External,
+}
+
+/// One version of a key.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionInfo {
+    pub version: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub created: SystemTime,
+    /// Whether this version still verifies, decrypts and unwraps.
+    pub enabled: bool,
+}
+
+/// A key's metadata, as the backend reports it.
+#[derive(Debug, Clone)]
+pub struct KeyMetadata {
+    pub algorithm: Algorithm,
+    pub current_version: String,
+    /// Every version, oldest first.
+    pub versions: Vec<VersionInfo>,
+    pub created: SystemTime,
+    pub origin: Origin,
+    /// The backend's rotation schedule, where it has one.
+    pub rotation_period: Option<std::time::Duration>,
+    /// Backend-specific facts worth showing (region, key ARN, …).
+    pub details: BTreeMap<String, String>,
+}
+
+/// Serializes a time as RFC 3339 (UTC, seconds).
+pub fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_seconds(*t))
+}
+
+/// A KMS behind kms-sidecar.
+///
+/// Every method may be called concurrently. Errors carry the API code
+/// through [`ErrorKind`] and say whether a retry may succeed. Optional
+/// capabilities have default methods that answer `operation_not_supported`;
+/// the service then falls back where it can (verify with the cached public
+/// key).
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// The backend type (`local`, `aws`, …) for metrics and logs.
+    fn kind(&self) -> &'static str;
+
+    /// Whether the backend can serve: credentials valid and reachable. Called
+    /// by the cached readiness check, never on the request path.
+    async fn health(&self) -> Result<(), Error>;
+
+    /// Algorithm, versions, creation time and rotation facts of a key.
+    async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error>;
+
+    /// The public key of `version` (default: current) of a signing key.
+    async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error>;
+
+    /// Signs with the current version. `format` only matters for ECDSA.
+    async fn sign(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        format: SignatureFormat,
+    ) -> Result<Signature, Error>;
+
+    /// Verifies with the KMS's own API. Backends without one keep the
+    /// default, and the service verifies locally with the public key.
+    async fn verify(
+        &self,
+        _key: KeyRef<'_>,
+        _input: SignInput<'_>,
+        _signature: &[u8],
+        _format: SignatureFormat,
+        _version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        Err(Error::unsupported("this backend has no verify API"))
+    }
+
+    /// Encrypts small data with the current version, binding `context`.
+    async fn encrypt(&self, key: KeyRef<'_>, plaintext: &[u8], context: &Context) -> Result<Sealed, Error>;
+
+    /// Decrypts what [`Backend::encrypt`] (of any still-enabled version)
+    /// produced, with the same context. Any mismatch is
+    /// [`ErrorKind::DecryptionFailed`].
+    async fn decrypt(&self, key: KeyRef<'_>, ciphertext: &[u8], context: &Context) -> Result<Plaintext, Error>;
+
+    /// A fresh random data key of `bits`, and the key wrapped with `context`
+    /// so that [`Backend::decrypt`] unwraps it.
+    async fn generate_data_key(&self, key: KeyRef<'_>, bits: u32, context: &Context) -> Result<DataKey, Error>;
+
+    /// HMAC of `message` with the current version.
+    async fn mac(&self, _key: KeyRef<'_>, _message: &[u8]) -> Result<Sealed, Error> {
+        Err(Error::unsupported("this backend has no MAC keys"))
+    }
+
+    /// Checks a MAC made by `version` (default: any enabled version).
+    async fn verify_mac(
+        &self,
+        _key: KeyRef<'_>,
+        _message: &[u8],
+        _mac: &[u8],
+        _version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        Err(Error::unsupported("this backend has no MAC keys"))
+    }
+
+    /// Adds a new version and makes it current; returns its name.
+    async fn rotate(&self, _key: KeyRef<'_>) -> Result<String, Error> {
+        Err(Error::unsupported("this backend cannot rotate keys on demand"))
+    }
+}
+
+/// Why backends could not be built from the config.
+#[derive(Debug, thiserror::Error)]
+#[error("backend `{backend}`: {message}")]
+pub struct BuildError {
+    pub backend: String,
+    pub message: String,
+}
+
+/// Builds every configured backend, by name.
+pub async fn build(config: &Config) -> Result<BTreeMap<String, Arc<dyn Backend>>, BuildError> {
+    let mut out: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
+    for (name, backend) in &config.backends {
+        let keys: Vec<_> = config.keys.values().filter(|k| &k.backend == name).collect();
+        let built: Arc<dyn Backend> = match backend {
+            #[cfg(feature = "local")]
+            BackendConfig::Local(c) => {
+                let wanted = keys.iter().map(|k| (k.key.clone(), k.algorithm)).collect::<Vec<_>>();
+                Arc::new(local::LocalBackend::open(&c.dir, &wanted).await.map_err(|e| BuildError {
+                    backend: name.clone(),
+                    message: e.to_string(),
+                })?)
+            }
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(BuildError {
+                    backend: name.clone(),
+                    message: format!("type `{}` is not compiled into this build", other.kind()),
+                });
+            }
+        };
+        out.insert(name.clone(), built);
+    }
+    Ok(out)
+}

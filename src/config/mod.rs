@@ -1,0 +1,508 @@
+//! Typed configuration: one YAML file plus `KMS_SIDECAR_…` environment
+//! overrides, unknown fields rejected, every semantic problem reported at once
+//! with its field path (SPEC §3).
+
+mod env;
+mod units;
+
+pub use env::{Env, PREFIX as ENV_PREFIX, ProcessEnv};
+pub use units::{ByteSize, Duration, Mode};
+
+use crate::crypto::Algorithm;
+use crate::policy::OpOrAll;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The embedded default configuration (local software keys).
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");
+
+/// Where `serve` looks for a config file when none is given.
+pub const DEFAULT_PATH: &str = "/etc/kms-sidecar/config.yaml";
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: not valid YAML: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("{origin}: environment override {message}")]
+    Env { origin: String, message: String },
+    #[error("{origin}: `{path}`: {message}")]
+    Field {
+        origin: String,
+        path: String,
+        message: String,
+    },
+    #[error("{origin}: {} invalid field(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        origin: String,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One semantic problem: the field path and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.path, self.message)
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: Listen,
+    pub backends: BTreeMap<String, BackendConfig>,
+    pub keys: BTreeMap<String, KeyConfig>,
+    #[serde(default)]
+    pub callers: Vec<CallerRule>,
+    #[serde(default)]
+    pub cache: Cache,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// `listen`: the Unix socket and the optional TCP probe listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// Path of the Unix socket; created at start, removed on exit.
+    pub socket: PathBuf,
+    /// File mode of the socket.
+    pub mode: Mode,
+    /// Group (name or numeric id) that owns the socket, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// TCP address for `/healthz`, `/readyz` and `/metrics` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<std::net::SocketAddr>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/var/run/kms/kms.sock"),
+            mode: Mode(0o660),
+            group: None,
+            probes: None,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One backend (a KMS and how to reach it), selected by `type`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum BackendConfig {
+    /// Software keys in a local directory (development, tests).
+    Local(LocalBackend),
+}
+
+impl BackendConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendConfig::Local(_) => "local",
+        }
+    }
+}
+
+/// `type: local`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalBackend {
+    /// Directory of key files (created 0700; files 0600).
+    pub dir: PathBuf,
+}
+
+/// One key alias, as the app names it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Name of the backend (in `backends`) that holds the key.
+    pub backend: String,
+    /// The backend's reference for the key (local: file name in `dir`).
+    pub key: String,
+    /// Operations this alias allows; default: all its algorithm supports
+    /// except `rotate`. `"*"` allows everything, `rotate` included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<Vec<OpOrAll>>,
+    /// Algorithm to create the key with when a local backend does not have it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<Algorithm>,
+    /// After this long on one version, metadata reports `should_rotate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period: Option<Duration>,
+}
+
+/// A rule granting keys × operations to callers matched by uid/gid.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CallerRule {
+    /// Caller uids this rule matches (any of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uids: Vec<u32>,
+    /// Caller gids this rule matches (any of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gids: Vec<u32>,
+    /// Key aliases, `"*"` or a prefix pattern like `"payments-*"`.
+    pub keys: Vec<String>,
+    /// Operations granted, or `"*"`.
+    pub ops: Vec<OpOrAll>,
+}
+
+/// `cache`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    pub public_keys: PublicKeyCache,
+}
+
+/// `cache.public_keys`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublicKeyCache {
+    pub ttl: Duration,
+}
+
+impl Default for PublicKeyCache {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `limits`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body; larger ones get 413 before they are read.
+    pub max_body: ByteSize,
+    /// Most items in one `sign-batch`.
+    pub max_batch: usize,
+    /// Most open connections on the socket; more are closed at accept.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this time.
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body: ByteSize(1 << 20),
+            max_batch: 64,
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `log`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A `tracing` filter (`info`, `kms_sidecar=debug`); `RUST_LOG` wins.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+/// Log line format: JSON, human text, or JSON unless stderr is a TTY.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+/// Where a configuration came from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    Embedded,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Embedded => f.write_str("embedded default config"),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration `serve` runs with: `path`, else
+    /// `KMS_SIDECAR_CONFIG`, else [`DEFAULT_PATH`] if it exists, else the
+    /// embedded default. Environment overrides apply in every case.
+    pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<(Config, Source), Error> {
+        let explicit = path
+            .map(Path::to_path_buf)
+            .or_else(|| env.var("KMS_SIDECAR_CONFIG").map(PathBuf::from));
+        let source = match explicit {
+            Some(p) => Source::File(p),
+            None if Path::new(DEFAULT_PATH).exists() => Source::File(DEFAULT_PATH.into()),
+            None => Source::Embedded,
+        };
+        let config = match &source {
+            Source::File(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| Error::Read {
+                    path: p.clone(),
+                    source,
+                })?;
+                Config::parse(&text, &source.to_string(), env)?
+            }
+            Source::Embedded => {
+                let mut c = Config::parse(EMBEDDED_DEFAULT, &source.to_string(), env)?;
+                if c.callers.is_empty() {
+                    c.callers.push(CallerRule {
+                        uids: vec![nix::unistd::geteuid().as_raw()],
+                        gids: vec![],
+                        keys: vec!["*".into()],
+                        ops: vec![OpOrAll::All],
+                    });
+                }
+                c
+            }
+        };
+        Ok((config, source))
+    }
+
+    /// Parses YAML text, applies overrides from `env`, and validates.
+    pub fn parse(text: &str, origin: &str, env: &dyn Env) -> Result<Config, Error> {
+        let mut tree: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| Error::Syntax {
+                origin: origin.to_owned(),
+                message: e.to_string(),
+            })?;
+        env::apply_overrides(&mut tree, env).map_err(|message| Error::Env {
+            origin: origin.to_owned(),
+            message,
+        })?;
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let path = e.path().to_string();
+            Error::Field {
+                origin: origin.to_owned(),
+                path: if path == "." { "(top level)".into() } else { path },
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(Error::Invalid {
+                origin: origin.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Every semantic problem of the configuration, each with its field path.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |path: String, message: String| out.push(Problem { path, message });
+        if self.listen.socket.as_os_str().is_empty() {
+            bad("listen.socket".into(), "must be a path".into());
+        }
+        if self.listen.mode.0 & 0o7000 != 0 {
+            bad("listen.mode".into(), "setuid/setgid/sticky bits are not allowed".into());
+        }
+        if self.backends.is_empty() {
+            bad("backends".into(), "at least one backend is required".into());
+        }
+        for name in self.backends.keys() {
+            if !valid_name(name) {
+                bad(format!("backends.{name}"), NAME_RULE.into());
+            }
+        }
+        for (alias, key) in &self.keys {
+            let at = |f: &str| format!("keys.{alias}.{f}");
+            if !valid_name(alias) {
+                bad(format!("keys.{alias}"), NAME_RULE.into());
+            }
+            match self.backends.get(&key.backend) {
+                None => bad(
+                    at("backend"),
+                    format!(
+                        "backend `{}` is not defined (defined: {})",
+                        key.backend,
+                        self.backends.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ),
+                Some(BackendConfig::Local(_)) if !valid_name(&key.key) => {
+                    bad(at("key"), format!("local key names: {NAME_RULE}"))
+                }
+                Some(_) => {}
+            }
+            if key.key.is_empty() {
+                bad(at("key"), "must name the backend's key".into());
+            }
+            if matches!(&key.ops, Some(ops) if ops.is_empty()) {
+                bad(at("ops"), "an empty list allows nothing; omit it for the default".into());
+            }
+        }
+        for (i, rule) in self.callers.iter().enumerate() {
+            if rule.uids.is_empty() && rule.gids.is_empty() {
+                bad(format!("callers[{i}]"), "a rule needs `uids` or `gids`".into());
+            }
+            if rule.ops.is_empty() {
+                bad(format!("callers[{i}].ops"), "must grant at least one operation or \"*\"".into());
+            }
+            for (j, pattern) in rule.keys.iter().enumerate() {
+                let at = format!("callers[{i}].keys[{j}]");
+                let stars = pattern.matches('*').count();
+                if stars > 1 || (stars == 1 && !pattern.ends_with('*')) {
+                    bad(at, "a pattern is an alias, \"*\", or a prefix ending in `*`".into());
+                    continue;
+                }
+                let matches_any = match pattern.strip_suffix('*') {
+                    Some(prefix) => self.keys.keys().any(|k| k.starts_with(prefix)),
+                    None => self.keys.contains_key(pattern),
+                };
+                if !matches_any {
+                    bad(at, format!("`{pattern}` matches no key in `keys`"));
+                }
+            }
+        }
+        if self.limits.max_body.0 < 1024 {
+            bad("limits.max_body".into(), "must be at least 1KiB".into());
+        }
+        if self.limits.max_batch == 0 {
+            bad("limits.max_batch".into(), "must be at least 1".into());
+        }
+        if self.limits.max_connections == 0 {
+            bad("limits.max_connections".into(), "must be at least 1".into());
+        }
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            bad("log.level".into(), format!("not a tracing filter: {e}"));
+        }
+        out
+    }
+
+    /// The resolved configuration as YAML, as `config check` prints it.
+    /// (The config holds no secrets: credentials come from the platform.)
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).expect("a Config always serializes")
+    }
+}
+
+const NAME_RULE: &str = "names use letters, digits, `.`, `_` and `-` (at most 128)";
+
+/// Names of keys and backends: safe in URLs, file names and metric labels.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::parse(EMBEDDED_DEFAULT, "default", &no_env()).unwrap();
+        assert_eq!(c.keys.len(), 5);
+        assert_eq!(c.listen.socket, PathBuf::from("./kms-sidecar.sock"));
+        assert_eq!(c.listen.mode, Mode(0o660));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_path() {
+        let text = "listen: {sockett: x}\nbackends: {}\nkeys: {}\n";
+        let err = Config::parse(text, "t.yaml", &no_env()).unwrap_err().to_string();
+        assert!(err.contains("listen") && err.contains("sockett"), "{err}");
+        let text = "backends: {d: {type: local, dir: x, extra: 1}}\nkeys: {}\n";
+        let err = Config::parse(text, "t.yaml", &no_env()).unwrap_err().to_string();
+        assert!(err.contains("extra"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_field_and_expectation() {
+        let text = "backends: {d: {type: local, dir: x}}\nkeys: {}\nlimits: {max_body: lots}\n";
+        let err = Config::parse(text, "t.yaml", &no_env()).unwrap_err().to_string();
+        assert!(err.contains("limits.max_body") && err.contains("1MiB"), "{err}");
+        let text = "backends: {d: {type: local, dir: x}}\nkeys: {}\nlisten: {drain_timeout: 5}\n";
+        let err = Config::parse(text, "t.yaml", &no_env()).unwrap_err().to_string();
+        assert!(err.contains("listen.drain_timeout") && err.contains("duration"), "{err}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once() {
+        let text = r#"
+backends: {d: {type: local, dir: x}}
+keys:
+  a: {backend: nope, key: a}
+  b: {backend: d, key: "../etc"}
+callers:
+  - {keys: ["zzz"], ops: [sign]}
+limits: {max_batch: 0}
+"#;
+        let Error::Invalid { problems, .. } = Config::parse(text, "t", &no_env()).unwrap_err() else {
+            panic!("expected semantic problems")
+        };
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["keys.a.backend", "keys.b.key", "callers[0]", "callers[0].keys[0]", "limits.max_batch"]
+        );
+    }
+
+    #[test]
+    fn env_overrides_apply_and_are_validated() {
+        let env: BTreeMap<String, String> = [
+            ("KMS_SIDECAR_LISTEN__SOCKET".to_owned(), "/tmp/x.sock".to_owned()),
+            ("KMS_SIDECAR_LISTEN__MODE".to_owned(), "0600".to_owned()),
+        ]
+        .into();
+        let c = Config::parse(EMBEDDED_DEFAULT, "default", &env).unwrap();
+        assert_eq!(c.listen.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.listen.mode, Mode(0o600));
+        let env: BTreeMap<String, String> =
+            [("KMS_SIDECAR_LISTEN__SOKET".to_owned(), "x".to_owned())].into();
+        let err = Config::parse(EMBEDDED_DEFAULT, "default", &env).unwrap_err().to_string();
+        assert!(err.contains("soket"), "{err}");
+    }
+
+    #[test]
+    fn resolved_config_round_trips_through_yaml() {
+        let c = Config::parse(EMBEDDED_DEFAULT, "default", &no_env()).unwrap();
+        let again = Config::parse(&c.to_yaml(), "resolved", &no_env()).unwrap();
+        assert_eq!(again.to_yaml(), c.to_yaml());
+    }
+}

@@ -1,0 +1,322 @@
+//! Algorithms and the software crypto every backend shares: public-key
+//! encodings (PEM, JWK) and local signature verification with a public key.
+//! All primitives come from `aws-lc-rs`; nothing here is hand-rolled crypto.
+
+use aws_lc_rs::{digest, signature};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+
+use crate::policy::Op;
+
+/// A key algorithm, named as in config and API (`ecdsa-p256-sha256`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    EcdsaP256Sha256,
+    EcdsaP384Sha384,
+    Ed25519,
+    /// RSASSA-PSS, SHA-256, salt length = hash length.
+    RsaPssSha256 { bits: u16 },
+    /// RSASSA-PKCS1-v1_5, SHA-256.
+    RsaPkcs1Sha256 { bits: u16 },
+    Aes256Gcm,
+    HmacSha256,
+}
+
+/// What a key is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    Sign,
+    Encrypt,
+    Mac,
+}
+
+/// Signature encoding: ASN.1 DER (as AWS/GCP/Vault return it) or raw
+/// fixed-width `r‖s` (JOSE, Azure). Only ECDSA has two encodings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureFormat {
+    #[default]
+    Der,
+    Raw,
+}
+
+/// What is signed: the message itself, or its digest computed by the caller.
+#[derive(Clone, Copy, Debug)]
+pub enum SignInput<'a> {
+    Message(&'a [u8]),
+    Digest(&'a [u8]),
+}
+
+const RSA_SIZES: [u16; 3] = [2048, 3072, 4096];
+
+impl Algorithm {
+    pub fn purpose(self) -> Purpose {
+        match self {
+            Algorithm::EcdsaP256Sha256
+            | Algorithm::EcdsaP384Sha384
+            | Algorithm::Ed25519
+            | Algorithm::RsaPssSha256 { .. }
+            | Algorithm::RsaPkcs1Sha256 { .. } => Purpose::Sign,
+            Algorithm::Aes256Gcm => Purpose::Encrypt,
+            Algorithm::HmacSha256 => Purpose::Mac,
+        }
+    }
+
+    /// The operations a key of this algorithm can do (`rotate` included).
+    pub fn supported_ops(self) -> &'static [Op] {
+        match self.purpose() {
+            Purpose::Sign => &[Op::Sign, Op::Verify, Op::PublicKey, Op::Metadata, Op::Rotate],
+            Purpose::Encrypt => &[
+                Op::Encrypt,
+                Op::Decrypt,
+                Op::Datakey,
+                Op::Envelope,
+                Op::Metadata,
+                Op::Rotate,
+            ],
+            Purpose::Mac => &[Op::Mac, Op::Metadata, Op::Rotate],
+        }
+    }
+
+    /// The digest a `digest` sign/verify input must be, if the algorithm
+    /// accepts a pre-computed digest at all (Ed25519 signs messages only).
+    pub fn digest(self) -> Option<&'static digest::Algorithm> {
+        match self {
+            Algorithm::EcdsaP256Sha256
+            | Algorithm::RsaPssSha256 { .. }
+            | Algorithm::RsaPkcs1Sha256 { .. } => Some(&digest::SHA256),
+            Algorithm::EcdsaP384Sha384 => Some(&digest::SHA384),
+            Algorithm::Ed25519 | Algorithm::Aes256Gcm | Algorithm::HmacSha256 => None,
+        }
+    }
+
+    /// Width of one ECDSA coordinate, for raw `r‖s` signatures.
+    pub fn ecdsa_coordinate_len(self) -> Option<usize> {
+        match self {
+            Algorithm::EcdsaP256Sha256 => Some(32),
+            Algorithm::EcdsaP384Sha384 => Some(48),
+            _ => None,
+        }
+    }
+
+    /// JOSE `alg` name of a signing algorithm.
+    pub fn jose_name(self) -> Option<&'static str> {
+        match self {
+            Algorithm::EcdsaP256Sha256 => Some("ES256"),
+            Algorithm::EcdsaP384Sha384 => Some("ES384"),
+            Algorithm::Ed25519 => Some("EdDSA"),
+            Algorithm::RsaPssSha256 { .. } => Some("PS256"),
+            Algorithm::RsaPkcs1Sha256 { .. } => Some("RS256"),
+            Algorithm::Aes256Gcm | Algorithm::HmacSha256 => None,
+        }
+    }
+
+    fn verification(self, format: SignatureFormat) -> Option<&'static dyn signature::VerificationAlgorithm> {
+        use SignatureFormat::{Der, Raw};
+        Some(match (self, format) {
+            (Algorithm::EcdsaP256Sha256, Der) => &signature::ECDSA_P256_SHA256_ASN1,
+            (Algorithm::EcdsaP256Sha256, Raw) => &signature::ECDSA_P256_SHA256_FIXED,
+            (Algorithm::EcdsaP384Sha384, Der) => &signature::ECDSA_P384_SHA384_ASN1,
+            (Algorithm::EcdsaP384Sha384, Raw) => &signature::ECDSA_P384_SHA384_FIXED,
+            (Algorithm::Ed25519, _) => &signature::ED25519,
+            (Algorithm::RsaPssSha256 { .. }, _) => &signature::RSA_PSS_2048_8192_SHA256,
+            (Algorithm::RsaPkcs1Sha256 { .. }, _) => &signature::RSA_PKCS1_2048_8192_SHA256,
+            (Algorithm::Aes256Gcm | Algorithm::HmacSha256, _) => return None,
+        })
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Algorithm::EcdsaP256Sha256 => f.write_str("ecdsa-p256-sha256"),
+            Algorithm::EcdsaP384Sha384 => f.write_str("ecdsa-p384-sha384"),
+            Algorithm::Ed25519 => f.write_str("ed25519"),
+            Algorithm::RsaPssSha256 { bits } => write!(f, "rsa-pss-{bits}-sha256"),
+            Algorithm::RsaPkcs1Sha256 { bits } => write!(f, "rsa-pkcs1-{bits}-sha256"),
+            Algorithm::Aes256Gcm => f.write_str("aes-256-gcm"),
+            Algorithm::HmacSha256 => f.write_str("hmac-sha256"),
+        }
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let fixed = [
+            Algorithm::EcdsaP256Sha256,
+            Algorithm::EcdsaP384Sha384,
+            Algorithm::Ed25519,
+            Algorithm::Aes256Gcm,
+            Algorithm::HmacSha256,
+        ];
+        let rsa = RSA_SIZES.into_iter().flat_map(|bits| {
+            [Algorithm::RsaPssSha256 { bits }, Algorithm::RsaPkcs1Sha256 { bits }]
+        });
+        fixed
+            .into_iter()
+            .chain(rsa)
+            .find(|a| a.to_string() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown algorithm `{s}`, expected one of ecdsa-p256-sha256, ecdsa-p384-sha384, \
+                     ed25519, rsa-pss-{{2048,3072,4096}}-sha256, rsa-pkcs1-{{2048,3072,4096}}-sha256, \
+                     aes-256-gcm, hmac-sha256"
+                )
+            })
+    }
+}
+
+impl Serialize for Algorithm {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Algorithm {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a public key could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("the public key is not a valid {algorithm} SubjectPublicKeyInfo")]
+pub struct BadPublicKey {
+    pub algorithm: Algorithm,
+}
+
+/// PEM (`PUBLIC KEY`, SubjectPublicKeyInfo) of a DER public key.
+pub fn public_key_pem(spki_der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("PUBLIC KEY", spki_der.to_vec()))
+}
+
+/// The RFC 7517 JWK of a public key given as SubjectPublicKeyInfo DER.
+pub fn public_key_jwk(
+    algorithm: Algorithm,
+    spki_der: &[u8],
+    kid: &str,
+) -> Result<serde_json::Value, BadPublicKey> {
+    let bad = || BadPublicKey { algorithm };
+    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    let alg = algorithm.jose_name().ok_or_else(bad)?;
+    let mut jwk = match algorithm {
+        Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384 => {
+            let n = algorithm.ecdsa_coordinate_len().ok_or_else(bad)?;
+            // The uncompressed point 0x04‖x‖y ends the SPKI's BIT STRING.
+            let point = spki_der.get(spki_der.len().checked_sub(2 * n + 1).ok_or_else(bad)?..).ok_or_else(bad)?;
+            if point[0] != 4 {
+                return Err(bad());
+            }
+            let crv = if n == 32 { "P-256" } else { "P-384" };
+            serde_json::json!({"kty": "EC", "crv": crv, "x": b64(&point[1..=n]), "y": b64(&point[n + 1..])})
+        }
+        Algorithm::Ed25519 => {
+            let x = spki_der.get(spki_der.len().checked_sub(32).ok_or_else(bad)?..).ok_or_else(bad)?;
+            serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(x)})
+        }
+        Algorithm::RsaPssSha256 { .. } | Algorithm::RsaPkcs1Sha256 { .. } => {
+            let key = aws_lc_rs::rsa::PublicKey::from_der(spki_der).map_err(|_| bad())?;
+            serde_json::json!({
+                "kty": "RSA",
+                "n": b64(key.modulus().big_endian_without_leading_zero()),
+                "e": b64(key.exponent().big_endian_without_leading_zero()),
+            })
+        }
+        Algorithm::Aes256Gcm | Algorithm::HmacSha256 => return Err(bad()),
+    };
+    jwk["alg"] = alg.into();
+    jwk["use"] = "sig".into();
+    jwk["kid"] = kid.into();
+    Ok(jwk)
+}
+
+/// Checks a signature with a public key (SubjectPublicKeyInfo DER), as a
+/// backend without a verify API needs. `Ok(false)` is an invalid signature;
+/// `Err` means the input cannot be checked with this algorithm at all.
+pub fn verify_locally(
+    algorithm: Algorithm,
+    spki_der: &[u8],
+    input: SignInput<'_>,
+    signature: &[u8],
+    format: SignatureFormat,
+) -> Result<bool, BadInput> {
+    let alg = algorithm.verification(format).ok_or(BadInput::NotASigningKey)?;
+    let key = signature::UnparsedPublicKey::new(alg, spki_der);
+    Ok(match input {
+        SignInput::Message(m) => key.verify(m, signature).is_ok(),
+        SignInput::Digest(d) => {
+            let digest = import_digest(algorithm, d)?;
+            key.verify_digest(&digest, signature).is_ok()
+        }
+    })
+}
+
+/// A caller-supplied digest as the algorithm's digest type, length-checked.
+pub fn import_digest(algorithm: Algorithm, bytes: &[u8]) -> Result<digest::Digest, BadInput> {
+    let alg = algorithm.digest().ok_or(BadInput::DigestNotSupported)?;
+    digest::Digest::import_less_safe(bytes, alg).map_err(|_| BadInput::DigestLength {
+        expected: alg.output_len(),
+    })
+}
+
+/// Sign/verify input that an algorithm cannot take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadInput {
+    #[error("this key does not sign")]
+    NotASigningKey,
+    #[error("this algorithm signs messages only, not digests")]
+    DigestNotSupported,
+    #[error("`digest` must be {expected} bytes for this algorithm")]
+    DigestLength { expected: usize },
+}
+
+/// Picks the encoding of an ECDSA signature the caller did not label: a raw
+/// `r‖s` signature has exactly twice the coordinate width.
+pub fn guess_format(algorithm: Algorithm, signature: &[u8]) -> SignatureFormat {
+    match algorithm.ecdsa_coordinate_len() {
+        Some(n) if signature.len() == 2 * n => SignatureFormat::Raw,
+        _ => SignatureFormat::Der,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn algorithm_names_round_trip() {
+        for name in ["ecdsa-p256-sha256", "ed25519", "rsa-pss-3072-sha256", "rsa-pkcs1-2048-sha256", "aes-256-gcm", "hmac-sha256"] {
+            assert_eq!(name.parse::<Algorithm>().unwrap().to_string(), name);
+        }
+        assert!("rsa-pss-1024-sha256".parse::<Algorithm>().is_err());
+    }
+
+    #[test]
+    fn ec_jwk_and_local_verification_agree_with_the_signer() {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::KeyPair;
+        let kp = signature::EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
+        let spki = kp.public_key().as_der().unwrap();
+        let jwk = public_key_jwk(Algorithm::EcdsaP256Sha256, spki.as_ref(), "k/1").unwrap();
+        assert_eq!(jwk["crv"], "P-256");
+        assert_eq!(URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap().len(), 32);
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let sig = kp.sign(&rng, b"hello").unwrap();
+        let ok = |m: &[u8]| {
+            verify_locally(Algorithm::EcdsaP256Sha256, spki.as_ref(), SignInput::Message(m), sig.as_ref(), SignatureFormat::Der).unwrap()
+        };
+        assert!(ok(b"hello"));
+        assert!(!ok(b"hellO"));
+        let d = digest::digest(&digest::SHA256, b"hello");
+        assert!(verify_locally(Algorithm::EcdsaP256Sha256, spki.as_ref(), SignInput::Digest(d.as_ref()), sig.as_ref(), SignatureFormat::Der).unwrap());
+        assert_eq!(
+            verify_locally(Algorithm::EcdsaP256Sha256, spki.as_ref(), SignInput::Digest(b"short"), sig.as_ref(), SignatureFormat::Der),
+            Err(BadInput::DigestLength { expected: 32 })
+        );
+    }
+}

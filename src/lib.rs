@@ -1,0 +1,41 @@
+//! kms-sidecar: signing, encryption and data keys for the app containers of a
+//! pod, served as JSON over HTTP/1.1 on a Unix domain socket, while the sidecar
+//! alone holds the pod's KMS credentials.
+//!
+//! The design is in `SPEC.md` (kept beside the project); the README shows the
+//! API as a user sees it.
+//!
+//! # Layout
+//!
+//! - [`app`]: composition root — builds backends, policy, metrics and the
+//!   service from a [`config::Config`], and runs the server until shutdown.
+//! - [`shutdown`]: SIGTERM/SIGINT as a future, for the drain.
+//! - [`telemetry`]: the `tracing` subscriber (JSON off a TTY).
+//! - [`config`]: typed configuration, YAML + `KMS_SIDECAR_…` overrides,
+//!   validation that names every bad field.
+//! - [`api`]: wire types and the error body with its stable codes — pure
+//!   serde, no IO.
+//! - [`server`]: the Unix socket (mode, stale socket), the accept loop with
+//!   peer credentials, and the thin HTTP routes.
+//! - [`service`]: one operation end to end — policy → backend → metrics.
+//! - [`policy`]: pure decision: may this caller do this op on this key?
+//! - [`backend`]: the [`backend::Backend`] trait, its error type, and one
+//!   module per KMS behind a cargo feature.
+//! - [`crypto`]: algorithms and software crypto shared by backends (public key
+//!   encodings, local signature verification).
+//! - [`metrics`]: the Prometheus registry.
+//! - [`admin`]: the optional TCP listener for probes and metrics.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod api;
+pub mod app;
+pub mod backend;
+pub mod config;
+pub mod crypto;
+pub mod metrics;
+pub mod policy;
+pub mod server;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;

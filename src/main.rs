@@ -1,0 +1,73 @@
+//! The `kms-sidecar` binary: parse the command line, load the config, start
+//! telemetry, run the app until SIGTERM/SIGINT. Exit codes: 0 ok, 2 bad
+//! usage or config, 1 runtime failure.
+
+use clap::{Parser, Subcommand};
+use kms_sidecar::config::{self, Config, ProcessEnv};
+use kms_sidecar::{app, shutdown, telemetry};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(version, about = "Signing, encryption and data keys for a pod's apps over a Unix socket")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar (no config at all: the embedded local-keys default).
+    Serve {
+        /// Config file (default: $KMS_SIDECAR_CONFIG, then /etc/kms-sidecar/config.yaml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Work with config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file and print the resolved config.
+    Check { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Config(ConfigCommand::Check { file }) => match Config::load(Some(&file), &ProcessEnv) {
+            Ok((config, _)) => {
+                print!("{}", config.to_yaml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(2, &e),
+        },
+        Command::Serve { config } => {
+            let (config, source) = match Config::load(config.as_deref(), &ProcessEnv) {
+                Ok(loaded) => loaded,
+                Err(e) => return fail(2, &e),
+            };
+            telemetry::init(&config.log);
+            tracing::info!(config = %source, version = env!("CARGO_PKG_VERSION"), "starting kms-sidecar");
+            let runtime = tokio::runtime::Runtime::new().expect("building the tokio runtime");
+            runtime.block_on(async {
+                let app = match app::App::build(config).await {
+                    Ok(app) => app,
+                    Err(e) => return fail(2, &e),
+                };
+                match app.run(shutdown::signal_received()).await {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => fail(1, &e),
+                }
+            })
+        }
+    }
+}
+
+fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {
+    tracing::error!(error = %e, "kms-sidecar cannot run");
+    eprintln!("kms-sidecar: {e}");
+    let _ = config::ENV_PREFIX;
+    ExitCode::from(code)
+}

@@ -1,0 +1,99 @@
+//! The Prometheus registry (prefix `kms_sidecar_`, SPEC §10). Labels are
+//! bounded: ops, configured key aliases, backend names, codes — never values.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+/// Every metric the sidecar exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `requests_total{op,key,code}`; `code` is `ok` or the error code.
+    pub requests_total: IntCounterVec,
+    /// `request_duration_seconds{op}`.
+    pub request_duration: HistogramVec,
+    /// `backend_calls_total{backend,op,outcome}`; `outcome` is `ok` or the error code.
+    pub backend_calls_total: IntCounterVec,
+    /// `backend_call_duration_seconds{backend,op}`.
+    pub backend_call_duration: HistogramVec,
+    /// Open connections on the socket.
+    pub connections_open: IntGauge,
+    /// Connections closed at accept because `limits.max_connections` was reached.
+    pub connections_rejected: prometheus::IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("kms_sidecar".into()), None)
+            .expect("a constant prefix is valid");
+        let requests_total = IntCounterVec::new(
+            Opts::new("requests_total", "API requests by operation, key alias and result code"),
+            &["op", "key", "code"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "API request latency by operation")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["op"],
+        )
+        .expect("valid metric");
+        let backend_calls_total = IntCounterVec::new(
+            Opts::new("backend_calls_total", "Calls to a KMS backend by operation and outcome"),
+            &["backend", "op", "outcome"],
+        )
+        .expect("valid metric");
+        let backend_call_duration = HistogramVec::new(
+            HistogramOpts::new("backend_call_duration_seconds", "KMS backend call latency")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["backend", "op"],
+        )
+        .expect("valid metric");
+        let connections_open = IntGauge::new("connections_open", "Open connections on the Unix socket")
+            .expect("valid metric");
+        let connections_rejected = prometheus::IntCounter::new(
+            "connections_rejected_total",
+            "Connections closed at accept because limits.max_connections was reached",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(backend_calls_total.clone()),
+            Box::new(backend_call_duration.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_rejected.clone()),
+        ] {
+            registry.register(c).expect("each metric is registered once");
+        }
+        Self {
+            registry,
+            requests_total,
+            request_duration,
+            backend_calls_total,
+            backend_call_duration,
+            connections_open,
+            connections_rejected,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding into a Vec cannot fail");
+        out
+    }
+}

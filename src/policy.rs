@@ -1,0 +1,186 @@
+//! Pure authorization: may this caller (peer credentials of the socket) do
+//! this operation on this key alias? No rule, no access (SPEC §7).
+
+use crate::config::CallerRule;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// An operation, as named in `keys.*.ops`, `callers[].ops` and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Sign,
+    Verify,
+    PublicKey,
+    Encrypt,
+    Decrypt,
+    Datakey,
+    Envelope,
+    Mac,
+    Rotate,
+    Metadata,
+}
+
+impl Op {
+    pub const ALL: [Op; 10] = [
+        Op::Sign,
+        Op::Verify,
+        Op::PublicKey,
+        Op::Encrypt,
+        Op::Decrypt,
+        Op::Datakey,
+        Op::Envelope,
+        Op::Mac,
+        Op::Rotate,
+        Op::Metadata,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Sign => "sign",
+            Op::Verify => "verify",
+            Op::PublicKey => "public_key",
+            Op::Encrypt => "encrypt",
+            Op::Decrypt => "decrypt",
+            Op::Datakey => "datakey",
+            Op::Envelope => "envelope",
+            Op::Mac => "mac",
+            Op::Rotate => "rotate",
+            Op::Metadata => "metadata",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An operation or `"*"` (all operations) in a config list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpOrAll {
+    Op(Op),
+    All,
+}
+
+impl std::str::FromStr for Op {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Op, String> {
+        Op::ALL.into_iter().find(|op| op.as_str() == s).ok_or_else(|| {
+            let names: Vec<_> = Op::ALL.iter().map(|o| o.as_str()).collect();
+            format!("unknown operation `{s}`, expected \"*\" or one of {}", names.join(", "))
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for OpOrAll {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "*" {
+            return Ok(OpOrAll::All);
+        }
+        s.parse().map(OpOrAll::Op).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for OpOrAll {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            OpOrAll::Op(op) => s.serialize_str(op.as_str()),
+            OpOrAll::All => s.serialize_str("*"),
+        }
+    }
+}
+
+/// Whether `ops` (a config list) includes `op`.
+pub fn grants(ops: &[OpOrAll], op: Op) -> bool {
+    ops.iter().any(|o| matches!(o, OpOrAll::All) || *o == OpOrAll::Op(op))
+}
+
+/// Peer credentials of a socket connection (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    /// Often absent or 0 in a pod (no shared PID namespace).
+    pub pid: Option<i32>,
+}
+
+/// The `callers` rules.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    rules: Vec<CallerRule>,
+}
+
+impl Policy {
+    pub fn new(rules: Vec<CallerRule>) -> Self {
+        Self { rules }
+    }
+
+    /// May `caller` do `op` on the key `alias`?
+    pub fn allows(&self, caller: &Caller, alias: &str, op: Op) -> bool {
+        self.matching(caller)
+            .any(|r| key_matches(&r.keys, alias) && grants(&r.ops, op))
+    }
+
+    /// May `caller` do anything at all with the key `alias`? (For listing.)
+    pub fn allows_any(&self, caller: &Caller, alias: &str) -> bool {
+        self.matching(caller).any(|r| key_matches(&r.keys, alias))
+    }
+
+    fn matching<'a>(&'a self, caller: &'a Caller) -> impl Iterator<Item = &'a CallerRule> + 'a {
+        self.rules.iter().filter(move |r| {
+            (r.uids.is_empty() || r.uids.contains(&caller.uid))
+                && (r.gids.is_empty() || r.gids.contains(&caller.gid))
+        })
+    }
+}
+
+fn key_matches(patterns: &[String], alias: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => alias.starts_with(prefix),
+        None => p == alias,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(uids: &[u32], gids: &[u32], keys: &[&str], ops: &[OpOrAll]) -> CallerRule {
+        CallerRule {
+            uids: uids.to_vec(),
+            gids: gids.to_vec(),
+            keys: keys.iter().map(|s| s.to_string()).collect(),
+            ops: ops.to_vec(),
+        }
+    }
+
+    #[test]
+    fn rules_match_uid_gid_keys_and_ops() {
+        let p = Policy::new(vec![
+            rule(&[1000], &[], &["payments-*"], &[OpOrAll::Op(Op::Sign)]),
+            rule(&[], &[2000], &["pii"], &[OpOrAll::All]),
+            rule(&[3000], &[3000], &["*"], &[OpOrAll::Op(Op::Verify)]),
+        ]);
+        let c = |uid, gid| Caller { uid, gid, pid: None };
+        assert!(p.allows(&c(1000, 1), "payments-signing", Op::Sign));
+        assert!(!p.allows(&c(1000, 1), "payments-signing", Op::Verify));
+        assert!(!p.allows(&c(1000, 1), "pii", Op::Sign));
+        assert!(p.allows(&c(5, 2000), "pii", Op::Rotate));
+        assert!(!p.allows(&c(5, 2000), "pii2", Op::Rotate));
+        assert!(p.allows(&c(3000, 3000), "anything", Op::Verify));
+        assert!(!p.allows(&c(3000, 1), "anything", Op::Verify), "both uid and gid must match");
+        assert!(!p.allows(&c(4000, 4000), "pii", Op::Sign), "no rule, no access");
+        assert!(p.allows_any(&c(1000, 1), "payments-x"));
+        assert!(!p.allows_any(&c(1000, 1), "pii"));
+    }
+
+    #[test]
+    fn ops_parse_from_names_and_star() {
+        let ops: Vec<OpOrAll> = serde_json::from_str(r#"["sign","*","public_key"]"#).unwrap();
+        assert_eq!(ops, [OpOrAll::Op(Op::Sign), OpOrAll::All, OpOrAll::Op(Op::PublicKey)]);
+        assert!(serde_json::from_str::<Vec<OpOrAll>>(r#"["sing"]"#).is_err());
+    }
+}

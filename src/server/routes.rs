@@ -1,0 +1,329 @@
+//! Thin HTTP routes: path → operation, body → wire type, result → JSON, plus
+//! request ids, the body limit, the request span and request metrics.
+
+use crate::api::{self, ApiError, Code, parse_json};
+use crate::policy::Caller;
+use crate::service::Service;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+use zeroize::Zeroizing;
+
+/// Response body type of every route.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// The request id header, echoed when the caller sends a usable one.
+pub const REQUEST_ID: &str = "x-request-id";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Healthz,
+    Readyz,
+    Metrics,
+    ListKeys,
+    Key(&'a str, Action),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Metadata,
+    PublicKey,
+    Sign,
+    SignBatch,
+    Verify,
+    Encrypt,
+    Decrypt,
+    Datakey,
+    Mac,
+    VerifyMac,
+    Rotate,
+}
+
+impl Route<'_> {
+    /// The `op` label of metrics and logs.
+    fn label(self) -> &'static str {
+        match self {
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Metrics => "metrics",
+            Route::ListKeys => "list_keys",
+            Route::Key(_, a) => match a {
+                Action::Metadata => "metadata",
+                Action::PublicKey => "public_key",
+                Action::Sign => "sign",
+                Action::SignBatch => "sign_batch",
+                Action::Verify => "verify",
+                Action::Encrypt => "encrypt",
+                Action::Decrypt => "decrypt",
+                Action::Datakey => "datakey",
+                Action::Mac => "mac",
+                Action::VerifyMac => "verify_mac",
+                Action::Rotate => "rotate",
+            },
+        }
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Route::Key(_, Action::Metadata | Action::PublicKey) | Route::Healthz | Route::Readyz | Route::Metrics | Route::ListKeys => Method::GET,
+            Route::Key(..) => Method::POST,
+        }
+    }
+
+    fn is_probe(self) -> bool {
+        matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
+    }
+}
+
+fn parse_route(path: &str) -> Option<Route<'_>> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    Some(match segments.as_slice() {
+        ["healthz"] => Route::Healthz,
+        ["readyz"] => Route::Readyz,
+        ["metrics"] => Route::Metrics,
+        ["v1", "keys"] => Route::ListKeys,
+        ["v1", "keys", name] if !name.is_empty() => Route::Key(name, Action::Metadata),
+        ["v1", "keys", name, action] if !name.is_empty() => {
+            let action = match *action {
+                "public-key" => Action::PublicKey,
+                "sign" => Action::Sign,
+                "sign-batch" => Action::SignBatch,
+                "verify" => Action::Verify,
+                "encrypt" => Action::Encrypt,
+                "decrypt" => Action::Decrypt,
+                "datakey" => Action::Datakey,
+                "mac" => Action::Mac,
+                "verify-mac" => Action::VerifyMac,
+                "rotate" => Action::Rotate,
+                _ => return None,
+            };
+            Route::Key(name, action)
+        }
+        _ => return None,
+    })
+}
+
+/// A response before headers: status, content type, body.
+struct Reply {
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+    Reply {
+        status,
+        content_type: "application/json",
+        body: Bytes::from(serde_json::to_vec(value).expect("API types always serialize")),
+    }
+}
+
+fn ok<T: Serialize>(result: Result<T, ApiError>) -> Result<Reply, ApiError> {
+    result.map(|v| json(StatusCode::OK, &v))
+}
+
+/// The routes, shared by every connection.
+#[derive(Debug)]
+pub struct Routes {
+    service: Arc<Service>,
+    max_body: usize,
+}
+
+impl Routes {
+    pub fn new(service: Arc<Service>, max_body: usize) -> Self {
+        Self { service, max_body }
+    }
+
+    /// Answers one request. `caller` is `None` on the TCP probe listener,
+    /// which serves `/healthz`, `/readyz` and `/metrics` only.
+    pub async fn handle(&self, req: Request<Incoming>, caller: Option<Caller>) -> Response<Body> {
+        let started = Instant::now();
+        let request_id = request_id(req.headers());
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            caller.uid = caller.map(|c| c.uid),
+            caller.gid = caller.map(|c| c.gid),
+            caller.pid = caller.and_then(|c| c.pid),
+            op = tracing::field::Empty,
+            key = tracing::field::Empty,
+        );
+        async move {
+            let path = req.uri().path().to_owned();
+            let route = parse_route(&path).filter(|r| caller.is_some() || r.is_probe());
+            let (op, key_label) = match route {
+                Some(r @ Route::Key(alias, _)) => {
+                    let label = if self.service.is_key(alias) { alias } else { "-" };
+                    (r.label(), label)
+                }
+                Some(r) => (r.label(), ""),
+                None => ("unknown", ""),
+            };
+            let span = tracing::Span::current();
+            span.record("op", op);
+            if !key_label.is_empty() {
+                span.record("key", key_label);
+            }
+            let reply = match route {
+                None => Err(ApiError::new(Code::NotFound, format!("no route {} {}", req.method(), req.uri().path()))),
+                Some(route) => self.dispatch(route, req, caller).await,
+            };
+            let (reply, code) = match reply {
+                Ok(reply) => (reply, "ok"),
+                Err(e) => {
+                    if e.status.is_server_error() {
+                        tracing::warn!(code = e.code.as_str(), message = %e.message, "request failed");
+                    } else {
+                        tracing::debug!(code = e.code.as_str(), message = %e.message, "request refused");
+                    }
+                    (json(e.status, &e.body(&request_id)), e.code.as_str())
+                }
+            };
+            let metrics = self.service.metrics();
+            metrics.requests_total.with_label_values(&[op, key_label, code]).inc();
+            metrics
+                .request_duration
+                .with_label_values(&[op])
+                .observe(started.elapsed().as_secs_f64());
+            tracing::debug!(status = reply.status.as_u16(), micros = started.elapsed().as_micros() as u64, "request done");
+            let mut response = Response::new(Full::new(reply.body).map_err(|never| match never {}).boxed());
+            *response.status_mut() = reply.status;
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                headers.insert(REQUEST_ID, v);
+            }
+            if reply.status == StatusCode::METHOD_NOT_ALLOWED
+                && let Some(route) = route
+            {
+                headers.insert(http::header::ALLOW, HeaderValue::from_static(if route.method() == Method::GET { "GET" } else { "POST" }));
+            }
+            response
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dispatch(&self, route: Route<'_>, req: Request<Incoming>, caller: Option<Caller>) -> Result<Reply, ApiError> {
+        if req.method() != route.method() {
+            return Err(ApiError::new(
+                Code::OperationNotSupported,
+                format!("{} {} is not supported; use {}", req.method(), req.uri().path(), route.method()),
+            )
+            .with_status(StatusCode::METHOD_NOT_ALLOWED));
+        }
+        let svc = &self.service;
+        let (caller, alias, action) = match (route, caller) {
+            (Route::Healthz, _) => return Ok(json(StatusCode::OK, &api::Health { status: "ok" })),
+            (Route::Readyz, _) => {
+                let (ready, body) = svc.readiness().await;
+                let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                return Ok(json(status, &body));
+            }
+            (Route::Metrics, _) => {
+                return Ok(Reply {
+                    status: StatusCode::OK,
+                    content_type: "text/plain; version=0.0.4; charset=utf-8",
+                    body: Bytes::from(svc.metrics().encode()),
+                });
+            }
+            (_, None) => return Err(ApiError::new(Code::NotFound, "only probes are served here")),
+            (Route::ListKeys, Some(c)) => return Ok(json(StatusCode::OK, &svc.list_keys(&c).await)),
+            (Route::Key(alias, action), Some(c)) => (c, alias, action),
+        };
+        let caller = &caller;
+        let body = if route.method() == Method::POST {
+            read_body(req, self.max_body).await?
+        } else {
+            Zeroizing::new(Vec::new())
+        };
+        match action {
+            Action::Metadata => ok(svc.metadata(caller, alias).await),
+            Action::PublicKey => ok(svc.public_key(caller, alias).await),
+            Action::Sign => ok(svc.sign(caller, alias, parse_json(&body)?).await),
+            Action::SignBatch => ok(svc.sign_batch(caller, alias, parse_json(&body)?).await),
+            Action::Verify => ok(svc.verify(caller, alias, parse_json(&body)?).await),
+            Action::Encrypt => ok(svc.encrypt(caller, alias, parse_json(&body)?).await),
+            Action::Decrypt => ok(svc.decrypt(caller, alias, parse_json(&body)?).await),
+            Action::Datakey => ok(svc.datakey(caller, alias, parse_json(&body)?).await),
+            Action::Mac => ok(svc.mac(caller, alias, parse_json(&body)?).await),
+            Action::VerifyMac => ok(svc.verify_mac(caller, alias, parse_json(&body)?).await),
+            Action::Rotate => {
+                let api::RotateRequest {} = parse_json(&body)?;
+                ok(svc.rotate(caller, alias).await)
+            }
+        }
+    }
+}
+
+/// Reads a request body of at most `max` bytes into a buffer that is zeroized
+/// on drop. A declared `Content-Length` over the limit is refused before any
+/// of the body is read; a chunked body is refused as soon as it passes it.
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let too_large = || ApiError::new(Code::PayloadTooLarge, format!("request body is over the {max}-byte limit (limits.max_body)"));
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut buf = Zeroizing::new(Vec::with_capacity(declared.map_or(0, |n| n as usize)));
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}
+
+/// The caller's `x-request-id` if it is short printable ASCII, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse() {
+        assert_eq!(parse_route("/healthz"), Some(Route::Healthz));
+        assert_eq!(parse_route("/v1/keys"), Some(Route::ListKeys));
+        assert_eq!(parse_route("/v1/keys/a"), Some(Route::Key("a", Action::Metadata)));
+        assert_eq!(parse_route("/v1/keys/a/sign-batch"), Some(Route::Key("a", Action::SignBatch)));
+        assert_eq!(parse_route("/v1/keys/a/explode"), None);
+        assert_eq!(parse_route("/v1/keys//sign"), None);
+        assert_eq!(parse_route("/v2/keys"), None);
+    }
+
+    #[test]
+    fn request_ids_are_echoed_only_when_safe() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(REQUEST_ID, HeaderValue::from_static("bad id\"with quotes"));
+        assert_ne!(request_id(&h), "bad id\"with quotes");
+    }
+}

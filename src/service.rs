@@ -1,0 +1,572 @@
+//! One operation end to end: policy → backend (with the public-key cache and
+//! the local-verify fallback) → backend-call metrics. Routes parse and render;
+//! this module decides.
+
+use crate::api::{self, ApiError, Code, b64};
+use crate::backend::{self, Backend, ErrorKind, KeyRef};
+use crate::config::{Config, KeyConfig};
+use crate::crypto::{self, Algorithm, SignInput};
+use crate::metrics::Metrics;
+use crate::policy::{Caller, Op, OpOrAll, Policy, grants};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use zeroize::Zeroizing;
+
+/// A configured key alias and the backend behind it.
+#[derive(Debug)]
+struct KeyEntry {
+    alias: String,
+    backend_name: String,
+    backend: Arc<dyn Backend>,
+    id: String,
+    ops: Option<Vec<OpOrAll>>,
+    rotation_period: Option<Duration>,
+}
+
+impl KeyEntry {
+    fn key_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            alias: &self.alias,
+            id: &self.id,
+        }
+    }
+
+    /// The operations this alias allows, given its algorithm.
+    fn ops(&self, algorithm: Algorithm) -> Vec<Op> {
+        algorithm
+            .supported_ops()
+            .iter()
+            .copied()
+            .filter(|op| self.allows(*op))
+            .collect()
+    }
+
+    fn allows(&self, op: Op) -> bool {
+        match &self.ops {
+            Some(ops) => grants(ops, op),
+            None => op != Op::Rotate,
+        }
+    }
+}
+
+/// How long a backend health result is reused by `/readyz`.
+const HEALTH_TTL: Duration = Duration::from_secs(5);
+/// Most cached public keys (aliases × versions).
+const PUBLIC_KEY_CACHE_MAX: usize = 4096;
+
+/// The operations of API v1, shared by every connection.
+#[derive(Debug)]
+pub struct Service {
+    keys: HashMap<String, KeyEntry>,
+    backends: BTreeMap<String, Arc<dyn Backend>>,
+    policy: Policy,
+    metrics: Arc<Metrics>,
+    max_batch: usize,
+    public_keys: Mutex<HashMap<(String, String), (Instant, Arc<backend::PublicKey>)>>,
+    public_key_ttl: Duration,
+    health: tokio::sync::Mutex<HashMap<String, (Instant, api::BackendHealth)>>,
+}
+
+impl Service {
+    pub fn new(config: &Config, backends: BTreeMap<String, Arc<dyn Backend>>, metrics: Arc<Metrics>) -> Self {
+        let keys = config
+            .keys
+            .iter()
+            .filter_map(|(alias, k): (&String, &KeyConfig)| {
+                Some((
+                    alias.clone(),
+                    KeyEntry {
+                        alias: alias.clone(),
+                        backend_name: k.backend.clone(),
+                        backend: backends.get(&k.backend)?.clone(),
+                        id: k.key.clone(),
+                        ops: k.ops.clone(),
+                        rotation_period: k.rotation_period.map(|d| d.0),
+                    },
+                ))
+            })
+            .collect();
+        Self {
+            keys,
+            backends,
+            policy: Policy::new(config.callers.clone()),
+            metrics,
+            max_batch: config.limits.max_batch,
+            public_keys: Mutex::new(HashMap::new()),
+            public_key_ttl: config.cache.public_keys.ttl.0,
+            health: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether `alias` is a configured key (for bounded metric labels).
+    pub fn is_key(&self, alias: &str) -> bool {
+        self.keys.contains_key(alias)
+    }
+
+    /// Policy first (so unknown callers learn nothing about keys), then the
+    /// key, then what the key allows.
+    fn authorize(&self, caller: &Caller, alias: &str, op: Op) -> Result<&KeyEntry, ApiError> {
+        if !self.policy.allows(caller, alias, op) {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!("caller uid {} gid {} may not `{op}` key `{alias}`", caller.uid, caller.gid),
+            ));
+        }
+        let entry = self
+            .keys
+            .get(alias)
+            .ok_or_else(|| ApiError::new(Code::KeyNotFound, format!("no key `{alias}` is configured")))?;
+        if !entry.allows(op) {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!("key `{alias}` does not allow `{op}` (see keys.{alias}.ops)"),
+            ));
+        }
+        Ok(entry)
+    }
+
+    /// Runs one backend call, recording its outcome and latency.
+    async fn call<T>(
+        &self,
+        entry: &KeyEntry,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, backend::Error>>,
+    ) -> Result<T, backend::Error> {
+        let started = Instant::now();
+        let result = fut.await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => Code::of(e.kind).as_str(),
+        };
+        let labels = [entry.backend_name.as_str(), op];
+        self.metrics
+            .backend_call_duration
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .backend_calls_total
+            .with_label_values(&[labels[0], op, outcome])
+            .inc();
+        if let Err(e) = &result {
+            tracing::debug!(backend = %entry.backend_name, op, error = %e, source = ?e.source, "backend call failed");
+        }
+        result
+    }
+
+    // === keys ===
+
+    pub async fn list_keys(&self, caller: &Caller) -> api::KeyList {
+        let mut keys = Vec::new();
+        let mut aliases: Vec<_> = self.keys.keys().filter(|a| self.policy.allows_any(caller, a)).collect();
+        aliases.sort();
+        for alias in aliases {
+            let entry = &self.keys[alias];
+            let summary = match self.call(entry, "metadata", entry.backend.metadata(entry.key_ref())).await {
+                Ok(m) => api::KeySummary {
+                    name: alias.clone(),
+                    backend: entry.backend_name.clone(),
+                    algorithm: Some(m.algorithm),
+                    ops: entry.ops(m.algorithm),
+                    version: Some(m.current_version),
+                    error: None,
+                },
+                Err(e) => api::KeySummary {
+                    name: alias.clone(),
+                    backend: entry.backend_name.clone(),
+                    algorithm: None,
+                    ops: vec![],
+                    version: None,
+                    error: Some(e.message),
+                },
+            };
+            keys.push(summary);
+        }
+        api::KeyList { keys }
+    }
+
+    pub async fn metadata(&self, caller: &Caller, alias: &str) -> Result<api::KeyMetadataResponse, ApiError> {
+        let entry = self.authorize(caller, alias, Op::Metadata)?;
+        let m = self.call(entry, "metadata", entry.backend.metadata(entry.key_ref())).await?;
+        let last = m
+            .versions
+            .iter()
+            .find(|v| v.version == m.current_version)
+            .map_or(m.created, |v| v.created);
+        let period = entry.rotation_period.or(m.rotation_period);
+        let next = period.and_then(|p| last.checked_add(p));
+        let should_rotate = next.is_some_and(|n| SystemTime::now() >= n);
+        let time = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        Ok(api::KeyMetadataResponse {
+            name: alias.to_owned(),
+            backend: entry.backend_name.clone(),
+            backend_type: entry.backend.kind(),
+            backend_key: entry.id.clone(),
+            algorithm: m.algorithm,
+            purpose: m.algorithm.purpose(),
+            ops: entry.ops(m.algorithm),
+            current_version: m.current_version,
+            versions: m.versions,
+            created: time(m.created),
+            rotation: api::Rotation {
+                enabled: period.is_some(),
+                period: period.map(|p| humantime::format_duration(p).to_string()),
+                last: time(last),
+                next: next.map(time),
+                should_rotate,
+            },
+            origin: m.origin,
+            details: m.details,
+        })
+    }
+
+    async fn cached_public_key(
+        &self,
+        entry: &KeyEntry,
+        version: Option<&str>,
+    ) -> Result<Arc<backend::PublicKey>, backend::Error> {
+        let cache_key = (entry.alias.clone(), version.unwrap_or("").to_owned());
+        {
+            let cache = self.public_keys.lock().expect("cache lock is never poisoned");
+            if let Some((at, pk)) = cache.get(&cache_key)
+                && at.elapsed() < self.public_key_ttl
+            {
+                return Ok(pk.clone());
+            }
+        }
+        let pk = Arc::new(
+            self.call(entry, "public_key", entry.backend.public_key(entry.key_ref(), version))
+                .await?,
+        );
+        let mut cache = self.public_keys.lock().expect("cache lock is never poisoned");
+        if cache.len() >= PUBLIC_KEY_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(cache_key, (Instant::now(), pk.clone()));
+        Ok(pk)
+    }
+
+    pub async fn public_key(&self, caller: &Caller, alias: &str) -> Result<api::PublicKeyResponse, ApiError> {
+        let entry = self.authorize(caller, alias, Op::PublicKey)?;
+        let pk = self.cached_public_key(entry, None).await?;
+        let kid = format!("{alias}/{}", pk.version);
+        let jwk = crypto::public_key_jwk(pk.algorithm, &pk.spki_der, &kid)
+            .map_err(|e| ApiError::new(Code::BackendError, e.to_string()))?;
+        Ok(api::PublicKeyResponse {
+            pem: crypto::public_key_pem(&pk.spki_der),
+            jwk,
+            algorithm: pk.algorithm,
+            version: pk.version.clone(),
+        })
+    }
+
+    // === signatures ===
+
+    pub async fn sign(&self, caller: &Caller, alias: &str, req: api::SignRequest) -> Result<api::SignResponse, ApiError> {
+        let entry = self.authorize(caller, alias, Op::Sign)?;
+        let input = sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
+        let sig = self
+            .call(entry, "sign", entry.backend.sign(entry.key_ref(), input, req.format.unwrap_or_default()))
+            .await?;
+        check_algorithm(req.algorithm, sig.algorithm, alias)?;
+        Ok(api::SignResponse {
+            signature: b64(&sig.bytes),
+            algorithm: sig.algorithm,
+            key: alias.to_owned(),
+            version: sig.version,
+        })
+    }
+
+    pub async fn sign_batch(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::SignBatchRequest,
+    ) -> Result<api::SignBatchResponse, ApiError> {
+        let entry = self.authorize(caller, alias, Op::Sign)?;
+        if req.items.is_empty() || req.items.len() > self.max_batch {
+            return Err(ApiError::invalid(format!(
+                "field `items`: send 1 to {} items (limits.max_batch)",
+                self.max_batch
+            )));
+        }
+        let inputs = req
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| sign_input(item.message.as_ref(), item.digest.as_ref(), &format!("items[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let format = req.format.unwrap_or_default();
+        let mut signatures = Vec::with_capacity(inputs.len());
+        let mut made_by = None;
+        for input in inputs {
+            let sig = self.call(entry, "sign", entry.backend.sign(entry.key_ref(), input, format)).await?;
+            check_algorithm(req.algorithm, sig.algorithm, alias)?;
+            signatures.push(b64(&sig.bytes));
+            made_by = Some((sig.algorithm, sig.version));
+        }
+        let (algorithm, version) = made_by.expect("at least one item was signed");
+        Ok(api::SignBatchResponse {
+            signatures,
+            algorithm,
+            key: alias.to_owned(),
+            version,
+        })
+    }
+
+    pub async fn verify(&self, caller: &Caller, alias: &str, req: api::VerifyRequest) -> Result<api::VerifyResponse, ApiError> {
+        let entry = self.authorize(caller, alias, Op::Verify)?;
+        let input = sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
+        let version = req.version.as_ref().map(|v| v.0.as_str());
+        let format = req.format.unwrap_or_default();
+        let native = self
+            .call(
+                entry,
+                "verify",
+                entry.backend.verify(entry.key_ref(), input, &req.signature.0, format, version),
+            )
+            .await;
+        let verified = match native {
+            Err(e) if e.kind == ErrorKind::OperationNotSupported => {
+                self.verify_locally(entry, input, &req.signature.0, req.format, version, req.algorithm)
+                    .await?
+            }
+            other => other?,
+        };
+        Ok(api::VerifyResponse {
+            valid: verified.valid,
+            version: verified.version,
+        })
+    }
+
+    /// Verification with the cached public key, for backends without a
+    /// verify API: the named version, or every enabled version newest first.
+    async fn verify_locally(
+        &self,
+        entry: &KeyEntry,
+        input: SignInput<'_>,
+        signature: &[u8],
+        format: Option<crypto::SignatureFormat>,
+        version: Option<&str>,
+        algorithm: Option<Algorithm>,
+    ) -> Result<backend::Verified, ApiError> {
+        let versions: Vec<String> = match version {
+            Some(v) => vec![v.to_owned()],
+            None => {
+                let m = self.call(entry, "metadata", entry.backend.metadata(entry.key_ref())).await?;
+                let mut vs: Vec<_> = m.versions.into_iter().filter(|v| v.enabled).map(|v| v.version).collect();
+                vs.reverse();
+                if vs.is_empty() {
+                    vs.push(m.current_version);
+                }
+                vs
+            }
+        };
+        for v in &versions {
+            let pk = self.cached_public_key(entry, Some(v)).await?;
+            check_algorithm(algorithm, pk.algorithm, &entry.alias)?;
+            let format = format.unwrap_or_else(|| crypto::guess_format(pk.algorithm, signature));
+            let valid = crypto::verify_locally(pk.algorithm, &pk.spki_der, input, signature, format).map_err(|e| {
+                match e {
+                    crypto::BadInput::DigestLength { .. } => ApiError::invalid(format!("field `digest`: {e}")),
+                    _ => ApiError::new(Code::OperationNotSupported, e.to_string()),
+                }
+            })?;
+            if valid {
+                return Ok(backend::Verified {
+                    valid: true,
+                    version: pk.version.clone(),
+                });
+            }
+        }
+        Ok(backend::Verified {
+            valid: false,
+            version: versions[0].clone(),
+        })
+    }
+
+    // === encryption ===
+
+    pub async fn encrypt(&self, caller: &Caller, alias: &str, req: api::EncryptRequest) -> Result<api::EncryptResponse, ApiError> {
+        let entry = self.authorize(caller, alias, Op::Encrypt)?;
+        check_context(&req.context)?;
+        let sealed = self
+            .call(entry, "encrypt", entry.backend.encrypt(entry.key_ref(), &req.plaintext.0, &req.context))
+            .await?;
+        Ok(api::EncryptResponse {
+            ciphertext: b64(&sealed.bytes),
+            version: sealed.version,
+        })
+    }
+
+    pub async fn decrypt(&self, caller: &Caller, alias: &str, req: api::DecryptRequest) -> Result<api::DecryptResponse, ApiError> {
+        let entry = self.authorize(caller, alias, Op::Decrypt)?;
+        check_context(&req.context)?;
+        let plain = self
+            .call(entry, "decrypt", entry.backend.decrypt(entry.key_ref(), &req.ciphertext.0, &req.context))
+            .await?;
+        Ok(api::DecryptResponse {
+            plaintext: Zeroizing::new(b64(&plain.0)),
+        })
+    }
+
+    pub async fn datakey(&self, caller: &Caller, alias: &str, req: api::DataKeyRequest) -> Result<api::DataKeyResponse, ApiError> {
+        let entry = self.authorize(caller, alias, Op::Datakey)?;
+        check_context(&req.context)?;
+        if req.bits != 128 && req.bits != 256 {
+            return Err(ApiError::invalid("field `bits`: must be 128 or 256"));
+        }
+        let dk = self
+            .call(
+                entry,
+                "generate_data_key",
+                entry.backend.generate_data_key(entry.key_ref(), req.bits, &req.context),
+            )
+            .await?;
+        Ok(api::DataKeyResponse {
+            plaintext_key: Zeroizing::new(b64(&dk.plaintext.0)),
+            encrypted_key: b64(&dk.encrypted),
+            version: dk.version,
+        })
+    }
+
+    // === MACs ===
+
+    pub async fn mac(&self, caller: &Caller, alias: &str, req: api::MacRequest) -> Result<api::MacResponse, ApiError> {
+        let entry = self.authorize(caller, alias, Op::Mac)?;
+        let mac = self.call(entry, "mac", entry.backend.mac(entry.key_ref(), &req.message.0)).await?;
+        Ok(api::MacResponse {
+            mac: b64(&mac.bytes),
+            version: mac.version,
+        })
+    }
+
+    pub async fn verify_mac(&self, caller: &Caller, alias: &str, req: api::VerifyMacRequest) -> Result<api::VerifyResponse, ApiError> {
+        let entry = self.authorize(caller, alias, Op::Mac)?;
+        let version = req.version.as_ref().map(|v| v.0.as_str());
+        let v = self
+            .call(
+                entry,
+                "verify_mac",
+                entry.backend.verify_mac(entry.key_ref(), &req.message.0, &req.mac.0, version),
+            )
+            .await?;
+        Ok(api::VerifyResponse {
+            valid: v.valid,
+            version: v.version,
+        })
+    }
+
+    // === administration ===
+
+    pub async fn rotate(&self, caller: &Caller, alias: &str) -> Result<api::RotateResponse, ApiError> {
+        let entry = self.authorize(caller, alias, Op::Rotate)?;
+        let version = self.call(entry, "rotate", entry.backend.rotate(entry.key_ref())).await?;
+        self.public_keys
+            .lock()
+            .expect("cache lock is never poisoned")
+            .retain(|(a, _), _| a != alias);
+        tracing::info!(key.alias = alias, version = %version, caller.uid = caller.uid, "key rotated");
+        Ok(api::RotateResponse {
+            key: alias.to_owned(),
+            version,
+        })
+    }
+
+    /// Readiness: every backend's last health check passed. Results are
+    /// reused for a few seconds so probes never hammer the KMS; a throttled
+    /// backend counts as healthy.
+    pub async fn readiness(&self) -> (bool, api::Readiness) {
+        let mut cache = self.health.lock().await;
+        let mut backends = BTreeMap::new();
+        for (name, backend) in &self.backends {
+            let fresh = cache.get(name).filter(|(at, _)| at.elapsed() < HEALTH_TTL).cloned();
+            let (at, health) = match fresh {
+                Some(hit) => hit,
+                None => {
+                    let started = Instant::now();
+                    let result = backend.health().await;
+                    let outcome = match &result {
+                        Ok(()) => "ok",
+                        Err(_) => "error",
+                    };
+                    self.metrics
+                        .backend_calls_total
+                        .with_label_values(&[name.as_str(), "health", outcome])
+                        .inc();
+                    self.metrics
+                        .backend_call_duration
+                        .with_label_values(&[name.as_str(), "health"])
+                        .observe(started.elapsed().as_secs_f64());
+                    let health = match result {
+                        Ok(()) => api::BackendHealth { status: "ok", reason: None, checked_seconds_ago: 0 },
+                        Err(e) if e.kind == ErrorKind::Throttled => api::BackendHealth {
+                            status: "ok",
+                            reason: Some(format!("throttled: {}", e.message)),
+                            checked_seconds_ago: 0,
+                        },
+                        Err(e) => {
+                            tracing::warn!(backend = %name, error = %e, "backend health check failed");
+                            api::BackendHealth { status: "error", reason: Some(e.message), checked_seconds_ago: 0 }
+                        }
+                    };
+                    cache.insert(name.clone(), (started, health.clone()));
+                    (started, health)
+                }
+            };
+            backends.insert(
+                name.clone(),
+                api::BackendHealth {
+                    checked_seconds_ago: at.elapsed().as_secs(),
+                    ..health
+                },
+            );
+        }
+        let ready = backends.values().all(|b| b.status == "ok");
+        let status = if ready { "ready" } else { "not_ready" };
+        (ready, api::Readiness { status, backends })
+    }
+}
+
+/// Exactly one of `message` and `digest`.
+fn sign_input<'a>(
+    message: Option<&'a api::B64>,
+    digest: Option<&'a api::B64>,
+    at: &str,
+) -> Result<SignInput<'a>, ApiError> {
+    match (message, digest) {
+        (Some(m), None) => Ok(SignInput::Message(&m.0)),
+        (None, Some(d)) => Ok(SignInput::Digest(&d.0)),
+        _ => Err(ApiError::invalid(format!("send exactly one of `{at}message` and `{at}digest`"))),
+    }
+}
+
+fn check_algorithm(requested: Option<Algorithm>, actual: Algorithm, alias: &str) -> Result<(), ApiError> {
+    match requested {
+        Some(r) if r != actual => Err(ApiError::invalid(format!(
+            "field `algorithm`: key `{alias}` is {actual}, not {r}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Most pairs in an encryption context, and the largest key or value.
+const MAX_CONTEXT_PAIRS: usize = 64;
+const MAX_CONTEXT_STRING: usize = 1024;
+
+fn check_context(context: &backend::Context) -> Result<(), ApiError> {
+    if context.len() > MAX_CONTEXT_PAIRS {
+        return Err(ApiError::invalid(format!("field `context`: at most {MAX_CONTEXT_PAIRS} pairs")));
+    }
+    if context.iter().any(|(k, v)| k.len() > MAX_CONTEXT_STRING || v.len() > MAX_CONTEXT_STRING) {
+        return Err(ApiError::invalid(format!(
+            "field `context`: keys and values are at most {MAX_CONTEXT_STRING} bytes"
+        )));
+    }
+    Ok(())
+}
