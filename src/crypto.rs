@@ -192,7 +192,10 @@ pub struct BadPublicKey {
 
 /// PEM (`PUBLIC KEY`, SubjectPublicKeyInfo) of a DER public key.
 pub fn public_key_pem(spki_der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("PUBLIC KEY", spki_der.to_vec()))
+    pem::encode_config(
+        &pem::Pem::new("PUBLIC KEY", spki_der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// The RFC 7517 JWK of a public key given as SubjectPublicKeyInfo DER.

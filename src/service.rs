@@ -215,7 +215,7 @@ impl Service {
             created: time(m.created),
             rotation: api::Rotation {
                 enabled: period.is_some(),
-                period: period.map(|p| humantime::format_duration(p).to_string()),
+                period_seconds: period.map(|p| p.as_secs()),
                 last: time(last),
                 next: next.map(time),
                 should_rotate,

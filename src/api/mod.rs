@@ -277,8 +277,8 @@ pub struct KeyMetadataResponse {
 pub struct Rotation {
     /// Whether a rotation period is set (in config or in the backend).
     pub enabled: bool,
-    /// The period, as a human duration (`90days`).
-    pub period: Option<String>,
+    /// The rotation period in seconds.
+    pub period_seconds: Option<u64>,
     /// When the current version was created.
     pub last: String,
     /// When the current version is due for rotation.
