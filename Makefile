@@ -1,0 +1,45 @@
+# kms-sidecar — the two commands of the README are `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+APT_INSTALL := $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get install -y --no-install-recommends
+
+.PHONY: run build test test-deps lint fmt bench clean
+
+## run: build and start the sidecar with the embedded default (local keys, ./kms-sidecar.sock)
+run: build
+	./target/debug/kms-sidecar serve
+
+build:
+	$(CARGO) build --bin kms-sidecar
+
+## test: install what the tests need if missing, lint, then run the whole suite
+test: test-deps lint
+	$(CARGO) nextest run --all-targets --no-fail-fast
+
+## test-deps: tools the test suite calls (openssl and curl to check the API independently, setpriv to act as another uid)
+test-deps:
+	@missing=""; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v setpriv >/dev/null || missing="$$missing util-linux"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get update -qq && $(APT_INSTALL) $$missing; \
+	fi
+	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+## bench: throughput, latency, RSS and cold start over the socket (release build, oha)
+bench:
+	./benches/bench.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf .kms-sidecar kms-sidecar.sock
