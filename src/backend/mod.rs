@@ -300,7 +300,13 @@ pub async fn build(config: &Config) -> Result<BTreeMap<String, Arc<dyn Backend>>
         let built: Arc<dyn Backend> = match backend {
             #[cfg(feature = "local")]
             BackendConfig::Local(c) => {
-                let wanted = keys.iter().map(|k| (k.key.clone(), k.algorithm)).collect::<Vec<_>>();
+                // Several aliases may name one key; any of them may carry the algorithm.
+                let mut wanted: BTreeMap<String, Option<Algorithm>> = BTreeMap::new();
+                for k in &keys {
+                    let slot = wanted.entry(k.key.clone()).or_default();
+                    *slot = slot.or(k.algorithm);
+                }
+                let wanted: Vec<_> = wanted.into_iter().collect();
                 Arc::new(local::LocalBackend::open(&c.dir, &wanted).await.map_err(|e| BuildError {
                     backend: name.clone(),
                     message: e.to_string(),

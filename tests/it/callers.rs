@@ -1,0 +1,97 @@
+//! The socket is the trust boundary: peer credentials decide, no rule means
+//! 403, and the socket gets its configured mode.
+
+use crate::harness::{Sidecar, b64, is_root, run_tool};
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+
+#[tokio::test]
+async fn a_caller_without_a_rule_is_forbidden() {
+    let me = nix::unistd::geteuid().as_raw();
+    // As root, the client really runs as another uid (setpriv); otherwise the
+    // rule names a uid that is not ours.
+    let other = if is_root() { 65534 } else { me + 1 };
+    let config = format!(
+        r#"listen: {{ mode: "0666" }}
+backends:
+  dev: {{ type: local, dir: "{{dir}}/keys" }}
+keys:
+  sig: {{ backend: dev, key: sig, algorithm: ecdsa-p256-sha256 }}
+callers:
+  - {{ uids: [{me}], keys: ["*"], ops: ["*"] }}
+"#
+    );
+    if is_root() {
+        let s = Sidecar::start(&config).await;
+        assert_eq!(std::fs::metadata(&s.socket).unwrap().permissions().mode() & 0o777, 0o666);
+        std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let curl = |uid: u32| {
+            let uid = uid.to_string();
+            let socket = s.socket.display().to_string();
+            let body = json!({"message": b64("from another uid")}).to_string();
+            let mut args: Vec<String> = vec![];
+            if uid != "0" {
+                args.extend(["--reuid", &uid, "--regid", &uid, "--clear-groups"].map(String::from));
+            }
+            args.extend(
+                ["curl", "-s", "-w", "\n%{http_code}", "--unix-socket", &socket, "-d", &body, "http://localhost/v1/keys/sig/sign"]
+                    .map(String::from),
+            );
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (program, rest) = if uid == "0" { (args[0], &args[1..]) } else { ("setpriv", &args[..]) };
+            let (_, out, err) = run_tool(program, rest, "install util-linux (setpriv) and curl");
+            assert!(err.is_empty(), "{err}");
+            out
+        };
+        let out = curl(other);
+        assert!(out.ends_with("\n403"), "uid {other} must be refused: {out}");
+        assert!(out.contains(r#""code":"forbidden""#), "{out}");
+        assert!(out.contains(&format!("caller uid {other}")), "{out}");
+        let out = curl(0);
+        assert!(out.ends_with("\n200"), "root has a rule: {out}");
+    } else {
+        let s = Sidecar::start(&config.replace(&format!("uids: [{me}]"), &format!("uids: [{other}]"))).await;
+        let r = s.post("/v1/keys/sig/sign", json!({"message": b64("not mine")})).await;
+        r.expect(403, Some("forbidden"));
+        let list = s.get("/v1/keys").await.ok();
+        assert_eq!(list["keys"], json!([]), "a caller sees no keys it may not use");
+    }
+}
+
+#[tokio::test]
+async fn rules_select_keys_and_operations() {
+    let me = nix::unistd::geteuid().as_raw();
+    let config = format!(
+        r#"backends:
+  dev: {{ type: local, dir: "{{dir}}/keys" }}
+keys:
+  payments-signing: {{ backend: dev, key: p, algorithm: ecdsa-p256-sha256 }}
+  payments-verify:  {{ backend: dev, key: p }}
+  pii:              {{ backend: dev, key: pii, algorithm: aes-256-gcm }}
+callers:
+  - {{ uids: [{me}], keys: ["payments-*"], ops: [sign, verify, public_key] }}
+"#
+    );
+    let s = Sidecar::start(&config).await;
+    let sig = s.post("/v1/keys/payments-signing/sign", json!({"message": b64("m")})).await.ok();
+    let v = s.post("/v1/keys/payments-verify/verify", json!({"message": b64("m"), "signature": sig["signature"]})).await.ok();
+    assert_eq!(v["valid"], true, "two aliases of one key");
+    s.post("/v1/keys/pii/encrypt", json!({"plaintext": b64("p")})).await.expect(403, Some("forbidden"));
+    s.post("/v1/keys/nonexistent/sign", json!({"message": b64("m")})).await.expect(403, Some("forbidden"));
+    s.get("/v1/keys/payments-signing").await.expect(403, Some("forbidden"));
+    let list = s.get("/v1/keys").await.ok();
+    let names: Vec<_> = list["keys"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["payments-signing", "payments-verify"]);
+}
+
+#[tokio::test]
+async fn the_socket_gets_the_configured_mode() {
+    let config = crate::harness::local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }") + "listen: { mode: \"0600\" }\n";
+    let s = Sidecar::start(&config).await;
+    let meta = std::fs::metadata(&s.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let keys = std::fs::metadata(s.dir.path().join("keys")).unwrap();
+    assert_eq!(keys.permissions().mode() & 0o777, 0o700);
+    let file = std::fs::metadata(s.dir.path().join("keys/k.json")).unwrap();
+    assert_eq!(file.permissions().mode() & 0o777, 0o600);
+}

@@ -1,0 +1,357 @@
+//! Test harness: starts the real `kms-sidecar` binary in a temporary
+//! directory, on a temporary socket, and talks to it over the socket as an app
+//! would. Every sidecar's log is captured; when the test ends the harness
+//! checks that none of the secrets the test sent or received (plaintexts,
+//! messages, data keys) nor any local key material appears in it.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use hyperlocal::UnixConnector;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kms-sidecar");
+
+/// A response: status, headers and body.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The error code of an error response.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or("<none>").to_owned()
+    }
+
+    /// Asserts the status and, for errors, the stable code; returns the JSON.
+    #[track_caller]
+    pub fn expect(&self, status: u16, code: Option<&str>) -> Value {
+        let body = String::from_utf8_lossy(&self.body);
+        assert_eq!(self.status, status, "unexpected status; body: {body}");
+        if let Some(code) = code {
+            assert_eq!(self.code(), code, "unexpected code; body: {body}");
+            let err = &self.json()["error"];
+            assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+            assert!(err["request_id"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+            assert!(err["retryable"].is_boolean(), "{body}");
+        }
+        self.json()
+    }
+
+    #[track_caller]
+    pub fn ok(&self) -> Value {
+        self.expect(200, None)
+    }
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    secrets: Mutex<Vec<String>>,
+    client: Client<UnixConnector, Full<Bytes>>,
+}
+
+pub fn b64(bytes: impl AsRef<[u8]>) -> String {
+    STANDARD.encode(bytes)
+}
+
+pub fn unb64(v: &Value) -> Vec<u8> {
+    STANDARD.decode(v.as_str().expect("a base64 string")).expect("valid base64")
+}
+
+impl Sidecar {
+    /// The embedded default (no config at all), as `make run` starts it.
+    pub async fn start_default() -> Sidecar {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("kms-sidecar.sock");
+        Self::spawn(dir, socket, &["serve"], &[]).await
+    }
+
+    /// A config file; `{dir}` in it is replaced by the temporary directory.
+    /// The socket is `{dir}/kms.sock` unless the config says otherwise.
+    pub async fn start(config: &str) -> Sidecar {
+        Self::start_with_env(config, &[]).await
+    }
+
+    pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Sidecar {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("kms.sock");
+        let config = config.replace("{dir}", &dir.path().display().to_string());
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, config).expect("write config");
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        let socket_str = socket.display().to_string();
+        if !env.iter().any(|(k, _)| *k == "KMS_SIDECAR_LISTEN__SOCKET") {
+            env.push(("KMS_SIDECAR_LISTEN__SOCKET", &socket_str));
+        }
+        let path = path.display().to_string();
+        Self::spawn(dir, socket.clone(), &["serve", "--config", &path], &env).await
+    }
+
+    async fn spawn(dir: TempDir, socket: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Sidecar {
+        let log = dir.path().join("sidecar.log");
+        let child = spawn_binary(dir.path(), args, env, &log);
+        let sidecar = Sidecar {
+            dir,
+            socket,
+            child: Some(child),
+            log,
+            secrets: Mutex::new(Vec::new()),
+            client: Client::builder(TokioExecutor::new()).build(UnixConnector),
+        };
+        sidecar.wait_ready().await;
+        sidecar
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.socket.exists() && self.try_get("/healthz").await.is_some_and(|r| r.status == 200) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("kms-sidecar did not become ready in 60s; log:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Remembers a secret that must never appear in the log.
+    pub fn secret(&self, s: impl Into<String>) {
+        let s = s.into();
+        if s.len() >= 8 {
+            self.secrets.lock().unwrap().push(s);
+        }
+    }
+
+    fn secret_bytes(&self, bytes: &[u8]) {
+        self.secret(b64(bytes));
+        self.secret(hex(bytes));
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            self.secret(text);
+        }
+    }
+
+    /// Registers every base64 value of fields that carry secrets.
+    fn register_secrets(&self, v: &Value) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "error" {
+                        continue;
+                    }
+                    if matches!(k.as_str(), "message" | "plaintext" | "digest" | "plaintext_key")
+                        && let Some(s) = v.as_str()
+                    {
+                        self.secret(s);
+                        if let Ok(bytes) = STANDARD.decode(s) {
+                            self.secret_bytes(&bytes);
+                        }
+                    }
+                    self.register_secrets(v);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| self.register_secrets(i)),
+            _ => {}
+        }
+    }
+
+    pub async fn try_get(&self, path: &str) -> Option<Resp> {
+        self.try_request(http::Method::GET, path, &[], Bytes::new()).await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.request(http::Method::GET, path, &[], Bytes::new()).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.register_secrets(&body);
+        let resp = self
+            .request(http::Method::POST, path, &[("content-type", "application/json")], Bytes::from(body.to_string()))
+            .await;
+        if let Ok(v) = serde_json::from_slice::<Value>(&resp.body) {
+            self.register_secrets(&v);
+        }
+        resp
+    }
+
+    pub async fn request(&self, method: http::Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {
+        self.try_request(method, path, headers, body)
+            .await
+            .unwrap_or_else(|| panic!("request to {path} failed; log:\n{}", self.logs()))
+    }
+
+    async fn try_request(&self, method: http::Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Option<Resp> {
+        let uri: hyper::Uri = hyperlocal::Uri::new(&self.socket, path).into();
+        let mut req = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self.client.request(req.body(Full::new(body)).unwrap()).await.ok()?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        Some(Resp { status, headers, body })
+    }
+
+    /// Sends SIGTERM and waits for the exit (at most 30s).
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("still running");
+        signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+        wait_timeout(&mut child, Duration::from_secs(30))
+    }
+
+    /// Stops the sidecar (checking its log like a drop does) and hands over
+    /// its directory, for tests that look at what it left behind.
+    pub fn into_dir(mut self) -> TempDir {
+        let placeholder = tempfile::tempdir().expect("temp dir");
+        if let Some(mut child) = self.child.take() {
+            signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+            wait_timeout(&mut child, Duration::from_secs(30));
+        }
+        let leaked = self.leaked_secrets();
+        assert!(leaked.is_empty(), "secrets found in the sidecar log: {leaked:?}");
+        std::mem::replace(&mut self.dir, placeholder)
+    }
+
+    /// Every secret registered so far that appears in the log.
+    pub fn leaked_secrets(&self) -> Vec<String> {
+        let log = self.logs();
+        let mut secrets = self.secrets.lock().unwrap().clone();
+        secrets.extend(key_material(self.dir.path()));
+        secrets.into_iter().filter(|s| log.contains(s.as_str())).collect()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+            wait_timeout(&mut child, Duration::from_secs(30));
+        }
+        if !std::thread::panicking() {
+            let leaked = self.leaked_secrets();
+            assert!(leaked.is_empty(), "secrets found in the sidecar log: {leaked:?}");
+        }
+    }
+}
+
+pub fn spawn_binary(cwd: &Path, args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
+    let log_file = std::fs::File::create(log).expect("log file");
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("KMS_SIDECAR_CONFIG")
+        .env("RUST_LOG", "debug")
+        .env("KMS_SIDECAR_LOG__FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log file"))
+        .stderr(log_file);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start kms-sidecar")
+}
+
+pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kms-sidecar did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The private material of every local key file under `dir`, as base64 and hex.
+fn key_material(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "json")
+                && let Ok(v) = serde_json::from_str::<Value>(&std::fs::read_to_string(&path).unwrap_or_default())
+            {
+                for version in v["versions"].as_array().into_iter().flatten() {
+                    if let Some(m) = version["material"].as_str() {
+                        out.push(m.to_owned());
+                        if let Ok(bytes) = STANDARD.decode(m) {
+                            out.push(hex(&bytes));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A config with one local backend and the given keys, granting everything to
+/// this process's uid.
+pub fn local_config(keys: &str) -> String {
+    format!(
+        "backends:\n  dev: {{ type: local, dir: \"{{dir}}/keys\" }}\nkeys:\n{keys}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
+        nix::unistd::geteuid().as_raw()
+    )
+}
+
+/// Whether this process runs as root (then tests can act as other uids).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Runs a command and returns (exit success, stdout, stderr), failing the test
+/// with an install hint when the tool is missing.
+pub fn run_tool(program: &str, args: &[&str], hint: &str) -> (bool, String, String) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{program}` ({e}); {hint} (`make test` installs it)"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real `kms-sidecar` binary on a temporary socket,
+//! driven over the socket as an app would drive it.
+
+mod harness;
+
+mod api;
+mod callers;
+mod cli;
+mod errors;
+mod interop;
+mod lifecycle;
