@@ -1,3 +1,4 @@
+#![warn(clippy::pedantic, clippy::nursery)]
 //! A small kms-sidecar client in Rust: signs a message over the Unix socket,
 //! verifies the signature, then checks that a tampered message does not
 //! verify.
@@ -64,8 +65,16 @@ impl Sidecar {
             .header("content-type", "application/json")
             .body(Full::new(body))?;
         let resp = self.client.request(req).await.map_err(|e| {
+            // hyper-util's error says only "client error (Connect)"; the
+            // cause (no such file, permission denied, ...) is its source.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why = format!("{why}: {s}");
+                source = s.source();
+            }
             format!(
-                "could not reach the sidecar on {}: {e} (is `make run` running?)",
+                "could not reach the sidecar on {}: {why} (is `make run` running?)",
                 self.socket.display()
             )
         })?;

@@ -9,7 +9,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Serves probes on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, routes: Arc<Routes>, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    routes: Arc<Routes>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -29,7 +33,10 @@ pub async fn serve(listener: TcpListener, routes: Arc<Routes>, shutdown: impl st
             async move { Ok::<_, Infallible>(routes.handle(req, None).await) }
         });
         tokio::spawn(async move {
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
                 tracing::debug!(error = %e, "probe connection ended with an error");
             }
         });

@@ -18,9 +18,13 @@ pub enum Algorithm {
     EcdsaP384Sha384,
     Ed25519,
     /// RSASSA-PSS, SHA-256, salt length = hash length.
-    RsaPssSha256 { bits: u16 },
+    RsaPssSha256 {
+        bits: u16,
+    },
     /// RSASSA-PKCS1-v1_5, SHA-256.
-    RsaPkcs1Sha256 { bits: u16 },
+    RsaPkcs1Sha256 {
+        bits: u16,
+    },
     Aes256Gcm,
     HmacSha256,
 }
@@ -69,7 +73,13 @@ impl Algorithm {
     /// The operations a key of this algorithm can do (`rotate` included).
     pub fn supported_ops(self) -> &'static [Op] {
         match self.purpose() {
-            Purpose::Sign => &[Op::Sign, Op::Verify, Op::PublicKey, Op::Metadata, Op::Rotate],
+            Purpose::Sign => &[
+                Op::Sign,
+                Op::Verify,
+                Op::PublicKey,
+                Op::Metadata,
+                Op::Rotate,
+            ],
             Purpose::Encrypt => &[
                 Op::Encrypt,
                 Op::Decrypt,
@@ -115,7 +125,10 @@ impl Algorithm {
         }
     }
 
-    fn verification(self, format: SignatureFormat) -> Option<&'static dyn signature::VerificationAlgorithm> {
+    fn verification(
+        self,
+        format: SignatureFormat,
+    ) -> Option<&'static dyn signature::VerificationAlgorithm> {
         use SignatureFormat::{Der, Raw};
         Some(match (self, format) {
             (Algorithm::EcdsaP256Sha256, Der) => &signature::ECDSA_P256_SHA256_ASN1,
@@ -155,7 +168,10 @@ impl FromStr for Algorithm {
             Algorithm::HmacSha256,
         ];
         let rsa = RSA_SIZES.into_iter().flat_map(|bits| {
-            [Algorithm::RsaPssSha256 { bits }, Algorithm::RsaPkcs1Sha256 { bits }]
+            [
+                Algorithm::RsaPssSha256 { bits },
+                Algorithm::RsaPkcs1Sha256 { bits },
+            ]
         });
         fixed
             .into_iter()
@@ -179,7 +195,9 @@ impl Serialize for Algorithm {
 
 impl<'de> Deserialize<'de> for Algorithm {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -211,7 +229,9 @@ pub fn public_key_jwk(
         Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384 => {
             let n = algorithm.ecdsa_coordinate_len().ok_or_else(bad)?;
             // The uncompressed point 0x04‖x‖y ends the SPKI's BIT STRING.
-            let point = spki_der.get(spki_der.len().checked_sub(2 * n + 1).ok_or_else(bad)?..).ok_or_else(bad)?;
+            let point = spki_der
+                .get(spki_der.len().checked_sub(2 * n + 1).ok_or_else(bad)?..)
+                .ok_or_else(bad)?;
             if point[0] != 4 {
                 return Err(bad());
             }
@@ -219,7 +239,9 @@ pub fn public_key_jwk(
             serde_json::json!({"kty": "EC", "crv": crv, "x": b64(&point[1..=n]), "y": b64(&point[n + 1..])})
         }
         Algorithm::Ed25519 => {
-            let x = spki_der.get(spki_der.len().checked_sub(32).ok_or_else(bad)?..).ok_or_else(bad)?;
+            let x = spki_der
+                .get(spki_der.len().checked_sub(32).ok_or_else(bad)?..)
+                .ok_or_else(bad)?;
             serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(x)})
         }
         Algorithm::RsaPssSha256 { .. } | Algorithm::RsaPkcs1Sha256 { .. } => {
@@ -248,7 +270,9 @@ pub fn verify_locally(
     signature: &[u8],
     format: SignatureFormat,
 ) -> Result<bool, BadInput> {
-    let alg = algorithm.verification(format).ok_or(BadInput::NotASigningKey)?;
+    let alg = algorithm
+        .verification(format)
+        .ok_or(BadInput::NotASigningKey)?;
     let key = signature::UnparsedPublicKey::new(alg, spki_der);
     Ok(match input {
         SignInput::Message(m) => key.verify(m, signature).is_ok(),
@@ -293,7 +317,14 @@ mod tests {
 
     #[test]
     fn algorithm_names_round_trip() {
-        for name in ["ecdsa-p256-sha256", "ed25519", "rsa-pss-3072-sha256", "rsa-pkcs1-2048-sha256", "aes-256-gcm", "hmac-sha256"] {
+        for name in [
+            "ecdsa-p256-sha256",
+            "ed25519",
+            "rsa-pss-3072-sha256",
+            "rsa-pkcs1-2048-sha256",
+            "aes-256-gcm",
+            "hmac-sha256",
+        ] {
             assert_eq!(name.parse::<Algorithm>().unwrap().to_string(), name);
         }
         assert!("rsa-pss-1024-sha256".parse::<Algorithm>().is_err());
@@ -303,22 +334,51 @@ mod tests {
     fn ec_jwk_and_local_verification_agree_with_the_signer() {
         use aws_lc_rs::encoding::AsDer;
         use aws_lc_rs::signature::KeyPair;
-        let kp = signature::EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
+        let kp =
+            signature::EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
         let spki = kp.public_key().as_der().unwrap();
         let jwk = public_key_jwk(Algorithm::EcdsaP256Sha256, spki.as_ref(), "k/1").unwrap();
         assert_eq!(jwk["crv"], "P-256");
-        assert_eq!(URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap().len(), 32);
+        assert_eq!(
+            URL_SAFE_NO_PAD
+                .decode(jwk["x"].as_str().unwrap())
+                .unwrap()
+                .len(),
+            32
+        );
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let sig = kp.sign(&rng, b"hello").unwrap();
         let ok = |m: &[u8]| {
-            verify_locally(Algorithm::EcdsaP256Sha256, spki.as_ref(), SignInput::Message(m), sig.as_ref(), SignatureFormat::Der).unwrap()
+            verify_locally(
+                Algorithm::EcdsaP256Sha256,
+                spki.as_ref(),
+                SignInput::Message(m),
+                sig.as_ref(),
+                SignatureFormat::Der,
+            )
+            .unwrap()
         };
         assert!(ok(b"hello"));
         assert!(!ok(b"hellO"));
         let d = digest::digest(&digest::SHA256, b"hello");
-        assert!(verify_locally(Algorithm::EcdsaP256Sha256, spki.as_ref(), SignInput::Digest(d.as_ref()), sig.as_ref(), SignatureFormat::Der).unwrap());
+        assert!(
+            verify_locally(
+                Algorithm::EcdsaP256Sha256,
+                spki.as_ref(),
+                SignInput::Digest(d.as_ref()),
+                sig.as_ref(),
+                SignatureFormat::Der
+            )
+            .unwrap()
+        );
         assert_eq!(
-            verify_locally(Algorithm::EcdsaP256Sha256, spki.as_ref(), SignInput::Digest(b"short"), sig.as_ref(), SignatureFormat::Der),
+            verify_locally(
+                Algorithm::EcdsaP256Sha256,
+                spki.as_ref(),
+                SignInput::Digest(b"short"),
+                sig.as_ref(),
+                SignatureFormat::Der
+            ),
             Err(BadInput::DigestLength { expected: 32 })
         );
     }

@@ -26,6 +26,7 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`admin`]: the optional TCP listener for probes and metrics.
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod admin;
 pub mod api;

@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(version, about = "Signing, encryption and data keys for a pod's apps over a Unix socket")]
+#[command(
+    version,
+    about = "Signing, encryption and data keys for a pod's apps over a Unix socket"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,13 +39,15 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Config(ConfigCommand::Check { file }) => match Config::load(Some(&file), &ProcessEnv) {
-            Ok((config, _)) => {
-                print!("{}", config.to_yaml());
-                ExitCode::SUCCESS
+        Command::Config(ConfigCommand::Check { file }) => {
+            match Config::load(Some(&file), &ProcessEnv) {
+                Ok((config, _)) => {
+                    print!("{}", config.to_yaml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(2, &e),
             }
-            Err(e) => fail(2, &e),
-        },
+        }
         Command::Serve { config } => {
             let (config, source) = match Config::load(config.as_deref(), &ProcessEnv) {
                 Ok(loaded) => loaded,

@@ -39,18 +39,27 @@ impl Metrics {
         let registry = Registry::new_custom(Some("kms_sidecar".into()), None)
             .expect("a constant prefix is valid");
         let requests_total = IntCounterVec::new(
-            Opts::new("requests_total", "API requests by operation, key alias and result code"),
+            Opts::new(
+                "requests_total",
+                "API requests by operation, key alias and result code",
+            ),
             &["op", "key", "code"],
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("request_duration_seconds", "API request latency by operation")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "API request latency by operation",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["op"],
         )
         .expect("valid metric");
         let backend_calls_total = IntCounterVec::new(
-            Opts::new("backend_calls_total", "Calls to a KMS backend by operation and outcome"),
+            Opts::new(
+                "backend_calls_total",
+                "Calls to a KMS backend by operation and outcome",
+            ),
             &["backend", "op", "outcome"],
         )
         .expect("valid metric");
@@ -60,8 +69,9 @@ impl Metrics {
             &["backend", "op"],
         )
         .expect("valid metric");
-        let connections_open = IntGauge::new("connections_open", "Open connections on the Unix socket")
-            .expect("valid metric");
+        let connections_open =
+            IntGauge::new("connections_open", "Open connections on the Unix socket")
+                .expect("valid metric");
         let connections_rejected = prometheus::IntCounter::new(
             "connections_rejected_total",
             "Connections closed at accept because limits.max_connections was reached",
@@ -75,7 +85,9 @@ impl Metrics {
             Box::new(connections_open.clone()),
             Box::new(connections_rejected.clone()),
         ] {
-            registry.register(c).expect("each metric is registered once");
+            registry
+                .register(c)
+                .expect("each metric is registered once");
         }
         Self {
             registry,

@@ -67,10 +67,16 @@ pub enum OpOrAll {
 impl std::str::FromStr for Op {
     type Err = String;
     fn from_str(s: &str) -> Result<Op, String> {
-        Op::ALL.into_iter().find(|op| op.as_str() == s).ok_or_else(|| {
-            let names: Vec<_> = Op::ALL.iter().map(|o| o.as_str()).collect();
-            format!("unknown operation `{s}`, expected \"*\" or one of {}", names.join(", "))
-        })
+        Op::ALL
+            .into_iter()
+            .find(|op| op.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Op::ALL.iter().map(|o| o.as_str()).collect();
+                format!(
+                    "unknown operation `{s}`, expected \"*\" or one of {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -95,7 +101,8 @@ impl Serialize for OpOrAll {
 
 /// Whether `ops` (a config list) includes `op`.
 pub fn grants(ops: &[OpOrAll], op: Op) -> bool {
-    ops.iter().any(|o| matches!(o, OpOrAll::All) || *o == OpOrAll::Op(op))
+    ops.iter()
+        .any(|o| matches!(o, OpOrAll::All) || *o == OpOrAll::Op(op))
 }
 
 /// Peer credentials of a socket connection (`SO_PEERCRED`).
@@ -164,15 +171,25 @@ mod tests {
             rule(&[], &[2000], &["pii"], &[OpOrAll::All]),
             rule(&[3000], &[3000], &["*"], &[OpOrAll::Op(Op::Verify)]),
         ]);
-        let c = |uid, gid| Caller { uid, gid, pid: None };
+        let c = |uid, gid| Caller {
+            uid,
+            gid,
+            pid: None,
+        };
         assert!(p.allows(&c(1000, 1), "payments-signing", Op::Sign));
         assert!(!p.allows(&c(1000, 1), "payments-signing", Op::Verify));
         assert!(!p.allows(&c(1000, 1), "pii", Op::Sign));
         assert!(p.allows(&c(5, 2000), "pii", Op::Rotate));
         assert!(!p.allows(&c(5, 2000), "pii2", Op::Rotate));
         assert!(p.allows(&c(3000, 3000), "anything", Op::Verify));
-        assert!(!p.allows(&c(3000, 1), "anything", Op::Verify), "both uid and gid must match");
-        assert!(!p.allows(&c(4000, 4000), "pii", Op::Sign), "no rule, no access");
+        assert!(
+            !p.allows(&c(3000, 1), "anything", Op::Verify),
+            "both uid and gid must match"
+        );
+        assert!(
+            !p.allows(&c(4000, 4000), "pii", Op::Sign),
+            "no rule, no access"
+        );
         assert!(p.allows_any(&c(1000, 1), "payments-x"));
         assert!(!p.allows_any(&c(1000, 1), "pii"));
     }
@@ -180,7 +197,14 @@ mod tests {
     #[test]
     fn ops_parse_from_names_and_star() {
         let ops: Vec<OpOrAll> = serde_json::from_str(r#"["sign","*","public_key"]"#).unwrap();
-        assert_eq!(ops, [OpOrAll::Op(Op::Sign), OpOrAll::All, OpOrAll::Op(Op::PublicKey)]);
+        assert_eq!(
+            ops,
+            [
+                OpOrAll::Op(Op::Sign),
+                OpOrAll::All,
+                OpOrAll::Op(Op::PublicKey)
+            ]
+        );
         assert!(serde_json::from_str::<Vec<OpOrAll>>(r#"["sing"]"#).is_err());
     }
 }

@@ -56,6 +56,9 @@ const HEALTH_TTL: Duration = Duration::from_secs(5);
 /// Most cached public keys (aliases × versions).
 const PUBLIC_KEY_CACHE_MAX: usize = 4096;
 
+/// Public keys by (alias, version or "" for current), with when they were fetched.
+type PublicKeyCache = HashMap<(String, String), (Instant, Arc<backend::PublicKey>)>;
+
 /// The operations of API v1, shared by every connection.
 #[derive(Debug)]
 pub struct Service {
@@ -64,13 +67,17 @@ pub struct Service {
     policy: Policy,
     metrics: Arc<Metrics>,
     max_batch: usize,
-    public_keys: Mutex<HashMap<(String, String), (Instant, Arc<backend::PublicKey>)>>,
+    public_keys: Mutex<PublicKeyCache>,
     public_key_ttl: Duration,
     health: tokio::sync::Mutex<HashMap<String, (Instant, api::BackendHealth)>>,
 }
 
 impl Service {
-    pub fn new(config: &Config, backends: BTreeMap<String, Arc<dyn Backend>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: &Config,
+        backends: BTreeMap<String, Arc<dyn Backend>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let keys = config
             .keys
             .iter()
@@ -115,13 +122,15 @@ impl Service {
         if !self.policy.allows(caller, alias, op) {
             return Err(ApiError::new(
                 Code::Forbidden,
-                format!("caller uid {} gid {} may not `{op}` key `{alias}`", caller.uid, caller.gid),
+                format!(
+                    "caller uid {} gid {} may not `{op}` key `{alias}`",
+                    caller.uid, caller.gid
+                ),
             ));
         }
-        let entry = self
-            .keys
-            .get(alias)
-            .ok_or_else(|| ApiError::new(Code::KeyNotFound, format!("no key `{alias}` is configured")))?;
+        let entry = self.keys.get(alias).ok_or_else(|| {
+            ApiError::new(Code::KeyNotFound, format!("no key `{alias}` is configured"))
+        })?;
         if !entry.allows(op) {
             return Err(ApiError::new(
                 Code::Forbidden,
@@ -163,11 +172,18 @@ impl Service {
 
     pub async fn list_keys(&self, caller: &Caller) -> api::KeyList {
         let mut keys = Vec::new();
-        let mut aliases: Vec<_> = self.keys.keys().filter(|a| self.policy.allows_any(caller, a)).collect();
+        let mut aliases: Vec<_> = self
+            .keys
+            .keys()
+            .filter(|a| self.policy.allows_any(caller, a))
+            .collect();
         aliases.sort();
         for alias in aliases {
             let entry = &self.keys[alias];
-            let summary = match self.call(entry, "metadata", entry.backend.metadata(entry.key_ref())).await {
+            let summary = match self
+                .call(entry, "metadata", entry.backend.metadata(entry.key_ref()))
+                .await
+            {
                 Ok(m) => api::KeySummary {
                     name: alias.clone(),
                     backend: entry.backend_name.clone(),
@@ -190,9 +206,15 @@ impl Service {
         api::KeyList { keys }
     }
 
-    pub async fn metadata(&self, caller: &Caller, alias: &str) -> Result<api::KeyMetadataResponse, ApiError> {
+    pub async fn metadata(
+        &self,
+        caller: &Caller,
+        alias: &str,
+    ) -> Result<api::KeyMetadataResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Metadata)?;
-        let m = self.call(entry, "metadata", entry.backend.metadata(entry.key_ref())).await?;
+        let m = self
+            .call(entry, "metadata", entry.backend.metadata(entry.key_ref()))
+            .await?;
         let last = m
             .versions
             .iter()
@@ -232,7 +254,10 @@ impl Service {
     ) -> Result<Arc<backend::PublicKey>, backend::Error> {
         let cache_key = (entry.alias.clone(), version.unwrap_or("").to_owned());
         {
-            let cache = self.public_keys.lock().expect("cache lock is never poisoned");
+            let cache = self
+                .public_keys
+                .lock()
+                .expect("cache lock is never poisoned");
             if let Some((at, pk)) = cache.get(&cache_key)
                 && at.elapsed() < self.public_key_ttl
             {
@@ -240,10 +265,17 @@ impl Service {
             }
         }
         let pk = Arc::new(
-            self.call(entry, "public_key", entry.backend.public_key(entry.key_ref(), version))
-                .await?,
+            self.call(
+                entry,
+                "public_key",
+                entry.backend.public_key(entry.key_ref(), version),
+            )
+            .await?,
         );
-        let mut cache = self.public_keys.lock().expect("cache lock is never poisoned");
+        let mut cache = self
+            .public_keys
+            .lock()
+            .expect("cache lock is never poisoned");
         if cache.len() >= PUBLIC_KEY_CACHE_MAX {
             cache.clear();
         }
@@ -251,7 +283,11 @@ impl Service {
         Ok(pk)
     }
 
-    pub async fn public_key(&self, caller: &Caller, alias: &str) -> Result<api::PublicKeyResponse, ApiError> {
+    pub async fn public_key(
+        &self,
+        caller: &Caller,
+        alias: &str,
+    ) -> Result<api::PublicKeyResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::PublicKey)?;
         let pk = self.cached_public_key(entry, None).await?;
         let kid = format!("{alias}/{}", pk.version);
@@ -267,11 +303,22 @@ impl Service {
 
     // === signatures ===
 
-    pub async fn sign(&self, caller: &Caller, alias: &str, req: api::SignRequest) -> Result<api::SignResponse, ApiError> {
+    pub async fn sign(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::SignRequest,
+    ) -> Result<api::SignResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Sign)?;
         let input = sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
         let sig = self
-            .call(entry, "sign", entry.backend.sign(entry.key_ref(), input, req.format.unwrap_or_default()))
+            .call(
+                entry,
+                "sign",
+                entry
+                    .backend
+                    .sign(entry.key_ref(), input, req.format.unwrap_or_default()),
+            )
             .await?;
         check_algorithm(req.algorithm, sig.algorithm, alias)?;
         Ok(api::SignResponse {
@@ -299,13 +346,25 @@ impl Service {
             .items
             .iter()
             .enumerate()
-            .map(|(i, item)| sign_input(item.message.as_ref(), item.digest.as_ref(), &format!("items[{i}].")))
+            .map(|(i, item)| {
+                sign_input(
+                    item.message.as_ref(),
+                    item.digest.as_ref(),
+                    &format!("items[{i}]."),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let format = req.format.unwrap_or_default();
         let mut signatures = Vec::with_capacity(inputs.len());
         let mut made_by = None;
         for input in inputs {
-            let sig = self.call(entry, "sign", entry.backend.sign(entry.key_ref(), input, format)).await?;
+            let sig = self
+                .call(
+                    entry,
+                    "sign",
+                    entry.backend.sign(entry.key_ref(), input, format),
+                )
+                .await?;
             check_algorithm(req.algorithm, sig.algorithm, alias)?;
             signatures.push(b64(&sig.bytes));
             made_by = Some((sig.algorithm, sig.version));
@@ -319,7 +378,12 @@ impl Service {
         })
     }
 
-    pub async fn verify(&self, caller: &Caller, alias: &str, req: api::VerifyRequest) -> Result<api::VerifyResponse, ApiError> {
+    pub async fn verify(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::VerifyRequest,
+    ) -> Result<api::VerifyResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Verify)?;
         let input = sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
         let version = req.version.as_ref().map(|v| v.0.as_str());
@@ -328,13 +392,22 @@ impl Service {
             .call(
                 entry,
                 "verify",
-                entry.backend.verify(entry.key_ref(), input, &req.signature.0, format, version),
+                entry
+                    .backend
+                    .verify(entry.key_ref(), input, &req.signature.0, format, version),
             )
             .await;
         let verified = match native {
             Err(e) if e.kind == ErrorKind::OperationNotSupported => {
-                self.verify_locally(entry, input, &req.signature.0, req.format, version, req.algorithm)
-                    .await?
+                self.verify_locally(
+                    entry,
+                    input,
+                    &req.signature.0,
+                    req.format,
+                    version,
+                    req.algorithm,
+                )
+                .await?
             }
             other => other?,
         };
@@ -358,8 +431,15 @@ impl Service {
         let versions: Vec<String> = match version {
             Some(v) => vec![v.to_owned()],
             None => {
-                let m = self.call(entry, "metadata", entry.backend.metadata(entry.key_ref())).await?;
-                let mut vs: Vec<_> = m.versions.into_iter().filter(|v| v.enabled).map(|v| v.version).collect();
+                let m = self
+                    .call(entry, "metadata", entry.backend.metadata(entry.key_ref()))
+                    .await?;
+                let mut vs: Vec<_> = m
+                    .versions
+                    .into_iter()
+                    .filter(|v| v.enabled)
+                    .map(|v| v.version)
+                    .collect();
                 vs.reverse();
                 if vs.is_empty() {
                     vs.push(m.current_version);
@@ -371,12 +451,14 @@ impl Service {
             let pk = self.cached_public_key(entry, Some(v)).await?;
             check_algorithm(algorithm, pk.algorithm, &entry.alias)?;
             let format = format.unwrap_or_else(|| crypto::guess_format(pk.algorithm, signature));
-            let valid = crypto::verify_locally(pk.algorithm, &pk.spki_der, input, signature, format).map_err(|e| {
-                match e {
-                    crypto::BadInput::DigestLength { .. } => ApiError::invalid(format!("field `digest`: {e}")),
-                    _ => ApiError::new(Code::OperationNotSupported, e.to_string()),
-                }
-            })?;
+            let valid =
+                crypto::verify_locally(pk.algorithm, &pk.spki_der, input, signature, format)
+                    .map_err(|e| match e {
+                        crypto::BadInput::DigestLength { .. } => {
+                            ApiError::invalid(format!("field `digest`: {e}"))
+                        }
+                        _ => ApiError::new(Code::OperationNotSupported, e.to_string()),
+                    })?;
             if valid {
                 return Ok(backend::Verified {
                     valid: true,
@@ -392,11 +474,22 @@ impl Service {
 
     // === encryption ===
 
-    pub async fn encrypt(&self, caller: &Caller, alias: &str, req: api::EncryptRequest) -> Result<api::EncryptResponse, ApiError> {
+    pub async fn encrypt(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::EncryptRequest,
+    ) -> Result<api::EncryptResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Encrypt)?;
         check_context(&req.context)?;
         let sealed = self
-            .call(entry, "encrypt", entry.backend.encrypt(entry.key_ref(), &req.plaintext.0, &req.context))
+            .call(
+                entry,
+                "encrypt",
+                entry
+                    .backend
+                    .encrypt(entry.key_ref(), &req.plaintext.0, &req.context),
+            )
             .await?;
         Ok(api::EncryptResponse {
             ciphertext: b64(&sealed.bytes),
@@ -404,18 +497,34 @@ impl Service {
         })
     }
 
-    pub async fn decrypt(&self, caller: &Caller, alias: &str, req: api::DecryptRequest) -> Result<api::DecryptResponse, ApiError> {
+    pub async fn decrypt(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::DecryptRequest,
+    ) -> Result<api::DecryptResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Decrypt)?;
         check_context(&req.context)?;
         let plain = self
-            .call(entry, "decrypt", entry.backend.decrypt(entry.key_ref(), &req.ciphertext.0, &req.context))
+            .call(
+                entry,
+                "decrypt",
+                entry
+                    .backend
+                    .decrypt(entry.key_ref(), &req.ciphertext.0, &req.context),
+            )
             .await?;
         Ok(api::DecryptResponse {
             plaintext: Zeroizing::new(b64(&plain.0)),
         })
     }
 
-    pub async fn datakey(&self, caller: &Caller, alias: &str, req: api::DataKeyRequest) -> Result<api::DataKeyResponse, ApiError> {
+    pub async fn datakey(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::DataKeyRequest,
+    ) -> Result<api::DataKeyResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Datakey)?;
         check_context(&req.context)?;
         if req.bits != 128 && req.bits != 256 {
@@ -425,7 +534,9 @@ impl Service {
             .call(
                 entry,
                 "generate_data_key",
-                entry.backend.generate_data_key(entry.key_ref(), req.bits, &req.context),
+                entry
+                    .backend
+                    .generate_data_key(entry.key_ref(), req.bits, &req.context),
             )
             .await?;
         Ok(api::DataKeyResponse {
@@ -437,23 +548,41 @@ impl Service {
 
     // === MACs ===
 
-    pub async fn mac(&self, caller: &Caller, alias: &str, req: api::MacRequest) -> Result<api::MacResponse, ApiError> {
+    pub async fn mac(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::MacRequest,
+    ) -> Result<api::MacResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Mac)?;
-        let mac = self.call(entry, "mac", entry.backend.mac(entry.key_ref(), &req.message.0)).await?;
+        let mac = self
+            .call(
+                entry,
+                "mac",
+                entry.backend.mac(entry.key_ref(), &req.message.0),
+            )
+            .await?;
         Ok(api::MacResponse {
             mac: b64(&mac.bytes),
             version: mac.version,
         })
     }
 
-    pub async fn verify_mac(&self, caller: &Caller, alias: &str, req: api::VerifyMacRequest) -> Result<api::VerifyResponse, ApiError> {
+    pub async fn verify_mac(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::VerifyMacRequest,
+    ) -> Result<api::VerifyResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Mac)?;
         let version = req.version.as_ref().map(|v| v.0.as_str());
         let v = self
             .call(
                 entry,
                 "verify_mac",
-                entry.backend.verify_mac(entry.key_ref(), &req.message.0, &req.mac.0, version),
+                entry
+                    .backend
+                    .verify_mac(entry.key_ref(), &req.message.0, &req.mac.0, version),
             )
             .await?;
         Ok(api::VerifyResponse {
@@ -464,9 +593,15 @@ impl Service {
 
     // === administration ===
 
-    pub async fn rotate(&self, caller: &Caller, alias: &str) -> Result<api::RotateResponse, ApiError> {
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        alias: &str,
+    ) -> Result<api::RotateResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Rotate)?;
-        let version = self.call(entry, "rotate", entry.backend.rotate(entry.key_ref())).await?;
+        let version = self
+            .call(entry, "rotate", entry.backend.rotate(entry.key_ref()))
+            .await?;
         self.public_keys
             .lock()
             .expect("cache lock is never poisoned")
@@ -485,7 +620,10 @@ impl Service {
         let mut cache = self.health.lock().await;
         let mut backends = BTreeMap::new();
         for (name, backend) in &self.backends {
-            let fresh = cache.get(name).filter(|(at, _)| at.elapsed() < HEALTH_TTL).cloned();
+            let fresh = cache
+                .get(name)
+                .filter(|(at, _)| at.elapsed() < HEALTH_TTL)
+                .cloned();
             let (at, health) = match fresh {
                 Some(hit) => hit,
                 None => {
@@ -504,7 +642,11 @@ impl Service {
                         .with_label_values(&[name.as_str(), "health"])
                         .observe(started.elapsed().as_secs_f64());
                     let health = match result {
-                        Ok(()) => api::BackendHealth { status: "ok", reason: None, checked_seconds_ago: 0 },
+                        Ok(()) => api::BackendHealth {
+                            status: "ok",
+                            reason: None,
+                            checked_seconds_ago: 0,
+                        },
                         Err(e) if e.kind == ErrorKind::Throttled => api::BackendHealth {
                             status: "ok",
                             reason: Some(format!("throttled: {}", e.message)),
@@ -512,7 +654,11 @@ impl Service {
                         },
                         Err(e) => {
                             tracing::warn!(backend = %name, error = %e, "backend health check failed");
-                            api::BackendHealth { status: "error", reason: Some(e.message), checked_seconds_ago: 0 }
+                            api::BackendHealth {
+                                status: "error",
+                                reason: Some(e.message),
+                                checked_seconds_ago: 0,
+                            }
                         }
                     };
                     cache.insert(name.clone(), (started, health.clone()));
@@ -542,11 +688,17 @@ fn sign_input<'a>(
     match (message, digest) {
         (Some(m), None) => Ok(SignInput::Message(&m.0)),
         (None, Some(d)) => Ok(SignInput::Digest(&d.0)),
-        _ => Err(ApiError::invalid(format!("send exactly one of `{at}message` and `{at}digest`"))),
+        _ => Err(ApiError::invalid(format!(
+            "send exactly one of `{at}message` and `{at}digest`"
+        ))),
     }
 }
 
-fn check_algorithm(requested: Option<Algorithm>, actual: Algorithm, alias: &str) -> Result<(), ApiError> {
+fn check_algorithm(
+    requested: Option<Algorithm>,
+    actual: Algorithm,
+    alias: &str,
+) -> Result<(), ApiError> {
     match requested {
         Some(r) if r != actual => Err(ApiError::invalid(format!(
             "field `algorithm`: key `{alias}` is {actual}, not {r}"
@@ -561,9 +713,14 @@ const MAX_CONTEXT_STRING: usize = 1024;
 
 fn check_context(context: &backend::Context) -> Result<(), ApiError> {
     if context.len() > MAX_CONTEXT_PAIRS {
-        return Err(ApiError::invalid(format!("field `context`: at most {MAX_CONTEXT_PAIRS} pairs")));
+        return Err(ApiError::invalid(format!(
+            "field `context`: at most {MAX_CONTEXT_PAIRS} pairs"
+        )));
     }
-    if context.iter().any(|(k, v)| k.len() > MAX_CONTEXT_STRING || v.len() > MAX_CONTEXT_STRING) {
+    if context
+        .iter()
+        .any(|(k, v)| k.len() > MAX_CONTEXT_STRING || v.len() > MAX_CONTEXT_STRING)
+    {
         return Err(ApiError::invalid(format!(
             "field `context`: keys and values are at most {MAX_CONTEXT_STRING} bytes"
         )));

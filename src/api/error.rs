@@ -53,7 +53,9 @@ impl Code {
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
             Code::KeyNotFound | Code::NotFound => StatusCode::NOT_FOUND,
-            Code::OperationNotSupported | Code::DecryptionFailed => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::OperationNotSupported | Code::DecryptionFailed => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::BackendError => StatusCode::BAD_GATEWAY,
@@ -135,7 +137,11 @@ impl From<backend::Error> for ApiError {
 /// Parses a JSON request body. An empty body reads as `{}`. Errors name the
 /// field and why, without quoting the value that was sent.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -163,7 +169,11 @@ fn sanitize(message: &str) -> String {
         if let Some(start) = message.find(marker) {
             let rest = &message[start + marker.len()..];
             let after = rest.find('`').map_or("", |i| &rest[i + 1..]);
-            return format!("{}{}{after}", &message[..start], marker.trim_end_matches(" `"));
+            return format!(
+                "{}{}{after}",
+                &message[..start],
+                marker.trim_end_matches(" `")
+            );
         }
     }
     for marker in ["invalid type: ", "invalid value: "] {
@@ -185,17 +195,31 @@ mod tests {
     #[test]
     fn parse_errors_name_the_field_without_quoting_values() {
         let e = parse_json::<EncryptRequest>(br#"{"plaintext": 5}"#).unwrap_err();
-        assert_eq!(e.message, "field `plaintext`: invalid type: integer, expected a standard base64 string");
-        let e = parse_json::<EncryptRequest>(br#"{"plaintext": "c2VjcmV0", "context": {"a": "SECRETVALUE", "b": 1}}"#).unwrap_err();
+        assert_eq!(
+            e.message,
+            "field `plaintext`: invalid type: integer, expected a standard base64 string"
+        );
+        let e = parse_json::<EncryptRequest>(
+            br#"{"plaintext": "c2VjcmV0", "context": {"a": "SECRETVALUE", "b": 1}}"#,
+        )
+        .unwrap_err();
         assert!(e.message.starts_with("field `context.b`"), "{}", e.message);
         let e = parse_json::<SignRequest>(br#"{"message": "not base64!!"}"#).unwrap_err();
         assert_eq!(e.message, "field `message`: is not valid standard base64");
         let e = parse_json::<SignRequest>(br#"{"mesage": "aGk="}"#).unwrap_err();
-        assert!(e.message.contains("unknown field `mesage`"), "{}", e.message);
+        assert!(
+            e.message.contains("unknown field `mesage`"),
+            "{}",
+            e.message
+        );
         let e = parse_json::<SignRequest>(br#"{"format": "SECRETFORMAT"}"#).unwrap_err();
         assert!(!e.message.contains("SECRET"), "{}", e.message);
         let e = parse_json::<SignRequest>(b"{").unwrap_err();
-        assert!(e.message.starts_with("request body is not valid JSON"), "{}", e.message);
+        assert!(
+            e.message.starts_with("request body is not valid JSON"),
+            "{}",
+            e.message
+        );
         let e = parse_json::<SignRequest>(b"{} {}").unwrap_err();
         assert!(e.message.contains("trailing"), "{}", e.message);
         assert!(parse_json::<SignRequest>(b"").is_ok());

@@ -41,7 +41,9 @@ pub enum OpenError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: is readable or writable by group/others (mode {mode:04o}); run `chmod 600` on it")]
+    #[error(
+        "{path}: is readable or writable by group/others (mode {mode:04o}); run `chmod 600` on it"
+    )]
     Permissions { path: PathBuf, mode: u32 },
     #[error("{path}: not a valid key file: {reason}")]
     Corrupt { path: PathBuf, reason: String },
@@ -65,7 +67,9 @@ pub struct LocalBackend {
 
 impl fmt::Debug for LocalBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LocalBackend").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("LocalBackend")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -85,8 +89,10 @@ struct Version {
 
 /// Parsed key material; the private parts live inside aws-lc, which wipes
 /// them when freed.
+#[allow(clippy::large_enum_variant)] // one per key version, built once, never moved on a request
 enum Material {
     Ecdsa {
+        /// Two views of one key: DER signatures and raw `r‖s` ones.
         asn1: sig::EcdsaKeyPair,
         fixed: sig::EcdsaKeyPair,
         spki: Vec<u8>,
@@ -122,7 +128,10 @@ struct VersionFile {
 impl LocalBackend {
     /// Opens `dir` (creating it 0700) and loads the keys named in `wanted`,
     /// generating those that are missing and have an algorithm.
-    pub async fn open(dir: &Path, wanted: &[(String, Option<Algorithm>)]) -> Result<Self, OpenError> {
+    pub async fn open(
+        dir: &Path,
+        wanted: &[(String, Option<Algorithm>)],
+    ) -> Result<Self, OpenError> {
         let dir = dir.to_path_buf();
         let wanted = wanted.to_vec();
         let backend = tokio::task::spawn_blocking(move || Self::open_blocking(dir, &wanted))
@@ -131,7 +140,10 @@ impl LocalBackend {
         Ok(backend)
     }
 
-    fn open_blocking(dir: PathBuf, wanted: &[(String, Option<Algorithm>)]) -> Result<Self, OpenError> {
+    fn open_blocking(
+        dir: PathBuf,
+        wanted: &[(String, Option<Algorithm>)],
+    ) -> Result<Self, OpenError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| OpenError::Io { path, source }
@@ -172,7 +184,10 @@ impl LocalBackend {
                     let key = LocalKey {
                         algorithm,
                         versions: vec![Arc::new(generate(algorithm, 1).map_err(|reason| {
-                            OpenError::Corrupt { path: path.clone(), reason }
+                            OpenError::Corrupt {
+                                path: path.clone(),
+                                reason,
+                            }
                         })?)],
                     };
                     save(&path, &key).map_err(io(&path))?;
@@ -206,7 +221,9 @@ fn key_path(dir: &Path, name: &str) -> PathBuf {
 
 impl LocalKey {
     fn current(&self) -> &Arc<Version> {
-        self.versions.last().expect("a local key has at least one version")
+        self.versions
+            .last()
+            .expect("a local key has at least one version")
     }
 
     fn version(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<&Arc<Version>, Error> {
@@ -280,18 +297,30 @@ fn generate(algorithm: Algorithm, number: u32) -> Result<Version, String> {
     })
 }
 
-fn ecdsa_algs(algorithm: Algorithm) -> (&'static sig::EcdsaSigningAlgorithm, &'static sig::EcdsaSigningAlgorithm) {
+fn ecdsa_algs(
+    algorithm: Algorithm,
+) -> (
+    &'static sig::EcdsaSigningAlgorithm,
+    &'static sig::EcdsaSigningAlgorithm,
+) {
     if algorithm == Algorithm::EcdsaP384Sha384 {
-        (&sig::ECDSA_P384_SHA384_ASN1_SIGNING, &sig::ECDSA_P384_SHA384_FIXED_SIGNING)
+        (
+            &sig::ECDSA_P384_SHA384_ASN1_SIGNING,
+            &sig::ECDSA_P384_SHA384_FIXED_SIGNING,
+        )
     } else {
-        (&sig::ECDSA_P256_SHA256_ASN1_SIGNING, &sig::ECDSA_P256_SHA256_FIXED_SIGNING)
+        (
+            &sig::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+        )
     }
 }
 
 fn parse_material(algorithm: Algorithm, stored: &[u8]) -> Result<Material, String> {
     let bad = |_| format!("material is not a valid {algorithm} key");
     let spki = |der: Result<aws_lc_rs::encoding::PublicKeyX509Der<'_>, _>| {
-        der.map(|d| d.as_ref().to_vec()).map_err(|_| "cannot encode the public key".to_string())
+        der.map(|d| d.as_ref().to_vec())
+            .map_err(|_| "cannot encode the public key".to_string())
     };
     Ok(match algorithm {
         Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384 => {
@@ -333,13 +362,20 @@ fn load(path: &Path) -> Result<LocalKey, OpenError> {
         path: path.to_path_buf(),
         reason,
     };
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| OpenError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?);
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|source| OpenError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?,
+    );
     // Only the position is reported: serde's messages may quote the input.
-    let file: KeyFile = serde_json::from_str(&text)
-        .map_err(|e| corrupt(format!("malformed at line {} column {}", e.line(), e.column())))?;
+    let file: KeyFile = serde_json::from_str(&text).map_err(|e| {
+        corrupt(format!(
+            "malformed at line {} column {}",
+            e.line(),
+            e.column()
+        ))
+    })?;
     if file.versions.is_empty() {
         return Err(corrupt("no versions".into()));
     }
@@ -352,7 +388,8 @@ fn load(path: &Path) -> Result<LocalKey, OpenError> {
         );
         let created = humantime::parse_rfc3339(&v.created)
             .map_err(|_| corrupt(format!("version {}: `created` is not RFC 3339", v.version)))?;
-        let material = parse_material(file.algorithm, &stored).map_err(|e| corrupt(format!("version {}: {e}", v.version)))?;
+        let material = parse_material(file.algorithm, &stored)
+            .map_err(|e| corrupt(format!("version {}: {e}", v.version)))?;
         versions.push(Arc::new(Version {
             number: v.version,
             created,
@@ -384,7 +421,8 @@ fn save(path: &Path, key: &LocalKey) -> std::io::Result<()> {
             })
             .collect(),
     };
-    let text = Zeroizing::new(serde_json::to_vec_pretty(&file).expect("a key file always serializes"));
+    let text =
+        Zeroizing::new(serde_json::to_vec_pretty(&file).expect("a key file always serializes"));
     let tmp = path.with_extension("json.tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
@@ -399,20 +437,27 @@ fn save(path: &Path, key: &LocalKey) -> std::io::Result<()> {
 
 fn spki_of(material: &Material) -> Option<&[u8]> {
     match material {
-        Material::Ecdsa { spki, .. } | Material::Ed25519 { spki, .. } | Material::Rsa { spki, .. } => Some(spki),
+        Material::Ecdsa { spki, .. }
+        | Material::Ed25519 { spki, .. }
+        | Material::Rsa { spki, .. } => Some(spki),
         Material::Aes(_) | Material::Hmac(_) => None,
     }
 }
 
 fn not_for(key: KeyRef<'_>, algorithm: Algorithm, what: &str) -> Error {
-    Error::unsupported(format!("key `{}` is {algorithm}: it cannot {what}", key.alias))
+    Error::unsupported(format!(
+        "key `{}` is {algorithm}: it cannot {what}",
+        key.alias
+    ))
 }
 
 fn bad_input(e: crypto::BadInput) -> Error {
     match e {
         crypto::BadInput::NotASigningKey => Error::unsupported(e.to_string()),
         crypto::BadInput::DigestNotSupported => Error::unsupported(e.to_string()),
-        crypto::BadInput::DigestLength { .. } => Error::new(ErrorKind::InvalidRequest, e.to_string()),
+        crypto::BadInput::DigestLength { .. } => {
+            Error::new(ErrorKind::InvalidRequest, e.to_string())
+        }
     }
 }
 
@@ -420,10 +465,17 @@ fn internal(what: &str) -> Error {
     Error::new(ErrorKind::Backend, format!("local backend: {what} failed"))
 }
 
-fn seal(aes: &aead::LessSafeKey, number: u32, plaintext: &[u8], context: &Context) -> Result<Vec<u8>, Error> {
+fn seal(
+    aes: &aead::LessSafeKey,
+    number: u32,
+    plaintext: &[u8],
+    context: &Context,
+) -> Result<Vec<u8>, Error> {
     let mut nonce = [0u8; aead::NONCE_LEN];
     rand::fill(&mut nonce).map_err(|_| internal("random nonce"))?;
-    let mut out = Vec::with_capacity(HEADER_LEN + nonce.len() + plaintext.len() + aead::AES_256_GCM.tag_len());
+    let mut out = Vec::with_capacity(
+        HEADER_LEN + nonce.len() + plaintext.len() + aead::AES_256_GCM.tag_len(),
+    );
     out.push(CIPHERTEXT_FORMAT);
     out.extend_from_slice(&number.to_be_bytes());
     let mut aad = out.clone();
@@ -432,8 +484,12 @@ fn seal(aes: &aead::LessSafeKey, number: u32, plaintext: &[u8], context: &Contex
     let body_start = out.len();
     out.extend_from_slice(plaintext);
     let mut body = out.split_off(body_start);
-    aes.seal_in_place_append_tag(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(aad), &mut body)
-        .map_err(|_| internal("encryption"))?;
+    aes.seal_in_place_append_tag(
+        aead::Nonce::assume_unique_for_key(nonce),
+        aead::Aad::from(aad),
+        &mut body,
+    )
+    .map_err(|_| internal("encryption"))?;
     out.append(&mut body);
     Ok(out)
 }
@@ -471,14 +527,19 @@ impl Backend for LocalBackend {
             created: k.versions[0].created,
             origin: Origin::Software,
             rotation_period: None,
-            details: [("file".to_string(), key_path(&self.dir, key.id).display().to_string())].into(),
+            details: [(
+                "file".to_string(),
+                key_path(&self.dir, key.id).display().to_string(),
+            )]
+            .into(),
         })
     }
 
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
         let k = self.key(key)?;
         let v = k.version(key, version)?;
-        let spki = spki_of(&v.material).ok_or_else(|| not_for(key, k.algorithm, "have a public key"))?;
+        let spki =
+            spki_of(&v.material).ok_or_else(|| not_for(key, k.algorithm, "have a public key"))?;
         Ok(PublicKey {
             spki_der: spki.to_vec(),
             algorithm: k.algorithm,
@@ -486,14 +547,23 @@ impl Backend for LocalBackend {
         })
     }
 
-    async fn sign(&self, key: KeyRef<'_>, input: SignInput<'_>, format: SignatureFormat) -> Result<Signature, Error> {
+    async fn sign(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        format: SignatureFormat,
+    ) -> Result<Signature, Error> {
         let k = self.key(key)?;
         let v = k.current();
         let rng = rand::SystemRandom::new();
         let failed = |_| internal("signing");
         let bytes = match (&v.material, input) {
             (Material::Ecdsa { asn1, fixed, .. }, input) => {
-                let pair = if format == SignatureFormat::Raw { fixed } else { asn1 };
+                let pair = if format == SignatureFormat::Raw {
+                    fixed
+                } else {
+                    asn1
+                };
                 match input {
                     SignInput::Message(m) => pair.sign(&rng, m).map_err(failed)?,
                     SignInput::Digest(d) => {
@@ -504,7 +574,9 @@ impl Backend for LocalBackend {
                 .as_ref()
                 .to_vec()
             }
-            (Material::Ed25519 { pair, .. }, SignInput::Message(m)) => pair.sign(m).as_ref().to_vec(),
+            (Material::Ed25519 { pair, .. }, SignInput::Message(m)) => {
+                pair.sign(m).as_ref().to_vec()
+            }
             (Material::Ed25519 { .. }, SignInput::Digest(_)) => {
                 return Err(bad_input(crypto::BadInput::DigestNotSupported));
             }
@@ -515,15 +587,20 @@ impl Backend for LocalBackend {
                 };
                 let mut out = vec![0u8; pair.public_modulus_len()];
                 match input {
-                    SignInput::Message(m) => pair.sign(padding, &rng, m, &mut out).map_err(failed)?,
+                    SignInput::Message(m) => {
+                        pair.sign(padding, &rng, m, &mut out).map_err(failed)?
+                    }
                     SignInput::Digest(d) => {
                         let digest = crypto::import_digest(k.algorithm, d).map_err(bad_input)?;
-                        pair.sign_digest(padding, &digest, &mut out).map_err(failed)?
+                        pair.sign_digest(padding, &digest, &mut out)
+                            .map_err(failed)?
                     }
                 }
                 out
             }
-            (Material::Aes(_) | Material::Hmac(_), _) => return Err(not_for(key, k.algorithm, "sign")),
+            (Material::Aes(_) | Material::Hmac(_), _) => {
+                return Err(not_for(key, k.algorithm, "sign"));
+            }
         };
         Ok(Signature {
             bytes,
@@ -532,7 +609,12 @@ impl Backend for LocalBackend {
         })
     }
 
-    async fn encrypt(&self, key: KeyRef<'_>, plaintext: &[u8], context: &Context) -> Result<Sealed, Error> {
+    async fn encrypt(
+        &self,
+        key: KeyRef<'_>,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> Result<Sealed, Error> {
         let k = self.key(key)?;
         let v = k.current();
         let Material::Aes(aes) = &v.material else {
@@ -553,7 +635,12 @@ impl Backend for LocalBackend {
         })
     }
 
-    async fn decrypt(&self, key: KeyRef<'_>, ciphertext: &[u8], context: &Context) -> Result<Plaintext, Error> {
+    async fn decrypt(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Plaintext, Error> {
         let k = self.key(key)?;
         if !matches!(k.current().material, Material::Aes(_)) {
             return Err(not_for(key, k.algorithm, "decrypt"));
@@ -563,13 +650,20 @@ impl Backend for LocalBackend {
             return Err(Error::decryption_failed());
         }
         let number = u32::from_be_bytes(ciphertext[1..HEADER_LEN].try_into().expect("4 bytes"));
-        let Some(Material::Aes(aes)) = k.versions.iter().find(|v| v.number == number).map(|v| &v.material) else {
+        let Some(Material::Aes(aes)) = k
+            .versions
+            .iter()
+            .find(|v| v.number == number)
+            .map(|v| &v.material)
+        else {
             return Err(Error::decryption_failed());
         };
         let mut aad = ciphertext[..HEADER_LEN].to_vec();
         aad.extend_from_slice(&canonical_context(context));
-        let nonce = aead::Nonce::try_assume_unique_for_key(&ciphertext[HEADER_LEN..HEADER_LEN + aead::NONCE_LEN])
-            .map_err(|_| Error::decryption_failed())?;
+        let nonce = aead::Nonce::try_assume_unique_for_key(
+            &ciphertext[HEADER_LEN..HEADER_LEN + aead::NONCE_LEN],
+        )
+        .map_err(|_| Error::decryption_failed())?;
         let mut buf = Zeroizing::new(ciphertext[HEADER_LEN + aead::NONCE_LEN..].to_vec());
         let len = aes
             .open_in_place(nonce, aead::Aad::from(aad), &mut buf)
@@ -579,9 +673,17 @@ impl Backend for LocalBackend {
         Ok(Plaintext(buf))
     }
 
-    async fn generate_data_key(&self, key: KeyRef<'_>, bits: u32, context: &Context) -> Result<DataKey, Error> {
+    async fn generate_data_key(
+        &self,
+        key: KeyRef<'_>,
+        bits: u32,
+        context: &Context,
+    ) -> Result<DataKey, Error> {
         if bits != 128 && bits != 256 {
-            return Err(Error::new(ErrorKind::InvalidRequest, "`bits` must be 128 or 256"));
+            return Err(Error::new(
+                ErrorKind::InvalidRequest,
+                "`bits` must be 128 or 256",
+            ));
         }
         let mut plaintext = Zeroizing::new(vec![0u8; bits as usize / 8]);
         rand::fill(&mut plaintext).map_err(|_| internal("random data key"))?;
@@ -605,7 +707,13 @@ impl Backend for LocalBackend {
         })
     }
 
-    async fn verify_mac(&self, key: KeyRef<'_>, message: &[u8], mac: &[u8], version: Option<&str>) -> Result<Verified, Error> {
+    async fn verify_mac(
+        &self,
+        key: KeyRef<'_>,
+        message: &[u8],
+        mac: &[u8],
+        version: Option<&str>,
+    ) -> Result<Verified, Error> {
         let k = self.key(key)?;
         if !matches!(k.current().material, Material::Hmac(_)) {
             return Err(not_for(key, k.algorithm, "verify a MAC"));
@@ -637,7 +745,10 @@ impl Backend for LocalBackend {
             .map_err(|_| internal("key generation"))?;
         let mut versions = old.versions.clone();
         versions.push(Arc::new(fresh));
-        let rotated = Arc::new(LocalKey { algorithm, versions });
+        let rotated = Arc::new(LocalKey {
+            algorithm,
+            versions,
+        });
         let path = key_path(&self.dir, key.id);
         let to_save = rotated.clone();
         tokio::task::spawn_blocking(move || save(&path, &to_save))

@@ -80,7 +80,10 @@ pub struct Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        let retryable = matches!(kind, ErrorKind::Unavailable | ErrorKind::Throttled | ErrorKind::Timeout);
+        let retryable = matches!(
+            kind,
+            ErrorKind::Unavailable | ErrorKind::Throttled | ErrorKind::Timeout
+        );
         Self {
             kind,
             message: message.into(),
@@ -95,7 +98,10 @@ impl Error {
     }
 
     pub fn key_not_found(key: KeyRef<'_>) -> Self {
-        Self::new(ErrorKind::KeyNotFound, format!("key `{}` does not exist in its backend", key.alias))
+        Self::new(
+            ErrorKind::KeyNotFound,
+            format!("key `{}` does not exist in its backend", key.alias),
+        )
     }
 
     pub fn unsupported(what: impl fmt::Display) -> Self {
@@ -251,16 +257,31 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
 
     /// Encrypts small data with the current version, binding `context`.
-    async fn encrypt(&self, key: KeyRef<'_>, plaintext: &[u8], context: &Context) -> Result<Sealed, Error>;
+    async fn encrypt(
+        &self,
+        key: KeyRef<'_>,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> Result<Sealed, Error>;
 
     /// Decrypts what [`Backend::encrypt`] (of any still-enabled version)
     /// produced, with the same context. Any mismatch is
     /// [`ErrorKind::DecryptionFailed`].
-    async fn decrypt(&self, key: KeyRef<'_>, ciphertext: &[u8], context: &Context) -> Result<Plaintext, Error>;
+    async fn decrypt(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Plaintext, Error>;
 
     /// A fresh random data key of `bits`, and the key wrapped with `context`
     /// so that [`Backend::decrypt`] unwraps it.
-    async fn generate_data_key(&self, key: KeyRef<'_>, bits: u32, context: &Context) -> Result<DataKey, Error>;
+    async fn generate_data_key(
+        &self,
+        key: KeyRef<'_>,
+        bits: u32,
+        context: &Context,
+    ) -> Result<DataKey, Error>;
 
     /// HMAC of `message` with the current version.
     async fn mac(&self, _key: KeyRef<'_>, _message: &[u8]) -> Result<Sealed, Error> {
@@ -280,7 +301,9 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Adds a new version and makes it current; returns its name.
     async fn rotate(&self, _key: KeyRef<'_>) -> Result<String, Error> {
-        Err(Error::unsupported("this backend cannot rotate keys on demand"))
+        Err(Error::unsupported(
+            "this backend cannot rotate keys on demand",
+        ))
     }
 }
 
@@ -296,7 +319,11 @@ pub struct BuildError {
 pub async fn build(config: &Config) -> Result<BTreeMap<String, Arc<dyn Backend>>, BuildError> {
     let mut out: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
     for (name, backend) in &config.backends {
-        let keys: Vec<_> = config.keys.values().filter(|k| &k.backend == name).collect();
+        let keys: Vec<_> = config
+            .keys
+            .values()
+            .filter(|k| &k.backend == name)
+            .collect();
         let built: Arc<dyn Backend> = match backend {
             #[cfg(feature = "local")]
             BackendConfig::Local(c) => {
@@ -307,10 +334,14 @@ pub async fn build(config: &Config) -> Result<BTreeMap<String, Arc<dyn Backend>>
                     *slot = slot.or(k.algorithm);
                 }
                 let wanted: Vec<_> = wanted.into_iter().collect();
-                Arc::new(local::LocalBackend::open(&c.dir, &wanted).await.map_err(|e| BuildError {
-                    backend: name.clone(),
-                    message: e.to_string(),
-                })?)
+                Arc::new(
+                    local::LocalBackend::open(&c.dir, &wanted)
+                        .await
+                        .map_err(|e| BuildError {
+                            backend: name.clone(),
+                            message: e.to_string(),
+                        })?,
+                )
             }
             #[allow(unreachable_patterns)]
             other => {

@@ -18,7 +18,10 @@ const RESERVED: &[&str] = &["KMS_SIDECAR_CONFIG", "KMS_SIDECAR_SOCKET"];
 pub trait Env {
     fn vars(&self) -> Vec<(String, String)>;
     fn var(&self, name: &str) -> Option<String> {
-        self.vars().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        self.vars()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
     }
 }
 
@@ -46,13 +49,17 @@ pub fn apply_overrides(root: &mut Value, env: &dyn Env) -> Result<Vec<String>, S
     let mut vars = env.vars();
     vars.sort();
     for (name, raw) in vars {
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
         if RESERVED.contains(&name.as_str()) || rest.is_empty() {
             continue;
         }
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         if path.iter().any(String::is_empty) {
-            return Err(format!("{name}: empty path segment (use `__` between fields)"));
+            return Err(format!(
+                "{name}: empty path segment (use `__` between fields)"
+            ));
         }
         set_path(root, &path, parse_scalar(&raw))
             .map_err(|e| format!("{name}: cannot set `{}`: {e}", path.join(".")))?;
@@ -64,7 +71,8 @@ pub fn apply_overrides(root: &mut Value, env: &dyn Env) -> Result<Vec<String>, S
 /// Reads an override as YAML, but keeps strings that YAML would turn into
 /// something surprising (`0660` as a number) as the string they look like.
 fn parse_scalar(raw: &str) -> Value {
-    let looks_octal = raw.len() > 1 && raw.starts_with('0') && raw.bytes().all(|b| b.is_ascii_digit());
+    let looks_octal =
+        raw.len() > 1 && raw.starts_with('0') && raw.bytes().all(|b| b.is_ascii_digit());
     if looks_octal {
         return Value::String(raw.to_owned());
     }
@@ -108,7 +116,10 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let applied = apply_overrides(&mut root, &env).unwrap();
-        assert_eq!(applied, ["limits.max_batch", "listen.mode", "listen.socket"]);
+        assert_eq!(
+            applied,
+            ["limits.max_batch", "listen.mode", "listen.socket"]
+        );
         assert_eq!(root["listen"]["socket"], Value::from("/run/b.sock"));
         assert_eq!(root["listen"]["mode"], Value::from("0600"));
         assert_eq!(root["limits"]["max_batch"], Value::from(8));

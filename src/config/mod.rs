@@ -310,7 +310,11 @@ impl Config {
             let path = e.path().to_string();
             Error::Field {
                 origin: origin.to_owned(),
-                path: if path == "." { "(top level)".into() } else { path },
+                path: if path == "." {
+                    "(top level)".into()
+                } else {
+                    path
+                },
                 message: e.into_inner().to_string(),
             }
         })?;
@@ -333,7 +337,10 @@ impl Config {
             bad("listen.socket".into(), "must be a path".into());
         }
         if self.listen.mode.0 & 0o7000 != 0 {
-            bad("listen.mode".into(), "setuid/setgid/sticky bits are not allowed".into());
+            bad(
+                "listen.mode".into(),
+                "setuid/setgid/sticky bits are not allowed".into(),
+            );
         }
         if self.backends.is_empty() {
             bad("backends".into(), "at least one backend is required".into());
@@ -366,21 +373,33 @@ impl Config {
                 bad(at("key"), "must name the backend's key".into());
             }
             if matches!(&key.ops, Some(ops) if ops.is_empty()) {
-                bad(at("ops"), "an empty list allows nothing; omit it for the default".into());
+                bad(
+                    at("ops"),
+                    "an empty list allows nothing; omit it for the default".into(),
+                );
             }
         }
         for (i, rule) in self.callers.iter().enumerate() {
             if rule.uids.is_empty() && rule.gids.is_empty() {
-                bad(format!("callers[{i}]"), "a rule needs `uids` or `gids`".into());
+                bad(
+                    format!("callers[{i}]"),
+                    "a rule needs `uids` or `gids`".into(),
+                );
             }
             if rule.ops.is_empty() {
-                bad(format!("callers[{i}].ops"), "must grant at least one operation or \"*\"".into());
+                bad(
+                    format!("callers[{i}].ops"),
+                    "must grant at least one operation or \"*\"".into(),
+                );
             }
             for (j, pattern) in rule.keys.iter().enumerate() {
                 let at = format!("callers[{i}].keys[{j}]");
                 let stars = pattern.matches('*').count();
                 if stars > 1 || (stars == 1 && !pattern.ends_with('*')) {
-                    bad(at, "a pattern is an alias, \"*\", or a prefix ending in `*`".into());
+                    bad(
+                        at,
+                        "a pattern is an alias, \"*\", or a prefix ending in `*`".into(),
+                    );
                     continue;
                 }
                 let matches_any = match pattern.strip_suffix('*') {
@@ -445,21 +464,35 @@ mod tests {
     #[test]
     fn unknown_fields_are_rejected_with_their_path() {
         let text = "listen: {sockett: x}\nbackends: {}\nkeys: {}\n";
-        let err = Config::parse(text, "t.yaml", &no_env()).unwrap_err().to_string();
+        let err = Config::parse(text, "t.yaml", &no_env())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listen") && err.contains("sockett"), "{err}");
         let text = "backends: {d: {type: local, dir: x, extra: 1}}\nkeys: {}\n";
-        let err = Config::parse(text, "t.yaml", &no_env()).unwrap_err().to_string();
+        let err = Config::parse(text, "t.yaml", &no_env())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("extra"), "{err}");
     }
 
     #[test]
     fn wrong_types_name_the_field_and_expectation() {
         let text = "backends: {d: {type: local, dir: x}}\nkeys: {}\nlimits: {max_body: lots}\n";
-        let err = Config::parse(text, "t.yaml", &no_env()).unwrap_err().to_string();
-        assert!(err.contains("limits.max_body") && err.contains("1MiB"), "{err}");
+        let err = Config::parse(text, "t.yaml", &no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("limits.max_body") && err.contains("1MiB"),
+            "{err}"
+        );
         let text = "backends: {d: {type: local, dir: x}}\nkeys: {}\nlisten: {drain_timeout: 5}\n";
-        let err = Config::parse(text, "t.yaml", &no_env()).unwrap_err().to_string();
-        assert!(err.contains("listen.drain_timeout") && err.contains("duration"), "{err}");
+        let err = Config::parse(text, "t.yaml", &no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("listen.drain_timeout") && err.contains("duration"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -473,20 +506,30 @@ callers:
   - {keys: ["zzz"], ops: [sign]}
 limits: {max_batch: 0}
 "#;
-        let Error::Invalid { problems, .. } = Config::parse(text, "t", &no_env()).unwrap_err() else {
+        let Error::Invalid { problems, .. } = Config::parse(text, "t", &no_env()).unwrap_err()
+        else {
             panic!("expected semantic problems")
         };
         let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["keys.a.backend", "keys.b.key", "callers[0]", "callers[0].keys[0]", "limits.max_batch"]
+            [
+                "keys.a.backend",
+                "keys.b.key",
+                "callers[0]",
+                "callers[0].keys[0]",
+                "limits.max_batch"
+            ]
         );
     }
 
     #[test]
     fn env_overrides_apply_and_are_validated() {
         let env: BTreeMap<String, String> = [
-            ("KMS_SIDECAR_LISTEN__SOCKET".to_owned(), "/tmp/x.sock".to_owned()),
+            (
+                "KMS_SIDECAR_LISTEN__SOCKET".to_owned(),
+                "/tmp/x.sock".to_owned(),
+            ),
             ("KMS_SIDECAR_LISTEN__MODE".to_owned(), "0600".to_owned()),
         ]
         .into();
@@ -495,7 +538,9 @@ limits: {max_batch: 0}
         assert_eq!(c.listen.mode, Mode(0o600));
         let env: BTreeMap<String, String> =
             [("KMS_SIDECAR_LISTEN__SOKET".to_owned(), "x".to_owned())].into();
-        let err = Config::parse(EMBEDDED_DEFAULT, "default", &env).unwrap_err().to_string();
+        let err = Config::parse(EMBEDDED_DEFAULT, "default", &env)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("soket"), "{err}");
     }
 

@@ -114,7 +114,9 @@ impl FromStr for Mode {
         let digits = s.trim().trim_start_matches("0o");
         match u32::from_str_radix(digits, 8) {
             Ok(m) if m <= 0o7777 && !digits.is_empty() => Ok(Mode(m)),
-            _ => Err(format!("expected an octal file mode like \"0660\", got {s:?}")),
+            _ => Err(format!(
+                "expected an octal file mode like \"0660\", got {s:?}"
+            )),
         }
     }
 }
@@ -157,7 +159,10 @@ mod tests {
     #[test]
     fn durations_sizes_and_modes_parse_from_human_strings() {
         assert_eq!("5m".parse::<Duration>().unwrap(), Duration::from_secs(300));
-        assert_eq!("90d".parse::<Duration>().unwrap(), Duration::from_secs(90 * 86400));
+        assert_eq!(
+            "90d".parse::<Duration>().unwrap(),
+            Duration::from_secs(90 * 86400)
+        );
         assert!("5".parse::<Duration>().is_err());
         assert_eq!("1MiB".parse::<ByteSize>().unwrap(), ByteSize(1 << 20));
         assert_eq!("64 KiB".parse::<ByteSize>().unwrap(), ByteSize(64 << 10));

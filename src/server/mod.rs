@@ -63,7 +63,10 @@ pub async fn serve(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             service.metrics().connections_rejected.inc();
-            tracing::warn!(limit = settings.max_connections, "connection limit reached; closing a new connection");
+            tracing::warn!(
+                limit = settings.max_connections,
+                "connection limit reached; closing a new connection"
+            );
             continue;
         };
         let caller = match stream.peer_cred() {
@@ -84,7 +87,12 @@ pub async fn serve(
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
         let metrics_service = service.clone();
-        let span = tracing::debug_span!("connection", caller.uid = caller.uid, caller.gid = caller.gid, caller.pid = caller.pid);
+        let span = tracing::debug_span!(
+            "connection",
+            caller.uid = caller.uid,
+            caller.gid = caller.gid,
+            caller.pid = caller.pid
+        );
         tokio::spawn(
             async move {
                 metrics_service.metrics().connections_open.inc();

@@ -72,7 +72,11 @@ impl Route<'_> {
 
     fn method(self) -> Method {
         match self {
-            Route::Key(_, Action::Metadata | Action::PublicKey) | Route::Healthz | Route::Readyz | Route::Metrics | Route::ListKeys => Method::GET,
+            Route::Key(_, Action::Metadata | Action::PublicKey)
+            | Route::Healthz
+            | Route::Readyz
+            | Route::Metrics
+            | Route::ListKeys => Method::GET,
             Route::Key(..) => Method::POST,
         }
     }
@@ -211,11 +215,21 @@ impl Routes {
         .await
     }
 
-    async fn dispatch(&self, route: Route<'_>, req: Request<Incoming>, caller: Option<Caller>) -> Result<Reply, ApiError> {
+    async fn dispatch(
+        &self,
+        route: Route<'_>,
+        req: Request<Incoming>,
+        caller: Option<Caller>,
+    ) -> Result<Reply, ApiError> {
         if req.method() != route.method() {
             return Err(ApiError::new(
                 Code::OperationNotSupported,
-                format!("{} {} is not supported; use {}", req.method(), req.uri().path(), route.method()),
+                format!(
+                    "{} {} is not supported; use {}",
+                    req.method(),
+                    req.uri().path(),
+                    route.method()
+                ),
             )
             .with_status(StatusCode::METHOD_NOT_ALLOWED));
         }
@@ -224,7 +238,11 @@ impl Routes {
             (Route::Healthz, _) => return Ok(json(StatusCode::OK, &api::Health { status: "ok" })),
             (Route::Readyz, _) => {
                 let (ready, body) = svc.readiness().await;
-                let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
                 return Ok(json(status, &body));
             }
             (Route::Metrics, _) => {
@@ -235,7 +253,9 @@ impl Routes {
                 });
             }
             (_, None) => return Err(ApiError::new(Code::NotFound, "only probes are served here")),
-            (Route::ListKeys, Some(c)) => return Ok(json(StatusCode::OK, &svc.list_keys(&c).await)),
+            (Route::ListKeys, Some(c)) => {
+                return Ok(json(StatusCode::OK, &svc.list_keys(&c).await));
+            }
             (Route::Key(alias, action), Some(c)) => (c, alias, action),
         };
         let caller = &caller;
@@ -267,7 +287,12 @@ impl Routes {
 /// on drop. A declared `Content-Length` over the limit is refused before any
 /// of the body is read; a chunked body is refused as soon as it passes it.
 async fn read_body(req: Request<Incoming>, max: usize) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let too_large = || ApiError::new(Code::PayloadTooLarge, format!("request body is over the {max}-byte limit (limits.max_body)"));
+    let too_large = || {
+        ApiError::new(
+            Code::PayloadTooLarge,
+            format!("request body is over the {max}-byte limit (limits.max_body)"),
+        )
+    };
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -279,7 +304,8 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Zeroizing<Vec<u
     let mut buf = Zeroizing::new(Vec::with_capacity(declared.map_or(0, |n| n as usize)));
     let mut body = req.into_body();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
+        let frame = frame
+            .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > max {
                 return Err(too_large());
@@ -298,7 +324,8 @@ fn request_id(headers: &HeaderMap) -> String {
         .filter(|v| {
             !v.is_empty()
                 && v.len() <= 128
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
         })
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
@@ -311,8 +338,14 @@ mod tests {
     fn routes_parse() {
         assert_eq!(parse_route("/healthz"), Some(Route::Healthz));
         assert_eq!(parse_route("/v1/keys"), Some(Route::ListKeys));
-        assert_eq!(parse_route("/v1/keys/a"), Some(Route::Key("a", Action::Metadata)));
-        assert_eq!(parse_route("/v1/keys/a/sign-batch"), Some(Route::Key("a", Action::SignBatch)));
+        assert_eq!(
+            parse_route("/v1/keys/a"),
+            Some(Route::Key("a", Action::Metadata))
+        );
+        assert_eq!(
+            parse_route("/v1/keys/a/sign-batch"),
+            Some(Route::Key("a", Action::SignBatch))
+        );
         assert_eq!(parse_route("/v1/keys/a/explode"), None);
         assert_eq!(parse_route("/v1/keys//sign"), None);
         assert_eq!(parse_route("/v2/keys"), None);

@@ -9,7 +9,9 @@ use tokio::net::UnixListener;
 /// Why the socket could not be bound.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("{path}: another process is listening on this socket (is another kms-sidecar running?)")]
+    #[error(
+        "{path}: another process is listening on this socket (is another kms-sidecar running?)"
+    )]
     InUse { path: PathBuf },
     #[error("{path}: exists and is not a socket; refusing to replace it")]
     NotASocket { path: PathBuf },
@@ -34,14 +36,24 @@ pub fn bind(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixListener,
         }
     };
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(BindError::InUse { path: path.to_path_buf() }),
-            Err(_) => {
-                tracing::info!(socket = %path.display(), "removing stale socket");
-                std::fs::remove_file(path).map_err(io("removing the stale socket"))?;
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(BindError::InUse {
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(_) => {
+                    tracing::info!(socket = %path.display(), "removing stale socket");
+                    std::fs::remove_file(path).map_err(io("removing the stale socket"))?;
+                }
             }
-        },
-        Ok(_) => return Err(BindError::NotASocket { path: path.to_path_buf() }),
+        }
+        Ok(_) => {
+            return Err(BindError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("inspecting the path")(e)),
     }
@@ -65,7 +77,8 @@ pub fn bind(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixListener,
         };
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(io("setting the group"))?;
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io("setting the mode"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io("setting the mode"))?;
     Ok(listener)
 }
 

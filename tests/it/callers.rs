@@ -23,7 +23,10 @@ callers:
     );
     if is_root() {
         let s = Sidecar::start(&config).await;
-        assert_eq!(std::fs::metadata(&s.socket).unwrap().permissions().mode() & 0o777, 0o666);
+        assert_eq!(
+            std::fs::metadata(&s.socket).unwrap().permissions().mode() & 0o777,
+            0o666
+        );
         std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let curl = |uid: u32| {
             let uid = uid.to_string();
@@ -34,11 +37,25 @@ callers:
                 args.extend(["--reuid", &uid, "--regid", &uid, "--clear-groups"].map(String::from));
             }
             args.extend(
-                ["curl", "-s", "-w", "\n%{http_code}", "--unix-socket", &socket, "-d", &body, "http://localhost/v1/keys/sig/sign"]
-                    .map(String::from),
+                [
+                    "curl",
+                    "-s",
+                    "-w",
+                    "\n%{http_code}",
+                    "--unix-socket",
+                    &socket,
+                    "-d",
+                    &body,
+                    "http://localhost/v1/keys/sig/sign",
+                ]
+                .map(String::from),
             );
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (program, rest) = if uid == "0" { (args[0], &args[1..]) } else { ("setpriv", &args[..]) };
+            let (program, rest) = if uid == "0" {
+                (args[0], &args[1..])
+            } else {
+                ("setpriv", &args[..])
+            };
             let (_, out, err) = run_tool(program, rest, "install util-linux (setpriv) and curl");
             assert!(err.is_empty(), "{err}");
             out
@@ -50,11 +67,19 @@ callers:
         let out = curl(0);
         assert!(out.ends_with("\n200"), "root has a rule: {out}");
     } else {
-        let s = Sidecar::start(&config.replace(&format!("uids: [{me}]"), &format!("uids: [{other}]"))).await;
-        let r = s.post("/v1/keys/sig/sign", json!({"message": b64("not mine")})).await;
+        let s =
+            Sidecar::start(&config.replace(&format!("uids: [{me}]"), &format!("uids: [{other}]")))
+                .await;
+        let r = s
+            .post("/v1/keys/sig/sign", json!({"message": b64("not mine")}))
+            .await;
         r.expect(403, Some("forbidden"));
         let list = s.get("/v1/keys").await.ok();
-        assert_eq!(list["keys"], json!([]), "a caller sees no keys it may not use");
+        assert_eq!(
+            list["keys"],
+            json!([]),
+            "a caller sees no keys it may not use"
+        );
     }
 }
 
@@ -73,20 +98,45 @@ callers:
 "#
     );
     let s = Sidecar::start(&config).await;
-    let sig = s.post("/v1/keys/payments-signing/sign", json!({"message": b64("m")})).await.ok();
-    let v = s.post("/v1/keys/payments-verify/verify", json!({"message": b64("m"), "signature": sig["signature"]})).await.ok();
+    let sig = s
+        .post(
+            "/v1/keys/payments-signing/sign",
+            json!({"message": b64("m")}),
+        )
+        .await
+        .ok();
+    let v = s
+        .post(
+            "/v1/keys/payments-verify/verify",
+            json!({"message": b64("m"), "signature": sig["signature"]}),
+        )
+        .await
+        .ok();
     assert_eq!(v["valid"], true, "two aliases of one key");
-    s.post("/v1/keys/pii/encrypt", json!({"plaintext": b64("p")})).await.expect(403, Some("forbidden"));
-    s.post("/v1/keys/nonexistent/sign", json!({"message": b64("m")})).await.expect(403, Some("forbidden"));
-    s.get("/v1/keys/payments-signing").await.expect(403, Some("forbidden"));
+    s.post("/v1/keys/pii/encrypt", json!({"plaintext": b64("p")}))
+        .await
+        .expect(403, Some("forbidden"));
+    s.post("/v1/keys/nonexistent/sign", json!({"message": b64("m")}))
+        .await
+        .expect(403, Some("forbidden"));
+    s.get("/v1/keys/payments-signing")
+        .await
+        .expect(403, Some("forbidden"));
     let list = s.get("/v1/keys").await.ok();
-    let names: Vec<_> = list["keys"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    let names: Vec<_> = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["payments-signing", "payments-verify"]);
 }
 
 #[tokio::test]
 async fn the_socket_gets_the_configured_mode() {
-    let config = crate::harness::local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }") + "listen: { mode: \"0600\" }\n";
+    let config =
+        crate::harness::local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }")
+            + "listen: { mode: \"0600\" }\n";
     let s = Sidecar::start(&config).await;
     let meta = std::fs::metadata(&s.socket).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);

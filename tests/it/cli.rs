@@ -6,7 +6,11 @@ use std::process::Command;
 fn check(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
-    std::fs::write(&path, config.replace("{dir}", &dir.path().display().to_string())).unwrap();
+    std::fs::write(
+        &path,
+        config.replace("{dir}", &dir.path().display().to_string()),
+    )
+    .unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(["config", "check", path.to_str().unwrap()]);
     for (k, v) in env {
@@ -22,8 +26,15 @@ fn check(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
 
 #[test]
 fn config_check_prints_the_resolved_config() {
-    let config = local_config("  k: { backend: dev, key: k, algorithm: aes-256-gcm, rotation_period: 30d }");
-    let (code, out, err) = check(&config, &[("KMS_SIDECAR_LIMITS__MAX_BODY", "2MiB"), ("KMS_SIDECAR_LISTEN__MODE", "0600")]);
+    let config =
+        local_config("  k: { backend: dev, key: k, algorithm: aes-256-gcm, rotation_period: 30d }");
+    let (code, out, err) = check(
+        &config,
+        &[
+            ("KMS_SIDECAR_LIMITS__MAX_BODY", "2MiB"),
+            ("KMS_SIDECAR_LISTEN__MODE", "0600"),
+        ],
+    );
     assert_eq!(code, Some(0), "{err}");
     let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&out).unwrap();
     assert_eq!(v["limits"]["max_body"], "2.0 MiB");
@@ -35,31 +46,66 @@ fn config_check_prints_the_resolved_config() {
 #[test]
 fn bad_configs_exit_2_naming_the_field() {
     let base = local_config("  k: { backend: dev, key: k, algorithm: aes-256-gcm }");
-    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
-        (base.replace("type: local", "type: local, dirr: x"), vec![], "dirr"),
-        (base.replace("algorithm: aes-256-gcm", "algorithm: aes-512"), vec![], "keys.k.algorithm"),
-        (base.replace("backend: dev", "backend: nope"), vec![], "keys.k.backend"),
-        (base.clone() + "limits: { max_body: huge }\n", vec![], "limits.max_body"),
-        (base.clone(), vec![("KMS_SIDECAR_LISTEN__MODE", "0999")], "listen.mode"),
-        (base.clone(), vec![("KMS_SIDECAR_LIMITS__MAX_BATHC", "3")], "max_bathc"),
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            base.replace("type: local", "type: local, dirr: x"),
+            vec![],
+            "dirr",
+        ),
+        (
+            base.replace("algorithm: aes-256-gcm", "algorithm: aes-512"),
+            vec![],
+            "keys.k.algorithm",
+        ),
+        (
+            base.replace("backend: dev", "backend: nope"),
+            vec![],
+            "keys.k.backend",
+        ),
+        (
+            base.clone() + "limits: { max_body: huge }\n",
+            vec![],
+            "limits.max_body",
+        ),
+        (
+            base.clone(),
+            vec![("KMS_SIDECAR_LISTEN__MODE", "0999")],
+            "listen.mode",
+        ),
+        (
+            base.clone(),
+            vec![("KMS_SIDECAR_LIMITS__MAX_BATHC", "3")],
+            "max_bathc",
+        ),
         ("backends: [\n".to_string(), vec![], "not valid YAML"),
     ];
     for (config, env, expected) in cases {
         let (code, _, err) = check(&config, &env);
         assert_eq!(code, Some(2), "{expected}: {err}");
-        assert!(err.contains(expected), "stderr should name {expected:?}: {err}");
+        assert!(
+            err.contains(expected),
+            "stderr should name {expected:?}: {err}"
+        );
     }
-    let out = Command::new(BIN).args(["serve", "--config", "/nonexistent/kms.yaml"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/kms.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/kms.yaml"));
-    let out = Command::new(BIN).args(["serve", "--bogus"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--bogus"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "bad usage");
 }
 
 #[test]
 fn a_missing_local_key_without_an_algorithm_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    let config = local_config("  k: { backend: dev, key: k }").replace("{dir}", &dir.path().display().to_string());
+    let config = local_config("  k: { backend: dev, key: k }")
+        .replace("{dir}", &dir.path().display().to_string());
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, config).unwrap();
     let out = Command::new(BIN)
@@ -73,14 +119,25 @@ fn a_missing_local_key_without_an_algorithm_exits_2() {
 
 #[tokio::test]
 async fn key_files_readable_by_others_are_refused() {
-    let s = Sidecar::start(&local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }")).await;
+    let s = Sidecar::start(&local_config(
+        "  k: { backend: dev, key: k, algorithm: hmac-sha256 }",
+    ))
+    .await;
     let dir = s.into_dir();
     let dir = dir.path();
     let config = std::fs::read_to_string(dir.join("config.yaml")).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.join("keys/k.json"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        dir.join("keys/k.json"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let out = Command::new(BIN)
-        .args(["serve", "--config", dir.join("config.yaml").to_str().unwrap()])
+        .args([
+            "serve",
+            "--config",
+            dir.join("config.yaml").to_str().unwrap(),
+        ])
         .env("KMS_SIDECAR_LISTEN__SOCKET", dir.join("s.sock"))
         .output()
         .unwrap();

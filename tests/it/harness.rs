@@ -30,13 +30,20 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     /// The error code of an error response.
     pub fn code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or("<none>").to_owned()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("<none>")
+            .to_owned()
     }
 
     /// Asserts the status and, for errors, the stable code; returns the JSON.
@@ -47,8 +54,14 @@ impl Resp {
         if let Some(code) = code {
             assert_eq!(self.code(), code, "unexpected code; body: {body}");
             let err = &self.json()["error"];
-            assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
-            assert!(err["request_id"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+            assert!(
+                err["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{body}"
+            );
+            assert!(
+                err["request_id"].as_str().is_some_and(|m| !m.is_empty()),
+                "{body}"
+            );
             assert!(err["retryable"].is_boolean(), "{body}");
         }
         self.json()
@@ -75,7 +88,9 @@ pub fn b64(bytes: impl AsRef<[u8]>) -> String {
 }
 
 pub fn unb64(v: &Value) -> Vec<u8> {
-    STANDARD.decode(v.as_str().expect("a base64 string")).expect("valid base64")
+    STANDARD
+        .decode(v.as_str().expect("a base64 string"))
+        .expect("valid base64")
 }
 
 impl Sidecar {
@@ -125,11 +140,19 @@ impl Sidecar {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if self.socket.exists() && self.try_get("/healthz").await.is_some_and(|r| r.status == 200) {
+            if self.socket.exists()
+                && self
+                    .try_get("/healthz")
+                    .await
+                    .is_some_and(|r| r.status == 200)
+            {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("kms-sidecar did not become ready in 60s; log:\n{}", self.logs());
+                panic!(
+                    "kms-sidecar did not become ready in 60s; log:\n{}",
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -151,6 +174,11 @@ impl Sidecar {
         }
     }
 
+    /// Forgets the registered secrets (for the test of the scan itself).
+    pub fn clear_secrets(&self) {
+        self.secrets.lock().unwrap().clear();
+    }
+
     fn secret_bytes(&self, bytes: &[u8]) {
         self.secret(b64(bytes));
         self.secret(hex(bytes));
@@ -167,8 +195,10 @@ impl Sidecar {
                     if k == "error" {
                         continue;
                     }
-                    if matches!(k.as_str(), "message" | "plaintext" | "digest" | "plaintext_key")
-                        && let Some(s) = v.as_str()
+                    if matches!(
+                        k.as_str(),
+                        "message" | "plaintext" | "digest" | "plaintext_key"
+                    ) && let Some(s) = v.as_str()
                     {
                         self.secret(s);
                         if let Ok(bytes) = STANDARD.decode(s) {
@@ -184,17 +214,24 @@ impl Sidecar {
     }
 
     pub async fn try_get(&self, path: &str) -> Option<Resp> {
-        self.try_request(http::Method::GET, path, &[], Bytes::new()).await
+        self.try_request(http::Method::GET, path, &[], Bytes::new())
+            .await
     }
 
     pub async fn get(&self, path: &str) -> Resp {
-        self.request(http::Method::GET, path, &[], Bytes::new()).await
+        self.request(http::Method::GET, path, &[], Bytes::new())
+            .await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Resp {
         self.register_secrets(&body);
         let resp = self
-            .request(http::Method::POST, path, &[("content-type", "application/json")], Bytes::from(body.to_string()))
+            .request(
+                http::Method::POST,
+                path,
+                &[("content-type", "application/json")],
+                Bytes::from(body.to_string()),
+            )
             .await;
         if let Ok(v) = serde_json::from_slice::<Value>(&resp.body) {
             self.register_secrets(&v);
@@ -202,23 +239,43 @@ impl Sidecar {
         resp
     }
 
-    pub async fn request(&self, method: http::Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {
+    pub async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Resp {
         self.try_request(method, path, headers, body)
             .await
             .unwrap_or_else(|| panic!("request to {path} failed; log:\n{}", self.logs()))
     }
 
-    async fn try_request(&self, method: http::Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Option<Resp> {
+    async fn try_request(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Option<Resp> {
         let uri: hyper::Uri = hyperlocal::Uri::new(&self.socket, path).into();
         let mut req = http::Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = self.client.request(req.body(Full::new(body)).unwrap()).await.ok()?;
+        let resp = self
+            .client
+            .request(req.body(Full::new(body)).unwrap())
+            .await
+            .ok()?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.ok()?.to_bytes();
-        Some(Resp { status, headers, body })
+        Some(Resp {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// Sends SIGTERM and waits for the exit (at most 30s).
@@ -237,7 +294,10 @@ impl Sidecar {
             wait_timeout(&mut child, Duration::from_secs(30));
         }
         let leaked = self.leaked_secrets();
-        assert!(leaked.is_empty(), "secrets found in the sidecar log: {leaked:?}");
+        assert!(
+            leaked.is_empty(),
+            "secrets found in the sidecar log: {leaked:?}"
+        );
         std::mem::replace(&mut self.dir, placeholder)
     }
 
@@ -246,7 +306,10 @@ impl Sidecar {
         let log = self.logs();
         let mut secrets = self.secrets.lock().unwrap().clone();
         secrets.extend(key_material(self.dir.path()));
-        secrets.into_iter().filter(|s| log.contains(s.as_str())).collect()
+        secrets
+            .into_iter()
+            .filter(|s| log.contains(s.as_str()))
+            .collect()
     }
 }
 
@@ -258,7 +321,10 @@ impl Drop for Sidecar {
         }
         if !std::thread::panicking() {
             let leaked = self.leaked_secrets();
-            assert!(leaked.is_empty(), "secrets found in the sidecar log: {leaked:?}");
+            assert!(
+                leaked.is_empty(),
+                "secrets found in the sidecar log: {leaked:?}"
+            );
         }
     }
 }
@@ -312,7 +378,9 @@ fn key_material(dir: &Path) -> Vec<String> {
             if path.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "json")
-                && let Ok(v) = serde_json::from_str::<Value>(&std::fs::read_to_string(&path).unwrap_or_default())
+                && let Ok(v) = serde_json::from_str::<Value>(
+                    &std::fs::read_to_string(&path).unwrap_or_default(),
+                )
             {
                 for version in v["versions"].as_array().into_iter().flatten() {
                     if let Some(m) = version["material"].as_str() {
@@ -348,7 +416,9 @@ pub fn run_tool(program: &str, args: &[&str], hint: &str) -> (bool, String, Stri
     let out = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run `{program}` ({e}); {hint} (`make test` installs it)"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run `{program}` ({e}); {hint} (`make test` installs it)")
+        });
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

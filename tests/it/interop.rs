@@ -27,24 +27,59 @@ async fn openssl_verifies_what_the_sidecar_signs() {
         let pk = s.get(&format!("/v1/keys/{key}/public-key")).await.ok();
         let pem_path = dir.join(format!("{key}.pem"));
         std::fs::write(&pem_path, pk["pem"].as_str().unwrap()).unwrap();
-        let signed = s.post(&format!("/v1/keys/{key}/sign"), json!({"message": b64(msg)})).await.ok();
+        let signed = s
+            .post(
+                &format!("/v1/keys/{key}/sign"),
+                json!({"message": b64(msg)}),
+            )
+            .await
+            .ok();
         let sig_path = dir.join(format!("{key}.sig"));
         std::fs::write(&sig_path, unb64(&signed["signature"])).unwrap();
 
         let verify = |data: &std::path::Path| -> (bool, String) {
             match key {
                 "ed25519" => openssl(&[
-                    "pkeyutl", "-verify", "-pubin", "-inkey", &p(&pem_path), "-rawin", "-in", &p(data), "-sigfile", &p(&sig_path),
+                    "pkeyutl",
+                    "-verify",
+                    "-pubin",
+                    "-inkey",
+                    &p(&pem_path),
+                    "-rawin",
+                    "-in",
+                    &p(data),
+                    "-sigfile",
+                    &p(&sig_path),
                 ]),
                 "rsa-3072" => openssl(&[
-                    "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32",
-                    "-verify", &p(&pem_path), "-signature", &p(&sig_path), &p(data),
+                    "dgst",
+                    "-sha256",
+                    "-sigopt",
+                    "rsa_padding_mode:pss",
+                    "-sigopt",
+                    "rsa_pss_saltlen:32",
+                    "-verify",
+                    &p(&pem_path),
+                    "-signature",
+                    &p(&sig_path),
+                    &p(data),
                 ]),
-                _ => openssl(&["dgst", "-sha256", "-verify", &p(&pem_path), "-signature", &p(&sig_path), &p(data)]),
+                _ => openssl(&[
+                    "dgst",
+                    "-sha256",
+                    "-verify",
+                    &p(&pem_path),
+                    "-signature",
+                    &p(&sig_path),
+                    &p(data),
+                ]),
             }
         };
         let (ok, out) = verify(&msg_path);
-        assert!(ok && out.contains("Verified OK") || out.contains("Signature Verified Successfully"), "{key}: openssl says: {out}");
+        assert!(
+            ok && out.contains("Verified OK") || out.contains("Signature Verified Successfully"),
+            "{key}: openssl says: {out}"
+        );
         let (ok, out) = verify(&bad_path);
         assert!(!ok, "{key}: openssl accepted a tampered message: {out}");
 
@@ -64,16 +99,40 @@ async fn the_sidecar_verifies_what_openssl_would_accept_from_the_pem() {
     let pk = s.get("/v1/keys/rsa-3072/public-key").await.ok();
     let pem_path = s.dir.path().join("rsa.pem");
     std::fs::write(&pem_path, pk["pem"].as_str().unwrap()).unwrap();
-    let (ok, out) = openssl(&["rsa", "-pubin", "-in", &pem_path.display().to_string(), "-noout", "-modulus"]);
+    let (ok, out) = openssl(&[
+        "rsa",
+        "-pubin",
+        "-in",
+        &pem_path.display().to_string(),
+        "-noout",
+        "-modulus",
+    ]);
     assert!(ok, "{out}");
-    let hex_modulus = out.trim().trim_start_matches("Modulus=").to_ascii_lowercase();
-    let n = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, pk["jwk"]["n"].as_str().unwrap()).unwrap();
+    let hex_modulus = out
+        .trim()
+        .trim_start_matches("Modulus=")
+        .to_ascii_lowercase();
+    let n = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        pk["jwk"]["n"].as_str().unwrap(),
+    )
+    .unwrap();
     let jwk_hex: String = n.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hex_modulus, jwk_hex);
 
     let ec = s.get("/v1/keys/ecdsa-p256/public-key").await.ok();
     let ec_path = s.dir.path().join("ec.pem");
     std::fs::write(&ec_path, ec["pem"].as_str().unwrap()).unwrap();
-    let (ok, out) = openssl(&["ec", "-pubin", "-in", &ec_path.display().to_string(), "-noout", "-text"]);
-    assert!(ok && out.contains("P-256") || out.contains("prime256v1"), "{out}");
+    let (ok, out) = openssl(&[
+        "ec",
+        "-pubin",
+        "-in",
+        &ec_path.display().to_string(),
+        "-noout",
+        "-text",
+    ]);
+    assert!(
+        ok && out.contains("P-256") || out.contains("prime256v1"),
+        "{out}"
+    );
 }

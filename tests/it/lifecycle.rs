@@ -12,13 +12,17 @@ async fn sigterm_finishes_in_flight_requests_and_removes_the_socket() {
     let mut s = Sidecar::start(&config).await;
     // An idle keep-alive connection must not hold up the shutdown.
     let mut idle = tokio::net::UnixStream::connect(&s.socket).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 1024];
     let n = idle.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 
     // A batch of RSA-4096 signatures takes a while: it is in flight at SIGTERM.
-    let items: Vec<_> = (0..64).map(|i| json!({"message": b64(format!("in flight {i}"))})).collect();
+    let items: Vec<_> = (0..64)
+        .map(|i| json!({"message": b64(format!("in flight {i}"))}))
+        .collect();
     let body = json!({"items": items}).to_string();
     let request = format!(
         "POST /v1/keys/big/sign-batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -31,9 +35,15 @@ async fn sigterm_finishes_in_flight_requests_and_removes_the_socket() {
     signal(s.pid(), nix::sys::signal::Signal::SIGTERM);
 
     let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), busy.read_to_end(&mut response)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), busy.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
     let response = String::from_utf8_lossy(&response);
-    assert!(response.starts_with("HTTP/1.1 200"), "the in-flight request completed: {response}");
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "the in-flight request completed: {response}"
+    );
     assert_eq!(response.matches("\"signatures\"").count(), 1);
     let status = s.terminate();
     assert!(status.success(), "exit status {status:?}");
@@ -60,7 +70,11 @@ async fn a_stale_socket_is_replaced_but_a_live_one_is_not() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         assert!(Instant::now() < deadline, "first sidecar did not start");
-        assert!(first.try_wait().unwrap().is_none(), "first sidecar exited: {}", std::fs::read_to_string(dir.path().join("first.log")).unwrap());
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "first sidecar exited: {}",
+            std::fs::read_to_string(dir.path().join("first.log")).unwrap()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // A second sidecar on the same path refuses to take over.
@@ -73,12 +87,19 @@ async fn a_stale_socket_is_replaced_but_a_live_one_is_not() {
     assert_eq!(out.status.code(), Some(1), "runtime failure exit code");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another process is listening"), "{stderr}");
-    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok(), "the first sidecar still serves");
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "the first sidecar still serves"
+    );
     signal(first.id() as i32, nix::sys::signal::Signal::SIGTERM);
     assert!(wait_timeout(&mut first, Duration::from_secs(20)).success());
     // A regular file in the way is never deleted.
     std::fs::write(&socket, "not a socket").unwrap();
-    let out = std::process::Command::new(BIN).args(args).env("KMS_SIDECAR_LISTEN__SOCKET", &socket).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .env("KMS_SIDECAR_LISTEN__SOCKET", &socket)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
     assert_eq!(std::fs::read_to_string(&socket).unwrap(), "not a socket");
@@ -87,10 +108,13 @@ async fn a_stale_socket_is_replaced_but_a_live_one_is_not() {
 #[tokio::test]
 async fn twelve_hundred_concurrent_connections_are_served() {
     // Our side of the test needs the descriptors too.
-    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
     if hard < 3000 {
-        panic!("this test needs an open-file hard limit of at least 3000 (have {hard}); raise it with `ulimit -Hn`");
+        panic!(
+            "this test needs an open-file hard limit of at least 3000 (have {hard}); raise it with `ulimit -Hn`"
+        );
     }
     let s = Sidecar::start_default().await;
     let mut conns = Vec::new();
@@ -117,7 +141,12 @@ async fn twelve_hundred_concurrent_connections_are_served() {
     }
     let mut held = Vec::new();
     for t in tasks {
-        held.push(tokio::time::timeout(Duration::from_secs(60), t).await.unwrap().unwrap());
+        held.push(
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     let m = s.get("/metrics").await;
     let text = String::from_utf8_lossy(&m.body).to_string();
@@ -126,14 +155,20 @@ async fn twelve_hundred_concurrent_connections_are_served() {
         .find_map(|l| l.strip_prefix("kms_sidecar_connections_open "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap();
-    assert!(open >= 1200, "all connections are kept alive at once: {open}");
-    assert!(text.contains(r#"kms_sidecar_requests_total{code="ok",key="ecdsa-p256",op="sign"} 2400"#));
+    assert!(
+        open >= 1200,
+        "all connections are kept alive at once: {open}"
+    );
+    assert!(
+        text.contains(r#"kms_sidecar_requests_total{code="ok",key="ecdsa-p256",op="sign"} 2400"#)
+    );
     drop(held);
 }
 
 #[tokio::test]
 async fn connections_over_the_limit_are_closed_and_counted() {
-    let config = local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }") + "limits: { max_connections: 3 }\n";
+    let config = local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }")
+        + "limits: { max_connections: 3 }\n";
     // The harness client keeps one pooled connection from start-up: with two
     // more, the limit is reached.
     let s = Sidecar::start(&config).await;
@@ -141,9 +176,14 @@ async fn connections_over_the_limit_are_closed_and_counted() {
     let b = tokio::net::UnixStream::connect(&s.socket).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut c = tokio::net::UnixStream::connect(&s.socket).await.unwrap();
-    let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let _ = c
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
     let mut buf = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await.unwrap().unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
     assert_eq!(n, 0, "the third connection is closed unanswered");
     drop((a, b));
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -157,11 +197,18 @@ async fn probes_listen_on_tcp_without_key_operations() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let config = local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }") + &format!("listen: {{ probes: \"127.0.0.1:{port}\" }}\n");
+    let config = local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }")
+        + &format!("listen: {{ probes: \"127.0.0.1:{port}\" }}\n");
     let s = Sidecar::start(&config).await;
     let get = |path: &'static str| async move {
-        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        c.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut out = Vec::new();
         c.read_to_end(&mut out).await.unwrap();
         String::from_utf8_lossy(&out).to_string()
@@ -171,7 +218,9 @@ async fn probes_listen_on_tcp_without_key_operations() {
     assert!(get("/metrics").await.contains("kms_sidecar_requests_total"));
     let keys = get("/v1/keys").await;
     assert!(keys.starts_with("HTTP/1.1 404"), "{keys}");
-    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let body = json!({"message": b64("m")}).to_string();
     c.write_all(format!("POST /v1/keys/k/mac HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes())
         .await
