@@ -1,4 +1,3 @@
-#![warn(clippy::pedantic, clippy::nursery)]
 //! A small kms-sidecar client in Rust: signs a message over the Unix socket,
 //! verifies the signature, then checks that a tampered message does not
 //! verify.

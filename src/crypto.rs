@@ -84,7 +84,6 @@ impl Algorithm {
                 Op::Encrypt,
                 Op::Decrypt,
                 Op::Datakey,
-                Op::Envelope,
                 Op::Metadata,
                 Op::Rotate,
             ],

@@ -23,7 +23,6 @@ pub enum Code {
     BackendError,
     BackendUnavailable,
     BackendTimeout,
-    Internal,
 }
 
 impl Code {
@@ -41,7 +40,6 @@ impl Code {
             Code::BackendError => "backend_error",
             Code::BackendUnavailable => "backend_unavailable",
             Code::BackendTimeout => "backend_timeout",
-            Code::Internal => "internal",
         }
     }
 
@@ -61,7 +59,6 @@ impl Code {
             Code::BackendError => StatusCode::BAD_GATEWAY,
             Code::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -125,7 +125,11 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
     Reply {
         status,
         content_type: "application/json",
-        body: Bytes::from(serde_json::to_vec(value).expect("API types always serialize")),
+        body: Bytes::from({
+            let mut body = serde_json::to_vec(value).expect("API types always serialize");
+            body.push(b'\n'); // so that `curl` output ends its line
+            body
+        }),
     }
 }
 
