@@ -16,11 +16,12 @@ build:
 test: test-deps lint
 	$(CARGO) nextest run --all-targets --no-fail-fast
 
-## test-deps: tools the test suite calls (openssl and curl to check the API independently, setpriv to act as another uid)
+## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv to act as another uid)
 test-deps:
 	@missing=""; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v jq >/dev/null || missing="$$missing jq"; \
 	command -v setpriv >/dev/null || missing="$$missing util-linux"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \

@@ -316,3 +316,32 @@ pub struct BackendHealth {
     /// Seconds since this state was checked.
     pub checked_seconds_ago: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let req: EncryptRequest =
+            parse_json(br#"{"plaintext": "dG9wIHNlY3JldCBwbGFpbnRleHQ="}"#).unwrap();
+        let shown = format!("{req:?}");
+        assert!(
+            !shown.contains("dG9w") && !shown.contains("top secret"),
+            "{shown}"
+        );
+        assert!(shown.contains("redacted"), "{shown}");
+        let resp = DecryptResponse {
+            plaintext: Zeroizing::new("dG9wIHNlY3JldA==".into()),
+        };
+        assert!(!format!("{resp:?}").contains("dG9w"));
+        let dk = DataKeyResponse {
+            plaintext_key: Zeroizing::new("a2V5a2V5a2V5".into()),
+            encrypted_key: "x".into(),
+            version: "1".into(),
+        };
+        assert!(!format!("{dk:?}").contains("a2V5"));
+        let p = crate::backend::Plaintext(Zeroizing::new(b"top secret".to_vec()));
+        assert_eq!(format!("{p:?}"), "Plaintext(10 bytes, redacted)");
+    }
+}

@@ -9,7 +9,7 @@
 #[cfg(feature = "local")]
 pub mod local;
 
-use crate::config::{BackendConfig, Config};
+use crate::config::{BackendConfig, Config, KeyConfig};
 use crate::crypto::{Algorithm, SignInput, SignatureFormat};
 use async_trait::async_trait;
 use serde::Serialize;
@@ -317,41 +317,50 @@ pub struct BuildError {
 
 /// Builds every configured backend, by name.
 pub async fn build(config: &Config) -> Result<BTreeMap<String, Arc<dyn Backend>>, BuildError> {
-    let mut out: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
+    let mut out = BTreeMap::new();
     for (name, backend) in &config.backends {
-        let keys: Vec<_> = config
+        let keys: Vec<&KeyConfig> = config
             .keys
             .values()
             .filter(|k| &k.backend == name)
             .collect();
-        let built: Arc<dyn Backend> = match backend {
-            #[cfg(feature = "local")]
-            BackendConfig::Local(c) => {
-                // Several aliases may name one key; any of them may carry the algorithm.
-                let mut wanted: BTreeMap<String, Option<Algorithm>> = BTreeMap::new();
-                for k in &keys {
-                    let slot = wanted.entry(k.key.clone()).or_default();
-                    *slot = slot.or(k.algorithm);
-                }
-                let wanted: Vec<_> = wanted.into_iter().collect();
-                Arc::new(
-                    local::LocalBackend::open(&c.dir, &wanted)
-                        .await
-                        .map_err(|e| BuildError {
-                            backend: name.clone(),
-                            message: e.to_string(),
-                        })?,
-                )
-            }
-            #[allow(unreachable_patterns)]
-            other => {
-                return Err(BuildError {
-                    backend: name.clone(),
-                    message: format!("type `{}` is not compiled into this build", other.kind()),
-                });
-            }
-        };
+        let built = build_one(backend, &keys)
+            .await
+            .map_err(|message| BuildError {
+                backend: name.clone(),
+                message,
+            })?;
         out.insert(name.clone(), built);
     }
     Ok(out)
+}
+
+async fn build_one(
+    backend: &BackendConfig,
+    keys: &[&KeyConfig],
+) -> Result<Arc<dyn Backend>, String> {
+    match backend {
+        #[cfg(feature = "local")]
+        BackendConfig::Local(c) => {
+            // Several aliases may name one key; any of them may carry the algorithm.
+            let mut wanted: BTreeMap<String, Option<Algorithm>> = BTreeMap::new();
+            for k in keys {
+                let slot = wanted.entry(k.key.clone()).or_default();
+                *slot = slot.or(k.algorithm);
+            }
+            let wanted: Vec<_> = wanted.into_iter().collect();
+            let local = local::LocalBackend::open(&c.dir, &wanted)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(local))
+        }
+        #[allow(unreachable_patterns)]
+        other => {
+            let _ = keys;
+            Err(format!(
+                "type `{}` is not compiled into this build (cargo feature)",
+                other.kind()
+            ))
+        }
+    }
 }

@@ -6,6 +6,7 @@ mod harness;
 mod api;
 mod callers;
 mod cli;
+mod docs;
 mod errors;
 mod interop;
 mod lifecycle;
