@@ -10,12 +10,11 @@ async fn health_readiness_and_metrics() {
     let ready = s.get("/readyz").await.ok();
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["backends"]["dev"]["status"], "ok");
-    s.post(
+    s.post_ok(
         "/v1/keys/ecdsa-p256/sign",
         json!({"message": b64("count me")}),
     )
-    .await
-    .ok();
+    .await;
     let m = s.get("/metrics").await;
     assert_eq!(m.status, 200);
     assert!(
@@ -90,7 +89,7 @@ async fn should_rotate_after_the_configured_period() {
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let m = s.get("/v1/keys/old").await.ok();
     assert_eq!(m["rotation"]["should_rotate"], true, "{m}");
-    s.post("/v1/keys/old/rotate", json!({})).await.ok();
+    s.post_ok("/v1/keys/old/rotate", json!({})).await;
     let m = s.get("/v1/keys/old").await.ok();
     assert_eq!(m["rotation"]["should_rotate"], false, "{m}");
     assert_eq!(m["current_version"], "2");
@@ -133,26 +132,22 @@ async fn sign_and_verify_messages_and_digests_in_both_formats() {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, msg);
     for key in ["ecdsa-p256", "ed25519", "rsa-3072"] {
         let signed = s
-            .post(
+            .post_ok(
                 &format!("/v1/keys/{key}/sign"),
                 json!({"message": b64(msg)}),
             )
-            .await
-            .ok();
+            .await;
         assert_eq!(signed["key"], key);
         assert_eq!(signed["version"], "1");
         let v = s
-            .post(
+            .post_ok(
                 &format!("/v1/keys/{key}/verify"),
                 json!({"message": b64(msg), "signature": signed["signature"]}),
             )
-            .await
-            .ok();
+            .await;
         assert_eq!(v, json!({"valid": true, "version": "1"}), "{key}");
         let v = s
-            .post(&format!("/v1/keys/{key}/verify"), json!({"message": b64(b"transfer 900 EUR to account 42"), "signature": signed["signature"]}))
-            .await
-            .ok();
+            .post_ok(&format!("/v1/keys/{key}/verify"), json!({"message": b64(b"transfer 900 EUR to account 42"), "signature": signed["signature"]})).await;
         assert_eq!(
             v["valid"], false,
             "{key}: a tampered message must not verify"
@@ -160,51 +155,46 @@ async fn sign_and_verify_messages_and_digests_in_both_formats() {
     }
     for key in ["ecdsa-p256", "rsa-3072"] {
         let signed = s
-            .post(
+            .post_ok(
                 &format!("/v1/keys/{key}/sign"),
                 json!({"digest": b64(digest)}),
             )
-            .await
-            .ok();
+            .await;
         let v = s
-            .post(
+            .post_ok(
                 &format!("/v1/keys/{key}/verify"),
                 json!({"message": b64(msg), "signature": signed["signature"]}),
             )
-            .await
-            .ok();
+            .await;
         assert_eq!(
             v["valid"], true,
             "{key}: a digest signature verifies against the message"
         );
         let v = s
-            .post(
+            .post_ok(
                 &format!("/v1/keys/{key}/verify"),
                 json!({"digest": b64(digest), "signature": signed["signature"]}),
             )
-            .await
-            .ok();
+            .await;
         assert_eq!(v["valid"], true, "{key}");
     }
     let der = s
-        .post(
+        .post_ok(
             "/v1/keys/ecdsa-p256/sign",
             json!({"message": b64(msg), "format": "der"}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(
         unb64(&der["signature"])[0],
         0x30,
         "DER is an ASN.1 SEQUENCE"
     );
     let raw = s
-        .post(
+        .post_ok(
             "/v1/keys/ecdsa-p256/sign",
             json!({"message": b64(msg), "format": "raw"}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(unb64(&raw["signature"]).len(), 64, "raw is r‖s");
     for body in [
         json!({"message": b64(msg), "signature": raw["signature"]}),
@@ -212,17 +202,16 @@ async fn sign_and_verify_messages_and_digests_in_both_formats() {
         json!({"message": b64(msg), "signature": der["signature"], "format": "der", "version": 1}),
     ] {
         assert_eq!(
-            s.post("/v1/keys/ecdsa-p256/verify", body).await.ok()["valid"],
+            s.post_ok("/v1/keys/ecdsa-p256/verify", body).await["valid"],
             true
         );
     }
     let v = s
-        .post(
+        .post_ok(
             "/v1/keys/ecdsa-p256/verify",
             json!({"message": b64(msg), "signature": raw["signature"], "format": "der"}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(
         v["valid"], false,
         "a raw signature labelled DER does not verify"
@@ -236,20 +225,18 @@ async fn sign_batch_signs_every_item() {
         .map(|i| json!({"message": b64(format!("batch item {i}"))}))
         .collect();
     let out = s
-        .post("/v1/keys/ecdsa-p256/sign-batch", json!({"items": items}))
-        .await
-        .ok();
+        .post_ok("/v1/keys/ecdsa-p256/sign-batch", json!({"items": items}))
+        .await;
     let sigs = out["signatures"].as_array().unwrap();
     assert_eq!(sigs.len(), 10);
     assert_eq!(out["version"], "1");
     for (i, sig) in sigs.iter().enumerate() {
         let v = s
-            .post(
+            .post_ok(
                 "/v1/keys/ecdsa-p256/verify",
                 json!({"message": b64(format!("batch item {i}")), "signature": sig}),
             )
-            .await
-            .ok();
+            .await;
         assert_eq!(v["valid"], true, "item {i}");
     }
 }
@@ -260,20 +247,18 @@ async fn encrypt_and_decrypt_bind_the_context() {
     let secret = b"card 4111-1111-1111-1111 cvv 737";
     let ctx = json!({"tenant": "acme", "purpose": "billing"});
     let enc = s
-        .post(
+        .post_ok(
             "/v1/keys/aes-256/encrypt",
             json!({"plaintext": b64(secret), "context": ctx}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(enc["version"], "1");
     let dec = s
-        .post(
+        .post_ok(
             "/v1/keys/aes-256/decrypt",
             json!({"ciphertext": enc["ciphertext"], "context": ctx}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(unb64(&dec["plaintext"]), secret);
     for wrong in [
         json!({"tenant": "evil", "purpose": "billing"}),
@@ -300,16 +285,14 @@ async fn encrypt_and_decrypt_bind_the_context() {
     .expect(422, Some("decryption_failed"));
     // No context at all round-trips too, and empty plaintext is allowed.
     let enc = s
-        .post("/v1/keys/aes-256/encrypt", json!({"plaintext": ""}))
-        .await
-        .ok();
+        .post_ok("/v1/keys/aes-256/encrypt", json!({"plaintext": ""}))
+        .await;
     let dec = s
-        .post(
+        .post_ok(
             "/v1/keys/aes-256/decrypt",
             json!({"ciphertext": enc["ciphertext"]}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(dec["plaintext"], "");
 }
 
@@ -318,23 +301,20 @@ async fn datakeys_unwrap_with_decrypt() {
     let s = Sidecar::start_default().await;
     let ctx = json!({"bucket": "invoices"});
     let dk = s
-        .post("/v1/keys/aes-256/datakey", json!({"context": ctx}))
-        .await
-        .ok();
+        .post_ok("/v1/keys/aes-256/datakey", json!({"context": ctx}))
+        .await;
     let plain = unb64(&dk["plaintext_key"]);
     assert_eq!(plain.len(), 32);
     let dec = s
-        .post(
+        .post_ok(
             "/v1/keys/aes-256/decrypt",
             json!({"ciphertext": dk["encrypted_key"], "context": ctx}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(unb64(&dec["plaintext"]), plain);
     let dk128 = s
-        .post("/v1/keys/aes-256/datakey", json!({"bits": 128}))
-        .await
-        .ok();
+        .post_ok("/v1/keys/aes-256/datakey", json!({"bits": 128}))
+        .await;
     assert_eq!(unb64(&dk128["plaintext_key"]).len(), 16);
     s.post("/v1/keys/aes-256/datakey", json!({"bits": 512}))
         .await
@@ -346,25 +326,22 @@ async fn macs_verify_and_detect_changes() {
     let s = Sidecar::start_default().await;
     let msg = b64("webhook payload 1234");
     let mac = s
-        .post("/v1/keys/hmac-256/mac", json!({"message": msg}))
-        .await
-        .ok();
+        .post_ok("/v1/keys/hmac-256/mac", json!({"message": msg}))
+        .await;
     assert_eq!(unb64(&mac["mac"]).len(), 32);
     let v = s
-        .post(
+        .post_ok(
             "/v1/keys/hmac-256/verify-mac",
             json!({"message": msg, "mac": mac["mac"]}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(v, json!({"valid": true, "version": "1"}));
     let v = s
-        .post(
+        .post_ok(
             "/v1/keys/hmac-256/verify-mac",
             json!({"message": b64("webhook payload 1235"), "mac": mac["mac"]}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(v["valid"], false);
 }
 
@@ -373,32 +350,28 @@ async fn rotation_keeps_old_versions_working() {
     let s = Sidecar::start_default().await;
     let ctx = json!({"k": "v"});
     let old_ct = s
-        .post(
+        .post_ok(
             "/v1/keys/aes-256/encrypt",
             json!({"plaintext": b64("old secret data"), "context": ctx}),
         )
-        .await
-        .ok();
+        .await;
     let old_sig = s
-        .post(
+        .post_ok(
             "/v1/keys/ecdsa-p256/sign",
             json!({"message": b64("old signed message")}),
         )
-        .await
-        .ok();
+        .await;
     let old_mac = s
-        .post(
+        .post_ok(
             "/v1/keys/hmac-256/mac",
             json!({"message": b64("old mac message")}),
         )
-        .await
-        .ok();
+        .await;
     let old_pk = s.get("/v1/keys/ecdsa-p256/public-key").await.ok();
     for key in ["aes-256", "ecdsa-p256", "hmac-256"] {
         let r = s
-            .post(&format!("/v1/keys/{key}/rotate"), json!({}))
-            .await
-            .ok();
+            .post_ok(&format!("/v1/keys/{key}/rotate"), json!({}))
+            .await;
         assert_eq!(r, json!({"key": key, "version": "2"}));
     }
     let m = s.get("/v1/keys/aes-256").await.ok();
@@ -412,37 +385,33 @@ async fn rotation_keeps_old_versions_working() {
     assert_eq!(versions, ["1", "2"]);
 
     let dec = s
-        .post(
+        .post_ok(
             "/v1/keys/aes-256/decrypt",
             json!({"ciphertext": old_ct["ciphertext"], "context": ctx}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(unb64(&dec["plaintext"]), b"old secret data");
     let new_ct = s
-        .post(
+        .post_ok(
             "/v1/keys/aes-256/encrypt",
             json!({"plaintext": b64("new secret data")}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(new_ct["version"], "2");
 
     let v = s
-        .post(
+        .post_ok(
             "/v1/keys/ecdsa-p256/verify",
             json!({"message": b64("old signed message"), "signature": old_sig["signature"]}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(v, json!({"valid": true, "version": "1"}));
     let new_sig = s
-        .post(
+        .post_ok(
             "/v1/keys/ecdsa-p256/sign",
             json!({"message": b64("new message")}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(new_sig["version"], "2");
     let new_pk = s.get("/v1/keys/ecdsa-p256/public-key").await.ok();
     assert_eq!(
@@ -452,12 +421,11 @@ async fn rotation_keeps_old_versions_working() {
     assert_ne!(new_pk["pem"], old_pk["pem"]);
 
     let v = s
-        .post(
+        .post_ok(
             "/v1/keys/hmac-256/verify-mac",
             json!({"message": b64("old mac message"), "mac": old_mac["mac"]}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(v, json!({"valid": true, "version": "1"}));
 
     // Versions survive a restart: the key files hold them.

@@ -99,19 +99,17 @@ callers:
     );
     let s = Sidecar::start(&config).await;
     let sig = s
-        .post(
+        .post_ok(
             "/v1/keys/payments-signing/sign",
             json!({"message": b64("m")}),
         )
-        .await
-        .ok();
+        .await;
     let v = s
-        .post(
+        .post_ok(
             "/v1/keys/payments-verify/verify",
             json!({"message": b64("m"), "signature": sig["signature"]}),
         )
-        .await
-        .ok();
+        .await;
     assert_eq!(v["valid"], true, "two aliases of one key");
     s.post("/v1/keys/pii/encrypt", json!({"plaintext": b64("p")}))
         .await

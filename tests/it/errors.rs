@@ -252,12 +252,11 @@ callers:
     s.post("/v1/keys/rotatable/datakey", json!({}))
         .await
         .expect(403, Some("forbidden"));
-    s.post(
+    s.post_ok(
         "/v1/keys/plain/encrypt",
         json!({"plaintext": b64("fine here")}),
     )
-    .await
-    .ok();
+    .await;
     drop(s);
 
     let config = config.replace("ops: [encrypt, decrypt, metadata]", "ops: [\"*\"]");
@@ -269,8 +268,8 @@ callers:
             .unwrap()
             .contains("keys.plain.ops")
     );
-    s.post("/v1/keys/plain/datakey", json!({})).await.ok();
-    s.post("/v1/keys/rotatable/rotate", json!({})).await.ok();
+    s.post_ok("/v1/keys/plain/datakey", json!({})).await;
+    s.post_ok("/v1/keys/rotatable/rotate", json!({})).await;
     s.post("/v1/keys/rotatable/datakey", json!({}))
         .await
         .expect(403, Some("forbidden"));
@@ -303,12 +302,11 @@ async fn a_broken_key_directory_is_a_backend_error_and_not_ready() {
         "{v}"
     );
     // Keys already loaded keep working.
-    s.post(
+    s.post_ok(
         "/v1/keys/aes/encrypt",
         json!({"plaintext": b64("still works")}),
     )
-    .await
-    .ok();
+    .await;
     let m = s.get("/metrics").await;
     let text = String::from_utf8_lossy(&m.body);
     assert!(text.contains(r#"kms_sidecar_backend_calls_total{backend="dev",op="rotate",outcome="backend_error"} 1"#), "{text}");

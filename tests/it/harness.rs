@@ -239,6 +239,11 @@ impl Sidecar {
         resp
     }
 
+    /// POSTs JSON and asserts a 200 answer, which it returns.
+    pub async fn post_ok(&self, path: &str, body: Value) -> Value {
+        self.post(path, body).await.ok()
+    }
+
     pub async fn request(
         &self,
         method: http::Method,

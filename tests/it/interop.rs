@@ -28,12 +28,11 @@ async fn openssl_verifies_what_the_sidecar_signs() {
         let pem_path = dir.join(format!("{key}.pem"));
         std::fs::write(&pem_path, pk["pem"].as_str().unwrap()).unwrap();
         let signed = s
-            .post(
+            .post_ok(
                 &format!("/v1/keys/{key}/sign"),
                 json!({"message": b64(msg)}),
             )
-            .await
-            .ok();
+            .await;
         let sig_path = dir.join(format!("{key}.sig"));
         std::fs::write(&sig_path, unb64(&signed["signature"])).unwrap();
 
@@ -84,9 +83,7 @@ async fn openssl_verifies_what_the_sidecar_signs() {
         assert!(!ok, "{key}: openssl accepted a tampered message: {out}");
 
         let v = s
-            .post(&format!("/v1/keys/{key}/verify"), json!({"message": b64(std::fs::read(&bad_path).unwrap()), "signature": signed["signature"]}))
-            .await
-            .ok();
+            .post_ok(&format!("/v1/keys/{key}/verify"), json!({"message": b64(std::fs::read(&bad_path).unwrap()), "signature": signed["signature"]})).await;
         assert_eq!(v["valid"], false, "{key}");
     }
 }
