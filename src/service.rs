@@ -317,10 +317,9 @@ impl Service {
                 "sign",
                 entry
                     .backend
-                    .sign(entry.key_ref(), input, req.format.unwrap_or_default()),
+                    .sign(entry.key_ref(), input, options(req.format, req.algorithm)),
             )
             .await?;
-        check_algorithm(req.algorithm, sig.algorithm, alias)?;
         Ok(api::SignResponse {
             signature: b64(&sig.bytes),
             algorithm: sig.algorithm,
@@ -354,7 +353,7 @@ impl Service {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let format = req.format.unwrap_or_default();
+        let options = options(req.format, req.algorithm);
         let mut signatures = Vec::with_capacity(inputs.len());
         let mut made_by = None;
         for input in inputs {
@@ -362,10 +361,9 @@ impl Service {
                 .call(
                     entry,
                     "sign",
-                    entry.backend.sign(entry.key_ref(), input, format),
+                    entry.backend.sign(entry.key_ref(), input, options),
                 )
                 .await?;
-            check_algorithm(req.algorithm, sig.algorithm, alias)?;
             signatures.push(b64(&sig.bytes));
             made_by = Some((sig.algorithm, sig.version));
         }
@@ -387,14 +385,17 @@ impl Service {
         let entry = self.authorize(caller, alias, Op::Verify)?;
         let input = sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
         let version = req.version.as_ref().map(|v| v.0.as_str());
-        let format = req.format.unwrap_or_default();
         let native = self
             .call(
                 entry,
                 "verify",
-                entry
-                    .backend
-                    .verify(entry.key_ref(), input, &req.signature.0, format, version),
+                entry.backend.verify(
+                    entry.key_ref(),
+                    input,
+                    &req.signature.0,
+                    options(req.format, req.algorithm),
+                    version,
+                ),
             )
             .await;
         let verified = match native {
@@ -676,6 +677,16 @@ impl Service {
         let ready = backends.values().all(|b| b.status == "ok");
         let status = if ready { "ready" } else { "not_ready" };
         (ready, api::Readiness { status, backends })
+    }
+}
+
+fn options(
+    format: Option<crypto::SignatureFormat>,
+    algorithm: Option<Algorithm>,
+) -> backend::SignOptions {
+    backend::SignOptions {
+        format: format.unwrap_or_default(),
+        algorithm,
     }
 }
 

@@ -5,7 +5,7 @@
 
 use super::{
     Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey,
-    Sealed, Signature, Verified, VersionInfo, canonical_context,
+    Sealed, SignOptions, Signature, Verified, VersionInfo, canonical_context,
 };
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use async_trait::async_trait;
@@ -551,15 +551,26 @@ impl Backend for LocalBackend {
         &self,
         key: KeyRef<'_>,
         input: SignInput<'_>,
-        format: SignatureFormat,
+        options: SignOptions,
     ) -> Result<Signature, Error> {
         let k = self.key(key)?;
+        if let Some(asked) = options.algorithm
+            && asked != k.algorithm
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "field `algorithm`: key `{}` is {}, not {asked}",
+                    key.alias, k.algorithm
+                ),
+            ));
+        }
         let v = k.current();
         let rng = rand::SystemRandom::new();
         let failed = |_| internal("signing");
         let bytes = match (&v.material, input) {
             (Material::Ecdsa { asn1, fixed, .. }, input) => {
-                let pair = if format == SignatureFormat::Raw {
+                let pair = if options.format == SignatureFormat::Raw {
                     fixed
                 } else {
                     asn1

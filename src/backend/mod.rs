@@ -117,6 +117,15 @@ impl Error {
     }
 }
 
+/// How to sign or verify: the signature encoding (only ECDSA has two) and,
+/// for keys that allow several algorithms (an AWS RSA key signs PSS and
+/// PKCS#1), the one the caller asked for; `None` is the key's own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignOptions {
+    pub format: SignatureFormat,
+    pub algorithm: Option<Algorithm>,
+}
+
 /// A signature and what made it.
 #[derive(Debug, Clone)]
 pub struct Signature {
@@ -235,12 +244,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// The public key of `version` (default: current) of a signing key.
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error>;
 
-    /// Signs with the current version. `format` only matters for ECDSA.
+    /// Signs with the current version.
     async fn sign(
         &self,
         key: KeyRef<'_>,
         input: SignInput<'_>,
-        format: SignatureFormat,
+        options: SignOptions,
     ) -> Result<Signature, Error>;
 
     /// Verifies with the KMS's own API. Backends without one keep the
@@ -250,7 +259,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
         _key: KeyRef<'_>,
         _input: SignInput<'_>,
         _signature: &[u8],
-        _format: SignatureFormat,
+        _options: SignOptions,
         _version: Option<&str>,
     ) -> Result<Verified, Error> {
         Err(Error::unsupported("this backend has no verify API"))
