@@ -212,6 +212,7 @@ kill "$SAMPLER" 2>/dev/null || true
 wait "$SAMPLER" 2>/dev/null || true
 SAMPLER=""
 PEAK_RSS_KIB=$(sort -n "$SAMPLES" | tail -n 1)
+PEAK_RSS_KIB=${PEAK_RSS_KIB:-0}
 HWM_KIB=$(status_kib VmHWM)
 AFTER_RSS_KIB=$(status_kib VmRSS)
 

@@ -200,7 +200,9 @@ pub struct Limits {
     pub max_batch: usize,
     /// Most open connections on the socket; more are closed at accept.
     pub max_connections: usize,
-    /// A client must send a request's headers within this time.
+    /// A request's headers must arrive within this time after the previous
+    /// answer (or the connect), so this also closes idle keep-alive
+    /// connections and slow-header (slowloris) clients.
     pub header_timeout: Duration,
 }
 
@@ -210,7 +212,7 @@ impl Default for Limits {
             max_body: ByteSize(1 << 20),
             max_batch: 64,
             max_connections: 4096,
-            header_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
         }
     }
 }

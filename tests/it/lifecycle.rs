@@ -230,3 +230,26 @@ async fn probes_listen_on_tcp_without_key_operations() {
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 404"));
     drop(s);
 }
+
+#[tokio::test]
+async fn slow_headers_and_idle_connections_are_closed() {
+    let config = local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }")
+        + "limits: { header_timeout: 1s }\n";
+    let s = Sidecar::start(&config).await;
+    let mut slow = tokio::net::UnixStream::connect(&s.socket).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap(); // never finishes
+    let mut idle = tokio::net::UnixStream::connect(&s.socket).await.unwrap();
+    let started = Instant::now();
+    for conn in [&mut slow, &mut idle] {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the connection was closed by the sidecar");
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
