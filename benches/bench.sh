@@ -40,7 +40,7 @@ if ! command -v oha >/dev/null; then
     cargo install --locked oha
 fi
 OHA_HELP=$(oha --help)
-# Machine-readable output: `--output-format json` on oha >= 1.5, `-j` before.
+# Machine-readable output: `--output-format json` on current oha (1.16 here), `-j` on older releases.
 if grep -q -- '--output-format' <<<"$OHA_HELP"; then
     OHA_JSON=(--output-format json)
 else
@@ -103,6 +103,8 @@ wait_ready() {
 status_kib() { # status_kib FIELD -> value in KiB from /proc/$PID/status
     awk -v f="$1:" '$1 == f { print $2 }' "/proc/$PID/status"
 }
+
+log "load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews the figures)"
 
 # --- 1. first start: generate the keys --------------------------------------
 log "first start in $WORK (generates the local keys)"
@@ -181,7 +183,7 @@ log "idle VmRSS: ${IDLE_RSS_KIB} KiB after ${IDLE} s idle"
 
 # --- 4. load runs, RSS sampled -----------------------------------------------
 SAMPLES=$WORK/rss.samples
-SAMPLE_FOR=$(( (DURATION + WARMUP) * 2 + 30 ))
+SAMPLE_FOR=$(( (DURATION + WARMUP) * 3 + 30 ))
 (
     end=$((SECONDS + SAMPLE_FOR))
     while ((SECONDS < end)) && [[ -r /proc/$PID/status ]]; do
@@ -194,19 +196,32 @@ SAMPLER=$!
 MSG_B64=$(head -c 32 /dev/urandom | base64 -w0)
 PT_B64=$(head -c 1024 /dev/urandom | base64 -w0)
 
-# run_oha NAME PATH BODY -> writes $WORK/NAME.json
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # utime + stime of the sidecar, in clock ticks
+    awk '{ print $14 + $15 }' "/proc/$PID/stat"
+}
+
+# run_oha NAME CONNECTIONS PATH BODY -> writes $WORK/NAME.json and $WORK/NAME.cpu
+# (the sidecar's CPU use during the measured run, in cores).
 run_oha() {
-    local name=$1 path=$2 body=$3
-    local common=(--unix-socket "$SOCK" -c "$CONNS" -m POST -H 'content-type: application/json' -d "$body" "${OHA_EXTRA[@]}")
+    local name=$1 conns=$2 path=$3 body=$4 t0 t1 c0 c1
+    local common=(--unix-socket "$SOCK" -c "$conns" -m POST -H 'content-type: application/json' -d "$body" "${OHA_EXTRA[@]}")
     if ((WARMUP > 0)); then
         timeout $((WARMUP + 30)) oha "${common[@]}" -z "${WARMUP}s" "${OHA_JSON[@]}" "http://localhost$path" >/dev/null
     fi
-    log "$name: $CONNS connections, ${DURATION} s"
+    log "$name: $conns connection(s), ${DURATION} s"
+    c0=$(cpu_ticks)
+    t0=$(date +%s.%N)
     timeout $((DURATION + 60)) oha "${common[@]}" -z "${DURATION}s" "${OHA_JSON[@]}" "http://localhost$path" >"$WORK/$name.json"
+    t1=$(date +%s.%N)
+    c1=$(cpu_ticks)
+    awk -v c="$((c1 - c0))" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.2f\n", c / hz / (t1 - t0) }' >"$WORK/$name.cpu"
 }
 
-run_oha sign /v1/keys/ecdsa-p256/sign "{\"message\":\"$MSG_B64\"}"
-run_oha encrypt /v1/keys/aes-256/encrypt "{\"plaintext\":\"$PT_B64\"}"
+run_oha sign "$CONNS" /v1/keys/ecdsa-p256/sign "{\"message\":\"$MSG_B64\"}"
+run_oha encrypt "$CONNS" /v1/keys/aes-256/encrypt "{\"plaintext\":\"$PT_B64\"}"
+# One connection, one request at a time: latency without queueing.
+run_oha sign-c1 1 /v1/keys/ecdsa-p256/sign "{\"message\":\"$MSG_B64\"}"
 
 kill "$SAMPLER" 2>/dev/null || true
 wait "$SAMPLER" 2>/dev/null || true
@@ -240,7 +255,10 @@ def load(name):
     codes = {int(k): v for k, v in (r.get("statusCodeDistribution") or {}).items()}
     errors = sum((r.get("errorDistribution") or {}).values()) + sum(v for k, v in codes.items() if not 200 <= k < 300)
     ok = sum(v for k, v in codes.items() if 200 <= k < 300)
+    with open(f"{work}/{name}.cpu") as f:
+        cpu = float(f.read())
     return {
+        "cpu": cpu,
         "rps": s["requestsPerSec"],
         "p50": pct["p50"] * 1e6,
         "p99": pct["p99"] * 1e6,
@@ -252,15 +270,19 @@ def load(name):
 
 mib = lambda kib: kib / 1024
 rows = []
-for label, name in [("ECDSA P-256 sign (32-byte message)", "sign"), ("AES-256-GCM encrypt (1 KiB)", "encrypt")]:
+for label, c, name in [
+    ("ECDSA P-256 sign (32-byte message)", conns, "sign"),
+    ("AES-256-GCM encrypt (1 KiB)", conns, "encrypt"),
+    ("ECDSA P-256 sign (32-byte message)", "1", "sign-c1"),
+]:
     m = load(name)
-    rows.append(f"| {label} | {m['rps']:,.0f} | {m['p50']:.0f} µs | {m['p99']:.0f} µs | {m['ok']:,} | {m['errors']} |")
+    rows.append(f"| {label} | {c} | {m['rps']:,.0f} | {m['p50']:.0f} µs | {m['p99']:.0f} µs | {m['ok']:,} | {m['errors']} | {m['cpu']:.2f} |")
     if m["errors"]:
         print(f"[bench] {name}: status codes {m['codes']}, errors {m['errdist']}", file=sys.stderr)
 
-print(f"\n### Throughput and latency ({conns} connections, {duration} s each, oha over the Unix socket)\n")
-print("| Operation | Requests/s | p50 | p99 | OK responses | Errors |")
-print("|---|---:|---:|---:|---:|---:|")
+print(f"\n### Throughput and latency ({duration} s per run, oha over the Unix socket)\n")
+print("| Operation | Connections | Requests/s | p50 | p99 | OK responses | Errors | Sidecar CPU (cores) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 print("\n".join(rows))
 print("\n### Memory and start-up\n")
 print("| Measure | Value |")
