@@ -23,7 +23,8 @@
 //!   module per KMS behind a cargo feature.
 //! - [`crypto`]: algorithms and software crypto shared by backends (public key
 //!   encodings, local signature verification).
-//! - [`metrics`]: the Prometheus registry.
+//! - [`health`]: cached backend health checks behind `/readyz`.
+//! - [`metrics`]: the Prometheus registry and backend-call instrumentation.
 //! - [`admin`]: the optional TCP listener for probes and metrics.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -34,6 +35,7 @@ pub mod app;
 pub mod backend;
 pub mod config;
 pub mod crypto;
+pub mod health;
 pub mod metrics;
 pub mod policy;
 pub mod server;

@@ -3,7 +3,7 @@
 //! usage or config, 1 runtime failure.
 
 use clap::{Parser, Subcommand};
-use kms_sidecar::config::{self, Config, ProcessEnv};
+use kms_sidecar::config::{Config, ProcessEnv};
 use kms_sidecar::{app, shutdown, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +73,5 @@ fn main() -> ExitCode {
 fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {
     tracing::error!(error = %e, "kms-sidecar cannot run");
     eprintln!("kms-sidecar: {e}");
-    let _ = config::ENV_PREFIX;
     ExitCode::from(code)
 }

@@ -1,6 +1,11 @@
 //! The Prometheus registry (prefix `kms_sidecar_`, SPEC §10). Labels are
 //! bounded: ops, configured key aliases, backend names, codes — never values.
 
+use crate::api::Code;
+use crate::backend;
+use std::future::Future;
+use std::time::Instant;
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
@@ -98,6 +103,32 @@ impl Metrics {
             connections_open,
             connections_rejected,
         }
+    }
+
+    /// Runs one backend call, recording `backend_calls_total` (outcome `ok`
+    /// or the error code) and `backend_call_duration_seconds`.
+    pub async fn observe_backend_call<T>(
+        &self,
+        backend: &str,
+        op: &'static str,
+        call: impl Future<Output = Result<T, backend::Error>>,
+    ) -> Result<T, backend::Error> {
+        let started = Instant::now();
+        let result = call.await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => Code::of(e.kind).as_str(),
+        };
+        self.backend_call_duration
+            .with_label_values(&[backend, op])
+            .observe(started.elapsed().as_secs_f64());
+        self.backend_calls_total
+            .with_label_values(&[backend, op, outcome])
+            .inc();
+        if let Err(e) = &result {
+            tracing::debug!(backend, op, error = %e, source = ?e.source, "backend call failed");
+        }
+        result
     }
 
     /// The Prometheus text exposition of every metric.

@@ -6,6 +6,7 @@ use crate::api::{self, ApiError, Code, b64};
 use crate::backend::{self, Backend, ErrorKind, KeyRef};
 use crate::config::{Config, KeyConfig};
 use crate::crypto::{self, Algorithm, SignInput};
+use crate::health::HealthChecks;
 use crate::metrics::Metrics;
 use crate::policy::{Caller, Op, OpOrAll, Policy, grants};
 use std::collections::{BTreeMap, HashMap};
@@ -51,8 +52,6 @@ impl KeyEntry {
     }
 }
 
-/// How long a backend health result is reused by `/readyz`.
-const HEALTH_TTL: Duration = Duration::from_secs(5);
 /// Most cached public keys (aliases × versions).
 const PUBLIC_KEY_CACHE_MAX: usize = 4096;
 
@@ -63,13 +62,12 @@ type PublicKeyCache = HashMap<(String, String), (Instant, Arc<backend::PublicKey
 #[derive(Debug)]
 pub struct Service {
     keys: HashMap<String, KeyEntry>,
-    backends: BTreeMap<String, Arc<dyn Backend>>,
     policy: Policy,
     metrics: Arc<Metrics>,
     max_batch: usize,
     public_keys: Mutex<PublicKeyCache>,
     public_key_ttl: Duration,
-    health: tokio::sync::Mutex<HashMap<String, (Instant, api::BackendHealth)>>,
+    health: HealthChecks,
 }
 
 impl Service {
@@ -97,13 +95,12 @@ impl Service {
             .collect();
         Self {
             keys,
-            backends,
+            health: HealthChecks::new(backends, metrics.clone()),
             policy: Policy::new(config.callers.clone()),
             metrics,
             max_batch: config.limits.max_batch,
             public_keys: Mutex::new(HashMap::new()),
             public_key_ttl: config.cache.public_keys.ttl.0,
-            health: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -147,25 +144,9 @@ impl Service {
         op: &'static str,
         fut: impl Future<Output = Result<T, backend::Error>>,
     ) -> Result<T, backend::Error> {
-        let started = Instant::now();
-        let result = fut.await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => Code::of(e.kind).as_str(),
-        };
-        let labels = [entry.backend_name.as_str(), op];
         self.metrics
-            .backend_call_duration
-            .with_label_values(&labels)
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .backend_calls_total
-            .with_label_values(&[labels[0], op, outcome])
-            .inc();
-        if let Err(e) = &result {
-            tracing::debug!(backend = %entry.backend_name, op, error = %e, source = ?e.source, "backend call failed");
-        }
-        result
+            .observe_backend_call(&entry.backend_name, op, fut)
+            .await
     }
 
     // === keys ===
@@ -614,69 +595,9 @@ impl Service {
         })
     }
 
-    /// Readiness: every backend's last health check passed. Results are
-    /// reused for a few seconds so probes never hammer the KMS; a throttled
-    /// backend counts as healthy.
+    /// Readiness of every backend (cached checks).
     pub async fn readiness(&self) -> (bool, api::Readiness) {
-        let mut cache = self.health.lock().await;
-        let mut backends = BTreeMap::new();
-        for (name, backend) in &self.backends {
-            let fresh = cache
-                .get(name)
-                .filter(|(at, _)| at.elapsed() < HEALTH_TTL)
-                .cloned();
-            let (at, health) = match fresh {
-                Some(hit) => hit,
-                None => {
-                    let started = Instant::now();
-                    let result = backend.health().await;
-                    let outcome = match &result {
-                        Ok(()) => "ok",
-                        Err(_) => "error",
-                    };
-                    self.metrics
-                        .backend_calls_total
-                        .with_label_values(&[name.as_str(), "health", outcome])
-                        .inc();
-                    self.metrics
-                        .backend_call_duration
-                        .with_label_values(&[name.as_str(), "health"])
-                        .observe(started.elapsed().as_secs_f64());
-                    let health = match result {
-                        Ok(()) => api::BackendHealth {
-                            status: "ok",
-                            reason: None,
-                            checked_seconds_ago: 0,
-                        },
-                        Err(e) if e.kind == ErrorKind::Throttled => api::BackendHealth {
-                            status: "ok",
-                            reason: Some(format!("throttled: {}", e.message)),
-                            checked_seconds_ago: 0,
-                        },
-                        Err(e) => {
-                            tracing::warn!(backend = %name, error = %e, "backend health check failed");
-                            api::BackendHealth {
-                                status: "error",
-                                reason: Some(e.message),
-                                checked_seconds_ago: 0,
-                            }
-                        }
-                    };
-                    cache.insert(name.clone(), (started, health.clone()));
-                    (started, health)
-                }
-            };
-            backends.insert(
-                name.clone(),
-                api::BackendHealth {
-                    checked_seconds_ago: at.elapsed().as_secs(),
-                    ..health
-                },
-            );
-        }
-        let ready = backends.values().all(|b| b.status == "ok");
-        let status = if ready { "ready" } else { "not_ready" };
-        (ready, api::Readiness { status, backends })
+        self.health.readiness().await
     }
 }
 

@@ -5,7 +5,7 @@
 mod env;
 mod units;
 
-pub use env::{Env, PREFIX as ENV_PREFIX, ProcessEnv};
+pub use env::{Env, ProcessEnv};
 pub use units::{ByteSize, Duration, Mode};
 
 use crate::crypto::Algorithm;
