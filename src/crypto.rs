@@ -84,6 +84,7 @@ impl Algorithm {
                 Op::Encrypt,
                 Op::Decrypt,
                 Op::Datakey,
+                Op::Envelope,
                 Op::Metadata,
                 Op::Rotate,
             ],

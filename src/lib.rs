@@ -21,6 +21,8 @@
 //! - [`policy`]: pure decision: may this caller do this op on this key?
 //! - [`backend`]: the [`backend::Backend`] trait, its error type, and one
 //!   module per KMS behind a cargo feature.
+//! - [`envelope`]: envelope encryption — the v1 format, JSON and streaming.
+//! - [`cache`]: the data-key cache (single-flight, refresh-ahead, LRU).
 //! - [`crypto`]: algorithms and software crypto shared by backends (public key
 //!   encodings, local signature verification).
 //! - [`health`]: cached backend health checks behind `/readyz`.
@@ -33,8 +35,10 @@ pub mod admin;
 pub mod api;
 pub mod app;
 pub mod backend;
+pub mod cache;
 pub mod config;
 pub mod crypto;
+pub mod envelope;
 pub mod health;
 pub mod metrics;
 pub mod policy;

@@ -27,6 +27,14 @@ pub struct Metrics {
     pub backend_calls_total: IntCounterVec,
     /// `backend_call_duration_seconds{backend,op}`.
     pub backend_call_duration: HistogramVec,
+    /// `datakey_cache_hits_total{key,op}`: data keys served from the cache
+    /// (`op` is `encrypt` or `decrypt`); each hit is a KMS call saved.
+    pub datakey_cache_hits: IntCounterVec,
+    /// `datakey_cache_misses_total{key,op}`.
+    pub datakey_cache_misses: IntCounterVec,
+    /// `datakey_cache_backend_calls_total{key,op}`: KMS calls the cache made
+    /// (`generate_data_key`, `decrypt`), refreshes included.
+    pub datakey_backend_calls: IntCounterVec,
     /// Open connections on the socket.
     pub connections_open: IntGauge,
     /// Connections closed at accept because `limits.max_connections` was reached.
@@ -74,6 +82,30 @@ impl Metrics {
             &["backend", "op"],
         )
         .expect("valid metric");
+        let datakey_cache_hits = IntCounterVec::new(
+            Opts::new(
+                "datakey_cache_hits_total",
+                "Data keys served from the cache (each one a KMS call saved)",
+            ),
+            &["key", "op"],
+        )
+        .expect("valid metric");
+        let datakey_cache_misses = IntCounterVec::new(
+            Opts::new(
+                "datakey_cache_misses_total",
+                "Data key requests the cache could not serve",
+            ),
+            &["key", "op"],
+        )
+        .expect("valid metric");
+        let datakey_backend_calls = IntCounterVec::new(
+            Opts::new(
+                "datakey_cache_backend_calls_total",
+                "KMS calls made by the data-key cache, refreshes included",
+            ),
+            &["key", "op"],
+        )
+        .expect("valid metric");
         let connections_open =
             IntGauge::new("connections_open", "Open connections on the Unix socket")
                 .expect("valid metric");
@@ -87,6 +119,9 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(backend_calls_total.clone()),
             Box::new(backend_call_duration.clone()),
+            Box::new(datakey_cache_hits.clone()),
+            Box::new(datakey_cache_misses.clone()),
+            Box::new(datakey_backend_calls.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_rejected.clone()),
         ] {
@@ -100,6 +135,9 @@ impl Metrics {
             request_duration,
             backend_calls_total,
             backend_call_duration,
+            datakey_cache_hits,
+            datakey_cache_misses,
+            datakey_backend_calls,
             connections_open,
             connections_rejected,
         }

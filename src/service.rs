@@ -4,6 +4,7 @@
 
 use crate::api::{self, ApiError, Code, b64};
 use crate::backend::{self, Backend, ErrorKind, KeyRef};
+use crate::cache::DataKeyCache;
 use crate::config::{Config, KeyConfig};
 use crate::crypto::{self, Algorithm, SignInput};
 use crate::health::HealthChecks;
@@ -17,17 +18,18 @@ use zeroize::Zeroizing;
 
 /// A configured key alias and the backend behind it.
 #[derive(Debug)]
-struct KeyEntry {
-    alias: String,
-    backend_name: String,
-    backend: Arc<dyn Backend>,
-    id: String,
+pub struct KeyEntry {
+    pub alias: String,
+    pub backend_name: String,
+    pub backend: Arc<dyn Backend>,
+    /// The backend's reference for the key.
+    pub id: String,
     ops: Option<Vec<OpOrAll>>,
     rotation_period: Option<Duration>,
 }
 
 impl KeyEntry {
-    fn key_ref(&self) -> KeyRef<'_> {
+    pub fn key_ref(&self) -> KeyRef<'_> {
         KeyRef {
             alias: &self.alias,
             id: &self.id,
@@ -61,13 +63,14 @@ type PublicKeyCache = HashMap<(String, String), (Instant, Arc<backend::PublicKey
 /// The operations of API v1, shared by every connection.
 #[derive(Debug)]
 pub struct Service {
-    keys: HashMap<String, KeyEntry>,
+    keys: HashMap<String, Arc<KeyEntry>>,
     policy: Policy,
     metrics: Arc<Metrics>,
     max_batch: usize,
     public_keys: Mutex<PublicKeyCache>,
     public_key_ttl: Duration,
     health: HealthChecks,
+    data_keys: DataKeyCache,
 }
 
 impl Service {
@@ -82,20 +85,21 @@ impl Service {
             .filter_map(|(alias, k): (&String, &KeyConfig)| {
                 Some((
                     alias.clone(),
-                    KeyEntry {
+                    Arc::new(KeyEntry {
                         alias: alias.clone(),
                         backend_name: k.backend.clone(),
                         backend: backends.get(&k.backend)?.clone(),
                         id: k.key.clone(),
                         ops: k.ops.clone(),
                         rotation_period: k.rotation_period.map(|d| d.0),
-                    },
+                    }),
                 ))
             })
             .collect();
         Self {
             keys,
             health: HealthChecks::new(backends, metrics.clone()),
+            data_keys: DataKeyCache::new(&config.cache.data_keys, metrics.clone()),
             policy: Policy::new(config.callers.clone()),
             metrics,
             max_batch: config.limits.max_batch,
@@ -108,6 +112,11 @@ impl Service {
         &self.metrics
     }
 
+    /// The data-key cache behind envelope encryption.
+    pub fn data_keys(&self) -> &DataKeyCache {
+        &self.data_keys
+    }
+
     /// Whether `alias` is a configured key (for bounded metric labels).
     pub fn is_key(&self, alias: &str) -> bool {
         self.keys.contains_key(alias)
@@ -115,7 +124,12 @@ impl Service {
 
     /// Policy first (so unknown callers learn nothing about keys), then the
     /// key, then what the key allows.
-    fn authorize(&self, caller: &Caller, alias: &str, op: Op) -> Result<&KeyEntry, ApiError> {
+    pub(crate) fn authorize(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        op: Op,
+    ) -> Result<&Arc<KeyEntry>, ApiError> {
         if !self.policy.allows(caller, alias, op) {
             return Err(ApiError::new(
                 Code::Forbidden,
@@ -643,7 +657,7 @@ fn check_algorithm(
 const MAX_CONTEXT_PAIRS: usize = 64;
 const MAX_CONTEXT_STRING: usize = 1024;
 
-fn check_context(context: &backend::Context) -> Result<(), ApiError> {
+pub(crate) fn check_context(context: &backend::Context) -> Result<(), ApiError> {
     if context.len() > MAX_CONTEXT_PAIRS {
         return Err(ApiError::invalid(format!(
             "field `context`: at most {MAX_CONTEXT_PAIRS} pairs"

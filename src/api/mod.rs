@@ -172,6 +172,32 @@ impl fmt::Debug for DecryptResponse {
     }
 }
 
+/// `POST /v1/keys/{name}/envelope/encrypt` (JSON).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvelopeEncryptRequest {
+    pub plaintext: B64,
+    #[serde(default)]
+    pub context: Context,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnvelopeEncryptResponse {
+    pub envelope: String,
+    /// The key version that wrapped the data key.
+    pub version: String,
+}
+
+/// `POST /v1/keys/{name}/envelope/decrypt` (JSON); answered with a
+/// [`DecryptResponse`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvelopeDecryptRequest {
+    pub envelope: B64,
+    #[serde(default)]
+    pub context: Context,
+}
+
 /// `POST /v1/keys/{name}/datakey`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

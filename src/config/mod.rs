@@ -173,6 +173,38 @@ pub struct CallerRule {
 #[serde(deny_unknown_fields, default)]
 pub struct Cache {
     pub public_keys: PublicKeyCache,
+    pub data_keys: DataKeyCacheConfig,
+}
+
+/// `cache.data_keys`: how long and how much one data key is reused for
+/// envelope encryption (cf. the AWS Encryption SDK's caching CMM).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataKeyCacheConfig {
+    /// A data key is used for new messages at most this long.
+    pub ttl: Duration,
+    /// ... for at most this many messages,
+    pub max_messages: u64,
+    /// ... and at most this many plaintext bytes.
+    pub max_bytes: ByteSize,
+    /// A data key in use is replaced in the background this long before its
+    /// `ttl`, so that requests never wait on the KMS.
+    pub refresh_ahead: Duration,
+    /// Most cached data keys (encrypt side and decrypt side each); the least
+    /// recently used go first.
+    pub max_entries: u64,
+}
+
+impl Default for DataKeyCacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(300),
+            max_messages: 1_000_000,
+            max_bytes: ByteSize(1 << 30),
+            refresh_ahead: Duration::from_secs(30),
+            max_entries: 10_000,
+        }
+    }
 }
 
 /// `cache.public_keys`.
@@ -411,6 +443,31 @@ impl Config {
                 if !matches_any {
                     bad(at, format!("`{pattern}` matches no key in `keys`"));
                 }
+            }
+        }
+        let dk = &self.cache.data_keys;
+        if dk.ttl.0 < std::time::Duration::from_millis(100) {
+            bad(
+                "cache.data_keys.ttl".into(),
+                "must be at least 100ms".into(),
+            );
+        }
+        if dk.refresh_ahead >= dk.ttl {
+            bad(
+                "cache.data_keys.refresh_ahead".into(),
+                format!("must be shorter than cache.data_keys.ttl ({})", dk.ttl),
+            );
+        }
+        for (field, value) in [
+            ("max_messages", dk.max_messages),
+            ("max_bytes", dk.max_bytes.0),
+            ("max_entries", dk.max_entries),
+        ] {
+            if value == 0 {
+                bad(
+                    format!("cache.data_keys.{field}"),
+                    "must be at least 1".into(),
+                );
             }
         }
         if self.limits.max_body.0 < 1024 {

@@ -2,15 +2,19 @@
 //! request ids, the body limit, the request span and request metrics.
 
 use crate::api::{self, ApiError, Code, parse_json};
+use crate::envelope;
 use crate::policy::Caller;
 use crate::service::Service;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyDataStream, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use serde::Serialize;
+use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -21,6 +25,9 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 
 /// The request id header, echoed when the caller sends a usable one.
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// The header carrying the encryption context of a streamed envelope.
+pub const ENCRYPTION_CONTEXT: &str = "x-encryption-context";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route<'a> {
@@ -44,6 +51,8 @@ enum Action {
     Mac,
     VerifyMac,
     Rotate,
+    EnvelopeEncrypt,
+    EnvelopeDecrypt,
 }
 
 impl Route<'_> {
@@ -66,6 +75,8 @@ impl Route<'_> {
                 Action::Mac => "mac",
                 Action::VerifyMac => "verify_mac",
                 Action::Rotate => "rotate",
+                Action::EnvelopeEncrypt => "envelope_encrypt",
+                Action::EnvelopeDecrypt => "envelope_decrypt",
             },
         }
     }
@@ -110,6 +121,12 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
             };
             Route::Key(name, action)
         }
+        ["v1", "keys", name, "envelope", "encrypt"] if !name.is_empty() => {
+            Route::Key(name, Action::EnvelopeEncrypt)
+        }
+        ["v1", "keys", name, "envelope", "decrypt"] if !name.is_empty() => {
+            Route::Key(name, Action::EnvelopeDecrypt)
+        }
         _ => return None,
     })
 }
@@ -118,18 +135,24 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
 struct Reply {
     status: StatusCode,
     content_type: &'static str,
-    body: Bytes,
+    body: ReplyBody,
+}
+
+enum ReplyBody {
+    Full(Bytes),
+    /// Streamed chunks; an `Err` aborts the response before its final chunk.
+    Stream(envelope::Chunks),
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
     Reply {
         status,
         content_type: "application/json",
-        body: Bytes::from({
+        body: ReplyBody::Full(Bytes::from({
             let mut body = serde_json::to_vec(value).expect("API types always serialize");
             body.push(b'\n'); // so that `curl` output ends its line
             body
-        }),
+        })),
     }
 }
 
@@ -201,7 +224,16 @@ impl Routes {
                 .with_label_values(&[op])
                 .observe(started.elapsed().as_secs_f64());
             tracing::debug!(status = reply.status.as_u16(), micros = started.elapsed().as_micros() as u64, "request done");
-            let mut response = Response::new(Full::new(reply.body).map_err(|never| match never {}).boxed());
+            let body = match reply.body {
+                ReplyBody::Full(bytes) => Full::new(bytes).map_err(|never| match never {}).boxed(),
+                ReplyBody::Stream(chunks) => {
+                    let frames = futures_util::stream::unfold(chunks, |mut rx| async move {
+                        rx.recv().await.map(|chunk| (chunk.map(Frame::data), rx))
+                    });
+                    BodyExt::boxed(StreamBody::new(frames))
+                }
+            };
+            let mut response = Response::new(body);
             *response.status_mut() = reply.status;
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
@@ -253,7 +285,7 @@ impl Routes {
                 return Ok(Reply {
                     status: StatusCode::OK,
                     content_type: "text/plain; version=0.0.4; charset=utf-8",
-                    body: Bytes::from(svc.metrics().encode()),
+                    body: ReplyBody::Full(Bytes::from(svc.metrics().encode())),
                 });
             }
             (_, None) => return Err(ApiError::new(Code::NotFound, "only probes are served here")),
@@ -263,6 +295,11 @@ impl Routes {
             (Route::Key(alias, action), Some(c)) => (c, alias, action),
         };
         let caller = &caller;
+        if matches!(action, Action::EnvelopeEncrypt | Action::EnvelopeDecrypt)
+            && is_octet_stream(req.headers())
+        {
+            return self.envelope_stream(caller, alias, action, req).await;
+        }
         let body = if route.method() == Method::POST {
             read_body(req, self.max_body).await?
         } else {
@@ -283,7 +320,50 @@ impl Routes {
                 let api::RotateRequest {} = parse_json(&body)?;
                 ok(svc.rotate(caller, alias).await)
             }
+            Action::EnvelopeEncrypt => ok(svc
+                .envelope_encrypt(caller, alias, parse_json(&body)?)
+                .await),
+            Action::EnvelopeDecrypt => ok(svc
+                .envelope_decrypt(caller, alias, parse_json(&body)?)
+                .await),
         }
+    }
+
+    /// Envelope encryption of a streamed body: no size limit, constant memory;
+    /// the context travels in `x-encryption-context` as a JSON object.
+    async fn envelope_stream(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        action: Action,
+        req: Request<Incoming>,
+    ) -> Result<Reply, ApiError> {
+        let context = match req.headers().get(ENCRYPTION_CONTEXT) {
+            None => Default::default(),
+            Some(v) => parse_json(v.as_bytes()).map_err(|e| {
+                ApiError::invalid(format!("header `{ENCRYPTION_CONTEXT}`: {}", e.message))
+            })?,
+        };
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let input = BodyDataStream::new(req.into_body()).map(|r| r.map_err(io::Error::other));
+        let chunks = if action == Action::EnvelopeEncrypt {
+            self.service
+                .envelope_encrypt_stream(caller, alias, context, declared, input)
+                .await?
+        } else {
+            self.service
+                .envelope_decrypt_stream(caller, alias, context, input)
+                .await?
+        };
+        Ok(Reply {
+            status: StatusCode::OK,
+            content_type: "application/octet-stream",
+            body: ReplyBody::Stream(chunks),
+        })
     }
 }
 
@@ -318,6 +398,17 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Zeroizing<Vec<u
         }
     }
     Ok(buf)
+}
+
+fn is_octet_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/octet-stream"))
+        })
 }
 
 /// The caller's `x-request-id` if it is short printable ASCII, else a new one.
