@@ -106,15 +106,20 @@ impl fmt::Debug for DataKeyCache {
     }
 }
 
-fn encrypt_key(alias: &str, context: &Context) -> Vec<u8> {
-    let mut k = alias.as_bytes().to_vec();
+/// Encrypt side: alias ‖ 0 ‖ rotation generation ‖ canonical context.
+fn encrypt_key(key: &KeyEntry, context: &Context) -> Vec<u8> {
+    let mut k = key.alias.as_bytes().to_vec();
     k.push(0);
+    k.extend_from_slice(&key.generation.load(Ordering::Relaxed).to_be_bytes());
     k.extend_from_slice(&canonical_context(context));
     k
 }
 
+/// Decrypt side: alias ‖ 0 ‖ canonical context ‖ 0 ‖ wrapped DEK.
 fn decrypt_key(alias: &str, context: &Context, wrapped: &[u8]) -> Vec<u8> {
-    let mut k = encrypt_key(alias, context);
+    let mut k = alias.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&canonical_context(context));
     k.push(0);
     k.extend_from_slice(wrapped);
     k
@@ -157,7 +162,7 @@ impl DataKeyCache {
     ) -> Result<Arc<Dek>, backend::Error> {
         let inner = &self.0;
         let l = inner.limits;
-        let id = encrypt_key(&key.alias, context);
+        let id = encrypt_key(key, context);
         if let Some(active) = inner.encrypt.get(&id).await
             && active.reserve(bytes, &l)
         {
@@ -364,5 +369,220 @@ impl DataKeyCache {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::local::LocalBackend;
+    use crate::backend::{
+        Backend, DataKey, KeyMetadata, KeyRef, Plaintext, PublicKey, Sealed, SignOptions, Signature,
+    };
+    use crate::config::{ByteSize, Duration as Human};
+    use crate::crypto::{Algorithm, SignInput};
+    use async_trait::async_trait;
+
+    /// The real local backend, wrapped to add latency and outages on demand
+    /// and to count the calls the cache makes.
+    #[derive(Debug)]
+    struct Wrapped {
+        inner: LocalBackend,
+        latency_ms: AtomicU64,
+        down: AtomicBool,
+        generated: AtomicU64,
+        unwrapped: AtomicU64,
+    }
+
+    impl Wrapped {
+        async fn delay(&self) -> Result<(), backend::Error> {
+            tokio::time::sleep(Duration::from_millis(self.latency_ms.load(Ordering::Relaxed))).await;
+            if self.down.load(Ordering::Relaxed) {
+                return Err(backend::Error::new(ErrorKind::Unavailable, "test backend is down"));
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl Backend for Wrapped {
+        fn kind(&self) -> &'static str {
+            "wrapped-local"
+        }
+        async fn health(&self) -> Result<(), backend::Error> {
+            self.inner.health().await
+        }
+        async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, backend::Error> {
+            self.inner.metadata(key).await
+        }
+        async fn public_key(&self, key: KeyRef<'_>, v: Option<&str>) -> Result<PublicKey, backend::Error> {
+            self.inner.public_key(key, v).await
+        }
+        async fn sign(&self, key: KeyRef<'_>, i: SignInput<'_>, o: SignOptions) -> Result<Signature, backend::Error> {
+            self.inner.sign(key, i, o).await
+        }
+        async fn encrypt(&self, key: KeyRef<'_>, p: &[u8], c: &Context) -> Result<Sealed, backend::Error> {
+            self.inner.encrypt(key, p, c).await
+        }
+        async fn decrypt(&self, key: KeyRef<'_>, ct: &[u8], c: &Context) -> Result<Plaintext, backend::Error> {
+            self.delay().await?;
+            self.unwrapped.fetch_add(1, Ordering::Relaxed);
+            self.inner.decrypt(key, ct, c).await
+        }
+        async fn generate_data_key(&self, key: KeyRef<'_>, bits: u32, c: &Context) -> Result<DataKey, backend::Error> {
+            self.delay().await?;
+            self.generated.fetch_add(1, Ordering::Relaxed);
+            self.inner.generate_data_key(key, bits, c).await
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        backend: Arc<Wrapped>,
+        key: Arc<KeyEntry>,
+        cache: DataKeyCache,
+    }
+
+    async fn fixture(config: DataKeyCacheConfig, latency_ms: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = LocalBackend::open(dir.path(), &[("k".into(), Some(Algorithm::Aes256Gcm))]).await.unwrap();
+        let backend = Arc::new(Wrapped {
+            inner,
+            latency_ms: AtomicU64::new(latency_ms),
+            down: AtomicBool::new(false),
+            generated: AtomicU64::new(0),
+            unwrapped: AtomicU64::new(0),
+        });
+        let key = Arc::new(KeyEntry::new("k", "test", backend.clone(), "k"));
+        let cache = DataKeyCache::new(&config, Arc::new(Metrics::new()));
+        Fixture {
+            _dir: dir,
+            backend,
+            key,
+            cache,
+        }
+    }
+
+    fn config(ttl_ms: u64, refresh_ms: u64, max_messages: u64, max_bytes: u64) -> DataKeyCacheConfig {
+        DataKeyCacheConfig {
+            ttl: Human(Duration::from_millis(ttl_ms)),
+            refresh_ahead: Human(Duration::from_millis(refresh_ms)),
+            max_messages,
+            max_bytes: ByteSize(max_bytes),
+            max_entries: 100,
+        }
+    }
+
+    fn ctx(v: &str) -> Context {
+        [("tenant".to_string(), v.to_string())].into()
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_backend_call() {
+        let f = fixture(config(300_000, 30_000, 1_000_000, 1 << 30), 50).await;
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let (cache, key) = (f.cache.clone(), f.key.clone());
+                tokio::spawn(async move { cache.encrypt_dek(&key, &ctx("fresh"), 10).await.unwrap().wrapped.clone() })
+            })
+            .collect();
+        let mut wrapped = Vec::new();
+        for t in tasks {
+            wrapped.push(t.await.unwrap());
+        }
+        assert_eq!(f.backend.generated.load(Ordering::Relaxed), 1);
+        assert!(wrapped.windows(2).all(|w| w[0] == w[1]), "every request got the same data key");
+        // Another context is another data key.
+        f.cache.encrypt_dek(&f.key, &ctx("other"), 10).await.unwrap();
+        assert_eq!(f.backend.generated.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn message_and_byte_limits_retire_a_data_key() {
+        let f = fixture(config(300_000, 30_000, 3, 1 << 30), 0).await;
+        for _ in 0..7 {
+            f.cache.encrypt_dek(&f.key, &ctx("a"), 1).await.unwrap();
+        }
+        assert_eq!(f.backend.generated.load(Ordering::Relaxed), 3, "messages 1-3, 4-6, 7");
+
+        let f = fixture(config(300_000, 30_000, 1000, 100), 0).await;
+        for _ in 0..6 {
+            f.cache.encrypt_dek(&f.key, &ctx("a"), 40).await.unwrap();
+        }
+        assert_eq!(f.backend.generated.load(Ordering::Relaxed), 3, "two 40-byte messages per 100 bytes");
+        // A message larger than max_bytes still gets a (fresh) key.
+        f.cache.encrypt_dek(&f.key, &ctx("b"), 1000).await.unwrap();
+        assert_eq!(f.backend.generated.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn refresh_ahead_keeps_requests_off_the_kms() {
+        // 300 ms per KMS call, a 1 s TTL refreshed 500 ms ahead: a request just
+        // after the first key expired finds the refreshed one.
+        let f = fixture(config(1000, 500, 1_000_000, 1 << 30), 300).await;
+        let first = f.cache.encrypt_dek(&f.key, &ctx("a"), 1).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let started = Instant::now();
+        let second = f.cache.encrypt_dek(&f.key, &ctx("a"), 1).await.unwrap();
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_millis(100), "the request waited {waited:?} for the KMS");
+        assert_ne!(first.wrapped, second.wrapped, "a new data key");
+        assert_eq!(f.backend.generated.load(Ordering::Relaxed), 2);
+
+        // Without a refresh window the same request waits for the KMS.
+        let f = fixture(config(1000, 0, 1_000_000, 1 << 30), 300).await;
+        f.cache.encrypt_dek(&f.key, &ctx("a"), 1).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let started = Instant::now();
+        f.cache.encrypt_dek(&f.key, &ctx("a"), 1).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn an_outage_is_ridden_out_until_the_limits() {
+        let f = fixture(config(300_000, 30_000, 3, 1 << 30), 0).await;
+        let c = ctx("a");
+        let dek = f.cache.encrypt_dek(&f.key, &c, 1).await.unwrap();
+        // A data key the cache never saw, made while the backend was up.
+        let foreign = f.backend.inner.generate_data_key(f.key.key_ref(), 256, &c).await.unwrap();
+        f.backend.down.store(true, Ordering::Relaxed);
+        for _ in 0..2 {
+            f.cache.encrypt_dek(&f.key, &c, 1).await.expect("the cached key serves while the KMS is down");
+        }
+        let err = f.cache.encrypt_dek(&f.key, &c, 1).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unavailable, "past its limits: backend_unavailable");
+        let again = f.cache.decrypt_dek(&f.key, &c, &dek.wrapped).await.expect("cached for decryption");
+        assert_eq!(again.plaintext, dek.plaintext);
+        assert_eq!(f.backend.unwrapped.load(Ordering::Relaxed), 0);
+        let err = f.cache.decrypt_dek(&f.key, &c, &foreign.encrypted).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unavailable);
+        f.backend.down.store(false, Ordering::Relaxed);
+        let unwrapped = f.cache.decrypt_dek(&f.key, &c, &foreign.encrypted).await.unwrap();
+        assert_eq!(unwrapped.plaintext, foreign.plaintext.0);
+        f.cache.decrypt_dek(&f.key, &c, &foreign.encrypted).await.unwrap();
+        assert_eq!(f.backend.unwrapped.load(Ordering::Relaxed), 1, "the second unwrap is a hit");
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded() {
+        let mut cfg = config(300_000, 30_000, 1000, 1 << 30);
+        cfg.max_entries = 3;
+        let f = fixture(cfg, 0).await;
+        for i in 0..20 {
+            f.cache.encrypt_dek(&f.key, &ctx(&i.to_string()), 1).await.unwrap();
+        }
+        f.cache.0.encrypt.run_pending_tasks().await;
+        f.cache.0.decrypt.run_pending_tasks().await;
+        assert!(f.cache.0.encrypt.entry_count() <= 3, "{}", f.cache.0.encrypt.entry_count());
+        assert!(f.cache.0.decrypt.entry_count() <= 3);
+    }
+
+    #[tokio::test]
+    async fn a_rotation_through_the_api_starts_a_new_data_key() {
+        let f = fixture(config(300_000, 30_000, 1000, 1 << 30), 0).await;
+        let before = f.cache.encrypt_dek(&f.key, &ctx("a"), 1).await.unwrap();
+        f.key.generation.fetch_add(1, Ordering::Relaxed);
+        let after = f.cache.encrypt_dek(&f.key, &ctx("a"), 1).await.unwrap();
+        assert_ne!(before.wrapped, after.wrapped);
     }
 }

@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Caller, Op, OpOrAll, Policy, grants};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use zeroize::Zeroizing;
@@ -26,9 +27,25 @@ pub struct KeyEntry {
     pub id: String,
     ops: Option<Vec<OpOrAll>>,
     rotation_period: Option<Duration>,
+    /// Bumped by every rotation through the API, so that envelopes stop
+    /// using data keys wrapped by the old version.
+    pub generation: AtomicU64,
 }
 
 impl KeyEntry {
+    /// An alias with the default operations and no rotation period.
+    pub fn new(alias: &str, backend_name: &str, backend: Arc<dyn Backend>, id: &str) -> Self {
+        Self {
+            alias: alias.to_owned(),
+            backend_name: backend_name.to_owned(),
+            backend,
+            id: id.to_owned(),
+            ops: None,
+            rotation_period: None,
+            generation: AtomicU64::new(0),
+        }
+    }
+
     pub fn key_ref(&self) -> KeyRef<'_> {
         KeyRef {
             alias: &self.alias,
@@ -92,6 +109,7 @@ impl Service {
                         id: k.key.clone(),
                         ops: k.ops.clone(),
                         rotation_period: k.rotation_period.map(|d| d.0),
+                        generation: AtomicU64::new(0),
                     }),
                 ))
             })
@@ -602,6 +620,7 @@ impl Service {
             .lock()
             .expect("cache lock is never poisoned")
             .retain(|(a, _), _| a != alias);
+        entry.generation.fetch_add(1, Ordering::Relaxed);
         tracing::info!(key.alias = alias, version = %version, caller.uid = caller.uid, "key rotated");
         Ok(api::RotateResponse {
             key: alias.to_owned(),
