@@ -396,9 +396,15 @@ mod tests {
 
     impl Wrapped {
         async fn delay(&self) -> Result<(), backend::Error> {
-            tokio::time::sleep(Duration::from_millis(self.latency_ms.load(Ordering::Relaxed))).await;
+            tokio::time::sleep(Duration::from_millis(
+                self.latency_ms.load(Ordering::Relaxed),
+            ))
+            .await;
             if self.down.load(Ordering::Relaxed) {
-                return Err(backend::Error::new(ErrorKind::Unavailable, "test backend is down"));
+                return Err(backend::Error::new(
+                    ErrorKind::Unavailable,
+                    "test backend is down",
+                ));
             }
             Ok(())
         }
@@ -415,21 +421,45 @@ mod tests {
         async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, backend::Error> {
             self.inner.metadata(key).await
         }
-        async fn public_key(&self, key: KeyRef<'_>, v: Option<&str>) -> Result<PublicKey, backend::Error> {
+        async fn public_key(
+            &self,
+            key: KeyRef<'_>,
+            v: Option<&str>,
+        ) -> Result<PublicKey, backend::Error> {
             self.inner.public_key(key, v).await
         }
-        async fn sign(&self, key: KeyRef<'_>, i: SignInput<'_>, o: SignOptions) -> Result<Signature, backend::Error> {
+        async fn sign(
+            &self,
+            key: KeyRef<'_>,
+            i: SignInput<'_>,
+            o: SignOptions,
+        ) -> Result<Signature, backend::Error> {
             self.inner.sign(key, i, o).await
         }
-        async fn encrypt(&self, key: KeyRef<'_>, p: &[u8], c: &Context) -> Result<Sealed, backend::Error> {
+        async fn encrypt(
+            &self,
+            key: KeyRef<'_>,
+            p: &[u8],
+            c: &Context,
+        ) -> Result<Sealed, backend::Error> {
             self.inner.encrypt(key, p, c).await
         }
-        async fn decrypt(&self, key: KeyRef<'_>, ct: &[u8], c: &Context) -> Result<Plaintext, backend::Error> {
+        async fn decrypt(
+            &self,
+            key: KeyRef<'_>,
+            ct: &[u8],
+            c: &Context,
+        ) -> Result<Plaintext, backend::Error> {
             self.delay().await?;
             self.unwrapped.fetch_add(1, Ordering::Relaxed);
             self.inner.decrypt(key, ct, c).await
         }
-        async fn generate_data_key(&self, key: KeyRef<'_>, bits: u32, c: &Context) -> Result<DataKey, backend::Error> {
+        async fn generate_data_key(
+            &self,
+            key: KeyRef<'_>,
+            bits: u32,
+            c: &Context,
+        ) -> Result<DataKey, backend::Error> {
             self.delay().await?;
             self.generated.fetch_add(1, Ordering::Relaxed);
             self.inner.generate_data_key(key, bits, c).await
@@ -445,7 +475,9 @@ mod tests {
 
     async fn fixture(config: DataKeyCacheConfig, latency_ms: u64) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let inner = LocalBackend::open(dir.path(), &[("k".into(), Some(Algorithm::Aes256Gcm))]).await.unwrap();
+        let inner = LocalBackend::open(dir.path(), &[("k".into(), Some(Algorithm::Aes256Gcm))])
+            .await
+            .unwrap();
         let backend = Arc::new(Wrapped {
             inner,
             latency_ms: AtomicU64::new(latency_ms),
@@ -463,7 +495,12 @@ mod tests {
         }
     }
 
-    fn config(ttl_ms: u64, refresh_ms: u64, max_messages: u64, max_bytes: u64) -> DataKeyCacheConfig {
+    fn config(
+        ttl_ms: u64,
+        refresh_ms: u64,
+        max_messages: u64,
+        max_bytes: u64,
+    ) -> DataKeyCacheConfig {
         DataKeyCacheConfig {
             ttl: Human(Duration::from_millis(ttl_ms)),
             refresh_ahead: Human(Duration::from_millis(refresh_ms)),
@@ -483,7 +520,14 @@ mod tests {
         let tasks: Vec<_> = (0..100)
             .map(|_| {
                 let (cache, key) = (f.cache.clone(), f.key.clone());
-                tokio::spawn(async move { cache.encrypt_dek(&key, &ctx("fresh"), 10).await.unwrap().wrapped.clone() })
+                tokio::spawn(async move {
+                    cache
+                        .encrypt_dek(&key, &ctx("fresh"), 10)
+                        .await
+                        .unwrap()
+                        .wrapped
+                        .clone()
+                })
             })
             .collect();
         let mut wrapped = Vec::new();
@@ -491,9 +535,15 @@ mod tests {
             wrapped.push(t.await.unwrap());
         }
         assert_eq!(f.backend.generated.load(Ordering::Relaxed), 1);
-        assert!(wrapped.windows(2).all(|w| w[0] == w[1]), "every request got the same data key");
+        assert!(
+            wrapped.windows(2).all(|w| w[0] == w[1]),
+            "every request got the same data key"
+        );
         // Another context is another data key.
-        f.cache.encrypt_dek(&f.key, &ctx("other"), 10).await.unwrap();
+        f.cache
+            .encrypt_dek(&f.key, &ctx("other"), 10)
+            .await
+            .unwrap();
         assert_eq!(f.backend.generated.load(Ordering::Relaxed), 2);
     }
 
@@ -503,13 +553,21 @@ mod tests {
         for _ in 0..7 {
             f.cache.encrypt_dek(&f.key, &ctx("a"), 1).await.unwrap();
         }
-        assert_eq!(f.backend.generated.load(Ordering::Relaxed), 3, "messages 1-3, 4-6, 7");
+        assert_eq!(
+            f.backend.generated.load(Ordering::Relaxed),
+            3,
+            "messages 1-3, 4-6, 7"
+        );
 
         let f = fixture(config(300_000, 30_000, 1000, 100), 0).await;
         for _ in 0..6 {
             f.cache.encrypt_dek(&f.key, &ctx("a"), 40).await.unwrap();
         }
-        assert_eq!(f.backend.generated.load(Ordering::Relaxed), 3, "two 40-byte messages per 100 bytes");
+        assert_eq!(
+            f.backend.generated.load(Ordering::Relaxed),
+            3,
+            "two 40-byte messages per 100 bytes"
+        );
         // A message larger than max_bytes still gets a (fresh) key.
         f.cache.encrypt_dek(&f.key, &ctx("b"), 1000).await.unwrap();
         assert_eq!(f.backend.generated.load(Ordering::Relaxed), 4);
@@ -525,7 +583,10 @@ mod tests {
         let started = Instant::now();
         let second = f.cache.encrypt_dek(&f.key, &ctx("a"), 1).await.unwrap();
         let waited = started.elapsed();
-        assert!(waited < Duration::from_millis(100), "the request waited {waited:?} for the KMS");
+        assert!(
+            waited < Duration::from_millis(100),
+            "the request waited {waited:?} for the KMS"
+        );
         assert_ne!(first.wrapped, second.wrapped, "a new data key");
         assert_eq!(f.backend.generated.load(Ordering::Relaxed), 2);
 
@@ -544,23 +605,54 @@ mod tests {
         let c = ctx("a");
         let dek = f.cache.encrypt_dek(&f.key, &c, 1).await.unwrap();
         // A data key the cache never saw, made while the backend was up.
-        let foreign = f.backend.inner.generate_data_key(f.key.key_ref(), 256, &c).await.unwrap();
+        let foreign = f
+            .backend
+            .inner
+            .generate_data_key(f.key.key_ref(), 256, &c)
+            .await
+            .unwrap();
         f.backend.down.store(true, Ordering::Relaxed);
         for _ in 0..2 {
-            f.cache.encrypt_dek(&f.key, &c, 1).await.expect("the cached key serves while the KMS is down");
+            f.cache
+                .encrypt_dek(&f.key, &c, 1)
+                .await
+                .expect("the cached key serves while the KMS is down");
         }
         let err = f.cache.encrypt_dek(&f.key, &c, 1).await.unwrap_err();
-        assert_eq!(err.kind, ErrorKind::Unavailable, "past its limits: backend_unavailable");
-        let again = f.cache.decrypt_dek(&f.key, &c, &dek.wrapped).await.expect("cached for decryption");
+        assert_eq!(
+            err.kind,
+            ErrorKind::Unavailable,
+            "past its limits: backend_unavailable"
+        );
+        let again = f
+            .cache
+            .decrypt_dek(&f.key, &c, &dek.wrapped)
+            .await
+            .expect("cached for decryption");
         assert_eq!(again.plaintext, dek.plaintext);
         assert_eq!(f.backend.unwrapped.load(Ordering::Relaxed), 0);
-        let err = f.cache.decrypt_dek(&f.key, &c, &foreign.encrypted).await.unwrap_err();
+        let err = f
+            .cache
+            .decrypt_dek(&f.key, &c, &foreign.encrypted)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Unavailable);
         f.backend.down.store(false, Ordering::Relaxed);
-        let unwrapped = f.cache.decrypt_dek(&f.key, &c, &foreign.encrypted).await.unwrap();
+        let unwrapped = f
+            .cache
+            .decrypt_dek(&f.key, &c, &foreign.encrypted)
+            .await
+            .unwrap();
         assert_eq!(unwrapped.plaintext, foreign.plaintext.0);
-        f.cache.decrypt_dek(&f.key, &c, &foreign.encrypted).await.unwrap();
-        assert_eq!(f.backend.unwrapped.load(Ordering::Relaxed), 1, "the second unwrap is a hit");
+        f.cache
+            .decrypt_dek(&f.key, &c, &foreign.encrypted)
+            .await
+            .unwrap();
+        assert_eq!(
+            f.backend.unwrapped.load(Ordering::Relaxed),
+            1,
+            "the second unwrap is a hit"
+        );
     }
 
     #[tokio::test]
@@ -569,11 +661,18 @@ mod tests {
         cfg.max_entries = 3;
         let f = fixture(cfg, 0).await;
         for i in 0..20 {
-            f.cache.encrypt_dek(&f.key, &ctx(&i.to_string()), 1).await.unwrap();
+            f.cache
+                .encrypt_dek(&f.key, &ctx(&i.to_string()), 1)
+                .await
+                .unwrap();
         }
         f.cache.0.encrypt.run_pending_tasks().await;
         f.cache.0.decrypt.run_pending_tasks().await;
-        assert!(f.cache.0.encrypt.entry_count() <= 3, "{}", f.cache.0.encrypt.entry_count());
+        assert!(
+            f.cache.0.encrypt.entry_count() <= 3,
+            "{}",
+            f.cache.0.encrypt.entry_count()
+        );
         assert!(f.cache.0.decrypt.entry_count() <= 3);
     }
 

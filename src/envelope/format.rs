@@ -333,3 +333,228 @@ pub fn open(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test vector of `docs/envelope-format.md`, read from the document.
+    struct Vector {
+        dek: Vec<u8>,
+        message_id: [u8; 32],
+        wrapped_dek: Vec<u8>,
+        context: Vec<u8>,
+        plaintext: Vec<u8>,
+        key: Vec<u8>,
+        commitment: Vec<u8>,
+        envelope: Vec<u8>,
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn documented_vector() -> Vector {
+        let doc = include_str!("../../docs/envelope-format.md");
+        let block = doc
+            .split("<!-- test-vector -->")
+            .nth(1)
+            .and_then(|s| s.split("```text").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("docs/envelope-format.md has a test-vector block");
+        let field = |name: &str| -> String {
+            let mut value = String::new();
+            let mut lines = block
+                .lines()
+                .skip_while(|l| !l.starts_with(&format!("{name}:")));
+            let first = lines
+                .next()
+                .unwrap_or_else(|| panic!("field {name} in the vector"));
+            value.push_str(first[name.len() + 1..].trim());
+            for l in lines.take_while(|l| l.starts_with(' ')) {
+                value.push_str(l.trim());
+            }
+            value
+        };
+        Vector {
+            dek: unhex(&field("dek")),
+            message_id: unhex(&field("message id")).try_into().unwrap(),
+            wrapped_dek: unhex(&field("wrapped dek")),
+            context: field("context").into_bytes(),
+            plaintext: field("plaintext").trim_matches('"').as_bytes().to_vec(),
+            key: unhex(&field("message key")),
+            commitment: unhex(&field("commitment")),
+            envelope: unhex(&field("envelope")),
+        }
+    }
+
+    fn header(v: &Vector, algorithm: AlgorithmId) -> Header {
+        Header {
+            alias: "pii".into(),
+            key_version: "1".into(),
+            key_ref: "pii".into(),
+            wrapped_dek: v.wrapped_dek.clone(),
+            message_id: v.message_id,
+            commitment: [0; 32],
+            algorithm,
+        }
+    }
+
+    #[test]
+    fn the_documented_vector_is_what_the_code_does() {
+        let v = documented_vector();
+        let (key, commitment) = derive(&v.dek, &v.message_id);
+        assert_eq!(&key[..], &v.key[..]);
+        assert_eq!(&commitment[..], &v.commitment[..]);
+        let sealed = seal(
+            &v.dek,
+            header(&v, AlgorithmId::Aes256GcmHkdfSha256),
+            &v.context,
+            &v.plaintext,
+        );
+        assert_eq!(
+            sealed, v.envelope,
+            "sealing the vector's inputs gives its envelope"
+        );
+        assert_eq!(
+            &open(&v.dek, &v.envelope, &v.context).unwrap()[..],
+            &v.plaintext[..]
+        );
+    }
+
+    #[test]
+    fn every_flipped_bit_fails_opaquely() {
+        let v = documented_vector();
+        for i in 0..v.envelope.len() {
+            for bit in [0x01, 0x80] {
+                let mut bad = v.envelope.clone();
+                bad[i] ^= bit;
+                assert_eq!(
+                    open(&v.dek, &bad, &v.context),
+                    Err(DecryptError),
+                    "byte {i} bit {bit:#x}"
+                );
+            }
+        }
+        assert_eq!(
+            open(&v.dek, &v.envelope, br#"{"tenant":"evil"}"#),
+            Err(DecryptError)
+        );
+        assert_eq!(
+            open(&[7u8; 32], &v.envelope, &v.context),
+            Err(DecryptError),
+            "another DEK fails the commitment"
+        );
+        for n in 0..v.envelope.len() {
+            assert_eq!(
+                open(&v.dek, &v.envelope[..n], &v.context),
+                Err(DecryptError),
+                "truncated to {n}"
+            );
+        }
+        let mut extended = v.envelope.clone();
+        extended.push(0);
+        assert_eq!(open(&v.dek, &extended, &v.context), Err(DecryptError));
+    }
+
+    fn segmented(v: &Vector, plaintext: &[u8]) -> (Vec<u8>, usize) {
+        let (mut sealer, mut out) = Sealer::new(
+            &v.dek,
+            header(v, AlgorithmId::Aes256GcmHkdfSha256Segments64K),
+            &v.context,
+        );
+        let prefix = out.len();
+        let mut chunks = plaintext.chunks(SEGMENT).peekable();
+        if chunks.peek().is_none() {
+            sealer.seal(&[], true, &mut out);
+        }
+        while let Some(c) = chunks.next() {
+            sealer.seal(c, chunks.peek().is_none(), &mut out);
+        }
+        (out, prefix)
+    }
+
+    #[test]
+    fn segmented_envelopes_round_trip_and_refuse_reordering_truncation_and_extension() {
+        let v = documented_vector();
+        for size in [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT + 17] {
+            let plaintext: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
+            let (env, _) = segmented(&v, &plaintext);
+            assert_eq!(
+                &open(&v.dek, &env, &v.context).unwrap()[..],
+                &plaintext[..],
+                "{size} bytes"
+            );
+        }
+        let plaintext = vec![42u8; 3 * SEGMENT + 17];
+        let (env, prefix) = segmented(&v, &plaintext);
+        let seg = SEGMENT + TAG;
+        let (head, body) = env.split_at(prefix);
+        let segments: Vec<&[u8]> = body.chunks(seg).collect();
+        assert_eq!(segments.len(), 4);
+        let join = |parts: &[&[u8]]| [head, &parts.concat()].concat();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "swapped",
+                join(&[segments[1], segments[0], segments[2], segments[3]]),
+            ),
+            (
+                "duplicated",
+                join(&[
+                    segments[0],
+                    segments[0],
+                    segments[1],
+                    segments[2],
+                    segments[3],
+                ]),
+            ),
+            ("dropped", join(&[segments[0], segments[2], segments[3]])),
+            (
+                "truncated at a boundary",
+                join(&[segments[0], segments[1], segments[2]]),
+            ),
+            (
+                "last removed and a full one made last",
+                join(&[segments[0], segments[1]]),
+            ),
+            ("extended", [env.clone(), vec![0u8; 20]].concat()),
+            (
+                "extended by a segment",
+                join(&[
+                    segments[0],
+                    segments[1],
+                    segments[2],
+                    segments[3],
+                    segments[3],
+                ]),
+            ),
+        ];
+        for (what, bad) in cases {
+            assert_eq!(open(&v.dek, &bad, &v.context), Err(DecryptError), "{what}");
+        }
+    }
+
+    #[test]
+    fn headers_parse_incrementally() {
+        let v = documented_vector();
+        let prefix_len = 8 + u32::from_be_bytes(v.envelope[4..8].try_into().unwrap()) as usize;
+        for n in 0..prefix_len {
+            assert_eq!(
+                Header::parse(&v.envelope[..n]),
+                Ok(None),
+                "{n} bytes are not enough"
+            );
+        }
+        let (h, n) = Header::parse(&v.envelope).unwrap().unwrap();
+        assert_eq!(n, prefix_len);
+        assert_eq!(h.alias, "pii");
+        assert_eq!(h.wrapped_dek, v.wrapped_dek);
+        assert_eq!(Header::parse(b"XXXX"), Err(DecryptError));
+        let mut huge = v.envelope.clone();
+        huge[4..8].copy_from_slice(&(MAX_HEADER as u32 + 1).to_be_bytes());
+        assert_eq!(Header::parse(&huge), Err(DecryptError));
+    }
+}
