@@ -102,24 +102,30 @@ impl Service {
     where
         S: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static,
     {
-        let entry = self.authorize(caller, alias, Op::Envelope)?;
-        check_context(&context)?;
-        // Reading before answering lets a client that sent `Expect:
-        // 100-continue` start its upload now rather than after its timeout.
-        let first = input.next().await;
-        let dek = self
-            .data_keys()
-            .encrypt_dek(entry, &context, declared_len.unwrap_or(0))
-            .await?;
-        let header = new_header(
-            alias,
-            &entry.id,
-            &dek,
-            AlgorithmId::Aes256GcmHkdfSha256Segments64K,
-        );
-        let (mut sealer, prefix) =
-            Sealer::new(&dek.plaintext, header, &canonical_context(&context));
-        drop(dek);
+        let prelude = async {
+            let entry = self.authorize(caller, alias, Op::Envelope)?;
+            check_context(&context)?;
+            // Reading before answering lets a client that sent `Expect:
+            // 100-continue` start its upload now rather than after its timeout.
+            let first = input.next().await;
+            let dek = self
+                .data_keys()
+                .encrypt_dek(entry, &context, declared_len.unwrap_or(0))
+                .await?;
+            let header = new_header(
+                alias,
+                &entry.id,
+                &dek,
+                AlgorithmId::Aes256GcmHkdfSha256Segments64K,
+            );
+            let (sealer, prefix) =
+                Sealer::new(&dek.plaintext, header, &canonical_context(&context));
+            Ok::<_, ApiError>((sealer, prefix, first))
+        };
+        let (mut sealer, prefix, first) = match prelude.await {
+            Ok(ready) => ready,
+            Err(e) => return Err(discard_rest(input, e).await),
+        };
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         tokio::spawn(async move {
             if tx.send(Ok(Bytes::from(prefix))).await.is_err() {
@@ -168,45 +174,53 @@ impl Service {
     where
         S: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static,
     {
-        let entry = self.authorize(caller, alias, Op::Envelope)?;
-        check_context(&context)?;
-        let mut buf: Vec<u8> = Vec::with_capacity(2 * (SEGMENT + TAG));
-        let (header, prefix_len) = loop {
-            match Header::parse(&buf) {
-                Ok(Some(parsed)) => break parsed,
-                Ok(None) => match input.next().await {
-                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                    Some(Err(e)) => {
-                        return Err(ApiError::invalid(format!(
-                            "could not read the request body: {e}"
-                        )));
-                    }
-                    None => return Err(decryption_failed()),
-                },
-                Err(_) => return Err(decryption_failed()),
+        let prelude = async {
+            let entry = self.authorize(caller, alias, Op::Envelope)?;
+            check_context(&context)?;
+            let mut buf: Vec<u8> = Vec::with_capacity(2 * (SEGMENT + TAG));
+            let (header, prefix_len) = loop {
+                match Header::parse(&buf) {
+                    Ok(Some(parsed)) => break parsed,
+                    Ok(None) => match input.next().await {
+                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                        Some(Err(e)) => {
+                            return Err(ApiError::invalid(format!(
+                                "could not read the request body: {e}"
+                            )));
+                        }
+                        None => return Err(decryption_failed()),
+                    },
+                    Err(_) => return Err(decryption_failed()),
+                }
+            };
+            if header.alias != alias
+                || header.algorithm != AlgorithmId::Aes256GcmHkdfSha256Segments64K
+            {
+                return Err(decryption_failed());
             }
+            let dek = self
+                .data_keys()
+                .decrypt_dek(entry, &context, &header.wrapped_dek)
+                .await?;
+            let mut opener = Opener::new(
+                &dek.plaintext,
+                &header,
+                &buf[..prefix_len],
+                &canonical_context(&context),
+            )
+            .map_err(|_| decryption_failed())?;
+            drop(dek);
+            buf.drain(..prefix_len);
+            let first = next_segment(&mut buf, &mut input)
+                .await
+                .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
+            let first = open_segment(&mut opener, first).map_err(|_| decryption_failed())?;
+            Ok::<_, ApiError>((opener, buf, first))
         };
-        if header.alias != alias || header.algorithm != AlgorithmId::Aes256GcmHkdfSha256Segments64K
-        {
-            return Err(decryption_failed());
-        }
-        let dek = self
-            .data_keys()
-            .decrypt_dek(entry, &context, &header.wrapped_dek)
-            .await?;
-        let mut opener = Opener::new(
-            &dek.plaintext,
-            &header,
-            &buf[..prefix_len],
-            &canonical_context(&context),
-        )
-        .map_err(|_| decryption_failed())?;
-        drop(dek);
-        buf.drain(..prefix_len);
-        let first = next_segment(&mut buf, &mut input)
-            .await
-            .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
-        let first = open_segment(&mut opener, first).map_err(|_| decryption_failed())?;
+        let (mut opener, mut buf, first) = match prelude.await {
+            Ok(ready) => ready,
+            Err(e) => return Err(discard_rest(input, e).await),
+        };
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let alias = alias.to_owned();
         tokio::spawn(async move {
@@ -221,14 +235,37 @@ impl Service {
                     }),
                     Err(e) => Err(e),
                 };
-                let failed = result.is_err();
-                if tx.send(result).await.is_err() || failed {
+                if let Err(e) = result {
+                    let e = discard_rest(input, e).await;
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                if tx.send(result).await.is_err() {
                     return;
                 }
             }
         });
         Ok(rx)
     }
+}
+
+/// Reads and drops what is left of a refused upload (at most 8 MiB, 2 s), so
+/// that a client still sending gets the error rather than a broken pipe.
+async fn discard_rest<S, E>(mut input: S, error: E) -> E
+where
+    S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
+{
+    let drain = async {
+        let mut left: usize = 8 << 20;
+        while let Some(Ok(chunk)) = input.next().await {
+            left = match left.checked_sub(chunk.len()) {
+                Some(l) => l,
+                None => break,
+            };
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+    error
 }
 
 fn new_header(

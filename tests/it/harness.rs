@@ -77,6 +77,8 @@ impl Resp {
 pub struct Sidecar {
     pub dir: TempDir,
     pub socket: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
     secrets: Mutex<Vec<String>>,
@@ -128,6 +130,11 @@ impl Sidecar {
         let sidecar = Sidecar {
             dir,
             socket,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: Some(child),
             log,
             secrets: Mutex::new(Vec::new()),
@@ -168,7 +175,12 @@ impl Sidecar {
 
     /// Remembers a secret that must never appear in the log.
     pub fn secret(&self, s: impl Into<String>) {
-        let s = s.into();
+        let mut s: String = s.into();
+        // A prefix is enough: a leak of the whole contains it, and the scan
+        // stays fast with megabyte plaintexts.
+        if let Some((cut, _)) = s.char_indices().nth(64) {
+            s.truncate(cut);
+        }
         if s.len() >= 8 {
             self.secrets.lock().unwrap().push(s);
         }
@@ -283,6 +295,73 @@ impl Sidecar {
         })
     }
 
+    /// Stops the sidecar and starts it again in the same directory (same
+    /// keys, empty caches).
+    pub async fn restart(mut self) -> Sidecar {
+        self.terminate();
+        let leaked = self.leaked_secrets();
+        assert!(
+            leaked.is_empty(),
+            "secrets found in the sidecar log: {leaked:?}"
+        );
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let _ = std::fs::rename(
+            dir.path().join("sidecar.log"),
+            dir.path().join("sidecar.log.1"),
+        );
+        Self::spawn(dir, self.socket.clone(), &args, &env).await
+    }
+
+    /// A request whose body is streamed, on a connection of its own; the
+    /// response body is left to the caller to stream.
+    pub async fn stream_request<B>(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: B,
+    ) -> http::Response<hyper::body::Incoming>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .expect("connect");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = http::Request::post(path).header("host", "localhost");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        sender
+            .send_request(req.body(body).unwrap())
+            .await
+            .expect("send request")
+    }
+
+    /// The peak resident memory of the sidecar so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        kb * 1024
+    }
+
     /// Sends SIGTERM and waits for the exit (at most 30s).
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("still running");
@@ -306,15 +385,26 @@ impl Sidecar {
         std::mem::replace(&mut self.dir, placeholder)
     }
 
-    /// Every secret registered so far that appears in the log.
+    /// Every secret registered so far that appears in the log (one pass over
+    /// the log for all of them).
     pub fn leaked_secrets(&self) -> Vec<String> {
         let log = self.logs();
         let mut secrets = self.secrets.lock().unwrap().clone();
-        secrets.extend(key_material(self.dir.path()));
-        secrets
-            .into_iter()
-            .filter(|s| log.contains(s.as_str()))
-            .collect()
+        secrets.extend(
+            key_material(self.dir.path())
+                .into_iter()
+                .map(|m| m.chars().take(64).collect()),
+        );
+        secrets.sort();
+        secrets.dedup();
+        let matcher = aho_corasick::AhoCorasick::new(&secrets).expect("secret patterns");
+        let mut found: Vec<String> = matcher
+            .find_overlapping_iter(&log)
+            .map(|m| secrets[m.pattern().as_usize()].clone())
+            .collect();
+        found.sort();
+        found.dedup();
+        found
     }
 }
 

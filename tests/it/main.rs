@@ -7,6 +7,7 @@ mod api;
 mod callers;
 mod cli;
 mod docs;
+mod envelope;
 mod errors;
 mod interop;
 mod lifecycle;
