@@ -300,6 +300,27 @@ say "decrypt(encrypted_key) == plaintext_key"
 
 # --- MACs ---
 
+step "POST /v1/keys/aes-256/envelope/encrypt and decrypt (JSON, same context)"
+call POST /v1/keys/aes-256/envelope/encrypt "{\"plaintext\":\"$SECRET_B64\",\"context\":$CTX}"
+expect_status 200
+envelope="$(need envelope)"
+[[ "$(unb64 "$envelope" | head -c 4)" == "KSE1" ]] || fail "the envelope does not start with KSE1"
+call POST /v1/keys/aes-256/envelope/decrypt "{\"envelope\":\"$envelope\",\"context\":$CTX}"
+expect_status 200
+[[ "$(need plaintext)" == "$SECRET_B64" ]] || fail "the envelope did not open to the plaintext"
+say "envelope: $(unb64 "$envelope" | wc -c | tr -d ' ') bytes, opens to the plaintext"
+
+step "POST /v1/keys/aes-256/envelope/encrypt and decrypt (streamed, 1 MiB)"
+head -c 1048576 /dev/urandom >"$TMP/data.bin"
+curl -sS --unix-socket "$SOCK" -H 'content-type: application/octet-stream' -H "x-encryption-context: $CTX" \
+    --data-binary @"$TMP/data.bin" -o "$TMP/data.env" "$BASE/v1/keys/aes-256/envelope/encrypt" ||
+    fail "streamed envelope encryption failed"
+curl -sS --fail --unix-socket "$SOCK" -H 'content-type: application/octet-stream' -H "x-encryption-context: $CTX" \
+    --data-binary @"$TMP/data.env" -o "$TMP/data.out" "$BASE/v1/keys/aes-256/envelope/decrypt" ||
+    fail "streamed envelope decryption failed"
+cmp -s "$TMP/data.bin" "$TMP/data.out" || fail "the streamed round trip changed the data"
+say "1 MiB -> $(wc -c <"$TMP/data.env" | tr -d ' ') byte envelope -> the same 1 MiB"
+
 step "POST /v1/keys/hmac-256/mac"
 call POST /v1/keys/hmac-256/mac "{\"message\":\"$MSG_B64\"}"
 expect_status 200

@@ -64,9 +64,10 @@ async fn the_readme_tour_runs_as_written() {
             .iter()
             .filter(|l| l.contains(r#"{"plaintext":"c2VjcmV0"}"#))
             .count(),
-        2,
+        3,
         "{out}"
     );
+    assert!(lines.contains(&"streamed round trip ok"), "{out}");
     // The tour's secrets are plain literals in the README; register them for the log scan.
     s.secret("c2VjcmV0");
 }
