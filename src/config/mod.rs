@@ -583,6 +583,31 @@ limits: {max_batch: 0}
     }
 
     #[test]
+    fn data_key_cache_limits_are_validated() {
+        let text = "backends: {d: {type: local, dir: x}}\nkeys: {}\ncache: {data_keys: {ttl: 1m, refresh_ahead: 2m, max_messages: 0}}\n";
+        let Error::Invalid { problems, .. } = Config::parse(text, "t", &no_env()).unwrap_err()
+        else {
+            panic!("expected semantic problems")
+        };
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "cache.data_keys.refresh_ahead",
+                "cache.data_keys.max_messages"
+            ]
+        );
+        let text = "backends: {d: {type: local, dir: x}}\nkeys: {}\ncache: {data_keys: {max_bytes: 64MiB, ttl: 10m}}\n";
+        let c = Config::parse(text, "t", &no_env()).unwrap();
+        assert_eq!(c.cache.data_keys.max_bytes, ByteSize(64 << 20));
+        assert_eq!(
+            c.cache.data_keys.refresh_ahead,
+            Duration::from_secs(30),
+            "defaults fill the rest"
+        );
+    }
+
+    #[test]
     fn env_overrides_apply_and_are_validated() {
         let env: BTreeMap<String, String> = [
             (
