@@ -25,6 +25,11 @@ use zeroize::Zeroizing;
 /// the response.
 pub type Chunks = mpsc::Receiver<Result<Bytes, io::Error>>;
 
+/// A request body as a stream of bytes.
+pub trait ByteStream: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static {}
+
+impl<S: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static> ByteStream for S {}
+
 /// Chunks in flight between the sealing task and the connection.
 const CHANNEL_DEPTH: usize = 4;
 
@@ -91,17 +96,14 @@ impl Service {
     /// Streams `input` out as a segmented envelope (algorithm 2). Errors
     /// before the first byte (policy, data key) are returned; later ones
     /// abort the stream.
-    pub async fn envelope_encrypt_stream<S>(
+    pub async fn envelope_encrypt_stream<S: ByteStream>(
         &self,
         caller: &Caller,
         alias: &str,
         context: Context,
         declared_len: Option<u64>,
         mut input: S,
-    ) -> Result<Chunks, ApiError>
-    where
-        S: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static,
-    {
+    ) -> Result<Chunks, ApiError> {
         let prelude = async {
             let entry = self.authorize(caller, alias, Op::Envelope)?;
             check_context(&context)?;
@@ -164,16 +166,13 @@ impl Service {
     /// Streams the plaintext of a segmented envelope read from `input`. The
     /// header, the data key and the first segment are checked before
     /// answering, so those failures are ordinary errors.
-    pub async fn envelope_decrypt_stream<S>(
+    pub async fn envelope_decrypt_stream<S: ByteStream>(
         &self,
         caller: &Caller,
         alias: &str,
         context: Context,
         mut input: S,
-    ) -> Result<Chunks, ApiError>
-    where
-        S: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static,
-    {
+    ) -> Result<Chunks, ApiError> {
         let prelude = async {
             let entry = self.authorize(caller, alias, Op::Envelope)?;
             check_context(&context)?;
