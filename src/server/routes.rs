@@ -156,6 +156,30 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
     }
 }
 
+/// The HTTP response of a reply, with the request id and, for 405, `Allow`.
+fn into_response(reply: Reply, request_id: &str, allow: Option<&'static str>) -> Response<Body> {
+    let body = match reply.body {
+        ReplyBody::Full(bytes) => Full::new(bytes).map_err(|never| match never {}).boxed(),
+        ReplyBody::Stream(chunks) => {
+            let frames = futures_util::stream::unfold(chunks, |mut rx| async move {
+                rx.recv().await.map(|chunk| (chunk.map(Frame::data), rx))
+            });
+            BodyExt::boxed(StreamBody::new(frames))
+        }
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = reply.status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    if let Some(allow) = allow {
+        headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    }
+    response
+}
+
 fn ok<T: Serialize>(result: Result<T, ApiError>) -> Result<Reply, ApiError> {
     result.map(|v| json(StatusCode::OK, &v))
 }
@@ -224,28 +248,11 @@ impl Routes {
                 .with_label_values(&[op])
                 .observe(started.elapsed().as_secs_f64());
             tracing::debug!(status = reply.status.as_u16(), micros = started.elapsed().as_micros() as u64, "request done");
-            let body = match reply.body {
-                ReplyBody::Full(bytes) => Full::new(bytes).map_err(|never| match never {}).boxed(),
-                ReplyBody::Stream(chunks) => {
-                    let frames = futures_util::stream::unfold(chunks, |mut rx| async move {
-                        rx.recv().await.map(|chunk| (chunk.map(Frame::data), rx))
-                    });
-                    BodyExt::boxed(StreamBody::new(frames))
-                }
-            };
-            let mut response = Response::new(body);
-            *response.status_mut() = reply.status;
-            let headers = response.headers_mut();
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
-            if let Ok(v) = HeaderValue::from_str(&request_id) {
-                headers.insert(REQUEST_ID, v);
-            }
-            if reply.status == StatusCode::METHOD_NOT_ALLOWED
-                && let Some(route) = route
-            {
-                headers.insert(http::header::ALLOW, HeaderValue::from_static(if route.method() == Method::GET { "GET" } else { "POST" }));
-            }
-            response
+            let allow = (reply.status == StatusCode::METHOD_NOT_ALLOWED)
+                .then_some(route)
+                .flatten()
+                .map(|r| if r.method() == Method::GET { "GET" } else { "POST" });
+            into_response(reply, &request_id, allow)
         }
         .instrument(span)
         .await
