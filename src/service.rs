@@ -3,7 +3,7 @@
 //! this module decides.
 
 use crate::api::{self, ApiError, Code, b64};
-use crate::backend::{self, Backend, ErrorKind, KeyRef};
+use crate::backend::{self, Backend, KeyRef};
 use crate::cache::DataKeyCache;
 use crate::config::{Config, KeyConfig};
 use crate::crypto::{self, Algorithm, SignInput};
@@ -398,32 +398,23 @@ impl Service {
         let entry = self.authorize(caller, alias, Op::Verify)?;
         let input = sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
         let version = req.version.as_ref().map(|v| v.0.as_str());
-        let native = self
-            .call(
+        let verified = if entry.backend.verifies() {
+            let options = options(req.format, req.algorithm);
+            let native =
+                entry
+                    .backend
+                    .verify(entry.key_ref(), input, &req.signature.0, options, version);
+            self.call(entry, "verify", native).await?
+        } else {
+            self.verify_locally(
                 entry,
-                "verify",
-                entry.backend.verify(
-                    entry.key_ref(),
-                    input,
-                    &req.signature.0,
-                    options(req.format, req.algorithm),
-                    version,
-                ),
+                input,
+                &req.signature.0,
+                req.format,
+                version,
+                req.algorithm,
             )
-            .await;
-        let verified = match native {
-            Err(e) if e.kind == ErrorKind::OperationNotSupported => {
-                self.verify_locally(
-                    entry,
-                    input,
-                    &req.signature.0,
-                    req.format,
-                    version,
-                    req.algorithm,
-                )
-                .await?
-            }
-            other => other?,
+            .await?
         };
         Ok(api::VerifyResponse {
             valid: verified.valid,

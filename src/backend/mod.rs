@@ -252,8 +252,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
         options: SignOptions,
     ) -> Result<Signature, Error>;
 
-    /// Verifies with the KMS's own API. Backends without one keep the
-    /// default, and the service verifies locally with the public key.
+    /// Whether [`Backend::verify`] is the KMS's own verify API. When `false`
+    /// (the default) the service verifies locally with the cached public key
+    /// and never calls `verify`.
+    fn verifies(&self) -> bool {
+        false
+    }
+
+    /// Verifies with the KMS's own API (see [`Backend::verifies`]).
     async fn verify(
         &self,
         _key: KeyRef<'_>,
