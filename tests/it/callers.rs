@@ -143,3 +143,34 @@ async fn the_socket_gets_the_configured_mode() {
     let file = std::fs::metadata(s.dir.path().join("keys/k.json")).unwrap();
     assert_eq!(file.permissions().mode() & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn the_socket_gets_the_configured_group() {
+    let gid = nix::unistd::getegid().as_raw();
+    let config =
+        crate::harness::local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }")
+            + &format!("listen: {{ group: \"{gid}\" }}\n");
+    let s = Sidecar::start(&config).await;
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&s.socket).unwrap().gid(), gid);
+    drop(s);
+    let config =
+        crate::harness::local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }")
+            + "listen: { group: no-such-group-kms }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        config.replace("{dir}", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("KMS_SIDECAR_LISTEN__SOCKET", dir.path().join("s.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("group `no-such-group-kms` does not exist")
+    );
+}

@@ -253,3 +253,15 @@ async fn slow_headers_and_idle_connections_are_closed() {
         "{waited:?}"
     );
 }
+
+#[tokio::test]
+async fn sigint_stops_cleanly_too() {
+    let mut s = Sidecar::start(&local_config(
+        "  k: { backend: dev, key: k, algorithm: hmac-sha256 }",
+    ))
+    .await;
+    signal(s.pid(), nix::sys::signal::Signal::SIGINT);
+    let status = s.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(!s.socket.exists());
+}
