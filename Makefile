@@ -16,7 +16,7 @@ build:
 test: test-deps lint
 	$(CARGO) nextest run --all-targets --no-fail-fast
 
-## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv to act as another uid)
+## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv to act as another uid, moto as the AWS KMS test server)
 test-deps:
 	@missing=""; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
@@ -28,6 +28,10 @@ test-deps:
 	  $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get update -qq && $(APT_INSTALL) $$missing; \
 	fi
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
+	@python3 -c 'import moto.server' 2>/dev/null || { \
+	  python3 -m pip --version >/dev/null 2>&1 || { $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get update -qq && $(APT_INSTALL) python3-pip; }; \
+	  echo "installing moto (AWS KMS/STS test server)"; \
+	  python3 -m pip install -q 'moto[server]' || python3 -m pip install -q --break-system-packages 'moto[server]'; }
 
 ## lint: formatting and clippy, warnings are errors
 lint:

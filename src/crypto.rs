@@ -311,9 +311,124 @@ pub fn guess_format(algorithm: Algorithm, signature: &[u8]) -> SignatureFormat {
     }
 }
 
+/// A DER ECDSA signature (`SEQUENCE { INTEGER r, INTEGER s }`, as KMSs return
+/// it) as fixed-width `r‖s` with `n`-byte coordinates; `None` if malformed.
+pub fn ecdsa_der_to_raw(der: &[u8], n: usize) -> Option<Vec<u8>> {
+    let (tag, body, rest) = der_element(der)?;
+    if tag != 0x30 || !rest.is_empty() {
+        return None;
+    }
+    let mut out = vec![0u8; 2 * n];
+    let mut input = body;
+    for half in 0..2 {
+        let (tag, int, rest) = der_element(input)?;
+        if tag != 0x02 || int.is_empty() {
+            return None;
+        }
+        let int = match int {
+            [0, tail @ ..] if !tail.is_empty() => tail,
+            other => other,
+        };
+        if int.len() > n {
+            return None;
+        }
+        out[half * n + n - int.len()..(half + 1) * n].copy_from_slice(int);
+        input = rest;
+    }
+    input.is_empty().then_some(out)
+}
+
+/// Fixed-width `r‖s` as a DER ECDSA signature.
+pub fn ecdsa_raw_to_der(raw: &[u8], n: usize) -> Vec<u8> {
+    let int = |x: &[u8]| {
+        let x = &x[x
+            .iter()
+            .take_while(|b| **b == 0)
+            .count()
+            .min(x.len().saturating_sub(1))..];
+        let mut v = vec![0x02];
+        let pad = x.first().is_some_and(|b| b & 0x80 != 0);
+        v.push((x.len() + usize::from(pad)) as u8);
+        if pad {
+            v.push(0);
+        }
+        v.extend_from_slice(x);
+        v
+    };
+    let (r, s) = raw.split_at(n.min(raw.len()));
+    let body = [int(r), int(s)].concat();
+    let mut out = vec![0x30];
+    if body.len() >= 0x80 {
+        out.push(0x81);
+    }
+    out.push(body.len() as u8);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// One DER element: (tag, contents, what follows). Short and one-byte long
+/// lengths only, as ECDSA signatures up to P-521 need.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&len, rest) = rest.split_first()?;
+    let (len, rest) = match len {
+        0..=0x7f => (len as usize, rest),
+        0x81 => {
+            let (&l, rest) = rest.split_first()?;
+            (l as usize, rest)
+        }
+        _ => return None,
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ecdsa_signatures_convert_between_der_and_raw() {
+        use aws_lc_rs::signature::KeyPair;
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(
+            &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        let der_pair = signature::EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            pkcs8.as_ref(),
+        )
+        .unwrap();
+        let public = der_pair.public_key().as_ref().to_vec();
+        for i in 0..200u32 {
+            let msg = i.to_be_bytes();
+            let der = der_pair.sign(&rng, &msg).unwrap();
+            let raw = ecdsa_der_to_raw(der.as_ref(), 32).unwrap();
+            assert_eq!(raw.len(), 64);
+            let fixed =
+                signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &public);
+            assert!(
+                fixed.verify(&msg, &raw).is_ok(),
+                "raw form of signature {i} verifies"
+            );
+            assert_eq!(
+                ecdsa_raw_to_der(&raw, 32),
+                der.as_ref(),
+                "and converts back to the same DER"
+            );
+        }
+        assert_eq!(ecdsa_der_to_raw(b"\x30\x03\x02\x01", 32), None);
+        assert_eq!(
+            ecdsa_der_to_raw(&[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x00], 32),
+            None,
+            "trailing bytes"
+        );
+        let mut long = vec![0x30, 0x26, 0x02, 0x21];
+        long.extend([1u8; 33]);
+        long.extend([0x02, 0x01, 0x01]);
+        assert_eq!(ecdsa_der_to_raw(&long, 32), None, "r wider than the curve");
+    }
 
     #[test]
     fn algorithm_names_round_trip() {

@@ -6,6 +6,8 @@
 //! [`crate::service`]. Versions are strings, since KMSs name them differently
 //! (numbers, key-material ids, hex strings).
 
+#[cfg(feature = "aws")]
+pub mod aws;
 #[cfg(feature = "local")]
 pub mod local;
 
@@ -369,6 +371,8 @@ async fn build_one(
                 .map_err(|e| e.to_string())?;
             Ok(Arc::new(local))
         }
+        #[cfg(feature = "aws")]
+        BackendConfig::Aws(c) => Ok(Arc::new(aws::AwsBackend::new(c).await?)),
         #[allow(unreachable_patterns)]
         other => {
             let _ = keys;

@@ -114,12 +114,15 @@ impl Default for Listen {
 pub enum BackendConfig {
     /// Software keys in a local directory (development, tests).
     Local(LocalBackend),
+    /// AWS KMS.
+    Aws(AwsBackendConfig),
 }
 
 impl BackendConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             BackendConfig::Local(_) => "local",
+            BackendConfig::Aws(_) => "aws",
         }
     }
 }
@@ -130,6 +133,35 @@ impl BackendConfig {
 pub struct LocalBackend {
     /// Directory of key files (created 0700; files 0600).
     pub dir: PathBuf,
+}
+
+/// `type: aws`. Credentials come from the AWS default chain (IRSA web
+/// identity, EKS Pod Identity, environment), never from this file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsBackendConfig {
+    pub region: String,
+    /// KMS endpoint override (VPC endpoint, test server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// STS endpoint for `assume_role` (IRSA's web-identity exchange honours
+    /// `AWS_ENDPOINT_URL_STS` in the environment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sts_endpoint: Option<String>,
+    /// A role to assume on top of the default credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assume_role: Option<AssumeRole>,
+}
+
+/// `assume_role` of an AWS backend.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssumeRole {
+    pub role_arn: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
 }
 
 /// One key alias, as the app names it.

@@ -520,3 +520,80 @@ pub fn run_tool(program: &str, args: &[&str], hint: &str) -> (bool, String, Stri
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A moto server (AWS KMS and STS) on 127.0.0.1, started for one test.
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start python3 ({e}); `make test` installs moto with pip")
+            });
+        let mut moto = Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = s.write_all(b"GET /moto-api/ HTTP/1.0\r\n\r\n").await;
+                let mut head = [0u8; 12];
+                if s.read_exact(&mut head).await.is_ok() && head.ends_with(b"200") {
+                    return moto;
+                }
+            }
+            if let Some(status) = moto.child.try_wait().unwrap() {
+                panic!(
+                    "moto server exited ({status}): install it with `pip install 'moto[server]'` (`make test` does)"
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto server did not start in 60s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A KMS client of the test itself (static test credentials).
+    pub fn kms(&self) -> aws_sdk_kms::Client {
+        let config = aws_sdk_kms::config::Builder::new()
+            .behavior_version_latest()
+            .region(aws_sdk_kms::config::Region::new("us-east-1"))
+            .endpoint_url(&self.url)
+            .credentials_provider(aws_sdk_kms::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        aws_sdk_kms::Client::from_conf(config)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -4,6 +4,7 @@
 mod harness;
 
 mod api;
+mod aws;
 mod callers;
 mod cli;
 mod docs;
