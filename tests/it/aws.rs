@@ -321,3 +321,20 @@ async fn irsa_web_identity_credentials_work() {
         .await;
     assert_eq!(v["valid"], true);
 }
+
+#[tokio::test]
+async fn an_unreachable_kms_is_a_retryable_backend_unavailable() {
+    let moto = Moto::start().await;
+    let keys = create_keys(&moto).await;
+    let s = Sidecar::start_with_env(&config(&moto, &keys), &STATIC).await;
+    s.post_ok("/v1/keys/sig/sign", json!({"message": b64("while up")})).await;
+    drop(moto);
+    let started = std::time::Instant::now();
+    let r = s.post("/v1/keys/pii/encrypt", json!({"plaintext": b64("while down")})).await;
+    let v = r.expect(503, Some("backend_unavailable"));
+    assert_eq!(v["error"]["retryable"], true);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    // Signing keys whose metadata is cached fail the same way, not as a bug.
+    let r = s.post("/v1/keys/sig/sign", json!({"message": b64("while down")})).await;
+    r.expect(503, Some("backend_unavailable"));
+}
