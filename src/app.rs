@@ -36,8 +36,8 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config) -> Result<App, Error> {
-        let backends = backend::build(&config).await?;
         let metrics = Arc::new(Metrics::new());
+        let backends = backend::build(&config, &metrics).await?;
         let service = Arc::new(Service::new(&config, backends, metrics));
         Ok(App { config, service })
     }

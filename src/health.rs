@@ -9,8 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a backend health result is reused by `/readyz`.
+/// How long a good backend health result is reused by `/readyz`; a failure
+/// is checked again sooner.
 const HEALTH_TTL: Duration = Duration::from_secs(5);
+const FAILED_HEALTH_TTL: Duration = Duration::from_secs(1);
 
 /// The backends' cached health checks.
 #[derive(Debug)]
@@ -38,7 +40,14 @@ impl HealthChecks {
         for (name, backend) in &self.backends {
             let fresh = cache
                 .get(name)
-                .filter(|(at, _)| at.elapsed() < HEALTH_TTL)
+                .filter(|(at, h)| {
+                    at.elapsed()
+                        < if h.status == "ok" {
+                            HEALTH_TTL
+                        } else {
+                            FAILED_HEALTH_TTL
+                        }
+                })
                 .cloned();
             let (at, health) = match fresh {
                 Some(hit) => hit,

@@ -35,6 +35,11 @@ pub struct Metrics {
     /// `datakey_cache_backend_calls_total{key,op}`: KMS calls the cache made
     /// (`generate_data_key`, `decrypt`), refreshes included.
     pub datakey_backend_calls: IntCounterVec,
+    /// `credential_expiry_timestamp_seconds{backend}`: when the backend's
+    /// current credentials expire (0 for credentials without an expiry).
+    pub credential_expiry: prometheus::GaugeVec,
+    /// `credential_refresh_total{backend,outcome}`.
+    pub credential_refresh: IntCounterVec,
     /// Open connections on the socket.
     pub connections_open: IntGauge,
     /// Connections closed at accept because `limits.max_connections` was reached.
@@ -106,6 +111,22 @@ impl Metrics {
             &["key", "op"],
         )
         .expect("valid metric");
+        let credential_expiry = prometheus::GaugeVec::new(
+            Opts::new(
+                "credential_expiry_timestamp_seconds",
+                "When the backend's current credentials expire (Unix time)",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let credential_refresh = IntCounterVec::new(
+            Opts::new(
+                "credential_refresh_total",
+                "Background credential refreshes by outcome",
+            ),
+            &["backend", "outcome"],
+        )
+        .expect("valid metric");
         let connections_open =
             IntGauge::new("connections_open", "Open connections on the Unix socket")
                 .expect("valid metric");
@@ -122,6 +143,8 @@ impl Metrics {
             Box::new(datakey_cache_hits.clone()),
             Box::new(datakey_cache_misses.clone()),
             Box::new(datakey_backend_calls.clone()),
+            Box::new(credential_expiry.clone()),
+            Box::new(credential_refresh.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_rejected.clone()),
         ] {
@@ -138,6 +161,8 @@ impl Metrics {
             datakey_cache_hits,
             datakey_cache_misses,
             datakey_backend_calls,
+            credential_expiry,
+            credential_refresh,
             connections_open,
             connections_rejected,
         }

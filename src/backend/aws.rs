@@ -9,12 +9,15 @@ use super::{
 };
 use crate::config::AwsBackendConfig;
 use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
+use crate::metrics::Metrics;
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_config::meta::region::RegionProviderChain;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::future::ProvideCredentials as CredentialsFuture;
 use aws_sdk_kms::Client;
 use aws_sdk_kms::config::http::HttpResponse;
-use aws_sdk_kms::config::{Region, SharedCredentialsProvider};
+use aws_sdk_kms::config::{Credentials, ProvideCredentials, Region, SharedCredentialsProvider};
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::operation::RequestId;
 use aws_sdk_kms::primitives::Blob;
@@ -23,7 +26,7 @@ use aws_sdk_kms::types::{
 };
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use zeroize::Zeroizing;
 
@@ -37,8 +40,10 @@ const KEY_INFO_TTL: Duration = Duration::from_secs(300);
 /// AWS KMS in one region.
 pub struct AwsBackend {
     client: Client,
-    /// The credentials the client signs with, checked by `health()`.
-    credentials: Option<SharedCredentialsProvider>,
+    /// The credentials the client signs with, refreshed in the background.
+    credentials: Arc<Refreshed>,
+    /// Stops the refresh loop when the backend goes.
+    _refresher: AbortOnDrop,
     region: String,
     keys: Mutex<HashMap<String, (Instant, Arc<KeyInfo>)>>,
 }
@@ -63,14 +68,18 @@ struct KeyInfo {
 }
 
 impl AwsBackend {
-    pub async fn new(config: &AwsBackendConfig) -> Result<Self, String> {
+    pub async fn new(
+        name: &str,
+        config: &AwsBackendConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let region = RegionProviderChain::first_try(Region::new(config.region.clone()));
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .region(region)
             .load()
             .await;
         let mut kms = aws_sdk_kms::config::Builder::from(&sdk);
-        let mut credentials = sdk.credentials_provider();
+        let mut source = sdk.credentials_provider();
         if let Some(endpoint) = &config.endpoint {
             kms = kms.endpoint_url(endpoint);
         }
@@ -89,13 +98,29 @@ impl AwsBackend {
             if let Some(id) = &role.external_id {
                 provider = provider.external_id(id);
             }
-            let assumed = SharedCredentialsProvider::new(provider.build().await);
-            kms = kms.credentials_provider(assumed.clone());
-            credentials = Some(assumed);
+            source = Some(SharedCredentialsProvider::new(provider.build().await));
         }
+        let source = source.ok_or("no AWS credentials provider could be configured")?;
+        let credentials = Arc::new(Refreshed {
+            source,
+            current: RwLock::new(None),
+            last_error: RwLock::new(None),
+        });
+        kms = kms.credentials_provider(RefreshedProvider(credentials.clone()));
+        // Start with credentials when they come quickly, so a normal start is
+        // ready at once; the loop takes over either way.
+        let first = tokio::time::timeout(Duration::from_secs(5), credentials.fetch()).await;
+        let first = matches!(first, Ok(Ok(_)));
+        let refresher = tokio::spawn(refresh_loop(
+            name.to_owned(),
+            credentials.clone(),
+            metrics,
+            first,
+        ));
         Ok(Self {
             client: Client::from_conf(kms.build()),
             credentials,
+            _refresher: AbortOnDrop(refresher.abort_handle()),
             region: config.region.clone(),
             keys: Mutex::new(HashMap::new()),
         })
@@ -176,6 +201,119 @@ impl AwsBackend {
             .expect("never poisoned")
             .insert(key.id.to_owned(), (Instant::now(), info.clone()));
         Ok(info)
+    }
+}
+
+/// Credentials fetched ahead of their expiry by [`refresh_loop`], so that
+/// requests never wait on STS or the token file; the source chain re-reads
+/// the projected token file at every refresh.
+struct Refreshed {
+    source: SharedCredentialsProvider,
+    current: RwLock<Option<Credentials>>,
+    /// Why the last refresh failed (no secrets: provider errors name no keys).
+    last_error: RwLock<Option<String>>,
+}
+
+impl Refreshed {
+    /// The current credentials if they have not expired.
+    fn valid(&self) -> Option<Credentials> {
+        let current = self.current.read().expect("never poisoned").clone()?;
+        match current.expiry() {
+            Some(expiry) if expiry <= SystemTime::now() => None,
+            _ => Some(current),
+        }
+    }
+
+    async fn fetch(&self) -> Result<Credentials, CredentialsError> {
+        let fresh = self.source.provide_credentials().await?;
+        *self.current.write().expect("never poisoned") = Some(fresh.clone());
+        *self.last_error.write().expect("never poisoned") = None;
+        Ok(fresh)
+    }
+}
+
+#[derive(Clone)]
+struct RefreshedProvider(Arc<Refreshed>);
+
+impl fmt::Debug for RefreshedProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshedProvider")
+    }
+}
+
+impl ProvideCredentials for RefreshedProvider {
+    fn provide_credentials<'a>(&'a self) -> CredentialsFuture<'a>
+    where
+        Self: 'a,
+    {
+        match self.0.valid() {
+            Some(c) => CredentialsFuture::ready(Ok(c)),
+            // Not loaded yet or expired: fetch now rather than fail.
+            None => CredentialsFuture::new(self.0.fetch()),
+        }
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Refreshes credentials at ~70 % of their remaining lifetime (1–15 min),
+/// keeps the last good ones on failure and retries with backoff (5–60 s);
+/// exports their expiry and the refresh outcomes.
+async fn refresh_loop(
+    backend: String,
+    credentials: Arc<Refreshed>,
+    metrics: Arc<Metrics>,
+    mut fetched: bool,
+) {
+    let mut backoff = Duration::from_secs(5);
+    loop {
+        let result = match (fetched, credentials.valid()) {
+            (true, Some(c)) => Ok(c),
+            _ => credentials.fetch().await,
+        };
+        fetched = false;
+        let wait = match result {
+            Ok(c) => {
+                backoff = Duration::from_secs(5);
+                metrics
+                    .credential_refresh
+                    .with_label_values(&[&backend, "ok"])
+                    .inc();
+                let expiry = c.expiry();
+                let unix = expiry
+                    .and_then(|e| e.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map_or(0.0, |d| d.as_secs_f64());
+                metrics
+                    .credential_expiry
+                    .with_label_values(&[&backend])
+                    .set(unix);
+                let left = expiry
+                    .and_then(|e| e.duration_since(SystemTime::now()).ok())
+                    .unwrap_or(Duration::from_secs(900));
+                left.mul_f64(0.7)
+                    .clamp(Duration::from_secs(60), Duration::from_secs(900))
+            }
+            Err(e) => {
+                metrics
+                    .credential_refresh
+                    .with_label_values(&[&backend, "error"])
+                    .inc();
+                let reason = aws_sdk_kms::error::DisplayErrorContext(&e).to_string();
+                tracing::warn!(backend = %backend, error = %reason, "AWS credential refresh failed; keeping the last good credentials");
+                *credentials.last_error.write().expect("never poisoned") = Some(reason);
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -292,22 +430,24 @@ impl Backend for AwsBackend {
         "aws"
     }
 
+    /// Valid credentials from the background refresh; no KMS call.
     async fn health(&self) -> Result<(), Error> {
-        use aws_sdk_kms::config::ProvideCredentials;
-        let provider = self
+        if self.credentials.valid().is_some() {
+            return Ok(());
+        }
+        let reason = self
             .credentials
-            .as_ref()
-            .ok_or_else(|| Error::new(ErrorKind::Unauthenticated, "no AWS credentials provider"))?;
-        provider
-            .provide_credentials()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Unauthenticated,
-                    format!("no valid AWS credentials: {e}"),
-                )
-            })
+            .last_error
+            .read()
+            .expect("never poisoned")
+            .clone();
+        Err(Error::new(
+            ErrorKind::Unauthenticated,
+            format!(
+                "no valid AWS credentials: {}",
+                reason.as_deref().unwrap_or("not loaded yet")
+            ),
+        ))
     }
 
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {

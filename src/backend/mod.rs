@@ -13,6 +13,7 @@ pub mod local;
 
 use crate::config::{BackendConfig, Config, KeyConfig};
 use crate::crypto::{Algorithm, SignInput, SignatureFormat};
+use crate::metrics::Metrics;
 use async_trait::async_trait;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -333,7 +334,10 @@ pub struct BuildError {
 }
 
 /// Builds every configured backend, by name.
-pub async fn build(config: &Config) -> Result<BTreeMap<String, Arc<dyn Backend>>, BuildError> {
+pub async fn build(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<BTreeMap<String, Arc<dyn Backend>>, BuildError> {
     let mut out = BTreeMap::new();
     for (name, backend) in &config.backends {
         let keys: Vec<&KeyConfig> = config
@@ -341,7 +345,7 @@ pub async fn build(config: &Config) -> Result<BTreeMap<String, Arc<dyn Backend>>
             .values()
             .filter(|k| &k.backend == name)
             .collect();
-        let built = build_one(backend, &keys)
+        let built = build_one(name, backend, &keys, metrics)
             .await
             .map_err(|message| BuildError {
                 backend: name.clone(),
@@ -353,8 +357,10 @@ pub async fn build(config: &Config) -> Result<BTreeMap<String, Arc<dyn Backend>>
 }
 
 async fn build_one(
+    name: &str,
     backend: &BackendConfig,
     keys: &[&KeyConfig],
+    metrics: &Arc<Metrics>,
 ) -> Result<Arc<dyn Backend>, String> {
     match backend {
         #[cfg(feature = "local")]
@@ -372,10 +378,12 @@ async fn build_one(
             Ok(Arc::new(local))
         }
         #[cfg(feature = "aws")]
-        BackendConfig::Aws(c) => Ok(Arc::new(aws::AwsBackend::new(c).await?)),
+        BackendConfig::Aws(c) => Ok(Arc::new(
+            aws::AwsBackend::new(name, c, metrics.clone()).await?,
+        )),
         #[allow(unreachable_patterns)]
         other => {
-            let _ = keys;
+            let _ = (name, keys, metrics);
             Err(format!(
                 "type `{}` is not compiled into this build (cargo feature)",
                 other.kind()

@@ -327,14 +327,71 @@ async fn an_unreachable_kms_is_a_retryable_backend_unavailable() {
     let moto = Moto::start().await;
     let keys = create_keys(&moto).await;
     let s = Sidecar::start_with_env(&config(&moto, &keys), &STATIC).await;
-    s.post_ok("/v1/keys/sig/sign", json!({"message": b64("while up")})).await;
+    s.post_ok("/v1/keys/sig/sign", json!({"message": b64("while up")}))
+        .await;
     drop(moto);
     let started = std::time::Instant::now();
-    let r = s.post("/v1/keys/pii/encrypt", json!({"plaintext": b64("while down")})).await;
+    let r = s
+        .post(
+            "/v1/keys/pii/encrypt",
+            json!({"plaintext": b64("while down")}),
+        )
+        .await;
     let v = r.expect(503, Some("backend_unavailable"));
     assert_eq!(v["error"]["retryable"], true);
-    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
     // Signing keys whose metadata is cached fail the same way, not as a bug.
-    let r = s.post("/v1/keys/sig/sign", json!({"message": b64("while down")})).await;
+    let r = s
+        .post("/v1/keys/sig/sign", json!({"message": b64("while down")}))
+        .await;
     r.expect(503, Some("backend_unavailable"));
+}
+
+#[tokio::test]
+async fn credentials_are_refreshed_in_the_background_and_gate_readiness() {
+    let moto = Moto::start().await;
+    let keys = create_keys(&moto).await;
+    let s = Sidecar::start_with_env(&config(&moto, &keys), &STATIC).await;
+    let m = String::from_utf8(s.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        m.contains(r#"kms_sidecar_credential_refresh_total{backend="kms",outcome="ok"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"kms_sidecar_credential_expiry_timestamp_seconds{backend="kms"} 0"#),
+        "static keys never expire\n{m}"
+    );
+    drop(s);
+
+    // No credentials anywhere: not ready, with the reason, and calls say so.
+    let s = Sidecar::start_with_env(&config(&moto, &keys), &[]).await;
+    let r = s.get("/readyz").await;
+    assert_eq!(r.status, 503, "{:?}", r.json());
+    let v = r.json();
+    assert_eq!(v["backends"]["kms"]["status"], "error");
+    assert!(
+        v["backends"]["kms"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no valid AWS credentials"),
+        "{v}"
+    );
+    let r = s
+        .post("/v1/keys/sig/sign", json!({"message": b64("no creds")}))
+        .await;
+    assert!(
+        r.status == 401 || r.status == 503,
+        "{}: {:?}",
+        r.status,
+        r.json()
+    );
+    let m = String::from_utf8(s.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        m.contains(r#"kms_sidecar_credential_refresh_total{backend="kms",outcome="error"}"#),
+        "{m}"
+    );
 }

@@ -432,6 +432,8 @@ pub fn spawn_binary(cwd: &Path, args: &[&str], env: &[(&str, &str)], log: &Path)
         .env_remove("KMS_SIDECAR_CONFIG")
         .env("RUST_LOG", "debug")
         .env("KMS_SIDECAR_LOG__FORMAT", "json")
+        // Never let the AWS credential chain reach for a cloud metadata service.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().expect("log file"))
         .stderr(log_file);
