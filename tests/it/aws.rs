@@ -395,3 +395,30 @@ async fn credentials_are_refreshed_in_the_background_and_gate_readiness() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn assume_role_is_chained_on_top_of_the_default_credentials() {
+    let moto = Moto::start().await;
+    let keys = create_keys(&moto).await;
+    let config = config(&moto, &keys).replace(
+        &format!("endpoint: \"{}\" }}", moto.url),
+        &format!(
+            "endpoint: \"{url}\", sts_endpoint: \"{url}\", assume_role: {{ role_arn: \"arn:aws:iam::123456789012:role/payments\", session_name: sidecar, external_id: ext-1 }} }}",
+            url = moto.url
+        ),
+    );
+    assert!(config.contains("assume_role"), "{config}");
+    let s = Sidecar::start_with_env(&config, &STATIC).await;
+    assert_eq!(s.get("/readyz").await.ok()["status"], "ready");
+    let signed = s.post_ok("/v1/keys/sig/sign", json!({"message": b64("as the assumed role")})).await;
+    let v = s.post_ok("/v1/keys/sig/verify", json!({"message": b64("as the assumed role"), "signature": signed["signature"]})).await;
+    assert_eq!(v["valid"], true);
+    let m = String::from_utf8(s.get("/metrics").await.body.to_vec()).unwrap();
+    let expiry = m
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"kms_sidecar_credential_expiry_timestamp_seconds{backend="kms"} "#))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(expiry > now, "assumed-role credentials carry an expiry in the future: {expiry}");
+}
