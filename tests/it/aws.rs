@@ -410,15 +410,101 @@ async fn assume_role_is_chained_on_top_of_the_default_credentials() {
     assert!(config.contains("assume_role"), "{config}");
     let s = Sidecar::start_with_env(&config, &STATIC).await;
     assert_eq!(s.get("/readyz").await.ok()["status"], "ready");
-    let signed = s.post_ok("/v1/keys/sig/sign", json!({"message": b64("as the assumed role")})).await;
-    let v = s.post_ok("/v1/keys/sig/verify", json!({"message": b64("as the assumed role"), "signature": signed["signature"]})).await;
+    let signed = s
+        .post_ok(
+            "/v1/keys/sig/sign",
+            json!({"message": b64("as the assumed role")}),
+        )
+        .await;
+    let v = s
+        .post_ok(
+            "/v1/keys/sig/verify",
+            json!({"message": b64("as the assumed role"), "signature": signed["signature"]}),
+        )
+        .await;
     assert_eq!(v["valid"], true);
     let m = String::from_utf8(s.get("/metrics").await.body.to_vec()).unwrap();
     let expiry = m
         .lines()
-        .find_map(|l| l.strip_prefix(r#"kms_sidecar_credential_expiry_timestamp_seconds{backend="kms"} "#))
+        .find_map(|l| {
+            l.strip_prefix(r#"kms_sidecar_credential_expiry_timestamp_seconds{backend="kms"} "#)
+        })
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    assert!(expiry > now, "assumed-role credentials carry an expiry in the future: {expiry}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now,
+        "assumed-role credentials carry an expiry in the future: {expiry}"
+    );
+}
+
+#[tokio::test]
+async fn eks_pod_identity_credentials_come_from_the_agent_with_the_token_file() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let moto = Moto::start().await;
+    let keys = create_keys(&moto).await;
+    // A stand-in for the EKS Pod Identity agent on loopback: it records the
+    // Authorization header and hands out credentials.
+    let agent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_url = format!("http://{}/v1/credentials", agent.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen_by_agent = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = agent.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 8192];
+            let n = c.read(&mut buf).await.unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let auth = req
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("authorization: ")
+                        .or_else(|| l.strip_prefix("Authorization: "))
+                })
+                .unwrap_or("")
+                .to_owned();
+            seen_by_agent.lock().unwrap().push(auth);
+            let body = r#"{"AccessKeyId":"AKIAPODIDENTITY","SecretAccessKey":"pod-identity-secret","Token":"pod-identity-session","Expiration":"2099-01-01T00:00:00Z"}"#;
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = c.write_all(resp.as_bytes()).await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("eks-pod-identity-token");
+    std::fs::write(&token, "pod-identity-projected-token-1").unwrap();
+    let token_path = token.display().to_string();
+    let env = [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", agent_url.as_str()),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            token_path.as_str(),
+        ),
+    ];
+    let s = Sidecar::start_with_env(&config(&moto, &keys), &env).await;
+    s.secret("pod-identity-projected-token-1");
+    s.secret("pod-identity-secret");
+    assert_eq!(s.get("/readyz").await.ok()["status"], "ready");
+    s.post_ok(
+        "/v1/keys/sig/sign",
+        json!({"message": b64("via pod identity")}),
+    )
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|a| a == "pod-identity-projected-token-1"),
+        "{seen:?}"
+    );
+    let m = String::from_utf8(s.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        m.contains(r#"kms_sidecar_credential_expiry_timestamp_seconds{backend="kms"} 4070908800"#),
+        "{m}"
+    );
 }
