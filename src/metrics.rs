@@ -40,6 +40,8 @@ pub struct Metrics {
     pub credential_expiry: prometheus::GaugeVec,
     /// `credential_refresh_total{backend,outcome}`.
     pub credential_refresh: IntCounterVec,
+    /// `backend_failovers_total{backend,from,to}`: calls moved to a replica region.
+    pub backend_failovers: IntCounterVec,
     /// Open connections on the socket.
     pub connections_open: IntGauge,
     /// Connections closed at accept because `limits.max_connections` was reached.
@@ -127,6 +129,14 @@ impl Metrics {
             &["backend", "outcome"],
         )
         .expect("valid metric");
+        let backend_failovers = IntCounterVec::new(
+            Opts::new(
+                "backend_failovers_total",
+                "Backend calls that failed over to a replica region",
+            ),
+            &["backend", "from", "to"],
+        )
+        .expect("valid metric");
         let connections_open =
             IntGauge::new("connections_open", "Open connections on the Unix socket")
                 .expect("valid metric");
@@ -145,6 +155,7 @@ impl Metrics {
             Box::new(datakey_backend_calls.clone()),
             Box::new(credential_expiry.clone()),
             Box::new(credential_refresh.clone()),
+            Box::new(backend_failovers.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_rejected.clone()),
         ] {
@@ -163,6 +174,7 @@ impl Metrics {
             datakey_backend_calls,
             credential_expiry,
             credential_refresh,
+            backend_failovers,
             connections_open,
             connections_rejected,
         }

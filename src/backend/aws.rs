@@ -37,22 +37,47 @@ const MAX_RAW_MESSAGE: usize = 4096;
 /// How long `DescribeKey` results are reused for sign/verify decisions.
 const KEY_INFO_TTL: Duration = Duration::from_secs(300);
 
-/// AWS KMS in one region.
+/// AWS KMS: a primary region and, for multi-region keys, replica regions to
+/// fail over to.
 pub struct AwsBackend {
-    client: Client,
-    /// The credentials the client signs with, refreshed in the background.
+    name: String,
+    /// Primary first.
+    regions: Vec<Regional>,
+    /// The credentials every region's client signs with, refreshed in the background.
     credentials: Arc<Refreshed>,
     /// Stops the refresh loop when the backend goes.
     _refresher: AbortOnDrop,
-    region: String,
-    keys: Mutex<HashMap<String, (Instant, Arc<KeyInfo>)>>,
+    metrics: Arc<Metrics>,
 }
 
 impl fmt::Debug for AwsBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let regions: Vec<_> = self.regions.iter().map(|r| r.region.as_str()).collect();
         f.debug_struct("AwsBackend")
-            .field("region", &self.region)
+            .field("regions", &regions)
             .finish_non_exhaustive()
+    }
+}
+
+/// One region's client and key facts.
+struct Regional {
+    region: String,
+    client: Client,
+    keys: Mutex<HashMap<String, (Instant, Arc<KeyInfo>)>>,
+}
+
+impl Regional {
+    /// The key reference in this region: a key ARN names its region, so a
+    /// multi-region key's ARN is rewritten; ids and aliases are the same.
+    fn key_id(&self, id: &str) -> String {
+        let parts: Vec<&str> = id.split(':').collect();
+        if parts.len() >= 6 && parts[0] == "arn" && parts[2] == "kms" {
+            let mut parts = parts;
+            parts[3] = &self.region;
+            parts.join(":")
+        } else {
+            id.to_owned()
+        }
     }
 }
 
@@ -78,11 +103,7 @@ impl AwsBackend {
             .region(region)
             .load()
             .await;
-        let mut kms = aws_sdk_kms::config::Builder::from(&sdk);
         let mut source = sdk.credentials_provider();
-        if let Some(endpoint) = &config.endpoint {
-            kms = kms.endpoint_url(endpoint);
-        }
         if let Some(role) = &config.assume_role {
             let mut sts = sdk.clone().into_builder();
             if let Some(endpoint) = &config.sts_endpoint {
@@ -106,26 +127,56 @@ impl AwsBackend {
             current: RwLock::new(None),
             last_error: RwLock::new(None),
         });
-        kms = kms.credentials_provider(RefreshedProvider(credentials.clone()));
         // Start with credentials when they come quickly, so a normal start is
         // ready at once; the loop takes over either way.
         let first = tokio::time::timeout(Duration::from_secs(5), credentials.fetch()).await;
         let first = matches!(first, Ok(Ok(_)));
+        let primary = (config.region.clone(), config.endpoint.clone());
+        let replicas = config
+            .replica_regions
+            .iter()
+            .map(|r| r.region_and_endpoint());
+        let regions = std::iter::once(primary)
+            .chain(replicas)
+            .map(|(region, endpoint)| {
+                let mut kms = aws_sdk_kms::config::Builder::from(&sdk)
+                    .region(Region::new(region.clone()))
+                    .credentials_provider(RefreshedProvider(credentials.clone()));
+                if let Some(endpoint) = endpoint {
+                    kms = kms.endpoint_url(endpoint);
+                }
+                Regional {
+                    region,
+                    client: Client::from_conf(kms.build()),
+                    keys: Mutex::new(HashMap::new()),
+                }
+            })
+            .collect();
         let refresher = tokio::spawn(refresh_loop(
             name.to_owned(),
             credentials.clone(),
-            metrics,
+            metrics.clone(),
             first,
         ));
         Ok(Self {
-            client: Client::from_conf(kms.build()),
+            name: name.to_owned(),
+            regions,
             credentials,
             _refresher: AbortOnDrop(refresher.abort_handle()),
-            region: config.region.clone(),
-            keys: Mutex::new(HashMap::new()),
+            metrics,
         })
     }
 
+    fn note_failover(&self, key: KeyRef<'_>, from: &str, to: &str, error: &Error) {
+        self.metrics
+            .backend_failovers
+            .with_label_values(&[&self.name, from, to])
+            .inc();
+        tracing::warn!(backend = %self.name, key.alias = key.alias, from, to, error = %error, "failing over to a replica region");
+    }
+}
+
+impl Regional {
     /// [`Self::info`], refusing keys not made for `purpose` (KMS would too).
     async fn info_for(
         &self,
@@ -424,32 +475,7 @@ fn context_map(context: &Context) -> Option<HashMap<String, String>> {
     })
 }
 
-#[async_trait]
-impl Backend for AwsBackend {
-    fn kind(&self) -> &'static str {
-        "aws"
-    }
-
-    /// Valid credentials from the background refresh; no KMS call.
-    async fn health(&self) -> Result<(), Error> {
-        if self.credentials.valid().is_some() {
-            return Ok(());
-        }
-        let reason = self
-            .credentials
-            .last_error
-            .read()
-            .expect("never poisoned")
-            .clone();
-        Err(Error::new(
-            ErrorKind::Unauthenticated,
-            format!(
-                "no valid AWS credentials: {}",
-                reason.as_deref().unwrap_or("not loaded yet")
-            ),
-        ))
-    }
-
+impl Regional {
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
         self.keys.lock().expect("never poisoned").remove(key.id);
         let info = self.info(key).await?;
@@ -577,10 +603,6 @@ impl Backend for AwsBackend {
             algorithm,
             version: info.version.clone(),
         })
-    }
-
-    fn verifies(&self) -> bool {
-        true
     }
 
     async fn verify(
@@ -780,5 +802,137 @@ impl Backend for AwsBackend {
             .map_err(|e| kms_error(key, "RotateKeyOnDemand", e))?;
         self.keys.lock().expect("never poisoned").remove(key.id);
         Ok(self.info(key).await?.version.clone())
+    }
+}
+
+/// Runs a call in the primary region and, while it fails with a retryable
+/// error (unreachable, throttled, timed out), in the next replica region,
+/// with the key reference rewritten for that region.
+macro_rules! failover {
+    ($self:ident, $key:ident, |$r:ident, $k:ident| $call:expr) => {{
+        let mut answer = None;
+        for (i, $r) in $self.regions.iter().enumerate() {
+            let id = $r.key_id($key.id);
+            let $k = KeyRef {
+                alias: $key.alias,
+                id: &id,
+            };
+            match $call.await {
+                Err(e) if e.retryable && i + 1 < $self.regions.len() => {
+                    $self.note_failover($key, &$r.region, &$self.regions[i + 1].region, &e);
+                }
+                other => {
+                    answer = Some(other);
+                    break;
+                }
+            }
+        }
+        answer.expect("the last region always answers")
+    }};
+}
+
+#[async_trait]
+impl Backend for AwsBackend {
+    fn kind(&self) -> &'static str {
+        "aws"
+    }
+
+    /// Valid credentials from the background refresh; no KMS call.
+    async fn health(&self) -> Result<(), Error> {
+        if self.credentials.valid().is_some() {
+            return Ok(());
+        }
+        let reason = self
+            .credentials
+            .last_error
+            .read()
+            .expect("never poisoned")
+            .clone();
+        Err(Error::new(
+            ErrorKind::Unauthenticated,
+            format!(
+                "no valid AWS credentials: {}",
+                reason.as_deref().unwrap_or("not loaded yet")
+            ),
+        ))
+    }
+
+    async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
+        failover!(self, key, |r, k| r.metadata(k))
+    }
+
+    async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
+        failover!(self, key, |r, k| r.public_key(k, version))
+    }
+
+    async fn sign(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        options: SignOptions,
+    ) -> Result<Signature, Error> {
+        failover!(self, key, |r, k| r.sign(k, input, options))
+    }
+
+    fn verifies(&self) -> bool {
+        true
+    }
+
+    async fn verify(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        signature: &[u8],
+        options: SignOptions,
+        version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        failover!(self, key, |r, k| r
+            .verify(k, input, signature, options, version))
+    }
+
+    async fn encrypt(
+        &self,
+        key: KeyRef<'_>,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> Result<Sealed, Error> {
+        failover!(self, key, |r, k| r.encrypt(k, plaintext, context))
+    }
+
+    async fn decrypt(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Plaintext, Error> {
+        failover!(self, key, |r, k| r.decrypt(k, ciphertext, context))
+    }
+
+    async fn generate_data_key(
+        &self,
+        key: KeyRef<'_>,
+        bits: u32,
+        context: &Context,
+    ) -> Result<DataKey, Error> {
+        failover!(self, key, |r, k| r.generate_data_key(k, bits, context))
+    }
+
+    async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
+        failover!(self, key, |r, k| r.mac(k, message))
+    }
+
+    async fn verify_mac(
+        &self,
+        key: KeyRef<'_>,
+        message: &[u8],
+        mac: &[u8],
+        version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        failover!(self, key, |r, k| r.verify_mac(k, message, mac, version))
+    }
+
+    /// Rotation happens in the primary region (KMS replicates it).
+    async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
+        self.regions[0].rotate(key).await
     }
 }

@@ -151,6 +151,29 @@ pub struct AwsBackendConfig {
     /// A role to assume on top of the default credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assume_role: Option<AssumeRole>,
+    /// Regions to fail over to, in order, for multi-region keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replica_regions: Vec<ReplicaRegion>,
+}
+
+/// A replica region: its name, or `{region, endpoint}` for an endpoint
+/// override (VPC endpoint, test server).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum ReplicaRegion {
+    Name(String),
+    WithEndpoint { region: String, endpoint: String },
+}
+
+impl ReplicaRegion {
+    pub fn region_and_endpoint(&self) -> (String, Option<String>) {
+        match self {
+            ReplicaRegion::Name(r) => (r.clone(), None),
+            ReplicaRegion::WithEndpoint { region, endpoint } => {
+                (region.clone(), Some(endpoint.clone()))
+            }
+        }
+    }
 }
 
 /// `assume_role` of an AWS backend.

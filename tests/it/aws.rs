@@ -508,3 +508,72 @@ async fn eks_pod_identity_credentials_come_from_the_agent_with_the_token_file() 
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn calls_fail_over_to_the_replica_region_when_the_primary_is_down() {
+    // Two moto servers, one per region. moto cannot replicate a multi-region
+    // key across servers, so each region gets its own key under the same
+    // alias: enough to see where calls go.
+    let primary = Moto::start().await;
+    let replica = Moto::start().await;
+    for (moto, region) in [(&primary, "us-east-1"), (&replica, "eu-central-1")] {
+        let kms = moto.kms_in(region);
+        let key = kms
+            .create_key()
+            .key_spec(KeySpec::EccNistP256)
+            .key_usage(KeyUsageType::SignVerify)
+            .multi_region(true)
+            .send()
+            .await
+            .unwrap();
+        let id = key.key_metadata().unwrap().key_id().to_owned();
+        kms.create_alias()
+            .alias_name("alias/payments")
+            .target_key_id(id)
+            .send()
+            .await
+            .unwrap();
+    }
+    let config = format!(
+        r#"backends:
+  kms: {{ type: aws, region: us-east-1, endpoint: "{p}", replica_regions: [{{ region: eu-central-1, endpoint: "{r}" }}] }}
+keys:
+  pay: {{ backend: kms, key: alias/payments }}
+callers:
+  - {{ uids: [{uid}], keys: ["*"], ops: ["*"] }}
+"#,
+        p = primary.url,
+        r = replica.url,
+        uid = nix::unistd::geteuid().as_raw()
+    );
+    let s = Sidecar::start_with_env(&config, &STATIC).await;
+    assert_eq!(
+        s.get("/v1/keys/pay").await.ok()["details"]["region"],
+        "us-east-1"
+    );
+    s.post_ok("/v1/keys/pay/sign", json!({"message": b64("before")}))
+        .await;
+    drop(primary);
+    let signed = s
+        .post_ok(
+            "/v1/keys/pay/sign",
+            json!({"message": b64("after the primary went away")}),
+        )
+        .await;
+    let v = s.post_ok("/v1/keys/pay/verify", json!({"message": b64("after the primary went away"), "signature": signed["signature"]})).await;
+    assert_eq!(v["valid"], true);
+    assert_eq!(
+        s.get("/v1/keys/pay").await.ok()["details"]["region"],
+        "eu-central-1",
+        "metadata says which region served"
+    );
+    let m = String::from_utf8(s.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        m.contains(r#"kms_sidecar_backend_failovers_total{backend="kms",from="us-east-1",to="eu-central-1"}"#),
+        "{m}"
+    );
+    drop(replica);
+    s.post("/v1/keys/pay/sign", json!({"message": b64("nobody left")}))
+        .await
+        .expect(503, Some("backend_unavailable"));
+}

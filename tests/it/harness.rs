@@ -579,11 +579,15 @@ impl Moto {
         }
     }
 
-    /// A KMS client of the test itself (static test credentials).
+    /// A KMS client of the test itself (static test credentials), us-east-1.
     pub fn kms(&self) -> aws_sdk_kms::Client {
+        self.kms_in("us-east-1")
+    }
+
+    pub fn kms_in(&self, region: &str) -> aws_sdk_kms::Client {
         let config = aws_sdk_kms::config::Builder::new()
             .behavior_version_latest()
-            .region(aws_sdk_kms::config::Region::new("us-east-1"))
+            .region(aws_sdk_kms::config::Region::new(region.to_owned()))
             .endpoint_url(&self.url)
             .credentials_provider(aws_sdk_kms::config::Credentials::new(
                 "testing", "testing", None, None, "test",
