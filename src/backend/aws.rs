@@ -153,6 +153,7 @@ impl AwsBackend {
             })
             .collect();
         let refresher = tokio::spawn(refresh_loop(
+            config.credential_refresh,
             name.to_owned(),
             credentials.clone(),
             metrics.clone(),
@@ -314,10 +315,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Refreshes credentials at ~70 % of their remaining lifetime (1–15 min),
+/// Refreshes credentials at ~70 % of their remaining lifetime (within
+/// `credential_refresh`, default 1–15 min),
 /// keeps the last good ones on failure and retries with backoff (5–60 s);
 /// exports their expiry and the refresh outcomes.
 async fn refresh_loop(
+    bounds: crate::config::RefreshBounds,
     backend: String,
     credentials: Arc<Refreshed>,
     metrics: Arc<Metrics>,
@@ -348,8 +351,7 @@ async fn refresh_loop(
                 let left = expiry
                     .and_then(|e| e.duration_since(SystemTime::now()).ok())
                     .unwrap_or(Duration::from_secs(900));
-                left.mul_f64(0.7)
-                    .clamp(Duration::from_secs(60), Duration::from_secs(900))
+                left.mul_f64(0.7).clamp(bounds.min.0, bounds.max.0)
             }
             Err(e) => {
                 metrics
@@ -361,7 +363,7 @@ async fn refresh_loop(
                 *credentials.last_error.write().expect("never poisoned") = Some(reason);
                 let wait = backoff;
                 backoff = (backoff * 2).min(Duration::from_secs(60));
-                wait
+                wait.min(bounds.max.0)
             }
         };
         tokio::time::sleep(wait).await;

@@ -154,6 +154,27 @@ pub struct AwsBackendConfig {
     /// Regions to fail over to, in order, for multi-region keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replica_regions: Vec<ReplicaRegion>,
+    /// When credentials are refreshed: at 70 % of their remaining lifetime,
+    /// but no sooner than `min` and no later than `max` after the last refresh.
+    #[serde(default)]
+    pub credential_refresh: RefreshBounds,
+}
+
+/// Bounds of a background credential refresh interval.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefreshBounds {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for RefreshBounds {
+    fn default() -> Self {
+        Self {
+            min: Duration::from_secs(60),
+            max: Duration::from_secs(900),
+        }
+    }
 }
 
 /// A replica region: its name, or `{region, endpoint}` for an endpoint
@@ -498,6 +519,17 @@ impl Config {
                 if !matches_any {
                     bad(at, format!("`{pattern}` matches no key in `keys`"));
                 }
+            }
+        }
+        for (name, backend) in &self.backends {
+            if let BackendConfig::Aws(aws) = backend
+                && (aws.credential_refresh.min > aws.credential_refresh.max
+                    || aws.credential_refresh.min.0.is_zero())
+            {
+                bad(
+                    format!("backends.{name}.credential_refresh"),
+                    "`min` must be above zero and at most `max`".into(),
+                );
             }
         }
         let dk = &self.cache.data_keys;

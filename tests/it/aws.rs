@@ -577,3 +577,63 @@ callers:
         .await
         .expect(503, Some("backend_unavailable"));
 }
+
+#[tokio::test]
+async fn the_token_file_is_reread_at_every_refresh_and_the_last_good_credentials_are_kept() {
+    let moto = Moto::start().await;
+    let keys = create_keys(&moto).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "projected-token-one").unwrap();
+    let token_path = token.display().to_string();
+    let env = [
+        ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/kms-sidecar"),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_path.as_str()),
+        ("AWS_ENDPOINT_URL_STS", moto.url.as_str()),
+    ];
+    let config = config(&moto, &keys).replace(
+        &format!("endpoint: \"{}\" }}", moto.url),
+        &format!(
+            "endpoint: \"{}\", credential_refresh: {{ min: 200ms, max: 300ms }} }}",
+            moto.url
+        ),
+    );
+    let s = Sidecar::start_with_env(&config, &env).await;
+    s.secret("projected-token-one");
+    s.secret("projected-token-two");
+    let refreshes = |outcome: &'static str| {
+        let s = &s;
+        async move {
+            let m = String::from_utf8(s.get("/metrics").await.body.to_vec()).unwrap();
+            m.lines()
+                .find_map(|l| l.strip_prefix(&format!(r#"kms_sidecar_credential_refresh_total{{backend="kms",outcome="{outcome}"}} "#)))
+                .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+        }
+    };
+    // The kubelet rotates the token file; a missing file fails the refresh,
+    // which keeps the last good credentials serving.
+    std::fs::remove_file(&token).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(
+        refreshes("error").await >= 1,
+        "a refresh read the (missing) file again"
+    );
+    s.post_ok(
+        "/v1/keys/sig/sign",
+        json!({"message": b64("still serving")}),
+    )
+    .await;
+    assert_eq!(s.get("/readyz").await.ok()["status"], "ready");
+    std::fs::write(&token, "projected-token-two").unwrap();
+    let ok_before = refreshes("ok").await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(
+        refreshes("ok").await > ok_before,
+        "refreshes pick up the new file without a restart"
+    );
+    s.post_ok(
+        "/v1/keys/sig/sign",
+        json!({"message": b64("after the new token")}),
+    )
+    .await;
+}
