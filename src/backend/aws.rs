@@ -103,7 +103,10 @@ impl AwsBackend {
             .region(region)
             .load()
             .await;
-        let mut source = sdk.credentials_provider();
+        let mut source = match WebIdentity::from_env(&sdk, config) {
+            Some(web_identity) => Some(SharedCredentialsProvider::new(web_identity)),
+            None => sdk.credentials_provider(),
+        };
         if let Some(role) = &config.assume_role {
             let mut sts = sdk.clone().into_builder();
             if let Some(endpoint) = &config.sts_endpoint {
@@ -119,7 +122,12 @@ impl AwsBackend {
             if let Some(id) = &role.external_id {
                 provider = provider.external_id(id);
             }
-            source = Some(SharedCredentialsProvider::new(provider.build().await));
+            source = match source {
+                Some(base) => Some(SharedCredentialsProvider::new(
+                    provider.build_from_provider(base).await,
+                )),
+                None => Some(SharedCredentialsProvider::new(provider.build().await)),
+            };
         }
         let source = source.ok_or("no AWS credentials provider could be configured")?;
         let credentials = Arc::new(Refreshed {
@@ -253,6 +261,89 @@ impl Regional {
             .expect("never poisoned")
             .insert(key.id.to_owned(), (Instant::now(), info.clone()));
         Ok(info)
+    }
+}
+
+/// IRSA's web-identity exchange with a configured `sts_endpoint` (aws-config's
+/// own provider takes a custom STS endpoint only from the environment). The
+/// projected token is read from its file at every exchange and never kept.
+struct WebIdentity {
+    sts: aws_sdk_sts::Client,
+    role_arn: String,
+    token_file: std::path::PathBuf,
+    session_name: String,
+}
+
+impl fmt::Debug for WebIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebIdentity")
+            .field("role_arn", &self.role_arn)
+            .field("token_file", &self.token_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebIdentity {
+    /// Set up when `sts_endpoint` is configured and the pod has IRSA's
+    /// `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE`.
+    fn from_env(sdk: &aws_config::SdkConfig, config: &AwsBackendConfig) -> Option<Self> {
+        let endpoint = config.sts_endpoint.as_ref()?;
+        let role_arn = std::env::var("AWS_ROLE_ARN").ok()?;
+        let token_file = std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE")?.into();
+        let session_name =
+            std::env::var("AWS_ROLE_SESSION_NAME").unwrap_or_else(|_| "kms-sidecar".into());
+        let sts = aws_sdk_sts::config::Builder::from(sdk)
+            .endpoint_url(endpoint)
+            .build();
+        Some(Self {
+            sts: aws_sdk_sts::Client::from_conf(sts),
+            role_arn,
+            token_file,
+            session_name,
+        })
+    }
+
+    async fn exchange(&self) -> Result<Credentials, CredentialsError> {
+        let token = Zeroizing::new(tokio::fs::read_to_string(&self.token_file).await.map_err(
+            |e| {
+                CredentialsError::provider_error(format!(
+                    "reading {}: {e}",
+                    self.token_file.display()
+                ))
+            },
+        )?);
+        let out = self
+            .sts
+            .assume_role_with_web_identity()
+            .role_arn(&self.role_arn)
+            .role_session_name(&self.session_name)
+            .web_identity_token(token.trim())
+            .send()
+            .await
+            .map_err(|e| {
+                CredentialsError::provider_error(
+                    aws_sdk_kms::error::DisplayErrorContext(e).to_string(),
+                )
+            })?;
+        let c = out
+            .credentials()
+            .ok_or_else(|| CredentialsError::provider_error("STS returned no credentials"))?;
+        Ok(Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_owned()),
+            SystemTime::try_from(*c.expiration()).ok(),
+            "kms-sidecar-web-identity",
+        ))
+    }
+}
+
+impl ProvideCredentials for WebIdentity {
+    fn provide_credentials<'a>(&'a self) -> CredentialsFuture<'a>
+    where
+        Self: 'a,
+    {
+        CredentialsFuture::new(self.exchange())
     }
 }
 

@@ -144,8 +144,8 @@ pub struct AwsBackendConfig {
     /// KMS endpoint override (VPC endpoint, test server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// STS endpoint for `assume_role` (IRSA's web-identity exchange honours
-    /// `AWS_ENDPOINT_URL_STS` in the environment).
+    /// STS endpoint (VPC endpoint, test server) for IRSA's web-identity
+    /// exchange and for `assume_role`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sts_endpoint: Option<String>,
     /// A role to assume on top of the default credentials.

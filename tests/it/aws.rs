@@ -586,16 +586,16 @@ async fn the_token_file_is_reread_at_every_refresh_and_the_last_good_credentials
     let token = dir.path().join("token");
     std::fs::write(&token, "projected-token-one").unwrap();
     let token_path = token.display().to_string();
+    // IRSA with the STS endpoint from the config (a private VPC endpoint, here moto).
     let env = [
         ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/kms-sidecar"),
         ("AWS_WEB_IDENTITY_TOKEN_FILE", token_path.as_str()),
-        ("AWS_ENDPOINT_URL_STS", moto.url.as_str()),
     ];
     let config = config(&moto, &keys).replace(
         &format!("endpoint: \"{}\" }}", moto.url),
         &format!(
-            "endpoint: \"{}\", credential_refresh: {{ min: 200ms, max: 300ms }} }}",
-            moto.url
+            "endpoint: \"{url}\", sts_endpoint: \"{url}\", credential_refresh: {{ min: 200ms, max: 300ms }} }}",
+            url = moto.url
         ),
     );
     let s = Sidecar::start_with_env(&config, &env).await;
