@@ -12,6 +12,7 @@ use serde_json::json;
 
 struct Keys {
     ec: String,
+    ec_arn: String,
     rsa: String,
     hmac: String,
 }
@@ -38,8 +39,21 @@ async fn create_keys(moto: &Moto) -> Keys {
         .send()
         .await
         .expect("CreateAlias");
+    let ec = create(KeySpec::EccNistP256, KeyUsageType::SignVerify).await;
+    let ec_arn = kms
+        .describe_key()
+        .key_id(&ec)
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned();
     Keys {
-        ec: create(KeySpec::EccNistP256, KeyUsageType::SignVerify).await,
+        ec,
+        ec_arn,
         rsa: create(KeySpec::Rsa2048, KeyUsageType::SignVerify).await,
         hmac: create(KeySpec::Hmac256, KeyUsageType::GenerateVerifyMac).await,
     }
@@ -51,6 +65,7 @@ fn config(moto: &Moto, keys: &Keys) -> String {
   kms: {{ type: aws, region: us-east-1, endpoint: "{url}" }}
 keys:
   sig:  {{ backend: kms, key: "{ec}", ops: ["*"] }}
+  byarn: {{ backend: kms, key: "{ec_arn}" }}
   rsa:  {{ backend: kms, key: "{rsa}" }}
   pii:  {{ backend: kms, key: "alias/pii", ops: ["*"] }}
   hook: {{ backend: kms, key: "{hmac}" }}
@@ -60,6 +75,7 @@ callers:
 "#,
         url = moto.url,
         ec = keys.ec,
+        ec_arn = keys.ec_arn,
         rsa = keys.rsa,
         hmac = keys.hmac,
         uid = nix::unistd::geteuid().as_raw()
@@ -90,6 +106,19 @@ async fn every_operation_works_against_kms() {
             .starts_with("arn:aws:kms:us-east-1:")
     );
     assert_eq!(s.get("/v1/keys/pii").await.ok()["algorithm"], "aes-256-gcm");
+    let by_arn = s
+        .post_ok("/v1/keys/byarn/sign", json!({"message": b64("by ARN")}))
+        .await;
+    let v = s
+        .post_ok(
+            "/v1/keys/sig/verify",
+            json!({"message": b64("by ARN"), "signature": by_arn["signature"]}),
+        )
+        .await;
+    assert_eq!(
+        v["valid"], true,
+        "keys by id, alias and ARN name the same key"
+    );
     let pk = s.get("/v1/keys/sig/public-key").await.ok();
     assert_eq!(pk["jwk"]["crv"], "P-256");
 
@@ -636,4 +665,72 @@ async fn the_token_file_is_reread_at_every_refresh_and_the_last_good_credentials
         json!({"message": b64("after the new token")}),
     )
     .await;
+}
+
+#[tokio::test]
+async fn throttling_is_retried_with_backoff_then_a_clean_retryable_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // moto never throttles: a loopback endpoint answers every KMS call with
+    // the ThrottlingException wire error and counts the attempts.
+    let kms = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", kms.local_addr().unwrap());
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = attempts.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = kms.accept().await else {
+                return;
+            };
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                while let Ok(n) = c.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
+                    let resp = format!(
+                        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: throttle-req-1\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if c.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let config = format!(
+        "backends:\n  kms: {{ type: aws, region: us-east-1, endpoint: \"{url}\" }}\nkeys:\n  pii: {{ backend: kms, key: alias/pii }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
+        nix::unistd::geteuid().as_raw()
+    );
+    let s = Sidecar::start_with_env(&config, &STATIC).await;
+    let r = s
+        .post("/v1/keys/pii/encrypt", json!({"plaintext": b64("x")}))
+        .await;
+    let v = r.expect(503, Some("backend_unavailable"));
+    assert_eq!(v["error"]["retryable"], true);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ThrottlingException"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("throttle-req-1"),
+        "the request id is kept: {v}"
+    );
+    let n = attempts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n >= 2, "the SDK retried throttling ({n} attempts)");
+    assert!(
+        s.logs().contains("throttle-req-1"),
+        "the request id is in the log"
+    );
+    // A throttled KMS is not an unhealthy one.
+    assert_eq!(s.get("/readyz").await.ok()["status"], "ready");
 }
