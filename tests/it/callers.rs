@@ -157,20 +157,10 @@ async fn the_socket_gets_the_configured_group() {
     let config =
         crate::harness::local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }")
             + "listen: { group: no-such-group-kms }\n";
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.yaml");
-    std::fs::write(
-        &path,
-        config.replace("{dir}", &dir.path().display().to_string()),
-    )
-    .unwrap();
-    let out = std::process::Command::new(crate::harness::BIN)
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .env("KMS_SIDECAR_LISTEN__SOCKET", dir.path().join("s.sock"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let (code, _, err) = crate::harness::run_with_config(&["serve", "--config"], &config, &[]);
+    assert_eq!(code, Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("group `no-such-group-kms` does not exist")
+        err.contains("group `no-such-group-kms` does not exist"),
+        "{err}"
     );
 }

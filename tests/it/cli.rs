@@ -1,27 +1,10 @@
 //! The binary's command line: `config check`, exit codes, env overrides.
 
-use crate::harness::{BIN, Sidecar, local_config};
+use crate::harness::{BIN, Sidecar, local_config, run_with_config};
 use std::process::Command;
 
 fn check(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.yaml");
-    std::fs::write(
-        &path,
-        config.replace("{dir}", &dir.path().display().to_string()),
-    )
-    .unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["config", "check", path.to_str().unwrap()]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_with_config(&["config", "check"], config, env)
 }
 
 #[test]
@@ -103,18 +86,10 @@ fn bad_configs_exit_2_naming_the_field() {
 
 #[test]
 fn a_missing_local_key_without_an_algorithm_exits_2() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = local_config("  k: { backend: dev, key: k }")
-        .replace("{dir}", &dir.path().display().to_string());
-    let path = dir.path().join("c.yaml");
-    std::fs::write(&path, config).unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .env("KMS_SIDECAR_LISTEN__SOCKET", dir.path().join("s.sock"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no `algorithm` is configured"));
+    let config = local_config("  k: { backend: dev, key: k }");
+    let (code, _, err) = run_with_config(&["serve", "--config"], &config, &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no `algorithm` is configured"), "{err}");
 }
 
 #[tokio::test]

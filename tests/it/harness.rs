@@ -443,6 +443,38 @@ pub fn spawn_binary(cwd: &Path, args: &[&str], env: &[(&str, &str)], log: &Path)
     cmd.spawn().expect("start kms-sidecar")
 }
 
+/// Runs the binary once — `config check`, or a `serve` that should exit at
+/// start — with `config` written to a fresh temporary directory (`{dir}`
+/// replaced; the socket, if any, goes there too). `command` comes before the
+/// config path. Returns (exit code, stdout, stderr).
+pub fn run_with_config(
+    command: &[&str],
+    config: &str,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        config.replace("{dir}", &dir.path().display().to_string()),
+    )
+    .expect("write config");
+    let mut cmd = Command::new(BIN);
+    cmd.args(command)
+        .arg(&path)
+        .env("KMS_SIDECAR_LISTEN__SOCKET", dir.path().join("s.sock"))
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run kms-sidecar");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
