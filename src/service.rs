@@ -232,9 +232,10 @@ impl Service {
             .versions
             .iter()
             .find(|v| v.version == m.current_version)
-            .map_or(m.created, |v| v.created);
+            .and_then(|v| v.created)
+            .or(m.created);
         let period = entry.rotation_period.or(m.rotation_period);
-        let next = period.and_then(|p| last.checked_add(p));
+        let next = period.and_then(|p| last?.checked_add(p));
         let should_rotate = next.is_some_and(|n| SystemTime::now() >= n);
         let time = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
         Ok(api::KeyMetadataResponse {
@@ -247,11 +248,11 @@ impl Service {
             ops: entry.ops(m.algorithm),
             current_version: m.current_version,
             versions: m.versions,
-            created: time(m.created),
+            created: m.created.map(time),
             rotation: api::Rotation {
                 enabled: period.is_some(),
                 period_seconds: period.map(|p| p.as_secs()),
-                last: time(last),
+                last: last.map(time),
                 next: next.map(time),
                 should_rotate,
             },

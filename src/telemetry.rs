@@ -6,9 +6,20 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub fn init(log: &Log) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| EnvFilter::try_new(s).is_ok())
+        .unwrap_or_else(|| log.level.clone());
+    let mut filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    // vaultrs logs every Vault error answer at ERROR and rustify traces each
+    // request; the vault backend logs failures itself, with context. Quiet
+    // them unless asked for by name.
+    for noisy in ["vaultrs", "rustify"] {
+        if !spec.contains(noisy) {
+            filter =
+                filter.add_directive(format!("{noisy}=off").parse().expect("a valid directive"));
+        }
+    }
     let json = match log.format {
         LogFormat::Json => true,
         LogFormat::Text => false,

@@ -291,7 +291,9 @@ pub struct KeyMetadataResponse {
     pub ops: Vec<Op>,
     pub current_version: String,
     pub versions: Vec<VersionInfo>,
-    pub created: String,
+    /// Absent when the backend does not say (transit HMAC keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
     pub rotation: Rotation,
     pub origin: crate::backend::Origin,
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -305,8 +307,8 @@ pub struct Rotation {
     pub enabled: bool,
     /// The rotation period in seconds.
     pub period_seconds: Option<u64>,
-    /// When the current version was created.
-    pub last: String,
+    /// When the current version was created (if the backend says).
+    pub last: Option<String>,
     /// When the current version is due for rotation.
     pub next: Option<String>,
     pub should_rotate: bool,

@@ -4,8 +4,8 @@
 //! Identity, environment — optionally chained into an `assume_role`.
 
 use super::{
-    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey,
-    Sealed, SignOptions, Signature, Verified, VersionInfo,
+    AbortOnDrop, Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin,
+    Plaintext, PublicKey, Sealed, SignOptions, Signature, Verified, VersionInfo,
 };
 use crate::config::AwsBackendConfig;
 use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
@@ -397,15 +397,6 @@ impl ProvideCredentials for RefreshedProvider {
     }
 }
 
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Refreshes credentials at ~70 % of their remaining lifetime (within
 /// `credential_refresh`, default 1–15 min),
 /// keeps the last good ones on failure and retries with backoff (5–60 s);
@@ -598,7 +589,7 @@ impl Regional {
         }
         let mut versions = vec![VersionInfo {
             version: info.version.clone(),
-            created: info.created,
+            created: Some(info.created),
             enabled: true,
         }];
         if let Ok(rotations) = self
@@ -616,7 +607,7 @@ impl Regional {
                         version: r.key_material_id()?.to_owned(),
                         created: r
                             .rotation_date()
-                            .and_then(|d| SystemTime::try_from(*d).ok())?,
+                            .and_then(|d| SystemTime::try_from(*d).ok()),
                         enabled: true,
                     })
                 })
@@ -627,7 +618,7 @@ impl Regional {
             algorithm: info.algorithm,
             current_version: info.version.clone(),
             versions,
-            created: info.created,
+            created: Some(info.created),
             origin: info.origin,
             rotation_period,
             details,

@@ -10,6 +10,8 @@
 pub mod aws;
 #[cfg(feature = "local")]
 pub mod local;
+#[cfg(feature = "vault")]
+pub mod vault;
 
 use crate::config::{BackendConfig, Config, KeyConfig};
 use crate::crypto::{Algorithm, SignInput, SignatureFormat};
@@ -199,8 +201,10 @@ pub enum Origin {
 #[derive(Debug, Clone, Serialize)]
 pub struct VersionInfo {
     pub version: String,
-    #[serde(serialize_with = "rfc3339")]
-    pub created: SystemTime,
+    /// When the version was made, if the backend says (transit does not for
+    /// HMAC keys).
+    #[serde(serialize_with = "rfc3339", skip_serializing_if = "Option::is_none")]
+    pub created: Option<SystemTime>,
     /// Whether this version still verifies, decrypts and unwraps.
     pub enabled: bool,
 }
@@ -212,7 +216,8 @@ pub struct KeyMetadata {
     pub current_version: String,
     /// Every version, oldest first.
     pub versions: Vec<VersionInfo>,
-    pub created: SystemTime,
+    /// When the key was made, if the backend says.
+    pub created: Option<SystemTime>,
     pub origin: Origin,
     /// The backend's rotation schedule, where it has one.
     pub rotation_period: Option<std::time::Duration>,
@@ -221,8 +226,11 @@ pub struct KeyMetadata {
 }
 
 /// Serializes a time as RFC 3339 (UTC, seconds).
-pub fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_seconds(*t))
+pub fn rfc3339<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.collect_str(&humantime::format_rfc3339_seconds(*t)),
+        None => s.serialize_none(),
+    }
 }
 
 /// A KMS behind kms-sidecar.
@@ -325,6 +333,17 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
 }
 
+/// Aborts a background task (a credential refresh loop) when dropped.
+#[cfg(any(feature = "aws", feature = "vault"))]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+#[cfg(any(feature = "aws", feature = "vault"))]
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Why backends could not be built from the config.
 #[derive(Debug, thiserror::Error)]
 #[error("backend `{backend}`: {message}")]
@@ -380,6 +399,10 @@ async fn build_one(
         #[cfg(feature = "aws")]
         BackendConfig::Aws(c) => Ok(Arc::new(
             aws::AwsBackend::new(name, c, metrics.clone()).await?,
+        )),
+        #[cfg(feature = "vault")]
+        BackendConfig::Vault(c) => Ok(Arc::new(
+            vault::VaultBackend::new(name, c, metrics.clone()).await?,
         )),
         #[allow(unreachable_patterns)]
         other => {

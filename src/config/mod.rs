@@ -116,6 +116,8 @@ pub enum BackendConfig {
     Local(LocalBackend),
     /// AWS KMS.
     Aws(AwsBackendConfig),
+    /// HashiCorp Vault or OpenBao transit.
+    Vault(VaultBackendConfig),
 }
 
 impl BackendConfig {
@@ -123,6 +125,7 @@ impl BackendConfig {
         match self {
             BackendConfig::Local(_) => "local",
             BackendConfig::Aws(_) => "aws",
+            BackendConfig::Vault(_) => "vault",
         }
     }
 }
@@ -158,6 +161,103 @@ pub struct AwsBackendConfig {
     /// but no sooner than `min` and no later than `max` after the last refresh.
     #[serde(default)]
     pub credential_refresh: RefreshBounds,
+}
+
+/// `type: vault`: HashiCorp Vault or OpenBao, transit secrets engine.
+/// `address`, `namespace` and `ca_file` default to `$VAULT_ADDR`,
+/// `$VAULT_NAMESPACE` and `$VAULT_CACERT`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultBackendConfig {
+    /// `https://vault:8200`; default `$VAULT_ADDR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Mount path of the transit engine.
+    #[serde(default = "default_transit_mount")]
+    pub mount: String,
+    /// Vault Enterprise / OpenBao namespace (`X-Vault-Namespace`); default
+    /// `$VAULT_NAMESPACE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// PEM bundle of CAs to trust for Vault's certificate; default
+    /// `$VAULT_CACERT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// Timeout of one HTTP call to Vault.
+    #[serde(default = "default_vault_timeout")]
+    pub timeout: Duration,
+    pub auth: VaultAuth,
+}
+
+fn default_transit_mount() -> String {
+    "transit".into()
+}
+
+fn default_vault_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// How the sidecar gets its Vault token, selected by `method`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum VaultAuth {
+    /// A token in a file (written by an operator or another agent), re-read
+    /// when it changes.
+    Token(VaultTokenAuth),
+    /// AppRole: role id and secret id from files.
+    Approle(VaultAppRoleAuth),
+    /// Kubernetes auth with the pod's projected service-account token.
+    Kubernetes(VaultRoleAuth),
+    /// JWT/OIDC auth with a projected service-account token (clusters whose
+    /// issuer Vault trusts).
+    Jwt(VaultRoleAuth),
+}
+
+impl VaultAuth {
+    pub fn method(&self) -> &'static str {
+        match self {
+            VaultAuth::Token(_) => "token",
+            VaultAuth::Approle(_) => "approle",
+            VaultAuth::Kubernetes(_) => "kubernetes",
+            VaultAuth::Jwt(_) => "jwt",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultTokenAuth {
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultAppRoleAuth {
+    /// Mount path of the auth method; default `approle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    pub role_id_file: PathBuf,
+    pub secret_id_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultRoleAuth {
+    /// Mount path of the auth method; default: the method's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// The Vault role to log in as.
+    pub role: String,
+    /// The projected service-account token, re-read at every login. Default
+    /// for `kubernetes`: the pod's own token
+    /// (`/var/run/secrets/kubernetes.io/serviceaccount/token`); required for `jwt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Bounds of a background credential refresh interval.
@@ -532,6 +632,37 @@ impl Config {
                 );
             }
         }
+        for (name, backend) in &self.backends {
+            let BackendConfig::Vault(vault) = backend else {
+                continue;
+            };
+            let at = format!("backends.{name}");
+            if let Some(address) = &vault.address
+                && let Err(why) = check_vault_address(address)
+            {
+                bad(format!("{at}.address"), why);
+            }
+            if vault.mount.trim_matches('/').is_empty() {
+                bad(format!("{at}.mount"), "must name the transit mount".into());
+            }
+            if vault.client_cert.is_some() != vault.client_key.is_some() {
+                bad(
+                    format!("{at}.client_cert"),
+                    "`client_cert` and `client_key` go together".into(),
+                );
+            }
+            if vault.timeout.0.is_zero() {
+                bad(format!("{at}.timeout"), "must be above zero".into());
+            }
+            if let VaultAuth::Jwt(jwt) = &vault.auth
+                && jwt.token_file.is_none()
+            {
+                bad(
+                    format!("{at}.auth.token_file"),
+                    "the `jwt` method needs the token file to log in with".into(),
+                );
+            }
+        }
         let dk = &self.cache.data_keys;
         if dk.ttl.0 < std::time::Duration::from_millis(100) {
             bad(
@@ -591,6 +722,17 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Why a Vault address cannot be used: it must be an absolute `http(s)` URL.
+pub fn check_vault_address(address: &str) -> Result<(), String> {
+    let uri: http::Uri = address
+        .parse()
+        .map_err(|_| "is not a URL (like https://vault:8200)".to_owned())?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(()),
+        _ => Err("must be an http:// or https:// URL with a host".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -639,6 +781,52 @@ mod tests {
             err.contains("listen.drain_timeout") && err.contains("duration"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn vault_backends_parse_and_are_checked() {
+        let text = r#"
+backends:
+  v: {type: vault, address: "https://vault:8200", namespace: team,
+      auth: {method: kubernetes, role: app, token_file: /var/run/secrets/tokens/vault}}
+  a: {type: vault, auth: {method: approle, role_id_file: /r, secret_id_file: /s}}
+keys: {k: {backend: v, key: k}}
+"#;
+        let c = Config::parse(text, "t", &no_env()).unwrap();
+        let BackendConfig::Vault(v) = &c.backends["v"] else {
+            panic!("not vault")
+        };
+        assert_eq!(v.mount, "transit");
+        assert_eq!(v.timeout, Duration::from_secs(10));
+        assert!(matches!(&v.auth, VaultAuth::Kubernetes(r) if r.role == "app"));
+
+        let text = r#"
+backends:
+  v: {type: vault, address: "vault:8200", mount: "/", timeout: 0s, client_cert: /c,
+      auth: {method: jwt, role: app}}
+  w: {type: vault, auth: {method: token, token_file: /t, role: x}}
+keys: {k: {backend: v, key: k}}
+"#;
+        let err = Config::parse(text, "t", &no_env()).unwrap_err().to_string();
+        assert!(err.contains("role"), "unknown auth field: {err}");
+        let text = text.replace(
+            "\n  w: {type: vault, auth: {method: token, token_file: /t, role: x}}",
+            "",
+        );
+        let Error::Invalid { problems, .. } = Config::parse(&text, "t", &no_env()).unwrap_err()
+        else {
+            panic!("expected semantic problems")
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for field in [
+            "backends.v.address",
+            "backends.v.mount",
+            "backends.v.timeout",
+            "backends.v.client_cert",
+            "backends.v.auth.token_file",
+        ] {
+            assert!(fields.contains(&field), "{field} missing from {fields:?}");
+        }
     }
 
     #[test]

@@ -12,3 +12,5 @@ mod envelope;
 mod errors;
 mod interop;
 mod lifecycle;
+#[cfg(feature = "vault")]
+mod vault;

@@ -214,11 +214,11 @@ impl Backend for LocalBackend {
                 .iter()
                 .map(|v| VersionInfo {
                     version: v.number.to_string(),
-                    created: v.created,
+                    created: Some(v.created),
                     enabled: true,
                 })
                 .collect(),
-            created: k.versions[0].created,
+            created: Some(k.versions[0].created),
             origin: Origin::Software,
             rotation_period: None,
             details: [(
