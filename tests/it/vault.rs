@@ -624,6 +624,37 @@ callers:
     .await
     .expect(422, Some("decryption_failed"));
 
+    // Throttled by a rate-limit quota (429): retried, then a retryable 503
+    // naming the quota; readiness is unaffected.
+    bao.api(
+        "POST",
+        "sys/quotas/rate-limit/transit",
+        json!({"path": "transit/", "rate": 1, "interval": "30s"}),
+    )
+    .await;
+    let mut throttled = None;
+    for _ in 0..3 {
+        let r = s.post("/v1/keys/ec/sign", msg.clone()).await;
+        if r.status != 200 {
+            throttled = Some(r);
+            break;
+        }
+    }
+    let v = throttled
+        .expect("a 1-per-30s quota throttles the second call")
+        .expect(503, Some("backend_unavailable"));
+    assert_eq!(v["error"]["retryable"], true, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rate limit quota exceeded"),
+        "{v}"
+    );
+    assert_eq!(s.get("/readyz").await.status, 200);
+    bao.api("DELETE", "sys/quotas/rate-limit/transit", Value::Null)
+        .await;
+
     // Sealed: not ready, and calls are 503 backend_unavailable.
     bao.api("PUT", "sys/seal", Value::Null).await;
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -690,12 +721,13 @@ async fn token_file_in_a_namespace_is_re_read_when_it_changes() {
     let file = creds.path().join("token");
     write(&file, &format!("{first}\n"));
     let cfg = format!(
-        "backends:\n  vault:\n    type: vault\n    address: {}\n    namespace: team\n    auth: {{ method: token, token_file: {} }}\nkeys:\n  ec: {{ backend: vault, key: ec }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
+        "backends:\n  vault:\n    type: vault\n    address: {}\n    auth: {{ method: token, token_file: {} }}\nkeys:\n  ec: {{ backend: vault, key: ec }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
         bao.url,
         file.display(),
         nix::unistd::getuid()
     );
-    let s = Sidecar::start(&cfg).await;
+    // The namespace comes from VAULT_NAMESPACE (or `namespace:` in the config).
+    let s = Sidecar::start_with_env(&cfg, &[("VAULT_NAMESPACE", "team")]).await;
     s.secret(first.clone());
     ready(&s).await;
     s.post_ok("/v1/keys/ec/sign", json!({"message": b64(b"m")}))
