@@ -51,9 +51,7 @@ impl App {
         let listener = server::bind(&listen.socket, listen.mode.0, listen.group.as_deref())?;
         let settings = Settings {
             socket: listen.socket.clone(),
-            max_connections: self.config.limits.max_connections,
-            max_body: usize::try_from(self.config.limits.max_body.0).unwrap_or(usize::MAX),
-            header_timeout: self.config.limits.header_timeout.0,
+            limits: self.config.limits.clone(),
             drain_timeout: listen.drain_timeout.0,
         };
         let (trigger, shutdown) = shutdown::channel();
@@ -61,7 +59,7 @@ impl App {
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| Error::Probes { addr, source })?;
-            let routes = Arc::new(Routes::new(self.service.clone(), settings.max_body));
+            let routes = Arc::new(Routes::new(self.service.clone(), &settings.limits));
             tokio::spawn(crate::admin::serve(tcp, routes, shutdown.clone().wait()));
             tracing::info!(%addr, "probe listener ready");
         }

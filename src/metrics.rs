@@ -42,6 +42,12 @@ pub struct Metrics {
     pub credential_refresh: IntCounterVec,
     /// `backend_failovers_total{backend,from,to}`: calls moved to a replica region.
     pub backend_failovers: IntCounterVec,
+    /// `circuit_breaker_state{backend}`: 0 closed, 1 open, 2 half-open.
+    pub circuit_breaker_state: prometheus::IntGaugeVec,
+    /// `backend_retries_total{backend}`: retried backend calls.
+    pub backend_retries: IntCounterVec,
+    /// `rate_limited_total`: requests refused by `limits.per_caller`.
+    pub rate_limited: prometheus::IntCounter,
     /// Open connections on the socket.
     pub connections_open: IntGauge,
     /// Connections closed at accept because `limits.max_connections` was reached.
@@ -137,6 +143,27 @@ impl Metrics {
             &["backend", "from", "to"],
         )
         .expect("valid metric");
+        let circuit_breaker_state = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "circuit_breaker_state",
+                "Circuit breaker of each backend: 0 closed, 1 open, 2 half-open",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let backend_retries = IntCounterVec::new(
+            Opts::new(
+                "backend_retries_total",
+                "Backend calls retried after a retryable failure",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let rate_limited = prometheus::IntCounter::new(
+            "rate_limited_total",
+            "Requests refused by the per-caller rate limit",
+        )
+        .expect("valid metric");
         let connections_open =
             IntGauge::new("connections_open", "Open connections on the Unix socket")
                 .expect("valid metric");
@@ -156,6 +183,9 @@ impl Metrics {
             Box::new(credential_expiry.clone()),
             Box::new(credential_refresh.clone()),
             Box::new(backend_failovers.clone()),
+            Box::new(circuit_breaker_state.clone()),
+            Box::new(backend_retries.clone()),
+            Box::new(rate_limited.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_rejected.clone()),
         ] {
@@ -175,6 +205,9 @@ impl Metrics {
             credential_expiry,
             credential_refresh,
             backend_failovers,
+            circuit_breaker_state,
+            backend_retries,
+            rate_limited,
             connections_open,
             connections_rejected,
         }

@@ -71,6 +71,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub retryable: bool,
+    /// Seconds for a `Retry-After` header (`rate_limited`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -80,6 +82,7 @@ impl ApiError {
             status: code.status(),
             message: message.into(),
             retryable: false,
+            retry_after: None,
         }
     }
 
@@ -131,6 +134,10 @@ impl From<backend::Error> for ApiError {
     }
 }
 
+/// Deepest nesting of arrays and objects a request body may have (API
+/// bodies need 3; serde_json alone would allow 128).
+pub const MAX_JSON_DEPTH: usize = 16;
+
 /// Parses a JSON request body. An empty body reads as `{}`. Errors name the
 /// field and why, without quoting the value that was sent.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -139,6 +146,11 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     } else {
         body
     };
+    if json_depth(body) > MAX_JSON_DEPTH {
+        return Err(ApiError::invalid(format!(
+            "request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
+        )));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -156,6 +168,33 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     de.end()
         .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}")))?;
     Ok(value)
+}
+
+/// The deepest nesting of `[` and `{` outside strings, in one pass (the
+/// parser rejects malformed JSON afterwards).
+fn json_depth(body: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// Drops the quoted input from serde's "invalid type/value" messages (it may be
@@ -186,6 +225,15 @@ fn sanitize(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_depth_ignores_brackets_in_strings() {
+        assert_eq!(super::json_depth(br#"{"a":[1,{"b":"[[[{{{"}]}"#), 3);
+        assert_eq!(super::json_depth(br#"{"a":"\"[[["}"#), 1);
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        let err = super::parse_json::<serde_json::Value>(deep.as_bytes()).unwrap_err();
+        assert!(err.message.contains("deeper than 16"), "{}", err.message);
+    }
+
     use super::*;
     use crate::api::{EncryptRequest, SignRequest};
 

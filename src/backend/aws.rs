@@ -147,7 +147,10 @@ impl AwsBackend {
         let regions = std::iter::once(primary)
             .chain(replicas)
             .map(|(region, endpoint)| {
+                // Retries are the shared layer's (backend/resilient.rs), the
+                // same for every backend; replica failover stays here.
                 let mut kms = aws_sdk_kms::config::Builder::from(&sdk)
+                    .retry_config(aws_config::retry::RetryConfig::disabled())
                     .region(Region::new(region.clone()))
                     .credentials_provider(RefreshedProvider(credentials.clone()));
                 if let Some(endpoint) = endpoint {

@@ -10,6 +10,7 @@
 pub mod aws;
 #[cfg(feature = "local")]
 pub mod local;
+pub mod resilient;
 #[cfg(feature = "vault")]
 pub mod vault;
 
@@ -364,13 +365,24 @@ pub async fn build(
             .values()
             .filter(|k| &k.backend == name)
             .collect();
-        let built = build_one(name, backend, &keys, metrics)
+        let (timeout, retries, circuit) = backend.resilience();
+        let timeout = timeout.unwrap_or(config.limits.backend_timeout).0;
+        let built = build_one(name, backend, &keys, timeout, metrics)
             .await
             .map_err(|message| BuildError {
                 backend: name.clone(),
                 message,
             })?;
-        out.insert(name.clone(), built);
+        let wrapped = resilient::Resilient::new(
+            name,
+            built,
+            timeout,
+            retries,
+            circuit,
+            config.limits.backend_concurrency,
+            metrics.clone(),
+        );
+        out.insert(name.clone(), Arc::new(wrapped) as Arc<dyn Backend>);
     }
     Ok(out)
 }
@@ -379,6 +391,7 @@ async fn build_one(
     name: &str,
     backend: &BackendConfig,
     keys: &[&KeyConfig],
+    timeout: std::time::Duration,
     metrics: &Arc<Metrics>,
 ) -> Result<Arc<dyn Backend>, String> {
     match backend {
@@ -402,11 +415,11 @@ async fn build_one(
         )),
         #[cfg(feature = "vault")]
         BackendConfig::Vault(c) => Ok(Arc::new(
-            vault::VaultBackend::new(name, c, metrics.clone()).await?,
+            vault::VaultBackend::new(name, c, timeout, metrics.clone()).await?,
         )),
         #[allow(unreachable_patterns)]
         other => {
-            let _ = (name, keys, metrics);
+            let _ = (name, keys, timeout, metrics);
             Err(format!(
                 "type `{}` is not compiled into this build (cargo feature)",
                 other.kind()

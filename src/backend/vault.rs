@@ -27,7 +27,7 @@ use crate::config::{VaultAuth, VaultBackendConfig};
 use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use rustify::endpoint::Endpoint;
@@ -78,9 +78,10 @@ impl VaultBackend {
     pub async fn new(
         name: &str,
         config: &VaultBackendConfig,
+        timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let base = base_client(config)?;
+        let base = base_client(config, timeout)?;
         let session = Arc::new(Session {
             backend: name.to_owned(),
             base,
@@ -110,7 +111,7 @@ impl VaultBackend {
 
 /// The token-less client: address, TLS, namespace and timeout, from the
 /// config with `VAULT_ADDR`, `VAULT_CACERT`, `VAULT_NAMESPACE` as defaults.
-fn base_client(config: &VaultBackendConfig) -> Result<VaultClient, String> {
+fn base_client(config: &VaultBackendConfig, timeout: Duration) -> Result<VaultClient, String> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let address = config
         .address
@@ -124,7 +125,7 @@ fn base_client(config: &VaultBackendConfig) -> Result<VaultClient, String> {
     settings
         .address(&address)
         .token("")
-        .timeout(Some(config.timeout.0))
+        .timeout(Some(timeout))
         // TLS is always verified (VAULT_SKIP_VERIFY is ignored), and the
         // client certificate comes from the config only.
         .verify(true)
@@ -840,29 +841,16 @@ impl VaultBackend {
         format!("{}/{op}/{}", self.mount, key.id)
     }
 
-    /// Runs a Vault call with the current token, maps its error, and retries
-    /// what may succeed later (429, 5xx, unreachable) with exponential
-    /// backoff: 3 attempts, 100 ms–1 s apart, jittered.
+    /// Runs a Vault call with the current token and maps its error
+    /// (retries and the circuit breaker are the shared layer's,
+    /// [`super::resilient`]).
     async fn call<T, F, Fut>(&self, key: KeyRef<'_>, op: &str, f: F) -> Result<T, Error>
     where
-        F: Fn(Arc<Token>) -> Fut,
+        F: FnOnce(Arc<Token>) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
-        let attempt = || async {
-            let token = self.session.token()?;
-            f(token).await.map_err(|e| self.error(key, op, &e))
-        };
-        attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(1))
-                    .with_max_times(2)
-                    .with_jitter(),
-            )
-            .sleep(tokio::time::sleep)
-            .when(|e: &Error| e.retryable)
-            .await
+        let token = self.session.token()?;
+        f(token).await.map_err(|e| self.error(key, op, &e))
     }
 
     /// Our error for a Vault one (SPEC §4), logged with Vault's reasons.

@@ -6,7 +6,7 @@ mod env;
 mod units;
 
 pub use env::{Env, ProcessEnv};
-pub use units::{ByteSize, Duration, Mode};
+pub use units::{ByteSize, Duration, Mode, Rate};
 
 use crate::crypto::Algorithm;
 use crate::policy::OpOrAll;
@@ -121,6 +121,16 @@ pub enum BackendConfig {
 }
 
 impl BackendConfig {
+    /// The per-call timeout (unset: `limits.backend_timeout`), retries and
+    /// circuit breaker every backend takes.
+    pub fn resilience(&self) -> (Option<Duration>, Retries, Circuit) {
+        match self {
+            BackendConfig::Local(c) => (c.timeout, c.retries, c.circuit),
+            BackendConfig::Aws(c) => (c.timeout, c.retries, c.circuit),
+            BackendConfig::Vault(c) => (c.timeout, c.retries, c.circuit),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             BackendConfig::Local(_) => "local",
@@ -136,6 +146,15 @@ impl BackendConfig {
 pub struct LocalBackend {
     /// Directory of key files (created 0700; files 0600).
     pub dir: PathBuf,
+    /// Timeout of one backend call; default `limits.backend_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Retries of retryable failures (SPEC §8).
+    #[serde(default)]
+    pub retries: Retries,
+    /// The circuit breaker (SPEC §8).
+    #[serde(default)]
+    pub circuit: Circuit,
 }
 
 /// `type: aws`. Credentials come from the AWS default chain (IRSA web
@@ -161,6 +180,15 @@ pub struct AwsBackendConfig {
     /// but no sooner than `min` and no later than `max` after the last refresh.
     #[serde(default)]
     pub credential_refresh: RefreshBounds,
+    /// Timeout of one backend call; default `limits.backend_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Retries of retryable failures (SPEC §8).
+    #[serde(default)]
+    pub retries: Retries,
+    /// The circuit breaker (SPEC §8).
+    #[serde(default)]
+    pub circuit: Circuit,
 }
 
 /// `type: vault`: HashiCorp Vault or OpenBao, transit secrets engine.
@@ -188,18 +216,20 @@ pub struct VaultBackendConfig {
     pub client_cert: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key: Option<PathBuf>,
-    /// Timeout of one HTTP call to Vault.
-    #[serde(default = "default_vault_timeout")]
-    pub timeout: Duration,
     pub auth: VaultAuth,
+    /// Timeout of one backend call; default `limits.backend_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Retries of retryable failures (SPEC §8).
+    #[serde(default)]
+    pub retries: Retries,
+    /// The circuit breaker (SPEC §8).
+    #[serde(default)]
+    pub circuit: Circuit,
 }
 
 fn default_transit_mount() -> String {
     "transit".into()
-}
-
-fn default_vault_timeout() -> Duration {
-    Duration::from_secs(10)
 }
 
 /// How the sidecar gets its Vault token, selected by `method`.
@@ -258,6 +288,53 @@ pub struct VaultRoleAuth {
     /// (`/var/run/secrets/kubernetes.io/serviceaccount/token`); required for `jwt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+}
+
+/// Retries of retryable backend failures (unreachable, throttled, timed out,
+/// 5xx), with exponential backoff and ±20 % jitter.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retries {
+    /// Attempts in all; 1 disables retries.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled for each next one.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// No retry starts once this long has passed since the first attempt.
+    pub max_elapsed: Duration,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff: Duration(std::time::Duration::from_millis(50)),
+            max_backoff: Duration::from_secs(2),
+            max_elapsed: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A circuit breaker: after `failures` consecutive failed calls the backend
+/// is not called for `open_for` (requests fail fast with
+/// `backend_unavailable`); then calls are let through again (half-open), and
+/// `successes` consecutive successes close it, one failure opens it again.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Circuit {
+    pub failures: u32,
+    pub open_for: Duration,
+    pub successes: u32,
+}
+
+impl Default for Circuit {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            open_for: Duration::from_secs(30),
+            successes: 2,
+        }
+    }
 }
 
 /// Bounds of a background credential refresh interval.
@@ -412,6 +489,27 @@ pub struct Limits {
     /// answer (or the connect), so this also closes idle keep-alive
     /// connections and slow-header (slowloris) clients.
     pub header_timeout: Duration,
+    /// A JSON request body must arrive within this after its headers.
+    pub body_timeout: Duration,
+    /// Most header fields in a request (the head as a whole is bounded by
+    /// hyper's 400 KiB read buffer).
+    pub max_headers: usize,
+    /// Timeout of one backend call (a backend's own `timeout` wins).
+    pub backend_timeout: Duration,
+    /// Most calls in flight to one backend; more wait (within the timeout).
+    pub backend_concurrency: usize,
+    /// A token bucket per caller uid; unset: no per-caller limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_caller: Option<RateLimit>,
+}
+
+/// `limits.per_caller`: `rate` requests per second, minute or hour
+/// (`200/s`, `600/m`), in bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub rate: Rate,
+    pub burst: u32,
 }
 
 impl Default for Limits {
@@ -421,6 +519,11 @@ impl Default for Limits {
             max_batch: 64,
             max_connections: 4096,
             header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            max_headers: 64,
+            backend_timeout: Duration::from_secs(5),
+            backend_concurrency: 256,
+            per_caller: None,
         }
     }
 }
@@ -651,9 +754,6 @@ impl Config {
                     "`client_cert` and `client_key` go together".into(),
                 );
             }
-            if vault.timeout.0.is_zero() {
-                bad(format!("{at}.timeout"), "must be above zero".into());
-            }
             if let VaultAuth::Jwt(jwt) = &vault.auth
                 && jwt.token_file.is_none()
             {
@@ -694,8 +794,54 @@ impl Config {
         if self.limits.max_batch == 0 {
             bad("limits.max_batch".into(), "must be at least 1".into());
         }
-        if self.limits.max_connections == 0 {
-            bad("limits.max_connections".into(), "must be at least 1".into());
+        let l = &self.limits;
+        for (field, value) in [
+            ("max_connections", l.max_connections),
+            ("max_headers", l.max_headers),
+            ("backend_concurrency", l.backend_concurrency),
+        ] {
+            if value == 0 {
+                bad(format!("limits.{field}"), "must be at least 1".into());
+            }
+        }
+        for (field, value) in [
+            ("backend_timeout", l.backend_timeout),
+            ("body_timeout", l.body_timeout),
+        ] {
+            if value.0.is_zero() {
+                bad(format!("limits.{field}"), "must be above zero".into());
+            }
+        }
+        if l.per_caller.is_some_and(|p| p.burst == 0) {
+            bad(
+                "limits.per_caller.burst".into(),
+                "must be at least 1".into(),
+            );
+        }
+        for (name, backend) in &self.backends {
+            let (timeout, retries, circuit) = backend.resilience();
+            let at = format!("backends.{name}");
+            if timeout.is_some_and(|t| t.0.is_zero()) {
+                bad(format!("{at}.timeout"), "must be above zero".into());
+            }
+            if retries.max_attempts == 0 {
+                bad(
+                    format!("{at}.retries.max_attempts"),
+                    "must be at least 1 (1 = no retries)".into(),
+                );
+            }
+            if retries.initial_backoff > retries.max_backoff {
+                bad(
+                    format!("{at}.retries.initial_backoff"),
+                    "must be at most `max_backoff`".into(),
+                );
+            }
+            if circuit.failures == 0 || circuit.successes == 0 {
+                bad(
+                    format!("{at}.circuit"),
+                    "`failures` and `successes` must be at least 1".into(),
+                );
+            }
         }
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
             bad("log.level".into(), format!("not a tracing filter: {e}"));
@@ -797,7 +943,8 @@ keys: {k: {backend: v, key: k}}
             panic!("not vault")
         };
         assert_eq!(v.mount, "transit");
-        assert_eq!(v.timeout, Duration::from_secs(10));
+        assert_eq!(v.timeout, None);
+        assert_eq!(v.retries.max_attempts, 3);
         assert!(matches!(&v.auth, VaultAuth::Kubernetes(r) if r.role == "app"));
 
         let text = r#"

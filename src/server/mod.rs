@@ -7,6 +7,7 @@ mod socket;
 
 pub use socket::{BindError, bind, raise_fd_limit};
 
+use crate::config::Limits;
 use crate::policy::Caller;
 use crate::service::Service;
 use hyper::server::conn::http1;
@@ -24,9 +25,7 @@ use tracing::Instrument;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub socket: PathBuf,
-    pub max_connections: usize,
-    pub max_body: usize,
-    pub header_timeout: Duration,
+    pub limits: Limits,
     pub drain_timeout: Duration,
 }
 
@@ -40,12 +39,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> bool {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let limits = &settings.limits;
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout)
+        .header_read_timeout(limits.header_timeout.0)
+        .max_headers(limits.max_headers)
         .keep_alive(true);
-    let routes = Arc::new(routes::Routes::new(service.clone(), settings.max_body));
+    let routes = Arc::new(routes::Routes::new(service.clone(), limits));
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -64,7 +65,7 @@ pub async fn serve(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             service.metrics().connections_rejected.inc();
             tracing::warn!(
-                limit = settings.max_connections,
+                limit = limits.max_connections,
                 "connection limit reached; closing a new connection"
             );
             continue;

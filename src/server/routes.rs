@@ -2,11 +2,14 @@
 //! request ids, the body limit, the request span and request metrics.
 
 use crate::api::{self, ApiError, Code, parse_json};
+use crate::config::Limits;
 use crate::envelope;
 use crate::policy::Caller;
 use crate::service::Service;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -15,6 +18,7 @@ use hyper::body::Frame;
 use hyper::body::Incoming;
 use serde::Serialize;
 use std::io;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -136,6 +140,8 @@ struct Reply {
     status: StatusCode,
     content_type: &'static str,
     body: ReplyBody,
+    /// Seconds for `Retry-After` (429).
+    retry_after: Option<u64>,
 }
 
 enum ReplyBody {
@@ -148,6 +154,7 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
     Reply {
         status,
         content_type: "application/json",
+        retry_after: None,
         body: ReplyBody::Full(Bytes::from({
             let mut body = serde_json::to_vec(value).expect("API types always serialize");
             body.push(b'\n'); // so that `curl` output ends its line
@@ -177,6 +184,9 @@ fn into_response(reply: Reply, request_id: &str, allow: Option<&'static str>) ->
     if let Some(allow) = allow {
         headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
     }
+    if let Some(seconds) = reply.retry_after {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     response
 }
 
@@ -189,11 +199,48 @@ fn ok<T: Serialize>(result: Result<T, ApiError>) -> Result<Reply, ApiError> {
 pub struct Routes {
     service: Arc<Service>,
     max_body: usize,
+    body_timeout: std::time::Duration,
+    /// `limits.per_caller`: a token bucket per caller uid.
+    per_caller: Option<DefaultKeyedRateLimiter<u32>>,
 }
 
 impl Routes {
-    pub fn new(service: Arc<Service>, max_body: usize) -> Self {
-        Self { service, max_body }
+    pub fn new(service: Arc<Service>, limits: &Limits) -> Self {
+        let per_caller = limits.per_caller.map(|l| {
+            let period = l.rate.per / l.rate.count;
+            let quota = Quota::with_period(period.max(std::time::Duration::from_nanos(1)))
+                .expect("a positive period")
+                .allow_burst(NonZeroU32::new(l.burst).unwrap_or(NonZeroU32::MIN));
+            RateLimiter::keyed(quota)
+        });
+        Self {
+            service,
+            max_body: usize::try_from(limits.max_body.0).unwrap_or(usize::MAX),
+            body_timeout: limits.body_timeout.0,
+            per_caller,
+        }
+    }
+
+    /// `limits.per_caller`: `Err` with the seconds until the caller may retry.
+    fn rate_limit(&self, caller: &Caller) -> Result<(), ApiError> {
+        let Some(limiter) = &self.per_caller else {
+            return Ok(());
+        };
+        limiter.check_key(&caller.uid).map_err(|not_until| {
+            self.service.metrics().rate_limited.inc();
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let mut e = ApiError::new(
+                Code::RateLimited,
+                format!(
+                    "caller uid {} is over its rate limit (limits.per_caller); retry in {} ms",
+                    caller.uid,
+                    wait.as_millis()
+                ),
+            );
+            e.retryable = true;
+            e.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+            e
+        })
     }
 
     /// Answers one request. `caller` is `None` on the TCP probe listener,
@@ -238,7 +285,9 @@ impl Routes {
                     } else {
                         tracing::debug!(code = e.code.as_str(), message = %e.message, "request refused");
                     }
-                    (json(e.status, &e.body(&request_id)), e.code.as_str())
+                    let mut reply = json(e.status, &e.body(&request_id));
+                    reply.retry_after = e.retry_after;
+                    (reply, e.code.as_str())
                 }
             };
             let metrics = self.service.metrics();
@@ -292,23 +341,34 @@ impl Routes {
                 return Ok(Reply {
                     status: StatusCode::OK,
                     content_type: "text/plain; version=0.0.4; charset=utf-8",
+                    retry_after: None,
                     body: ReplyBody::Full(Bytes::from(svc.metrics().encode())),
                 });
             }
             (_, None) => return Err(ApiError::new(Code::NotFound, "only probes are served here")),
             (Route::ListKeys, Some(c)) => {
+                self.rate_limit(&c)?;
                 return Ok(json(StatusCode::OK, &svc.list_keys(&c).await));
             }
             (Route::Key(alias, action), Some(c)) => (c, alias, action),
         };
         let caller = &caller;
+        self.rate_limit(caller)?;
         if matches!(action, Action::EnvelopeEncrypt | Action::EnvelopeDecrypt)
             && is_octet_stream(req.headers())
         {
             return self.envelope_stream(caller, alias, action, req).await;
         }
         let body = if route.method() == Method::POST {
-            read_body(req, self.max_body).await?
+            tokio::time::timeout(self.body_timeout, read_body(req, self.max_body))
+                .await
+                .map_err(|_| {
+                    ApiError::invalid(format!(
+                        "the request body did not arrive within {:?} (limits.body_timeout)",
+                        self.body_timeout
+                    ))
+                    .with_status(StatusCode::REQUEST_TIMEOUT)
+                })??
         } else {
             Zeroizing::new(Vec::new())
         };
@@ -369,6 +429,7 @@ impl Routes {
         Ok(Reply {
             status: StatusCode::OK,
             content_type: "application/octet-stream",
+            retry_after: None,
             body: ReplyBody::Stream(chunks),
         })
     }

@@ -726,7 +726,10 @@ async fn throttling_is_retried_with_backoff_then_a_clean_retryable_error() {
         "the request id is kept: {v}"
     );
     let n = attempts.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(n >= 2, "the SDK retried throttling ({n} attempts)");
+    assert_eq!(
+        n, 3,
+        "throttling is retried: 3 attempts in all (retries.max_attempts)"
+    );
     assert!(
         s.logs().contains("throttle-req-1"),
         "the request id is in the log"

@@ -792,8 +792,7 @@ impl Bao {
     /// Stops the server and starts a fresh one (a dev server keeps nothing)
     /// on the same address with the same root token.
     pub async fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         self.child = Self::spawn(
             self.dir.path(),
             self.port,
@@ -801,6 +800,12 @@ impl Bao {
             self.ca.is_some(),
         );
         self.wait_up().await;
+    }
+
+    /// Stops the server (the address then refuses connections).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     async fn try_api(

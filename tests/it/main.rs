@@ -12,5 +12,6 @@ mod envelope;
 mod errors;
 mod interop;
 mod lifecycle;
+mod resilience;
 #[cfg(feature = "vault")]
 mod vault;

@@ -1,0 +1,401 @@
+//! The resilience layer every backend is wrapped in (SPEC §8): a timeout per
+//! call, retries of retryable failures with exponential backoff and ±20 %
+//! jitter, a circuit breaker, and a cap on calls in flight. It is a
+//! [`Backend`] decorator, so each KMS gets it the same way.
+//!
+//! Retries use `backon`'s exponential backoff with our ±20 % jitter on top
+//! (backon's own jitter only adds up to +100 %). The breaker is a small state
+//! machine here: the crates that offer one (failsafe) neither count
+//! successes to close a half-open circuit nor expose the state for a metric.
+
+use super::{
+    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Plaintext, PublicKey, Sealed,
+    SignOptions, Signature, Verified,
+};
+use crate::config::{Circuit, Retries};
+use crate::crypto::SignInput;
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// A backend behind a timeout, retries, a circuit breaker and a concurrency cap.
+pub struct Resilient {
+    name: String,
+    inner: Arc<dyn Backend>,
+    timeout: Duration,
+    retries: Retries,
+    breaker: Breaker,
+    permits: Semaphore,
+    metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for Resilient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resilient")
+            .field("inner", &self.inner)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resilient {
+    pub fn new(
+        name: &str,
+        inner: Arc<dyn Backend>,
+        timeout: Duration,
+        retries: Retries,
+        circuit: Circuit,
+        concurrency: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        metrics
+            .circuit_breaker_state
+            .with_label_values(&[name])
+            .set(0);
+        Self {
+            name: name.to_owned(),
+            inner,
+            timeout,
+            retries,
+            breaker: Breaker::new(circuit),
+            permits: Semaphore::new(concurrency),
+            metrics,
+        }
+    }
+
+    /// Runs `call` under the layer: fail fast while the circuit is open, wait
+    /// for a slot (within the timeout), time the attempt out, and retry
+    /// retryable failures while attempts and `max_elapsed` allow.
+    async fn run<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let started = Instant::now();
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.retries.initial_backoff.0)
+            .with_max_delay(self.retries.max_backoff.0)
+            .with_max_times(self.retries.max_attempts.saturating_sub(1) as usize)
+            .build()
+            .map(jitter);
+        loop {
+            let result = self.attempt(&call).await;
+            let error = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let retry = if error.retryable && self.breaker.admits() {
+                delays
+                    .next()
+                    .filter(|d| started.elapsed() + *d < self.retries.max_elapsed.0)
+            } else {
+                None
+            };
+            match retry {
+                Some(delay) => {
+                    self.metrics
+                        .backend_retries
+                        .with_label_values(&[&self.name])
+                        .inc();
+                    tracing::debug!(backend = %self.name, error = %error, delay = ?delay, "retrying a backend call");
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(error),
+            }
+        }
+    }
+
+    async fn attempt<T, F, Fut>(&self, call: &F) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        if !self.breaker.admits() {
+            return Err(self.open_error());
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let outcome = tokio::time::timeout_at(deadline, async {
+            let _permit = self.permits.acquire().await.expect("never closed");
+            call().await
+        })
+        .await;
+        let result = outcome.unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "backend `{}` did not answer within {:?}",
+                    self.name, self.timeout
+                ),
+            ))
+        });
+        let state = self.breaker.record(result.as_ref().err().map(|e| e.kind));
+        self.metrics
+            .circuit_breaker_state
+            .with_label_values(&[&self.name])
+            .set(state as i64);
+        if state == State::Open && result.is_err() {
+            tracing::warn!(backend = %self.name, "circuit breaker open: failing fast");
+        }
+        result
+    }
+
+    fn open_error(&self) -> Error {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "backend `{}` is failing: its circuit breaker is open, calls resume within {:?}",
+                self.name, self.breaker.circuit.open_for.0
+            ),
+        )
+    }
+}
+
+/// Scales a backoff delay by a random factor in [0.8, 1.2].
+fn jitter(delay: Duration) -> Duration {
+    delay.mul_f64(0.8 + 0.4 * fastrand::f64())
+}
+
+/// Circuit states, as exported by `kms_sidecar_circuit_breaker_state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Closed = 0,
+    Open = 1,
+    HalfOpen = 2,
+}
+
+/// Counts consecutive failures (unreachable, timed out, 5xx — not the
+/// caller's mistakes, refusals or throttling, which show a working backend).
+#[derive(Debug)]
+struct Breaker {
+    circuit: Circuit,
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Debug)]
+struct BreakerState {
+    state: State,
+    failures: u32,
+    successes: u32,
+    opened: Instant,
+}
+
+impl Breaker {
+    fn new(circuit: Circuit) -> Self {
+        Self {
+            circuit,
+            state: Mutex::new(BreakerState {
+                state: State::Closed,
+                failures: 0,
+                successes: 0,
+                opened: Instant::now(),
+            }),
+        }
+    }
+
+    /// Whether a call may go to the backend now; an open circuit turns
+    /// half-open once `open_for` has passed.
+    fn admits(&self) -> bool {
+        let mut s = self.state.lock().expect("never poisoned");
+        if s.state == State::Open && s.opened.elapsed() >= self.circuit.open_for.0 {
+            s.state = State::HalfOpen;
+            s.successes = 0;
+        }
+        s.state != State::Open
+    }
+
+    /// Records an outcome (`None`: success) and returns the new state.
+    fn record(&self, failure: Option<ErrorKind>) -> State {
+        let failed = matches!(
+            failure,
+            Some(ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Backend)
+        );
+        let mut s = self.state.lock().expect("never poisoned");
+        match (s.state, failed) {
+            (State::Closed, false) => s.failures = 0,
+            (State::Closed, true) => {
+                s.failures += 1;
+                if s.failures >= self.circuit.failures {
+                    s.state = State::Open;
+                    s.opened = Instant::now();
+                }
+            }
+            (State::HalfOpen, false) => {
+                s.successes += 1;
+                if s.successes >= self.circuit.successes {
+                    s.state = State::Closed;
+                    s.failures = 0;
+                }
+            }
+            (State::HalfOpen, true) => {
+                s.state = State::Open;
+                s.opened = Instant::now();
+            }
+            // A call admitted before the circuit opened.
+            (State::Open, _) => {}
+        }
+        s.state
+    }
+}
+
+#[async_trait]
+impl Backend for Resilient {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    /// The backend's own health (timed out like a call); an open circuit is
+    /// unavailable.
+    async fn health(&self) -> Result<(), Error> {
+        if !self.breaker.admits() {
+            return Err(self.open_error());
+        }
+        tokio::time::timeout(self.timeout, self.inner.health())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("health check timed out after {:?}", self.timeout),
+                ))
+            })
+    }
+
+    async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
+        self.run(|| self.inner.metadata(key)).await
+    }
+
+    async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
+        self.run(|| self.inner.public_key(key, version)).await
+    }
+
+    async fn sign(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        options: SignOptions,
+    ) -> Result<Signature, Error> {
+        self.run(|| self.inner.sign(key, input, options)).await
+    }
+
+    fn verifies(&self) -> bool {
+        self.inner.verifies()
+    }
+
+    async fn verify(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        signature: &[u8],
+        options: SignOptions,
+        version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        self.run(|| self.inner.verify(key, input, signature, options, version))
+            .await
+    }
+
+    async fn encrypt(
+        &self,
+        key: KeyRef<'_>,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> Result<Sealed, Error> {
+        self.run(|| self.inner.encrypt(key, plaintext, context))
+            .await
+    }
+
+    async fn decrypt(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Plaintext, Error> {
+        self.run(|| self.inner.decrypt(key, ciphertext, context))
+            .await
+    }
+
+    async fn generate_data_key(
+        &self,
+        key: KeyRef<'_>,
+        bits: u32,
+        context: &Context,
+    ) -> Result<DataKey, Error> {
+        self.run(|| self.inner.generate_data_key(key, bits, context))
+            .await
+    }
+
+    async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
+        self.run(|| self.inner.mac(key, message)).await
+    }
+
+    async fn verify_mac(
+        &self,
+        key: KeyRef<'_>,
+        message: &[u8],
+        mac: &[u8],
+        version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        self.run(|| self.inner.verify_mac(key, message, mac, version))
+            .await
+    }
+
+    /// Not retried: a rotation that timed out may have happened.
+    async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
+        self.attempt(&|| self.inner.rotate(key)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn circuit() -> Circuit {
+        Circuit {
+            failures: 3,
+            open_for: crate::config::Duration(Duration::from_millis(50)),
+            successes: 2,
+        }
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_only() {
+        let b = Breaker::new(circuit());
+        let down = Some(ErrorKind::Unavailable);
+        assert_eq!(b.record(down), State::Closed);
+        assert_eq!(b.record(down), State::Closed);
+        assert_eq!(b.record(None), State::Closed, "a success resets the count");
+        assert_eq!(b.record(Some(ErrorKind::KeyNotFound)), State::Closed);
+        assert_eq!(b.record(Some(ErrorKind::Throttled)), State::Closed);
+        b.record(down);
+        b.record(down);
+        assert_eq!(b.record(Some(ErrorKind::Timeout)), State::Open);
+        assert!(!b.admits());
+    }
+
+    #[test]
+    fn half_open_closes_after_successes_and_reopens_on_failure() {
+        let b = Breaker::new(circuit());
+        for _ in 0..3 {
+            b.record(Some(ErrorKind::Backend));
+        }
+        assert!(!b.admits());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.admits(), "half-open after open_for");
+        assert_eq!(b.record(None), State::HalfOpen);
+        assert_eq!(b.record(Some(ErrorKind::Unavailable)), State::Open);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.admits());
+        assert_eq!(b.record(None), State::HalfOpen);
+        assert_eq!(b.record(None), State::Closed);
+    }
+
+    #[test]
+    fn jitter_stays_within_twenty_percent() {
+        for _ in 0..1000 {
+            let d = jitter(Duration::from_millis(100)).as_secs_f64();
+            assert!((0.08..=0.12).contains(&d), "{d}");
+        }
+    }
+}
