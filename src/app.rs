@@ -19,6 +19,8 @@ pub enum Error {
     Backend(#[from] backend::BuildError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::OpenError),
     #[error("listen.probes {addr}: {source}")]
     Probes {
         addr: std::net::SocketAddr,
@@ -49,17 +51,35 @@ impl App {
         let listen = &self.config.listen;
         server::raise_fd_limit();
         let listener = server::bind(&listen.socket, listen.mode.0, listen.group.as_deref())?;
+        let audit = match &self.config.audit {
+            Some(a) => Some(crate::audit::Audit::start(&a.path)?),
+            None => None,
+        };
+        if let Some(audit) = audit.clone() {
+            // SIGHUP: reopen the audit log after rotation.
+            tokio::spawn(async move {
+                let Ok(mut hup) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    audit.reopen().await;
+                }
+            });
+        }
         let settings = Settings {
             socket: listen.socket.clone(),
             limits: self.config.limits.clone(),
             drain_timeout: listen.drain_timeout.0,
+            audit: audit.clone(),
         };
         let (trigger, shutdown) = shutdown::channel();
         if let Some(addr) = listen.probes {
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| Error::Probes { addr, source })?;
-            let routes = Arc::new(Routes::new(self.service.clone(), &settings.limits));
+            let routes = Arc::new(Routes::new(self.service.clone(), &settings.limits, None));
             tokio::spawn(crate::admin::serve(tcp, routes, shutdown.clone().wait()));
             tracing::info!(%addr, "probe listener ready");
         }
@@ -75,6 +95,10 @@ impl App {
             trigger.trigger();
         })
         .await;
+        if let Some(audit) = audit {
+            // Every request has answered: write out what is queued.
+            audit.close().await;
+        }
         Ok(drained)
     }
 }

@@ -34,6 +34,7 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod backend;
 pub mod cache;
 pub mod config;

@@ -29,6 +29,20 @@ enum Command {
     /// Work with config files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Work with audit logs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of an audit log (a rotated log's files oldest
+    /// first); exit 1 naming the first edited, removed, inserted or
+    /// reordered line.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -46,6 +60,23 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(2, &e),
+            }
+        }
+        Command::Audit(AuditCommand::Verify { files }) => {
+            match kms_sidecar::audit::verify(&files) {
+                Ok(v) => {
+                    println!("ok: {} entries, chain intact, head {}", v.entries, v.head);
+                    if let Some(start) = v.continues_from {
+                        println!(
+                            "(the chain continues from an earlier file whose last hash is {start})"
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(broken) => {
+                    eprintln!("kms-sidecar audit verify: {broken}");
+                    ExitCode::from(1)
+                }
             }
         }
         Command::Serve { config } => {

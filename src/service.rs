@@ -27,6 +27,8 @@ pub struct KeyEntry {
     pub id: String,
     ops: Option<Vec<OpOrAll>>,
     rotation_period: Option<Duration>,
+    /// Requests must carry a fresh nonce and timestamp.
+    pub replay_guard: bool,
     /// Bumped by every rotation through the API, so that envelopes stop
     /// using data keys wrapped by the old version.
     pub generation: AtomicU64,
@@ -42,6 +44,7 @@ impl KeyEntry {
             id: id.to_owned(),
             ops: None,
             rotation_period: None,
+            replay_guard: false,
             generation: AtomicU64::new(0),
         }
     }
@@ -109,6 +112,7 @@ impl Service {
                         id: k.key.clone(),
                         ops: k.ops.clone(),
                         rotation_period: k.rotation_period.map(|d| d.0),
+                        replay_guard: k.replay_guard,
                         generation: AtomicU64::new(0),
                     }),
                 ))
@@ -138,6 +142,11 @@ impl Service {
     /// Whether `alias` is a configured key (for bounded metric labels).
     pub fn is_key(&self, alias: &str) -> bool {
         self.keys.contains_key(alias)
+    }
+
+    /// Whether requests for `alias` need a fresh nonce and timestamp.
+    pub fn replay_guarded(&self, alias: &str) -> bool {
+        self.keys.get(alias).is_some_and(|k| k.replay_guard)
     }
 
     /// Policy first (so unknown callers learn nothing about keys), then the

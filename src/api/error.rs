@@ -19,6 +19,7 @@ pub enum Code {
     OperationNotSupported,
     PayloadTooLarge,
     DecryptionFailed,
+    ReplayedRequest,
     RateLimited,
     BackendError,
     BackendUnavailable,
@@ -36,6 +37,7 @@ impl Code {
             Code::OperationNotSupported => "operation_not_supported",
             Code::PayloadTooLarge => "payload_too_large",
             Code::DecryptionFailed => "decryption_failed",
+            Code::ReplayedRequest => "replayed_request",
             Code::RateLimited => "rate_limited",
             Code::BackendError => "backend_error",
             Code::BackendUnavailable => "backend_unavailable",
@@ -55,6 +57,7 @@ impl Code {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::ReplayedRequest => StatusCode::CONFLICT,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::BackendError => StatusCode::BAD_GATEWAY,
             Code::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -373,3 +373,40 @@ mod tests {
         assert_eq!(format!("{p:?}"), "Plaintext(10 bytes, redacted)");
     }
 }
+
+/// The key version a response names, for the audit log.
+pub trait Versioned {
+    fn version(&self) -> Option<&str> {
+        None
+    }
+}
+
+macro_rules! versioned {
+    ($($t:ty),*) => {$(
+        impl Versioned for $t {
+            fn version(&self) -> Option<&str> {
+                Some(&self.version)
+            }
+        }
+    )*};
+}
+
+versioned!(
+    SignResponse,
+    SignBatchResponse,
+    VerifyResponse,
+    EncryptResponse,
+    EnvelopeEncryptResponse,
+    DataKeyResponse,
+    MacResponse,
+    RotateResponse,
+    PublicKeyResponse
+);
+
+impl Versioned for DecryptResponse {}
+
+impl Versioned for KeyMetadataResponse {
+    fn version(&self) -> Option<&str> {
+        Some(&self.current_version)
+    }
+}

@@ -76,6 +76,17 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub log: Log,
+    /// The hash-chained audit log (SPEC §9); unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditConfig>,
+}
+
+/// `audit`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// JSON-lines file, appended to (created 0600); `-` writes to stdout.
+    pub path: PathBuf,
 }
 
 /// `listen`: the Unix socket and the optional TCP probe listener.
@@ -403,6 +414,11 @@ pub struct KeyConfig {
     /// After this long on one version, metadata reports `should_rotate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_period: Option<Duration>,
+    /// Requests for this key must carry `x-request-nonce` and
+    /// `x-request-timestamp`; a nonce seen in the last 5 minutes, or a
+    /// timestamp more than 5 minutes off, is refused (409 `replayed_request`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay_guard: bool,
 }
 
 /// A rule granting keys × operations to callers matched by uid/gid.

@@ -2,6 +2,7 @@
 //! connections with their peer credentials, HTTP/1.1 keep-alive, and the
 //! bounded drain at shutdown. Routes are in [`routes`].
 
+mod replay;
 pub mod routes;
 mod socket;
 
@@ -27,6 +28,7 @@ pub struct Settings {
     pub socket: PathBuf,
     pub limits: Limits,
     pub drain_timeout: Duration,
+    pub audit: Option<crate::audit::Audit>,
 }
 
 /// Serves `listener` until `shutdown` resolves; then stops accepting, removes
@@ -46,7 +48,11 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout.0)
         .max_headers(limits.max_headers)
         .keep_alive(true);
-    let routes = Arc::new(routes::Routes::new(service.clone(), limits));
+    let routes = Arc::new(routes::Routes::new(
+        service.clone(),
+        limits,
+        settings.audit.clone(),
+    ));
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {

@@ -2,6 +2,7 @@
 //! request ids, the body limit, the request span and request metrics.
 
 use crate::api::{self, ApiError, Code, parse_json};
+use crate::audit::{self as audit_log, Audit};
 use crate::config::Limits;
 use crate::envelope;
 use crate::policy::Caller;
@@ -142,6 +143,8 @@ struct Reply {
     body: ReplyBody,
     /// Seconds for `Retry-After` (429).
     retry_after: Option<u64>,
+    /// The key version the answer names (for the audit log).
+    version: Option<String>,
 }
 
 enum ReplyBody {
@@ -155,6 +158,7 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
         status,
         content_type: "application/json",
         retry_after: None,
+        version: None,
         body: ReplyBody::Full(Bytes::from({
             let mut body = serde_json::to_vec(value).expect("API types always serialize");
             body.push(b'\n'); // so that `curl` output ends its line
@@ -190,8 +194,12 @@ fn into_response(reply: Reply, request_id: &str, allow: Option<&'static str>) ->
     response
 }
 
-fn ok<T: Serialize>(result: Result<T, ApiError>) -> Result<Reply, ApiError> {
-    result.map(|v| json(StatusCode::OK, &v))
+fn ok<T: Serialize + api::Versioned>(result: Result<T, ApiError>) -> Result<Reply, ApiError> {
+    result.map(|v| {
+        let mut reply = json(StatusCode::OK, &v);
+        reply.version = v.version().map(str::to_owned);
+        reply
+    })
 }
 
 /// The routes, shared by every connection.
@@ -202,10 +210,12 @@ pub struct Routes {
     body_timeout: std::time::Duration,
     /// `limits.per_caller`: a token bucket per caller uid.
     per_caller: Option<DefaultKeyedRateLimiter<u32>>,
+    audit: Option<Audit>,
+    replay: super::replay::ReplayGuard,
 }
 
 impl Routes {
-    pub fn new(service: Arc<Service>, limits: &Limits) -> Self {
+    pub fn new(service: Arc<Service>, limits: &Limits, audit: Option<Audit>) -> Self {
         let per_caller = limits.per_caller.map(|l| {
             let period = l.rate.per / l.rate.count;
             let quota = Quota::with_period(period.max(std::time::Duration::from_nanos(1)))
@@ -218,6 +228,8 @@ impl Routes {
             max_body: usize::try_from(limits.max_body.0).unwrap_or(usize::MAX),
             body_timeout: limits.body_timeout.0,
             per_caller,
+            audit,
+            replay: Default::default(),
         }
     }
 
@@ -297,6 +309,25 @@ impl Routes {
                 .with_label_values(&[op])
                 .observe(started.elapsed().as_secs_f64());
             tracing::debug!(status = reply.status.as_u16(), micros = started.elapsed().as_micros() as u64, "request done");
+            if let (Some(audit), Some(c)) = (&self.audit, caller)
+                && !route.is_some_and(|r| r.is_probe())
+            {
+                audit
+                    .record(audit_log::Entry {
+                        time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                        request_id: request_id.clone(),
+                        uid: c.uid,
+                        gid: c.gid,
+                        pid: c.pid,
+                        op,
+                        key: (!key_label.is_empty()).then(|| key_label.to_owned()),
+                        version: reply.version.clone(),
+                        outcome: code,
+                        status: reply.status.as_u16(),
+                        latency_us: started.elapsed().as_micros() as u64,
+                    })
+                    .await;
+            }
             let allow = (reply.status == StatusCode::METHOD_NOT_ALLOWED)
                 .then_some(route)
                 .flatten()
@@ -342,6 +373,7 @@ impl Routes {
                     status: StatusCode::OK,
                     content_type: "text/plain; version=0.0.4; charset=utf-8",
                     retry_after: None,
+                    version: None,
                     body: ReplyBody::Full(Bytes::from(svc.metrics().encode())),
                 });
             }
@@ -354,6 +386,9 @@ impl Routes {
         };
         let caller = &caller;
         self.rate_limit(caller)?;
+        if svc.replay_guarded(alias) {
+            self.replay.check(caller.uid, req.headers())?;
+        }
         if matches!(action, Action::EnvelopeEncrypt | Action::EnvelopeDecrypt)
             && is_octet_stream(req.headers())
         {
@@ -430,6 +465,7 @@ impl Routes {
             status: StatusCode::OK,
             content_type: "application/octet-stream",
             retry_after: None,
+            version: None,
             body: ReplyBody::Stream(chunks),
         })
     }

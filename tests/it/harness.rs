@@ -268,6 +268,27 @@ impl Sidecar {
             .unwrap_or_else(|| panic!("request to {path} failed; log:\n{}", self.logs()))
     }
 
+    /// A JSON POST with our own `x-request-id`: the status and the id the
+    /// sidecar answered with, or `None` if the connection failed.
+    pub async fn try_request_with_id(
+        &self,
+        method: http::Method,
+        path: &str,
+        id: &str,
+        body: Value,
+    ) -> Option<(u16, String)> {
+        let r = self
+            .try_request(
+                method,
+                path,
+                &[("content-type", "application/json"), ("x-request-id", id)],
+                Bytes::from(body.to_string()),
+            )
+            .await?;
+        let id = r.headers.get("x-request-id")?.to_str().ok()?.to_owned();
+        Some((r.status, id))
+    }
+
     async fn try_request(
         &self,
         method: http::Method,
@@ -363,6 +384,12 @@ impl Sidecar {
     }
 
     /// Sends SIGTERM and waits for the exit (at most 30s).
+    /// Waits for the sidecar to exit on its own (after a signal the test sent).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("still running");
+        wait_timeout(&mut child, Duration::from_secs(30))
+    }
+
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("still running");
         signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
