@@ -52,7 +52,16 @@ impl App {
         server::raise_fd_limit();
         let listener = server::bind(&listen.socket, listen.mode.0, listen.group.as_deref())?;
         let audit = match &self.config.audit {
-            Some(a) => Some(crate::audit::Audit::start(&a.path)?),
+            Some(a) => {
+                let checkpoints = a.checkpoint.as_ref().and_then(|c| {
+                    Some(crate::audit::Checkpoints {
+                        key: self.service.key_entry(&c.key)?,
+                        every_entries: c.every_entries,
+                        every: c.every.0,
+                    })
+                });
+                Some(crate::audit::Audit::start(&a.path, checkpoints)?)
+            }
             None => None,
         };
         if let Some(audit) = audit.clone() {

@@ -14,13 +14,27 @@
 //! queue is empty, reopens the file on SIGHUP (log rotation; the chain goes
 //! on in the new file), and at shutdown writes everything queued before the
 //! sidecar exits.
+//!
+//! With `audit.checkpoint`, the writer also signs the chain head with a
+//! configured key after every N lines and at least every T seconds while
+//! lines come: a `"type":"checkpoint"` line whose `signature` is over the
+//! ASCII bytes of its `prev` (the head it vouches for). Without the key, a
+//! rewritten file cannot carry valid checkpoints; `audit verify
+//! --public-key` checks them.
 
+use crate::backend::SignOptions;
+use crate::crypto::{self, Algorithm, SignInput};
+use crate::service::KeyEntry;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// `prev` of the first entry of a chain.
@@ -79,10 +93,18 @@ pub struct OpenError {
     pub source: std::io::Error,
 }
 
+/// Signed checkpoints: the key, and how often.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    pub key: Arc<KeyEntry>,
+    pub every_entries: u64,
+    pub every: Duration,
+}
+
 impl Audit {
     /// Opens `path` (`-` = stdout) for appending, continuing the chain of the
     /// entries already in it, and starts the writer.
-    pub fn start(path: &Path) -> Result<Audit, OpenError> {
+    pub fn start(path: &Path, checkpoints: Option<Checkpoints>) -> Result<Audit, OpenError> {
         let sink = if path == Path::new("-") {
             Sink::Stdout
         } else {
@@ -93,7 +115,7 @@ impl Audit {
             source,
         })?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(sink, out, prev, rx));
+        tokio::spawn(write_loop(sink, out, prev, rx, checkpoints));
         Ok(Audit { tx })
     }
 
@@ -156,14 +178,44 @@ async fn write_loop(
     mut out: Box<dyn Write + Send>,
     mut prev: String,
     mut rx: mpsc::Receiver<Command>,
+    checkpoints: Option<Checkpoints>,
 ) {
-    while let Some(command) = rx.recv().await {
+    let write = |out: &mut Box<dyn Write + Send>, line: &str| {
+        if let Err(e) = out.write_all(line.as_bytes()) {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    };
+    let period = checkpoints
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |c| c.every);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut unsigned: u64 = 0;
+    loop {
+        let command = tokio::select! {
+            command = rx.recv() => command,
+            _ = tick.tick(), if checkpoints.is_some() && unsigned > 0 => {
+                if let Some(c) = &checkpoints {
+                    if let Some(line) = checkpoint(c, &mut prev).await {
+                        write(&mut out, &line);
+                        let _ = out.flush();
+                    }
+                    unsigned = 0;
+                }
+                continue;
+            }
+        };
+        let Some(command) = command else { break };
         match command {
             Command::Entry(entry) => {
-                let line = chain(&entry, &prev);
-                prev = line.1;
-                if let Err(e) = out.write_all(line.0.as_bytes()) {
-                    tracing::error!(error = %e, "cannot write the audit log");
+                let (line, hash) = chain(&entry, &prev);
+                prev = hash;
+                write(&mut out, &line);
+                unsigned += 1;
+                if let Some(c) = checkpoints.as_ref().filter(|c| unsigned >= c.every_entries) {
+                    if let Some(line) = checkpoint(c, &mut prev).await {
+                        write(&mut out, &line);
+                    }
+                    unsigned = 0;
                 }
                 if rx.is_empty()
                     && let Err(e) = out.flush()
@@ -185,6 +237,11 @@ async fn write_loop(
                 }
             }
             Command::Close(done) => {
+                if let Some(c) = checkpoints.as_ref().filter(|_| unsigned > 0)
+                    && let Some(line) = checkpoint(c, &mut prev).await
+                {
+                    write(&mut out, &line);
+                }
                 let _ = out.flush();
                 let _ = done.send(());
                 return;
@@ -192,6 +249,47 @@ async fn write_loop(
         }
     }
     let _ = out.flush();
+}
+
+/// A signed checkpoint line vouching for `prev`, chained after it; `None`
+/// (logged) if the key cannot sign now — the next checkpoint covers these
+/// lines too.
+async fn checkpoint(c: &Checkpoints, prev: &mut String) -> Option<String> {
+    let signed = c
+        .key
+        .backend
+        .sign(
+            c.key.key_ref(),
+            SignInput::Message(prev.as_bytes()),
+            SignOptions::default(),
+        )
+        .await;
+    let sig = match signed {
+        Ok(sig) => sig,
+        Err(e) => {
+            tracing::warn!(key = %c.key.alias, error = %e, "cannot sign an audit checkpoint");
+            return None;
+        }
+    };
+    let mut map = Map::new();
+    map.insert("type".into(), "checkpoint".into());
+    map.insert(
+        "time".into(),
+        humantime::format_rfc3339_micros(std::time::SystemTime::now())
+            .to_string()
+            .into(),
+    );
+    map.insert("key".into(), c.key.alias.clone().into());
+    map.insert("version".into(), sig.version.into());
+    map.insert("algorithm".into(), sig.algorithm.to_string().into());
+    map.insert("signature".into(), B64.encode(&sig.bytes).into());
+    map.insert("prev".into(), prev.clone().into());
+    let hash = hash_of(&map, prev);
+    map.insert("hash".into(), hash.clone().into());
+    *prev = hash;
+    let mut line = Value::Object(map).to_string();
+    line.push('\n');
+    Some(line)
 }
 
 /// The line for `entry` chained to `prev`, and its hash.
@@ -226,6 +324,10 @@ fn hash_of(map: &Map<String, Value>, prev: &str) -> String {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Verified {
     pub entries: u64,
+    /// Checkpoint lines whose signature verified with the given public key.
+    pub checkpoints: u64,
+    /// Entries after the last verified checkpoint (no signature covers them).
+    pub unsigned_tail: u64,
     /// The last entry's hash.
     pub head: String,
     /// The first entry's `prev` when the chain began in an earlier file.
@@ -242,11 +344,16 @@ pub struct Broken {
 }
 
 /// Checks the chain across `files` in order (a rotated log's files, oldest
-/// first).
-pub fn verify(files: &[PathBuf]) -> Result<Verified, Broken> {
+/// first), and with `public_key` (SubjectPublicKeyInfo DER of the checkpoint
+/// key) every checkpoint's signature; then at least one checkpoint must be
+/// there.
+pub fn verify(files: &[PathBuf], public_key: Option<&[u8]>) -> Result<Verified, Broken> {
     let mut expected: Option<String> = None;
     let mut continues_from = None;
     let mut entries = 0;
+    let mut checkpoints = 0;
+    let mut unsigned_tail = 0;
+    let mut last = (String::new(), 0);
     for path in files {
         let file_name = path.display().to_string();
         let broken = |line: u64, problem: String| Broken {
@@ -284,14 +391,62 @@ pub fn verify(files: &[PathBuf]) -> Result<Verified, Broken> {
                 ));
             }
             expected = Some(hash.clone());
-            entries += 1;
+            last = (file_name.clone(), n);
+            if map.get("type").and_then(Value::as_str) == Some("checkpoint") {
+                if let Some(spki) = public_key {
+                    if !checkpoint_verifies(&map, prev, spki) {
+                        return Err(broken(
+                            n,
+                            "the checkpoint's signature does not verify with this public key: the log was rewritten (or signed by another key)".into(),
+                        ));
+                    }
+                    checkpoints += 1;
+                    unsigned_tail = 0;
+                }
+            } else {
+                entries += 1;
+                unsigned_tail += 1;
+            }
         }
+    }
+    if public_key.is_some() && checkpoints == 0 {
+        return Err(Broken {
+            file: last.0,
+            line: last.1,
+            problem: "no signed checkpoint in the log (is `audit.checkpoint` set?)".into(),
+        });
     }
     Ok(Verified {
         entries,
+        checkpoints,
+        unsigned_tail,
         head: expected.unwrap_or_else(|| GENESIS.to_owned()),
         continues_from,
     })
+}
+
+/// Whether a checkpoint line's signature over its `prev` verifies.
+fn checkpoint_verifies(map: &Map<String, Value>, prev: &str, spki: &[u8]) -> bool {
+    let algorithm = map
+        .get("algorithm")
+        .and_then(Value::as_str)
+        .and_then(|a| a.parse::<Algorithm>().ok());
+    let signature = map
+        .get("signature")
+        .and_then(Value::as_str)
+        .and_then(|s| B64.decode(s).ok());
+    let (Some(algorithm), Some(signature)) = (algorithm, signature) else {
+        return false;
+    };
+    let format = crypto::guess_format(algorithm, &signature);
+    crypto::verify_locally(
+        algorithm,
+        spki,
+        SignInput::Message(prev.as_bytes()),
+        &signature,
+        format,
+    )
+    .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -328,7 +483,7 @@ mod tests {
 
     fn check(path: &Path, lines: &[String]) -> Result<Verified, Broken> {
         std::fs::write(path, lines.concat()).unwrap();
-        verify(&[path.to_owned()])
+        verify(&[path.to_owned()], None)
     }
 
     #[test]
@@ -336,7 +491,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let lines = write_log(&path, 5);
-        let ok = verify(std::slice::from_ref(&path)).unwrap();
+        let ok = verify(std::slice::from_ref(&path), None).unwrap();
         assert_eq!(ok.entries, 5);
         assert_eq!(ok.continues_from, None);
 
@@ -386,10 +541,18 @@ mod tests {
         let new = dir.path().join("audit.jsonl");
         let (line, _) = chain(&entry(5), &head);
         std::fs::write(&new, line).unwrap();
-        assert_eq!(verify(&[old.clone(), new.clone()]).unwrap().entries, 5);
+        assert_eq!(
+            verify(&[old.clone(), new.clone()], None).unwrap().entries,
+            5
+        );
         // The newer file alone is a chain continuing an earlier one.
-        assert_eq!(verify(std::slice::from_ref(&new)).unwrap().continues_from, Some(head));
+        assert_eq!(
+            verify(std::slice::from_ref(&new), None)
+                .unwrap()
+                .continues_from,
+            Some(head)
+        );
         // In the wrong order the break is found.
-        assert!(verify(&[new, old]).is_err());
+        assert!(verify(&[new, old], None).is_err());
     }
 }

@@ -40,6 +40,11 @@ enum AuditCommand {
     /// first); exit 1 naming the first edited, removed, inserted or
     /// reordered line.
     Verify {
+        /// The checkpoint key's public key (PEM, as `GET
+        /// /v1/keys/{name}/public-key` returns it): also check every signed
+        /// checkpoint, so that a rewritten log is found.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -62,10 +67,23 @@ fn main() -> ExitCode {
                 Err(e) => fail(2, &e),
             }
         }
-        Command::Audit(AuditCommand::Verify { files }) => {
-            match kms_sidecar::audit::verify(&files) {
+        Command::Audit(AuditCommand::Verify { public_key, files }) => {
+            let spki = match public_key.as_deref().map(read_public_key).transpose() {
+                Ok(spki) => spki,
+                Err(e) => {
+                    eprintln!("kms-sidecar audit verify: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match kms_sidecar::audit::verify(&files, spki.as_deref()) {
                 Ok(v) => {
                     println!("ok: {} entries, chain intact, head {}", v.entries, v.head);
+                    if spki.is_some() {
+                        println!(
+                            "{} signed checkpoints verified; {} entries after the last one",
+                            v.checkpoints, v.unsigned_tail
+                        );
+                    }
                     if let Some(start) = v.continues_from {
                         println!(
                             "(the chain continues from an earlier file whose last hash is {start})"
@@ -99,6 +117,14 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// A PEM public key file as SubjectPublicKeyInfo DER.
+fn read_public_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let pem =
+        pem::parse(text).map_err(|e| format!("{}: not a PEM public key: {e}", path.display()))?;
+    Ok(pem.into_contents())
 }
 
 fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {

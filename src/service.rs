@@ -144,6 +144,12 @@ impl Service {
         self.keys.contains_key(alias)
     }
 
+    /// The key behind an alias, for the sidecar's own use (audit
+    /// checkpoints), without a caller.
+    pub fn key_entry(&self, alias: &str) -> Option<Arc<KeyEntry>> {
+        self.keys.get(alias).cloned()
+    }
+
     /// Whether requests for `alias` need a fresh nonce and timestamp.
     pub fn replay_guarded(&self, alias: &str) -> bool {
         self.keys.get(alias).is_some_and(|k| k.replay_guard)

@@ -87,6 +87,30 @@ pub struct Config {
 pub struct AuditConfig {
     /// JSON-lines file, appended to (created 0600); `-` writes to stdout.
     pub path: PathBuf,
+    /// Sign the chain head now and then, so that a rewritten file is found too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<AuditCheckpoint>,
+}
+
+/// `audit.checkpoint`: a signed checkpoint line after every `every_entries`
+/// lines, and at least every `every` while lines keep coming.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCheckpoint {
+    /// The alias of a signing key (in `keys`).
+    pub key: String,
+    #[serde(default = "default_checkpoint_entries")]
+    pub every_entries: u64,
+    #[serde(default = "default_checkpoint_every")]
+    pub every: Duration,
+}
+
+fn default_checkpoint_entries() -> u64 {
+    1000
+}
+
+fn default_checkpoint_every() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `listen`: the Unix socket and the optional TCP probe listener.
@@ -776,6 +800,20 @@ impl Config {
                 bad(
                     format!("{at}.auth.token_file"),
                     "the `jwt` method needs the token file to log in with".into(),
+                );
+            }
+        }
+        if let Some(cp) = self.audit.as_ref().and_then(|a| a.checkpoint.as_ref()) {
+            if !self.keys.contains_key(&cp.key) {
+                bad(
+                    "audit.checkpoint.key".into(),
+                    format!("`{}` is not a key in `keys`", cp.key),
+                );
+            }
+            if cp.every_entries == 0 || cp.every.0.is_zero() {
+                bad(
+                    "audit.checkpoint".into(),
+                    "`every_entries` and `every` must be above zero".into(),
                 );
             }
         }

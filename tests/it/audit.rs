@@ -284,3 +284,83 @@ async fn replay_guarded_keys_refuse_reused_nonces_and_stale_timestamps() {
         .await;
     assert!(plain["signature"].is_string());
 }
+
+/// Recomputes the whole chain after editing lines, as someone rewriting the
+/// file would (the format is documented: SHA-256 of prev ‖ compact JSON).
+fn rechain(text: &str, edit: impl Fn(&mut serde_json::Map<String, Value>)) -> String {
+    let mut prev = "0".repeat(64);
+    let mut out = String::new();
+    for line in text.lines() {
+        let Value::Object(mut map) = serde_json::from_str(line).unwrap() else {
+            panic!("not an object")
+        };
+        edit(&mut map);
+        map.remove("hash");
+        map.insert("prev".into(), prev.clone().into());
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(prev.as_bytes());
+        ctx.update(Value::Object(map.clone()).to_string().as_bytes());
+        prev = ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        map.insert("hash".into(), prev.clone().into());
+        out += &(Value::Object(map).to_string() + "\n");
+    }
+    out
+}
+
+#[tokio::test]
+async fn signed_checkpoints_reveal_a_rewritten_log() {
+    let config = local_config(
+        "  sig: { backend: dev, key: sig, algorithm: ecdsa-p256-sha256 }\n  audit-signing: { backend: dev, key: audit-signing, algorithm: ecdsa-p256-sha256 }",
+    ) + "audit: { path: \"{dir}/audit.jsonl\", checkpoint: { key: audit-signing, every_entries: 3 } }\n";
+    let mut s = Sidecar::start(&config).await;
+    for i in 0..7 {
+        s.post_ok("/v1/keys/sig/sign", json!({"message": b64(format!("m{i}"))}))
+            .await;
+    }
+    let pem = s.get("/v1/keys/audit-signing/public-key").await.ok()["pem"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(s.terminate().success());
+    let log = s.dir.path().join("audit.jsonl");
+    let key = s.dir.path().join("audit.pem");
+    std::fs::write(&key, pem).unwrap();
+    let verify_with_key = |file: &Path| {
+        let out = Command::new(BIN)
+            .args(["audit", "verify", "--public-key"])
+            .arg(&key)
+            .arg(file)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    let checkpoints = text.matches("\"type\":\"checkpoint\"").count();
+    // After entries 3 and 6 (7 and the public-key read make 8 entries), and at shutdown.
+    assert_eq!(checkpoints, 3, "{text}");
+    let (ok, out) = verify_with_key(&log);
+    assert!(ok, "{out}");
+    assert!(out.contains("8 entries") && out.contains("3 signed checkpoints verified; 0 entries after"), "{out}");
+
+    // Rewritten whole, with a consistent chain: the chain alone cannot tell,
+    // the checkpoint signatures can.
+    let forged = s.dir.path().join("forged.jsonl");
+    std::fs::write(&forged, rechain(&text, |m| {
+        if m.get("uid").is_some() {
+            m.insert("uid".into(), json!(4242));
+        }
+    }))
+    .unwrap();
+    let (ok, out) = verify(&[&forged]);
+    assert!(ok, "a consistent rewrite passes the chain check: {out}");
+    let (ok, out) = verify_with_key(&forged);
+    assert!(!ok, "{out}");
+    assert!(out.contains("forged.jsonl:4:") && out.contains("does not verify"), "{out}");
+}

@@ -78,3 +78,20 @@ async fn examples_curl_sh_passes() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/curl.sh");
     run_script(&s, script);
 }
+
+/// The README's configuration reference (the ```yaml block that starts with
+/// `listen:`) is a valid config, so its defaults and field names are real.
+#[test]
+fn the_readme_config_reference_passes_config_check() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let reference = readme
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.starts_with("listen:"))
+        .expect("README has the config reference");
+    let (code, out, err) = crate::harness::run_with_config(&["config", "check"], reference, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("backend_timeout: 5s"), "{out}");
+}
