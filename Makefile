@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_INSTALL := $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get install -y --no-install-recommends
 
-.PHONY: run build test test-deps lint fmt bench clean
+.PHONY: run build test test-deps lint fmt bench fuzz clean
 
 ## run: build and start the sidecar with the embedded default (local keys, ./kms-sidecar.sock)
 run: build
@@ -40,9 +40,25 @@ test-deps:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	# The slim build (local keys only) must keep compiling.
+	$(CARGO) clippy --lib --bins --no-default-features --features local -- -D warnings
 
 fmt:
 	$(CARGO) fmt
+
+## fuzz: every cargo-fuzz target for FUZZ_SECONDS (default 60) each, seeds in fuzz/corpus (not part of `make test`)
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := request_json envelope config audit_verify
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+	@# Only stable Rust here: RUSTC_BOOTSTRAP lets cargo-fuzz use its nightly flags;
+	@# no sanitizer (-s none): panics and aborts are the findings.
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t && \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS)s" && \
+	  (cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -s none $$t ../target/fuzz-corpus/$$t corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) || exit 1; \
+	done
 
 ## bench: throughput, latency, RSS and cold start over the socket (release build, oha)
 bench:

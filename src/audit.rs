@@ -348,21 +348,41 @@ pub struct Broken {
 /// key) every checkpoint's signature; then at least one checkpoint must be
 /// there.
 pub fn verify(files: &[PathBuf], public_key: Option<&[u8]>) -> Result<Verified, Broken> {
+    let mut sources: Vec<(String, Box<dyn BufRead>)> = Vec::new();
+    for path in files {
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(|e| Broken {
+            file: name.clone(),
+            line: 0,
+            problem: format!("cannot read: {e}"),
+        })?;
+        sources.push((name, Box::new(BufReader::new(file))));
+    }
+    verify_sources(sources, public_key)
+}
+
+/// [`verify`] of one log held in memory (`name` is used in messages).
+pub fn verify_bytes(name: &str, log: &[u8], public_key: Option<&[u8]>) -> Result<Verified, Broken> {
+    verify_sources(vec![(name.to_owned(), Box::new(log))], public_key)
+}
+
+fn verify_sources<'a>(
+    sources: Vec<(String, Box<dyn BufRead + 'a>)>,
+    public_key: Option<&[u8]>,
+) -> Result<Verified, Broken> {
     let mut expected: Option<String> = None;
     let mut continues_from = None;
     let mut entries = 0;
     let mut checkpoints = 0;
     let mut unsigned_tail = 0;
     let mut last = (String::new(), 0);
-    for path in files {
-        let file_name = path.display().to_string();
+    for (file_name, reader) in sources {
         let broken = |line: u64, problem: String| Broken {
             file: file_name.clone(),
             line,
             problem,
         };
-        let file = File::open(path).map_err(|e| broken(0, format!("cannot read: {e}")))?;
-        for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+        for (i, line) in reader.split(b'\n').enumerate() {
             let n = i as u64 + 1;
             let line = line.map_err(|e| broken(n, format!("cannot read: {e}")))?;
             let map = match serde_json::from_slice::<Value>(&line) {

@@ -300,7 +300,12 @@ fn rechain(text: &str, edit: impl Fn(&mut serde_json::Map<String, Value>)) -> St
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         ctx.update(prev.as_bytes());
         ctx.update(Value::Object(map.clone()).to_string().as_bytes());
-        prev = ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        prev = ctx
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         map.insert("hash".into(), prev.clone().into());
         out += &(Value::Object(map).to_string() + "\n");
     }
@@ -314,8 +319,11 @@ async fn signed_checkpoints_reveal_a_rewritten_log() {
     ) + "audit: { path: \"{dir}/audit.jsonl\", checkpoint: { key: audit-signing, every_entries: 3 } }\n";
     let mut s = Sidecar::start(&config).await;
     for i in 0..7 {
-        s.post_ok("/v1/keys/sig/sign", json!({"message": b64(format!("m{i}"))}))
-            .await;
+        s.post_ok(
+            "/v1/keys/sig/sign",
+            json!({"message": b64(format!("m{i}"))}),
+        )
+        .await;
     }
     let pem = s.get("/v1/keys/audit-signing/public-key").await.ok()["pem"]
         .as_str()
@@ -347,20 +355,29 @@ async fn signed_checkpoints_reveal_a_rewritten_log() {
     assert_eq!(checkpoints, 3, "{text}");
     let (ok, out) = verify_with_key(&log);
     assert!(ok, "{out}");
-    assert!(out.contains("8 entries") && out.contains("3 signed checkpoints verified; 0 entries after"), "{out}");
+    assert!(
+        out.contains("8 entries") && out.contains("3 signed checkpoints verified; 0 entries after"),
+        "{out}"
+    );
 
     // Rewritten whole, with a consistent chain: the chain alone cannot tell,
     // the checkpoint signatures can.
     let forged = s.dir.path().join("forged.jsonl");
-    std::fs::write(&forged, rechain(&text, |m| {
-        if m.get("uid").is_some() {
-            m.insert("uid".into(), json!(4242));
-        }
-    }))
+    std::fs::write(
+        &forged,
+        rechain(&text, |m| {
+            if m.get("uid").is_some() {
+                m.insert("uid".into(), json!(4242));
+            }
+        }),
+    )
     .unwrap();
     let (ok, out) = verify(&[&forged]);
     assert!(ok, "a consistent rewrite passes the chain check: {out}");
     let (ok, out) = verify_with_key(&forged);
     assert!(!ok, "{out}");
-    assert!(out.contains("forged.jsonl:4:") && out.contains("does not verify"), "{out}");
+    assert!(
+        out.contains("forged.jsonl:4:") && out.contains("does not verify"),
+        "{out}"
+    );
 }
