@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_INSTALL := $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get install -y --no-install-recommends
 
-.PHONY: run build test test-deps lint fmt bench fuzz clean
+.PHONY: run build test test-deps lint fmt bench load fuzz clean
 
 ## run: build and start the sidecar with the embedded default (local keys, ./kms-sidecar.sock)
 run: build
@@ -60,9 +60,14 @@ fuzz:
 	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) || exit 1; \
 	done
 
-## bench: throughput, latency, RSS and cold start over the socket (release build, oha)
+## bench: throughput, latency, RSS and cold start over the socket, then the 1000-connection load test (release build, oha)
 bench:
 	./benches/bench.sh
+	./benches/load.sh
+
+## load: only the load test: 1000 connections for 60 s, mixed sign/envelope; fails on any error or fd growth
+load:
+	./benches/load.sh
 
 clean:
 	$(CARGO) clean

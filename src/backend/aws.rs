@@ -197,12 +197,7 @@ impl Regional {
         what: &str,
     ) -> Result<Arc<KeyInfo>, Error> {
         let info = self.info(key).await?;
-        if info.algorithm.purpose() != purpose {
-            return Err(Error::unsupported(format!(
-                "key `{}` is {}: it cannot {what}",
-                key.alias, info.algorithm
-            )));
-        }
+        super::require_purpose(key, info.algorithm, purpose, what)?;
         Ok(info)
     }
 

@@ -334,6 +334,22 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
 }
 
+/// Refuses a key whose algorithm is not made for `purpose` (as KMSs do).
+pub(crate) fn require_purpose(
+    key: KeyRef<'_>,
+    algorithm: Algorithm,
+    purpose: crate::crypto::Purpose,
+    what: &str,
+) -> Result<(), Error> {
+    if algorithm.purpose() == purpose {
+        return Ok(());
+    }
+    Err(Error::unsupported(format!(
+        "key `{}` is {algorithm}: it cannot {what}",
+        key.alias
+    )))
+}
+
 /// Aborts a background task (a credential refresh loop) when dropped.
 #[cfg(any(feature = "aws", feature = "vault"))]
 struct AbortOnDrop(tokio::task::AbortHandle);

@@ -910,11 +910,8 @@ impl VaultBackend {
         }
         let path = self.path("keys", key);
         let data: KeyData = self
-            .call(key, "read key", |t| {
-                let path = path.clone();
-                async move {
-                    vaultrs::api::exec_with_result(&t.client, Call::<KeyData>::get(path)).await
-                }
+            .call(key, "read key", |t| async move {
+                vaultrs::api::exec_with_result(&t.client, Call::<KeyData>::get(path)).await
             })
             .await?;
         let algorithm = algorithm_of(&data.key_type).ok_or_else(|| {
@@ -943,12 +940,7 @@ impl VaultBackend {
         what: &str,
     ) -> Result<Arc<KeyInfo>, Error> {
         let info = self.info(key).await?;
-        if info.algorithm.purpose() != purpose {
-            return Err(Error::unsupported(format!(
-                "key `{}` is {}: it cannot {what}",
-                key.alias, info.algorithm
-            )));
-        }
+        super::require_purpose(key, info.algorithm, purpose, what)?;
         Ok(info)
     }
 
@@ -975,7 +967,7 @@ impl VaultBackend {
         let path = self.path("verify", key);
         let data: ValidData = self
             .call(key, "verify", |t| {
-                let call = Call::<ValidData>::post(path.clone(), &body);
+                let call = Call::<ValidData>::post(path, &body);
                 async move { vaultrs::api::exec_with_result(&t.client, call).await }
             })
             .await?;
@@ -991,23 +983,19 @@ impl VaultBackend {
     ) -> Result<bool, Error> {
         let hmac = format!("vault:v{version}:{}", B64.encode(mac));
         let data = self
-            .call(key, "verify hmac", |t| {
-                let mount = self.mount.clone();
-                let hmac = hmac.clone();
-                async move {
-                    vaultrs::transit::data::verify(
-                        &t.client,
-                        &mount,
-                        key.id,
-                        message,
-                        Some(
-                            vaultrs::api::transit::requests::VerifySignedDataRequest::builder()
-                                .hmac(hmac)
-                                .hash_algorithm(vaultrs::api::transit::HashAlgorithm::Sha2_256),
-                        ),
-                    )
-                    .await
-                }
+            .call(key, "verify hmac", |t| async move {
+                vaultrs::transit::data::verify(
+                    &t.client,
+                    &self.mount,
+                    key.id,
+                    message,
+                    Some(
+                        vaultrs::api::transit::requests::VerifySignedDataRequest::builder()
+                            .hmac(hmac)
+                            .hash_algorithm(vaultrs::api::transit::HashAlgorithm::Sha2_256),
+                    ),
+                )
+                .await
             })
             .await?;
         Ok(data.valid)
@@ -1148,7 +1136,7 @@ impl Backend for VaultBackend {
         let path = self.path("sign", key);
         let data: SignatureData = self
             .call(key, "sign", |t| {
-                let call = Call::<SignatureData>::post(path.clone(), &params);
+                let call = Call::<SignatureData>::post(path, &params);
                 async move { vaultrs::api::exec_with_result(&t.client, call).await }
             })
             .await?;
@@ -1220,26 +1208,22 @@ impl Backend for VaultBackend {
         let (derivation, associated) = Self::bind_context(&info, context);
         let encoded = Zeroizing::new(B64.encode(plaintext));
         let data = self
-            .call(key, "encrypt", |t| {
-                let mount = self.mount.clone();
+            .call(key, "encrypt", |t| async move {
                 let mut options = vaultrs::api::transit::requests::EncryptDataRequest::builder();
-                if let Some(c) = &derivation {
-                    options.context(c.clone());
+                if let Some(c) = derivation {
+                    options.context(c);
                 }
-                if let Some(a) = &associated {
-                    options.associated_data(a.clone());
+                if let Some(a) = associated {
+                    options.associated_data(a);
                 }
-                let encoded = encoded.clone();
-                async move {
-                    vaultrs::transit::data::encrypt(
-                        &t.client,
-                        &mount,
-                        key.id,
-                        &encoded,
-                        Some(&mut options),
-                    )
-                    .await
-                }
+                vaultrs::transit::data::encrypt(
+                    &t.client,
+                    &self.mount,
+                    key.id,
+                    &encoded,
+                    Some(&mut options),
+                )
+                .await
             })
             .await?;
         seal_ciphertext(&data.ciphertext)
@@ -1255,20 +1239,18 @@ impl Backend for VaultBackend {
         let (derivation, associated) = Self::bind_context(&info, context);
         let ciphertext = open_ciphertext(ciphertext)?;
         let mut data = self
-            .call(key, "decrypt", |t| {
-                let mount = self.mount.clone();
+            .call(key, "decrypt", |t| async move {
                 let mut options = vaultrs::api::transit::requests::DecryptDataRequest::builder();
-                if let Some(c) = &derivation {
-                    options.context(c.clone());
+                if let Some(c) = derivation {
+                    options.context(c);
                 }
-                if let Some(a) = &associated {
-                    options.associated_data(a.clone());
+                if let Some(a) = associated {
+                    options.associated_data(a);
                 }
-                let ciphertext = ciphertext.clone();
-                async move {
+                {
                     vaultrs::transit::data::decrypt(
                         &t.client,
-                        &mount,
+                        &self.mount,
                         key.id,
                         &ciphertext,
                         Some(&mut options),
@@ -1304,7 +1286,7 @@ impl Backend for VaultBackend {
         let path = self.path("datakey/plaintext", key);
         let data: DataKeyData = self
             .call(key, "datakey", |t| {
-                let call = Call::<DataKeyData>::post(path.clone(), &body);
+                let call = Call::<DataKeyData>::post(path, &body);
                 async move { vaultrs::api::exec_with_result(&t.client, call).await }
             })
             .await?;
@@ -1327,22 +1309,18 @@ impl Backend for VaultBackend {
         self.info_for(key, Purpose::Mac, "compute MACs").await?;
         let encoded = Zeroizing::new(B64.encode(message));
         let data = self
-            .call(key, "hmac", |t| {
-                let mount = self.mount.clone();
-                let encoded = encoded.clone();
-                async move {
-                    vaultrs::transit::generate::hmac(
-                        &t.client,
-                        &mount,
-                        key.id,
-                        &encoded,
-                        Some(
-                            vaultrs::api::transit::requests::GenerateHmacRequest::builder()
-                                .algorithm(vaultrs::api::transit::HashAlgorithm::Sha2_256),
-                        ),
-                    )
-                    .await
-                }
+            .call(key, "hmac", |t| async move {
+                vaultrs::transit::generate::hmac(
+                    &t.client,
+                    &self.mount,
+                    key.id,
+                    &encoded,
+                    Some(
+                        vaultrs::api::transit::requests::GenerateHmacRequest::builder()
+                            .algorithm(vaultrs::api::transit::HashAlgorithm::Sha2_256),
+                    ),
+                )
+                .await
             })
             .await?;
         let (version, encoded) = split_versioned(&data.hmac).ok_or_else(malformed)?;
@@ -1385,9 +1363,8 @@ impl Backend for VaultBackend {
 
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
         self.info(key).await?;
-        self.call(key, "rotate", |t| {
-            let mount = self.mount.clone();
-            async move { vaultrs::transit::key::rotate(&t.client, &mount, key.id).await }
+        self.call(key, "rotate", |t| async move {
+            vaultrs::transit::key::rotate(&t.client, &self.mount, key.id).await
         })
         .await?;
         self.forget(key);

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Load test of the release build over its Unix socket: 1000 connections held
+# for LOAD_DURATION seconds (default 60), 500 signing with ECDSA P-256 and 500
+# sealing 1 KiB JSON envelopes with AES-256, at the same time (two oha runs).
+# Checks there is no error and no fd or memory growth: VmRSS and open fds
+# before, peak during (sampled every second) and after 5 s idle. Exits 1 on
+# any failed request or if fds after exceed fds before by more than 5.
+#
+# Tunables (environment): LOAD_DURATION (s, default 60), LOAD_CONNECTIONS (per
+# traffic type, default 500).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+BIN=$ROOT/target/release/kms-sidecar
+DURATION=${LOAD_DURATION:-60}
+CONNS=${LOAD_CONNECTIONS:-500}
+
+log() { printf '[load] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+for tool in curl python3; do command -v "$tool" >/dev/null || die "$tool is required"; done
+
+log "building the release binary"
+cargo build --release --bin kms-sidecar
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+command -v oha >/dev/null || { log "installing oha"; cargo install --locked oha; }
+OHA_HELP=$(oha --help)
+if grep -q -- '--output-format' <<<"$OHA_HELP"; then OHA_JSON=(--output-format json); else OHA_JSON=(-j); fi
+OHA_EXTRA=()
+grep -q -- '--no-tui' <<<"$OHA_HELP" && OHA_EXTRA+=(--no-tui)
+grep -q -- '--wait-ongoing-requests-after-deadline' <<<"$OHA_HELP" && OHA_EXTRA+=(--wait-ongoing-requests-after-deadline)
+
+# 1000 client sockets plus the sidecar's: make room in this shell's limit
+# (oha inherits it; the sidecar raises its own to the hard limit).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+(($(ulimit -n) >= 2 * CONNS + 256)) || die "open-file limit $(ulimit -n) is too low for $((2 * CONNS)) connections"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/kms-sidecar-load.XXXXXX")
+SOCK=$WORK/kms-sidecar.sock
+PID="" SAMPLER=""
+cleanup() {
+    local rc=$?
+    [[ -n $SAMPLER ]] && kill "$SAMPLER" 2>/dev/null
+    [[ -n $PID ]] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+(cd "$WORK" && exec "$BIN" serve) >>"$WORK/sidecar.log" 2>&1 &
+PID=$!
+for _ in $(seq 1 600); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$SOCK" http://localhost/readyz || true) == 200 ]] && break
+    kill -0 "$PID" 2>/dev/null || { cat "$WORK/sidecar.log" >&2; die "sidecar exited"; }
+    sleep 0.1
+done
+
+rss() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$PID/status"; }
+hwm() { awk '$1 == "VmHWM:" { print $2 }' "/proc/$PID/status"; }
+fds() { ls "/proc/$PID/fd" | wc -l; }
+
+# Warm up both paths (keys loaded, data key cached), then measure from idle.
+for _ in 1 2 3; do
+    curl -sf --unix-socket "$SOCK" -H 'Content-Type: application/json' -d '{"message":"aGVsbG8="}' http://localhost/v1/keys/ecdsa-p256/sign >/dev/null
+done
+PLAIN=$(head -c 1024 /dev/urandom | base64 -w0)
+ENVELOPE_BODY="{\"plaintext\":\"$PLAIN\"}"
+curl -sf --unix-socket "$SOCK" -H 'Content-Type: application/json' -d "$ENVELOPE_BODY" http://localhost/v1/keys/aes-256/envelope/encrypt >/dev/null
+sleep 2
+RSS_BEFORE=$(rss) FDS_BEFORE=$(fds)
+log "before: VmRSS $RSS_BEFORE KiB, $FDS_BEFORE fds; $((2 * CONNS)) connections for ${DURATION}s"
+
+(
+    while [[ -r /proc/$PID/status ]]; do
+        echo "$(rss) $(fds)"
+        sleep 1
+    done >"$WORK/samples"
+) &
+SAMPLER=$!
+
+oha -z "${DURATION}s" -c "$CONNS" "${OHA_JSON[@]}" "${OHA_EXTRA[@]}" --unix-socket "$SOCK" \
+    -m POST -H 'Content-Type: application/json' -d '{"message":"aGVsbG8="}' \
+    http://localhost/v1/keys/ecdsa-p256/sign >"$WORK/sign.json" &
+SIGN=$!
+oha -z "${DURATION}s" -c "$CONNS" "${OHA_JSON[@]}" "${OHA_EXTRA[@]}" --unix-socket "$SOCK" \
+    -m POST -H 'Content-Type: application/json' -d "$ENVELOPE_BODY" \
+    http://localhost/v1/keys/aes-256/envelope/encrypt >"$WORK/envelope.json" &
+ENVELOPE=$!
+wait "$SIGN" "$ENVELOPE"
+kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null || true; SAMPLER=""
+
+sleep 5
+RSS_AFTER=$(rss) FDS_AFTER=$(fds) HWM=$(hwm)
+METRICS=$(curl -s --unix-socket "$SOCK" http://localhost/metrics)
+REJECTED=$(awk '/^kms_sidecar_connections_rejected_total/ { print $2 }' <<<"$METRICS")
+NOT_OK=$(awk '/^kms_sidecar_requests_total/ && !/code="ok"/ { n += $2 } END { print n + 0 }' <<<"$METRICS")
+
+python3 - "$WORK" "$RSS_BEFORE" "$RSS_AFTER" "$HWM" "$FDS_BEFORE" "$FDS_AFTER" "$REJECTED" "$NOT_OK" <<'EOF'
+import json, sys
+work, rss_before, rss_after, hwm, fds_before, fds_after, rejected, not_ok = sys.argv[1:]
+samples = [tuple(map(int, l.split())) for l in open(f"{work}/samples") if len(l.split()) == 2]
+peak_rss = max((s[0] for s in samples), default=0)
+peak_fds = max((s[1] for s in samples), default=0)
+failed = 0
+for name in ("sign", "envelope"):
+    r = json.load(open(f"{work}/{name}.json"))
+    s = r["summary"]
+    codes = r.get("statusCodeDistribution", {})
+    errors = r.get("errorDistribution", {})
+    ok = sum(v for k, v in codes.items() if k.startswith("2"))
+    total = sum(codes.values()) + sum(errors.values())
+    bad = total - ok
+    failed += bad
+    p = r.get("latencyPercentiles", {})
+    print(f"{name:9} requests {total:>9}  {s['requestsPerSec']:>9.0f} req/s  success {s['successRate']*100:.2f}%"
+          f"  failed {bad}  p50 {p.get('p50', 0)*1000:.2f} ms  p99 {p.get('p99', 0)*1000:.2f} ms"
+          f"  codes {codes}  errors {errors}")
+print(f"VmRSS KiB  before {rss_before}  peak {peak_rss}  after {rss_after}  (VmHWM {hwm})")
+print(f"open fds   before {fds_before}  peak {peak_fds}  after {fds_after}")
+print(f"metrics    connections_rejected_total {rejected}  non-ok requests_total {not_ok}")
+if failed or int(float(not_ok)) or int(float(rejected or 0)):
+    sys.exit("FAIL: some requests failed")
+if int(fds_after) > int(fds_before) + 5:
+    sys.exit("FAIL: open fds grew")
+print("ok: no error, no fd growth")
+EOF
