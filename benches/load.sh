@@ -3,11 +3,14 @@
 # for LOAD_DURATION seconds (default 60), 500 signing with ECDSA P-256 and 500
 # sealing 1 KiB JSON envelopes with AES-256, at the same time (two oha runs).
 # Checks there is no error and no fd or memory growth: VmRSS and open fds
-# before, peak during (sampled every second) and after 5 s idle. Exits 1 on
-# any failed request or if fds after exceed fds before by more than 5.
+# before, peak during (sampled every second) and after 5 s idle, for
+# LOAD_ROUNDS rounds (default 2) on the same sidecar. The allocator keeps
+# memory it has used, so the first round sets the plateau: exits 1 on any
+# failed request, if fds after a round exceed fds before by more than 5, or if
+# VmRSS after the last round exceeds VmRSS after the first by more than 10 %.
 #
-# Tunables (environment): LOAD_DURATION (s, default 60), LOAD_CONNECTIONS (per
-# traffic type, default 500).
+# Tunables (environment): LOAD_DURATION (s per round, default 60),
+# LOAD_CONNECTIONS (per traffic type, default 500), LOAD_ROUNDS (default 2).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -15,6 +18,7 @@ ROOT=$PWD
 BIN=$ROOT/target/release/kms-sidecar
 DURATION=${LOAD_DURATION:-60}
 CONNS=${LOAD_CONNECTIONS:-500}
+ROUNDS=${LOAD_ROUNDS:-2}
 
 log() { printf '[load] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -71,57 +75,61 @@ sleep 2
 RSS_BEFORE=$(rss) FDS_BEFORE=$(fds)
 log "before: VmRSS $RSS_BEFORE KiB, $FDS_BEFORE fds; $((2 * CONNS)) connections for ${DURATION}s"
 
-(
-    while [[ -r /proc/$PID/status ]]; do
-        echo "$(rss) $(fds)"
-        sleep 1
-    done >"$WORK/samples"
-) &
-SAMPLER=$!
-
-oha -z "${DURATION}s" -c "$CONNS" "${OHA_JSON[@]}" "${OHA_EXTRA[@]}" --unix-socket "$SOCK" \
-    -m POST -H 'Content-Type: application/json' -d '{"message":"aGVsbG8="}' \
-    http://localhost/v1/keys/ecdsa-p256/sign >"$WORK/sign.json" &
-SIGN=$!
-oha -z "${DURATION}s" -c "$CONNS" "${OHA_JSON[@]}" "${OHA_EXTRA[@]}" --unix-socket "$SOCK" \
-    -m POST -H 'Content-Type: application/json' -d "$ENVELOPE_BODY" \
-    http://localhost/v1/keys/aes-256/envelope/encrypt >"$WORK/envelope.json" &
-ENVELOPE=$!
-wait "$SIGN" "$ENVELOPE"
-kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null || true; SAMPLER=""
-
-sleep 5
-RSS_AFTER=$(rss) FDS_AFTER=$(fds) HWM=$(hwm)
+for round in $(seq 1 "$ROUNDS"); do
+    log "round $round of $ROUNDS"
+    (
+        while [[ -r /proc/$PID/status ]]; do
+            echo "$(rss) $(fds)"
+            sleep 1
+        done >"$WORK/samples.$round"
+    ) &
+    SAMPLER=$!
+    oha -z "${DURATION}s" -c "$CONNS" "${OHA_JSON[@]}" "${OHA_EXTRA[@]}" --unix-socket "$SOCK" \
+        -m POST -H 'Content-Type: application/json' -d '{"message":"aGVsbG8="}' \
+        http://localhost/v1/keys/ecdsa-p256/sign >"$WORK/sign.$round.json" &
+    SIGN=$!
+    oha -z "${DURATION}s" -c "$CONNS" "${OHA_JSON[@]}" "${OHA_EXTRA[@]}" --unix-socket "$SOCK" \
+        -m POST -H 'Content-Type: application/json' -d "$ENVELOPE_BODY" \
+        http://localhost/v1/keys/aes-256/envelope/encrypt >"$WORK/envelope.$round.json" &
+    ENVELOPE=$!
+    wait "$SIGN" "$ENVELOPE"
+    kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null || true; SAMPLER=""
+    sleep 5
+    echo "$(rss) $(fds)" >"$WORK/after.$round"
+done
+HWM=$(hwm)
 METRICS=$(curl -s --unix-socket "$SOCK" http://localhost/metrics)
 REJECTED=$(awk '/^kms_sidecar_connections_rejected_total/ { print $2 }' <<<"$METRICS")
 NOT_OK=$(awk '/^kms_sidecar_requests_total/ && !/code="ok"/ { n += $2 } END { print n + 0 }' <<<"$METRICS")
 
-python3 - "$WORK" "$RSS_BEFORE" "$RSS_AFTER" "$HWM" "$FDS_BEFORE" "$FDS_AFTER" "$REJECTED" "$NOT_OK" <<'EOF'
+python3 - "$WORK" "$ROUNDS" "$RSS_BEFORE" "$FDS_BEFORE" "$HWM" "$REJECTED" "$NOT_OK" <<'EOF'
 import json, sys
-work, rss_before, rss_after, hwm, fds_before, fds_after, rejected, not_ok = sys.argv[1:]
-samples = [tuple(map(int, l.split())) for l in open(f"{work}/samples") if len(l.split()) == 2]
-peak_rss = max((s[0] for s in samples), default=0)
-peak_fds = max((s[1] for s in samples), default=0)
-failed = 0
-for name in ("sign", "envelope"):
-    r = json.load(open(f"{work}/{name}.json"))
-    s = r["summary"]
-    codes = r.get("statusCodeDistribution", {})
-    errors = r.get("errorDistribution", {})
-    ok = sum(v for k, v in codes.items() if k.startswith("2"))
-    total = sum(codes.values()) + sum(errors.values())
-    bad = total - ok
-    failed += bad
-    p = r.get("latencyPercentiles", {})
-    print(f"{name:9} requests {total:>9}  {s['requestsPerSec']:>9.0f} req/s  success {s['successRate']*100:.2f}%"
-          f"  failed {bad}  p50 {p.get('p50', 0)*1000:.2f} ms  p99 {p.get('p99', 0)*1000:.2f} ms"
-          f"  codes {codes}  errors {errors}")
-print(f"VmRSS KiB  before {rss_before}  peak {peak_rss}  after {rss_after}  (VmHWM {hwm})")
-print(f"open fds   before {fds_before}  peak {peak_fds}  after {fds_after}")
-print(f"metrics    connections_rejected_total {rejected}  non-ok requests_total {not_ok}")
+work, rounds, rss_before, fds_before, hwm, rejected, not_ok = sys.argv[1:]
+rounds, rss_before, fds_before = int(rounds), int(rss_before), int(fds_before)
+failed, afters = 0, []
+for n in range(1, rounds + 1):
+    samples = [tuple(map(int, l.split())) for l in open(f"{work}/samples.{n}") if len(l.split()) == 2]
+    rss_after, fds_after = map(int, open(f"{work}/after.{n}").read().split())
+    afters.append((rss_after, fds_after))
+    for name in ("sign", "envelope"):
+        r = json.load(open(f"{work}/{name}.{n}.json"))
+        s = r["summary"]
+        codes = r.get("statusCodeDistribution", {})
+        errors = r.get("errorDistribution", {})
+        ok = sum(v for k, v in codes.items() if k.startswith("2"))
+        total = sum(codes.values()) + sum(errors.values())
+        failed += total - ok
+        p = r.get("latencyPercentiles", {})
+        print(f"round {n} {name:9} requests {total:>8}  {s['requestsPerSec']:>7.0f} req/s  success {s['successRate']*100:.2f}%"
+              f"  failed {total - ok}  p50 {p.get('p50', 0)*1000:.1f} ms  p99 {p.get('p99', 0)*1000:.1f} ms  errors {errors}")
+    print(f"round {n} VmRSS KiB before {rss_before}  peak {max((x[0] for x in samples), default=0)}  after {rss_after};"
+          f"  fds before {fds_before}  peak {max((x[1] for x in samples), default=0)}  after {fds_after}")
+print(f"VmHWM {hwm} KiB; connections_rejected_total {rejected}; non-ok requests_total {not_ok}")
 if failed or int(float(not_ok)) or int(float(rejected or 0)):
     sys.exit("FAIL: some requests failed")
-if int(fds_after) > int(fds_before) + 5:
+if any(fds > fds_before + 5 for _, fds in afters):
     sys.exit("FAIL: open fds grew")
-print("ok: no error, no fd growth")
+if afters[-1][0] > afters[0][0] * 1.10:
+    sys.exit(f"FAIL: VmRSS grew from {afters[0][0]} to {afters[-1][0]} KiB between the first and the last round")
+print("ok: no error, no fd growth, no memory growth after the first round")
 EOF
