@@ -335,6 +335,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
 }
 
 /// Refuses a key whose algorithm is not made for `purpose` (as KMSs do).
+#[cfg(any(feature = "aws", feature = "vault"))]
 pub(crate) fn require_purpose(
     key: KeyRef<'_>,
     algorithm: Algorithm,
