@@ -672,6 +672,40 @@ impl KeyInfo {
     }
 }
 
+/// Runs `check` on `version` if the caller named one, else on every version
+/// that still verifies, newest first; the first that passes is the answer
+/// (`valid: false` names the version asked for, or the newest).
+async fn first_valid<F, Fut>(
+    info: &KeyInfo,
+    version: Option<&str>,
+    mut check: F,
+) -> Result<Verified, Error>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<bool, Error>>,
+{
+    let versions: Vec<u32> = match version {
+        Some(v) => vec![parse_version(v)?],
+        None => info.usable_versions().collect(),
+    };
+    for &v in &versions {
+        if check(v).await? {
+            return Ok(Verified {
+                valid: true,
+                version: v.to_string(),
+            });
+        }
+    }
+    let reported = versions
+        .first()
+        .copied()
+        .unwrap_or(info.data.latest_version);
+    Ok(Verified {
+        valid: false,
+        version: reported.to_string(),
+    })
+}
+
 /// Our algorithm for a transit key type.
 fn algorithm_of(key_type: &str) -> Option<Algorithm> {
     Some(match key_type {
@@ -749,12 +783,7 @@ fn sign_params(
     input: SignInput<'_>,
     options: SignOptions,
 ) -> Result<(Algorithm, serde_json::Value), Error> {
-    if info.algorithm.purpose() != Purpose::Sign {
-        return Err(Error::unsupported(format!(
-            "key `{}` is {}: it cannot sign or verify",
-            key.alias, info.algorithm
-        )));
-    }
+    super::require_purpose(key, info.algorithm, Purpose::Sign, "sign or verify")?;
     let algorithm = match (info.algorithm, options.algorithm) {
         (Algorithm::RsaPssSha256 { bits }, Some(Algorithm::RsaPkcs1Sha256 { bits: b }))
             if b == bits =>
@@ -1176,26 +1205,10 @@ impl Backend for VaultBackend {
         };
         let options = SignOptions { format, ..options };
         let (_, params) = sign_params(key, &info, input, options)?;
-        let versions: Vec<u32> = match version {
-            Some(v) => vec![parse_version(v)?],
-            None => info.usable_versions().collect(),
-        };
-        for v in &versions {
-            if self.verify_version(key, *v, signature, &params).await? {
-                return Ok(Verified {
-                    valid: true,
-                    version: v.to_string(),
-                });
-            }
-        }
-        Ok(Verified {
-            valid: false,
-            version: versions
-                .first()
-                .copied()
-                .unwrap_or(info.data.latest_version)
-                .to_string(),
+        first_valid(&info, version, |v| {
+            self.verify_version(key, v, signature, &params)
         })
+        .await
     }
 
     async fn encrypt(
@@ -1338,27 +1351,11 @@ impl Backend for VaultBackend {
         version: Option<&str>,
     ) -> Result<Verified, Error> {
         let info = self.info_for(key, Purpose::Mac, "verify MACs").await?;
-        let versions: Vec<u32> = match version {
-            Some(v) => vec![parse_version(v)?],
-            None => info.usable_versions().collect(),
-        };
         let encoded = Zeroizing::new(B64.encode(message));
-        for v in &versions {
-            if self.verify_mac_version(key, *v, &encoded, mac).await? {
-                return Ok(Verified {
-                    valid: true,
-                    version: v.to_string(),
-                });
-            }
-        }
-        Ok(Verified {
-            valid: false,
-            version: versions
-                .first()
-                .copied()
-                .unwrap_or(info.data.latest_version)
-                .to_string(),
+        first_valid(&info, version, |v| {
+            self.verify_mac_version(key, v, &encoded, mac)
         })
+        .await
     }
 
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
