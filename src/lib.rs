@@ -28,6 +28,8 @@
 //! - [`health`]: cached backend health checks behind `/readyz`.
 //! - [`metrics`]: the Prometheus registry and backend-call instrumentation.
 //! - [`admin`]: the optional TCP listener for probes and metrics.
+//! - [`webhook`] (feature `webhook`): the mutating admission webhook that
+//!   injects the sidecar into labelled pods.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -47,3 +49,5 @@ pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "webhook")]
+pub mod webhook;

@@ -26,6 +26,21 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run the mutating admission webhook that injects the sidecar (HTTPS).
+    #[cfg(feature = "webhook")]
+    Webhook {
+        /// PEM certificate chain (reloaded when the file changes).
+        #[arg(long)]
+        tls_cert: PathBuf,
+        /// PEM private key.
+        #[arg(long)]
+        tls_key: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: std::net::SocketAddr,
+        /// The webhook's config: what it injects by default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Work with config files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -95,6 +110,34 @@ fn main() -> ExitCode {
                     eprintln!("kms-sidecar audit verify: {broken}");
                     ExitCode::from(1)
                 }
+            }
+        }
+        #[cfg(feature = "webhook")]
+        Command::Webhook {
+            tls_cert,
+            tls_key,
+            listen,
+            config,
+        } => {
+            use kms_sidecar::webhook;
+            let config = match webhook::Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("kms-sidecar webhook: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init(&config.log);
+            let settings = webhook::Settings {
+                listen,
+                tls_cert,
+                tls_key,
+                config,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("building the tokio runtime");
+            match runtime.block_on(webhook::run(settings, shutdown::signal_received())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(2, &e),
             }
         }
         Command::Serve { config } => {

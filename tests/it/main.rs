@@ -16,3 +16,5 @@ mod lifecycle;
 mod resilience;
 #[cfg(feature = "vault")]
 mod vault;
+#[cfg(feature = "webhook")]
+mod webhook;

@@ -1,0 +1,344 @@
+//! The webhook's own config (`kms-sidecar webhook --config FILE`): what it
+//! injects by default. Pods override image, resources, config map, tokens
+//! and identity by annotation (see [`super::mutate`]).
+
+use crate::config::{Duration, Log};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The sidecar image.
+    pub image: String,
+    pub image_pull_policy: Option<String>,
+    /// The default ConfigMap with the sidecar config, in the pod's namespace.
+    pub config_map: String,
+    /// That config map's content as the webhook sees it (the chart mounts
+    /// it): read at start to learn which tokens its backends need.
+    pub sidecar_config: Option<PathBuf>,
+    /// The tokens to project; default: what `sidecar_config`'s backends need.
+    pub tokens: Option<Vec<Token>>,
+    /// Inject a native sidecar (Kubernetes ≥ 1.29); `false` injects a
+    /// regular container for older clusters.
+    pub native_sidecar: bool,
+    pub resources: Resources,
+    /// The sidecar's TCP port for probes and metrics.
+    pub probes_port: u16,
+    /// The socket's file mode. The socket lives in a pod-private `emptyDir`
+    /// and `callers` decides who may do what, so app containers running as
+    /// any uid may connect by default.
+    pub socket_mode: String,
+    /// The sidecar's uid (the image's non-root user).
+    pub run_as_user: i64,
+    /// Lifetime of projected service-account tokens (10m to 1h; the kubelet
+    /// refreshes them at 80 %).
+    pub token_expiration: Duration,
+    /// The audience of the Vault token (the Vault role's `audience`).
+    pub vault_audience: String,
+    pub aws: AwsIdentity,
+    pub azure: AzureIdentity,
+    /// What to do with a pod the webhook cannot inject (a bad annotation):
+    /// `ignore` admits it unchanged and logs why, `fail` denies it.
+    pub failure_policy: FailurePolicy,
+    pub log: Log,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            image: concat!(
+                "ghcr.io/kms-sidecar/kms-sidecar:",
+                env!("CARGO_PKG_VERSION")
+            )
+            .into(),
+            image_pull_policy: Some("IfNotPresent".into()),
+            config_map: "kms-sidecar".into(),
+            sidecar_config: None,
+            tokens: None,
+            native_sidecar: true,
+            resources: Resources::default(),
+            probes_port: 9102,
+            socket_mode: "0666".into(),
+            run_as_user: 65532,
+            token_expiration: Duration(std::time::Duration::from_secs(3600)),
+            vault_audience: "vault".into(),
+            aws: AwsIdentity::default(),
+            azure: AzureIdentity::default(),
+            failure_policy: FailurePolicy::Ignore,
+            log: Log::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    pub requests: BTreeMap<String, Quantity>,
+    pub limits: BTreeMap<String, Quantity>,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        let q = |s: &str| Quantity(s.into());
+        Self {
+            requests: [("cpu".into(), q("10m")), ("memory".into(), q("16Mi"))].into(),
+            limits: [("memory".into(), q("64Mi"))].into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsIdentity {
+    /// `AWS_ROLE_ARN` for pods without a `kms-sidecar.io/aws-role-arn` annotation.
+    pub role_arn: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AzureIdentity {
+    /// `AZURE_CLIENT_ID` for pods without a `kms-sidecar.io/azure-client-id` annotation.
+    pub client_id: Option<String>,
+    pub tenant_id: Option<String>,
+    pub authority_host: String,
+}
+
+impl Default for AzureIdentity {
+    fn default() -> Self {
+        Self {
+            client_id: None,
+            tenant_id: None,
+            authority_host: "https://login.microsoftonline.com/".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    Ignore,
+    Fail,
+}
+
+/// A projected service-account token the sidecar needs, one per audience.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Token {
+    /// IRSA: audience `sts.amazonaws.com`, `AWS_WEB_IDENTITY_TOKEN_FILE`.
+    Aws,
+    /// Azure Workload Identity: `api://AzureADTokenExchange`, `AZURE_FEDERATED_TOKEN_FILE`.
+    Azure,
+    /// Vault `kubernetes`/`jwt` auth: `vault_audience`.
+    Vault,
+}
+
+impl Token {
+    /// The file name under [`super::mutate::TOKEN_DIR`].
+    pub fn file(self) -> &'static str {
+        match self {
+            Token::Aws => "aws",
+            Token::Azure => "azure",
+            Token::Vault => "vault",
+        }
+    }
+
+    pub fn audience(self, config: &Config) -> &str {
+        match self {
+            Token::Aws => "sts.amazonaws.com",
+            Token::Azure => "api://AzureADTokenExchange",
+            Token::Vault => &config.vault_audience,
+        }
+    }
+
+    /// `aws,vault` (or `none`), as in the `kms-sidecar.io/tokens` annotation.
+    pub fn parse_list(list: &str) -> Result<Vec<Token>, String> {
+        let mut tokens = Vec::new();
+        for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            let t = match word {
+                "none" => continue,
+                "aws" => Token::Aws,
+                "azure" => Token::Azure,
+                "vault" => Token::Vault,
+                other => {
+                    return Err(format!(
+                        "unknown token `{other}` (aws, azure, vault or none)"
+                    ));
+                }
+            };
+            if !tokens.contains(&t) {
+                tokens.push(t);
+            }
+        }
+        tokens.sort();
+        Ok(tokens)
+    }
+
+    /// The tokens a sidecar config's backends need: `aws` and `azure`
+    /// backends their platform's token, `vault` backends logging in with
+    /// `kubernetes` or `jwt` auth a Vault one. Read loosely (only
+    /// `backends.*.type` and `auth.method`), so configs for backends this
+    /// build lacks still count.
+    pub fn needed_by(sidecar_config: &str) -> Result<Vec<Token>, String> {
+        let root: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(sidecar_config).map_err(|e| format!("not valid YAML: {e}"))?;
+        let mut tokens = Vec::new();
+        let Some(backends) = root.get("backends").and_then(|b| b.as_mapping()) else {
+            return Ok(tokens);
+        };
+        for backend in backends.values() {
+            let t = match backend.get("type").and_then(|t| t.as_str()) {
+                Some("aws") => Token::Aws,
+                Some("azure") => Token::Azure,
+                Some("vault") => match backend
+                    .get("auth")
+                    .and_then(|a| a.get("method"))
+                    .and_then(|m| m.as_str())
+                {
+                    Some("kubernetes" | "jwt") => Token::Vault,
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            if !tokens.contains(&t) {
+                tokens.push(t);
+            }
+        }
+        tokens.sort();
+        Ok(tokens)
+    }
+}
+
+impl Config {
+    /// Reads `path` (or the defaults without one) and the sidecar config it
+    /// names; every problem is reported at once.
+    pub fn load(path: Option<&Path>) -> Result<Config, String> {
+        let mut config = match path {
+            None => Config::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                Self::parse(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            }
+        };
+        if config.tokens.is_none() {
+            let tokens = match &config.sidecar_config {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .map_err(|e| format!("sidecar_config: cannot read {}: {e}", p.display()))?;
+                    Token::needed_by(&text)
+                        .map_err(|e| format!("sidecar_config {}: {e}", p.display()))?
+                }
+                None => Vec::new(),
+            };
+            config.tokens = Some(tokens);
+        }
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?
+        };
+        let mut problems = Vec::new();
+        if config.image.trim().is_empty() {
+            problems.push("`image`: must not be empty".to_string());
+        }
+        if !super::mutate::is_dns_subdomain(&config.config_map) {
+            problems.push("`config_map`: not a valid ConfigMap name".into());
+        }
+        if config.probes_port == 0 {
+            problems.push("`probes_port`: must not be 0".into());
+        }
+        let mode_ok = (3..=4).contains(&config.socket_mode.len())
+            && config
+                .socket_mode
+                .bytes()
+                .all(|b| (b'0'..=b'7').contains(&b));
+        if !mode_ok {
+            problems.push("`socket_mode`: expected an octal mode such as \"0660\"".into());
+        }
+        let expiration = config.token_expiration.0.as_secs();
+        if !(600..=3600).contains(&expiration) {
+            problems.push("`token_expiration`: must be between 10m and 1h".into());
+        }
+        for (section, map) in [
+            ("requests", &config.resources.requests),
+            ("limits", &config.resources.limits),
+        ] {
+            for (name, q) in map {
+                if !super::mutate::is_quantity(&q.0) {
+                    problems.push(format!(
+                        "`resources.{section}.{name}`: not a Kubernetes quantity"
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_follow_the_backends() {
+        let yaml = r#"
+backends:
+  a: { type: aws, region: eu-west-1 }
+  v: { type: vault, address: "https://v", auth: { method: kubernetes, role: app } }
+  t: { type: vault, address: "https://v", auth: { method: token, token_file: /t } }
+  z: { type: azure, vault_url: "https://z.vault.azure.net" }
+  l: { type: local, dir: /keys }
+"#;
+        assert_eq!(
+            Token::needed_by(yaml).unwrap(),
+            vec![Token::Aws, Token::Azure, Token::Vault]
+        );
+        assert_eq!(Token::needed_by("listen: {}").unwrap(), vec![]);
+        assert!(Token::needed_by("backends: [").is_err());
+    }
+
+    #[test]
+    fn token_lists_parse() {
+        assert_eq!(
+            Token::parse_list("vault, aws,aws").unwrap(),
+            vec![Token::Aws, Token::Vault]
+        );
+        assert_eq!(Token::parse_list("none").unwrap(), vec![]);
+        assert!(Token::parse_list("gcp").unwrap_err().contains("gcp"));
+    }
+
+    #[test]
+    fn bad_configs_name_every_field() {
+        let e = Config::parse(
+            "image: ''\nconfig_map: Bad_Name\nsocket_mode: '999'\ntoken_expiration: 2h\nresources: { requests: { cpu: lots } }\n",
+        )
+        .unwrap_err();
+        for field in [
+            "image",
+            "config_map",
+            "socket_mode",
+            "token_expiration",
+            "resources.requests.cpu",
+        ] {
+            assert!(
+                e.contains(&format!("`{field}`")),
+                "{field} missing from {e}"
+            );
+        }
+        assert!(Config::parse("imagee: x").unwrap_err().contains("imagee"));
+        let c = Config::parse("native_sidecar: false\nfailure_policy: fail\n").unwrap();
+        assert!(!c.native_sidecar);
+        assert_eq!(c.failure_policy, FailurePolicy::Fail);
+    }
+}

@@ -1,0 +1,436 @@
+//! The mutating admission webhook (`kms-sidecar webhook`, SPEC §11): an
+//! HTTPS server taking `admission.k8s.io/v1` AdmissionReviews on `POST
+//! /mutate` and answering with a JSONPatch that injects the sidecar, plus
+//! `/healthz` and `/metrics` for itself.
+//!
+//! - [`config`]: what it injects by default.
+//! - [`mutate`]: pure decision and patch, tested on real pod specs.
+//! - [`tls`]: the certificate, reloaded when cert-manager rotates it.
+
+pub mod config;
+pub mod mutate;
+pub mod tls;
+
+pub use config::{Config, FailurePolicy};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use k8s_openapi::api::core::v1::Pod;
+use kube_core::DynamicObject;
+use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// The largest AdmissionReview read (a pod object is at most ~1.5 MiB in etcd).
+pub const MAX_BODY: usize = 4 << 20;
+
+/// The webhook's errors at start-up; requests never fail the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Where and with what the webhook runs.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub config: Config,
+}
+
+/// Binds, then serves until `shutdown` resolves; in-flight reviews finish
+/// (bounded by 10 s).
+pub async fn run(
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let cert = Arc::new(
+        tls::ReloadingCert::new(&settings.tls_cert, &settings.tls_key).map_err(Error::Tls)?,
+    );
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config().map_err(Error::Tls)?));
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    let handler = Arc::new(Handler::new(settings.config));
+    tracing::info!(
+        listen = %listener.local_addr().unwrap_or(settings.listen),
+        native_sidecar = handler.config.native_sidecar,
+        tokens = ?handler.config.tokens,
+        "kms-sidecar webhook ready"
+    );
+    let reloads = handler.metrics.tls_reloads.clone();
+    let reloader = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(tls::POLL);
+        loop {
+            tick.tick().await;
+            match cert.reload_if_changed() {
+                Ok(false) => {}
+                Ok(true) => {
+                    reloads.with_label_values(&["ok"]).inc();
+                    tracing::info!("TLS certificate reloaded");
+                }
+                Err(e) => {
+                    reloads.with_label_values(&["error"]).inc();
+                    tracing::warn!(error = %e, "TLS certificate change not loaded; serving the previous one");
+                }
+            }
+        }
+    });
+
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let handler = handler.clone();
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let svc = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler.handle(req).await) }
+            });
+            if let Err(e) = watcher
+                .watch(http.serve_connection(TokioIo::new(tls), svc))
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    reloader.abort();
+    tracing::info!("draining in-flight reviews");
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timed out");
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct WebhookMetrics {
+    registry: Registry,
+    /// `webhook_reviews_total{outcome}`: injected, skipped, refused (bad
+    /// annotation), malformed (not an AdmissionReview).
+    reviews: IntCounterVec,
+    review_duration: HistogramVec,
+    /// `webhook_tls_reloads_total{outcome}`.
+    tls_reloads: IntCounterVec,
+}
+
+impl WebhookMetrics {
+    fn new() -> Self {
+        let registry = Registry::new_custom(Some("kms_sidecar".into()), None)
+            .expect("a constant prefix is valid");
+        let reviews = IntCounterVec::new(
+            Opts::new(
+                "webhook_reviews_total",
+                "AdmissionReviews answered, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let review_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "webhook_review_duration_seconds",
+                "Time to answer an AdmissionReview, body read included",
+            )
+            .buckets(vec![
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1,
+            ]),
+            &[],
+        )
+        .expect("valid metric");
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "webhook_tls_reloads_total",
+                "Certificate reloads after a file change",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(reviews.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(review_duration.clone()),
+            Box::new(tls_reloads.clone()),
+        ] {
+            registry.register(m).expect("metric registered once");
+        }
+        Self {
+            registry,
+            reviews,
+            review_duration,
+            tls_reloads,
+        }
+    }
+}
+
+/// Answers the webhook's HTTP requests.
+#[derive(Debug)]
+pub struct Handler {
+    config: Config,
+    metrics: WebhookMetrics,
+}
+
+impl Handler {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            metrics: WebhookMetrics::new(),
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/metrics") => {
+                let mut out = String::new();
+                match TextEncoder::new().encode_utf8(&self.metrics.registry.gather(), &mut out) {
+                    Ok(()) => text(StatusCode::OK, out),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                }
+            }
+            (&Method::POST, "/mutate") => {
+                let started = Instant::now();
+                let (status, body) = match read_body(req).await {
+                    Ok(body) => self.review(&body),
+                    Err((status, message)) => {
+                        self.metrics.reviews.with_label_values(&["malformed"]).inc();
+                        (status, error_body(&message))
+                    }
+                };
+                self.metrics
+                    .review_duration
+                    .with_label_values(&[] as &[&str])
+                    .observe(started.elapsed().as_secs_f64());
+                json(status, body)
+            }
+            (_, "/mutate" | "/healthz" | "/metrics") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: the webhook serves POST /mutate, /healthz and /metrics\n",
+            ),
+        }
+    }
+
+    /// One AdmissionReview in, one out. A body that is not an
+    /// AdmissionReview gets a 400 with a JSON error (the API server then
+    /// applies the webhook's `failurePolicy`).
+    pub fn review(&self, body: &[u8]) -> (StatusCode, Vec<u8>) {
+        let malformed = |message: String| {
+            self.metrics.reviews.with_label_values(&["malformed"]).inc();
+            tracing::warn!(error = %message, "malformed AdmissionReview");
+            (StatusCode::BAD_REQUEST, error_body(&message))
+        };
+        let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => return malformed(format!("not an AdmissionReview: {e}")),
+        };
+        if review.types.api_version != kube_core::admission::META_API_VERSION_V1
+            || review.types.kind != kube_core::admission::META_KIND
+        {
+            return malformed(format!(
+                "expected apiVersion {} kind {}, got `{}` `{}`",
+                kube_core::admission::META_API_VERSION_V1,
+                kube_core::admission::META_KIND,
+                review.types.api_version,
+                review.types.kind
+            ));
+        }
+        let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+            Ok(r) => r,
+            Err(_) => return malformed("the AdmissionReview has no request".into()),
+        };
+        let (outcome, response) = self.decide(&request);
+        self.metrics.reviews.with_label_values(&[outcome]).inc();
+        match serde_json::to_vec(&response.into_review()) {
+            Ok(body) => (StatusCode::OK, body),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                error_body(&e.to_string()),
+            ),
+        }
+    }
+
+    fn decide(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+    ) -> (&'static str, AdmissionResponse) {
+        let response = AdmissionResponse::from(request);
+        let namespace = request.namespace.as_deref().unwrap_or_default();
+        let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+        if !is_pod || request.operation != Operation::Create || request.sub_resource.is_some() {
+            tracing::debug!(kind = %request.kind.kind, operation = ?request.operation, "not a pod creation; admitted unchanged");
+            return ("skipped", response);
+        }
+        let pod = request
+            .object
+            .as_ref()
+            .ok_or_else(|| "the review has no object".to_string())
+            .and_then(|o| serde_json::to_value(o).map_err(|e| e.to_string()))
+            .and_then(|v| serde_json::from_value::<Pod>(v).map_err(|e| format!("not a pod: {e}")));
+        let pod = match pod {
+            Ok(pod) => pod,
+            Err(e) => return self.cannot_decide(response, namespace, &e),
+        };
+        let name = pod
+            .metadata
+            .name
+            .clone()
+            .or_else(|| pod.metadata.generate_name.clone())
+            .unwrap_or_default();
+        match mutate::mutate(&pod, &self.config) {
+            Ok(mutate::Decision::Skip(reason)) => {
+                tracing::debug!(pod.namespace = namespace, pod.name = %name, reason, "admitted unchanged");
+                ("skipped", response)
+            }
+            Ok(mutate::Decision::Inject(patch)) => match response.clone().with_patch(patch) {
+                Ok(patched) => {
+                    tracing::info!(pod.namespace = namespace, pod.name = %name, "sidecar injected");
+                    ("injected", patched)
+                }
+                Err(e) => self.cannot_decide(response, namespace, &e.to_string()),
+            },
+            Err(refusal) => self.cannot_decide(response, namespace, &refusal.to_string()),
+        }
+    }
+
+    /// `failure_policy: ignore` admits the pod unchanged with a warning the
+    /// user sees in kubectl; `fail` denies it with the reason.
+    fn cannot_decide(
+        &self,
+        response: AdmissionResponse,
+        namespace: &str,
+        why: &str,
+    ) -> (&'static str, AdmissionResponse) {
+        let message = format!("kms-sidecar not injected: {why}");
+        match self.config.failure_policy {
+            FailurePolicy::Ignore => {
+                tracing::warn!(
+                    pod.namespace = namespace,
+                    reason = why,
+                    "admitted without the sidecar"
+                );
+                let mut response = response;
+                response.warnings = Some(vec![message]);
+                ("refused", response)
+            }
+            FailurePolicy::Fail => {
+                tracing::warn!(pod.namespace = namespace, reason = why, "pod denied");
+                ("refused", response.deny(message))
+            }
+        }
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, (StatusCode, String)> {
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the review is over {MAX_BODY} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/json".into(),
+        ));
+    }
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("could not read the body: {e}"),
+        )),
+    }
+}
+
+fn error_body(message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default()
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    response(status, "text/plain; charset=utf-8", body.into())
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    response(status, "application/json", body.into())
+}
+
+fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}

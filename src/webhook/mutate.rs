@@ -1,0 +1,522 @@
+//! Pure injection logic: a pod and the webhook's settings in, a decision out
+//! (leave the pod alone, or a JSONPatch that adds the sidecar). No IO, so the
+//! tests apply its patches to real-world pod specs.
+//!
+//! What the patch adds (SPEC §11): the sidecar as a native sidecar (first
+//! init container, `restartPolicy: Always`) or, for clusters before 1.29, a
+//! regular container; an `emptyDir` for the socket mounted at `/var/run/kms`
+//! in every other container with `KMS_SIDECAR_SOCKET`; the config map; a
+//! private `emptyDir` for the sidecar's own files; a
+//! projected service-account token per audience the backends need; the
+//! `kms-sidecar.io/status: injected` annotation that makes injection
+//! idempotent.
+
+use super::config::{Config, Token};
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    HTTPGetAction, Pod, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The label (or annotation) that asks for injection: `"true"`; an
+/// annotation `"false"` opts a labelled pod out.
+pub const INJECT: &str = "kms-sidecar.io/inject";
+/// Set on every injected pod; a pod carrying it is left alone.
+pub const STATUS: &str = "kms-sidecar.io/status";
+/// The ConfigMap (in the pod's namespace) with the sidecar's config.
+pub const CONFIG: &str = "kms-sidecar.io/config";
+/// The sidecar image.
+pub const IMAGE: &str = "kms-sidecar.io/image";
+/// Resource overrides.
+pub const CPU_REQUEST: &str = "kms-sidecar.io/cpu-request";
+pub const MEMORY_REQUEST: &str = "kms-sidecar.io/memory-request";
+pub const CPU_LIMIT: &str = "kms-sidecar.io/cpu-limit";
+pub const MEMORY_LIMIT: &str = "kms-sidecar.io/memory-limit";
+/// Which service-account tokens to project (`aws,azure,vault` or `none`),
+/// for a config map the webhook does not know.
+pub const TOKENS: &str = "kms-sidecar.io/tokens";
+/// Workload identity of the pod, when not the webhook's default.
+pub const AWS_ROLE_ARN: &str = "kms-sidecar.io/aws-role-arn";
+pub const AZURE_CLIENT_ID: &str = "kms-sidecar.io/azure-client-id";
+
+/// The injected container's name.
+pub const CONTAINER: &str = "kms-sidecar";
+/// Where the socket directory is mounted in every container.
+pub const SOCKET_DIR: &str = "/var/run/kms";
+/// The socket path apps find in `KMS_SIDECAR_SOCKET`.
+pub const SOCKET: &str = "/var/run/kms/kms.sock";
+/// Where the sidecar reads its config.
+pub const CONFIG_DIR: &str = "/etc/kms-sidecar";
+/// The sidecar's own writable directory (local dev keys, an audit log),
+/// mounted in no other container.
+pub const DATA_DIR: &str = "/var/lib/kms-sidecar";
+/// Where the projected tokens are mounted in the sidecar (one file per
+/// token: `aws`, `azure`, `vault`).
+pub const TOKEN_DIR: &str = "/var/run/secrets/kms-sidecar";
+
+const SOCKET_VOLUME: &str = "kms-sidecar-socket";
+const CONFIG_VOLUME: &str = "kms-sidecar-config";
+const DATA_VOLUME: &str = "kms-sidecar-data";
+const TOKEN_VOLUME: &str = "kms-sidecar-tokens";
+
+/// What to do with a pod.
+#[derive(Debug)]
+pub enum Decision {
+    /// Admit unchanged; the reason is logged.
+    Skip(&'static str),
+    /// Admit with this patch.
+    Inject(Patch),
+}
+
+/// The pod asks for something the webhook cannot do (a bad annotation).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("annotation {annotation}: {problem}")]
+pub struct Refusal {
+    pub annotation: &'static str,
+    pub problem: String,
+}
+
+/// Decides what to do with `pod` (a CREATE of a pod, or of a pod template
+/// from a controller).
+pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
+    let meta = &pod.metadata;
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    let labels = meta.labels.clone().unwrap_or_default();
+    let Some(spec) = &pod.spec else {
+        return Ok(Decision::Skip("the pod has no spec"));
+    };
+    if annotations.get(INJECT).map(String::as_str) == Some("false") {
+        return Ok(Decision::Skip("the pod opts out by annotation"));
+    }
+    if labels.get(INJECT).map(String::as_str) != Some("true")
+        && annotations.get(INJECT).map(String::as_str) != Some("true")
+    {
+        return Ok(Decision::Skip("the pod does not ask for injection"));
+    }
+    let named_sidecar = |c: &Container| c.name == CONTAINER;
+    if annotations.contains_key(STATUS)
+        || spec.containers.iter().any(named_sidecar)
+        || spec.init_containers.iter().flatten().any(named_sidecar)
+    {
+        return Ok(Decision::Skip("the pod is already injected"));
+    }
+    let overrides = Overrides::read(&annotations, config)?;
+
+    let mut ops = Vec::new();
+    // App and init containers first, at their original indices (the sidecar
+    // is inserted before them last).
+    for (list, containers) in [
+        ("containers", &spec.containers[..]),
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ),
+    ] {
+        for (i, c) in containers.iter().enumerate() {
+            let base = ["spec", list, &i.to_string()];
+            if !c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == SOCKET_DIR)
+            {
+                push_item(
+                    &mut ops,
+                    &base,
+                    "volumeMounts",
+                    c.volume_mounts.is_some(),
+                    socket_mount(),
+                );
+            }
+            if !c
+                .env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "KMS_SIDECAR_SOCKET")
+            {
+                push_item(
+                    &mut ops,
+                    &base,
+                    "env",
+                    c.env.is_some(),
+                    env("KMS_SIDECAR_SOCKET", SOCKET),
+                );
+            }
+        }
+    }
+    for v in volumes(&overrides, config) {
+        push_item(&mut ops, &["spec"], "volumes", spec.volumes.is_some(), v);
+    }
+    let mut sidecar = sidecar(&overrides, config);
+    if config.native_sidecar {
+        sidecar.restart_policy = Some("Always".into());
+        if spec.init_containers.is_some() {
+            ops.push(add(&["spec", "initContainers", "0"], to_value(&sidecar)));
+        } else {
+            ops.push(add(
+                &["spec", "initContainers"],
+                Value::Array(vec![to_value(&sidecar)]),
+            ));
+        }
+    } else {
+        ops.push(add(&["spec", "containers", "0"], to_value(&sidecar)));
+    }
+    if meta.annotations.is_some() {
+        ops.push(add(&["metadata", "annotations", STATUS], "injected".into()));
+    } else {
+        ops.push(add(
+            &["metadata", "annotations"],
+            serde_json::json!({ STATUS: "injected" }),
+        ));
+    }
+    Ok(Decision::Inject(Patch(ops)))
+}
+
+/// The pod's annotations, validated, over the webhook's defaults.
+struct Overrides {
+    config_map: String,
+    image: String,
+    requests: BTreeMap<String, Quantity>,
+    limits: BTreeMap<String, Quantity>,
+    tokens: Vec<Token>,
+    aws_role_arn: Option<String>,
+    azure_client_id: Option<String>,
+}
+
+impl Overrides {
+    fn read(a: &BTreeMap<String, String>, config: &Config) -> Result<Self, Refusal> {
+        let refuse = |annotation, problem: &str| Refusal {
+            annotation,
+            problem: problem.into(),
+        };
+        let config_map = match a.get(CONFIG) {
+            Some(name) if !is_dns_subdomain(name) => {
+                return Err(refuse(CONFIG, "not a valid ConfigMap name"));
+            }
+            Some(name) => name.clone(),
+            None => config.config_map.clone(),
+        };
+        let image = match a.get(IMAGE) {
+            Some(i) if i.is_empty() || i.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                return Err(refuse(IMAGE, "not an image reference"));
+            }
+            Some(i) => i.clone(),
+            None => config.image.clone(),
+        };
+        let mut requests = config.resources.requests.clone();
+        let mut limits = config.resources.limits.clone();
+        for (annotation, is_limit, resource) in [
+            (CPU_REQUEST, false, "cpu"),
+            (MEMORY_REQUEST, false, "memory"),
+            (CPU_LIMIT, true, "cpu"),
+            (MEMORY_LIMIT, true, "memory"),
+        ] {
+            if let Some(q) = a.get(annotation) {
+                if !is_quantity(q) {
+                    return Err(refuse(
+                        annotation,
+                        "not a Kubernetes quantity (e.g. 10m, 16Mi)",
+                    ));
+                }
+                let map = if is_limit { &mut limits } else { &mut requests };
+                map.insert(resource.into(), Quantity(q.clone()));
+            }
+        }
+        let tokens = match a.get(TOKENS) {
+            Some(list) => Token::parse_list(list).map_err(|e| refuse(TOKENS, &e))?,
+            // The tokens the default config's backends need (also for a
+            // config map the webhook has not read, unless the pod names them).
+            None => config.tokens.clone().unwrap_or_default(),
+        };
+        let identity = |annotation: &'static str, default: &Option<String>| match a.get(annotation)
+        {
+            Some(v) if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                Err(refuse(annotation, "must be one word"))
+            }
+            Some(v) => Ok(Some(v.clone())),
+            None => Ok(default.clone()),
+        };
+        Ok(Self {
+            config_map,
+            image,
+            requests,
+            limits,
+            tokens,
+            aws_role_arn: identity(AWS_ROLE_ARN, &config.aws.role_arn)?,
+            azure_client_id: identity(AZURE_CLIENT_ID, &config.azure.client_id)?,
+        })
+    }
+}
+
+fn sidecar(o: &Overrides, config: &Config) -> Container {
+    let probe = |path: &str, period, failures| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(config.probes_port.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    };
+    let mut envs = vec![
+        env("KMS_SIDECAR_LISTEN__SOCKET", SOCKET),
+        env("KMS_SIDECAR_LISTEN__MODE", &config.socket_mode),
+        env(
+            "KMS_SIDECAR_LISTEN__PROBES",
+            &format!("0.0.0.0:{}", config.probes_port),
+        ),
+    ];
+    let mut mounts = vec![
+        socket_mount(),
+        VolumeMount {
+            name: CONFIG_VOLUME.into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: DATA_VOLUME.into(),
+            mount_path: DATA_DIR.into(),
+            ..Default::default()
+        },
+    ];
+    if !o.tokens.is_empty() {
+        mounts.push(VolumeMount {
+            name: TOKEN_VOLUME.into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    let token_file = |t: Token| format!("{TOKEN_DIR}/{}", t.file());
+    for t in &o.tokens {
+        match t {
+            Token::Aws => {
+                envs.push(env("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file(Token::Aws)));
+                if let Some(arn) = &o.aws_role_arn {
+                    envs.push(env("AWS_ROLE_ARN", arn));
+                }
+                envs.push(env("AWS_ROLE_SESSION_NAME", CONTAINER));
+            }
+            Token::Azure => {
+                envs.push(env("AZURE_FEDERATED_TOKEN_FILE", &token_file(Token::Azure)));
+                if let Some(id) = &o.azure_client_id {
+                    envs.push(env("AZURE_CLIENT_ID", id));
+                }
+                if let Some(tenant) = &config.azure.tenant_id {
+                    envs.push(env("AZURE_TENANT_ID", tenant));
+                }
+                envs.push(env("AZURE_AUTHORITY_HOST", &config.azure.authority_host));
+            }
+            Token::Vault => {}
+        }
+    }
+    Container {
+        name: CONTAINER.into(),
+        image: Some(o.image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
+        args: Some(vec![
+            "serve".into(),
+            "--config".into(),
+            format!("{CONFIG_DIR}/config.yaml"),
+        ]),
+        env: Some(envs),
+        ports: Some(vec![ContainerPort {
+            name: Some("kms-probes".into()),
+            container_port: config.probes_port.into(),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        // Up to a minute to log in to the KMS before the pod's other
+        // containers start; then readiness and liveness.
+        startup_probe: Some(probe("/readyz", 1, 60)),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        resources: Some(ResourceRequirements {
+            requests: Some(o.requests.clone()).filter(|m| !m.is_empty()),
+            limits: Some(o.limits.clone()).filter(|m| !m.is_empty()),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(config.run_as_user),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
+}
+
+fn volumes(o: &Overrides, config: &Config) -> Vec<Volume> {
+    let mut volumes = vec![
+        Volume {
+            name: SOCKET_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: None,
+                size_limit: Some(Quantity("1Mi".into())),
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: DATA_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: None,
+                size_limit: Some(Quantity("64Mi".into())),
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: CONFIG_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: o.config_map.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    if !o.tokens.is_empty() {
+        let expiration = i64::try_from(config.token_expiration.0.as_secs()).unwrap_or(3600);
+        let sources = o
+            .tokens
+            .iter()
+            .map(|t| VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(t.audience(config).into()),
+                    expiration_seconds: Some(expiration),
+                    path: t.file().into(),
+                }),
+                ..Default::default()
+            })
+            .collect();
+        volumes.push(Volume {
+            name: TOKEN_VOLUME.into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(sources),
+                default_mode: Some(0o440),
+            }),
+            ..Default::default()
+        });
+    }
+    volumes
+}
+
+fn socket_mount() -> VolumeMount {
+    VolumeMount {
+        name: SOCKET_VOLUME.into(),
+        mount_path: SOCKET_DIR.into(),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// Adds `item` to the list `field` under `base`: appended when the list
+/// exists, else the list is created with it.
+fn push_item(
+    ops: &mut Vec<PatchOperation>,
+    base: &[&str],
+    field: &str,
+    exists: bool,
+    item: impl serde::Serialize,
+) {
+    let item = to_value(&item);
+    let mut path: Vec<&str> = base.to_vec();
+    path.push(field);
+    if exists {
+        path.push("-");
+        ops.push(add(&path, item));
+    } else {
+        // The first item creates the list; later ones append to it.
+        let created = ops
+            .iter()
+            .any(|op| matches!(op, PatchOperation::Add(a) if a.path == pointer(&path)));
+        if created {
+            path.push("-");
+            ops.push(add(&path, item));
+        } else {
+            ops.push(add(&path, Value::Array(vec![item])));
+        }
+    }
+}
+
+fn pointer(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: pointer(tokens),
+        value,
+    })
+}
+
+fn to_value(v: &impl serde::Serialize) -> Value {
+    serde_json::to_value(v).expect("Kubernetes types serialize to JSON")
+}
+
+/// RFC 1123 subdomain, as Kubernetes names objects.
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A Kubernetes resource quantity: a decimal number with an optional binary
+/// (`Ki`…`Ei`), decimal (`m`, `k`, `M`…`E`) or exponent suffix.
+pub(crate) fn is_quantity(s: &str) -> bool {
+    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let digits_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(digits_end);
+    let mut parts = number.split('.');
+    let whole = parts.next().unwrap_or_default();
+    let frac = parts.next();
+    if parts.next().is_some() || (whole.is_empty() && frac.is_none_or(str::is_empty)) {
+        return false;
+    }
+    match suffix {
+        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => {
+            true
+        }
+        e => e
+            .strip_prefix(['e', 'E'])
+            .map(|exp| exp.strip_prefix(['+', '-']).unwrap_or(exp))
+            .is_some_and(|exp| !exp.is_empty() && exp.bytes().all(|b| b.is_ascii_digit())),
+    }
+}
+
+#[cfg(test)]
+#[path = "mutate_tests.rs"]
+mod tests;

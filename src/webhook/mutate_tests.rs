@@ -1,0 +1,404 @@
+//! The patch applied (with the `json-patch` crate, as the API server applies
+//! RFC 6902) to real-world pod specs from `tests/webhook/pods/`.
+
+use super::*;
+use crate::webhook::config::FailurePolicy;
+use serde_json::json;
+
+fn pod(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/webhook/pods/{name}.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).expect("fixture");
+    serde_yaml_ng::from_str(&text).expect("fixture is YAML")
+}
+
+fn config(tokens: &[Token]) -> Config {
+    Config {
+        tokens: Some(tokens.to_vec()),
+        ..Config::default()
+    }
+}
+
+/// Runs the webhook's decision on `doc` and applies the patch; `None` when
+/// the pod is left alone.
+fn inject(doc: &Value, config: &Config) -> Option<(Pod, Value)> {
+    let pod: Pod = serde_json::from_value(doc.clone()).expect("a pod");
+    match mutate(&pod, config).expect("no refusal") {
+        Decision::Skip(_) => None,
+        Decision::Inject(patch) => {
+            let mut patched = doc.clone();
+            json_patch::patch(&mut patched, &patch).expect("the patch applies cleanly");
+            let typed = serde_json::from_value(patched.clone()).expect("still a pod");
+            Some((typed, patched))
+        }
+    }
+}
+
+fn sidecar_of(pod: &Pod) -> &Container {
+    let init = pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap();
+    assert_eq!(
+        init[0].name, CONTAINER,
+        "the sidecar is the first init container"
+    );
+    &init[0]
+}
+
+fn names(cs: &[Container]) -> Vec<&str> {
+    cs.iter().map(|c| c.name.as_str()).collect()
+}
+
+fn assert_sees_socket(c: &Container) {
+    let mounts: Vec<_> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.mount_path == SOCKET_DIR)
+        .collect();
+    assert_eq!(mounts.len(), 1, "{}: one socket mount", c.name);
+    assert_eq!(mounts[0].name, SOCKET_VOLUME);
+    let env: Vec<_> = c
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.name == "KMS_SIDECAR_SOCKET")
+        .collect();
+    assert_eq!(env.len(), 1, "{}: one KMS_SIDECAR_SOCKET", c.name);
+    assert_eq!(env[0].value.as_deref(), Some(SOCKET));
+}
+
+fn env_of(c: &Container, name: &str) -> Option<String> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+#[test]
+fn multi_container_pod_keeps_everything_and_gains_the_sidecar() {
+    let doc = pod("multi-container");
+    let (p, raw) = inject(&doc, &config(&[Token::Aws, Token::Vault])).expect("injected");
+    let spec = p.spec.as_ref().unwrap();
+    assert_eq!(
+        names(spec.init_containers.as_ref().unwrap()),
+        ["kms-sidecar", "migrate"]
+    );
+    assert_eq!(names(&spec.containers), ["api", "log-shipper"]);
+    for c in spec
+        .containers
+        .iter()
+        .chain(&spec.init_containers.as_ref().unwrap()[1..])
+    {
+        assert_sees_socket(c);
+    }
+    // What was there is still there, first and unchanged.
+    let api = &spec.containers[0];
+    assert_eq!(api.env.as_ref().unwrap()[0].name, "RUST_LOG");
+    assert_eq!(api.volume_mounts.as_ref().unwrap()[0].mount_path, "/tmp");
+    assert_eq!(
+        raw["spec"]["containers"][0]["resources"],
+        doc["spec"]["containers"][0]["resources"]
+    );
+    assert_eq!(
+        raw["spec"]["initContainers"][1]["env"][0],
+        doc["spec"]["initContainers"][0]["env"][0]
+    );
+    assert_eq!(
+        raw["spec"]["securityContext"],
+        doc["spec"]["securityContext"]
+    );
+    let volumes = spec.volumes.as_ref().unwrap();
+    assert_eq!(volumes[0].name, "tmp");
+    let annotations = p.metadata.annotations.as_ref().unwrap();
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations[STATUS], "injected");
+
+    // The sidecar: native, probed, hardened, small.
+    let s = sidecar_of(&p);
+    assert_eq!(s.restart_policy.as_deref(), Some("Always"));
+    let startup = s.startup_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert_eq!(startup.path.as_deref(), Some("/readyz"));
+    assert_eq!(startup.port, IntOrString::Int(9102));
+    assert_eq!(
+        s.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/readyz")
+    );
+    let sc = s.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    let res = s.resources.as_ref().unwrap();
+    assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "10m");
+    assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "16Mi");
+    assert_eq!(
+        env_of(s, "KMS_SIDECAR_LISTEN__SOCKET").as_deref(),
+        Some(SOCKET)
+    );
+    assert_eq!(
+        env_of(s, "AWS_WEB_IDENTITY_TOKEN_FILE").as_deref(),
+        Some("/var/run/secrets/kms-sidecar/aws")
+    );
+    assert_eq!(
+        env_of(s, "AWS_ROLE_ARN"),
+        None,
+        "no role ARN configured or annotated"
+    );
+    // Only the sidecar sees the tokens and its private directory.
+    for c in spec
+        .containers
+        .iter()
+        .chain(&spec.init_containers.as_ref().unwrap()[1..])
+    {
+        let ours: Vec<_> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.name.starts_with("kms-sidecar"))
+            .collect();
+        assert_eq!(ours.len(), 1, "{}: only the socket", c.name);
+    }
+
+    // One projected volume, a token per audience, at most an hour.
+    let tokens = volumes.iter().find(|v| v.name == TOKEN_VOLUME).unwrap();
+    let sources = tokens.projected.as_ref().unwrap().sources.as_ref().unwrap();
+    let audiences: Vec<_> = sources
+        .iter()
+        .map(|s| {
+            let t = s.service_account_token.as_ref().unwrap();
+            assert!(t.expiration_seconds.unwrap() <= 3600);
+            (t.audience.clone().unwrap(), t.path.clone())
+        })
+        .collect();
+    assert_eq!(
+        audiences,
+        [
+            ("sts.amazonaws.com".into(), "aws".into()),
+            ("vault".into(), "vault".into())
+        ]
+    );
+    let cm = volumes.iter().find(|v| v.name == CONFIG_VOLUME).unwrap();
+    assert_eq!(cm.config_map.as_ref().unwrap().name, "kms-sidecar");
+
+    // Idempotent: the injected pod is left alone.
+    assert!(inject(&raw, &config(&[Token::Aws])).is_none());
+}
+
+#[test]
+fn bare_pod_gets_every_list_created() {
+    let (p, _) = inject(&pod("bare"), &config(&[])).expect("injected");
+    let spec = p.spec.as_ref().unwrap();
+    assert_eq!(
+        names(spec.init_containers.as_ref().unwrap()),
+        ["kms-sidecar"]
+    );
+    assert_sees_socket(&spec.containers[0]);
+    let volumes: Vec<_> = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(
+        volumes,
+        [SOCKET_VOLUME, DATA_VOLUME, CONFIG_VOLUME],
+        "no token volume without tokens"
+    );
+    assert!(
+        spec.security_context.is_none(),
+        "the pod's own securityContext is not invented"
+    );
+    assert_eq!(p.metadata.annotations.as_ref().unwrap()[STATUS], "injected");
+    assert!(
+        sidecar_of(&p)
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.name != TOKEN_VOLUME)
+    );
+}
+
+#[test]
+fn job_pod_can_complete_and_follows_its_annotations() {
+    let (p, _) = inject(&pod("job-pod"), &config(&[Token::Vault])).expect("injected");
+    let spec = p.spec.as_ref().unwrap();
+    // The app is the only regular container: when it exits, the pod
+    // completes and the kubelet stops the native sidecar.
+    assert_eq!(names(&spec.containers), ["rekey"]);
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    let s = sidecar_of(&p);
+    assert_eq!(s.restart_policy.as_deref(), Some("Always"));
+    let cm = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == CONFIG_VOLUME)
+        .unwrap();
+    assert_eq!(cm.config_map.as_ref().unwrap().name, "rekey-config");
+    // `kms-sidecar.io/tokens: aws` replaces the default (vault).
+    assert_eq!(
+        env_of(s, "AWS_ROLE_ARN").as_deref(),
+        Some("arn:aws:iam::111122223333:role/rekey")
+    );
+    let tokens = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == TOKEN_VOLUME)
+        .unwrap();
+    let sources = tokens.projected.as_ref().unwrap().sources.as_ref().unwrap();
+    assert_eq!(sources.len(), 1);
+    assert_eq!(
+        sources[0]
+            .service_account_token
+            .as_ref()
+            .unwrap()
+            .audience
+            .as_deref(),
+        Some("sts.amazonaws.com")
+    );
+}
+
+#[test]
+fn injected_opted_out_and_unlabelled_pods_are_left_alone() {
+    for name in ["already-injected", "opted-out"] {
+        assert!(
+            inject(&pod(name), &config(&[Token::Aws])).is_none(),
+            "{name}"
+        );
+    }
+    let mut unlabelled = pod("bare");
+    unlabelled["metadata"]["labels"] = json!({});
+    assert!(inject(&unlabelled, &config(&[])).is_none());
+    // Injected by hand (a container named kms-sidecar), without the annotation.
+    let mut by_hand = pod("bare");
+    by_hand["spec"]["containers"][0]["name"] = json!("kms-sidecar");
+    assert!(inject(&by_hand, &config(&[])).is_none());
+}
+
+#[test]
+fn old_clusters_get_a_regular_container() {
+    let c = Config {
+        native_sidecar: false,
+        ..config(&[Token::Azure])
+    };
+    let (p, _) = inject(&pod("multi-container"), &c).expect("injected");
+    let spec = p.spec.as_ref().unwrap();
+    assert_eq!(
+        names(&spec.containers),
+        ["kms-sidecar", "api", "log-shipper"]
+    );
+    assert_eq!(names(spec.init_containers.as_ref().unwrap()), ["migrate"]);
+    let s = &spec.containers[0];
+    assert_eq!(s.restart_policy, None);
+    assert_eq!(
+        env_of(s, "AZURE_FEDERATED_TOKEN_FILE").as_deref(),
+        Some("/var/run/secrets/kms-sidecar/azure")
+    );
+    assert_eq!(
+        env_of(s, "AZURE_AUTHORITY_HOST").as_deref(),
+        Some("https://login.microsoftonline.com/")
+    );
+    assert_sees_socket(&spec.containers[1]);
+    assert_sees_socket(&spec.containers[2]);
+}
+
+#[test]
+fn annotations_override_image_resources_and_identity() {
+    let mut doc = pod("bare");
+    doc["metadata"]["annotations"] = json!({
+        IMAGE: "registry.internal/kms-sidecar:0.1.0-fips",
+        CPU_REQUEST: "50m",
+        MEMORY_LIMIT: "128Mi",
+        TOKENS: "azure",
+        AZURE_CLIENT_ID: "00000000-0000-0000-0000-000000000001",
+    });
+    let c = Config {
+        azure: crate::webhook::config::AzureIdentity {
+            tenant_id: Some("tenant".into()),
+            ..Default::default()
+        },
+        ..config(&[Token::Aws])
+    };
+    let (p, _) = inject(&doc, &c).expect("injected");
+    let s = sidecar_of(&p);
+    assert_eq!(
+        s.image.as_deref(),
+        Some("registry.internal/kms-sidecar:0.1.0-fips")
+    );
+    let res = s.resources.as_ref().unwrap();
+    assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "50m");
+    assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "16Mi");
+    assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "128Mi");
+    assert_eq!(
+        env_of(s, "AZURE_CLIENT_ID").as_deref(),
+        Some("00000000-0000-0000-0000-000000000001")
+    );
+    assert_eq!(env_of(s, "AZURE_TENANT_ID").as_deref(), Some("tenant"));
+    assert_eq!(env_of(s, "AWS_WEB_IDENTITY_TOKEN_FILE"), None);
+}
+
+#[test]
+fn existing_socket_mount_and_env_are_not_duplicated() {
+    let mut doc = pod("bare");
+    doc["spec"]["containers"][0]["volumeMounts"] =
+        json!([{ "name": "mine", "mountPath": SOCKET_DIR }]);
+    doc["spec"]["containers"][0]["env"] =
+        json!([{ "name": "KMS_SIDECAR_SOCKET", "value": "/elsewhere" }]);
+    doc["spec"]["volumes"] = json!([{ "name": "mine", "emptyDir": {} }]);
+    let (p, _) = inject(&doc, &config(&[])).expect("injected");
+    let app = &p.spec.as_ref().unwrap().containers[0];
+    assert_eq!(app.volume_mounts.as_ref().unwrap().len(), 1);
+    assert_eq!(
+        env_of(app, "KMS_SIDECAR_SOCKET").as_deref(),
+        Some("/elsewhere")
+    );
+}
+
+#[test]
+fn bad_annotations_are_refused_with_their_name() {
+    for (annotation, value) in [
+        (CPU_REQUEST, "a lot"),
+        (MEMORY_LIMIT, "16MB"),
+        (CONFIG, "Not_A_Name"),
+        (IMAGE, "two words"),
+        (TOKENS, "aws,gcp"),
+        (AWS_ROLE_ARN, ""),
+    ] {
+        let mut doc = pod("bare");
+        doc["metadata"]["annotations"] = json!({ annotation: value });
+        let p: Pod = serde_json::from_value(doc).unwrap();
+        let refusal = mutate(&p, &config(&[])).expect_err(annotation);
+        assert_eq!(refusal.annotation, annotation);
+        assert!(!refusal.to_string().contains(value) || value.is_empty() || annotation == TOKENS);
+    }
+    assert_eq!(config(&[]).failure_policy, FailurePolicy::Ignore);
+}
+
+#[test]
+fn quantities() {
+    for ok in [
+        "10m", "16Mi", "1", "0.5", ".5", "1e3", "1E-2", "2Gi", "+1k", "100",
+    ] {
+        assert!(is_quantity(ok), "{ok}");
+    }
+    for bad in ["", "m", "1.2.3", "16MB", "1e", "ten", "1 Mi", "."] {
+        assert!(!is_quantity(bad), "{bad}");
+    }
+}
