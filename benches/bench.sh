@@ -34,34 +34,11 @@ COLD_RUNS=${BENCH_COLD_RUNS:-10}
 DATAKEY_REQUESTS=${BENCH_DATAKEY_REQUESTS:-1000000}
 STREAM_MIB=${BENCH_STREAM_MIB:-1024}
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-for tool in curl python3 cmp df truncate; do
-    command -v "$tool" >/dev/null || die "$tool is required"
-done
-
-# --- build and load generator ----------------------------------------------
-log "building the release binary"
-cargo build --release --bin kms-sidecar
-[[ -x $BIN ]] || die "$BIN was not built"
-
-export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-if ! command -v oha >/dev/null; then
-    log "installing oha (cargo install --locked oha)"
-    cargo install --locked oha
-fi
-OHA_HELP=$(oha --help)
-# Machine-readable output: `--output-format json` on current oha (1.16 here), `-j` on older releases.
-if grep -q -- '--output-format' <<<"$OHA_HELP"; then
-    OHA_JSON=(--output-format json)
-else
-    OHA_JSON=(-j)
-fi
-OHA_EXTRA=()
-grep -q -- '--no-tui' <<<"$OHA_HELP" && OHA_EXTRA+=(--no-tui)
-# Let requests in flight at the deadline finish instead of counting them as errors.
-grep -q -- '--wait-ongoing-requests-after-deadline' <<<"$OHA_HELP" && OHA_EXTRA+=(--wait-ongoing-requests-after-deadline)
+BENCH_TAG=bench
+# shellcheck source=benches/common.sh
+source benches/common.sh
+require curl python3 cmp df truncate
+build_and_find_oha
 
 # --- sidecar lifecycle -------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kms-sidecar-bench.XXXXXX")

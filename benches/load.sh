@@ -20,19 +20,11 @@ DURATION=${LOAD_DURATION:-60}
 CONNS=${LOAD_CONNECTIONS:-500}
 ROUNDS=${LOAD_ROUNDS:-2}
 
-log() { printf '[load] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-for tool in curl python3; do command -v "$tool" >/dev/null || die "$tool is required"; done
-
-log "building the release binary"
-cargo build --release --bin kms-sidecar
-export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-command -v oha >/dev/null || { log "installing oha"; cargo install --locked oha; }
-OHA_HELP=$(oha --help)
-if grep -q -- '--output-format' <<<"$OHA_HELP"; then OHA_JSON=(--output-format json); else OHA_JSON=(-j); fi
-OHA_EXTRA=()
-grep -q -- '--no-tui' <<<"$OHA_HELP" && OHA_EXTRA+=(--no-tui)
-grep -q -- '--wait-ongoing-requests-after-deadline' <<<"$OHA_HELP" && OHA_EXTRA+=(--wait-ongoing-requests-after-deadline)
+BENCH_TAG=load
+# shellcheck source=benches/common.sh
+source benches/common.sh
+require curl python3
+build_and_find_oha
 
 # 1000 client sockets plus the sidecar's: make room in this shell's limit
 # (oha inherits it; the sidecar raises its own to the hard limit).

@@ -30,16 +30,20 @@ enum Command {
     #[cfg(feature = "webhook")]
     Webhook {
         /// PEM certificate chain (reloaded when the file changes).
-        #[arg(long)]
-        tls_cert: PathBuf,
+        #[arg(long, required_unless_present = "check")]
+        tls_cert: Option<PathBuf>,
         /// PEM private key.
-        #[arg(long)]
-        tls_key: PathBuf,
+        #[arg(long, required_unless_present = "check")]
+        tls_key: Option<PathBuf>,
         #[arg(long, default_value = "0.0.0.0:8443")]
         listen: std::net::SocketAddr,
         /// The webhook's config: what it injects by default.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Validate the config (and the sidecar config it names), print it
+        /// resolved and exit.
+        #[arg(long)]
+        check: bool,
     },
     /// Work with config files.
     #[command(subcommand)]
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
             tls_key,
             listen,
             config,
+            check,
         } => {
             use kms_sidecar::webhook;
             let config = match webhook::Config::load(config.as_deref()) {
@@ -126,6 +131,10 @@ fn main() -> ExitCode {
                     eprintln!("kms-sidecar webhook: {e}");
                     return ExitCode::from(2);
                 }
+            };
+            let (Some(tls_cert), Some(tls_key), false) = (tls_cert, tls_key, check) else {
+                print!("{}", serde_yaml_ng::to_string(&config).unwrap_or_default());
+                return ExitCode::SUCCESS;
             };
             telemetry::init(&config.log);
             let settings = webhook::Settings {

@@ -72,6 +72,19 @@ async fn the_readme_tour_runs_as_written() {
     s.secret("c2VjcmV0");
 }
 
+/// The README's ```yaml block that starts with `first_line`.
+fn readme_yaml_block(first_line: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    readme
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.starts_with(first_line))
+        .unwrap_or_else(|| panic!("README has a yaml block starting with `{first_line}`"))
+        .to_owned()
+}
+
 #[tokio::test]
 async fn examples_curl_sh_passes() {
     let s = Sidecar::start_default().await;
@@ -83,15 +96,88 @@ async fn examples_curl_sh_passes() {
 /// `listen:`) is a valid config, so its defaults and field names are real.
 #[test]
 fn the_readme_config_reference_passes_config_check() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let reference = readme
-        .split("```yaml\n")
-        .skip(1)
-        .map(|b| b.split("```").next().unwrap())
-        .find(|b| b.starts_with("listen:"))
-        .expect("README has the config reference");
-    let (code, out, err) = crate::harness::run_with_config(&["config", "check"], reference, &[]);
+    let reference = readme_yaml_block("listen:");
+    let (code, out, err) = crate::harness::run_with_config(&["config", "check"], &reference, &[]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("backend_timeout: 5s"), "{out}");
+}
+
+/// `examples/app/app.sh` (the app of the Kubernetes examples) signs,
+/// verifies and round-trips an envelope under plain `sh`, and fails when a
+/// step does.
+#[tokio::test]
+async fn examples_app_sh_passes_and_fails_when_it_should() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/app/app.sh");
+    let run = |s: &Sidecar, data_key: &str| {
+        Command::new("sh")
+            .arg(script)
+            .env("KMS_SIDECAR_SOCKET", &s.socket)
+            .env("DATA_KEY", data_key)
+            .env("WAIT_SECONDS", "5")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run sh ({e}); {HINT}"))
+    };
+    let s = Sidecar::start(&crate::harness::local_config(
+        "  signing: { backend: dev, key: signing, algorithm: ecdsa-p256-sha256 }\n  data: { backend: dev, key: data, algorithm: aes-256-gcm }",
+    ))
+    .await;
+    let out = run(&s, "data");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("signed and verified with signing"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("encrypted and decrypted a record with data"),
+        "{stdout}"
+    );
+    let out = run(&s, "no-such-key");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no-such-key/envelope/encrypt") && stderr.contains("key_not_found"),
+        "{stderr}"
+    );
+}
+
+/// The README's webhook config reference (the ```yaml block that starts with
+/// `image:`) passes `kms-sidecar webhook --check`.
+#[cfg(feature = "webhook")]
+#[test]
+fn the_readme_webhook_config_passes_webhook_check() {
+    let reference = readme_yaml_block("image:");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("webhook.yaml");
+    // The sidecar config it names is mounted in a cluster; here, one with an AWS backend.
+    let sidecar = dir.path().join("config.yaml");
+    std::fs::write(
+        &sidecar,
+        "backends:\n  kms: { type: aws, region: eu-west-1 }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &path,
+        reference.replace("/etc/kms-sidecar/config.yaml", sidecar.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kms-sidecar"))
+        .args(["webhook", "--check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("- aws"),
+        "tokens read from the sidecar config: {stdout}"
+    );
 }

@@ -663,6 +663,80 @@ impl Drop for Moto {
     }
 }
 
+/// A CA and a server certificate for `localhost` signed by it, in `dir`
+/// under `name`: returns (ca.pem, cert.pem, key.pem).
+pub fn issue_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |f: &str| dir.join(format!("{name}-{f}"));
+    let s = |p: &PathBuf| p.display().to_string();
+    let (ca_key, ca, key, csr, cert, ext) = (
+        p("ca.key"),
+        p("ca.pem"),
+        p("key.pem"),
+        p("csr.pem"),
+        p("cert.pem"),
+        p("ext.cnf"),
+    );
+    std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    for args in [
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &s(&ca_key),
+            "-out",
+            &s(&ca),
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={name} test CA"),
+        ],
+        vec![
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &s(&key),
+            "-out",
+            &s(&csr),
+            "-subj",
+            "/CN=kms-sidecar-webhook",
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &s(&csr),
+            "-CA",
+            &s(&ca),
+            "-CAkey",
+            &s(&ca_key),
+            "-CAcreateserial",
+            "-out",
+            &s(&cert),
+            "-days",
+            "1",
+            "-extfile",
+            &s(&ext),
+        ],
+    ] {
+        let (ok, _, err) = run_tool(
+            "openssl",
+            &args,
+            "install openssl (apt-get install openssl)",
+        );
+        assert!(ok, "openssl {args:?}: {err}");
+    }
+    (ca, cert, key)
+}
+
 /// Verifies `signature` over `message` with the `openssl` command line and a
 /// PEM public key (an implementation independent of the sidecar's).
 /// `options` are `openssl dgst` options (`-sha384`, `-sigopt …`); Ed25519

@@ -7,6 +7,8 @@ mod api;
 mod audit;
 mod aws;
 mod callers;
+#[cfg(feature = "webhook")]
+mod chart;
 mod cli;
 mod docs;
 mod envelope;

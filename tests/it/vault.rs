@@ -827,29 +827,7 @@ async fn kubernetes_auth_through_token_review() {
     let forged = Issuer::new(creds.path(), "forger").mint("apps", "app", "vault", 3600);
     let review = token_review_server(issuer).await;
     // The CA is required by the auth method's config; TokenReview is plain HTTP here.
-    let ca = creds.path().join("ca");
-    let (ok, _, err) = run_tool(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &ca.with_extension("key").display().to_string(),
-            "-out",
-            &ca.display().to_string(),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=test-ca",
-        ],
-        "install openssl",
-    );
-    assert!(ok, "{err}");
+    let (ca, _, _) = crate::harness::issue_cert(creds.path(), "review");
     bao.api("POST", "sys/auth/kubernetes", json!({"type": "kubernetes"}))
         .await;
     bao.api(

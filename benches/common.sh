@@ -1,0 +1,33 @@
+# Shared by the bench scripts (sourced): logging, the release build, and oha
+# with the flags this version understands. Set BENCH_TAG before sourcing.
+
+log() { printf '[%s] %s\n' "${BENCH_TAG:-bench}" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# require TOOL…: fail early naming the first missing tool.
+require() {
+    local tool
+    for tool in "$@"; do command -v "$tool" >/dev/null || die "$tool is required"; done
+}
+
+# Builds target/release/kms-sidecar and makes sure oha is on PATH; sets
+# OHA_JSON (machine-readable output) and OHA_EXTRA (no TUI; requests in
+# flight at a -z deadline finish instead of counting as errors).
+build_and_find_oha() {
+    log "building the release binary"
+    cargo build --release --bin kms-sidecar
+    [[ -x target/release/kms-sidecar ]] || die "target/release/kms-sidecar was not built"
+    export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+    if ! command -v oha >/dev/null; then
+        log "installing oha (cargo install --locked oha)"
+        cargo install --locked oha
+    fi
+    local help
+    help=$(oha --help)
+    # `--output-format json` on current oha (1.16 here), `-j` on older releases.
+    if grep -q -- '--output-format' <<<"$help"; then OHA_JSON=(--output-format json); else OHA_JSON=(-j); fi
+    OHA_EXTRA=()
+    grep -q -- '--no-tui' <<<"$help" && OHA_EXTRA+=(--no-tui)
+    grep -q -- '--wait-ongoing-requests-after-deadline' <<<"$help" && OHA_EXTRA+=(--wait-ongoing-requests-after-deadline)
+    return 0
+}

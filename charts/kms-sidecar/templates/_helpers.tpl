@@ -1,0 +1,71 @@
+{{/* The chart's names and labels. */}}
+{{- define "kms-sidecar.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kms-sidecar.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains (include "kms-sidecar.name" .) .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "kms-sidecar.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "kms-sidecar.webhookName" -}}
+{{- printf "%s-webhook" (include "kms-sidecar.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kms-sidecar.tlsSecret" -}}
+{{- printf "%s-tls" (include "kms-sidecar.webhookName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kms-sidecar.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "kms-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kms-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: webhook
+{{- end }}
+
+{{- define "kms-sidecar.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "kms-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The sidecar config file, from values. */}}
+{{- define "kms-sidecar.sidecarConfig" -}}
+{{- toYaml .Values.sidecar.config }}
+{{- end }}
+
+{{/* The webhook's own config file (src/webhook/config.rs). */}}
+{{- define "kms-sidecar.webhookConfig" -}}
+{{- $i := .Values.injection -}}
+image: {{ include "kms-sidecar.image" . | quote }}
+image_pull_policy: {{ .Values.image.pullPolicy }}
+config_map: {{ .Values.sidecar.configMapName }}
+sidecar_config: /etc/kms-sidecar/config.yaml
+{{- with $i.tokens }}
+tokens: {{ toJson . }}
+{{- end }}
+native_sidecar: {{ $i.nativeSidecar }}
+resources: {{ toJson $i.resources }}
+socket_mode: {{ $i.socketMode | quote }}
+run_as_user: {{ $i.runAsUser }}
+token_expiration: {{ $i.tokenExpiration }}
+vault_audience: {{ $i.vaultAudience | quote }}
+aws:
+  role_arn: {{ $i.aws.roleArn | default nil | toJson }}
+azure:
+  client_id: {{ $i.azure.clientId | default nil | toJson }}
+  tenant_id: {{ $i.azure.tenantId | default nil | toJson }}
+  authority_host: {{ $i.azure.authorityHost | quote }}
+failure_policy: {{ .Values.webhook.failurePolicy | lower }}
+log: { level: {{ .Values.webhook.logLevel }}, format: json }
+{{- end }}
