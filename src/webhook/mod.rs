@@ -13,6 +13,8 @@ pub mod tls;
 
 pub use config::{Config, FailurePolicy};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
@@ -297,13 +299,19 @@ impl Handler {
             Ok(r) => r,
             Err(_) => return malformed("the AdmissionReview has no request".into()),
         };
-        let (outcome, response) = self.decide(&request);
+        let (outcome, mut response) = self.decide(&request);
         self.metrics.reviews.with_label_values(&[outcome]).inc();
-        // kube-core sends the patch's bytes as a JSON array of numbers: an
-        // answer is a few times the patch's size, so size the buffer once.
-        let mut body = Vec::with_capacity(4 * response.patch.as_ref().map_or(0, Vec::len) + 512);
-        match serde_json::to_writer(&mut body, &response.into_review()) {
-            Ok(()) => (StatusCode::OK, body),
+        // The API documents `patch` as base64 (a Go []byte); kube-core's
+        // Vec<u8> would go out as an array of numbers (kube-rs/kube#1781).
+        let patch = response.patch.take();
+        let answer = serde_json::to_value(response.into_review()).map(|mut review| {
+            if let Some(patch) = patch {
+                review["response"]["patch"] = STANDARD.encode(patch).into();
+            }
+            review
+        });
+        match answer.and_then(|review| serde_json::to_vec(&review)) {
+            Ok(body) => (StatusCode::OK, body),
             Err(e) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 error_body(&e.to_string()),

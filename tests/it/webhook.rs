@@ -187,11 +187,14 @@ fn pod_review(pod: &Value) -> Value {
     review_of(("", "v1", "Pod"), "pods", "CREATE", pod)
 }
 
-/// The JSONPatch of a response (kube-core sends its bytes as a JSON array).
+/// The JSONPatch of a response: base64, as the API server's Go type
+/// (`[]byte`) decodes it.
 fn patch_of(response: &Value) -> json_patch::Patch {
     assert_eq!(response["patchType"], "JSONPatch");
-    let bytes: Vec<u8> = serde_json::from_value(response["patch"].clone()).unwrap();
-    serde_json::from_slice(&bytes).unwrap()
+    let encoded = response["patch"]
+        .as_str()
+        .expect("the patch is a base64 string");
+    serde_json::from_slice(&crate::harness::unb64(&json!(encoded))).unwrap()
 }
 
 #[test]
