@@ -86,8 +86,9 @@ pub struct Refusal {
 /// from a controller).
 pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     let meta = &pod.metadata;
-    let annotations = meta.annotations.clone().unwrap_or_default();
-    let labels = meta.labels.clone().unwrap_or_default();
+    let none = BTreeMap::new();
+    let annotations = meta.annotations.as_ref().unwrap_or(&none);
+    let labels = meta.labels.as_ref().unwrap_or(&none);
     let Some(spec) = &pod.spec else {
         return Ok(Decision::Skip("the pod has no spec"));
     };
@@ -106,7 +107,7 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     {
         return Ok(Decision::Skip("the pod is already injected"));
     }
-    let overrides = Overrides::read(&annotations, config)?;
+    let overrides = Overrides::read(annotations, config)?;
 
     let mut ops = Vec::new();
     // App and init containers first, at their original indices (the sidecar
@@ -126,12 +127,12 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
                 .flatten()
                 .any(|m| m.mount_path == SOCKET_DIR)
             {
-                push_item(
+                push_items(
                     &mut ops,
                     &base,
                     "volumeMounts",
                     c.volume_mounts.is_some(),
-                    socket_mount(),
+                    [socket_mount()],
                 );
             }
             if !c
@@ -140,19 +141,23 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
                 .flatten()
                 .any(|e| e.name == "KMS_SIDECAR_SOCKET")
             {
-                push_item(
+                push_items(
                     &mut ops,
                     &base,
                     "env",
                     c.env.is_some(),
-                    env("KMS_SIDECAR_SOCKET", SOCKET),
+                    [env("KMS_SIDECAR_SOCKET", SOCKET)],
                 );
             }
         }
     }
-    for v in volumes(&overrides, config) {
-        push_item(&mut ops, &["spec"], "volumes", spec.volumes.is_some(), v);
-    }
+    push_items(
+        &mut ops,
+        &["spec"],
+        "volumes",
+        spec.volumes.is_some(),
+        volumes(&overrides, config),
+    );
     let mut sidecar = sidecar(&overrides, config);
     if config.native_sidecar {
         sidecar.restart_policy = Some("Always".into());
@@ -203,9 +208,7 @@ impl Overrides {
             None => config.config_map.clone(),
         };
         let image = match a.get(IMAGE) {
-            Some(i) if i.is_empty() || i.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-                return Err(refuse(IMAGE, "not an image reference"));
-            }
+            Some(i) if !is_one_word(i) => return Err(refuse(IMAGE, "not an image reference")),
             Some(i) => i.clone(),
             None => config.image.clone(),
         };
@@ -236,9 +239,7 @@ impl Overrides {
         };
         let identity = |annotation: &'static str, default: &Option<String>| match a.get(annotation)
         {
-            Some(v) if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-                Err(refuse(annotation, "must be one word"))
-            }
+            Some(v) if !is_one_word(v) => Err(refuse(annotation, "must be one word")),
             Some(v) => Ok(Some(v.clone())),
             None => Ok(default.clone()),
         };
@@ -367,22 +368,8 @@ fn sidecar(o: &Overrides, config: &Config) -> Container {
 
 fn volumes(o: &Overrides, config: &Config) -> Vec<Volume> {
     let mut volumes = vec![
-        Volume {
-            name: SOCKET_VOLUME.into(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                medium: None,
-                size_limit: Some(Quantity("1Mi".into())),
-            }),
-            ..Default::default()
-        },
-        Volume {
-            name: DATA_VOLUME.into(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                medium: None,
-                size_limit: Some(Quantity("64Mi".into())),
-            }),
-            ..Default::default()
-        },
+        empty_dir(SOCKET_VOLUME, "1Mi"),
+        empty_dir(DATA_VOLUME, "64Mi"),
         Volume {
             name: CONFIG_VOLUME.into(),
             config_map: Some(ConfigMapVolumeSource {
@@ -418,6 +405,17 @@ fn volumes(o: &Overrides, config: &Config) -> Vec<Volume> {
     volumes
 }
 
+fn empty_dir(name: &str, size_limit: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: None,
+            size_limit: Some(Quantity(size_limit.into())),
+        }),
+        ..Default::default()
+    }
+}
+
 fn socket_mount() -> VolumeMount {
     VolumeMount {
         name: SOCKET_VOLUME.into(),
@@ -434,32 +432,23 @@ fn env(name: &str, value: &str) -> EnvVar {
     }
 }
 
-/// Adds `item` to the list `field` under `base`: appended when the list
-/// exists, else the list is created with it.
-fn push_item(
+/// Adds `items` to the list `field` under `base`: each appended when the
+/// list exists, else the list is created with all of them.
+fn push_items<T: serde::Serialize>(
     ops: &mut Vec<PatchOperation>,
     base: &[&str],
     field: &str,
     exists: bool,
-    item: impl serde::Serialize,
+    items: impl IntoIterator<Item = T>,
 ) {
-    let item = to_value(&item);
     let mut path: Vec<&str> = base.to_vec();
     path.push(field);
+    let items = items.into_iter().map(|item| to_value(&item));
     if exists {
         path.push("-");
-        ops.push(add(&path, item));
+        ops.extend(items.map(|item| add(&path, item)));
     } else {
-        // The first item creates the list; later ones append to it.
-        let created = ops
-            .iter()
-            .any(|op| matches!(op, PatchOperation::Add(a) if a.path == pointer(&path)));
-        if created {
-            path.push("-");
-            ops.push(add(&path, item));
-        } else {
-            ops.push(add(&path, Value::Array(vec![item])));
-        }
+        ops.push(add(&path, Value::Array(items.collect())));
     }
 }
 
@@ -476,6 +465,12 @@ fn add(tokens: &[&str], value: Value) -> PatchOperation {
 
 fn to_value(v: &impl serde::Serialize) -> Value {
     serde_json::to_value(v).expect("Kubernetes types serialize to JSON")
+}
+
+/// Non-empty, without spaces or control characters (an image reference, an
+/// ARN, a client id).
+fn is_one_word(s: &str) -> bool {
+    !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// RFC 1123 subdomain, as Kubernetes names objects.

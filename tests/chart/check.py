@@ -21,7 +21,9 @@ no helm binary); kubernetes-validate carries the schemas.
 
 import argparse
 import base64
+import functools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,8 @@ CERT_MANAGER_REQUIRED = {
 }
 
 failures: list[str] = []
+# Files handed to the binary and openssl; removed at exit.
+TMP = Path(tempfile.mkdtemp(prefix="kms-sidecar-chart-"))
 
 
 def fail(msg: str) -> None:
@@ -60,10 +64,14 @@ def check(cond: bool, msg: str) -> None:
         fail(msg)
 
 
+@functools.cache
+def chart() -> "helm.Chart":
+    return helm.Chart.load(str(CHART))
+
+
 def render(values: dict) -> str:
     """The chart rendered as `helm template` prints it (NOTES left out)."""
-    chart = helm.Chart.load(str(CHART))
-    out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    out = chart().render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
     parts = []
     for path in sorted(out):
         if path.endswith("NOTES.txt") or path.endswith(".tpl"):
@@ -104,18 +112,22 @@ def by_kind(objs: list[dict], kind: str) -> list[dict]:
     return [o for o in objs if o.get("kind") == kind]
 
 
-def run_bin(args: list[str], text: str) -> subprocess.CompletedProcess:
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+def write_tmp(text: str) -> Path:
+    f = tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=TMP, delete=False)
+    with f:
         f.write(text)
-    try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_SIDECAR_")}
-        return subprocess.run([os.environ["CHART_CHECK_BIN"], *args, f.name], capture_output=True, text=True, env=env)
-    finally:
-        os.unlink(f.name)
+    return Path(f.name)
+
+
+def run_bin(args: list[str], text: str) -> subprocess.CompletedProcess:
+    """This build's binary on `text` as a file (no KMS_SIDECAR_ overrides)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_SIDECAR_")}
+    return subprocess.run([os.environ["CHART_CHECK_BIN"], *args, str(write_tmp(text))],
+                          capture_output=True, text=True, env=env)
 
 
 def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
-    merged = helm.Chart.load(str(CHART)).merge_values(values)
+    merged = chart().merge_values(values)
     web, tls, inj, side = merged["webhook"], merged["tls"], merged["injection"], merged["sidecar"]
 
     [deployment] = by_kind(objs, "Deployment")
@@ -152,14 +164,12 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
         [secret] = by_kind(objs, "Secret")
         check(secret["metadata"]["name"] == tls_secret, f"{origin}: the Deployment mounts the generated Secret")
         check(hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"], f"{origin}: caBundle is the generated CA")
-        with tempfile.TemporaryDirectory() as d:
-            for key in ("ca.crt", "tls.crt"):
-                Path(d, key).write_bytes(base64.b64decode(secret["data"][key]))
-            verify = subprocess.run(["openssl", "verify", "-CAfile", f"{d}/ca.crt", f"{d}/tls.crt"], capture_output=True, text=True)
-            check(verify.returncode == 0, f"{origin}: the certificate is signed by the CA: {verify.stderr}")
-            text = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", f"{d}/tls.crt"],
-                                  capture_output=True, text=True).stdout
-            check(f"DNS:{svc['name']}.{NAMESPACE}.svc" in text, f"{origin}: the certificate names the Service: {text}")
+        ca, crt = (write_tmp(base64.b64decode(secret["data"][key]).decode()) for key in ("ca.crt", "tls.crt"))
+        verify = subprocess.run(["openssl", "verify", "-CAfile", ca, crt], capture_output=True, text=True)
+        check(verify.returncode == 0, f"{origin}: the certificate is signed by the CA: {verify.stderr}")
+        text = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", crt],
+                              capture_output=True, text=True).stdout
+        check(f"DNS:{svc['name']}.{NAMESPACE}.svc" in text, f"{origin}: the certificate names the Service: {text}")
         check(not by_kind(objs, "Certificate"), f"{origin}: no Certificate with generated TLS")
     else:
         [cert] = by_kind(objs, "Certificate")
@@ -182,7 +192,7 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
         check(r.returncode == 0, f"{origin}: `config check` refuses the rendered sidecar config: {r.stderr}")
     [webhook_cm] = [c for c in configmaps if "webhook.yaml" in c.get("data", {})]
     webhook_config = webhook_cm["data"]["webhook.yaml"].replace(
-        "/etc/kms-sidecar/config.yaml", str(_write_tmp(sidecar_cms[0]["data"]["config.yaml"])))
+        "/etc/kms-sidecar/config.yaml", str(write_tmp(sidecar_cms[0]["data"]["config.yaml"])))
     r = run_bin(["webhook", "--check", "--config"], webhook_config)
     check(r.returncode == 0, f"{origin}: `webhook --check` refuses the rendered webhook config: {r.stderr}")
     if r.returncode == 0:
@@ -195,15 +205,19 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
         check(resolved["image"] == container["image"], f"{origin}: sidecar image == webhook image")
 
 
-_tmp_files: list[str] = []
-
-
-def _write_tmp(text: str) -> str:
-    f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    f.write(text)
-    f.close()
-    _tmp_files.append(f.name)
-    return f.name
+def manifest_from_chart() -> tuple[dict, str]:
+    """manifests/values.yaml, and the chart rendered with it under a header
+    made of that file's first paragraph."""
+    values_text = (MANIFESTS / "values.yaml").read_text()
+    header = "\n".join(f"#{line[1:]}" if line.startswith("#") else f"# {line}"
+                       for line in values_text.split("\n\n")[0].splitlines())
+    values = yaml.safe_load(values_text) or {}
+    return values, (
+        "# kms-sidecar webhook install for `kubectl apply` (no Helm): the chart in\n"
+        "# charts/kms-sidecar rendered with manifests/values.yaml by `make manifests`;\n"
+        "# a test fails if the two drift apart. Do not edit by hand.\n"
+        f"{header}\n" + render(values)
+    )
 
 
 def main() -> int:
@@ -212,9 +226,7 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.write:
-        values = yaml.safe_load((MANIFESTS / "values.yaml").read_text()) or {}
-        header = (MANIFESTS / "values.yaml").read_text().split("\n\n")[0]
-        (MANIFESTS / "kms-sidecar.yaml").write_text(_manifest_header(header) + render(values))
+        (MANIFESTS / "kms-sidecar.yaml").write_text(manifest_from_chart()[1])
         print("wrote manifests/kms-sidecar.yaml")
         return 0
 
@@ -225,12 +237,11 @@ def main() -> int:
     for e in report.get("errors") or []:
         fail(f"helm lint: {e}")
 
-    chart = helm.Chart.load(str(CHART))
     for path in sorted((HERE / "values").glob("*.yaml")):
         values = yaml.safe_load(path.read_text()) or {}
         origin = f"values/{path.name}"
         try:
-            chart.validate_schema(values)
+            chart().validate_schema(values)
             text = render(values)
         except helm.HelmError as e:
             fail(f"{origin}: {e}")
@@ -243,7 +254,7 @@ def main() -> int:
     for path in sorted((HERE / "bad-values").glob("*.yaml")):
         values = yaml.safe_load(path.read_text()) or {}
         try:
-            chart.validate_schema(values)
+            chart().validate_schema(values)
             fail(f"bad-values/{path.name}: accepted by values.schema.json")
         except helm.HelmValuesError as e:
             reason = " ".join(str(e).split())[:150]
@@ -254,9 +265,7 @@ def main() -> int:
         except helm.HelmError:
             pass
 
-    values = yaml.safe_load((MANIFESTS / "values.yaml").read_text()) or {}
-    header = (MANIFESTS / "values.yaml").read_text().split("\n\n")[0]
-    expected = _manifest_header(header) + render(values)
+    values, expected = manifest_from_chart()
     actual = (MANIFESTS / "kms-sidecar.yaml").read_text()
     if actual != expected:
         fail("manifests/kms-sidecar.yaml differs from the chart rendered with manifests/values.yaml: run `make manifests`")
@@ -281,23 +290,14 @@ def main() -> int:
             check(r.returncode == 0, f"examples/{path.name}: `config check` refuses ConfigMap {cm['metadata']['name']}: {r.stderr}")
         print(f"ok manifests/examples/{path.name}: {len(objs)} objects")
 
-    for f in _tmp_files:
-        os.unlink(f)
     if failures:
         print(f"\n{len(failures)} chart check(s) failed", file=sys.stderr)
         return 1
     return 0
 
 
-def _manifest_header(values_header: str) -> str:
-    return (
-        "# kms-sidecar webhook install for `kubectl apply` (no Helm): the chart in\n"
-        "# charts/kms-sidecar rendered with manifests/values.yaml by `make manifests`;\n"
-        "# a test fails if the two drift apart. Do not edit by hand.\n"
-        + "\n".join(f"#{line[1:]}" if line.startswith("#") else f"# {line}" for line in values_header.splitlines())
-        + "\n"
-    )
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        shutil.rmtree(TMP, ignore_errors=True)
