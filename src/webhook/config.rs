@@ -40,7 +40,8 @@ pub struct Config {
     pub vault_audience: String,
     pub aws: AwsIdentity,
     pub azure: AzureIdentity,
-    /// What to do with a pod the webhook cannot inject (a bad annotation):
+    /// What to do with a pod the webhook cannot inject (a bad annotation, a
+    /// volume named like the sidecar's: [`super::mutate::Refusal`]):
     /// `ignore` admits it unchanged and logs why, `fail` denies it.
     pub failure_policy: FailurePolicy,
     pub log: Log,
@@ -271,11 +272,18 @@ impl Config {
             ("limits", &config.resources.limits),
         ] {
             for (name, q) in map {
-                if !super::mutate::is_quantity(&q.0) {
-                    problems.push(format!(
-                        "`resources.{section}.{name}`: not a Kubernetes quantity"
-                    ));
+                if let Err(problem) = super::mutate::check_resource(name, &q.0) {
+                    problems.push(format!("`resources.{section}.{name}`: {problem}"));
                 }
+            }
+        }
+        for (name, limit) in &config.resources.limits {
+            if let Some(request) = config.resources.requests.get(name)
+                && super::mutate::is_below(limit, request)
+            {
+                problems.push(format!(
+                    "`resources.limits.{name}`: below `resources.requests.{name}`"
+                ));
             }
         }
         if problems.is_empty() {
@@ -337,6 +345,18 @@ backends:
             );
         }
         assert!(Config::parse("imagee: x").unwrap_err().contains("imagee"));
+        // The defaults follow the rules of annotations.
+        let e = Config::parse(
+            "resources: { requests: { cpu: '-1', memory: 128Mi }, limits: { cpu: 1e999, memory: 64Mi } }\n",
+        )
+        .unwrap_err();
+        for field in [
+            "`resources.requests.cpu`: must be positive",
+            "`resources.limits.cpu`: must be between 1m and 64",
+            "`resources.limits.memory`: below `resources.requests.memory`",
+        ] {
+            assert!(e.contains(field), "{field} missing from {e}");
+        }
         let c = Config::parse("native_sidecar: false\nfailure_policy: fail\n").unwrap();
         assert!(!c.native_sidecar);
         assert_eq!(c.failure_policy, FailurePolicy::Fail);

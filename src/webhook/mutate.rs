@@ -10,6 +10,12 @@
 //! projected service-account token per audience the backends need; the
 //! `kms-sidecar.io/status: injected` annotation that makes injection
 //! idempotent.
+//!
+//! What it refuses ([`Refusal`], then the failure policy applies): a pod
+//! that, injected, the API server would reject or that would break the
+//! sidecar's isolation — an annotation it cannot use (impossible resources
+//! included: see [`RESOURCE_BOUNDS`]), a volume named like the sidecar's, an
+//! app container mounting the sidecar's tokens or private directory.
 
 use super::config::{Config, Token};
 use json_patch::jsonptr::PointerBuf;
@@ -23,9 +29,11 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// The label (or annotation) that asks for injection: `"true"`; an
-/// annotation `"false"` opts a labelled pod out.
+/// annotation `"false"` opts a labelled pod out. Either in any case
+/// (`TRUE`, `False`), as Kubernetes users write booleans.
 pub const INJECT: &str = "kms-sidecar.io/inject";
 /// Set on every injected pod; a pod carrying it is left alone.
 pub const STATUS: &str = "kms-sidecar.io/status";
@@ -64,6 +72,28 @@ const SOCKET_VOLUME: &str = "kms-sidecar-socket";
 const CONFIG_VOLUME: &str = "kms-sidecar-config";
 const DATA_VOLUME: &str = "kms-sidecar-data";
 const TOKEN_VOLUME: &str = "kms-sidecar-tokens";
+/// The names of the volumes the patch adds: a pod with a volume of one of
+/// these names is refused (the API server would reject the duplicate).
+const VOLUMES: [&str; 4] = [SOCKET_VOLUME, CONFIG_VOLUME, DATA_VOLUME, TOKEN_VOLUME];
+/// The sidecar's own volumes, which no other container may mount (the
+/// socket's is shared; a pod may mount it by name where it likes).
+const PRIVATE_VOLUMES: [&str; 2] = [DATA_VOLUME, TOKEN_VOLUME];
+
+/// The sidecar's CPU and memory, requests and limits alike, after
+/// annotations over the webhook's defaults, in thousandths of a core or a
+/// byte (as `milli_value` counts): at least 1m and 1Mi, at most 64 cores
+/// and 64Gi, whatever a node has. Outside them a value is a mistake (`-1`,
+/// `64` for `64Mi`, `1e999`), not a sidecar that can run; a limit is also
+/// never below its request, as the API server requires.
+pub const RESOURCE_BOUNDS: [(&str, i128, i128, &str); 2] = [
+    ("cpu", 1, 64 * 1000, "must be between 1m and 64 (cores)"),
+    (
+        "memory",
+        (1 << 20) * 1000,
+        (64 << 30) * 1000,
+        "must be between 1Mi and 64Gi",
+    ),
+];
 
 /// What to do with a pod.
 #[derive(Debug)]
@@ -74,12 +104,28 @@ pub enum Decision {
     Inject(Patch),
 }
 
-/// The pod asks for something the webhook cannot do (a bad annotation).
+/// The pod asks for the sidecar but cannot have it as it is: the message
+/// names what to change (an annotation, a volume, a container).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("annotation {annotation}: {problem}")]
-pub struct Refusal {
-    pub annotation: &'static str,
-    pub problem: String,
+pub enum Refusal {
+    /// An annotation the webhook cannot use.
+    #[error("annotation {annotation}: {problem}")]
+    Annotation {
+        annotation: &'static str,
+        problem: String,
+    },
+    /// The pod has a volume named like one the patch adds.
+    #[error(
+        "the pod already has a volume named {volume}, a name the sidecar's volumes use: rename it"
+    )]
+    VolumeName { volume: &'static str },
+    /// A container of the pod mounts one of the sidecar's own volumes.
+    #[error("{container} mounts {volume}, which only the sidecar may mount")]
+    PrivateMount {
+        /// Where: `spec.containers[1]`.
+        container: String,
+        volume: &'static str,
+    },
 }
 
 /// Decides what to do with `pod` (a CREATE of a pod, or of a pod template
@@ -92,12 +138,14 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     let Some(spec) = &pod.spec else {
         return Ok(Decision::Skip("the pod has no spec"));
     };
-    if annotations.get(INJECT).map(String::as_str) == Some("false") {
+    let says = |map: &BTreeMap<String, String>, word: &str| {
+        map.get(INJECT)
+            .is_some_and(|v| v.eq_ignore_ascii_case(word))
+    };
+    if says(annotations, "false") {
         return Ok(Decision::Skip("the pod opts out by annotation"));
     }
-    if labels.get(INJECT).map(String::as_str) != Some("true")
-        && annotations.get(INJECT).map(String::as_str) != Some("true")
-    {
+    if !says(labels, "true") && !says(annotations, "true") {
         return Ok(Decision::Skip("the pod does not ask for injection"));
     }
     let named_sidecar = |c: &Container| c.name == CONTAINER;
@@ -107,26 +155,50 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     {
         return Ok(Decision::Skip("the pod is already injected"));
     }
-    let overrides = Overrides::read(annotations, config)?;
-
-    let mut ops = Vec::new();
-    // App and init containers first, at their original indices (the sidecar
-    // is inserted before them last).
-    for (list, containers) in [
+    let lists = [
         ("containers", &spec.containers[..]),
         (
             "initContainers",
             spec.init_containers.as_deref().unwrap_or_default(),
         ),
-    ] {
+    ];
+    if let Some(volume) = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| VOLUMES.into_iter().find(|&ours| v.name == ours))
+    {
+        return Err(Refusal::VolumeName { volume });
+    }
+    for (list, containers) in lists {
         for (i, c) in containers.iter().enumerate() {
-            let base = ["spec", list, &i.to_string()];
-            if !c
+            if let Some(volume) = c
                 .volume_mounts
                 .iter()
                 .flatten()
-                .any(|m| m.mount_path == SOCKET_DIR)
+                .find_map(|m| PRIVATE_VOLUMES.into_iter().find(|&ours| m.name == ours))
             {
+                return Err(Refusal::PrivateMount {
+                    container: format!("spec.{list}[{i}]"),
+                    volume,
+                });
+            }
+        }
+    }
+    let overrides = Overrides::read(annotations, config)?;
+
+    let mut ops = Vec::new();
+    // App and init containers first, at their original indices (the sidecar
+    // is inserted before them last). A mount already at the socket's
+    // directory, however spelled, is left alone (two would be invalid).
+    for (list, containers) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            let base = ["spec", list, &i.to_string()];
+            if !c.volume_mounts.iter().flatten().any(|m| {
+                Path::new(&m.mount_path)
+                    .components()
+                    .eq(Path::new(SOCKET_DIR).components())
+            }) {
                 push_items(
                     &mut ops,
                     &base,
@@ -196,7 +268,7 @@ struct Overrides {
 
 impl Overrides {
     fn read(a: &BTreeMap<String, String>, config: &Config) -> Result<Self, Refusal> {
-        let refuse = |annotation, problem: &str| Refusal {
+        let refuse = |annotation, problem: &str| Refusal::Annotation {
             annotation,
             problem: problem.into(),
         };
@@ -214,21 +286,43 @@ impl Overrides {
         };
         let mut requests = config.resources.requests.clone();
         let mut limits = config.resources.limits.clone();
-        for (annotation, is_limit, resource) in [
-            (CPU_REQUEST, false, "cpu"),
-            (MEMORY_REQUEST, false, "memory"),
-            (CPU_LIMIT, true, "cpu"),
-            (MEMORY_LIMIT, true, "memory"),
+        for (resource, request_annotation, limit_annotation) in [
+            ("cpu", CPU_REQUEST, CPU_LIMIT),
+            ("memory", MEMORY_REQUEST, MEMORY_LIMIT),
         ] {
-            if let Some(q) = a.get(annotation) {
-                if !is_quantity(q) {
-                    return Err(refuse(
-                        annotation,
-                        "not a Kubernetes quantity (e.g. 10m, 16Mi)",
-                    ));
+            for (annotation, map) in [
+                (request_annotation, &mut requests),
+                (limit_annotation, &mut limits),
+            ] {
+                if let Some(q) = a.get(annotation) {
+                    check_resource(resource, q).map_err(|p| refuse(annotation, p))?;
+                    map.insert(resource.into(), Quantity(q.clone()));
                 }
-                let map = if is_limit { &mut limits } else { &mut requests };
-                map.insert(resource.into(), Quantity(q.clone()));
+            }
+            // The webhook's defaults agree (checked at start): an annotation
+            // broke the order, and the one to blame is the annotated side.
+            if let (Some(request), Some(limit)) = (requests.get(resource), limits.get(resource))
+                && is_below(limit, request)
+            {
+                let (annotation, problem) = if !a.contains_key(limit_annotation) {
+                    let default = &limit.0;
+                    (
+                        request_annotation,
+                        format!("above the webhook's default {resource} limit {default}"),
+                    )
+                } else if !a.contains_key(request_annotation) {
+                    let default = &request.0;
+                    (
+                        limit_annotation,
+                        format!("below the webhook's default {resource} request {default}"),
+                    )
+                } else {
+                    (
+                        limit_annotation,
+                        format!("below {request_annotation} (a limit is at least its request)"),
+                    )
+                };
+                return Err(refuse(annotation, &problem));
             }
         }
         let tokens = match a.get(TOKENS) {
@@ -487,29 +581,108 @@ pub(crate) fn is_dns_subdomain(s: &str) -> bool {
         })
 }
 
-/// A Kubernetes resource quantity: a decimal number with an optional binary
-/// (`Ki`…`Ei`), decimal (`m`, `k`, `M`…`E`) or exponent suffix.
-pub(crate) fn is_quantity(s: &str) -> bool {
-    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let digits_end = s
+/// Why `q` cannot be the sidecar's `resource` (a request or a limit): not a
+/// quantity, not positive, or outside [`RESOURCE_BOUNDS`] (which only bound
+/// `cpu` and `memory`).
+pub(crate) fn check_resource(resource: &str, q: &str) -> Result<(), &'static str> {
+    let milli = milli_value(q).ok_or("not a Kubernetes quantity (e.g. 10m, 16Mi)")?;
+    if milli <= 0 {
+        return Err("must be positive");
+    }
+    match RESOURCE_BOUNDS.iter().find(|(name, ..)| *name == resource) {
+        Some((_, min, max, range)) if !(min..=max).contains(&&milli) => Err(*range),
+        _ => Ok(()),
+    }
+}
+
+/// `limit` below `request`, compared as the API server compares them
+/// (`100m` equals `0.1`, `1Gi` equals `1073741824`); false when either is
+/// not a quantity.
+pub(crate) fn is_below(limit: &Quantity, request: &Quantity) -> bool {
+    milli_value(&limit.0)
+        .zip(milli_value(&request.0))
+        .is_some_and(|(limit, request)| limit < request)
+}
+
+/// A Kubernetes resource quantity's value in thousandths of its unit
+/// (millicores, millibytes), or `None` when `s` is not a quantity: a decimal
+/// number with an optional binary (`Ki`…`Ei`), decimal (`n`, `u`, `m`, `k`,
+/// `M`…`E`) or exponent (`e3`, `E-2`) suffix. Exact, in integers: rounded
+/// up to the thousandth as the API server rounds (`0.1m` is `1m`), and
+/// saturating at `i128::MAX` (`1e999`). Past 30 significant digits it is
+/// exact only below a thousandth, far beyond any bound.
+pub(crate) fn milli_value(s: &str) -> Option<i128> {
+    let (negative, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let end = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(digits_end);
-    let mut parts = number.split('.');
-    let whole = parts.next().unwrap_or_default();
-    let frac = parts.next();
-    if parts.next().is_some() || (whole.is_empty() && frac.is_none_or(str::is_empty)) {
-        return false;
+    let (number, suffix) = s.split_at(end);
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    if frac.contains('.') || whole.len() + frac.len() == 0 {
+        return None;
     }
-    match suffix {
-        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => {
-            true
+    // The value is digits × 10^exp10 × 1024^exp1024.
+    let (exp10, exp1024): (i64, u32) = match suffix {
+        "n" => (-9, 0),
+        "u" => (-6, 0),
+        "m" => (-3, 0),
+        "" => (0, 0),
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        "Ki" => (0, 1),
+        "Mi" => (0, 2),
+        "Gi" => (0, 3),
+        "Ti" => (0, 4),
+        "Pi" => (0, 5),
+        "Ei" => (0, 6),
+        e => {
+            let exp = e.strip_prefix(['e', 'E'])?;
+            let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            // Clamped so that adding digit counts cannot overflow; from
+            // far below this on, a value saturates or rounds up to one.
+            let n = digits.parse::<i64>().unwrap_or(i64::MAX).min(1 << 50);
+            (if exp.starts_with('-') { -n } else { n }, 0)
         }
-        e => e
-            .strip_prefix(['e', 'E'])
-            .map(|exp| exp.strip_prefix(['+', '-']).unwrap_or(exp))
-            .is_some_and(|exp| !exp.is_empty() && exp.bytes().all(|b| b.is_ascii_digit())),
-    }
+    };
+    let digits: Vec<u8> = whole
+        .bytes()
+        .chain(frac.bytes())
+        .map(|b| b - b'0')
+        .skip_while(|&d| d == 0)
+        .collect();
+    let kept = digits.len().min(30);
+    let mantissa = digits[..kept]
+        .iter()
+        .fold(0u128, |m, &d| m * 10 + u128::from(d));
+    let dropped_nonzero = digits[kept..].iter().any(|&d| d != 0);
+    let len = |n: usize| i64::try_from(n).unwrap_or(1 << 50);
+    // In thousandths.
+    let exp10 = exp10 + 3 - len(frac.len()) + len(digits.len() - kept);
+    let pow10 = |e: i64| u32::try_from(e).ok().and_then(|e| 10u128.checked_pow(e));
+    let milli = match mantissa.checked_mul(1 << (10 * exp1024)) {
+        None => u128::MAX,
+        Some(0) => 0,
+        Some(v) if exp10 >= 0 => pow10(exp10)
+            .and_then(|p| v.checked_mul(p))
+            .unwrap_or(u128::MAX),
+        Some(v) => match pow10(-exp10) {
+            Some(p) => v / p + u128::from(v % p != 0 || dropped_nonzero),
+            // Positive, under a thousandth: one.
+            None => 1,
+        },
+    };
+    let milli = i128::try_from(milli).unwrap_or(i128::MAX);
+    Some(if negative { -milli } else { milli })
 }
 
 #[cfg(test)]

@@ -385,7 +385,10 @@ fn bad_annotations_are_refused_with_their_name() {
         doc["metadata"]["annotations"] = json!({ annotation: value });
         let p: Pod = serde_json::from_value(doc).unwrap();
         let refusal = mutate(&p, &config(&[])).expect_err(annotation);
-        assert_eq!(refusal.annotation, annotation);
+        assert!(
+            matches!(&refusal, Refusal::Annotation { annotation: a, .. } if *a == annotation),
+            "{refusal:?}"
+        );
         assert!(!refusal.to_string().contains(value) || value.is_empty() || annotation == TOKENS);
     }
     assert_eq!(config(&[]).failure_policy, FailurePolicy::Ignore);
@@ -394,11 +397,218 @@ fn bad_annotations_are_refused_with_their_name() {
 #[test]
 fn quantities() {
     for ok in [
-        "10m", "16Mi", "1", "0.5", ".5", "1e3", "1E-2", "2Gi", "+1k", "100",
+        "10m", "16Mi", "1", "0.5", ".5", "1.", "1e3", "1E-2", "2Gi", "+1k", "100", "5u", "-1",
     ] {
-        assert!(is_quantity(ok), "{ok}");
+        assert!(milli_value(ok).is_some(), "{ok}");
     }
-    for bad in ["", "m", "1.2.3", "16MB", "1e", "ten", "1 Mi", "."] {
-        assert!(!is_quantity(bad), "{bad}");
+    for bad in [
+        "", "m", "1.2.3", "16MB", "1e", "ten", "1 Mi", ".", "1Ki5", "--1", "1e+",
+    ] {
+        assert_eq!(milli_value(bad), None, "{bad}");
+    }
+    // In thousandths, exactly; rounded up to one as the API server does.
+    for (q, milli) in [
+        ("10m", 10),
+        ("0.1", 100),
+        ("100m", 100),
+        (".5", 500),
+        ("1.5k", 1_500_000),
+        ("1Ki", 1_024_000),
+        ("1Gi", 1_073_741_824_000),
+        ("1073741824", 1_073_741_824_000),
+        ("1.5Mi", 1_572_864_000),
+        ("1e3", 1_000_000),
+        ("1E-2", 10),
+        ("2.5e-1", 250),
+        ("1u", 1),
+        ("0.1m", 1),
+        ("1500n", 1),
+        ("1500000n", 2),
+        ("1e-999", 1),
+        ("0.0000000000000000000000000000000000000000001", 1),
+        ("-1", -1000),
+        ("-0", 0),
+        ("0e999", 0),
+        ("000.000", 0),
+        ("1e999", i128::MAX),
+        ("-1e999", -i128::MAX),
+        ("9999999999Ei", 11_529_215_044_915_548_255_393_153_024_000),
+        ("99999999999999999999999Ei", i128::MAX),
+        ("1234567890123456789012345678901234567890", i128::MAX),
+        // Past 30 significant digits, still rounded up.
+        (
+            "0.0000000000000000000000000000000000000001000000000000000000000000000000000001",
+            1,
+        ),
+    ] {
+        assert_eq!(milli_value(q), Some(milli), "{q}");
+    }
+    // Huge exponents and long fractions do not cancel out wrongly.
+    let tiny_times_huge = format!("0.{}1e3000000", "0".repeat(2_000_000));
+    assert_eq!(milli_value(&tiny_times_huge), Some(i128::MAX));
+    let huge_times_tiny = format!("{}1e-3000000", "1".repeat(2_000_000));
+    assert_eq!(milli_value(&huge_times_tiny), Some(1));
+    assert!(is_below(&Quantity("100m".into()), &Quantity("0.11".into())));
+    assert!(!is_below(
+        &Quantity("1Gi".into()),
+        &Quantity("1073741824".into())
+    ));
+    assert!(!is_below(&Quantity("lots".into()), &Quantity("1".into())));
+    assert_eq!(check_resource("cpu", "64"), Ok(()));
+    assert_eq!(
+        check_resource("cpu", "64001m"),
+        Err("must be between 1m and 64 (cores)")
+    );
+    assert_eq!(
+        check_resource("memory", "1048575"),
+        Err("must be between 1Mi and 64Gi")
+    );
+    assert_eq!(check_resource("memory", "0.0Mi"), Err("must be positive"));
+    assert_eq!(check_resource("ephemeral-storage", "1Ti"), Ok(()));
+}
+
+/// `doc`'s refusal as the user reads it; panics when `doc` is admitted.
+fn refusal(doc: &Value, config: &Config) -> String {
+    let p: Pod = serde_json::from_value(doc.clone()).expect("a pod");
+    match mutate(&p, config) {
+        Err(refusal) => refusal.to_string(),
+        Ok(Decision::Skip(why)) => panic!("skipped ({why}) instead of refused"),
+        Ok(Decision::Inject(_)) => panic!("injected instead of refused"),
+    }
+}
+
+fn annotated(annotations: Value) -> Value {
+    let mut doc = pod("bare");
+    doc["metadata"]["annotations"] = annotations;
+    doc
+}
+
+#[test]
+fn impossible_resources_are_refused_with_the_annotation_to_fix() {
+    let defaults = config(&[]);
+    // Defaults: requests 10m / 16Mi, limit 64Mi, no cpu limit.
+    for (annotations, blamed) in [
+        (json!({ CPU_REQUEST: "-1" }), CPU_REQUEST),
+        (json!({ CPU_REQUEST: "0" }), CPU_REQUEST),
+        (json!({ CPU_LIMIT: "-500m" }), CPU_LIMIT),
+        (json!({ MEMORY_REQUEST: "1e999" }), MEMORY_REQUEST),
+        (json!({ CPU_LIMIT: "1e999" }), CPU_LIMIT),
+        (json!({ CPU_LIMIT: "65" }), CPU_LIMIT),
+        (json!({ MEMORY_LIMIT: "65Gi" }), MEMORY_LIMIT),
+        // 64 bytes: `Mi` forgotten.
+        (json!({ MEMORY_LIMIT: "64" }), MEMORY_LIMIT),
+        // Limit below request, both annotated: the limit is blamed.
+        (
+            json!({ MEMORY_REQUEST: "256Mi", MEMORY_LIMIT: "128Mi" }),
+            MEMORY_LIMIT,
+        ),
+        (json!({ CPU_REQUEST: "200m", CPU_LIMIT: "0.1" }), CPU_LIMIT),
+        // Over or under the webhook's default on the other side.
+        (json!({ MEMORY_REQUEST: "128Mi" }), MEMORY_REQUEST),
+        (json!({ MEMORY_LIMIT: "8Mi" }), MEMORY_LIMIT),
+        (json!({ CPU_LIMIT: "5m" }), CPU_LIMIT),
+    ] {
+        let why = refusal(&annotated(annotations.clone()), &defaults);
+        assert!(why.contains(blamed), "{annotations}: {why}");
+    }
+    let mut with_cpu_limit = config(&[]);
+    with_cpu_limit
+        .resources
+        .limits
+        .insert("cpu".into(), Quantity("100m".into()));
+    let why = refusal(&annotated(json!({ CPU_REQUEST: "200m" })), &with_cpu_limit);
+    assert!(why.contains(CPU_REQUEST) && why.contains("100m"), "{why}");
+
+    // At the bounds, and equal limits and requests however written.
+    for annotations in [
+        json!({ CPU_REQUEST: "0.1", CPU_LIMIT: "100m" }),
+        json!({ MEMORY_REQUEST: "64Mi" }),
+        json!({ MEMORY_REQUEST: "1073741824", MEMORY_LIMIT: "1Gi" }),
+        json!({ CPU_REQUEST: "1m", CPU_LIMIT: "64", MEMORY_LIMIT: "64Gi" }),
+        json!({ MEMORY_REQUEST: "1Mi", MEMORY_LIMIT: "1.5Mi" }),
+        json!({ CPU_LIMIT: "10m" }),
+    ] {
+        let (p, _) = inject(&annotated(annotations.clone()), &defaults).expect("injected");
+        assert!(sidecar_of(&p).resources.is_some(), "{annotations}");
+    }
+}
+
+#[test]
+fn a_volume_named_like_the_sidecars_is_refused() {
+    let tokens = config(&[Token::Aws]);
+    for name in [SOCKET_VOLUME, CONFIG_VOLUME, DATA_VOLUME, TOKEN_VOLUME] {
+        let mut doc = pod("multi-container");
+        doc["spec"]["volumes"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "name": name, "emptyDir": {} }));
+        let why = refusal(&doc, &tokens);
+        assert!(why.contains(name), "{name}: {why}");
+    }
+}
+
+#[test]
+fn app_containers_cannot_mount_the_sidecars_private_volumes() {
+    let tokens = config(&[Token::Aws]);
+    for (list, name, path) in [
+        ("containers", TOKEN_VOLUME, "/tokens"),
+        ("containers", DATA_VOLUME, "/data"),
+        ("initContainers", TOKEN_VOLUME, TOKEN_DIR),
+    ] {
+        let mut doc = pod("multi-container");
+        let c = &mut doc["spec"][list][0];
+        let mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
+        let mut mounts = mounts;
+        mounts.push(json!({ "name": name, "mountPath": path }));
+        c["volumeMounts"] = Value::Array(mounts);
+        let why = refusal(&doc, &tokens);
+        assert!(
+            why.contains(name) && why.contains(list),
+            "{list} {name}: {why}"
+        );
+    }
+    // The socket is theirs to mount where they like.
+    let mut doc = pod("bare");
+    doc["spec"]["containers"][0]["volumeMounts"] =
+        json!([{ "name": SOCKET_VOLUME, "mountPath": "/run/kms" }]);
+    let (p, _) = inject(&doc, &tokens).expect("injected");
+    assert_sees_socket(&p.spec.as_ref().unwrap().containers[0]);
+}
+
+#[test]
+fn a_mount_at_the_socket_dir_spelled_differently_is_not_doubled() {
+    let mut doc = pod("bare");
+    doc["spec"]["containers"][0]["volumeMounts"] =
+        json!([{ "name": "mine", "mountPath": "/var/run/kms/" }]);
+    doc["spec"]["volumes"] = json!([{ "name": "mine", "emptyDir": {} }]);
+    let (p, _) = inject(&doc, &config(&[])).expect("injected");
+    let app = &p.spec.as_ref().unwrap().containers[0];
+    assert_eq!(app.volume_mounts.as_ref().unwrap().len(), 1, "{app:?}");
+}
+
+#[test]
+fn inject_and_opt_out_ignore_case() {
+    for (label, annotation, injected) in [
+        (Some("TRUE"), None, true),
+        (Some("True"), None, true),
+        (None, Some("TRUE"), true),
+        (Some("true"), Some("FALSE"), false),
+        (Some("True"), Some("False"), false),
+        (Some("FALSE"), None, false),
+        (Some("yes"), None, false),
+    ] {
+        let mut doc = pod("bare");
+        doc["metadata"]["labels"] = match label {
+            Some(v) => json!({ INJECT: v }),
+            None => json!({}),
+        };
+        if let Some(v) = annotation {
+            doc["metadata"]["annotations"] = json!({ INJECT: v });
+        }
+        assert_eq!(
+            inject(&doc, &config(&[])).is_some(),
+            injected,
+            "label {label:?}, annotation {annotation:?}"
+        );
     }
 }

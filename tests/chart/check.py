@@ -149,7 +149,11 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
     check(hook["sideEffects"] == "None", f"{origin}: sideEffects None")
     check(hook["failurePolicy"] == web["failurePolicy"], f"{origin}: failurePolicy")
     check(hook["admissionReviewVersions"] == ["v1"], f"{origin}: admission v1")
-    check(hook["objectSelector"] == {"matchLabels": {"kms-sidecar.io/inject": "true"}}, f"{origin}: objectSelector")
+    check(
+        hook["objectSelector"]
+        == {"matchExpressions": [{"key": "kms-sidecar.io/inject", "operator": "In", "values": ["true", "True", "TRUE"]}]},
+        f"{origin}: objectSelector",
+    )
     ns_sel = hook["namespaceSelector"]
     check({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [NAMESPACE]} in ns_sel["matchExpressions"],
           f"{origin}: the release namespace is excluded")

@@ -536,3 +536,65 @@ fn injected_pods_are_valid_and_the_hand_written_example_matches() {
         "manifests/examples/sidecar-by-hand.yaml drifted from the webhook's injection: rerun with WRITE_EXAMPLES=1"
     );
 }
+
+/// Pods the API server would reject once injected (impossible resources, a
+/// volume named like the sidecar's) are refused as the failure policy says:
+/// admitted unchanged with a warning, or denied, naming what to fix. The
+/// `inject` label and the opt-out annotation ignore case.
+#[test]
+fn impossible_pods_follow_the_failure_policy_and_booleans_ignore_case() {
+    let ignore = Webhook::start("");
+    let fail = Webhook::start("failure_policy: fail\n");
+    let annotated = |annotations: Value| {
+        let mut pod = fixture("bare");
+        pod["metadata"]["annotations"] = annotations;
+        pod
+    };
+    let mut duplicate_volume = fixture("multi-container");
+    duplicate_volume["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "kms-sidecar-socket", "emptyDir": {}}));
+    for (pod, blamed) in [
+        (
+            annotated(json!({"kms-sidecar.io/cpu-request": "-1"})),
+            "kms-sidecar.io/cpu-request",
+        ),
+        (
+            annotated(json!({"kms-sidecar.io/memory-request": "1e999"})),
+            "kms-sidecar.io/memory-request",
+        ),
+        (
+            annotated(json!({
+                "kms-sidecar.io/memory-request": "256Mi",
+                "kms-sidecar.io/memory-limit": "128Mi",
+            })),
+            "kms-sidecar.io/memory-limit",
+        ),
+        (duplicate_volume, "kms-sidecar-socket"),
+    ] {
+        let r = ignore.review(&pod_review(&pod));
+        assert_eq!(r["allowed"], true, "{r}");
+        assert!(r.get("patch").is_none(), "{r}");
+        let warning = r["warnings"][0].as_str().unwrap_or_default();
+        assert!(warning.contains(blamed), "{blamed}: {r}");
+        let r = fail.review(&pod_review(&pod));
+        assert_eq!(r["allowed"], false, "{r}");
+        let message = r["status"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(blamed), "{blamed}: {r}");
+    }
+
+    let mut shouted = fixture("bare");
+    shouted["metadata"]["labels"]["kms-sidecar.io/inject"] = json!("TRUE");
+    let r = ignore.review(&pod_review(&shouted));
+    assert!(!patch_of(&r).0.is_empty(), "`TRUE` injects: {r}");
+    let mut opted_out = fixture("opted-out");
+    opted_out["metadata"]["annotations"]["kms-sidecar.io/inject"] = json!("FALSE");
+    let r = ignore.review(&pod_review(&opted_out));
+    assert_eq!(r["allowed"], true);
+    assert!(r.get("patch").is_none(), "`FALSE` opts out: {r}");
+    assert_eq!(
+        ignore.metric("kms_sidecar_webhook_reviews_total{outcome=\"refused\"}"),
+        4.0
+    );
+}
