@@ -44,7 +44,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-(cd "$WORK" && exec "$BIN" serve) >>"$WORK/sidecar.log" 2>&1 &
+# One uid (oha) stands in for many app containers: its connection cap
+# (limits.max_connections_per_caller, 256 by default) is raised.
+(cd "$WORK" && KMS_SIDECAR_LIMITS__MAX_CONNECTIONS_PER_CALLER=$((4 * CONNS)) exec "$BIN" serve) >>"$WORK/sidecar.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 600); do
     [[ $(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$SOCK" http://localhost/readyz || true) == 200 ]] && break

@@ -60,7 +60,16 @@ impl App {
                         every: c.every.0,
                     })
                 });
-                Some(crate::audit::Audit::start(&a.path, checkpoints)?)
+                Some(
+                    crate::audit::Audit::start(crate::audit::Settings {
+                        path: a.path.clone(),
+                        checkpoints,
+                        on_failure: a.on_failure,
+                        max_file_size: a.max_file_size.0,
+                        max_files: a.max_files,
+                    })
+                    .await?,
+                )
             }
             None => None,
         };

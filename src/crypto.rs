@@ -311,6 +311,77 @@ pub fn guess_format(algorithm: Algorithm, signature: &[u8]) -> SignatureFormat {
     }
 }
 
+/// The order `n` of the curve of an ECDSA algorithm (big-endian).
+fn ecdsa_order(algorithm: Algorithm) -> Option<&'static [u8]> {
+    const P256: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    const P384: [u8; 48] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xc7, 0x63, 0x4d, 0x81, 0xf4, 0x37,
+        0x2d, 0xdf, 0x58, 0x1a, 0x0d, 0xb2, 0x48, 0xb0, 0xa7, 0x7a, 0xec, 0xec, 0x19, 0x6a, 0xcc,
+        0xc5, 0x29, 0x73,
+    ];
+    match algorithm {
+        Algorithm::EcdsaP256Sha256 => Some(&P256),
+        Algorithm::EcdsaP384Sha384 => Some(&P384),
+        _ => None,
+    }
+}
+
+/// An ECDSA signature with the low of its two valid `s` values (`s ≤ n/2`;
+/// `(r, n − s)` verifies exactly like `(r, s)`), in the same encoding, so
+/// that every backend answers the one canonical form that strict verifiers
+/// (Bitcoin-style low-S rules) want. Other signatures pass unchanged;
+/// verification accepts both forms.
+pub fn low_s(algorithm: Algorithm, signature: Vec<u8>, format: SignatureFormat) -> Vec<u8> {
+    let (Some(width), Some(order)) = (algorithm.ecdsa_coordinate_len(), ecdsa_order(algorithm))
+    else {
+        return signature;
+    };
+    let raw = match format {
+        SignatureFormat::Raw if signature.len() == 2 * width => signature.clone(),
+        SignatureFormat::Der => match ecdsa_der_to_raw(&signature, width) {
+            Some(raw) => raw,
+            None => return signature,
+        },
+        SignatureFormat::Raw => return signature,
+    };
+    let (r, s) = raw.split_at(width);
+    // s > n/2  ⇔  2·s > n, compared on the big-endian bytes.
+    let mut doubled = vec![0u8; width + 1];
+    let mut carry = 0u16;
+    for i in (0..width).rev() {
+        let v = u16::from(s[i]) * 2 + carry;
+        doubled[i + 1] = v as u8;
+        carry = v >> 8;
+    }
+    doubled[0] = carry as u8;
+    let mut n = vec![0u8];
+    n.extend_from_slice(order);
+    if doubled <= n {
+        return signature;
+    }
+    // n − s, with a borrow.
+    let mut low = vec![0u8; width];
+    let mut borrow = 0i16;
+    for i in (0..width).rev() {
+        let mut v = i16::from(order[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(v < 0);
+        if v < 0 {
+            v += 256;
+        }
+        low[i] = v as u8;
+    }
+    let raw = [r, &low].concat();
+    match format {
+        SignatureFormat::Raw => raw,
+        SignatureFormat::Der => ecdsa_raw_to_der(&raw, width),
+    }
+}
+
 /// A DER ECDSA signature (`SEQUENCE { INTEGER r, INTEGER s }`, as KMSs return
 /// it) as fixed-width `r‖s` with `n`-byte coordinates; `None` if malformed.
 pub fn ecdsa_der_to_raw(der: &[u8], n: usize) -> Option<Vec<u8>> {
@@ -385,6 +456,95 @@ fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ecdsa_signatures_come_out_low_s_and_still_verify() {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        for (algorithm, signing, width) in [
+            (
+                Algorithm::EcdsaP256Sha256,
+                &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                32,
+            ),
+            (
+                Algorithm::EcdsaP384Sha384,
+                &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+                48,
+            ),
+        ] {
+            use aws_lc_rs::encoding::AsDer;
+            use aws_lc_rs::signature::KeyPair;
+            let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(signing, &rng).unwrap();
+            let pair = signature::EcdsaKeyPair::from_pkcs8(signing, pkcs8.as_ref()).unwrap();
+            let spki = pair.public_key().as_der().unwrap();
+            // s ≤ n/2  ⇔  2·s ≤ n.
+            let half = |s: &[u8]| {
+                let mut n = vec![0u8];
+                n.extend_from_slice(ecdsa_order(algorithm).unwrap());
+                num_twice(s) <= n
+            };
+            let (mut high, mut low) = (0, 0);
+            for i in 0..64u32 {
+                let message = i.to_be_bytes();
+                let raw = pair.sign(&rng, &message).unwrap().as_ref().to_vec();
+                if half(&raw[width..]) {
+                    low += 1;
+                } else {
+                    high += 1;
+                }
+                for format in [SignatureFormat::Raw, SignatureFormat::Der] {
+                    let sig = match format {
+                        SignatureFormat::Raw => raw.clone(),
+                        SignatureFormat::Der => ecdsa_raw_to_der(&raw, width),
+                    };
+                    let normal = low_s(algorithm, sig.clone(), format);
+                    let normal_raw = match format {
+                        SignatureFormat::Raw => normal.clone(),
+                        SignatureFormat::Der => ecdsa_der_to_raw(&normal, width).unwrap(),
+                    };
+                    assert!(half(&normal_raw[width..]), "{algorithm} {format:?}: low S");
+                    assert_eq!(normal_raw[..width], raw[..width], "r is kept");
+                    for s in [&sig, &normal] {
+                        assert!(
+                            verify_locally(
+                                algorithm,
+                                spki.as_ref(),
+                                SignInput::Message(&message),
+                                s,
+                                format
+                            )
+                            .unwrap(),
+                            "both forms verify"
+                        );
+                    }
+                    assert_eq!(
+                        low_s(algorithm, normal.clone(), format),
+                        normal,
+                        "idempotent"
+                    );
+                }
+            }
+            assert!(high > 0 && low > 0, "64 signatures give both forms");
+        }
+        let rsa = vec![1, 2, 3];
+        assert_eq!(
+            low_s(Algorithm::Ed25519, rsa.clone(), SignatureFormat::Der),
+            rsa
+        );
+    }
+
+    /// `2·x` with one more leading byte.
+    fn num_twice(x: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; x.len() + 1];
+        let mut carry = 0u16;
+        for i in (0..x.len()).rev() {
+            let v = u16::from(x[i]) * 2 + carry;
+            out[i + 1] = v as u8;
+            carry = v >> 8;
+        }
+        out[0] = carry as u8;
+        out
+    }
 
     #[test]
     fn ecdsa_signatures_convert_between_der_and_raw() {

@@ -89,6 +89,13 @@ impl HealthChecks {
         }
         let ready = backends.values().all(|b| b.status == "ok");
         let status = if ready { "ready" } else { "not_ready" };
-        (ready, api::Readiness { status, backends })
+        (
+            ready,
+            api::Readiness {
+                status,
+                backends,
+                audit: None,
+            },
+        )
     }
 }

@@ -56,8 +56,8 @@ enum Command {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Check the hash chain of an audit log (a rotated log's files oldest
-    /// first); exit 1 naming the first edited, removed, inserted or
-    /// reordered line.
+    /// first; one path whose `.1`, `.2`, … files exist means them all); exit
+    /// 1 naming the first edited, removed, inserted or reordered line.
     Verify {
         /// The checkpoint key's public key (PEM, as `GET
         /// /v1/keys/{name}/public-key` returns it): also check every signed
@@ -94,6 +94,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let files = match files.as_slice() {
+                [one] => kms_sidecar::audit::rotated_set(one),
+                _ => files,
+            };
+            if files.len() > 1 {
+                let names: Vec<_> = files.iter().map(|f| f.display().to_string()).collect();
+                println!("checking {}", names.join(" → "));
+            }
             match kms_sidecar::audit::verify(&files, spki.as_deref()) {
                 Ok(v) => {
                     println!("ok: {} entries, chain intact, head {}", v.entries, v.head);

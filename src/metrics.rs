@@ -1,8 +1,14 @@
 //! The Prometheus registry (prefix `kms_sidecar_`, SPEC §10). Labels are
 //! bounded: ops, configured key aliases, backend names, codes — never values.
+//! On the TCP probe listener the `key` label is shown as
+//! `metrics.key_labels` says: the alias, a hash of it, or not at all (the
+//! series of all keys added up).
 
 use crate::api::Code;
 use crate::backend;
+use crate::config::KeyLabels;
+use prometheus::proto::{Histogram, Metric, MetricFamily, MetricType};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Instant;
 
@@ -239,12 +245,141 @@ impl Metrics {
         result
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> Vec<u8> {
+    /// The Prometheus text exposition of every metric, with the `key`
+    /// label as `labels` says.
+    pub fn encode(&self, labels: KeyLabels) -> Vec<u8> {
+        let mut families = self.registry.gather();
+        if labels != KeyLabels::Alias {
+            for family in &mut families {
+                relabel_keys(family, labels);
+            }
+        }
         let mut out = Vec::with_capacity(8 * 1024);
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&families, &mut out)
             .expect("encoding into a Vec cannot fail");
         out
+    }
+}
+
+/// The `key` label of every series in `family` hashed, or removed (series
+/// that then share their labels are added up).
+fn relabel_keys(family: &mut MetricFamily, labels: KeyLabels) {
+    let has_key = |m: &Metric| m.get_label().iter().any(|l| l.name() == "key");
+    if !family.get_metric().iter().any(has_key) {
+        return;
+    }
+    let kind = family.get_field_type();
+    let mut merged: BTreeMap<Vec<(String, String)>, Metric> = BTreeMap::new();
+    for mut metric in family.take_metric() {
+        let mut pairs = metric.take_label();
+        match labels {
+            KeyLabels::Alias => {}
+            KeyLabels::Hashed => {
+                for pair in pairs.iter_mut().filter(|p| p.name() == "key") {
+                    if !matches!(pair.value(), "" | "-") {
+                        pair.set_value(hashed_alias(pair.value()));
+                    }
+                }
+            }
+            KeyLabels::None => pairs.retain(|p| p.name() != "key"),
+        }
+        let id = pairs
+            .iter()
+            .map(|p| (p.name().to_owned(), p.value().to_owned()))
+            .collect();
+        metric.set_label(pairs);
+        match merged.entry(id) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(metric);
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => {
+                add_into(slot.get_mut(), &metric, kind);
+            }
+        }
+    }
+    family.set_metric(merged.into_values().collect());
+}
+
+/// Adds `more` (same labels) into `total`.
+fn add_into(total: &mut Metric, more: &Metric, kind: MetricType) {
+    match kind {
+        MetricType::COUNTER => {
+            let mut c = total.get_counter().clone();
+            c.set_value(c.get_value() + more.get_counter().get_value());
+            total.set_counter(c);
+        }
+        MetricType::GAUGE => {
+            let mut g = total.get_gauge().clone();
+            g.set_value(g.get_value() + more.get_gauge().get_value());
+            total.set_gauge(g);
+        }
+        MetricType::HISTOGRAM => {
+            let (a, b) = (total.get_histogram(), more.get_histogram());
+            let mut h = Histogram::default();
+            h.set_sample_count(a.get_sample_count() + b.get_sample_count());
+            h.set_sample_sum(a.get_sample_sum() + b.get_sample_sum());
+            let mut buckets = a.get_bucket().to_vec();
+            for (x, y) in buckets.iter_mut().zip(b.get_bucket()) {
+                x.set_cumulative_count(x.cumulative_count() + y.cumulative_count());
+            }
+            h.set_bucket(buckets);
+            total.set_histogram(h);
+        }
+        // No summaries or untyped metrics carry a key label.
+        _ => {}
+    }
+}
+
+/// `h-` and the first 12 hex digits of SHA-256 of an alias: stable across
+/// pods and restarts, so series can be followed, without naming the key. A
+/// pseudonym, not a secret: a guessable alias can be hashed by anyone.
+pub fn hashed_alias(alias: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, alias.as_bytes());
+    let hex: String = digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("h-{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_labels_are_hashed_or_added_up() {
+        let m = Metrics::new();
+        for (key, n) in [("payments", 2), ("pii", 3), ("-", 1)] {
+            m.requests_total
+                .with_label_values(&["sign", key, "ok"])
+                .inc_by(n);
+            m.datakey_cache_hits
+                .with_label_values(&[key, "encrypt"])
+                .inc_by(n);
+        }
+        let text = |l| String::from_utf8(m.encode(l)).unwrap();
+        let alias = text(KeyLabels::Alias);
+        assert!(alias.contains(r#"key="payments""#), "{alias}");
+        let hashed = text(KeyLabels::Hashed);
+        assert!(
+            !hashed.contains("payments") && !hashed.contains("pii"),
+            "{hashed}"
+        );
+        assert!(
+            hashed.contains(&format!(r#"key="{}""#, hashed_alias("payments"))),
+            "{hashed}"
+        );
+        assert!(hashed.contains(r#"key="-""#), "unknown aliases stay `-`");
+        let none = text(KeyLabels::None);
+        assert!(!none.contains("key="), "{none}");
+        assert!(
+            none.contains(r#"kms_sidecar_requests_total{code="ok",op="sign"} 6"#),
+            "{none}"
+        );
+        assert!(
+            none.contains(r#"kms_sidecar_datakey_cache_hits_total{op="encrypt"} 6"#),
+            "{none}"
+        );
     }
 }

@@ -19,10 +19,12 @@ pub enum Op {
     Mac,
     Rotate,
     Metadata,
+    /// `GET /metrics` on the socket (operators); not an operation on a key.
+    Metrics,
 }
 
 impl Op {
-    pub const ALL: [Op; 10] = [
+    pub const ALL: [Op; 11] = [
         Op::Sign,
         Op::Verify,
         Op::PublicKey,
@@ -33,6 +35,7 @@ impl Op {
         Op::Mac,
         Op::Rotate,
         Op::Metadata,
+        Op::Metrics,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Op {
             Op::Mac => "mac",
             Op::Rotate => "rotate",
             Op::Metadata => "metadata",
+            Op::Metrics => "metrics",
         }
     }
 }
@@ -136,6 +140,18 @@ impl Policy {
         self.matching(caller).any(|r| key_matches(&r.keys, alias))
     }
 
+    /// May `caller` do `op`, which concerns no key (`metrics`)? Any rule
+    /// naming the caller and granting it will do, whatever its `keys`.
+    pub fn allows_global(&self, caller: &Caller, op: Op) -> bool {
+        self.matching(caller).any(|r| grants(&r.ops, op))
+    }
+
+    /// Whether any rule names `caller` at all. Callers no rule names can do
+    /// nothing but probes, so their connections are kept few and short.
+    pub fn knows(&self, caller: &Caller) -> bool {
+        self.matching(caller).next().is_some()
+    }
+
     fn matching<'a>(&'a self, caller: &'a Caller) -> impl Iterator<Item = &'a CallerRule> + 'a {
         self.rules.iter().filter(move |r| {
             (r.uids.is_empty() || r.uids.contains(&caller.uid))
@@ -192,6 +208,13 @@ mod tests {
         );
         assert!(p.allows_any(&c(1000, 1), "payments-x"));
         assert!(!p.allows_any(&c(1000, 1), "pii"));
+        assert!(
+            p.allows_global(&c(5, 2000), Op::Metrics),
+            "\"*\" grants metrics"
+        );
+        assert!(!p.allows_global(&c(1000, 1), Op::Metrics));
+        assert!(p.knows(&c(1000, 1)));
+        assert!(!p.knows(&c(4000, 4000)));
     }
 
     #[test]

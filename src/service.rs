@@ -91,6 +91,9 @@ pub struct Service {
     public_key_ttl: Duration,
     health: HealthChecks,
     data_keys: DataKeyCache,
+    /// `envelope.accept_unbound_until`.
+    accept_unbound_until: Option<SystemTime>,
+    key_labels: crate::config::KeyLabels,
 }
 
 impl Service {
@@ -127,7 +130,40 @@ impl Service {
             max_batch: config.limits.max_batch,
             public_keys: Mutex::new(HashMap::new()),
             public_key_ttl: config.cache.public_keys.ttl.0,
+            accept_unbound_until: config.envelope.accept_unbound_until.map(|t| t.0),
+            key_labels: config.metrics.key_labels,
         }
+    }
+
+    /// `metrics.key_labels`: the `key` label on the probe listener.
+    pub fn key_labels(&self) -> crate::config::KeyLabels {
+        self.key_labels
+    }
+
+    /// Whether any caller rule names `caller` (see [`Policy::knows`]).
+    pub fn knows(&self, caller: &Caller) -> bool {
+        self.policy.knows(caller)
+    }
+
+    /// May `caller` read `/metrics` on the socket (op `metrics`)?
+    pub fn may_read_metrics(&self, caller: &Caller) -> Result<(), ApiError> {
+        if self.policy.allows_global(caller, Op::Metrics) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            Code::Forbidden,
+            format!(
+                "caller uid {} gid {} may not read `/metrics` (a rule must grant `metrics`)",
+                caller.uid, caller.gid
+            ),
+        ))
+    }
+
+    /// Whether envelopes made before data keys were bound to their purpose
+    /// (algorithms 1 and 2) are still opened (`envelope.accept_unbound_until`).
+    pub(crate) fn accepts_unbound_envelopes(&self) -> bool {
+        self.accept_unbound_until
+            .is_some_and(|until| SystemTime::now() < until)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -216,7 +252,12 @@ impl Service {
                     name: alias.clone(),
                     backend: entry.backend_name.clone(),
                     algorithm: Some(m.algorithm),
-                    ops: entry.ops(m.algorithm),
+                    // What this caller may do with it: the key's ops its rules grant.
+                    ops: entry
+                        .ops(m.algorithm)
+                        .into_iter()
+                        .filter(|op| self.policy.allows(caller, alias, *op))
+                        .collect(),
                     version: Some(m.current_version),
                     error: None,
                 },
@@ -340,17 +381,16 @@ impl Service {
     ) -> Result<api::SignResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Sign)?;
         let input = sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
+        let options = options(req.format, req.algorithm);
         let sig = self
             .call(
                 entry,
                 "sign",
-                entry
-                    .backend
-                    .sign(entry.key_ref(), input, options(req.format, req.algorithm)),
+                entry.backend.sign(entry.key_ref(), input, options),
             )
             .await?;
         Ok(api::SignResponse {
-            signature: b64(&sig.bytes),
+            signature: b64(&crypto::low_s(sig.algorithm, sig.bytes, options.format)),
             algorithm: sig.algorithm,
             key: alias.to_owned(),
             version: sig.version,
@@ -393,7 +433,11 @@ impl Service {
                     entry.backend.sign(entry.key_ref(), input, options),
                 )
                 .await?;
-            signatures.push(b64(&sig.bytes));
+            signatures.push(b64(&crypto::low_s(
+                sig.algorithm,
+                sig.bytes,
+                options.format,
+            )));
             made_by = Some((sig.algorithm, sig.version));
         }
         let (algorithm, version) = made_by.expect("at least one item was signed");
@@ -684,6 +728,15 @@ const MAX_CONTEXT_PAIRS: usize = 64;
 const MAX_CONTEXT_STRING: usize = 1024;
 
 pub(crate) fn check_context(context: &backend::Context) -> Result<(), ApiError> {
+    if context
+        .keys()
+        .any(|k| k.starts_with(crate::envelope::RESERVED_CONTEXT_PREFIX))
+    {
+        return Err(ApiError::invalid(format!(
+            "field `context`: keys starting with `{}` are reserved for the sidecar",
+            crate::envelope::RESERVED_CONTEXT_PREFIX
+        )));
+    }
     if context.len() > MAX_CONTEXT_PAIRS {
         return Err(ApiError::invalid(format!(
             "field `context`: at most {MAX_CONTEXT_PAIRS} pairs"

@@ -21,6 +21,8 @@ pub enum Code {
     DecryptionFailed,
     ReplayedRequest,
     RateLimited,
+    AuditUnavailable,
+    Overloaded,
     BackendError,
     BackendUnavailable,
     BackendTimeout,
@@ -39,6 +41,8 @@ impl Code {
             Code::DecryptionFailed => "decryption_failed",
             Code::ReplayedRequest => "replayed_request",
             Code::RateLimited => "rate_limited",
+            Code::AuditUnavailable => "audit_unavailable",
+            Code::Overloaded => "overloaded",
             Code::BackendError => "backend_error",
             Code::BackendUnavailable => "backend_unavailable",
             Code::BackendTimeout => "backend_timeout",
@@ -60,7 +64,9 @@ impl Code {
             Code::ReplayedRequest => StatusCode::CONFLICT,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::BackendError => StatusCode::BAD_GATEWAY,
-            Code::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::AuditUnavailable | Code::Overloaded | Code::BackendUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Code::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -91,6 +97,13 @@ impl ApiError {
 
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(Code::InvalidRequest, message)
+    }
+
+    /// A refusal worth retrying after `retry_after` seconds.
+    pub fn retry_in(mut self, seconds: u64) -> Self {
+        self.retryable = true;
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {

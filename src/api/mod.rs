@@ -10,7 +10,7 @@ use crate::crypto::{Algorithm, Purpose, SignatureFormat};
 use crate::policy::Op;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use zeroize::Zeroizing;
@@ -47,6 +47,41 @@ impl<'de> Deserialize<'de> for B64 {
 /// Standard base64 of output bytes.
 pub fn b64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
+}
+
+/// An encryption context as a JSON object of strings. A key sent twice is
+/// refused: JSON parsers disagree on which value wins, so a context must
+/// mean one thing.
+pub fn unique_context<'de, D: Deserializer<'de>>(d: D) -> Result<Context, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Context;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object of strings")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Context, A::Error> {
+            let mut context = Context::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                if context.insert(k, v).is_some() {
+                    return Err(de::Error::custom(
+                        "a key appears more than once; send each key once",
+                    ));
+                }
+            }
+            Ok(context)
+        }
+    }
+    d.deserialize_map(V)
+}
+
+/// A whole body or header that is an encryption context.
+#[derive(Debug)]
+pub struct ContextObject(pub Context);
+
+impl<'de> Deserialize<'de> for ContextObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        unique_context(d).map(ContextObject)
+    }
 }
 
 /// A key version in a request: `"2"` or `2`.
@@ -141,7 +176,7 @@ pub struct VerifyResponse {
 #[serde(deny_unknown_fields)]
 pub struct EncryptRequest {
     pub plaintext: B64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_context")]
     pub context: Context,
 }
 
@@ -156,7 +191,7 @@ pub struct EncryptResponse {
 #[serde(deny_unknown_fields)]
 pub struct DecryptRequest {
     pub ciphertext: B64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_context")]
     pub context: Context,
 }
 
@@ -177,7 +212,7 @@ impl fmt::Debug for DecryptResponse {
 #[serde(deny_unknown_fields)]
 pub struct EnvelopeEncryptRequest {
     pub plaintext: B64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_context")]
     pub context: Context,
 }
 
@@ -194,7 +229,7 @@ pub struct EnvelopeEncryptResponse {
 #[serde(deny_unknown_fields)]
 pub struct EnvelopeDecryptRequest {
     pub envelope: B64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_context")]
     pub context: Context,
 }
 
@@ -202,7 +237,7 @@ pub struct EnvelopeDecryptRequest {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataKeyRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_context")]
     pub context: Context,
     #[serde(default = "default_bits")]
     pub bits: u32,
@@ -334,6 +369,20 @@ pub struct Health {
 pub struct Readiness {
     pub status: &'static str,
     pub backends: std::collections::BTreeMap<String, BackendHealth>,
+    /// The audit log's state, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditHealth>,
+}
+
+/// Whether the audit log's last write succeeded.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditHealth {
+    /// `ok` or `error`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Lines that could not be written since the start.
+    pub lost_lines: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -371,6 +420,26 @@ mod tests {
         assert!(!format!("{dk:?}").contains("a2V5"));
         let p = crate::backend::Plaintext(Zeroizing::new(b"top secret".to_vec()));
         assert_eq!(format!("{p:?}"), "Plaintext(10 bytes, redacted)");
+    }
+
+    #[test]
+    fn a_context_key_sent_twice_is_refused() {
+        let e = parse_json::<EncryptRequest>(
+            br#"{"plaintext": "", "context": {"tenant": "a", "tenant": "b"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, crate::api::Code::InvalidRequest);
+        assert!(
+            e.message.starts_with("field `context`") && e.message.contains("more than once"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("tenant"), "{}", e.message);
+        let ok =
+            parse_json::<EncryptRequest>(br#"{"plaintext": "", "context": {"a": "1", "b": "2"}}"#)
+                .unwrap();
+        assert_eq!(ok.context.len(), 2);
+        assert!(parse_json::<ContextObject>(br#"{"a":"1","a":"1"}"#).is_err());
     }
 }
 

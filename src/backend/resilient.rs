@@ -68,14 +68,16 @@ impl Resilient {
     }
 
     /// Runs `call` under the layer: fail fast while the circuit is open, wait
-    /// for a slot (within the timeout), time the attempt out, and retry
-    /// retryable failures while attempts and `max_elapsed` allow.
+    /// for a slot, and retry retryable failures while attempts and
+    /// `max_elapsed` allow — all within one `timeout`, which bounds the whole
+    /// call, retries included (a caller never waits longer than it).
     async fn run<T, F, Fut>(&self, call: F) -> Result<T, Error>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
         let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(self.retries.initial_backoff.0)
             .with_max_delay(self.retries.max_backoff.0)
@@ -83,15 +85,15 @@ impl Resilient {
             .build()
             .map(jitter);
         loop {
-            let result = self.attempt(&call).await;
-            let error = match result {
+            let error = match self.attempt(&call, deadline).await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
             let retry = if error.retryable && self.breaker.admits() {
-                delays
-                    .next()
-                    .filter(|d| started.elapsed() + *d < self.retries.max_elapsed.0)
+                delays.next().filter(|d| {
+                    started.elapsed() + *d < self.retries.max_elapsed.0
+                        && tokio::time::Instant::now() + *d < deadline
+                })
             } else {
                 None
             };
@@ -109,7 +111,8 @@ impl Resilient {
         }
     }
 
-    async fn attempt<T, F, Fut>(&self, call: &F) -> Result<T, Error>
+    /// One attempt, cut off at `deadline`.
+    async fn attempt<T, F, Fut>(&self, call: &F, deadline: tokio::time::Instant) -> Result<T, Error>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
@@ -117,7 +120,6 @@ impl Resilient {
         if !self.breaker.admits() {
             return Err(self.open_error());
         }
-        let deadline = tokio::time::Instant::now() + self.timeout;
         let outcome = tokio::time::timeout_at(deadline, async {
             let _permit = self.permits.acquire().await.expect("never closed");
             call().await
@@ -343,7 +345,8 @@ impl Backend for Resilient {
 
     /// Not retried: a rotation that timed out may have happened.
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
-        self.attempt(&|| self.inner.rotate(key)).await
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.attempt(&|| self.inner.rotate(key), deadline).await
     }
 }
 

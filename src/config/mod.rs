@@ -6,7 +6,7 @@ mod env;
 mod units;
 
 pub use env::{Env, ProcessEnv};
-pub use units::{ByteSize, Duration, Mode, Rate};
+pub use units::{ByteSize, Duration, Mode, Rate, Timestamp};
 
 use crate::crypto::Algorithm;
 use crate::policy::OpOrAll;
@@ -79,6 +79,45 @@ pub struct Config {
     /// The hash-chained audit log (SPEC §9); unset: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditConfig>,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub envelope: EnvelopeConfig,
+}
+
+/// `metrics`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// What the `key` label holds on the TCP probes listener (the socket's
+    /// `/metrics`, for callers granted `metrics`, always shows aliases).
+    pub key_labels: KeyLabels,
+}
+
+/// `metrics.key_labels`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyLabels {
+    /// The configured alias.
+    #[default]
+    Alias,
+    /// `h-` and the first 12 hex digits of SHA-256(alias): series stay
+    /// apart without naming the key (a pseudonym, not a secret).
+    Hashed,
+    /// No key label: series of all keys are added up.
+    None,
+}
+
+/// `envelope`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvelopeConfig {
+    /// Until this time, `envelope/decrypt` also opens envelopes of
+    /// algorithms 1 and 2 (made before data keys were bound to their
+    /// purpose). Unset: refused. While set, a caller granted `datakey` can
+    /// forge such envelopes; re-encrypt old envelopes, then unset it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_unbound_until: Option<Timestamp>,
 }
 
 /// `audit`.
@@ -90,6 +129,36 @@ pub struct AuditConfig {
     /// Sign the chain head now and then, so that a rewritten file is found too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<AuditCheckpoint>,
+    /// What a request gets when its line cannot be written.
+    #[serde(default)]
+    pub on_failure: AuditFailure,
+    /// The file is rotated (`path` → `path.1` → … ) before it grows past this;
+    /// the chain continues in the new file.
+    #[serde(default = "default_audit_file_size")]
+    pub max_file_size: ByteSize,
+    /// Files kept, the current one included; the oldest is deleted.
+    #[serde(default = "default_audit_files")]
+    pub max_files: u32,
+}
+
+/// `audit.on_failure`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditFailure {
+    /// A request whose line cannot be written is not served: 503
+    /// `audit_unavailable`, and `/readyz` says why.
+    #[default]
+    FailClosed,
+    /// Requests are served; lost lines are logged and counted.
+    FailOpen,
+}
+
+fn default_audit_file_size() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
+fn default_audit_files() -> u32 {
+    4
 }
 
 /// `audit.checkpoint`: a signed checkpoint line after every `every_entries`
@@ -439,8 +508,8 @@ pub struct KeyConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_period: Option<Duration>,
     /// Requests for this key must carry `x-request-nonce` and
-    /// `x-request-timestamp`; a nonce seen in the last 5 minutes, or a
-    /// timestamp more than 5 minutes off, is refused (409 `replayed_request`).
+    /// `x-request-timestamp`; a nonce seen before, or a timestamp more than
+    /// `limits.replay_window` off, is refused (409 `replayed_request`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replay_guard: bool,
 }
@@ -541,6 +610,18 @@ pub struct Limits {
     /// A token bucket per caller uid; unset: no per-caller limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_caller: Option<RateLimit>,
+    /// Request bodies held in memory, all callers together. One caller gets
+    /// at most half of it while another waits; over it a request waits up to
+    /// a second, then gets 503 `overloaded`.
+    pub max_buffered_bytes: ByteSize,
+    /// Most open connections of one caller uid (uids no rule names share a
+    /// small pool instead).
+    pub max_connections_per_caller: usize,
+    /// Replay-guarded keys: how far `x-request-timestamp` may be off, and
+    /// how long past its timestamp a nonce is remembered.
+    pub replay_window: Duration,
+    /// A streamed envelope body that sends nothing for this long is cut off.
+    pub stream_idle_timeout: Duration,
 }
 
 /// `limits.per_caller`: `rate` requests per second, minute or hour
@@ -564,6 +645,10 @@ impl Default for Limits {
             backend_timeout: Duration::from_secs(5),
             backend_concurrency: 256,
             per_caller: None,
+            max_buffered_bytes: ByteSize(32 << 20),
+            max_connections_per_caller: 256,
+            replay_window: Duration::from_secs(300),
+            stream_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -731,6 +816,17 @@ impl Config {
                     "an empty list allows nothing; omit it for the default".into(),
                 );
             }
+            if key
+                .ops
+                .iter()
+                .flatten()
+                .any(|o| *o == OpOrAll::Op(crate::policy::Op::Metrics))
+            {
+                bad(
+                    at("ops"),
+                    "`metrics` is not an operation on a key; grant it in `callers`".into(),
+                );
+            }
         }
         for (i, rule) in self.callers.iter().enumerate() {
             if rule.uids.is_empty() && rule.gids.is_empty() {
@@ -817,6 +913,20 @@ impl Config {
                 );
             }
         }
+        if let Some(audit) = &self.audit {
+            if audit.max_file_size.0 < 64 << 10 {
+                bad(
+                    "audit.max_file_size".into(),
+                    "must be at least 64KiB".into(),
+                );
+            }
+            if audit.max_files < 2 {
+                bad(
+                    "audit.max_files".into(),
+                    "must be at least 2 (the current file and one rotated file)".into(),
+                );
+            }
+        }
         let dk = &self.cache.data_keys;
         if dk.ttl.0 < std::time::Duration::from_millis(100) {
             bad(
@@ -851,6 +961,7 @@ impl Config {
         let l = &self.limits;
         for (field, value) in [
             ("max_connections", l.max_connections),
+            ("max_connections_per_caller", l.max_connections_per_caller),
             ("max_headers", l.max_headers),
             ("backend_concurrency", l.backend_concurrency),
         ] {
@@ -858,9 +969,20 @@ impl Config {
                 bad(format!("limits.{field}"), "must be at least 1".into());
             }
         }
+        if l.max_buffered_bytes < l.max_body {
+            bad(
+                "limits.max_buffered_bytes".into(),
+                format!(
+                    "must be at least limits.max_body ({}), or no body of that size could be read",
+                    l.max_body
+                ),
+            );
+        }
         for (field, value) in [
             ("backend_timeout", l.backend_timeout),
             ("body_timeout", l.body_timeout),
+            ("replay_window", l.replay_window),
+            ("stream_idle_timeout", l.stream_idle_timeout),
         ] {
             if value.0.is_zero() {
                 bad(format!("limits.{field}"), "must be above zero".into());

@@ -103,6 +103,54 @@ impl Serialize for ByteSize {
     }
 }
 
+/// A point in time written as RFC 3339 (`2027-01-31T00:00:00Z`; a date
+/// alone, `2027-01-31`, means its midnight UTC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub std::time::SystemTime);
+
+impl FromStr for Timestamp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let full = if s.len() == 10 {
+            format!("{s}T00:00:00Z")
+        } else {
+            s.to_owned()
+        };
+        humantime::parse_rfc3339(&full).map(Timestamp).map_err(|_| {
+            format!("expected an RFC 3339 time like \"2027-01-31T00:00:00Z\", got {s:?}")
+        })
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_rfc3339_seconds(self.0).fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Timestamp;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an RFC 3339 time like \"2027-01-31T00:00:00Z\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Timestamp, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// A Unix file mode written in octal, as a string (`"0660"`). An unquoted
 /// YAML number is read digit by digit as octal too (`660` → `0o660`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +220,10 @@ mod tests {
         assert!("0680".parse::<Mode>().is_err());
         assert!("".parse::<Mode>().is_err());
         assert_eq!(Mode(0o660).to_string(), "0660");
+        let t: Timestamp = "2027-01-31".parse().unwrap();
+        assert_eq!(t.to_string(), "2027-01-31T00:00:00Z");
+        assert_eq!("2027-01-31T00:00:00Z".parse::<Timestamp>().unwrap(), t);
+        assert!("soon".parse::<Timestamp>().is_err());
     }
 }
 

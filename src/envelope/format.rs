@@ -14,9 +14,12 @@
 //! key is unique per message, so the index alone keeps nonces unique, and the
 //! last flag stops truncation and extension.
 //!
-//! Algorithm 1 seals the whole plaintext as one segment (index 0, last).
-//! Algorithm 2 (streaming) cuts it into 64 KiB segments; every segment but the
-//! last holds exactly 64 KiB, the last 0 to 64 KiB, each followed by its tag.
+//! Algorithms 3 and 1 seal the whole plaintext as one segment (index 0,
+//! last). Algorithms 4 and 2 (streaming) cut it into 64 KiB segments; every
+//! segment but the last holds exactly 64 KiB, the last 0 to 64 KiB, each
+//! followed by its tag. 3 and 4 say the DEK was wrapped bound to the
+//! envelope purpose (see [`super::wrapping_context`]); 1 and 2 are what
+//! earlier releases made.
 
 use aws_lc_rs::{aead, constant_time, hkdf, rand};
 use zeroize::Zeroizing;
@@ -36,14 +39,19 @@ const INFO: &[u8] = b"kms-sidecar envelope v1";
 #[error("decryption failed")]
 pub struct DecryptError;
 
-/// How the body is sealed.
+/// How the body is sealed, and how the DEK was wrapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum AlgorithmId {
-    /// One AES-256-GCM segment; HKDF-SHA256 per-message key and commitment.
+    /// One AES-256-GCM segment; HKDF-SHA256 per-message key and commitment;
+    /// the DEK wrapped with the plain context (earlier releases).
     Aes256GcmHkdfSha256 = 1,
-    /// 64 KiB AES-256-GCM segments; same key derivation.
+    /// 64 KiB AES-256-GCM segments; otherwise as 1.
     Aes256GcmHkdfSha256Segments64K = 2,
+    /// As 1, the DEK wrapped bound to the envelope purpose.
+    BoundAes256GcmHkdfSha256 = 3,
+    /// As 2, the DEK wrapped bound to the envelope purpose.
+    BoundAes256GcmHkdfSha256Segments64K = 4,
 }
 
 impl AlgorithmId {
@@ -51,8 +59,28 @@ impl AlgorithmId {
         match b {
             1 => Ok(AlgorithmId::Aes256GcmHkdfSha256),
             2 => Ok(AlgorithmId::Aes256GcmHkdfSha256Segments64K),
+            3 => Ok(AlgorithmId::BoundAes256GcmHkdfSha256),
+            4 => Ok(AlgorithmId::BoundAes256GcmHkdfSha256Segments64K),
             _ => Err(DecryptError),
         }
+    }
+
+    /// Whether the body is cut into 64 KiB segments (streaming).
+    pub fn segmented(self) -> bool {
+        matches!(
+            self,
+            AlgorithmId::Aes256GcmHkdfSha256Segments64K
+                | AlgorithmId::BoundAes256GcmHkdfSha256Segments64K
+        )
+    }
+
+    /// Whether the DEK was wrapped bound to the envelope purpose.
+    pub fn purpose_bound(self) -> bool {
+        matches!(
+            self,
+            AlgorithmId::BoundAes256GcmHkdfSha256
+                | AlgorithmId::BoundAes256GcmHkdfSha256Segments64K
+        )
     }
 }
 
@@ -290,22 +318,17 @@ impl Opener {
     }
 }
 
-/// Seals a whole message held in memory (algorithm 1).
+/// Seals a whole message held in memory in one segment (the header's
+/// algorithm must be a one-segment one: 3, or 1 for tests of old envelopes).
 pub fn seal(dek: &[u8], header: Header, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    let (mut sealer, mut out) = Sealer::new(
-        dek,
-        Header {
-            algorithm: AlgorithmId::Aes256GcmHkdfSha256,
-            ..header
-        },
-        context,
-    );
+    debug_assert!(!header.algorithm.segmented());
+    let (mut sealer, mut out) = Sealer::new(dek, header, context);
     out.reserve(plaintext.len() + TAG);
     sealer.seal(plaintext, true, &mut out);
     out
 }
 
-/// Opens a whole envelope held in memory, of either algorithm.
+/// Opens a whole envelope held in memory, of any algorithm.
 pub fn open(
     dek: &[u8],
     envelope: &[u8],
@@ -315,20 +338,18 @@ pub fn open(
     let mut opener = Opener::new(dek, &header, &envelope[..n], context)?;
     let mut body = Zeroizing::new(envelope[n..].to_vec());
     let mut out = Zeroizing::new(Vec::with_capacity(body.len()));
-    match header.algorithm {
-        AlgorithmId::Aes256GcmHkdfSha256 => out.extend_from_slice(opener.open(&mut body, true)?),
-        AlgorithmId::Aes256GcmHkdfSha256Segments64K => {
-            let mut rest: &mut [u8] = &mut body;
-            loop {
-                let last = rest.len() <= SEGMENT + TAG;
-                let (segment, tail) =
-                    rest.split_at_mut(if last { rest.len() } else { SEGMENT + TAG });
-                out.extend_from_slice(opener.open(segment, last)?);
-                if last {
-                    break;
-                }
-                rest = tail;
+    if !header.algorithm.segmented() {
+        out.extend_from_slice(opener.open(&mut body, true)?);
+    } else {
+        let mut rest: &mut [u8] = &mut body;
+        loop {
+            let last = rest.len() <= SEGMENT + TAG;
+            let (segment, tail) = rest.split_at_mut(if last { rest.len() } else { SEGMENT + TAG });
+            out.extend_from_slice(opener.open(segment, last)?);
+            if last {
+                break;
             }
+            rest = tail;
         }
     }
     Ok(out)
@@ -411,7 +432,7 @@ mod tests {
         assert_eq!(&commitment[..], &v.commitment[..]);
         let sealed = seal(
             &v.dek,
-            header(&v, AlgorithmId::Aes256GcmHkdfSha256),
+            header(&v, AlgorithmId::BoundAes256GcmHkdfSha256),
             &v.context,
             &v.plaintext,
         );
@@ -463,7 +484,7 @@ mod tests {
     fn segmented(v: &Vector, plaintext: &[u8]) -> (Vec<u8>, usize) {
         let (mut sealer, mut out) = Sealer::new(
             &v.dek,
-            header(v, AlgorithmId::Aes256GcmHkdfSha256Segments64K),
+            header(v, AlgorithmId::BoundAes256GcmHkdfSha256Segments64K),
             &v.context,
         );
         let prefix = out.len();

@@ -13,11 +13,13 @@ pub mod format;
 use crate::api::{self, ApiError, Code, b64};
 use crate::backend::{Context, canonical_context};
 use crate::policy::{Caller, Op};
+use crate::server::body::read_error;
 use crate::service::{Service, check_context};
 use bytes::Bytes;
 use format::{AlgorithmId, Header, Opener, SEGMENT, Sealer, TAG};
 use futures_util::{Stream, StreamExt};
 use std::io;
+use std::pin::Pin;
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
@@ -26,19 +28,56 @@ use zeroize::Zeroizing;
 pub type Chunks = mpsc::Receiver<Result<Bytes, io::Error>>;
 
 /// A request body as a stream of bytes.
-pub trait ByteStream: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static {}
+pub type BoxedStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
-impl<S: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static> ByteStream for S {}
+/// A streaming operation refused before its answer started, with what is
+/// left of its input (for the lingering close).
+pub type Refused = (ApiError, BoxedStream);
 
 /// Chunks in flight between the sealing task and the connection.
 const CHANNEL_DEPTH: usize = 4;
+
+/// Context keys starting with this are the sidecar's; callers may not send
+/// them.
+pub const RESERVED_CONTEXT_PREFIX: &str = "kms-sidecar:";
+
+/// The context entry that binds an envelope's DEK to its purpose.
+pub const PURPOSE_KEY: &str = "kms-sidecar:purpose";
+
+/// The context an envelope's DEK is wrapped and unwrapped with: the
+/// caller's context plus `kms-sidecar:purpose = envelope`. Callers cannot
+/// send reserved keys, so `decrypt` never unwraps an envelope's DEK, and a
+/// data key from `datakey` (wrapped with the plain context) never opens as
+/// an envelope's.
+pub fn wrapping_context(context: &Context) -> Context {
+    let mut bound = context.clone();
+    bound.insert(PURPOSE_KEY.to_owned(), "envelope".to_owned());
+    bound
+}
 
 fn decryption_failed() -> ApiError {
     ApiError::from(crate::backend::Error::decryption_failed())
 }
 
 impl Service {
-    /// Seals `plaintext` with a cached data key (algorithm 1).
+    /// The context to unwrap the DEK of an envelope of `algorithm` with:
+    /// bound for algorithms 3 and 4; the plain context for the older 1 and 2
+    /// only while `envelope.accept_unbound_until` allows.
+    fn unwrapping_context(
+        &self,
+        algorithm: AlgorithmId,
+        context: &Context,
+    ) -> Result<Context, ApiError> {
+        if algorithm.purpose_bound() {
+            Ok(wrapping_context(context))
+        } else if self.accepts_unbound_envelopes() {
+            Ok(context.clone())
+        } else {
+            Err(decryption_failed())
+        }
+    }
+
+    /// Seals `plaintext` with a cached data key (algorithm 3).
     pub async fn envelope_encrypt(
         &self,
         caller: &Caller,
@@ -49,9 +88,18 @@ impl Service {
         check_context(&req.context)?;
         let dek = self
             .data_keys()
-            .encrypt_dek(entry, &req.context, req.plaintext.0.len() as u64)
+            .encrypt_dek(
+                entry,
+                &wrapping_context(&req.context),
+                req.plaintext.0.len() as u64,
+            )
             .await?;
-        let header = new_header(alias, &entry.id, &dek, AlgorithmId::Aes256GcmHkdfSha256);
+        let header = new_header(
+            alias,
+            &entry.id,
+            &dek,
+            AlgorithmId::BoundAes256GcmHkdfSha256,
+        );
         let envelope = format::seal(
             &dek.plaintext,
             header,
@@ -64,7 +112,7 @@ impl Service {
         })
     }
 
-    /// Opens an envelope of either algorithm held in memory.
+    /// Opens an envelope of any algorithm held in memory.
     pub async fn envelope_decrypt(
         &self,
         caller: &Caller,
@@ -78,9 +126,10 @@ impl Service {
             .flatten()
             .filter(|(h, _)| h.alias == alias)
             .ok_or_else(decryption_failed)?;
+        let unwrap_with = self.unwrapping_context(header.algorithm, &req.context)?;
         let dek = self
             .data_keys()
-            .decrypt_dek(entry, &req.context, &header.wrapped_dek)
+            .decrypt_dek(entry, &unwrap_with, &header.wrapped_dek)
             .await?;
         let plaintext = format::open(
             &dek.plaintext,
@@ -93,32 +142,39 @@ impl Service {
         })
     }
 
-    /// Streams `input` out as a segmented envelope (algorithm 2). Errors
-    /// before the first byte (policy, data key) are returned; later ones
-    /// abort the stream.
-    pub async fn envelope_encrypt_stream<S: ByteStream>(
+    /// Streams `input` out as a segmented envelope (algorithm 4). Errors
+    /// before the first byte (policy, data key, a stalled body) are returned
+    /// with the unread input; later ones abort the stream.
+    pub async fn envelope_encrypt_stream(
         &self,
         caller: &Caller,
         alias: &str,
         context: Context,
         declared_len: Option<u64>,
-        mut input: S,
-    ) -> Result<Chunks, ApiError> {
+        mut input: BoxedStream,
+    ) -> Result<Chunks, Refused> {
         let prelude = async {
             let entry = self.authorize(caller, alias, Op::Envelope)?;
             check_context(&context)?;
             // Reading before answering lets a client that sent `Expect:
             // 100-continue` start its upload now rather than after its timeout.
             let first = input.next().await;
+            if let Some(Err(e)) = &first {
+                return Err(read_error(e));
+            }
             let dek = self
                 .data_keys()
-                .encrypt_dek(entry, &context, declared_len.unwrap_or(0))
+                .encrypt_dek(
+                    entry,
+                    &wrapping_context(&context),
+                    declared_len.unwrap_or(0),
+                )
                 .await?;
             let header = new_header(
                 alias,
                 &entry.id,
                 &dek,
-                AlgorithmId::Aes256GcmHkdfSha256Segments64K,
+                AlgorithmId::BoundAes256GcmHkdfSha256Segments64K,
             );
             let (sealer, prefix) =
                 Sealer::new(&dek.plaintext, header, &canonical_context(&context));
@@ -126,7 +182,7 @@ impl Service {
         };
         let (mut sealer, prefix, first) = match prelude.await {
             Ok(ready) => ready,
-            Err(e) => return Err(discard_rest(input, e).await),
+            Err(e) => return Err((e, input)),
         };
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         tokio::spawn(async move {
@@ -165,14 +221,15 @@ impl Service {
 
     /// Streams the plaintext of a segmented envelope read from `input`. The
     /// header, the data key and the first segment are checked before
-    /// answering, so those failures are ordinary errors.
-    pub async fn envelope_decrypt_stream<S: ByteStream>(
+    /// answering, so those failures are ordinary errors (returned with the
+    /// unread input).
+    pub async fn envelope_decrypt_stream(
         &self,
         caller: &Caller,
         alias: &str,
         context: Context,
-        mut input: S,
-    ) -> Result<Chunks, ApiError> {
+        mut input: BoxedStream,
+    ) -> Result<Chunks, Refused> {
         let prelude = async {
             let entry = self.authorize(caller, alias, Op::Envelope)?;
             check_context(&context)?;
@@ -182,24 +239,19 @@ impl Service {
                     Ok(Some(parsed)) => break parsed,
                     Ok(None) => match input.next().await {
                         Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                        Some(Err(e)) => {
-                            return Err(ApiError::invalid(format!(
-                                "could not read the request body: {e}"
-                            )));
-                        }
+                        Some(Err(e)) => return Err(read_error(&e)),
                         None => return Err(decryption_failed()),
                     },
                     Err(_) => return Err(decryption_failed()),
                 }
             };
-            if header.alias != alias
-                || header.algorithm != AlgorithmId::Aes256GcmHkdfSha256Segments64K
-            {
+            if header.alias != alias || !header.algorithm.segmented() {
                 return Err(decryption_failed());
             }
+            let unwrap_with = self.unwrapping_context(header.algorithm, &context)?;
             let dek = self
                 .data_keys()
-                .decrypt_dek(entry, &context, &header.wrapped_dek)
+                .decrypt_dek(entry, &unwrap_with, &header.wrapped_dek)
                 .await?;
             let mut opener = Opener::new(
                 &dek.plaintext,
@@ -212,13 +264,13 @@ impl Service {
             buf.drain(..prefix_len);
             let first = next_segment(&mut buf, &mut input)
                 .await
-                .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
+                .map_err(|e| read_error(&e))?;
             let first = open_segment(&mut opener, first).map_err(|_| decryption_failed())?;
             Ok::<_, ApiError>((opener, buf, first))
         };
         let (mut opener, mut buf, first) = match prelude.await {
             Ok(ready) => ready,
-            Err(e) => return Err(discard_rest(input, e).await),
+            Err(e) => return Err((e, input)),
         };
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let alias = alias.to_owned();
@@ -234,37 +286,14 @@ impl Service {
                     }),
                     Err(e) => Err(e),
                 };
-                if let Err(e) = result {
-                    let e = discard_rest(input, e).await;
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-                if tx.send(result).await.is_err() {
+                let failed = result.is_err();
+                if tx.send(result).await.is_err() || failed {
                     return;
                 }
             }
         });
         Ok(rx)
     }
-}
-
-/// Reads and drops what is left of a refused upload (at most 8 MiB, 2 s), so
-/// that a client still sending gets the error rather than a broken pipe.
-async fn discard_rest<S, E>(mut input: S, error: E) -> E
-where
-    S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
-{
-    let drain = async {
-        let mut left: usize = 8 << 20;
-        while let Some(Ok(chunk)) = input.next().await {
-            left = match left.checked_sub(chunk.len()) {
-                Some(l) => l,
-                None => break,
-            };
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
-    error
 }
 
 fn new_header(

@@ -2,6 +2,7 @@
 //! connections with their peer credentials, HTTP/1.1 keep-alive, and the
 //! bounded drain at shutdown. Routes are in [`routes`].
 
+pub mod body;
 mod replay;
 pub mod routes;
 mod socket;
@@ -31,6 +32,47 @@ pub struct Settings {
     pub audit: Option<crate::audit::Audit>,
 }
 
+/// Connections that uids no caller rule names may hold, all together: they
+/// can only probe and be refused, so a few short connections are plenty,
+/// and everything else stays free for callers with rules.
+pub const UNKNOWN_CALLER_CONNECTIONS: usize = 64;
+/// Those connections serve one request and must send it within this.
+const UNKNOWN_CALLER_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The largest request head (request line and headers) hyper buffers; a
+/// larger one gets a bare 431. Also caps each connection's read buffer.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Open connections per caller uid, and of uids no rule names.
+#[derive(Debug, Default)]
+struct Connections {
+    per_uid: std::collections::HashMap<u32, usize>,
+    unknown: usize,
+}
+
+/// A connection's place, given back when it closes.
+struct Slot {
+    table: Arc<std::sync::Mutex<Connections>>,
+    uid: u32,
+    known: bool,
+    _global: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().expect("never poisoned");
+        if !self.known {
+            t.unknown -= 1;
+        }
+        if let Some(n) = t.per_uid.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                t.per_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
 /// Serves `listener` until `shutdown` resolves; then stops accepting, removes
 /// the socket file, and waits (at most `drain_timeout`) for in-flight
 /// requests to finish. Returns whether the drain completed in time.
@@ -43,11 +85,17 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let limits = &settings.limits;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let table = Arc::new(std::sync::Mutex::new(Connections::default()));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout.0)
         .max_headers(limits.max_headers)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
+    let mut http_unknown = http.clone();
+    http_unknown
+        .header_read_timeout(UNKNOWN_CALLER_HEADER_TIMEOUT)
+        .keep_alive(false);
     let routes = Arc::new(routes::Routes::new(
         service.clone(),
         limits,
@@ -68,14 +116,6 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            service.metrics().connections_rejected.inc();
-            tracing::warn!(
-                limit = limits.max_connections,
-                "connection limit reached; closing a new connection"
-            );
-            continue;
-        };
         let caller = match stream.peer_cred() {
             Ok(c) => Caller {
                 uid: c.uid(),
@@ -87,12 +127,23 @@ pub async fn serve(
                 continue;
             }
         };
+        let known = service.knows(&caller);
+        let Some(slot) = admit(&slots, &table, caller.uid, known, limits) else {
+            service.metrics().connections_rejected.inc();
+            tracing::debug!(
+                caller.uid = caller.uid,
+                known,
+                "connection limit reached; closing a new connection"
+            );
+            continue;
+        };
         let routes = routes.clone();
         let svc = hyper::service::service_fn(move |req| {
             let routes = routes.clone();
             async move { Ok::<_, Infallible>(routes.handle(req, Some(caller)).await) }
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        let builder = if known { &http } else { &http_unknown };
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
         let metrics_service = service.clone();
         let span = tracing::debug_span!(
             "connection",
@@ -124,4 +175,37 @@ pub async fn serve(
             false
         }
     }
+}
+
+/// A place for a new connection of `uid`: within `max_connections`, within
+/// `max_connections_per_caller` for a uid some rule names, and within the
+/// small shared pool of [`UNKNOWN_CALLER_CONNECTIONS`] otherwise.
+fn admit(
+    slots: &Arc<Semaphore>,
+    table: &Arc<std::sync::Mutex<Connections>>,
+    uid: u32,
+    known: bool,
+    limits: &Limits,
+) -> Option<Slot> {
+    let global = slots.clone().try_acquire_owned().ok()?;
+    let mut t = table.lock().expect("never poisoned");
+    let mine = t.per_uid.get(&uid).copied().unwrap_or(0);
+    let room = if known {
+        mine < limits.max_connections_per_caller
+    } else {
+        t.unknown < UNKNOWN_CALLER_CONNECTIONS && mine < limits.max_connections_per_caller
+    };
+    if !room {
+        return None;
+    }
+    *t.per_uid.entry(uid).or_default() += 1;
+    if !known {
+        t.unknown += 1;
+    }
+    Some(Slot {
+        table: table.clone(),
+        uid,
+        known,
+        _global: global,
+    })
 }

@@ -1,24 +1,26 @@
 //! Thin HTTP routes: path → operation, body → wire type, result → JSON, plus
 //! request ids, the body limit, the request span and request metrics.
 
+use super::body;
 use crate::api::{self, ApiError, Code, parse_json};
 use crate::audit::{self as audit_log, Audit};
-use crate::config::Limits;
+use crate::backend::Context;
+use crate::config::{KeyLabels, Limits};
 use crate::envelope;
-use crate::policy::Caller;
+use crate::policy::{Caller, Op};
 use crate::service::Service;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyDataStream, BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Body as _;
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use serde::Serialize;
-use std::io;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
@@ -136,12 +138,30 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
     })
 }
 
+impl Action {
+    /// The operation a caller needs granted for this action.
+    fn op(self) -> Op {
+        match self {
+            Action::Metadata => Op::Metadata,
+            Action::PublicKey => Op::PublicKey,
+            Action::Sign | Action::SignBatch => Op::Sign,
+            Action::Verify => Op::Verify,
+            Action::Encrypt => Op::Encrypt,
+            Action::Decrypt => Op::Decrypt,
+            Action::Datakey => Op::Datakey,
+            Action::Mac | Action::VerifyMac => Op::Mac,
+            Action::Rotate => Op::Rotate,
+            Action::EnvelopeEncrypt | Action::EnvelopeDecrypt => Op::Envelope,
+        }
+    }
+}
+
 /// A response before headers: status, content type, body.
 struct Reply {
     status: StatusCode,
     content_type: &'static str,
     body: ReplyBody,
-    /// Seconds for `Retry-After` (429).
+    /// Seconds for `Retry-After` (429, 503).
     retry_after: Option<u64>,
     /// The key version the answer names (for the audit log).
     version: Option<String>,
@@ -149,8 +169,9 @@ struct Reply {
 
 enum ReplyBody {
     Full(Bytes),
-    /// Streamed chunks; an `Err` aborts the response before its final chunk.
-    Stream(envelope::Chunks),
+    /// Streamed chunks, and the share of the body budget held until they
+    /// end; an `Err` aborts the response before its final chunk.
+    Stream(envelope::Chunks, body::Reservation),
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
@@ -167,14 +188,31 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
     }
 }
 
-/// The HTTP response of a reply, with the request id and, for 405, `Allow`.
-fn into_response(reply: Reply, request_id: &str, allow: Option<&'static str>) -> Response<Body> {
+fn error_reply(e: &ApiError, request_id: &str) -> Reply {
+    let mut reply = json(e.status, &e.body(request_id));
+    reply.retry_after = e.retry_after;
+    reply
+}
+
+/// The HTTP response of a reply, with the request id, `Allow` for 405, and
+/// `Connection: close` when the rest of the request body is being dropped.
+fn into_response(
+    reply: Reply,
+    request_id: &str,
+    allow: Option<&'static str>,
+    close: bool,
+) -> Response<Body> {
     let body = match reply.body {
         ReplyBody::Full(bytes) => Full::new(bytes).map_err(|never| match never {}).boxed(),
-        ReplyBody::Stream(chunks) => {
-            let frames = futures_util::stream::unfold(chunks, |mut rx| async move {
-                rx.recv().await.map(|chunk| (chunk.map(Frame::data), rx))
-            });
+        ReplyBody::Stream(chunks, reservation) => {
+            let frames = futures_util::stream::unfold(
+                (chunks, reservation),
+                |(mut rx, reservation)| async move {
+                    rx.recv()
+                        .await
+                        .map(|chunk| (chunk.map(Frame::data), (rx, reservation)))
+                },
+            );
             BodyExt::boxed(StreamBody::new(frames))
         }
     };
@@ -191,6 +229,9 @@ fn into_response(reply: Reply, request_id: &str, allow: Option<&'static str>) ->
     if let Some(seconds) = reply.retry_after {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
     }
+    if close {
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -202,16 +243,26 @@ fn ok<T: Serialize + api::Versioned>(result: Result<T, ApiError>) -> Result<Repl
     })
 }
 
+/// The request body while a route decides whether to read it: `Some` until
+/// it is read to the end or handed to a stream; what is left afterwards is
+/// drained by the lingering close.
+type Unread = Option<Incoming>;
+
 /// The routes, shared by every connection.
 #[derive(Debug)]
 pub struct Routes {
     service: Arc<Service>,
     max_body: usize,
     body_timeout: std::time::Duration,
+    stream_idle_timeout: std::time::Duration,
+    /// `limits.max_buffered_bytes`.
+    budget: Arc<body::Budget>,
     /// `limits.per_caller`: a token bucket per caller uid.
     per_caller: Option<DefaultKeyedRateLimiter<u32>>,
     audit: Option<Audit>,
     replay: super::replay::ReplayGuard,
+    /// `metrics.key_labels`, for `/metrics` on the probe listener.
+    key_labels: KeyLabels,
 }
 
 impl Routes {
@@ -223,13 +274,17 @@ impl Routes {
                 .allow_burst(NonZeroU32::new(l.burst).unwrap_or(NonZeroU32::MIN));
             RateLimiter::keyed(quota)
         });
+        let max_body = usize::try_from(limits.max_body.0).unwrap_or(usize::MAX);
         Self {
+            key_labels: service.key_labels(),
             service,
-            max_body: usize::try_from(limits.max_body.0).unwrap_or(usize::MAX),
+            max_body,
             body_timeout: limits.body_timeout.0,
+            stream_idle_timeout: limits.stream_idle_timeout.0,
+            budget: body::Budget::new(limits.max_buffered_bytes.0, limits.max_body.0),
             per_caller,
             audit,
-            replay: Default::default(),
+            replay: super::replay::ReplayGuard::new(limits.replay_window.0),
         }
     }
 
@@ -241,17 +296,15 @@ impl Routes {
         limiter.check_key(&caller.uid).map_err(|not_until| {
             self.service.metrics().rate_limited.inc();
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let mut e = ApiError::new(
+            ApiError::new(
                 Code::RateLimited,
                 format!(
                     "caller uid {} is over its rate limit (limits.per_caller); retry in {} ms",
                     caller.uid,
                     wait.as_millis()
                 ),
-            );
-            e.retryable = true;
-            e.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
-            e
+            )
+            .retry_in(wait.as_secs_f64().ceil() as u64)
         })
     }
 
@@ -270,7 +323,9 @@ impl Routes {
             key = tracing::field::Empty,
         );
         async move {
-            let path = req.uri().path().to_owned();
+            let (parts, body) = req.into_parts();
+            let mut unread: Unread = Some(body);
+            let path = parts.uri.path().to_owned();
             let route = parse_route(&path).filter(|r| caller.is_some() || r.is_probe());
             let (op, key_label) = match route {
                 Some(r @ Route::Key(alias, _)) => {
@@ -286,10 +341,10 @@ impl Routes {
                 span.record("key", key_label);
             }
             let reply = match route {
-                None => Err(ApiError::new(Code::NotFound, format!("no route {} {}", req.method(), req.uri().path()))),
-                Some(route) => self.dispatch(route, req, caller).await,
+                None => Err(ApiError::new(Code::NotFound, format!("no route {} {}", parts.method, parts.uri.path()))),
+                Some(route) => self.dispatch(route, &parts, &mut unread, caller).await,
             };
-            let (reply, code) = match reply {
+            let (mut reply, mut code) = match reply {
                 Ok(reply) => (reply, "ok"),
                 Err(e) => {
                     if e.status.is_server_error() {
@@ -297,22 +352,13 @@ impl Routes {
                     } else {
                         tracing::debug!(code = e.code.as_str(), message = %e.message, "request refused");
                     }
-                    let mut reply = json(e.status, &e.body(&request_id));
-                    reply.retry_after = e.retry_after;
-                    (reply, e.code.as_str())
+                    (error_reply(&e, &request_id), e.code.as_str())
                 }
             };
-            let metrics = self.service.metrics();
-            metrics.requests_total.with_label_values(&[op, key_label, code]).inc();
-            metrics
-                .request_duration
-                .with_label_values(&[op])
-                .observe(started.elapsed().as_secs_f64());
-            tracing::debug!(status = reply.status.as_u16(), micros = started.elapsed().as_micros() as u64, "request done");
             if let (Some(audit), Some(c)) = (&self.audit, caller)
                 && !route.is_some_and(|r| r.is_probe())
             {
-                audit
+                let written = audit
                     .record(audit_log::Entry {
                         time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
                         request_id: request_id.clone(),
@@ -327,12 +373,32 @@ impl Routes {
                         latency_us: started.elapsed().as_micros() as u64,
                     })
                     .await;
+                if let Err(e) = written {
+                    // Fail closed: an answer whose record is lost is not given.
+                    tracing::warn!(code = e.code.as_str(), message = %e.message, "request failed");
+                    reply = error_reply(&e, &request_id);
+                    code = e.code.as_str();
+                }
             }
+            let metrics = self.service.metrics();
+            metrics.requests_total.with_label_values(&[op, key_label, code]).inc();
+            metrics
+                .request_duration
+                .with_label_values(&[op])
+                .observe(started.elapsed().as_secs_f64());
+            tracing::debug!(status = reply.status.as_u16(), micros = started.elapsed().as_micros() as u64, "request done");
             let allow = (reply.status == StatusCode::METHOD_NOT_ALLOWED)
                 .then_some(route)
                 .flatten()
                 .map(|r| if r.method() == Method::GET { "GET" } else { "POST" });
-            into_response(reply, &request_id, allow)
+            // Answered before its body was read: drop the rest of the body
+            // while the client reads the answer, then close.
+            let linger = unread.filter(|b| !b.is_end_stream());
+            let close = linger.is_some();
+            if let Some(rest) = linger {
+                body::linger(body::stream(rest));
+            }
+            into_response(reply, &request_id, allow, close)
         }
         .instrument(span)
         .await
@@ -341,16 +407,17 @@ impl Routes {
     async fn dispatch(
         &self,
         route: Route<'_>,
-        req: Request<Incoming>,
+        parts: &Parts,
+        unread: &mut Unread,
         caller: Option<Caller>,
     ) -> Result<Reply, ApiError> {
-        if req.method() != route.method() {
+        if parts.method != route.method() {
             return Err(ApiError::new(
                 Code::OperationNotSupported,
                 format!(
                     "{} {} is not supported; use {}",
-                    req.method(),
-                    req.uri().path(),
+                    parts.method,
+                    parts.uri.path(),
                     route.method()
                 ),
             )
@@ -360,7 +427,13 @@ impl Routes {
         let (caller, alias, action) = match (route, caller) {
             (Route::Healthz, _) => return Ok(json(StatusCode::OK, &api::Health { status: "ok" })),
             (Route::Readyz, _) => {
-                let (ready, body) = svc.readiness().await;
+                let (mut ready, mut body) = svc.readiness().await;
+                if let Some(audit) = &self.audit {
+                    let health = audit.health();
+                    ready &= health.status == "ok" || !audit.fails_closed();
+                    body.audit = Some(health);
+                    body.status = if ready { "ready" } else { "not_ready" };
+                }
                 let status = if ready {
                     StatusCode::OK
                 } else {
@@ -368,13 +441,21 @@ impl Routes {
                 };
                 return Ok(json(status, &body));
             }
-            (Route::Metrics, _) => {
+            (Route::Metrics, c) => {
+                let text = match c {
+                    // The socket: operators granted `metrics` see aliases.
+                    Some(c) => {
+                        svc.may_read_metrics(&c)?;
+                        svc.metrics().encode(KeyLabels::Alias)
+                    }
+                    None => svc.metrics().encode(self.key_labels),
+                };
                 return Ok(Reply {
                     status: StatusCode::OK,
                     content_type: "text/plain; version=0.0.4; charset=utf-8",
                     retry_after: None,
                     version: None,
-                    body: ReplyBody::Full(Bytes::from(svc.metrics().encode())),
+                    body: ReplyBody::Full(Bytes::from(text)),
                 });
             }
             (_, None) => return Err(ApiError::new(Code::NotFound, "only probes are served here")),
@@ -385,17 +466,41 @@ impl Routes {
             (Route::Key(alias, action), Some(c)) => (c, alias, action),
         };
         let caller = &caller;
+        // Who may do what is decided from the path and the peer credentials
+        // alone, before a byte of the body is read or buffered.
+        svc.authorize(caller, alias, action.op())?;
         self.rate_limit(caller)?;
+        if let Some(audit) = &self.audit {
+            audit.available()?;
+        }
         if svc.replay_guarded(alias) {
-            self.replay.check(caller.uid, req.headers())?;
+            self.replay.check(caller.uid, &parts.headers)?;
         }
-        if matches!(action, Action::EnvelopeEncrypt | Action::EnvelopeDecrypt)
-            && is_octet_stream(req.headers())
-        {
-            return self.envelope_stream(caller, alias, action, req).await;
+        let header_context = encryption_context_header(&parts.headers)?;
+        let streamed = matches!(action, Action::EnvelopeEncrypt | Action::EnvelopeDecrypt)
+            && is_octet_stream(&parts.headers);
+        if streamed {
+            let context = header_context.unwrap_or_default();
+            let input = unread.take().expect("the body is unread until here");
+            return self
+                .envelope_stream(caller, alias, action, context, &parts.headers, input)
+                .await;
         }
-        let body = if route.method() == Method::POST {
-            tokio::time::timeout(self.body_timeout, read_body(req, self.max_body))
+        if header_context.is_some() {
+            return Err(ApiError::invalid(format!(
+                "header `{ENCRYPTION_CONTEXT}` is only for streamed envelopes (Content-Type: application/octet-stream); send `context` in the JSON body"
+            )));
+        }
+        let (body, _reservation) = if route.method() == Method::POST {
+            let incoming = unread.as_mut().expect("the body is unread until here");
+            let read = body::read(
+                incoming,
+                &parts.headers,
+                self.max_body,
+                &self.budget,
+                caller.uid,
+            );
+            let read = tokio::time::timeout(self.body_timeout, read)
                 .await
                 .map_err(|_| {
                     ApiError::invalid(format!(
@@ -403,9 +508,11 @@ impl Routes {
                         self.body_timeout
                     ))
                     .with_status(StatusCode::REQUEST_TIMEOUT)
-                })??
+                })??;
+            *unread = None;
+            (read.0, Some(read.1))
         } else {
-            Zeroizing::new(Vec::new())
+            (Zeroizing::new(Vec::new()), None)
         };
         match action {
             Action::Metadata => ok(svc.metadata(caller, alias).await),
@@ -431,77 +538,75 @@ impl Routes {
         }
     }
 
-    /// Envelope encryption of a streamed body: no size limit, constant memory;
-    /// the context travels in `x-encryption-context` as a JSON object.
+    /// Envelope encryption of a streamed body: no size limit, constant memory
+    /// (a fixed reservation of the body budget); the context travels in
+    /// `x-encryption-context` as a JSON object. A body that sends nothing for
+    /// `limits.stream_idle_timeout` is cut off.
     async fn envelope_stream(
         &self,
         caller: &Caller,
         alias: &str,
         action: Action,
-        req: Request<Incoming>,
+        context: Context,
+        headers: &HeaderMap,
+        input: Incoming,
     ) -> Result<Reply, ApiError> {
-        let context = match req.headers().get(ENCRYPTION_CONTEXT) {
-            None => Default::default(),
-            Some(v) => parse_json(v.as_bytes()).map_err(|e| {
-                ApiError::invalid(format!("header `{ENCRYPTION_CONTEXT}`: {}", e.message))
-            })?,
+        let input = body::idle_timeout(body::stream(input), self.stream_idle_timeout);
+        let reservation = match self
+            .budget
+            .reserve(caller.uid, body::STREAM_RESERVATION)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                body::linger(input);
+                return Err(e);
+            }
         };
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let input = BodyDataStream::new(req.into_body()).map(|r| r.map_err(io::Error::other));
-        let chunks = if action == Action::EnvelopeEncrypt {
+        let result = if action == Action::EnvelopeEncrypt {
             self.service
-                .envelope_encrypt_stream(caller, alias, context, declared, input)
-                .await?
+                .envelope_encrypt_stream(
+                    caller,
+                    alias,
+                    context,
+                    body::declared_length(headers),
+                    input,
+                )
+                .await
         } else {
             self.service
                 .envelope_decrypt_stream(caller, alias, context, input)
-                .await?
+                .await
         };
+        let chunks = result.map_err(|(e, rest)| {
+            body::linger(rest);
+            e
+        })?;
         Ok(Reply {
             status: StatusCode::OK,
             content_type: "application/octet-stream",
             retry_after: None,
             version: None,
-            body: ReplyBody::Stream(chunks),
+            body: ReplyBody::Stream(chunks, reservation),
         })
     }
 }
 
-/// Reads a request body of at most `max` bytes into a buffer that is zeroized
-/// on drop. A declared `Content-Length` over the limit is refused before any
-/// of the body is read; a chunked body is refused as soon as it passes it.
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            Code::PayloadTooLarge,
-            format!("request body is over the {max}-byte limit (limits.max_body)"),
-        )
+/// The encryption context of `x-encryption-context`, if sent: a JSON object
+/// of strings, sent once.
+fn encryption_context_header(headers: &HeaderMap) -> Result<Option<Context>, ApiError> {
+    let mut values = headers.get_all(ENCRYPTION_CONTEXT).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
     };
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large());
+    if values.next().is_some() {
+        return Err(ApiError::invalid(format!(
+            "header `{ENCRYPTION_CONTEXT}` is sent more than once; send one JSON object"
+        )));
     }
-    let mut buf = Zeroizing::new(Vec::with_capacity(declared.map_or(0, |n| n as usize)));
-    let mut body = req.into_body();
-    while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > max {
-                return Err(too_large());
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf)
+    let api::ContextObject(context) = parse_json(value.as_bytes())
+        .map_err(|e| ApiError::invalid(format!("header `{ENCRYPTION_CONTEXT}`: {}", e.message)))?;
+    Ok(Some(context))
 }
 
 fn is_octet_stream(headers: &HeaderMap) -> bool {

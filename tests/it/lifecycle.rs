@@ -116,7 +116,12 @@ async fn twelve_hundred_concurrent_connections_are_served() {
             "this test needs an open-file hard limit of at least 3000 (have {hard}); raise it with `ulimit -Hn`"
         );
     }
-    let s = Sidecar::start_default().await;
+    // One uid stands in for many app containers here: its cap
+    // (limits.max_connections_per_caller, 256 by default) is raised.
+    let config = local_config(
+        "  ecdsa-p256: { backend: dev, key: ecdsa-p256, algorithm: ecdsa-p256-sha256 }",
+    ) + "limits: { max_connections_per_caller: 2000 }\n";
+    let s = Sidecar::start(&config).await;
     let mut conns = Vec::new();
     for _ in 0..1200 {
         conns.push(tokio::net::UnixStream::connect(&s.socket).await.unwrap());

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod adversarial;
 mod api;
 mod audit;
 mod aws;

@@ -1,0 +1,382 @@
+//! Request bodies: the memory budget they are read into, reading a JSON body
+//! within `limits.max_body` and `limits.body_timeout`, the idle timeout of
+//! streamed bodies, and the lingering close that lets a client see an early
+//! answer.
+//!
+//! **Budget.** Every body held in memory (and every streamed envelope, for
+//! its segment buffers) holds a [`Reservation`] of a global budget,
+//! `limits.max_buffered_bytes`, for as long as its request runs. A caller
+//! uid may hold at most its fair share: the budget divided among the uids
+//! holding or waiting for a reservation, and never more than half of it
+//! while anybody else wants some (a single `max_body` is always allowed).
+//! A request that does not fit waits up to [`BUDGET_WAIT`], then gets 503
+//! `overloaded`. Uids that no rule names never get this far: they are
+//! refused from the path and their credentials, before any body is read.
+//!
+//! **Lingering close.** An answer given before the body was read (403, 413
+//! from `Content-Length`, 429, …) would make the sidecar close the
+//! connection while the client is still writing, and clients that write the
+//! body after the headers (Python's `http.client`, `requests`) then see a
+//! broken pipe instead of the answer. So the rest of the body is read and
+//! dropped — at most [`LINGER_BYTES`] within [`LINGER_TIME`], as nginx's
+//! lingering close does — and the connection is closed after the answer.
+
+use crate::api::{ApiError, Code};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use zeroize::Zeroizing;
+
+/// How long a request waits for room in the budget before 503 `overloaded`.
+pub const BUDGET_WAIT: Duration = Duration::from_secs(1);
+/// Most bytes of an unwanted body read and dropped after an early answer.
+pub const LINGER_BYTES: usize = 16 << 20;
+/// How long an unwanted body is read after an early answer.
+pub const LINGER_TIME: Duration = Duration::from_secs(5);
+/// What a streamed envelope holds in memory at most (two segments being
+/// assembled and the chunks queued towards the connection), reserved for
+/// the whole stream.
+pub const STREAM_RESERVATION: u64 = 8 * 64 * 1024;
+/// A body of unknown length (chunked) reserves in steps of this much.
+const STEP: u64 = 64 * 1024;
+
+/// The global budget of request bodies held in memory.
+#[derive(Debug)]
+pub struct Budget {
+    total: u64,
+    /// A caller may always hold this much (one `max_body`).
+    floor: u64,
+    state: Mutex<State>,
+    freed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    used: u64,
+    /// Bytes held per caller uid.
+    held: HashMap<u32, u64>,
+    /// Requests waiting per caller uid (they count for the fair share).
+    waiting: HashMap<u32, u32>,
+}
+
+impl State {
+    /// The most one uid may hold now.
+    fn share(&self, uid: u32, total: u64, floor: u64) -> u64 {
+        let mut callers = self.held.len() + self.waiting.len();
+        if !self.held.contains_key(&uid) && !self.waiting.contains_key(&uid) {
+            callers += 1;
+        }
+        let others = self
+            .held
+            .keys()
+            .chain(self.waiting.keys())
+            .any(|u| *u != uid);
+        let divisor = if others { callers.max(2) } else { 1 } as u64;
+        (total / divisor).max(floor)
+    }
+
+    fn fits(&self, uid: u32, bytes: u64, total: u64, floor: u64) -> bool {
+        let mine = self.held.get(&uid).copied().unwrap_or(0);
+        self.used + bytes <= total && mine + bytes <= self.share(uid, total, floor)
+    }
+}
+
+/// Bytes of the budget held by one request; given back on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<Budget>,
+    uid: u32,
+    bytes: u64,
+}
+
+impl Budget {
+    pub fn new(total: u64, max_body: u64) -> Arc<Self> {
+        Arc::new(Self {
+            total,
+            floor: max_body.min(total),
+            state: Mutex::new(State::default()),
+            freed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .expect("the budget lock is never poisoned")
+    }
+
+    /// Bytes held by all requests now.
+    pub fn used(&self) -> u64 {
+        self.lock().used
+    }
+
+    fn try_take(&self, uid: u32, bytes: u64) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        let mut s = self.lock();
+        if !s.fits(uid, bytes, self.total, self.floor) {
+            return false;
+        }
+        s.used += bytes;
+        *s.held.entry(uid).or_default() += bytes;
+        true
+    }
+
+    /// `bytes` for caller `uid`, waiting up to [`BUDGET_WAIT`] for room.
+    pub async fn reserve(self: &Arc<Self>, uid: u32, bytes: u64) -> Result<Reservation, ApiError> {
+        let mut r = Reservation {
+            budget: self.clone(),
+            uid,
+            bytes: 0,
+        };
+        r.grow(bytes).await?;
+        Ok(r)
+    }
+
+    async fn take(&self, uid: u32, bytes: u64) -> Result<(), ApiError> {
+        if self.try_take(uid, bytes) {
+            return Ok(());
+        }
+        *self.lock().waiting.entry(uid).or_default() += 1;
+        let waited = tokio::time::timeout(BUDGET_WAIT, async {
+            loop {
+                let freed = self.freed.notified();
+                if self.try_take(uid, bytes) {
+                    return;
+                }
+                freed.await;
+            }
+        })
+        .await;
+        {
+            let mut s = self.lock();
+            if let Some(n) = s.waiting.get_mut(&uid) {
+                *n -= 1;
+                if *n == 0 {
+                    s.waiting.remove(&uid);
+                }
+            }
+        }
+        // Others may fit now that this caller no longer waits.
+        self.freed.notify_waiters();
+        waited.map_err(|_| {
+            ApiError::new(
+                Code::Overloaded,
+                "too many request bodies are in memory (limits.max_buffered_bytes); retry shortly",
+            )
+            .retry_in(1)
+        })
+    }
+
+    fn give_back(&self, uid: u32, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        {
+            let mut s = self.lock();
+            s.used -= bytes;
+            if let Some(held) = s.held.get_mut(&uid) {
+                *held -= bytes;
+                if *held == 0 {
+                    s.held.remove(&uid);
+                }
+            }
+        }
+        self.freed.notify_waiters();
+    }
+}
+
+impl Reservation {
+    /// Takes `bytes` more (waiting like [`Budget::reserve`]).
+    pub async fn grow(&mut self, bytes: u64) -> Result<(), ApiError> {
+        self.budget.take(self.uid, bytes).await?;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.give_back(self.uid, self.bytes);
+    }
+}
+
+/// The `Content-Length` a request declares, if any.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        Code::PayloadTooLarge,
+        format!("request body is over the {max}-byte limit (limits.max_body)"),
+    )
+}
+
+/// Reads a whole JSON body of at most `max` bytes into a buffer that is
+/// zeroized on drop, holding budget for it. A declared `Content-Length` over
+/// the limit is refused before anything is read or reserved; a chunked body
+/// reserves as it grows and is refused as soon as it passes the limit. On
+/// an error the body may be partly read: the caller lingers on the rest.
+pub async fn read(
+    body: &mut Incoming,
+    headers: &HeaderMap,
+    max: usize,
+    budget: &Arc<Budget>,
+    uid: u32,
+) -> Result<(Zeroizing<Vec<u8>>, Reservation), ApiError> {
+    let declared = declared_length(headers);
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large(max));
+    }
+    let mut reservation = budget.reserve(uid, declared.unwrap_or(STEP)).await?;
+    let mut buf = Zeroizing::new(Vec::with_capacity(declared.unwrap_or(0) as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let len = buf.len() + data.len();
+        if len > max {
+            return Err(too_large(max));
+        }
+        if len as u64 > reservation.bytes() {
+            let step = (len as u64 - reservation.bytes()).div_ceil(STEP) * STEP;
+            reservation.grow(step).await?;
+            let room = reservation.bytes() as usize - buf.len();
+            buf.reserve_exact(room);
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf, reservation))
+}
+
+/// The body's data as a stream of byte chunks.
+pub fn stream(body: Incoming) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + Unpin {
+    http_body_util::BodyDataStream::new(body).map(|r| r.map_err(io::Error::other))
+}
+
+/// `input`, ended with a `TimedOut` error when no chunk arrives for `idle`
+/// (`limits.stream_idle_timeout`).
+pub fn idle_timeout<S>(input: S, idle: Duration) -> crate::envelope::BoxedStream
+where
+    S: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static,
+{
+    Box::pin(futures_util::stream::unfold(
+        Some(input),
+        move |state| async move {
+            let mut input = state?;
+            match tokio::time::timeout(idle, input.next()).await {
+                Ok(Some(item)) => Some((item, Some(input))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no data for {idle:?} (limits.stream_idle_timeout)"),
+                    )),
+                    None,
+                )),
+            }
+        },
+    ))
+}
+
+/// The API error for a failed read of a streamed body: 408 when it stalled.
+pub fn read_error(e: &io::Error) -> ApiError {
+    if e.kind() == io::ErrorKind::TimedOut {
+        ApiError::invalid(format!("the request body stalled: {e}"))
+            .with_status(StatusCode::REQUEST_TIMEOUT)
+    } else {
+        ApiError::invalid(format!("could not read the request body: {e}"))
+    }
+}
+
+/// Reads and drops what is left of a body the answer did not need (at most
+/// [`LINGER_BYTES`] within [`LINGER_TIME`]), in the background, so that a
+/// client still writing it reaches the point where it reads the answer.
+pub fn linger<S>(input: S)
+where
+    S: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static,
+{
+    tokio::spawn(async move {
+        let mut input = input;
+        let drain = async {
+            let mut left = LINGER_BYTES;
+            while let Some(Ok(chunk)) = input.next().await {
+                match left.checked_sub(chunk.len()) {
+                    Some(l) => left = l,
+                    None => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_caller_gets_half_while_another_waits_and_the_rest_waits_or_fails() {
+        let budget = Budget::new(8 << 20, 1 << 20);
+        // Alone, a caller may use the whole budget.
+        let mut a: Vec<_> = Vec::new();
+        for _ in 0..8 {
+            a.push(budget.reserve(1, 1 << 20).await.unwrap());
+        }
+        assert_eq!(budget.used(), 8 << 20);
+        // Over it: a request waits, then gets a retryable 503.
+        let e = budget.reserve(1, 1 << 20).await.unwrap_err();
+        assert_eq!(e.code, Code::Overloaded);
+        assert!(e.retryable && e.retry_after == Some(1));
+        // Another caller waits; as the first caller's requests end, it gets in.
+        let waiter = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.reserve(2, 1 << 20).await })
+        };
+        tokio::task::yield_now().await;
+        a.pop();
+        let b = waiter.await.unwrap().unwrap();
+        // While caller 2 holds some, caller 1 may hold at most half.
+        a.truncate(3);
+        let more = budget.reserve(1, 1 << 20).await.unwrap();
+        assert_eq!(
+            budget.reserve(1, 1 << 20).await.unwrap_err().code,
+            Code::Overloaded,
+            "caller 1 holds 4 MiB of 8: its half"
+        );
+        drop((a, b, more));
+        assert_eq!(budget.used(), 0, "everything is given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn growing_a_reservation_is_bounded_too() {
+        let budget = Budget::new(1 << 20, 1 << 20);
+        let mut r = budget.reserve(7, STEP).await.unwrap();
+        for _ in 1..16 {
+            r.grow(STEP).await.unwrap();
+        }
+        assert_eq!(r.bytes(), 1 << 20);
+        assert_eq!(r.grow(STEP).await.unwrap_err().code, Code::Overloaded);
+        drop(r);
+        assert_eq!(budget.used(), 0);
+    }
+}

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""A hostile or careless client of the kms-sidecar socket, for tests/it/adversarial.rs.
+
+The tests run it as other uids (setpriv) against the real sidecar. Every mode
+prints one JSON object on stdout and exits 0; what it saw is for the test to
+judge.
+
+  hold SOCKET PATH CONNECTIONS CONTENT_LENGTH SEND_BYTES WAIT_S
+      Opens CONNECTIONS connections, each sending a POST head that declares
+      CONTENT_LENGTH and then SEND_BYTES of body (less than declared: the
+      body never ends), then collects what each connection answers within
+      WAIT_S seconds. Prints {"statuses": {...}, "codes": {...},
+      "closed": n, "silent": n}.
+
+  http SOCKET METHOD PATH BODY_BYTES COUNT [HEADER:VALUE ...]
+      COUNT requests with Python's http.client, which writes the head and
+      then the body (as requests/urllib3 do), each on a new connection.
+      BODY_BYTES is the size of a JSON body ({"message": "<base64>"}) or 0
+      for none. Prints {"statuses": {...}, "codes": {...}, "errors": {...},
+      "retry_after": [...]}.
+
+  idle SOCKET CONNECTIONS WAIT_S
+      Opens CONNECTIONS connections that send nothing and reports how many
+      the sidecar closed at once ("refused") and within WAIT_S ("closed").
+"""
+
+import base64
+import collections
+import http.client
+import json
+import resource
+import select
+import socket
+import sys
+import time
+
+
+def raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=30):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+def parse_response(raw):
+    """(status, error code) of a raw HTTP response, or (None, None)."""
+    if not raw.startswith(b"HTTP/1.1 "):
+        return None, None
+    status = int(raw[9:12])
+    code = None
+    head, _, body = raw.partition(b"\r\n\r\n")
+    try:
+        code = json.loads(body.split(b"\n")[0])["error"]["code"]
+    except Exception:
+        pass
+    return status, code
+
+
+def hold(sock_path, path, connections, content_length, send_bytes, wait_s):
+    conns = []
+    refused = 0
+    for _ in range(connections):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(sock_path)
+        except OSError:
+            refused += 1
+            continue
+        s.setblocking(False)
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: localhost\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n"
+        ).encode()
+        conns.append({"sock": s, "out": head + b"{" + b" " * max(send_bytes - 1, 0), "in": b"", "done": False})
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and not all(c["done"] for c in conns):
+        live = [c for c in conns if not c["done"]]
+        poller = select.poll()
+        for c in live:
+            poller.register(c["sock"], select.POLLIN | (select.POLLOUT if c["out"] else 0))
+        events = dict(poller.poll(200))
+        readable = {fd for fd, ev in events.items() if ev & (select.POLLIN | select.POLLHUP | select.POLLERR)}
+        writable = {fd for fd, ev in events.items() if ev & select.POLLOUT}
+        for c in live:
+            s = c["sock"]
+            fd = s.fileno()
+            if fd in writable and c["out"]:
+                try:
+                    n = s.send(c["out"][:65536])
+                    c["out"] = c["out"][n:]
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    c["out"] = b""
+            if fd in readable:
+                try:
+                    data = s.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    c["done"] = True
+                else:
+                    c["in"] += data
+                    if b"\r\n\r\n" in c["in"] and c["in"].endswith(b"\n"):
+                        c["done"] = True
+    statuses, codes = collections.Counter(), collections.Counter()
+    closed = silent = 0
+    for c in conns:
+        status, code = parse_response(c["in"])
+        if status is not None:
+            statuses[str(status)] += 1
+            if code:
+                codes[code] += 1
+        elif c["done"]:
+            closed += 1
+        else:
+            silent += 1
+        c["sock"].close()
+    print(json.dumps({"statuses": statuses, "codes": codes, "closed": closed + refused, "silent": silent}))
+
+
+def http_requests(sock_path, method, path, body_bytes, count, headers):
+    statuses, codes, errors = collections.Counter(), collections.Counter(), collections.Counter()
+    retry_after = []
+    body = None
+    if body_bytes > 0:
+        raw = b"x" * max(0, (body_bytes - 16) * 3 // 4)
+        body = json.dumps({"message": base64.b64encode(raw).decode()}).encode()
+    hdrs = {"Content-Type": "application/json"}
+    for h in headers:
+        k, _, v = h.partition(":")
+        hdrs[k] = v
+    for _ in range(count):
+        conn = UnixHTTPConnection(sock_path)
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+            resp = conn.getresponse()
+            data = resp.read()
+            statuses[str(resp.status)] += 1
+            if resp.getheader("Retry-After"):
+                retry_after.append(resp.getheader("Retry-After"))
+            try:
+                codes[json.loads(data)["error"]["code"]] += 1
+            except Exception:
+                pass
+        except Exception as e:  # what the review saw: BrokenPipeError, ConnectionResetError
+            errors[type(e).__name__] += 1
+        finally:
+            conn.close()
+    print(json.dumps({"statuses": statuses, "codes": codes, "errors": errors, "retry_after": retry_after}))
+
+
+def idle(sock_path, connections, wait_s):
+    socks, refused = [], 0
+    for _ in range(connections):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(sock_path)
+            socks.append(s)
+        except OSError:
+            refused += 1
+    # Closed at accept: readable with EOF right away.
+    time.sleep(0.5)
+    at_once = sum(1 for s in socks if closed_now(s))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+    closed = sum(1 for s in socks if closed_now(s))
+    print(json.dumps({"opened": len(socks), "refused": refused + at_once, "closed": closed}))
+
+
+def closed_now(s):
+    p = select.poll()
+    p.register(s, select.POLLIN | select.POLLHUP)
+    if not p.poll(0):
+        return False
+    try:
+        s.setblocking(False)
+        return s.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def main(argv):
+    mode = argv[1]
+    raise_fd_limit()
+    if mode == "hold":
+        hold(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]), float(argv[7]))
+    elif mode == "http":
+        http_requests(argv[2], argv[3], argv[4], int(argv[5]), int(argv[6]), argv[7:])
+    elif mode == "idle":
+        idle(argv[2], int(argv[3]), float(argv[4]))
+    else:
+        sys.exit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
