@@ -1,16 +1,74 @@
 //! The `tracing` subscriber: JSON lines when stderr is not a TTY (a
-//! container), human text on a terminal. `RUST_LOG` overrides `log.level`.
+//! container), human text on a terminal. `RUST_LOG` overrides `log.level`,
+//! except for library events that print credentials, which stay capped.
 
 use crate::config::{Log, LogFormat};
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// AWS SDK targets whose events print credentials, and the most verbose
+/// level they may log at whatever `RUST_LOG` says (more specific targets
+/// win over their parents):
+/// - endpoint resolution prints its parameters at DEBUG, the resolved
+///   identity among them (the access key id); so does the auth step's
+///   legacy path, and at TRACE the resolved identity;
+/// - the orchestrator prints each request with its `Authorization` and
+///   `x-amz-security-token` headers at TRACE, and the SigV4 signer its
+///   canonical request, session token included;
+/// - `assume_role` prints the id of the credentials it obtained at DEBUG;
+/// - the profile-file provider prints the credentials it loads at INFO.
+const CREDENTIAL_TARGETS: &[(&str, LevelFilter)] = &[
+    (
+        "aws_smithy_runtime::client::orchestrator::endpoints",
+        LevelFilter::INFO,
+    ),
+    (
+        "aws_smithy_runtime::client::orchestrator::auth",
+        LevelFilter::INFO,
+    ),
+    (
+        "aws_smithy_runtime::client::orchestrator",
+        LevelFilter::DEBUG,
+    ),
+    ("aws_sigv4", LevelFilter::DEBUG),
+    ("aws_config::sts::assume_role", LevelFilter::INFO),
+    ("aws_config::profile::credentials", LevelFilter::WARN),
+];
 
 pub fn init(log: &Log) {
     let spec = std::env::var("RUST_LOG")
         .ok()
         .filter(|s| EnvFilter::try_new(s).is_ok())
         .unwrap_or_else(|| log.level.clone());
-    let mut filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match log.format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter(&spec))
+        .with_writer(std::io::stderr);
+    let result = if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .finish()
+            .with(credential_caps())
+            .try_init()
+    } else {
+        builder.finish().with(credential_caps()).try_init()
+    };
+    // A second init (tests building several apps) keeps the first subscriber.
+    drop(result);
+}
+
+/// The filter `spec` asks for, with the Vault client libraries quiet.
+fn filter(spec: &str) -> EnvFilter {
+    let mut filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"));
     // vaultrs logs every Vault error answer at ERROR and rustify traces each
     // request; the vault backend logs failures itself, with context. Quiet
     // them unless asked for by name.
@@ -20,23 +78,105 @@ pub fn init(log: &Log) {
                 filter.add_directive(format!("{noisy}=off").parse().expect("a valid directive"));
         }
     }
-    let json = match log.format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = if json {
-        builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init()
-    } else {
-        builder.try_init()
-    };
-    // A second init (tests building several apps) keeps the first subscriber.
-    drop(result);
+    filter
+}
+
+/// A second filter that only ever lowers levels: [`CREDENTIAL_TARGETS`] are
+/// capped even when `RUST_LOG` names them; everything else is left to the
+/// [`filter`].
+fn credential_caps() -> Targets {
+    CREDENTIAL_TARGETS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |t, (target, cap)| t.with_target(*target, *cap),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::Context;
+
+    /// Records the target and level of every event that gets through.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> Layer<S> for Seen {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let m = event.metadata();
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} {}", m.level(), m.target()));
+        }
+    }
+
+    fn seen_with(spec: &str) -> Vec<String> {
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(filter(spec))
+            .with(credential_caps())
+            .with(seen.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "aws_smithy_runtime::client::orchestrator::endpoints", "resolving endpoint");
+            tracing::info!(target: "aws_smithy_runtime::client::orchestrator::endpoints", "endpoint info");
+            tracing::debug!(target: "aws_smithy_runtime::client::orchestrator", "beginning attempt");
+            tracing::trace!(target: "aws_smithy_runtime::client::orchestrator", "transmitting request");
+            tracing::trace!(target: "aws_smithy_runtime::client::orchestrator::auth", "resolved identity");
+            tracing::trace!(target: "aws_sigv4::http_request::sign", "signing request");
+            tracing::debug!(target: "aws_config::sts::assume_role", "obtained assumed credentials");
+            tracing::info!(target: "aws_config::profile::credentials", "loaded base credentials");
+            tracing::debug!(target: "aws_config::profile::credentials::exec", "first credentials will be loaded from");
+            tracing::warn!(target: "aws_config::profile::credentials", "failed to load base credentials");
+            tracing::debug!(target: "aws_config::meta::credentials::chain", "loaded credentials");
+            tracing::debug!(target: "kms_sidecar::server", "request refused");
+            tracing::trace!(target: "kms_sidecar::server", "our trace");
+            tracing::error!(target: "vaultrs::api", "a Vault error answer");
+        });
+        seen.0.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn credential_printing_targets_stay_capped_whatever_rust_log_says() {
+        assert_eq!(
+            seen_with("debug"),
+            [
+                "INFO aws_smithy_runtime::client::orchestrator::endpoints",
+                "DEBUG aws_smithy_runtime::client::orchestrator",
+                "WARN aws_config::profile::credentials",
+                "DEBUG aws_config::meta::credentials::chain",
+                "DEBUG kms_sidecar::server",
+            ]
+        );
+        // Naming the targets does not lift the caps.
+        let named = "trace,aws_smithy_runtime::client::orchestrator::endpoints=trace,aws_smithy_runtime=trace,aws_sigv4=trace,aws_config=trace";
+        assert_eq!(
+            seen_with(named),
+            [
+                "INFO aws_smithy_runtime::client::orchestrator::endpoints",
+                "DEBUG aws_smithy_runtime::client::orchestrator",
+                "WARN aws_config::profile::credentials",
+                "DEBUG aws_config::meta::credentials::chain",
+                "DEBUG kms_sidecar::server",
+                "TRACE kms_sidecar::server",
+            ]
+        );
+        // The caps never raise a level.
+        assert_eq!(
+            seen_with("info"),
+            [
+                "INFO aws_smithy_runtime::client::orchestrator::endpoints",
+                "WARN aws_config::profile::credentials",
+            ]
+        );
+        assert_eq!(seen_with("warn"), ["WARN aws_config::profile::credentials"]);
+        // vaultrs stays off unless named.
+        assert!(!seen_with("trace").iter().any(|e| e.contains("vaultrs")));
+        assert!(
+            seen_with("vaultrs=error")
+                .iter()
+                .any(|e| e == "ERROR vaultrs::api")
+        );
+    }
 }

@@ -5,8 +5,12 @@
 //! Kubernetes or JWT with the pod's projected service-account token), keeps
 //! its token renewed in the background at ~2/3 of its TTL and logs in again
 //! when renewal is impossible, fails or nears the max TTL. Requests never
-//! wait on a login: they use the current token, and a refused call wakes the
-//! background task to check it (a restarted dev server forgets every token).
+//! wait on a login: they use the current token. Vault answers 403 both to a
+//! token its policy does not cover and to one it no longer accepts (revoked,
+//! expired, or forgotten by a restarted dev server), so a refused call asks
+//! Vault about the token (`lookup-self`): a policy denial stays `forbidden`;
+//! a rejected token is dropped — the call is `unauthenticated`, the backend
+//! not ready — and the background task logs in again at once.
 //!
 //! `vaultrs` serves the calls it models fully (logins, token lookup and
 //! renewal, `sys/health`, encrypt, decrypt, HMAC, verify HMAC, rotate);
@@ -52,8 +56,6 @@ const KEY_INFO_TTL: Duration = Duration::from_secs(300);
 const TOKEN_FILE_POLL: Duration = Duration::from_secs(5);
 /// Where the `kubernetes` method finds the pod's token by default.
 const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
-/// The smallest gap between two checks of the token after refused calls.
-const SUSPECT_GAP: Duration = Duration::from_secs(1);
 
 /// Vault / OpenBao transit.
 pub struct VaultBackend {
@@ -88,6 +90,7 @@ impl VaultBackend {
             auth: config.auth.clone(),
             current: RwLock::new(None),
             last_error: RwLock::new(None),
+            rejected: RwLock::new(None),
             suspect: Notify::new(),
             metrics,
         });
@@ -165,7 +168,10 @@ struct Session {
     current: RwLock<Option<Arc<Token>>>,
     /// Why the last login or renewal failed (never a token).
     last_error: RwLock<Option<String>>,
-    /// Woken when Vault refused a call: the token may have been revoked.
+    /// Why Vault rejected the last token (revoked, expired), until a login
+    /// succeeds.
+    rejected: RwLock<Option<String>>,
+    /// Woken when Vault rejected the token: log in again at once.
     suspect: Notify,
     metrics: Arc<Metrics>,
 }
@@ -182,6 +188,19 @@ struct Token {
     near_max: bool,
     /// SHA-256 of the token file the token came from (`token` method).
     file_digest: Option<Vec<u8>>,
+    /// What Vault said of the token after a refused call; one check at a time.
+    checked: tokio::sync::Mutex<Checked>,
+}
+
+/// Vault's word on a token after a refused call.
+#[derive(Clone, Copy)]
+enum Checked {
+    Never,
+    /// Good by a `lookup-self` sent at this instant: a refusal received
+    /// before it was the policy's.
+    Valid(Instant),
+    /// Vault no longer accepts it.
+    Rejected,
 }
 
 impl Drop for Token {
@@ -212,15 +231,28 @@ impl Session {
     /// The current token, or why there is none.
     fn token(&self) -> Result<Arc<Token>, Error> {
         self.valid().ok_or_else(|| {
-            let reason = self.last_error.read().expect("never poisoned").clone();
             Error::new(
                 ErrorKind::Unauthenticated,
-                format!(
-                    "no valid Vault token: {}",
-                    reason.as_deref().unwrap_or("not logged in yet")
-                ),
+                format!("no valid Vault token: {}", self.why_no_token()),
             )
         })
+    }
+
+    /// Why there is no token: the rejection of the last one and the failure
+    /// of the logins since (never a token).
+    fn why_no_token(&self) -> String {
+        let rejected = self.rejected.read().expect("never poisoned").clone();
+        let failed = self.last_error.read().expect("never poisoned").clone();
+        match (rejected, failed) {
+            (Some(r), Some(f)) => format!(
+                "Vault rejected the token as invalid, expired or revoked ({r}), and logging in again failed: {f}"
+            ),
+            (Some(r), None) => format!(
+                "Vault rejected the token as invalid, expired or revoked ({r}); logging in again"
+            ),
+            (None, Some(f)) => f,
+            (None, None) => "not logged in yet".to_owned(),
+        }
     }
 
     /// A client like the base one, sending `token`.
@@ -252,11 +284,14 @@ impl Session {
                     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
                 let client = self.client_with(&token);
                 let info = vaultrs::token::lookup_self(&client).await.map_err(|e| {
-                    format!(
-                        "the token in {} is not valid: {}",
-                        t.token_file.display(),
-                        describe(&e)
-                    )
+                    let file = t.token_file.display();
+                    match status_of(&e) {
+                        Some(401 | 403) => format!(
+                            "the token in {file} is invalid, expired or revoked: {}",
+                            describe(&e)
+                        ),
+                        _ => format!("cannot check the token in {file}: {}", describe(&e)),
+                    }
                 })?;
                 let renewable = info.renewable.unwrap_or(false);
                 (client, info.ttl, renewable, Some(digest.as_ref().to_vec()))
@@ -315,6 +350,7 @@ impl Session {
             renewable,
             near_max: false,
             file_digest,
+            checked: tokio::sync::Mutex::new(Checked::Never),
         });
         tracing::info!(backend = %self.backend, method, ttl = ?ttl, renewable, "logged in to Vault");
         Ok(self.install(token))
@@ -348,6 +384,7 @@ impl Session {
             renewable: auth.renewable,
             near_max: ttl < token.ttl,
             file_digest: token.file_digest.clone(),
+            checked: tokio::sync::Mutex::new(Checked::Never),
         });
         drop(auth);
         tracing::debug!(backend = %self.backend, ttl = ?ttl, "renewed the Vault token");
@@ -355,8 +392,11 @@ impl Session {
     }
 
     fn install(&self, token: Arc<Token>) -> Arc<Token> {
-        *self.current.write().expect("never poisoned") = Some(token.clone());
+        let mut current = self.current.write().expect("never poisoned");
+        *current = Some(token.clone());
         *self.last_error.write().expect("never poisoned") = None;
+        *self.rejected.write().expect("never poisoned") = None;
+        drop(current);
         let unix = token
             .expires
             .and_then(|e| e.duration_since(SystemTime::UNIX_EPOCH).ok())
@@ -395,12 +435,51 @@ impl Session {
         }
     }
 
-    /// Whether Vault still knows `token` (after a refused call).
-    async fn still_valid(&self, token: &Token) -> bool {
-        match vaultrs::token::lookup_self(&token.client).await {
-            Ok(_) => true,
-            Err(e) => !matches!(status_of(&e), Some(401 | 403)),
+    /// Whether Vault still accepts `token`, after it refused a call made
+    /// with it at `refused` (a revocation is final, so a `lookup-self` sent
+    /// after the refusal decides it, and concurrent refusals share one).
+    /// When the lookup cannot be made the token is kept; a rejected token is
+    /// dropped (see [`Self::reject`]).
+    async fn still_valid(&self, token: &Arc<Token>, refused: Instant) -> bool {
+        let mut checked = token.checked.lock().await;
+        match *checked {
+            Checked::Rejected => return false,
+            Checked::Valid(sent) if sent >= refused => return true,
+            Checked::Valid(_) | Checked::Never => {}
         }
+        let sent = Instant::now();
+        match vaultrs::token::lookup_self(&token.client).await {
+            Ok(_) => {
+                *checked = Checked::Valid(sent);
+                true
+            }
+            Err(e) if matches!(status_of(&e), Some(401 | 403)) => {
+                *checked = Checked::Rejected;
+                self.reject(token, &describe(&e));
+                false
+            }
+            Err(e) => {
+                tracing::debug!(backend = %self.backend, error = %describe(&e), "cannot check the Vault token; keeping it");
+                true
+            }
+        }
+    }
+
+    /// Drops `token` if it is still the current one: calls are then
+    /// `unauthenticated` and the backend not ready, saying why, until a
+    /// login succeeds; the renewal loop is woken to log in at once.
+    fn reject(&self, token: &Arc<Token>, why: &str) {
+        let mut current = self.current.write().expect("never poisoned");
+        if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, token)) {
+            return;
+        }
+        *current = None;
+        *self.rejected.write().expect("never poisoned") = Some(why.to_owned());
+        // Only failures of the logins from now on explain the state.
+        *self.last_error.write().expect("never poisoned") = None;
+        drop(current);
+        tracing::warn!(backend = %self.backend, error = why, "Vault rejected the token as invalid, expired or revoked; logging in again");
+        self.suspect.notify_one();
     }
 }
 
@@ -412,10 +491,10 @@ enum Wake {
 }
 
 /// Keeps a valid token: renews at 2/3 of its TTL, logs in again when it
-/// cannot renew, when renewal fails or nears the max TTL, when a refused call
-/// finds the token unknown, or when the `token` method's file changes. A
-/// failure keeps the current token while it is valid and retries with
-/// exponential backoff (1–30 s, jittered).
+/// cannot renew, when renewal fails or nears the max TTL, at once when a
+/// refused call finds the token rejected ([`Session::still_valid`]), or when
+/// the `token` method's file changes. A failure keeps the current token while
+/// it is valid and retries with exponential backoff (1–30 s, jittered).
 async fn renew_loop(session: Arc<Session>) {
     let backoff = || {
         ExponentialBuilder::default()
@@ -449,15 +528,9 @@ async fn renew_loop(session: Arc<Session>) {
                 }
             },
             (Wake::Due, _) => session.login().await,
-            (Wake::Suspect, Some(t)) => {
-                if session.still_valid(&t).await {
-                    tokio::time::sleep(SUSPECT_GAP).await;
-                    continue;
-                }
-                tracing::info!(backend = %session.backend, "Vault no longer knows the token; logging in again");
-                session.login().await
-            }
-            (Wake::Suspect, None) => session.login().await,
+            // Woken for a token that has been replaced since: check the new one.
+            (Wake::Suspect, Some(t)) if session.still_valid(&t, Instant::now()).await => continue,
+            (Wake::Suspect, _) => session.login().await,
             (Wake::Poll, Some(t)) if !session.token_file_changed(&t) => continue,
             (Wake::Poll, _) => session.login().await,
         };
@@ -872,30 +945,35 @@ impl VaultBackend {
 
     /// Runs a Vault call with the current token and maps its error
     /// (retries and the circuit breaker are the shared layer's,
-    /// [`super::resilient`]).
+    /// [`super::resilient`]). A refusal (401/403) is `forbidden` while Vault
+    /// still accepts the token, `unauthenticated` when it no longer does.
     async fn call<T, F, Fut>(&self, key: KeyRef<'_>, op: &str, f: F) -> Result<T, Error>
     where
         F: FnOnce(Arc<Token>) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
         let token = self.session.token()?;
-        f(token).await.map_err(|e| self.error(key, op, &e))
+        match f(token.clone()).await {
+            Ok(answer) => Ok(answer),
+            Err(e) => {
+                let refused = matches!(status_of(&e), Some(401 | 403));
+                let rejected = refused && !self.session.still_valid(&token, Instant::now()).await;
+                Err(self.error(key, op, &e, rejected))
+            }
+        }
     }
 
-    /// Our error for a Vault one (SPEC §4), logged with Vault's reasons.
-    fn error(&self, key: KeyRef<'_>, op: &str, err: &ClientError) -> Error {
+    /// Our error for a Vault one (SPEC §4), logged with Vault's reasons;
+    /// `rejected`: Vault no longer accepts the token the call was made with.
+    fn error(&self, key: KeyRef<'_>, op: &str, err: &ClientError, rejected: bool) -> Error {
         let detail = describe(err);
         let status = status_of(err);
         let kind = match status {
             Some(400) if op == "decrypt" => ErrorKind::DecryptionFailed,
             Some(400) if detail.contains("not found") => ErrorKind::KeyNotFound,
             Some(400) => ErrorKind::InvalidRequest,
-            Some(401 | 403) => {
-                // Maybe our token is gone (Vault restarted, token revoked):
-                // let the renewal loop check.
-                self.session.suspect.notify_one();
-                ErrorKind::Forbidden
-            }
+            Some(401 | 403) if rejected => ErrorKind::Unauthenticated,
+            Some(401 | 403) => ErrorKind::Forbidden,
             Some(404) => ErrorKind::KeyNotFound,
             Some(429) => ErrorKind::Throttled,
             Some(500) => ErrorKind::Backend,
@@ -917,6 +995,13 @@ impl VaultBackend {
         match kind {
             ErrorKind::DecryptionFailed => Error::decryption_failed(),
             ErrorKind::KeyNotFound => Error::key_not_found(key),
+            ErrorKind::Unauthenticated => Error::new(
+                kind,
+                format!(
+                    "Vault {op} for key `{}`: Vault rejected the sidecar's token as invalid, expired or revoked ({detail}); it is logging in again",
+                    key.alias
+                ),
+            ),
             _ => {
                 let mut error = Error::new(
                     kind,

@@ -6,7 +6,7 @@
 //! RAW ones also with openssl), uses the maximum PSS salt length, and accepts
 //! any web-identity token.
 
-use crate::harness::{Moto, Sidecar, b64, run_tool, unb64};
+use crate::harness::{Moto, Sidecar, aws_access_key_ids, b64, run_tool, unb64};
 use aws_sdk_kms::types::{KeySpec, KeyUsageType};
 use serde_json::json;
 
@@ -82,9 +82,15 @@ callers:
     )
 }
 
+/// AWS's documented example key pair (moto accepts any): the id has the
+/// shape the harness's log scan looks for, and the harness registers the
+/// secret key as a secret.
 const STATIC: [(&str, &str); 2] = [
-    ("AWS_ACCESS_KEY_ID", "testing"),
-    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
+    (
+        "AWS_SECRET_ACCESS_KEY",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    ),
 ];
 
 #[tokio::test]
@@ -520,6 +526,9 @@ async fn eks_pod_identity_credentials_come_from_the_agent_with_the_token_file() 
     let s = Sidecar::start_with_env(&config(&moto, &keys), &env).await;
     s.secret("pod-identity-projected-token-1");
     s.secret("pod-identity-secret");
+    s.secret("pod-identity-session");
+    // Shorter than a real key id, so the pattern scan would miss it.
+    s.secret("AKIAPODIDENTITY");
     assert_eq!(s.get("/readyz").await.ok()["status"], "ready");
     s.post_ok(
         "/v1/keys/sig/sign",
@@ -736,4 +745,89 @@ async fn throttling_is_retried_with_backoff_then_a_clean_retryable_error() {
     );
     // A throttled KMS is not an unhealthy one.
     assert_eq!(s.get("/readyz").await.ok()["status"], "ready");
+}
+
+#[tokio::test]
+async fn the_log_scan_catches_aws_access_key_ids() {
+    // The scan that ends every test fails on anything shaped like an access
+    // key id, registered or not; here an alias carries two into the log.
+    let ids = ["AKIAIOSFODNN7EXAMPLE", "ASIARZPUZDIKHZLPZBKB"];
+    let s = Sidecar::start_default().await;
+    for id in ids {
+        s.post(&format!("/v1/keys/{id}/sign"), json!({"message": b64("m")}))
+            .await
+            .expect(404, Some("key_not_found"));
+    }
+    assert_eq!(s.leaked_secrets(), ids);
+    s.clear_secrets();
+    assert!(s.leaked_secrets().is_empty());
+    // What the SDK's debug event printed, and near misses.
+    assert_eq!(
+        aws_access_key_ids(
+            r#"Credentials { provider_name: "x", access_key_id: "ASIARZPUZDIKHZLPZBKB", secret_access_key: "** redacted **" }"#
+        ),
+        ["ASIARZPUZDIKHZLPZBKB"]
+    );
+    assert_eq!(
+        aws_access_key_ids("Credential=AKIAIOSFODNN7EXAMPLE/20261128/us-east-1/kms/aws4_request"),
+        ["AKIAIOSFODNN7EXAMPLE"]
+    );
+    for miss in [
+        "AKIAPODIDENTITY",
+        "xASIARZPUZDIKHZLPZBKB",
+        "ASIARZPUZDIKHZLPZBKBX",
+        "asiarzpuzdikhzlpzbkb",
+        "AKIAiosfodnn7example",
+    ] {
+        assert!(aws_access_key_ids(miss).is_empty(), "{miss}");
+    }
+}
+
+#[tokio::test]
+async fn profile_file_credentials_and_their_role_chain_stay_out_of_the_log() {
+    // The SDK logs the credentials a profile file gives (at INFO) and the id
+    // of those its role chain assumes (at DEBUG): the harness's scan for
+    // access key ids fails the test if any of them reaches the log.
+    let moto = Moto::start().await;
+    let keys = create_keys(&moto).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (credentials, config_file) = (dir.path().join("credentials"), dir.path().join("config"));
+    std::fs::write(
+        &credentials,
+        format!(
+            "[base]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            STATIC[0].1, STATIC[1].1
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &config_file,
+        "[profile sidecar]\nrole_arn = arn:aws:iam::123456789012:role/payments\nsource_profile = base\nregion = us-east-1\n",
+    )
+    .unwrap();
+    let (credentials, config_file) = (
+        credentials.display().to_string(),
+        config_file.display().to_string(),
+    );
+    let env = [
+        ("AWS_SHARED_CREDENTIALS_FILE", credentials.as_str()),
+        ("AWS_CONFIG_FILE", config_file.as_str()),
+        ("AWS_PROFILE", "sidecar"),
+        ("AWS_ENDPOINT_URL_STS", moto.url.as_str()),
+    ];
+    let s = Sidecar::start_with_env(&config(&moto, &keys), &env).await;
+    s.secret(STATIC[1].1);
+    assert_eq!(s.get("/readyz").await.ok()["status"], "ready");
+    s.post_ok(
+        "/v1/keys/sig/sign",
+        json!({"message": b64("via a profile's role")}),
+    )
+    .await;
+    // The default chain says where the credentials came from (no ids).
+    assert!(
+        s.logs().lines().any(|l| l.contains("\"loaded credentials\"")
+            && l.contains("\"provider\":\"Profile\"")),
+        "the credentials came from the profile chain:\n{}",
+        s.logs()
+    );
 }

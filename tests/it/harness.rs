@@ -2,7 +2,8 @@
 //! directory, on a temporary socket, and talks to it over the socket as an app
 //! would. Every sidecar's log is captured; when the test ends the harness
 //! checks that none of the secrets the test sent or received (plaintexts,
-//! messages, data keys) nor any local key material appears in it.
+//! messages, data keys), no local key material and no AWS access key id
+//! appears in it.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -15,6 +16,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -82,6 +84,8 @@ pub struct Sidecar {
     child: Option<Child>,
     log: PathBuf,
     secrets: Mutex<Vec<String>>,
+    /// Where the log scan starts (moved on by the scan's self-tests only).
+    scan_from: AtomicUsize,
     client: Client<UnixConnector, Full<Bytes>>,
 }
 
@@ -161,8 +165,15 @@ impl Sidecar {
             child: Some(child),
             log,
             secrets: Mutex::new(Vec::new()),
+            scan_from: AtomicUsize::new(0),
             client: Client::builder(TokioExecutor::new()).build(UnixConnector),
         };
+        // Credentials handed over in the environment must stay out of the log.
+        for (k, v) in env {
+            if matches!(*k, "AWS_SECRET_ACCESS_KEY" | "AWS_SESSION_TOKEN") {
+                sidecar.secret(*v);
+            }
+        }
         sidecar.wait_ready().await;
         sidecar
     }
@@ -209,9 +220,12 @@ impl Sidecar {
         }
     }
 
-    /// Forgets the registered secrets (for the test of the scan itself).
+    /// Forgets the registered secrets and the log so far (for the tests of
+    /// the scan itself).
     pub fn clear_secrets(&self) {
         self.secrets.lock().unwrap().clear();
+        let len = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
+        self.scan_from.store(len, Ordering::SeqCst);
     }
 
     fn secret_bytes(&self, bytes: &[u8]) {
@@ -436,9 +450,11 @@ impl Sidecar {
     }
 
     /// Every secret registered so far that appears in the log (one pass over
-    /// the log for all of them).
+    /// the log for all of them), and every AWS access key id in it.
     pub fn leaked_secrets(&self) -> Vec<String> {
-        let log = self.logs();
+        let log = std::fs::read(&self.log).unwrap_or_default();
+        let from = self.scan_from.load(Ordering::SeqCst).min(log.len());
+        let log = String::from_utf8_lossy(&log[from..]);
         let mut secrets = self.secrets.lock().unwrap().clone();
         secrets.extend(
             key_material(self.dir.path())
@@ -449,9 +465,10 @@ impl Sidecar {
         secrets.dedup();
         let matcher = aho_corasick::AhoCorasick::new(&secrets).expect("secret patterns");
         let mut found: Vec<String> = matcher
-            .find_overlapping_iter(&log)
+            .find_overlapping_iter(log.as_ref())
             .map(|m| secrets[m.pattern().as_usize()].clone())
             .collect();
+        found.extend(aws_access_key_ids(&log));
         found.sort();
         found.dedup();
         found
@@ -560,6 +577,35 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The AWS access key ids in `text`: `AKIA` (long-term) or `ASIA`
+/// (temporary, what moto's STS hands out) and 16 uppercase letters or
+/// digits, not part of a longer word.
+pub fn aws_access_key_ids(text: &str) -> Vec<String> {
+    let bytes = text.as_bytes();
+    let word = |i: Option<usize>| {
+        i.and_then(|i| bytes.get(i))
+            .is_some_and(u8::is_ascii_alphanumeric)
+    };
+    let mut found = Vec::new();
+    for prefix in ["AKIA", "ASIA"] {
+        for (at, _) in text.match_indices(prefix) {
+            let end = at + 20;
+            let Some(rest) = bytes.get(at + 4..end) else {
+                continue;
+            };
+            if rest
+                .iter()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                && !word(at.checked_sub(1))
+                && !word(Some(end))
+            {
+                found.push(text[at..end].to_owned());
+            }
+        }
+    }
+    found
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -206,7 +206,11 @@ fn write(path: &Path, contents: &str) {
 }
 
 async fn ready(s: &Sidecar) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    ready_within(s, Duration::from_secs(20)).await
+}
+
+async fn ready_within(s: &Sidecar, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
     loop {
         let r = s.get("/readyz").await;
         if r.status == 200 {
@@ -215,6 +219,55 @@ async fn ready(s: &Sidecar) -> Value {
         assert!(Instant::now() < deadline, "not ready: {:?}", r.json());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits until `/readyz` says the Vault backend is not ready for a reason
+/// that contains every one of `words`, and returns the reason.
+async fn not_ready_because(s: &Sidecar, words: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = s.get("/readyz").await;
+        let v = r.json();
+        let reason = v["backends"]["vault"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if r.status == 503 && words.iter().all(|w| reason.contains(w)) {
+            return reason;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readyz {}: {v}, not for {words:?}\n{}",
+            r.status,
+            s.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the log holds `message` at least `count` times.
+async fn logged(s: &Sidecar, message: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.logs().matches(message).count() < count {
+        assert!(
+            Instant::now() < deadline,
+            "`{message}` not logged {count} times:\n{}",
+            s.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A sign call refused because the sidecar's token is gone (401, whatever
+/// Vault's own 403 said).
+async fn sign_is_unauthenticated(s: &Sidecar) {
+    let v = s
+        .post("/v1/keys/ec/sign", json!({"message": b64(b"m")}))
+        .await
+        .expect(401, Some("unauthenticated"));
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("revoked"), "{v}");
+    assert_eq!(v["error"]["retryable"], false, "{v}");
 }
 
 #[tokio::test]
@@ -1068,4 +1121,149 @@ async fn tls_with_a_custom_ca_from_the_vault_environment() {
         .unwrap()
         .to_owned();
     assert!(reason.contains("certificate"), "{reason}");
+}
+
+/// Vault answers 403 both to a token its policy does not cover and to a
+/// token it no longer accepts. A revoked token makes calls `unauthenticated`
+/// and the backend not ready, and the sidecar logs in again: at once, then
+/// with backoff while the login fails; a policy denial stays `forbidden`.
+#[tokio::test]
+async fn a_revoked_vault_token_is_unauthenticated_and_approle_logs_in_again() {
+    let bao = Bao::start().await;
+    setup_transit(&bao).await;
+    // A genuine denial: this policy refuses signing with `ed`.
+    let policy = format!(
+        "{}\npath \"transit/sign/ed\" {{\n  capabilities = [\"deny\"]\n}}\n",
+        readme_policy()
+    );
+    bao.api("PUT", "sys/policies/acl/sidecar", json!({"policy": policy}))
+        .await;
+    let creds = tempfile::tempdir().unwrap();
+    setup_approle(&bao, creds.path(), "1h").await;
+    let secret_id_file = creds.path().join("secret_id");
+    let d = creds.path().display();
+    let s = Sidecar::start(&config(
+        &bao,
+        &format!("{{ method: approle, role_id_file: {d}/role_id, secret_id_file: {d}/secret_id }}"),
+    ))
+    .await;
+    let first_secret_id = std::fs::read_to_string(&secret_id_file).unwrap();
+    s.secret(first_secret_id.clone());
+    s.secret(std::fs::read_to_string(creds.path().join("role_id")).unwrap());
+    s.secret(bao.root_token.clone());
+    ready(&s).await;
+    let msg = json!({"message": b64(b"m")});
+    s.post_ok("/v1/keys/ec/sign", msg.clone()).await;
+
+    // The policy's refusal with a valid token is the caller's 403, and the
+    // token is kept.
+    let v = s
+        .post("/v1/keys/ed/sign", msg.clone())
+        .await
+        .expect(403, Some("forbidden"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("permission denied"),
+        "{v}"
+    );
+    s.post_ok("/v1/keys/ec/sign", msg.clone()).await;
+    assert_eq!(s.logs().matches("logged in to Vault").count(), 1);
+
+    // The operator revokes every token AppRole issued and destroys the
+    // secret id, so that logging in again fails too.
+    bao.api(
+        "POST",
+        "auth/approle/role/sidecar/secret-id/destroy",
+        json!({"secret_id": first_secret_id.trim()}),
+    )
+    .await;
+    bao.api(
+        "PUT",
+        "sys/leases/revoke-prefix/auth/approle/login",
+        Value::Null,
+    )
+    .await;
+    sign_is_unauthenticated(&s).await;
+    // The login was tried at once and failed: not ready, saying why.
+    let reason = not_ready_because(&s, &["revoked", "AppRole login failed"]).await;
+    assert!(reason.contains("Vault token"), "{reason}");
+    sign_is_unauthenticated(&s).await;
+    assert_eq!(s.get("/healthz").await.status, 200);
+
+    // A new secret id in the file: a later login (with backoff) succeeds.
+    let fresh = bao
+        .api("POST", "auth/approle/role/sidecar/secret-id", json!({}))
+        .await;
+    let fresh = fresh["secret_id"].as_str().unwrap().to_owned();
+    s.secret(fresh.clone());
+    write(&secret_id_file, &fresh);
+    ready_within(&s, Duration::from_secs(60)).await;
+    s.post_ok("/v1/keys/ec/sign", msg.clone()).await;
+    assert_eq!(s.logs().matches("logged in to Vault").count(), 2);
+
+    // Revoked again while the secret id is good: the refused call is 401,
+    // the sidecar logs in again at once and the next calls succeed.
+    bao.api(
+        "PUT",
+        "sys/leases/revoke-prefix/auth/approle/login",
+        Value::Null,
+    )
+    .await;
+    sign_is_unauthenticated(&s).await;
+    logged(&s, "logged in to Vault", 3).await;
+    s.post_ok("/v1/keys/ec/sign", msg.clone()).await;
+    ready(&s).await;
+}
+
+/// A `token` method's token revoked by an operator: calls are
+/// `unauthenticated` and the backend not ready until the file holds a token
+/// Vault accepts.
+#[tokio::test]
+async fn a_revoked_vault_token_file_is_unauthenticated_until_the_file_is_replaced() {
+    let bao = Bao::start().await;
+    setup_transit(&bao).await;
+    let new_token = || async {
+        let auth = bao
+            .api(
+                "POST",
+                "auth/token/create",
+                json!({"policies": ["sidecar"], "ttl": "1h"}),
+            )
+            .await;
+        auth["auth"]["client_token"].as_str().unwrap().to_owned()
+    };
+    let first = new_token().await;
+    let creds = tempfile::tempdir().unwrap();
+    let file = creds.path().join("token");
+    write(&file, &first);
+    let s = Sidecar::start(&config(
+        &bao,
+        &format!("{{ method: token, token_file: {} }}", file.display()),
+    ))
+    .await;
+    s.secret(first.clone());
+    s.secret(bao.root_token.clone());
+    ready(&s).await;
+    s.post_ok("/v1/keys/ec/sign", json!({"message": b64(b"m")}))
+        .await;
+
+    bao.api("POST", "auth/token/revoke", json!({"token": first}))
+        .await;
+    sign_is_unauthenticated(&s).await;
+    let path = file.display().to_string();
+    not_ready_because(&s, &["revoked", "Vault token", &path]).await;
+    // It stays so while the file holds the revoked token: the next login
+    // (with backoff) reads it again and fails again.
+    logged(&s, "Vault login or renewal failed", 2).await;
+    not_ready_because(&s, &["revoked", &path]).await;
+    sign_is_unauthenticated(&s).await;
+
+    let second = new_token().await;
+    s.secret(second.clone());
+    write(&file, &second);
+    ready(&s).await;
+    s.post_ok("/v1/keys/ec/sign", json!({"message": b64(b"m")}))
+        .await;
 }
