@@ -4,9 +4,7 @@
 //! memory limit the webhook sets (a memory cgroup where the machine allows
 //! it). Each test reproduces a finding of the security review.
 
-use crate::harness::{
-    BIN, MemoryCgroup, Sidecar, b64, hostile_client, is_root, local_config, run_as, signal,
-};
+use crate::harness::{BIN, MemoryCgroup, Sidecar, b64, hostile_client, is_root, run_as, signal};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -343,11 +341,10 @@ async fn the_probe_listener_shows_key_labels_as_configured() {
     }
 }
 
-#[tokio::test]
-async fn ecdsa_signatures_are_low_s() {
-    let me = nix::unistd::geteuid().as_raw();
-    let s = Sidecar::start(&config(me, "")).await;
-    let pem = s.get("/v1/keys/sig/public-key").await.ok()["pem"]
+/// Forty ECDSA P-256 signatures of `alias`, DER and raw, all low-S (and
+/// some checked by `openssl`). Shared by every backend's tests.
+pub async fn signatures_are_low_s(s: &Sidecar, alias: &str) {
+    let pem = s.get(&format!("/v1/keys/{alias}/public-key")).await.ok()["pem"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -356,7 +353,7 @@ async fn ecdsa_signatures_are_low_s() {
             let message = format!("low-s {i}");
             let sig = s
                 .post_ok(
-                    "/v1/keys/sig/sign",
+                    &format!("/v1/keys/{alias}/sign"),
                     json!({"message": b64(&message), "format": format}),
                 )
                 .await;
@@ -379,9 +376,16 @@ async fn ecdsa_signatures_are_low_s() {
     }
 }
 
+#[tokio::test]
+async fn ecdsa_signatures_are_low_s() {
+    let me = nix::unistd::geteuid().as_raw();
+    let s = Sidecar::start(&config(me, "")).await;
+    signatures_are_low_s(&s, "sig").await;
+}
+
 /// Whether a P-256 signature's `s` is at most n/2 (checked here
 /// independently of the sidecar's code: big-endian comparison with n/2).
-pub fn is_low_s(signature: &[u8], raw: bool) -> bool {
+fn is_low_s(signature: &[u8], raw: bool) -> bool {
     const HALF_N: [u8; 32] = [
         0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
         0xff, 0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31,
@@ -404,4 +408,697 @@ pub fn is_low_s(signature: &[u8], raw: bool) -> bool {
     let mut padded = vec![0u8; 32 - s.len().min(32)];
     padded.extend_from_slice(&s);
     padded.as_slice() <= HALF_N.as_slice()
+}
+
+// === the audit log ===
+
+/// A tmpfs of a given size (root only), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        if !is_root() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (ok, _, err) = crate::harness::run_tool(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                dir.path().to_str().unwrap(),
+            ],
+            "install util-linux (mount)",
+        );
+        assert!(ok, "mounting a small tmpfs as root: {err}");
+        Some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the disk, then frees `room` bytes.
+    fn fill_leaving(&self, room: u64) {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(room)).unwrap();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path().join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn audit_verify(path: &Path) -> (bool, String) {
+    let out = std::process::Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn audit_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_audit_log_fails_closed_on_a_full_disk_and_recovers() {
+    let me = nix::unistd::geteuid().as_raw();
+    // As root: a 256 KiB tmpfs filled up, then freed. Otherwise /dev/full,
+    // which is always full (no recovery to see).
+    let disk = SmallDisk::mount("256k");
+    let log = match &disk {
+        Some(d) => d.path().join("audit.jsonl"),
+        None => "/dev/full".into(),
+    };
+    let s = Sidecar::start(&config(
+        me,
+        &format!("audit: {{ path: \"{}\" }}\n", log.display()),
+    ))
+    .await;
+    if let Some(d) = &disk {
+        d.fill_leaving(8192);
+    }
+    let sign = || s.post("/v1/keys/sig/sign", json!({"message": b64("audited")}));
+    let mut served = 0;
+    let refused = loop {
+        let r = sign().await;
+        match r.status {
+            200 => served += 1,
+            _ => break r,
+        }
+        assert!(served < 1000, "the disk never filled up");
+    };
+    let v = refused.expect(503, Some("audit_unavailable"));
+    assert_eq!(v["error"]["retryable"], true);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{v}"
+    );
+    assert_eq!(refused.headers["retry-after"], "1");
+    // Until a line can be written again, operations are refused before they run.
+    sign().await.expect(503, Some("audit_unavailable"));
+    let ready = s.get("/readyz").await;
+    let body = ready.expect(503, None);
+    assert_eq!(body["audit"]["status"], "error", "{body}");
+    assert!(
+        body["audit"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("No space"),
+        "{body}"
+    );
+    let Some(d) = &disk else {
+        return;
+    };
+    // Every answered request has its line; no line is torn; the chain holds.
+    let lines = audit_lines(&log);
+    assert_eq!(
+        lines.iter().filter(|l| l["outcome"] == "ok").count(),
+        served,
+        "one line per served request"
+    );
+    let (ok, out) = audit_verify(&log);
+    assert!(ok, "{out}");
+    // Room again: the next request's line is written, and service resumes.
+    d.free();
+    let mut attempts = 0;
+    while sign().await.status != 200 {
+        attempts += 1;
+        assert!(attempts < 5, "service did not resume");
+    }
+    s.get("/readyz").await.ok();
+    let (ok, out) = audit_verify(&log);
+    assert!(ok, "{out}");
+    let lines = audit_lines(&log);
+    assert_eq!(
+        lines.iter().filter(|l| l["outcome"] == "ok").count(),
+        served + 1
+    );
+}
+
+#[tokio::test]
+async fn fail_open_serves_and_counts_lost_lines() {
+    let me = nix::unistd::geteuid().as_raw();
+    let s = Sidecar::start(&config(
+        me,
+        "audit: { path: /dev/full, on_failure: fail_open }\n",
+    ))
+    .await;
+    for _ in 0..3 {
+        s.post_ok("/v1/keys/sig/sign", json!({"message": b64("m")}))
+            .await;
+    }
+    // The writer reports asynchronously: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = s.get("/readyz").await.ok();
+        if body["audit"]["lost_lines"].as_u64() == Some(3) {
+            assert_eq!(body["status"], "ready", "fail_open stays ready: {body}");
+            assert_eq!(body["audit"]["status"], "error", "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_audit_log_rotates_by_size_and_verifies_as_one_chain() {
+    let me = nix::unistd::geteuid().as_raw();
+    let mut s = Sidecar::start(&config(
+        me,
+        "audit: { path: \"{dir}/audit.jsonl\", max_file_size: 64KiB, max_files: 3 }\n",
+    ))
+    .await;
+    for i in 0..900 {
+        s.post_ok("/v1/keys/sig/sign", json!({"message": b64(format!("{i}"))}))
+            .await;
+    }
+    assert!(s.terminate().success());
+    let log = s.dir.path().join("audit.jsonl");
+    let name = |i: u32| s.dir.path().join(format!("audit.jsonl.{i}"));
+    for path in [log.clone(), name(1), name(2)] {
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len <= 64 << 10, "{}: {len} bytes", path.display());
+    }
+    assert!(
+        !name(3).exists(),
+        "the oldest file beyond max_files is deleted"
+    );
+    // One path: `audit verify` checks the rotated set, oldest first.
+    let (ok, out) = audit_verify(&log);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("audit.jsonl.2 → ") && out.contains("chain intact"),
+        "{out}"
+    );
+    assert!(out.contains("continues from an earlier file"), "{out}");
+}
+
+#[tokio::test]
+async fn a_flood_of_denials_is_summarised_not_written_line_by_line() {
+    let (uid, ruled) = outsider();
+    let mut s = Sidecar::start(&config(ruled, "audit: { path: \"{dir}/audit.jsonl\" }\n")).await;
+    s.open_to_other_uids();
+    let socket = s.socket.display().to_string();
+    let started = Instant::now();
+    let r = hostile_client(
+        uid,
+        &["http", &socket, "POST", "/v1/keys/sig/sign", "100", "300"],
+    );
+    assert_eq!(count(&r, "codes", "forbidden"), 300, "{r}");
+    let seconds = started.elapsed().as_secs() + 1;
+    assert!(s.terminate().success());
+    let lines = audit_lines(&s.dir.path().join("audit.jsonl"));
+    let denied = uid.unwrap_or(nix::unistd::geteuid().as_raw());
+    let single = lines
+        .iter()
+        .filter(|l| l["uid"] == denied && l["outcome"] == "forbidden")
+        .count() as u64;
+    let summarised: u64 = lines
+        .iter()
+        .filter(|l| l["type"] == "denials" && l["uid"] == denied)
+        .map(|l| l["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(single + summarised, 300, "every denial is accounted for");
+    assert!(
+        single <= 10 * (seconds + 1),
+        "{single} single lines in {seconds} s: at most 10 per second"
+    );
+    let (ok, out) = audit_verify(&s.dir.path().join("audit.jsonl"));
+    assert!(ok, "{out}");
+}
+
+// === envelopes ===
+
+/// Three aliases of one backend key: envelopes only, decrypt only, datakey
+/// only. A caller granted one of them must not reach the others' results.
+fn purpose_config(me: u32, extra: &str) -> String {
+    format!(
+        r#"backends:
+  dev: {{ type: local, dir: "{{dir}}/keys" }}
+keys:
+  env: {{ backend: dev, key: pii, algorithm: aes-256-gcm, ops: [envelope] }}
+  dec: {{ backend: dev, key: pii, ops: [decrypt] }}
+  dk:  {{ backend: dev, key: pii, ops: [datakey] }}
+callers:
+  - {{ uids: [{me}], keys: ["*"], ops: ["*"] }}
+{extra}"#
+    )
+}
+
+/// An envelope made offline with a data key from `datakey`, in the given
+/// algorithm (3: purpose-bound; 1: as earlier releases made them), as if
+/// made through alias `env`.
+fn forge(
+    dk: &Value,
+    context: &Value,
+    algorithm: kms_sidecar::envelope::format::AlgorithmId,
+    env: &str,
+) -> String {
+    use kms_sidecar::envelope::format::{Header, new_message_id, seal};
+    let key = crate::harness::unb64(&dk["plaintext_key"]);
+    let header = Header {
+        alias: env.into(),
+        key_version: dk["version"].as_str().unwrap().into(),
+        key_ref: "forged".into(),
+        wrapped_dek: crate::harness::unb64(&dk["encrypted_key"]),
+        message_id: new_message_id(),
+        commitment: [0; 32],
+        algorithm,
+    };
+    b64(seal(
+        &key,
+        header,
+        context.to_string().as_bytes(),
+        b"forged",
+    ))
+}
+
+/// With three aliases of one backend key — `env` (envelopes), `dec`
+/// (decrypt only), `dk` (datakey only) — a caller granted `dec` cannot open
+/// `env`'s envelopes, and one granted `dk` cannot forge one. Shared by every
+/// backend's tests.
+pub async fn envelope_grants_hold(s: &Sidecar, env: &str, dec: &str, dk: &str) {
+    use kms_sidecar::envelope::format::{AlgorithmId, Header};
+    let context = json!({"tenant": "acme"});
+    let sealed = s
+        .post_ok(
+            &format!("/v1/keys/{env}/envelope/encrypt"),
+            json!({"plaintext": b64("owner's data"), "context": context}),
+        )
+        .await;
+    let bytes = crate::harness::unb64(&sealed["envelope"]);
+    let (header, _) = Header::parse(&bytes).unwrap().unwrap();
+    assert_eq!(header.algorithm, AlgorithmId::BoundAes256GcmHkdfSha256);
+    // A `decrypt`-only caller cannot unwrap the envelope's data key...
+    s.post(
+        &format!("/v1/keys/{dec}/decrypt"),
+        json!({"ciphertext": b64(&header.wrapped_dek), "context": context}),
+    )
+    .await
+    .expect(422, Some("decryption_failed"));
+    // ... nor name the sidecar's purpose entry itself.
+    let v = s
+        .post(
+            &format!("/v1/keys/{dec}/decrypt"),
+            json!({"ciphertext": b64(&header.wrapped_dek), "context": {"tenant": "acme", "kms-sidecar:purpose": "envelope"}}),
+        )
+        .await
+        .expect(400, Some("invalid_request"));
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("reserved"),
+        "{v}"
+    );
+    // A `datakey`-only caller cannot forge an envelope the owner opens, in
+    // either algorithm.
+    let data_key = s
+        .post_ok(
+            &format!("/v1/keys/{dk}/datakey"),
+            json!({"context": context}),
+        )
+        .await;
+    for algorithm in [
+        AlgorithmId::BoundAes256GcmHkdfSha256,
+        AlgorithmId::Aes256GcmHkdfSha256,
+    ] {
+        s.post(
+            &format!("/v1/keys/{env}/envelope/decrypt"),
+            json!({"envelope": forge(&data_key, &context, algorithm, env), "context": context}),
+        )
+        .await
+        .expect(422, Some("decryption_failed"));
+    }
+    // The owner's envelope opens, and `decrypt` still unwraps a data key.
+    let opened = s
+        .post_ok(
+            &format!("/v1/keys/{env}/envelope/decrypt"),
+            json!({"envelope": sealed["envelope"], "context": context}),
+        )
+        .await;
+    assert_eq!(crate::harness::unb64(&opened["plaintext"]), b"owner's data");
+    let unwrapped = s
+        .post_ok(
+            &format!("/v1/keys/{dec}/decrypt"),
+            json!({"ciphertext": data_key["encrypted_key"], "context": context}),
+        )
+        .await;
+    assert_eq!(unwrapped["plaintext"], data_key["plaintext_key"]);
+}
+
+#[tokio::test]
+async fn grants_hold_for_envelopes() {
+    let me = nix::unistd::geteuid().as_raw();
+    let s = Sidecar::start(&purpose_config(me, "")).await;
+    envelope_grants_hold(&s, "env", "dec", "dk").await;
+}
+
+#[tokio::test]
+async fn old_envelopes_open_only_while_the_operator_allows_it() {
+    use kms_sidecar::envelope::format::AlgorithmId;
+    let me = nix::unistd::geteuid().as_raw();
+    let context = json!({"tenant": "acme"});
+    let tomorrow = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + Duration::from_secs(86_400),
+    );
+    let yesterday = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() - Duration::from_secs(86_400),
+    );
+    for (until, opens) in [
+        (Some(tomorrow.to_string()), true),
+        (Some(yesterday.to_string()), false),
+        (None, false),
+    ] {
+        let extra = until
+            .map(|t| format!("envelope: {{ accept_unbound_until: \"{t}\" }}\n"))
+            .unwrap_or_default();
+        let s = Sidecar::start(&purpose_config(me, &extra)).await;
+        // An envelope as earlier releases made it: algorithm 1, its data key
+        // wrapped with the plain context (as `datakey` wraps them).
+        let dk = s
+            .post_ok("/v1/keys/dk/datakey", json!({"context": context}))
+            .await;
+        let old = forge(&dk, &context, AlgorithmId::Aes256GcmHkdfSha256, "env");
+        let r = s
+            .post(
+                "/v1/keys/env/envelope/decrypt",
+                json!({"envelope": old, "context": context}),
+            )
+            .await;
+        if opens {
+            assert_eq!(crate::harness::unb64(&r.ok()["plaintext"]), b"forged");
+        } else {
+            r.expect(422, Some("decryption_failed"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_encryption_context_means_one_thing() {
+    let me = nix::unistd::geteuid().as_raw();
+    let s = Sidecar::start(&config(me, "")).await;
+    // A key twice in the JSON body.
+    let body = r#"{"plaintext":"c2VjcmV0","context":{"tenant":"a","tenant":"b"}}"#;
+    let r = s
+        .request(
+            http::Method::POST,
+            "/v1/keys/aes/envelope/encrypt",
+            &[("content-type", "application/json")],
+            bytes::Bytes::from(body),
+        )
+        .await;
+    let v = r.expect(400, Some("invalid_request"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than once"),
+        "{v}"
+    );
+    // The header twice on a streamed envelope.
+    let r = raw(
+        &s,
+        "POST /v1/keys/aes/envelope/encrypt HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nx-encryption-context: {\"tenant\":\"a\"}\r\nx-encryption-context: {\"tenant\":\"b\"}\r\nContent-Length: 4\r\n\r\ndata",
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("more than once"),
+        "{r}"
+    );
+    // The header on a JSON request, where it would be ignored.
+    let r = s
+        .request(
+            http::Method::POST,
+            "/v1/keys/aes/envelope/encrypt",
+            &[
+                ("content-type", "application/json"),
+                ("x-encryption-context", "{\"tenant\":\"a\"}"),
+            ],
+            bytes::Bytes::from(r#"{"plaintext":"c2VjcmV0"}"#),
+        )
+        .await;
+    let v = r.expect(400, Some("invalid_request"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only for streamed"),
+        "{v}"
+    );
+}
+
+/// Sends raw bytes on a new connection and reads until the sidecar closes
+/// it or 5 s pass.
+async fn raw(s: &Sidecar, request: &str) -> String {
+    let mut c = tokio::net::UnixStream::connect(&s.socket).await.unwrap();
+    c.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// === replay guard ===
+
+#[tokio::test]
+async fn a_nonce_is_remembered_until_its_timestamp_leaves_the_window() {
+    let (uid, _) = outsider();
+    let me = nix::unistd::geteuid().as_raw();
+    let s = Sidecar::start(
+        &config(me, "limits: { replay_window: 2s }\n".to_owned().as_str()).replace(
+            "sig: { backend: dev, key: sig, algorithm: ecdsa-p256-sha256 }",
+            "sig: { backend: dev, key: sig, algorithm: ecdsa-p256-sha256, replay_guard: true }",
+        ),
+    )
+    .await;
+    s.open_to_other_uids();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ahead = (now + 2).to_string();
+    let send = |nonce: &'static str, ts: String| {
+        let s = &s;
+        async move {
+            s.request(
+                http::Method::POST,
+                "/v1/keys/sig/sign",
+                &[
+                    ("content-type", "application/json"),
+                    ("x-request-nonce", nonce),
+                    ("x-request-timestamp", &ts),
+                ],
+                bytes::Bytes::from(json!({"message": b64("m")}).to_string()),
+            )
+            .await
+        }
+    };
+    send("nonce-ahead-0001", ahead.clone()).await.ok();
+    send("nonce-ahead-0001", ahead.clone())
+        .await
+        .expect(409, Some("replayed_request"));
+    // Longer than the window, while the timestamp is still acceptable.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    send("nonce-ahead-0001", ahead)
+        .await
+        .expect(409, Some("replayed_request"));
+    // A uid without a rule learns nothing about the guard: 403, not 400.
+    if uid.is_some() {
+        let socket = s.socket.display().to_string();
+        let r = hostile_client(
+            uid,
+            &["http", &socket, "POST", "/v1/keys/sig/sign", "100", "1"],
+        );
+        assert_eq!(count(&r, "codes", "forbidden"), 1, "{r}");
+    }
+}
+
+// === streams and shutdown ===
+
+#[tokio::test]
+async fn a_stalled_streamed_upload_is_cut_off() {
+    let me = nix::unistd::geteuid().as_raw();
+    let s = Sidecar::start(&config(me, "limits: { stream_idle_timeout: 1s }\n")).await;
+    // A decrypt that sent only `KSE1` (the review: never answered).
+    let started = Instant::now();
+    let r = raw(
+        &s,
+        "POST /v1/keys/aes/envelope/decrypt HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nKSE1\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    assert!(r.contains("stream_idle_timeout"), "{r}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // An encrypt whose body stops after its first chunk: the answer has
+    // started, so it is cut before its final chunk.
+    let r = raw(
+        &s,
+        "POST /v1/keys/aes/envelope/encrypt HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(!r.ends_with("0\r\n\r\n"), "no final chunk: {r:?}");
+}
+
+#[tokio::test]
+async fn sigterm_keeps_reading_a_streamed_upload_in_flight() {
+    let me = nix::unistd::geteuid().as_raw();
+    let mut s = Sidecar::start(&config(me, "")).await;
+    let mut c = tokio::net::UnixStream::connect(&s.socket).await.unwrap();
+    c.write_all(b"POST /v1/keys/aes/envelope/encrypt HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = c.into_split();
+    let reader = tokio::spawn(async move {
+        let mut out = Vec::new();
+        rd.read_to_end(&mut out).await.unwrap();
+        out
+    });
+    let chunk = vec![7u8; 64 * 1024];
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        if i == 3 {
+            signal(s.pid(), nix::sys::signal::Signal::SIGTERM);
+        }
+        wr.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+        wr.write_all(&chunk).await.unwrap();
+        wr.write_all(b"\r\n").await.unwrap();
+        sent.extend_from_slice(&chunk);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    wr.write_all(b"0\r\n\r\n").await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        response.ends_with(b"0\r\n\r\n"),
+        "the upload finished within the drain"
+    );
+    assert!(s.wait_exit().success());
+    // The envelope is whole: a restarted sidecar opens it.
+    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let envelope = dechunk(&response[head_end..]);
+    let s = s.restart().await;
+    let opened = s
+        .post_ok(
+            "/v1/keys/aes/envelope/decrypt",
+            json!({"envelope": b64(&envelope)}),
+        )
+        .await;
+    assert_eq!(crate::harness::unb64(&opened["plaintext"]), sent);
+}
+
+/// The payload of a chunked body.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").unwrap();
+        let len =
+            usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap(), 16).unwrap();
+        if len == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[line_end + 2..line_end + 2 + len]);
+        body = &body[line_end + 2 + len + 2..];
+    }
+}
+
+// === what the HTTP layer answers, and readiness ===
+
+#[tokio::test]
+async fn malformed_http_gets_a_bare_status_and_the_sidecar_goes_on() {
+    let me = nix::unistd::geteuid().as_raw();
+    let s = Sidecar::start(&config(me, "")).await;
+    // A 100 KB path: 414.
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100_000));
+    let r = raw(&s, &long).await;
+    assert!(r.starts_with("HTTP/1.1 414"), "{r:.200}");
+    // A head far over the 64 KiB read buffer: 431.
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let r = raw(&s, &big).await;
+    assert!(r.starts_with("HTTP/1.1 431"), "{r:.200}");
+    // Two Content-Length headers that disagree.
+    let r = raw(
+        &s,
+        "POST /v1/keys/sig/sign HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    s.post_ok("/v1/keys/sig/sign", json!({"message": b64("m")}))
+        .await;
+}
+
+#[tokio::test]
+async fn an_unreadable_key_directory_makes_the_sidecar_unready() {
+    use std::os::unix::fs::PermissionsExt;
+    // The sidecar runs as an ordinary uid (as in a pod): as root, as
+    // `nobody` with a rule for us; otherwise as ourselves.
+    let me = nix::unistd::geteuid().as_raw();
+    let runs_as = is_root().then_some(65534);
+    let s = Sidecar::start_as(&config(me, ""), &[], runs_as).await;
+    s.get("/readyz").await.ok();
+    let keys = s.dir.path().join("keys");
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = s.get("/readyz").await;
+        if r.status == 503 {
+            let body = r.json();
+            assert!(
+                body["backends"]["dev"]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("keys"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready with a mode 000 key directory"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700)).unwrap();
 }

@@ -165,7 +165,13 @@ async fn sighup_reopens_the_file_and_the_chain_goes_on() {
     assert_eq!(lines(&log).len(), 1);
     let (ok, out) = verify(&[&rotated, &log]);
     assert!(ok && out.contains("3 entries"), "{out}");
+    // One path whose `.1` exists stands for the rotated set, oldest first.
     let (ok, out) = verify(&[&log]);
+    assert!(ok && out.contains("3 entries"), "{out}");
+    // The newer file alone is a chain continuing an earlier one.
+    let alone = s.dir.path().join("newest.jsonl");
+    std::fs::copy(&log, &alone).unwrap();
+    let (ok, out) = verify(&[&alone]);
     assert!(
         ok && out.contains("continues from an earlier file"),
         "{out}"

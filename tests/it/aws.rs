@@ -831,3 +831,16 @@ async fn profile_file_credentials_and_their_role_chain_stay_out_of_the_log() {
         s.logs()
     );
 }
+
+#[tokio::test]
+async fn grants_hold_for_envelopes_and_signatures_are_low_s() {
+    let moto = Moto::start().await;
+    let keys = create_keys(&moto).await;
+    let config = config(&moto, &keys).replace(
+        "callers:",
+        "  env: { backend: kms, key: \"alias/pii\", ops: [envelope] }\n  dec: { backend: kms, key: \"alias/pii\", ops: [decrypt] }\n  dk: { backend: kms, key: \"alias/pii\", ops: [datakey] }\ncallers:",
+    );
+    let s = Sidecar::start_with_env(&config, &STATIC).await;
+    crate::adversarial::envelope_grants_hold(&s, "env", "dec", "dk").await;
+    crate::adversarial::signatures_are_low_s(&s, "sig").await;
+}

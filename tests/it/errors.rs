@@ -298,7 +298,7 @@ async fn a_broken_key_directory_is_a_backend_error_and_not_ready() {
         v["backends"]["dev"]["reason"]
             .as_str()
             .unwrap()
-            .contains("not accessible"),
+            .contains("not readable"),
         "{v}"
     );
     // Keys already loaded keep working.

@@ -356,7 +356,9 @@ impl Sidecar {
     /// Stops the sidecar and starts it again in the same directory (same
     /// keys, empty caches).
     pub async fn restart(mut self) -> Sidecar {
-        self.terminate();
+        if self.child.is_some() {
+            self.terminate();
+        }
         let leaked = self.leaked_secrets();
         assert!(
             leaked.is_empty(),

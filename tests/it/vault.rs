@@ -1267,3 +1267,24 @@ async fn a_revoked_vault_token_file_is_unauthenticated_until_the_file_is_replace
     s.post_ok("/v1/keys/ec/sign", json!({"message": b64(b"m")}))
         .await;
 }
+
+#[tokio::test]
+async fn grants_hold_for_envelopes_and_signatures_are_low_s() {
+    let bao = Bao::start().await;
+    setup_transit(&bao).await;
+    let creds = tempfile::tempdir().unwrap();
+    setup_approle(&bao, creds.path(), "1h").await;
+    let d = creds.path().display();
+    let config = config(
+        &bao,
+        &format!("{{ method: approle, role_id_file: {d}/role_id, secret_id_file: {d}/secret_id }}"),
+    )
+    .replace(
+        "callers:",
+        "  env: { backend: vault, key: aes, ops: [envelope] }\n  dec: { backend: vault, key: aes, ops: [decrypt] }\n  dk: { backend: vault, key: aes, ops: [datakey] }\ncallers:",
+    );
+    let s = Sidecar::start(&config).await;
+    s.secret(std::fs::read_to_string(creds.path().join("secret_id")).unwrap());
+    crate::adversarial::envelope_grants_hold(&s, "env", "dec", "dk").await;
+    crate::adversarial::signatures_are_low_s(&s, "ec").await;
+}

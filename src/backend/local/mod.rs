@@ -194,12 +194,14 @@ impl Backend for LocalBackend {
         "local"
     }
 
+    /// The key directory can be listed (a directory made unreadable, as
+    /// with mode 000, or removed, is not ready).
     async fn health(&self) -> Result<(), Error> {
-        match tokio::fs::metadata(&self.dir).await {
-            Ok(m) if m.is_dir() => Ok(()),
-            _ => Err(Error::new(
+        match tokio::fs::read_dir(&self.dir).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::new(
                 ErrorKind::Unavailable,
-                format!("key directory {} is not accessible", self.dir.display()),
+                format!("key directory {} is not readable: {e}", self.dir.display()),
             )),
         }
     }
