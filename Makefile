@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_INSTALL := $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get install -y --no-install-recommends
 
-.PHONY: run build test test-deps lint fmt bench bench-webhook load fuzz manifests clean
+.PHONY: run build test test-deps lint fmt bench bench-webhook bench-burst load fuzz manifests clean
 
 ## run: build and start the sidecar with the embedded default (local keys, ./kms-sidecar.sock)
 run: build
@@ -68,11 +68,16 @@ fuzz:
 manifests:
 	python3 tests/chart/check.py --write
 
-## bench: throughput, latency, RSS and cold start over the socket, the admission webhook's latency and RSS, then the 1000-connection load test (release build, oha)
+## bench: throughput, latency, RSS and cold start over the socket, the admission webhook's latency and RSS, the 1000-connection load test, then RSS around bursts of 1 MiB bodies (release build, oha)
 bench:
 	./benches/bench.sh
 	./benches/webhook.sh
 	./benches/load.sh
+	./benches/burst.sh
+
+## bench-burst: only VmRSS around bursts of 1 MiB bodies (and 30 s after), for three allocator settings
+bench-burst:
+	./benches/burst.sh
 
 ## bench-webhook: only the admission webhook's latency (p50/p99) and RSS
 bench-webhook:

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         wrapped_dek: vec![1, 2, 3],
         message_id: format::new_message_id(),
         commitment: [0; 32],
-        algorithm: AlgorithmId::Aes256GcmHkdfSha256,
+        algorithm: AlgorithmId::BoundAes256GcmHkdfSha256,
     };
     let sealed = format::seal(&DEK, header, context, plaintext);
     let opened = format::open(&DEK, &sealed, context).expect("a sealed envelope opens");

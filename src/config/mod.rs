@@ -1206,6 +1206,48 @@ limits: {max_batch: 0}
     }
 
     #[test]
+    fn hardening_limits_are_validated() {
+        let text = r#"
+backends: {d: {type: local, dir: x}}
+keys: {k: {backend: d, key: k, ops: [sign, metrics]}}
+limits: {max_body: 2MiB, max_buffered_bytes: 1MiB, max_connections_per_caller: 0, replay_window: 0s, stream_idle_timeout: 0s}
+audit: {path: /tmp/a, max_file_size: 1KiB, max_files: 1}
+"#;
+        let Error::Invalid { problems, .. } = Config::parse(text, "t", &no_env()).unwrap_err()
+        else {
+            panic!("expected semantic problems")
+        };
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "keys.k.ops",
+                "audit.max_file_size",
+                "audit.max_files",
+                "limits.max_connections_per_caller",
+                "limits.max_buffered_bytes",
+                "limits.replay_window",
+                "limits.stream_idle_timeout",
+            ]
+        );
+        let text = "backends: {d: {type: local, dir: x}}\nkeys: {}\naudit: {path: /tmp/a, on_failure: fail_open}\nmetrics: {key_labels: hashed}\nenvelope: {accept_unbound_until: 2027-01-31}\n";
+        let c = Config::parse(text, "t", &no_env()).unwrap();
+        let audit = c.audit.as_ref().unwrap();
+        assert_eq!(audit.on_failure, AuditFailure::FailOpen);
+        assert_eq!(
+            (audit.max_file_size, audit.max_files),
+            (ByteSize(64 << 20), 4)
+        );
+        assert_eq!(c.metrics.key_labels, KeyLabels::Hashed);
+        assert_eq!(c.limits.max_buffered_bytes, ByteSize(32 << 20));
+        assert_eq!(
+            c.envelope.accept_unbound_until.unwrap().to_string(),
+            "2027-01-31T00:00:00Z"
+        );
+        assert!(Config::parse(&text.replace("hashed", "secret"), "t", &no_env()).is_err());
+    }
+
+    #[test]
     fn env_overrides_apply_and_are_validated() {
         let env: BTreeMap<String, String> = [
             (

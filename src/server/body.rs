@@ -5,7 +5,8 @@
 //!
 //! **Budget.** Every body held in memory (and every streamed envelope, for
 //! its segment buffers) holds a [`Reservation`] of a global budget,
-//! `limits.max_buffered_bytes`, for as long as its request runs. A caller
+//! `limits.max_buffered_bytes`, for as long as its request runs and until
+//! its answer has been written (so unread answers are bounded too). A caller
 //! uid may hold at most its fair share: the budget divided among the uids
 //! holding or waiting for a reservation, and never more than half of it
 //! while anybody else wants some (a single `max_body` is always allowed).

@@ -39,9 +39,10 @@ pub const UNKNOWN_CALLER_CONNECTIONS: usize = 64;
 /// Those connections serve one request and must send it within this.
 const UNKNOWN_CALLER_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The largest request head (request line and headers) hyper buffers; a
-/// larger one gets a bare 431. Also caps each connection's read buffer.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The read buffer of a connection, which bounds its request head (request
+/// line and headers: a larger one gets a bare 431) and what a connection
+/// holds while its body is read or drained.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Open connections per caller uid, and of uids no rule names.
 #[derive(Debug, Default)]

@@ -28,7 +28,29 @@ use tracing::Instrument;
 use zeroize::Zeroizing;
 
 /// Response body type of every route.
-pub type Body = BoxBody<Bytes, std::io::Error>;
+pub type Body = BoxBody<Chunk, std::io::Error>;
+
+/// A piece of an answer. It keeps the request's share of the body budget
+/// (if any) until hyper has written it and lets it go, so answers a client
+/// does not read stay within `limits.max_buffered_bytes`.
+pub struct Chunk {
+    bytes: Bytes,
+    _hold: Option<Arc<body::Reservation>>,
+}
+
+impl bytes::Buf for Chunk {
+    fn remaining(&self) -> usize {
+        self.bytes.remaining()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.bytes.chunk()
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.bytes.advance(n)
+    }
+}
 
 /// The request id header, echoed when the caller sends a usable one.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -165,13 +187,16 @@ struct Reply {
     retry_after: Option<u64>,
     /// The key version the answer names (for the audit log).
     version: Option<String>,
+    /// The request's share of the body budget, held until the answer has
+    /// been written: a caller that does not read its answers cannot pile
+    /// them up in memory beyond the budget.
+    hold: Option<body::Reservation>,
 }
 
 enum ReplyBody {
     Full(Bytes),
-    /// Streamed chunks, and the share of the body budget held until they
-    /// end; an `Err` aborts the response before its final chunk.
-    Stream(envelope::Chunks, body::Reservation),
+    /// Streamed chunks; an `Err` aborts the response before its final chunk.
+    Stream(envelope::Chunks),
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
@@ -180,6 +205,7 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
         content_type: "application/json",
         retry_after: None,
         version: None,
+        hold: None,
         body: ReplyBody::Full(Bytes::from({
             let mut body = serde_json::to_vec(value).expect("API types always serialize");
             body.push(b'\n'); // so that `curl` output ends its line
@@ -202,17 +228,21 @@ fn into_response(
     allow: Option<&'static str>,
     close: bool,
 ) -> Response<Body> {
+    let hold = reply.hold.map(Arc::new);
+    let chunk = move |bytes| Chunk {
+        bytes,
+        _hold: hold.clone(),
+    };
     let body = match reply.body {
-        ReplyBody::Full(bytes) => Full::new(bytes).map_err(|never| match never {}).boxed(),
-        ReplyBody::Stream(chunks, reservation) => {
-            let frames = futures_util::stream::unfold(
-                (chunks, reservation),
-                |(mut rx, reservation)| async move {
-                    rx.recv()
-                        .await
-                        .map(|chunk| (chunk.map(Frame::data), (rx, reservation)))
-                },
-            );
+        ReplyBody::Full(bytes) => Full::new(chunk(bytes))
+            .map_err(|never| match never {})
+            .boxed(),
+        ReplyBody::Stream(chunks) => {
+            let frames =
+                futures_util::stream::unfold((chunks, chunk), |(mut rx, chunk)| async move {
+                    let next = rx.recv().await?;
+                    Some((next.map(|b| Frame::data(chunk(b))), (rx, chunk)))
+                });
             BodyExt::boxed(StreamBody::new(frames))
         }
     };
@@ -455,6 +485,7 @@ impl Routes {
                     content_type: "text/plain; version=0.0.4; charset=utf-8",
                     retry_after: None,
                     version: None,
+                    hold: None,
                     body: ReplyBody::Full(Bytes::from(text)),
                 });
             }
@@ -491,7 +522,7 @@ impl Routes {
                 "header `{ENCRYPTION_CONTEXT}` is only for streamed envelopes (Content-Type: application/octet-stream); send `context` in the JSON body"
             )));
         }
-        let (body, _reservation) = if route.method() == Method::POST {
+        let (body, reservation) = if route.method() == Method::POST {
             let incoming = unread.as_mut().expect("the body is unread until here");
             let read = body::read(
                 incoming,
@@ -514,7 +545,7 @@ impl Routes {
         } else {
             (Zeroizing::new(Vec::new()), None)
         };
-        match action {
+        let reply = match action {
             Action::Metadata => ok(svc.metadata(caller, alias).await),
             Action::PublicKey => ok(svc.public_key(caller, alias).await),
             Action::Sign => ok(svc.sign(caller, alias, parse_json(&body)?).await),
@@ -535,7 +566,12 @@ impl Routes {
             Action::EnvelopeDecrypt => ok(svc
                 .envelope_decrypt(caller, alias, parse_json(&body)?)
                 .await),
-        }
+        };
+        drop(body);
+        reply.map(|reply| Reply {
+            hold: reservation,
+            ..reply
+        })
     }
 
     /// Envelope encryption of a streamed body: no size limit, constant memory
@@ -587,7 +623,8 @@ impl Routes {
             content_type: "application/octet-stream",
             retry_after: None,
             version: None,
-            body: ReplyBody::Stream(chunks, reservation),
+            hold: Some(reservation),
+            body: ReplyBody::Stream(chunks),
         })
     }
 }

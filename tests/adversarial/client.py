@@ -5,12 +5,13 @@ The tests run it as other uids (setpriv) against the real sidecar. Every mode
 prints one JSON object on stdout and exits 0; what it saw is for the test to
 judge.
 
-  hold SOCKET PATH CONNECTIONS CONTENT_LENGTH SEND_BYTES WAIT_S
+  hold SOCKET PATH CONNECTIONS CONTENT_LENGTH SEND_BYTES WAIT_S [READ_AFTER_S]
       Opens CONNECTIONS connections, each sending a POST head that declares
-      CONTENT_LENGTH and then SEND_BYTES of body (less than declared: the
-      body never ends), then collects what each connection answers within
-      WAIT_S seconds. Prints {"statuses": {...}, "codes": {...},
-      "closed": n, "silent": n}.
+      CONTENT_LENGTH and then SEND_BYTES of body: less than declared, the
+      body never ends; all of it, a valid {"plaintext": ...} JSON body. It
+      starts reading answers after READ_AFTER_S seconds (default 0: at once)
+      and collects what each connection answers within WAIT_S seconds.
+      Prints {"statuses": {...}, "codes": {...}, "closed": n, "silent": n}.
 
   http SOCKET METHOD PATH BODY_BYTES COUNT [HEADER:VALUE ...]
       COUNT requests with Python's http.client, which writes the head and
@@ -66,9 +67,21 @@ def parse_response(raw):
     return status, code
 
 
-def hold(sock_path, path, connections, content_length, send_bytes, wait_s):
+def json_body(length):
+    """A {"plaintext": "<base64>"} body of exactly `length` bytes."""
+    head, tail = b'{"plaintext":"', b'"}'
+    n = length - len(head) - len(tail)
+    n -= n % 4
+    return head + b"A" * n + tail + b" " * (length - len(head) - n - len(tail))
+
+
+def hold(sock_path, path, connections, content_length, send_bytes, wait_s, read_after_s=0.0):
     conns = []
     refused = 0
+    if send_bytes >= content_length:
+        body = json_body(content_length)
+    else:
+        body = b"{" + b" " * max(send_bytes - 1, 0)
     for _ in range(connections):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -81,13 +94,17 @@ def hold(sock_path, path, connections, content_length, send_bytes, wait_s):
             f"POST {path} HTTP/1.1\r\nHost: localhost\r\n"
             f"Content-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n"
         ).encode()
-        conns.append({"sock": s, "out": head + b"{" + b" " * max(send_bytes - 1, 0), "in": b"", "done": False})
+        conns.append({"sock": s, "out": head + body, "in": b"", "done": False})
+    read_from = time.monotonic() + read_after_s
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and not all(c["done"] for c in conns):
         live = [c for c in conns if not c["done"]]
         poller = select.poll()
+        reading = time.monotonic() >= read_from
         for c in live:
-            poller.register(c["sock"], select.POLLIN | (select.POLLOUT if c["out"] else 0))
+            events = (select.POLLIN if reading else 0) | (select.POLLOUT if c["out"] else 0)
+            if events:
+                poller.register(c["sock"], events)
         events = dict(poller.poll(200))
         readable = {fd for fd, ev in events.items() if ev & (select.POLLIN | select.POLLHUP | select.POLLERR)}
         writable = {fd for fd, ev in events.items() if ev & select.POLLOUT}
@@ -199,7 +216,8 @@ def main(argv):
     mode = argv[1]
     raise_fd_limit()
     if mode == "hold":
-        hold(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]), float(argv[7]))
+        hold(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]), float(argv[7]),
+             float(argv[8]) if len(argv) > 8 else 0.0)
     elif mode == "http":
         http_requests(argv[2], argv[3], argv[4], int(argv[5]), int(argv[6]), argv[7:])
     elif mode == "idle":
