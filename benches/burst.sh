@@ -47,11 +47,7 @@ for variant in "as shipped|" "MALLOC_ARENA_MAX=2|MALLOC_ARENA_MAX=2"; do
     rm -f "$SOCK"
     (cd "$WORK" && exec env $env_setting "$OLDPWD/$BIN" serve) >>"$WORK/sidecar.log" 2>&1 &
     PID=$!
-    for _ in $(seq 1 600); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$SOCK" http://localhost/readyz || true) == 200 ]] && break
-        kill -0 "$PID" 2>/dev/null || { cat "$WORK/sidecar.log" >&2; die "sidecar exited"; }
-        sleep 0.1
-    done
+    wait_for_socket "$SOCK" "$WORK/sidecar.log"
     curl -sf --unix-socket "$SOCK" -H 'Content-Type: application/json' -d @"$WORK/body.json" \
         http://localhost/v1/keys/aes-256/envelope/encrypt >/dev/null
     sleep 2

@@ -31,3 +31,15 @@ build_and_find_oha() {
     grep -q -- '--wait-ongoing-requests-after-deadline' <<<"$help" && OHA_EXTRA+=(--wait-ongoing-requests-after-deadline)
     return 0
 }
+
+# wait_for_socket SOCK LOG: waits (at most 60 s) until the sidecar ($PID)
+# answers 200 on /readyz over SOCK; dies with its LOG if it exits first.
+wait_for_socket() {
+    local sock=$1 sidecar_log=$2
+    for _ in $(seq 1 600); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$sock" http://localhost/readyz || true) == 200 ]] && return 0
+        kill -0 "$PID" 2>/dev/null || { cat "$sidecar_log" >&2; die "sidecar exited"; }
+        sleep 0.1
+    done
+    die "sidecar not ready within 60 s"
+}

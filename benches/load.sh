@@ -48,11 +48,7 @@ trap 'exit 130' INT TERM
 # (limits.max_connections_per_caller, 256 by default) is raised.
 (cd "$WORK" && KMS_SIDECAR_LIMITS__MAX_CONNECTIONS_PER_CALLER=$((4 * CONNS)) exec "$BIN" serve) >>"$WORK/sidecar.log" 2>&1 &
 PID=$!
-for _ in $(seq 1 600); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$SOCK" http://localhost/readyz || true) == 200 ]] && break
-    kill -0 "$PID" 2>/dev/null || { cat "$WORK/sidecar.log" >&2; die "sidecar exited"; }
-    sleep 0.1
-done
+wait_for_socket "$SOCK" "$WORK/sidecar.log"
 
 rss() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$PID/status"; }
 hwm() { awk '$1 == "VmHWM:" { print $2 }' "/proc/$PID/status"; }

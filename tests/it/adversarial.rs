@@ -4,7 +4,8 @@
 //! memory limit the webhook sets (a memory cgroup where the machine allows
 //! it). Each test reproduces a finding of the security review.
 
-use crate::harness::{BIN, MemoryCgroup, Sidecar, b64, hostile_client, is_root, run_as, signal};
+use crate::audit::{lines, verify};
+use crate::harness::{MemoryCgroup, Sidecar, b64, hostile_client, is_root, run_as, signal};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -78,16 +79,28 @@ fn count(v: &Value, field: &str, key: &str) -> u64 {
     v[field][key].as_u64().unwrap_or(0)
 }
 
+/// `count` requests of Python's `http.client` as `uid`, each with a JSON
+/// body of `body_bytes` (0: none): what they got.
+fn python_http(
+    uid: Option<u32>,
+    s: &Sidecar,
+    method: &str,
+    path: &str,
+    body_bytes: u64,
+    count: u32,
+) -> Value {
+    let socket = s.socket.display().to_string();
+    let (bytes, count) = (body_bytes.to_string(), count.to_string());
+    hostile_client(uid, &["http", &socket, method, path, &bytes, &count])
+}
+
 #[tokio::test]
 async fn a_uid_without_a_rule_is_refused_before_its_body_is_read() {
     let (uid, ruled) = outsider();
     let (mut s, cgroup) = start_limited(&config(ruled, "")).await;
     let socket = s.socket.display().to_string();
     // `{}` with no rule: 403, not a complaint about the body.
-    let r = hostile_client(
-        uid,
-        &["http", &socket, "POST", "/v1/keys/sig/sign", "0", "1"],
-    );
+    let r = python_http(uid, &s, "POST", "/v1/keys/sig/sign", 0, 1);
     assert_eq!(count(&r, "codes", "forbidden"), 1, "{r}");
     // 300 connections each declaring 1 MiB and sending all but one byte
     // (the review: RSS 21 → 463 MB, OOM-killed in 64 MiB).
@@ -189,26 +202,19 @@ async fn python_clients_get_early_answers_instead_of_broken_pipes() {
     ))
     .await;
     s.open_to_other_uids();
-    let socket = s.socket.display().to_string();
     // 413 from Content-Length, for a body over limits.max_body (1 MiB).
-    let r = hostile_client(
+    let r = python_http(
         None,
-        &[
-            "http",
-            &socket,
-            "POST",
-            "/v1/keys/aes/envelope/encrypt",
-            "1153434",
-            "3",
-        ],
+        &s,
+        "POST",
+        "/v1/keys/aes/envelope/encrypt",
+        1153434,
+        3,
     );
     assert_eq!(count(&r, "codes", "payload_too_large"), 3, "{r}");
     assert_eq!(r["errors"], json!({}), "no broken pipes: {r}");
     // 429s from the rate limit, with Retry-After.
-    let r = hostile_client(
-        None,
-        &["http", &socket, "POST", "/v1/keys/sig/sign", "200", "30"],
-    );
+    let r = python_http(None, &s, "POST", "/v1/keys/sig/sign", 200, 30);
     assert!(count(&r, "codes", "rate_limited") >= 20, "{r}");
     assert_eq!(r["errors"], json!({}), "no broken pipes: {r}");
     assert!(
@@ -221,17 +227,7 @@ async fn python_clients_get_early_answers_instead_of_broken_pipes() {
     );
     // 403 for a uid whose rule does not grant the key, with a 1 MiB body.
     if uid.is_some() {
-        let r = hostile_client(
-            uid,
-            &[
-                "http",
-                &socket,
-                "POST",
-                "/v1/keys/aes/encrypt",
-                "1000000",
-                "3",
-            ],
-        );
+        let r = python_http(uid, &s, "POST", "/v1/keys/aes/encrypt", 1000000, 3);
         assert_eq!(count(&r, "codes", "forbidden"), 3, "{r}");
         assert_eq!(r["errors"], json!({}), "{r}");
     }
@@ -305,11 +301,10 @@ async fn metrics_on_the_socket_need_the_metrics_grant() {
     let me = nix::unistd::geteuid().as_raw();
     let s = Sidecar::start(&config(me, "")).await;
     s.open_to_other_uids();
-    let socket = s.socket.display().to_string();
     let text = String::from_utf8(s.get("/metrics").await.body.to_vec()).unwrap();
     assert!(text.contains("kms_sidecar_"), "\"*\" includes `metrics`");
     if uid.is_some() {
-        let r = hostile_client(uid, &["http", &socket, "GET", "/metrics", "0", "1"]);
+        let r = python_http(uid, &s, "GET", "/metrics", 0, 1);
         assert_eq!(count(&r, "codes", "forbidden"), 1, "{r}");
     }
     drop(s);
@@ -493,30 +488,6 @@ impl Drop for SmallDisk {
     }
 }
 
-fn audit_verify(path: &Path) -> (bool, String) {
-    let out = std::process::Command::new(BIN)
-        .args(["audit", "verify"])
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn audit_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}")))
-        .collect()
-}
-
 #[tokio::test]
 async fn the_audit_log_fails_closed_on_a_full_disk_and_recovers() {
     let me = nix::unistd::geteuid().as_raw();
@@ -545,15 +516,8 @@ async fn the_audit_log_fails_closed_on_a_full_disk_and_recovers() {
         }
         assert!(served < 1000, "the disk never filled up");
     };
-    let v = refused.expect(503, Some("audit_unavailable"));
+    let v = refused.expect_saying(503, "audit_unavailable", "No space left on device");
     assert_eq!(v["error"]["retryable"], true);
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("No space left on device"),
-        "{v}"
-    );
     assert_eq!(refused.headers["retry-after"], "1");
     // Until a line can be written again, operations are refused before they run.
     sign().await.expect(503, Some("audit_unavailable"));
@@ -571,13 +535,13 @@ async fn the_audit_log_fails_closed_on_a_full_disk_and_recovers() {
         return;
     };
     // Every answered request has its line; no line is torn; the chain holds.
-    let lines = audit_lines(&log);
+    let written = lines(&log);
     assert_eq!(
-        lines.iter().filter(|l| l["outcome"] == "ok").count(),
+        written.iter().filter(|l| l["outcome"] == "ok").count(),
         served,
         "one line per served request"
     );
-    let (ok, out) = audit_verify(&log);
+    let (ok, out) = verify(&[&log]);
     assert!(ok, "{out}");
     // Room again: the next request's line is written, and service resumes.
     d.free();
@@ -587,11 +551,11 @@ async fn the_audit_log_fails_closed_on_a_full_disk_and_recovers() {
         assert!(attempts < 5, "service did not resume");
     }
     s.get("/readyz").await.ok();
-    let (ok, out) = audit_verify(&log);
+    let (ok, out) = verify(&[&log]);
     assert!(ok, "{out}");
-    let lines = audit_lines(&log);
+    let written = lines(&log);
     assert_eq!(
-        lines.iter().filter(|l| l["outcome"] == "ok").count(),
+        written.iter().filter(|l| l["outcome"] == "ok").count(),
         served + 1
     );
 }
@@ -646,7 +610,7 @@ async fn the_audit_log_rotates_by_size_and_verifies_as_one_chain() {
         "the oldest file beyond max_files is deleted"
     );
     // One path: `audit verify` checks the rotated set, oldest first.
-    let (ok, out) = audit_verify(&log);
+    let (ok, out) = verify(&[&log]);
     assert!(ok, "{out}");
     assert!(
         out.contains("audit.jsonl.2 → ") && out.contains("chain intact"),
@@ -660,16 +624,12 @@ async fn a_flood_of_denials_is_summarised_not_written_line_by_line() {
     let (uid, ruled) = outsider();
     let mut s = Sidecar::start(&config(ruled, "audit: { path: \"{dir}/audit.jsonl\" }\n")).await;
     s.open_to_other_uids();
-    let socket = s.socket.display().to_string();
     let started = Instant::now();
-    let r = hostile_client(
-        uid,
-        &["http", &socket, "POST", "/v1/keys/sig/sign", "100", "300"],
-    );
+    let r = python_http(uid, &s, "POST", "/v1/keys/sig/sign", 100, 300);
     assert_eq!(count(&r, "codes", "forbidden"), 300, "{r}");
     let seconds = started.elapsed().as_secs() + 1;
     assert!(s.terminate().success());
-    let lines = audit_lines(&s.dir.path().join("audit.jsonl"));
+    let lines = lines(&s.dir.path().join("audit.jsonl"));
     let denied = uid.unwrap_or(nix::unistd::geteuid().as_raw());
     let single = lines
         .iter()
@@ -685,7 +645,7 @@ async fn a_flood_of_denials_is_summarised_not_written_line_by_line() {
         single <= 10 * (seconds + 1),
         "{single} single lines in {seconds} s: at most 10 per second"
     );
-    let (ok, out) = audit_verify(&s.dir.path().join("audit.jsonl"));
+    let (ok, out) = verify(&[&s.dir.path().join("audit.jsonl")]);
     assert!(ok, "{out}");
 }
 
@@ -759,17 +719,12 @@ pub async fn envelope_grants_hold(s: &Sidecar, env: &str, dec: &str, dk: &str) {
     .await
     .expect(422, Some("decryption_failed"));
     // ... nor name the sidecar's purpose entry itself.
-    let v = s
-        .post(
-            &format!("/v1/keys/{dec}/decrypt"),
-            json!({"ciphertext": b64(&header.wrapped_dek), "context": {"tenant": "acme", "kms-sidecar:purpose": "envelope"}}),
-        )
-        .await
-        .expect(400, Some("invalid_request"));
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("reserved"),
-        "{v}"
-    );
+    s.post(
+        &format!("/v1/keys/{dec}/decrypt"),
+        json!({"ciphertext": b64(&header.wrapped_dek), "context": {"tenant": "acme", "kms-sidecar:purpose": "envelope"}}),
+    )
+    .await
+    .expect_saying(400, "invalid_request", "reserved");
     // A `datakey`-only caller cannot forge an envelope the owner opens, in
     // either algorithm.
     let data_key = s
@@ -867,14 +822,7 @@ async fn the_encryption_context_means_one_thing() {
             bytes::Bytes::from(body),
         )
         .await;
-    let v = r.expect(400, Some("invalid_request"));
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("more than once"),
-        "{v}"
-    );
+    r.expect_saying(400, "invalid_request", "more than once");
     // The header twice on a streamed envelope.
     let r = raw(
         &s,
@@ -897,14 +845,7 @@ async fn the_encryption_context_means_one_thing() {
             bytes::Bytes::from(r#"{"plaintext":"c2VjcmV0"}"#),
         )
         .await;
-    let v = r.expect(400, Some("invalid_request"));
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("only for streamed"),
-        "{v}"
-    );
+    r.expect_saying(400, "invalid_request", "only for streamed");
 }
 
 /// Sends raw bytes on a new connection and reads until the sidecar closes
@@ -963,11 +904,7 @@ async fn a_nonce_is_remembered_until_its_timestamp_leaves_the_window() {
         .expect(409, Some("replayed_request"));
     // A uid without a rule learns nothing about the guard: 403, not 400.
     if uid.is_some() {
-        let socket = s.socket.display().to_string();
-        let r = hostile_client(
-            uid,
-            &["http", &socket, "POST", "/v1/keys/sig/sign", "100", "1"],
-        );
+        let r = python_http(uid, &s, "POST", "/v1/keys/sig/sign", 100, 1);
         assert_eq!(count(&r, "codes", "forbidden"), 1, "{r}");
     }
 }

@@ -9,7 +9,8 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
-fn verify(files: &[&Path]) -> (bool, String) {
+/// `kms-sidecar audit verify FILES…`: (success, stdout and stderr).
+pub fn verify(files: &[&Path]) -> (bool, String) {
     let out = Command::new(BIN)
         .args(["audit", "verify"])
         .args(files)
@@ -25,11 +26,12 @@ fn verify(files: &[&Path]) -> (bool, String) {
     )
 }
 
-fn lines(path: &Path) -> Vec<Value> {
+/// Every line of an audit file as JSON (a torn line fails the test).
+pub fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}")))
         .collect()
 }
 

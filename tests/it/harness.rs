@@ -69,6 +69,15 @@ impl Resp {
         self.json()
     }
 
+    /// [`Self::expect`], and the error message mentions `words`.
+    #[track_caller]
+    pub fn expect_saying(&self, status: u16, code: &str, words: &str) -> Value {
+        let v = self.expect(status, Some(code));
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(words), "expected {words:?} in: {v}");
+        v
+    }
+
     #[track_caller]
     pub fn ok(&self) -> Value {
         self.expect(200, None)
