@@ -16,12 +16,15 @@
 //! - [`api`]: wire types and the error body with its stable codes — pure
 //!   serde, no IO.
 //! - [`server`]: the Unix socket (mode, stale socket), the accept loop with
-//!   peer credentials, and the thin HTTP routes.
+//!   peer credentials and per-uid connection caps, the request-body budget,
+//!   and the thin HTTP routes.
 //! - [`service`]: one operation end to end — policy → backend → metrics.
 //! - [`policy`]: pure decision: may this caller do this op on this key?
 //! - [`backend`]: the [`backend::Backend`] trait, its error type, and one
 //!   module per KMS behind a cargo feature.
 //! - [`envelope`]: envelope encryption — the v1 format, JSON and streaming.
+//! - [`stream`]: request bodies as byte streams — idle timeout, read errors,
+//!   the bounded drain of a lingering close.
 //! - [`cache`]: the data-key cache (single-flight, refresh-ahead, LRU).
 //! - [`crypto`]: algorithms and software crypto shared by backends (public key
 //!   encodings, local signature verification).
@@ -48,6 +51,7 @@ pub mod policy;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod stream;
 pub mod telemetry;
 #[cfg(feature = "webhook")]
 pub mod webhook;

@@ -13,22 +13,18 @@ pub mod format;
 use crate::api::{self, ApiError, Code, b64};
 use crate::backend::{Context, canonical_context};
 use crate::policy::{Caller, Op};
-use crate::server::body::read_error;
 use crate::service::{Service, check_context};
+use crate::stream::{BoxedStream, linger, read_error};
 use bytes::Bytes;
 use format::{AlgorithmId, Header, Opener, SEGMENT, Sealer, TAG};
 use futures_util::{Stream, StreamExt};
 use std::io;
-use std::pin::Pin;
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 /// The answer of a streaming operation: chunks, or an error that must abort
 /// the response.
 pub type Chunks = mpsc::Receiver<Result<Bytes, io::Error>>;
-
-/// A request body as a stream of bytes.
-pub type BoxedStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
 /// A streaming operation refused before its answer started, with what is
 /// left of its input (for the lingering close).
@@ -286,8 +282,14 @@ impl Service {
                     }),
                     Err(e) => Err(e),
                 };
-                let failed = result.is_err();
-                if tx.send(result).await.is_err() || failed {
+                if result.is_err() {
+                    // Let a client still writing the envelope read the
+                    // aborted answer rather than a broken pipe.
+                    linger(input);
+                    let _ = tx.send(result).await;
+                    return;
+                }
+                if tx.send(result).await.is_err() {
                     return;
                 }
             }

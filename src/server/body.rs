@@ -1,7 +1,5 @@
-//! Request bodies: the memory budget they are read into, reading a JSON body
-//! within `limits.max_body` and `limits.body_timeout`, the idle timeout of
-//! streamed bodies, and the lingering close that lets a client see an early
-//! answer.
+//! Request bodies: the memory budget they are read into, and reading a JSON
+//! body within `limits.max_body` and `limits.body_timeout`.
 //!
 //! **Budget.** Every body held in memory (and every streamed envelope, for
 //! its segment buffers) holds a [`Reservation`] of a global budget,
@@ -15,18 +13,15 @@
 //! refused from the path and their credentials, before any body is read.
 //!
 //! **Lingering close.** An answer given before the body was read (403, 413
-//! from `Content-Length`, 429, …) would make the sidecar close the
-//! connection while the client is still writing, and clients that write the
-//! body after the headers (Python's `http.client`, `requests`) then see a
-//! broken pipe instead of the answer. So the rest of the body is read and
-//! dropped — at most [`LINGER_BYTES`] within [`LINGER_TIME`], as nginx's
-//! lingering close does — and the connection is closed after the answer.
+//! from `Content-Length`, 429, …) is followed by reading and dropping the
+//! rest of the body ([`crate::stream::linger`]), then the connection is
+//! closed.
 
 use crate::api::{ApiError, Code};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use http::HeaderMap;
 use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::collections::HashMap;
@@ -38,10 +33,6 @@ use zeroize::Zeroizing;
 
 /// How long a request waits for room in the budget before 503 `overloaded`.
 pub const BUDGET_WAIT: Duration = Duration::from_secs(1);
-/// Most bytes of an unwanted body read and dropped after an early answer.
-pub const LINGER_BYTES: usize = 16 << 20;
-/// How long an unwanted body is read after an early answer.
-pub const LINGER_TIME: Duration = Duration::from_secs(5);
 /// What a streamed envelope holds in memory at most (two segments being
 /// assembled and the chunks queued towards the connection), reserved for
 /// the whole stream.
@@ -272,63 +263,6 @@ pub async fn read(
 /// The body's data as a stream of byte chunks.
 pub fn stream(body: Incoming) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + Unpin {
     http_body_util::BodyDataStream::new(body).map(|r| r.map_err(io::Error::other))
-}
-
-/// `input`, ended with a `TimedOut` error when no chunk arrives for `idle`
-/// (`limits.stream_idle_timeout`).
-pub fn idle_timeout<S>(input: S, idle: Duration) -> crate::envelope::BoxedStream
-where
-    S: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static,
-{
-    Box::pin(futures_util::stream::unfold(
-        Some(input),
-        move |state| async move {
-            let mut input = state?;
-            match tokio::time::timeout(idle, input.next()).await {
-                Ok(Some(item)) => Some((item, Some(input))),
-                Ok(None) => None,
-                Err(_) => Some((
-                    Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no data for {idle:?} (limits.stream_idle_timeout)"),
-                    )),
-                    None,
-                )),
-            }
-        },
-    ))
-}
-
-/// The API error for a failed read of a streamed body: 408 when it stalled.
-pub fn read_error(e: &io::Error) -> ApiError {
-    if e.kind() == io::ErrorKind::TimedOut {
-        ApiError::invalid(format!("the request body stalled: {e}"))
-            .with_status(StatusCode::REQUEST_TIMEOUT)
-    } else {
-        ApiError::invalid(format!("could not read the request body: {e}"))
-    }
-}
-
-/// Reads and drops what is left of a body the answer did not need (at most
-/// [`LINGER_BYTES`] within [`LINGER_TIME`]), in the background, so that a
-/// client still writing it reaches the point where it reads the answer.
-pub fn linger<S>(input: S)
-where
-    S: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static,
-{
-    tokio::spawn(async move {
-        let mut input = input;
-        let drain = async {
-            let mut left = LINGER_BYTES;
-            while let Some(Ok(chunk)) = input.next().await {
-                match left.checked_sub(chunk.len()) {
-                    Some(l) => left = l,
-                    None => break,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
-    });
 }
 
 #[cfg(test)]

@@ -426,7 +426,7 @@ impl Routes {
             let linger = unread.filter(|b| !b.is_end_stream());
             let close = linger.is_some();
             if let Some(rest) = linger {
-                body::linger(body::stream(rest));
+                crate::stream::linger(body::stream(rest));
             }
             into_response(reply, &request_id, allow, close)
         }
@@ -587,7 +587,7 @@ impl Routes {
         headers: &HeaderMap,
         input: Incoming,
     ) -> Result<Reply, ApiError> {
-        let input = body::idle_timeout(body::stream(input), self.stream_idle_timeout);
+        let input = crate::stream::idle_timeout(body::stream(input), self.stream_idle_timeout);
         let reservation = match self
             .budget
             .reserve(caller.uid, body::STREAM_RESERVATION)
@@ -595,7 +595,7 @@ impl Routes {
         {
             Ok(r) => r,
             Err(e) => {
-                body::linger(input);
+                crate::stream::linger(input);
                 return Err(e);
             }
         };
@@ -615,7 +615,7 @@ impl Routes {
                 .await
         };
         let chunks = result.map_err(|(e, rest)| {
-            body::linger(rest);
+            crate::stream::linger(rest);
             e
         })?;
         Ok(Reply {
