@@ -99,8 +99,8 @@ async fn a_uid_without_a_rule_is_refused_before_its_body_is_read() {
     let (uid, ruled) = outsider();
     let (mut s, cgroup) = start_limited(&config(ruled, "")).await;
     let socket = s.socket.display().to_string();
-    // `{}` with no rule: 403, not a complaint about the body.
-    let r = python_http(uid, &s, "POST", "/v1/keys/sig/sign", 0, 1);
+    // `{}` with no rule: 403, not "missing field `plaintext`" (400).
+    let r = python_http(uid, &s, "POST", "/v1/keys/aes/encrypt", 0, 1);
     assert_eq!(count(&r, "codes", "forbidden"), 1, "{r}");
     // 300 connections each declaring 1 MiB and sending all but one byte
     // (the review: RSS 21 → 463 MB, OOM-killed in 64 MiB).
