@@ -294,8 +294,14 @@ fn injected_opted_out_and_unlabelled_pods_are_left_alone() {
 
 #[test]
 fn old_clusters_get_a_regular_container() {
+    // A sovereign cloud's authority: the webhook's setting, not a default,
+    // is what the sidecar gets.
     let c = Config {
         native_sidecar: false,
+        azure: crate::webhook::config::AzureIdentity {
+            authority_host: "https://login.microsoftonline.us/".into(),
+            ..Default::default()
+        },
         ..config(&[Token::Azure])
     };
     let (p, _) = inject(&pod("multi-container"), &c).expect("injected");
@@ -313,7 +319,7 @@ fn old_clusters_get_a_regular_container() {
     );
     assert_eq!(
         env_of(s, "AZURE_AUTHORITY_HOST").as_deref(),
-        Some("https://login.microsoftonline.com/")
+        Some("https://login.microsoftonline.us/")
     );
     assert_sees_socket(&spec.containers[1]);
     assert_sees_socket(&spec.containers[2]);
