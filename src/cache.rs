@@ -221,13 +221,9 @@ impl DataKeyCache {
             .decrypt
             .try_get_with(id, async {
                 called = true;
-                let plaintext = inner
-                    .metrics
-                    .observe_backend_call(
-                        &key.backend_name,
-                        "decrypt",
-                        key.backend.decrypt(key.key_ref(), wrapped, context),
-                    )
+                let plaintext = key
+                    .backend
+                    .decrypt(key.key_ref(), wrapped, context)
                     .await?;
                 inner
                     .metrics
@@ -256,13 +252,9 @@ impl DataKeyCache {
         context: &Context,
     ) -> Result<Arc<Dek>, backend::Error> {
         let inner = &self.0;
-        let dk = inner
-            .metrics
-            .observe_backend_call(
-                &key.backend_name,
-                "generate_data_key",
-                key.backend.generate_data_key(key.key_ref(), 256, context),
-            )
+        let dk = key
+            .backend
+            .generate_data_key(key.key_ref(), 256, context)
             .await?;
         inner
             .metrics

@@ -1,16 +1,15 @@
-//! The Prometheus registry (prefix `kms_sidecar_`, SPEC §10). Labels are
+//! The Prometheus registry (prefix `kms_sidecar_`, SPEC §10): the metrics,
+//! and their text exposition. Who records what lives with the code that does
+//! it (backend calls in the resilience layer, requests in the routes, the
+//! data-key cache); this module depends on no domain module. Labels are
 //! bounded: ops, configured key aliases, backend names, codes — never values.
 //! On the TCP probe listener the `key` label is shown as
 //! `metrics.key_labels` says: the alias, a hash of it, or not at all (the
 //! series of all keys added up).
 
-use crate::api::Code;
-use crate::backend;
-use crate::config::KeyLabels;
 use prometheus::proto::{Histogram, Metric, MetricFamily, MetricType};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::time::Instant;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -20,6 +19,21 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0,
 ];
+
+/// What the `key` label holds on the TCP probe listener
+/// (`metrics.key_labels`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyLabels {
+    /// The configured alias.
+    #[default]
+    Alias,
+    /// `h-` and the first 12 hex digits of SHA-256(alias): series stay
+    /// apart without naming the key (a pseudonym, not a secret).
+    Hashed,
+    /// No key label: series of all keys are added up.
+    None,
+}
 
 /// Every metric the sidecar exports.
 #[derive(Debug)]
@@ -217,32 +231,6 @@ impl Metrics {
             connections_open,
             connections_rejected,
         }
-    }
-
-    /// Runs one backend call, recording `backend_calls_total` (outcome `ok`
-    /// or the error code) and `backend_call_duration_seconds`.
-    pub async fn observe_backend_call<T>(
-        &self,
-        backend: &str,
-        op: &'static str,
-        call: impl Future<Output = Result<T, backend::Error>>,
-    ) -> Result<T, backend::Error> {
-        let started = Instant::now();
-        let result = call.await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => Code::of(e.kind).as_str(),
-        };
-        self.backend_call_duration
-            .with_label_values(&[backend, op])
-            .observe(started.elapsed().as_secs_f64());
-        self.backend_calls_total
-            .with_label_values(&[backend, op, outcome])
-            .inc();
-        if let Err(e) = &result {
-            tracing::debug!(backend, op, error = %e, source = ?e.source, "backend call failed");
-        }
-        result
     }
 
     /// The Prometheus text exposition of every metric, with the `key`

@@ -11,7 +11,6 @@ use crate::health::HealthChecks;
 use crate::metrics::Metrics;
 use crate::policy::{Caller, Op, OpOrAll, Policy, grants};
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -123,7 +122,7 @@ impl Service {
             .collect();
         Self {
             keys,
-            health: HealthChecks::new(backends, metrics.clone()),
+            health: HealthChecks::new(backends),
             data_keys: DataKeyCache::new(&config.cache.data_keys, metrics.clone()),
             policy: Policy::new(config.callers.clone()),
             metrics,
@@ -220,18 +219,6 @@ impl Service {
         Ok(entry)
     }
 
-    /// Runs one backend call, recording its outcome and latency.
-    async fn call<T>(
-        &self,
-        entry: &KeyEntry,
-        op: &'static str,
-        fut: impl Future<Output = Result<T, backend::Error>>,
-    ) -> Result<T, backend::Error> {
-        self.metrics
-            .observe_backend_call(&entry.backend_name, op, fut)
-            .await
-    }
-
     // === keys ===
 
     pub async fn list_keys(&self, caller: &Caller) -> api::KeyList {
@@ -244,8 +231,7 @@ impl Service {
         aliases.sort();
         for alias in aliases {
             let entry = &self.keys[alias];
-            let summary = match self
-                .call(entry, "metadata", entry.backend.metadata(entry.key_ref()))
+            let summary = match entry.backend.metadata(entry.key_ref())
                 .await
             {
                 Ok(m) => api::KeySummary {
@@ -281,8 +267,7 @@ impl Service {
         alias: &str,
     ) -> Result<api::KeyMetadataResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Metadata)?;
-        let m = self
-            .call(entry, "metadata", entry.backend.metadata(entry.key_ref()))
+        let m = entry.backend.metadata(entry.key_ref())
             .await?;
         let last = m
             .versions
@@ -335,11 +320,7 @@ impl Service {
             }
         }
         let pk = Arc::new(
-            self.call(
-                entry,
-                "public_key",
-                entry.backend.public_key(entry.key_ref(), version),
-            )
+            entry.backend.public_key(entry.key_ref(), version)
             .await?,
         );
         let mut cache = self
@@ -382,12 +363,7 @@ impl Service {
         let entry = self.authorize(caller, alias, Op::Sign)?;
         let input = sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
         let options = options(req.format, req.algorithm);
-        let sig = self
-            .call(
-                entry,
-                "sign",
-                entry.backend.sign(entry.key_ref(), input, options),
-            )
+        let sig = entry.backend.sign(entry.key_ref(), input, options)
             .await?;
         Ok(api::SignResponse {
             signature: b64(&crypto::low_s(sig.algorithm, sig.bytes, options.format)),
@@ -426,12 +402,7 @@ impl Service {
         let mut signatures = Vec::with_capacity(inputs.len());
         let mut made_by = None;
         for input in inputs {
-            let sig = self
-                .call(
-                    entry,
-                    "sign",
-                    entry.backend.sign(entry.key_ref(), input, options),
-                )
+            let sig = entry.backend.sign(entry.key_ref(), input, options)
                 .await?;
             signatures.push(b64(&crypto::low_s(
                 sig.algorithm,
@@ -464,7 +435,7 @@ impl Service {
                 entry
                     .backend
                     .verify(entry.key_ref(), input, &req.signature.0, options, version);
-            self.call(entry, "verify", native).await?
+            native.await?
         } else {
             self.verify_locally(
                 entry,
@@ -496,8 +467,7 @@ impl Service {
         let versions: Vec<String> = match version {
             Some(v) => vec![v.to_owned()],
             None => {
-                let m = self
-                    .call(entry, "metadata", entry.backend.metadata(entry.key_ref()))
+                let m = entry.backend.metadata(entry.key_ref())
                     .await?;
                 let mut vs: Vec<_> = m
                     .versions
@@ -547,14 +517,9 @@ impl Service {
     ) -> Result<api::EncryptResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Encrypt)?;
         check_context(&req.context)?;
-        let sealed = self
-            .call(
-                entry,
-                "encrypt",
-                entry
+        let sealed = entry
                     .backend
-                    .encrypt(entry.key_ref(), &req.plaintext.0, &req.context),
-            )
+                    .encrypt(entry.key_ref(), &req.plaintext.0, &req.context)
             .await?;
         Ok(api::EncryptResponse {
             ciphertext: b64(&sealed.bytes),
@@ -570,14 +535,9 @@ impl Service {
     ) -> Result<api::DecryptResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Decrypt)?;
         check_context(&req.context)?;
-        let plain = self
-            .call(
-                entry,
-                "decrypt",
-                entry
+        let plain = entry
                     .backend
-                    .decrypt(entry.key_ref(), &req.ciphertext.0, &req.context),
-            )
+                    .decrypt(entry.key_ref(), &req.ciphertext.0, &req.context)
             .await?;
         Ok(api::DecryptResponse {
             plaintext: Zeroizing::new(b64(&plain.0)),
@@ -595,14 +555,9 @@ impl Service {
         if req.bits != 128 && req.bits != 256 {
             return Err(ApiError::invalid("field `bits`: must be 128 or 256"));
         }
-        let dk = self
-            .call(
-                entry,
-                "generate_data_key",
-                entry
+        let dk = entry
                     .backend
-                    .generate_data_key(entry.key_ref(), req.bits, &req.context),
-            )
+                    .generate_data_key(entry.key_ref(), req.bits, &req.context)
             .await?;
         Ok(api::DataKeyResponse {
             plaintext_key: Zeroizing::new(b64(&dk.plaintext.0)),
@@ -620,12 +575,7 @@ impl Service {
         req: api::MacRequest,
     ) -> Result<api::MacResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Mac)?;
-        let mac = self
-            .call(
-                entry,
-                "mac",
-                entry.backend.mac(entry.key_ref(), &req.message.0),
-            )
+        let mac = entry.backend.mac(entry.key_ref(), &req.message.0)
             .await?;
         Ok(api::MacResponse {
             mac: b64(&mac.bytes),
@@ -641,14 +591,9 @@ impl Service {
     ) -> Result<api::VerifyResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Mac)?;
         let version = req.version.as_ref().map(|v| v.0.as_str());
-        let v = self
-            .call(
-                entry,
-                "verify_mac",
-                entry
+        let v = entry
                     .backend
-                    .verify_mac(entry.key_ref(), &req.message.0, &req.mac.0, version),
-            )
+                    .verify_mac(entry.key_ref(), &req.message.0, &req.mac.0, version)
             .await?;
         Ok(api::VerifyResponse {
             valid: v.valid,
@@ -664,8 +609,7 @@ impl Service {
         alias: &str,
     ) -> Result<api::RotateResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Rotate)?;
-        let version = self
-            .call(entry, "rotate", entry.backend.rotate(entry.key_ref()))
+        let version = entry.backend.rotate(entry.key_ref())
             .await?;
         self.public_keys
             .lock()

@@ -72,6 +72,26 @@ pub enum ErrorKind {
     Timeout,
 }
 
+impl ErrorKind {
+    /// The `outcome` label of `backend_calls_total`: the API code the kind
+    /// maps to, except that throttling is told apart from an outage.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::KeyNotFound => "key_not_found",
+            ErrorKind::OperationNotSupported => "operation_not_supported",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::DecryptionFailed => "decryption_failed",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::Backend => "backend_error",
+            ErrorKind::Unavailable => "backend_unavailable",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Timeout => "backend_timeout",
+        }
+    }
+}
+
 /// A backend failure: its kind, a message safe to show the caller (never key
 /// material, plaintext or tokens), and whether a retry may succeed.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,11 @@
-//! The resilience layer every backend is wrapped in (SPEC §8): a timeout per
-//! call, retries of retryable failures with exponential backoff and ±20 %
-//! jitter, a circuit breaker, and a cap on calls in flight. It is a
-//! [`Backend`] decorator, so each KMS gets it the same way.
+//! The layer every backend is wrapped in: resilience (SPEC §8) — a timeout
+//! per call that bounds its retries too, retries of retryable failures with
+//! exponential backoff and ±20 % jitter, a circuit breaker, a cap on calls in
+//! flight — and observability (SPEC §10): every call, whoever makes it
+//! (service, data-key cache, health checks, audit checkpoints), runs in a
+//! `backend_call` span and is counted in `backend_calls_total` and
+//! `backend_call_duration_seconds`. It is a [`Backend`] decorator, so each
+//! KMS gets it the same way.
 //!
 //! Retries use `backon`'s exponential backoff with our ±20 % jitter on top
 //! (backon's own jitter only adds up to +100 %). The breaker is a small state
@@ -17,6 +21,7 @@ use crate::crypto::SignInput;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use tracing::Instrument;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -67,11 +72,47 @@ impl Resilient {
         }
     }
 
+    /// Runs one backend operation `op` under the layer, in its span, and
+    /// records its outcome and latency.
+    async fn observed<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let started = Instant::now();
+        let span = tracing::debug_span!("backend_call", backend = %self.name, op);
+        let result = call.instrument(span.clone()).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind.label(),
+        };
+        self.metrics
+            .backend_call_duration
+            .with_label_values(&[&self.name, op])
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .backend_calls_total
+            .with_label_values(&[&self.name, op, outcome])
+            .inc();
+        if let Err(e) = &result {
+            span.in_scope(|| tracing::debug!(error = %e, source = ?e.source, "backend call failed"));
+        }
+        result
+    }
+
     /// Runs `call` under the layer: fail fast while the circuit is open, wait
     /// for a slot, and retry retryable failures while attempts and
     /// `max_elapsed` allow — all within one `timeout`, which bounds the whole
     /// call, retries included (a caller never waits longer than it).
-    async fn run<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    async fn run<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        self.observed(op, self.retried(call)).await
+    }
+
+    async fn retried<T, F, Fut>(&self, call: F) -> Result<T, Error>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
@@ -255,22 +296,25 @@ impl Backend for Resilient {
         if !self.breaker.admits() {
             return Err(self.open_error());
         }
-        tokio::time::timeout(self.timeout, self.inner.health())
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!("health check timed out after {:?}", self.timeout),
-                ))
-            })
+        let check = async {
+            tokio::time::timeout(self.timeout, self.inner.health())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("health check timed out after {:?}", self.timeout),
+                    ))
+                })
+        };
+        self.observed("health", check).await
     }
 
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
-        self.run(|| self.inner.metadata(key)).await
+        self.run("metadata", || self.inner.metadata(key)).await
     }
 
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
-        self.run(|| self.inner.public_key(key, version)).await
+        self.run("public_key", || self.inner.public_key(key, version)).await
     }
 
     async fn sign(
@@ -279,7 +323,7 @@ impl Backend for Resilient {
         input: SignInput<'_>,
         options: SignOptions,
     ) -> Result<Signature, Error> {
-        self.run(|| self.inner.sign(key, input, options)).await
+        self.run("sign", || self.inner.sign(key, input, options)).await
     }
 
     fn verifies(&self) -> bool {
@@ -294,7 +338,7 @@ impl Backend for Resilient {
         options: SignOptions,
         version: Option<&str>,
     ) -> Result<Verified, Error> {
-        self.run(|| self.inner.verify(key, input, signature, options, version))
+        self.run("verify", || self.inner.verify(key, input, signature, options, version))
             .await
     }
 
@@ -304,7 +348,7 @@ impl Backend for Resilient {
         plaintext: &[u8],
         context: &Context,
     ) -> Result<Sealed, Error> {
-        self.run(|| self.inner.encrypt(key, plaintext, context))
+        self.run("encrypt", || self.inner.encrypt(key, plaintext, context))
             .await
     }
 
@@ -314,7 +358,7 @@ impl Backend for Resilient {
         ciphertext: &[u8],
         context: &Context,
     ) -> Result<Plaintext, Error> {
-        self.run(|| self.inner.decrypt(key, ciphertext, context))
+        self.run("decrypt", || self.inner.decrypt(key, ciphertext, context))
             .await
     }
 
@@ -324,12 +368,12 @@ impl Backend for Resilient {
         bits: u32,
         context: &Context,
     ) -> Result<DataKey, Error> {
-        self.run(|| self.inner.generate_data_key(key, bits, context))
+        self.run("generate_data_key", || self.inner.generate_data_key(key, bits, context))
             .await
     }
 
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
-        self.run(|| self.inner.mac(key, message)).await
+        self.run("mac", || self.inner.mac(key, message)).await
     }
 
     async fn verify_mac(
@@ -339,14 +383,15 @@ impl Backend for Resilient {
         mac: &[u8],
         version: Option<&str>,
     ) -> Result<Verified, Error> {
-        self.run(|| self.inner.verify_mac(key, message, mac, version))
+        self.run("verify_mac", || self.inner.verify_mac(key, message, mac, version))
             .await
     }
 
     /// Not retried: a rotation that timed out may have happened.
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        self.attempt(&|| self.inner.rotate(key), deadline).await
+        self.observed("rotate", self.attempt(&|| self.inner.rotate(key), deadline))
+            .await
     }
 }
 

@@ -6,6 +6,7 @@ mod env;
 mod units;
 
 pub use env::{Env, ProcessEnv};
+pub use crate::metrics::KeyLabels;
 pub use units::{ByteSize, Duration, Mode, Rate, Timestamp};
 
 use crate::crypto::Algorithm;
@@ -92,20 +93,6 @@ pub struct MetricsConfig {
     /// What the `key` label holds on the TCP probes listener (the socket's
     /// `/metrics`, for callers granted `metrics`, always shows aliases).
     pub key_labels: KeyLabels,
-}
-
-/// `metrics.key_labels`.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyLabels {
-    /// The configured alias.
-    #[default]
-    Alias,
-    /// `h-` and the first 12 hex digits of SHA-256(alias): series stay
-    /// apart without naming the key (a pseudonym, not a secret).
-    Hashed,
-    /// No key label: series of all keys are added up.
-    None,
 }
 
 /// `envelope`.

@@ -1002,6 +1002,17 @@ impl Bao {
         self.wait_up().await;
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: a frozen server
+    /// accepts connections and never answers, like a hung KMS.
+    pub fn freeze(&self, frozen: bool) {
+        let sig = if frozen {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        signal(self.child.id() as i32, sig);
+    }
+
     /// Stops the server (the address then refuses connections).
     pub fn stop(&mut self) {
         let _ = self.child.kill();

@@ -280,3 +280,58 @@ async fn input_limits_refuse_deep_json_many_headers_and_slow_bodies() {
     // The sidecar is fine.
     assert_eq!(s.get("/healthz").await.status, 200);
 }
+
+#[cfg(feature = "vault")]
+#[tokio::test]
+async fn a_hung_backend_cannot_stall_the_probes_or_the_other_backends() {
+    use crate::harness::Bao;
+    let bao = Bao::start().await;
+    bao.api("POST", "sys/mounts/transit", json!({"type": "transit"}))
+        .await;
+    bao.api("POST", "transit/keys/ec", json!({"type": "ecdsa-p256"}))
+        .await;
+    let creds = tempfile::tempdir().unwrap();
+    let token = creds.path().join("token");
+    std::fs::write(&token, &bao.root_token).unwrap();
+    let config = format!(
+        "backends:\n  dev: {{ type: local, dir: \"{{dir}}/keys\" }}\n  vault:\n    type: vault\n    address: {}\n    auth: {{ method: token, token_file: {} }}\n    timeout: 5s\nkeys:\n  ec: {{ backend: vault, key: ec }}\n  local: {{ backend: dev, key: local, algorithm: ecdsa-p256-sha256 }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
+        bao.url,
+        token.display(),
+        nix::unistd::geteuid().as_raw()
+    );
+    let s = Sidecar::start(&config).await;
+    s.secret(bao.root_token.clone());
+    s.get("/readyz").await.ok();
+    // Vault hangs (SIGSTOP: connections are accepted, nothing answers).
+    bao.freeze(true);
+    // Every probe answers within a second — until the cached good result
+    // runs out, then with Vault not ready and the local backend ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut unready = 0;
+    while unready < 2 {
+        let started = Instant::now();
+        let r = s.get("/readyz").await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "/readyz took {took:?}");
+        if r.status == 503 {
+            let body = r.json();
+            assert_eq!(body["backends"]["vault"]["status"], "error", "{body}");
+            assert_eq!(body["backends"]["dev"]["status"], "ok", "{body}");
+            unready += 1;
+        }
+        assert!(Instant::now() < deadline, "Vault never reported not ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Keys of the other backend keep serving meanwhile.
+    let started = Instant::now();
+    s.post_ok("/v1/keys/local/sign", json!({"message": b64("m")}))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    bao.freeze(false);
+    // Once Vault answers again it is ready again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.get("/readyz").await.status != 200 {
+        assert!(Instant::now() < deadline, "not ready again after the thaw");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
