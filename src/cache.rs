@@ -6,8 +6,8 @@
 
 use crate::backend::{self, Context, ErrorKind, canonical_context};
 use crate::config::DataKeyCacheConfig;
+use crate::keys::KeyEntry;
 use crate::metrics::Metrics;
-use crate::service::KeyEntry;
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
@@ -221,10 +221,7 @@ impl DataKeyCache {
             .decrypt
             .try_get_with(id, async {
                 called = true;
-                let plaintext = key
-                    .backend
-                    .decrypt(key.key_ref(), wrapped, context)
-                    .await?;
+                let plaintext = key.backend.decrypt(key.key_ref(), wrapped, context).await?;
                 inner
                     .metrics
                     .datakey_backend_calls

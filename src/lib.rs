@@ -18,7 +18,9 @@
 //! - [`server`]: the Unix socket (mode, stale socket), the accept loop with
 //!   peer credentials and per-uid connection caps, the request-body budget,
 //!   and the thin HTTP routes.
-//! - [`service`]: one operation end to end — policy → backend → metrics.
+//! - [`keys`]: the configured aliases and what stands behind each.
+//! - [`service`]: one operation end to end — policy → the rules every backend
+//!   shares → backend; envelope operations included.
 //! - [`policy`]: pure decision: may this caller do this op on this key?
 //! - [`backend`]: the [`backend::Backend`] trait, its error type, and one
 //!   module per KMS behind a cargo feature.
@@ -46,6 +48,7 @@ pub mod config;
 pub mod crypto;
 pub mod envelope;
 pub mod health;
+pub mod keys;
 pub mod metrics;
 pub mod policy;
 pub mod server;

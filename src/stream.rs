@@ -33,9 +33,8 @@ pub fn idle_timeout<S>(input: S, idle: Duration) -> BoxedStream
 where
     S: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static,
 {
-    Box::pin(futures_util::stream::unfold(
-        Some(input),
-        move |state| async move {
+    Box::pin(
+        futures_util::stream::unfold(Some(input), move |state| async move {
             let mut input = state?;
             match tokio::time::timeout(idle, input.next()).await {
                 Ok(Some(item)) => Some((item, Some(input))),
@@ -48,8 +47,11 @@ where
                     None,
                 )),
             }
-        },
-    ))
+        })
+        // Polled again after its end (a drain after a read to the end), it
+        // answers `None` rather than panicking.
+        .fuse(),
+    )
 }
 
 /// The API error for a failed read of a streamed body: 408 when it stalled.
@@ -63,23 +65,30 @@ pub fn read_error(e: &io::Error) -> ApiError {
 }
 
 /// Reads and drops what is left of a body the answer did not need (at most
-/// [`LINGER_BYTES`] within [`LINGER_TIME`]), in the background, so that a
-/// client still writing it reaches the point where it reads the answer.
+/// [`LINGER_BYTES`] within [`LINGER_TIME`]), so that a client still writing
+/// it reaches the point where it reads the answer.
+pub async fn drain<S>(input: S)
+where
+    S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
+{
+    // The input may have ended already: fused, it says so again.
+    let mut input = input.fuse();
+    let read = async {
+        let mut left = LINGER_BYTES;
+        while let Some(Ok(chunk)) = input.next().await {
+            match left.checked_sub(chunk.len()) {
+                Some(l) => left = l,
+                None => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, read).await;
+}
+
+/// [`drain`] in the background, while the answer is written.
 pub fn linger<S>(input: S)
 where
     S: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static,
 {
-    tokio::spawn(async move {
-        let mut input = input;
-        let drain = async {
-            let mut left = LINGER_BYTES;
-            while let Some(Ok(chunk)) = input.next().await {
-                match left.checked_sub(chunk.len()) {
-                    Some(l) => left = l,
-                    None => break,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
-    });
+    tokio::spawn(drain(input));
 }

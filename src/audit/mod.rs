@@ -37,7 +37,7 @@ pub use verify::{Broken, Verified, rotated_set, verify, verify_bytes};
 
 use crate::api::{self, ApiError, Code};
 use crate::config::AuditFailure;
-use crate::service::KeyEntry;
+use crate::keys::KeyEntry;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::HashMap;

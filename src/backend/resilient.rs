@@ -21,11 +21,11 @@ use crate::crypto::SignInput;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tracing::Instrument;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 /// A backend behind a timeout, retries, a circuit breaker and a concurrency cap.
 pub struct Resilient {
@@ -95,7 +95,9 @@ impl Resilient {
             .with_label_values(&[&self.name, op, outcome])
             .inc();
         if let Err(e) = &result {
-            span.in_scope(|| tracing::debug!(error = %e, source = ?e.source, "backend call failed"));
+            span.in_scope(
+                || tracing::debug!(error = %e, source = ?e.source, "backend call failed"),
+            );
         }
         result
     }
@@ -314,7 +316,8 @@ impl Backend for Resilient {
     }
 
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
-        self.run("public_key", || self.inner.public_key(key, version)).await
+        self.run("public_key", || self.inner.public_key(key, version))
+            .await
     }
 
     async fn sign(
@@ -323,7 +326,8 @@ impl Backend for Resilient {
         input: SignInput<'_>,
         options: SignOptions,
     ) -> Result<Signature, Error> {
-        self.run("sign", || self.inner.sign(key, input, options)).await
+        self.run("sign", || self.inner.sign(key, input, options))
+            .await
     }
 
     fn verifies(&self) -> bool {
@@ -338,8 +342,10 @@ impl Backend for Resilient {
         options: SignOptions,
         version: Option<&str>,
     ) -> Result<Verified, Error> {
-        self.run("verify", || self.inner.verify(key, input, signature, options, version))
-            .await
+        self.run("verify", || {
+            self.inner.verify(key, input, signature, options, version)
+        })
+        .await
     }
 
     async fn encrypt(
@@ -368,8 +374,10 @@ impl Backend for Resilient {
         bits: u32,
         context: &Context,
     ) -> Result<DataKey, Error> {
-        self.run("generate_data_key", || self.inner.generate_data_key(key, bits, context))
-            .await
+        self.run("generate_data_key", || {
+            self.inner.generate_data_key(key, bits, context)
+        })
+        .await
     }
 
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
@@ -383,8 +391,10 @@ impl Backend for Resilient {
         mac: &[u8],
         version: Option<&str>,
     ) -> Result<Verified, Error> {
-        self.run("verify_mac", || self.inner.verify_mac(key, message, mac, version))
-            .await
+        self.run("verify_mac", || {
+            self.inner.verify_mac(key, message, mac, version)
+        })
+        .await
     }
 
     /// Not retried: a rotation that timed out may have happened.

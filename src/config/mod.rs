@@ -5,8 +5,8 @@
 mod env;
 mod units;
 
-pub use env::{Env, ProcessEnv};
 pub use crate::metrics::KeyLabels;
+pub use env::{Env, ProcessEnv};
 pub use units::{ByteSize, Duration, Mode, Rate, Timestamp};
 
 use crate::crypto::Algorithm;

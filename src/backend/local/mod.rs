@@ -250,17 +250,9 @@ impl Backend for LocalBackend {
         options: SignOptions,
     ) -> Result<Signature, Error> {
         let k = self.key(key)?;
-        if let Some(asked) = options.algorithm
-            && asked != k.algorithm
-        {
-            return Err(Error::new(
-                ErrorKind::InvalidRequest,
-                format!(
-                    "field `algorithm`: key `{}` is {}, not {asked}",
-                    key.alias, k.algorithm
-                ),
-            ));
-        }
+        // The service decided the algorithm (`service::rules`): the key's
+        // own, or for an RSA key possibly the other padding.
+        let algorithm = options.algorithm.unwrap_or(k.algorithm);
         let v = k.current();
         let rng = rand::SystemRandom::new();
         let failed = |_| internal("signing");
@@ -288,7 +280,7 @@ impl Backend for LocalBackend {
                 return Err(bad_input(crypto::BadInput::DigestNotSupported));
             }
             (Material::Rsa { pair, .. }, input) => {
-                let padding: &'static dyn sig::RsaEncoding = match k.algorithm {
+                let padding: &'static dyn sig::RsaEncoding = match algorithm {
                     Algorithm::RsaPkcs1Sha256 { .. } => &sig::RSA_PKCS1_SHA256,
                     _ => &sig::RSA_PSS_SHA256,
                 };
@@ -311,7 +303,7 @@ impl Backend for LocalBackend {
         };
         Ok(Signature {
             bytes,
-            algorithm: k.algorithm,
+            algorithm,
             version: v.number.to_string(),
         })
     }

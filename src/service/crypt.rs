@@ -1,0 +1,97 @@
+//! Encryption with the KMS key itself (small secrets), data keys for the
+//! caller's own crypto, and MACs — after the shared [`rules`] on purpose,
+//! context and data-key size.
+
+use super::{Service, rules};
+use crate::api::{self, ApiError, b64};
+use crate::policy::{Caller, Op};
+use zeroize::Zeroizing;
+
+impl Service {
+    pub async fn encrypt(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::EncryptRequest,
+    ) -> Result<api::EncryptResponse, ApiError> {
+        let (entry, _) = self.key_for(caller, alias, Op::Encrypt).await?;
+        rules::check_context(&req.context)?;
+        let sealed = entry
+            .backend
+            .encrypt(entry.key_ref(), &req.plaintext.0, &req.context)
+            .await?;
+        Ok(api::EncryptResponse {
+            ciphertext: b64(&sealed.bytes),
+            version: sealed.version,
+        })
+    }
+
+    pub async fn decrypt(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::DecryptRequest,
+    ) -> Result<api::DecryptResponse, ApiError> {
+        let (entry, _) = self.key_for(caller, alias, Op::Decrypt).await?;
+        rules::check_context(&req.context)?;
+        let plain = entry
+            .backend
+            .decrypt(entry.key_ref(), &req.ciphertext.0, &req.context)
+            .await?;
+        Ok(api::DecryptResponse {
+            plaintext: Zeroizing::new(b64(&plain.0)),
+        })
+    }
+
+    pub async fn datakey(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::DataKeyRequest,
+    ) -> Result<api::DataKeyResponse, ApiError> {
+        let (entry, _) = self.key_for(caller, alias, Op::Datakey).await?;
+        rules::check_context(&req.context)?;
+        rules::check_bits(req.bits)?;
+        let dk = entry
+            .backend
+            .generate_data_key(entry.key_ref(), req.bits, &req.context)
+            .await?;
+        Ok(api::DataKeyResponse {
+            plaintext_key: Zeroizing::new(b64(&dk.plaintext.0)),
+            encrypted_key: b64(&dk.encrypted),
+            version: dk.version,
+        })
+    }
+
+    pub async fn mac(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::MacRequest,
+    ) -> Result<api::MacResponse, ApiError> {
+        let (entry, _) = self.key_for(caller, alias, Op::Mac).await?;
+        let mac = entry.backend.mac(entry.key_ref(), &req.message.0).await?;
+        Ok(api::MacResponse {
+            mac: b64(&mac.bytes),
+            version: mac.version,
+        })
+    }
+
+    pub async fn verify_mac(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::VerifyMacRequest,
+    ) -> Result<api::VerifyResponse, ApiError> {
+        let (entry, _) = self.key_for(caller, alias, Op::Mac).await?;
+        let version = req.version.as_ref().map(|v| v.0.as_str());
+        let v = entry
+            .backend
+            .verify_mac(entry.key_ref(), &req.message.0, &req.mac.0, version)
+            .await?;
+        Ok(api::VerifyResponse {
+            valid: v.valid,
+            version: v.version,
+        })
+    }
+}

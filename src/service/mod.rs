@@ -1,0 +1,325 @@
+//! One operation end to end: the caller's rules → the key and the rules
+//! every backend shares ([`rules`]) → the backend (behind its resilience
+//! layer) → the answer. Routes parse and render; this module decides.
+//!
+//! - [`sign`]: sign, sign-batch, verify (natively or with the cached
+//!   public key);
+//! - [`crypt`]: encrypt, decrypt, data keys, MACs;
+//! - [`envelope`]: envelope encryption, JSON and streamed;
+//! - here: who may use which key, listing, metadata, public keys, rotation,
+//!   readiness.
+
+mod crypt;
+mod envelope;
+pub mod rules;
+mod sign;
+
+use crate::api::{self, ApiError, Code};
+use crate::backend::{self, Backend};
+use crate::cache::DataKeyCache;
+use crate::config::Config;
+use crate::crypto::{self, Algorithm};
+use crate::health::HealthChecks;
+use crate::keys::{KeyEntry, Keys};
+use crate::metrics::Metrics;
+use crate::policy::{Caller, Op, Policy};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Most cached public keys (aliases × versions).
+const PUBLIC_KEY_CACHE_MAX: usize = 4096;
+
+/// Public keys by (alias, version or "" for current), with when they were fetched.
+type PublicKeyCache = HashMap<(String, String), (Instant, Arc<backend::PublicKey>)>;
+
+/// The operations of API v1, shared by every connection.
+#[derive(Debug)]
+pub struct Service {
+    keys: Keys,
+    policy: Policy,
+    metrics: Arc<Metrics>,
+    max_batch: usize,
+    public_keys: Mutex<PublicKeyCache>,
+    public_key_ttl: Duration,
+    health: HealthChecks,
+    data_keys: DataKeyCache,
+    /// `envelope.accept_unbound_until`.
+    accept_unbound_until: Option<SystemTime>,
+    key_labels: crate::config::KeyLabels,
+}
+
+impl Service {
+    pub fn new(
+        config: &Config,
+        backends: BTreeMap<String, Arc<dyn Backend>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            keys: Keys::new(config, &backends),
+            health: HealthChecks::new(backends),
+            data_keys: DataKeyCache::new(&config.cache.data_keys, metrics.clone()),
+            policy: Policy::new(config.callers.clone()),
+            metrics,
+            max_batch: config.limits.max_batch,
+            public_keys: Mutex::new(HashMap::new()),
+            public_key_ttl: config.cache.public_keys.ttl.0,
+            accept_unbound_until: config.envelope.accept_unbound_until.map(|t| t.0),
+            key_labels: config.metrics.key_labels,
+        }
+    }
+
+    /// `metrics.key_labels`: the `key` label on the probe listener.
+    pub fn key_labels(&self) -> crate::config::KeyLabels {
+        self.key_labels
+    }
+
+    /// Whether any caller rule names `caller` (see [`Policy::knows`]).
+    pub fn knows(&self, caller: &Caller) -> bool {
+        self.policy.knows(caller)
+    }
+
+    /// May `caller` read `/metrics` on the socket (op `metrics`)?
+    pub fn may_read_metrics(&self, caller: &Caller) -> Result<(), ApiError> {
+        if self.policy.allows_global(caller, Op::Metrics) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            Code::Forbidden,
+            format!(
+                "caller uid {} gid {} may not read `/metrics` (a rule must grant `metrics`)",
+                caller.uid, caller.gid
+            ),
+        ))
+    }
+
+    /// Whether envelopes made before data keys were bound to their purpose
+    /// (algorithms 1 and 2) are still opened (`envelope.accept_unbound_until`).
+    pub(crate) fn accepts_unbound_envelopes(&self) -> bool {
+        self.accept_unbound_until
+            .is_some_and(|until| SystemTime::now() < until)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The data-key cache behind envelope encryption.
+    pub fn data_keys(&self) -> &DataKeyCache {
+        &self.data_keys
+    }
+
+    /// Whether `alias` is a configured key (for bounded metric labels).
+    pub fn is_key(&self, alias: &str) -> bool {
+        self.keys.contains(alias)
+    }
+
+    /// The key behind an alias, for the sidecar's own use (audit
+    /// checkpoints), without a caller.
+    pub fn key_entry(&self, alias: &str) -> Option<Arc<KeyEntry>> {
+        self.keys.get(alias).cloned()
+    }
+
+    /// Whether requests for `alias` need a fresh nonce and timestamp.
+    pub fn replay_guarded(&self, alias: &str) -> bool {
+        self.keys.get(alias).is_some_and(|k| k.replay_guard)
+    }
+
+    /// Policy first (so unknown callers learn nothing about keys), then the
+    /// key, then what the key allows.
+    pub(crate) fn authorize(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        op: Op,
+    ) -> Result<&Arc<KeyEntry>, ApiError> {
+        if !self.policy.allows(caller, alias, op) {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!(
+                    "caller uid {} gid {} may not `{op}` key `{alias}`",
+                    caller.uid, caller.gid
+                ),
+            ));
+        }
+        let entry = self.keys.get(alias).ok_or_else(|| {
+            ApiError::new(Code::KeyNotFound, format!("no key `{alias}` is configured"))
+        })?;
+        if !entry.allows(op) {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!("key `{alias}` does not allow `{op}` (see keys.{alias}.ops)"),
+            ));
+        }
+        Ok(entry)
+    }
+
+    /// The key for `op` once the caller's rules allow it, with its
+    /// algorithm, refusing a key whose purpose is not `op`'s (422) — the
+    /// same answer whatever the backend.
+    pub(crate) async fn key_for(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        op: Op,
+    ) -> Result<(&Arc<KeyEntry>, Algorithm), ApiError> {
+        let entry = self.authorize(caller, alias, op)?;
+        let algorithm = entry.algorithm().await?;
+        rules::require_purpose(alias, algorithm, op)?;
+        Ok((entry, algorithm))
+    }
+
+    // === keys ===
+
+    pub async fn list_keys(&self, caller: &Caller) -> api::KeyList {
+        let mut keys = Vec::new();
+        for alias in self.keys.aliases() {
+            let Some(entry) = self
+                .keys
+                .get(alias)
+                .filter(|_| self.policy.allows_any(caller, alias))
+            else {
+                continue;
+            };
+            let summary = match entry.backend.metadata(entry.key_ref()).await {
+                Ok(m) => api::KeySummary {
+                    name: alias.to_owned(),
+                    backend: entry.backend_name.clone(),
+                    algorithm: Some(m.algorithm),
+                    // What this caller may do with it: the key's ops its rules grant.
+                    ops: entry
+                        .ops(m.algorithm)
+                        .into_iter()
+                        .filter(|op| self.policy.allows(caller, alias, *op))
+                        .collect(),
+                    version: Some(m.current_version),
+                    error: None,
+                },
+                Err(e) => api::KeySummary {
+                    name: alias.to_owned(),
+                    backend: entry.backend_name.clone(),
+                    algorithm: None,
+                    ops: vec![],
+                    version: None,
+                    error: Some(e.message),
+                },
+            };
+            keys.push(summary);
+        }
+        api::KeyList { keys }
+    }
+
+    pub async fn metadata(
+        &self,
+        caller: &Caller,
+        alias: &str,
+    ) -> Result<api::KeyMetadataResponse, ApiError> {
+        let entry = self.authorize(caller, alias, Op::Metadata)?;
+        let m = entry.backend.metadata(entry.key_ref()).await?;
+        let last = m
+            .versions
+            .iter()
+            .find(|v| v.version == m.current_version)
+            .and_then(|v| v.created)
+            .or(m.created);
+        let period = entry.rotation_period.or(m.rotation_period);
+        let next = period.and_then(|p| last?.checked_add(p));
+        let should_rotate = next.is_some_and(|n| SystemTime::now() >= n);
+        let time = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        Ok(api::KeyMetadataResponse {
+            name: alias.to_owned(),
+            backend: entry.backend_name.clone(),
+            backend_type: entry.backend.kind(),
+            backend_key: entry.id.clone(),
+            algorithm: m.algorithm,
+            purpose: m.algorithm.purpose(),
+            ops: entry.ops(m.algorithm),
+            current_version: m.current_version,
+            versions: m.versions,
+            created: m.created.map(time),
+            rotation: api::Rotation {
+                enabled: period.is_some(),
+                period_seconds: period.map(|p| p.as_secs()),
+                last: last.map(time),
+                next: next.map(time),
+                should_rotate,
+            },
+            origin: m.origin,
+            details: m.details,
+        })
+    }
+
+    async fn cached_public_key(
+        &self,
+        entry: &KeyEntry,
+        version: Option<&str>,
+    ) -> Result<Arc<backend::PublicKey>, backend::Error> {
+        let cache_key = (entry.alias.clone(), version.unwrap_or("").to_owned());
+        {
+            let cache = self
+                .public_keys
+                .lock()
+                .expect("cache lock is never poisoned");
+            if let Some((at, pk)) = cache.get(&cache_key)
+                && at.elapsed() < self.public_key_ttl
+            {
+                return Ok(pk.clone());
+            }
+        }
+        let pk = Arc::new(entry.backend.public_key(entry.key_ref(), version).await?);
+        let mut cache = self
+            .public_keys
+            .lock()
+            .expect("cache lock is never poisoned");
+        if cache.len() >= PUBLIC_KEY_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(cache_key, (Instant::now(), pk.clone()));
+        Ok(pk)
+    }
+
+    pub async fn public_key(
+        &self,
+        caller: &Caller,
+        alias: &str,
+    ) -> Result<api::PublicKeyResponse, ApiError> {
+        let (entry, _) = self.key_for(caller, alias, Op::PublicKey).await?;
+        let pk = self.cached_public_key(entry, None).await?;
+        let kid = format!("{alias}/{}", pk.version);
+        let jwk = crypto::public_key_jwk(pk.algorithm, &pk.spki_der, &kid)
+            .map_err(|e| ApiError::new(Code::BackendError, e.to_string()))?;
+        Ok(api::PublicKeyResponse {
+            pem: crypto::public_key_pem(&pk.spki_der),
+            jwk,
+            algorithm: pk.algorithm,
+            version: pk.version.clone(),
+        })
+    }
+
+    // === administration ===
+
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        alias: &str,
+    ) -> Result<api::RotateResponse, ApiError> {
+        let entry = self.authorize(caller, alias, Op::Rotate)?;
+        let version = entry.backend.rotate(entry.key_ref()).await?;
+        self.public_keys
+            .lock()
+            .expect("cache lock is never poisoned")
+            .retain(|(a, _), _| a != alias);
+        entry.generation.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(key.alias = alias, version = %version, caller.uid = caller.uid, "key rotated");
+        Ok(api::RotateResponse {
+            key: alias.to_owned(),
+            version,
+        })
+    }
+
+    /// Readiness of every backend (cached checks).
+    pub async fn readiness(&self) -> (bool, api::Readiness) {
+        self.health.readiness().await
+    }
+}

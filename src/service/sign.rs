@@ -1,0 +1,159 @@
+//! Signatures: sign, sign-batch and verify. The algorithm, the sign input and
+//! the digest are checked by the shared [`rules`] before the backend signs;
+//! ECDSA signatures come out low-S whatever the backend returned; backends
+//! without a verify API are verified against the cached public key.
+
+use super::{Service, rules};
+use crate::api::{self, ApiError, Code, b64};
+use crate::backend;
+use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
+use crate::keys::KeyEntry;
+use crate::policy::{Caller, Op};
+
+impl Service {
+    pub async fn sign(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::SignRequest,
+    ) -> Result<api::SignResponse, ApiError> {
+        let (entry, key) = self.key_for(caller, alias, Op::Sign).await?;
+        let algorithm = rules::signing_algorithm(alias, key, req.algorithm)?;
+        let input = rules::sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
+        rules::check_sign_input(algorithm, input, "")?;
+        let options = rules::sign_options(req.format, algorithm);
+        let sig = entry.backend.sign(entry.key_ref(), input, options).await?;
+        Ok(api::SignResponse {
+            signature: b64(&crypto::low_s(sig.algorithm, sig.bytes, options.format)),
+            algorithm: sig.algorithm,
+            key: alias.to_owned(),
+            version: sig.version,
+        })
+    }
+
+    pub async fn sign_batch(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::SignBatchRequest,
+    ) -> Result<api::SignBatchResponse, ApiError> {
+        let (entry, key) = self.key_for(caller, alias, Op::Sign).await?;
+        if req.items.is_empty() || req.items.len() > self.max_batch {
+            return Err(ApiError::invalid(format!(
+                "field `items`: send 1 to {} items (limits.max_batch)",
+                self.max_batch
+            )));
+        }
+        let algorithm = rules::signing_algorithm(alias, key, req.algorithm)?;
+        let inputs = req
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let at = format!("items[{i}].");
+                let input = rules::sign_input(item.message.as_ref(), item.digest.as_ref(), &at)?;
+                rules::check_sign_input(algorithm, input, &at)?;
+                Ok(input)
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let options = rules::sign_options(req.format, algorithm);
+        let mut signatures = Vec::with_capacity(inputs.len());
+        let mut made_by = None;
+        for input in inputs {
+            let sig = entry.backend.sign(entry.key_ref(), input, options).await?;
+            signatures.push(b64(&crypto::low_s(
+                sig.algorithm,
+                sig.bytes,
+                options.format,
+            )));
+            made_by = Some((sig.algorithm, sig.version));
+        }
+        let (algorithm, version) = made_by.expect("at least one item was signed");
+        Ok(api::SignBatchResponse {
+            signatures,
+            algorithm,
+            key: alias.to_owned(),
+            version,
+        })
+    }
+
+    pub async fn verify(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::VerifyRequest,
+    ) -> Result<api::VerifyResponse, ApiError> {
+        let (entry, key) = self.key_for(caller, alias, Op::Verify).await?;
+        let algorithm = rules::signing_algorithm(alias, key, req.algorithm)?;
+        let input = rules::sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
+        rules::check_sign_input(algorithm, input, "")?;
+        let version = req.version.as_ref().map(|v| v.0.as_str());
+        let verified = if entry.backend.verifies() {
+            let options = rules::sign_options(req.format, algorithm);
+            entry
+                .backend
+                .verify(entry.key_ref(), input, &req.signature.0, options, version)
+                .await?
+        } else {
+            self.verify_locally(
+                entry,
+                algorithm,
+                input,
+                &req.signature.0,
+                req.format,
+                version,
+            )
+            .await?
+        };
+        Ok(api::VerifyResponse {
+            valid: verified.valid,
+            version: verified.version,
+        })
+    }
+
+    /// Verification with the cached public key, for backends without a
+    /// verify API: the named version, or every enabled version newest first.
+    async fn verify_locally(
+        &self,
+        entry: &KeyEntry,
+        algorithm: Algorithm,
+        input: SignInput<'_>,
+        signature: &[u8],
+        format: Option<SignatureFormat>,
+        version: Option<&str>,
+    ) -> Result<backend::Verified, ApiError> {
+        let versions: Vec<String> = match version {
+            Some(v) => vec![v.to_owned()],
+            None => {
+                let m = entry.backend.metadata(entry.key_ref()).await?;
+                let mut vs: Vec<_> = m
+                    .versions
+                    .into_iter()
+                    .filter(|v| v.enabled)
+                    .map(|v| v.version)
+                    .collect();
+                vs.reverse();
+                if vs.is_empty() {
+                    vs.push(m.current_version);
+                }
+                vs
+            }
+        };
+        let format = format.unwrap_or_else(|| crypto::guess_format(algorithm, signature));
+        for v in &versions {
+            let pk = self.cached_public_key(entry, Some(v)).await?;
+            let valid = crypto::verify_locally(algorithm, &pk.spki_der, input, signature, format)
+                .map_err(|e| ApiError::new(Code::OperationNotSupported, e.to_string()))?;
+            if valid {
+                return Ok(backend::Verified {
+                    valid: true,
+                    version: pk.version.clone(),
+                });
+            }
+        }
+        Ok(backend::Verified {
+            valid: false,
+            version: versions[0].clone(),
+        })
+    }
+}
