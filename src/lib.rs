@@ -7,6 +7,8 @@
 //!
 //! # Layout
 //!
+//! - [`cli`]: the command line and what each subcommand does (`main.rs`
+//!   only parses and calls it).
 //! - [`app`]: composition root — builds backends, policy, metrics and the
 //!   service from a [`config::Config`], and runs the server until shutdown.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future, for the drain.
@@ -44,6 +46,7 @@ pub mod app;
 pub mod audit;
 pub mod backend;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod envelope;

@@ -1,0 +1,196 @@
+//! The command line (clap): `serve`, `webhook`, `config check`, `audit
+//! verify`, and what each does — load the config, start telemetry, run the
+//! app until SIGTERM/SIGINT. Exit codes: 0 ok, 2 bad usage or config, 1
+//! runtime failure. `src/main.rs` only parses and calls [`run`].
+
+use crate::config::{Config, ProcessEnv};
+use crate::{app, shutdown, telemetry};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Signing, encryption and data keys for a pod's apps over a Unix socket"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the sidecar (no config at all: the embedded local-keys default).
+    Serve {
+        /// Config file (default: $KMS_SIDECAR_CONFIG, then /etc/kms-sidecar/config.yaml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the mutating admission webhook that injects the sidecar (HTTPS).
+    #[cfg(feature = "webhook")]
+    Webhook {
+        /// PEM certificate chain (reloaded when the file changes).
+        #[arg(long, required_unless_present = "check")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key.
+        #[arg(long, required_unless_present = "check")]
+        tls_key: Option<PathBuf>,
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: std::net::SocketAddr,
+        /// The webhook's config: what it injects by default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Validate the config (and the sidecar config it names), print it
+        /// resolved and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Work with config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Work with audit logs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of an audit log (a rotated log's files oldest
+    /// first; one path whose `.1`, `.2`, … files exist means them all); exit
+    /// 1 naming the first edited, removed, inserted or reordered line.
+    Verify {
+        /// The checkpoint key's public key (PEM, as `GET
+        /// /v1/keys/{name}/public-key` returns it): also check every signed
+        /// checkpoint, so that a rewritten log is found.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file and print the resolved config.
+    Check { file: PathBuf },
+}
+
+/// Runs one command line; the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Config(ConfigCommand::Check { file }) => {
+            match Config::load(Some(&file), &ProcessEnv) {
+                Ok((config, _)) => {
+                    print!("{}", config.to_yaml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(2, &e),
+            }
+        }
+        Command::Audit(AuditCommand::Verify { public_key, files }) => {
+            let spki = match public_key.as_deref().map(read_public_key).transpose() {
+                Ok(spki) => spki,
+                Err(e) => {
+                    eprintln!("kms-sidecar audit verify: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let files = match files.as_slice() {
+                [one] => crate::audit::rotated_set(one),
+                _ => files,
+            };
+            if files.len() > 1 {
+                let names: Vec<_> = files.iter().map(|f| f.display().to_string()).collect();
+                println!("checking {}", names.join(" → "));
+            }
+            match crate::audit::verify(&files, spki.as_deref()) {
+                Ok(v) => {
+                    println!("ok: {} entries, chain intact, head {}", v.entries, v.head);
+                    if spki.is_some() {
+                        println!(
+                            "{} signed checkpoints verified; {} entries after the last one",
+                            v.checkpoints, v.unsigned_tail
+                        );
+                    }
+                    if let Some(start) = v.continues_from {
+                        println!(
+                            "(the chain continues from an earlier file whose last hash is {start})"
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(broken) => {
+                    eprintln!("kms-sidecar audit verify: {broken}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        #[cfg(feature = "webhook")]
+        Command::Webhook {
+            tls_cert,
+            tls_key,
+            listen,
+            config,
+            check,
+        } => {
+            use crate::webhook;
+            let config = match webhook::Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("kms-sidecar webhook: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let (Some(tls_cert), Some(tls_key), false) = (tls_cert, tls_key, check) else {
+                print!("{}", serde_yaml_ng::to_string(&config).unwrap_or_default());
+                return ExitCode::SUCCESS;
+            };
+            telemetry::init(&config.log);
+            let settings = webhook::Settings {
+                listen,
+                tls_cert,
+                tls_key,
+                config,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("building the tokio runtime");
+            match runtime.block_on(webhook::run(settings, shutdown::signal_received())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(2, &e),
+            }
+        }
+        Command::Serve { config } => {
+            let (config, source) = match Config::load(config.as_deref(), &ProcessEnv) {
+                Ok(loaded) => loaded,
+                Err(e) => return fail(2, &e),
+            };
+            telemetry::init(&config.log);
+            tracing::info!(config = %source, version = env!("CARGO_PKG_VERSION"), "starting kms-sidecar");
+            let runtime = tokio::runtime::Runtime::new().expect("building the tokio runtime");
+            runtime.block_on(async {
+                let app = match app::App::build(config).await {
+                    Ok(app) => app,
+                    Err(e) => return fail(2, &e),
+                };
+                match app.run(shutdown::signal_received()).await {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => fail(1, &e),
+                }
+            })
+        }
+    }
+}
+
+/// A PEM public key file as SubjectPublicKeyInfo DER.
+fn read_public_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let pem =
+        pem::parse(text).map_err(|e| format!("{}: not a PEM public key: {e}", path.display()))?;
+    Ok(pem.into_contents())
+}
+
+fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {
+    tracing::error!(error = %e, "kms-sidecar cannot run");
+    eprintln!("kms-sidecar: {e}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,294 @@
+//! `backends.*`: one config type per KMS, selected by `type`, and the
+//! resilience settings every backend takes.
+
+use super::Duration;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// One backend (a KMS and how to reach it), selected by `type`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum BackendConfig {
+    /// Software keys in a local directory (development, tests).
+    Local(LocalBackend),
+    /// AWS KMS.
+    Aws(AwsBackendConfig),
+    /// HashiCorp Vault or OpenBao transit.
+    Vault(VaultBackendConfig),
+}
+
+impl BackendConfig {
+    /// The per-call timeout (unset: `limits.backend_timeout`), retries and
+    /// circuit breaker every backend takes.
+    pub fn resilience(&self) -> (Option<Duration>, Retries, Circuit) {
+        match self {
+            BackendConfig::Local(c) => (c.timeout, c.retries, c.circuit),
+            BackendConfig::Aws(c) => (c.timeout, c.retries, c.circuit),
+            BackendConfig::Vault(c) => (c.timeout, c.retries, c.circuit),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendConfig::Local(_) => "local",
+            BackendConfig::Aws(_) => "aws",
+            BackendConfig::Vault(_) => "vault",
+        }
+    }
+}
+
+/// `type: local`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalBackend {
+    /// Directory of key files (created 0700; files 0600).
+    pub dir: PathBuf,
+    /// Timeout of one backend call; default `limits.backend_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Retries of retryable failures (SPEC §8).
+    #[serde(default)]
+    pub retries: Retries,
+    /// The circuit breaker (SPEC §8).
+    #[serde(default)]
+    pub circuit: Circuit,
+}
+
+/// `type: aws`. Credentials come from the AWS default chain (IRSA web
+/// identity, EKS Pod Identity, environment), never from this file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsBackendConfig {
+    pub region: String,
+    /// KMS endpoint override (VPC endpoint, test server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// STS endpoint (VPC endpoint, test server) for IRSA's web-identity
+    /// exchange and for `assume_role`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sts_endpoint: Option<String>,
+    /// A role to assume on top of the default credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assume_role: Option<AssumeRole>,
+    /// Regions to fail over to, in order, for multi-region keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replica_regions: Vec<ReplicaRegion>,
+    /// When credentials are refreshed: at 70 % of their remaining lifetime,
+    /// but no sooner than `min` and no later than `max` after the last refresh.
+    #[serde(default)]
+    pub credential_refresh: RefreshBounds,
+    /// Timeout of one backend call; default `limits.backend_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Retries of retryable failures (SPEC §8).
+    #[serde(default)]
+    pub retries: Retries,
+    /// The circuit breaker (SPEC §8).
+    #[serde(default)]
+    pub circuit: Circuit,
+}
+
+/// `type: vault`: HashiCorp Vault or OpenBao, transit secrets engine.
+/// `address`, `namespace` and `ca_file` default to `$VAULT_ADDR`,
+/// `$VAULT_NAMESPACE` and `$VAULT_CACERT`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultBackendConfig {
+    /// `https://vault:8200`; default `$VAULT_ADDR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Mount path of the transit engine.
+    #[serde(default = "default_transit_mount")]
+    pub mount: String,
+    /// Vault Enterprise / OpenBao namespace (`X-Vault-Namespace`); default
+    /// `$VAULT_NAMESPACE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// PEM bundle of CAs to trust for Vault's certificate; default
+    /// `$VAULT_CACERT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    pub auth: VaultAuth,
+    /// Timeout of one backend call; default `limits.backend_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Retries of retryable failures (SPEC §8).
+    #[serde(default)]
+    pub retries: Retries,
+    /// The circuit breaker (SPEC §8).
+    #[serde(default)]
+    pub circuit: Circuit,
+}
+
+fn default_transit_mount() -> String {
+    "transit".into()
+}
+
+/// How the sidecar gets its Vault token, selected by `method`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum VaultAuth {
+    /// A token in a file (written by an operator or another agent), re-read
+    /// when it changes.
+    Token(VaultTokenAuth),
+    /// AppRole: role id and secret id from files.
+    Approle(VaultAppRoleAuth),
+    /// Kubernetes auth with the pod's projected service-account token.
+    Kubernetes(VaultRoleAuth),
+    /// JWT/OIDC auth with a projected service-account token (clusters whose
+    /// issuer Vault trusts).
+    Jwt(VaultRoleAuth),
+}
+
+impl VaultAuth {
+    pub fn method(&self) -> &'static str {
+        match self {
+            VaultAuth::Token(_) => "token",
+            VaultAuth::Approle(_) => "approle",
+            VaultAuth::Kubernetes(_) => "kubernetes",
+            VaultAuth::Jwt(_) => "jwt",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultTokenAuth {
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultAppRoleAuth {
+    /// Mount path of the auth method; default `approle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    pub role_id_file: PathBuf,
+    pub secret_id_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultRoleAuth {
+    /// Mount path of the auth method; default: the method's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// The Vault role to log in as.
+    pub role: String,
+    /// The projected service-account token, re-read at every login. Default
+    /// for `kubernetes`: the pod's own token
+    /// (`/var/run/secrets/kubernetes.io/serviceaccount/token`); required for `jwt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Retries of retryable backend failures (unreachable, throttled, timed out,
+/// 5xx), with exponential backoff and ±20 % jitter.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retries {
+    /// Attempts in all; 1 disables retries.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled for each next one.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// No retry starts once this long has passed since the first attempt.
+    pub max_elapsed: Duration,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff: Duration(std::time::Duration::from_millis(50)),
+            max_backoff: Duration::from_secs(2),
+            max_elapsed: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A circuit breaker: after `failures` consecutive failed calls the backend
+/// is not called for `open_for` (requests fail fast with
+/// `backend_unavailable`); then calls are let through again (half-open), and
+/// `successes` consecutive successes close it, one failure opens it again.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Circuit {
+    pub failures: u32,
+    pub open_for: Duration,
+    pub successes: u32,
+}
+
+impl Default for Circuit {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            open_for: Duration::from_secs(30),
+            successes: 2,
+        }
+    }
+}
+
+/// Bounds of a background credential refresh interval.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefreshBounds {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for RefreshBounds {
+    fn default() -> Self {
+        Self {
+            min: Duration::from_secs(60),
+            max: Duration::from_secs(900),
+        }
+    }
+}
+
+/// A replica region: its name, or `{region, endpoint}` for an endpoint
+/// override (VPC endpoint, test server).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum ReplicaRegion {
+    Name(String),
+    WithEndpoint { region: String, endpoint: String },
+}
+
+impl ReplicaRegion {
+    pub fn region_and_endpoint(&self) -> (String, Option<String>) {
+        match self {
+            ReplicaRegion::Name(r) => (r.clone(), None),
+            ReplicaRegion::WithEndpoint { region, endpoint } => {
+                (region.clone(), Some(endpoint.clone()))
+            }
+        }
+    }
+}
+
+/// `assume_role` of an AWS backend.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssumeRole {
+    pub role_arn: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+}
+
+/// Why a Vault address cannot be used: it must be an absolute `http(s)` URL.
+pub fn check_vault_address(address: &str) -> Result<(), String> {
+    let uri: http::Uri = address
+        .parse()
+        .map_err(|_| "is not a URL (like https://vault:8200)".to_owned())?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(()),
+        _ => Err("must be an http:// or https:// URL with a host".into()),
+    }
+}

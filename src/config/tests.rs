@@ -1,0 +1,215 @@
+//! Parsing, overrides and validation of whole configs.
+
+use super::*;
+
+fn no_env() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = Config::parse(EMBEDDED_DEFAULT, "default", &no_env()).unwrap();
+    assert_eq!(c.keys.len(), 5);
+    assert_eq!(c.listen.socket, PathBuf::from("./kms-sidecar.sock"));
+    assert_eq!(c.listen.mode, Mode(0o660));
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_path() {
+    let text = "listen: {sockett: x}\nbackends: {}\nkeys: {}\n";
+    let err = Config::parse(text, "t.yaml", &no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("listen") && err.contains("sockett"), "{err}");
+    let text = "backends: {d: {type: local, dir: x, extra: 1}}\nkeys: {}\n";
+    let err = Config::parse(text, "t.yaml", &no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("extra"), "{err}");
+}
+
+#[test]
+fn wrong_types_name_the_field_and_expectation() {
+    let text = "backends: {d: {type: local, dir: x}}\nkeys: {}\nlimits: {max_body: lots}\n";
+    let err = Config::parse(text, "t.yaml", &no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("limits.max_body") && err.contains("1MiB"),
+        "{err}"
+    );
+    let text = "backends: {d: {type: local, dir: x}}\nkeys: {}\nlisten: {drain_timeout: 5}\n";
+    let err = Config::parse(text, "t.yaml", &no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("listen.drain_timeout") && err.contains("duration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn vault_backends_parse_and_are_checked() {
+    let text = r#"
+backends:
+  v: {type: vault, address: "https://vault:8200", namespace: team,
+  auth: {method: kubernetes, role: app, token_file: /var/run/secrets/tokens/vault}}
+  a: {type: vault, auth: {method: approle, role_id_file: /r, secret_id_file: /s}}
+keys: {k: {backend: v, key: k}}
+"#;
+    let c = Config::parse(text, "t", &no_env()).unwrap();
+    let BackendConfig::Vault(v) = &c.backends["v"] else {
+        panic!("not vault")
+    };
+    assert_eq!(v.mount, "transit");
+    assert_eq!(v.timeout, None);
+    assert_eq!(v.retries.max_attempts, 3);
+    assert!(matches!(&v.auth, VaultAuth::Kubernetes(r) if r.role == "app"));
+
+    let text = r#"
+backends:
+  v: {type: vault, address: "vault:8200", mount: "/", timeout: 0s, client_cert: /c,
+  auth: {method: jwt, role: app}}
+  w: {type: vault, auth: {method: token, token_file: /t, role: x}}
+keys: {k: {backend: v, key: k}}
+"#;
+    let err = Config::parse(text, "t", &no_env()).unwrap_err().to_string();
+    assert!(err.contains("role"), "unknown auth field: {err}");
+    let text = text.replace(
+        "\n  w: {type: vault, auth: {method: token, token_file: /t, role: x}}",
+        "",
+    );
+    let Error::Invalid { problems, .. } = Config::parse(&text, "t", &no_env()).unwrap_err() else {
+        panic!("expected semantic problems")
+    };
+    let fields: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    for field in [
+        "backends.v.address",
+        "backends.v.mount",
+        "backends.v.timeout",
+        "backends.v.client_cert",
+        "backends.v.auth.token_file",
+    ] {
+        assert!(fields.contains(&field), "{field} missing from {fields:?}");
+    }
+}
+
+#[test]
+fn every_semantic_problem_is_reported_at_once() {
+    let text = r#"
+backends: {d: {type: local, dir: x}}
+keys:
+  a: {backend: nope, key: a}
+  b: {backend: d, key: "../etc"}
+callers:
+  - {keys: ["zzz"], ops: [sign]}
+limits: {max_batch: 0}
+"#;
+    let Error::Invalid { problems, .. } = Config::parse(text, "t", &no_env()).unwrap_err() else {
+        panic!("expected semantic problems")
+    };
+    let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "keys.a.backend",
+            "keys.b.key",
+            "callers[0]",
+            "callers[0].keys[0]",
+            "limits.max_batch"
+        ]
+    );
+}
+
+#[test]
+fn data_key_cache_limits_are_validated() {
+    let text = "backends: {d: {type: local, dir: x}}\nkeys: {}\ncache: {data_keys: {ttl: 1m, refresh_ahead: 2m, max_messages: 0}}\n";
+    let Error::Invalid { problems, .. } = Config::parse(text, "t", &no_env()).unwrap_err() else {
+        panic!("expected semantic problems")
+    };
+    let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "cache.data_keys.refresh_ahead",
+            "cache.data_keys.max_messages"
+        ]
+    );
+    let text = "backends: {d: {type: local, dir: x}}\nkeys: {}\ncache: {data_keys: {max_bytes: 64MiB, ttl: 10m}}\n";
+    let c = Config::parse(text, "t", &no_env()).unwrap();
+    assert_eq!(c.cache.data_keys.max_bytes, ByteSize(64 << 20));
+    assert_eq!(
+        c.cache.data_keys.refresh_ahead,
+        Duration::from_secs(30),
+        "defaults fill the rest"
+    );
+}
+
+#[test]
+fn hardening_limits_are_validated() {
+    let text = r#"
+backends: {d: {type: local, dir: x}}
+keys: {k: {backend: d, key: k, ops: [sign, metrics]}}
+limits: {max_body: 2MiB, max_buffered_bytes: 1MiB, max_connections_per_caller: 0, replay_window: 0s, stream_idle_timeout: 0s}
+audit: {path: /tmp/a, max_file_size: 1KiB, max_files: 1}
+"#;
+    let Error::Invalid { problems, .. } = Config::parse(text, "t", &no_env()).unwrap_err() else {
+        panic!("expected semantic problems")
+    };
+    let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "keys.k.ops",
+            "audit.max_file_size",
+            "audit.max_files",
+            "limits.max_connections_per_caller",
+            "limits.max_buffered_bytes",
+            "limits.replay_window",
+            "limits.stream_idle_timeout",
+        ]
+    );
+    let text = "backends: {d: {type: local, dir: x}}\nkeys: {}\naudit: {path: /tmp/a, on_failure: fail_open}\nmetrics: {key_labels: hashed}\nenvelope: {accept_unbound_until: 2027-01-31}\n";
+    let c = Config::parse(text, "t", &no_env()).unwrap();
+    let audit = c.audit.as_ref().unwrap();
+    assert_eq!(audit.on_failure, AuditFailure::FailOpen);
+    assert_eq!(
+        (audit.max_file_size, audit.max_files),
+        (ByteSize(64 << 20), 4)
+    );
+    assert_eq!(c.metrics.key_labels, KeyLabels::Hashed);
+    assert_eq!(c.limits.max_buffered_bytes, ByteSize(32 << 20));
+    assert_eq!(
+        c.envelope.accept_unbound_until.unwrap().to_string(),
+        "2027-01-31T00:00:00Z"
+    );
+    assert!(Config::parse(&text.replace("hashed", "secret"), "t", &no_env()).is_err());
+}
+
+#[test]
+fn env_overrides_apply_and_are_validated() {
+    let env: BTreeMap<String, String> = [
+        (
+            "KMS_SIDECAR_LISTEN__SOCKET".to_owned(),
+            "/tmp/x.sock".to_owned(),
+        ),
+        ("KMS_SIDECAR_LISTEN__MODE".to_owned(), "0600".to_owned()),
+    ]
+    .into();
+    let c = Config::parse(EMBEDDED_DEFAULT, "default", &env).unwrap();
+    assert_eq!(c.listen.socket, PathBuf::from("/tmp/x.sock"));
+    assert_eq!(c.listen.mode, Mode(0o600));
+    let env: BTreeMap<String, String> =
+        [("KMS_SIDECAR_LISTEN__SOKET".to_owned(), "x".to_owned())].into();
+    let err = Config::parse(EMBEDDED_DEFAULT, "default", &env)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("soket"), "{err}");
+}
+
+#[test]
+fn resolved_config_round_trips_through_yaml() {
+    let c = Config::parse(EMBEDDED_DEFAULT, "default", &no_env()).unwrap();
+    let again = Config::parse(&c.to_yaml(), "resolved", &no_env()).unwrap();
+    assert_eq!(again.to_yaml(), c.to_yaml());
+}

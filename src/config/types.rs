@@ -1,0 +1,312 @@
+//! The config's own sections: listen, keys, callers, cache, limits, log,
+//! audit, metrics, envelope (backends are in `backends`).
+
+use super::{ByteSize, Duration, KeyLabels, Mode, Rate, Timestamp};
+use crate::crypto::Algorithm;
+use crate::policy::OpOrAll;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// `metrics`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// What the `key` label holds on the TCP probes listener (the socket's
+    /// `/metrics`, for callers granted `metrics`, always shows aliases).
+    pub key_labels: KeyLabels,
+}
+
+/// `envelope`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvelopeConfig {
+    /// Until this time, `envelope/decrypt` also opens envelopes of
+    /// algorithms 1 and 2 (made before data keys were bound to their
+    /// purpose). Unset: refused. While set, a caller granted `datakey` can
+    /// forge such envelopes; re-encrypt old envelopes, then unset it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_unbound_until: Option<Timestamp>,
+}
+
+/// `audit`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// JSON-lines file, appended to (created 0600); `-` writes to stdout.
+    pub path: PathBuf,
+    /// Sign the chain head now and then, so that a rewritten file is found too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<AuditCheckpoint>,
+    /// What a request gets when its line cannot be written.
+    #[serde(default)]
+    pub on_failure: AuditFailure,
+    /// The file is rotated (`path` → `path.1` → … ) before it grows past this;
+    /// the chain continues in the new file.
+    #[serde(default = "default_audit_file_size")]
+    pub max_file_size: ByteSize,
+    /// Files kept, the current one included; the oldest is deleted.
+    #[serde(default = "default_audit_files")]
+    pub max_files: u32,
+}
+
+/// `audit.on_failure`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditFailure {
+    /// A request whose line cannot be written is not served: 503
+    /// `audit_unavailable`, and `/readyz` says why.
+    #[default]
+    FailClosed,
+    /// Requests are served; lost lines are logged and counted.
+    FailOpen,
+}
+
+fn default_audit_file_size() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
+fn default_audit_files() -> u32 {
+    4
+}
+
+/// `audit.checkpoint`: a signed checkpoint line after every `every_entries`
+/// lines, and at least every `every` while lines keep coming.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCheckpoint {
+    /// The alias of a signing key (in `keys`).
+    pub key: String,
+    #[serde(default = "default_checkpoint_entries")]
+    pub every_entries: u64,
+    #[serde(default = "default_checkpoint_every")]
+    pub every: Duration,
+}
+
+fn default_checkpoint_entries() -> u64 {
+    1000
+}
+
+fn default_checkpoint_every() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// `listen`: the Unix socket and the optional TCP probe listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// Path of the Unix socket; created at start, removed on exit.
+    pub socket: PathBuf,
+    /// File mode of the socket.
+    pub mode: Mode,
+    /// Group (name or numeric id) that owns the socket, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// TCP address for `/healthz`, `/readyz` and `/metrics` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<std::net::SocketAddr>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/var/run/kms/kms.sock"),
+            mode: Mode(0o660),
+            group: None,
+            probes: None,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One key alias, as the app names it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Name of the backend (in `backends`) that holds the key.
+    pub backend: String,
+    /// The backend's reference for the key (local: file name in `dir`).
+    pub key: String,
+    /// Operations this alias allows; default: all its algorithm supports
+    /// except `rotate`. `"*"` allows everything, `rotate` included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<Vec<OpOrAll>>,
+    /// Algorithm to create the key with when a local backend does not have it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<Algorithm>,
+    /// After this long on one version, metadata reports `should_rotate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period: Option<Duration>,
+    /// Requests for this key must carry `x-request-nonce` and
+    /// `x-request-timestamp`; a nonce seen before, or a timestamp more than
+    /// `limits.replay_window` off, is refused (409 `replayed_request`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay_guard: bool,
+}
+
+/// A rule granting keys × operations to callers matched by uid/gid.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CallerRule {
+    /// Caller uids this rule matches (any of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uids: Vec<u32>,
+    /// Caller gids this rule matches (any of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gids: Vec<u32>,
+    /// Key aliases, `"*"` or a prefix pattern like `"payments-*"`.
+    pub keys: Vec<String>,
+    /// Operations granted, or `"*"`.
+    pub ops: Vec<OpOrAll>,
+}
+
+/// `cache`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    pub public_keys: PublicKeyCache,
+    pub data_keys: DataKeyCacheConfig,
+}
+
+/// `cache.data_keys`: how long and how much one data key is reused for
+/// envelope encryption (cf. the AWS Encryption SDK's caching CMM).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataKeyCacheConfig {
+    /// A data key is used for new messages at most this long.
+    pub ttl: Duration,
+    /// ... for at most this many messages,
+    pub max_messages: u64,
+    /// ... and at most this many plaintext bytes.
+    pub max_bytes: ByteSize,
+    /// A data key in use is replaced in the background this long before its
+    /// `ttl`, so that requests never wait on the KMS.
+    pub refresh_ahead: Duration,
+    /// Most cached data keys (encrypt side and decrypt side each); the least
+    /// recently used go first.
+    pub max_entries: u64,
+}
+
+impl Default for DataKeyCacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(300),
+            max_messages: 1_000_000,
+            max_bytes: ByteSize(1 << 30),
+            refresh_ahead: Duration::from_secs(30),
+            max_entries: 10_000,
+        }
+    }
+}
+
+/// `cache.public_keys`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublicKeyCache {
+    pub ttl: Duration,
+}
+
+impl Default for PublicKeyCache {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `limits`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body; larger ones get 413 before they are read.
+    pub max_body: ByteSize,
+    /// Most items in one `sign-batch`.
+    pub max_batch: usize,
+    /// Most open connections on the socket; more are closed at accept.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this time after the previous
+    /// answer (or the connect), so this also closes idle keep-alive
+    /// connections and slow-header (slowloris) clients.
+    pub header_timeout: Duration,
+    /// A JSON request body must arrive within this after its headers.
+    pub body_timeout: Duration,
+    /// Most header fields in a request (the head as a whole is bounded by
+    /// hyper's 400 KiB read buffer).
+    pub max_headers: usize,
+    /// Timeout of one backend call (a backend's own `timeout` wins).
+    pub backend_timeout: Duration,
+    /// Most calls in flight to one backend; more wait (within the timeout).
+    pub backend_concurrency: usize,
+    /// A token bucket per caller uid; unset: no per-caller limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_caller: Option<RateLimit>,
+    /// Request bodies held in memory, all callers together. One caller gets
+    /// at most half of it while another waits; over it a request waits up to
+    /// a second, then gets 503 `overloaded`.
+    pub max_buffered_bytes: ByteSize,
+    /// Most open connections of one caller uid (uids no rule names share a
+    /// small pool instead).
+    pub max_connections_per_caller: usize,
+    /// Replay-guarded keys: how far `x-request-timestamp` may be off, and
+    /// how long past its timestamp a nonce is remembered.
+    pub replay_window: Duration,
+    /// A streamed envelope body that sends nothing for this long is cut off.
+    pub stream_idle_timeout: Duration,
+}
+
+/// `limits.per_caller`: `rate` requests per second, minute or hour
+/// (`200/s`, `600/m`), in bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub rate: Rate,
+    pub burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body: ByteSize(1 << 20),
+            max_batch: 64,
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            max_headers: 64,
+            backend_timeout: Duration::from_secs(5),
+            backend_concurrency: 256,
+            per_caller: None,
+            max_buffered_bytes: ByteSize(32 << 20),
+            max_connections_per_caller: 256,
+            replay_window: Duration::from_secs(300),
+            stream_idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `log`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A `tracing` filter (`info`, `kms_sidecar=debug`); `RUST_LOG` wins.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+/// Log line format: JSON, human text, or JSON unless stderr is a TTY.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}

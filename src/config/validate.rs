@@ -1,0 +1,266 @@
+//! Semantic checks of a parsed config: every problem, with its field path.
+
+use super::{
+    BackendConfig, Config, NAME_RULE, Problem, VaultAuth, check_vault_address, valid_name,
+};
+use crate::policy::OpOrAll;
+
+impl Config {
+    /// Every semantic problem of the configuration, each with its field path.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |path: String, message: String| out.push(Problem { path, message });
+        if self.listen.socket.as_os_str().is_empty() {
+            bad("listen.socket".into(), "must be a path".into());
+        }
+        if self.listen.mode.0 & 0o7000 != 0 {
+            bad(
+                "listen.mode".into(),
+                "setuid/setgid/sticky bits are not allowed".into(),
+            );
+        }
+        if self.backends.is_empty() {
+            bad("backends".into(), "at least one backend is required".into());
+        }
+        for name in self.backends.keys() {
+            if !valid_name(name) {
+                bad(format!("backends.{name}"), NAME_RULE.into());
+            }
+        }
+        for (alias, key) in &self.keys {
+            let at = |f: &str| format!("keys.{alias}.{f}");
+            if !valid_name(alias) {
+                bad(format!("keys.{alias}"), NAME_RULE.into());
+            }
+            match self.backends.get(&key.backend) {
+                None => bad(
+                    at("backend"),
+                    format!(
+                        "backend `{}` is not defined (defined: {})",
+                        key.backend,
+                        self.backends.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ),
+                Some(BackendConfig::Local(_)) if !valid_name(&key.key) => {
+                    bad(at("key"), format!("local key names: {NAME_RULE}"))
+                }
+                Some(_) => {}
+            }
+            if key.key.is_empty() {
+                bad(at("key"), "must name the backend's key".into());
+            }
+            if matches!(&key.ops, Some(ops) if ops.is_empty()) {
+                bad(
+                    at("ops"),
+                    "an empty list allows nothing; omit it for the default".into(),
+                );
+            }
+            if key
+                .ops
+                .iter()
+                .flatten()
+                .any(|o| *o == OpOrAll::Op(crate::policy::Op::Metrics))
+            {
+                bad(
+                    at("ops"),
+                    "`metrics` is not an operation on a key; grant it in `callers`".into(),
+                );
+            }
+        }
+        for (i, rule) in self.callers.iter().enumerate() {
+            if rule.uids.is_empty() && rule.gids.is_empty() {
+                bad(
+                    format!("callers[{i}]"),
+                    "a rule needs `uids` or `gids`".into(),
+                );
+            }
+            if rule.ops.is_empty() {
+                bad(
+                    format!("callers[{i}].ops"),
+                    "must grant at least one operation or \"*\"".into(),
+                );
+            }
+            for (j, pattern) in rule.keys.iter().enumerate() {
+                let at = format!("callers[{i}].keys[{j}]");
+                let stars = pattern.matches('*').count();
+                if stars > 1 || (stars == 1 && !pattern.ends_with('*')) {
+                    bad(
+                        at,
+                        "a pattern is an alias, \"*\", or a prefix ending in `*`".into(),
+                    );
+                    continue;
+                }
+                let matches_any = match pattern.strip_suffix('*') {
+                    Some(prefix) => self.keys.keys().any(|k| k.starts_with(prefix)),
+                    None => self.keys.contains_key(pattern),
+                };
+                if !matches_any {
+                    bad(at, format!("`{pattern}` matches no key in `keys`"));
+                }
+            }
+        }
+        for (name, backend) in &self.backends {
+            if let BackendConfig::Aws(aws) = backend
+                && (aws.credential_refresh.min > aws.credential_refresh.max
+                    || aws.credential_refresh.min.0.is_zero())
+            {
+                bad(
+                    format!("backends.{name}.credential_refresh"),
+                    "`min` must be above zero and at most `max`".into(),
+                );
+            }
+        }
+        for (name, backend) in &self.backends {
+            let BackendConfig::Vault(vault) = backend else {
+                continue;
+            };
+            let at = format!("backends.{name}");
+            if let Some(address) = &vault.address
+                && let Err(why) = check_vault_address(address)
+            {
+                bad(format!("{at}.address"), why);
+            }
+            if vault.mount.trim_matches('/').is_empty() {
+                bad(format!("{at}.mount"), "must name the transit mount".into());
+            }
+            if vault.client_cert.is_some() != vault.client_key.is_some() {
+                bad(
+                    format!("{at}.client_cert"),
+                    "`client_cert` and `client_key` go together".into(),
+                );
+            }
+            if let VaultAuth::Jwt(jwt) = &vault.auth
+                && jwt.token_file.is_none()
+            {
+                bad(
+                    format!("{at}.auth.token_file"),
+                    "the `jwt` method needs the token file to log in with".into(),
+                );
+            }
+        }
+        if let Some(cp) = self.audit.as_ref().and_then(|a| a.checkpoint.as_ref()) {
+            if !self.keys.contains_key(&cp.key) {
+                bad(
+                    "audit.checkpoint.key".into(),
+                    format!("`{}` is not a key in `keys`", cp.key),
+                );
+            }
+            if cp.every_entries == 0 || cp.every.0.is_zero() {
+                bad(
+                    "audit.checkpoint".into(),
+                    "`every_entries` and `every` must be above zero".into(),
+                );
+            }
+        }
+        if let Some(audit) = &self.audit {
+            if audit.max_file_size.0 < 64 << 10 {
+                bad(
+                    "audit.max_file_size".into(),
+                    "must be at least 64KiB".into(),
+                );
+            }
+            if audit.max_files < 2 {
+                bad(
+                    "audit.max_files".into(),
+                    "must be at least 2 (the current file and one rotated file)".into(),
+                );
+            }
+        }
+        let dk = &self.cache.data_keys;
+        if dk.ttl.0 < std::time::Duration::from_millis(100) {
+            bad(
+                "cache.data_keys.ttl".into(),
+                "must be at least 100ms".into(),
+            );
+        }
+        if dk.refresh_ahead >= dk.ttl {
+            bad(
+                "cache.data_keys.refresh_ahead".into(),
+                format!("must be shorter than cache.data_keys.ttl ({})", dk.ttl),
+            );
+        }
+        for (field, value) in [
+            ("max_messages", dk.max_messages),
+            ("max_bytes", dk.max_bytes.0),
+            ("max_entries", dk.max_entries),
+        ] {
+            if value == 0 {
+                bad(
+                    format!("cache.data_keys.{field}"),
+                    "must be at least 1".into(),
+                );
+            }
+        }
+        if self.limits.max_body.0 < 1024 {
+            bad("limits.max_body".into(), "must be at least 1KiB".into());
+        }
+        if self.limits.max_batch == 0 {
+            bad("limits.max_batch".into(), "must be at least 1".into());
+        }
+        let l = &self.limits;
+        for (field, value) in [
+            ("max_connections", l.max_connections),
+            ("max_connections_per_caller", l.max_connections_per_caller),
+            ("max_headers", l.max_headers),
+            ("backend_concurrency", l.backend_concurrency),
+        ] {
+            if value == 0 {
+                bad(format!("limits.{field}"), "must be at least 1".into());
+            }
+        }
+        if l.max_buffered_bytes < l.max_body {
+            bad(
+                "limits.max_buffered_bytes".into(),
+                format!(
+                    "must be at least limits.max_body ({}), or no body of that size could be read",
+                    l.max_body
+                ),
+            );
+        }
+        for (field, value) in [
+            ("backend_timeout", l.backend_timeout),
+            ("body_timeout", l.body_timeout),
+            ("replay_window", l.replay_window),
+            ("stream_idle_timeout", l.stream_idle_timeout),
+        ] {
+            if value.0.is_zero() {
+                bad(format!("limits.{field}"), "must be above zero".into());
+            }
+        }
+        if l.per_caller.is_some_and(|p| p.burst == 0) {
+            bad(
+                "limits.per_caller.burst".into(),
+                "must be at least 1".into(),
+            );
+        }
+        for (name, backend) in &self.backends {
+            let (timeout, retries, circuit) = backend.resilience();
+            let at = format!("backends.{name}");
+            if timeout.is_some_and(|t| t.0.is_zero()) {
+                bad(format!("{at}.timeout"), "must be above zero".into());
+            }
+            if retries.max_attempts == 0 {
+                bad(
+                    format!("{at}.retries.max_attempts"),
+                    "must be at least 1 (1 = no retries)".into(),
+                );
+            }
+            if retries.initial_backoff > retries.max_backoff {
+                bad(
+                    format!("{at}.retries.initial_backoff"),
+                    "must be at most `max_backoff`".into(),
+                );
+            }
+            if circuit.failures == 0 || circuit.successes == 0 {
+                bad(
+                    format!("{at}.circuit"),
+                    "`failures` and `successes` must be at least 1".into(),
+                );
+            }
+        }
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            bad("log.level".into(), format!("not a tracing filter: {e}"));
+        }
+        out
+    }
+}
