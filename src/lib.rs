@@ -20,8 +20,9 @@
 //!   and the thin HTTP routes.
 //! - [`service`]: one operation end to end — policy → backend → metrics.
 //! - [`policy`]: pure decision: may this caller do this op on this key?
-//! - [`backend`]: the [`backend::Backend`] trait, its error type, and one
-//!   module per KMS behind a cargo feature.
+//! - [`backend`]: the [`backend::Backend`] trait, its error type, the
+//!   credential refresher the KMSs share, and one module per KMS behind a
+//!   cargo feature.
 //! - [`envelope`]: envelope encryption — the v1 format, JSON and streaming.
 //! - [`stream`]: request bodies as byte streams — idle timeout, read errors,
 //!   the bounded drain of a lingering close.
