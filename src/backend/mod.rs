@@ -1,5 +1,6 @@
 //! The one trait every KMS sits behind, its typed errors, and `build()` from
-//! config. Each KMS is one module behind a cargo feature.
+//! config. Each KMS is one module behind a cargo feature; [`credentials`] is
+//! the credential refresher they share, [`resilient`] the layer around them.
 //!
 //! A backend answers for *backend key references* (`KeyRef::id`: a file name,
 //! an ARN, a transit key name); aliases, policy and caching live above it in
@@ -8,6 +9,7 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod credentials;
 #[cfg(feature = "local")]
 pub mod local;
 pub mod resilient;
@@ -369,17 +371,6 @@ pub(crate) fn require_purpose(
         "key `{}` is {algorithm}: it cannot {what}",
         key.alias
     )))
-}
-
-/// Aborts a background task (a credential refresh loop) when dropped.
-#[cfg(any(feature = "aws", feature = "vault"))]
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-#[cfg(any(feature = "aws", feature = "vault"))]
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Why backends could not be built from the config.

@@ -1257,7 +1257,7 @@ async fn a_revoked_vault_token_file_is_unauthenticated_until_the_file_is_replace
     not_ready_because(&s, &["revoked", "Vault token", &path]).await;
     // It stays so while the file holds the revoked token: the next login
     // (with backoff) reads it again and fails again.
-    logged(&s, "Vault login or renewal failed", 2).await;
+    logged(&s, "credential refresh failed", 2).await;
     not_ready_because(&s, &["revoked", &path]).await;
     sign_is_unauthenticated(&s).await;
 

@@ -1,0 +1,528 @@
+//! One AWS region of the `aws` backend: its KMS client, the key facts it
+//! caches (`DescribeKey`), and every KMS call, with KMS's answers checked
+//! and turned into ours.
+
+use super::credentials::RefreshedProvider;
+use super::errors::{kms_error, missing, required};
+use crate::backend::{
+    Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey, Sealed,
+    SignOptions, Signature, Verified, VersionInfo,
+};
+use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
+use aws_config::SdkConfig;
+use aws_sdk_kms::Client;
+use aws_sdk_kms::config::Region;
+use aws_sdk_kms::error::ProvideErrorMetadata;
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{
+    DataKeySpec, KeySpec, MacAlgorithmSpec, MessageType, OriginType, SigningAlgorithmSpec,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use zeroize::Zeroizing;
+
+/// Largest plaintext KMS `Encrypt` takes.
+pub const MAX_ENCRYPT: usize = 4096;
+/// Largest message KMS `Sign` takes as `RAW`; longer ones are hashed here.
+const MAX_RAW_MESSAGE: usize = 4096;
+/// How long `DescribeKey` results are reused for sign/verify decisions.
+const KEY_INFO_TTL: Duration = Duration::from_secs(300);
+
+/// What `DescribeKey` says about a key.
+#[derive(Debug)]
+struct KeyInfo {
+    algorithm: Algorithm,
+    arn: String,
+    version: String,
+    created: SystemTime,
+    origin: Origin,
+    multi_region: bool,
+}
+
+/// One region's client and key facts.
+pub(super) struct Regional {
+    pub(super) region: String,
+    client: Client,
+    keys: Mutex<HashMap<String, (Instant, Arc<KeyInfo>)>>,
+}
+
+impl Regional {
+    /// The key reference in this region: a key ARN names its region, so a
+    /// multi-region key's ARN is rewritten; ids and aliases are the same.
+    pub(super) fn key_id(&self, id: &str) -> String {
+        let parts: Vec<&str> = id.split(':').collect();
+        if parts.len() >= 6 && parts[0] == "arn" && parts[2] == "kms" {
+            let mut parts = parts;
+            parts[3] = &self.region;
+            parts.join(":")
+        } else {
+            id.to_owned()
+        }
+    }
+
+    /// The client of `region` (at `endpoint`, if set), signing with the
+    /// refresher's credentials.
+    pub(super) fn new(
+        sdk: &SdkConfig,
+        region: String,
+        endpoint: Option<String>,
+        credentials: RefreshedProvider,
+    ) -> Self {
+        // Retries are the shared layer's (backend/resilient.rs), the same
+        // for every backend; replica failover is the backend's.
+        let mut kms = aws_sdk_kms::config::Builder::from(sdk)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .region(Region::new(region.clone()))
+            .credentials_provider(credentials);
+        if let Some(endpoint) = endpoint {
+            kms = kms.endpoint_url(endpoint);
+        }
+        Regional {
+            region,
+            client: Client::from_conf(kms.build()),
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// [`Self::info`], refusing keys not made for `purpose` (KMS would too).
+    async fn info_for(
+        &self,
+        key: KeyRef<'_>,
+        purpose: Purpose,
+        what: &str,
+    ) -> Result<Arc<KeyInfo>, Error> {
+        let info = self.info(key).await?;
+        crate::backend::require_purpose(key, info.algorithm, purpose, what)?;
+        Ok(info)
+    }
+
+    /// The key's algorithm and facts, from a `DescribeKey` at most
+    /// [`KEY_INFO_TTL`] old.
+    async fn info(&self, key: KeyRef<'_>) -> Result<Arc<KeyInfo>, Error> {
+        if let Some((at, info)) = self.keys.lock().expect("never poisoned").get(key.id)
+            && at.elapsed() < KEY_INFO_TTL
+        {
+            return Ok(info.clone());
+        }
+        let out = self
+            .client
+            .describe_key()
+            .key_id(key.id)
+            .send()
+            .await
+            .map_err(|e| kms_error(key, "DescribeKey", e))?;
+        let m = out
+            .key_metadata()
+            .ok_or_else(|| missing("DescribeKey", "KeyMetadata"))?;
+        let spec = m.key_spec().cloned().unwrap_or(KeySpec::SymmetricDefault);
+        let algorithm = match spec {
+            KeySpec::EccNistP256 => Algorithm::EcdsaP256Sha256,
+            KeySpec::EccNistP384 => Algorithm::EcdsaP384Sha384,
+            KeySpec::Rsa2048 => Algorithm::RsaPssSha256 { bits: 2048 },
+            KeySpec::Rsa3072 => Algorithm::RsaPssSha256 { bits: 3072 },
+            KeySpec::Rsa4096 => Algorithm::RsaPssSha256 { bits: 4096 },
+            KeySpec::SymmetricDefault => Algorithm::Aes256Gcm,
+            KeySpec::Hmac256 => Algorithm::HmacSha256,
+            other => {
+                return Err(Error::unsupported(format!(
+                    "key `{}` is an AWS KMS {} key, which kms-sidecar does not serve",
+                    key.alias,
+                    other.as_str()
+                )));
+            }
+        };
+        let info = Arc::new(KeyInfo {
+            algorithm,
+            arn: m.arn().unwrap_or(m.key_id()).to_owned(),
+            version: m.current_key_material_id().unwrap_or("1").to_owned(),
+            created: m
+                .creation_date()
+                .and_then(|d| SystemTime::try_from(*d).ok())
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            origin: match m.origin() {
+                Some(OriginType::AwsCloudhsm) => Origin::Hsm,
+                Some(OriginType::External | OriginType::ExternalKeyStore) => Origin::External,
+                _ => Origin::Hsm,
+            },
+            multi_region: m.multi_region().unwrap_or(false),
+        });
+        self.keys
+            .lock()
+            .expect("never poisoned")
+            .insert(key.id.to_owned(), (Instant::now(), info.clone()));
+        Ok(info)
+    }
+}
+
+fn signing_spec(
+    algorithm: Algorithm,
+    asked: Option<Algorithm>,
+) -> Result<(Algorithm, SigningAlgorithmSpec), Error> {
+    let effective = match (algorithm, asked) {
+        (Algorithm::RsaPssSha256 { bits }, Some(Algorithm::RsaPkcs1Sha256 { bits: b }))
+            if b == bits =>
+        {
+            Algorithm::RsaPkcs1Sha256 { bits }
+        }
+        (a, Some(asked)) if asked != a => {
+            return Err(Error::new(
+                ErrorKind::InvalidRequest,
+                format!("field `algorithm`: this key signs {a}, not {asked}"),
+            ));
+        }
+        (a, _) => a,
+    };
+    let spec = match effective {
+        Algorithm::EcdsaP256Sha256 => SigningAlgorithmSpec::EcdsaSha256,
+        Algorithm::EcdsaP384Sha384 => SigningAlgorithmSpec::EcdsaSha384,
+        Algorithm::RsaPssSha256 { .. } => SigningAlgorithmSpec::RsassaPssSha256,
+        Algorithm::RsaPkcs1Sha256 { .. } => SigningAlgorithmSpec::RsassaPkcs1V15Sha256,
+        other => return Err(Error::unsupported(format!("a {other} key cannot sign"))),
+    };
+    Ok((effective, spec))
+}
+
+/// KMS's `MessageType` and bytes for an input: messages over 4 KiB are
+/// hashed here and sent as a digest.
+fn kms_input(algorithm: Algorithm, input: SignInput<'_>) -> Result<(MessageType, Vec<u8>), Error> {
+    Ok(match input {
+        SignInput::Message(m) if m.len() <= MAX_RAW_MESSAGE => (MessageType::Raw, m.to_vec()),
+        SignInput::Message(m) => {
+            let alg = algorithm
+                .digest()
+                .ok_or_else(|| Error::unsupported("this algorithm signs messages only"))?;
+            (
+                MessageType::Digest,
+                aws_lc_rs::digest::digest(alg, m).as_ref().to_vec(),
+            )
+        }
+        SignInput::Digest(d) => {
+            crypto::import_digest(algorithm, d)
+                .map_err(|e| Error::new(ErrorKind::InvalidRequest, e.to_string()))?;
+            (MessageType::Digest, d.to_vec())
+        }
+    })
+}
+
+fn context_map(context: &Context) -> Option<HashMap<String, String>> {
+    (!context.is_empty()).then(|| {
+        context
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    })
+}
+
+impl Regional {
+    pub(super) async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
+        self.keys.lock().expect("never poisoned").remove(key.id);
+        let info = self.info(key).await?;
+        let mut details = BTreeMap::from([
+            ("arn".to_owned(), info.arn.clone()),
+            ("region".to_owned(), self.region.clone()),
+            ("multi_region".to_owned(), info.multi_region.to_string()),
+        ]);
+        let mut rotation_period = None;
+        if info.algorithm == Algorithm::Aes256Gcm {
+            let status = self
+                .client
+                .get_key_rotation_status()
+                .key_id(&info.arn) // these calls take no aliases
+                .send()
+                .await
+                .map_err(|e| kms_error(key, "GetKeyRotationStatus", e))?;
+            if status.key_rotation_enabled() {
+                rotation_period = status
+                    .rotation_period_in_days()
+                    .map(|d| Duration::from_secs(d as u64 * 86_400));
+            }
+            details.insert(
+                "automatic_rotation".into(),
+                status.key_rotation_enabled().to_string(),
+            );
+        }
+        let mut versions = vec![VersionInfo {
+            version: info.version.clone(),
+            created: Some(info.created),
+            enabled: true,
+        }];
+        if let Ok(rotations) = self
+            .client
+            .list_key_rotations()
+            .key_id(&info.arn)
+            .send()
+            .await
+        {
+            versions = rotations
+                .rotations()
+                .iter()
+                .filter_map(|r| {
+                    Some(VersionInfo {
+                        version: r.key_material_id()?.to_owned(),
+                        created: r
+                            .rotation_date()
+                            .and_then(|d| SystemTime::try_from(*d).ok()),
+                        enabled: true,
+                    })
+                })
+                .chain(versions)
+                .collect();
+        }
+        Ok(KeyMetadata {
+            algorithm: info.algorithm,
+            current_version: info.version.clone(),
+            versions,
+            created: Some(info.created),
+            origin: info.origin,
+            rotation_period,
+            details,
+        })
+    }
+
+    pub(super) async fn public_key(
+        &self,
+        key: KeyRef<'_>,
+        _version: Option<&str>,
+    ) -> Result<PublicKey, Error> {
+        let info = self.info(key).await?;
+        let out = self
+            .client
+            .get_public_key()
+            .key_id(key.id)
+            .send()
+            .await
+            .map_err(|e| kms_error(key, "GetPublicKey", e))?;
+        Ok(PublicKey {
+            spki_der: required(out.public_key(), "GetPublicKey", "PublicKey")?.to_vec(),
+            algorithm: info.algorithm,
+            version: info.version.clone(),
+        })
+    }
+
+    pub(super) async fn sign(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        options: SignOptions,
+    ) -> Result<Signature, Error> {
+        let info = self.info(key).await?;
+        let (algorithm, spec) = signing_spec(info.algorithm, options.algorithm)?;
+        let (message_type, bytes) = kms_input(algorithm, input)?;
+        let out = self
+            .client
+            .sign()
+            .key_id(key.id)
+            .message(Blob::new(bytes))
+            .message_type(message_type)
+            .signing_algorithm(spec)
+            .send()
+            .await
+            .map_err(|e| kms_error(key, "Sign", e))?;
+        let der = required(out.signature(), "Sign", "Signature")?;
+        let bytes = match (options.format, algorithm.ecdsa_coordinate_len()) {
+            (SignatureFormat::Raw, Some(n)) => {
+                crypto::ecdsa_der_to_raw(der, n).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Backend,
+                        "AWS KMS returned a malformed ECDSA signature",
+                    )
+                })?
+            }
+            _ => der.to_vec(),
+        };
+        Ok(Signature {
+            bytes,
+            algorithm,
+            version: info.version.clone(),
+        })
+    }
+
+    pub(super) async fn verify(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        signature: &[u8],
+        options: SignOptions,
+        _version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        let info = self.info(key).await?;
+        let (algorithm, spec) = signing_spec(info.algorithm, options.algorithm)?;
+        let (message_type, bytes) = kms_input(algorithm, input)?;
+        // KMS takes DER; a raw r‖s signature (labelled, or of exactly twice the
+        // coordinate width) is converted first.
+        let signature = match algorithm.ecdsa_coordinate_len() {
+            Some(n)
+                if options.format == SignatureFormat::Raw
+                    || crypto::guess_format(algorithm, signature) == SignatureFormat::Raw =>
+            {
+                crypto::ecdsa_raw_to_der(signature, n)
+            }
+            _ => signature.to_vec(),
+        };
+        let result = self
+            .client
+            .verify()
+            .key_id(key.id)
+            .message(Blob::new(bytes))
+            .message_type(message_type)
+            .signing_algorithm(spec)
+            .signature(Blob::new(signature))
+            .send()
+            .await;
+        let valid = match result {
+            Ok(out) => out.signature_valid(),
+            Err(e) if e.code() == Some("KMSInvalidSignatureException") => false,
+            Err(e) => return Err(kms_error(key, "Verify", e)),
+        };
+        Ok(Verified {
+            valid,
+            version: info.version.clone(),
+        })
+    }
+
+    pub(super) async fn encrypt(
+        &self,
+        key: KeyRef<'_>,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> Result<Sealed, Error> {
+        if plaintext.len() > MAX_ENCRYPT {
+            return Err(Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "plaintext is {} bytes; AWS KMS encrypts at most {MAX_ENCRYPT}: use envelope encryption for larger data",
+                    plaintext.len()
+                ),
+            ));
+        }
+        let info = self.info_for(key, Purpose::Encrypt, "encrypt").await?;
+        let out = self
+            .client
+            .encrypt()
+            .key_id(key.id)
+            .plaintext(Blob::new(plaintext.to_vec()))
+            .set_encryption_context(context_map(context))
+            .send()
+            .await
+            .map_err(|e| kms_error(key, "Encrypt", e))?;
+        Ok(Sealed {
+            bytes: required(out.ciphertext_blob(), "Encrypt", "CiphertextBlob")?.to_vec(),
+            version: info.version.clone(),
+        })
+    }
+
+    pub(super) async fn decrypt(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Plaintext, Error> {
+        self.info_for(key, Purpose::Encrypt, "decrypt").await?;
+        let out = self
+            .client
+            .decrypt()
+            .key_id(key.id)
+            .ciphertext_blob(Blob::new(ciphertext.to_vec()))
+            .set_encryption_context(context_map(context))
+            .send()
+            .await
+            .map_err(|e| kms_error(key, "Decrypt", e))?;
+        let plaintext = required(out.plaintext(), "Decrypt", "Plaintext")?;
+        Ok(Plaintext(Zeroizing::new(plaintext.to_vec())))
+    }
+
+    pub(super) async fn generate_data_key(
+        &self,
+        key: KeyRef<'_>,
+        bits: u32,
+        context: &Context,
+    ) -> Result<DataKey, Error> {
+        let info = self
+            .info_for(key, Purpose::Encrypt, "make data keys")
+            .await?;
+        let mut call = self
+            .client
+            .generate_data_key()
+            .key_id(key.id)
+            .set_encryption_context(context_map(context));
+        call = match bits {
+            256 => call.key_spec(DataKeySpec::Aes256),
+            128 => call.key_spec(DataKeySpec::Aes128),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::InvalidRequest,
+                    "`bits` must be 128 or 256",
+                ));
+            }
+        };
+        let out = call
+            .send()
+            .await
+            .map_err(|e| kms_error(key, "GenerateDataKey", e))?;
+        let plaintext = required(out.plaintext(), "GenerateDataKey", "Plaintext")?;
+        let encrypted = required(out.ciphertext_blob(), "GenerateDataKey", "CiphertextBlob")?;
+        Ok(DataKey {
+            plaintext: Plaintext(Zeroizing::new(plaintext.to_vec())),
+            encrypted: encrypted.to_vec(),
+            version: info.version.clone(),
+        })
+    }
+
+    pub(super) async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
+        let info = self.info_for(key, Purpose::Mac, "compute a MAC").await?;
+        let out = self
+            .client
+            .generate_mac()
+            .key_id(key.id)
+            .message(Blob::new(message.to_vec()))
+            .mac_algorithm(MacAlgorithmSpec::HmacSha256)
+            .send()
+            .await
+            .map_err(|e| kms_error(key, "GenerateMac", e))?;
+        Ok(Sealed {
+            bytes: required(out.mac(), "GenerateMac", "Mac")?.to_vec(),
+            version: info.version.clone(),
+        })
+    }
+
+    pub(super) async fn verify_mac(
+        &self,
+        key: KeyRef<'_>,
+        message: &[u8],
+        mac: &[u8],
+        _version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        let info = self.info_for(key, Purpose::Mac, "verify a MAC").await?;
+        let result = self
+            .client
+            .verify_mac()
+            .key_id(key.id)
+            .message(Blob::new(message.to_vec()))
+            .mac(Blob::new(mac.to_vec()))
+            .mac_algorithm(MacAlgorithmSpec::HmacSha256)
+            .send()
+            .await;
+        let valid = match result {
+            Ok(out) => out.mac_valid(),
+            Err(e) if e.code() == Some("KMSInvalidMacException") => false,
+            Err(e) => return Err(kms_error(key, "VerifyMac", e)),
+        };
+        Ok(Verified {
+            valid,
+            version: info.version.clone(),
+        })
+    }
+
+    pub(super) async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
+        let info = self.info(key).await?;
+        self.client
+            .rotate_key_on_demand()
+            .key_id(&info.arn)
+            .send()
+            .await
+            .map_err(|e| kms_error(key, "RotateKeyOnDemand", e))?;
+        self.keys.lock().expect("never poisoned").remove(key.id);
+        Ok(self.info(key).await?.version.clone())
+    }
+}

@@ -1,0 +1,200 @@
+//! Where the `aws` backend's credentials come from, as a source for the
+//! shared [`Refresher`](crate::backend::credentials::Refresher):
+//! `aws-config`'s standard chain — IRSA (`AWS_ROLE_ARN` and
+//! `AWS_WEB_IDENTITY_TOKEN_FILE`, the token re-read at every refresh), EKS
+//! Pod Identity, environment, profile files — or [`WebIdentity`] against a
+//! configured `sts_endpoint`, optionally chained into an `assume_role`. The
+//! KMS clients sign with what the refresher holds ([`RefreshedProvider`]).
+
+use crate::backend::credentials::{Fresh, Handle, RefreshError, Schedule, Source};
+use crate::config::{AwsBackendConfig, RefreshBounds};
+use async_trait::async_trait;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::future::ProvideCredentials as CredentialsFuture;
+use aws_sdk_kms::config::{Credentials, ProvideCredentials, SharedCredentialsProvider};
+use std::fmt;
+use std::time::{Duration, SystemTime};
+use zeroize::Zeroizing;
+
+/// The provider chain the refresher asks: the default chain (or
+/// [`WebIdentity`]), under an `assume_role` when configured.
+pub(super) async fn chain(
+    sdk: &aws_config::SdkConfig,
+    config: &AwsBackendConfig,
+) -> Result<Chain, String> {
+    let mut source = match WebIdentity::from_env(sdk, config) {
+        Some(web_identity) => Some(SharedCredentialsProvider::new(web_identity)),
+        None => sdk.credentials_provider(),
+    };
+    if let Some(role) = &config.assume_role {
+        let mut sts = sdk.clone().into_builder();
+        if let Some(endpoint) = &config.sts_endpoint {
+            sts = sts.endpoint_url(endpoint);
+        }
+        let mut provider = aws_config::sts::AssumeRoleProvider::builder(&role.role_arn)
+            .configure(&sts.build())
+            .session_name(
+                role.session_name
+                    .clone()
+                    .unwrap_or_else(|| "kms-sidecar".into()),
+            );
+        if let Some(id) = &role.external_id {
+            provider = provider.external_id(id);
+        }
+        source = match source {
+            Some(base) => Some(SharedCredentialsProvider::new(
+                provider.build_from_provider(base).await,
+            )),
+            None => Some(SharedCredentialsProvider::new(provider.build().await)),
+        };
+    }
+    let source = source.ok_or("no AWS credentials provider could be configured")?;
+    Ok(Chain(source))
+}
+
+/// When credentials are refreshed: at ~70 % of their lifetime within
+/// `credential_refresh` (default 1–15 min); after a failure from 5 s
+/// doubling up to 60 s, never longer than `credential_refresh.max`.
+pub(super) fn schedule(bounds: RefreshBounds) -> Schedule {
+    Schedule {
+        min: bounds.min.0,
+        max: bounds.max.0,
+        retry: Duration::from_secs(5).min(bounds.max.0),
+        retry_max: Duration::from_secs(60).min(bounds.max.0),
+    }
+}
+
+/// The provider chain as the refresher's source: every refresh asks it
+/// anew (a web identity re-reads its token file).
+pub(super) struct Chain(SharedCredentialsProvider);
+
+#[async_trait]
+impl Source for Chain {
+    type Credential = Credentials;
+
+    async fn refresh(
+        &self,
+        _current: Option<&Credentials>,
+    ) -> Result<Fresh<Credentials>, RefreshError> {
+        let credentials = self.0.provide_credentials().await.map_err(|e| {
+            // Provider errors name no keys.
+            RefreshError(aws_sdk_kms::error::DisplayErrorContext(&e).to_string())
+        })?;
+        Ok(Fresh {
+            expires: credentials.expiry(),
+            credential: credentials,
+        })
+    }
+}
+
+/// IRSA's web-identity exchange with a configured `sts_endpoint` (aws-config's
+/// own provider takes a custom STS endpoint only from the environment). The
+/// projected token is read from its file at every exchange and never kept.
+struct WebIdentity {
+    sts: aws_sdk_sts::Client,
+    role_arn: String,
+    token_file: std::path::PathBuf,
+    session_name: String,
+}
+
+impl fmt::Debug for WebIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebIdentity")
+            .field("role_arn", &self.role_arn)
+            .field("token_file", &self.token_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebIdentity {
+    /// Set up when `sts_endpoint` is configured and the pod has IRSA's
+    /// `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE`.
+    fn from_env(sdk: &aws_config::SdkConfig, config: &AwsBackendConfig) -> Option<Self> {
+        let endpoint = config.sts_endpoint.as_ref()?;
+        let role_arn = std::env::var("AWS_ROLE_ARN").ok()?;
+        let token_file = std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE")?.into();
+        let session_name =
+            std::env::var("AWS_ROLE_SESSION_NAME").unwrap_or_else(|_| "kms-sidecar".into());
+        let sts = aws_sdk_sts::config::Builder::from(sdk)
+            .endpoint_url(endpoint)
+            .build();
+        Some(Self {
+            sts: aws_sdk_sts::Client::from_conf(sts),
+            role_arn,
+            token_file,
+            session_name,
+        })
+    }
+
+    async fn exchange(&self) -> Result<Credentials, CredentialsError> {
+        let token = Zeroizing::new(tokio::fs::read_to_string(&self.token_file).await.map_err(
+            |e| {
+                CredentialsError::provider_error(format!(
+                    "reading {}: {e}",
+                    self.token_file.display()
+                ))
+            },
+        )?);
+        let out = self
+            .sts
+            .assume_role_with_web_identity()
+            .role_arn(&self.role_arn)
+            .role_session_name(&self.session_name)
+            .web_identity_token(token.trim())
+            .send()
+            .await
+            .map_err(|e| {
+                CredentialsError::provider_error(
+                    aws_sdk_kms::error::DisplayErrorContext(e).to_string(),
+                )
+            })?;
+        let c = out
+            .credentials()
+            .ok_or_else(|| CredentialsError::provider_error("STS returned no credentials"))?;
+        Ok(Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_owned()),
+            SystemTime::try_from(*c.expiration()).ok(),
+            "kms-sidecar-web-identity",
+        ))
+    }
+}
+
+impl ProvideCredentials for WebIdentity {
+    fn provide_credentials<'a>(&'a self) -> CredentialsFuture<'a>
+    where
+        Self: 'a,
+    {
+        CredentialsFuture::new(self.exchange())
+    }
+}
+
+/// What the KMS clients sign with: the refresher's credentials, so that
+/// requests never wait on STS or the token file — unless there are none
+/// (not loaded yet, or expired), when the request waits for a refresh.
+#[derive(Clone)]
+pub(super) struct RefreshedProvider(pub(super) Handle<Credentials>);
+
+impl fmt::Debug for RefreshedProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshedProvider")
+    }
+}
+
+impl ProvideCredentials for RefreshedProvider {
+    fn provide_credentials<'a>(&'a self) -> CredentialsFuture<'a>
+    where
+        Self: 'a,
+    {
+        if let Some(current) = self.0.current() {
+            return CredentialsFuture::ready(Ok((*current).clone()));
+        }
+        CredentialsFuture::new(async move {
+            match self.0.refreshed().await {
+                Ok(fresh) => Ok((*fresh).clone()),
+                Err(why) => Err(CredentialsError::not_loaded(why.to_string())),
+            }
+        })
+    }
+}

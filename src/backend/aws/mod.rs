@@ -1,0 +1,221 @@
+//! The `aws` backend: AWS KMS through `aws-sdk-kms` (rustls), in a primary
+//! region and, for multi-region keys, replica regions to fail over to.
+//!
+//! - `client.rs`: one region's client, cached key facts and the KMS calls.
+//! - `credentials.rs`: the credential chain (IRSA with its token file re-read
+//!   at every refresh, EKS Pod Identity, environment, `assume_role`) as a
+//!   source for the shared [`Refresher`].
+//! - `errors.rs`: SDK errors and incomplete answers as our error kinds.
+
+mod client;
+mod credentials;
+mod errors;
+
+pub use client::MAX_ENCRYPT;
+
+use super::credentials::Refresher;
+use super::{
+    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Plaintext, PublicKey, Sealed,
+    SignOptions, Signature, Verified,
+};
+use crate::config::AwsBackendConfig;
+use crate::crypto::SignInput;
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_sdk_kms::config::{Credentials, Region};
+use client::Regional;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// AWS KMS: a primary region and, for multi-region keys, replica regions to
+/// fail over to.
+pub struct AwsBackend {
+    name: String,
+    /// Primary first.
+    regions: Vec<Regional>,
+    /// The credentials every region's client signs with, refreshed in the
+    /// background; dropping it stops the refresh.
+    credentials: Refresher<Credentials>,
+    metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for AwsBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let regions: Vec<_> = self.regions.iter().map(|r| r.region.as_str()).collect();
+        f.debug_struct("AwsBackend")
+            .field("regions", &regions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AwsBackend {
+    pub async fn new(
+        name: &str,
+        config: &AwsBackendConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let region = RegionProviderChain::first_try(Region::new(config.region.clone()));
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .load()
+            .await;
+        let chain = credentials::chain(&sdk, config).await?;
+        let schedule = credentials::schedule(config.credential_refresh);
+        let credentials = Refresher::spawn(name, chain, schedule, metrics.clone());
+        // Start with credentials when they come quickly, so that a normal
+        // start is ready at once; the refresher goes on either way.
+        credentials.first_refresh(Duration::from_secs(5)).await;
+        let primary = (config.region.clone(), config.endpoint.clone());
+        let replicas = config
+            .replica_regions
+            .iter()
+            .map(|r| r.region_and_endpoint());
+        let regions = std::iter::once(primary)
+            .chain(replicas)
+            .map(|(region, endpoint)| {
+                let signer = credentials::RefreshedProvider(credentials.handle());
+                Regional::new(&sdk, region, endpoint, signer)
+            })
+            .collect();
+        Ok(Self {
+            name: name.to_owned(),
+            regions,
+            credentials,
+            metrics,
+        })
+    }
+
+    fn note_failover(&self, key: KeyRef<'_>, from: &str, to: &str, error: &Error) {
+        self.metrics
+            .backend_failovers
+            .with_label_values(&[&self.name, from, to])
+            .inc();
+        tracing::warn!(backend = %self.name, key.alias = key.alias, from, to, error = %error, "failing over to a replica region");
+    }
+}
+
+/// Runs a call in the primary region and, while it fails with a retryable
+/// error (unreachable, throttled, timed out), in the next replica region,
+/// with the key reference rewritten for that region.
+macro_rules! failover {
+    ($self:ident, $key:ident, |$r:ident, $k:ident| $call:expr) => {{
+        let mut answer = None;
+        for (i, $r) in $self.regions.iter().enumerate() {
+            let id = $r.key_id($key.id);
+            let $k = KeyRef {
+                alias: $key.alias,
+                id: &id,
+            };
+            match $call.await {
+                Err(e) if e.retryable && i + 1 < $self.regions.len() => {
+                    $self.note_failover($key, &$r.region, &$self.regions[i + 1].region, &e);
+                }
+                other => {
+                    answer = Some(other);
+                    break;
+                }
+            }
+        }
+        answer.expect("the last region always answers")
+    }};
+}
+
+#[async_trait]
+impl Backend for AwsBackend {
+    fn kind(&self) -> &'static str {
+        "aws"
+    }
+
+    /// Valid credentials from the background refresh; no KMS call.
+    async fn health(&self) -> Result<(), Error> {
+        match self.credentials.ready() {
+            Ok(_) => Ok(()),
+            Err(why) => Err(Error::new(
+                ErrorKind::Unauthenticated,
+                format!("no valid AWS credentials: {why}"),
+            )),
+        }
+    }
+
+    async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
+        failover!(self, key, |r, k| r.metadata(k))
+    }
+
+    async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
+        failover!(self, key, |r, k| r.public_key(k, version))
+    }
+
+    async fn sign(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        options: SignOptions,
+    ) -> Result<Signature, Error> {
+        failover!(self, key, |r, k| r.sign(k, input, options))
+    }
+
+    fn verifies(&self) -> bool {
+        true
+    }
+
+    async fn verify(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        signature: &[u8],
+        options: SignOptions,
+        version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        failover!(self, key, |r, k| r
+            .verify(k, input, signature, options, version))
+    }
+
+    async fn encrypt(
+        &self,
+        key: KeyRef<'_>,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> Result<Sealed, Error> {
+        failover!(self, key, |r, k| r.encrypt(k, plaintext, context))
+    }
+
+    async fn decrypt(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Plaintext, Error> {
+        failover!(self, key, |r, k| r.decrypt(k, ciphertext, context))
+    }
+
+    async fn generate_data_key(
+        &self,
+        key: KeyRef<'_>,
+        bits: u32,
+        context: &Context,
+    ) -> Result<DataKey, Error> {
+        failover!(self, key, |r, k| r.generate_data_key(k, bits, context))
+    }
+
+    async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
+        failover!(self, key, |r, k| r.mac(k, message))
+    }
+
+    async fn verify_mac(
+        &self,
+        key: KeyRef<'_>,
+        message: &[u8],
+        mac: &[u8],
+        version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        failover!(self, key, |r, k| r.verify_mac(k, message, mac, version))
+    }
+
+    /// Rotation happens in the primary region (KMS replicates it).
+    async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
+        self.regions[0].rotate(key).await
+    }
+}

@@ -1,0 +1,172 @@
+//! The Vault client: the token-less base client (address, TLS, namespace,
+//! timeout), clients that send a token, `sys/health`, and [`Call`], our own
+//! transit endpoints executed by vaultrs (for what its types do not model).
+
+use super::errors::describe;
+use crate::backend::{Error, ErrorKind};
+use crate::config::VaultBackendConfig;
+use async_trait::async_trait;
+use rustify::endpoint::Endpoint;
+use rustify::enums::{RequestMethod, RequestType, ResponseType};
+use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use vaultrs::api::EndpointMiddleware;
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+use zeroize::Zeroizing;
+
+/// The token-less client: address, TLS, namespace and timeout, from the
+/// config with `VAULT_ADDR`, `VAULT_CACERT`, `VAULT_NAMESPACE` as defaults.
+pub(super) async fn base_client(
+    config: &VaultBackendConfig,
+    timeout: Duration,
+) -> Result<VaultClient, String> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let address = config
+        .address
+        .clone()
+        .or_else(|| env("VAULT_ADDR"))
+        .ok_or("`address` is not set and neither is VAULT_ADDR")?;
+    // vaultrs panics on a bad URL: check it first.
+    crate::config::check_vault_address(&address).map_err(|why| format!("address {why}"))?;
+    url::Url::parse(&address).map_err(|e| format!("address is not a URL: {e}"))?;
+    let mut settings = VaultClientSettingsBuilder::default();
+    settings
+        .address(&address)
+        .token("")
+        .timeout(Some(timeout))
+        // TLS is always verified (VAULT_SKIP_VERIFY is ignored), and the
+        // client certificate comes from the config only.
+        .verify(true)
+        .identity(None);
+    let ca_file = config
+        .ca_file
+        .clone()
+        .or_else(|| env("VAULT_CACERT").map(PathBuf::from));
+    settings.ca_certs(
+        ca_file
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>(),
+    );
+    if let Some(namespace) = config.namespace.clone().or_else(|| env("VAULT_NAMESPACE")) {
+        settings.set_namespace(namespace);
+    }
+    if let (Some(cert), Some(key)) = (&config.client_cert, &config.client_key) {
+        let mut pem = read_file(cert).await?;
+        pem.extend_from_slice(&read_file(key).await?);
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| format!("client certificate and key: {e}"))?;
+        settings.identity(Some(identity));
+    }
+    let settings = settings.build().map_err(|e| e.to_string())?;
+    VaultClient::new(settings).map_err(|e| format!("cannot build the Vault client: {e}"))
+}
+
+/// A file's bytes, read off the runtime, wiped on drop.
+async fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(Zeroizing::new(bytes))
+}
+
+/// A client like `base`, sending `token`.
+pub(super) fn with_token(base: &VaultClient, token: &str) -> VaultClient {
+    VaultClient {
+        http: rustify::clients::reqwest::Client::new(&base.http.base, base.http.http.clone()),
+        middle: EndpointMiddleware {
+            token: token.to_owned(),
+            ..base.middle.clone()
+        },
+        settings: vaultrs::client::VaultClientSettings {
+            token: token.to_owned(),
+            ..base.settings.clone()
+        },
+    }
+}
+
+/// Whether the node serves: `sys/health` (no token, no transit call);
+/// sealed, not initialised or standby nodes are unavailable.
+pub(super) async fn health(base: &VaultClient) -> Result<(), Error> {
+    // sys/health answers unwrapped, and with non-200 codes for states
+    // (vaultrs's own health type wants fields OpenBao does not send).
+    // sys/health lives in the root namespace only.
+    let root = EndpointMiddleware {
+        namespace: None,
+        ..base.middle.clone()
+    };
+    let answer = Call::<serde_json::Value>::get("sys/health".into())
+        .with_middleware(&root)
+        .exec(&base.http)
+        .await;
+    let problem = match answer {
+        Ok(_) => return Ok(()),
+        Err(rustify::errors::ClientError::ServerResponseError { code, .. }) => match code {
+            // A performance standby serves reads and forwards writes.
+            473 => return Ok(()),
+            503 => "Vault is sealed".to_owned(),
+            501 => "Vault is not initialized".to_owned(),
+            429 => "the Vault node is a standby: point `address` at the active node or its load balancer".to_owned(),
+            472 => "the Vault node is a disaster-recovery secondary".to_owned(),
+            other => format!("Vault health check answered HTTP {other}"),
+        },
+        Err(e) => format!(
+            "Vault health check failed: {}",
+            describe(&ClientError::RestClientError { source: e })
+        ),
+    };
+    Err(Error::new(ErrorKind::Unavailable, problem))
+}
+
+/// One transit call of our own (for what vaultrs does not model), executed by
+/// vaultrs with its token and namespace middleware.
+pub(super) struct Call<R> {
+    path: String,
+    method: RequestMethod,
+    body: Option<Zeroizing<Vec<u8>>>,
+    _response: PhantomData<fn() -> R>,
+}
+
+impl<R> Call<R> {
+    pub(super) fn get(path: String) -> Self {
+        Self {
+            path,
+            method: RequestMethod::GET,
+            body: None,
+            _response: PhantomData,
+        }
+    }
+
+    pub(super) fn post(path: String, body: &serde_json::Value) -> Self {
+        Self {
+            path,
+            method: RequestMethod::POST,
+            body: Some(Zeroizing::new(
+                serde_json::to_vec(body).expect("a JSON value always serializes"),
+            )),
+            _response: PhantomData,
+        }
+    }
+}
+
+#[async_trait]
+impl<R: DeserializeOwned + Send + Sync> Endpoint for Call<R> {
+    type Response = R;
+    const REQUEST_BODY_TYPE: RequestType = RequestType::JSON;
+    const RESPONSE_BODY_TYPE: ResponseType = ResponseType::JSON;
+
+    fn path(&self) -> String {
+        self.path.clone()
+    }
+
+    fn method(&self) -> RequestMethod {
+        self.method.clone()
+    }
+
+    fn body(&self) -> Result<Option<Vec<u8>>, rustify::errors::ClientError> {
+        Ok(self.body.as_ref().map(|b| b.to_vec()))
+    }
+}

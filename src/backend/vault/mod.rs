@@ -1,0 +1,535 @@
+//! The `vault` backend: HashiCorp Vault or OpenBao transit, through
+//! `vaultrs` (rustls).
+//!
+//! The sidecar logs in with one of four auth methods, and the shared
+//! [`Refresher`] keeps its token renewed in the background at ~70 % of its
+//! TTL, logging in again when renewal is impossible, fails or nears the max
+//! TTL (`auth.rs`). Requests never wait on a login: they use the current
+//! token. Vault answers 403 both to a token its policy does not cover and to
+//! one it no longer accepts (revoked, expired, or forgotten by a restarted
+//! dev server), so a refused call asks Vault about the token (`lookup-self`):
+//! a policy denial stays `forbidden`; a rejected token is dropped — the call
+//! is `unauthenticated`, the backend not ready — and the refresher logs in
+//! again at once.
+//!
+//! `vaultrs` serves the calls it models fully (logins, token lookup and
+//! renewal, encrypt, decrypt, HMAC, verify HMAC, rotate); reading a key,
+//! sign/verify, datakey and `sys/health` go through small endpoints of our
+//! own on vaultrs's executor (`client.rs`), because vaultrs's types lack the
+//! `hmac` key type, `latest_version`, `salt_length` and datakey's
+//! `associated_data`. Transit's formats are in `transit.rs`, Vault's errors
+//! as ours in `errors.rs`.
+
+mod auth;
+mod client;
+mod errors;
+mod transit;
+
+use super::credentials::Refresher;
+use super::{
+    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey,
+    Sealed, SignOptions, Signature, Verified, VersionInfo, canonical_context,
+};
+use crate::config::VaultBackendConfig;
+use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use auth::Token;
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use client::Call;
+use errors::{malformed, status_of};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use transit::{
+    DataKeyData, KeyData, KeyInfo, KeyVersion, SignatureData, ValidData, algorithm_of, first_valid,
+    open_ciphertext, parse_version, seal_ciphertext, sign_params, split_versioned,
+    versioned_signature,
+};
+use vaultrs::client::VaultClient;
+use vaultrs::error::ClientError;
+use zeroize::{Zeroize, Zeroizing};
+
+/// How long a key's type and versions are reused for request decisions.
+const KEY_INFO_TTL: Duration = Duration::from_secs(300);
+
+/// Vault / OpenBao transit.
+pub struct VaultBackend {
+    mount: String,
+    /// No token: for `sys/health` (logins have their own handle).
+    base: Arc<VaultClient>,
+    auth_method: &'static str,
+    /// The token, renewed in the background; dropping it stops the renewal.
+    credentials: Refresher<Token>,
+    keys: Mutex<HashMap<String, (Instant, Arc<KeyInfo>)>>,
+}
+
+impl fmt::Debug for VaultBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultBackend")
+            .field("address", &self.base.settings.address.as_str())
+            .field("mount", &self.mount)
+            .field("auth", &self.auth_method)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VaultBackend {
+    pub async fn new(
+        name: &str,
+        config: &VaultBackendConfig,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let base = Arc::new(client::base_client(config, timeout).await?);
+        let login = auth::Login::new(name, base.clone(), config.auth.clone());
+        let credentials = Refresher::spawn(name, login, auth::SCHEDULE, metrics);
+        // Log in at once when Vault answers quickly, so that a normal start
+        // is ready at once; the refresher goes on either way.
+        credentials.first_refresh(Duration::from_secs(5)).await;
+        Ok(Self {
+            mount: config.mount.trim_matches('/').to_owned(),
+            base,
+            auth_method: config.auth.method(),
+            credentials,
+            keys: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn path(&self, op: &str, key: KeyRef<'_>) -> String {
+        format!("{}/{op}/{}", self.mount, key.id)
+    }
+
+    /// Runs a Vault call with the current token and maps its error
+    /// (retries and the circuit breaker are the shared layer's,
+    /// [`super::resilient`]). A refusal (401/403) is `forbidden` while Vault
+    /// still accepts the token, `unauthenticated` when it no longer does.
+    async fn call<T, F, Fut>(&self, key: KeyRef<'_>, op: &str, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(Arc<Token>) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let token = self.credentials.ready().map_err(auth::no_token)?;
+        match f(token.clone()).await {
+            Ok(answer) => Ok(answer),
+            Err(e) => {
+                let refused = matches!(status_of(&e), Some(401 | 403));
+                let rejected =
+                    refused && !token.still_valid(Instant::now(), &self.credentials).await;
+                Err(errors::error(key, op, &e, rejected))
+            }
+        }
+    }
+
+    /// The key's type and versions, cached for a few minutes.
+    async fn info(&self, key: KeyRef<'_>) -> Result<Arc<KeyInfo>, Error> {
+        if let Some((at, info)) = self.keys.lock().expect("never poisoned").get(key.id)
+            && at.elapsed() < KEY_INFO_TTL
+        {
+            return Ok(info.clone());
+        }
+        let path = self.path("keys", key);
+        let data: KeyData = self
+            .call(key, "read key", |t| async move {
+                vaultrs::api::exec_with_result(&t.client, Call::<KeyData>::get(path)).await
+            })
+            .await?;
+        let algorithm = algorithm_of(&data.key_type).ok_or_else(|| {
+            Error::unsupported(format!(
+                "key `{}` is a transit `{}` key, which kms-sidecar does not support (ecdsa-p256, ecdsa-p384, ed25519, rsa-2048/3072/4096, aes256-gcm96, hmac)",
+                key.alias, data.key_type
+            ))
+        })?;
+        let info = Arc::new(KeyInfo { algorithm, data });
+        self.keys
+            .lock()
+            .expect("never poisoned")
+            .insert(key.id.to_owned(), (Instant::now(), info.clone()));
+        Ok(info)
+    }
+
+    fn forget(&self, key: KeyRef<'_>) {
+        self.keys.lock().expect("never poisoned").remove(key.id);
+    }
+
+    /// [`Self::info`], refusing keys not made for `purpose`.
+    async fn info_for(
+        &self,
+        key: KeyRef<'_>,
+        purpose: Purpose,
+        what: &str,
+    ) -> Result<Arc<KeyInfo>, Error> {
+        let info = self.info(key).await?;
+        super::require_purpose(key, info.algorithm, purpose, what)?;
+        Ok(info)
+    }
+
+    /// How a context binds to a key: derived keys derive from it (`context`),
+    /// others authenticate it as AEAD associated data.
+    fn bind_context(info: &KeyInfo, context: &Context) -> (Option<String>, Option<String>) {
+        let encoded = B64.encode(canonical_context(context));
+        if info.data.derived {
+            (Some(encoded), None)
+        } else {
+            (None, Some(encoded))
+        }
+    }
+
+    async fn verify_version(
+        &self,
+        key: KeyRef<'_>,
+        version: u32,
+        signature: &[u8],
+        params: &serde_json::Value,
+    ) -> Result<bool, Error> {
+        let mut body = params.clone();
+        body["signature"] = versioned_signature(version, signature, params).into();
+        let path = self.path("verify", key);
+        let data: ValidData = self
+            .call(key, "verify", |t| {
+                let call = Call::<ValidData>::post(path, &body);
+                async move { vaultrs::api::exec_with_result(&t.client, call).await }
+            })
+            .await?;
+        Ok(data.valid)
+    }
+
+    async fn verify_mac_version(
+        &self,
+        key: KeyRef<'_>,
+        version: u32,
+        message: &str,
+        mac: &[u8],
+    ) -> Result<bool, Error> {
+        let hmac = format!("vault:v{version}:{}", B64.encode(mac));
+        let data = self
+            .call(key, "verify hmac", |t| async move {
+                vaultrs::transit::data::verify(
+                    &t.client,
+                    &self.mount,
+                    key.id,
+                    message,
+                    Some(
+                        vaultrs::api::transit::requests::VerifySignedDataRequest::builder()
+                            .hmac(hmac)
+                            .hash_algorithm(vaultrs::api::transit::HashAlgorithm::Sha2_256),
+                    ),
+                )
+                .await
+            })
+            .await?;
+        Ok(data.valid)
+    }
+}
+
+#[async_trait]
+impl Backend for VaultBackend {
+    fn kind(&self) -> &'static str {
+        "vault"
+    }
+
+    /// A valid token and `sys/health` (no transit call): sealed, not
+    /// initialised or standby nodes are unavailable.
+    async fn health(&self) -> Result<(), Error> {
+        self.credentials.ready().map_err(auth::no_token)?;
+        client::health(&self.base).await
+    }
+
+    async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
+        self.forget(key);
+        let info = self.info(key).await?;
+        let data = &info.data;
+        let versions: Vec<VersionInfo> = (1..=data.latest_version)
+            .map(|v| VersionInfo {
+                version: v.to_string(),
+                created: info.version_created(v),
+                enabled: v >= data.min_decryption_version,
+            })
+            .collect();
+        let created = versions.first().and_then(|v| v.created);
+        let details = BTreeMap::from([
+            ("mount".to_owned(), self.mount.clone()),
+            ("transit_type".to_owned(), data.key_type.clone()),
+            ("derived".to_owned(), data.derived.to_string()),
+            ("exportable".to_owned(), data.exportable.to_string()),
+            (
+                "min_decryption_version".to_owned(),
+                data.min_decryption_version.to_string(),
+            ),
+        ]);
+        Ok(KeyMetadata {
+            algorithm: info.algorithm,
+            current_version: data.latest_version.to_string(),
+            versions,
+            created,
+            origin: if data.imported_key {
+                Origin::External
+            } else {
+                Origin::Software
+            },
+            rotation_period: (data.auto_rotate_period > 0)
+                .then(|| Duration::from_secs(data.auto_rotate_period)),
+            details,
+        })
+    }
+
+    async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
+        let mut info = self
+            .info_for(key, Purpose::Sign, "export a public key")
+            .await?;
+        let version = match version {
+            Some(v) => parse_version(v)?,
+            None => info.data.latest_version,
+        };
+        if version > info.data.latest_version {
+            // Rotated elsewhere since we looked.
+            self.forget(key);
+            info = self.info(key).await?;
+        }
+        let Some(KeyVersion::Asymmetric { public_key, .. }) =
+            info.data.keys.get(&version.to_string())
+        else {
+            return Err(Error::new(
+                ErrorKind::InvalidRequest,
+                format!("key `{}` has no version {version}", key.alias),
+            ));
+        };
+        let spki_der = if info.algorithm == Algorithm::Ed25519 {
+            // Transit returns the raw 32-byte Ed25519 key.
+            let raw = B64.decode(public_key).map_err(|_| malformed())?;
+            if raw.len() != 32 {
+                return Err(malformed());
+            }
+            let mut der = vec![
+                0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+            ];
+            der.extend_from_slice(&raw);
+            der
+        } else {
+            pem::parse(public_key.as_bytes())
+                .map_err(|_| malformed())?
+                .into_contents()
+        };
+        Ok(PublicKey {
+            spki_der,
+            algorithm: info.algorithm,
+            version: version.to_string(),
+        })
+    }
+
+    async fn sign(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        options: SignOptions,
+    ) -> Result<Signature, Error> {
+        let info = self.info(key).await?;
+        let (algorithm, params) = sign_params(key, &info, input, options)?;
+        let path = self.path("sign", key);
+        let data: SignatureData = self
+            .call(key, "sign", |t| {
+                let call = Call::<SignatureData>::post(path, &params);
+                async move { vaultrs::api::exec_with_result(&t.client, call).await }
+            })
+            .await?;
+        let (version, encoded) = split_versioned(&data.signature).ok_or_else(malformed)?;
+        let bytes = if params["marshaling_algorithm"] == "jws" {
+            B64URL.decode(encoded)
+        } else {
+            B64.decode(encoded)
+        }
+        .map_err(|_| malformed())?;
+        Ok(Signature {
+            bytes,
+            algorithm,
+            version: version.to_string(),
+        })
+    }
+
+    fn verifies(&self) -> bool {
+        true
+    }
+
+    /// Transit's verify; without a version, every version that still
+    /// verifies is tried, newest first.
+    async fn verify(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        signature: &[u8],
+        options: SignOptions,
+        version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        let info = self.info(key).await?;
+        let format = match options.format {
+            // The caller did not say: tell by the length.
+            SignatureFormat::Der => crypto::guess_format(info.algorithm, signature),
+            raw => raw,
+        };
+        let options = SignOptions { format, ..options };
+        let (_, params) = sign_params(key, &info, input, options)?;
+        first_valid(&info, version, |v| {
+            self.verify_version(key, v, signature, &params)
+        })
+        .await
+    }
+
+    async fn encrypt(
+        &self,
+        key: KeyRef<'_>,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> Result<Sealed, Error> {
+        let info = self.info_for(key, Purpose::Encrypt, "encrypt").await?;
+        let (derivation, associated) = Self::bind_context(&info, context);
+        let encoded = Zeroizing::new(B64.encode(plaintext));
+        let data = self
+            .call(key, "encrypt", |t| async move {
+                let mut options = vaultrs::api::transit::requests::EncryptDataRequest::builder();
+                if let Some(c) = derivation {
+                    options.context(c);
+                }
+                if let Some(a) = associated {
+                    options.associated_data(a);
+                }
+                vaultrs::transit::data::encrypt(
+                    &t.client,
+                    &self.mount,
+                    key.id,
+                    &encoded,
+                    Some(&mut options),
+                )
+                .await
+            })
+            .await?;
+        seal_ciphertext(&data.ciphertext)
+    }
+
+    async fn decrypt(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Plaintext, Error> {
+        let info = self.info_for(key, Purpose::Encrypt, "decrypt").await?;
+        let (derivation, associated) = Self::bind_context(&info, context);
+        let ciphertext = open_ciphertext(ciphertext)?;
+        let mut data = self
+            .call(key, "decrypt", |t| async move {
+                let mut options = vaultrs::api::transit::requests::DecryptDataRequest::builder();
+                if let Some(c) = derivation {
+                    options.context(c);
+                }
+                if let Some(a) = associated {
+                    options.associated_data(a);
+                }
+                {
+                    vaultrs::transit::data::decrypt(
+                        &t.client,
+                        &self.mount,
+                        key.id,
+                        &ciphertext,
+                        Some(&mut options),
+                    )
+                    .await
+                }
+            })
+            .await?;
+        let plaintext = B64.decode(&data.plaintext).map_err(|_| malformed());
+        data.plaintext.zeroize();
+        Ok(Plaintext(Zeroizing::new(plaintext?)))
+    }
+
+    /// `datakey/plaintext`, bound to the context like [`Backend::encrypt`]
+    /// binds it, so that [`Backend::decrypt`] unwraps it.
+    async fn generate_data_key(
+        &self,
+        key: KeyRef<'_>,
+        bits: u32,
+        context: &Context,
+    ) -> Result<DataKey, Error> {
+        let info = self
+            .info_for(key, Purpose::Encrypt, "wrap data keys")
+            .await?;
+        let (derivation, associated) = Self::bind_context(&info, context);
+        let mut body = serde_json::json!({ "bits": bits });
+        if let Some(c) = derivation {
+            body["context"] = c.into();
+        }
+        if let Some(a) = associated {
+            body["associated_data"] = a.into();
+        }
+        let path = self.path("datakey/plaintext", key);
+        let data: DataKeyData = self
+            .call(key, "datakey", |t| {
+                let call = Call::<DataKeyData>::post(path, &body);
+                async move { vaultrs::api::exec_with_result(&t.client, call).await }
+            })
+            .await?;
+        let plaintext = Zeroizing::new(
+            B64.decode(data.plaintext.as_bytes())
+                .map_err(|_| malformed())?,
+        );
+        if plaintext.len() * 8 != bits as usize {
+            return Err(malformed());
+        }
+        let sealed = seal_ciphertext(&data.ciphertext)?;
+        Ok(DataKey {
+            plaintext: Plaintext(plaintext),
+            encrypted: sealed.bytes,
+            version: sealed.version,
+        })
+    }
+
+    async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
+        self.info_for(key, Purpose::Mac, "compute MACs").await?;
+        let encoded = Zeroizing::new(B64.encode(message));
+        let data = self
+            .call(key, "hmac", |t| async move {
+                vaultrs::transit::generate::hmac(
+                    &t.client,
+                    &self.mount,
+                    key.id,
+                    &encoded,
+                    Some(
+                        vaultrs::api::transit::requests::GenerateHmacRequest::builder()
+                            .algorithm(vaultrs::api::transit::HashAlgorithm::Sha2_256),
+                    ),
+                )
+                .await
+            })
+            .await?;
+        let (version, encoded) = split_versioned(&data.hmac).ok_or_else(malformed)?;
+        Ok(Sealed {
+            bytes: B64.decode(encoded).map_err(|_| malformed())?,
+            version: version.to_string(),
+        })
+    }
+
+    async fn verify_mac(
+        &self,
+        key: KeyRef<'_>,
+        message: &[u8],
+        mac: &[u8],
+        version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        let info = self.info_for(key, Purpose::Mac, "verify MACs").await?;
+        let encoded = Zeroizing::new(B64.encode(message));
+        first_valid(&info, version, |v| {
+            self.verify_mac_version(key, v, &encoded, mac)
+        })
+        .await
+    }
+
+    async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
+        self.info(key).await?;
+        self.call(key, "rotate", |t| async move {
+            vaultrs::transit::key::rotate(&t.client, &self.mount, key.id).await
+        })
+        .await?;
+        self.forget(key);
+        Ok(self.info(key).await?.data.latest_version.to_string())
+    }
+}

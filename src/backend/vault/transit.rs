@@ -1,0 +1,300 @@
+//! Transit's formats: a key's facts (`GET {mount}/keys/{name}`), the key
+//! types we serve, `vault:vN:` versioned values and our ciphertexts, and
+//! the sign/verify parameters — pure, no IO.
+//!
+//! Transit prefixes ciphertexts, signatures and MACs with `vault:vN:`. Our
+//! API shows `N` as the version and never the prefix: a ciphertext is `N`
+//! (u32, big-endian) followed by the decoded transit ciphertext, and
+//! verify/decrypt rebuild the prefix.
+
+use super::errors::malformed;
+use crate::backend::{Error, ErrorKind, KeyRef, Sealed, SignOptions, Verified};
+use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+use zeroize::Zeroizing;
+
+/// What `GET {mount}/keys/{name}` says about a key.
+#[derive(Debug, Deserialize)]
+pub(super) struct KeyData {
+    #[serde(rename = "type")]
+    pub(super) key_type: String,
+    pub(super) latest_version: u32,
+    #[serde(default)]
+    pub(super) min_decryption_version: u32,
+    #[serde(default)]
+    pub(super) derived: bool,
+    #[serde(default)]
+    pub(super) exportable: bool,
+    #[serde(default, alias = "imported")]
+    pub(super) imported_key: bool,
+    /// Seconds (Vault ≥ 1.10); 0 when off.
+    #[serde(default)]
+    pub(super) auto_rotate_period: u64,
+    /// Absent for HMAC keys.
+    #[serde(default)]
+    pub(super) keys: BTreeMap<String, KeyVersion>,
+}
+
+/// One version: its creation time (symmetric keys) or its public key.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum KeyVersion {
+    Symmetric(i64),
+    Asymmetric {
+        creation_time: String,
+        #[serde(default)]
+        public_key: String,
+    },
+}
+
+/// A key's facts, as requests need them.
+#[derive(Debug)]
+pub(super) struct KeyInfo {
+    pub(super) algorithm: Algorithm,
+    pub(super) data: KeyData,
+}
+
+impl KeyInfo {
+    pub(super) fn version_created(&self, version: u32) -> Option<SystemTime> {
+        match self.data.keys.get(&version.to_string())? {
+            KeyVersion::Symmetric(unix) => {
+                Some(SystemTime::UNIX_EPOCH + Duration::from_secs((*unix).max(0) as u64))
+            }
+            KeyVersion::Asymmetric { creation_time, .. } => {
+                humantime::parse_rfc3339_weak(creation_time.trim_end_matches('Z'))
+                    .or_else(|_| humantime::parse_rfc3339(creation_time))
+                    .ok()
+            }
+        }
+    }
+
+    /// Versions that still verify, decrypt and unwrap, newest first.
+    fn usable_versions(&self) -> impl Iterator<Item = u32> + '_ {
+        let oldest = self.data.min_decryption_version.max(1);
+        (oldest..=self.data.latest_version).rev()
+    }
+}
+
+/// Runs `check` on `version` if the caller named one, else on every version
+/// that still verifies, newest first; the first that passes is the answer
+/// (`valid: false` names the version asked for, or the newest).
+pub(super) async fn first_valid<F, Fut>(
+    info: &KeyInfo,
+    version: Option<&str>,
+    mut check: F,
+) -> Result<Verified, Error>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<bool, Error>>,
+{
+    let versions: Vec<u32> = match version {
+        Some(v) => vec![parse_version(v)?],
+        None => info.usable_versions().collect(),
+    };
+    for &v in &versions {
+        if check(v).await? {
+            return Ok(Verified {
+                valid: true,
+                version: v.to_string(),
+            });
+        }
+    }
+    let reported = versions
+        .first()
+        .copied()
+        .unwrap_or(info.data.latest_version);
+    Ok(Verified {
+        valid: false,
+        version: reported.to_string(),
+    })
+}
+
+/// Our algorithm for a transit key type.
+pub(super) fn algorithm_of(key_type: &str) -> Option<Algorithm> {
+    Some(match key_type {
+        "ecdsa-p256" => Algorithm::EcdsaP256Sha256,
+        "ecdsa-p384" => Algorithm::EcdsaP384Sha384,
+        "ed25519" => Algorithm::Ed25519,
+        "rsa-2048" => Algorithm::RsaPssSha256 { bits: 2048 },
+        "rsa-3072" => Algorithm::RsaPssSha256 { bits: 3072 },
+        "rsa-4096" => Algorithm::RsaPssSha256 { bits: 4096 },
+        "aes256-gcm96" => Algorithm::Aes256Gcm,
+        "hmac" => Algorithm::HmacSha256,
+        _ => return None,
+    })
+}
+
+/// `vault:vN:payload` → (N, payload).
+pub(super) fn split_versioned(text: &str) -> Option<(u32, &str)> {
+    let rest = text.strip_prefix("vault:v")?;
+    let (version, payload) = rest.split_once(':')?;
+    Some((version.parse().ok()?, payload))
+}
+
+/// Our ciphertext: the version, then the transit ciphertext bytes.
+pub(super) fn seal_ciphertext(text: &str) -> Result<Sealed, Error> {
+    let (version, payload) = split_versioned(text).ok_or_else(malformed)?;
+    let bytes = B64.decode(payload).map_err(|_| malformed())?;
+    let mut out = Vec::with_capacity(4 + bytes.len());
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&bytes);
+    Ok(Sealed {
+        bytes: out,
+        version: version.to_string(),
+    })
+}
+
+/// Our ciphertext as transit's `vault:vN:…` string.
+pub(super) fn open_ciphertext(bytes: &[u8]) -> Result<String, Error> {
+    if bytes.len() <= 4 {
+        return Err(Error::decryption_failed());
+    }
+    let (version, payload) = bytes.split_at(4);
+    let version = u32::from_be_bytes(version.try_into().expect("four bytes"));
+    Ok(format!("vault:v{version}:{}", B64.encode(payload)))
+}
+
+/// A version string from the API as a transit version number.
+pub(super) fn parse_version(version: &str) -> Result<u32, Error> {
+    version.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidRequest,
+            "`version` must be a transit key version number (1, 2, …)",
+        )
+    })
+}
+
+/// The transit hash name for an algorithm's digest.
+fn hash_name(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::EcdsaP384Sha384 => "sha2-384",
+        _ => "sha2-256",
+    }
+}
+
+/// Sign/verify parameters for a key, the algorithm the caller asked for and
+/// the input: ECDSA and RSA inputs are hashed here and sent prehashed (the
+/// digest is what is signed either way, and it keeps requests small);
+/// Ed25519 signs the message.
+pub(super) fn sign_params(
+    key: KeyRef<'_>,
+    info: &KeyInfo,
+    input: SignInput<'_>,
+    options: SignOptions,
+) -> Result<(Algorithm, serde_json::Value), Error> {
+    crate::backend::require_purpose(key, info.algorithm, Purpose::Sign, "sign or verify")?;
+    let algorithm = match (info.algorithm, options.algorithm) {
+        (Algorithm::RsaPssSha256 { bits }, Some(Algorithm::RsaPkcs1Sha256 { bits: b }))
+            if b == bits =>
+        {
+            Algorithm::RsaPkcs1Sha256 { bits }
+        }
+        (own, Some(asked)) if asked != own => {
+            return Err(Error::unsupported(format!(
+                "key `{}` is {own}: it does not sign with {asked}",
+                key.alias
+            )));
+        }
+        (own, _) => own,
+    };
+    let mut params = serde_json::json!({});
+    let input = match (algorithm.digest(), input) {
+        (None, SignInput::Message(m)) => B64.encode(m),
+        (None, SignInput::Digest(_)) => {
+            return Err(Error::new(
+                ErrorKind::InvalidRequest,
+                crypto::BadInput::DigestNotSupported.to_string(),
+            ));
+        }
+        (Some(alg), input) => {
+            let digest = match input {
+                SignInput::Message(m) => aws_lc_rs::digest::digest(alg, m),
+                SignInput::Digest(d) => crypto::import_digest(algorithm, d)
+                    .map_err(|e| Error::new(ErrorKind::InvalidRequest, e.to_string()))?,
+            };
+            params["prehashed"] = true.into();
+            params["hash_algorithm"] = hash_name(algorithm).into();
+            B64.encode(digest.as_ref())
+        }
+    };
+    params["input"] = input.into();
+    match algorithm {
+        Algorithm::RsaPssSha256 { .. } => {
+            params["signature_algorithm"] = "pss".into();
+            params["salt_length"] = "hash".into();
+        }
+        Algorithm::RsaPkcs1Sha256 { .. } => {
+            params["signature_algorithm"] = "pkcs1v15".into();
+        }
+        Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384
+            if options.format == SignatureFormat::Raw =>
+        {
+            params["marshaling_algorithm"] = "jws".into();
+        }
+        _ => {}
+    }
+    Ok((algorithm, params))
+}
+
+/// Encodes a signature as transit wants it back (JWS marshaling is
+/// unpadded base64url).
+pub(super) fn versioned_signature(
+    version: u32,
+    signature: &[u8],
+    params: &serde_json::Value,
+) -> String {
+    let encoded = if params["marshaling_algorithm"] == "jws" {
+        B64URL.encode(signature)
+    } else {
+        B64.encode(signature)
+    };
+    format!("vault:v{version}:{encoded}")
+}
+
+/// Transit's answer carrying a versioned value (`signature`, `hmac`, …).
+#[derive(Deserialize)]
+pub(super) struct SignatureData {
+    pub(super) signature: String,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ValidData {
+    pub(super) valid: bool,
+}
+
+#[derive(Deserialize)]
+pub(super) struct DataKeyData {
+    pub(super) ciphertext: String,
+    pub(super) plaintext: Zeroizing<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versioned_values_round_trip() {
+        assert_eq!(split_versioned("vault:v12:AAAA"), Some((12, "AAAA")));
+        assert_eq!(split_versioned("vault:vx:AAAA"), None);
+        assert_eq!(split_versioned("AAAA"), None);
+        let sealed = seal_ciphertext("vault:v3:AQID").unwrap();
+        assert_eq!(sealed.version, "3");
+        assert_eq!(sealed.bytes, [0, 0, 0, 3, 1, 2, 3]);
+        assert_eq!(open_ciphertext(&sealed.bytes).unwrap(), "vault:v3:AQID");
+        assert!(open_ciphertext(&[0, 0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn transit_key_types() {
+        assert_eq!(algorithm_of("ecdsa-p384"), Some(Algorithm::EcdsaP384Sha384));
+        assert_eq!(
+            algorithm_of("rsa-3072"),
+            Some(Algorithm::RsaPssSha256 { bits: 3072 })
+        );
+        assert_eq!(algorithm_of("chacha20-poly1305"), None);
+    }
+}
