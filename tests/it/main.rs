@@ -11,6 +11,7 @@ mod callers;
 #[cfg(feature = "webhook")]
 mod chart;
 mod cli;
+mod conformance;
 mod docs;
 mod envelope;
 mod errors;

@@ -50,6 +50,11 @@ async fn setup_transit(bao: &Bao) {
         json!({"type": "aes256-gcm96", "derived": true}),
     )
     .await;
+    put_readme_policy(bao).await;
+}
+
+/// The README's policy as `sidecar`.
+pub(crate) async fn put_readme_policy(bao: &Bao) {
     bao.api(
         "PUT",
         "sys/policies/acl/sidecar",

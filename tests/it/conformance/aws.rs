@@ -1,0 +1,62 @@
+//! The conformance suite on the `aws` backend, against a moto server: the
+//! keys are created there (one `CreateKey` each, concurrently), `missing` is
+//! an alias moto does not have, `down` a second backend on 127.0.0.1:1.
+
+use super::cases::every_case;
+use super::{Backend, Cap, Env, KeyType, Op, Setup, aliases_of};
+use crate::aws::{STATIC, create_key};
+use crate::harness::Moto;
+use aws_sdk_kms::types::{KeySpec, KeyUsageType};
+
+const ROTATES_SYMMETRIC_ONLY: &str =
+    "AWS KMS rotates only symmetric encryption keys on demand (RotateKeyOnDemand)";
+
+pub const BACKEND: Backend = Backend {
+    name: "aws",
+    server: "moto (`python3 -m moto.server`), static credentials",
+    lacks: &[
+        (Cap::Key(KeyType::Ed25519), "AWS KMS has no Ed25519 keys"),
+        (Cap::Can(KeyType::Ecdsa, Op::Rotate), ROTATES_SYMMETRIC_ONLY),
+        (Cap::Can(KeyType::Rsa, Op::Rotate), ROTATES_SYMMETRIC_ONLY),
+        (Cap::Can(KeyType::Hmac, Op::Rotate), ROTATES_SYMMETRIC_ONLY),
+    ],
+};
+
+fn spec(key: KeyType) -> (KeySpec, KeyUsageType) {
+    match key {
+        KeyType::Ecdsa => (KeySpec::EccNistP256, KeyUsageType::SignVerify),
+        KeyType::Rsa => (KeySpec::Rsa2048, KeyUsageType::SignVerify),
+        KeyType::Aes => (KeySpec::SymmetricDefault, KeyUsageType::EncryptDecrypt),
+        KeyType::Hmac => (KeySpec::Hmac256, KeyUsageType::GenerateVerifyMac),
+        KeyType::Ed25519 => unreachable!("declared lacking"),
+    }
+}
+
+async fn start() -> Env {
+    let moto = Moto::start().await;
+    let kms = moto.kms();
+    let aliases: Vec<_> = aliases_of(&BACKEND).collect();
+    let ids = futures_util::future::join_all(aliases.iter().map(|(_, key)| {
+        let (spec, usage) = spec(*key);
+        create_key(&kms, spec, usage)
+    }))
+    .await;
+    let keys = aliases
+        .into_iter()
+        .zip(ids)
+        .map(|((alias, _), id)| (alias, format!("key: \"{id}\"")))
+        .collect();
+    let region = "type: aws, region: us-east-1";
+    let setup = Setup {
+        backend: format!("{{ {region}, endpoint: \"{}\" }}", moto.url),
+        down: Some(format!("{{ {region}, endpoint: \"http://127.0.0.1:1\" }}")),
+        keys,
+        missing: Some("key: alias/missing".into()),
+        env: STATIC.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+        secrets: vec![],
+        server: Box::new(moto),
+    };
+    Env::start(&BACKEND, setup).await
+}
+
+every_case!(crate::conformance::case_tests);
