@@ -85,6 +85,7 @@ impl Service {
     ) -> Result<api::VerifyResponse, ApiError> {
         let (entry, _) = self.key_for(caller, alias, Op::Mac).await?;
         let version = req.version.as_ref().map(|v| v.0.as_str());
+        self.check_version(entry, version).await?;
         let v = entry
             .backend
             .verify_mac(entry.key_ref(), &req.message.0, &req.mac.0, version)

@@ -170,6 +170,26 @@ impl Service {
         Ok((entry, algorithm))
     }
 
+    /// A version the request names must be one of the key's (400) — the
+    /// same answer from every backend, whether or not its API checks.
+    pub(crate) async fn check_version(
+        &self,
+        entry: &KeyEntry,
+        version: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let Some(version) = version else {
+            return Ok(());
+        };
+        let m = entry.backend.metadata(entry.key_ref()).await?;
+        if m.versions.iter().any(|v| v.version == version) {
+            return Ok(());
+        }
+        Err(ApiError::invalid(format!(
+            "field `version`: key `{}` has no version `{version}`",
+            entry.alias
+        )))
+    }
+
     // === keys ===
 
     pub async fn list_keys(&self, caller: &Caller) -> api::KeyList {

@@ -88,6 +88,7 @@ impl Service {
         let input = rules::sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
         rules::check_sign_input(algorithm, input, "")?;
         let version = req.version.as_ref().map(|v| v.0.as_str());
+        self.check_version(entry, version).await?;
         let verified = if entry.backend.verifies() {
             let options = rules::sign_options(req.format, algorithm);
             entry

@@ -25,7 +25,7 @@ mod client;
 mod errors;
 mod transit;
 
-use super::credentials::Refresher;
+use super::credentials::{NotReady, Refresher};
 use super::{
     Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey,
     Sealed, SignOptions, Signature, Verified, VersionInfo, canonical_context,
@@ -111,7 +111,10 @@ impl VaultBackend {
         F: FnOnce(Arc<Token>) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
-        let token = self.credentials.ready().map_err(auth::no_token)?;
+        let token = match self.credentials.ready() {
+            Ok(token) => token,
+            Err(why) => return Err(self.without_token(why).await),
+        };
         match f(token.clone()).await {
             Ok(answer) => Ok(answer),
             Err(e) => {
@@ -121,6 +124,19 @@ impl VaultBackend {
                 Err(errors::error(key, op, &e, rejected))
             }
         }
+    }
+
+    /// Why a call cannot be made without a valid token: Vault cannot be
+    /// reached at all (503, retryable — whatever the last login said), or
+    /// it can and the sidecar has no token it accepts (401).
+    async fn without_token(&self, why: NotReady) -> Error {
+        if matches!(why, NotReady::NotYet | NotReady::Failed(_))
+            && let Err(e) = client::health(&self.base).await
+            && matches!(e.kind, ErrorKind::Unavailable | ErrorKind::Timeout)
+        {
+            return e;
+        }
+        auth::no_token(why)
     }
 
     /// The key's type and versions, cached for a few minutes.
@@ -233,7 +249,9 @@ impl Backend for VaultBackend {
     /// A valid token and `sys/health` (no transit call): sealed, not
     /// initialised or standby nodes are unavailable.
     async fn health(&self) -> Result<(), Error> {
-        self.credentials.ready().map_err(auth::no_token)?;
+        if let Err(why) = self.credentials.ready() {
+            return Err(self.without_token(why).await);
+        }
         client::health(&self.base).await
     }
 

@@ -19,6 +19,14 @@ pub const BACKEND: Backend = Backend {
         (Cap::Can(KeyType::Ecdsa, Op::Rotate), ROTATES_SYMMETRIC_ONLY),
         (Cap::Can(KeyType::Rsa, Op::Rotate), ROTATES_SYMMETRIC_ONLY),
         (Cap::Can(KeyType::Hmac, Op::Rotate), ROTATES_SYMMETRIC_ONLY),
+        (
+            Cap::ForeignCiphertext,
+            "moto answers AccessDeniedException for another key's ciphertext (real KMS: IncorrectKeyException, which the backend maps to 422)",
+        ),
+        (
+            Cap::RotationVersions,
+            "moto keeps no key-material ids, so every version reads `1` (real KMS names versions by key-material id)",
+        ),
     ],
 };
 

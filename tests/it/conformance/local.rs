@@ -2,16 +2,12 @@
 //! creates in its own directory.
 
 use super::cases::every_case;
-use super::{Backend, Cap, Env, KeyType, Op, Setup, aliases_of};
+use super::{Backend, Cap, Env, Setup, aliases_of};
 
 pub const BACKEND: Backend = Backend {
     name: "local",
     server: "none: key files in the sidecar's directory, created from the config's `algorithm`",
     lacks: &[
-        (
-            Cap::Can(KeyType::Rsa, Op::SignPkcs1),
-            "a local RSA key signs with the one padding its `algorithm` names (PKCS#1 v1.5 is another key, `rsa-pkcs1-…`)",
-        ),
         (
             Cap::AbsentKey,
             "the local backend refuses to start with a configured key it does not have (or creates it when `algorithm` is set)",

@@ -145,6 +145,11 @@ pub enum Cap {
     AbsentKey,
     /// An endpoint that can be unreachable (→ 503 `backend_unavailable`).
     Unreachable,
+    /// A ciphertext of another key is told apart from a refused permission
+    /// (→ 422 `decryption_failed`).
+    ForeignCiphertext,
+    /// A rotation gives the key a new version that ciphertexts name.
+    RotationVersions,
 }
 
 pub use Cap::*;
@@ -155,7 +160,7 @@ impl Cap {
         KeyType::ALL
             .into_iter()
             .flat_map(|k| k.ops().iter().map(move |op| Can(k, *op)))
-            .chain([AbsentKey, Unreachable])
+            .chain([AbsentKey, Unreachable, ForeignCiphertext, RotationVersions])
     }
 
     /// The matrix's first two columns.
@@ -165,6 +170,8 @@ impl Cap {
             Can(k, op) => (k.title(), op.title()),
             AbsentKey => ("any", "a configured key the backend does not have → 404"),
             Unreachable => ("any", "an unreachable endpoint → 503, retryable"),
+            ForeignCiphertext => ("AES-256", "a ciphertext of another key → 422"),
+            RotationVersions => ("AES-256", "a rotation moves ciphertexts to a new version"),
         }
     }
 }

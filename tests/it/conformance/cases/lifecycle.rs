@@ -154,10 +154,11 @@ pub async fn rotate_ed25519_keeps_old_signatures(t: &Env) {
     rotation_keeps_old_signatures(t, "ed", &[], true).await;
 }
 
+/// After a rotation, ciphertexts and envelopes of before and after open.
 pub async fn rotate_aes_keeps_old_ciphertexts(t: &Env) {
     let old = t.encrypt("aes", SECRET, context()).await;
     let old_envelope = t.seal(SECRET, context()).await;
-    let new = rotate(t, "aes").await;
+    rotate(t, "aes").await;
     let sealed = t.encrypt("aes", SECRET, context()).await;
     for (what, ciphertext) in [("old", &old), ("new", &sealed)] {
         let opened = t.decrypt("aes", ciphertext, context()).await;
@@ -165,6 +166,16 @@ pub async fn rotate_aes_keeps_old_ciphertexts(t: &Env) {
     }
     let opened = t.open(&old_envelope, context()).await;
     assert_eq!(opened, SECRET, "{t}: the old envelope");
+    let envelope = t.seal(SECRET, context()).await;
+    let opened = t.open(&envelope, context()).await;
+    assert_eq!(opened, SECRET, "{t}: a new envelope");
+}
+
+/// After a rotation, new ciphertexts and envelopes name the new version.
+pub async fn rotate_aes_moves_to_a_new_version(t: &Env) {
+    let old = t.encrypt("aes", SECRET, context()).await;
+    let new = rotate(t, "aes").await;
+    let sealed = t.encrypt("aes", SECRET, context()).await;
     let envelope = t.seal(SECRET, context()).await;
     let answers = [
         ("a new ciphertext", &sealed, new.as_str()),

@@ -55,7 +55,7 @@ macro_rules! every_case {
             encrypt_decrypt_with_context: [Can(Aes, Encrypt)],
             decrypt_with_the_wrong_context_fails: [Can(Aes, Encrypt)],
             decrypt_without_the_context_fails: [Can(Aes, Encrypt)],
-            decrypt_a_foreign_ciphertext_fails: [Can(Aes, Encrypt)],
+            decrypt_a_foreign_ciphertext_fails: [Can(Aes, Encrypt), ForeignCiphertext],
             decrypt_a_truncated_ciphertext_fails: [Can(Aes, Encrypt)],
             decrypt_a_tampered_ciphertext_fails: [Can(Aes, Encrypt)],
             datakey_256_unwraps_through_decrypt: [Can(Aes, DataKey), Can(Aes, Encrypt)],
@@ -77,7 +77,8 @@ macro_rules! every_case {
             rotate_ec_keeps_old_signatures: [Can(Ecdsa, Rotate), Can(Ecdsa, Sign), Can(Ecdsa, Verify), Can(Ecdsa, PublicKey)],
             rotate_rsa_keeps_old_signatures: [Can(Rsa, Rotate), Can(Rsa, Sign), Can(Rsa, Verify), Can(Rsa, PublicKey)],
             rotate_ed25519_keeps_old_signatures: [Can(Ed25519, Rotate), Can(Ed25519, Sign), Can(Ed25519, Verify), Can(Ed25519, PublicKey)],
-            rotate_aes_keeps_old_ciphertexts: [Can(Aes, Rotate), Can(Aes, Encrypt), Can(Aes, Envelope), Can(Aes, Metadata)],
+            rotate_aes_keeps_old_ciphertexts: [Can(Aes, Rotate), Can(Aes, Encrypt), Can(Aes, Envelope)],
+            rotate_aes_moves_to_a_new_version: [Can(Aes, Rotate), Can(Aes, Encrypt), Can(Aes, Envelope), Can(Aes, Metadata), RotationVersions],
             rotate_hmac_keeps_old_macs: [Can(Hmac, Rotate), Can(Hmac, Mac)],
             // Errors.
             missing_key_is_key_not_found: [AbsentKey],
