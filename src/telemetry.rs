@@ -36,6 +36,11 @@ const CREDENTIAL_TARGETS: &[(&str, LevelFilter)] = &[
     ("aws_sigv4", LevelFilter::DEBUG),
     ("aws_config::sts::assume_role", LevelFilter::INFO),
     ("aws_config::profile::credentials", LevelFilter::WARN),
+    // An unusable Pod Identity token is logged whole at WARN, by the
+    // provider and by the chain that tried it (the sidecar logs the reason
+    // itself, tokens cut out).
+    ("aws_config::ecs", LevelFilter::ERROR),
+    ("aws_config::meta::credentials::chain", LevelFilter::ERROR),
 ];
 
 pub fn init(log: &Log) {
@@ -129,7 +134,9 @@ mod tests {
             tracing::info!(target: "aws_config::profile::credentials", "loaded base credentials");
             tracing::debug!(target: "aws_config::profile::credentials::exec", "first credentials will be loaded from");
             tracing::warn!(target: "aws_config::profile::credentials", "failed to load base credentials");
-            tracing::debug!(target: "aws_config::meta::credentials::chain", "loaded credentials");
+            tracing::warn!(target: "aws_config::meta::credentials::chain", "provider failed to provide credentials");
+            tracing::warn!(target: "aws_config::ecs", "invalid auth token");
+            tracing::debug!(target: "aws_config::imds::region", "loading region");
             tracing::debug!(target: "kms_sidecar::server", "request refused");
             tracing::trace!(target: "kms_sidecar::server", "our trace");
             tracing::error!(target: "vaultrs::api", "a Vault error answer");
@@ -145,7 +152,7 @@ mod tests {
                 "INFO aws_smithy_runtime::client::orchestrator::endpoints",
                 "DEBUG aws_smithy_runtime::client::orchestrator",
                 "WARN aws_config::profile::credentials",
-                "DEBUG aws_config::meta::credentials::chain",
+                "DEBUG aws_config::imds::region",
                 "DEBUG kms_sidecar::server",
             ]
         );
@@ -157,7 +164,7 @@ mod tests {
                 "INFO aws_smithy_runtime::client::orchestrator::endpoints",
                 "DEBUG aws_smithy_runtime::client::orchestrator",
                 "WARN aws_config::profile::credentials",
-                "DEBUG aws_config::meta::credentials::chain",
+                "DEBUG aws_config::imds::region",
                 "DEBUG kms_sidecar::server",
                 "TRACE kms_sidecar::server",
             ]

@@ -76,15 +76,47 @@ impl Source for Chain {
         &self,
         _current: Option<&Credentials>,
     ) -> Result<Fresh<Credentials>, RefreshError> {
-        let credentials = self.0.provide_credentials().await.map_err(|e| {
-            // Provider errors name no keys.
-            RefreshError(aws_sdk_kms::error::DisplayErrorContext(&e).to_string())
-        })?;
+        let credentials = match self.0.provide_credentials().await {
+            Ok(c) => c,
+            Err(e) => {
+                let message = aws_sdk_kms::error::DisplayErrorContext(&e).to_string();
+                return Err(RefreshError(without_tokens(message).await));
+            }
+        };
         Ok(Fresh {
             expires: credentials.expiry(),
             credential: credentials,
         })
     }
+}
+
+/// A provider error with the tokens the chain reads cut out. Provider errors
+/// name no keys, but aws-config quotes the content of a token it cannot use
+/// (Pod Identity's token file with a trailing newline, say: its
+/// `InvalidAuthToken` error holds the whole token).
+async fn without_tokens(mut message: String) -> String {
+    let mut tokens = Vec::new();
+    for file in [
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ] {
+        if let Ok(path) = std::env::var(file)
+            && let Ok(token) = tokio::fs::read_to_string(path).await
+        {
+            tokens.push(zeroize::Zeroizing::new(token));
+        }
+    }
+    if let Ok(token) = std::env::var("AWS_CONTAINER_AUTHORIZATION_TOKEN") {
+        tokens.push(zeroize::Zeroizing::new(token));
+    }
+    for token in &tokens {
+        for t in [token.as_str(), token.trim()] {
+            if t.len() >= 8 && message.contains(t) {
+                message = message.replace(t, "<token>");
+            }
+        }
+    }
+    message
 }
 
 /// IRSA's web-identity exchange with a configured `sts_endpoint` (aws-config's
