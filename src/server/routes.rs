@@ -291,8 +291,6 @@ pub struct Routes {
     per_caller: Option<DefaultKeyedRateLimiter<u32>>,
     audit: Option<Audit>,
     replay: super::replay::ReplayGuard,
-    /// `metrics.key_labels`, for `/metrics` on the probe listener.
-    key_labels: KeyLabels,
 }
 
 impl Routes {
@@ -306,7 +304,6 @@ impl Routes {
         });
         let max_body = usize::try_from(limits.max_body.0).unwrap_or(usize::MAX);
         Self {
-            key_labels: service.key_labels(),
             service,
             max_body,
             body_timeout: limits.body_timeout.0,
@@ -478,7 +475,7 @@ impl Routes {
                         svc.may_read_metrics(&c)?;
                         svc.metrics().encode(KeyLabels::Alias)
                     }
-                    None => svc.metrics().encode(self.key_labels),
+                    None => svc.metrics().encode(svc.key_labels()),
                 };
                 return Ok(Reply {
                     status: StatusCode::OK,
