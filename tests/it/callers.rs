@@ -1,7 +1,7 @@
 //! The socket is the trust boundary: peer credentials decide, no rule means
 //! 403, and the socket gets its configured mode.
 
-use crate::harness::{Sidecar, b64, is_root, run_tool};
+use crate::harness::{Sidecar, b64, is_root};
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 
@@ -27,36 +27,10 @@ callers:
             std::fs::metadata(&s.socket).unwrap().permissions().mode() & 0o777,
             0o666
         );
-        std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        s.open_to_other_uids();
+        let body = json!({"message": b64("from another uid")});
         let curl = |uid: u32| {
-            let uid = uid.to_string();
-            let socket = s.socket.display().to_string();
-            let body = json!({"message": b64("from another uid")}).to_string();
-            let mut args: Vec<String> = vec![];
-            if uid != "0" {
-                args.extend(["--reuid", &uid, "--regid", &uid, "--clear-groups"].map(String::from));
-            }
-            args.extend(
-                [
-                    "curl",
-                    "-s",
-                    "-w",
-                    "\n%{http_code}",
-                    "--unix-socket",
-                    &socket,
-                    "-d",
-                    &body,
-                    "http://localhost/v1/keys/sig/sign",
-                ]
-                .map(String::from),
-            );
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (program, rest) = if uid == "0" {
-                (args[0], &args[1..])
-            } else {
-                ("setpriv", &args[..])
-            };
-            let (_, out, err) = run_tool(program, rest, "install util-linux (setpriv) and curl");
+            let (_, out, err) = s.curl_as(Some(uid), "/v1/keys/sig/sign", &body);
             assert!(err.is_empty(), "{err}");
             out
         };

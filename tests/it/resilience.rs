@@ -2,9 +2,8 @@
 //! "hardening"): per-caller rate limits, backend timeouts, the circuit
 //! breaker against a stopped real server, and input limits.
 
-use crate::harness::{Sidecar, b64, is_root, local_config, run_tool};
+use crate::harness::{Sidecar, b64, is_root, local_config};
 use serde_json::json;
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -58,29 +57,8 @@ limits:
 
     // Another uid has its own bucket.
     if is_root() {
-        std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = s.socket.display().to_string();
-        let body = sign.to_string();
-        let (_, out, err) = run_tool(
-            "setpriv",
-            &[
-                "--reuid",
-                "65534",
-                "--regid",
-                "65534",
-                "--clear-groups",
-                "curl",
-                "-s",
-                "-w",
-                "\n%{http_code}",
-                "--unix-socket",
-                &socket,
-                "-d",
-                &body,
-                "http://localhost/v1/keys/sig/sign",
-            ],
-            "install util-linux (setpriv) and curl",
-        );
+        s.open_to_other_uids();
+        let (_, out, err) = s.curl_as(Some(65534), "/v1/keys/sig/sign", &sign);
         assert!(
             out.ends_with("\n200"),
             "uid 65534 was limited too: {out}{err}"
@@ -329,9 +307,5 @@ async fn a_hung_backend_cannot_stall_the_probes_or_the_other_backends() {
     assert!(started.elapsed() < Duration::from_secs(1));
     bao.freeze(false);
     // Once Vault answers again it is ready again.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.get("/readyz").await.status != 200 {
-        assert!(Instant::now() < deadline, "not ready again after the thaw");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    s.ready_within(Duration::from_secs(20)).await;
 }

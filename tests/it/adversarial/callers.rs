@@ -168,20 +168,10 @@ async fn no_uid_can_lock_the_others_out_with_idle_connections() {
     };
     // While they are open, a ruled caller still gets in.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let body = json!({"message": b64("x")}).to_string();
-    let (ok, out, err) = run_as(
+    let (ok, out, err) = s.curl_as(
         is_root().then_some(friend),
-        "curl",
-        &[
-            "-s",
-            "-w",
-            "\n%{http_code}",
-            "--unix-socket",
-            &socket,
-            "-d",
-            &body,
-            "http://localhost/v1/keys/sig/sign",
-        ],
+        "/v1/keys/sig/sign",
+        &json!({"message": b64("x")}),
     );
     assert!(
         ok && out.ends_with("\n200"),

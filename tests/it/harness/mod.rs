@@ -370,6 +370,50 @@ impl Sidecar {
         })
     }
 
+    /// Polls `/readyz` (every 200 ms, at most `within`) until it answers
+    /// 200; its body.
+    pub async fn ready_within(&self, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let r = self.get("/readyz").await;
+            if r.status == 200 {
+                return r.json();
+            }
+            assert!(Instant::now() < deadline, "not ready: {:?}", r.json());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Polls `/readyz` (every 200 ms, at most `within`) until it says
+    /// `backend` is not ready for a reason that contains every one of
+    /// `words`; the reason.
+    pub async fn not_ready_because(
+        &self,
+        backend: &str,
+        words: &[&str],
+        within: Duration,
+    ) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let r = self.get("/readyz").await;
+            let v = r.json();
+            let reason = v["backends"][backend]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if r.status == 503 && words.iter().all(|w| reason.contains(w)) {
+                return reason;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readyz {}: {v}, not for {words:?}\n{}",
+                r.status,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Stops the sidecar and starts it again in the same directory (same
     /// keys, empty caches).
     pub async fn restart(mut self) -> Sidecar {

@@ -55,6 +55,28 @@ impl Sidecar {
         std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
+    /// `curl` POSTing `body` to `path` on the socket as `uid` (see
+    /// [`run_as`]): (exit success, stdout ending with a line that holds the
+    /// status, stderr).
+    pub fn curl_as(&self, uid: Option<u32>, path: &str, body: &Value) -> (bool, String, String) {
+        let socket = self.socket.display().to_string();
+        let (body, url) = (body.to_string(), format!("http://localhost{path}"));
+        run_as(
+            uid,
+            "curl",
+            &[
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "--unix-socket",
+                &socket,
+                "-d",
+                &body,
+                &url,
+            ],
+        )
+    }
+
     /// The sidecar's resident memory now (VmRSS), in bytes.
     pub fn rss(&self) -> u64 {
         proc_status_kb(self.pid(), "VmRSS:") * 1024

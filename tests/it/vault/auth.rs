@@ -462,7 +462,7 @@ async fn a_revoked_vault_token_is_unauthenticated_and_approle_logs_in_again() {
     let fresh = fresh["secret_id"].as_str().unwrap().to_owned();
     s.secret(fresh.clone());
     write(&secret_id_file, &fresh);
-    ready_within(&s, Duration::from_secs(60)).await;
+    s.ready_within(Duration::from_secs(60)).await;
     s.post_ok("/v1/keys/ec/sign", msg.clone()).await;
     assert_eq!(s.logs().matches("logged in to Vault").count(), 2);
 

@@ -215,46 +215,16 @@ fn write(path: &Path, contents: &str) {
 }
 
 async fn ready(s: &Sidecar) -> Value {
-    ready_within(s, Duration::from_secs(20)).await
-}
-
-async fn ready_within(s: &Sidecar, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let r = s.get("/readyz").await;
-        if r.status == 200 {
-            return r.json();
-        }
-        assert!(Instant::now() < deadline, "not ready: {:?}", r.json());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    s.ready_within(Duration::from_secs(20)).await
 }
 
 /// Waits until `/readyz` says the Vault backend is not ready for a reason
 /// that contains every one of `words`, and returns the reason.
 async fn not_ready_because(s: &Sidecar, words: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = s.get("/readyz").await;
-        let v = r.json();
-        let reason = v["backends"]["vault"]["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if r.status == 503 && words.iter().all(|w| reason.contains(w)) {
-            return reason;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readyz {}: {v}, not for {words:?}\n{}",
-            r.status,
-            s.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    s.not_ready_because("vault", words, Duration::from_secs(20))
+        .await
 }
 
-/// Waits until the log holds `message` at least `count` times.
 async fn logged(s: &Sidecar, message: &str, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while s.logs().matches(message).count() < count {
