@@ -20,17 +20,8 @@ BIN=target/release/kms-sidecar
 
 build_and_find_oha
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/kms-sidecar-burst.XXXXXX")
+work_dir burst
 SOCK=$WORK/kms-sidecar.sock
-PID=""
-cleanup() {
-    local rc=$?
-    [[ -n $PID ]] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # A body just under limits.max_body (1 MiB): 760 KiB of plaintext in base64.
 python3 -c 'import base64, os, json; print(json.dumps({"plaintext": base64.b64encode(os.urandom(760 * 1024)).decode()}))' >"$WORK/body.json"

@@ -43,3 +43,19 @@ wait_for_socket() {
     done
     die "sidecar not ready within 60 s"
 }
+
+# work_dir NAME: a fresh temp dir in $WORK, removed at exit together with the
+# sidecar in $PID (stopped with SIGTERM). Scripts that sample in the
+# background keep their own cleanup.
+work_dir() {
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/kms-sidecar-$1.XXXXXX")
+    PID=""
+    trap _work_dir_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+_work_dir_cleanup() {
+    local rc=$?
+    [[ -n $PID ]] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+    rm -rf "$WORK"
+    exit "$rc"
+}

@@ -22,16 +22,7 @@ source benches/common.sh
 require curl python3 openssl
 build_and_find_oha
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/kms-sidecar-webhook.XXXXXX")
-PID=""
-cleanup() {
-    local rc=$?
-    [[ -n $PID ]] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+work_dir webhook
 
 # A CA and a serving certificate signed by it (rustls clients refuse a CA
 # certificate presented as the server's own).
