@@ -16,6 +16,7 @@ use crate::policy::Op;
 pub enum Algorithm {
     EcdsaP256Sha256,
     EcdsaP384Sha384,
+    EcdsaP521Sha512,
     Ed25519,
     /// RSASSA-PSS, SHA-256, salt length = hash length.
     RsaPssSha256 {
@@ -23,6 +24,11 @@ pub enum Algorithm {
     },
     /// RSASSA-PKCS1-v1_5, SHA-256.
     RsaPkcs1Sha256 {
+        bits: u16,
+    },
+    /// RSAES-OAEP, SHA-256 and MGF1-SHA-256 (encryption; the context is
+    /// bound as a SHA-256 prefix of the plaintext, see the Azure backend).
+    RsaOaepSha256 {
         bits: u16,
     },
     Aes256Gcm,
@@ -62,10 +68,11 @@ impl Algorithm {
         match self {
             Algorithm::EcdsaP256Sha256
             | Algorithm::EcdsaP384Sha384
+            | Algorithm::EcdsaP521Sha512
             | Algorithm::Ed25519
             | Algorithm::RsaPssSha256 { .. }
             | Algorithm::RsaPkcs1Sha256 { .. } => Purpose::Sign,
-            Algorithm::Aes256Gcm => Purpose::Encrypt,
+            Algorithm::Aes256Gcm | Algorithm::RsaOaepSha256 { .. } => Purpose::Encrypt,
             Algorithm::HmacSha256 => Purpose::Mac,
         }
     }
@@ -100,7 +107,11 @@ impl Algorithm {
             | Algorithm::RsaPssSha256 { .. }
             | Algorithm::RsaPkcs1Sha256 { .. } => Some(&digest::SHA256),
             Algorithm::EcdsaP384Sha384 => Some(&digest::SHA384),
-            Algorithm::Ed25519 | Algorithm::Aes256Gcm | Algorithm::HmacSha256 => None,
+            Algorithm::EcdsaP521Sha512 => Some(&digest::SHA512),
+            Algorithm::Ed25519
+            | Algorithm::Aes256Gcm
+            | Algorithm::RsaOaepSha256 { .. }
+            | Algorithm::HmacSha256 => None,
         }
     }
 
@@ -109,6 +120,7 @@ impl Algorithm {
         match self {
             Algorithm::EcdsaP256Sha256 => Some(32),
             Algorithm::EcdsaP384Sha384 => Some(48),
+            Algorithm::EcdsaP521Sha512 => Some(66),
             _ => None,
         }
     }
@@ -118,10 +130,11 @@ impl Algorithm {
         match self {
             Algorithm::EcdsaP256Sha256 => Some("ES256"),
             Algorithm::EcdsaP384Sha384 => Some("ES384"),
+            Algorithm::EcdsaP521Sha512 => Some("ES512"),
             Algorithm::Ed25519 => Some("EdDSA"),
             Algorithm::RsaPssSha256 { .. } => Some("PS256"),
             Algorithm::RsaPkcs1Sha256 { .. } => Some("RS256"),
-            Algorithm::Aes256Gcm | Algorithm::HmacSha256 => None,
+            Algorithm::Aes256Gcm | Algorithm::RsaOaepSha256 { .. } | Algorithm::HmacSha256 => None,
         }
     }
 
@@ -135,10 +148,14 @@ impl Algorithm {
             (Algorithm::EcdsaP256Sha256, Raw) => &signature::ECDSA_P256_SHA256_FIXED,
             (Algorithm::EcdsaP384Sha384, Der) => &signature::ECDSA_P384_SHA384_ASN1,
             (Algorithm::EcdsaP384Sha384, Raw) => &signature::ECDSA_P384_SHA384_FIXED,
+            (Algorithm::EcdsaP521Sha512, Der) => &signature::ECDSA_P521_SHA512_ASN1,
+            (Algorithm::EcdsaP521Sha512, Raw) => &signature::ECDSA_P521_SHA512_FIXED,
             (Algorithm::Ed25519, _) => &signature::ED25519,
             (Algorithm::RsaPssSha256 { .. }, _) => &signature::RSA_PSS_2048_8192_SHA256,
             (Algorithm::RsaPkcs1Sha256 { .. }, _) => &signature::RSA_PKCS1_2048_8192_SHA256,
-            (Algorithm::Aes256Gcm | Algorithm::HmacSha256, _) => return None,
+            (Algorithm::Aes256Gcm | Algorithm::RsaOaepSha256 { .. } | Algorithm::HmacSha256, _) => {
+                return None;
+            }
         })
     }
 }
@@ -148,9 +165,11 @@ impl fmt::Display for Algorithm {
         match self {
             Algorithm::EcdsaP256Sha256 => f.write_str("ecdsa-p256-sha256"),
             Algorithm::EcdsaP384Sha384 => f.write_str("ecdsa-p384-sha384"),
+            Algorithm::EcdsaP521Sha512 => f.write_str("ecdsa-p521-sha512"),
             Algorithm::Ed25519 => f.write_str("ed25519"),
             Algorithm::RsaPssSha256 { bits } => write!(f, "rsa-pss-{bits}-sha256"),
             Algorithm::RsaPkcs1Sha256 { bits } => write!(f, "rsa-pkcs1-{bits}-sha256"),
+            Algorithm::RsaOaepSha256 { bits } => write!(f, "rsa-oaep-{bits}-sha256"),
             Algorithm::Aes256Gcm => f.write_str("aes-256-gcm"),
             Algorithm::HmacSha256 => f.write_str("hmac-sha256"),
         }
@@ -163,6 +182,7 @@ impl FromStr for Algorithm {
         let fixed = [
             Algorithm::EcdsaP256Sha256,
             Algorithm::EcdsaP384Sha384,
+            Algorithm::EcdsaP521Sha512,
             Algorithm::Ed25519,
             Algorithm::Aes256Gcm,
             Algorithm::HmacSha256,
@@ -171,6 +191,7 @@ impl FromStr for Algorithm {
             [
                 Algorithm::RsaPssSha256 { bits },
                 Algorithm::RsaPkcs1Sha256 { bits },
+                Algorithm::RsaOaepSha256 { bits },
             ]
         });
         fixed
@@ -180,7 +201,8 @@ impl FromStr for Algorithm {
             .ok_or_else(|| {
                 format!(
                     "unknown algorithm `{s}`, expected one of ecdsa-p256-sha256, ecdsa-p384-sha384, \
-                     ed25519, rsa-pss-{{2048,3072,4096}}-sha256, rsa-pkcs1-{{2048,3072,4096}}-sha256, \
+                     ecdsa-p521-sha512, ed25519, rsa-pss-{{2048,3072,4096}}-sha256, \
+                     rsa-pkcs1-{{2048,3072,4096}}-sha256, rsa-oaep-{{2048,3072,4096}}-sha256, \
                      aes-256-gcm, hmac-sha256"
                 )
             })
@@ -226,7 +248,7 @@ pub fn public_key_jwk(
     let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
     let alg = algorithm.jose_name().ok_or_else(bad)?;
     let mut jwk = match algorithm {
-        Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384 => {
+        Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384 | Algorithm::EcdsaP521Sha512 => {
             let n = algorithm.ecdsa_coordinate_len().ok_or_else(bad)?;
             // The uncompressed point 0x04‖x‖y ends the SPKI's BIT STRING.
             let point = spki_der
@@ -235,7 +257,11 @@ pub fn public_key_jwk(
             if point[0] != 4 {
                 return Err(bad());
             }
-            let crv = if n == 32 { "P-256" } else { "P-384" };
+            let crv = match n {
+                32 => "P-256",
+                48 => "P-384",
+                _ => "P-521",
+            };
             serde_json::json!({"kty": "EC", "crv": crv, "x": b64(&point[1..=n]), "y": b64(&point[n + 1..])})
         }
         Algorithm::Ed25519 => {
@@ -252,7 +278,9 @@ pub fn public_key_jwk(
                 "e": b64(key.exponent().big_endian_without_leading_zero()),
             })
         }
-        Algorithm::Aes256Gcm | Algorithm::HmacSha256 => return Err(bad()),
+        Algorithm::Aes256Gcm | Algorithm::RsaOaepSha256 { .. } | Algorithm::HmacSha256 => {
+            return Err(bad());
+        }
     };
     jwk["alg"] = alg.into();
     jwk["use"] = "sig".into();
@@ -324,9 +352,17 @@ fn ecdsa_order(algorithm: Algorithm) -> Option<&'static [u8]> {
         0x2d, 0xdf, 0x58, 0x1a, 0x0d, 0xb2, 0x48, 0xb0, 0xa7, 0x7a, 0xec, 0xec, 0x19, 0x6a, 0xcc,
         0xc5, 0x29, 0x73,
     ];
+    const P521: [u8; 66] = [
+        0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xfa, 0x51, 0x86, 0x87, 0x83, 0xbf, 0x2f, 0x96, 0x6b, 0x7f, 0xcc, 0x01,
+        0x48, 0xf7, 0x09, 0xa5, 0xd0, 0x3b, 0xb5, 0xc9, 0xb8, 0x89, 0x9c, 0x47, 0xae, 0xbb, 0x6f,
+        0xb7, 0x1e, 0x91, 0x38, 0x64, 0x09,
+    ];
     match algorithm {
         Algorithm::EcdsaP256Sha256 => Some(&P256),
         Algorithm::EcdsaP384Sha384 => Some(&P384),
+        Algorithm::EcdsaP521Sha512 => Some(&P521),
         _ => None,
     }
 }

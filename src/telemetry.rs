@@ -41,6 +41,12 @@ const CREDENTIAL_TARGETS: &[(&str, LevelFilter)] = &[
     // itself, tokens cut out).
     ("aws_config::ecs", LevelFilter::ERROR),
     ("aws_config::meta::credentials::chain", LevelFilter::ERROR),
+    // The Azure SDK traces requests (headers redacted) at DEBUG and below;
+    // token requests carry the federated token or client secret in their
+    // bodies. Keep them to INFO and up.
+    ("typespec_client_core", LevelFilter::INFO),
+    ("azure_core", LevelFilter::INFO),
+    ("azure_identity", LevelFilter::INFO),
 ];
 
 pub fn init(log: &Log) {

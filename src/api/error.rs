@@ -19,6 +19,7 @@ pub enum Code {
     OperationNotSupported,
     PayloadTooLarge,
     DecryptionFailed,
+    KeyDisabled,
     ReplayedRequest,
     RateLimited,
     AuditUnavailable,
@@ -39,6 +40,7 @@ impl Code {
             Code::OperationNotSupported => "operation_not_supported",
             Code::PayloadTooLarge => "payload_too_large",
             Code::DecryptionFailed => "decryption_failed",
+            Code::KeyDisabled => "key_disabled",
             Code::ReplayedRequest => "replayed_request",
             Code::RateLimited => "rate_limited",
             Code::AuditUnavailable => "audit_unavailable",
@@ -61,7 +63,7 @@ impl Code {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Code::ReplayedRequest => StatusCode::CONFLICT,
+            Code::ReplayedRequest | Code::KeyDisabled => StatusCode::CONFLICT,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::BackendError => StatusCode::BAD_GATEWAY,
             Code::AuditUnavailable | Code::Overloaded | Code::BackendUnavailable => {
@@ -131,6 +133,7 @@ impl Code {
             ErrorKind::OperationNotSupported => Code::OperationNotSupported,
             ErrorKind::PayloadTooLarge => Code::PayloadTooLarge,
             ErrorKind::DecryptionFailed => Code::DecryptionFailed,
+            ErrorKind::KeyDisabled => Code::KeyDisabled,
             ErrorKind::Forbidden => Code::Forbidden,
             ErrorKind::Unauthenticated => Code::Unauthenticated,
             ErrorKind::Backend => Code::BackendError,
@@ -143,9 +146,13 @@ impl Code {
 impl From<backend::Error> for ApiError {
     fn from(e: backend::Error) -> Self {
         let code = Code::of(e.kind);
-        Self {
+        let error = Self {
             retryable: e.retryable,
             ..ApiError::new(code, e.message)
+        };
+        match e.retry_after {
+            Some(wait) => error.retry_in(wait.as_secs_f64().ceil() as u64),
+            None => error,
         }
     }
 }

@@ -9,6 +9,8 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
 pub mod credentials;
 #[cfg(feature = "local")]
 pub mod local;
@@ -60,6 +62,9 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// Wrong context, tampered or foreign ciphertext (never says which).
     DecryptionFailed,
+    /// The key or the version asked for is disabled (or pending deletion)
+    /// in the KMS.
+    KeyDisabled,
     /// The KMS refused our credentials' permission for this.
     Forbidden,
     /// We have no valid credentials for the KMS.
@@ -84,6 +89,7 @@ impl ErrorKind {
             ErrorKind::OperationNotSupported => "operation_not_supported",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::DecryptionFailed => "decryption_failed",
+            ErrorKind::KeyDisabled => "key_disabled",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::Backend => "backend_error",
@@ -102,6 +108,10 @@ pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
     pub retryable: bool,
+    /// How long the KMS asked us to wait before a retry (`Retry-After` of a
+    /// throttled call): the retry layer waits at least this long, and the
+    /// caller's answer carries it when no retry fits in the timeout.
+    pub retry_after: Option<std::time::Duration>,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -116,6 +126,7 @@ impl Error {
             kind,
             message: message.into(),
             retryable,
+            retry_after: None,
             source: None,
         }
     }
@@ -357,7 +368,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
 }
 
 /// Refuses a key whose algorithm is not made for `purpose` (as KMSs do).
-#[cfg(any(feature = "aws", feature = "vault"))]
+#[cfg(any(feature = "aws", feature = "vault", feature = "azure"))]
 pub(crate) fn require_purpose(
     key: KeyRef<'_>,
     algorithm: Algorithm,
@@ -371,6 +382,28 @@ pub(crate) fn require_purpose(
         "key `{}` is {algorithm}: it cannot {what}",
         key.alias
     )))
+}
+
+/// The algorithm a signature is made with: the key's own, or PKCS#1 v1.5
+/// where the caller asked for it of an RSA-PSS key (KMS RSA keys sign
+/// either padding); anything else asked is refused.
+#[cfg(any(feature = "aws", feature = "azure"))]
+pub(crate) fn signing_algorithm(
+    algorithm: Algorithm,
+    asked: Option<Algorithm>,
+) -> Result<Algorithm, Error> {
+    match (algorithm, asked) {
+        (Algorithm::RsaPssSha256 { bits }, Some(Algorithm::RsaPkcs1Sha256 { bits: b }))
+            if b == bits =>
+        {
+            Ok(Algorithm::RsaPkcs1Sha256 { bits })
+        }
+        (a, Some(asked)) if asked != a => Err(Error::new(
+            ErrorKind::InvalidRequest,
+            format!("field `algorithm`: this key signs {a}, not {asked}"),
+        )),
+        (a, _) => Ok(a),
+    }
 }
 
 /// Why backends could not be built from the config.
@@ -388,10 +421,11 @@ pub async fn build(
 ) -> Result<BTreeMap<String, Arc<dyn Backend>>, BuildError> {
     let mut out = BTreeMap::new();
     for (name, backend) in &config.backends {
-        let keys: Vec<&KeyConfig> = config
+        let keys: Vec<(&str, &KeyConfig)> = config
             .keys
-            .values()
-            .filter(|k| &k.backend == name)
+            .iter()
+            .filter(|(_, k)| &k.backend == name)
+            .map(|(alias, k)| (alias.as_str(), k))
             .collect();
         let (timeout, retries, circuit) = backend.resilience();
         let timeout = timeout.unwrap_or(config.limits.backend_timeout).0;
@@ -418,7 +452,7 @@ pub async fn build(
 async fn build_one(
     name: &str,
     backend: &BackendConfig,
-    keys: &[&KeyConfig],
+    keys: &[(&str, &KeyConfig)],
     timeout: std::time::Duration,
     metrics: &Arc<Metrics>,
 ) -> Result<Arc<dyn Backend>, String> {
@@ -427,7 +461,7 @@ async fn build_one(
         BackendConfig::Local(c) => {
             // Several aliases may name one key; any of them may carry the algorithm.
             let mut wanted: BTreeMap<String, Option<Algorithm>> = BTreeMap::new();
-            for k in keys {
+            for (_, k) in keys {
                 let slot = wanted.entry(k.key.clone()).or_default();
                 *slot = slot.or(k.algorithm);
             }
@@ -445,6 +479,16 @@ async fn build_one(
         BackendConfig::Vault(c) => Ok(Arc::new(
             vault::VaultBackend::new(name, c, timeout, metrics.clone()).await?,
         )),
+        #[cfg(feature = "azure")]
+        BackendConfig::Azure(c) => {
+            let aliases: Vec<(&str, Option<Algorithm>)> = keys
+                .iter()
+                .map(|(alias, k)| (*alias, k.algorithm))
+                .collect();
+            Ok(Arc::new(
+                azure::AzureBackend::new(name, c, &aliases, metrics.clone()).await?,
+            ))
+        }
         #[allow(unreachable_patterns)]
         other => {
             let _ = (name, keys, timeout, metrics);

@@ -132,11 +132,15 @@ impl Resilient {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
+            // A throttled call's `Retry-After` is a floor under the backoff.
             let retry = if error.retryable && self.breaker.admits() {
-                delays.next().filter(|d| {
-                    started.elapsed() + *d < self.retries.max_elapsed.0
-                        && tokio::time::Instant::now() + *d < deadline
-                })
+                delays
+                    .next()
+                    .map(|d| d.max(error.retry_after.unwrap_or_default()))
+                    .filter(|d| {
+                        started.elapsed() + *d < self.retries.max_elapsed.0
+                            && tokio::time::Instant::now() + *d < deadline
+                    })
             } else {
                 None
             };

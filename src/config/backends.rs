@@ -15,6 +15,8 @@ pub enum BackendConfig {
     Aws(AwsBackendConfig),
     /// HashiCorp Vault or OpenBao transit.
     Vault(VaultBackendConfig),
+    /// Azure Key Vault or Managed HSM.
+    Azure(AzureBackendConfig),
 }
 
 impl BackendConfig {
@@ -25,6 +27,7 @@ impl BackendConfig {
             BackendConfig::Local(c) => (c.timeout, c.retries, c.circuit),
             BackendConfig::Aws(c) => (c.timeout, c.retries, c.circuit),
             BackendConfig::Vault(c) => (c.timeout, c.retries, c.circuit),
+            BackendConfig::Azure(c) => (c.timeout, c.retries, c.circuit),
         }
     }
 
@@ -33,6 +36,7 @@ impl BackendConfig {
             BackendConfig::Local(_) => "local",
             BackendConfig::Aws(_) => "aws",
             BackendConfig::Vault(_) => "vault",
+            BackendConfig::Azure(_) => "azure",
         }
     }
 }
@@ -123,6 +127,71 @@ pub struct VaultBackendConfig {
     /// The circuit breaker (SPEC §8).
     #[serde(default)]
     pub circuit: Circuit,
+}
+
+/// `type: azure`: Azure Key Vault or Managed HSM. Credentials come from the
+/// platform (workload identity's projected token, managed identity, or a
+/// client secret in a file or `$AZURE_CLIENT_SECRET`), never from this file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureBackendConfig {
+    /// `https://NAME.vault.azure.net` or `https://NAME.managedhsm.azure.net`.
+    pub vault_url: String,
+    /// How the sidecar gets its Entra ID access token.
+    #[serde(default)]
+    pub credential: AzureCredential,
+    /// Directory (tenant) id; default `$AZURE_TENANT_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Application (client) id, or a user-assigned managed identity's client
+    /// id; default `$AZURE_CLIENT_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Microsoft Entra authority (sovereign clouds, tests); default
+    /// `$AZURE_AUTHORITY_HOST`, else `https://login.microsoftonline.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority_host: Option<String>,
+    /// `workload_identity`: the projected service-account token; default
+    /// `$AZURE_FEDERATED_TOKEN_FILE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// `client_secret`: a file holding the secret (re-read at every token
+    /// request); default `$AZURE_CLIENT_SECRET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    /// The token scope; default the vault's resource, `https://` + the
+    /// vault URL's host without its first label + `/.default`
+    /// (`https://vault.azure.net/.default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// When the access token is refreshed: at 70 % of its remaining
+    /// lifetime, within these bounds.
+    #[serde(default)]
+    pub credential_refresh: RefreshBounds,
+    /// Timeout of one backend call; default `limits.backend_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Retries of retryable failures (SPEC §8).
+    #[serde(default)]
+    pub retries: Retries,
+    /// The circuit breaker (SPEC §8).
+    #[serde(default)]
+    pub circuit: Circuit,
+}
+
+/// How the Azure backend authenticates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AzureCredential {
+    /// Azure Workload Identity: the pod's projected service-account token
+    /// exchanged for an access token (federated identity credential).
+    #[default]
+    WorkloadIdentity,
+    /// The managed identity of the node or App Service (IMDS, or
+    /// `IDENTITY_ENDPOINT`/`IDENTITY_HEADER`).
+    ManagedIdentity,
+    /// An app registration's client secret.
+    ClientSecret,
 }
 
 fn default_transit_mount() -> String {
@@ -291,4 +360,21 @@ pub fn check_vault_address(address: &str) -> Result<(), String> {
         (Some("http" | "https"), Some(_)) => Ok(()),
         _ => Err("must be an http:// or https:// URL with a host".into()),
     }
+}
+
+/// Why an Azure `vault_url` cannot be used: it must be an `https://` URL of
+/// a host (`https://NAME.vault.azure.net`), with no path beyond `/`.
+pub fn check_azure_vault_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("https://") else {
+        return Err(format!(
+            "`{url}` is not an https:// URL (https://NAME.vault.azure.net)"
+        ));
+    };
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() || host.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "`{url}` must be the vault's URL alone, like https://NAME.vault.azure.net"
+        ));
+    }
+    Ok(())
 }

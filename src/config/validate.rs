@@ -1,7 +1,8 @@
 //! Semantic checks of a parsed config: every problem, with its field path.
 
 use super::{
-    BackendConfig, Config, NAME_RULE, Problem, VaultAuth, check_vault_address, valid_name,
+    BackendConfig, Config, NAME_RULE, Problem, VaultAuth, check_azure_vault_url,
+    check_vault_address, valid_name,
 };
 use crate::policy::OpOrAll;
 
@@ -100,14 +101,23 @@ impl Config {
             }
         }
         for (name, backend) in &self.backends {
-            if let BackendConfig::Aws(aws) = backend
-                && (aws.credential_refresh.min > aws.credential_refresh.max
-                    || aws.credential_refresh.min.0.is_zero())
+            let refresh = match backend {
+                BackendConfig::Aws(aws) => Some(aws.credential_refresh),
+                BackendConfig::Azure(azure) => Some(azure.credential_refresh),
+                _ => None,
+            };
+            if let Some(refresh) = refresh
+                && (refresh.min > refresh.max || refresh.min.0.is_zero())
             {
                 bad(
                     format!("backends.{name}.credential_refresh"),
                     "`min` must be above zero and at most `max`".into(),
                 );
+            }
+            if let BackendConfig::Azure(azure) = backend
+                && let Err(why) = check_azure_vault_url(&azure.vault_url)
+            {
+                bad(format!("backends.{name}.vault_url"), why);
             }
         }
         for (name, backend) in &self.backends {

@@ -30,6 +30,7 @@ fn chart_renders_valid_objects_and_manifests_do_not_drift() {
         "ok bad-values/unknown-field.yaml: refused",
         "ok manifests/kms-sidecar.yaml: no drift",
         "ok manifests/examples/job.yaml",
+        "ok manifests/examples/azure-workload-identity.yaml",
     ] {
         assert!(
             stdout.contains(expected),

@@ -7,6 +7,8 @@ mod adversarial;
 mod api;
 mod audit;
 mod aws;
+#[cfg(feature = "azure")]
+mod azure;
 mod callers;
 #[cfg(feature = "webhook")]
 mod chart;

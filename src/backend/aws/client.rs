@@ -159,20 +159,7 @@ fn signing_spec(
     algorithm: Algorithm,
     asked: Option<Algorithm>,
 ) -> Result<(Algorithm, SigningAlgorithmSpec), Error> {
-    let effective = match (algorithm, asked) {
-        (Algorithm::RsaPssSha256 { bits }, Some(Algorithm::RsaPkcs1Sha256 { bits: b }))
-            if b == bits =>
-        {
-            Algorithm::RsaPkcs1Sha256 { bits }
-        }
-        (a, Some(asked)) if asked != a => {
-            return Err(Error::new(
-                ErrorKind::InvalidRequest,
-                format!("field `algorithm`: this key signs {a}, not {asked}"),
-            ));
-        }
-        (a, _) => a,
-    };
+    let effective = crate::backend::signing_algorithm(algorithm, asked)?;
     let spec = match effective {
         Algorithm::EcdsaP256Sha256 => SigningAlgorithmSpec::EcdsaSha256,
         Algorithm::EcdsaP384Sha384 => SigningAlgorithmSpec::EcdsaSha384,

@@ -142,7 +142,7 @@ impl LocalKey {
 pub(super) fn generate(algorithm: Algorithm, number: u32) -> Result<Version, String> {
     let fail = |_| "key generation failed".to_string();
     let stored: Zeroizing<Vec<u8>> = match algorithm {
-        Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384 => {
+        Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384 | Algorithm::EcdsaP521Sha512 => {
             let (asn1, _) = ecdsa_algs(algorithm);
             Zeroizing::new(
                 sig::EcdsaKeyPair::generate_pkcs8(asn1, &rand::SystemRandom::new())
@@ -172,6 +172,7 @@ pub(super) fn generate(algorithm: Algorithm, number: u32) -> Result<Version, Str
             rand::fill(&mut secret).map_err(fail)?;
             secret
         }
+        Algorithm::RsaOaepSha256 { .. } => return Err(NO_RSA_ENCRYPTION.into()),
     };
     Ok(Version {
         number,
@@ -187,18 +188,25 @@ fn ecdsa_algs(
     &'static sig::EcdsaSigningAlgorithm,
     &'static sig::EcdsaSigningAlgorithm,
 ) {
-    if algorithm == Algorithm::EcdsaP384Sha384 {
-        (
+    match algorithm {
+        Algorithm::EcdsaP384Sha384 => (
             &sig::ECDSA_P384_SHA384_ASN1_SIGNING,
             &sig::ECDSA_P384_SHA384_FIXED_SIGNING,
-        )
-    } else {
-        (
+        ),
+        Algorithm::EcdsaP521Sha512 => (
+            &sig::ECDSA_P521_SHA512_ASN1_SIGNING,
+            &sig::ECDSA_P521_SHA512_FIXED_SIGNING,
+        ),
+        _ => (
             &sig::ECDSA_P256_SHA256_ASN1_SIGNING,
             &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
-        )
+        ),
     }
 }
+
+/// Why a local key cannot be `rsa-oaep-*`.
+const NO_RSA_ENCRYPTION: &str =
+    "the local backend has no RSA encryption keys: use aes-256-gcm for encryption";
 
 fn parse_material(algorithm: Algorithm, stored: &[u8]) -> Result<Material, String> {
     let bad = |_| format!("material is not a valid {algorithm} key");
@@ -207,7 +215,7 @@ fn parse_material(algorithm: Algorithm, stored: &[u8]) -> Result<Material, Strin
             .map_err(|_| "cannot encode the public key".to_string())
     };
     Ok(match algorithm {
-        Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384 => {
+        Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384 | Algorithm::EcdsaP521Sha512 => {
             let (asn1, fixed) = ecdsa_algs(algorithm);
             let asn1 = sig::EcdsaKeyPair::from_pkcs8(asn1, stored).map_err(bad)?;
             let fixed = sig::EcdsaKeyPair::from_pkcs8(fixed, stored).map_err(bad)?;
@@ -238,6 +246,7 @@ fn parse_material(algorithm: Algorithm, stored: &[u8]) -> Result<Material, Strin
             }
             Material::Hmac(hmac::Key::new(hmac::HMAC_SHA256, stored))
         }
+        Algorithm::RsaOaepSha256 { .. } => return Err(NO_RSA_ENCRYPTION.into()),
     })
 }
 

@@ -15,6 +15,10 @@ pub const BACKEND: Backend = Backend {
     name: "aws",
     server: "moto (`python3 -m moto.server`), static credentials",
     lacks: &[
+        (
+            Cap::Key(KeyType::RsaOaep),
+            "the aws backend does not offer RSA encryption keys (KMS RSAES_OAEP takes no encryption context)",
+        ),
         (Cap::Key(KeyType::Ed25519), "AWS KMS has no Ed25519 keys"),
         (Cap::Can(KeyType::Ecdsa, Op::Rotate), ROTATES_SYMMETRIC_ONLY),
         (Cap::Can(KeyType::Rsa, Op::Rotate), ROTATES_SYMMETRIC_ONLY),
@@ -36,7 +40,7 @@ fn spec(key: KeyType) -> (KeySpec, KeyUsageType) {
         KeyType::Rsa => (KeySpec::Rsa2048, KeyUsageType::SignVerify),
         KeyType::Aes => (KeySpec::SymmetricDefault, KeyUsageType::EncryptDecrypt),
         KeyType::Hmac => (KeySpec::Hmac256, KeyUsageType::GenerateVerifyMac),
-        KeyType::Ed25519 => unreachable!("declared lacking"),
+        KeyType::Ed25519 | KeyType::RsaOaep => unreachable!("declared lacking"),
     }
 }
 

@@ -2,12 +2,16 @@
 //! creates in its own directory.
 
 use super::cases::every_case;
-use super::{Backend, Cap, Env, Setup, aliases_of};
+use super::{Backend, Cap, Env, KeyType, Setup, aliases_of};
 
 pub const BACKEND: Backend = Backend {
     name: "local",
     server: "none: key files in the sidecar's directory, created from the config's `algorithm`",
     lacks: &[
+        (
+            Cap::Key(KeyType::RsaOaep),
+            "the local backend has no RSA encryption keys: it encrypts with aes-256-gcm",
+        ),
         (
             Cap::AbsentKey,
             "the local backend refuses to start with a configured key it does not have (or creates it when `algorithm` is set)",

@@ -35,7 +35,9 @@ backends!(
     local,
     aws,
     #[cfg(feature = "vault")]
-    vault
+    vault,
+    #[cfg(feature = "azure")]
+    azure
 );
 
 use crate::harness::{Resp, Sidecar};
@@ -52,6 +54,9 @@ pub enum KeyType {
     Rsa,
     Ed25519,
     Aes,
+    /// RSA encryption (RSA-OAEP-256), where the backend binds the context
+    /// itself.
+    RsaOaep,
     Hmac,
 }
 
@@ -59,7 +64,7 @@ use KeyType::*;
 use Op::*;
 
 impl KeyType {
-    const ALL: [KeyType; 5] = [Ecdsa, Rsa, Ed25519, Aes, Hmac];
+    const ALL: [KeyType; 6] = [Ecdsa, Rsa, Ed25519, Aes, RsaOaep, Hmac];
 
     fn title(self) -> &'static str {
         match self {
@@ -67,6 +72,7 @@ impl KeyType {
             Rsa => "RSA 2048 (PSS)",
             Ed25519 => "Ed25519",
             Aes => "AES-256",
+            RsaOaep => "RSA 2048 (OAEP)",
             Hmac => "HMAC-SHA-256",
         }
     }
@@ -78,6 +84,7 @@ impl KeyType {
             Rsa => "rsa-pss-2048-sha256",
             Ed25519 => "ed25519",
             Aes => "aes-256-gcm",
+            RsaOaep => "rsa-oaep-2048-sha256",
             Hmac => "hmac-sha256",
         }
     }
@@ -93,6 +100,7 @@ impl KeyType {
             ],
             Ed25519 => &[Sign, Verify, PublicKey, Rotate, Metadata],
             Aes => &[Encrypt, DataKey, Envelope, Rotate, Metadata],
+            RsaOaep => &[Encrypt, DataKey, Envelope, Metadata],
             Hmac => &[Mac, Rotate, Metadata],
         }
     }
@@ -217,12 +225,13 @@ impl Backend {
 /// the backend has that type (`aes2`: a second AES key, for foreign
 /// ciphertexts). Besides them: `env`, `dec`, `dk` (the `aes` key with ops
 /// `envelope`, `decrypt`, `datakey` only), `missing` and `down`.
-pub const ALIASES: [(&str, KeyType); 6] = [
+pub const ALIASES: [(&str, KeyType); 7] = [
     ("ec", Ecdsa),
     ("rsa", Rsa),
     ("ed", Ed25519),
     ("aes", Aes),
     ("aes2", Aes),
+    ("rsaenc", RsaOaep),
     ("hmac", Hmac),
 ];
 

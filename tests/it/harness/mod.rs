@@ -20,10 +20,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+mod fakes;
 mod servers;
 mod system;
 mod tools;
 
+pub use fakes::AzureFake;
 pub use servers::{Bao, Moto};
 pub use system::{MemoryCgroup, hostile_client, run_as};
 pub use tools::{issue_cert, openssl_verifies};

@@ -77,6 +77,11 @@ pub async fn metadata_of_the_aes_key(t: &Env) {
     metadata_is_typed(t, "aes", KeyType::Aes, "encrypt", &ops).await;
 }
 
+pub async fn metadata_of_the_rsa_oaep_key(t: &Env) {
+    let ops = ["encrypt", "decrypt", "datakey", "envelope"];
+    metadata_is_typed(t, "rsaenc", KeyType::RsaOaep, "encrypt", &ops).await;
+}
+
 pub async fn metadata_of_the_hmac_key(t: &Env) {
     metadata_is_typed(t, "hmac", KeyType::Hmac, "mac", &["mac"]).await;
 }

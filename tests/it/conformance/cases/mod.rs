@@ -64,6 +64,10 @@ macro_rules! every_case {
             envelope_json_round_trip: [Can(Aes, Envelope)],
             envelope_streamed_round_trip: [Can(Aes, Envelope)],
             envelope_grants_hold: [Can(Aes, Envelope), Can(Aes, Encrypt), Can(Aes, DataKey)],
+            // RSA encryption.
+            rsa_oaep_encrypt_binds_the_context: [Can(RsaOaep, Encrypt)],
+            rsa_oaep_over_its_limit_is_payload_too_large: [Can(RsaOaep, Encrypt)],
+            rsa_oaep_datakey_and_envelope: [Can(RsaOaep, DataKey), Can(RsaOaep, Envelope), Can(RsaOaep, Encrypt)],
             // MACs.
             mac_verify_mac: [Can(Hmac, Mac)],
             verify_mac_with_an_unknown_version_is_invalid_request: [Can(Hmac, Mac)],
@@ -72,6 +76,7 @@ macro_rules! every_case {
             metadata_of_the_rsa_key: [Can(Rsa, Metadata)],
             metadata_of_the_ed25519_key: [Can(Ed25519, Metadata)],
             metadata_of_the_aes_key: [Can(Aes, Metadata)],
+            metadata_of_the_rsa_oaep_key: [Can(RsaOaep, Metadata)],
             metadata_of_the_hmac_key: [Can(Hmac, Metadata)],
             // Rotation.
             rotate_ec_keeps_old_signatures: [Can(Ecdsa, Rotate), Can(Ecdsa, Sign), Can(Ecdsa, Verify), Can(Ecdsa, PublicKey)],

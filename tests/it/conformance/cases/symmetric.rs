@@ -153,3 +153,47 @@ pub async fn verify_mac_with_an_unknown_version_is_invalid_request(t: &Env) {
     let body = json!({"message": b64(MSG), "mac": mac["mac"], "version": "999"});
     t.invalid("hmac", "verify-mac", body).await;
 }
+
+// === RSA encryption (RSA-OAEP-256: the context bound by the backend) ===
+
+pub async fn rsa_oaep_encrypt_binds_the_context(t: &Env) {
+    let sealed = t.encrypt("rsaenc", SECRET, context()).await;
+    version(t, &sealed);
+    assert_eq!(t.decrypt("rsaenc", &sealed, context()).await, SECRET, "{t}");
+    let bytes = unb64(&sealed["ciphertext"]);
+    for wrong in [json!({"tenant": "evil", "purpose": "conformance"}), json!({})] {
+        t.decryption_fails("rsaenc", &bytes, wrong).await;
+    }
+    t.decryption_fails("rsaenc", &flipped(&bytes), context()).await;
+    let plain = t.encrypt("rsaenc", SECRET, json!({})).await;
+    t.decryption_fails("rsaenc", &unb64(&plain["ciphertext"]), context())
+        .await;
+}
+
+pub async fn rsa_oaep_over_its_limit_is_payload_too_large(t: &Env) {
+    let body = json!({"plaintext": b64(&[7u8; 159])});
+    t.refused("rsaenc", "encrypt", body, 413, "payload_too_large")
+        .await;
+    t.encrypt("rsaenc", &[7u8; 158], json!({})).await;
+}
+
+pub async fn rsa_oaep_datakey_and_envelope(t: &Env) {
+    let dk = t
+        .ok("rsaenc", "datakey", json!({"bits": 256, "context": context()}))
+        .await;
+    let body = json!({"ciphertext": dk["encrypted_key"], "context": context()});
+    let opened = unb64(&t.ok("rsaenc", "decrypt", body).await["plaintext"]);
+    assert_eq!(opened, unb64(&dk["plaintext_key"]), "{t}");
+    let body = json!({"ciphertext": dk["encrypted_key"], "context": {"tenant": "evil"}});
+    t.refused("rsaenc", "decrypt", body, 422, "decryption_failed")
+        .await;
+    let data = vec![42u8; 5000];
+    let body = json!({"plaintext": b64(&data), "context": context()});
+    let envelope = t.ok("rsaenc", "envelope/encrypt", body).await;
+    let body = json!({"envelope": envelope["envelope"], "context": context()});
+    let opened = unb64(&t.ok("rsaenc", "envelope/decrypt", body).await["plaintext"]);
+    assert_eq!(opened, data, "{t}");
+    let body = json!({"envelope": envelope["envelope"], "context": {"tenant": "evil"}});
+    t.refused("rsaenc", "envelope/decrypt", body, 422, "decryption_failed")
+        .await;
+}

@@ -1,0 +1,808 @@
+//! The `azure` backend: Azure Key Vault and Managed HSM, through the
+//! official `azure_security_keyvault_keys` client and `azure_identity`
+//! credentials (reqwest + rustls).
+//!
+//! The shared [`Refresher`] keeps an Entra ID access token fresh in the
+//! background (`credentials.rs`); the `KeyClient` gets it through a
+//! `TokenCredential` that never logs in itself, so requests never wait on
+//! Entra. A call Key Vault answers 401 drops the token, waits for a new
+//! one and is sent once more. The SDK's own retries are off: retries,
+//! `Retry-After`, the timeout and the circuit breaker are the shared
+//! layer's ([`super::resilient`]).
+//!
+//! Key Vault signs digests, so messages are hashed here; EC signatures come
+//! back as raw `r‖s` and are turned into DER unless `format: raw`. Verify is
+//! local, with the cached public key. RSA keys encrypt with RSA-OAEP-256 and
+//! wrap data keys with `wrapKey`; `oct-HSM` keys (Managed HSM) encrypt with
+//! A256GCM (the context as AAD) and wrap with A256KW. Where the algorithm
+//! has no associated data (RSA-OAEP, A256KW) the context is bound inside
+//! the sealed block (`keys.rs`). Key facts (type, versions, rotation
+//! policy) are cached for a few minutes.
+
+mod credentials;
+mod errors;
+mod keys;
+
+use super::credentials::Refresher;
+use super::{
+    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey,
+    Sealed, SignOptions, Signature, VersionInfo,
+};
+use crate::config::AzureBackendConfig;
+use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use azure_core::http::{ClientOptions, RequestContent, RetryOptions, Transport};
+use azure_security_keyvault_keys::models::{
+    JsonWebKey, Key, KeyClientDecryptOptions, KeyClientEncryptOptions, KeyClientGetKeyOptions,
+    KeyClientListKeyPropertiesOptions, KeyClientListKeyPropertiesVersionsOptions,
+    KeyClientSignOptions, KeyClientWrapKeyOptions, KeyOperationParameters, KeyOperationResult,
+    KeyProperties, SignParameters, SignatureAlgorithm,
+};
+use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
+use credentials::{Login, Refreshed, Token};
+use futures_util::{StreamExt, TryStreamExt};
+use keys::{Blob, Made};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use zeroize::Zeroizing;
+
+/// How long a key's type, versions and rotation policy are reused.
+const KEY_INFO_TTL: Duration = Duration::from_secs(300);
+
+/// Azure Key Vault or Managed HSM.
+pub struct AzureBackend {
+    vault_url: String,
+    client: KeyClient,
+    /// The access token, refreshed in the background; dropping it stops
+    /// the refresh.
+    credentials: Refresher<Token>,
+    /// `keys.*.algorithm` by alias (an RSA key may serve a signing and an
+    /// encrypting alias).
+    configured: HashMap<String, Algorithm>,
+    keys: Mutex<HashMap<String, (Instant, Arc<KeyInfo>)>>,
+}
+
+impl fmt::Debug for AzureBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AzureBackend")
+            .field("vault_url", &self.vault_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the backend remembers of a key for a few minutes.
+struct KeyInfo {
+    /// The public JWK of the current (or pinned) version.
+    jwk: JsonWebKey,
+    current: String,
+    current_enabled: bool,
+    versions: Vec<VersionInfo>,
+    created: Option<SystemTime>,
+    hsm: bool,
+    rotation: Rotation,
+}
+
+/// The key's rotation policy, as far as it could be read.
+struct Rotation {
+    period: Option<Duration>,
+    text: String,
+}
+
+impl AzureBackend {
+    pub async fn new(
+        name: &str,
+        config: &AzureBackendConfig,
+        aliases: &[(&str, Option<Algorithm>)],
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        crate::config::check_azure_vault_url(&config.vault_url)?;
+        let vault_url = config.vault_url.trim_end_matches('/').to_owned();
+        let scope = match &config.scope {
+            Some(scope) => scope.clone(),
+            None => default_scope(&vault_url)?,
+        };
+        let transport = Transport::new(azure_core::http::new_http_client(None));
+        let login = Login::new(config, scope.clone(), transport.clone())?;
+        let credentials = Refresher::spawn(
+            name,
+            login,
+            credentials::schedule(config.credential_refresh),
+            metrics,
+        );
+        let options = KeyClientOptions {
+            client_options: ClientOptions {
+                transport: Some(transport),
+                retry: RetryOptions::none(),
+                ..Default::default()
+            },
+            // `Refreshed` checks the challenge's scope itself, exactly.
+            verify_challenge_resource: Some(false),
+            ..Default::default()
+        };
+        let credential = Refreshed {
+            handle: credentials.handle(),
+            scope,
+        };
+        let client = KeyClient::new(&vault_url, Arc::new(credential), Some(options))
+        .map_err(|e| format!("vault_url: {}", errors::describe(&e)))?;
+        // Get a token at once when Entra answers quickly, so that a normal
+        // start is ready at once; the refresher goes on either way.
+        credentials.first_refresh(Duration::from_secs(5)).await;
+        Ok(Self {
+            vault_url,
+            client,
+            credentials,
+            configured: aliases
+                .iter()
+                .filter_map(|(alias, a)| Some(((*alias).to_owned(), (*a)?)))
+                .collect(),
+            keys: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs a Key Vault call with the current token. A 401 drops the token
+    /// (if still current), waits for a new one, and sends the call once
+    /// more; other failures map to our errors.
+    async fn call<T, F, Fut>(&self, key: KeyRef<'_>, op: &str, f: F) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = azure_core::Result<T>>,
+    {
+        let token = match self.credentials.ready() {
+            Ok(token) => token,
+            Err(why) => {
+                // Wait for the refresh under way (bounded by the timeout).
+                self.credentials
+                    .refreshed()
+                    .await
+                    .map_err(|_| Error::new(ErrorKind::Unavailable, credentials::not_ready(&why)))?
+            }
+        };
+        match f().await {
+            Ok(v) => Ok(v),
+            Err(e) if errors::unauthorized(&e) => {
+                self.credentials
+                    .reject(&token, &format!("Key Vault {op}: {}", errors::describe(&e)));
+                if self.credentials.refreshed().await.is_err() {
+                    return Err(errors::error(key, op, &e));
+                }
+                f().await.map_err(|e| errors::error(key, op, &e))
+            }
+            Err(e) => Err(errors::error(key, op, &e)),
+        }
+    }
+
+    /// The key's facts, cached for a few minutes.
+    async fn info(&self, key: KeyRef<'_>) -> Result<Arc<KeyInfo>, Error> {
+        if let Some((at, info)) = self.keys.lock().expect("never poisoned").get(key.id)
+            && at.elapsed() < KEY_INFO_TTL
+        {
+            return Ok(info.clone());
+        }
+        let (name, pinned) = keys::split_id(key.id);
+        let got: Key = self
+            .call(key, "get key", || async {
+                let options = KeyClientGetKeyOptions {
+                    key_version: pinned.map(str::to_owned),
+                    ..Default::default()
+                };
+                self.client.get_key(name, Some(options)).await?.into_model()
+            })
+            .await?;
+        let jwk = got
+            .key
+            .ok_or_else(|| errors::malformed("a key without `key`"))?;
+        let current = jwk
+            .kid
+            .as_deref()
+            .and_then(keys::version_of_kid)
+            .ok_or_else(|| errors::malformed("a key without a versioned `kid`"))?
+            .to_owned();
+        let listed: Vec<KeyProperties> = self
+            .call(key, "list key versions", || async {
+                let options = KeyClientListKeyPropertiesVersionsOptions {
+                    maxresults: Some(25),
+                    ..Default::default()
+                };
+                self.client
+                    .list_key_properties_versions(name, Some(options))?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        let mut versions: Vec<VersionInfo> = listed
+            .iter()
+            .filter_map(|p| {
+                let version = keys::version_of_kid(p.kid.as_deref()?)?.to_owned();
+                let attributes = p.attributes.as_ref();
+                Some(VersionInfo {
+                    version,
+                    created: attributes.and_then(|a| a.created).map(system_time),
+                    enabled: attributes.and_then(|a| a.enabled).unwrap_or(true),
+                })
+            })
+            .collect();
+        versions.sort_by_key(|v| v.created);
+        let attributes = got.attributes.as_ref();
+        let info = KeyInfo {
+            hsm: matches!(
+                jwk.kty,
+                Some(
+                    azure_security_keyvault_keys::models::KeyType::EcHsm
+                        | azure_security_keyvault_keys::models::KeyType::RsaHsm
+                        | azure_security_keyvault_keys::models::KeyType::OctHsm
+                )
+            ),
+            jwk,
+            current,
+            current_enabled: attributes.and_then(|a| a.enabled).unwrap_or(true),
+            created: versions.first().and_then(|v| v.created),
+            versions,
+            rotation: self.rotation(key, name).await,
+        };
+        let info = Arc::new(info);
+        self.keys
+            .lock()
+            .expect("never poisoned")
+            .insert(key.id.to_owned(), (Instant::now(), info.clone()));
+        Ok(info)
+    }
+
+    fn forget(&self, key: KeyRef<'_>) {
+        self.keys.lock().expect("never poisoned").remove(key.id);
+    }
+
+    /// The rotation policy; one the identity may not read is reported as
+    /// such rather than failing the metadata.
+    async fn rotation(&self, key: KeyRef<'_>, name: &str) -> Rotation {
+        let policy = self
+            .call(key, "get rotation policy", || async {
+                self.client
+                    .get_key_rotation_policy(name, None)
+                    .await?
+                    .into_model()
+            })
+            .await;
+        let policy = match policy {
+            Ok(p) => p,
+            Err(e) => {
+                return Rotation {
+                    period: None,
+                    text: format!("unreadable ({})", e.kind.label()),
+                };
+            }
+        };
+        let mut text = Vec::new();
+        let mut period = None;
+        for action in policy.lifetime_actions.iter().flatten() {
+            let kind = action
+                .action
+                .as_ref()
+                .and_then(|a| a.type_prop.as_ref())
+                .map(|t| format!("{t:?}").to_lowercase())
+                .unwrap_or_else(|| "?".into());
+            let trigger = action.trigger.as_ref();
+            if let Some(after) = trigger.and_then(|t| t.time_after_create.as_deref()) {
+                text.push(format!("{kind} {after} after creation"));
+                if kind == "rotate" {
+                    period = iso_duration(after);
+                }
+            }
+            if let Some(before) = trigger.and_then(|t| t.time_before_expiry.as_deref()) {
+                text.push(format!("{kind} {before} before expiry"));
+            }
+        }
+        if let Some(expiry) = policy.attributes.and_then(|a| a.expiry_time) {
+            text.push(format!("new versions expire after {expiry}"));
+        }
+        Rotation {
+            period,
+            text: if text.is_empty() {
+                "none".into()
+            } else {
+                text.join("; ")
+            },
+        }
+    }
+
+    /// The key's algorithm for this alias, refusing keys not made for
+    /// `purpose`.
+    fn algorithm(
+        &self,
+        key: KeyRef<'_>,
+        info: &KeyInfo,
+        purpose: Option<Purpose>,
+        what: &str,
+    ) -> Result<Algorithm, Error> {
+        let algorithm =
+            keys::algorithm_of(key, &info.jwk, self.configured.get(key.alias).copied())?;
+        if let Some(purpose) = purpose {
+            super::require_purpose(key, algorithm, purpose, what)?;
+        }
+        Ok(algorithm)
+    }
+
+    /// Encrypts or wraps `plaintext` with the current (or pinned) version.
+    async fn seal(
+        &self,
+        key: KeyRef<'_>,
+        plaintext: &[u8],
+        context: &Context,
+        wrap: bool,
+    ) -> Result<Sealed, Error> {
+        let info = self.info(key).await?;
+        let algorithm = self.algorithm(key, &info, Some(Purpose::Encrypt), "encrypt")?;
+        let (name, pinned) = keys::split_id(key.id);
+        let made = match (algorithm, wrap) {
+            (Algorithm::RsaOaepSha256 { .. }, false) => Made::RsaEncrypt,
+            (Algorithm::RsaOaepSha256 { .. }, true) => Made::RsaWrap,
+            (_, false) => Made::AesGcm,
+            (_, true) => Made::AesWrap,
+        };
+        if let (Algorithm::RsaOaepSha256 { bits }, Made::RsaEncrypt) = (algorithm, made)
+            && plaintext.len() > keys::rsa_oaep_limit(bits)
+        {
+            return Err(Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "key `{}` ({algorithm}) encrypts at most {} bytes: use `envelope` for larger data",
+                    key.alias,
+                    keys::rsa_oaep_limit(bits)
+                ),
+            ));
+        }
+        let value = if made.prefixed() {
+            keys::bind(context, plaintext)
+        } else {
+            Zeroizing::new(plaintext.to_vec())
+        };
+        let aad = (made == Made::AesGcm).then(|| super::canonical_context(context));
+        let op = if wrap { "wrapKey" } else { "encrypt" };
+        let result: KeyOperationResult = self
+            .call(key, op, || async {
+                let params = KeyOperationParameters {
+                    algorithm: Some(made.algorithm()),
+                    value: Some(value.to_vec()),
+                    additional_authenticated_data: aad.clone(),
+                    ..Default::default()
+                };
+                let body: RequestContent<KeyOperationParameters> = params.try_into()?;
+                let version = pinned.map(str::to_owned);
+                let answer = if wrap {
+                    let options = KeyClientWrapKeyOptions {
+                        key_version: version,
+                        ..Default::default()
+                    };
+                    self.client.wrap_key(name, body, Some(options)).await?
+                } else {
+                    let options = KeyClientEncryptOptions {
+                        key_version: version,
+                        ..Default::default()
+                    };
+                    self.client.encrypt(name, body, Some(options)).await?
+                };
+                answer.into_model()
+            })
+            .await?;
+        let version = result_version(&result)?;
+        let ciphertext = result
+            .result
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| errors::malformed("no ciphertext"))?;
+        let (iv, tag) = match made {
+            Made::AesGcm => (
+                result.iv.as_deref().filter(|iv| iv.len() == 12),
+                result
+                    .authentication_tag
+                    .as_deref()
+                    .filter(|t| t.len() == 16),
+            ),
+            _ => (Some(&[][..]), Some(&[][..])),
+        };
+        let (Some(iv), Some(tag)) = (iv, tag) else {
+            return Err(errors::malformed(
+                "an AES-GCM answer without a 12-byte iv and 16-byte tag",
+            ));
+        };
+        let bytes = Blob {
+            made,
+            version: &version,
+            iv,
+            tag,
+            ciphertext,
+        }
+        .seal();
+        Ok(Sealed { bytes, version })
+    }
+}
+
+/// The version a key operation used, from its `kid`.
+fn result_version(result: &KeyOperationResult) -> Result<String, Error> {
+    result
+        .kid
+        .as_deref()
+        .and_then(keys::version_of_kid)
+        .map(str::to_owned)
+        .ok_or_else(|| errors::malformed("an answer without a versioned `kid`"))
+}
+
+/// The token scope of a vault: `https://` + its host without the vault's
+/// name + `/.default` (`myvault.vault.azure.net` → `vault.azure.net`), the
+/// resource Key Vault names in its authentication challenge.
+fn default_scope(vault_url: &str) -> Result<String, String> {
+    let host = vault_url
+        .trim_start_matches("https://")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default();
+    match host.split_once('.') {
+        Some((_, domain)) if !domain.is_empty() => Ok(format!("https://{domain}/.default")),
+        _ => Err(format!(
+            "vault_url: cannot tell the token scope from `{vault_url}`: set `scope`"
+        )),
+    }
+}
+
+fn system_time(t: azure_core::time::OffsetDateTime) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(t.unix_timestamp().max(0) as u64)
+}
+
+/// An ISO 8601 duration of the forms Key Vault rotation policies use
+/// (`P90D`, `P3M`, `P1Y`, `P1Y6M`, `PT12H`), with months of 30 and years of
+/// 365 days.
+fn iso_duration(text: &str) -> Option<Duration> {
+    let rest = text.strip_prefix('P')?;
+    let (date, time) = rest.split_once('T').unwrap_or((rest, ""));
+    let mut seconds = 0u64;
+    for (part, units) in [
+        (
+            date,
+            &[
+                ('Y', 365 * 86_400),
+                ('M', 30 * 86_400),
+                ('W', 7 * 86_400),
+                ('D', 86_400),
+            ][..],
+        ),
+        (time, &[('H', 3_600), ('M', 60), ('S', 1)][..]),
+    ] {
+        let mut number = String::new();
+        for c in part.chars() {
+            if c.is_ascii_digit() {
+                number.push(c);
+                continue;
+            }
+            let unit = units.iter().find(|(u, _)| *u == c)?.1;
+            seconds += number.parse::<u64>().ok()? * unit;
+            number.clear();
+        }
+        if !number.is_empty() {
+            return None;
+        }
+    }
+    (seconds > 0).then(|| Duration::from_secs(seconds))
+}
+
+#[async_trait]
+impl Backend for AzureBackend {
+    fn kind(&self) -> &'static str {
+        "azure"
+    }
+
+    /// A valid token, and one page of one key listed (any identity that may
+    /// use keys may list them). A throttled answer is a working vault.
+    async fn health(&self) -> Result<(), Error> {
+        let probe = KeyRef {
+            alias: "(health check)",
+            id: "-",
+        };
+        self.call(probe, "list keys", || async {
+            let options = KeyClientListKeyPropertiesOptions {
+                maxresults: Some(1),
+                ..Default::default()
+            };
+            let mut pages = self.client.list_key_properties(Some(options))?.into_pages();
+            pages.next().await.transpose().map(|_| ())
+        })
+        .await
+    }
+
+    async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
+        let info = self.info(key).await?;
+        let algorithm = self.algorithm(key, &info, None, "")?;
+        let mut details = BTreeMap::from([
+            ("vault_url".to_owned(), self.vault_url.clone()),
+            (
+                "key_type".to_owned(),
+                info.jwk
+                    .kty
+                    .as_ref()
+                    .map(|k| k.to_string())
+                    .unwrap_or_default(),
+            ),
+            ("rotation_policy".to_owned(), info.rotation.text.clone()),
+        ]);
+        if let Some(ops) = &info.jwk.key_ops {
+            details.insert("key_ops".to_owned(), ops.join(","));
+        }
+        if !info.current_enabled {
+            details.insert("current_version_enabled".to_owned(), "false".into());
+        }
+        Ok(KeyMetadata {
+            algorithm,
+            current_version: info.current.clone(),
+            versions: info.versions.clone(),
+            created: info.created,
+            origin: if info.hsm {
+                Origin::Hsm
+            } else {
+                Origin::Software
+            },
+            rotation_period: info.rotation.period,
+            details,
+        })
+    }
+
+    async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
+        let info = self.info(key).await?;
+        let algorithm = self.algorithm(key, &info, None, "")?;
+        if algorithm.purpose() != Purpose::Sign
+            && !matches!(algorithm, Algorithm::RsaOaepSha256 { .. })
+        {
+            return Err(Error::unsupported(format!(
+                "key `{}` is {algorithm}: it has no public key",
+                key.alias
+            )));
+        }
+        let jwk = match version {
+            None => info.jwk.clone(),
+            Some(v) if v == info.current => info.jwk.clone(),
+            Some(v) => {
+                let (name, _) = keys::split_id(key.id);
+                let got: Key = self
+                    .call(key, "get key", || async {
+                        let options = KeyClientGetKeyOptions {
+                            key_version: Some(v.to_owned()),
+                            ..Default::default()
+                        };
+                        self.client.get_key(name, Some(options)).await?.into_model()
+                    })
+                    .await?;
+                got.key
+                    .ok_or_else(|| errors::malformed("a key without `key`"))?
+            }
+        };
+        let version = jwk
+            .kid
+            .as_deref()
+            .and_then(keys::version_of_kid)
+            .unwrap_or(&info.current)
+            .to_owned();
+        Ok(PublicKey {
+            spki_der: keys::spki_of(&jwk, algorithm)?,
+            algorithm,
+            version,
+        })
+    }
+
+    async fn sign(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        options: SignOptions,
+    ) -> Result<Signature, Error> {
+        let info = self.info(key).await?;
+        let own = self.algorithm(key, &info, Some(Purpose::Sign), "sign")?;
+        let algorithm = super::signing_algorithm(own, options.algorithm)?;
+        let alg = match algorithm {
+            Algorithm::EcdsaP256Sha256 => SignatureAlgorithm::Es256,
+            Algorithm::EcdsaP384Sha384 => SignatureAlgorithm::Es384,
+            Algorithm::EcdsaP521Sha512 => SignatureAlgorithm::Es512,
+            Algorithm::RsaPssSha256 { .. } => SignatureAlgorithm::Ps256,
+            Algorithm::RsaPkcs1Sha256 { .. } => SignatureAlgorithm::Rs256,
+            other => return Err(Error::unsupported(format!("a {other} key cannot sign"))),
+        };
+        let digest = match input {
+            SignInput::Message(m) => keys::digest_of(algorithm, m)
+                .ok_or_else(|| Error::unsupported("this algorithm signs messages only"))?
+                .as_ref()
+                .to_vec(),
+            SignInput::Digest(d) => {
+                crypto::import_digest(algorithm, d)
+                    .map_err(|e| Error::new(ErrorKind::InvalidRequest, e.to_string()))?;
+                d.to_vec()
+            }
+        };
+        let (name, pinned) = keys::split_id(key.id);
+        let result: KeyOperationResult = self
+            .call(key, "sign", || async {
+                let params = SignParameters {
+                    algorithm: Some(alg.clone()),
+                    value: Some(digest.clone()),
+                };
+                let options = KeyClientSignOptions {
+                    key_version: pinned.map(str::to_owned),
+                    ..Default::default()
+                };
+                self.client
+                    .sign(name, params.try_into()?, Some(options))
+                    .await?
+                    .into_model()
+            })
+            .await?;
+        let version = result_version(&result)?;
+        let raw = result
+            .result
+            .ok_or_else(|| errors::malformed("no signature"))?;
+        let bytes = match (algorithm.ecdsa_coordinate_len(), options.format) {
+            (Some(n), SignatureFormat::Der) if raw.len() == 2 * n => {
+                crypto::ecdsa_raw_to_der(&raw, n)
+            }
+            (Some(n), _) if raw.len() != 2 * n => {
+                return Err(errors::malformed("an ECDSA signature of the wrong width"));
+            }
+            _ => raw,
+        };
+        Ok(Signature {
+            bytes,
+            algorithm,
+            version,
+        })
+    }
+
+    async fn encrypt(
+        &self,
+        key: KeyRef<'_>,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> Result<Sealed, Error> {
+        self.seal(key, plaintext, context, false).await
+    }
+
+    async fn decrypt(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Plaintext, Error> {
+        let info = self.info(key).await?;
+        let algorithm = self.algorithm(key, &info, Some(Purpose::Encrypt), "decrypt")?;
+        let blob = Blob::open(ciphertext)?;
+        // A blob of the other kind of key is someone else's ciphertext.
+        let rsa = matches!(algorithm, Algorithm::RsaOaepSha256 { .. });
+        if rsa != matches!(blob.made, Made::RsaEncrypt | Made::RsaWrap) {
+            return Err(Error::decryption_failed());
+        }
+        let (name, _) = keys::split_id(key.id);
+        let op = if blob.made.wrapped() {
+            "unwrapKey"
+        } else {
+            "decrypt"
+        };
+        let aad = (blob.made == Made::AesGcm).then(|| super::canonical_context(context));
+        let result: KeyOperationResult = self
+            .call(key, op, || async {
+                let gcm = blob.made == Made::AesGcm;
+                let params = KeyOperationParameters {
+                    algorithm: Some(blob.made.algorithm()),
+                    value: Some(blob.ciphertext.to_vec()),
+                    iv: gcm.then(|| blob.iv.to_vec()),
+                    authentication_tag: gcm.then(|| blob.tag.to_vec()),
+                    additional_authenticated_data: aad.clone(),
+                };
+                let body: RequestContent<KeyOperationParameters> = params.try_into()?;
+                let answer = if blob.made.wrapped() {
+                    self.client
+                        .unwrap_key(name, blob.version, body, None)
+                        .await?
+                } else {
+                    self.client
+                        .decrypt(
+                            name,
+                            blob.version,
+                            body,
+                            None::<KeyClientDecryptOptions<'_>>,
+                        )
+                        .await?
+                };
+                answer.into_model()
+            })
+            .await
+            // The key exists (its facts were read): a version it lacks is
+            // in another key's ciphertext.
+            .map_err(|e| match e.kind {
+                ErrorKind::KeyNotFound => Error::decryption_failed(),
+                _ => e,
+            })?;
+        let opened = Zeroizing::new(
+            result
+                .result
+                .ok_or_else(|| errors::malformed("no plaintext"))?,
+        );
+        let plaintext = if blob.made.prefixed() {
+            keys::unbind(context, &opened)?
+        } else {
+            opened.to_vec()
+        };
+        Ok(Plaintext(Zeroizing::new(plaintext)))
+    }
+
+    async fn generate_data_key(
+        &self,
+        key: KeyRef<'_>,
+        bits: u32,
+        context: &Context,
+    ) -> Result<DataKey, Error> {
+        let mut dek = Zeroizing::new(vec![0u8; (bits / 8) as usize]);
+        aws_lc_rs::rand::fill(&mut dek)
+            .map_err(|_| Error::new(ErrorKind::Backend, "no randomness for a data key"))?;
+        let sealed = self.seal(key, &dek, context, true).await?;
+        Ok(DataKey {
+            plaintext: Plaintext(dek),
+            encrypted: sealed.bytes,
+            version: sealed.version,
+        })
+    }
+
+    async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
+        let (name, pinned) = keys::split_id(key.id);
+        if pinned.is_some() {
+            return Err(Error::unsupported(format!(
+                "key `{}` is pinned to a version: rotate the Key Vault key `{name}` instead",
+                key.alias
+            )));
+        }
+        let rotated: Key = self
+            .call(key, "rotate", || async {
+                self.client.rotate_key(name, None).await?.into_model()
+            })
+            .await?;
+        self.forget(key);
+        rotated
+            .key
+            .as_ref()
+            .and_then(|k| k.kid.as_deref())
+            .and_then(keys::version_of_kid)
+            .map(str::to_owned)
+            .ok_or_else(|| errors::malformed("a rotated key without a versioned `kid`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_come_from_the_vault_domain() {
+        assert_eq!(
+            default_scope("https://myvault.vault.azure.net").as_deref(),
+            Ok("https://vault.azure.net/.default")
+        );
+        assert_eq!(
+            default_scope("https://hsm.managedhsm.azure.net/").as_deref(),
+            Ok("https://managedhsm.azure.net/.default")
+        );
+        assert_eq!(
+            default_scope("https://127.0.0.1:8443").as_deref(),
+            Ok("https://0.0.1/.default")
+        );
+        assert!(default_scope("https://localhost").is_err());
+    }
+
+    #[test]
+    fn rotation_periods() {
+        assert_eq!(iso_duration("P90D"), Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(
+            iso_duration("P1Y6M"),
+            Some(Duration::from_secs(545 * 86_400))
+        );
+        assert_eq!(iso_duration("PT12H"), Some(Duration::from_secs(12 * 3_600)));
+        assert_eq!(iso_duration("P"), None);
+        assert_eq!(iso_duration("90D"), None);
+        assert_eq!(iso_duration("P9X"), None);
+    }
+}
