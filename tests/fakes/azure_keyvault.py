@@ -392,7 +392,7 @@ def new_version(p):
         raise bad("Property 'kty' is required." if kty is None else f"The value '{kty}' is not a supported kty.")
     if kty.startswith("EC"):
         crv, size = p.get("crv") or "P-256", None
-        if crv not in CURVES:
+        if not isinstance(crv, str) or crv not in CURVES:
             raise bad(f"The value '{crv}' is not a supported curve (crv).")
     elif kty.startswith("RSA"):
         size = size or 2048
@@ -631,8 +631,8 @@ def update(st, entry, v, p):
 
 
 def authenticate(st, headers):
-    """"Authentication, requests and responses" (/azure/key-vault/general/authentication-requests-
-    and-responses): no or a refused token → 401 with the WWW-Authenticate challenge, whose resource
+    """Key Vault's "Authentication, requests and responses" (/azure/key-vault/general/authentication-
+    requests-and-responses): no or a refused token → 401 with the WWW-Authenticate challenge, whose resource
     is the vault host without its first label (myvault.vault.azure.net → https://vault.azure.net)."""
     host = headers.get("Host", "127.0.0.1").strip()
     host = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0]
@@ -726,8 +726,9 @@ def admin(st, method, path, body):
     """The test-only API under /_fake/ (no auth; see README)."""
     try:
         p = json.loads(body) if body else {}
-        assert isinstance(p, dict)
-    except (ValueError, UnicodeDecodeError, AssertionError):
+    except (ValueError, UnicodeDecodeError):
+        p = None
+    if not isinstance(p, dict):
         raise KVError(400, "BadRequest", "The body must be a JSON object.")
 
     def integer(name, default):
@@ -842,7 +843,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_request(self, code="-", size="-"):
         # One line per request: method, path (no query), status. Never headers or bodies.
-        sys.stderr.write(f"fake-azure: {self.command} {urlsplit(self.path).path} -> {code}\n")
+        path = urlsplit(getattr(self, "path", "") or "").path or "-"
+        sys.stderr.write(f"fake-azure: {getattr(self, 'command', None) or '-'} {path} -> {code}\n")
 
     def log_message(self, fmt, *args):
         pass

@@ -73,7 +73,10 @@ async fn signatures_verify_with_openssl_in_der_and_raw() {
         .unwrap()
         .to_owned();
     let der = unb64(&sign(&s).await["signature"]);
-    assert!(openssl_verifies(fake.dir.path(), &pem, MSG, &der, &[], false), "a DER ES256 signature");
+    assert!(
+        openssl_verifies(fake.dir.path(), &pem, MSG, &der, &[], false),
+        "a DER ES256 signature"
+    );
     let raw = s
         .post_ok(
             "/v1/keys/sign/sign",
@@ -121,7 +124,14 @@ async fn p384_and_p521_keys_sign_es384_and_es512() {
             )
             .await;
         assert!(
-            openssl_verifies(fake.dir.path(), pem, MSG, &unb64(&der["signature"]), &[hash], false),
+            openssl_verifies(
+                fake.dir.path(),
+                pem,
+                MSG,
+                &unb64(&der["signature"]),
+                &[hash],
+                false
+            ),
             "{alias}: openssl verifies the DER signature"
         );
         let raw = s
@@ -167,19 +177,20 @@ async fn a_replaced_federated_token_is_used_at_the_next_refresh() {
     std::fs::write(path.with_extension("tmp"), &new).unwrap();
     std::fs::rename(path.with_extension("tmp"), &path).unwrap();
     let want = sha256_hex(&new);
-    eventually(Duration::from_secs(10), "a token request with the new federated token", || async {
-        token_requests(&fake)
-            .await
-            .iter()
-            .any(|r| r["assertion_sha256"] == want.as_str() && r["ok"] == true)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "a token request with the new federated token",
+        || async {
+            token_requests(&fake)
+                .await
+                .iter()
+                .any(|r| r["assertion_sha256"] == want.as_str() && r["ok"] == true)
+        },
+    )
     .await;
     sign(&s).await;
     assert!(
-        token_requests(&fake)
-            .await
-            .iter()
-            .all(|r| r["ok"] == true),
+        token_requests(&fake).await.iter().all(|r| r["ok"] == true),
         "no token request failed"
     );
 }
@@ -204,12 +215,8 @@ async fn throttling_is_retried_after_retry_after() {
     let fake = AzureFake::start().await;
     let s = sidecar(&fake, "", &[]).await;
     sign(&s).await;
-    fake.admin(
-        "POST",
-        "throttle",
-        json!({"count": 1, "retry_after": 2}),
-    )
-    .await;
+    fake.admin("POST", "throttle", json!({"count": 1, "retry_after": 2}))
+        .await;
     let started = Instant::now();
     sign(&s).await;
     assert!(
@@ -219,12 +226,8 @@ async fn throttling_is_retried_after_retry_after() {
     );
     assert_eq!(fake.stats().await["throttled"], 1);
     // Longer than the call's timeout (5 s): the caller is told when to retry.
-    fake.admin(
-        "POST",
-        "throttle",
-        json!({"count": 50, "retry_after": 30}),
-    )
-    .await;
+    fake.admin("POST", "throttle", json!({"count": 50, "retry_after": 30}))
+        .await;
     let r = s
         .post("/v1/keys/sign/sign", json!({"message": b64(MSG)}))
         .await;
@@ -236,7 +239,12 @@ async fn throttling_is_retried_after_retry_after() {
     );
     // A throttled vault is not an unhealthy one.
     let ready = s.get("/readyz").await;
-    assert_eq!(ready.status, 200, "{}", String::from_utf8_lossy(&ready.body));
+    assert_eq!(
+        ready.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&ready.body)
+    );
 }
 
 #[tokio::test]
@@ -332,7 +340,10 @@ async fn managed_identity_and_client_secret_credentials() {
     let secret_file = fake.path("client-secret");
     let secret = sidecar(
         &fake,
-        &format!(", credential: client_secret, client_secret_file: \"{}\"", secret_file.display()),
+        &format!(
+            ", credential: client_secret, client_secret_file: \"{}\"",
+            secret_file.display()
+        ),
         &[("AZURE_FEDERATED_TOKEN_FILE", "/nonexistent".into())],
     )
     .await;

@@ -127,7 +127,7 @@ impl AzureBackend {
             scope,
         };
         let client = KeyClient::new(&vault_url, Arc::new(credential), Some(options))
-        .map_err(|e| format!("vault_url: {}", errors::describe(&e)))?;
+            .map_err(|e| format!("vault_url: {}", errors::describe(&e)))?;
         // Get a token at once when Entra answers quickly, so that a normal
         // start is ready at once; the refresher goes on either way.
         credentials.first_refresh(Duration::from_secs(5)).await;
@@ -549,15 +549,7 @@ impl Backend for AzureBackend {
 
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
         let info = self.info(key).await?;
-        let algorithm = self.algorithm(key, &info, None, "")?;
-        if algorithm.purpose() != Purpose::Sign
-            && !matches!(algorithm, Algorithm::RsaOaepSha256 { .. })
-        {
-            return Err(Error::unsupported(format!(
-                "key `{}` is {algorithm}: it has no public key",
-                key.alias
-            )));
-        }
+        let algorithm = self.algorithm(key, &info, Some(Purpose::Sign), "give a public key")?;
         let jwk = match version {
             None => info.jwk.clone(),
             Some(v) if v == info.current => info.jwk.clone(),

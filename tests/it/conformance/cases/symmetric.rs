@@ -161,17 +161,21 @@ pub async fn rsa_oaep_encrypt_binds_the_context(t: &Env) {
     version(t, &sealed);
     assert_eq!(t.decrypt("rsaenc", &sealed, context()).await, SECRET, "{t}");
     let bytes = unb64(&sealed["ciphertext"]);
-    for wrong in [json!({"tenant": "evil", "purpose": "conformance"}), json!({})] {
+    for wrong in [
+        json!({"tenant": "evil", "purpose": "conformance"}),
+        json!({}),
+    ] {
         t.decryption_fails("rsaenc", &bytes, wrong).await;
     }
-    t.decryption_fails("rsaenc", &flipped(&bytes), context()).await;
+    t.decryption_fails("rsaenc", &flipped(&bytes), context())
+        .await;
     let plain = t.encrypt("rsaenc", SECRET, json!({})).await;
     t.decryption_fails("rsaenc", &unb64(&plain["ciphertext"]), context())
         .await;
 }
 
 pub async fn rsa_oaep_over_its_limit_is_payload_too_large(t: &Env) {
-    let body = json!({"plaintext": b64(&[7u8; 159])});
+    let body = json!({"plaintext": b64([7u8; 159])});
     t.refused("rsaenc", "encrypt", body, 413, "payload_too_large")
         .await;
     t.encrypt("rsaenc", &[7u8; 158], json!({})).await;
@@ -179,7 +183,11 @@ pub async fn rsa_oaep_over_its_limit_is_payload_too_large(t: &Env) {
 
 pub async fn rsa_oaep_datakey_and_envelope(t: &Env) {
     let dk = t
-        .ok("rsaenc", "datakey", json!({"bits": 256, "context": context()}))
+        .ok(
+            "rsaenc",
+            "datakey",
+            json!({"bits": 256, "context": context()}),
+        )
         .await;
     let body = json!({"ciphertext": dk["encrypted_key"], "context": context()});
     let opened = unb64(&t.ok("rsaenc", "decrypt", body).await["plaintext"]);
