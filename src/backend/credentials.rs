@@ -101,6 +101,18 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// The schedule of cloud credentials: at ~70 % of their lifetime
+    /// within `credential_refresh` (default 1–15 min); after a failure from
+    /// 5 s doubling up to 60 s, never longer than `credential_refresh.max`.
+    pub fn within(bounds: crate::config::RefreshBounds) -> Self {
+        Self {
+            min: bounds.min.0,
+            max: bounds.max.0,
+            retry: Duration::from_secs(5).min(bounds.max.0),
+            retry_max: Duration::from_secs(60).min(bounds.max.0),
+        }
+    }
+
     /// When to refresh a credential with `left` to live (`None`: never
     /// expires): [`REFRESH_AT`] of it ±10 %, within `[min, max]`.
     pub fn refresh_in(&self, left: Option<Duration>) -> Duration {

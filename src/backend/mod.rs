@@ -12,6 +12,8 @@ pub mod aws;
 #[cfg(feature = "azure")]
 pub mod azure;
 pub mod credentials;
+#[cfg(any(feature = "vault", feature = "azure"))]
+pub mod facts;
 #[cfg(feature = "local")]
 pub mod local;
 pub mod resilient;

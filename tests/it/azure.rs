@@ -403,3 +403,38 @@ async fn the_fakes_own_config_serves() {
         .await;
     assert_eq!(unb64(&opened["plaintext"]), b"hello");
 }
+
+#[tokio::test]
+async fn a_pinned_version_stays_pinned_across_rotations() {
+    let fake = AzureFake::start().await;
+    let s = sidecar(&fake, "", &[]).await;
+    let v1 = sign(&s).await["version"].as_str().unwrap().to_owned();
+    let config = format!(
+        "backends:\n  kv: {}\nkeys:\n  latest: {{ backend: kv, key: azure-sign, ops: [\"*\"] }}\n  pinned: {{ backend: kv, key: azure-sign/{v1}, ops: [\"*\"] }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
+        fake.backend(""),
+        nix::unistd::geteuid().as_raw()
+    );
+    drop(s);
+    let env = fake.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = Sidecar::start_with_env(&config, &env).await;
+    let v2 = s.post_ok("/v1/keys/latest/rotate", json!({})).await["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(v1, v2);
+    let body = json!({"message": b64(MSG)});
+    assert_eq!(
+        s.post_ok("/v1/keys/latest/sign", body.clone()).await["version"],
+        v2.as_str()
+    );
+    assert_eq!(
+        s.post_ok("/v1/keys/pinned/sign", body).await["version"],
+        v1.as_str()
+    );
+    let meta = s.get("/v1/keys/pinned").await.ok();
+    assert_eq!(meta["current_version"], v1.as_str(), "{meta}");
+    s.post("/v1/keys/pinned/rotate", json!({}))
+        .await
+        .expect(422, Some("operation_not_supported"));
+}

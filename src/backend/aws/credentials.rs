@@ -6,14 +6,14 @@
 //! configured `sts_endpoint`, optionally chained into an `assume_role`. The
 //! KMS clients sign with what the refresher holds ([`RefreshedProvider`]).
 
-use crate::backend::credentials::{Fresh, Handle, RefreshError, Schedule, Source};
-use crate::config::{AwsBackendConfig, RefreshBounds};
+use crate::backend::credentials::{Fresh, Handle, RefreshError, Source};
+use crate::config::AwsBackendConfig;
 use async_trait::async_trait;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::future::ProvideCredentials as CredentialsFuture;
 use aws_sdk_kms::config::{Credentials, ProvideCredentials, SharedCredentialsProvider};
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use zeroize::Zeroizing;
 
 /// The provider chain the refresher asks: the default chain (or
@@ -50,18 +50,6 @@ pub(super) async fn chain(
     }
     let source = source.ok_or("no AWS credentials provider could be configured")?;
     Ok(Chain(source))
-}
-
-/// When credentials are refreshed: at ~70 % of their lifetime within
-/// `credential_refresh` (default 1–15 min); after a failure from 5 s
-/// doubling up to 60 s, never longer than `credential_refresh.max`.
-pub(super) fn schedule(bounds: RefreshBounds) -> Schedule {
-    Schedule {
-        min: bounds.min.0,
-        max: bounds.max.0,
-        retry: Duration::from_secs(5).min(bounds.max.0),
-        retry_max: Duration::from_secs(60).min(bounds.max.0),
-    }
 }
 
 /// The provider chain as the refresher's source: every refresh asks it

@@ -13,7 +13,7 @@ mod errors;
 
 pub use client::MAX_ENCRYPT;
 
-use super::credentials::Refresher;
+use super::credentials::{Refresher, Schedule};
 use super::{
     Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Plaintext, PublicKey, Sealed,
     SignOptions, Signature, Verified,
@@ -63,7 +63,7 @@ impl AwsBackend {
             .load()
             .await;
         let chain = credentials::chain(&sdk, config).await?;
-        let schedule = credentials::schedule(config.credential_refresh);
+        let schedule = Schedule::within(config.credential_refresh);
         let credentials = Refresher::spawn(name, chain, schedule, metrics.clone());
         // Start with credentials when they come quickly, so that a normal
         // start is ready at once; the refresher goes on either way.

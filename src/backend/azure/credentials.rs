@@ -7,8 +7,8 @@
 //! `KeyClient` is given: it answers with the refresher's current token and
 //! never calls Entra itself, so requests never wait on a login.
 
-use crate::backend::credentials::{Fresh, Handle, NotReady, RefreshError, Schedule, Source};
-use crate::config::{AzureBackendConfig, AzureCredential, RefreshBounds};
+use crate::backend::credentials::{Fresh, Handle, NotReady, RefreshError, Source};
+use crate::config::{AzureBackendConfig, AzureCredential};
 use async_trait::async_trait;
 use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
 use azure_core::http::{ClientMethodOptions, ClientOptions, RetryOptions, Transport};
@@ -23,18 +23,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use zeroize::Zeroizing;
-
-/// When tokens are refreshed: at ~70 % of their lifetime within
-/// `credential_refresh` (default 1–15 min); after a failure from 2 s
-/// doubling up to 60 s, never longer than `credential_refresh.max`.
-pub(super) fn schedule(bounds: RefreshBounds) -> Schedule {
-    Schedule {
-        min: bounds.min.0,
-        max: bounds.max.0,
-        retry: Duration::from_secs(2).min(bounds.max.0),
-        retry_max: Duration::from_secs(60).min(bounds.max.0),
-    }
-}
 
 /// An access token: wiped on drop, never printed.
 pub(super) struct Token {

@@ -26,6 +26,7 @@ mod errors;
 mod transit;
 
 use super::credentials::{NotReady, Refresher};
+use super::facts::KeyFacts;
 use super::{
     Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey,
     Sealed, SignOptions, Signature, Verified, VersionInfo, canonical_context,
@@ -39,9 +40,9 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use client::Call;
 use errors::{malformed, status_of};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use transit::{
     DataKeyData, KeyData, KeyInfo, KeyVersion, SignatureData, ValidData, algorithm_of, first_valid,
@@ -52,9 +53,6 @@ use vaultrs::client::VaultClient;
 use vaultrs::error::ClientError;
 use zeroize::{Zeroize, Zeroizing};
 
-/// How long a key's type and versions are reused for request decisions.
-const KEY_INFO_TTL: Duration = Duration::from_secs(300);
-
 /// Vault / OpenBao transit.
 pub struct VaultBackend {
     mount: String,
@@ -63,7 +61,7 @@ pub struct VaultBackend {
     auth_method: &'static str,
     /// The token, renewed in the background; dropping it stops the renewal.
     credentials: Refresher<Token>,
-    keys: Mutex<HashMap<String, (Instant, Arc<KeyInfo>)>>,
+    keys: KeyFacts<KeyInfo>,
 }
 
 impl fmt::Debug for VaultBackend {
@@ -94,7 +92,7 @@ impl VaultBackend {
             base,
             auth_method: config.auth.method(),
             credentials,
-            keys: Mutex::new(HashMap::new()),
+            keys: KeyFacts::default(),
         })
     }
 
@@ -141,10 +139,8 @@ impl VaultBackend {
 
     /// The key's type and versions, cached for a few minutes.
     async fn info(&self, key: KeyRef<'_>) -> Result<Arc<KeyInfo>, Error> {
-        if let Some((at, info)) = self.keys.lock().expect("never poisoned").get(key.id)
-            && at.elapsed() < KEY_INFO_TTL
-        {
-            return Ok(info.clone());
+        if let Some(info) = self.keys.get(key.id) {
+            return Ok(info);
         }
         let path = self.path("keys", key);
         let data: KeyData = self
@@ -158,16 +154,11 @@ impl VaultBackend {
                 key.alias, data.key_type
             ))
         })?;
-        let info = Arc::new(KeyInfo { algorithm, data });
-        self.keys
-            .lock()
-            .expect("never poisoned")
-            .insert(key.id.to_owned(), (Instant::now(), info.clone()));
-        Ok(info)
+        Ok(self.keys.put(key.id, KeyInfo { algorithm, data }))
     }
 
     fn forget(&self, key: KeyRef<'_>) {
-        self.keys.lock().expect("never poisoned").remove(key.id);
+        self.keys.forget(key.id);
     }
 
     /// [`Self::info`], refusing keys not made for `purpose`.
