@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_INSTALL := $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get install -y --no-install-recommends
 
-.PHONY: run build test test-deps lint fmt bench bench-webhook bench-burst load fuzz manifests fake-azure clean
+.PHONY: run build test test-deps lint fmt bench bench-webhook bench-burst load fuzz manifests fake-azure fake-gcp clean
 
 ## run: build and start the sidecar with the embedded default (local keys, ./kms-sidecar.sock)
 run: build
@@ -68,11 +68,18 @@ fuzz:
 	done
 
 ## fake-azure: the Azure Key Vault + Entra ID contract fake (tests/fakes/azure_keyvault.py) in the foreground on 127.0.0.1, its CA, federated token, env file and a ready sidecar config written into FAKE_DIR
-FAKE_DIR ?= ./.fake-azure
+fake-azure: FAKE_DIR ?= ./.fake-azure
 fake-azure:
 	@python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install -q cryptography || python3 -m pip install -q --break-system-packages cryptography
 	@echo "then, in another shell: set -a; . $(FAKE_DIR)/env; set +a; ./target/debug/kms-sidecar serve --config $(FAKE_DIR)/config.yaml"
 	python3 tests/fakes/azure_keyvault.py --dir $(FAKE_DIR)
+
+## fake-gcp: the Cloud KMS + STS + IAM Credentials + metadata server contract fake (tests/fakes/gcp_kms.py) in the foreground on 127.0.0.1, its external-account files, subject token, env files and a ready sidecar config written into FAKE_DIR
+fake-gcp: FAKE_DIR ?= ./.fake-gcp
+fake-gcp:
+	@python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install -q cryptography || python3 -m pip install -q --break-system-packages cryptography
+	@echo "then, in another shell: set -a; . $(FAKE_DIR)/env; set +a; ./target/debug/kms-sidecar serve --config $(FAKE_DIR)/config.yaml"
+	python3 tests/fakes/gcp_kms.py --dir $(FAKE_DIR)
 
 ## manifests: render manifests/kms-sidecar.yaml from the chart with manifests/values.yaml (a test fails when they drift)
 manifests:

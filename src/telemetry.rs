@@ -47,6 +47,11 @@ const CREDENTIAL_TARGETS: &[(&str, LevelFilter)] = &[
     ("typespec_client_core", LevelFilter::INFO),
     ("azure_core", LevelFilter::INFO),
     ("azure_identity", LevelFilter::INFO),
+    // google-cloud-auth and the client's transport trace requests and
+    // token exchanges (the subject token is in the STS request body).
+    ("google_cloud_auth", LevelFilter::INFO),
+    ("google_cloud_gax_internal", LevelFilter::INFO),
+    ("google_cloud_kms_v1", LevelFilter::INFO),
 ];
 
 pub fn init(log: &Log) {

@@ -11,9 +11,13 @@
 pub mod aws;
 #[cfg(feature = "azure")]
 pub mod azure;
+#[cfg(any(feature = "azure", feature = "gcp"))]
+pub mod binding;
 pub mod credentials;
-#[cfg(any(feature = "vault", feature = "azure"))]
+#[cfg(any(feature = "vault", feature = "azure", feature = "gcp"))]
 pub mod facts;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 #[cfg(feature = "local")]
 pub mod local;
 pub mod resilient;
@@ -243,6 +247,11 @@ pub struct VersionInfo {
     pub created: Option<SystemTime>,
     /// Whether this version still verifies, decrypts and unwraps.
     pub enabled: bool,
+    /// The KMS's own name for the version's state where it has more than
+    /// enabled or not (Cloud KMS: `ENABLED`, `DISABLED`,
+    /// `DESTROY_SCHEDULED`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 /// A key's metadata, as the backend reports it.
@@ -370,7 +379,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
 }
 
 /// Refuses a key whose algorithm is not made for `purpose` (as KMSs do).
-#[cfg(any(feature = "aws", feature = "vault", feature = "azure"))]
+#[cfg(any(feature = "aws", feature = "vault", feature = "azure", feature = "gcp"))]
 pub(crate) fn require_purpose(
     key: KeyRef<'_>,
     algorithm: Algorithm,
@@ -489,6 +498,13 @@ async fn build_one(
                 .collect();
             Ok(Arc::new(
                 azure::AzureBackend::new(name, c, &aliases, metrics.clone()).await?,
+            ))
+        }
+        #[cfg(feature = "gcp")]
+        BackendConfig::Gcp(c) => {
+            let ids: Vec<&str> = keys.iter().map(|(_, k)| k.key.as_str()).collect();
+            Ok(Arc::new(
+                gcp::GcpBackend::new(name, c, &ids, metrics.clone()).await?,
             ))
         }
         #[allow(unreachable_patterns)]

@@ -17,6 +17,8 @@ pub enum BackendConfig {
     Vault(VaultBackendConfig),
     /// Azure Key Vault or Managed HSM.
     Azure(AzureBackendConfig),
+    /// Google Cloud KMS.
+    Gcp(GcpBackendConfig),
 }
 
 impl BackendConfig {
@@ -28,6 +30,7 @@ impl BackendConfig {
             BackendConfig::Aws(c) => (c.timeout, c.retries, c.circuit),
             BackendConfig::Vault(c) => (c.timeout, c.retries, c.circuit),
             BackendConfig::Azure(c) => (c.timeout, c.retries, c.circuit),
+            BackendConfig::Gcp(c) => (c.timeout, c.retries, c.circuit),
         }
     }
 
@@ -37,6 +40,7 @@ impl BackendConfig {
             BackendConfig::Aws(_) => "aws",
             BackendConfig::Vault(_) => "vault",
             BackendConfig::Azure(_) => "azure",
+            BackendConfig::Gcp(_) => "gcp",
         }
     }
 }
@@ -177,6 +181,61 @@ pub struct AzureBackendConfig {
     /// The circuit breaker (SPEC §8).
     #[serde(default)]
     pub circuit: Circuit,
+}
+
+/// `type: gcp`: Google Cloud KMS. Credentials come from the platform
+/// (Application Default Credentials: workload identity federation's
+/// external-account file, the GKE metadata server), never from this file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpBackendConfig {
+    pub project: String,
+    pub location: String,
+    /// The key ring of the keys named by their CryptoKey id; keys given as
+    /// full resource names (`projects/…/cryptoKeys/K`) need none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_ring: Option<String>,
+    /// Cloud KMS endpoint (private service connect, tests); default
+    /// `https://cloudkms.googleapis.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// STS endpoint of workload identity federation, replacing the
+    /// external-account file's `token_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sts_endpoint: Option<String>,
+    /// Where the access token comes from; default Application Default
+    /// Credentials (`GOOGLE_APPLICATION_CREDENTIALS`, else the metadata
+    /// server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<GcpCredentials>,
+    /// The credentials file of `external_account` and `file`; default
+    /// `$GOOGLE_APPLICATION_CREDENTIALS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// Timeout of one backend call; default `limits.backend_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Retries of retryable failures (SPEC §8).
+    #[serde(default)]
+    pub retries: Retries,
+    /// The circuit breaker (SPEC §8).
+    #[serde(default)]
+    pub circuit: Circuit,
+}
+
+/// Where the GCP backend's access token comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GcpCredentials {
+    /// Workload identity federation: an external-account file (the
+    /// projected token exchanged at STS, optionally impersonating a service
+    /// account).
+    ExternalAccount,
+    /// The metadata server (GKE workload identity, GCE).
+    Metadata,
+    /// A credentials file of any type the client library reads
+    /// (external account, service account key).
+    File,
 }
 
 /// How the Azure backend authenticates.

@@ -119,6 +119,20 @@ impl Config {
             {
                 bad(format!("backends.{name}.vault_url"), why);
             }
+            if let BackendConfig::Gcp(gcp) = backend
+                && gcp.key_ring.is_none()
+            {
+                for (alias, key) in &self.keys {
+                    if &key.backend == name && !key.key.starts_with("projects/") {
+                        bad(
+                            format!("keys.{alias}.key"),
+                            format!(
+                                "backend `{name}` has no `key_ring`: name the key by its full resource name (projects/P/locations/L/keyRings/R/cryptoKeys/K)"
+                            ),
+                        );
+                    }
+                }
+            }
         }
         for (name, backend) in &self.backends {
             let BackendConfig::Vault(vault) = backend else {

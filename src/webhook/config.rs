@@ -40,6 +40,7 @@ pub struct Config {
     pub vault_audience: String,
     pub aws: AwsIdentity,
     pub azure: AzureIdentity,
+    pub gcp: GcpIdentity,
     /// What to do with a pod the webhook cannot inject (a bad annotation, a
     /// volume named like the sidecar's: [`super::mutate::Refusal`]):
     /// `ignore` admits it unchanged and logs why, `fail` denies it.
@@ -68,6 +69,7 @@ impl Default for Config {
             vault_audience: "vault".into(),
             aws: AwsIdentity::default(),
             azure: AzureIdentity::default(),
+            gcp: GcpIdentity::default(),
             failure_policy: FailurePolicy::Ignore,
             log: Log::default(),
         }
@@ -117,6 +119,30 @@ impl Default for AzureIdentity {
     }
 }
 
+/// GCP workload identity federation: the provider's audience and the
+/// ConfigMap with the external-account credentials file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcpIdentity {
+    /// The workload identity pool provider
+    /// (`//iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/P/providers/R`)
+    /// for pods without a `kms-sidecar.io/gcp-audience` annotation.
+    pub audience: Option<String>,
+    /// The ConfigMap (in the pod's namespace) whose `credentials.json` is
+    /// the external-account file, for pods without a
+    /// `kms-sidecar.io/gcp-credentials` annotation.
+    pub credentials_config_map: String,
+}
+
+impl Default for GcpIdentity {
+    fn default() -> Self {
+        Self {
+            audience: None,
+            credentials_config_map: "kms-sidecar-gcp".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailurePolicy {
@@ -134,6 +160,9 @@ pub enum Token {
     Azure,
     /// Vault `kubernetes`/`jwt` auth: `vault_audience`.
     Vault,
+    /// GCP workload identity federation: the pool provider's audience,
+    /// `GOOGLE_APPLICATION_CREDENTIALS` (the external-account file).
+    Gcp,
 }
 
 impl Token {
@@ -143,14 +172,18 @@ impl Token {
             Token::Aws => "aws",
             Token::Azure => "azure",
             Token::Vault => "vault",
+            Token::Gcp => "gcp",
         }
     }
 
-    pub fn audience(self, config: &Config) -> &str {
+    /// The token's audience; GCP's is per pool provider (`None` when
+    /// neither the webhook's config nor the pod names one).
+    pub fn audience(self, config: &Config) -> Option<&str> {
         match self {
-            Token::Aws => "sts.amazonaws.com",
-            Token::Azure => "api://AzureADTokenExchange",
-            Token::Vault => &config.vault_audience,
+            Token::Aws => Some("sts.amazonaws.com"),
+            Token::Azure => Some("api://AzureADTokenExchange"),
+            Token::Vault => Some(&config.vault_audience),
+            Token::Gcp => config.gcp.audience.as_deref(),
         }
     }
 
@@ -163,9 +196,10 @@ impl Token {
                 "aws" => Token::Aws,
                 "azure" => Token::Azure,
                 "vault" => Token::Vault,
+                "gcp" => Token::Gcp,
                 other => {
                     return Err(format!(
-                        "unknown token `{other}` (aws, azure, vault or none)"
+                        "unknown token `{other}` (aws, azure, gcp, vault or none)"
                     ));
                 }
             };
@@ -193,6 +227,7 @@ impl Token {
             let t = match backend.get("type").and_then(|t| t.as_str()) {
                 Some("aws") => Token::Aws,
                 Some("azure") => Token::Azure,
+                Some("gcp") => Token::Gcp,
                 Some("vault") => match backend
                     .get("auth")
                     .and_then(|a| a.get("method"))
@@ -306,11 +341,12 @@ backends:
   v: { type: vault, address: "https://v", auth: { method: kubernetes, role: app } }
   t: { type: vault, address: "https://v", auth: { method: token, token_file: /t } }
   z: { type: azure, vault_url: "https://z.vault.azure.net" }
+  g: { type: gcp, project: p, location: global, key_ring: r }
   l: { type: local, dir: /keys }
 "#;
         assert_eq!(
             Token::needed_by(yaml).unwrap(),
-            vec![Token::Aws, Token::Azure, Token::Vault]
+            vec![Token::Aws, Token::Azure, Token::Vault, Token::Gcp]
         );
         assert_eq!(Token::needed_by("listen: {}").unwrap(), vec![]);
         assert!(Token::needed_by("backends: [").is_err());
@@ -323,7 +359,11 @@ backends:
             vec![Token::Aws, Token::Vault]
         );
         assert_eq!(Token::parse_list("none").unwrap(), vec![]);
-        assert!(Token::parse_list("gcp").unwrap_err().contains("gcp"));
+        assert_eq!(
+            Token::parse_list("gcp,aws").unwrap(),
+            vec![Token::Aws, Token::Gcp]
+        );
+        assert!(Token::parse_list("pkcs11").unwrap_err().contains("pkcs11"));
     }
 
     #[test]

@@ -21,9 +21,10 @@ use super::config::{Config, Token};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    HTTPGetAction, Pod, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvVar, HTTPGetAction, KeyToPath, Pod, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -52,6 +53,12 @@ pub const TOKENS: &str = "kms-sidecar.io/tokens";
 /// Workload identity of the pod, when not the webhook's default.
 pub const AWS_ROLE_ARN: &str = "kms-sidecar.io/aws-role-arn";
 pub const AZURE_CLIENT_ID: &str = "kms-sidecar.io/azure-client-id";
+/// GCP: the workload identity pool provider's audience, and the ConfigMap
+/// with the external-account credentials file (`credentials.json`).
+pub const GCP_AUDIENCE: &str = "kms-sidecar.io/gcp-audience";
+pub const GCP_CREDENTIALS: &str = "kms-sidecar.io/gcp-credentials";
+/// Where the GCP external-account file is, beside the tokens.
+pub const GCP_CREDENTIALS_FILE: &str = "/var/run/secrets/kms-sidecar/gcp-credentials.json";
 
 /// The injected container's name.
 pub const CONTAINER: &str = "kms-sidecar";
@@ -65,7 +72,7 @@ pub const CONFIG_DIR: &str = "/etc/kms-sidecar";
 /// mounted in no other container.
 pub const DATA_DIR: &str = "/var/lib/kms-sidecar";
 /// Where the projected tokens are mounted in the sidecar (one file per
-/// token: `aws`, `azure`, `vault`).
+/// token: `aws`, `azure`, `gcp`, `vault`; and GCP's credentials file).
 pub const TOKEN_DIR: &str = "/var/run/secrets/kms-sidecar";
 
 const SOCKET_VOLUME: &str = "kms-sidecar-socket";
@@ -264,6 +271,9 @@ struct Overrides {
     tokens: Vec<Token>,
     aws_role_arn: Option<String>,
     azure_client_id: Option<String>,
+    /// With a `gcp` token: the provider's audience and the credentials
+    /// ConfigMap.
+    gcp: Option<(String, String)>,
 }
 
 impl Overrides {
@@ -337,6 +347,24 @@ impl Overrides {
             Some(v) => Ok(Some(v.clone())),
             None => Ok(default.clone()),
         };
+        let gcp = if tokens.contains(&Token::Gcp) {
+            let audience = identity(GCP_AUDIENCE, &config.gcp.audience)?.ok_or_else(|| {
+                refuse(
+                    GCP_AUDIENCE,
+                    "a gcp token needs the workload identity provider's audience: set it here or in the webhook's gcp.audience",
+                )
+            })?;
+            let config_map = match a.get(GCP_CREDENTIALS) {
+                Some(name) if !is_dns_subdomain(name) => {
+                    return Err(refuse(GCP_CREDENTIALS, "not a valid ConfigMap name"));
+                }
+                Some(name) => name.clone(),
+                None => config.gcp.credentials_config_map.clone(),
+            };
+            Some((audience, config_map))
+        } else {
+            None
+        };
         Ok(Self {
             config_map,
             image,
@@ -345,6 +373,7 @@ impl Overrides {
             tokens,
             aws_role_arn: identity(AWS_ROLE_ARN, &config.aws.role_arn)?,
             azure_client_id: identity(AZURE_CLIENT_ID, &config.azure.client_id)?,
+            gcp,
         })
     }
 }
@@ -411,6 +440,7 @@ fn sidecar(o: &Overrides, config: &Config) -> Container {
                 }
                 envs.push(env("AZURE_AUTHORITY_HOST", &config.azure.authority_host));
             }
+            Token::Gcp => envs.push(env("GOOGLE_APPLICATION_CREDENTIALS", GCP_CREDENTIALS_FILE)),
             Token::Vault => {}
         }
     }
@@ -475,18 +505,39 @@ fn volumes(o: &Overrides, config: &Config) -> Vec<Volume> {
     ];
     if !o.tokens.is_empty() {
         let expiration = i64::try_from(config.token_expiration.0.as_secs()).unwrap_or(3600);
-        let sources = o
+        let mut sources: Vec<VolumeProjection> = o
             .tokens
             .iter()
-            .map(|t| VolumeProjection {
-                service_account_token: Some(ServiceAccountTokenProjection {
-                    audience: Some(t.audience(config).into()),
-                    expiration_seconds: Some(expiration),
-                    path: t.file().into(),
-                }),
-                ..Default::default()
+            .map(|t| {
+                let audience = match (t, &o.gcp) {
+                    (Token::Gcp, Some((audience, _))) => Some(audience.as_str()),
+                    _ => t.audience(config),
+                };
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: audience.map(str::to_owned),
+                        expiration_seconds: Some(expiration),
+                        path: t.file().into(),
+                    }),
+                    ..Default::default()
+                }
             })
             .collect();
+        // GCP's external-account file, which names the token file above.
+        if let Some((_, config_map)) = &o.gcp {
+            sources.push(VolumeProjection {
+                config_map: Some(ConfigMapProjection {
+                    name: config_map.clone(),
+                    items: Some(vec![KeyToPath {
+                        key: "credentials.json".into(),
+                        path: "gcp-credentials.json".into(),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
         volumes.push(Volume {
             name: TOKEN_VOLUME.into(),
             projected: Some(ProjectedVolumeSource {

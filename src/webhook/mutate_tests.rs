@@ -384,7 +384,7 @@ fn bad_annotations_are_refused_with_their_name() {
         (MEMORY_LIMIT, "16MB"),
         (CONFIG, "Not_A_Name"),
         (IMAGE, "two words"),
-        (TOKENS, "aws,gcp"),
+        (TOKENS, "aws,pkcs11"),
         (AWS_ROLE_ARN, ""),
     ] {
         let mut doc = pod("bare");
@@ -617,4 +617,60 @@ fn inject_and_opt_out_ignore_case() {
             "label {label:?}, annotation {annotation:?}"
         );
     }
+}
+
+#[test]
+fn gcp_tokens_project_the_providers_audience_and_the_credentials_file() {
+    const PROVIDER: &str =
+        "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/p/providers/r";
+    let c = Config {
+        gcp: crate::webhook::config::GcpIdentity {
+            audience: Some(PROVIDER.into()),
+            ..Default::default()
+        },
+        ..config(&[Token::Gcp])
+    };
+    let (p, _) = inject(&pod("bare"), &c).expect("injected");
+    assert_eq!(
+        env_of(sidecar_of(&p), "GOOGLE_APPLICATION_CREDENTIALS").as_deref(),
+        Some(GCP_CREDENTIALS_FILE)
+    );
+    let tokens = p.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+    let projected = tokens
+        .iter()
+        .find_map(|v| v.projected.as_ref())
+        .and_then(|p| p.sources.as_ref())
+        .expect("a projected volume");
+    let token = projected
+        .iter()
+        .find_map(|s| s.service_account_token.as_ref())
+        .expect("a token");
+    assert_eq!(
+        (token.audience.as_deref(), token.path.as_str()),
+        (Some(PROVIDER), "gcp")
+    );
+    let config_map = projected
+        .iter()
+        .find_map(|s| s.config_map.as_ref())
+        .expect("the credentials ConfigMap");
+    assert_eq!(config_map.name, "kms-sidecar-gcp");
+    assert_eq!(
+        config_map.items.as_ref().unwrap()[0].path,
+        "gcp-credentials.json"
+    );
+    // A pod names its own provider and ConfigMap.
+    let doc = annotated(json!({
+        TOKENS: "gcp",
+        GCP_AUDIENCE: "//iam.googleapis.com/projects/9/locations/global/workloadIdentityPools/q/providers/s",
+        GCP_CREDENTIALS: "orders-gcp",
+    }));
+    let (p, _) = inject(&doc, &config(&[])).expect("injected");
+    let volumes = serde_json::to_string(&p.spec.as_ref().unwrap().volumes).unwrap();
+    assert!(
+        volumes.contains("projects/9/") && volumes.contains("orders-gcp"),
+        "{volumes}"
+    );
+    // Without an audience anywhere, the pod cannot be given a gcp token.
+    let why = refusal(&annotated(json!({ TOKENS: "gcp" })), &config(&[]));
+    assert!(why.contains(GCP_AUDIENCE), "{why}");
 }

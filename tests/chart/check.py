@@ -21,6 +21,7 @@ no helm binary); kubernetes-validate carries the schemas.
 
 import argparse
 import base64
+import json
 import functools
 import os
 import shutil
@@ -204,9 +205,29 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
         check(resolved["native_sidecar"] == inj["nativeSidecar"], f"{origin}: native_sidecar")
         check(resolved["failure_policy"] == web["failurePolicy"].lower(), f"{origin}: failure_policy follows failurePolicy")
         backends = {b["type"] for b in side["config"]["backends"].values()}
-        expect_tokens = inj["tokens"] or sorted(({"aws"} & backends) | ({"vault"} & backends))
+        expect_tokens = inj["tokens"] or sorted({"aws", "azure", "gcp", "vault"} & backends)
         check(sorted(resolved["tokens"]) == sorted(expect_tokens), f"{origin}: tokens {resolved['tokens']} != {expect_tokens}")
         check(resolved["image"] == container["image"], f"{origin}: sidecar image == webhook image")
+        check(resolved["gcp"]["audience"] == (inj["gcp"]["audience"] or None), f"{origin}: gcp.audience")
+
+    # GCP: the external-account file in every sidecar namespace, naming the
+    # projected token the webhook mounts.
+    gcp = inj["gcp"]
+    gcp_cms = [c for c in configmaps if c["metadata"]["name"] == gcp["credentialsConfigMap"]]
+    if not gcp["audience"]:
+        check(not gcp_cms, f"{origin}: no GCP credentials without injection.gcp.audience")
+    else:
+        namespaces = sorted(c["metadata"]["namespace"] for c in gcp_cms)
+        check(namespaces == sorted({NAMESPACE, *side["namespaces"]}), f"{origin}: GCP credentials in {namespaces}")
+        for cm in gcp_cms:
+            creds = json.loads(cm["data"]["credentials.json"])
+            check(creds["type"] == "external_account" and creds["audience"] == gcp["audience"],
+                  f"{origin}: the GCP credentials name the provider")
+            check(creds["credential_source"]["file"] == "/var/run/secrets/kms-sidecar/gcp",
+                  f"{origin}: the GCP credentials read the projected token")
+            impersonation = creds.get("service_account_impersonation_url", "")
+            check((gcp["serviceAccount"] in impersonation) if gcp["serviceAccount"] else not impersonation,
+                  f"{origin}: service account impersonation follows injection.gcp.serviceAccount")
 
 
 def manifest_from_chart() -> tuple[dict, str]:

@@ -4,7 +4,7 @@
 //! throttling with `Retry-After`, disabled versions, signatures checked with
 //! openssl, and the fake's `config.yaml` as `make fake-azure` writes it.
 
-use crate::harness::{AzureFake, Sidecar, b64, openssl_verifies, unb64};
+use crate::harness::{Fake, Sidecar, b64, openssl_verifies, unb64};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -13,10 +13,10 @@ const MSG: &[u8] = b"pay 10 EUR to bob";
 /// A sidecar on `fake` with `backend_extra` fields, keys `sign` (the fake's
 /// `azure-sign`) and `rsa` (`azure-rsa`, RSA-OAEP), and `env` on top of the
 /// fake's env file.
-async fn sidecar(fake: &AzureFake, backend_extra: &str, env: &[(&str, String)]) -> Sidecar {
+async fn sidecar(fake: &Fake, backend_extra: &str, env: &[(&str, String)]) -> Sidecar {
     let config = format!(
         "backends:\n  kv: {}\nkeys:\n  sign: {{ backend: kv, key: azure-sign }}\n  rsa: {{ backend: kv, key: azure-rsa, algorithm: rsa-oaep-2048-sha256 }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
-        fake.backend(backend_extra),
+        fake.azure_backend(backend_extra),
         nix::unistd::geteuid().as_raw()
     );
     let mut vars = fake.env();
@@ -36,7 +36,7 @@ async fn sign(s: &Sidecar) -> Value {
 }
 
 /// The token requests the fake answered, and how many succeeded.
-async fn token_requests(fake: &AzureFake) -> Vec<Value> {
+async fn token_requests(fake: &Fake) -> Vec<Value> {
     fake.stats().await["token_requests"]
         .as_array()
         .cloned()
@@ -66,7 +66,7 @@ where
 
 #[tokio::test]
 async fn signatures_verify_with_openssl_in_der_and_raw() {
-    let fake = AzureFake::start().await;
+    let fake = Fake::azure().await;
     let s = sidecar(&fake, "", &[]).await;
     let pem = s.get("/v1/keys/sign/public-key").await.ok()["pem"]
         .as_str()
@@ -95,14 +95,14 @@ async fn signatures_verify_with_openssl_in_der_and_raw() {
 
 #[tokio::test]
 async fn p384_and_p521_keys_sign_es384_and_es512() {
-    let fake = AzureFake::start().await;
+    let fake = Fake::azure().await;
     fake.create_key("p384", json!({"kty": "EC", "crv": "P-384"}))
         .await;
     fake.create_key("p521", json!({"kty": "EC-HSM", "crv": "P-521"}))
         .await;
     let config = format!(
         "backends:\n  kv: {}\nkeys:\n  p384: {{ backend: kv, key: p384 }}\n  p521: {{ backend: kv, key: p521 }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
-        fake.backend(""),
+        fake.azure_backend(""),
         nix::unistd::geteuid().as_raw()
     );
     let env = fake.env();
@@ -153,7 +153,7 @@ async fn p384_and_p521_keys_sign_es384_and_es512() {
 
 #[tokio::test]
 async fn a_replaced_federated_token_is_used_at_the_next_refresh() {
-    let fake = AzureFake::start().await;
+    let fake = Fake::azure().await;
     // Access tokens of 3 s: the sidecar refreshes about every 2 s.
     fake.admin("POST", "settings", json!({"access_token_ttl": 3}))
         .await;
@@ -197,7 +197,7 @@ async fn a_replaced_federated_token_is_used_at_the_next_refresh() {
 
 #[tokio::test]
 async fn a_revoked_access_token_is_replaced_within_the_call() {
-    let fake = AzureFake::start().await;
+    let fake = Fake::azure().await;
     // Every log line, the SDK's included: the federated token and the
     // client secret must still not show (checked when `s` drops).
     let s = sidecar(&fake, "", &[("RUST_LOG", "trace".into())]).await;
@@ -212,7 +212,7 @@ async fn a_revoked_access_token_is_replaced_within_the_call() {
 
 #[tokio::test]
 async fn throttling_is_retried_after_retry_after() {
-    let fake = AzureFake::start().await;
+    let fake = Fake::azure().await;
     let s = sidecar(&fake, "", &[]).await;
     sign(&s).await;
     fake.admin("POST", "throttle", json!({"count": 1, "retry_after": 2}))
@@ -249,7 +249,7 @@ async fn throttling_is_retried_after_retry_after() {
 
 #[tokio::test]
 async fn a_disabled_version_is_key_disabled_and_works_again_once_enabled() {
-    let fake = AzureFake::start().await;
+    let fake = Fake::azure().await;
     let s = sidecar(&fake, "", &[]).await;
     let signed = sign(&s).await;
     let version = signed["version"].as_str().unwrap().to_owned();
@@ -294,7 +294,7 @@ async fn a_disabled_version_is_key_disabled_and_works_again_once_enabled() {
 
 #[tokio::test]
 async fn rsa_oaep_encryption_and_metadata() {
-    let fake = AzureFake::start().await;
+    let fake = Fake::azure().await;
     let s = sidecar(&fake, "", &[]).await;
     let ctx = json!({"tenant": "acme"});
     let sealed = s
@@ -324,7 +324,7 @@ async fn rsa_oaep_encryption_and_metadata() {
 
 #[tokio::test]
 async fn managed_identity_and_client_secret_credentials() {
-    let fake = AzureFake::start().await;
+    let fake = Fake::azure().await;
     let header = std::fs::read_to_string(fake.path("identity-header")).unwrap();
     let managed = sidecar(
         &fake,
@@ -361,7 +361,7 @@ async fn managed_identity_and_client_secret_credentials() {
 
 #[tokio::test]
 async fn an_expired_federated_token_is_not_ready_with_the_reason() {
-    let fake = AzureFake::start().await;
+    let fake = Fake::azure().await;
     let expired = fake.federated_token(-60).await;
     std::fs::write(fake.path("federated-token"), &expired).unwrap();
     let s = sidecar(&fake, "", &[]).await;
@@ -379,7 +379,7 @@ async fn an_expired_federated_token_is_not_ready_with_the_reason() {
 
 #[tokio::test]
 async fn the_fakes_own_config_serves() {
-    let fake = AzureFake::start().await;
+    let fake = Fake::azure().await;
     let config = std::fs::read_to_string(fake.path("config.yaml")).unwrap();
     let env = fake.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -406,12 +406,12 @@ async fn the_fakes_own_config_serves() {
 
 #[tokio::test]
 async fn a_pinned_version_stays_pinned_across_rotations() {
-    let fake = AzureFake::start().await;
+    let fake = Fake::azure().await;
     let s = sidecar(&fake, "", &[]).await;
     let v1 = sign(&s).await["version"].as_str().unwrap().to_owned();
     let config = format!(
         "backends:\n  kv: {}\nkeys:\n  latest: {{ backend: kv, key: azure-sign, ops: [\"*\"] }}\n  pinned: {{ backend: kv, key: azure-sign/{v1}, ops: [\"*\"] }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
-        fake.backend(""),
+        fake.azure_backend(""),
         nix::unistd::geteuid().as_raw()
     );
     drop(s);

@@ -31,6 +31,8 @@ fn chart_renders_valid_objects_and_manifests_do_not_drift() {
         "ok manifests/kms-sidecar.yaml: no drift",
         "ok manifests/examples/job.yaml",
         "ok manifests/examples/azure-workload-identity.yaml",
+        "ok manifests/examples/gcp-workload-identity.yaml",
+        "ok values/gcp.yaml",
     ] {
         assert!(
             stdout.contains(expected),

@@ -17,6 +17,8 @@ mod conformance;
 mod docs;
 mod envelope;
 mod errors;
+#[cfg(feature = "gcp")]
+mod gcp;
 mod interop;
 mod lifecycle;
 mod resilience;

@@ -353,12 +353,12 @@ fn malformed_requests_get_clear_errors_and_never_crash_it() {
 fn failure_policy_fail_denies_what_it_cannot_inject() {
     let hook = Webhook::start("failure_policy: fail\n");
     let mut pod = fixture("bare");
-    pod["metadata"]["annotations"] = json!({"kms-sidecar.io/tokens": "gcp"});
+    pod["metadata"]["annotations"] = json!({"kms-sidecar.io/tokens": "pkcs11"});
     let r = hook.review(&pod_review(&pod));
     assert_eq!(r["allowed"], false);
     let message = r["status"]["message"].as_str().unwrap();
     assert!(
-        message.contains("kms-sidecar.io/tokens") && message.contains("gcp"),
+        message.contains("kms-sidecar.io/tokens") && message.contains("pkcs11"),
         "{message}"
     );
     // A good pod is still injected.

@@ -66,6 +66,9 @@ azure:
   client_id: {{ $i.azure.clientId | default nil | toJson }}
   tenant_id: {{ $i.azure.tenantId | default nil | toJson }}
   authority_host: {{ $i.azure.authorityHost | quote }}
+gcp:
+  audience: {{ $i.gcp.audience | default nil | toJson }}
+  credentials_config_map: {{ $i.gcp.credentialsConfigMap | quote }}
 failure_policy: {{ .Values.webhook.failurePolicy | lower }}
 log: { level: {{ .Values.webhook.logLevel }}, format: json }
 {{- end }}

@@ -233,6 +233,7 @@ impl Regional {
             version: info.version.clone(),
             created: Some(info.created),
             enabled: true,
+            state: None,
         }];
         if let Ok(rotations) = self
             .client
@@ -251,6 +252,7 @@ impl Regional {
                             .rotation_date()
                             .and_then(|d| SystemTime::try_from(*d).ok()),
                         enabled: true,
+                        state: None,
                     })
                 })
                 .chain(versions)

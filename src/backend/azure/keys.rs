@@ -4,9 +4,8 @@
 //! GCM IV and tag), and how a context is bound where the algorithm has no
 //! associated data.
 
-use crate::backend::{Context, Error, ErrorKind, KeyRef, canonical_context};
+use crate::backend::{Error, ErrorKind, KeyRef};
 use crate::crypto::Algorithm;
-use aws_lc_rs::constant_time;
 use aws_lc_rs::digest;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature;
@@ -242,36 +241,6 @@ impl<'a> Blob<'a> {
     }
 }
 
-/// What binds a context where the algorithm has no associated data: the
-/// SHA-256 of its canonical encoding, put before the plaintext inside the
-/// RSA-OAEP or AES key-wrap block (both authenticate every byte of it).
-const BINDING: usize = 32;
-
-pub(super) fn bind(context: &Context, plaintext: &[u8]) -> zeroize::Zeroizing<Vec<u8>> {
-    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(BINDING + plaintext.len()));
-    out.extend_from_slice(digest::digest(&digest::SHA256, &canonical_context(context)).as_ref());
-    out.extend_from_slice(plaintext);
-    out
-}
-
-/// The plaintext after the binding of `context`, or the opaque failure when
-/// the ciphertext was made with another context.
-pub(super) fn unbind(context: &Context, opened: &[u8]) -> Result<Vec<u8>, Error> {
-    let (binding, plaintext) = opened
-        .split_at_checked(BINDING)
-        .ok_or_else(Error::decryption_failed)?;
-    let want = digest::digest(&digest::SHA256, &canonical_context(context));
-    constant_time::verify_slices_are_equal(binding, want.as_ref())
-        .map_err(|_| Error::decryption_failed())?;
-    Ok(plaintext.to_vec())
-}
-
-/// The largest plaintext RSA-OAEP-256 of a `bits` key takes after the
-/// binding: k − 2·32 − 2 − 32 bytes.
-pub(super) fn rsa_oaep_limit(bits: u16) -> usize {
-    (usize::from(bits) / 8).saturating_sub(2 * 32 + 2 + BINDING)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,19 +272,6 @@ mod tests {
             let e = Blob::open(garbage).err().expect("refused");
             assert_eq!(e.kind, ErrorKind::DecryptionFailed);
         }
-    }
-
-    #[test]
-    fn a_bound_context_must_match() {
-        let a = Context::from([("tenant".to_owned(), "a".to_owned())]);
-        let b = Context::from([("tenant".to_owned(), "b".to_owned())]);
-        let sealed = bind(&a, b"secret");
-        assert_eq!(unbind(&a, &sealed).expect("same context"), b"secret");
-        assert_eq!(
-            unbind(&b, &sealed).err().map(|e| e.kind),
-            Some(ErrorKind::DecryptionFailed)
-        );
-        assert_eq!(rsa_oaep_limit(2048), 158);
     }
 
     #[test]

@@ -218,6 +218,7 @@ impl AzureBackend {
                     version,
                     created: attributes.and_then(|a| a.created).map(system_time),
                     enabled: attributes.and_then(|a| a.enabled).unwrap_or(true),
+                    state: None,
                 })
             })
             .collect();
@@ -330,19 +331,19 @@ impl AzureBackend {
             (_, true) => Made::AesWrap,
         };
         if let (Algorithm::RsaOaepSha256 { bits }, Made::RsaEncrypt) = (algorithm, made)
-            && plaintext.len() > keys::rsa_oaep_limit(bits)
+            && plaintext.len() > super::binding::rsa_oaep_limit(bits)
         {
             return Err(Error::new(
                 ErrorKind::PayloadTooLarge,
                 format!(
                     "key `{}` ({algorithm}) encrypts at most {} bytes: use `envelope` for larger data",
                     key.alias,
-                    keys::rsa_oaep_limit(bits)
+                    super::binding::rsa_oaep_limit(bits)
                 ),
             ));
         }
         let value = if made.prefixed() {
-            keys::bind(context, plaintext)
+            super::binding::bind(context, plaintext)
         } else {
             Zeroizing::new(plaintext.to_vec())
         };
@@ -674,11 +675,11 @@ impl Backend for AzureBackend {
                 .ok_or_else(|| errors::malformed("no plaintext"))?,
         );
         let plaintext = if blob.made.prefixed() {
-            keys::unbind(context, &opened)?
+            super::binding::unbind(context, &opened)?
         } else {
-            opened.to_vec()
+            opened
         };
-        Ok(Plaintext(Zeroizing::new(plaintext)))
+        Ok(Plaintext(plaintext))
     }
 
     async fn generate_data_key(

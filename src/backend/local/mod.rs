@@ -218,6 +218,7 @@ impl Backend for LocalBackend {
                     version: v.number.to_string(),
                     created: Some(v.created),
                     enabled: true,
+                    state: None,
                 })
                 .collect(),
             created: Some(k.versions[0].created),

@@ -255,6 +255,7 @@ impl Backend for VaultBackend {
                 version: v.to_string(),
                 created: info.version_created(v),
                 enabled: v >= data.min_decryption_version,
+                state: None,
             })
             .collect();
         let created = versions.first().and_then(|v| v.created);

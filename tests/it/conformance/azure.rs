@@ -7,7 +7,7 @@
 
 use super::cases::every_case;
 use super::{Backend, Cap, Env, KeyType, Setup, aliases_of};
-use crate::harness::AzureFake;
+use crate::harness::Fake;
 use serde_json::{Value, json};
 
 pub const BACKEND: Backend = Backend {
@@ -36,7 +36,7 @@ fn spec(key: KeyType) -> Value {
 }
 
 async fn start() -> Env {
-    let fake = AzureFake::start().await;
+    let fake = Fake::azure().await;
     let aliases: Vec<_> = aliases_of(&BACKEND).collect();
     let server = &fake;
     futures_util::future::join_all(
@@ -51,7 +51,7 @@ async fn start() -> Env {
         std::fs::read_to_string(fake.path("client-secret")).expect("the client secret"),
     ];
     let setup = Setup {
-        backend: fake.backend(""),
+        backend: fake.azure_backend(""),
         down: Some(r#"{ type: azure, vault_url: "https://127.0.0.1:1" }"#.into()),
         keys: aliases
             .iter()

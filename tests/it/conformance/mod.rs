@@ -37,7 +37,9 @@ backends!(
     #[cfg(feature = "vault")]
     vault,
     #[cfg(feature = "azure")]
-    azure
+    azure,
+    #[cfg(feature = "gcp")]
+    gcp
 );
 
 use crate::harness::{Resp, Sidecar};

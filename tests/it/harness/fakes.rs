@@ -1,5 +1,6 @@
 //! The contract fakes of `tests/fakes/` (services with no local server),
-//! started for one test on 127.0.0.1: the Azure Key Vault and Entra ID fake.
+//! started for one test on 127.0.0.1: Azure Key Vault with Entra ID, and
+//! Google Cloud KMS with STS, IAM Credentials and the metadata server.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -7,19 +8,32 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-/// `tests/fakes/azure_keyvault.py` on 127.0.0.1 (HTTPS with its own test
-/// CA), with its files (CA, federated token, env) in a temporary directory.
-pub struct AzureFake {
+/// A fake of `tests/fakes/` on 127.0.0.1, with its files (CA, tokens,
+/// credentials, env) in a temporary directory.
+pub struct Fake {
     child: Child,
     pub dir: TempDir,
-    /// `https://127.0.0.1:PORT`: the vault URL and the authority host.
+    /// `https://127.0.0.1:PORT` (Azure: the vault URL and the authority
+    /// host) or `http://127.0.0.1:PORT` (GCP: every endpoint).
     pub url: String,
 }
 
-impl AzureFake {
-    pub async fn start() -> AzureFake {
+impl Fake {
+    /// `azure_keyvault.py`: HTTPS with its own test CA.
+    pub async fn azure() -> Fake {
+        Self::start("azure_keyvault.py", "Azure Key Vault").await
+    }
+
+    /// `gcp_kms.py`: plain HTTP.
+    pub async fn gcp() -> Fake {
+        Self::start("gcp_kms.py", "Cloud KMS").await
+    }
+
+    async fn start(script: &str, what: &str) -> Fake {
         let dir = tempfile::tempdir().expect("temp dir");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes/azure_keyvault.py");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fakes")
+            .join(script);
         let log = std::fs::File::create(dir.path().join("fake.log")).expect("fake log");
         let child = Command::new("python3")
             .arg(&script)
@@ -30,7 +44,7 @@ impl AzureFake {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start python3 ({e})"));
-        let mut fake = AzureFake {
+        let mut fake = Fake {
             child,
             dir,
             url: String::new(),
@@ -44,13 +58,13 @@ impl AzureFake {
             }
             if let Some(status) = fake.child.try_wait().unwrap() {
                 panic!(
-                    "the Azure Key Vault fake exited ({status}): it needs Python's `cryptography` package (`make test` installs it with pip); its log:\n{}",
+                    "the {what} fake exited ({status}): it needs Python's `cryptography` package (`make test` installs it with pip); its log:\n{}",
                     fake.log()
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "the Azure Key Vault fake did not start in 30s; its log:\n{}",
+                "the {what} fake did not start in 30s; its log:\n{}",
                 fake.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -65,9 +79,15 @@ impl AzureFake {
         self.dir.path().join(name)
     }
 
-    /// The variables of the fake's `env` file (`AZURE_*`, `SSL_CERT_FILE`).
+    /// The variables of the fake's `env` file (`AZURE_*`, `SSL_CERT_FILE`;
+    /// `GOOGLE_APPLICATION_CREDENTIALS`, `GCE_METADATA_HOST`).
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        let text = std::fs::read_to_string(self.path("env")).expect("the fake's env file");
+        self.env_file("env")
+    }
+
+    /// The variables of one of the fake's env files.
+    pub fn env_file(&self, name: &str) -> Vec<(&'static str, String)> {
+        let text = std::fs::read_to_string(self.path(name)).expect("the fake's env file");
         let mut out = Vec::new();
         for line in text.lines() {
             let Some((k, v)) = line.split_once('=') else {
@@ -79,16 +99,35 @@ impl AzureFake {
         out
     }
 
-    /// The backend as a YAML flow map, `extra` fields added.
-    pub fn backend(&self, extra: &str) -> String {
+    /// The Azure backend as a YAML flow map, `extra` fields added.
+    pub fn azure_backend(&self, extra: &str) -> String {
         format!("{{ type: azure, vault_url: \"{}\"{extra} }}", self.url)
+    }
+
+    /// The GCP backend (the fake's project, location and key ring) as a
+    /// YAML flow map, `extra` fields added.
+    pub fn gcp_backend(&self, extra: &str) -> String {
+        format!(
+            "{{ type: gcp, project: fake-project, location: global, key_ring: fake-ring, endpoint: \"{}\"{extra} }}",
+            self.url
+        )
+    }
+
+    /// curl, trusting the fake's CA where it has one.
+    fn curl(&self) -> tokio::process::Command {
+        let mut curl = tokio::process::Command::new("curl");
+        curl.arg("-sS");
+        if self.path("ca.pem").exists() {
+            curl.arg("--cacert").arg(self.path("ca.pem"));
+        }
+        curl
     }
 
     /// Calls the fake's admin API (`/_fake/…`): the JSON answer.
     pub async fn admin(&self, method: &str, path: &str, body: Value) -> Value {
-        let out = tokio::process::Command::new("curl")
-            .args(["-sS", "--fail-with-body", "--cacert"])
-            .arg(self.path("ca.pem"))
+        let out = self
+            .curl()
+            .arg("--fail-with-body")
             .args(["-X", method, "-H", "content-type: application/json", "-d"])
             .arg(body.to_string())
             .arg(format!("{}/_fake/{path}", self.url))
@@ -104,15 +143,16 @@ impl AzureFake {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
-    /// Creates a key (`kty`, `crv`/`key_size`, `key_ops` as Key Vault
-    /// takes them): its KeyBundle.
+    /// Creates a key (Azure: `kty`, `crv`/`key_size`, `key_ops` as Key
+    /// Vault takes them; GCP: `purpose`, `algorithm`): the fake's answer.
     pub async fn create_key(&self, name: &str, spec: Value) -> Value {
         let mut body = spec;
         body["name"] = name.into();
         self.admin("POST", "keys", body).await
     }
 
-    /// A new federated token (`ttl` seconds; negative: already expired).
+    /// A new Azure federated token (`ttl` seconds; negative: already
+    /// expired).
     pub async fn federated_token(&self, ttl: i64) -> String {
         let answer = self
             .admin("POST", "federated-token", serde_json::json!({"ttl": ttl}))
@@ -122,9 +162,8 @@ impl AzureFake {
 
     /// The fake's counters (`token_requests`, `keyvault_requests`, …).
     pub async fn stats(&self) -> Value {
-        let out = tokio::process::Command::new("curl")
-            .args(["-sS", "--cacert"])
-            .arg(self.path("ca.pem"))
+        let out = self
+            .curl()
             .arg(format!("{}/_fake/stats", self.url))
             .output()
             .await
@@ -133,7 +172,7 @@ impl AzureFake {
     }
 }
 
-impl Drop for AzureFake {
+impl Drop for Fake {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

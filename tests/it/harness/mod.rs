@@ -25,7 +25,7 @@ mod servers;
 mod system;
 mod tools;
 
-pub use fakes::AzureFake;
+pub use fakes::Fake;
 pub use servers::{Bao, Moto};
 pub use system::{MemoryCgroup, hostile_client, run_as};
 pub use tools::{issue_cert, openssl_verifies};

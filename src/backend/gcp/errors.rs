@@ -1,0 +1,139 @@
+//! Cloud KMS's answers as our errors: the google.rpc status and its message
+//! (which name resources and reasons, never tokens or data), and their API
+//! codes (the README's table); and the CRC32C checks of every answer.
+
+use crate::backend::{Error, ErrorKind, KeyRef};
+use google_cloud_gax::error::Error as GaxError;
+use google_cloud_gax::error::rpc::Code;
+
+/// An error for logs and messages: the status and Cloud KMS's message, or
+/// the transport's deepest cause.
+pub(super) fn describe(err: &GaxError) -> String {
+    if let Some(status) = err.status() {
+        let message: String = status.message.chars().take(300).collect();
+        return format!("{} {}: {message}", http_of(err), status.code.name());
+    }
+    let mut text = err.to_string();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(e) = cause {
+        let next = e.to_string();
+        if !next.is_empty() && !text.contains(&next) {
+            text = format!("{text}: {next}");
+        }
+        cause = e.source();
+    }
+    text
+}
+
+fn http_of(err: &GaxError) -> String {
+    err.http_status_code()
+        .map(|s| format!("HTTP {s}"))
+        .unwrap_or_else(|| "RPC".into())
+}
+
+/// Whether Cloud KMS refused the access token itself.
+pub(super) fn unauthenticated(err: &GaxError) -> bool {
+    err.status()
+        .is_some_and(|s| s.code == Code::Unauthenticated)
+        || err.http_status_code() == Some(401)
+}
+
+/// Our error for a failed Cloud KMS call `op` on `key` (SPEC §4), logged
+/// with Cloud KMS's reasons.
+pub(super) fn error(key: KeyRef<'_>, op: &str, err: &GaxError) -> Error {
+    let detail = describe(err);
+    let message = err.status().map(|s| s.message.as_str()).unwrap_or_default();
+    let decrypting = matches!(op, "decrypt" | "asymmetricDecrypt");
+    let kind = match err.status().map(|s| s.code) {
+        Some(Code::InvalidArgument) if decrypting => ErrorKind::DecryptionFailed,
+        Some(Code::InvalidArgument | Code::OutOfRange) => ErrorKind::InvalidRequest,
+        Some(Code::FailedPrecondition) if not_enabled(message) => ErrorKind::KeyDisabled,
+        Some(Code::FailedPrecondition) => ErrorKind::OperationNotSupported,
+        Some(Code::Unauthenticated) => ErrorKind::Unauthenticated,
+        Some(Code::PermissionDenied) => ErrorKind::Forbidden,
+        Some(Code::NotFound) => ErrorKind::KeyNotFound,
+        Some(Code::ResourceExhausted) => ErrorKind::Throttled,
+        Some(Code::Unavailable) => ErrorKind::Unavailable,
+        Some(Code::DeadlineExceeded) => ErrorKind::Timeout,
+        Some(_) => ErrorKind::Backend,
+        None if err.is_timeout() => ErrorKind::Timeout,
+        None if err.is_connect() || err.is_io() || err.is_transport() => ErrorKind::Unavailable,
+        None if err.is_authentication() => ErrorKind::Unavailable,
+        None => match err.http_status_code() {
+            Some(401) => ErrorKind::Unauthenticated,
+            Some(403) => ErrorKind::Forbidden,
+            Some(404) => ErrorKind::KeyNotFound,
+            Some(429) => ErrorKind::Throttled,
+            Some(502..=504) => ErrorKind::Unavailable,
+            _ => ErrorKind::Backend,
+        },
+    };
+    tracing::warn!(key.alias = key.alias, op, error = %detail, "Cloud KMS call failed");
+    let mut error = match kind {
+        ErrorKind::DecryptionFailed => Error::decryption_failed(),
+        ErrorKind::KeyNotFound => Error::key_not_found(key),
+        ErrorKind::KeyDisabled => Error::new(
+            kind,
+            format!(
+                "key `{}`: the Cloud KMS key version is not enabled ({op}: {message})",
+                key.alias
+            ),
+        ),
+        ErrorKind::Unauthenticated => Error::new(
+            kind,
+            format!(
+                "Cloud KMS {op} for key `{}`: Cloud KMS rejected the sidecar's access token ({detail}); it is getting a new one",
+                key.alias
+            ),
+        ),
+        _ => Error::new(
+            kind,
+            format!("Cloud KMS {op} for key `{}`: {detail}", key.alias),
+        ),
+    };
+    if matches!(err.status().map(|s| s.code), Some(Code::Internal))
+        || err.http_status_code().is_some_and(|s| s >= 500)
+    {
+        error.retryable = true;
+    }
+    error
+}
+
+/// Cloud KMS's message for a version that is not enabled ("… is not
+/// enabled, current state is: DESTROY_SCHEDULED.").
+fn not_enabled(message: &str) -> bool {
+    message.contains("is not enabled") || message.contains("current state is")
+}
+
+/// CRC32C (Castagnoli) of `data`, as Cloud KMS's integrity fields carry it.
+pub(super) fn crc32c(data: &[u8]) -> i64 {
+    i64::from(crc32c::crc32c(data))
+}
+
+/// An answer whose integrity fields do not match what was sent or received:
+/// corrupted in transit. Retryable: a new call may well arrive intact.
+pub(super) fn corrupted(key: KeyRef<'_>, op: &str, what: &str) -> Error {
+    tracing::warn!(
+        key.alias = key.alias,
+        op,
+        what,
+        "Cloud KMS answer failed its CRC32C check"
+    );
+    let mut error = Error::new(
+        ErrorKind::Backend,
+        format!(
+            "Cloud KMS {op} for key `{}`: the answer failed its integrity check ({what}); nothing was returned",
+            key.alias
+        ),
+    );
+    error.retryable = true;
+    error
+}
+
+/// An answer that lacks what Cloud KMS always sends.
+pub(super) fn malformed(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Backend,
+        format!("Cloud KMS returned a malformed answer: {what}"),
+    )
+}

@@ -1,0 +1,846 @@
+//! The `gcp` backend: Google Cloud KMS through the official
+//! `google-cloud-kms-v1` client (REST over reqwest + rustls) and
+//! `google-cloud-auth` credentials.
+//!
+//! The shared [`Refresher`] holds the access token (`credentials.rs`); the
+//! client's own retries are off — retries, the timeout and the circuit
+//! breaker are the shared layer's ([`super::resilient`]). A call Cloud KMS
+//! answers 401 drops the token, waits for a new one and is sent once more.
+//!
+//! Every call sends the CRC32C of its inputs and checks the integrity
+//! fields of the answer as the API documents (`verified_*_crc32c`, and the
+//! CRC32C of what came back); an answer that fails is refused, never used.
+//! Cloud KMS signs digests (Ed25519: messages); it has no verify API, so
+//! signatures are verified locally with the cached public key. Symmetric
+//! keys encrypt with the context as AAD; RSA-OAEP keys (`ASYMMETRIC_DECRYPT`)
+//! are encrypted to locally with the version's public key, the context bound
+//! inside the block (`super::binding`), and decrypted by
+//! `asymmetricDecrypt`. Key facts (purpose, versions, primary) are cached for
+//! a few minutes.
+
+mod credentials;
+mod errors;
+
+use super::credentials::Refresher;
+use super::facts::KeyFacts;
+use super::{
+    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey,
+    Sealed, SignOptions, Signature, Verified, VersionInfo, canonical_context,
+};
+use crate::config::GcpBackendConfig;
+use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use credentials::{Login, Refreshed, Token};
+use errors::{corrupted, crc32c, malformed};
+use google_cloud_gax::retry_policy::NeverRetry;
+use google_cloud_kms_v1::client::KeyManagementService;
+use google_cloud_kms_v1::model::{CryptoKeyVersion, Digest};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use zeroize::Zeroizing;
+
+/// Google Cloud KMS.
+pub struct GcpBackend {
+    /// `projects/P/locations/L/keyRings/R`, for keys named by id.
+    ring: Option<String>,
+    client: KeyManagementService,
+    /// The access token; dropping it stops the refresh.
+    credentials: Refresher<Token>,
+    keys: KeyFacts<KeyInfo>,
+    /// A configured key, read by the health check.
+    probe: Option<String>,
+    /// SubjectPublicKeyInfo of RSA-OAEP versions, by version name.
+    public: KeyFacts<Vec<u8>>,
+}
+
+impl fmt::Debug for GcpBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GcpBackend")
+            .field("ring", &self.ring)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the backend remembers of a CryptoKey for a few minutes.
+struct KeyInfo {
+    /// The CryptoKey's resource name.
+    name: String,
+    algorithm: Algorithm,
+    /// The version operations use: the pinned one, the primary
+    /// (symmetric keys), or the newest enabled one.
+    current: String,
+    versions: Vec<VersionInfo>,
+    created: Option<SystemTime>,
+    protection: String,
+    rotation_period: Option<Duration>,
+    details: BTreeMap<String, String>,
+}
+
+impl KeyInfo {
+    fn version_name(&self, version: &str) -> String {
+        format!("{}/cryptoKeyVersions/{version}", self.name)
+    }
+}
+
+impl GcpBackend {
+    pub async fn new(
+        name: &str,
+        config: &GcpBackendConfig,
+        key_ids: &[&str],
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let login = Login::new(config)?;
+        let credentials = Refresher::spawn(name, login, credentials::SCHEDULE, metrics);
+        let mut builder = KeyManagementService::builder()
+            .with_credentials(google_cloud_auth::credentials::Credentials::from(
+                Refreshed(credentials.handle()),
+            ))
+            .with_retry_policy(NeverRetry);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.with_endpoint(endpoint.trim_end_matches('/'));
+        }
+        let client = builder
+            .build()
+            .await
+            .map_err(|e| format!("cannot build the Cloud KMS client: {e}"))?;
+        // Get a token at once when the exchange answers quickly, so that a
+        // normal start is ready at once; the refresher goes on either way.
+        credentials.first_refresh(Duration::from_secs(5)).await;
+        let mut backend = Self {
+            ring: config.key_ring.as_ref().map(|ring| {
+                format!(
+                    "projects/{}/locations/{}/keyRings/{ring}",
+                    config.project, config.location
+                )
+            }),
+            client,
+            credentials,
+            keys: KeyFacts::default(),
+            probe: None,
+            public: KeyFacts::default(),
+        };
+        backend.probe = key_ids.first().map(|id| {
+            backend
+                .resolve(KeyRef {
+                    alias: "(health check)",
+                    id,
+                })
+                .0
+        });
+        Ok(backend)
+    }
+
+    /// Runs a Cloud KMS call with the current token. A 401 drops the token
+    /// (if still current), waits for a new one, and sends the call once
+    /// more; other failures map to our errors.
+    async fn call<T, F, Fut>(&self, key: KeyRef<'_>, op: &str, f: F) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = google_cloud_kms_v1::Result<T>>,
+    {
+        let token = self.credentials.refreshed().await.map_err(|why| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("the sidecar has no valid access token for Cloud KMS: {why}"),
+            )
+        })?;
+        match f().await {
+            Ok(v) => Ok(v),
+            Err(e) if errors::unauthenticated(&e) => {
+                self.credentials
+                    .reject(&token, &format!("Cloud KMS {op}: {}", errors::describe(&e)));
+                if self.credentials.refreshed().await.is_err() {
+                    return Err(errors::error(key, op, &e));
+                }
+                f().await.map_err(|e| errors::error(key, op, &e))
+            }
+            Err(e) => Err(errors::error(key, op, &e)),
+        }
+    }
+
+    /// The CryptoKey's resource name and pinned version, if any.
+    fn resolve(&self, key: KeyRef<'_>) -> (String, Option<String>) {
+        let full = if key.id.starts_with("projects/") {
+            key.id.to_owned()
+        } else {
+            format!(
+                "{}/cryptoKeys/{}",
+                self.ring.as_deref().unwrap_or(""),
+                key.id
+            )
+        };
+        match full.split_once("/cryptoKeyVersions/") {
+            Some((name, version)) => (name.to_owned(), Some(version.to_owned())),
+            None => (full, None),
+        }
+    }
+
+    /// The key's facts, cached for a few minutes (not while a version is
+    /// still being generated).
+    async fn info(&self, key: KeyRef<'_>) -> Result<Arc<KeyInfo>, Error> {
+        if let Some(info) = self.keys.get(key.id) {
+            return Ok(info);
+        }
+        let (name, pinned) = self.resolve(key);
+        let crypto_key = self
+            .call(key, "getCryptoKey", || {
+                self.client.get_crypto_key().set_name(name.clone()).send()
+            })
+            .await?;
+        let mut listed: Vec<CryptoKeyVersion> = Vec::new();
+        let mut page = String::new();
+        loop {
+            let answer = self
+                .call(key, "listCryptoKeyVersions", || {
+                    self.client
+                        .list_crypto_key_versions()
+                        .set_parent(name.clone())
+                        .set_page_size(100)
+                        .set_page_token(page.clone())
+                        .send()
+                })
+                .await?;
+            listed.extend(answer.crypto_key_versions);
+            if answer.next_page_token.is_empty() {
+                break;
+            }
+            page = answer.next_page_token;
+        }
+        let number = |v: &CryptoKeyVersion| version_number(&v.name).unwrap_or_default().to_owned();
+        listed.sort_by_key(|v| number(v).parse::<u64>().unwrap_or(0));
+        let template = crypto_key.version_template.as_ref();
+        let gcp_algorithm = template
+            .and_then(|t| t.algorithm.name())
+            .or_else(|| crypto_key.primary.as_ref().and_then(|p| p.algorithm.name()))
+            .or_else(|| listed.last().and_then(|v| v.algorithm.name()))
+            .unwrap_or("CRYPTO_KEY_VERSION_ALGORITHM_UNSPECIFIED")
+            .to_owned();
+        let algorithm = algorithm_of(&gcp_algorithm).ok_or_else(|| {
+            Error::unsupported(format!(
+                "key `{}` is a Cloud KMS {gcp_algorithm} key, which kms-sidecar does not support (EC_SIGN_P256/P384, RSA_SIGN_PSS/PKCS1_*_SHA256, RSA_DECRYPT_OAEP_*_SHA256, GOOGLE_SYMMETRIC_ENCRYPTION, HMAC_SHA256)",
+                key.alias
+            ))
+        })?;
+        let enabled = |v: &CryptoKeyVersion| v.state.name() == Some("ENABLED");
+        let current = match (&pinned, &crypto_key.primary) {
+            (Some(v), _) => v.clone(),
+            (None, Some(primary)) => number(primary),
+            (None, None) => listed
+                .iter()
+                .rev()
+                .find(|v| enabled(v))
+                .map(number)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::KeyDisabled,
+                        format!("key `{}` has no enabled version in Cloud KMS", key.alias),
+                    )
+                })?,
+        };
+        let pending = listed
+            .iter()
+            .any(|v| v.state.name() == Some("PENDING_GENERATION"));
+        let versions = listed
+            .iter()
+            .map(|v| VersionInfo {
+                version: number(v),
+                created: v.create_time.as_ref().map(|t| system_time(t.seconds())),
+                enabled: enabled(v),
+                state: v.state.name().map(str::to_owned),
+            })
+            .collect();
+        let protection = template
+            .and_then(|t| t.protection_level.name())
+            .unwrap_or("SOFTWARE")
+            .to_owned();
+        let mut details = BTreeMap::from([
+            ("resource".to_owned(), name.clone()),
+            ("gcp_algorithm".to_owned(), gcp_algorithm),
+            ("protection_level".to_owned(), protection.clone()),
+            (
+                "purpose".to_owned(),
+                crypto_key.purpose.name().unwrap_or_default().to_owned(),
+            ),
+        ]);
+        if let Some(next) = &crypto_key.next_rotation_time {
+            details.insert(
+                "next_rotation_time".to_owned(),
+                humantime::format_rfc3339_seconds(system_time(next.seconds())).to_string(),
+            );
+        }
+        let info = KeyInfo {
+            name,
+            algorithm,
+            current,
+            versions,
+            created: crypto_key
+                .create_time
+                .as_ref()
+                .map(|t| system_time(t.seconds())),
+            protection,
+            rotation_period: crypto_key
+                .rotation_period()
+                .map(|d| Duration::from_secs(d.seconds().max(0) as u64)),
+            details,
+        };
+        Ok(if pending {
+            Arc::new(info)
+        } else {
+            self.keys.put(key.id, info)
+        })
+    }
+
+    /// [`Self::info`], refusing keys not made for `purpose`.
+    async fn info_for(
+        &self,
+        key: KeyRef<'_>,
+        purpose: Purpose,
+        what: &str,
+    ) -> Result<Arc<KeyInfo>, Error> {
+        let info = self.info(key).await?;
+        super::require_purpose(key, info.algorithm, purpose, what)?;
+        Ok(info)
+    }
+
+    /// The SubjectPublicKeyInfo of a version, its PEM's CRC32C checked.
+    async fn spki(&self, key: KeyRef<'_>, version_name: &str) -> Result<Vec<u8>, Error> {
+        let answer = self
+            .call(key, "getPublicKey", || {
+                self.client
+                    .get_public_key()
+                    .set_name(version_name.to_owned())
+                    .send()
+            })
+            .await?;
+        if answer.pem_crc32c != Some(crc32c(answer.pem.as_bytes())) {
+            return Err(corrupted(key, "getPublicKey", "pemCrc32c"));
+        }
+        let pem = pem::parse(answer.pem.as_bytes())
+            .map_err(|_| malformed("a public key that is not PEM"))?;
+        Ok(pem.contents().to_vec())
+    }
+
+    /// Encrypts `plaintext` with the current (or pinned) version.
+    async fn seal(
+        &self,
+        key: KeyRef<'_>,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> Result<Sealed, Error> {
+        let info = self.info_for(key, Purpose::Encrypt, "encrypt").await?;
+        if let Algorithm::RsaOaepSha256 { bits } = info.algorithm {
+            return self.seal_rsa(key, &info, bits, plaintext, context).await;
+        }
+        let aad = canonical_context(context);
+        // A pinned version encrypts itself; otherwise the primary does.
+        let target = if key.id.contains("/cryptoKeyVersions/") {
+            info.version_name(&info.current)
+        } else {
+            info.name.clone()
+        };
+        let answer = self
+            .call(key, "encrypt", || {
+                self.client
+                    .encrypt()
+                    .set_name(target.clone())
+                    .set_plaintext(plaintext.to_vec())
+                    .set_plaintext_crc32c(crc32c(plaintext))
+                    .set_additional_authenticated_data(aad.clone())
+                    .set_additional_authenticated_data_crc32c(crc32c(&aad))
+                    .send()
+            })
+            .await?;
+        if !answer.verified_plaintext_crc32c {
+            return Err(corrupted(key, "encrypt", "verifiedPlaintextCrc32c"));
+        }
+        if !answer.verified_additional_authenticated_data_crc32c {
+            return Err(corrupted(
+                key,
+                "encrypt",
+                "verifiedAdditionalAuthenticatedDataCrc32c",
+            ));
+        }
+        if answer.ciphertext_crc32c != Some(crc32c(&answer.ciphertext)) {
+            return Err(corrupted(key, "encrypt", "ciphertextCrc32c"));
+        }
+        let version = version_number(&answer.name)
+            .ok_or_else(|| malformed("an encrypt answer without the version's name"))?
+            .to_owned();
+        Ok(Sealed {
+            bytes: answer.ciphertext.to_vec(),
+            version,
+        })
+    }
+
+    /// RSA-OAEP: encrypted here to the current version's public key, the
+    /// context bound inside; the ciphertext names the version (1 byte of
+    /// length, then its number).
+    async fn seal_rsa(
+        &self,
+        key: KeyRef<'_>,
+        info: &KeyInfo,
+        bits: u16,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> Result<Sealed, Error> {
+        use aws_lc_rs::rsa::{
+            OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncryptingKey,
+        };
+        let limit = super::binding::rsa_oaep_limit(bits);
+        if plaintext.len() > limit {
+            return Err(Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "key `{}` ({}) encrypts at most {limit} bytes: use `envelope` for larger data",
+                    key.alias, info.algorithm
+                ),
+            ));
+        }
+        let version_name = info.version_name(&info.current);
+        let spki = match self.public.get(&version_name) {
+            Some(spki) => spki,
+            None => self
+                .public
+                .put(&version_name, self.spki(key, &version_name).await?),
+        };
+        let public = PublicEncryptingKey::from_der(&spki)
+            .ok()
+            .and_then(|k| OaepPublicEncryptingKey::new(k).ok())
+            .ok_or_else(|| malformed("an RSA public key that does not parse"))?;
+        let bound = super::binding::bind(context, plaintext);
+        let mut ciphertext = vec![0u8; public.ciphertext_size()];
+        let sealed = public
+            .encrypt(&OAEP_SHA256_MGF1SHA256, &bound, &mut ciphertext, None)
+            .map_err(|_| Error::new(ErrorKind::Backend, "RSA-OAEP encryption failed"))?;
+        let mut bytes = vec![info.current.len() as u8];
+        bytes.extend_from_slice(info.current.as_bytes());
+        bytes.extend_from_slice(sealed);
+        Ok(Sealed {
+            bytes,
+            version: info.current.clone(),
+        })
+    }
+
+    async fn open_rsa(
+        &self,
+        key: KeyRef<'_>,
+        info: &KeyInfo,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Plaintext, Error> {
+        let fail = Error::decryption_failed;
+        let (&len, rest) = ciphertext.split_first().ok_or_else(fail)?;
+        let (version, sealed) = rest.split_at_checked(usize::from(len)).ok_or_else(fail)?;
+        let version = std::str::from_utf8(version).map_err(|_| fail())?;
+        if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) || sealed.is_empty() {
+            return Err(fail());
+        }
+        let version_name = info.version_name(version);
+        let answer = self
+            .call(key, "asymmetricDecrypt", || {
+                self.client
+                    .asymmetric_decrypt()
+                    .set_name(version_name.clone())
+                    .set_ciphertext(sealed.to_vec())
+                    .set_ciphertext_crc32c(crc32c(sealed))
+                    .send()
+            })
+            .await
+            .map_err(not_this_keys)?;
+        if !answer.verified_ciphertext_crc32c {
+            return Err(corrupted(
+                key,
+                "asymmetricDecrypt",
+                "verifiedCiphertextCrc32c",
+            ));
+        }
+        let opened = Zeroizing::new(answer.plaintext.to_vec());
+        if answer.plaintext_crc32c != Some(crc32c(&opened)) {
+            return Err(corrupted(key, "asymmetricDecrypt", "plaintextCrc32c"));
+        }
+        Ok(Plaintext(super::binding::unbind(context, &opened)?))
+    }
+
+    /// The versions a MAC is checked with: the one named, else every
+    /// enabled one, newest first.
+    fn mac_versions(info: &KeyInfo, version: Option<&str>) -> Vec<String> {
+        match version {
+            Some(v) => vec![v.to_owned()],
+            None => info
+                .versions
+                .iter()
+                .rev()
+                .filter(|v| v.enabled)
+                .map(|v| v.version.clone())
+                .collect(),
+        }
+    }
+}
+
+/// A version the key does not have is in another key's ciphertext.
+fn not_this_keys(e: Error) -> Error {
+    match e.kind {
+        ErrorKind::KeyNotFound => Error::decryption_failed(),
+        _ => e,
+    }
+}
+
+/// The number at the end of a CryptoKeyVersion's resource name.
+fn version_number(name: &str) -> Option<&str> {
+    name.rsplit_once("/cryptoKeyVersions/").map(|(_, n)| n)
+}
+
+fn system_time(seconds: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64)
+}
+
+/// The sidecar's algorithm for a Cloud KMS one.
+fn algorithm_of(gcp: &str) -> Option<Algorithm> {
+    let rsa_bits = |rest: &str| -> Option<u16> {
+        let bits = rest.strip_suffix("_SHA256")?.parse().ok()?;
+        matches!(bits, 2048 | 3072 | 4096).then_some(bits)
+    };
+    Some(match gcp {
+        "GOOGLE_SYMMETRIC_ENCRYPTION" => Algorithm::Aes256Gcm,
+        "EC_SIGN_P256_SHA256" => Algorithm::EcdsaP256Sha256,
+        "EC_SIGN_P384_SHA384" => Algorithm::EcdsaP384Sha384,
+        "HMAC_SHA256" => Algorithm::HmacSha256,
+        other => {
+            if let Some(rest) = other.strip_prefix("RSA_SIGN_PSS_") {
+                Algorithm::RsaPssSha256 {
+                    bits: rsa_bits(rest)?,
+                }
+            } else if let Some(rest) = other.strip_prefix("RSA_SIGN_PKCS1_") {
+                Algorithm::RsaPkcs1Sha256 {
+                    bits: rsa_bits(rest)?,
+                }
+            } else if let Some(rest) = other.strip_prefix("RSA_DECRYPT_OAEP_") {
+                Algorithm::RsaOaepSha256 {
+                    bits: rsa_bits(rest)?,
+                }
+            } else {
+                return None;
+            }
+        }
+    })
+}
+
+#[async_trait]
+impl Backend for GcpBackend {
+    fn kind(&self) -> &'static str {
+        "gcp"
+    }
+
+    /// A valid token, and a configured key readable (`cloudkms.cryptoKeys.get`,
+    /// in `roles/cloudkms.viewer`). A throttled answer is a working KMS.
+    async fn health(&self) -> Result<(), Error> {
+        let probe = KeyRef {
+            alias: "(health check)",
+            id: "-",
+        };
+        match &self.probe {
+            Some(name) => self
+                .call(probe, "getCryptoKey", || {
+                    self.client.get_crypto_key().set_name(name.clone()).send()
+                })
+                .await
+                .map(|_| ()),
+            None => self
+                .credentials
+                .refreshed()
+                .await
+                .map(|_| ())
+                .map_err(|why| Error::new(ErrorKind::Unavailable, why.to_string())),
+        }
+    }
+
+    async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
+        let info = self.info(key).await?;
+        Ok(KeyMetadata {
+            algorithm: info.algorithm,
+            current_version: info.current.clone(),
+            versions: info.versions.clone(),
+            created: info.created,
+            origin: match info.protection.as_str() {
+                "SOFTWARE" => Origin::Software,
+                "EXTERNAL" | "EXTERNAL_VPC" => Origin::External,
+                _ => Origin::Hsm,
+            },
+            rotation_period: info.rotation_period,
+            details: info.details.clone(),
+        })
+    }
+
+    async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
+        let info = self
+            .info_for(key, Purpose::Sign, "give a public key")
+            .await?;
+        let version = version.unwrap_or(&info.current).to_owned();
+        Ok(PublicKey {
+            spki_der: self.spki(key, &info.version_name(&version)).await?,
+            algorithm: info.algorithm,
+            version,
+        })
+    }
+
+    async fn sign(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        options: SignOptions,
+    ) -> Result<Signature, Error> {
+        let info = self.info_for(key, Purpose::Sign, "sign").await?;
+        let algorithm = info.algorithm;
+        if let Some(asked) = options.algorithm
+            && asked != algorithm
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "field `algorithm`: this key signs {algorithm}, not {asked} (a Cloud KMS key has one algorithm)"
+                ),
+            ));
+        }
+        let hash = algorithm
+            .digest()
+            .ok_or_else(|| Error::unsupported("this algorithm signs messages only"))?;
+        let digest = match input {
+            SignInput::Message(m) => aws_lc_rs::digest::digest(hash, m).as_ref().to_vec(),
+            SignInput::Digest(d) => {
+                crypto::import_digest(algorithm, d)
+                    .map_err(|e| Error::new(ErrorKind::InvalidRequest, e.to_string()))?;
+                d.to_vec()
+            }
+        };
+        let crc = crc32c(&digest);
+        let digest = match hash.output_len() {
+            32 => Digest::new().set_sha256(digest),
+            48 => Digest::new().set_sha384(digest),
+            _ => Digest::new().set_sha512(digest),
+        };
+        let version_name = info.version_name(&info.current);
+        let answer = self
+            .call(key, "asymmetricSign", || {
+                self.client
+                    .asymmetric_sign()
+                    .set_name(version_name.clone())
+                    .set_digest(digest.clone())
+                    .set_digest_crc32c(crc)
+                    .send()
+            })
+            .await?;
+        if !answer.verified_digest_crc32c {
+            return Err(corrupted(key, "asymmetricSign", "verifiedDigestCrc32c"));
+        }
+        if answer.signature_crc32c != Some(crc32c(&answer.signature)) {
+            return Err(corrupted(key, "asymmetricSign", "signatureCrc32c"));
+        }
+        if answer.name != version_name {
+            return Err(malformed("a signature by another version than asked"));
+        }
+        let bytes = match (options.format, algorithm.ecdsa_coordinate_len()) {
+            (SignatureFormat::Raw, Some(n)) => crypto::ecdsa_der_to_raw(&answer.signature, n)
+                .ok_or_else(|| malformed("an ECDSA signature that is not DER"))?,
+            _ => answer.signature.to_vec(),
+        };
+        Ok(Signature {
+            bytes,
+            algorithm,
+            version: info.current.clone(),
+        })
+    }
+
+    async fn encrypt(
+        &self,
+        key: KeyRef<'_>,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> Result<Sealed, Error> {
+        self.seal(key, plaintext, context).await
+    }
+
+    async fn decrypt(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Plaintext, Error> {
+        let info = self.info_for(key, Purpose::Encrypt, "decrypt").await?;
+        if matches!(info.algorithm, Algorithm::RsaOaepSha256 { .. }) {
+            return self.open_rsa(key, &info, ciphertext, context).await;
+        }
+        if ciphertext.is_empty() {
+            return Err(Error::decryption_failed());
+        }
+        let aad = canonical_context(context);
+        let answer = self
+            .call(key, "decrypt", || {
+                self.client
+                    .decrypt()
+                    .set_name(info.name.clone())
+                    .set_ciphertext(ciphertext.to_vec())
+                    .set_ciphertext_crc32c(crc32c(ciphertext))
+                    .set_additional_authenticated_data(aad.clone())
+                    .set_additional_authenticated_data_crc32c(crc32c(&aad))
+                    .send()
+            })
+            .await
+            .map_err(not_this_keys)?;
+        let plaintext = Zeroizing::new(answer.plaintext.to_vec());
+        if answer.plaintext_crc32c != Some(crc32c(&plaintext)) {
+            return Err(corrupted(key, "decrypt", "plaintextCrc32c"));
+        }
+        Ok(Plaintext(plaintext))
+    }
+
+    async fn generate_data_key(
+        &self,
+        key: KeyRef<'_>,
+        bits: u32,
+        context: &Context,
+    ) -> Result<DataKey, Error> {
+        let mut dek = Zeroizing::new(vec![0u8; (bits / 8) as usize]);
+        aws_lc_rs::rand::fill(&mut dek)
+            .map_err(|_| Error::new(ErrorKind::Backend, "no randomness for a data key"))?;
+        let sealed = self.seal(key, &dek, context).await?;
+        Ok(DataKey {
+            plaintext: Plaintext(dek),
+            encrypted: sealed.bytes,
+            version: sealed.version,
+        })
+    }
+
+    async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
+        let info = self.info_for(key, Purpose::Mac, "make a MAC").await?;
+        let version_name = info.version_name(&info.current);
+        let answer = self
+            .call(key, "macSign", || {
+                self.client
+                    .mac_sign()
+                    .set_name(version_name.clone())
+                    .set_data(message.to_vec())
+                    .set_data_crc32c(crc32c(message))
+                    .send()
+            })
+            .await?;
+        if !answer.verified_data_crc32c {
+            return Err(corrupted(key, "macSign", "verifiedDataCrc32c"));
+        }
+        if answer.mac_crc32c != Some(crc32c(&answer.mac)) {
+            return Err(corrupted(key, "macSign", "macCrc32c"));
+        }
+        Ok(Sealed {
+            bytes: answer.mac.to_vec(),
+            version: info.current.clone(),
+        })
+    }
+
+    async fn verify_mac(
+        &self,
+        key: KeyRef<'_>,
+        message: &[u8],
+        mac: &[u8],
+        version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        let info = self.info_for(key, Purpose::Mac, "check a MAC").await?;
+        for v in Self::mac_versions(&info, version) {
+            let version_name = info.version_name(&v);
+            let answer = self
+                .call(key, "macVerify", || {
+                    self.client
+                        .mac_verify()
+                        .set_name(version_name.clone())
+                        .set_data(message.to_vec())
+                        .set_data_crc32c(crc32c(message))
+                        .set_mac(mac.to_vec())
+                        .set_mac_crc32c(crc32c(mac))
+                        .send()
+                })
+                .await?;
+            if !answer.verified_data_crc32c || !answer.verified_mac_crc32c {
+                return Err(corrupted(key, "macVerify", "verified input CRC32C"));
+            }
+            if answer.verified_success_integrity != answer.success {
+                return Err(corrupted(key, "macVerify", "verifiedSuccessIntegrity"));
+            }
+            if answer.success {
+                return Ok(Verified {
+                    valid: true,
+                    version: v,
+                });
+            }
+        }
+        Ok(Verified {
+            valid: false,
+            version: version.unwrap_or(&info.current).to_owned(),
+        })
+    }
+
+    async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
+        let (name, pinned) = self.resolve(key);
+        if pinned.is_some() {
+            return Err(Error::unsupported(format!(
+                "key `{}` is pinned to a version: rotate the CryptoKey instead",
+                key.alias
+            )));
+        }
+        let info = self.info(key).await?;
+        let created = self
+            .call(key, "createCryptoKeyVersion", || {
+                self.client
+                    .create_crypto_key_version()
+                    .set_parent(name.clone())
+                    .set_crypto_key_version(CryptoKeyVersion::new())
+                    .send()
+            })
+            .await?;
+        let version = version_number(&created.name)
+            .ok_or_else(|| malformed("a new version without a name"))?
+            .to_owned();
+        // Symmetric keys encrypt with their primary: make the new one it.
+        if info.algorithm == Algorithm::Aes256Gcm {
+            self.call(key, "updateCryptoKeyPrimaryVersion", || {
+                self.client
+                    .update_crypto_key_primary_version()
+                    .set_name(name.clone())
+                    .set_crypto_key_version_id(version.clone())
+                    .send()
+            })
+            .await?;
+        }
+        self.keys.forget(key.id);
+        Ok(version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn algorithms_and_versions() {
+        assert_eq!(
+            algorithm_of("RSA_SIGN_PSS_3072_SHA256"),
+            Some(Algorithm::RsaPssSha256 { bits: 3072 })
+        );
+        assert_eq!(
+            algorithm_of("RSA_DECRYPT_OAEP_2048_SHA256"),
+            Some(Algorithm::RsaOaepSha256 { bits: 2048 })
+        );
+        assert_eq!(algorithm_of("RSA_SIGN_PSS_4096_SHA512"), None);
+        assert_eq!(algorithm_of("RSA_DECRYPT_OAEP_2048_SHA1"), None);
+        assert_eq!(algorithm_of("EC_SIGN_SECP256K1_SHA256"), None);
+        assert_eq!(
+            version_number("projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/7"),
+            Some("7")
+        );
+    }
+
+    #[test]
+    fn crc32c_is_castagnoli() {
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+    }
+}
