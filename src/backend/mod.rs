@@ -153,6 +153,38 @@ impl Error {
         Self::new(ErrorKind::OperationNotSupported, what.to_string())
     }
 
+    /// A failed call `op` of `kms` (`Key Vault`, `Cloud KMS`) on `key`, of
+    /// `kind`, with the KMS's own `detail` (its status and message, never
+    /// tokens or data), as a caller reads it.
+    #[cfg(any(feature = "azure", feature = "gcp"))]
+    pub(crate) fn from_kms(
+        kind: ErrorKind,
+        kms: &str,
+        op: &str,
+        key: KeyRef<'_>,
+        detail: &str,
+    ) -> Self {
+        tracing::warn!(key.alias = key.alias, op, error = %detail, "{kms} call failed");
+        let alias = key.alias;
+        match kind {
+            ErrorKind::DecryptionFailed => Self::decryption_failed(),
+            ErrorKind::KeyNotFound => Self::key_not_found(key),
+            ErrorKind::KeyDisabled => Self::new(
+                kind,
+                format!(
+                    "key `{alias}` is disabled in {kms} ({op}: {detail}): enable the key version or use another"
+                ),
+            ),
+            ErrorKind::Unauthenticated => Self::new(
+                kind,
+                format!(
+                    "{kms} {op} for key `{alias}`: {kms} rejected the sidecar's access token ({detail}); it is getting a new one"
+                ),
+            ),
+            _ => Self::new(kind, format!("{kms} {op} for key `{alias}`: {detail}")),
+        }
+    }
+
     /// The one opaque decryption failure.
     pub fn decryption_failed() -> Self {
         Self::new(
@@ -393,6 +425,22 @@ pub(crate) fn require_purpose(
         "key `{}` is {algorithm}: it cannot {what}",
         key.alias
     )))
+}
+
+/// An error and its causes as one line, each cause once (a transport
+/// error's reason is deepest).
+#[cfg(any(feature = "azure", feature = "gcp"))]
+pub(crate) fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        let next = e.to_string();
+        if !next.is_empty() && !text.contains(&next) {
+            text = format!("{text}: {next}");
+        }
+        cause = e.source();
+    }
+    text
 }
 
 /// The algorithm a signature is made with: the key's own, or PKCS#1 v1.5

@@ -84,16 +84,7 @@ pub(super) fn describe(err: &azure_core::Error) -> String {
         }
         return text;
     }
-    let mut text = err.to_string();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(e) = cause {
-        let next = e.to_string();
-        if !next.is_empty() && !text.contains(&next) {
-            text = format!("{text}: {next}");
-        }
-        cause = e.source();
-    }
-    text
+    crate::backend::with_causes(err)
 }
 
 /// Our error for a failed Key Vault call `op` on `key` (SPEC §4), logged
@@ -116,29 +107,7 @@ pub(super) fn error(key: KeyRef<'_>, op: &str, err: &azure_core::Error) -> Error
         (None, AzureKind::Credential) => ErrorKind::Unavailable,
         (None, _) => ErrorKind::Backend,
     };
-    tracing::warn!(key.alias = key.alias, op, error = %detail, "Key Vault call failed");
-    let mut error = match kind {
-        ErrorKind::DecryptionFailed => Error::decryption_failed(),
-        ErrorKind::KeyNotFound => Error::key_not_found(key),
-        ErrorKind::KeyDisabled => Error::new(
-            kind,
-            format!(
-                "key `{}` is disabled in Key Vault ({op}): enable the key version or use another",
-                key.alias
-            ),
-        ),
-        ErrorKind::Unauthenticated => Error::new(
-            kind,
-            format!(
-                "Key Vault {op} for key `{}`: Key Vault rejected the sidecar's access token ({detail}); it is getting a new one",
-                key.alias
-            ),
-        ),
-        _ => Error::new(
-            kind,
-            format!("Key Vault {op} for key `{}`: {detail}", key.alias),
-        ),
-    };
+    let mut error = Error::from_kms(kind, "Key Vault", op, key, &detail);
     if answer.status.is_some_and(|s| s >= 500) {
         error.retryable = true;
     }

@@ -13,16 +13,7 @@ pub(super) fn describe(err: &GaxError) -> String {
         let message: String = status.message.chars().take(300).collect();
         return format!("{} {}: {message}", http_of(err), status.code.name());
     }
-    let mut text = err.to_string();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(e) = cause {
-        let next = e.to_string();
-        if !next.is_empty() && !text.contains(&next) {
-            text = format!("{text}: {next}");
-        }
-        cause = e.source();
-    }
-    text
+    crate::backend::with_causes(err)
 }
 
 fn http_of(err: &GaxError) -> String {
@@ -68,29 +59,7 @@ pub(super) fn error(key: KeyRef<'_>, op: &str, err: &GaxError) -> Error {
             _ => ErrorKind::Backend,
         },
     };
-    tracing::warn!(key.alias = key.alias, op, error = %detail, "Cloud KMS call failed");
-    let mut error = match kind {
-        ErrorKind::DecryptionFailed => Error::decryption_failed(),
-        ErrorKind::KeyNotFound => Error::key_not_found(key),
-        ErrorKind::KeyDisabled => Error::new(
-            kind,
-            format!(
-                "key `{}`: the Cloud KMS key version is not enabled ({op}: {message})",
-                key.alias
-            ),
-        ),
-        ErrorKind::Unauthenticated => Error::new(
-            kind,
-            format!(
-                "Cloud KMS {op} for key `{}`: Cloud KMS rejected the sidecar's access token ({detail}); it is getting a new one",
-                key.alias
-            ),
-        ),
-        _ => Error::new(
-            kind,
-            format!("Cloud KMS {op} for key `{}`: {detail}", key.alias),
-        ),
-    };
+    let mut error = Error::from_kms(kind, "Cloud KMS", op, key, &detail);
     if matches!(err.status().map(|s| s.code), Some(Code::Internal))
         || err.http_status_code().is_some_and(|s| s >= 500)
     {
