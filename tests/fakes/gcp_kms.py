@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -88,6 +88,7 @@ ALG_NUMBERS = {"CRYPTO_KEY_VERSION_ALGORITHM_UNSPECIFIED": 0, "GOOGLE_SYMMETRIC_
                "RSA_DECRYPT_OAEP_4096_SHA256": 10, "RSA_DECRYPT_OAEP_4096_SHA512": 17,
                "RSA_DECRYPT_OAEP_2048_SHA1": 37, "RSA_DECRYPT_OAEP_3072_SHA1": 38, "RSA_DECRYPT_OAEP_4096_SHA1": 39,
                "EC_SIGN_P256_SHA256": 12, "EC_SIGN_P384_SHA384": 13, "EC_SIGN_SECP256K1_SHA256": 31,
+               "EC_SIGN_ED25519": 40,
                "HMAC_SHA256": 32, "HMAC_SHA1": 33, "HMAC_SHA384": 34, "HMAC_SHA512": 35, "HMAC_SHA224": 36}
 ENUMS = {"algorithm": ALG_NUMBERS,
          "purpose": {"CRYPTO_KEY_PURPOSE_UNSPECIFIED": 0, "ENCRYPT_DECRYPT": 1, "ASYMMETRIC_SIGN": 5,
@@ -101,9 +102,12 @@ ENUMS = {"algorithm": ALG_NUMBERS,
 HASHES = {"SHA1": hashes.SHA1, "SHA224": hashes.SHA224, "SHA256": hashes.SHA256, "SHA384": hashes.SHA384,
           "SHA512": hashes.SHA512}
 CURVES = {"P256": ec.SECP256R1, "P384": ec.SECP384R1, "SECP256K1": ec.SECP256K1}
-ALGS = {"GOOGLE_SYMMETRIC_ENCRYPTION": ("ENCRYPT_DECRYPT", "aes", None, None)}  # name -> (purpose, kind, size, hash)
+ALGS = {"GOOGLE_SYMMETRIC_ENCRYPTION": ("ENCRYPT_DECRYPT", "aes", None, None),  # name -> (purpose, kind, size, hash)
+        "EC_SIGN_ED25519": ("ASYMMETRIC_SIGN", "ed25519", None, None)}
 for _name in ALG_NUMBERS:
     _m = re.fullmatch(r"(?:RSA_(SIGN_PSS|SIGN_PKCS1|DECRYPT_OAEP)_(\d+)|EC_SIGN_(\w+)|HMAC)_(SHA\d+)", _name)
+    if _name in ALGS:
+        continue
     if _m and _m.group(1):
         ALGS[_name] = ("ASYMMETRIC_DECRYPT" if _m.group(1) == "DECRYPT_OAEP" else "ASYMMETRIC_SIGN",
                        _m.group(1).split("_")[-1].lower(), int(_m.group(2)), _m.group(4))
@@ -247,6 +251,7 @@ class Version:
         _, kind, size, h = ALGS[algorithm]
         self.material = (AESGCM.generate_key(256) if kind == "aes" else secrets.token_bytes(HASHES[h].digest_size)
                          if kind == "hmac" else ec.generate_private_key(CURVES[size]()) if kind == "ec" else
+                         ed25519.Ed25519PrivateKey.generate() if kind == "ed25519" else
                          rsa.generate_private_key(65537, size))
 
 
@@ -674,13 +679,24 @@ def decrypt(st, k, p):
 
 
 def asymmetric_sign(st, k, v, p):
-    """cryptoKeyVersions.asymmetricSign: `digest` {sha256|sha384|sha512} of the algorithm's hash (`data`, for
-    Ed25519/ML-DSA, is not modelled); EC signatures DER (ECDSA-Sig-Value), RSA-PSS salt = digest length."""
+    """cryptoKeyVersions.asymmetricSign: `digest` {sha256|sha384|sha512} of the algorithm's hash; for
+    EC_SIGN_ED25519 the message itself in `data` (PureEdDSA, RFC 8032), with `dataCrc32c` and
+    `verifiedDataCrc32c`; EC signatures DER (ECDSA-Sig-Value), RSA-PSS salt = digest length."""
     material = usable(st, k, v, "ASYMMETRIC_SIGN", "AsymmetricSign")
     _, kind, _, hname = ALGS[v.algorithm]
+    if kind == "ed25519":
+        if "digest" in p or "data" not in p:
+            raise invalid(f"The algorithm {v.algorithm} signs data, not a digest: send data.", "data")
+        data = get_bytes(p, "data")
+        if len(data) > 65536:
+            raise invalid("data must be no larger than 64 KiB.", "data")
+        verified = check_crc(p, "dataCrc32c", "data", data)
+        sig = material.sign(data)
+        return {"signature": b64(sig), "signatureCrc32c": str(crc32c(sig)), "name": k.vname(v),
+                "protectionLevel": v.protection, **({"verifiedDataCrc32c": True} if verified else {})}
     want = hname.lower()
     if "data" in p:
-        raise invalid("AsymmetricSignRequest.data is not modelled by this fake (Cloud KMS takes it): send digest.")
+        raise invalid(f"The algorithm {v.algorithm} signs a digest, not data: send digest.", "data")
     if not isinstance(p.get("digest"), dict) or set(p["digest"]) != {want}:
         raise invalid(f"The digest type does not match the algorithm {v.algorithm}: expected digest.{want}.", "digest")
     digest = get_bytes(p["digest"], want, f"digest.{want}")

@@ -365,3 +365,43 @@ async fn the_fakes_own_config_serves() {
         .await;
     assert_eq!(verified["valid"], true);
 }
+
+#[tokio::test]
+async fn ed25519_signs_messages_up_to_64_kib() {
+    let fake = Fake::gcp().await;
+    fake.create_key(
+        "ed",
+        json!({"purpose": "ASYMMETRIC_SIGN", "algorithm": "EC_SIGN_ED25519"}),
+    )
+    .await;
+    let config = format!(
+        "backends:\n  kms: {}\nkeys:\n  ed: {{ backend: kms, key: ed }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
+        fake.gcp_backend(""),
+        nix::unistd::geteuid().as_raw()
+    );
+    let env = adc(&fake);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = Sidecar::start_with_env(&config, &env).await;
+    let pem = s.get("/v1/keys/ed/public-key").await.ok()["pem"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let message = vec![7u8; 64 * 1024];
+    let sig = s
+        .post_ok("/v1/keys/ed/sign", json!({"message": b64(&message)}))
+        .await;
+    assert!(openssl_verifies(
+        fake.dir.path(),
+        &pem,
+        &message,
+        &unb64(&sig["signature"]),
+        &[],
+        true
+    ));
+    s.post(
+        "/v1/keys/ed/sign",
+        json!({"message": b64(vec![7u8; 64 * 1024 + 1])}),
+    )
+    .await
+    .expect(413, Some("payload_too_large"));
+}

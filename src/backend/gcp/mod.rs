@@ -220,7 +220,7 @@ impl GcpBackend {
             .to_owned();
         let algorithm = algorithm_of(&gcp_algorithm).ok_or_else(|| {
             Error::unsupported(format!(
-                "key `{}` is a Cloud KMS {gcp_algorithm} key, which kms-sidecar does not support (EC_SIGN_P256/P384, RSA_SIGN_PSS/PKCS1_*_SHA256, RSA_DECRYPT_OAEP_*_SHA256, GOOGLE_SYMMETRIC_ENCRYPTION, HMAC_SHA256)",
+                "key `{}` is a Cloud KMS {gcp_algorithm} key, which kms-sidecar does not support (EC_SIGN_P256/P384, EC_SIGN_ED25519, RSA_SIGN_PSS/PKCS1_*_SHA256, RSA_DECRYPT_OAEP_*_SHA256, GOOGLE_SYMMETRIC_ENCRYPTION, HMAC_SHA256)",
                 key.alias
             ))
         })?;
@@ -464,6 +464,52 @@ impl GcpBackend {
         Ok(Plaintext(super::binding::unbind(context, &opened)?))
     }
 
+    /// Ed25519: Cloud KMS signs the message itself (`data`, at most 64 KiB).
+    async fn sign_data(
+        &self,
+        key: KeyRef<'_>,
+        info: &KeyInfo,
+        input: SignInput<'_>,
+    ) -> Result<Signature, Error> {
+        let SignInput::Message(message) = input else {
+            return Err(Error::unsupported("this algorithm signs messages only"));
+        };
+        if message.len() > MAX_SIGNED_DATA {
+            return Err(Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "key `{}` ({}): Cloud KMS signs messages of at most 64 KiB",
+                    key.alias, info.algorithm
+                ),
+            ));
+        }
+        let version_name = info.version_name(&info.current);
+        let answer = self
+            .call(key, "asymmetricSign", || {
+                self.client
+                    .asymmetric_sign()
+                    .set_name(version_name.clone())
+                    .set_data(message.to_vec())
+                    .set_data_crc32c(crc32c(message))
+                    .send()
+            })
+            .await?;
+        if !answer.verified_data_crc32c {
+            return Err(corrupted(key, "asymmetricSign", "verifiedDataCrc32c"));
+        }
+        if answer.signature_crc32c != Some(crc32c(&answer.signature)) {
+            return Err(corrupted(key, "asymmetricSign", "signatureCrc32c"));
+        }
+        if answer.name != version_name {
+            return Err(malformed("a signature by another version than asked"));
+        }
+        Ok(Signature {
+            bytes: answer.signature.to_vec(),
+            algorithm: info.algorithm,
+            version: info.current.clone(),
+        })
+    }
+
     /// The versions a MAC is checked with: the one named, else every
     /// enabled one, newest first.
     fn mac_versions(info: &KeyInfo, version: Option<&str>) -> Vec<String> {
@@ -479,6 +525,9 @@ impl GcpBackend {
         }
     }
 }
+
+/// The largest message Cloud KMS signs as `data` (Ed25519).
+const MAX_SIGNED_DATA: usize = 64 * 1024;
 
 /// A version the key does not have is in another key's ciphertext.
 fn not_this_keys(e: Error) -> Error {
@@ -507,6 +556,7 @@ fn algorithm_of(gcp: &str) -> Option<Algorithm> {
         "GOOGLE_SYMMETRIC_ENCRYPTION" => Algorithm::Aes256Gcm,
         "EC_SIGN_P256_SHA256" => Algorithm::EcdsaP256Sha256,
         "EC_SIGN_P384_SHA384" => Algorithm::EcdsaP384Sha384,
+        "EC_SIGN_ED25519" => Algorithm::Ed25519,
         "HMAC_SHA256" => Algorithm::HmacSha256,
         other => {
             if let Some(rest) = other.strip_prefix("RSA_SIGN_PSS_") {
@@ -604,9 +654,10 @@ impl Backend for GcpBackend {
                 ),
             ));
         }
-        let hash = algorithm
-            .digest()
-            .ok_or_else(|| Error::unsupported("this algorithm signs messages only"))?;
+        let version_name = info.version_name(&info.current);
+        let Some(hash) = algorithm.digest() else {
+            return self.sign_data(key, &info, input).await;
+        };
         let digest = match input {
             SignInput::Message(m) => aws_lc_rs::digest::digest(hash, m).as_ref().to_vec(),
             SignInput::Digest(d) => {
@@ -621,7 +672,6 @@ impl Backend for GcpBackend {
             48 => Digest::new().set_sha384(digest),
             _ => Digest::new().set_sha512(digest),
         };
-        let version_name = info.version_name(&info.current);
         let answer = self
             .call(key, "asymmetricSign", || {
                 self.client

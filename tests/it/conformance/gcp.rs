@@ -14,10 +14,6 @@ pub const BACKEND: Backend = Backend {
     server: "the Cloud KMS contract fake (`tests/fakes/gcp_kms.py`, `make fake-gcp`), workload identity federation with impersonation",
     lacks: &[
         (
-            Cap::Key(KeyType::Ed25519),
-            "the backend does not offer Cloud KMS's EC_SIGN_ED25519 keys (nor does the contract fake model them)",
-        ),
-        (
             Cap::Can(KeyType::Rsa, Op::SignPkcs1),
             "a Cloud KMS RSA key signs with the one padding its algorithm names (RSA_SIGN_PSS_* or RSA_SIGN_PKCS1_*)",
         ),
@@ -31,7 +27,7 @@ fn spec(key: KeyType) -> Value {
         KeyType::Aes => ("ENCRYPT_DECRYPT", "GOOGLE_SYMMETRIC_ENCRYPTION"),
         KeyType::RsaOaep => ("ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA256"),
         KeyType::Hmac => ("MAC", "HMAC_SHA256"),
-        KeyType::Ed25519 => unreachable!("declared lacking"),
+        KeyType::Ed25519 => ("ASYMMETRIC_SIGN", "EC_SIGN_ED25519"),
     };
     json!({"purpose": purpose, "algorithm": algorithm})
 }
