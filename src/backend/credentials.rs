@@ -325,6 +325,41 @@ impl<T> Handle<T> {
         let _ = attempts.changed().await;
         self.ready()
     }
+
+    /// Runs a KMS call made with the current credential (after waiting for
+    /// one, [`Self::refreshed`]). When the KMS refuses the credential itself
+    /// (`rejected` says why), drops it ([`Self::reject`]), waits for a new
+    /// one and runs the call once more. The outer error: no credential; the
+    /// inner result: the last attempt's.
+    pub async fn call_rejecting<R, E, F, Fut>(
+        &self,
+        call: F,
+        rejected: impl Fn(&E) -> Option<String>,
+    ) -> Result<Result<R, E>, NotReady>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<R, E>>,
+    {
+        let credential = self.refreshed().await?;
+        let first = call().await;
+        let Some(why) = first.as_ref().err().and_then(&rejected) else {
+            return Ok(first);
+        };
+        // The rejection starts the refresh: wait for it without asking for
+        // another (a credential already replaced is used as it is).
+        let mut attempts = self.0.attempts.clone();
+        attempts.borrow_and_update();
+        let renewed = if self.reject(&credential, &why) {
+            let _ = attempts.changed().await;
+            self.ready()
+        } else {
+            self.refreshed().await
+        };
+        if renewed.is_err() {
+            return Ok(first);
+        }
+        Ok(call().await)
+    }
 }
 
 /// What the task and the handles share.

@@ -293,6 +293,44 @@ async fn waking_refreshes_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_whose_credential_is_refused_runs_once_more_with_a_new_one() {
+    let script = Script::lasting(secs(3600));
+    let (refresher, _metrics) = start(&script, SCHEDULE);
+    refresher.first_refresh(secs(5)).await;
+    // The KMS refuses credential 1 only: the call is made again with 2.
+    let handle = refresher.handle();
+    let call = || async {
+        handle
+            .current()
+            .map(|c| *c)
+            .filter(|c| *c != 1)
+            .ok_or("401")
+    };
+    let refused = |e: &&str| (*e == "401").then(|| "HTTP 401".to_owned());
+    assert_eq!(refresher.call_rejecting(call, refused).await, Ok(Ok(2)));
+    assert_eq!(script.calls().len(), 2);
+    // Another error is the call's own: no rejection, no second attempt.
+    let calls = std::sync::atomic::AtomicU32::new(0);
+    let failing = || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Err::<u32, &str>("500")
+    };
+    assert_eq!(
+        refresher.call_rejecting(failing, refused).await,
+        Ok(Err("500"))
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(refresher.current().as_deref(), Some(&2));
+    // Refused again while no new credential can be had: the refusal stands.
+    script.fail.store(true, Ordering::SeqCst);
+    let always = || async { Err::<u32, &str>("401") };
+    assert_eq!(
+        refresher.call_rejecting(always, refused).await,
+        Ok(Err("401"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_polled_source_is_refreshed_when_its_credential_was_replaced() {
     let script = Arc::new(Script {
         lifetime: Mutex::new(Some(secs(3600))),

@@ -149,28 +149,13 @@ impl AzureBackend {
         F: Fn() -> Fut,
         Fut: Future<Output = azure_core::Result<T>>,
     {
-        let token = match self.credentials.ready() {
-            Ok(token) => token,
-            Err(why) => {
-                // Wait for the refresh under way (bounded by the timeout).
-                self.credentials
-                    .refreshed()
-                    .await
-                    .map_err(|_| Error::new(ErrorKind::Unavailable, credentials::not_ready(&why)))?
-            }
-        };
-        match f().await {
-            Ok(v) => Ok(v),
-            Err(e) if errors::unauthorized(&e) => {
-                self.credentials
-                    .reject(&token, &format!("Key Vault {op}: {}", errors::describe(&e)));
-                if self.credentials.refreshed().await.is_err() {
-                    return Err(errors::error(key, op, &e));
-                }
-                f().await.map_err(|e| errors::error(key, op, &e))
-            }
-            Err(e) => Err(errors::error(key, op, &e)),
-        }
+        self.credentials
+            .call_rejecting(f, |e| {
+                errors::unauthorized(e).then(|| format!("Key Vault {op}: {}", errors::describe(e)))
+            })
+            .await
+            .map_err(|why| Error::new(ErrorKind::Unavailable, credentials::not_ready(&why)))?
+            .map_err(|e| errors::error(key, op, &e))
     }
 
     /// The key's facts, cached for a few minutes.

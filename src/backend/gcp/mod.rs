@@ -141,24 +141,19 @@ impl GcpBackend {
         F: Fn() -> Fut,
         Fut: Future<Output = google_cloud_kms_v1::Result<T>>,
     {
-        let token = self.credentials.refreshed().await.map_err(|why| {
-            Error::new(
-                ErrorKind::Unavailable,
-                format!("the sidecar has no valid access token for Cloud KMS: {why}"),
-            )
-        })?;
-        match f().await {
-            Ok(v) => Ok(v),
-            Err(e) if errors::unauthenticated(&e) => {
-                self.credentials
-                    .reject(&token, &format!("Cloud KMS {op}: {}", errors::describe(&e)));
-                if self.credentials.refreshed().await.is_err() {
-                    return Err(errors::error(key, op, &e));
-                }
-                f().await.map_err(|e| errors::error(key, op, &e))
-            }
-            Err(e) => Err(errors::error(key, op, &e)),
-        }
+        self.credentials
+            .call_rejecting(f, |e| {
+                errors::unauthenticated(e)
+                    .then(|| format!("Cloud KMS {op}: {}", errors::describe(e)))
+            })
+            .await
+            .map_err(|why| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!("the sidecar has no valid access token for Cloud KMS: {why}"),
+                )
+            })?
+            .map_err(|e| errors::error(key, op, &e))
     }
 
     /// The CryptoKey's resource name and pinned version, if any.
