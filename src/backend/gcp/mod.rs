@@ -459,52 +459,6 @@ impl GcpBackend {
         Ok(Plaintext(super::binding::unbind(context, &opened)?))
     }
 
-    /// Ed25519: Cloud KMS signs the message itself (`data`, at most 64 KiB).
-    async fn sign_data(
-        &self,
-        key: KeyRef<'_>,
-        info: &KeyInfo,
-        input: SignInput<'_>,
-    ) -> Result<Signature, Error> {
-        let SignInput::Message(message) = input else {
-            return Err(Error::unsupported("this algorithm signs messages only"));
-        };
-        if message.len() > MAX_SIGNED_DATA {
-            return Err(Error::new(
-                ErrorKind::PayloadTooLarge,
-                format!(
-                    "key `{}` ({}): Cloud KMS signs messages of at most 64 KiB",
-                    key.alias, info.algorithm
-                ),
-            ));
-        }
-        let version_name = info.version_name(&info.current);
-        let answer = self
-            .call(key, "asymmetricSign", || {
-                self.client
-                    .asymmetric_sign()
-                    .set_name(version_name.clone())
-                    .set_data(message.to_vec())
-                    .set_data_crc32c(crc32c(message))
-                    .send()
-            })
-            .await?;
-        if !answer.verified_data_crc32c {
-            return Err(corrupted(key, "asymmetricSign", "verifiedDataCrc32c"));
-        }
-        if answer.signature_crc32c != Some(crc32c(&answer.signature)) {
-            return Err(corrupted(key, "asymmetricSign", "signatureCrc32c"));
-        }
-        if answer.name != version_name {
-            return Err(malformed("a signature by another version than asked"));
-        }
-        Ok(Signature {
-            bytes: answer.signature.to_vec(),
-            algorithm: info.algorithm,
-            version: info.current.clone(),
-        })
-    }
-
     /// The versions a MAC is checked with: the one named, else every
     /// enabled one, newest first.
     fn mac_versions(info: &KeyInfo, version: Option<&str>) -> Vec<String> {
@@ -649,36 +603,55 @@ impl Backend for GcpBackend {
                 ),
             ));
         }
-        let version_name = info.version_name(&info.current);
-        let Some(hash) = algorithm.digest() else {
-            return self.sign_data(key, &info, input).await;
-        };
-        let digest = match input {
-            SignInput::Message(m) => aws_lc_rs::digest::digest(hash, m).as_ref().to_vec(),
-            SignInput::Digest(d) => {
-                crypto::import_digest(algorithm, d)
-                    .map_err(|e| Error::new(ErrorKind::InvalidRequest, e.to_string()))?;
-                d.to_vec()
+        // Cloud KMS signs a digest, or (Ed25519) the message itself as `data`.
+        let request = self.client.asymmetric_sign();
+        let (request, sent_data) = match (algorithm.digest(), input) {
+            (None, SignInput::Digest(_)) => {
+                return Err(Error::unsupported("this algorithm signs messages only"));
+            }
+            (None, SignInput::Message(m)) if m.len() > MAX_SIGNED_DATA => {
+                return Err(Error::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!(
+                        "key `{}` ({algorithm}): Cloud KMS signs messages of at most 64 KiB",
+                        key.alias
+                    ),
+                ));
+            }
+            (None, SignInput::Message(m)) => (
+                request.set_data(m.to_vec()).set_data_crc32c(crc32c(m)),
+                true,
+            ),
+            (Some(hash), input) => {
+                let digest = match input {
+                    SignInput::Message(m) => aws_lc_rs::digest::digest(hash, m).as_ref().to_vec(),
+                    SignInput::Digest(d) => {
+                        crypto::import_digest(algorithm, d)
+                            .map_err(|e| Error::new(ErrorKind::InvalidRequest, e.to_string()))?;
+                        d.to_vec()
+                    }
+                };
+                let crc = crc32c(&digest);
+                let digest = match hash.output_len() {
+                    32 => Digest::new().set_sha256(digest),
+                    48 => Digest::new().set_sha384(digest),
+                    _ => Digest::new().set_sha512(digest),
+                };
+                (request.set_digest(digest).set_digest_crc32c(crc), false)
             }
         };
-        let crc = crc32c(&digest);
-        let digest = match hash.output_len() {
-            32 => Digest::new().set_sha256(digest),
-            48 => Digest::new().set_sha384(digest),
-            _ => Digest::new().set_sha512(digest),
-        };
+        let version_name = info.version_name(&info.current);
+        let request = request.set_name(version_name.clone());
         let answer = self
-            .call(key, "asymmetricSign", || {
-                self.client
-                    .asymmetric_sign()
-                    .set_name(version_name.clone())
-                    .set_digest(digest.clone())
-                    .set_digest_crc32c(crc)
-                    .send()
-            })
+            .call(key, "asymmetricSign", || request.clone().send())
             .await?;
-        if !answer.verified_digest_crc32c {
-            return Err(corrupted(key, "asymmetricSign", "verifiedDigestCrc32c"));
+        let (verified, field) = if sent_data {
+            (answer.verified_data_crc32c, "verifiedDataCrc32c")
+        } else {
+            (answer.verified_digest_crc32c, "verifiedDigestCrc32c")
+        };
+        if !verified {
+            return Err(corrupted(key, "asymmetricSign", field));
         }
         if answer.signature_crc32c != Some(crc32c(&answer.signature)) {
             return Err(corrupted(key, "asymmetricSign", "signatureCrc32c"));
