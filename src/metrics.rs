@@ -9,7 +9,8 @@
 
 use prometheus::proto::{Histogram, Metric, MetricFamily, MetricType};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -329,6 +330,28 @@ pub fn hashed_alias(alias: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("h-{hex}")
+}
+
+/// Series of a metric vector looked up once per label: the first use makes
+/// the series (so `/metrics` lists what happened, as before), later uses
+/// skip the vector's label hashing and lock — the hot paths record several
+/// series per request.
+#[derive(Debug)]
+pub struct Cached<T> {
+    cells: HashMap<&'static str, OnceLock<T>>,
+}
+
+impl<T> Cached<T> {
+    /// A cache for these labels; others are not cached (`get` is `None`).
+    pub fn new(labels: &[&'static str]) -> Self {
+        Self {
+            cells: labels.iter().map(|l| (*l, OnceLock::new())).collect(),
+        }
+    }
+
+    pub fn get(&self, label: &str, make: impl FnOnce() -> T) -> Option<&T> {
+        Some(self.cells.get(label)?.get_or_init(make))
+    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,15 @@
 //! except for library events that print credentials, which stay capped.
 
 use crate::config::{Log, LogFormat};
+use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
+use tracing::field::{Field, Visit};
+use tracing::span::Record;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::FormattedFields;
+use tracing_subscriber::fmt::format::{FormatFields, Writer};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -72,6 +78,7 @@ pub fn init(log: &Log) {
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .fmt_fields(JsonSpanFields)
             .finish()
             .with(credential_caps())
             .try_init()
@@ -80,6 +87,111 @@ pub fn init(log: &Log) {
     };
     // A second init (tests building several apps) keeps the first subscriber.
     drop(result);
+}
+
+/// The fields of a span as a JSON object, written straight into the
+/// span's string. tracing-subscriber's `JsonFields` builds a map of
+/// `serde_json::Value`s and serializes it — most of the logging cost of a
+/// request, whose span is made on every call at the default level. Events
+/// are formatted by the crate's JSON formatter, which reads these objects.
+pub struct JsonSpanFields;
+
+impl<'w> FormatFields<'w> for JsonSpanFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut out = String::from("{");
+        let mut visitor = JsonVisitor::new(&mut out);
+        fields.record(&mut visitor);
+        out.push('}');
+        writer.write_str(&out)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut FormattedFields<Self>,
+        fields: &Record<'_>,
+    ) -> fmt::Result {
+        let mut current_fields = std::mem::take(&mut current.fields);
+        if current_fields.ends_with('}') {
+            current_fields.pop();
+        } else {
+            current_fields = String::from("{");
+        }
+        let mut visitor = JsonVisitor::new(&mut current_fields);
+        fields.record(&mut visitor);
+        current_fields.push('}');
+        current.fields = current_fields;
+        Ok(())
+    }
+}
+
+/// Appends `"name":value` pairs to an object being written.
+struct JsonVisitor<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl<'a> JsonVisitor<'a> {
+    /// `out` is an object's text without its closing brace.
+    fn new(out: &'a mut String) -> Self {
+        let first = out.ends_with('{');
+        Self { out, first }
+    }
+
+    /// `"name":` (names are escaped like any string).
+    fn name(&mut self, field: &Field) {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(',');
+        }
+        push_json_str(self.out, field.name());
+        self.out.push(':');
+    }
+
+    fn display(&mut self, field: &Field, value: impl fmt::Display) {
+        self.name(field);
+        let _ = write!(self.out, "{value}");
+    }
+}
+
+/// `s` as a JSON string: as is when nothing in it needs escaping (the
+/// usual case), else escaped by serde_json.
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    } else {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    }
+}
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.name(field);
+        push_json_str(self.out, value);
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.display(field, value);
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.display(field, value);
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.display(field, value);
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if value.is_finite() {
+            self.display(field, value);
+        } else {
+            self.display(field, "null");
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.name(field);
+        let start = self.out.len();
+        let _ = write!(self.out, "{value:?}");
+        let text = self.out.split_off(start);
+        push_json_str(self.out, &text);
+    }
 }
 
 /// The filter `spec` asks for, with the Vault client libraries quiet.
@@ -153,6 +265,68 @@ mod tests {
             tracing::error!(target: "vaultrs::api", "a Vault error answer");
         });
         seen.0.lock().unwrap().clone()
+    }
+
+    /// Span fields reach JSON log lines as the crate's formatter wrote them:
+    /// escaped, typed, and with fields recorded after the span was made.
+    #[test]
+    fn span_fields_are_a_json_object_in_every_event() {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .fmt_fields(JsonSpanFields)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "request",
+                request_id = %"a\"b\\c\n",
+                caller.uid = 1000u32,
+                delta = -3i64,
+                ok = true,
+                ratio = f64::NAN,
+                later = tracing::field::Empty,
+            );
+            let _in = span.enter();
+            tracing::info!("first");
+            span.record("later", "set");
+            tracing::warn!(code = "x", "second");
+            let empty = tracing::info_span!("bare");
+            let _in = empty.enter();
+            tracing::info!("third");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let span = &lines[0]["span"];
+        assert_eq!(span["request_id"], "a\"b\\c\n");
+        assert_eq!(span["caller.uid"], 1000);
+        assert_eq!(span["delta"], -3);
+        assert_eq!(span["ok"], true);
+        assert!(span["ratio"].is_null());
+        assert!(span.get("later").is_none());
+        assert_eq!(span["name"], "request");
+        assert_eq!(lines[1]["span"]["later"], "set");
+        assert_eq!(lines[1]["span"]["caller.uid"], 1000);
+        assert_eq!(lines[1]["fields"]["code"], "x");
+        assert_eq!(lines[2]["span"]["name"], "bare");
     }
 
     #[test]

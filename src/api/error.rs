@@ -174,6 +174,15 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             "request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
         )));
     }
+    // The usual case, a body that parses, without tracking the path: that
+    // allocates every key it reads. A body that does not parse is read
+    // again with the path, for the message.
+    let mut de = serde_json::Deserializer::from_slice(body);
+    if let Ok(value) = T::deserialize(&mut de)
+        && de.end().is_ok()
+    {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -194,21 +203,30 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 /// The deepest nesting of `[` and `{` outside strings, in one pass (the
-/// parser rejects malformed JSON afterwards).
+/// parser rejects malformed JSON afterwards). String contents — base64
+/// payloads, most of a body — are skipped with `memchr` to the next quote
+/// or backslash.
 fn json_depth(body: &[u8]) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &b in body {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
+    let (mut depth, mut max, mut i) = (0usize, 0usize, 0usize);
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                // To the closing quote, past escapes.
+                i += 1;
+                loop {
+                    let Some(rest) = body.get(i..) else {
+                        return max; // a backslash ended the body
+                    };
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        Some(at) if body[i + at] == b'\\' => i += at + 2,
+                        Some(at) => {
+                            i += at;
+                            break;
+                        }
+                        None => return max,
+                    }
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 max = max.max(depth);
@@ -216,6 +234,7 @@ fn json_depth(body: &[u8]) -> usize {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     max
 }
@@ -252,6 +271,11 @@ mod tests {
     fn json_depth_ignores_brackets_in_strings() {
         assert_eq!(super::json_depth(br#"{"a":[1,{"b":"[[[{{{"}]}"#), 3);
         assert_eq!(super::json_depth(br#"{"a":"\"[[["}"#), 1);
+        assert_eq!(super::json_depth(br#"{"a":"\\"}[["#), 2);
+        // Cut off inside a string or after a backslash: no panic.
+        assert_eq!(super::json_depth(br#"{"a":"[["#), 1);
+        assert_eq!(super::json_depth(br#"{"a":"\"#), 1);
+        assert_eq!(super::json_depth(br#"[{"a":"\\"#), 2);
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
         let err = super::parse_json::<serde_json::Value>(deep.as_bytes()).unwrap_err();
         assert!(err.message.contains("deeper than 16"), "{}", err.message);

@@ -49,6 +49,72 @@ pub fn b64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
 
+/// Binary output, sent as standard base64. The answers of the hot routes
+/// hold their bytes in these and encode them straight into the body
+/// ([`Answer::to_json`]); `Zeroizing<Vec<u8>>` for plaintext. Never printed.
+pub struct B64Out<T = Vec<u8>>(pub T);
+
+impl<T: AsRef<[u8]>> fmt::Debug for B64Out<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "B64Out({} bytes, redacted)", self.0.as_ref().len())
+    }
+}
+
+impl<T: AsRef<[u8]>> Serialize for B64Out<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&Zeroizing::new(b64(self.0.as_ref())))
+    }
+}
+
+/// A JSON object written into one buffer: base64 fields encoded in place
+/// (base64 never needs escaping), other values through `serde_json`.
+pub struct JsonObject(Vec<u8>);
+
+impl JsonObject {
+    /// `capacity`: the bytes of base64 to come; names and short values fit
+    /// in what is added.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity + 128);
+        buf.push(b'{');
+        Self(buf)
+    }
+
+    /// `name` is one of our field names: plain ASCII, no escaping needed.
+    fn name(&mut self, name: &'static str) {
+        if self.0.len() > 1 {
+            self.0.push(b',');
+        }
+        self.0.push(b'"');
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(b"\":");
+    }
+
+    pub fn b64(mut self, name: &'static str, bytes: &[u8]) -> Self {
+        self.name(name);
+        self.0.push(b'"');
+        let start = self.0.len();
+        let len = base64::encoded_len(bytes.len(), true).expect("an answer fits in memory");
+        self.0.resize(start + len, 0);
+        STANDARD
+            .encode_slice(bytes, &mut self.0[start..])
+            .expect("the buffer has the encoded length");
+        self.0.push(b'"');
+        self
+    }
+
+    pub fn value<T: Serialize + ?Sized>(mut self, name: &'static str, value: &T) -> Self {
+        self.name(name);
+        serde_json::to_writer(&mut self.0, value).expect("API values always serialize");
+        self
+    }
+
+    /// The object and a newline (so that `curl` output ends its line).
+    pub fn finish(mut self) -> Vec<u8> {
+        self.0.extend_from_slice(b"}\n");
+        self.0
+    }
+}
+
 /// An encryption context as a JSON object of strings. A key sent twice is
 /// refused: JSON parsers disagree on which value wins, so a context must
 /// mean one thing.
@@ -122,7 +188,7 @@ pub struct SignRequest {
 
 #[derive(Debug, Serialize)]
 pub struct SignResponse {
-    pub signature: String,
+    pub signature: B64Out,
     pub algorithm: Algorithm,
     pub key: String,
     pub version: String,
@@ -182,7 +248,7 @@ pub struct EncryptRequest {
 
 #[derive(Debug, Serialize)]
 pub struct EncryptResponse {
-    pub ciphertext: String,
+    pub ciphertext: B64Out,
     pub version: String,
 }
 
@@ -195,16 +261,10 @@ pub struct DecryptRequest {
     pub context: Context,
 }
 
-/// Holds base64 plaintext: zeroized on drop.
-#[derive(Serialize)]
+/// Holds plaintext: zeroized on drop, never printed.
+#[derive(Debug, Serialize)]
 pub struct DecryptResponse {
-    pub plaintext: Zeroizing<String>,
-}
-
-impl fmt::Debug for DecryptResponse {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DecryptResponse { plaintext: <redacted> }")
-    }
+    pub plaintext: B64Out<Zeroizing<Vec<u8>>>,
 }
 
 /// `POST /v1/keys/{name}/envelope/encrypt` (JSON).
@@ -218,7 +278,7 @@ pub struct EnvelopeEncryptRequest {
 
 #[derive(Debug, Serialize)]
 pub struct EnvelopeEncryptResponse {
-    pub envelope: String,
+    pub envelope: B64Out,
     /// The key version that wrapped the data key.
     pub version: String,
 }
@@ -409,9 +469,10 @@ mod tests {
         );
         assert!(shown.contains("redacted"), "{shown}");
         let resp = DecryptResponse {
-            plaintext: Zeroizing::new("dG9wIHNlY3JldA==".into()),
+            plaintext: B64Out(Zeroizing::new(b"top secret".to_vec())),
         };
-        assert!(!format!("{resp:?}").contains("dG9w"));
+        let shown = format!("{resp:?}");
+        assert!(!shown.contains("dG9w") && !shown.contains("top"), "{shown}");
         let dk = DataKeyResponse {
             plaintext_key: Zeroizing::new("a2V5a2V5a2V5".into()),
             encrypted_key: "x".into(),
@@ -420,6 +481,39 @@ mod tests {
         assert!(!format!("{dk:?}").contains("a2V5"));
         let p = crate::backend::Plaintext(Zeroizing::new(b"top secret".to_vec()));
         assert_eq!(format!("{p:?}"), "Plaintext(10 bytes, redacted)");
+    }
+
+    /// The hot answers write their JSON by hand: it must be what serde writes.
+    #[test]
+    fn hand_written_answers_are_what_serde_writes() {
+        fn same<T: Answer>(answer: T) {
+            let mut expected = serde_json::to_vec(&answer).unwrap();
+            expected.push(b'\n');
+            assert_eq!(
+                String::from_utf8(answer.to_json()).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+        for len in [0usize, 1, 2, 3, 4, 1024, 1025] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            same(SignResponse {
+                signature: B64Out(bytes.clone()),
+                algorithm: Algorithm::EcdsaP256Sha256,
+                key: "a \"quoted\" \\ key\u{1}".into(),
+                version: "v\n1".into(),
+            });
+            same(EncryptResponse {
+                ciphertext: B64Out(bytes.clone()),
+                version: "1".into(),
+            });
+            same(EnvelopeEncryptResponse {
+                envelope: B64Out(bytes.clone()),
+                version: "projects/p/keys/k/cryptoKeyVersions/2".into(),
+            });
+            same(DecryptResponse {
+                plaintext: B64Out(Zeroizing::new(bytes)),
+            });
+        }
     }
 
     #[test]
@@ -443,16 +537,26 @@ mod tests {
     }
 }
 
-/// The key version a response names, for the audit log.
-pub trait Versioned {
+/// An API answer: the key version it names (for the audit log) and its
+/// JSON body. The answers of the hot routes write their body into one
+/// buffer ([`JsonObject`]); the unit tests check it is what serde writes.
+pub trait Answer: Serialize {
     fn version(&self) -> Option<&str> {
         None
+    }
+
+    /// The JSON body, newline-terminated.
+    fn to_json(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(256);
+        serde_json::to_writer(&mut body, self).expect("API types always serialize");
+        body.push(b'\n'); // so that `curl` output ends its line
+        body
     }
 }
 
 macro_rules! versioned {
     ($($t:ty),*) => {$(
-        impl Versioned for $t {
+        impl Answer for $t {
             fn version(&self) -> Option<&str> {
                 Some(&self.version)
             }
@@ -461,21 +565,69 @@ macro_rules! versioned {
 }
 
 versioned!(
-    SignResponse,
     SignBatchResponse,
     VerifyResponse,
-    EncryptResponse,
-    EnvelopeEncryptResponse,
     DataKeyResponse,
     MacResponse,
     RotateResponse,
     PublicKeyResponse
 );
 
-impl Versioned for DecryptResponse {}
-
-impl Versioned for KeyMetadataResponse {
+impl Answer for KeyMetadataResponse {
     fn version(&self) -> Option<&str> {
         Some(&self.current_version)
     }
+}
+
+impl Answer for SignResponse {
+    fn version(&self) -> Option<&str> {
+        Some(&self.version)
+    }
+
+    fn to_json(&self) -> Vec<u8> {
+        JsonObject::with_capacity(base64_len(&self.signature.0))
+            .b64("signature", &self.signature.0)
+            .value("algorithm", &self.algorithm)
+            .value("key", &self.key)
+            .value("version", &self.version)
+            .finish()
+    }
+}
+
+impl Answer for EncryptResponse {
+    fn version(&self) -> Option<&str> {
+        Some(&self.version)
+    }
+
+    fn to_json(&self) -> Vec<u8> {
+        JsonObject::with_capacity(base64_len(&self.ciphertext.0))
+            .b64("ciphertext", &self.ciphertext.0)
+            .value("version", &self.version)
+            .finish()
+    }
+}
+
+impl Answer for EnvelopeEncryptResponse {
+    fn version(&self) -> Option<&str> {
+        Some(&self.version)
+    }
+
+    fn to_json(&self) -> Vec<u8> {
+        JsonObject::with_capacity(base64_len(&self.envelope.0))
+            .b64("envelope", &self.envelope.0)
+            .value("version", &self.version)
+            .finish()
+    }
+}
+
+impl Answer for DecryptResponse {
+    fn to_json(&self) -> Vec<u8> {
+        JsonObject::with_capacity(base64_len(&self.plaintext.0))
+            .b64("plaintext", &self.plaintext.0)
+            .finish()
+    }
+}
+
+fn base64_len(bytes: &[u8]) -> usize {
+    bytes.len().div_ceil(3) * 4
 }

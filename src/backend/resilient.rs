@@ -18,7 +18,7 @@ use super::{
 };
 use crate::config::{Circuit, Retries};
 use crate::crypto::SignInput;
-use crate::metrics::Metrics;
+use crate::metrics::{Cached, Metrics};
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use std::fmt;
@@ -36,6 +36,40 @@ pub struct Resilient {
     breaker: Breaker,
     permits: Semaphore,
     metrics: Arc<Metrics>,
+    /// This backend's series, looked up once rather than on every call.
+    series: Series,
+}
+
+/// The metric series of one backend: its breaker state, and per operation
+/// its call latency and successful calls. Failures are rarer and labelled
+/// by their kind: they are looked up when they happen.
+struct Series {
+    circuit_state: prometheus::IntGauge,
+    ops: Cached<(prometheus::Histogram, prometheus::IntCounter)>,
+}
+
+/// Every `op` label the layer records.
+const OPS: &[&str] = &[
+    "health",
+    "metadata",
+    "public_key",
+    "sign",
+    "verify",
+    "encrypt",
+    "decrypt",
+    "generate_data_key",
+    "mac",
+    "verify_mac",
+    "rotate",
+];
+
+impl Series {
+    fn new(name: &str, metrics: &Metrics) -> Self {
+        Self {
+            circuit_state: metrics.circuit_breaker_state.with_label_values(&[name]),
+            ops: Cached::new(OPS),
+        }
+    }
 }
 
 impl fmt::Debug for Resilient {
@@ -57,11 +91,10 @@ impl Resilient {
         concurrency: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
-        metrics
-            .circuit_breaker_state
-            .with_label_values(&[name])
-            .set(0);
+        let series = Series::new(name, &metrics);
+        series.circuit_state.set(0);
         Self {
+            series,
             name: name.to_owned(),
             inner,
             timeout,
@@ -86,14 +119,37 @@ impl Resilient {
             Ok(_) => "ok",
             Err(e) => e.kind.label(),
         };
-        self.metrics
-            .backend_call_duration
-            .with_label_values(&[&self.name, op])
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .backend_calls_total
-            .with_label_values(&[&self.name, op, outcome])
-            .inc();
+        let elapsed = started.elapsed().as_secs_f64();
+        let cached = self.series.ops.get(op, || {
+            (
+                self.metrics
+                    .backend_call_duration
+                    .with_label_values(&[&self.name, op]),
+                self.metrics
+                    .backend_calls_total
+                    .with_label_values(&[&self.name, op, "ok"]),
+            )
+        });
+        match (cached, outcome) {
+            (Some((duration, ok)), "ok") => {
+                duration.observe(elapsed);
+                ok.inc();
+            }
+            (cached, _) => {
+                match cached {
+                    Some((duration, _)) => duration.observe(elapsed),
+                    None => self
+                        .metrics
+                        .backend_call_duration
+                        .with_label_values(&[&self.name, op])
+                        .observe(elapsed),
+                }
+                self.metrics
+                    .backend_calls_total
+                    .with_label_values(&[&self.name, op, outcome])
+                    .inc();
+            }
+        }
         if let Err(e) = &result {
             span.in_scope(
                 || tracing::debug!(error = %e, source = ?e.source, "backend call failed"),
@@ -182,10 +238,7 @@ impl Resilient {
             ))
         });
         let state = self.breaker.record(result.as_ref().err().map(|e| e.kind));
-        self.metrics
-            .circuit_breaker_state
-            .with_label_values(&[&self.name])
-            .set(state as i64);
+        self.series.circuit_state.set(state as i64);
         if state == State::Open && result.is_err() {
             tracing::warn!(backend = %self.name, "circuit breaker open: failing fast");
         }

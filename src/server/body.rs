@@ -173,7 +173,7 @@ impl Budget {
         if bytes == 0 {
             return;
         }
-        {
+        let waiters = {
             let mut s = self.lock();
             s.used -= bytes;
             if let Some(held) = s.held.get_mut(&uid) {
@@ -182,8 +182,13 @@ impl Budget {
                     s.held.remove(&uid);
                 }
             }
+            !s.waiting.is_empty()
+        };
+        // Nobody to wake on the usual path (a waiter counts itself in
+        // `waiting` before it tries again, so it cannot miss this).
+        if waiters {
+            self.freed.notify_waiters();
         }
-        self.freed.notify_waiters();
     }
 }
 

@@ -84,6 +84,28 @@ enum Action {
     EnvelopeDecrypt,
 }
 
+/// Every `op` label of [`Route::label`], and `unknown`.
+const LABELS: &[&str] = &[
+    "healthz",
+    "readyz",
+    "metrics",
+    "list_keys",
+    "metadata",
+    "public_key",
+    "sign",
+    "sign_batch",
+    "verify",
+    "encrypt",
+    "decrypt",
+    "datakey",
+    "mac",
+    "verify_mac",
+    "rotate",
+    "envelope_encrypt",
+    "envelope_decrypt",
+    "unknown",
+];
+
 impl Route<'_> {
     /// The `op` label of metrics and logs.
     fn label(self) -> &'static str {
@@ -127,8 +149,14 @@ impl Route<'_> {
 }
 
 fn parse_route(path: &str) -> Option<Route<'_>> {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    Some(match segments.as_slice() {
+    // No route has more than five segments: no allocation per request.
+    let mut segments = [""; 5];
+    let mut count = 0;
+    for segment in path.trim_start_matches('/').split('/') {
+        *segments.get_mut(count)? = segment;
+        count += 1;
+    }
+    Some(match &segments[..count] {
         ["healthz"] => Route::Healthz,
         ["readyz"] => Route::Readyz,
         ["metrics"] => Route::Metrics,
@@ -265,11 +293,14 @@ fn into_response(
     response
 }
 
-fn ok<T: Serialize + api::Versioned>(result: Result<T, ApiError>) -> Result<Reply, ApiError> {
-    result.map(|v| {
-        let mut reply = json(StatusCode::OK, &v);
-        reply.version = v.version().map(str::to_owned);
-        reply
+fn ok<T: api::Answer>(result: Result<T, ApiError>) -> Result<Reply, ApiError> {
+    result.map(|v| Reply {
+        status: StatusCode::OK,
+        content_type: "application/json",
+        retry_after: None,
+        version: v.version().map(str::to_owned),
+        hold: None,
+        body: ReplyBody::Full(Bytes::from(v.to_json())),
     })
 }
 
@@ -291,6 +322,8 @@ pub struct Routes {
     per_caller: Option<DefaultKeyedRateLimiter<u32>>,
     audit: Option<Audit>,
     replay: super::replay::ReplayGuard,
+    /// `request_duration` per route label.
+    durations: crate::metrics::Cached<prometheus::Histogram>,
 }
 
 impl Routes {
@@ -312,6 +345,7 @@ impl Routes {
             per_caller,
             audit,
             replay: super::replay::ReplayGuard::new(limits.replay_window.0),
+            durations: crate::metrics::Cached::new(LABELS),
         }
     }
 
@@ -340,33 +374,33 @@ impl Routes {
     pub async fn handle(&self, req: Request<Incoming>, caller: Option<Caller>) -> Response<Body> {
         let started = Instant::now();
         let request_id = request_id(req.headers());
+        let (parts, body) = req.into_parts();
+        let route = parse_route(parts.uri.path()).filter(|r| caller.is_some() || r.is_probe());
+        let (op, key_label) = match route {
+            Some(r @ Route::Key(alias, _)) => {
+                let label = if self.service.is_key(alias) {
+                    alias
+                } else {
+                    "-"
+                };
+                (r.label(), label)
+            }
+            Some(r) => (r.label(), ""),
+            None => ("unknown", ""),
+        };
+        // Every field is known here: recording one later would make the
+        // JSON log layer re-format the span's fields on every request.
         let span = tracing::info_span!(
             "request",
             request_id = %request_id,
             caller.uid = caller.map(|c| c.uid),
             caller.gid = caller.map(|c| c.gid),
             caller.pid = caller.and_then(|c| c.pid),
-            op = tracing::field::Empty,
-            key = tracing::field::Empty,
+            op,
+            key = (!key_label.is_empty()).then_some(key_label),
         );
-        async move {
-            let (parts, body) = req.into_parts();
+        async {
             let mut unread: Unread = Some(body);
-            let path = parts.uri.path().to_owned();
-            let route = parse_route(&path).filter(|r| caller.is_some() || r.is_probe());
-            let (op, key_label) = match route {
-                Some(r @ Route::Key(alias, _)) => {
-                    let label = if self.service.is_key(alias) { alias } else { "-" };
-                    (r.label(), label)
-                }
-                Some(r) => (r.label(), ""),
-                None => ("unknown", ""),
-            };
-            let span = tracing::Span::current();
-            span.record("op", op);
-            if !key_label.is_empty() {
-                span.record("key", key_label);
-            }
             let reply = match route {
                 None => Err(ApiError::new(Code::NotFound, format!("no route {} {}", parts.method, parts.uri.path()))),
                 Some(route) => self.dispatch(route, &parts, &mut unread, caller).await,
@@ -409,10 +443,11 @@ impl Routes {
             }
             let metrics = self.service.metrics();
             metrics.requests_total.with_label_values(&[op, key_label, code]).inc();
-            metrics
-                .request_duration
-                .with_label_values(&[op])
-                .observe(started.elapsed().as_secs_f64());
+            let elapsed = started.elapsed().as_secs_f64();
+            match self.durations.get(op, || metrics.request_duration.with_label_values(&[op])) {
+                Some(duration) => duration.observe(elapsed),
+                None => metrics.request_duration.with_label_values(&[op]).observe(elapsed),
+            }
             tracing::debug!(status = reply.status.as_u16(), micros = started.elapsed().as_micros() as u64, "request done");
             let allow = (reply.status == StatusCode::METHOD_NOT_ALLOWED)
                 .then_some(route)
@@ -665,12 +700,51 @@ fn request_id(headers: &HeaderMap) -> String {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
         })
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+        // A version-4 UUID from a fast thread-local generator: ids must be
+        // unique, not secret, and `new_v4` makes a getrandom syscall each.
+        .map_or_else(
+            || {
+                uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+                    .into_uuid()
+                    .to_string()
+            },
+            str::to_owned,
+        )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_route_label_is_cached() {
+        let actions = [
+            Action::Metadata,
+            Action::PublicKey,
+            Action::Sign,
+            Action::SignBatch,
+            Action::Verify,
+            Action::Encrypt,
+            Action::Decrypt,
+            Action::Datakey,
+            Action::Mac,
+            Action::VerifyMac,
+            Action::Rotate,
+            Action::EnvelopeEncrypt,
+            Action::EnvelopeDecrypt,
+        ];
+        let routes = [
+            Route::Healthz,
+            Route::Readyz,
+            Route::Metrics,
+            Route::ListKeys,
+        ]
+        .into_iter()
+        .chain(actions.into_iter().map(|a| Route::Key("k", a)));
+        for route in routes {
+            assert!(LABELS.contains(&route.label()), "{}", route.label());
+        }
+    }
 
     #[test]
     fn routes_parse() {
@@ -687,6 +761,11 @@ mod tests {
         assert_eq!(parse_route("/v1/keys/a/explode"), None);
         assert_eq!(parse_route("/v1/keys//sign"), None);
         assert_eq!(parse_route("/v2/keys"), None);
+        assert_eq!(
+            parse_route("/v1/keys/a/envelope/encrypt"),
+            Some(Route::Key("a", Action::EnvelopeEncrypt))
+        );
+        assert_eq!(parse_route("/v1/keys/a/envelope/encrypt/more"), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! context and data-key size.
 
 use super::{Service, rules};
-use crate::api::{self, ApiError, b64};
+use crate::api::{self, ApiError, B64Out, b64};
 use crate::policy::{Caller, Op};
 use zeroize::Zeroizing;
 
@@ -21,7 +21,7 @@ impl Service {
             .encrypt(entry.key_ref(), &req.plaintext.0, &req.context)
             .await?;
         Ok(api::EncryptResponse {
-            ciphertext: b64(&sealed.bytes),
+            ciphertext: B64Out(sealed.bytes),
             version: sealed.version,
         })
     }
@@ -39,7 +39,7 @@ impl Service {
             .decrypt(entry.key_ref(), &req.ciphertext.0, &req.context)
             .await?;
         Ok(api::DecryptResponse {
-            plaintext: Zeroizing::new(b64(&plain.0)),
+            plaintext: B64Out(plain.0),
         })
     }
 

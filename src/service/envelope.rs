@@ -6,7 +6,7 @@
 //! piece; streamed bodies in 64 KiB segments with constant memory.
 
 use super::{Service, rules};
-use crate::api::{self, ApiError, Code, b64};
+use crate::api::{self, ApiError, B64Out, Code};
 use crate::backend::{Context, canonical_context};
 use crate::envelope::format::{self, AlgorithmId, Header, Opener, SEGMENT, Sealer, TAG};
 use crate::envelope::{
@@ -71,7 +71,7 @@ impl Service {
             &req.plaintext.0,
         );
         Ok(api::EnvelopeEncryptResponse {
-            envelope: b64(&envelope),
+            envelope: B64Out(envelope),
             version: dek.version.clone(),
         })
     }
@@ -102,7 +102,7 @@ impl Service {
         )
         .map_err(|_| decryption_failed())?;
         Ok(api::DecryptResponse {
-            plaintext: Zeroizing::new(b64(&plaintext)),
+            plaintext: B64Out(plaintext),
         })
     }
 

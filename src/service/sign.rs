@@ -4,7 +4,7 @@
 //! without a verify API are verified against the cached public key.
 
 use super::{Service, rules};
-use crate::api::{self, ApiError, Code, b64};
+use crate::api::{self, ApiError, B64Out, Code, b64};
 use crate::backend;
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use crate::keys::KeyEntry;
@@ -24,7 +24,7 @@ impl Service {
         let options = rules::sign_options(req.format, algorithm);
         let sig = entry.backend.sign(entry.key_ref(), input, options).await?;
         Ok(api::SignResponse {
-            signature: b64(&crypto::low_s(sig.algorithm, sig.bytes, options.format)),
+            signature: B64Out(crypto::low_s(sig.algorithm, sig.bytes, options.format)),
             algorithm: sig.algorithm,
             key: alias.to_owned(),
             version: sig.version,
