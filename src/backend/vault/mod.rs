@@ -45,9 +45,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use transit::{
-    DataKeyData, KeyData, KeyInfo, KeyVersion, SignatureData, ValidData, algorithm_of, first_valid,
-    open_ciphertext, parse_version, seal_ciphertext, sign_params, split_versioned,
-    versioned_signature,
+    CiphertextData, DataKeyData, KeyData, KeyInfo, KeyVersion, PlaintextData, SignatureData,
+    ValidData, algorithm_of, first_valid, open_ciphertext, parse_version, seal_ciphertext,
+    sign_params, split_versioned, versioned_signature, wipe,
 };
 use vaultrs::client::VaultClient;
 use vaultrs::error::ClientError;
@@ -145,7 +145,7 @@ impl VaultBackend {
         let path = self.path("keys", key);
         let data: KeyData = self
             .call(key, "read key", |t| async move {
-                vaultrs::api::exec_with_result(&t.client, Call::<KeyData>::get(path)).await
+                client::exec(&t.client, Call::<KeyData>::get(path)).await
             })
             .await?;
         let algorithm = algorithm_of(&data.key_type).ok_or_else(|| {
@@ -173,15 +173,21 @@ impl VaultBackend {
         Ok(info)
     }
 
-    /// How a context binds to a key: derived keys derive from it (`context`),
-    /// others authenticate it as AEAD associated data.
-    fn bind_context(info: &KeyInfo, context: &Context) -> (Option<String>, Option<String>) {
-        let encoded = B64.encode(canonical_context(context));
-        if info.data.derived {
-            (Some(encoded), None)
+    /// A transit request `body` with `context` bound to the key: derived
+    /// keys derive from it (`context`), others authenticate it as AEAD
+    /// associated data (`associated_data`).
+    fn bind_context(
+        info: &KeyInfo,
+        context: &Context,
+        mut body: serde_json::Value,
+    ) -> serde_json::Value {
+        let field = if info.data.derived {
+            "context"
         } else {
-            (None, Some(encoded))
-        }
+            "associated_data"
+        };
+        body[field] = B64.encode(canonical_context(context)).into();
+        body
     }
 
     async fn verify_version(
@@ -197,7 +203,7 @@ impl VaultBackend {
         let data: ValidData = self
             .call(key, "verify", |t| {
                 let call = Call::<ValidData>::post(path, &body);
-                async move { vaultrs::api::exec_with_result(&t.client, call).await }
+                async move { client::exec(&t.client, call).await }
             })
             .await?;
         Ok(data.valid)
@@ -341,7 +347,7 @@ impl Backend for VaultBackend {
         let data: SignatureData = self
             .call(key, "sign", |t| {
                 let call = Call::<SignatureData>::post(path, &params);
-                async move { vaultrs::api::exec_with_result(&t.client, call).await }
+                async move { client::exec(&t.client, call).await }
             })
             .await?;
         let (version, encoded) = split_versioned(&data.signature).ok_or_else(malformed)?;
@@ -393,25 +399,17 @@ impl Backend for VaultBackend {
         context: &Context,
     ) -> Result<Sealed, Error> {
         let info = self.info_for(key, Purpose::Encrypt, "encrypt").await?;
-        let (derivation, associated) = Self::bind_context(&info, context);
-        let encoded = Zeroizing::new(B64.encode(plaintext));
+        let body = Self::bind_context(
+            &info,
+            context,
+            serde_json::json!({ "plaintext": B64.encode(plaintext) }),
+        );
+        let path = self.path("encrypt", key);
+        let call = Call::<CiphertextData>::post(path, &body);
+        wipe(body);
         let data = self
             .call(key, "encrypt", |t| async move {
-                let mut options = vaultrs::api::transit::requests::EncryptDataRequest::builder();
-                if let Some(c) = derivation {
-                    options.context(c);
-                }
-                if let Some(a) = associated {
-                    options.associated_data(a);
-                }
-                vaultrs::transit::data::encrypt(
-                    &t.client,
-                    &self.mount,
-                    key.id,
-                    &encoded,
-                    Some(&mut options),
-                )
-                .await
+                client::exec(&t.client, call).await
             })
             .await?;
         seal_ciphertext(&data.ciphertext)
@@ -424,27 +422,16 @@ impl Backend for VaultBackend {
         context: &Context,
     ) -> Result<Plaintext, Error> {
         let info = self.info_for(key, Purpose::Encrypt, "decrypt").await?;
-        let (derivation, associated) = Self::bind_context(&info, context);
-        let ciphertext = open_ciphertext(ciphertext)?;
+        let body = Self::bind_context(
+            &info,
+            context,
+            serde_json::json!({ "ciphertext": open_ciphertext(ciphertext)? }),
+        );
+        let path = self.path("decrypt", key);
+        let call = Call::<PlaintextData>::post(path, &body);
         let mut data = self
             .call(key, "decrypt", |t| async move {
-                let mut options = vaultrs::api::transit::requests::DecryptDataRequest::builder();
-                if let Some(c) = derivation {
-                    options.context(c);
-                }
-                if let Some(a) = associated {
-                    options.associated_data(a);
-                }
-                {
-                    vaultrs::transit::data::decrypt(
-                        &t.client,
-                        &self.mount,
-                        key.id,
-                        &ciphertext,
-                        Some(&mut options),
-                    )
-                    .await
-                }
+                client::exec(&t.client, call).await
             })
             .await?;
         let plaintext = B64.decode(&data.plaintext).map_err(|_| malformed());
@@ -463,19 +450,12 @@ impl Backend for VaultBackend {
         let info = self
             .info_for(key, Purpose::Encrypt, "wrap data keys")
             .await?;
-        let (derivation, associated) = Self::bind_context(&info, context);
-        let mut body = serde_json::json!({ "bits": bits });
-        if let Some(c) = derivation {
-            body["context"] = c.into();
-        }
-        if let Some(a) = associated {
-            body["associated_data"] = a.into();
-        }
+        let body = Self::bind_context(&info, context, serde_json::json!({ "bits": bits }));
         let path = self.path("datakey/plaintext", key);
         let data: DataKeyData = self
             .call(key, "datakey", |t| {
                 let call = Call::<DataKeyData>::post(path, &body);
-                async move { vaultrs::api::exec_with_result(&t.client, call).await }
+                async move { client::exec(&t.client, call).await }
             })
             .await?;
         let plaintext = Zeroizing::new(

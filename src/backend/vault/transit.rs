@@ -267,6 +267,29 @@ pub(super) struct ValidData {
 }
 
 #[derive(Deserialize)]
+pub(super) struct CiphertextData {
+    pub(super) ciphertext: String,
+}
+
+/// Base64 plaintext: the caller wipes it once decoded.
+#[derive(Deserialize)]
+pub(super) struct PlaintextData {
+    pub(super) plaintext: String,
+}
+
+/// Wipes the strings of a request body built as a JSON value (the base64
+/// plaintext of an encrypt) once it has been serialized.
+pub(super) fn wipe(mut body: serde_json::Value) {
+    if let Some(fields) = body.as_object_mut() {
+        for value in fields.values_mut() {
+            if let serde_json::Value::String(s) = value {
+                zeroize::Zeroize::zeroize(s);
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
 pub(super) struct DataKeyData {
     pub(super) ciphertext: String,
     pub(super) plaintext: Zeroizing<String>,
