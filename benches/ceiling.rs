@@ -1,6 +1,6 @@
 //! The transport ceiling of `make bench-compare` (bench-only, not shipped):
 //! a minimal hyper 1 HTTP/1.1 server on a Unix socket, on the same tokio
-//! multi-thread runtime and hyper settings as the sidecar, that reads each
+//! multi-thread runtime as the sidecar (hyper's default limits), that reads each
 //! request body to its end and answers a fixed JSON body of `--bytes` bytes
 //! (default: the size of a 1 KiB envelope answer). Whatever the sidecar
 //! costs above this server is its own work: routing, checks, JSON, crypto.
