@@ -342,15 +342,25 @@ pub struct Cached<T> {
 }
 
 impl<T> Cached<T> {
-    /// A cache for these labels; others are not cached (`get` is `None`).
+    /// A cache for these labels; others are looked up on every use.
     pub fn new(labels: &[&'static str]) -> Self {
         Self {
             cells: labels.iter().map(|l| (*l, OnceLock::new())).collect(),
         }
     }
 
-    pub fn get(&self, label: &str, make: impl FnOnce() -> T) -> Option<&T> {
-        Some(self.cells.get(label)?.get_or_init(make))
+    /// Runs `use_it` on `label`'s series: the cached one, made by `make` on
+    /// first use; for a label not cached, one made by `make` for this call.
+    pub fn with<R>(
+        &self,
+        label: &str,
+        make: impl FnOnce() -> T,
+        use_it: impl FnOnce(&T) -> R,
+    ) -> R {
+        match self.cells.get(label) {
+            Some(cell) => use_it(cell.get_or_init(make)),
+            None => use_it(&make()),
+        }
     }
 }
 

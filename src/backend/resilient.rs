@@ -120,36 +120,28 @@ impl Resilient {
             Err(e) => e.kind.label(),
         };
         let elapsed = started.elapsed().as_secs_f64();
-        let cached = self.series.ops.get(op, || {
+        let metrics = &self.metrics;
+        let series = || {
             (
-                self.metrics
+                metrics
                     .backend_call_duration
                     .with_label_values(&[&self.name, op]),
-                self.metrics
+                metrics
                     .backend_calls_total
                     .with_label_values(&[&self.name, op, "ok"]),
             )
-        });
-        match (cached, outcome) {
-            (Some((duration, ok)), "ok") => {
-                duration.observe(elapsed);
+        };
+        self.series.ops.with(op, series, |(duration, ok)| {
+            duration.observe(elapsed);
+            if outcome == "ok" {
                 ok.inc();
-            }
-            (cached, _) => {
-                match cached {
-                    Some((duration, _)) => duration.observe(elapsed),
-                    None => self
-                        .metrics
-                        .backend_call_duration
-                        .with_label_values(&[&self.name, op])
-                        .observe(elapsed),
-                }
-                self.metrics
+            } else {
+                metrics
                     .backend_calls_total
                     .with_label_values(&[&self.name, op, outcome])
                     .inc();
             }
-        }
+        });
         if let Err(e) = &result {
             span.in_scope(
                 || tracing::debug!(error = %e, source = ?e.source, "backend call failed"),

@@ -444,10 +444,11 @@ impl Routes {
             let metrics = self.service.metrics();
             metrics.requests_total.with_label_values(&[op, key_label, code]).inc();
             let elapsed = started.elapsed().as_secs_f64();
-            match self.durations.get(op, || metrics.request_duration.with_label_values(&[op])) {
-                Some(duration) => duration.observe(elapsed),
-                None => metrics.request_duration.with_label_values(&[op]).observe(elapsed),
-            }
+            self.durations.with(
+                op,
+                || metrics.request_duration.with_label_values(&[op]),
+                |duration| duration.observe(elapsed),
+            );
             tracing::debug!(status = reply.status.as_u16(), micros = started.elapsed().as_micros() as u64, "request done");
             let allow = (reply.status == StatusCode::METHOD_NOT_ALLOWED)
                 .then_some(route)
