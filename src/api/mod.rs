@@ -71,10 +71,11 @@ impl<T: AsRef<[u8]>> Serialize for B64Out<T> {
 pub struct JsonObject(Vec<u8>);
 
 impl JsonObject {
-    /// `capacity`: the bytes of base64 to come; names and short values fit
-    /// in what is added.
-    pub fn with_capacity(capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(capacity + 128);
+    /// Room for the base64 of `binary` bytes; names and short values fit in
+    /// what is added.
+    pub fn new(binary: usize) -> Self {
+        let encoded = base64::encoded_len(binary, true).unwrap_or(0);
+        let mut buf = Vec::with_capacity(encoded + 128);
         buf.push(b'{');
         Self(buf)
     }
@@ -585,7 +586,7 @@ impl Answer for SignResponse {
     }
 
     fn to_json(&self) -> Vec<u8> {
-        JsonObject::with_capacity(base64_len(&self.signature.0))
+        JsonObject::new(self.signature.0.len())
             .b64("signature", &self.signature.0)
             .value("algorithm", &self.algorithm)
             .value("key", &self.key)
@@ -600,7 +601,7 @@ impl Answer for EncryptResponse {
     }
 
     fn to_json(&self) -> Vec<u8> {
-        JsonObject::with_capacity(base64_len(&self.ciphertext.0))
+        JsonObject::new(self.ciphertext.0.len())
             .b64("ciphertext", &self.ciphertext.0)
             .value("version", &self.version)
             .finish()
@@ -613,7 +614,7 @@ impl Answer for EnvelopeEncryptResponse {
     }
 
     fn to_json(&self) -> Vec<u8> {
-        JsonObject::with_capacity(base64_len(&self.envelope.0))
+        JsonObject::new(self.envelope.0.len())
             .b64("envelope", &self.envelope.0)
             .value("version", &self.version)
             .finish()
@@ -622,12 +623,8 @@ impl Answer for EnvelopeEncryptResponse {
 
 impl Answer for DecryptResponse {
     fn to_json(&self) -> Vec<u8> {
-        JsonObject::with_capacity(base64_len(&self.plaintext.0))
+        JsonObject::new(self.plaintext.0.len())
             .b64("plaintext", &self.plaintext.0)
             .finish()
     }
-}
-
-fn base64_len(bytes: &[u8]) -> usize {
-    bytes.len().div_ceil(3) * 4
 }
