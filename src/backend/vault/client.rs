@@ -1,13 +1,11 @@
 //! The Vault client: the token-less base client (address, TLS, namespace,
 //! timeout), clients that send a token, `sys/health`, and [`Call`], our own
-//! transit endpoints executed by vaultrs (for what its types do not model).
+//! calls (transit and health) sent on vaultrs's HTTP client by [`exec`].
 
-use super::errors::describe;
+use super::errors::{describe, status_of};
 use crate::backend::{Error, ErrorKind};
 use crate::config::VaultBackendConfig;
-use async_trait::async_trait;
-use rustify::endpoint::Endpoint;
-use rustify::enums::{RequestMethod, RequestType, ResponseType};
+use rustify::errors::ClientError as Rest;
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -94,29 +92,25 @@ pub(super) async fn health(base: &VaultClient) -> Result<(), Error> {
     // sys/health answers unwrapped, and with non-200 codes for states
     // (vaultrs's own health type wants fields OpenBao does not send).
     // sys/health lives in the root namespace only.
-    let root = EndpointMiddleware {
-        namespace: None,
-        ..base.middle.clone()
-    };
-    let answer = Call::<serde_json::Value>::get("sys/health".into())
-        .with_middleware(&root)
-        .exec(&base.http)
-        .await;
+    let answer = send(base, Call::<()>::get("sys/health".into()), None)
+        .await
+        .and_then(|body| {
+            serde_json::from_slice::<serde_json::Value>(&body)
+                .map(drop)
+                .map_err(|e| unparsable(e, Some(String::from_utf8_lossy(&body).into_owned())))
+        });
     let problem = match answer {
-        Ok(_) => return Ok(()),
-        Err(rustify::errors::ClientError::ServerResponseError { code, .. }) => match code {
+        Ok(()) => return Ok(()),
+        Err(e) => match status_of(&e) {
             // A performance standby serves reads and forwards writes.
-            473 => return Ok(()),
-            503 => "Vault is sealed".to_owned(),
-            501 => "Vault is not initialized".to_owned(),
-            429 => "the Vault node is a standby: point `address` at the active node or its load balancer".to_owned(),
-            472 => "the Vault node is a disaster-recovery secondary".to_owned(),
-            other => format!("Vault health check answered HTTP {other}"),
+            Some(473) => return Ok(()),
+            Some(503) => "Vault is sealed".to_owned(),
+            Some(501) => "Vault is not initialized".to_owned(),
+            Some(429) => "the Vault node is a standby: point `address` at the active node or its load balancer".to_owned(),
+            Some(472) => "the Vault node is a disaster-recovery secondary".to_owned(),
+            Some(other) => format!("Vault health check answered HTTP {other}"),
+            None => format!("Vault health check failed: {}", describe(&e)),
         },
-        Err(e) => format!(
-            "Vault health check failed: {}",
-            describe(&ClientError::RestClientError { source: e })
-        ),
     };
     Err(Error::new(ErrorKind::Unavailable, problem))
 }
@@ -131,17 +125,29 @@ pub(super) async fn exec<R: DeserializeOwned>(
     client: &VaultClient,
     call: Call<R>,
 ) -> Result<R, ClientError> {
-    use rustify::errors::ClientError as Rest;
-    let rest = |source| ClientError::RestClientError { source };
+    let body = send(client, call, client.middle.namespace.as_deref()).await?;
+    #[derive(serde::Deserialize)]
+    struct Answer<R> {
+        data: Option<R>,
+    }
+    // The answer is not quoted in the error: it may hold plaintext.
+    let answer: Answer<R> = serde_json::from_slice(&body).map_err(|e| unparsable(e, None))?;
+    answer.data.ok_or(ClientError::ResponseDataEmptyError)
+}
+
+/// Sends `call` with the client's token and `namespace`; the body of a 2xx
+/// answer, else vaultrs's error for it: `APIError` with Vault's `errors`,
+/// or the status alone.
+async fn send<R>(
+    client: &VaultClient,
+    call: Call<R>,
+    namespace: Option<&str>,
+) -> Result<bytes::Bytes, ClientError> {
     let url = call.url(client);
-    let method = match call.method {
-        RequestMethod::POST => reqwest::Method::POST,
-        _ => reqwest::Method::GET,
-    };
     let mut request = client
         .http
         .http
-        .request(method.clone(), url.clone())
+        .request(call.method.clone(), url.clone())
         .header("X-Vault-Request", "true");
     if !client.middle.token.is_empty() {
         let mut token = reqwest::header::HeaderValue::from_str(&client.middle.token)
@@ -149,8 +155,8 @@ pub(super) async fn exec<R: DeserializeOwned>(
         token.set_sensitive(true);
         request = request.header("X-Vault-Token", token);
     }
-    if let Some(namespace) = &client.middle.namespace {
-        request = request.header("X-Vault-Namespace", namespace.as_str());
+    if let Some(namespace) = namespace {
+        request = request.header("X-Vault-Namespace", namespace);
     }
     if let Some(mut body) = call.body {
         // Moved, not copied (rustify copied it).
@@ -160,7 +166,7 @@ pub(super) async fn exec<R: DeserializeOwned>(
         rest(Rest::RequestError {
             source: e.into(),
             url: url.to_string(),
-            method: method.to_string(),
+            method: call.method.to_string(),
         })
     })?;
     let code = response.status().as_u16();
@@ -168,42 +174,43 @@ pub(super) async fn exec<R: DeserializeOwned>(
         .bytes()
         .await
         .map_err(|e| rest(Rest::ResponseError { source: e.into() }))?;
-    if !(200..300).contains(&code) {
-        // Vault's `{"errors": […]}` when it sends one (vaultrs's APIError).
-        let content = String::from_utf8(bytes.to_vec()).ok();
-        #[derive(serde::Deserialize)]
-        struct Errors {
-            errors: Vec<String>,
-        }
-        return Err(
-            match content.as_deref().map(serde_json::from_str::<Errors>) {
-                Some(Ok(e)) => ClientError::APIError {
-                    code,
-                    errors: e.errors,
-                },
-                _ => rest(Rest::ServerResponseError { code, content }),
-            },
-        );
+    if (200..300).contains(&code) {
+        return Ok(bytes);
     }
+    // Vault's `{"errors": […]}` when it sends one (vaultrs's APIError).
+    let content = String::from_utf8(bytes.to_vec()).ok();
     #[derive(serde::Deserialize)]
-    struct Answer<R> {
-        data: Option<R>,
+    struct Errors {
+        errors: Vec<String>,
     }
-    // The answer is not quoted in the error: it may hold plaintext.
-    let answer: Answer<R> = serde_json::from_slice(&bytes).map_err(|e| {
-        rest(Rest::ResponseParseError {
-            source: e.into(),
-            content: None,
-        })
-    })?;
-    answer.data.ok_or(ClientError::ResponseDataEmptyError)
+    Err(
+        match content.as_deref().map(serde_json::from_str::<Errors>) {
+            Some(Ok(e)) => ClientError::APIError {
+                code,
+                errors: e.errors,
+            },
+            _ => rest(Rest::ServerResponseError { code, content }),
+        },
+    )
 }
 
-/// One transit call of our own (for what vaultrs does not model), executed by
-/// [`exec`] with the client's token and namespace.
+fn rest(source: Rest) -> ClientError {
+    ClientError::RestClientError { source }
+}
+
+/// An answer that is not the JSON expected (`content`: what to quote of it).
+fn unparsable(e: serde_json::Error, content: Option<String>) -> ClientError {
+    rest(Rest::ResponseParseError {
+        source: e.into(),
+        content,
+    })
+}
+
+/// One call of our own (for what vaultrs does not model), sent by [`exec`]
+/// with the client's token and namespace.
 pub(super) struct Call<R> {
     path: String,
-    method: RequestMethod,
+    method: reqwest::Method,
     body: Option<Zeroizing<Vec<u8>>>,
     _response: PhantomData<fn() -> R>,
 }
@@ -212,7 +219,7 @@ impl<R> Call<R> {
     pub(super) fn get(path: String) -> Self {
         Self {
             path,
-            method: RequestMethod::GET,
+            method: reqwest::Method::GET,
             body: None,
             _response: PhantomData,
         }
@@ -221,7 +228,7 @@ impl<R> Call<R> {
     pub(super) fn post(path: String, body: &serde_json::Value) -> Self {
         Self {
             path,
-            method: RequestMethod::POST,
+            method: reqwest::Method::POST,
             body: Some(Zeroizing::new(
                 serde_json::to_vec(body).expect("a JSON value always serializes"),
             )),
@@ -247,24 +254,5 @@ impl<R> Call<R> {
                 .extend(self.path.split('/').filter(|s| !s.is_empty()));
         }
         url
-    }
-}
-
-#[async_trait]
-impl<R: DeserializeOwned + Send + Sync> Endpoint for Call<R> {
-    type Response = R;
-    const REQUEST_BODY_TYPE: RequestType = RequestType::JSON;
-    const RESPONSE_BODY_TYPE: ResponseType = ResponseType::JSON;
-
-    fn path(&self) -> String {
-        self.path.clone()
-    }
-
-    fn method(&self) -> RequestMethod {
-        self.method.clone()
-    }
-
-    fn body(&self) -> Result<Option<Vec<u8>>, rustify::errors::ClientError> {
-        Ok(self.body.as_ref().map(|b| b.to_vec()))
     }
 }
