@@ -10,9 +10,8 @@ keys live in memory, tokens are opaque strings only this process knows.
 
 Serves HTTPS on 127.0.0.1 and writes DIR/{ca.pem, server.pem, server-key.pem,
 federated-token, client-secret, identity-header, env, env.msi, config.yaml}
-and, last, DIR/url. Standard library + `cryptography` only.
+and, last, DIR/url. Standard library + `cryptography` only (and fakeserver.py beside it).
 """
-import argparse
 import base64
 import datetime
 import hashlib
@@ -23,14 +22,12 @@ import os
 import re
 import secrets
 import shlex
-import signal
 import ssl
 import sys
 import threading
 import time
 import traceback
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlsplit
 
 from cryptography import x509
@@ -42,6 +39,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fakeserver import QuietHandler, QuietServer, b64u, parse_args, serve, write_file
 
 TENANT_ID = "72f988bf-0000-4000-8000-00000000fa4e"
 CLIENT_ID = "3c1b2a40-0000-4000-8000-0000000c11e7"
@@ -64,10 +63,6 @@ MAX_BODY = 1 << 20
 STATE = None  # the one State, set in main()
 
 
-def b64u(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def unb64u(text):
     """Strict, canonical base64url (padding optional); ValueError otherwise."""
     if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_-]*={0,2}", text):
@@ -77,14 +72,6 @@ def unb64u(text):
     if data is None or b64u(data) != text:
         raise ValueError("not base64url")
     return data
-
-
-def write_file(path, text, mode=0o644):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def utc(t=None):
@@ -781,10 +768,8 @@ def admin(st, method, path, body):
 
 # --------------------------------------------------------------------- main
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"   # keep-alive; every answer has a Content-Length
-    server_version, sys_version = "fake-azure", ""
-    timeout = 120                   # an idle kept-alive connection is closed after this
+class Handler(QuietHandler):
+    server_version = "fake-azure"
 
     def read_body(self):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -845,18 +830,8 @@ class Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = dispatch
 
-    def log_request(self, code="-", size="-"):
-        # One line per request: method, path (no query), status. Never headers or bodies.
-        path = urlsplit(getattr(self, "path", "") or "").path or "-"
-        sys.stderr.write(f"fake-azure: {getattr(self, 'command', None) or '-'} {path} -> {code}\n")
 
-    def log_message(self, fmt, *args):
-        pass
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads, allow_reuse_address, request_queue_size = True, True, 128
-
+class Server(QuietServer):
     def __init__(self, addr, ctx):
         self.ctx = ctx
         super().__init__(addr, Handler)
@@ -872,22 +847,11 @@ class Server(ThreadingHTTPServer):
         finally:
             conn.close()
 
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], OSError):  # resets, timeouts, TLS errors: quiet
-            traceback.print_exc(file=sys.stderr)
-
 
 def main():
     global STATE
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", required=True, help="where to write ca.pem, env, config.yaml, url, ...")
-    ap.add_argument("--port", type=int, default=0, help="0 or absent: an ephemeral port")
-    ap.add_argument("--uid", type=int, default=os.getuid(), help="the caller uid in config.yaml")
-    args = ap.parse_args()
-    d = os.path.abspath(args.dir)
-    os.makedirs(d, exist_ok=True)
-    if os.path.exists(os.path.join(d, "url")):
-        os.unlink(os.path.join(d, "url"))
+    args = parse_args(__doc__.splitlines()[0], "where to write ca.pem, env, config.yaml, url, ...")
+    d = args.dir
     server = Server(("127.0.0.1", args.port), make_tls(d))
     base = f"https://127.0.0.1:{server.server_address[1]}"
     st = STATE = State(d, base)
@@ -910,14 +874,7 @@ def main():
         "  azure-rsa: { backend: azure, key: azure-rsa, algorithm: rsa-oaep-2048-sha256 }\n"
         f"callers:\n  - {{ uids: [{args.uid}], keys: [\"*\"], ops: [\"*\"] }}\n"))
     write_file(j(d, "url"), base + "\n")  # last: harnesses wait for this file
-    stop = lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()  # noqa: E731
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    sys.stderr.write(f"fake-azure: contract fake of Azure Key Vault + Entra ID on {base} (dir {d})\n")
-    sys.stderr.flush()
-    server.serve_forever(poll_interval=0.2)
-    server.server_close()
-    sys.stderr.write("fake-azure: stopped\n")
+    serve(server, "fake-azure", f"contract fake of Azure Key Vault + Entra ID on {base} (dir {d})")
 
 
 if __name__ == "__main__":

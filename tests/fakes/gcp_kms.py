@@ -12,9 +12,8 @@ Serves plain HTTP on 127.0.0.1: Cloud KMS (/v1/projects/...), the Security Token
 Service (/v1/token), IAM Credentials generateAccessToken and the metadata server
 (/computeMetadata/v1/...). Writes DIR/{subject-token, external-account.json,
 external-account-direct.json, env, env.direct, env.mds, config.yaml} and, last,
-DIR/url. Standard library + `cryptography` only.
+DIR/url. Standard library + `cryptography` only (and fakeserver.py beside it).
 """
-import argparse
 import base64
 import datetime
 import hashlib
@@ -24,13 +23,11 @@ import os
 import re
 import secrets
 import shlex
-import signal
 import struct
 import sys
 import threading
 import time
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -38,6 +35,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from fakeserver import QuietHandler, QuietServer, b64u, parse_args, serve, write_file
 
 PROJECT, PROJECT_NUMBER = "fake-project", "123456789"
 RING_NAME = f"projects/{PROJECT}/locations/global/keyRings/fake-ring"
@@ -141,10 +140,6 @@ def b64(data):
     return base64.b64encode(data).decode()
 
 
-def b64u(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def unb64(text):
     """proto3 JSON bytes: standard or URL-safe base64, padding optional; ValueError otherwise."""
     if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9+/_-]*={0,2}", text):
@@ -170,12 +165,6 @@ def parse_duration(text):
     return int(m.group(1)) + (float(m.group(2)) if m.group(2) else 0)
 
 
-def write_file(path, text, mode=0o644):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 # ------------------------------------------------------------------- errors
 
@@ -955,10 +944,8 @@ def admin(st, method, path, raw):
 # --------------------------------------------------------------------- main
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"   # keep-alive; every answer has a Content-Length
-    server_version, sys_version = "fake-gcp", ""
-    timeout = 120                   # an idle kept-alive connection is closed after this
+class Handler(QuietHandler):
+    server_version = "fake-gcp"
 
     def read_body(self):  # clients here send Content-Length; chunked bodies are refused
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -1013,35 +1000,12 @@ class Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = dispatch
 
-    def log_request(self, code="-", size="-"):
-        # One line per request: method, path (no query), status. Never headers or bodies.
-        path = urlsplit(getattr(self, "path", "") or "").path or "-"
-        sys.stderr.write(f"fake-gcp: {getattr(self, 'command', None) or '-'} {path} -> {code}\n")
-
-    def log_message(self, fmt, *args):
-        pass
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads, allow_reuse_address, request_queue_size = True, True, 128
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], OSError):  # resets and timeouts: quiet
-            traceback.print_exc(file=sys.stderr)
-
 
 def main():
     global STATE
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", required=True, help="where to write subject-token, external-account.json, env, ...")
-    ap.add_argument("--port", type=int, default=0, help="0 or absent: an ephemeral port")
-    ap.add_argument("--uid", type=int, default=os.getuid(), help="the caller uid in config.yaml")
-    args = ap.parse_args()
-    d, j, q = os.path.abspath(args.dir), os.path.join, shlex.quote
-    os.makedirs(d, exist_ok=True)
-    if os.path.exists(j(d, "url")):
-        os.unlink(j(d, "url"))
-    server = Server(("127.0.0.1", args.port), Handler)
+    args = parse_args(__doc__.splitlines()[0], "where to write subject-token, external-account.json, env, ...")
+    d, j, q = args.dir, os.path.join, shlex.quote
+    server = QuietServer(("127.0.0.1", args.port), Handler)
     port = server.server_address[1]
     base = f"http://127.0.0.1:{port}"
     st = STATE = State(d)
@@ -1069,14 +1033,7 @@ def main():
         "  gcp-mac: { backend: gcp, key: gcp-mac }\n"
         f"callers:\n  - {{ uids: [{args.uid}], keys: [\"*\"], ops: [\"*\"] }}\n"))
     write_file(j(d, "url"), base + "\n")  # last: harnesses wait for this file
-    stop = lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()  # noqa: E731
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    sys.stderr.write(f"fake-gcp: contract fake of Cloud KMS + STS + IAM Credentials + metadata on {base} (dir {d})\n")
-    sys.stderr.flush()
-    server.serve_forever(poll_interval=0.2)
-    server.server_close()
-    sys.stderr.write("fake-gcp: stopped\n")
+    serve(server, "fake-gcp", f"contract fake of Cloud KMS + STS + IAM Credentials + metadata on {base} (dir {d})")
 
 
 if __name__ == "__main__":
