@@ -96,12 +96,6 @@ start_sampler() {
     ) &
     SAMPLER=$!
 }
-stop_sampler() {
-    [[ -n $SAMPLER ]] || return 0
-    kill "$SAMPLER" 2>/dev/null || true
-    wait "$SAMPLER" 2>/dev/null || true
-    SAMPLER=""
-}
 peak_kib() {
     local v
     v=$(sort -n "$1" | tail -n 1)

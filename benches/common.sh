@@ -35,16 +35,33 @@ build_and_find_oha() {
     return 0
 }
 
+# wait_until_200 PID WHAT LOG SECONDS CURL_ARGS…: until curl answers 200;
+# dies with LOG if PID (WHAT) exits first or the time runs out.
+wait_until_200() {
+    local pid=$1 what=$2 server_log=$3 deadline=$((SECONDS + $4)) code
+    shift 4
+    while ((SECONDS < deadline)); do
+        kill -0 "$pid" 2>/dev/null || { cat "$server_log" >&2; die "$what exited during start-up"; }
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" || true)
+        [[ $code == 200 ]] && return 0
+        sleep 0.05
+    done
+    cat "$server_log" >&2
+    die "$what not ready within $4 s"
+}
+
 # wait_for_socket SOCK LOG: waits (at most 60 s) until the sidecar ($PID)
 # answers 200 on /readyz over SOCK; dies with its LOG if it exits first.
 wait_for_socket() {
-    local sock=$1 sidecar_log=$2
-    for _ in $(seq 1 600); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$sock" http://localhost/readyz || true) == 200 ]] && return 0
-        kill -0 "$PID" 2>/dev/null || { cat "$sidecar_log" >&2; die "sidecar exited"; }
-        sleep 0.1
-    done
-    die "sidecar not ready within 60 s"
+    wait_until_200 "$PID" sidecar "$2" 60 --unix-socket "$1" http://localhost/readyz
+}
+
+# stop_sampler: stops the background sampler in $SAMPLER, if any.
+stop_sampler() {
+    [[ -n ${SAMPLER:-} ]] || return 0
+    kill "$SAMPLER" 2>/dev/null || true
+    wait "$SAMPLER" 2>/dev/null || true
+    SAMPLER=""
 }
 
 # stop_pid PID WHAT: SIGTERM, SIGKILL after 10 s, then reaped (a child of

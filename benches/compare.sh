@@ -105,13 +105,6 @@ stop() { # stop NAME: SIGTERM, SIGKILL after 10 s
     unset "PIDS[$1]"
 }
 
-stop_sampler() {
-    [[ -n $SAMPLER ]] || return 0
-    kill "$SAMPLER" 2>/dev/null || true
-    wait "$SAMPLER" 2>/dev/null || true
-    SAMPLER=""
-}
-
 cleanup() {
     local rc=$? name
     stop_sampler
@@ -137,16 +130,9 @@ start() {
 # wait_200 NAME SECONDS CURL_ARGS…: until curl answers 200 (dies with NAME's
 # log if NAME exits or the time runs out).
 wait_200() {
-    local name=$1 deadline=$((SECONDS + $2)) code
-    shift 2
-    while ((SECONDS < deadline)); do
-        kill -0 "${PIDS[$name]}" 2>/dev/null || { cat "$WORK/$name.log" >&2; die "$name exited during start-up"; }
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" || true)
-        [[ $code == 200 ]] && return 0
-        sleep 0.05
-    done
-    cat "$WORK/$name.log" >&2
-    die "$name not ready within $2 s"
+    local name=$1
+    shift
+    wait_until_200 "${PIDS[$name]}" "$name" "$WORK/$name.log" "$@"
 }
 
 free_port() {

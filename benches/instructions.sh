@@ -79,15 +79,6 @@ PY
     rm -f "$out"
 }
 
-wait_sock() { # wait_sock SOCK PATH: 200 on GET PATH (valgrind starts slowly)
-    for _ in $(seq 1 600); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$1" "http://localhost$2" || true) == 200 ]] && return 0
-        kill -0 "$PID" 2>/dev/null || die "the server under callgrind exited"
-        sleep 0.2
-    done
-    die "no 200 on $2 within 120 s"
-}
-
 stop() {
     stop_pid "$PID" "the server under callgrind"
     PID=""
@@ -115,7 +106,7 @@ stop
 
 log "the sidecar under callgrind"
 under_callgrind sidecar "$BIN" serve
-wait_sock "$WORK/kms-sidecar.sock" /readyz
+wait_until_200 "$PID" sidecar "$WORK/sidecar.log" 120 --unix-socket "$WORK/kms-sidecar.sock" http://localhost/readyz
 declare -A IR
 for route in env-enc:/v1/keys/aes-256/envelope/encrypt:env-enc.body \
     env-dec:/v1/keys/aes-256/envelope/decrypt:env-dec.body \
@@ -129,7 +120,7 @@ stop
 
 log "the transport ceiling under callgrind"
 under_callgrind ceiling "$CEILING" --socket "$WORK/ceiling.sock"
-wait_sock "$WORK/ceiling.sock" /
+wait_until_200 "$PID" ceiling "$WORK/ceiling.log" 120 --unix-socket "$WORK/ceiling.sock" http://localhost/
 IR[ceiling]=$(count ceiling "$WORK/ceiling.sock" / "$WORK/env-enc.body")
 log "ceiling: ${IR[ceiling]} instructions per request"
 stop
@@ -142,11 +133,7 @@ mkdir -p "$WORK/bao"
     -dev-root-token-id=root -dev-listen-address="127.0.0.1:$PORT") >>"$WORK/bao.log" 2>&1 &
 BAO_PID=$!
 trap 'rc=$?; kill "$BAO_PID" 2>/dev/null; (exit $rc); _work_dir_cleanup' EXIT
-for _ in $(seq 1 300); do
-    curl -sf "http://127.0.0.1:$PORT/v1/sys/health" >/dev/null && break
-    kill -0 "$BAO_PID" 2>/dev/null || { cat "$WORK/bao.log" >&2; die "OpenBao exited"; }
-    sleep 0.1
-done
+wait_until_200 "$BAO_PID" OpenBao "$WORK/bao.log" 30 "http://127.0.0.1:$PORT/v1/sys/health"
 curl -sf -H 'X-Vault-Token: root' -d '{"type":"transit"}' "http://127.0.0.1:$PORT/v1/sys/mounts/transit"
 curl -sf -H 'X-Vault-Token: root' -d '{"type":"ecdsa-p256"}' "http://127.0.0.1:$PORT/v1/transit/keys/p256" >/dev/null
 echo root >"$WORK/vault.token"
@@ -163,14 +150,14 @@ printf '{"input":"%s"}' "$MSG_B64" >"$WORK/transit-sign.body"
 
 log "the vault-backed sidecar under callgrind"
 under_callgrind vault-sidecar "$BIN" serve --config "$WORK/vault.yaml"
-wait_sock "$WORK/vault.sock" /readyz
+wait_until_200 "$PID" "vault-backed sidecar" "$WORK/vault-sidecar.log" 120 --unix-socket "$WORK/vault.sock" http://localhost/readyz
 IR[vault-sign]=$(count vault-sign "$WORK/vault.sock" /v1/keys/p256/sign "$WORK/sign.body")
 log "vault-sign: ${IR[vault-sign]} instructions per request"
 stop
 
 log "the thin proxy under callgrind"
 under_callgrind proxy "$CEILING" --socket "$WORK/proxy.sock" --upstream "http://127.0.0.1:$PORT"
-wait_sock "$WORK/proxy.sock" /v1/sys/health
+wait_until_200 "$PID" "thin proxy" "$WORK/proxy.log" 120 --unix-socket "$WORK/proxy.sock" http://localhost/v1/sys/health
 OHA_HEADERS=(-H 'X-Vault-Token: root')
 IR[proxy-sign]=$(count proxy-sign "$WORK/proxy.sock" /v1/transit/sign/p256 "$WORK/transit-sign.body")
 OHA_HEADERS=()
