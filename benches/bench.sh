@@ -68,15 +68,7 @@ start_sidecar() {
 
 # Waits (at most $1 seconds) for /readyz to answer 200 over the socket.
 wait_ready() {
-    local deadline=$((SECONDS + $1)) code
-    while ((SECONDS < deadline)); do
-        kill -0 "$PID" 2>/dev/null || { cat "$WORK/sidecar.log" >&2; die "sidecar exited during start-up"; }
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 --unix-socket "$SOCK" http://localhost/readyz || true)
-        [[ $code == 200 ]] && return 0
-        sleep 0.05
-    done
-    cat "$WORK/sidecar.log" >&2
-    die "sidecar not ready within $1 s"
+    wait_until_200 "$PID" sidecar "$WORK/sidecar.log" "$1" --unix-socket "$SOCK" http://localhost/readyz
 }
 
 status_kib() { # status_kib FIELD -> value in KiB from /proc/$PID/status
