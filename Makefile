@@ -16,7 +16,7 @@ build:
 test: test-deps lint
 	$(CARGO) nextest run --all-targets --no-fail-fast
 
-## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv and the system python3 to act as another uid, moto as the AWS KMS test server, OpenBao as the Vault server, Python's cryptography for the Azure Key Vault contract fake, Helm's library and the Kubernetes schemas for the chart)
+## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv and the system python3 to act as another uid, moto as the AWS KMS test server, OpenBao as the Vault server, Python's cryptography for the Azure Key Vault contract fake, SoftHSM2 and OpenSC's pkcs11-tool as the PKCS#11 token, Helm's library and the Kubernetes schemas for the chart)
 test-deps:
 	@missing=""; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
@@ -24,6 +24,8 @@ test-deps:
 	command -v jq >/dev/null || missing="$$missing jq"; \
 	command -v setpriv >/dev/null || missing="$$missing util-linux"; \
 	test -x /usr/bin/python3 || missing="$$missing python3"; \
+	command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
+	command -v pkcs11-tool >/dev/null || missing="$$missing opensc"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get update -qq && $(APT_INSTALL) $$missing; \

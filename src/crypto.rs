@@ -288,6 +288,30 @@ pub fn public_key_jwk(
     Ok(jwk)
 }
 
+/// The SubjectPublicKeyInfo DER of an ECDSA key's uncompressed point
+/// (`04 ‖ x ‖ y`) or an Ed25519 key's 32 bytes; `None` if the point is not
+/// one of `algorithm`'s curve.
+pub fn spki_of_point(algorithm: Algorithm, point: &[u8]) -> Option<Vec<u8>> {
+    use aws_lc_rs::encoding::AsDer;
+    let verification: &'static dyn signature::VerificationAlgorithm = match algorithm {
+        Algorithm::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_ASN1,
+        Algorithm::EcdsaP384Sha384 => &signature::ECDSA_P384_SHA384_ASN1,
+        Algorithm::EcdsaP521Sha512 => &signature::ECDSA_P521_SHA512_ASN1,
+        Algorithm::Ed25519 => &signature::ED25519,
+        _ => return None,
+    };
+    let key = signature::ParsedPublicKey::new(verification, point).ok()?;
+    Some(key.as_der().ok()?.as_ref().to_vec())
+}
+
+/// The SubjectPublicKeyInfo DER of an RSA key's modulus and exponent
+/// (big-endian).
+pub fn spki_of_rsa(n: &[u8], e: &[u8]) -> Option<Vec<u8>> {
+    use aws_lc_rs::encoding::AsDer;
+    let components = aws_lc_rs::rsa::PublicKeyComponents { n, e };
+    Some(components.as_der().ok()?.as_ref().to_vec())
+}
+
 /// Checks a signature with a public key (SubjectPublicKeyInfo DER), as a
 /// backend without a verify API needs. `Ok(false)` is an invalid signature;
 /// `Err` means the input cannot be checked with this algorithm at all.

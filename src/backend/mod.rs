@@ -14,12 +14,19 @@ pub mod azure;
 #[cfg(any(feature = "azure", feature = "gcp"))]
 pub mod binding;
 pub mod credentials;
-#[cfg(any(feature = "vault", feature = "azure", feature = "gcp"))]
+#[cfg(any(
+    feature = "vault",
+    feature = "azure",
+    feature = "gcp",
+    feature = "pkcs11"
+))]
 pub mod facts;
 #[cfg(feature = "gcp")]
 pub mod gcp;
 #[cfg(feature = "local")]
 pub mod local;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
 pub mod resilient;
 #[cfg(feature = "vault")]
 pub mod vault;
@@ -411,7 +418,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
 }
 
 /// Refuses a key whose algorithm is not made for `purpose` (as KMSs do).
-#[cfg(any(feature = "aws", feature = "vault", feature = "azure", feature = "gcp"))]
+#[cfg(any(
+    feature = "aws",
+    feature = "vault",
+    feature = "azure",
+    feature = "gcp",
+    feature = "pkcs11"
+))]
 pub(crate) fn require_purpose(
     key: KeyRef<'_>,
     algorithm: Algorithm,
@@ -446,7 +459,7 @@ pub(crate) fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
 /// The algorithm a signature is made with: the key's own, or PKCS#1 v1.5
 /// where the caller asked for it of an RSA-PSS key (KMS RSA keys sign
 /// either padding); anything else asked is refused.
-#[cfg(any(feature = "aws", feature = "azure"))]
+#[cfg(any(feature = "aws", feature = "azure", feature = "pkcs11"))]
 pub(crate) fn signing_algorithm(
     algorithm: Algorithm,
     asked: Option<Algorithm>,
@@ -554,6 +567,14 @@ async fn build_one(
             Ok(Arc::new(
                 gcp::GcpBackend::new(name, c, &ids, metrics.clone()).await?,
             ))
+        }
+        #[cfg(feature = "pkcs11")]
+        BackendConfig::Pkcs11(c) => {
+            let keys: Vec<(&str, Option<Algorithm>)> = keys
+                .iter()
+                .map(|(_, k)| (k.key.as_str(), k.algorithm))
+                .collect();
+            Ok(Arc::new(pkcs11::Pkcs11Backend::new(name, c, &keys)?))
         }
         #[allow(unreachable_patterns)]
         other => {

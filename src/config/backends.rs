@@ -19,6 +19,8 @@ pub enum BackendConfig {
     Azure(AzureBackendConfig),
     /// Google Cloud KMS.
     Gcp(GcpBackendConfig),
+    /// A PKCS#11 token (an HSM, SoftHSM2).
+    Pkcs11(Pkcs11BackendConfig),
 }
 
 impl BackendConfig {
@@ -31,6 +33,7 @@ impl BackendConfig {
             BackendConfig::Vault(c) => (c.timeout, c.retries, c.circuit),
             BackendConfig::Azure(c) => (c.timeout, c.retries, c.circuit),
             BackendConfig::Gcp(c) => (c.timeout, c.retries, c.circuit),
+            BackendConfig::Pkcs11(c) => (c.timeout, c.retries, c.circuit),
         }
     }
 
@@ -41,6 +44,7 @@ impl BackendConfig {
             BackendConfig::Vault(_) => "vault",
             BackendConfig::Azure(_) => "azure",
             BackendConfig::Gcp(_) => "gcp",
+            BackendConfig::Pkcs11(_) => "pkcs11",
         }
     }
 }
@@ -221,6 +225,81 @@ pub struct GcpBackendConfig {
     /// The circuit breaker (SPEC §8).
     #[serde(default)]
     pub circuit: Circuit,
+}
+
+/// `type: pkcs11`: a token of a PKCS#11 module (an HSM vendor's library,
+/// SoftHSM2), loaded at run time. The user PIN comes from a file or an
+/// environment variable, never from this file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11BackendConfig {
+    /// Path of the vendor's PKCS#11 library (`/usr/lib/softhsm/libsofthsm2.so`).
+    pub module: PathBuf,
+    /// The token's label (`CKA_LABEL` of the token, not a slot id: slot ids
+    /// change when tokens are added or removed).
+    pub token_label: String,
+    /// A file holding the user PIN, re-read at every login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_file: Option<PathBuf>,
+    /// An environment variable holding the user PIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_env: Option<String>,
+    /// Sessions open on the token (and threads calling the module): at most
+    /// this many calls run at once.
+    #[serde(default = "default_pkcs11_sessions")]
+    pub sessions: u16,
+    /// Timeout of one backend call; default `limits.backend_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Retries of retryable failures (SPEC §8).
+    #[serde(default)]
+    pub retries: Retries,
+    /// The circuit breaker (SPEC §8).
+    #[serde(default)]
+    pub circuit: Circuit,
+}
+
+fn default_pkcs11_sessions() -> u16 {
+    4
+}
+
+/// How a key of a `pkcs11` backend names its objects: `LABEL` (every
+/// object with that `CKA_LABEL`, one version per `CKA_ID`), `LABEL/ID` (the
+/// one object with that label and that `CKA_ID` in hex: a pinned version),
+/// or `/ID` (the object with that `CKA_ID`, whatever its label).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pkcs11KeyRef {
+    pub label: Option<String>,
+    pub id: Option<Vec<u8>>,
+}
+
+impl Pkcs11KeyRef {
+    pub fn parse(key: &str) -> Result<Self, String> {
+        let (label, id) = match key.rsplit_once('/') {
+            Some((label, id)) => {
+                let id = hex::decode(id)
+                    .ok()
+                    .filter(|id| !id.is_empty())
+                    .ok_or_else(|| {
+                        format!(
+                            "`{key}`: after the `/` comes the object's CKA_ID in hex (LABEL/0a1b)"
+                        )
+                    })?;
+                (label, Some(id))
+            }
+            None => (key, None),
+        };
+        if label.is_empty() && id.is_none() {
+            return Err(
+                "name the object by its label (LABEL), label and id (LABEL/0a1b) or id (/0a1b)"
+                    .into(),
+            );
+        }
+        Ok(Self {
+            label: (!label.is_empty()).then(|| label.to_owned()),
+            id,
+        })
+    }
 }
 
 /// Where the GCP backend's access token comes from.

@@ -1,7 +1,7 @@
 //! Semantic checks of a parsed config: every problem, with its field path.
 
 use super::{
-    BackendConfig, Config, NAME_RULE, Problem, VaultAuth, check_azure_vault_url,
+    BackendConfig, Config, NAME_RULE, Pkcs11KeyRef, Problem, VaultAuth, check_azure_vault_url,
     check_vault_address, valid_name,
 };
 use crate::policy::OpOrAll;
@@ -118,6 +118,32 @@ impl Config {
                 && let Err(why) = check_azure_vault_url(&azure.vault_url)
             {
                 bad(format!("backends.{name}.vault_url"), why);
+            }
+            if let BackendConfig::Pkcs11(p11) = backend {
+                let at = format!("backends.{name}");
+                if p11.pin_file.is_some() == p11.pin_env.is_some() {
+                    bad(
+                        format!("{at}.pin_file"),
+                        "give the user PIN's source: exactly one of `pin_file` and `pin_env`"
+                            .into(),
+                    );
+                }
+                if p11.sessions == 0 {
+                    bad(format!("{at}.sessions"), "must be at least 1".into());
+                }
+                if p11.token_label.is_empty() || p11.token_label.len() > 32 {
+                    bad(
+                        format!("{at}.token_label"),
+                        "must be a token label of 1 to 32 characters".into(),
+                    );
+                }
+                for (alias, key) in &self.keys {
+                    if &key.backend == name
+                        && let Err(why) = Pkcs11KeyRef::parse(&key.key)
+                    {
+                        bad(format!("keys.{alias}.key"), why);
+                    }
+                }
             }
             if let BackendConfig::Gcp(gcp) = backend
                 && gcp.key_ring.is_none()

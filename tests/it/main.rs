@@ -21,6 +21,8 @@ mod errors;
 mod gcp;
 mod interop;
 mod lifecycle;
+#[cfg(feature = "pkcs11")]
+mod pkcs11;
 mod resilience;
 #[cfg(feature = "vault")]
 mod vault;

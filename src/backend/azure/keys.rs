@@ -7,8 +7,6 @@
 use crate::backend::{Error, ErrorKind, KeyRef};
 use crate::crypto::Algorithm;
 use aws_lc_rs::digest;
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature;
 use azure_security_keyvault_keys::models::{CurveName, EncryptionAlgorithm, JsonWebKey, KeyType};
 
 /// A key reference: `name` (latest version) or `name/version` (pinned).
@@ -111,23 +109,15 @@ pub(super) fn spki_of(jwk: &JsonWebKey, algorithm: Algorithm) -> Result<Vec<u8>,
             point[0] = 4;
             point[1 + n - x.len()..=n].copy_from_slice(x);
             point[1 + 2 * n - y.len()..].copy_from_slice(y);
-            let verification: &'static signature::EcdsaVerificationAlgorithm = match algorithm {
-                Algorithm::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_ASN1,
-                Algorithm::EcdsaP384Sha384 => &signature::ECDSA_P384_SHA384_ASN1,
-                _ => &signature::ECDSA_P521_SHA512_ASN1,
-            };
-            let key = signature::ParsedPublicKey::new(verification, point).map_err(|_| bad())?;
-            Ok(key.as_der().map_err(|_| bad())?.as_ref().to_vec())
+            crate::crypto::spki_of_point(algorithm, &point).ok_or_else(bad)
         }
         Algorithm::RsaPssSha256 { .. }
         | Algorithm::RsaPkcs1Sha256 { .. }
-        | Algorithm::RsaOaepSha256 { .. } => {
-            let components = aws_lc_rs::rsa::PublicKeyComponents {
-                n: jwk.n.as_deref().ok_or_else(bad)?,
-                e: jwk.e.as_deref().ok_or_else(bad)?,
-            };
-            Ok(components.as_der().map_err(|_| bad())?.as_ref().to_vec())
-        }
+        | Algorithm::RsaOaepSha256 { .. } => crate::crypto::spki_of_rsa(
+            jwk.n.as_deref().ok_or_else(bad)?,
+            jwk.e.as_deref().ok_or_else(bad)?,
+        )
+        .ok_or_else(bad),
         _ => Err(bad()),
     }
 }

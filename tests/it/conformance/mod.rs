@@ -39,7 +39,9 @@ backends!(
     #[cfg(feature = "azure")]
     azure,
     #[cfg(feature = "gcp")]
-    gcp
+    gcp,
+    #[cfg(feature = "pkcs11")]
+    pkcs11
 );
 
 use crate::harness::{Resp, Sidecar};

@@ -22,11 +22,13 @@ use tempfile::TempDir;
 
 mod fakes;
 mod servers;
+mod softhsm;
 mod system;
 mod tools;
 
 pub use fakes::Fake;
 pub use servers::{Bao, Moto};
+pub use softhsm::{HsmKey, SoftHsm, softhsm_module};
 pub use system::{MemoryCgroup, hostile_client, run_as};
 pub use tools::{issue_cert, openssl_verifies};
 

@@ -1,0 +1,497 @@
+//! The token: the module, a fixed set of worker threads (the backend's own
+//! blocking pool, as many as sessions), a pool of sessions on one login, and
+//! recovery from what tokens do when they log us out, close sessions or go
+//! away.
+//!
+//! - Every PKCS#11 call runs on a worker, never on the async runtime: a hung
+//!   HSM holds at most these threads, and the caller's timeout (the
+//!   resilience layer's) still answers. A job whose caller has given up is
+//!   skipped.
+//! - A job borrows one session for its calls and gives it back; at most one
+//!   session per worker is ever open.
+//! - A call refused with `CKR_USER_NOT_LOGGED_IN` is made again after a new
+//!   login (the PIN read again); one refused with
+//!   `CKR_SESSION_HANDLE_INVALID`, on a new session.
+//! - When the token is gone (`CKR_DEVICE_REMOVED`, `CKR_TOKEN_NOT_PRESENT`,
+//!   or its slot no longer shows it), the module is finalized and
+//!   initialized again before the next call (at most once a second), since
+//!   some modules (SoftHSM2) only see a returned token after that. Object
+//!   handles of an older initialization are never used: key lookups carry
+//!   the generation they were made in.
+
+use super::errors::Fail;
+use crate::config::Pkcs11BackendConfig;
+use aws_lc_rs::digest;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// The least time between two re-initializations of the module.
+const REINIT_EVERY: Duration = Duration::from_secs(1);
+
+/// Where the user PIN comes from; read at every login, never kept.
+#[derive(Debug, Clone)]
+enum PinSource {
+    File(PathBuf),
+    Env(String),
+}
+
+impl PinSource {
+    fn read(&self) -> Result<Zeroizing<String>, Fail> {
+        let mut pin = match self {
+            PinSource::File(path) => {
+                Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                    Fail::unauthenticated(format!(
+                        "cannot read the PIN file {}: {}",
+                        path.display(),
+                        e.kind()
+                    ))
+                })?)
+            }
+            PinSource::Env(var) => Zeroizing::new(std::env::var(var).map_err(|_| {
+                Fail::unauthenticated(format!("the PIN variable ${var} is not set"))
+            })?),
+        };
+        let len = pin.trim_end_matches(['\n', '\r']).len();
+        pin.truncate(len);
+        Ok(pin)
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            PinSource::File(path) => format!("the PIN in {}", path.display()),
+            PinSource::Env(var) => format!("the PIN in ${var}"),
+        }
+    }
+}
+
+/// One initialization of the module, and what lives in it.
+struct Module {
+    /// `None` while the module could not be initialized again.
+    pkcs11: Option<Pkcs11>,
+    /// Counts initializations: object handles of another are meaningless.
+    generation: u64,
+    /// The slot the token was found in (slot ids change).
+    slot: Mutex<Option<Slot>>,
+    /// Idle sessions, at most one per worker.
+    sessions: Mutex<Vec<Session>>,
+    /// The token went away: initialize the module again before any call.
+    broken: AtomicBool,
+    last_init: Instant,
+}
+
+/// What the workers share.
+struct Shared {
+    path: PathBuf,
+    token_label: String,
+    pin: PinSource,
+    module: RwLock<Module>,
+    /// SHA-256 of the last PIN the token refused: not offered again, since
+    /// HSMs lock the user after a few wrong PINs. A changed file is tried.
+    refused_pin: Mutex<Option<digest::Digest>>,
+}
+
+/// A job for a worker; it answers through a channel of its own.
+type Job = Box<dyn for<'a> FnOnce(&mut Worker<'a>) + Send>;
+
+/// A job's view of the token: the module as initialized now, and the
+/// session the job has borrowed.
+pub(super) struct Worker<'a> {
+    shared: &'a Shared,
+    module: &'a Module,
+    session: Option<Session>,
+}
+
+/// A PKCS#11 token behind a pool of sessions.
+pub(super) struct Token {
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("module", &self.shared.path)
+            .field("token_label", &self.shared.token_label)
+            .finish_non_exhaustive()
+    }
+}
+
+fn initialize(path: &PathBuf) -> Result<Pkcs11, String> {
+    let pkcs11 = Pkcs11::new(path)
+        .map_err(|e| format!("cannot load the PKCS#11 module {}: {e}", path.display()))?;
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(pkcs11),
+        Err(e) => Err(format!(
+            "the PKCS#11 module {} failed to initialize: {}",
+            path.display(),
+            Fail::from(e)
+        )),
+    }
+}
+
+impl Token {
+    /// Loads the module and starts `config.sessions` workers. The token
+    /// need not be present yet: readiness says so until it is.
+    pub(super) fn open(name: &str, config: &Pkcs11BackendConfig) -> Result<Self, String> {
+        let pkcs11 = initialize(&config.module)?;
+        let pin = match (&config.pin_file, &config.pin_env) {
+            (Some(file), _) => PinSource::File(file.clone()),
+            (None, Some(var)) => PinSource::Env(var.clone()),
+            (None, None) => return Err("needs `pin_file` or `pin_env`".into()),
+        };
+        let shared = Arc::new(Shared {
+            path: config.module.clone(),
+            token_label: config.token_label.clone(),
+            pin,
+            module: RwLock::new(Module {
+                pkcs11: Some(pkcs11),
+                generation: 0,
+                slot: Mutex::new(None),
+                sessions: Mutex::new(Vec::new()),
+                broken: AtomicBool::new(false),
+                last_init: Instant::now(),
+            }),
+            refused_pin: Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..config.sessions.max(1) {
+            let rx = rx.clone();
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("pkcs11-{name}-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock().expect("never poisoned").recv() {
+                            Ok(job) => job,
+                            Err(_) => return, // the backend is gone
+                        };
+                        shared.work(job);
+                    }
+                })
+                .map_err(|e| format!("cannot start a PKCS#11 worker thread: {e}"))?;
+        }
+        Ok(Self { jobs: tx, shared })
+    }
+
+    /// Runs `job` on a free worker and waits for its answer. When the
+    /// caller stops waiting (its timeout), a job not yet started is skipped.
+    pub(super) async fn run<T: Send + 'static>(
+        &self,
+        job: impl for<'a> FnOnce(&mut Worker<'a>) -> Result<T, Fail> + Send + 'static,
+    ) -> Result<T, Fail> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |worker| {
+            if !tx.is_closed() {
+                let _ = tx.send(job(worker));
+            }
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| Fail::unavailable("the PKCS#11 workers have stopped"))?;
+        rx.await
+            .map_err(|_| Fail::unavailable("the PKCS#11 call panicked in the module"))?
+    }
+}
+
+impl Shared {
+    /// Runs one job on this worker thread, with a session from the pool.
+    fn work(&self, job: Job) {
+        self.reinitialize_if_broken();
+        let module = self.module.read().expect("never poisoned");
+        let mut worker = Worker {
+            shared: self,
+            module: &module,
+            session: None,
+        };
+        // A module that panics through the wrapper must not shrink the pool.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut worker)));
+        if let Some(session) = worker.session.take()
+            && ran.is_ok()
+            && !module.broken.load(Ordering::Acquire)
+        {
+            module
+                .sessions
+                .lock()
+                .expect("never poisoned")
+                .push(session);
+        }
+    }
+
+    /// Finalizes and initializes the module again when the token went away,
+    /// unless another job is running (it is tried before the next one) or
+    /// the last try was under a second ago.
+    fn reinitialize_if_broken(&self) {
+        if !self
+            .module
+            .read()
+            .expect("never poisoned")
+            .broken
+            .load(Ordering::Acquire)
+        {
+            return;
+        }
+        let Ok(mut module) = self.module.try_write() else {
+            return;
+        };
+        if !module.broken.load(Ordering::Acquire) || module.last_init.elapsed() < REINIT_EVERY {
+            return;
+        }
+        module.last_init = Instant::now();
+        // Every session of the old initialization is closed before it ends:
+        // a handle closed later could be a new session's.
+        module.sessions.get_mut().expect("never poisoned").clear();
+        *module.slot.get_mut().expect("never poisoned") = None;
+        if let Some(old) = module.pkcs11.take() {
+            let _ = old.finalize();
+        }
+        match initialize(&self.path) {
+            Ok(pkcs11) => {
+                module.pkcs11 = Some(pkcs11);
+                module.generation += 1;
+                module.broken.store(false, Ordering::Release);
+                tracing::info!(token = %self.token_label, "PKCS#11 module initialized again after the token went away");
+            }
+            Err(why) => {
+                tracing::warn!(token = %self.token_label, error = %why, "PKCS#11 module cannot be initialized again yet");
+            }
+        }
+    }
+
+    /// Logs the user in (on one session: the login holds for every session
+    /// of the process), with the PIN read now.
+    fn login(&self, session: &Session) -> Result<(), Fail> {
+        let pin = self.pin.read()?;
+        let hash = digest::digest(&digest::SHA256, pin.as_bytes());
+        if self
+            .refused_pin
+            .lock()
+            .expect("never poisoned")
+            .as_ref()
+            .is_some_and(|r| r.as_ref() == hash.as_ref())
+        {
+            return Err(Fail::unauthenticated(format!(
+                "the token `{}` refused {} before; it is not offered again until it changes (tokens lock the user after a few wrong PINs)",
+                self.token_label,
+                self.pin.describe()
+            )));
+        }
+        let auth = AuthPin::from(pin.as_str());
+        match session.login(UserType::User, Some(&auth)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                tracing::debug!(token = %self.token_label, "logged in to the PKCS#11 token");
+                Ok(())
+            }
+            Err(CkError::Pkcs11(
+                rv @ (RvError::PinIncorrect
+                | RvError::PinInvalid
+                | RvError::PinLenRange
+                | RvError::PinLocked
+                | RvError::PinExpired),
+                _,
+            )) => {
+                if rv != RvError::PinLocked {
+                    *self.refused_pin.lock().expect("never poisoned") = Some(hash);
+                }
+                tracing::warn!(token = %self.token_label, error = %super::errors::ckr_name(rv), "the PKCS#11 token refused the PIN");
+                Err(Fail::unauthenticated(format!(
+                    "the token `{}` refused {} ({})",
+                    self.token_label,
+                    self.pin.describe(),
+                    super::errors::ckr_name(rv)
+                )))
+            }
+            Err(e) => Err(Fail::from(e)),
+        }
+    }
+}
+
+impl Worker<'_> {
+    /// The initialization the job runs in: object handles found in another
+    /// are not used.
+    pub(super) fn generation(&self) -> u64 {
+        self.module.generation
+    }
+
+    fn gone(&self) -> Fail {
+        self.module.broken.store(true, Ordering::Release);
+        Fail::unavailable(format!(
+            "the PKCS#11 token `{}` is not present; the sidecar initializes the module again until it is back",
+            self.shared.token_label
+        ))
+    }
+
+    /// Runs one PKCS#11 call on the job's session, opening one (and logging
+    /// in) as needed, and recovering as the module doc says.
+    pub(super) fn call<T>(
+        &mut self,
+        mut f: impl FnMut(&Session) -> Result<T, CkError>,
+    ) -> Result<T, Fail> {
+        let mut retried = false;
+        loop {
+            let err = match f(self.session()?) {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let CkError::Pkcs11(rv, _) = err else {
+                return Err(Fail::from(err));
+            };
+            match rv {
+                RvError::UserNotLoggedIn => {
+                    tracing::info!(token = %self.shared.token_label, "PKCS#11 session logged out: logging in again");
+                    let shared = self.shared;
+                    shared.login(self.session()?)?;
+                }
+                RvError::SessionHandleInvalid | RvError::SessionClosed => {
+                    tracing::info!(token = %self.shared.token_label, "PKCS#11 session closed by the token: opening another");
+                    self.session = None;
+                }
+                RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid => {
+                    // A token that went away, a lost login (private objects
+                    // vanish with it), or handles of a re-created object.
+                    if !self.token_present() {
+                        return Err(self.gone());
+                    }
+                    if self.logged_in() {
+                        return Err(Fail::from(err));
+                    }
+                    let shared = self.shared;
+                    shared.login(self.session()?)?;
+                }
+                RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::DeviceError
+                | RvError::SlotIdInvalid
+                | RvError::CryptokiNotInitialized => {
+                    tracing::warn!(token = %self.shared.token_label, error = %super::errors::ckr_name(rv), "PKCS#11 token went away");
+                    self.session = None;
+                    return Err(self.gone());
+                }
+                _ => return Err(Fail::from(err)),
+            }
+            if retried {
+                return Err(Fail::from(err));
+            }
+            retried = true;
+        }
+    }
+
+    /// The job's session: an idle one of the pool, or a new one (and a
+    /// login, which holds for the process).
+    fn session(&mut self) -> Result<&Session, Fail> {
+        if self.session.is_none() {
+            let module = self.module;
+            if module.broken.load(Ordering::Acquire) {
+                return Err(self.gone());
+            }
+            let pkcs11 = module.pkcs11.as_ref().ok_or_else(|| self.gone())?;
+            let pooled = module.sessions.lock().expect("never poisoned").pop();
+            let session = match pooled {
+                Some(s) => s,
+                None => {
+                    let slot = self.slot()?;
+                    let session = pkcs11.open_rw_session(slot).map_err(|e| match e {
+                        CkError::Pkcs11(
+                            RvError::TokenNotPresent
+                            | RvError::SlotIdInvalid
+                            | RvError::DeviceRemoved
+                            | RvError::TokenNotRecognized,
+                            _,
+                        ) => self.gone(),
+                        other => Fail::from(other),
+                    })?;
+                    self.shared.login(&session)?;
+                    session
+                }
+            };
+            self.session = Some(session);
+        }
+        Ok(self.session.as_ref().expect("just set"))
+    }
+
+    /// The slot holding the token, found by label once per initialization.
+    fn slot(&self) -> Result<Slot, Fail> {
+        let mut slot = self.module.slot.lock().expect("never poisoned");
+        if let Some(slot) = *slot {
+            return Ok(slot);
+        }
+        let pkcs11 = self.module.pkcs11.as_ref().ok_or_else(|| self.gone())?;
+        let mut labels = Vec::new();
+        for candidate in pkcs11.get_slots_with_token().map_err(Fail::from)? {
+            // A slot whose token cannot be read is not ours.
+            let Ok(info) = pkcs11.get_token_info(candidate) else {
+                continue;
+            };
+            if info.label() == self.shared.token_label {
+                *slot = Some(candidate);
+                return Ok(candidate);
+            }
+            if info.token_initialized() {
+                labels.push(format!("`{}`", info.label()));
+            }
+        }
+        Err(Fail::unavailable(format!(
+            "no token labelled `{}` is present (tokens found: {})",
+            self.shared.token_label,
+            if labels.is_empty() {
+                "none".to_owned()
+            } else {
+                labels.join(", ")
+            }
+        )))
+    }
+
+    /// Whether the token still shows in its slot under its label.
+    pub(super) fn token_present(&self) -> bool {
+        let Some(pkcs11) = self.module.pkcs11.as_ref() else {
+            return false;
+        };
+        let Some(slot) = *self.module.slot.lock().expect("never poisoned") else {
+            return false;
+        };
+        pkcs11
+            .get_token_info(slot)
+            .is_ok_and(|info| info.label() == self.shared.token_label)
+    }
+
+    fn logged_in(&self) -> bool {
+        self.session
+            .as_ref()
+            .and_then(|s| s.get_session_info().ok())
+            .is_some_and(|info| {
+                matches!(
+                    info.session_state(),
+                    SessionState::RwUser | SessionState::RoUser
+                )
+            })
+    }
+
+    /// Readiness: a session opens (or the pooled one answers), the user is
+    /// logged in, and the token is present.
+    pub(super) fn check(&mut self) -> Result<(), Fail> {
+        self.call(|s| s.get_session_info().map(|_| ()))?;
+        if !self.token_present() {
+            return Err(self.gone());
+        }
+        if !self.logged_in() {
+            let shared = self.shared;
+            shared.login(self.session()?)?;
+        }
+        Ok(())
+    }
+
+    /// The token's answer when a key's objects are not found: the key is
+    /// missing (`None`), or the token is (`Some`).
+    pub(super) fn absent_token(&self) -> Option<Fail> {
+        (!self.token_present()).then(|| self.gone())
+    }
+}
