@@ -73,7 +73,7 @@ async fn the_readme_tour_runs_as_written() {
 }
 
 /// The README's ```yaml block that starts with `first_line`.
-fn readme_yaml_block(first_line: &str) -> String {
+pub fn readme_yaml_block(first_line: &str) -> String {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     readme

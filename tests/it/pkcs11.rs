@@ -386,3 +386,52 @@ async fn the_token_verifies_what_the_sidecar_signed() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("Signature is valid"), "{said}");
 }
+
+/// The README's SoftHSM2 walk-through runs as written, in a directory of
+/// its own, with this build's binary in place of `./target/debug/kms-sidecar`.
+#[tokio::test]
+async fn the_readme_softhsm2_walk_through_runs_as_written() {
+    crate::harness::softhsm_module();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let walk = readme
+        .split("### A walk-through with SoftHSM2")
+        .nth(1)
+        .and_then(|s| s.split("```sh").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("the README has a ```sh block under ### A walk-through with SoftHSM2");
+    assert!(walk.contains("./target/debug/kms-sidecar serve"));
+    let walk = walk.replace("./target/debug/kms-sidecar", crate::harness::BIN);
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new("timeout")
+        .args(["120", "bash", "-c", &format!("set -euo pipefail\n{walk}")])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let log = std::fs::read_to_string(dir.path().join("hsm/sidecar.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "the walk-through failed (`make test` installs softhsm2, opensc, curl, jq and openssl):\n{stdout}\n{}\nsidecar log:\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Verified OK"), "{stdout}");
+    assert!(stdout.contains(r#"{"plaintext":"c2VjcmV0"}"#), "{stdout}");
+    assert!(
+        stdout.contains(r#"{"key":"orders-data","version":"02"}"#),
+        "{stdout}"
+    );
+    assert!(stdout.contains(r#""current_version":"02""#), "{stdout}");
+    assert!(!log.contains("11223344"), "the PIN is never logged:\n{log}");
+}
+
+/// The README's PKCS#11 config example is a valid config.
+#[test]
+fn the_readme_pkcs11_config_passes_config_check() {
+    let block = crate::docs::readme_yaml_block("backends:\n  hsm:\n    type: pkcs11");
+    let config = format!("{block}callers:\n  - {{ uids: [0], keys: [\"*\"], ops: [\"*\"] }}\n");
+    let (code, out, err) = run_with_config(&["config", "check"], &config, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("sessions: 4"), "{out}");
+}
