@@ -32,6 +32,7 @@ fn chart_renders_valid_objects_and_manifests_do_not_drift() {
         "ok manifests/examples/job.yaml",
         "ok manifests/examples/azure-workload-identity.yaml",
         "ok manifests/examples/gcp-workload-identity.yaml",
+        "ok manifests/examples/pkcs11-hsm.yaml",
         "ok values/gcp.yaml",
     ] {
         assert!(

@@ -18,8 +18,10 @@ async fn sidecar(hsm: &SoftHsm, extra: &str) -> Sidecar {
 /// [`sidecar`] with more keys (YAML lines under `keys:`).
 async fn sidecar_with(hsm: &SoftHsm, extra: &str, keys: &str) -> Sidecar {
     let backend = hsm.backend().replace(" }", &format!("{extra} }}"));
+    let local = hsm.dir.path().join("local-keys");
     let config = format!(
-        "backends:\n  hsm: {backend}\nkeys:\n  ec: {{ backend: hsm, key: ec, ops: [\"*\"] }}\n  aes: {{ backend: hsm, key: aes, ops: [\"*\"] }}\n{keys}callers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
+        "backends:\n  hsm: {backend}\n  dev: {{ type: local, dir: \"{}\" }}\nkeys:\n  ec: {{ backend: hsm, key: ec, ops: [\"*\"] }}\n  aes: {{ backend: hsm, key: aes, ops: [\"*\"] }}\n{keys}callers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
+        local.display(),
         nix::unistd::geteuid().as_raw()
     );
     let env: Vec<(&str, String)> = hsm.env();
@@ -434,4 +436,77 @@ fn the_readme_pkcs11_config_passes_config_check() {
     let (code, out, err) = run_with_config(&["config", "check"], &config, &[]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("sessions: 4"), "{out}");
+}
+
+/// A token that stops answering (SoftHSM2 blocked on the record locks of
+/// its token files, held here by another process) costs callers the
+/// backend's timeout, never more, and stalls neither the runtime nor
+/// another backend; when it answers again, so does the sidecar.
+#[tokio::test]
+async fn a_hung_token_times_out_without_stalling_other_backends() {
+    let hsm = token("hung");
+    let s = sidecar_with(
+        &hsm,
+        ", timeout: 3s, retries: { max_attempts: 1 }, circuit: { open_for: 1s }",
+        "  soft: { backend: dev, key: soft, algorithm: ecdsa-p256-sha256, ops: [\"*\"] }\n",
+    )
+    .await;
+    assert_eq!(sign(&s).await.status, 200);
+
+    // fcntl record locks on every token file: SoftHSM2's next read waits.
+    let mut locker = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import fcntl,glob,sys,time\nfs=[open(p,'r+b') for p in glob.glob(sys.argv[1]+'/*/*')]\nfor f in fs: fcntl.lockf(f, fcntl.LOCK_EX)\nprint(len(fs), flush=True)\ntime.sleep(60)",
+            hsm.tokens.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (`make test` installs it)");
+    let mut locked = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(locker.stdout.take().unwrap()),
+        &mut locked,
+    )
+    .unwrap();
+    assert!(locked.trim().parse::<u32>().unwrap() > 0, "{locked}");
+
+    // More hung calls than sessions: every worker is stuck in the module.
+    let s = std::sync::Arc::new(s);
+    let hung: Vec<_> = (0..6)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { sign(&s).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let soft = s
+        .post("/v1/keys/soft/sign", json!({"message": b64(MSG)}))
+        .await;
+    assert_eq!(
+        soft.status,
+        200,
+        "the local backend serves: {:?}",
+        soft.json()
+    );
+    assert!(
+        hung.iter().all(|h| !h.is_finished()),
+        "the local sign was served while the token's calls still hung"
+    );
+    for h in hung {
+        let r = h.await.unwrap();
+        r.expect(504, Some("backend_timeout"));
+    }
+
+    locker.kill().unwrap();
+    locker.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = sign(&s).await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", r.json());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
