@@ -192,6 +192,20 @@ impl Error {
         }
     }
 
+    /// Refuses a plaintext of `len` bytes over `max`, which `who` (`AWS KMS
+    /// encrypts`, `direct encryption takes`) at most.
+    pub fn check_plaintext(len: usize, max: usize, who: &str) -> Result<(), Error> {
+        if len <= max {
+            return Ok(());
+        }
+        Err(Self::new(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "plaintext is {len} bytes; {who} at most {max}: use envelope encryption for larger data"
+            ),
+        ))
+    }
+
     /// The one opaque decryption failure.
     pub fn decryption_failed() -> Self {
         Self::new(

@@ -376,15 +376,7 @@ impl Regional {
         plaintext: &[u8],
         context: &Context,
     ) -> Result<Sealed, Error> {
-        if plaintext.len() > MAX_ENCRYPT {
-            return Err(Error::new(
-                ErrorKind::PayloadTooLarge,
-                format!(
-                    "plaintext is {} bytes; AWS KMS encrypts at most {MAX_ENCRYPT}: use envelope encryption for larger data",
-                    plaintext.len()
-                ),
-            ));
-        }
+        Error::check_plaintext(plaintext.len(), MAX_ENCRYPT, "AWS KMS encrypts")?;
         let info = self.info_for(key, Purpose::Encrypt, "encrypt").await?;
         let out = self
             .client

@@ -320,15 +320,7 @@ impl Backend for LocalBackend {
         let Material::Aes(aes) = &v.material else {
             return Err(not_for(key, k.algorithm, "encrypt"));
         };
-        if plaintext.len() > MAX_ENCRYPT {
-            return Err(Error::new(
-                ErrorKind::PayloadTooLarge,
-                format!(
-                    "plaintext is {} bytes; direct encryption takes at most {MAX_ENCRYPT}: use envelope encryption for larger data",
-                    plaintext.len()
-                ),
-            ));
-        }
+        Error::check_plaintext(plaintext.len(), MAX_ENCRYPT, "direct encryption takes")?;
         Ok(Sealed {
             bytes: seal(aes, v.number, plaintext, context)?,
             version: v.number.to_string(),

@@ -111,7 +111,7 @@ impl Pkcs11Backend {
             .token
             .run(move |w| {
                 let generation = w.generation();
-                match w.call_with(|s| objects::find(s, &reference, configured, generation))? {
+                match w.call(|s| objects::find(s, &reference, configured, generation))? {
                     Some(found) => Ok(Some(found)),
                     // No objects: a missing key, or a token gone missing.
                     None => w.absent_token().map_or(Ok(None), Err),
@@ -166,29 +166,6 @@ impl Pkcs11Backend {
         let k = self.key(key).await?;
         super::require_purpose(key, k.algorithm, purpose, what)?;
         Ok(k)
-    }
-}
-
-impl Worker<'_> {
-    /// [`Worker::call`] for a job that may also fail for reasons of its own.
-    fn call_with<T>(
-        &mut self,
-        mut f: impl FnMut(&cryptoki::session::Session) -> Result<T, Fail>,
-    ) -> Result<T, Fail> {
-        let mut own = None;
-        let out = self.call(|s| match f(s) {
-            Ok(v) => Ok(Some(v)),
-            Err(Fail::Ck(rv, function)) => Err(cryptoki::error::Error::Pkcs11(rv, function)),
-            Err(other) => {
-                own = Some(other);
-                Ok(None)
-            }
-        })?;
-        match (out, own) {
-            (Some(v), _) => Ok(v),
-            (None, Some(fail)) => Err(fail),
-            (None, None) => unreachable!("a job answers or fails"),
-        }
     }
 }
 
@@ -334,12 +311,7 @@ impl Backend for Pkcs11Backend {
         plaintext: &[u8],
         context: &Context,
     ) -> Result<Sealed, Error> {
-        if plaintext.len() > MAX_ENCRYPT {
-            return Err(Error::new(
-                ErrorKind::PayloadTooLarge,
-                format!("encrypt takes at most {MAX_ENCRYPT} bytes; use an envelope for more"),
-            ));
-        }
+        Error::check_plaintext(plaintext.len(), MAX_ENCRYPT, "direct encryption takes")?;
         self.key_for(key, Purpose::Encrypt, "encrypt").await?;
         let plaintext = Zeroizing::new(plaintext.to_vec());
         let context = canonical_context(context);
@@ -487,7 +459,7 @@ impl Backend for Pkcs11Backend {
         };
         let made = self
             .with_key(key, "rotate", move |w, k| {
-                w.call_with(|s| objects::generate_next(s, &label, k))
+                w.call(|s| objects::generate_next(s, &label, k))
             })
             .await;
         self.facts.forget(key.id);

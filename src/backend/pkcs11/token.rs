@@ -329,20 +329,21 @@ impl Worker<'_> {
         ))
     }
 
-    /// Runs one PKCS#11 call on the job's session, opening one (and logging
-    /// in) as needed, and recovering as the module doc says.
-    pub(super) fn call<T>(
+    /// Runs one PKCS#11 call (or a few, as one: a key lookup) on the job's
+    /// session, opening one (and logging in) as needed, and recovering as
+    /// the module doc says.
+    pub(super) fn call<T, E: Into<Fail>>(
         &mut self,
-        mut f: impl FnMut(&Session) -> Result<T, CkError>,
+        mut f: impl FnMut(&Session) -> Result<T, E>,
     ) -> Result<T, Fail> {
         let mut retried = false;
         loop {
             let err = match f(self.session()?) {
                 Ok(v) => return Ok(v),
-                Err(e) => e,
+                Err(e) => e.into(),
             };
-            let CkError::Pkcs11(rv, _) = err else {
-                return Err(Fail::from(err));
+            let Fail::Ck(rv, _) = err else {
+                return Err(err);
             };
             match rv {
                 RvError::UserNotLoggedIn => {
@@ -361,7 +362,7 @@ impl Worker<'_> {
                         return Err(self.gone());
                     }
                     if self.logged_in() {
-                        return Err(Fail::from(err));
+                        return Err(err);
                     }
                     let shared = self.shared;
                     shared.login(self.session()?)?;
@@ -376,10 +377,10 @@ impl Worker<'_> {
                     self.session = None;
                     return Err(self.gone());
                 }
-                _ => return Err(Fail::from(err)),
+                _ => return Err(err),
             }
             if retried {
-                return Err(Fail::from(err));
+                return Err(err);
             }
             retried = true;
         }
@@ -478,7 +479,7 @@ impl Worker<'_> {
     /// Readiness: a session opens (or the pooled one answers), the user is
     /// logged in, and the token is present.
     pub(super) fn check(&mut self) -> Result<(), Fail> {
-        self.call(|s| s.get_session_info().map(|_| ()))?;
+        self.call(|s| s.get_session_info())?;
         if !self.token_present() {
             return Err(self.gone());
         }
