@@ -17,10 +17,15 @@ async fn sidecar(hsm: &SoftHsm, extra: &str) -> Sidecar {
 
 /// [`sidecar`] with more keys (YAML lines under `keys:`).
 async fn sidecar_with(hsm: &SoftHsm, extra: &str, keys: &str) -> Sidecar {
+    sidecar_full(hsm, extra, "", keys).await
+}
+
+/// [`sidecar_with`] with more backends (YAML lines under `backends:`).
+async fn sidecar_full(hsm: &SoftHsm, extra: &str, backends: &str, keys: &str) -> Sidecar {
     let backend = hsm.backend().replace(" }", &format!("{extra} }}"));
     let local = hsm.dir.path().join("local-keys");
     let config = format!(
-        "backends:\n  hsm: {backend}\n  dev: {{ type: local, dir: \"{}\" }}\nkeys:\n  ec: {{ backend: hsm, key: ec, ops: [\"*\"] }}\n  aes: {{ backend: hsm, key: aes, ops: [\"*\"] }}\n{keys}callers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
+        "backends:\n  hsm: {backend}\n  dev: {{ type: local, dir: \"{}\" }}\n{backends}keys:\n  ec: {{ backend: hsm, key: ec, ops: [\"*\"] }}\n  aes: {{ backend: hsm, key: aes, ops: [\"*\"] }}\n{keys}callers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
         local.display(),
         nix::unistd::geteuid().as_raw()
     );
@@ -313,6 +318,62 @@ async fn a_token_that_goes_away_is_unavailable_then_recovers_without_a_restart()
         "the module was initialized again: {}",
         s.logs()
     );
+}
+
+/// Two tokens of one module are two backends sharing one initialization of
+/// it: both serve, and when one token goes away (and the module is
+/// initialized again to find it back) the other keeps serving.
+#[tokio::test]
+async fn two_tokens_of_one_module_are_two_backends() {
+    let hsm = token("alpha");
+    let beta_dir = hsm.add_token("beta");
+    hsm.create_key_on("beta", HsmKey::EcP256, "ec-beta", "01");
+    let beta = hsm
+        .backend()
+        .replace("token_label: \"alpha\"", "token_label: \"beta\"")
+        .replace(" }", ", circuit: { open_for: 1s } }");
+    let s = sidecar_full(
+        &hsm,
+        ", circuit: { open_for: 1s }",
+        &format!("  beta: {beta}\n"),
+        "  eb: { backend: beta, key: ec-beta, ops: [\"*\"] }\n",
+    )
+    .await;
+    let sign_beta = || s.post("/v1/keys/eb/sign", json!({"message": b64(MSG)}));
+    assert_eq!(sign(&s).await.status, 200);
+    assert_eq!(sign_beta().await.status, 200);
+    let beta_pk = s.get("/v1/keys/eb/public-key").await.ok();
+    assert_eq!(
+        pem::parse(beta_pk["pem"].as_str().unwrap())
+            .unwrap()
+            .into_contents(),
+        hsm.public_key_der_on("beta", "ec-beta", "01"),
+        "each backend reads its own token"
+    );
+
+    let away = beta_dir.with_extension("away");
+    std::fs::rename(&beta_dir, &away).unwrap();
+    sign_beta().await.expect(503, Some("backend_unavailable"));
+    s.not_ready_because("beta", &["not present"], Duration::from_secs(10))
+        .await;
+    // Meanwhile alpha serves, through the module's new initializations.
+    for _ in 0..10 {
+        let r = sign(&s).await;
+        assert_eq!(r.status, 200, "{:?}", r.json());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    std::fs::rename(&away, &beta_dir).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = sign_beta().await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}\n{}", r.json(), s.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(sign(&s).await.status, 200);
+    s.ready_within(Duration::from_secs(10)).await;
 }
 
 #[test]

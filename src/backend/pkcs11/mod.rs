@@ -15,6 +15,7 @@
 //! - HMAC keys MAC with `CKM_SHA256_HMAC`.
 
 mod errors;
+mod module;
 mod objects;
 mod token;
 

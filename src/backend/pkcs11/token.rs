@@ -13,28 +13,22 @@
 //!   login (the PIN read again); one refused with
 //!   `CKR_SESSION_HANDLE_INVALID`, on a new session.
 //! - When the token is gone (`CKR_DEVICE_REMOVED`, `CKR_TOKEN_NOT_PRESENT`,
-//!   or its slot no longer shows it), the module is finalized and
-//!   initialized again before the next call (at most once a second), since
-//!   some modules (SoftHSM2) only see a returned token after that. Object
-//!   handles of an older initialization are never used: key lookups carry
-//!   the generation they were made in.
+//!   or its slot no longer shows it), the module is initialized again
+//!   ([`super::module`]). Slots and object handles of an older
+//!   initialization are never used: they carry the generation they were
+//!   found in.
 
 use super::errors::Fail;
+use super::module::{Module, Pool, State};
 use crate::config::Pkcs11BackendConfig;
 use aws_lc_rs::digest;
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, mpsc};
 use zeroize::Zeroizing;
-
-/// The least time between two re-initializations of the module.
-const REINIT_EVERY: Duration = Duration::from_secs(1);
 
 /// Where the user PIN comes from; read at every login, never kept.
 #[derive(Debug, Clone)]
@@ -72,27 +66,19 @@ impl PinSource {
     }
 }
 
-/// One initialization of the module, and what lives in it.
-struct Module {
-    /// `None` while the module could not be initialized again.
-    pkcs11: Option<Pkcs11>,
-    /// Counts initializations: object handles of another are meaningless.
-    generation: u64,
-    /// The slot the token was found in (slot ids change).
-    slot: Mutex<Option<Slot>>,
-    /// Idle sessions, at most one per worker.
-    sessions: Mutex<Vec<Session>>,
-    /// The token went away: initialize the module again before any call.
-    broken: AtomicBool,
-    last_init: Instant,
-}
-
 /// What the workers share.
 struct Shared {
-    path: PathBuf,
+    module: Arc<Module>,
     token_label: String,
     pin: PinSource,
-    module: RwLock<Module>,
+    /// The slot the token was found in (slot ids change), and the module
+    /// initialization it was found in.
+    slot: Mutex<Option<(u64, Slot)>>,
+    /// Idle sessions, at most one per worker.
+    sessions: Arc<Pool>,
+    /// The module initialization in which the token was found gone, and
+    /// why: until the next one, calls fail at once.
+    gone_in: Mutex<Option<(u64, String)>>,
     /// SHA-256 of the last PIN the token refused: not offered again, since
     /// HSMs lock the user after a few wrong PINs. A changed file is tried.
     refused_pin: Mutex<Option<digest::Digest>>,
@@ -105,7 +91,7 @@ type Job = Box<dyn for<'a> FnOnce(&mut Worker<'a>) + Send>;
 /// session the job has borrowed.
 pub(super) struct Worker<'a> {
     shared: &'a Shared,
-    module: &'a Module,
+    state: &'a State,
     session: Option<Session>,
 }
 
@@ -118,22 +104,9 @@ pub(super) struct Token {
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Token")
-            .field("module", &self.shared.path)
+            .field("module", &self.shared.module.path)
             .field("token_label", &self.shared.token_label)
             .finish_non_exhaustive()
-    }
-}
-
-fn initialize(path: &PathBuf) -> Result<Pkcs11, String> {
-    let pkcs11 = Pkcs11::new(path)
-        .map_err(|e| format!("cannot load the PKCS#11 module {}: {e}", path.display()))?;
-    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(pkcs11),
-        Err(e) => Err(format!(
-            "the PKCS#11 module {} failed to initialize: {}",
-            path.display(),
-            Fail::from(e)
-        )),
     }
 }
 
@@ -141,24 +114,20 @@ impl Token {
     /// Loads the module and starts `config.sessions` workers. The token
     /// need not be present yet: readiness says so until it is.
     pub(super) fn open(name: &str, config: &Pkcs11BackendConfig) -> Result<Self, String> {
-        let pkcs11 = initialize(&config.module)?;
+        let sessions = Arc::new(Pool::default());
+        let module = Module::open(&config.module, &sessions)?;
         let pin = match (&config.pin_file, &config.pin_env) {
             (Some(file), _) => PinSource::File(file.clone()),
             (None, Some(var)) => PinSource::Env(var.clone()),
             (None, None) => return Err("needs `pin_file` or `pin_env`".into()),
         };
         let shared = Arc::new(Shared {
-            path: config.module.clone(),
+            module,
             token_label: config.token_label.clone(),
             pin,
-            module: RwLock::new(Module {
-                pkcs11: Some(pkcs11),
-                generation: 0,
-                slot: Mutex::new(None),
-                sessions: Mutex::new(Vec::new()),
-                broken: AtomicBool::new(false),
-                last_init: Instant::now(),
-            }),
+            slot: Mutex::new(None),
+            sessions,
+            gone_in: Mutex::new(None),
             refused_pin: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel::<Job>();
@@ -205,65 +174,34 @@ impl Token {
 impl Shared {
     /// Runs one job on this worker thread, with a session from the pool.
     fn work(&self, job: Job) {
-        self.reinitialize_if_broken();
-        let module = self.module.read().expect("never poisoned");
+        self.module.reinitialize_if_wanted();
+        let state = self.module.state();
         let mut worker = Worker {
             shared: self,
-            module: &module,
+            state: &state,
             session: None,
         };
         // A module that panics through the wrapper must not shrink the pool.
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut worker)));
         if let Some(session) = worker.session.take()
             && ran.is_ok()
-            && !module.broken.load(Ordering::Acquire)
+            && !self.is_gone(state.generation)
         {
-            module
-                .sessions
-                .lock()
-                .expect("never poisoned")
-                .push(session);
+            self.sessions.lock().expect("never poisoned").push(session);
         }
     }
 
-    /// Finalizes and initializes the module again when the token went away,
-    /// unless another job is running (it is tried before the next one) or
-    /// the last try was under a second ago.
-    fn reinitialize_if_broken(&self) {
-        if !self
-            .module
-            .read()
-            .expect("never poisoned")
-            .broken
-            .load(Ordering::Acquire)
-        {
-            return;
+    /// Why the token is gone, if it was found gone in initialization
+    /// `generation`.
+    fn gone_in(&self, generation: u64) -> Option<String> {
+        match &*self.gone_in.lock().expect("never poisoned") {
+            Some((g, why)) if *g == generation => Some(why.clone()),
+            _ => None,
         }
-        let Ok(mut module) = self.module.try_write() else {
-            return;
-        };
-        if !module.broken.load(Ordering::Acquire) || module.last_init.elapsed() < REINIT_EVERY {
-            return;
-        }
-        module.last_init = Instant::now();
-        // Every session of the old initialization is closed before it ends:
-        // a handle closed later could be a new session's.
-        module.sessions.get_mut().expect("never poisoned").clear();
-        *module.slot.get_mut().expect("never poisoned") = None;
-        if let Some(old) = module.pkcs11.take() {
-            let _ = old.finalize();
-        }
-        match initialize(&self.path) {
-            Ok(pkcs11) => {
-                module.pkcs11 = Some(pkcs11);
-                module.generation += 1;
-                module.broken.store(false, Ordering::Release);
-                tracing::info!(token = %self.token_label, "PKCS#11 module initialized again after the token went away");
-            }
-            Err(why) => {
-                tracing::warn!(token = %self.token_label, error = %why, "PKCS#11 module cannot be initialized again yet");
-            }
-        }
+    }
+
+    fn is_gone(&self, generation: u64) -> bool {
+        self.gone_in(generation).is_some()
     }
 
     /// Logs the user in (on one session: the login holds for every session
@@ -318,15 +256,25 @@ impl Worker<'_> {
     /// The initialization the job runs in: object handles found in another
     /// are not used.
     pub(super) fn generation(&self) -> u64 {
-        self.module.generation
+        self.state.generation
     }
 
+    /// Records that the token is gone: the module is initialized again
+    /// soon, and until then the token's calls fail at once.
     fn gone(&self) -> Fail {
-        self.module.broken.store(true, Ordering::Release);
-        Fail::unavailable(format!(
-            "the PKCS#11 token `{}` is not present; the sidecar initializes the module again until it is back",
+        self.gone_because(String::new())
+    }
+
+    /// [`Self::gone`], with what was seen (`tokens found: …`).
+    fn gone_because(&self, seen: String) -> Fail {
+        let why = format!(
+            "the PKCS#11 token `{}` is not present{seen}; the sidecar initializes the module again until it is back",
             self.shared.token_label
-        ))
+        );
+        *self.shared.gone_in.lock().expect("never poisoned") =
+            Some((self.state.generation, why.clone()));
+        self.shared.module.want_reinit();
+        Fail::unavailable(why)
     }
 
     /// Runs one PKCS#11 call (or a few, as one: a key lookup) on the job's
@@ -390,12 +338,12 @@ impl Worker<'_> {
     /// login, which holds for the process).
     fn session(&mut self) -> Result<&Session, Fail> {
         if self.session.is_none() {
-            let module = self.module;
-            if module.broken.load(Ordering::Acquire) {
-                return Err(self.gone());
+            let state = self.state;
+            if let Some(why) = self.shared.gone_in(state.generation) {
+                return Err(Fail::unavailable(why));
             }
-            let pkcs11 = module.pkcs11.as_ref().ok_or_else(|| self.gone())?;
-            let pooled = module.sessions.lock().expect("never poisoned").pop();
+            let pkcs11 = state.pkcs11.as_ref().ok_or_else(|| self.gone())?;
+            let pooled = self.shared.sessions.lock().expect("never poisoned").pop();
             let session = match pooled {
                 Some(s) => s,
                 None => {
@@ -421,11 +369,13 @@ impl Worker<'_> {
 
     /// The slot holding the token, found by label once per initialization.
     fn slot(&self) -> Result<Slot, Fail> {
-        let mut slot = self.module.slot.lock().expect("never poisoned");
-        if let Some(slot) = *slot {
-            return Ok(slot);
+        let mut slot = self.shared.slot.lock().expect("never poisoned");
+        if let Some((generation, found)) = *slot
+            && generation == self.state.generation
+        {
+            return Ok(found);
         }
-        let pkcs11 = self.module.pkcs11.as_ref().ok_or_else(|| self.gone())?;
+        let pkcs11 = self.state.pkcs11.as_ref().ok_or_else(|| self.gone())?;
         let mut labels = Vec::new();
         for candidate in pkcs11.get_slots_with_token().map_err(Fail::from)? {
             // A slot whose token cannot be read is not ours.
@@ -433,16 +383,27 @@ impl Worker<'_> {
                 continue;
             };
             if info.label() == self.shared.token_label {
-                *slot = Some(candidate);
+                *slot = Some((self.state.generation, candidate));
+                if self
+                    .shared
+                    .gone_in
+                    .lock()
+                    .expect("never poisoned")
+                    .take()
+                    .is_some()
+                {
+                    tracing::info!(token = %self.shared.token_label, "PKCS#11 token is present again");
+                    self.shared.module.token_back();
+                }
                 return Ok(candidate);
             }
             if info.token_initialized() {
                 labels.push(format!("`{}`", info.label()));
             }
         }
-        Err(Fail::unavailable(format!(
-            "no token labelled `{}` is present (tokens found: {})",
-            self.shared.token_label,
+        drop(slot);
+        Err(self.gone_because(format!(
+            " (tokens found: {})",
             if labels.is_empty() {
                 "none".to_owned()
             } else {
@@ -453,10 +414,7 @@ impl Worker<'_> {
 
     /// Whether the token still shows in its slot under its label.
     pub(super) fn token_present(&self) -> bool {
-        let Some(pkcs11) = self.module.pkcs11.as_ref() else {
-            return false;
-        };
-        let Some(slot) = *self.module.slot.lock().expect("never poisoned") else {
+        let (Some(pkcs11), Ok(slot)) = (self.state.pkcs11.as_ref(), self.slot()) else {
             return false;
         };
         pkcs11

@@ -135,13 +135,48 @@ impl SoftHsm {
         out
     }
 
+    /// A second token labelled `label` in the same token directory (same
+    /// user PIN): its own directory there.
+    pub fn add_token(&self, label: &str) -> PathBuf {
+        let before: Vec<PathBuf> = self.token_dirs();
+        self.run(
+            "softhsm2-util",
+            &[
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--so-pin",
+                "so-pin-1234",
+                "--pin",
+                &self.pin,
+            ],
+        );
+        self.token_dirs()
+            .into_iter()
+            .find(|d| !before.contains(d))
+            .expect("the new token's directory")
+    }
+
+    fn token_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.tokens)
+            .expect("the token directory")
+            .map(|e| e.expect("a directory entry").path())
+            .collect()
+    }
+
     /// `pkcs11-tool` on this token, logged in as the user.
     pub fn tool(&self, args: &[&str]) -> Output {
+        self.tool_on(&self.label, args)
+    }
+
+    /// `pkcs11-tool` on the token labelled `label`, logged in as the user.
+    pub fn tool_on(&self, label: &str, args: &[&str]) -> Output {
         let mut all = vec![
             "--module",
             self.module,
             "--token-label",
-            &self.label,
+            label,
             "--login",
             "--pin",
             &self.pin,
@@ -152,26 +187,39 @@ impl SoftHsm {
 
     /// Makes a key of `kind` labelled `label` with `CKA_ID` `id` (hex).
     pub fn create_key(&self, kind: HsmKey, label: &str, id: &str) {
+        self.create_key_on(&self.label, kind, label, id);
+    }
+
+    /// [`Self::create_key`] on the token labelled `token`.
+    pub fn create_key_on(&self, token: &str, kind: HsmKey, label: &str, id: &str) {
         let mut args = kind.args().to_vec();
         args.extend(["--label", label, "--id", id]);
-        self.tool(&args);
+        self.tool_on(token, &args);
     }
 
     /// The public key of `label`/`id` as DER, read with `pkcs11-tool`.
     pub fn public_key_der(&self, label: &str, id: &str) -> Vec<u8> {
-        let out = self.dir.path().join(format!("{label}-{id}.der"));
+        self.public_key_der_on(&self.label, label, id)
+    }
+
+    /// [`Self::public_key_der`] on the token labelled `token`.
+    pub fn public_key_der_on(&self, token: &str, label: &str, id: &str) -> Vec<u8> {
+        let out = self.dir.path().join(format!("{token}-{label}-{id}.der"));
         let out_s = out.to_str().expect("utf-8 path").to_owned();
-        self.tool(&[
-            "--read-object",
-            "--type",
-            "pubkey",
-            "--label",
-            label,
-            "--id",
-            id,
-            "-o",
-            &out_s,
-        ]);
+        self.tool_on(
+            token,
+            &[
+                "--read-object",
+                "--type",
+                "pubkey",
+                "--label",
+                label,
+                "--id",
+                id,
+                "-o",
+                &out_s,
+            ],
+        );
         std::fs::read(&out).expect("the public key")
     }
 
