@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_INSTALL := $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get install -y --no-install-recommends
 
-.PHONY: run build test test-deps lint fmt bench bench-compare bench-instructions bench-webhook bench-burst load fuzz manifests fake-azure fake-gcp clean
+.PHONY: run build test test-deps lint fmt bench bench-compare bench-batch bench-instructions bench-webhook bench-burst load fuzz manifests fake-azure fake-gcp clean
 
 ## run: build and start the sidecar with the embedded default (local keys, ./kms-sidecar.sock)
 run: build
@@ -97,6 +97,10 @@ bench:
 ## bench-compare: the sidecar (local and Vault backends) against an OpenBao dev server, OpenBao Agent's API proxy and a bare hyper transport ceiling at 1, 16 and 64 connections (rps, p50/p99, CPU per request, RSS, ratios, targets); appends to docs/benchmarks.md (BENCH_COMPARE_APPEND=0: only prints)
 bench-compare:
 	BENCH_COMPARE_INVOKED_AS="make bench-compare" ./benches/compare.sh
+
+## bench-batch: a 64-item sign-batch and encrypt-batch against 64 single calls, through the vault backend to an OpenBao dev server, one request at a time; appends to docs/benchmarks.md (BENCH_BATCH_APPEND=0: only prints)
+bench-batch:
+	./benches/batch.sh
 
 ## bench-instructions: instructions per request on the hot paths (envelope encrypt/decrypt 1 KiB, sign, direct encrypt) and for the transport ceiling, counted by valgrind's callgrind (repeatable on a noisy machine); INSTR_KEEP=DIR keeps the dumps for callgrind_annotate
 bench-instructions:

@@ -1,6 +1,6 @@
 //! The key aliases of the config and what stands behind each: backend, key
 //! reference, allowed operations, rotation period, replay guard, and — once
-//! known — the key's algorithm. Below the service, the data-key cache and the
+//! known — the key's algorithm and (for `cache.metadata.ttl`) its metadata. Below the service, the data-key cache and the
 //! audit log, which all name keys by alias.
 
 use crate::backend::{self, Backend, KeyRef};
@@ -8,9 +8,23 @@ use crate::config::Config;
 use crate::crypto::Algorithm;
 use crate::policy::{Op, OpOrAll, grants};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A key's metadata as last asked, and when.
+type Cached = Option<(Instant, Arc<backend::KeyMetadata>)>;
+
+/// A key's metadata, asked of the backend at most once per `ttl`: callers
+/// that find it missing or expired wait for one call together, and one that
+/// finds it in the last fifth of its life has it refreshed in the
+/// background, so a key in use never waits. Errors are not kept.
+#[derive(Debug, Default)]
+struct MetadataCache {
+    ttl: Duration,
+    slot: tokio::sync::Mutex<Cached>,
+    refreshing: AtomicBool,
+}
 
 /// A configured key alias and the backend behind it.
 #[derive(Debug)]
@@ -31,6 +45,7 @@ pub struct KeyEntry {
     /// The key's algorithm, asked of the backend once: no KMS changes the
     /// type of an existing key.
     algorithm: OnceLock<Algorithm>,
+    metadata: MetadataCache,
 }
 
 impl KeyEntry {
@@ -46,7 +61,42 @@ impl KeyEntry {
             replay_guard: false,
             generation: AtomicU64::new(0),
             algorithm: OnceLock::new(),
+            metadata: MetadataCache::default(),
         }
+    }
+
+    /// The key's metadata, from the cache while `cache.metadata.ttl` allows
+    /// (see [`MetadataCache`]).
+    pub async fn metadata(self: &Arc<Self>) -> Result<Arc<backend::KeyMetadata>, backend::Error> {
+        let cache = &self.metadata;
+        let mut slot = cache.slot.lock().await;
+        if let Some((at, m)) = &*slot {
+            let age = at.elapsed();
+            if age < cache.ttl {
+                if age >= cache.ttl / 5 * 4 && !cache.refreshing.swap(true, Ordering::AcqRel) {
+                    let entry = self.clone();
+                    tokio::spawn(async move {
+                        if let Ok(m) = entry.backend.metadata(entry.key_ref()).await {
+                            *entry.metadata.slot.lock().await = Some((Instant::now(), Arc::new(m)));
+                        }
+                        entry.metadata.refreshing.store(false, Ordering::Release);
+                    });
+                }
+                return Ok(m.clone());
+            }
+        }
+        // One call for every caller waiting on the lock.
+        let m = Arc::new(self.backend.metadata(self.key_ref()).await?);
+        if !cache.ttl.is_zero() {
+            *slot = Some((Instant::now(), m.clone()));
+        }
+        Ok(m)
+    }
+
+    /// Drops the cached metadata (a rotation, a version the cache does not
+    /// know yet).
+    pub async fn forget_metadata(&self) {
+        *self.metadata.slot.lock().await = None;
     }
 
     pub fn key_ref(&self) -> KeyRef<'_> {
@@ -76,11 +126,11 @@ impl KeyEntry {
 
     /// The key's algorithm: from the backend's metadata the first time, then
     /// remembered.
-    pub async fn algorithm(&self) -> Result<Algorithm, backend::Error> {
+    pub async fn algorithm(self: &Arc<Self>) -> Result<Algorithm, backend::Error> {
         if let Some(a) = self.algorithm.get() {
             return Ok(*a);
         }
-        let m = self.backend.metadata(self.key_ref()).await?;
+        let m = self.metadata().await?;
         Ok(*self.algorithm.get_or_init(|| m.algorithm))
     }
 }
@@ -103,6 +153,7 @@ impl Keys {
                 entry.ops = k.ops.clone();
                 entry.rotation_period = k.rotation_period.map(|d| d.0);
                 entry.replay_guard = k.replay_guard;
+                entry.metadata.ttl = config.cache.metadata.ttl.0;
                 Some((alias.clone(), Arc::new(entry)))
             })
             .collect();

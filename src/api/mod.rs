@@ -294,6 +294,55 @@ pub struct EnvelopeDecryptRequest {
     pub context: Context,
 }
 
+/// `POST /v1/keys/{name}/encrypt-batch`, `decrypt-batch`,
+/// `envelope/encrypt-batch` and `envelope/decrypt-batch`: the single
+/// operation's request once per item.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest<T> {
+    pub items: Vec<T>,
+}
+
+/// One result per item, in the items' order: the item's answer, or its own
+/// error (one item's failure fails no other).
+#[derive(Debug, Serialize)]
+pub struct BatchResponse<T> {
+    pub results: Vec<BatchItem<T>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum BatchItem<T> {
+    Done(T),
+    Failed { error: ItemError },
+}
+
+/// An item's error: the code, message and retryability a single call
+/// would have answered.
+#[derive(Debug, Serialize)]
+pub struct ItemError {
+    pub code: &'static str,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl<T> From<Result<T, ApiError>> for BatchItem<T> {
+    fn from(result: Result<T, ApiError>) -> Self {
+        match result {
+            Ok(v) => BatchItem::Done(v),
+            Err(e) => BatchItem::Failed {
+                error: ItemError {
+                    code: e.code.as_str(),
+                    message: e.message,
+                    retryable: e.retryable,
+                },
+            },
+        }
+    }
+}
+
+impl<T: Serialize> Answer for BatchResponse<T> {}
+
 /// `POST /v1/keys/{name}/datakey`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -167,6 +167,25 @@ pub struct CallerRule {
 pub struct Cache {
     pub public_keys: PublicKeyCache,
     pub data_keys: DataKeyCacheConfig,
+    pub metadata: MetadataCache,
+}
+
+/// `cache.metadata`: how long a key's metadata (algorithm, versions,
+/// rotation) is reused for listings, metadata and version checks, so that a
+/// probe or a dashboard polling `GET /v1/keys` costs the KMS nothing.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataCache {
+    /// `0s`: asked of the KMS at every request.
+    pub ttl: Duration,
+}
+
+impl Default for MetadataCache {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `cache.data_keys`: how long and how much one data key is reused for
@@ -221,8 +240,11 @@ impl Default for PublicKeyCache {
 pub struct Limits {
     /// Largest request body; larger ones get 413 before they are read.
     pub max_body: ByteSize,
-    /// Most items in one `sign-batch`.
+    /// Most items in one batch (`sign-batch`, `encrypt-batch`, …).
     pub max_batch: usize,
+    /// Items of one batch served at once (the backend's own
+    /// `backend_concurrency` bounds them too).
+    pub batch_concurrency: usize,
     /// Most open connections on the socket; more are closed at accept.
     pub max_connections: usize,
     /// A request's headers must arrive within this time after the previous
@@ -269,6 +291,7 @@ impl Default for Limits {
         Self {
             max_body: ByteSize(1 << 20),
             max_batch: 64,
+            batch_concurrency: 8,
             max_connections: 4096,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),

@@ -247,6 +247,12 @@ impl Config {
         if self.limits.max_batch == 0 {
             bad("limits.max_batch".into(), "must be at least 1".into());
         }
+        if self.limits.batch_concurrency == 0 {
+            bad(
+                "limits.batch_concurrency".into(),
+                "must be at least 1".into(),
+            );
+        }
         let l = &self.limits;
         for (field, value) in [
             ("max_connections", l.max_connections),

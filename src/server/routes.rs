@@ -82,6 +82,10 @@ enum Action {
     Rotate,
     EnvelopeEncrypt,
     EnvelopeDecrypt,
+    EncryptBatch,
+    DecryptBatch,
+    EnvelopeEncryptBatch,
+    EnvelopeDecryptBatch,
 }
 
 /// Every `op` label of [`Route::label`], and `unknown`.
@@ -103,6 +107,10 @@ const LABELS: &[&str] = &[
     "rotate",
     "envelope_encrypt",
     "envelope_decrypt",
+    "encrypt_batch",
+    "decrypt_batch",
+    "envelope_encrypt_batch",
+    "envelope_decrypt_batch",
     "unknown",
 ];
 
@@ -128,6 +136,10 @@ impl Route<'_> {
                 Action::Rotate => "rotate",
                 Action::EnvelopeEncrypt => "envelope_encrypt",
                 Action::EnvelopeDecrypt => "envelope_decrypt",
+                Action::EncryptBatch => "encrypt_batch",
+                Action::DecryptBatch => "decrypt_batch",
+                Action::EnvelopeEncryptBatch => "envelope_encrypt_batch",
+                Action::EnvelopeDecryptBatch => "envelope_decrypt_batch",
             },
         }
     }
@@ -170,6 +182,8 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
                 "verify" => Action::Verify,
                 "encrypt" => Action::Encrypt,
                 "decrypt" => Action::Decrypt,
+                "encrypt-batch" => Action::EncryptBatch,
+                "decrypt-batch" => Action::DecryptBatch,
                 "datakey" => Action::Datakey,
                 "mac" => Action::Mac,
                 "verify-mac" => Action::VerifyMac,
@@ -184,6 +198,12 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
         ["v1", "keys", name, "envelope", "decrypt"] if !name.is_empty() => {
             Route::Key(name, Action::EnvelopeDecrypt)
         }
+        ["v1", "keys", name, "envelope", "encrypt-batch"] if !name.is_empty() => {
+            Route::Key(name, Action::EnvelopeEncryptBatch)
+        }
+        ["v1", "keys", name, "envelope", "decrypt-batch"] if !name.is_empty() => {
+            Route::Key(name, Action::EnvelopeDecryptBatch)
+        }
         _ => return None,
     })
 }
@@ -196,12 +216,15 @@ impl Action {
             Action::PublicKey => Op::PublicKey,
             Action::Sign | Action::SignBatch => Op::Sign,
             Action::Verify => Op::Verify,
-            Action::Encrypt => Op::Encrypt,
-            Action::Decrypt => Op::Decrypt,
+            Action::Encrypt | Action::EncryptBatch => Op::Encrypt,
+            Action::Decrypt | Action::DecryptBatch => Op::Decrypt,
             Action::Datakey => Op::Datakey,
             Action::Mac | Action::VerifyMac => Op::Mac,
             Action::Rotate => Op::Rotate,
-            Action::EnvelopeEncrypt | Action::EnvelopeDecrypt => Op::Envelope,
+            Action::EnvelopeEncrypt
+            | Action::EnvelopeDecrypt
+            | Action::EnvelopeEncryptBatch
+            | Action::EnvelopeDecryptBatch => Op::Envelope,
         }
     }
 }
@@ -599,6 +622,14 @@ impl Routes {
             Action::EnvelopeDecrypt => ok(svc
                 .envelope_decrypt(caller, alias, parse_json(&body)?)
                 .await),
+            Action::EncryptBatch => ok(svc.encrypt_batch(caller, alias, parse_json(&body)?).await),
+            Action::DecryptBatch => ok(svc.decrypt_batch(caller, alias, parse_json(&body)?).await),
+            Action::EnvelopeEncryptBatch => ok(svc
+                .envelope_encrypt_batch(caller, alias, parse_json(&body)?)
+                .await),
+            Action::EnvelopeDecryptBatch => ok(svc
+                .envelope_decrypt_batch(caller, alias, parse_json(&body)?)
+                .await),
         };
         drop(body);
         reply.map(|reply| Reply {
@@ -733,6 +764,10 @@ mod tests {
             Action::Rotate,
             Action::EnvelopeEncrypt,
             Action::EnvelopeDecrypt,
+            Action::EncryptBatch,
+            Action::DecryptBatch,
+            Action::EnvelopeEncryptBatch,
+            Action::EnvelopeDecryptBatch,
         ];
         let routes = [
             Route::Healthz,
@@ -767,6 +802,14 @@ mod tests {
             Some(Route::Key("a", Action::EnvelopeEncrypt))
         );
         assert_eq!(parse_route("/v1/keys/a/envelope/encrypt/more"), None);
+        assert_eq!(
+            parse_route("/v1/keys/a/encrypt-batch"),
+            Some(Route::Key("a", Action::EncryptBatch))
+        );
+        assert_eq!(
+            parse_route("/v1/keys/a/envelope/decrypt-batch"),
+            Some(Route::Key("a", Action::EnvelopeDecryptBatch))
+        );
     }
 
     #[test]

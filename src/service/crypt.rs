@@ -4,6 +4,7 @@
 
 use super::{Service, rules};
 use crate::api::{self, ApiError, B64Out, b64};
+use crate::keys::KeyEntry;
 use crate::policy::{Caller, Op};
 use zeroize::Zeroizing;
 
@@ -15,15 +16,17 @@ impl Service {
         req: api::EncryptRequest,
     ) -> Result<api::EncryptResponse, ApiError> {
         let (entry, _) = self.key_for(caller, alias, Op::Encrypt).await?;
-        rules::check_context(&req.context)?;
-        let sealed = entry
-            .backend
-            .encrypt(entry.key_ref(), &req.plaintext.0, &req.context)
-            .await?;
-        Ok(api::EncryptResponse {
-            ciphertext: B64Out(sealed.bytes),
-            version: sealed.version,
-        })
+        encrypt(entry, req).await
+    }
+
+    pub async fn encrypt_batch(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::BatchRequest<api::EncryptRequest>,
+    ) -> Result<api::BatchResponse<api::EncryptResponse>, ApiError> {
+        let (entry, _) = self.key_for(caller, alias, Op::Encrypt).await?;
+        self.batch(req.items, |item| encrypt(entry, item)).await
     }
 
     pub async fn decrypt(
@@ -33,14 +36,17 @@ impl Service {
         req: api::DecryptRequest,
     ) -> Result<api::DecryptResponse, ApiError> {
         let (entry, _) = self.key_for(caller, alias, Op::Decrypt).await?;
-        rules::check_context(&req.context)?;
-        let plain = entry
-            .backend
-            .decrypt(entry.key_ref(), &req.ciphertext.0, &req.context)
-            .await?;
-        Ok(api::DecryptResponse {
-            plaintext: B64Out(plain.0),
-        })
+        decrypt(entry, req).await
+    }
+
+    pub async fn decrypt_batch(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::BatchRequest<api::DecryptRequest>,
+    ) -> Result<api::BatchResponse<api::DecryptResponse>, ApiError> {
+        let (entry, _) = self.key_for(caller, alias, Op::Decrypt).await?;
+        self.batch(req.items, |item| decrypt(entry, item)).await
     }
 
     pub async fn datakey(
@@ -95,4 +101,33 @@ impl Service {
             version: v.version,
         })
     }
+}
+
+async fn encrypt(
+    entry: &KeyEntry,
+    req: api::EncryptRequest,
+) -> Result<api::EncryptResponse, ApiError> {
+    rules::check_context(&req.context)?;
+    let sealed = entry
+        .backend
+        .encrypt(entry.key_ref(), &req.plaintext.0, &req.context)
+        .await?;
+    Ok(api::EncryptResponse {
+        ciphertext: B64Out(sealed.bytes),
+        version: sealed.version,
+    })
+}
+
+async fn decrypt(
+    entry: &KeyEntry,
+    req: api::DecryptRequest,
+) -> Result<api::DecryptResponse, ApiError> {
+    rules::check_context(&req.context)?;
+    let plain = entry
+        .backend
+        .decrypt(entry.key_ref(), &req.ciphertext.0, &req.context)
+        .await?;
+    Ok(api::DecryptResponse {
+        plaintext: B64Out(plain.0),
+    })
 }

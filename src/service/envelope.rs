@@ -12,11 +12,13 @@ use crate::envelope::format::{self, AlgorithmId, Header, Opener, SEGMENT, Sealer
 use crate::envelope::{
     Chunks, Refused, decryption_failed, next_segment, open_segment, wrapping_context,
 };
+use crate::keys::KeyEntry;
 use crate::policy::{Caller, Op};
 use crate::stream::{BoxedStream, drain, read_error};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::io;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
@@ -49,6 +51,48 @@ impl Service {
         req: api::EnvelopeEncryptRequest,
     ) -> Result<api::EnvelopeEncryptResponse, ApiError> {
         let (entry, _) = self.key_for(caller, alias, Op::Envelope).await?;
+        self.seal_envelope(entry, alias, req).await
+    }
+
+    pub async fn envelope_encrypt_batch(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::BatchRequest<api::EnvelopeEncryptRequest>,
+    ) -> Result<api::BatchResponse<api::EnvelopeEncryptResponse>, ApiError> {
+        let (entry, _) = self.key_for(caller, alias, Op::Envelope).await?;
+        self.batch(req.items, |item| self.seal_envelope(entry, alias, item))
+            .await
+    }
+
+    pub async fn envelope_decrypt(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::EnvelopeDecryptRequest,
+    ) -> Result<api::DecryptResponse, ApiError> {
+        let (entry, _) = self.key_for(caller, alias, Op::Envelope).await?;
+        self.open_envelope(entry, alias, req).await
+    }
+
+    pub async fn envelope_decrypt_batch(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::BatchRequest<api::EnvelopeDecryptRequest>,
+    ) -> Result<api::BatchResponse<api::DecryptResponse>, ApiError> {
+        let (entry, _) = self.key_for(caller, alias, Op::Envelope).await?;
+        self.batch(req.items, |item| self.open_envelope(entry, alias, item))
+            .await
+    }
+
+    /// A JSON envelope of `req` under `entry`'s cached data key.
+    async fn seal_envelope(
+        &self,
+        entry: &Arc<KeyEntry>,
+        alias: &str,
+        req: api::EnvelopeEncryptRequest,
+    ) -> Result<api::EnvelopeEncryptResponse, ApiError> {
         rules::check_context(&req.context)?;
         let dek = self
             .data_keys()
@@ -77,13 +121,13 @@ impl Service {
     }
 
     /// Opens an envelope of any algorithm held in memory.
-    pub async fn envelope_decrypt(
+    /// The plaintext of a JSON envelope of `entry`.
+    async fn open_envelope(
         &self,
-        caller: &Caller,
+        entry: &Arc<KeyEntry>,
         alias: &str,
         req: api::EnvelopeDecryptRequest,
     ) -> Result<api::DecryptResponse, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::Envelope).await?;
         rules::check_context(&req.context)?;
         let (header, _) = Header::parse(&req.envelope.0)
             .ok()

@@ -4,8 +4,9 @@
 //!
 //! - [`sign`]: sign, sign-batch, verify (natively or with the cached
 //!   public key);
-//! - [`crypt`]: encrypt, decrypt, data keys, MACs;
-//! - [`envelope`]: envelope encryption, JSON and streamed;
+//! - [`crypt`]: encrypt, decrypt (single and batches), data keys, MACs;
+//! - [`envelope`]: envelope encryption, JSON (single and batches) and
+//!   streamed;
 //! - here: who may use which key, listing, metadata, public keys, rotation,
 //!   readiness.
 
@@ -41,6 +42,7 @@ pub struct Service {
     policy: Policy,
     metrics: Arc<Metrics>,
     max_batch: usize,
+    batch_concurrency: usize,
     public_keys: Mutex<PublicKeyCache>,
     public_key_ttl: Duration,
     health: HealthChecks,
@@ -63,6 +65,7 @@ impl Service {
             policy: Policy::new(config.callers.clone()),
             metrics,
             max_batch: config.limits.max_batch,
+            batch_concurrency: config.limits.batch_concurrency,
             public_keys: Mutex::new(HashMap::new()),
             public_key_ttl: config.cache.public_keys.ttl.0,
             accept_unbound_until: config.envelope.accept_unbound_until.map(|t| t.0),
@@ -158,6 +161,39 @@ impl Service {
     /// The key for `op` once the caller's rules allow it, with its
     /// algorithm, refusing a key whose purpose is not `op`'s (422) — the
     /// same answer whatever the backend.
+    /// A batch of `items`: 1 to `limits.max_batch` of them, run through
+    /// `each` `limits.batch_concurrency` at a time; the results in the
+    /// items' order, each item's error its own.
+    pub(crate) async fn batch<I, T, Fut>(
+        &self,
+        items: Vec<I>,
+        each: impl FnMut(I) -> Fut,
+    ) -> Result<api::BatchResponse<T>, ApiError>
+    where
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        use futures_util::StreamExt;
+        self.check_batch(items.len())?;
+        // Futures are lazy: made here, run as the stream polls them.
+        let calls: Vec<Fut> = items.into_iter().map(each).collect();
+        let results = futures_util::stream::iter(calls)
+            .buffered(self.batch_concurrency)
+            .map(api::BatchItem::from)
+            .collect()
+            .await;
+        Ok(api::BatchResponse { results })
+    }
+
+    pub(crate) fn check_batch(&self, items: usize) -> Result<(), ApiError> {
+        if items == 0 || items > self.max_batch {
+            return Err(ApiError::invalid(format!(
+                "field `items`: send 1 to {} items (limits.max_batch)",
+                self.max_batch
+            )));
+        }
+        Ok(())
+    }
+
     pub(crate) async fn key_for(
         &self,
         caller: &Caller,
@@ -174,14 +210,20 @@ impl Service {
     /// same answer from every backend, whether or not its API checks.
     pub(crate) async fn check_version(
         &self,
-        entry: &KeyEntry,
+        entry: &Arc<KeyEntry>,
         version: Option<&str>,
     ) -> Result<(), ApiError> {
         let Some(version) = version else {
             return Ok(());
         };
-        let m = entry.backend.metadata(entry.key_ref()).await?;
-        if m.versions.iter().any(|v| v.version == version) {
+        let has = |m: &backend::KeyMetadata| m.versions.iter().any(|v| v.version == version);
+        if has(&*entry.metadata().await?) {
+            return Ok(());
+        }
+        // A version made since the metadata was cached (outside the
+        // sidecar): asked of the KMS once more before it is refused.
+        entry.forget_metadata().await;
+        if has(&*entry.metadata().await?) {
             return Ok(());
         }
         Err(ApiError::invalid(format!(
@@ -202,7 +244,7 @@ impl Service {
             else {
                 continue;
             };
-            let summary = match entry.backend.metadata(entry.key_ref()).await {
+            let summary = match entry.metadata().await {
                 Ok(m) => api::KeySummary {
                     name: alias.to_owned(),
                     backend: entry.backend_name.clone(),
@@ -213,7 +255,7 @@ impl Service {
                         .into_iter()
                         .filter(|op| self.policy.allows(caller, alias, *op))
                         .collect(),
-                    version: Some(m.current_version),
+                    version: Some(m.current_version.clone()),
                     error: None,
                 },
                 Err(e) => api::KeySummary {
@@ -236,7 +278,8 @@ impl Service {
         alias: &str,
     ) -> Result<api::KeyMetadataResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Metadata)?;
-        let m = entry.backend.metadata(entry.key_ref()).await?;
+        let m = entry.metadata().await?;
+        let m = backend::KeyMetadata::clone(&m);
         let last = m
             .versions
             .iter()
@@ -325,7 +368,10 @@ impl Service {
         alias: &str,
     ) -> Result<api::RotateResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Rotate)?;
-        let version = entry.backend.rotate(entry.key_ref()).await?;
+        let version = entry.backend.rotate(entry.key_ref()).await;
+        // Whatever the answer, the versions may have changed.
+        entry.forget_metadata().await;
+        let version = version?;
         self.public_keys
             .lock()
             .expect("cache lock is never poisoned")

@@ -9,6 +9,7 @@ use crate::backend;
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use crate::keys::KeyEntry;
 use crate::policy::{Caller, Op};
+use futures_util::{StreamExt, TryStreamExt};
 
 impl Service {
     pub async fn sign(
@@ -38,12 +39,7 @@ impl Service {
         req: api::SignBatchRequest,
     ) -> Result<api::SignBatchResponse, ApiError> {
         let (entry, key) = self.key_for(caller, alias, Op::Sign).await?;
-        if req.items.is_empty() || req.items.len() > self.max_batch {
-            return Err(ApiError::invalid(format!(
-                "field `items`: send 1 to {} items (limits.max_batch)",
-                self.max_batch
-            )));
-        }
+        self.check_batch(req.items.len())?;
         let algorithm = rules::signing_algorithm(alias, key, req.algorithm)?;
         let inputs = req
             .items
@@ -57,10 +53,21 @@ impl Service {
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         let options = rules::sign_options(req.format, algorithm);
-        let mut signatures = Vec::with_capacity(inputs.len());
+        // `limits.batch_concurrency` at a time, in order; the first failure
+        // fails the batch (its signatures are one answer).
+        // (The calls are made first and polled by the stream: a closure in
+        // the stream would not be Send for every lifetime of its input.)
+        let calls: Vec<_> = inputs
+            .into_iter()
+            .map(|input| entry.backend.sign(entry.key_ref(), input, options))
+            .collect();
+        let signed: Vec<backend::Signature> = futures_util::stream::iter(calls)
+            .buffered(self.batch_concurrency)
+            .try_collect()
+            .await?;
+        let mut signatures = Vec::with_capacity(signed.len());
         let mut made_by = None;
-        for input in inputs {
-            let sig = entry.backend.sign(entry.key_ref(), input, options).await?;
+        for sig in signed {
             signatures.push(b64(&crypto::low_s(
                 sig.algorithm,
                 sig.bytes,

@@ -485,3 +485,57 @@ async fn the_log_scan_catches_what_is_in_the_log() {
     assert_eq!(v["span"]["op"], "sign", "{line}");
     s.clear_secrets();
 }
+
+/// `backend_calls_total{op="metadata"}` summed over outcomes.
+async fn metadata_calls(s: &Sidecar) -> u64 {
+    let text = String::from_utf8(s.get("/metrics").await.body.to_vec()).unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("kms_sidecar_backend_calls_total{") && l.contains(r#"op="metadata""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn listing_keys_spends_no_kms_calls_once_cached() {
+    let s = Sidecar::start_default().await;
+    let keys = s.get("/v1/keys").await.ok()["keys"]
+        .as_array()
+        .unwrap()
+        .len() as u64;
+    assert_eq!(keys, 5);
+    let first = metadata_calls(&s).await;
+    assert!(first <= keys, "one metadata call per key at most: {first}");
+    for _ in 0..1000 {
+        let r = s.get("/v1/keys").await;
+        assert_eq!(r.status, 200);
+    }
+    for alias in ["ecdsa-p256", "aes-256"] {
+        s.get(&format!("/v1/keys/{alias}")).await.ok();
+    }
+    assert_eq!(
+        metadata_calls(&s).await,
+        first,
+        "1,000 listings and two metadata reads asked the backend nothing more"
+    );
+    // A rotation drops the key's cached metadata: the new version shows now.
+    let rotated = s.post_ok("/v1/keys/aes-256/rotate", json!({})).await;
+    let meta = s.get("/v1/keys/aes-256").await.ok();
+    assert_eq!(meta["current_version"], rotated["version"]);
+}
+
+#[tokio::test]
+async fn cached_metadata_expires_after_its_ttl() {
+    let config =
+        crate::harness::local_config("  k: { backend: dev, key: k, algorithm: aes-256-gcm }")
+            + "cache: { metadata: { ttl: 1s } }\n";
+    let s = Sidecar::start(&config).await;
+    s.get("/v1/keys").await.ok();
+    let before = metadata_calls(&s).await;
+    s.get("/v1/keys").await.ok();
+    assert_eq!(metadata_calls(&s).await, before);
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    s.get("/v1/keys").await.ok();
+    assert_eq!(metadata_calls(&s).await, before + 1, "expired: asked again");
+}

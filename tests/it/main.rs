@@ -9,6 +9,8 @@ mod audit;
 mod aws;
 #[cfg(feature = "azure")]
 mod azure;
+#[cfg(feature = "local")]
+mod batches;
 mod callers;
 #[cfg(feature = "webhook")]
 mod chart;
