@@ -92,6 +92,7 @@ impl Algorithm {
                 Op::Decrypt,
                 Op::Datakey,
                 Op::Envelope,
+                Op::Rewrap,
                 Op::Metadata,
                 Op::Rotate,
             ],

@@ -16,6 +16,8 @@ pub enum Op {
     Decrypt,
     Datakey,
     Envelope,
+    /// Re-encrypt a ciphertext under the key's current version.
+    Rewrap,
     Mac,
     Rotate,
     Metadata,
@@ -24,7 +26,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 11] = [
+    pub const ALL: [Op; 12] = [
         Op::Sign,
         Op::Verify,
         Op::PublicKey,
@@ -32,6 +34,7 @@ impl Op {
         Op::Decrypt,
         Op::Datakey,
         Op::Envelope,
+        Op::Rewrap,
         Op::Mac,
         Op::Rotate,
         Op::Metadata,
@@ -47,6 +50,7 @@ impl Op {
             Op::Decrypt => "decrypt",
             Op::Datakey => "datakey",
             Op::Envelope => "envelope",
+            Op::Rewrap => "rewrap",
             Op::Mac => "mac",
             Op::Rotate => "rotate",
             Op::Metadata => "metadata",

@@ -262,6 +262,16 @@ pub struct DecryptRequest {
     pub context: Context,
 }
 
+/// `POST /v1/keys/{name}/rewrap`: a ciphertext of `encrypt` and its context;
+/// answered with an [`EncryptResponse`] under the current version.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewrapRequest {
+    pub ciphertext: B64,
+    #[serde(default, deserialize_with = "unique_context")]
+    pub context: Context,
+}
+
 /// Holds plaintext: zeroized on drop, never printed.
 #[derive(Debug, Serialize)]
 pub struct DecryptResponse {

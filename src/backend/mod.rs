@@ -398,6 +398,20 @@ pub trait Backend: Send + Sync + fmt::Debug {
         context: &Context,
     ) -> Result<Plaintext, Error>;
 
+    /// `ciphertext` (of any still-enabled version) encrypted again under the
+    /// current version, with the same context. The default decrypts and
+    /// encrypts inside the sidecar (the plaintext is wiped at once); a KMS
+    /// with a re-encrypt call may use it instead.
+    async fn rewrap(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Sealed, Error> {
+        let plaintext = self.decrypt(key, ciphertext, context).await?;
+        self.encrypt(key, &plaintext.0, context).await
+    }
+
     /// A fresh random data key of `bits`, and the key wrapped with `context`
     /// so that [`Backend::decrypt`] unwraps it.
     async fn generate_data_key(

@@ -57,6 +57,7 @@ const OPS: &[&str] = &[
     "verify",
     "encrypt",
     "decrypt",
+    "rewrap",
     "generate_data_key",
     "mac",
     "verify_mac",
@@ -414,6 +415,16 @@ impl Backend for Resilient {
         context: &Context,
     ) -> Result<Plaintext, Error> {
         self.run("decrypt", || self.inner.decrypt(key, ciphertext, context))
+            .await
+    }
+
+    async fn rewrap(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Sealed, Error> {
+        self.run("rewrap", || self.inner.rewrap(key, ciphertext, context))
             .await
     }
 

@@ -86,6 +86,7 @@ enum Action {
     DecryptBatch,
     EnvelopeEncryptBatch,
     EnvelopeDecryptBatch,
+    Rewrap,
 }
 
 /// Every `op` label of [`Route::label`], and `unknown`.
@@ -111,6 +112,7 @@ const LABELS: &[&str] = &[
     "decrypt_batch",
     "envelope_encrypt_batch",
     "envelope_decrypt_batch",
+    "rewrap",
     "unknown",
 ];
 
@@ -140,6 +142,7 @@ impl Route<'_> {
                 Action::DecryptBatch => "decrypt_batch",
                 Action::EnvelopeEncryptBatch => "envelope_encrypt_batch",
                 Action::EnvelopeDecryptBatch => "envelope_decrypt_batch",
+                Action::Rewrap => "rewrap",
             },
         }
     }
@@ -184,6 +187,7 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
                 "decrypt" => Action::Decrypt,
                 "encrypt-batch" => Action::EncryptBatch,
                 "decrypt-batch" => Action::DecryptBatch,
+                "rewrap" => Action::Rewrap,
                 "datakey" => Action::Datakey,
                 "mac" => Action::Mac,
                 "verify-mac" => Action::VerifyMac,
@@ -221,6 +225,7 @@ impl Action {
             Action::Datakey => Op::Datakey,
             Action::Mac | Action::VerifyMac => Op::Mac,
             Action::Rotate => Op::Rotate,
+            Action::Rewrap => Op::Rewrap,
             Action::EnvelopeEncrypt
             | Action::EnvelopeDecrypt
             | Action::EnvelopeEncryptBatch
@@ -623,6 +628,7 @@ impl Routes {
                 .envelope_decrypt(caller, alias, parse_json(&body)?)
                 .await),
             Action::EncryptBatch => ok(svc.encrypt_batch(caller, alias, parse_json(&body)?).await),
+            Action::Rewrap => ok(svc.rewrap(caller, alias, parse_json(&body)?).await),
             Action::DecryptBatch => ok(svc.decrypt_batch(caller, alias, parse_json(&body)?).await),
             Action::EnvelopeEncryptBatch => ok(svc
                 .envelope_encrypt_batch(caller, alias, parse_json(&body)?)
@@ -768,6 +774,7 @@ mod tests {
             Action::DecryptBatch,
             Action::EnvelopeEncryptBatch,
             Action::EnvelopeDecryptBatch,
+            Action::Rewrap,
         ];
         let routes = [
             Route::Healthz,

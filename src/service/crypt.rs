@@ -49,6 +49,26 @@ impl Service {
         self.batch(req.items, |item| decrypt(entry, item)).await
     }
 
+    /// A ciphertext of `encrypt` under the key's current version; the
+    /// caller never sees the plaintext.
+    pub async fn rewrap(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::RewrapRequest,
+    ) -> Result<api::EncryptResponse, ApiError> {
+        let (entry, _) = self.key_for(caller, alias, Op::Rewrap).await?;
+        rules::check_context(&req.context)?;
+        let sealed = entry
+            .backend
+            .rewrap(entry.key_ref(), &req.ciphertext.0, &req.context)
+            .await?;
+        Ok(api::EncryptResponse {
+            ciphertext: B64Out(sealed.bytes),
+            version: sealed.version,
+        })
+    }
+
     pub async fn datakey(
         &self,
         caller: &Caller,

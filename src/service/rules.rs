@@ -14,7 +14,9 @@ use crate::policy::Op;
 pub fn purpose_of(op: Op) -> Option<Purpose> {
     match op {
         Op::Sign | Op::Verify | Op::PublicKey => Some(Purpose::Sign),
-        Op::Encrypt | Op::Decrypt | Op::Datakey | Op::Envelope => Some(Purpose::Encrypt),
+        Op::Encrypt | Op::Decrypt | Op::Datakey | Op::Envelope | Op::Rewrap => {
+            Some(Purpose::Encrypt)
+        }
         Op::Mac => Some(Purpose::Mac),
         Op::Rotate | Op::Metadata | Op::Metrics => None,
     }

@@ -583,6 +583,8 @@ keys:
   pay: {{ backend: kms, key: alias/payments }}
 callers:
   - {{ uids: [{uid}], keys: ["*"], ops: ["*"] }}
+# The metadata read after the failover must be fresh, not cached.
+cache: {{ metadata: {{ ttl: 0s }} }}
 "#,
         p = primary.url,
         r = replica.url,

@@ -87,7 +87,7 @@ async fn envelope_batches_round_trip_and_fail_per_item() {
 }
 
 #[tokio::test]
-async fn batches_are_bounded_granted_and_parsed_like_single_calls() {
+async fn batches_and_rewrap_are_bounded_granted_and_parsed_like_single_calls() {
     let uid = nix::unistd::geteuid().as_raw();
     let config = format!(
         "backends:\n  dev: {{ type: local, dir: \"{{dir}}/keys\" }}\nkeys:\n  data: {{ backend: dev, key: data, algorithm: aes-256-gcm, ops: [\"*\"] }}\nlimits: {{ max_batch: 4, batch_concurrency: 2 }}\ncallers:\n  - {{ uids: [{uid}], keys: [data], ops: [decrypt] }}\n"

@@ -204,3 +204,40 @@ pub async fn rotate_hmac_keeps_old_macs(t: &Env) {
     ];
     versions_moved_on(t, "hmac", &old, &new, &answers).await;
 }
+
+// === rewrap ===
+
+/// After a rotation, `rewrap` moves an old ciphertext to the new version:
+/// the answer names it, decrypts to the same plaintext with the same
+/// context, and the old ciphertext still opens.
+pub async fn rewrap_moves_a_ciphertext_to_the_current_version(t: &Env) {
+    let old = t.encrypt("aes", SECRET, context()).await;
+    let new = rotate(t, "aes").await;
+    let body = json!({"ciphertext": old["ciphertext"], "context": context()});
+    let rewrapped = t.ok("aes", "rewrap", body).await;
+    assert_eq!(rewrapped["version"], new.as_str(), "{t}: {rewrapped}");
+    assert_ne!(rewrapped["ciphertext"], old["ciphertext"], "{t}");
+    assert_eq!(
+        t.decrypt("aes", &rewrapped, context()).await,
+        SECRET,
+        "{t}: the rewrapped ciphertext"
+    );
+    assert_eq!(
+        t.decrypt("aes", &old, context()).await,
+        SECRET,
+        "{t}: the old ciphertext"
+    );
+}
+
+/// `rewrap` checks like `decrypt`: another context, or a ciphertext with a
+/// flipped bit, is 422 `decryption_failed`.
+pub async fn rewrap_refuses_a_wrong_context_or_a_tampered_ciphertext(t: &Env) {
+    let sealed = t.encrypt("aes", SECRET, context()).await;
+    let body = json!({"ciphertext": sealed["ciphertext"], "context": {"tenant": "evil"}});
+    t.refused("aes", "rewrap", body, 422, "decryption_failed")
+        .await;
+    let tampered = flipped(&unb64(&sealed["ciphertext"]));
+    let body = json!({"ciphertext": b64(&tampered), "context": context()});
+    t.refused("aes", "rewrap", body, 422, "decryption_failed")
+        .await;
+}

@@ -85,6 +85,8 @@ macro_rules! every_case {
             rotate_aes_keeps_old_ciphertexts: [Can(Aes, Rotate), Can(Aes, Encrypt), Can(Aes, Envelope)],
             rotate_aes_moves_to_a_new_version: [Can(Aes, Rotate), Can(Aes, Encrypt), Can(Aes, Envelope), Can(Aes, Metadata), RotationVersions],
             rotate_hmac_keeps_old_macs: [Can(Hmac, Rotate), Can(Hmac, Mac)],
+            rewrap_moves_a_ciphertext_to_the_current_version: [Can(Aes, Rewrap), Can(Aes, Rotate), Can(Aes, Encrypt), RotationVersions],
+            rewrap_refuses_a_wrong_context_or_a_tampered_ciphertext: [Can(Aes, Rewrap), Can(Aes, Encrypt)],
             // Errors.
             missing_key_is_key_not_found: [AbsentKey],
             unconfigured_alias_is_key_not_found: [],
