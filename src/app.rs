@@ -41,6 +41,7 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let backends = backend::build(&config, &metrics).await?;
         let service = Arc::new(Service::new(&config, backends, metrics));
+        service.spawn_revalidation(config.cache.data_keys.revalidate.0);
         Ok(App { config, service })
     }
 

@@ -141,6 +141,7 @@ impl DataKeyCache {
                 .max_capacity(entries)
                 .time_to_live(ttl)
                 .eviction_policy(EvictionPolicy::lru())
+                .support_invalidation_closures()
                 .build()
         }
         Self(Arc::new(Inner {
@@ -221,7 +222,11 @@ impl DataKeyCache {
             .decrypt
             .try_get_with(id, async {
                 called = true;
-                let plaintext = key.backend.decrypt(key.key_ref(), wrapped, context).await?;
+                let plaintext = key
+                    .backend
+                    .decrypt(key.key_ref(), wrapped, context)
+                    .await
+                    .inspect_err(|e| self.revoked_by(key, e))?;
                 inner
                     .metrics
                     .datakey_backend_calls
@@ -252,7 +257,8 @@ impl DataKeyCache {
         let dk = key
             .backend
             .generate_data_key(key.key_ref(), 256, context)
-            .await?;
+            .await
+            .inspect_err(|e| self.revoked_by(key, e))?;
         inner
             .metrics
             .datakey_backend_calls
@@ -275,6 +281,58 @@ impl DataKeyCache {
             .insert(decrypt_key(&key.alias, context, &dek.wrapped), dek.clone())
             .await;
         Ok(dek)
+    }
+
+    /// Drops every cached data key of `alias`, both sides, now (their
+    /// plaintext is wiped as the last holder lets go), and counts why.
+    pub fn drop_key(&self, alias: &str, reason: &str) {
+        let prefix = [alias.as_bytes(), &[0]].concat();
+        // Only fails without `support_invalidation_closures`, set in `new`.
+        let p = prefix.clone();
+        let _ = self
+            .0
+            .encrypt
+            .invalidate_entries_if(move |k, _| k.starts_with(&p));
+        let _ = self
+            .0
+            .decrypt
+            .invalidate_entries_if(move |k, _| k.starts_with(&prefix));
+        self.0
+            .metrics
+            .datakey_revocations
+            .with_label_values(&[alias, reason])
+            .inc();
+        tracing::warn!(key.alias = alias, reason, "cached data keys dropped");
+    }
+
+    /// The aliases that have cached data keys (either side).
+    pub fn cached_aliases(&self) -> std::collections::BTreeSet<String> {
+        let alias = |k: &[u8]| {
+            let end = k.iter().position(|b| *b == 0).unwrap_or(k.len());
+            String::from_utf8_lossy(&k[..end]).into_owned()
+        };
+        let mut out: std::collections::BTreeSet<String> =
+            self.0.encrypt.iter().map(|(k, _)| alias(&k)).collect();
+        out.extend(self.0.decrypt.iter().map(|(k, _)| alias(&k)));
+        out
+    }
+
+    /// The versions that wrapped the key's cached encrypt-side data keys.
+    pub fn dek_versions(&self, alias: &str) -> Vec<String> {
+        let prefix = [alias.as_bytes(), &[0]].concat();
+        self.0
+            .encrypt
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, active)| active.dek.version.clone())
+            .collect()
+    }
+
+    /// A backend answer that the key is disabled drops its data keys at once.
+    fn revoked_by(&self, key: &KeyEntry, err: &backend::Error) {
+        if err.kind == ErrorKind::KeyDisabled {
+            self.drop_key(&key.alias, "disabled");
+        }
     }
 
     fn hit(&self, key: &KeyEntry, side: &str) {
@@ -496,6 +554,7 @@ mod tests {
             max_messages,
             max_bytes: ByteSize(max_bytes),
             max_entries: 100,
+            revalidate: Human(Duration::from_secs(30)),
         }
     }
 

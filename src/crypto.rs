@@ -86,6 +86,7 @@ impl Algorithm {
                 Op::PublicKey,
                 Op::Metadata,
                 Op::Rotate,
+                Op::Flush,
             ],
             Purpose::Encrypt => &[
                 Op::Encrypt,
@@ -95,8 +96,9 @@ impl Algorithm {
                 Op::Rewrap,
                 Op::Metadata,
                 Op::Rotate,
+                Op::Flush,
             ],
-            Purpose::Mac => &[Op::Mac, Op::Metadata, Op::Rotate],
+            Purpose::Mac => &[Op::Mac, Op::Metadata, Op::Rotate, Op::Flush],
         }
     }
 

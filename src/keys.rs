@@ -46,6 +46,10 @@ pub struct KeyEntry {
     /// type of an existing key.
     algorithm: OnceLock<Algorithm>,
     metadata: MetadataCache,
+    /// Why the KMS says the key may not be used (`disabled`, `deleted`,
+    /// `pending_deletion`), as the last revalidation found: until one finds
+    /// it usable again, requests are refused without a KMS call.
+    revoked: std::sync::Mutex<Option<&'static str>>,
 }
 
 impl KeyEntry {
@@ -62,7 +66,17 @@ impl KeyEntry {
             generation: AtomicU64::new(0),
             algorithm: OnceLock::new(),
             metadata: MetadataCache::default(),
+            revoked: std::sync::Mutex::new(None),
         }
+    }
+
+    /// See [`KeyEntry::revoked`]: `Some(reason)` while refused.
+    pub fn revoked(&self) -> Option<&'static str> {
+        *self.revoked.lock().expect("never poisoned")
+    }
+
+    pub fn set_revoked(&self, reason: Option<&'static str>) {
+        *self.revoked.lock().expect("never poisoned") = reason;
     }
 
     /// The key's metadata, from the cache while `cache.metadata.ttl` allows
@@ -116,11 +130,12 @@ impl KeyEntry {
             .collect()
     }
 
-    /// Whether `keys.*.ops` allows `op` (default: everything but `rotate`).
+    /// Whether `keys.*.ops` allows `op` (default: everything but the
+    /// operators' `rotate` and `flush`).
     pub fn allows(&self, op: Op) -> bool {
         match &self.ops {
             Some(ops) => grants(ops, op),
-            None => op != Op::Rotate,
+            None => !matches!(op, Op::Rotate | Op::Flush),
         }
     }
 

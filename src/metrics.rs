@@ -56,6 +56,10 @@ pub struct Metrics {
     /// `datakey_cache_backend_calls_total{key,op}`: KMS calls the cache made
     /// (`generate_data_key`, `decrypt`), refreshes included.
     pub datakey_backend_calls: IntCounterVec,
+    /// `datakey_cache_revocations_total{key,reason}`: times a key's cached
+    /// data keys were dropped (`disabled`, `deleted`, `pending_deletion`,
+    /// `version_disabled`, `flush`).
+    pub datakey_revocations: IntCounterVec,
     /// `credential_expiry_timestamp_seconds{backend}`: when the backend's
     /// current credentials expire (0 for credentials without an expiry).
     pub credential_expiry: prometheus::GaugeVec,
@@ -132,6 +136,14 @@ impl Metrics {
             &["key", "op"],
         )
         .expect("valid metric");
+        let datakey_revocations = IntCounterVec::new(
+            Opts::new(
+                "datakey_cache_revocations_total",
+                "Times a key's cached data keys were dropped: the key was disabled, deleted or pending deletion, a version was disabled, or an operator flushed it",
+            ),
+            &["key", "reason"],
+        )
+        .expect("valid metric");
         let datakey_backend_calls = IntCounterVec::new(
             Opts::new(
                 "datakey_cache_backend_calls_total",
@@ -201,6 +213,7 @@ impl Metrics {
             Box::new(datakey_cache_hits.clone()),
             Box::new(datakey_cache_misses.clone()),
             Box::new(datakey_backend_calls.clone()),
+            Box::new(datakey_revocations.clone()),
             Box::new(credential_expiry.clone()),
             Box::new(credential_refresh.clone()),
             Box::new(backend_failovers.clone()),
@@ -223,6 +236,7 @@ impl Metrics {
             datakey_cache_hits,
             datakey_cache_misses,
             datakey_backend_calls,
+            datakey_revocations,
             credential_expiry,
             credential_refresh,
             backend_failovers,

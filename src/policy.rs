@@ -20,13 +20,15 @@ pub enum Op {
     Rewrap,
     Mac,
     Rotate,
+    /// Drop a key's cached data keys and public keys now (operators).
+    Flush,
     Metadata,
     /// `GET /metrics` on the socket (operators); not an operation on a key.
     Metrics,
 }
 
 impl Op {
-    pub const ALL: [Op; 12] = [
+    pub const ALL: [Op; 13] = [
         Op::Sign,
         Op::Verify,
         Op::PublicKey,
@@ -37,6 +39,7 @@ impl Op {
         Op::Rewrap,
         Op::Mac,
         Op::Rotate,
+        Op::Flush,
         Op::Metadata,
         Op::Metrics,
     ];
@@ -53,6 +56,7 @@ impl Op {
             Op::Rewrap => "rewrap",
             Op::Mac => "mac",
             Op::Rotate => "rotate",
+            Op::Flush => "flush",
             Op::Metadata => "metadata",
             Op::Metrics => "metrics",
         }

@@ -262,6 +262,15 @@ pub struct DecryptRequest {
     pub context: Context,
 }
 
+/// `POST /v1/keys/{name}/flush`.
+#[derive(Debug, Serialize)]
+pub struct FlushResponse {
+    pub key: String,
+    pub flushed: bool,
+}
+
+impl Answer for FlushResponse {}
+
 /// `POST /v1/keys/{name}/rewrap`: a ciphertext of `encrypt` and its context;
 /// answered with an [`EncryptResponse`] under the current version.
 #[derive(Debug, Deserialize)]

@@ -323,6 +323,18 @@ pub struct KeyMetadata {
     pub details: BTreeMap<String, String>,
 }
 
+/// Whether a key may still be used, for the revalidation of cached data
+/// keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// Why the key may not be used at all (`disabled`, `deleted`,
+    /// `pending_deletion`), if so.
+    pub revoked: Option<&'static str>,
+    /// The versions that still decrypt, where the KMS disables versions on
+    /// their own (`None`: all of them while the key is usable).
+    pub enabled_versions: Option<Vec<String>>,
+}
+
 /// Serializes a time as RFC 3339 (UTC, seconds).
 pub fn rfc3339<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
     match t {
@@ -349,6 +361,28 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Algorithm, versions, creation time and rotation facts of a key.
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error>;
+
+    /// Whether the key may still be used ([`KeyStatus`]): one call to the
+    /// KMS where it can (the default reads the metadata: revoked when the
+    /// current version is not enabled).
+    async fn key_status(&self, key: KeyRef<'_>) -> Result<KeyStatus, Error> {
+        let m = self.metadata(key).await?;
+        let current_enabled = m
+            .versions
+            .iter()
+            .find(|v| v.version == m.current_version)
+            .is_none_or(|v| v.enabled);
+        Ok(KeyStatus {
+            revoked: (!current_enabled).then_some("disabled"),
+            enabled_versions: Some(
+                m.versions
+                    .iter()
+                    .filter(|v| v.enabled)
+                    .map(|v| v.version.clone())
+                    .collect(),
+            ),
+        })
+    }
 
     /// The public key of `version` (default: current) of a signing key.
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error>;

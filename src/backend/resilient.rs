@@ -13,8 +13,8 @@
 //! successes to close a half-open circuit nor expose the state for a metric.
 
 use super::{
-    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Plaintext, PublicKey, Sealed,
-    SignOptions, Signature, Verified,
+    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus, Plaintext,
+    PublicKey, Sealed, SignOptions, Signature, Verified,
 };
 use crate::config::{Circuit, Retries};
 use crate::crypto::SignInput;
@@ -52,6 +52,7 @@ struct Series {
 const OPS: &[&str] = &[
     "health",
     "metadata",
+    "key_status",
     "public_key",
     "sign",
     "verify",
@@ -363,6 +364,10 @@ impl Backend for Resilient {
 
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
         self.run("metadata", || self.inner.metadata(key)).await
+    }
+
+    async fn key_status(&self, key: KeyRef<'_>) -> Result<KeyStatus, Error> {
+        self.run("key_status", || self.inner.key_status(key)).await
     }
 
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {

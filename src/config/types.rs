@@ -202,6 +202,10 @@ pub struct DataKeyCacheConfig {
     /// A data key in use is replaced in the background this long before its
     /// `ttl`, so that requests never wait on the KMS.
     pub refresh_ahead: Duration,
+    /// How often the state of every key with cached data keys is asked of
+    /// the KMS (one call per key): a key disabled, deleted or pending
+    /// deletion, or a version disabled, drops the key's cached data keys.
+    pub revalidate: Duration,
     /// Most cached data keys (encrypt side and decrypt side each); the least
     /// recently used go first.
     pub max_entries: u64,
@@ -214,6 +218,7 @@ impl Default for DataKeyCacheConfig {
             max_messages: 1_000_000,
             max_bytes: ByteSize(1 << 30),
             refresh_ahead: Duration::from_secs(30),
+            revalidate: Duration::from_secs(30),
             max_entries: 10_000,
         }
     }

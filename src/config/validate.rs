@@ -247,6 +247,12 @@ impl Config {
         if self.limits.max_batch == 0 {
             bad("limits.max_batch".into(), "must be at least 1".into());
         }
+        if self.cache.data_keys.revalidate.0.is_zero() {
+            bad(
+                "cache.data_keys.revalidate".into(),
+                "must be above zero".into(),
+            );
+        }
         if self.limits.batch_concurrency == 0 {
             bad(
                 "limits.batch_concurrency".into(),

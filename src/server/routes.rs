@@ -87,6 +87,7 @@ enum Action {
     EnvelopeEncryptBatch,
     EnvelopeDecryptBatch,
     Rewrap,
+    Flush,
 }
 
 /// Every `op` label of [`Route::label`], and `unknown`.
@@ -113,6 +114,7 @@ const LABELS: &[&str] = &[
     "envelope_encrypt_batch",
     "envelope_decrypt_batch",
     "rewrap",
+    "flush",
     "unknown",
 ];
 
@@ -143,6 +145,7 @@ impl Route<'_> {
                 Action::EnvelopeEncryptBatch => "envelope_encrypt_batch",
                 Action::EnvelopeDecryptBatch => "envelope_decrypt_batch",
                 Action::Rewrap => "rewrap",
+                Action::Flush => "flush",
             },
         }
     }
@@ -188,6 +191,7 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
                 "encrypt-batch" => Action::EncryptBatch,
                 "decrypt-batch" => Action::DecryptBatch,
                 "rewrap" => Action::Rewrap,
+                "flush" => Action::Flush,
                 "datakey" => Action::Datakey,
                 "mac" => Action::Mac,
                 "verify-mac" => Action::VerifyMac,
@@ -226,6 +230,7 @@ impl Action {
             Action::Mac | Action::VerifyMac => Op::Mac,
             Action::Rotate => Op::Rotate,
             Action::Rewrap => Op::Rewrap,
+            Action::Flush => Op::Flush,
             Action::EnvelopeEncrypt
             | Action::EnvelopeDecrypt
             | Action::EnvelopeEncryptBatch
@@ -621,6 +626,10 @@ impl Routes {
                 let api::RotateRequest {} = parse_json(&body)?;
                 ok(svc.rotate(caller, alias).await)
             }
+            Action::Flush => {
+                let api::RotateRequest {} = parse_json(&body)?;
+                ok(svc.flush(caller, alias).await)
+            }
             Action::EnvelopeEncrypt => ok(svc
                 .envelope_encrypt(caller, alias, parse_json(&body)?)
                 .await),
@@ -775,6 +784,7 @@ mod tests {
             Action::EnvelopeEncryptBatch,
             Action::EnvelopeDecryptBatch,
             Action::Rewrap,
+            Action::Flush,
         ];
         let routes = [
             Route::Healthz,

@@ -12,6 +12,7 @@
 
 mod crypt;
 mod envelope;
+mod revocation;
 pub mod rules;
 mod sign;
 
@@ -50,6 +51,8 @@ pub struct Service {
     /// `envelope.accept_unbound_until`.
     accept_unbound_until: Option<SystemTime>,
     key_labels: crate::config::KeyLabels,
+    /// The versions of each key that decrypted at the last revalidation.
+    enabled_versions: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Service {
@@ -70,6 +73,7 @@ impl Service {
             public_key_ttl: config.cache.public_keys.ttl.0,
             accept_unbound_until: config.envelope.accept_unbound_until.map(|t| t.0),
             key_labels: config.metrics.key_labels,
+            enabled_versions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -201,6 +205,15 @@ impl Service {
         op: Op,
     ) -> Result<(&Arc<KeyEntry>, Algorithm), ApiError> {
         let entry = self.authorize(caller, alias, op)?;
+        if let Some(reason) = entry.revoked() {
+            return Err(ApiError::new(
+                Code::KeyDisabled,
+                format!(
+                    "key `{alias}` is {} in its KMS (found by the last check of cache.data_keys.revalidate); it is checked again at the next",
+                    reason.replace('_', " ")
+                ),
+            ));
+        }
         let algorithm = entry.algorithm().await?;
         rules::require_purpose(alias, algorithm, op)?;
         Ok((entry, algorithm))

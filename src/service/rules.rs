@@ -18,7 +18,7 @@ pub fn purpose_of(op: Op) -> Option<Purpose> {
             Some(Purpose::Encrypt)
         }
         Op::Mac => Some(Purpose::Mac),
-        Op::Rotate | Op::Metadata | Op::Metrics => None,
+        Op::Rotate | Op::Flush | Op::Metadata | Op::Metrics => None,
     }
 }
 

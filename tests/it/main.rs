@@ -26,6 +26,7 @@ mod lifecycle;
 #[cfg(feature = "pkcs11")]
 mod pkcs11;
 mod resilience;
+mod revocation;
 #[cfg(feature = "vault")]
 mod vault;
 #[cfg(feature = "webhook")]

@@ -5,8 +5,8 @@
 use super::credentials::RefreshedProvider;
 use super::errors::{kms_error, missing, required};
 use crate::backend::{
-    Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey, Sealed,
-    SignOptions, Signature, Verified, VersionInfo,
+    Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus, Origin, Plaintext,
+    PublicKey, Sealed, SignOptions, Signature, Verified, VersionInfo,
 };
 use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
 use aws_config::SdkConfig;
@@ -15,7 +15,7 @@ use aws_sdk_kms::config::Region;
 use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{
-    DataKeySpec, KeySpec, MacAlgorithmSpec, MessageType, OriginType, SigningAlgorithmSpec,
+    DataKeySpec, KeySpec, KeyState, MacAlgorithmSpec, MessageType, OriginType, SigningAlgorithmSpec,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,9 @@ struct KeyInfo {
     created: SystemTime,
     origin: Origin,
     multi_region: bool,
+    /// Why the key may not be used (`KeyState` disabled or pending
+    /// deletion), if so.
+    revoked: Option<&'static str>,
 }
 
 /// One region's client and key facts.
@@ -146,6 +149,13 @@ impl Regional {
                 _ => Origin::Hsm,
             },
             multi_region: m.multi_region().unwrap_or(false),
+            revoked: match m.key_state() {
+                Some(KeyState::Disabled) => Some("disabled"),
+                Some(KeyState::PendingDeletion | KeyState::PendingReplicaDeletion) => {
+                    Some("pending_deletion")
+                }
+                _ => None,
+            },
         });
         self.keys
             .lock()
@@ -202,6 +212,17 @@ fn context_map(context: &Context) -> Option<HashMap<String, String>> {
 }
 
 impl Regional {
+    /// The key's state from a fresh `DescribeKey` (one call).
+    pub(super) async fn key_status(&self, key: KeyRef<'_>) -> Result<KeyStatus, Error> {
+        self.keys.lock().expect("never poisoned").remove(key.id);
+        let info = self.info(key).await?;
+        Ok(KeyStatus {
+            revoked: info.revoked,
+            // Every key material decrypts while the key is enabled.
+            enabled_versions: None,
+        })
+    }
+
     pub(super) async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
         self.keys.lock().expect("never poisoned").remove(key.id);
         let info = self.info(key).await?;

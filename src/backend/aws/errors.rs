@@ -31,6 +31,8 @@ where
                 "ValidationException" | "InvalidArnException" => ErrorKind::InvalidRequest,
                 "DependencyTimeoutException" => ErrorKind::Timeout,
                 "KMSInternalException" | "KeyUnavailableException" => ErrorKind::Unavailable,
+                // Disabled, or pending deletion.
+                "DisabledException" | "KMSInvalidStateException" => ErrorKind::KeyDisabled,
                 "UnrecognizedClientException"
                 | "InvalidSignatureException"
                 | "ExpiredTokenException" => ErrorKind::Unauthenticated,

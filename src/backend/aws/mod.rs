@@ -15,8 +15,8 @@ pub use client::MAX_ENCRYPT;
 
 use super::credentials::{Refresher, Schedule};
 use super::{
-    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Plaintext, PublicKey, Sealed,
-    SignOptions, Signature, Verified,
+    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus, Plaintext,
+    PublicKey, Sealed, SignOptions, Signature, Verified,
 };
 use crate::config::AwsBackendConfig;
 use crate::crypto::SignInput;
@@ -142,6 +142,10 @@ impl Backend for AwsBackend {
 
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
         failover!(self, key, |r, k| r.metadata(k))
+    }
+
+    async fn key_status(&self, key: KeyRef<'_>) -> Result<KeyStatus, Error> {
+        failover!(self, key, |r, k| r.key_status(k))
     }
 
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {

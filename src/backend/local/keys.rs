@@ -47,6 +47,9 @@ pub(super) struct LocalKey {
     pub(super) algorithm: Algorithm,
     /// Oldest first; the last is current.
     pub(super) versions: Vec<Arc<Version>>,
+    /// `"disabled": true` in the file: every operation but metadata answers
+    /// `key_disabled` (read again at each revalidation of cached data keys).
+    pub(super) disabled: bool,
 }
 
 pub(super) struct Version {
@@ -83,6 +86,8 @@ pub(super) enum Material {
 #[serde(deny_unknown_fields)]
 struct KeyFile {
     algorithm: Algorithm,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    disabled: bool,
     versions: Vec<VersionFile>,
 }
 
@@ -297,6 +302,7 @@ pub(super) fn load(path: &Path) -> Result<LocalKey, OpenError> {
     Ok(LocalKey {
         algorithm: file.algorithm,
         versions,
+        disabled: file.disabled,
     })
 }
 
@@ -304,6 +310,7 @@ pub(super) fn load(path: &Path) -> Result<LocalKey, OpenError> {
 pub(super) fn save(path: &Path, key: &LocalKey) -> std::io::Result<()> {
     let file = KeyFile {
         algorithm: key.algorithm,
+        disabled: key.disabled,
         versions: key
             .versions
             .iter()

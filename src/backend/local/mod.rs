@@ -9,8 +9,8 @@ pub use keys::OpenError;
 use keys::{LocalKey, Material, generate, key_path, load, save, spki_of};
 
 use super::{
-    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey,
-    Sealed, SignOptions, Signature, Verified, VersionInfo, canonical_context,
+    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus, Origin, Plaintext,
+    PublicKey, Sealed, SignOptions, Signature, Verified, VersionInfo, canonical_context,
 };
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use async_trait::async_trait;
@@ -105,6 +105,7 @@ impl LocalBackend {
                         });
                     };
                     let key = LocalKey {
+                        disabled: false,
                         algorithm,
                         versions: vec![Arc::new(generate(algorithm, 1).map_err(|reason| {
                             OpenError::Corrupt {
@@ -135,6 +136,33 @@ impl LocalBackend {
             .get(key.id)
             .cloned()
             .ok_or_else(|| Error::key_not_found(key))
+    }
+
+    /// [`Self::key`], refused while the key file says `"disabled": true`.
+    /// A disabled key's file is read again at each call, so that enabling
+    /// it in the file takes effect at once.
+    fn enabled(&self, key: KeyRef<'_>) -> Result<Arc<LocalKey>, Error> {
+        let mut k = self.key(key)?;
+        if k.disabled
+            && let Ok(reloaded) = load(&key_path(&self.dir, key.id))
+            && !reloaded.disabled
+        {
+            k = Arc::new(reloaded);
+            self.keys
+                .write()
+                .expect("the key map lock is never poisoned: no code panics while holding it")
+                .insert(key.id.to_owned(), k.clone());
+        }
+        if k.disabled {
+            return Err(Error::new(
+                ErrorKind::KeyDisabled,
+                format!(
+                    "key `{}` is disabled (\"disabled\": true in its key file)",
+                    key.alias
+                ),
+            ));
+        }
+        Ok(k)
     }
 }
 
@@ -233,7 +261,7 @@ impl Backend for LocalBackend {
     }
 
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
-        let k = self.key(key)?;
+        let k = self.enabled(key)?;
         let v = k.version(key, version)?;
         let spki =
             spki_of(&v.material).ok_or_else(|| not_for(key, k.algorithm, "have a public key"))?;
@@ -250,7 +278,7 @@ impl Backend for LocalBackend {
         input: SignInput<'_>,
         options: SignOptions,
     ) -> Result<Signature, Error> {
-        let k = self.key(key)?;
+        let k = self.enabled(key)?;
         // The service decided the algorithm (`service::rules`): the key's
         // own, or for an RSA key possibly the other padding.
         let algorithm = options.algorithm.unwrap_or(k.algorithm);
@@ -315,7 +343,7 @@ impl Backend for LocalBackend {
         plaintext: &[u8],
         context: &Context,
     ) -> Result<Sealed, Error> {
-        let k = self.key(key)?;
+        let k = self.enabled(key)?;
         let v = k.current();
         let Material::Aes(aes) = &v.material else {
             return Err(not_for(key, k.algorithm, "encrypt"));
@@ -333,7 +361,7 @@ impl Backend for LocalBackend {
         ciphertext: &[u8],
         context: &Context,
     ) -> Result<Plaintext, Error> {
-        let k = self.key(key)?;
+        let k = self.enabled(key)?;
         if !matches!(k.current().material, Material::Aes(_)) {
             return Err(not_for(key, k.algorithm, "decrypt"));
         }
@@ -388,7 +416,7 @@ impl Backend for LocalBackend {
     }
 
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
-        let k = self.key(key)?;
+        let k = self.enabled(key)?;
         let v = k.current();
         let Material::Hmac(h) = &v.material else {
             return Err(not_for(key, k.algorithm, "compute a MAC"));
@@ -406,7 +434,7 @@ impl Backend for LocalBackend {
         mac: &[u8],
         version: Option<&str>,
     ) -> Result<Verified, Error> {
-        let k = self.key(key)?;
+        let k = self.enabled(key)?;
         if !matches!(k.current().material, Material::Hmac(_)) {
             return Err(not_for(key, k.algorithm, "verify a MAC"));
         }
@@ -426,9 +454,37 @@ impl Backend for LocalBackend {
         })
     }
 
+    /// Reads the key file again (an operator may have set `"disabled"`).
+    async fn key_status(&self, key: KeyRef<'_>) -> Result<KeyStatus, Error> {
+        let _not_while_rotating = self.rotating.lock().await;
+        let path = key_path(&self.dir, key.id);
+        let loaded = tokio::task::spawn_blocking(move || load(&path))
+            .await
+            .map_err(|_| internal("reading the key file"))?;
+        let k = match loaded {
+            Ok(k) => Arc::new(k),
+            Err(OpenError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(KeyStatus {
+                    revoked: Some("deleted"),
+                    enabled_versions: None,
+                });
+            }
+            Err(e) => return Err(internal("reading the key file").with_source(e)),
+        };
+        let revoked = k.disabled.then_some("disabled");
+        self.keys
+            .write()
+            .expect("the key map lock is never poisoned: no code panics while holding it")
+            .insert(key.id.to_owned(), k);
+        Ok(KeyStatus {
+            revoked,
+            enabled_versions: None,
+        })
+    }
+
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
         let _one_at_a_time = self.rotating.lock().await;
-        let old = self.key(key)?;
+        let old = self.enabled(key)?;
         let algorithm = old.algorithm;
         let number = old.current().number + 1;
         let fresh = tokio::task::spawn_blocking(move || generate(algorithm, number))
@@ -440,6 +496,7 @@ impl Backend for LocalBackend {
         let rotated = Arc::new(LocalKey {
             algorithm,
             versions,
+            disabled: old.disabled,
         });
         let path = key_path(&self.dir, key.id);
         let to_save = rotated.clone();

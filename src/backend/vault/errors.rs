@@ -75,6 +75,8 @@ pub(super) fn error(key: KeyRef<'_>, op: &str, err: &ClientError, rejected: bool
     let detail = describe(err);
     let status = status_of(err);
     let kind = match status {
+        // A version below the key's `min_decryption_version`.
+        Some(400) if detail.contains("disallowed by policy") => ErrorKind::KeyDisabled,
         Some(400) if op == "decrypt" => ErrorKind::DecryptionFailed,
         Some(400) if detail.contains("not found") => ErrorKind::KeyNotFound,
         Some(400) => ErrorKind::InvalidRequest,

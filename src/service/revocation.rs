@@ -1,0 +1,128 @@
+//! Revocation that reaches the caches: every `cache.data_keys.revalidate`
+//! the state of each key with cached data keys is asked of its KMS (one
+//! call per key, not per data key), and a key that is disabled, deleted or
+//! pending deletion, or a version disabled since the last look (Vault's
+//! `min_decryption_version`), drops the key's cached data keys, metadata and
+//! public keys at once. `POST /v1/keys/{name}/flush` does the same on an
+//! operator's word. (A `key_disabled` answer to any data-key call drops
+//! them too: see [`crate::cache`].)
+
+use super::Service;
+use crate::api::{self, ApiError};
+use crate::backend::ErrorKind;
+use crate::keys::KeyEntry;
+use crate::policy::{Caller, Op};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+impl Service {
+    /// Revalidates every `interval` while the service lives.
+    pub fn spawn_revalidation(self: &Arc<Self>, interval: Duration) {
+        let service: Weak<Service> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await; // the first tick is now: nothing is cached yet
+            loop {
+                tick.tick().await;
+                let Some(service) = service.upgrade() else {
+                    return;
+                };
+                service.revalidate().await;
+            }
+        });
+    }
+
+    /// One look at every key with cached data keys, and at every key
+    /// found revoked before (which is let through again once usable).
+    pub async fn revalidate(&self) {
+        let mut aliases = self.data_keys.cached_aliases();
+        aliases.extend(
+            self.keys
+                .aliases()
+                .into_iter()
+                .filter(|a| self.keys.get(a).is_some_and(|e| e.revoked().is_some()))
+                .map(str::to_owned),
+        );
+        for alias in aliases {
+            let Some(entry) = self.keys.get(&alias) else {
+                continue;
+            };
+            match self.revoked(entry).await {
+                Some(reason) => self.drop_cached(entry, reason).await,
+                None if entry.revoked().is_some() => {
+                    entry.set_revoked(None);
+                    tracing::info!(key.alias = %alias, "key usable again in its KMS");
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Why the key's cached data keys must go, if they must.
+    async fn revoked(&self, entry: &Arc<KeyEntry>) -> Option<&'static str> {
+        let status = match entry.backend.key_status(entry.key_ref()).await {
+            Ok(status) => status,
+            Err(e) if e.kind == ErrorKind::KeyDisabled => return Some("disabled"),
+            Err(e) if e.kind == ErrorKind::KeyNotFound => return Some("deleted"),
+            // Unreachable or refused: no news about the key (the resilience
+            // layer logged and counted the failure); asked again next time.
+            Err(_) => return entry.revoked(),
+        };
+        if status.revoked.is_some() {
+            return status.revoked;
+        }
+        let enabled = status.enabled_versions?;
+        let mut last = self.enabled_versions.lock().expect("never poisoned");
+        // A version that decrypted at the last look and does not now, or
+        // one that wrapped a cached data key and does not decrypt.
+        let shrank = last
+            .get(&entry.alias)
+            .is_some_and(|before| before.iter().any(|v| !enabled.contains(v)));
+        let cached_disabled = self
+            .data_keys
+            .dek_versions(&entry.alias)
+            .iter()
+            .any(|v| !enabled.contains(v));
+        last.insert(entry.alias.clone(), enabled);
+        (shrank || cached_disabled).then_some("version_disabled")
+    }
+
+    /// Drops the key's cached data keys (both sides), metadata and public
+    /// keys; a key disabled, deleted or pending deletion is refused from now
+    /// on, until a revalidation finds it usable.
+    async fn drop_cached(&self, entry: &Arc<KeyEntry>, reason: &'static str) {
+        if matches!(reason, "disabled" | "deleted" | "pending_deletion") {
+            if entry.revoked() == Some(reason) {
+                return; // already refused, nothing cached since
+            }
+            entry.set_revoked(Some(reason));
+        }
+        self.data_keys.drop_key(&entry.alias, reason);
+        entry.forget_metadata().await;
+        self.public_keys
+            .lock()
+            .expect("cache lock is never poisoned")
+            .retain(|(a, _), _| *a != entry.alias);
+    }
+
+    /// `POST /v1/keys/{name}/flush`: drops the key's cached data keys and
+    /// public keys now (incident response).
+    pub async fn flush(
+        &self,
+        caller: &Caller,
+        alias: &str,
+    ) -> Result<api::FlushResponse, ApiError> {
+        let entry = self.authorize(caller, alias, Op::Flush)?;
+        self.drop_cached(entry, "flush").await;
+        tracing::warn!(
+            key.alias = alias,
+            caller.uid = caller.uid,
+            "key flushed by an operator"
+        );
+        Ok(api::FlushResponse {
+            key: alias.to_owned(),
+            flushed: true,
+        })
+    }
+}
