@@ -61,7 +61,14 @@ async fn keys_are_listed_with_their_metadata() {
     assert_eq!(ec["version"], "1");
     assert_eq!(
         ec["ops"],
-        json!(["sign", "verify", "public_key", "metadata", "rotate"])
+        json!([
+            "sign",
+            "verify",
+            "public_key",
+            "metadata",
+            "rotate",
+            "flush"
+        ])
     );
 
     let m = s.get("/v1/keys/aes-256").await.ok();

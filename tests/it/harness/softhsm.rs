@@ -101,7 +101,13 @@ impl SoftHsm {
             pin,
         };
         std::fs::write(&hsm.pin_file, format!("{}\n", hsm.pin)).expect("write the PIN file");
-        hsm.run(
+        hsm.init_token(label);
+        hsm
+    }
+
+    /// Initializes a token labelled `label` in a free slot, with the user PIN.
+    fn init_token(&self, label: &str) {
+        self.run(
             "softhsm2-util",
             &[
                 "--init-token",
@@ -111,10 +117,9 @@ impl SoftHsm {
                 "--so-pin",
                 "so-pin-1234",
                 "--pin",
-                &hsm.pin,
+                &self.pin,
             ],
         );
-        hsm
     }
 
     /// Runs `program` with this token's `SOFTHSM2_CONF`; it must succeed.
@@ -139,19 +144,7 @@ impl SoftHsm {
     /// user PIN): its own directory there.
     pub fn add_token(&self, label: &str) -> PathBuf {
         let before: Vec<PathBuf> = self.token_dirs();
-        self.run(
-            "softhsm2-util",
-            &[
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--so-pin",
-                "so-pin-1234",
-                "--pin",
-                &self.pin,
-            ],
-        );
+        self.init_token(label);
         self.token_dirs()
             .into_iter()
             .find(|d| !before.contains(d))

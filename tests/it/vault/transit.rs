@@ -324,7 +324,8 @@ async fn every_transit_operation_over_the_socket_with_approle() {
     assert_eq!(m["current_version"], "2", "{m}");
     assert_eq!(m["versions"].as_array().unwrap().len(), 2, "{m}");
 
-    // min_decryption_version retires version 1: its ciphertext no longer decrypts.
+    // min_decryption_version retires version 1: its ciphertext no longer
+    // decrypts, and the answer says the version is disabled.
     bao.api(
         "POST",
         "transit/keys/aes/config",
@@ -336,7 +337,7 @@ async fn every_transit_operation_over_the_socket_with_approle() {
         json!({"ciphertext": old_ct["ciphertext"]}),
     )
     .await
-    .expect(422, Some("decryption_failed"));
+    .expect(409, Some("key_disabled"));
 }
 
 #[tokio::test]
