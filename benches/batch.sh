@@ -119,7 +119,7 @@ check_batch() {
     post --unix-socket "$SOCK" --data-binary @"$WORK/$1.json" "http://localhost/v1/keys/$(alias_of "$1")/$1" \
         | python3 -c 'import json, sys
 v = json.load(sys.stdin)
-items = v.get("results") or v.get("signatures") or []
+items = v.get("items") or v.get("signatures") or []
 bad = [i for i in items if isinstance(i, dict) and "error" in i]
 sys.exit(f"failed items: {bad[:3]}" if bad or len(items) != int(sys.argv[1]) else 0)' "$ITEMS" \
         || die "$1 answered failures"

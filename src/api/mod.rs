@@ -326,7 +326,7 @@ pub struct BatchRequest<T> {
 /// error (one item's failure fails no other).
 #[derive(Debug, Serialize)]
 pub struct BatchResponse<T> {
-    pub results: Vec<BatchItem<T>>,
+    pub items: Vec<BatchItem<T>>,
 }
 
 #[derive(Debug, Serialize)]

@@ -180,12 +180,12 @@ impl Service {
         self.check_batch(items.len())?;
         // Futures are lazy: made here, run as the stream polls them.
         let calls: Vec<Fut> = items.into_iter().map(each).collect();
-        let results = futures_util::stream::iter(calls)
+        let items = futures_util::stream::iter(calls)
             .buffered(self.batch_concurrency)
             .map(api::BatchItem::from)
             .collect()
             .await;
-        Ok(api::BatchResponse { results })
+        Ok(api::BatchResponse { items })
     }
 
     pub(crate) fn check_batch(&self, items: usize) -> Result<(), ApiError> {

@@ -4,12 +4,12 @@
 use crate::harness::{Sidecar, b64, unb64};
 use serde_json::{Value, json};
 
-/// The `results` of a batch answer, which must be 200.
+/// The `items` of a batch answer, which must be 200.
 async fn results(s: &Sidecar, path: &str, items: Vec<Value>) -> Vec<Value> {
     let out = s.post_ok(path, json!({ "items": items })).await;
-    out["results"]
+    out["items"]
         .as_array()
-        .unwrap_or_else(|| panic!("no results: {out}"))
+        .unwrap_or_else(|| panic!("no items: {out}"))
         .clone()
 }
 
