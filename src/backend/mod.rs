@@ -215,6 +215,21 @@ impl Error {
     }
 }
 
+/// Sign input an algorithm cannot take: a digest of the wrong length is the
+/// caller's mistake (`invalid_request`); a digest or signature the
+/// algorithm does not do at all is `operation_not_supported`.
+impl From<crate::crypto::BadInput> for Error {
+    fn from(e: crate::crypto::BadInput) -> Self {
+        match e {
+            crate::crypto::BadInput::DigestLength { .. } => {
+                Error::new(ErrorKind::InvalidRequest, e.to_string())
+            }
+            crate::crypto::BadInput::NotASigningKey
+            | crate::crypto::BadInput::DigestNotSupported => Error::unsupported(e.to_string()),
+        }
+    }
+}
+
 /// How to sign or verify: the signature encoding (only ECDSA has two) and,
 /// for keys that allow several algorithms (an AWS RSA key signs PSS and
 /// PKCS#1), the one the caller asked for; `None` is the key's own.

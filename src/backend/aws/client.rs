@@ -195,8 +195,7 @@ fn kms_input(algorithm: Algorithm, input: SignInput<'_>) -> Result<(MessageType,
             )
         }
         SignInput::Digest(d) => {
-            crypto::import_digest(algorithm, d)
-                .map_err(|e| Error::new(ErrorKind::InvalidRequest, e.to_string()))?;
+            crypto::import_digest(algorithm, d)?;
             (MessageType::Digest, d.to_vec())
         }
     })

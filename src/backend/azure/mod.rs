@@ -548,8 +548,7 @@ impl Backend for AzureBackend {
                 .as_ref()
                 .to_vec(),
             SignInput::Digest(d) => {
-                crypto::import_digest(algorithm, d)
-                    .map_err(|e| Error::new(ErrorKind::InvalidRequest, e.to_string()))?;
+                crypto::import_digest(algorithm, d)?;
                 d.to_vec()
             }
         };

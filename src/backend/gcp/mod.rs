@@ -626,8 +626,7 @@ impl Backend for GcpBackend {
                 let digest = match input {
                     SignInput::Message(m) => aws_lc_rs::digest::digest(hash, m).as_ref().to_vec(),
                     SignInput::Digest(d) => {
-                        crypto::import_digest(algorithm, d)
-                            .map_err(|e| Error::new(ErrorKind::InvalidRequest, e.to_string()))?;
+                        crypto::import_digest(algorithm, d)?;
                         d.to_vec()
                     }
                 };

@@ -173,16 +173,6 @@ fn not_for(key: KeyRef<'_>, algorithm: Algorithm, what: &str) -> Error {
     ))
 }
 
-fn bad_input(e: crypto::BadInput) -> Error {
-    match e {
-        crypto::BadInput::NotASigningKey => Error::unsupported(e.to_string()),
-        crypto::BadInput::DigestNotSupported => Error::unsupported(e.to_string()),
-        crypto::BadInput::DigestLength { .. } => {
-            Error::new(ErrorKind::InvalidRequest, e.to_string())
-        }
-    }
-}
-
 fn internal(what: &str) -> Error {
     Error::new(ErrorKind::Backend, format!("local backend: {what} failed"))
 }
@@ -295,7 +285,7 @@ impl Backend for LocalBackend {
                 match input {
                     SignInput::Message(m) => pair.sign(&rng, m).map_err(failed)?,
                     SignInput::Digest(d) => {
-                        let digest = crypto::import_digest(k.algorithm, d).map_err(bad_input)?;
+                        let digest = crypto::import_digest(k.algorithm, d)?;
                         pair.sign_digest(&digest).map_err(failed)?
                     }
                 }
@@ -306,7 +296,7 @@ impl Backend for LocalBackend {
                 pair.sign(m).as_ref().to_vec()
             }
             (Material::Ed25519 { .. }, SignInput::Digest(_)) => {
-                return Err(bad_input(crypto::BadInput::DigestNotSupported));
+                return Err(crypto::BadInput::DigestNotSupported.into());
             }
             (Material::Rsa { pair, .. }, input) => {
                 let padding: &'static dyn sig::RsaEncoding = match algorithm {
@@ -319,7 +309,7 @@ impl Backend for LocalBackend {
                         pair.sign(padding, &rng, m, &mut out).map_err(failed)?
                     }
                     SignInput::Digest(d) => {
-                        let digest = crypto::import_digest(k.algorithm, d).map_err(bad_input)?;
+                        let digest = crypto::import_digest(k.algorithm, d)?;
                         pair.sign_digest(padding, &digest, &mut out)
                             .map_err(failed)?
                     }

@@ -176,9 +176,7 @@ fn to_be_signed(algorithm: Algorithm, input: SignInput<'_>) -> Result<Vec<u8>, E
     if algorithm == Algorithm::Ed25519 {
         return match input {
             SignInput::Message(m) => Ok(m.to_vec()),
-            SignInput::Digest(_) => Err(Error::unsupported(
-                crypto::BadInput::DigestNotSupported.to_string(),
-            )),
+            SignInput::Digest(_) => Err(crypto::BadInput::DigestNotSupported.into()),
         };
     }
     let digest_alg = algorithm
@@ -187,8 +185,7 @@ fn to_be_signed(algorithm: Algorithm, input: SignInput<'_>) -> Result<Vec<u8>, E
     let digest = match input {
         SignInput::Message(m) => digest::digest(digest_alg, m).as_ref().to_vec(),
         SignInput::Digest(d) => {
-            crypto::import_digest(algorithm, d)
-                .map_err(|e| Error::new(ErrorKind::InvalidRequest, e.to_string()))?;
+            crypto::import_digest(algorithm, d)?;
             d.to_vec()
         }
     };

@@ -213,8 +213,7 @@ pub(super) fn sign_params(
         (Some(alg), input) => {
             let digest = match input {
                 SignInput::Message(m) => aws_lc_rs::digest::digest(alg, m),
-                SignInput::Digest(d) => crypto::import_digest(algorithm, d)
-                    .map_err(|e| Error::new(ErrorKind::InvalidRequest, e.to_string()))?,
+                SignInput::Digest(d) => crypto::import_digest(algorithm, d)?,
             };
             params["prehashed"] = true.into();
             params["hash_algorithm"] = hash_name(algorithm).into();
