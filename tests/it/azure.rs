@@ -4,7 +4,7 @@
 //! throttling with `Retry-After`, disabled versions, signatures checked with
 //! openssl, and the fake's `config.yaml` as `make fake-azure` writes it.
 
-use crate::harness::{Fake, Sidecar, b64, openssl_verifies, unb64};
+use crate::harness::{Fake, Sidecar, b64, eventually, openssl_verifies, unb64};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -49,19 +49,6 @@ fn sha256_hex(text: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Polls `cond` every 100 ms for up to `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

@@ -3,7 +3,9 @@
 //! login, a pool of sessions under load, a token that goes away and comes
 //! back, and config mistakes.
 
-use crate::harness::{HsmKey, Sidecar, SoftHsm, b64, openssl_verifies, run_with_config, unb64};
+use crate::harness::{
+    HsmKey, Sidecar, SoftHsm, b64, eventually, openssl_verifies, run_with_config, unb64,
+};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -297,15 +299,10 @@ async fn a_token_that_goes_away_is_unavailable_then_recovers_without_a_restart()
 
     std::fs::rename(&away, &hsm.tokens).unwrap();
     s.ready_within(Duration::from_secs(15)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = sign(&s).await;
-        if r.status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{:?}\n{}", r.json(), s.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(Duration::from_secs(10), "signing works again", || async {
+        sign(&s).await.status == 200
+    })
+    .await;
     let plain = s
         .post_ok(
             "/v1/keys/aes/decrypt",
@@ -363,15 +360,10 @@ async fn two_tokens_of_one_module_are_two_backends() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     std::fs::rename(&away, &beta_dir).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = sign_beta().await;
-        if r.status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{:?}\n{}", r.json(), s.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(Duration::from_secs(15), "beta signs again", || async {
+        sign_beta().await.status == 200
+    })
+    .await;
     assert_eq!(sign(&s).await.status, 200);
     s.ready_within(Duration::from_secs(10)).await;
 }
@@ -561,13 +553,8 @@ async fn a_hung_token_times_out_without_stalling_other_backends() {
 
     locker.kill().unwrap();
     locker.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = sign(&s).await;
-        if r.status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{:?}", r.json());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(Duration::from_secs(10), "the token signs again", || async {
+        sign(&s).await.status == 200
+    })
+    .await;
 }

@@ -3,7 +3,7 @@
 //! `cache.data_keys.revalidate` (here 1 s) + 1 s, and works again once
 //! enabled; `flush` drops a key's cached data keys on an operator's word.
 
-use crate::harness::{Bao, Moto, Sidecar, b64, local_config};
+use crate::harness::{Bao, Moto, Sidecar, b64, eventually, local_config};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -30,19 +30,6 @@ async fn open(s: &Sidecar, alias: &str, envelope: &Value) -> crate::harness::Res
     .await
 }
 
-/// Polls `check` every 100 ms until it holds, for at most `within`.
-async fn within<F, Fut>(within: Duration, what: &str, s: &Sidecar, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}\n{}", s.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Envelope encryption with a cached data key, then `disable`: within
 /// revalidate + 1 s both sealing and opening an envelope made before answer
 /// 409 `key_disabled`; after `enable` both work again.
@@ -56,7 +43,7 @@ async fn disabled_then_enabled(
     assert_eq!(seal(s, alias).await.status, 200, "a cached data key seals");
     disable.await;
     let started = Instant::now();
-    within(Duration::from_secs(2), "sealing stops", s, || async {
+    eventually(Duration::from_secs(2), "sealing stops", || async {
         seal(s, alias).await.status == 409
     })
     .await;
@@ -73,7 +60,7 @@ async fn disabled_then_enabled(
         "{metrics}"
     );
     enable.await;
-    within(Duration::from_secs(3), "sealing works again", s, || async {
+    eventually(Duration::from_secs(3), "sealing works again", || async {
         seal(s, alias).await.status == 200
     })
     .await;
@@ -156,10 +143,9 @@ async fn a_vault_version_below_min_decryption_version_stops_its_cached_data_keys
         json!({"min_decryption_version": 2}),
     )
     .await;
-    within(
+    eventually(
         Duration::from_secs(2),
         "new envelopes use version 2",
-        &s,
         || async { seal(&s, "data").await.json()["version"] == "2" },
     )
     .await;

@@ -716,6 +716,20 @@ pub fn local_config(keys: &str) -> String {
     )
 }
 
+/// Polls `cond` every 100 ms until it holds; fails the test naming `what`
+/// when it has not within `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Whether this process runs as root (then tests can act as other uids).
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
