@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -305,27 +306,23 @@ impl DataKeyCache {
         tracing::warn!(key.alias = alias, reason, "cached data keys dropped");
     }
 
-    /// The aliases that have cached data keys (either side).
-    pub fn cached_aliases(&self) -> std::collections::BTreeSet<String> {
+    /// Every alias with cached data keys (either side), and the versions
+    /// that wrapped its encrypt-side ones: one pass over the caches.
+    pub fn cached_keys(&self) -> BTreeMap<String, Vec<String>> {
         let alias = |k: &[u8]| {
             let end = k.iter().position(|b| *b == 0).unwrap_or(k.len());
             String::from_utf8_lossy(&k[..end]).into_owned()
         };
-        let mut out: std::collections::BTreeSet<String> =
-            self.0.encrypt.iter().map(|(k, _)| alias(&k)).collect();
-        out.extend(self.0.decrypt.iter().map(|(k, _)| alias(&k)));
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, active) in self.0.encrypt.iter() {
+            out.entry(alias(&k))
+                .or_default()
+                .push(active.dek.version.clone());
+        }
+        for (k, _) in self.0.decrypt.iter() {
+            out.entry(alias(&k)).or_default();
+        }
         out
-    }
-
-    /// The versions that wrapped the key's cached encrypt-side data keys.
-    pub fn dek_versions(&self, alias: &str) -> Vec<String> {
-        let prefix = [alias.as_bytes(), &[0]].concat();
-        self.0
-            .encrypt
-            .iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .map(|(_, active)| active.dek.version.clone())
-            .collect()
     }
 
     /// A backend answer that the key is disabled drops its data keys at once.

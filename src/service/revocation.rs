@@ -36,19 +36,17 @@ impl Service {
     /// One look at every key with cached data keys, and at every key
     /// found revoked before (which is let through again once usable).
     pub async fn revalidate(&self) {
-        let mut aliases = self.data_keys.cached_aliases();
-        aliases.extend(
-            self.keys
-                .aliases()
-                .into_iter()
-                .filter(|a| self.keys.get(a).is_some_and(|e| e.revoked().is_some()))
-                .map(str::to_owned),
-        );
-        for alias in aliases {
+        let mut keys = self.data_keys.cached_keys();
+        for alias in self.keys.aliases() {
+            if self.keys.get(alias).is_some_and(|e| e.revoked().is_some()) {
+                keys.entry(alias.to_owned()).or_default();
+            }
+        }
+        for (alias, dek_versions) in keys {
             let Some(entry) = self.keys.get(&alias) else {
                 continue;
             };
-            match self.revoked(entry).await {
+            match self.revoked(entry, &dek_versions).await {
                 Some(reason) => self.drop_cached(entry, reason).await,
                 None if entry.revoked().is_some() => {
                     entry.set_revoked(None);
@@ -59,8 +57,13 @@ impl Service {
         }
     }
 
-    /// Why the key's cached data keys must go, if they must.
-    async fn revoked(&self, entry: &Arc<KeyEntry>) -> Option<&'static str> {
+    /// Why the key's cached data keys must go, if they must;
+    /// `dek_versions` wrapped its encrypt-side ones.
+    async fn revoked(
+        &self,
+        entry: &Arc<KeyEntry>,
+        dek_versions: &[String],
+    ) -> Option<&'static str> {
         let status = match entry.backend.key_status(entry.key_ref()).await {
             Ok(status) => status,
             Err(e) if e.kind == ErrorKind::KeyDisabled => return Some("disabled"),
@@ -79,11 +82,7 @@ impl Service {
         let shrank = last
             .get(&entry.alias)
             .is_some_and(|before| before.iter().any(|v| !enabled.contains(v)));
-        let cached_disabled = self
-            .data_keys
-            .dek_versions(&entry.alias)
-            .iter()
-            .any(|v| !enabled.contains(v));
+        let cached_disabled = dek_versions.iter().any(|v| !enabled.contains(v));
         last.insert(entry.alias.clone(), enabled);
         (shrank || cached_disabled).then_some("version_disabled")
     }
