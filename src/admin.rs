@@ -1,17 +1,16 @@
 //! The optional TCP listener (`listen.probes`) for kubelet probes and
 //! Prometheus: `/healthz`, `/readyz` and `/metrics` only, never key operations.
 
-use crate::server::routes::Routes;
+use crate::server::Live;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
-use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Serves probes on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
-    routes: Arc<Routes>,
+    live: Live,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -27,10 +26,10 @@ pub async fn serve(
                 }
             },
         };
-        let routes = routes.clone();
+        let live = live.clone();
         let svc = hyper::service::service_fn(move |req| {
-            let routes = routes.clone();
-            async move { Ok::<_, Infallible>(routes.handle(req, None).await) }
+            let served = live.load_full();
+            async move { Ok::<_, Infallible>(served.probes.handle(req, None).await) }
         });
         tokio::spawn(async move {
             if let Err(e) = http1::Builder::new()

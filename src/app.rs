@@ -5,9 +5,11 @@
 use crate::backend;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::server::{self, BindError, Settings, routes::Routes};
+use crate::reload::{Current, Reloader};
+use crate::server::{self, BindError, Live, Served, Settings, routes::Routes};
 use crate::service::Service;
 use crate::shutdown;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,16 +35,24 @@ pub enum Error {
 #[derive(Debug)]
 pub struct App {
     config: Config,
+    backends: backend::Backends,
     service: Arc<Service>,
+    /// The config file, watched and reloaded (none for the embedded default).
+    file: Option<PathBuf>,
 }
 
 impl App {
-    pub async fn build(config: Config) -> Result<App, Error> {
+    pub async fn build(config: Config, file: Option<PathBuf>) -> Result<App, Error> {
         let metrics = Arc::new(Metrics::new());
         let backends = backend::build(&config, &metrics).await?;
-        let service = Arc::new(Service::new(&config, backends, metrics));
+        let service = Arc::new(Service::new(&config, backends.clone(), metrics));
         service.spawn_revalidation(config.cache.data_keys.revalidate.0);
-        Ok(App { config, service })
+        Ok(App {
+            config,
+            backends,
+            service,
+            file,
+        })
     }
 
     /// Binds the socket (and probe listener), serves until `stop` resolves,
@@ -74,8 +84,30 @@ impl App {
             }
             None => None,
         };
+        let App {
+            config,
+            backends,
+            service,
+            file,
+        } = self;
+        let listen = &config.listen;
+        let metrics = service.metrics().clone();
+        // From here the service lives in the routes only, so a reload that
+        // replaces it ends it (and its revalidation) once its requests end.
+        let live: Live = Arc::new(arc_swap::ArcSwap::from_pointee(Served {
+            socket: Routes::new(service.clone(), &config.limits, audit.clone()),
+            probes: Routes::new(service, &config.limits, None),
+        }));
+        if let Some(file) = file {
+            let current = Current {
+                config: config.clone(),
+                backends,
+            };
+            Reloader::new(file, live.clone(), current, metrics).spawn();
+        }
         if let Some(audit) = audit.clone() {
-            // SIGHUP: reopen the audit log after rotation.
+            // SIGHUP: reopen the audit log after rotation (and reload the
+            // config: see `Reloader::spawn`).
             tokio::spawn(async move {
                 let Ok(mut hup) =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -89,27 +121,28 @@ impl App {
         }
         let settings = Settings {
             socket: listen.socket.clone(),
-            limits: self.config.limits.clone(),
             drain_timeout: listen.drain_timeout.0,
-            audit: audit.clone(),
         };
         let (trigger, shutdown) = shutdown::channel();
         if let Some(addr) = listen.probes {
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| Error::Probes { addr, source })?;
-            let routes = Arc::new(Routes::new(self.service.clone(), &settings.limits, None));
-            tokio::spawn(crate::admin::serve(tcp, routes, shutdown.clone().wait()));
+            tokio::spawn(crate::admin::serve(
+                tcp,
+                live.clone(),
+                shutdown.clone().wait(),
+            ));
             tracing::info!(%addr, "probe listener ready");
         }
         tracing::info!(
             socket = %listen.socket.display(),
             mode = %listen.mode,
-            keys = self.config.keys.len(),
+            keys = config.keys.len(),
             startup_ms = started.elapsed().as_millis() as u64,
             "kms-sidecar ready"
         );
-        let drained = server::serve(listener, self.service.clone(), settings, async {
+        let drained = server::serve(listener, live, settings, async {
             stop.await;
             trigger.trigger();
         })

@@ -287,6 +287,18 @@ impl DataKeyCache {
     /// Drops every cached data key of `alias`, both sides, now (their
     /// plaintext is wiped as the last holder lets go), and counts why.
     pub fn drop_key(&self, alias: &str, reason: &str) {
+        self.forget_key(alias);
+        self.0
+            .metrics
+            .datakey_revocations
+            .with_label_values(&[alias, reason])
+            .inc();
+        tracing::warn!(key.alias = alias, reason, "cached data keys dropped");
+    }
+
+    /// Drops every cached data key of `alias`, both sides, without counting
+    /// a revocation (a config reload removed or redefined the key).
+    pub fn forget_key(&self, alias: &str) {
         let prefix = [alias.as_bytes(), &[0]].concat();
         // Only fails without `support_invalidation_closures`, set in `new`.
         let p = prefix.clone();
@@ -298,12 +310,6 @@ impl DataKeyCache {
             .0
             .decrypt
             .invalidate_entries_if(move |k, _| k.starts_with(&prefix));
-        self.0
-            .metrics
-            .datakey_revocations
-            .with_label_values(&[alias, reason])
-            .inc();
-        tracing::warn!(key.alias = alias, reason, "cached data keys dropped");
     }
 
     /// Every alias with cached data keys (either side), and the versions

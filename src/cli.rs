@@ -3,7 +3,7 @@
 //! app until SIGTERM/SIGINT. Exit codes: 0 ok, 2 bad usage or config, 1
 //! runtime failure. `src/main.rs` only parses and calls [`run`].
 
-use crate::config::{Config, ProcessEnv};
+use crate::config::{self, Config, ProcessEnv};
 use crate::{app, shutdown, telemetry};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -168,7 +168,11 @@ pub fn run(cli: Cli) -> ExitCode {
             tracing::info!(config = %source, version = env!("CARGO_PKG_VERSION"), "starting kms-sidecar");
             let runtime = tokio::runtime::Runtime::new().expect("building the tokio runtime");
             runtime.block_on(async {
-                let app = match app::App::build(config).await {
+                let file = match source {
+                    config::Source::File(path) => Some(path),
+                    config::Source::Embedded => None,
+                };
+                let app = match app::App::build(config, file).await {
                     Ok(app) => app,
                     Err(e) => return fail(2, &e),
                 };

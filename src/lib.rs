@@ -11,6 +11,9 @@
 //!   only parses and calls it).
 //! - [`app`]: composition root — builds backends, policy, metrics and the
 //!   service from a [`config::Config`], and runs the server until shutdown.
+//! - [`reload`]: config hot reload — the file watched (and SIGHUP), a new
+//!   config validated and its changed backends healthy before the routes
+//!   are swapped whole.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future, for the drain.
 //! - [`telemetry`]: the `tracing` subscriber (JSON off a TTY).
 //! - [`config`]: typed configuration, YAML + `KMS_SIDECAR_…` overrides,
@@ -55,6 +58,7 @@ pub mod health;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod shutdown;

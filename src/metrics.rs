@@ -77,6 +77,11 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Connections closed at accept because `limits.max_connections` was reached.
     pub connections_rejected: prometheus::IntCounter,
+    /// `config_reloads_total{outcome}`: `applied` or `rejected`.
+    pub config_reloads: IntCounterVec,
+    /// `config_generation`: 1 for the config the sidecar started with, one
+    /// more for each reload applied since.
+    pub config_generation: IntGauge,
 }
 
 impl Default for Metrics {
@@ -205,6 +210,23 @@ impl Metrics {
             "Connections closed at accept because limits.max_connections was reached",
         )
         .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "config_reloads_total",
+                "Config file reloads by outcome (applied, rejected)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let config_generation = IntGauge::new(
+            "config_generation",
+            "The live config: 1 at start, one more for each reload applied",
+        )
+        .expect("valid metric");
+        config_generation.set(1);
+        for outcome in ["applied", "rejected"] {
+            config_reloads.with_label_values(&[outcome]);
+        }
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -222,6 +244,8 @@ impl Metrics {
             Box::new(rate_limited.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_rejected.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_generation.clone()),
         ] {
             registry
                 .register(c)
@@ -245,6 +269,8 @@ impl Metrics {
             rate_limited,
             connections_open,
             connections_rejected,
+            config_reloads,
+            config_generation,
         }
     }
 

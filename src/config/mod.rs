@@ -90,6 +90,15 @@ pub struct Config {
     pub envelope: EnvelopeConfig,
 }
 
+/// Whether two parts of a config are the same, as their serialized forms
+/// (what a reload compares to tell what changed).
+pub fn same<T: Serialize>(a: &T, b: &T) -> bool {
+    matches!(
+        (serde_json::to_value(a), serde_json::to_value(b)),
+        (Ok(a), Ok(b)) if a == b
+    )
+}
+
 /// Where a configuration came from.
 #[derive(Debug, Clone)]
 pub enum Source {

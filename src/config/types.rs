@@ -284,7 +284,7 @@ pub struct Limits {
 
 /// `limits.per_caller`: `rate` requests per second, minute or hour
 /// (`200/s`, `600/m`), in bursts of up to `burst`.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub rate: Rate,

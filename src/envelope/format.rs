@@ -10,7 +10,9 @@
 //! envelope v1")` yields 64 bytes: the AES-256-GCM key, then the commitment
 //! stored in the header and checked (in constant time) before decrypting. The
 //! AAD of every AEAD call is `"KSE1" ‖ header length ‖ header ‖ canonical
-//! context`. Nonces are `00 00 00 ‖ segment index (u64 BE) ‖ last flag`: the
+//! context` — for algorithms 5 and 6, `"KSE1" ‖ alias ‖ message id ‖ key
+//! commitment ‖ algorithm id ‖ canonical context` (see [`Header::aad`]).
+//! Nonces are `00 00 00 ‖ segment index (u64 BE) ‖ last flag`: the
 //! key is unique per message, so the index alone keeps nonces unique, and the
 //! last flag stops truncation and extension.
 //!
@@ -19,7 +21,11 @@
 //! segment but the last holds exactly 64 KiB, the last 0 to 64 KiB, each
 //! followed by its tag. 3 and 4 say the DEK was wrapped bound to the
 //! envelope purpose (see [`super::wrapping_context`]); 1 and 2 are what
-//! earlier releases made.
+//! earlier releases made. 5 and 6 are 3 and 4 whose AAD leaves out the key
+//! version, the backend key reference and the wrapped DEK, so that
+//! `envelope/rewrap` can wrap the DEK again under a newer key version
+//! without touching the body: the key commitment, which the AAD keeps,
+//! still ties the body to exactly one DEK.
 
 use aws_lc_rs::{aead, constant_time, hkdf, rand};
 use zeroize::Zeroizing;
@@ -52,6 +58,11 @@ pub enum AlgorithmId {
     BoundAes256GcmHkdfSha256 = 3,
     /// As 2, the DEK wrapped bound to the envelope purpose.
     BoundAes256GcmHkdfSha256Segments64K = 4,
+    /// As 3, the wrapped DEK and its key version outside the AAD
+    /// (rewrappable): what `envelope/encrypt` makes.
+    RewrappableAes256GcmHkdfSha256 = 5,
+    /// As 4, rewrappable like 5: what a streamed `envelope/encrypt` makes.
+    RewrappableAes256GcmHkdfSha256Segments64K = 6,
 }
 
 impl AlgorithmId {
@@ -61,6 +72,8 @@ impl AlgorithmId {
             2 => Ok(AlgorithmId::Aes256GcmHkdfSha256Segments64K),
             3 => Ok(AlgorithmId::BoundAes256GcmHkdfSha256),
             4 => Ok(AlgorithmId::BoundAes256GcmHkdfSha256Segments64K),
+            5 => Ok(AlgorithmId::RewrappableAes256GcmHkdfSha256),
+            6 => Ok(AlgorithmId::RewrappableAes256GcmHkdfSha256Segments64K),
             _ => Err(DecryptError),
         }
     }
@@ -71,15 +84,25 @@ impl AlgorithmId {
             self,
             AlgorithmId::Aes256GcmHkdfSha256Segments64K
                 | AlgorithmId::BoundAes256GcmHkdfSha256Segments64K
+                | AlgorithmId::RewrappableAes256GcmHkdfSha256Segments64K
         )
     }
 
     /// Whether the DEK was wrapped bound to the envelope purpose.
     pub fn purpose_bound(self) -> bool {
+        !matches!(
+            self,
+            AlgorithmId::Aes256GcmHkdfSha256 | AlgorithmId::Aes256GcmHkdfSha256Segments64K
+        )
+    }
+
+    /// Whether the wrapped DEK is outside the AAD, so that it can be
+    /// replaced by another wrapping of the same DEK.
+    pub fn rewrappable(self) -> bool {
         matches!(
             self,
-            AlgorithmId::BoundAes256GcmHkdfSha256
-                | AlgorithmId::BoundAes256GcmHkdfSha256Segments64K
+            AlgorithmId::RewrappableAes256GcmHkdfSha256
+                | AlgorithmId::RewrappableAes256GcmHkdfSha256Segments64K
         )
     }
 }
@@ -130,6 +153,30 @@ impl Header {
         out.extend_from_slice(&(h.len() as u32).to_be_bytes());
         out.extend_from_slice(&h);
         out
+    }
+
+    /// The AAD of every segment: `prefix` (this header as encoded) ‖
+    /// `context`; for a rewrappable algorithm, `"KSE1" ‖ alias (u16 length
+    /// ‖ bytes) ‖ message id ‖ commitment ‖ algorithm id ‖ context`, which
+    /// leaves out the fields a rewrap replaces.
+    pub fn aad(&self, prefix: &[u8], context: &[u8]) -> Vec<u8> {
+        let mut aad = if self.algorithm.rewrappable() {
+            let mut aad = Vec::with_capacity(4 + 2 + self.alias.len() + 65 + context.len());
+            aad.extend_from_slice(MAGIC);
+            let len = u16::try_from(self.alias.len()).expect("aliases are short");
+            aad.extend_from_slice(&len.to_be_bytes());
+            aad.extend_from_slice(self.alias.as_bytes());
+            aad.extend_from_slice(&self.message_id);
+            aad.extend_from_slice(&self.commitment);
+            aad.push(self.algorithm as u8);
+            aad
+        } else {
+            let mut aad = Vec::with_capacity(prefix.len() + context.len());
+            aad.extend_from_slice(prefix);
+            aad
+        };
+        aad.extend_from_slice(context);
+        aad
     }
 
     /// Parses the prefix at the start of `buf`. `Ok(None)`: more bytes are
@@ -231,8 +278,7 @@ impl Sealer {
         let (key, commitment) = derive(dek, &header.message_id);
         header.commitment = commitment;
         let prefix = header.encode();
-        let mut aad = prefix.clone();
-        aad.extend_from_slice(context);
+        let aad = header.aad(&prefix, context);
         let key = aead::LessSafeKey::new(
             aead::UnboundKey::new(&aead::AES_256_GCM, &key[..])
                 .expect("32 bytes is an AES-256 key"),
@@ -277,8 +323,7 @@ impl Opener {
         let (key, commitment) = derive(dek, &header.message_id);
         constant_time::verify_slices_are_equal(&commitment, &header.commitment)
             .map_err(|_| DecryptError)?;
-        let mut aad = prefix.to_vec();
-        aad.extend_from_slice(context);
+        let aad = header.aad(prefix, context);
         let key = aead::LessSafeKey::new(
             aead::UnboundKey::new(&aead::AES_256_GCM, &key[..]).map_err(|_| DecryptError)?,
         );
@@ -319,7 +364,8 @@ impl Opener {
 }
 
 /// Seals a whole message held in memory in one segment (the header's
-/// algorithm must be a one-segment one: 3, or 1 for tests of old envelopes).
+/// algorithm must be a one-segment one: 5, or 1 and 3 for tests of old
+/// envelopes).
 pub fn seal(dek: &[u8], header: Header, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
     debug_assert!(!header.algorithm.segmented());
     let (mut sealer, mut out) = Sealer::new(dek, header, context);
@@ -376,6 +422,23 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
             .collect()
+    }
+
+    /// The envelope of the block after `marker`.
+    fn documented_envelope(marker: &str) -> Vec<u8> {
+        let doc = include_str!("../../docs/envelope-format.md");
+        let block = doc
+            .split(marker)
+            .nth(1)
+            .and_then(|s| s.split("```text").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("docs/envelope-format.md has the block");
+        let mut lines = block.lines().skip_while(|l| !l.starts_with("envelope:"));
+        let mut hex = lines.next().expect("an envelope")["envelope:".len()..]
+            .trim()
+            .to_owned();
+        hex.extend(lines.take_while(|l| l.starts_with(' ')).map(str::trim));
+        unhex(&hex)
     }
 
     fn documented_vector() -> Vector {
@@ -479,6 +542,84 @@ mod tests {
         let mut extended = v.envelope.clone();
         extended.push(0);
         assert_eq!(open(&v.dek, &extended, &v.context), Err(DecryptError));
+    }
+
+    /// Algorithm 5: the body is sealed without the key version, backend key
+    /// reference and wrapped DEK, so another wrapping of the same DEK can
+    /// replace them; anything else that changes fails, and so does a DEK
+    /// other than the one committed to, or another algorithm id.
+    #[test]
+    fn rewrappable_envelopes_keep_their_body_across_a_new_wrapping() {
+        let v = documented_vector();
+        let sealed = seal(
+            &v.dek,
+            header(&v, AlgorithmId::RewrappableAes256GcmHkdfSha256),
+            &v.context,
+            &v.plaintext,
+        );
+        assert_eq!(sealed, documented_envelope("<!-- test-vector-5 -->"));
+        let (h, n) = Header::parse(&sealed).unwrap().unwrap();
+        assert_eq!(h.algorithm, AlgorithmId::RewrappableAes256GcmHkdfSha256);
+        assert_eq!(*open(&v.dek, &sealed, &v.context).unwrap(), v.plaintext);
+        let rewrapped = |key_version: &str, key_ref: &str, wrapped: &[u8]| {
+            let mut out = Header {
+                key_version: key_version.into(),
+                key_ref: key_ref.into(),
+                wrapped_dek: wrapped.to_vec(),
+                ..h.clone()
+            }
+            .encode();
+            out.extend_from_slice(&sealed[n..]);
+            out
+        };
+        let moved = rewrapped("7", "pii-v7", b"a longer wrapping under version 7");
+        assert_eq!(*open(&v.dek, &moved, &v.context).unwrap(), v.plaintext);
+        assert_eq!(&moved[moved.len() - (sealed.len() - n)..], &sealed[n..]);
+        assert_eq!(
+            open(&[7u8; 32], &moved, &v.context),
+            Err(DecryptError),
+            "a wrapping of another DEK fails the commitment"
+        );
+        // Every bit outside the replaceable fields counts.
+        let replaceable = {
+            let start = 8 + 2 + h.alias.len();
+            start..start + 6 + h.key_version.len() + h.key_ref.len() + h.wrapped_dek.len()
+        };
+        for i in (0..sealed.len()).filter(|i| !replaceable.contains(i)) {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x01;
+            assert_eq!(
+                open(&v.dek, &bad, &v.context),
+                Err(DecryptError),
+                "byte {i}"
+            );
+        }
+        assert_eq!(
+            open(&v.dek, &sealed, br#"{"tenant":"evil"}"#),
+            Err(DecryptError)
+        );
+        // Algorithm 3 under the same inputs authenticates the whole header.
+        let bound = seal(
+            &v.dek,
+            header(&v, AlgorithmId::BoundAes256GcmHkdfSha256),
+            &v.context,
+            &v.plaintext,
+        );
+        let (h3, n3) = Header::parse(&bound).unwrap().unwrap();
+        let mut swapped = Header {
+            key_version: "7".into(),
+            ..h3.clone()
+        }
+        .encode();
+        swapped.extend_from_slice(&bound[n3..]);
+        assert_eq!(open(&v.dek, &swapped, &v.context), Err(DecryptError));
+        // The algorithm id is authenticated both ways.
+        for (from, to) in [(&sealed, 3u8), (&bound, 5u8)] {
+            let mut bad = from.clone();
+            let at = Header::parse(from).unwrap().unwrap().1 - 1;
+            bad[at] = to;
+            assert_eq!(open(&v.dek, &bad, &v.context), Err(DecryptError));
+        }
     }
 
     fn segmented(v: &Vector, plaintext: &[u8]) -> (Vec<u8>, usize) {

@@ -11,7 +11,7 @@ pub use socket::{BindError, bind, raise_fd_limit};
 
 use crate::config::Limits;
 use crate::policy::Caller;
-use crate::service::Service;
+use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -20,17 +20,28 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
-use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-/// Connection settings of the socket server.
+/// Connection settings of the socket server that stay until a restart.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub socket: PathBuf,
-    pub limits: Limits,
     pub drain_timeout: Duration,
-    pub audit: Option<crate::audit::Audit>,
 }
+
+/// The routes in force on the socket and on the probe listener (which has
+/// no audit log). A config reload swaps them whole ([`crate::reload`]): a
+/// connection is admitted under the limits current at its accept, and each
+/// request is served by the routes current when it starts, so requests in
+/// flight finish under the config they began with.
+#[derive(Debug)]
+pub struct Served {
+    pub socket: routes::Routes,
+    pub probes: routes::Routes,
+}
+
+/// The current [`Served`], shared by the listeners and the reloader.
+pub type Live = Arc<ArcSwap<Served>>;
 
 /// Connections that uids no caller rule names may hold, all together: they
 /// can only probe and be refused, so a few short connections are plenty,
@@ -44,9 +55,10 @@ const UNKNOWN_CALLER_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// holds while its body is read or drained.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// Open connections per caller uid, and of uids no rule names.
+/// Open connections: all, per caller uid, and of uids no rule names.
 #[derive(Debug, Default)]
 struct Connections {
+    total: usize,
     per_uid: std::collections::HashMap<u32, usize>,
     unknown: usize,
 }
@@ -56,12 +68,12 @@ struct Slot {
     table: Arc<std::sync::Mutex<Connections>>,
     uid: u32,
     known: bool,
-    _global: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut t = self.table.lock().expect("never poisoned");
+        t.total -= 1;
         if !self.known {
             t.unknown -= 1;
         }
@@ -79,29 +91,12 @@ impl Drop for Slot {
 /// requests to finish. Returns whether the drain completed in time.
 pub async fn serve(
     listener: UnixListener,
-    service: Arc<Service>,
+    live: Live,
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> bool {
     let graceful = GracefulShutdown::new();
-    let limits = &settings.limits;
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let table = Arc::new(std::sync::Mutex::new(Connections::default()));
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout.0)
-        .max_headers(limits.max_headers)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .keep_alive(true);
-    let mut http_unknown = http.clone();
-    http_unknown
-        .header_read_timeout(UNKNOWN_CALLER_HEADER_TIMEOUT)
-        .keep_alive(false);
-    let routes = Arc::new(routes::Routes::new(
-        service.clone(),
-        limits,
-        settings.audit.clone(),
-    ));
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -128,8 +123,10 @@ pub async fn serve(
                 continue;
             }
         };
+        let served = live.load_full();
+        let (service, limits) = (served.socket.service(), served.socket.limits());
         let known = service.knows(&caller);
-        let Some(slot) = admit(&slots, &table, caller.uid, known, limits) else {
+        let Some(slot) = admit(&table, caller.uid, known, limits) else {
             service.metrics().connections_rejected.inc();
             tracing::debug!(
                 caller.uid = caller.uid,
@@ -138,14 +135,13 @@ pub async fn serve(
             );
             continue;
         };
-        let routes = routes.clone();
+        let live = live.clone();
         let svc = hyper::service::service_fn(move |req| {
-            let routes = routes.clone();
-            async move { Ok::<_, Infallible>(routes.handle(req, Some(caller)).await) }
+            let served = live.load_full();
+            async move { Ok::<_, Infallible>(served.socket.handle(req, Some(caller)).await) }
         });
-        let builder = if known { &http } else { &http_unknown };
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
-        let metrics_service = service.clone();
+        let conn = graceful.watch(http(limits, known).serve_connection(TokioIo::new(stream), svc));
+        let metrics = service.metrics().clone();
         let span = tracing::debug_span!(
             "connection",
             caller.uid = caller.uid,
@@ -154,11 +150,11 @@ pub async fn serve(
         );
         tokio::spawn(
             async move {
-                metrics_service.metrics().connections_open.inc();
+                metrics.connections_open.inc();
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
-                metrics_service.metrics().connections_open.dec();
+                metrics.connections_open.dec();
                 drop(slot);
             }
             .instrument(span),
@@ -178,27 +174,40 @@ pub async fn serve(
     }
 }
 
+/// HTTP/1.1 under `limits`. Connections of uids no rule names serve one
+/// request, whose head must come within [`UNKNOWN_CALLER_HEADER_TIMEOUT`].
+fn http(limits: &Limits, known: bool) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout.0)
+        .max_headers(limits.max_headers)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    if !known {
+        http.header_read_timeout(UNKNOWN_CALLER_HEADER_TIMEOUT)
+            .keep_alive(false);
+    }
+    http
+}
+
 /// A place for a new connection of `uid`: within `max_connections`, within
 /// `max_connections_per_caller` for a uid some rule names, and within the
 /// small shared pool of [`UNKNOWN_CALLER_CONNECTIONS`] otherwise.
 fn admit(
-    slots: &Arc<Semaphore>,
     table: &Arc<std::sync::Mutex<Connections>>,
     uid: u32,
     known: bool,
     limits: &Limits,
 ) -> Option<Slot> {
-    let global = slots.clone().try_acquire_owned().ok()?;
     let mut t = table.lock().expect("never poisoned");
     let mine = t.per_uid.get(&uid).copied().unwrap_or(0);
-    let room = if known {
-        mine < limits.max_connections_per_caller
-    } else {
-        t.unknown < UNKNOWN_CALLER_CONNECTIONS && mine < limits.max_connections_per_caller
-    };
+    let room = t.total < limits.max_connections
+        && mine < limits.max_connections_per_caller
+        && (known || t.unknown < UNKNOWN_CALLER_CONNECTIONS);
     if !room {
         return None;
     }
+    t.total += 1;
     *t.per_uid.entry(uid).or_default() += 1;
     if !known {
         t.unknown += 1;
@@ -207,6 +216,5 @@ fn admit(
         table: table.clone(),
         uid,
         known,
-        _global: global,
     })
 }

@@ -87,6 +87,7 @@ enum Action {
     EnvelopeEncryptBatch,
     EnvelopeDecryptBatch,
     Rewrap,
+    EnvelopeRewrap,
     Flush,
 }
 
@@ -114,6 +115,7 @@ const LABELS: &[&str] = &[
     "envelope_encrypt_batch",
     "envelope_decrypt_batch",
     "rewrap",
+    "envelope_rewrap",
     "flush",
     "unknown",
 ];
@@ -145,6 +147,7 @@ impl Route<'_> {
                 Action::EnvelopeEncryptBatch => "envelope_encrypt_batch",
                 Action::EnvelopeDecryptBatch => "envelope_decrypt_batch",
                 Action::Rewrap => "rewrap",
+                Action::EnvelopeRewrap => "envelope_rewrap",
                 Action::Flush => "flush",
             },
         }
@@ -212,6 +215,9 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
         ["v1", "keys", name, "envelope", "decrypt-batch"] if !name.is_empty() => {
             Route::Key(name, Action::EnvelopeDecryptBatch)
         }
+        ["v1", "keys", name, "envelope", "rewrap"] if !name.is_empty() => {
+            Route::Key(name, Action::EnvelopeRewrap)
+        }
         _ => return None,
     })
 }
@@ -229,7 +235,7 @@ impl Action {
             Action::Datakey => Op::Datakey,
             Action::Mac | Action::VerifyMac => Op::Mac,
             Action::Rotate => Op::Rotate,
-            Action::Rewrap => Op::Rewrap,
+            Action::Rewrap | Action::EnvelopeRewrap => Op::Rewrap,
             Action::Flush => Op::Flush,
             Action::EnvelopeEncrypt
             | Action::EnvelopeDecrypt
@@ -342,19 +348,19 @@ fn ok<T: api::Answer>(result: Result<T, ApiError>) -> Result<Reply, ApiError> {
 /// drained by the lingering close.
 type Unread = Option<Incoming>;
 
-/// The routes, shared by every connection.
+/// The routes, shared by every connection. A config reload builds new ones
+/// ([`Routes::next`]); a request keeps the routes it started with.
 #[derive(Debug)]
 pub struct Routes {
     service: Arc<Service>,
+    limits: Limits,
     max_body: usize,
-    body_timeout: std::time::Duration,
-    stream_idle_timeout: std::time::Duration,
     /// `limits.max_buffered_bytes`.
     budget: Arc<body::Budget>,
     /// `limits.per_caller`: a token bucket per caller uid.
-    per_caller: Option<DefaultKeyedRateLimiter<u32>>,
+    per_caller: Option<Arc<DefaultKeyedRateLimiter<u32>>>,
     audit: Option<Audit>,
-    replay: super::replay::ReplayGuard,
+    replay: Arc<super::replay::ReplayGuard>,
     /// `request_duration` per route label.
     durations: crate::metrics::Cached<prometheus::Histogram>,
 }
@@ -366,20 +372,47 @@ impl Routes {
             let quota = Quota::with_period(period.max(std::time::Duration::from_nanos(1)))
                 .expect("a positive period")
                 .allow_burst(NonZeroU32::new(l.burst).unwrap_or(NonZeroU32::MIN));
-            RateLimiter::keyed(quota)
+            Arc::new(RateLimiter::keyed(quota))
         });
         let max_body = usize::try_from(limits.max_body.0).unwrap_or(usize::MAX);
         Self {
             service,
+            limits: limits.clone(),
             max_body,
-            body_timeout: limits.body_timeout.0,
-            stream_idle_timeout: limits.stream_idle_timeout.0,
             budget: body::Budget::new(limits.max_buffered_bytes.0, limits.max_body.0),
             per_caller,
             audit,
-            replay: super::replay::ReplayGuard::new(limits.replay_window.0),
+            replay: Arc::new(super::replay::ReplayGuard::new(limits.replay_window.0)),
             durations: crate::metrics::Cached::new(LABELS),
         }
+    }
+
+    /// The routes of a reloaded config over `service`. What callers hold
+    /// carries over where its limit is unchanged: the body budget (with the
+    /// bodies in flight), each caller's token bucket, and the nonces seen.
+    pub fn next(&self, service: Arc<Service>, limits: &Limits) -> Self {
+        let mut next = Self::new(service, limits, self.audit.clone());
+        let old = &self.limits;
+        if (old.max_buffered_bytes.0, old.max_body.0)
+            == (limits.max_buffered_bytes.0, limits.max_body.0)
+        {
+            next.budget = self.budget.clone();
+        }
+        if old.per_caller == limits.per_caller {
+            next.per_caller = self.per_caller.clone();
+        }
+        if old.replay_window.0 == limits.replay_window.0 {
+            next.replay = self.replay.clone();
+        }
+        next
+    }
+
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// `limits.per_caller`: `Err` with the seconds until the caller may retry.
@@ -574,8 +607,10 @@ impl Routes {
             self.replay.check(caller.uid, &parts.headers)?;
         }
         let header_context = encryption_context_header(&parts.headers)?;
-        let streamed = matches!(action, Action::EnvelopeEncrypt | Action::EnvelopeDecrypt)
-            && is_octet_stream(&parts.headers);
+        let streamed = matches!(
+            action,
+            Action::EnvelopeEncrypt | Action::EnvelopeDecrypt | Action::EnvelopeRewrap
+        ) && is_octet_stream(&parts.headers);
         if streamed {
             let context = header_context.unwrap_or_default();
             let input = unread.take().expect("the body is unread until here");
@@ -597,12 +632,12 @@ impl Routes {
                 &self.budget,
                 caller.uid,
             );
-            let read = tokio::time::timeout(self.body_timeout, read)
+            let read = tokio::time::timeout(self.limits.body_timeout.0, read)
                 .await
                 .map_err(|_| {
                     ApiError::invalid(format!(
                         "the request body did not arrive within {:?} (limits.body_timeout)",
-                        self.body_timeout
+                        self.limits.body_timeout.0
                     ))
                     .with_status(StatusCode::REQUEST_TIMEOUT)
                 })??;
@@ -638,6 +673,9 @@ impl Routes {
                 .await),
             Action::EncryptBatch => ok(svc.encrypt_batch(caller, alias, parse_json(&body)?).await),
             Action::Rewrap => ok(svc.rewrap(caller, alias, parse_json(&body)?).await),
+            Action::EnvelopeRewrap => {
+                ok(svc.envelope_rewrap(caller, alias, parse_json(&body)?).await)
+            }
             Action::DecryptBatch => ok(svc.decrypt_batch(caller, alias, parse_json(&body)?).await),
             Action::EnvelopeEncryptBatch => ok(svc
                 .envelope_encrypt_batch(caller, alias, parse_json(&body)?)
@@ -666,7 +704,8 @@ impl Routes {
         headers: &HeaderMap,
         input: Incoming,
     ) -> Result<Reply, ApiError> {
-        let input = crate::stream::idle_timeout(body::stream(input), self.stream_idle_timeout);
+        let input =
+            crate::stream::idle_timeout(body::stream(input), self.limits.stream_idle_timeout.0);
         let reservation = match self
             .budget
             .reserve(caller.uid, body::STREAM_RESERVATION)
@@ -678,20 +717,16 @@ impl Routes {
                 return Err(e);
             }
         };
-        let result = if action == Action::EnvelopeEncrypt {
-            self.service
-                .envelope_encrypt_stream(
-                    caller,
-                    alias,
-                    context,
-                    body::declared_length(headers),
-                    input,
-                )
-                .await
-        } else {
-            self.service
-                .envelope_decrypt_stream(caller, alias, context, input)
-                .await
+        let svc = &self.service;
+        let result = match action {
+            Action::EnvelopeEncrypt => {
+                let declared = body::declared_length(headers);
+                (svc.envelope_encrypt_stream(caller, alias, context, declared, input)).await
+            }
+            Action::EnvelopeRewrap => {
+                (svc.envelope_rewrap_stream(caller, alias, context, input)).await
+            }
+            _ => (svc.envelope_decrypt_stream(caller, alias, context, input)).await,
         };
         let chunks = result.map_err(|(e, rest)| {
             crate::stream::linger(rest);
@@ -784,6 +819,7 @@ mod tests {
             Action::EnvelopeEncryptBatch,
             Action::EnvelopeDecryptBatch,
             Action::Rewrap,
+            Action::EnvelopeRewrap,
             Action::Flush,
         ];
         let routes = [

@@ -4,6 +4,9 @@
 //! is wrapped bound to the envelope purpose
 //! ([`crate::envelope::wrapping_context`]). JSON bodies are sealed in one
 //! piece; streamed bodies in 64 KiB segments with constant memory.
+//! `envelope/rewrap` wraps an envelope's DEK again under the key's current
+//! version and leaves the body as it is (algorithms 5 and 6); older
+//! envelopes are opened and sealed again inside the sidecar.
 
 use super::{Service, rules};
 use crate::api::{self, ApiError, B64Out, Code};
@@ -20,14 +23,14 @@ use futures_util::StreamExt;
 use std::io;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Chunks in flight between the sealing task and the connection.
 const CHANNEL_DEPTH: usize = 4;
 
 impl Service {
     /// The context to unwrap the DEK of an envelope of `algorithm` with:
-    /// bound for algorithms 3 and 4; the plain context for the older 1 and 2
+    /// bound for algorithms 3 to 6; the plain context for the older 1 and 2
     /// only while `envelope.accept_unbound_until` allows.
     fn unwrapping_context(
         &self,
@@ -43,7 +46,7 @@ impl Service {
         }
     }
 
-    /// Seals `plaintext` with a cached data key (algorithm 3).
+    /// Seals `plaintext` with a cached data key (algorithm 5).
     pub async fn envelope_encrypt(
         &self,
         caller: &Caller,
@@ -106,7 +109,7 @@ impl Service {
             alias,
             &entry.id,
             &dek,
-            AlgorithmId::BoundAes256GcmHkdfSha256,
+            AlgorithmId::RewrappableAes256GcmHkdfSha256,
         );
         let envelope = format::seal(
             &dek.plaintext,
@@ -120,8 +123,7 @@ impl Service {
         })
     }
 
-    /// Opens an envelope of any algorithm held in memory.
-    /// The plaintext of a JSON envelope of `entry`.
+    /// The plaintext of an envelope of `entry` held in memory (any algorithm).
     async fn open_envelope(
         &self,
         entry: &Arc<KeyEntry>,
@@ -150,7 +152,167 @@ impl Service {
         })
     }
 
-    /// Streams `input` out as a segmented envelope (algorithm 4). Errors
+    /// `envelope/rewrap` (JSON): the envelope with its DEK wrapped under the
+    /// key's current version. For algorithms 5 and 6 only the header
+    /// changes (the KMS unwraps the DEK under the context, so a wrong
+    /// context fails); an older envelope is opened and sealed again as 5
+    /// with a fresh message id, its plaintext never leaving the sidecar.
+    pub async fn envelope_rewrap(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        req: api::EnvelopeDecryptRequest,
+    ) -> Result<api::EnvelopeEncryptResponse, ApiError> {
+        let (entry, _) = self.key_for(caller, alias, Op::Rewrap).await?;
+        rules::check_context(&req.context)?;
+        let (header, n) = Header::parse(&req.envelope.0)
+            .ok()
+            .flatten()
+            .filter(|(h, _)| h.alias == alias)
+            .ok_or_else(decryption_failed)?;
+        if header.algorithm.rewrappable() {
+            let header = self.rewrapped(entry, header, &req.context).await?;
+            let mut envelope = header.encode();
+            envelope.extend_from_slice(&req.envelope.0[n..]);
+            return Ok(api::EnvelopeEncryptResponse {
+                envelope: B64Out(envelope),
+                version: header.key_version,
+            });
+        }
+        let context = req.context.clone();
+        let plaintext = self.open_envelope(entry, alias, req).await?.plaintext.0;
+        let req = api::EnvelopeEncryptRequest {
+            plaintext: api::B64(plaintext),
+            context,
+        };
+        self.seal_envelope(entry, alias, req).await
+    }
+
+    /// `header` with its DEK wrapped again under the current version.
+    async fn rewrapped(
+        &self,
+        entry: &Arc<KeyEntry>,
+        header: Header,
+        context: &Context,
+    ) -> Result<Header, ApiError> {
+        let sealed = entry
+            .backend
+            .rewrap(
+                entry.key_ref(),
+                &header.wrapped_dek,
+                &wrapping_context(context),
+            )
+            .await?;
+        Ok(Header {
+            key_version: sealed.version,
+            key_ref: entry.id.clone(),
+            wrapped_dek: sealed.bytes,
+            ..header
+        })
+    }
+
+    /// `envelope/rewrap` streamed: a segmented envelope read from `input`,
+    /// written out with its DEK wrapped under the current version. The body
+    /// of algorithm 6 passes through as it is; algorithms 4 and 2 are
+    /// opened and sealed again as 6, segment by segment. As for a streamed
+    /// decryption, the header and the data key are checked before
+    /// answering, and a later failure aborts the answer.
+    pub async fn envelope_rewrap_stream(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        context: Context,
+        mut input: BoxedStream,
+    ) -> Result<Chunks, Refused> {
+        let prelude = async {
+            let (entry, _) = self.key_for(caller, alias, Op::Rewrap).await?;
+            rules::check_context(&context)?;
+            let (header, mut buf, prefix_len) = read_header(&mut input).await?;
+            if header.alias != alias || !header.algorithm.segmented() {
+                return Err(decryption_failed());
+            }
+            if header.algorithm.rewrappable() {
+                let header = self.rewrapped(entry, header, &context).await?;
+                buf.drain(..prefix_len);
+                return Ok((header.encode(), buf, None));
+            }
+            let unwrap_with = self.unwrapping_context(header.algorithm, &context)?;
+            let canonical = canonical_context(&context);
+            let dek = self
+                .data_keys()
+                .decrypt_dek(entry, &unwrap_with, &header.wrapped_dek)
+                .await?;
+            let opener = Opener::new(&dek.plaintext, &header, &buf[..prefix_len], &canonical)
+                .map_err(|_| decryption_failed())?;
+            drop(dek);
+            buf.drain(..prefix_len);
+            let dek = self
+                .data_keys()
+                .encrypt_dek(entry, &wrapping_context(&context), 0)
+                .await?;
+            let header = new_header(
+                alias,
+                &entry.id,
+                &dek,
+                AlgorithmId::RewrappableAes256GcmHkdfSha256Segments64K,
+            );
+            let (sealer, prefix) = Sealer::new(&dek.plaintext, header, &canonical);
+            Ok::<_, ApiError>((prefix, buf, Some((opener, sealer))))
+        };
+        let (prefix, mut buf, reseal) = match prelude.await {
+            Ok(ready) => ready,
+            Err(e) => return Err((e, input)),
+        };
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let alias = alias.to_owned();
+        tokio::spawn(async move {
+            if tx.send(Ok(Bytes::from(prefix))).await.is_err() {
+                return;
+            }
+            let Some((mut opener, mut sealer)) = reseal else {
+                // Algorithm 6: the body as it came.
+                let read = (!buf.is_empty()).then(|| Ok::<_, io::Error>(Bytes::from(buf)));
+                let mut body = futures_util::stream::iter(read).chain(input);
+                while let Some(chunk) = body.next().await {
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            };
+            while !opener.finished() {
+                let result = match next_segment(&mut buf, &mut input).await {
+                    Ok((mut segment, last)) => match opener.open(&mut segment, last) {
+                        Ok(plain) => {
+                            let mut out = Vec::with_capacity(plain.len() + TAG);
+                            sealer.seal(plain, last, &mut out);
+                            plain.zeroize();
+                            Ok(Bytes::from(out))
+                        }
+                        Err(_) => {
+                            tracing::warn!(key.alias = %alias, code = Code::DecryptionFailed.as_str(), "envelope stream failed after its start; aborting the response");
+                            Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "decryption_failed",
+                            ))
+                        }
+                    },
+                    Err(e) => Err(e),
+                };
+                if result.is_err() {
+                    drain(input).await;
+                    let _ = tx.send(result).await;
+                    return;
+                }
+                if tx.send(result).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Streams `input` out as a segmented envelope (algorithm 6). Errors
     /// before the first byte (policy, data key, a stalled body) are returned
     /// with the unread input; later ones abort the stream.
     pub async fn envelope_encrypt_stream(
@@ -182,7 +344,7 @@ impl Service {
                 alias,
                 &entry.id,
                 &dek,
-                AlgorithmId::BoundAes256GcmHkdfSha256Segments64K,
+                AlgorithmId::RewrappableAes256GcmHkdfSha256Segments64K,
             );
             let (sealer, prefix) =
                 Sealer::new(&dek.plaintext, header, &canonical_context(&context));
@@ -241,18 +403,7 @@ impl Service {
         let prelude = async {
             let (entry, _) = self.key_for(caller, alias, Op::Envelope).await?;
             rules::check_context(&context)?;
-            let mut buf: Vec<u8> = Vec::with_capacity(2 * (SEGMENT + TAG));
-            let (header, prefix_len) = loop {
-                match Header::parse(&buf) {
-                    Ok(Some(parsed)) => break parsed,
-                    Ok(None) => match input.next().await {
-                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                        Some(Err(e)) => return Err(read_error(&e)),
-                        None => return Err(decryption_failed()),
-                    },
-                    Err(_) => return Err(decryption_failed()),
-                }
-            };
+            let (header, mut buf, prefix_len) = read_header(&mut input).await?;
             if header.alias != alias || !header.algorithm.segmented() {
                 return Err(decryption_failed());
             }
@@ -308,6 +459,23 @@ impl Service {
             }
         });
         Ok(rx)
+    }
+}
+
+/// Reads a streamed envelope's header: the header, the bytes read so far
+/// and how many of them are its prefix (`"KSE1" ‖ length ‖ header`).
+async fn read_header(input: &mut BoxedStream) -> Result<(Header, Vec<u8>, usize), ApiError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(2 * (SEGMENT + TAG));
+    loop {
+        match Header::parse(&buf) {
+            Ok(Some((header, n))) => return Ok((header, buf, n)),
+            Ok(None) => match input.next().await {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(read_error(&e)),
+                None => return Err(decryption_failed()),
+            },
+            Err(_) => return Err(decryption_failed()),
+        }
     }
 }
 

@@ -77,6 +77,37 @@ impl Service {
         }
     }
 
+    /// The service of a reloaded `config` (the last one was `old`) over
+    /// `backends`, where a backend the reload left alone is the same `Arc`
+    /// as before. A key whose definition and backend are unchanged keeps its
+    /// state (rotation generation, algorithm, cached metadata, revocation)
+    /// and, while `cache.data_keys` is unchanged, its cached data keys; those
+    /// of keys removed or redefined are dropped.
+    pub fn next(&self, config: &Config, old: &Config, backends: backend::Backends) -> Self {
+        let keys = Keys::new_after(config, old, &self.keys, &backends);
+        let mut next = Self::new(config, backends, self.metrics.clone());
+        next.keys = keys;
+        let kept = |alias: &str| {
+            (next.keys.get(alias))
+                .zip(self.keys.get(alias))
+                .is_some_and(|(a, b)| Arc::ptr_eq(a, b))
+        };
+        if crate::config::same(&config.cache.data_keys, &old.cache.data_keys) {
+            next.data_keys = self.data_keys.clone();
+            for alias in self.keys.aliases().into_iter().filter(|a| !kept(a)) {
+                next.data_keys.forget_key(alias);
+            }
+        }
+        let enabled: HashMap<String, Vec<String>> = (self.enabled_versions.lock())
+            .expect("never poisoned")
+            .iter()
+            .filter(|(alias, _)| kept(alias))
+            .map(|(a, v)| (a.clone(), v.clone()))
+            .collect();
+        *next.enabled_versions.lock().expect("never poisoned") = enabled;
+        next
+    }
+
     /// `metrics.key_labels`: the `key` label on the probe listener.
     pub fn key_labels(&self) -> crate::config::KeyLabels {
         self.key_labels
@@ -108,7 +139,7 @@ impl Service {
             .is_some_and(|until| SystemTime::now() < until)
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
@@ -162,9 +193,6 @@ impl Service {
         Ok(entry)
     }
 
-    /// The key for `op` once the caller's rules allow it, with its
-    /// algorithm, refusing a key whose purpose is not `op`'s (422) — the
-    /// same answer whatever the backend.
     /// A batch of `items`: 1 to `limits.max_batch` of them, run through
     /// `each` `limits.batch_concurrency` at a time; the results in the
     /// items' order, each item's error its own.

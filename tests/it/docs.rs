@@ -181,3 +181,43 @@ fn the_readme_webhook_config_passes_webhook_check() {
         "tokens read from the sidecar config: {stdout}"
     );
 }
+
+/// The Python decoder in `docs/envelope-format.md`, written from the
+/// description alone, opens both documented test vectors (algorithms 3 and
+/// 5): an independent check of the format as documented. (The unit tests of
+/// `envelope::format` check that the code makes the same bytes.)
+#[test]
+fn the_documented_python_decoder_opens_both_test_vectors() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/envelope-format.md"
+    ))
+    .unwrap();
+    let decoder = doc
+        .split("```python\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("docs/envelope-format.md has a python block");
+    let mut script = decoder.to_owned();
+    for marker in ["<!-- test-vector -->", "<!-- test-vector-5 -->"] {
+        let block = doc
+            .split(marker)
+            .nth(1)
+            .and_then(|b| b.split("```text").nth(1))
+            .and_then(|b| b.split("```").next())
+            .unwrap_or_else(|| panic!("a ```text block after {marker}"));
+        let mut lines = block.lines().skip_while(|l| !l.starts_with("envelope:"));
+        let mut hex = lines.next().unwrap()["envelope:".len()..].trim().to_owned();
+        hex.extend(lines.take_while(|l| l.starts_with(' ')).map(str::trim));
+        script.push_str(&format!(
+            "print(open_v1(bytes(range(32)), bytes.fromhex(\"{hex}\"), b'{{\"tenant\":\"acme\"}}').decode())\n"
+        ));
+    }
+    let (ok, out, err) = crate::harness::run_tool(
+        "python3",
+        &["-c", &script],
+        "install python3 and its cryptography package (`make test` does)",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "hello, envelope\nhello, envelope\n");
+}

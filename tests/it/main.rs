@@ -25,6 +25,8 @@ mod interop;
 mod lifecycle;
 #[cfg(feature = "pkcs11")]
 mod pkcs11;
+#[cfg(feature = "local")]
+mod reload;
 mod resilience;
 mod revocation;
 #[cfg(feature = "vault")]

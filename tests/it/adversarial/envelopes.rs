@@ -17,6 +17,7 @@ keys:
   env: {{ backend: dev, key: pii, algorithm: aes-256-gcm, ops: [envelope] }}
   dec: {{ backend: dev, key: pii, ops: [decrypt] }}
   dk:  {{ backend: dev, key: pii, ops: [datakey] }}
+  rw:  {{ backend: dev, key: pii, ops: [envelope, rewrap] }}
 callers:
   - {{ uids: [{me}], keys: ["*"], ops: ["*"] }}
 {extra}"#
@@ -66,7 +67,10 @@ pub async fn envelope_grants_hold(s: &Sidecar, env: &str, dec: &str, dk: &str) {
         .await;
     let bytes = crate::harness::unb64(&sealed["envelope"]);
     let (header, _) = Header::parse(&bytes).unwrap().unwrap();
-    assert_eq!(header.algorithm, AlgorithmId::BoundAes256GcmHkdfSha256);
+    assert_eq!(
+        header.algorithm,
+        AlgorithmId::RewrappableAes256GcmHkdfSha256
+    );
     // A `decrypt`-only caller cannot unwrap the envelope's data key...
     s.post(
         &format!("/v1/keys/{dec}/decrypt"),
@@ -82,7 +86,7 @@ pub async fn envelope_grants_hold(s: &Sidecar, env: &str, dec: &str, dk: &str) {
     .await
     .expect_saying(400, "invalid_request", "reserved");
     // A `datakey`-only caller cannot forge an envelope the owner opens, in
-    // either algorithm.
+    // any algorithm.
     let data_key = s
         .post_ok(
             &format!("/v1/keys/{dk}/datakey"),
@@ -90,6 +94,7 @@ pub async fn envelope_grants_hold(s: &Sidecar, env: &str, dec: &str, dk: &str) {
         )
         .await;
     for algorithm in [
+        AlgorithmId::RewrappableAes256GcmHkdfSha256,
         AlgorithmId::BoundAes256GcmHkdfSha256,
         AlgorithmId::Aes256GcmHkdfSha256,
     ] {
@@ -161,6 +166,118 @@ async fn old_envelopes_open_only_while_the_operator_allows_it() {
         } else {
             r.expect(422, Some("decryption_failed"));
         }
+    }
+}
+
+/// A streamed envelope call on alias `rw`, context `{"tenant":"acme"}`.
+async fn stream(s: &Sidecar, op: &str, body: Vec<u8>) -> crate::harness::Resp {
+    let path = format!("/v1/keys/rw/envelope/{op}");
+    let headers = [
+        ("content-type", "application/octet-stream"),
+        ("x-encryption-context", r#"{"tenant":"acme"}"#),
+    ];
+    s.request(
+        http::Method::POST,
+        &path,
+        &headers,
+        bytes::Bytes::from(body),
+    )
+    .await
+}
+
+/// `envelope/rewrap` of an envelope made before data keys were bound to
+/// their purpose (algorithms 1 and 2) opens and seals it again inside the
+/// sidecar as 5 or 6, its data key bound: the migration away from them,
+/// done while `envelope.accept_unbound_until` allows and refused after.
+#[tokio::test]
+async fn rewrap_reseals_old_envelopes_while_the_operator_allows_it() {
+    use kms_sidecar::envelope::format::{AlgorithmId, Header, Sealer, new_message_id};
+    let me = nix::unistd::geteuid().as_raw();
+    let context = json!({"tenant": "acme"});
+    let tomorrow = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + Duration::from_secs(86_400),
+    );
+    for (extra, allowed) in [
+        (
+            format!("envelope: {{ accept_unbound_until: \"{tomorrow}\" }}\n"),
+            true,
+        ),
+        (String::new(), false),
+    ] {
+        let s = Sidecar::start(&purpose_config(me, &extra)).await;
+        let dk = s
+            .post_ok("/v1/keys/dk/datakey", json!({"context": context}))
+            .await;
+        let json_old = forge(&dk, &context, AlgorithmId::Aes256GcmHkdfSha256, "rw");
+        // Algorithm 2, one last segment.
+        let (mut sealer, mut streamed_old) = Sealer::new(
+            &crate::harness::unb64(&dk["plaintext_key"]),
+            Header {
+                alias: "rw".into(),
+                key_version: dk["version"].as_str().unwrap().into(),
+                key_ref: "forged".into(),
+                wrapped_dek: crate::harness::unb64(&dk["encrypted_key"]),
+                message_id: new_message_id(),
+                commitment: [0; 32],
+                algorithm: AlgorithmId::Aes256GcmHkdfSha256Segments64K,
+            },
+            context.to_string().as_bytes(),
+        );
+        sealer.seal(b"forged", true, &mut streamed_old);
+
+        let r = s
+            .post(
+                "/v1/keys/rw/envelope/rewrap",
+                json!({"envelope": json_old, "context": context}),
+            )
+            .await;
+        let streamed = stream(&s, "rewrap", streamed_old).await;
+        if !allowed {
+            r.expect(422, Some("decryption_failed"));
+            streamed.expect(422, Some("decryption_failed"));
+            continue;
+        }
+        let resealed = crate::harness::unb64(&r.ok()["envelope"]);
+        let (header, _) = Header::parse(&resealed).unwrap().unwrap();
+        assert_eq!(
+            header.algorithm,
+            AlgorithmId::RewrappableAes256GcmHkdfSha256
+        );
+        assert_eq!(streamed.status, 200, "{:?}", streamed.body);
+        let (header, _) = Header::parse(&streamed.body).unwrap().unwrap();
+        assert_eq!(
+            header.algorithm,
+            AlgorithmId::RewrappableAes256GcmHkdfSha256Segments64K
+        );
+        // Both open once the operator stops accepting unbound envelopes
+        // (the config reloaded without `accept_unbound_until`).
+        let dir = s.dir.path().display().to_string();
+        std::fs::write(
+            s.dir.path().join("config.yaml"),
+            purpose_config(me, "").replace("{dir}", &dir),
+        )
+        .unwrap();
+        crate::harness::eventually(Duration::from_secs(2), "the reload", || async {
+            s.metric("kms_sidecar_config_generation ").await == 2.0
+        })
+        .await;
+        let r = s
+            .post(
+                "/v1/keys/rw/envelope/decrypt",
+                json!({"envelope": json_old, "context": context}),
+            )
+            .await;
+        r.expect(422, Some("decryption_failed"));
+        let opened = s
+            .post_ok(
+                "/v1/keys/rw/envelope/decrypt",
+                json!({"envelope": b64(&resealed), "context": context}),
+            )
+            .await;
+        assert_eq!(crate::harness::unb64(&opened["plaintext"]), b"forged");
+        let opened = stream(&s, "decrypt", streamed.body.to_vec()).await;
+        assert_eq!(opened.status, 200);
+        assert_eq!(&opened.body[..], b"forged");
     }
 }
 

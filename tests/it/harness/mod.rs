@@ -146,10 +146,21 @@ impl Sidecar {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         }
-        let socket = dir.path().join("kms.sock");
         let config = config.replace("{dir}", &dir.path().display().to_string());
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, config).expect("write config");
+        Self::start_in(dir, &path, env, uid).await
+    }
+
+    /// A sidecar in `dir` reading the config file at `path` (written by
+    /// the caller, e.g. as a ConfigMap volume).
+    pub async fn start_in(
+        dir: TempDir,
+        path: &Path,
+        env: &[(&str, &str)],
+        uid: Option<u32>,
+    ) -> Sidecar {
+        let socket = dir.path().join("kms.sock");
         let mut env: Vec<(&str, &str)> = env.to_vec();
         let socket_str = socket.display().to_string();
         if !env.iter().any(|(k, _)| *k == "KMS_SIDECAR_LISTEN__SOCKET") {
@@ -473,6 +484,16 @@ impl Sidecar {
             .send_request(req.body(body).unwrap())
             .await
             .expect("send request")
+    }
+
+    /// The value of the first `/metrics` line starting with `line_prefix`
+    /// (a name, or a name and its labels), 0 when there is none.
+    pub async fn metric(&self, line_prefix: &str) -> f64 {
+        let text = String::from_utf8_lossy(&self.get("/metrics").await.body).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// The peak resident memory of the sidecar so far (VmHWM), in bytes.

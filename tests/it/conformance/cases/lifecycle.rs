@@ -241,3 +241,95 @@ pub async fn rewrap_refuses_a_wrong_context_or_a_tampered_ciphertext(t: &Env) {
     t.refused("aes", "rewrap", body, 422, "decryption_failed")
         .await;
 }
+
+// === envelope rewrap ===
+
+/// The body of an envelope: what follows `"KSE1" ‖ length ‖ header`.
+fn envelope_body(envelope: &[u8]) -> &[u8] {
+    let len = u32::from_be_bytes(envelope[4..8].try_into().unwrap()) as usize;
+    &envelope[8 + len..]
+}
+
+/// The key version an envelope's header names (its second field).
+fn envelope_version(envelope: &[u8]) -> String {
+    let field = |at: usize| {
+        let n = u16::from_be_bytes(envelope[at..at + 2].try_into().unwrap()) as usize;
+        (at + 2 + n, &envelope[at + 2..at + 2 + n])
+    };
+    let (after_alias, _) = field(8);
+    String::from_utf8(field(after_alias).1.to_vec()).unwrap()
+}
+
+/// After a rotation, `envelope/rewrap` moves JSON and streamed envelopes to
+/// the new version with their bodies untouched: the answers name the new
+/// version, open to the same plaintext with the same context, and the old
+/// envelopes still open.
+pub async fn envelope_rewrap_moves_the_data_key_and_keeps_the_body(t: &Env) {
+    let old = t.seal(SECRET, context()).await;
+    let data: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+    let streamed_context = r#"{"tenant":"acme"}"#;
+    let streamed = t.stream("encrypt", data.clone(), streamed_context).await;
+    assert_eq!(streamed.status, 200, "{t}: streamed encrypt");
+    let new = rotate(t, "aes").await;
+
+    let body = json!({"envelope": old["envelope"], "context": context()});
+    let rewrapped = t.ok("aes", "envelope/rewrap", body).await;
+    assert_eq!(rewrapped["version"], new.as_str(), "{t}: {rewrapped}");
+    let (before, after) = (unb64(&old["envelope"]), unb64(&rewrapped["envelope"]));
+    assert_eq!(envelope_version(&after), new, "{t}: the header's version");
+    assert_ne!(before, after, "{t}: the header changed");
+    assert!(
+        envelope_body(&before) == envelope_body(&after),
+        "{t}: the body is untouched"
+    );
+    assert_eq!(t.open(&rewrapped, context()).await, SECRET, "{t}");
+    assert_eq!(
+        t.open(&old, context()).await,
+        SECRET,
+        "{t}: the old envelope"
+    );
+
+    let moved = t
+        .stream("rewrap", streamed.body.to_vec(), streamed_context)
+        .await;
+    assert_eq!(moved.status, 200, "{t}: streamed rewrap: {moved:?}");
+    assert_eq!(envelope_version(&moved.body), new, "{t}: streamed rewrap");
+    assert!(
+        envelope_body(&moved.body) == envelope_body(&streamed.body),
+        "{t}: the streamed body is untouched"
+    );
+    let opened = t
+        .stream("decrypt", moved.body.to_vec(), streamed_context)
+        .await;
+    assert!(
+        opened.status == 200 && opened.body == data,
+        "{t}: the streamed rewrapped envelope opens"
+    );
+}
+
+/// `envelope/rewrap` checks the context and the wrapped data key like a
+/// decryption (422 `decryption_failed`, streamed too), and needs `rewrap`.
+pub async fn envelope_rewrap_refuses_a_wrong_context_or_a_tampered_data_key(t: &Env) {
+    let sealed = t.seal(SECRET, context()).await;
+    let body = json!({"envelope": sealed["envelope"], "context": {"tenant": "evil"}});
+    t.refused("aes", "envelope/rewrap", body, 422, "decryption_failed")
+        .await;
+    // The last byte of the wrapped DEK (the field before the message id,
+    // the commitment and the algorithm id).
+    let mut tampered = unb64(&sealed["envelope"]);
+    let at = tampered.len() - envelope_body(&tampered).len() - 65 - 1;
+    tampered[at] ^= 0x01;
+    let body = json!({"envelope": b64(&tampered), "context": context()});
+    t.refused("aes", "envelope/rewrap", body, 422, "decryption_failed")
+        .await;
+    let streamed = t
+        .stream("encrypt", b"streamed".to_vec(), r#"{"tenant":"acme"}"#)
+        .await;
+    let refused = t
+        .stream("rewrap", streamed.body.to_vec(), r#"{"tenant":"evil"}"#)
+        .await;
+    refused.expect(422, Some("decryption_failed"));
+    let body = json!({"envelope": sealed["envelope"], "context": context()});
+    t.refused("env", "envelope/rewrap", body, 403, "forbidden")
+        .await;
+}

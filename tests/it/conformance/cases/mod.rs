@@ -87,6 +87,8 @@ macro_rules! every_case {
             rotate_hmac_keeps_old_macs: [Can(Hmac, Rotate), Can(Hmac, Mac)],
             rewrap_moves_a_ciphertext_to_the_current_version: [Can(Aes, Rewrap), Can(Aes, Rotate), Can(Aes, Encrypt), RotationVersions],
             rewrap_refuses_a_wrong_context_or_a_tampered_ciphertext: [Can(Aes, Rewrap), Can(Aes, Encrypt)],
+            envelope_rewrap_moves_the_data_key_and_keeps_the_body: [Can(Aes, Rewrap), Can(Aes, Envelope), Can(Aes, Rotate), RotationVersions],
+            envelope_rewrap_refuses_a_wrong_context_or_a_tampered_data_key: [Can(Aes, Rewrap), Can(Aes, Envelope)],
             // Errors.
             missing_key_is_key_not_found: [AbsentKey],
             unconfigured_alias_is_key_not_found: [],

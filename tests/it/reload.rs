@@ -1,0 +1,337 @@
+//! Config hot reload: the config file mounted as Kubernetes mounts a
+//! ConfigMap (`config.yaml -> ..data/config.yaml`, `..data -> ..<stamp>`),
+//! updated as the kubelet updates it (a new stamped directory, `..data`
+//! swapped atomically by a rename). New keys and narrowed caller rules
+//! apply within 2 s, an invalid config is rejected whole, and requests in
+//! flight across a reload complete.
+
+use crate::harness::{Sidecar, b64, eventually, signal, unb64};
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::{Value, json};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A ConfigMap volume at `dir`, written the way the kubelet writes one.
+struct ConfigMap {
+    dir: PathBuf,
+    stamp: u32,
+}
+
+impl ConfigMap {
+    fn new(dir: &Path, text: &str) -> ConfigMap {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut cm = ConfigMap {
+            dir: dir.to_owned(),
+            stamp: 0,
+        };
+        cm.update(text);
+        symlink("..data/config.yaml", dir.join("config.yaml")).unwrap();
+        cm
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("config.yaml")
+    }
+
+    /// The kubelet's atomic writer: the new payload in a fresh directory,
+    /// a `..data_tmp` link to it renamed over `..data`, the old one removed.
+    fn update(&mut self, text: &str) {
+        let old = format!("..2026_11_28_00_00_{:02}.{}", self.stamp, self.stamp);
+        self.stamp += 1;
+        let new = format!("..2026_11_28_00_00_{:02}.{}", self.stamp, self.stamp);
+        std::fs::create_dir(self.dir.join(&new)).unwrap();
+        std::fs::write(self.dir.join(&new).join("config.yaml"), text).unwrap();
+        symlink(&new, self.dir.join("..data_tmp")).unwrap();
+        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
+        let _ = std::fs::remove_dir_all(self.dir.join(old));
+    }
+}
+
+fn me() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Two local backends; `keys` and `callers` as given.
+fn config(dir: &Path, keys: &str, callers: &str) -> String {
+    let dir = dir.display();
+    format!(
+        "backends:\n  dev: {{ type: local, dir: \"{dir}/keys\" }}\n  dev2: {{ type: local, dir: \"{dir}/keys2\" }}\n\
+         keys:\n{keys}\ncallers:\n{callers}\nlimits: {{ max_connections_per_caller: 256 }}\n"
+    )
+}
+
+const KEY_A: &str = "  a: { backend: dev, key: a, algorithm: aes-256-gcm }";
+const KEY_B: &str = "  b: { backend: dev2, key: b, algorithm: aes-256-gcm }";
+
+fn everything() -> String {
+    format!("  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}", me())
+}
+
+async fn start(text: &str) -> (Sidecar, ConfigMap) {
+    let dir = tempfile::tempdir().unwrap();
+    let cm = ConfigMap::new(&dir.path().join("cm"), text);
+    let path = cm.path();
+    (Sidecar::start_in(dir, &path, &[], None).await, cm)
+}
+
+async fn listed(s: &Sidecar) -> Vec<String> {
+    let keys = s.get("/v1/keys").await.ok();
+    keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn seal(s: &Sidecar, alias: &str) -> crate::harness::Resp {
+    s.post(
+        &format!("/v1/keys/{alias}/envelope/encrypt"),
+        json!({"plaintext": b64("kept"), "context": {"app": "reload"}}),
+    )
+    .await
+}
+
+const GENERATED_A: &str =
+    r#"kms_sidecar_datakey_cache_backend_calls_total{key="a",op="generate_data_key"} "#;
+const APPLIED: &str = r#"kms_sidecar_config_reloads_total{outcome="applied"} "#;
+const REJECTED: &str = r#"kms_sidecar_config_reloads_total{outcome="rejected"} "#;
+const GENERATION: &str = "kms_sidecar_config_generation ";
+
+#[tokio::test]
+async fn a_configmap_swap_adds_a_key_narrows_a_caller_and_an_invalid_one_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, mut cm) = start(&config(dir.path(), KEY_A, &everything())).await;
+    assert_eq!(listed(&s).await, ["a"]);
+    assert_eq!(s.metric(GENERATION).await, 1.0);
+    seal(&s, "a").await.ok();
+    assert_eq!(s.metric(GENERATED_A).await, 1.0);
+
+    // A new key on another backend: listed and usable within 2 s.
+    cm.update(&config(
+        dir.path(),
+        &format!("{KEY_A}\n{KEY_B}"),
+        &everything(),
+    ));
+    eventually(Duration::from_secs(2), "key `b` is listed", || async {
+        listed(&s).await == ["a", "b"]
+    })
+    .await;
+    seal(&s, "b").await.ok();
+    assert_eq!(s.metric(GENERATION).await, 2.0);
+    assert_eq!(s.metric(APPLIED).await, 1.0);
+    // Key `a` and its backend did not change: its cached data key serves on.
+    let before = seal(&s, "a").await.ok();
+    assert_eq!(s.metric(GENERATED_A).await, 1.0, "no new data key for `a`");
+
+    // The caller's rule narrowed to key `a`: `b` is refused within 2 s.
+    let only_a = format!("  - {{ uids: [{}], keys: [a], ops: [\"*\"] }}", me());
+    cm.update(&config(dir.path(), &format!("{KEY_A}\n{KEY_B}"), &only_a));
+    eventually(Duration::from_secs(2), "`b` is refused", || async {
+        seal(&s, "b").await.status == 403
+    })
+    .await;
+    seal(&s, "b").await.expect(403, Some("forbidden"));
+    seal(&s, "a").await.ok();
+
+    // An invalid config (an unknown field) is rejected whole: the old one
+    // serves on, and the log names the field.
+    let invalid = config(
+        dir.path(),
+        &format!("{KEY_A}\n  b: {{ backend: dev2, key: b, colour: blue }}"),
+        &everything(),
+    );
+    cm.update(&invalid);
+    eventually(Duration::from_secs(2), "the reload is rejected", || async {
+        s.metric(REJECTED).await == 1.0
+    })
+    .await;
+    assert_eq!(s.metric(GENERATION).await, 3.0);
+    seal(&s, "b").await.expect(403, Some("forbidden"));
+    let opened = s
+        .post(
+            "/v1/keys/a/envelope/decrypt",
+            json!({"envelope": before["envelope"], "context": {"app": "reload"}}),
+        )
+        .await
+        .ok();
+    assert_eq!(unb64(&opened["plaintext"]), b"kept");
+    let logs = s.logs();
+    assert!(
+        logs.contains("config reload rejected") && logs.contains("colour"),
+        "the rejection and the field are logged:\n{logs}"
+    );
+
+    // A backend that cannot be built rejects the reload too.
+    std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
+    let broken = config(dir.path(), &format!("{KEY_A}\n{KEY_B}"), &everything())
+        .replace("/keys2\"", "/not-a-dir/keys2\"");
+    cm.update(&broken);
+    eventually(Duration::from_secs(2), "the second rejection", || async {
+        s.metric(REJECTED).await == 2.0
+    })
+    .await;
+    seal(&s, "b").await.expect(403, Some("forbidden"));
+    assert_eq!(s.metric(GENERATION).await, 3.0);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_file_even_when_it_did_not_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _cm) = start(&config(dir.path(), KEY_A, &everything())).await;
+    signal(s.pid(), nix::sys::signal::Signal::SIGHUP);
+    eventually(Duration::from_secs(2), "generation 2", || async {
+        s.metric(GENERATION).await == 2.0
+    })
+    .await;
+    seal(&s, "a").await.ok();
+    assert!(s.logs().contains("SIGHUP: reloading the config"));
+}
+
+/// A config file that goes away is one rejected reload, said once (not at
+/// every poll), and the config in force serves on; SIGHUP tries again.
+#[tokio::test]
+async fn a_missing_config_file_is_rejected_once_and_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, cm) = start(&config(dir.path(), KEY_A, &everything())).await;
+    std::fs::remove_file(cm.path()).unwrap();
+    eventually(Duration::from_secs(2), "the rejection", || async {
+        s.metric(REJECTED).await == 1.0
+    })
+    .await;
+    tokio::time::sleep(kms_sidecar::reload::POLL + Duration::from_millis(500)).await;
+    assert_eq!(s.metric(REJECTED).await, 1.0, "a poll later, still once");
+    seal(&s, "a").await.ok();
+    signal(s.pid(), nix::sys::signal::Signal::SIGHUP);
+    eventually(Duration::from_secs(2), "SIGHUP tries again", || async {
+        s.metric(REJECTED).await == 2.0
+    })
+    .await;
+    assert!(s.logs().contains("cannot read"));
+}
+
+/// 100 requests whose bodies are half sent when a reload rebuilds the
+/// backend of their key: all complete, under the config they began with.
+#[tokio::test]
+async fn requests_in_flight_across_a_reload_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, mut cm) = start(&config(dir.path(), KEY_A, &everything())).await;
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let mut requests = Vec::new();
+    for i in 0..100 {
+        let body = serde_json::to_vec(
+            &json!({"plaintext": b64(format!("message {i}")), "context": {"app": "reload"}}),
+        )
+        .unwrap();
+        let (head, tail) = body.split_at(body.len() / 2);
+        let (head, tail) = (Bytes::copy_from_slice(head), Bytes::copy_from_slice(tail));
+        let gate = gate.clone();
+        let frames = futures_util::stream::unfold(0, move |n| {
+            let (head, tail, mut gate) = (head.clone(), tail.clone(), gate.clone());
+            let gate = async move {
+                let _ = gate.wait_for(|open| *open).await;
+            };
+            async move {
+                match n {
+                    0 => Some((Ok::<_, std::io::Error>(Frame::data(head)), 1)),
+                    1 => {
+                        gate.await;
+                        Some((Ok(Frame::data(tail)), 2))
+                    }
+                    _ => None,
+                }
+            }
+        });
+        let s = &s;
+        let resp = async move {
+            let length = body.len().to_string();
+            let headers = [
+                ("content-type", "application/json"),
+                ("content-length", length.as_str()),
+            ];
+            let body = StreamBody::new(Box::pin(frames));
+            s.stream_request("/v1/keys/a/envelope/encrypt", &headers, body)
+                .await
+        };
+        requests.push(resp);
+    }
+    let mut pending = futures_util::future::join_all(requests);
+    // Every request is in: its head read, half its body sent.
+    tokio::select! {
+        _ = &mut pending => panic!("the requests finished before their bodies did"),
+        () = eventually(Duration::from_secs(10), "100 connections open", || async {
+            s.metric("kms_sidecar_connections_open ").await >= 100.0
+        }) => {}
+    }
+    // The reload rebuilds `dev` (its timeout changed) and adds a key.
+    cm.update(
+        &config(dir.path(), &format!("{KEY_A}\n{KEY_B}"), &everything())
+            .replace("dir: \"", "timeout: 4s, dir: \""),
+    );
+    tokio::select! {
+        _ = &mut pending => panic!("the requests finished before their bodies did"),
+        () = eventually(Duration::from_secs(2), "the reload applied", || async {
+            s.metric(GENERATION).await == 2.0
+        }) => {}
+    }
+    release.send(true).unwrap();
+    let responses = pending.await;
+    for (i, resp) in responses.into_iter().enumerate() {
+        assert_eq!(resp.status(), 200, "request {i}");
+        let body: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let opened = s
+            .post(
+                "/v1/keys/a/envelope/decrypt",
+                json!({"envelope": body["envelope"], "context": {"app": "reload"}}),
+            )
+            .await
+            .ok();
+        assert_eq!(
+            unb64(&opened["plaintext"]),
+            format!("message {i}").as_bytes()
+        );
+    }
+}
+
+/// A reload that adds a backend which is not healthy (a Vault address
+/// where nothing listens) is rejected after the backend had its 10 s to
+/// become healthy, naming it; the old config serves on.
+#[cfg(feature = "vault")]
+#[tokio::test]
+async fn a_new_backend_that_is_not_healthy_rejects_the_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), KEY_A, &everything());
+    let (s, mut cm) = start(&text).await;
+    let token = dir.path().join("token");
+    std::fs::write(&token, "reload-test-token").unwrap();
+    s.secret("reload-test-token");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let with_vault = text.replace(
+        "keys:\n",
+        &format!(
+            "  vault: {{ type: vault, address: \"http://127.0.0.1:{port}\", timeout: 1s, auth: {{ method: token, token_file: \"{}\" }} }}\nkeys:\n  c: {{ backend: vault, key: c }}\n",
+            token.display()
+        ),
+    );
+    cm.update(&with_vault);
+    eventually(Duration::from_secs(30), "the rejection", || async {
+        s.metric(REJECTED).await == 1.0
+    })
+    .await;
+    assert_eq!(listed(&s).await, ["a"]);
+    assert_eq!(s.metric(GENERATION).await, 1.0);
+    seal(&s, "a").await.ok();
+    let logs = s.logs();
+    assert!(
+        logs.contains("backend `vault` (changed) is not healthy after 10s"),
+        "{logs}"
+    );
+}
