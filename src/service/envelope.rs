@@ -259,7 +259,7 @@ impl Service {
             let (sealer, prefix) = Sealer::new(&dek.plaintext, header, &canonical);
             Ok::<_, ApiError>((prefix, buf, Some((opener, sealer))))
         };
-        let (prefix, mut buf, reseal) = match prelude.await {
+        let (prefix, buf, reseal) = match prelude.await {
             Ok(ready) => ready,
             Err(e) => return Err((e, input)),
         };
@@ -269,7 +269,7 @@ impl Service {
             if tx.send(Ok(Bytes::from(prefix))).await.is_err() {
                 return;
             }
-            let Some((mut opener, mut sealer)) = reseal else {
+            let Some((opener, mut sealer)) = reseal else {
                 // Algorithm 6: the body as it came.
                 let read = (!buf.is_empty()).then(|| Ok::<_, io::Error>(Bytes::from(buf)));
                 let mut body = futures_util::stream::iter(read).chain(input);
@@ -280,34 +280,17 @@ impl Service {
                 }
                 return;
             };
-            while !opener.finished() {
-                let result = match next_segment(&mut buf, &mut input).await {
-                    Ok((mut segment, last)) => match opener.open(&mut segment, last) {
-                        Ok(plain) => {
-                            let mut out = Vec::with_capacity(plain.len() + TAG);
-                            sealer.seal(plain, last, &mut out);
-                            plain.zeroize();
-                            Ok(Bytes::from(out))
-                        }
-                        Err(_) => {
-                            tracing::warn!(key.alias = %alias, code = Code::DecryptionFailed.as_str(), "envelope stream failed after its start; aborting the response");
-                            Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                "decryption_failed",
-                            ))
-                        }
-                    },
-                    Err(e) => Err(e),
-                };
-                if result.is_err() {
-                    drain(input).await;
-                    let _ = tx.send(result).await;
-                    return;
+            // Older algorithms: each segment opened and sealed again, its
+            // plaintext wiped at once.
+            let reseal = move |plain: Bytes, last: bool| {
+                let mut out = Vec::with_capacity(plain.len() + TAG);
+                sealer.seal(&plain, last, &mut out);
+                if let Ok(mut plain) = plain.try_into_mut() {
+                    plain.as_mut().zeroize();
                 }
-                if tx.send(result).await.is_err() {
-                    return;
-                }
-            }
+                Bytes::from(out)
+            };
+            each_segment(opener, buf, input, &tx, &alias, reseal).await;
         });
         Ok(rx)
     }
@@ -427,7 +410,7 @@ impl Service {
             let first = open_segment(&mut opener, first).map_err(|_| decryption_failed())?;
             Ok::<_, ApiError>((opener, buf, first))
         };
-        let (mut opener, mut buf, first) = match prelude.await {
+        let (opener, buf, first) = match prelude.await {
             Ok(ready) => ready,
             Err(e) => return Err((e, input)),
         };
@@ -437,28 +420,48 @@ impl Service {
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
-            while !opener.finished() {
-                let result = match next_segment(&mut buf, &mut input).await {
-                    Ok(segment) => open_segment(&mut opener, segment).map_err(|_| {
-                        tracing::warn!(key.alias = %alias, code = Code::DecryptionFailed.as_str(), "envelope stream failed after its start; aborting the response");
-                        io::Error::new(io::ErrorKind::InvalidData, "decryption_failed")
-                    }),
-                    Err(e) => Err(e),
-                };
-                if result.is_err() {
-                    // The aborted answer closes the connection: first let a
-                    // client still writing the envelope finish, so that it
-                    // sees the aborted answer rather than a broken pipe.
-                    drain(input).await;
-                    let _ = tx.send(result).await;
-                    return;
-                }
-                if tx.send(result).await.is_err() {
-                    return;
-                }
-            }
+            each_segment(opener, buf, input, &tx, &alias, |plain, _| plain).await;
         });
         Ok(rx)
+    }
+}
+
+/// Opens the segments of `input` (after those in `buf`) and sends each,
+/// passed through `then` with whether it is the last, to `tx` until the last
+/// one. A segment that does not open, or a read error, aborts the answer.
+async fn each_segment(
+    mut opener: Opener,
+    mut buf: Vec<u8>,
+    mut input: BoxedStream,
+    tx: &mpsc::Sender<Result<Bytes, io::Error>>,
+    alias: &str,
+    mut then: impl FnMut(Bytes, bool) -> Bytes,
+) {
+    while !opener.finished() {
+        let result = match next_segment(&mut buf, &mut input).await {
+            Ok((segment, last)) => match open_segment(&mut opener, (segment, last)) {
+                Ok(plain) => Ok(then(plain, last)),
+                Err(_) => {
+                    tracing::warn!(key.alias = %alias, code = Code::DecryptionFailed.as_str(), "envelope stream failed after its start; aborting the response");
+                    Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "decryption_failed",
+                    ))
+                }
+            },
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // The aborted answer closes the connection: first let a client
+            // still writing the envelope finish, so that it sees the aborted
+            // answer rather than a broken pipe.
+            drain(input).await;
+            let _ = tx.send(result).await;
+            return;
+        }
+        if tx.send(result).await.is_err() {
+            return;
+        }
     }
 }
 
