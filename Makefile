@@ -16,7 +16,7 @@ build:
 test: test-deps lint
 	$(CARGO) nextest run --all-targets --no-fail-fast
 
-## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv and the system python3 to act as another uid, moto as the AWS KMS test server, OpenBao as the Vault server, Python's cryptography for the Azure Key Vault contract fake, SoftHSM2 and OpenSC's pkcs11-tool as the PKCS#11 token, Helm's library and the Kubernetes schemas for the chart)
+## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv and the system python3 to act as another uid, moto as the AWS KMS test server, OpenBao as the Vault server, Python's cryptography for the Azure Key Vault contract fake, PyJWT to verify the sidecar's JWTs as another service would, SoftHSM2 and OpenSC's pkcs11-tool as the PKCS#11 token, Helm's library and the Kubernetes schemas for the chart)
 test-deps:
 	@missing=""; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
@@ -41,6 +41,9 @@ test-deps:
 	@python3 -c 'import cryptography' 2>/dev/null || { \
 	  echo "installing cryptography (the Azure Key Vault contract fake, tests/fakes/)"; \
 	  python3 -m pip install -q cryptography || python3 -m pip install -q --break-system-packages cryptography; }
+	@python3 -c 'import jwt' 2>/dev/null || { \
+	  echo "installing PyJWT (verifies the sidecar's JWTs with its JWKS, as another service would)"; \
+	  python3 -m pip install -q pyjwt || python3 -m pip install -q --break-system-packages pyjwt; }
 	@python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null || { \
 	  echo "installing helm-python-sdk and kubernetes-validate (render and validate the Helm chart)"; \
 	  python3 -m pip install -q helm-python-sdk kubernetes-validate || python3 -m pip install -q --break-system-packages helm-python-sdk kubernetes-validate; }

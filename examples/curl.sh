@@ -257,6 +257,25 @@ expect_status 200
 expect_field valid true
 say "signatures[1] verifies for \"second\" and not for \"first\"; signatures[2] for the digest's message"
 
+step "POST /v1/keys/ecdsa-p256/jwt, GET /v1/jwks, POST /v1/jwt/verify"
+call POST /v1/keys/ecdsa-p256/jwt '{"claims":{"sub":"svc-a","aud":"svc-b"},"ttl":"10m"}'
+expect_status 200
+expect_field alg ES256
+jwt="$(need jwt)"
+kid="$(need kid)"
+say "kid $kid, expires $(get expires_at)"
+call GET /v1/jwks
+expect_status 200
+get 'keys.*.kid' | grep -qx "$kid" || fail "the JWKS has no key $kid"
+call POST /v1/jwt/verify "{\"jwt\":\"$jwt\",\"audience\":\"svc-b\"}"
+expect_status 200
+expect_field valid true
+expect_field claims.sub svc-a
+call POST /v1/jwt/verify "{\"jwt\":\"$jwt\",\"audience\":\"svc-c\"}"
+expect_status 200
+expect_field valid false
+say "the JWT verifies for audience svc-b and not for svc-c"
+
 # --- encryption ---
 
 SECRET="the launch code is 0000"

@@ -271,6 +271,87 @@ pub struct FlushResponse {
 
 impl Answer for FlushResponse {}
 
+/// `POST /v1/keys/{name}/jwt`: the claims of a JWT the key signs; `header`
+/// adds fields to the JOSE header (`alg` and `kid` are the sidecar's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtRequest {
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub header: serde_json::Map<String, serde_json::Value>,
+    pub ttl: Option<crate::config::Duration>,
+}
+
+/// A signed JWT (a bearer credential: never printed).
+#[derive(Serialize)]
+pub struct JwtResponse {
+    pub jwt: String,
+    pub kid: String,
+    pub alg: &'static str,
+    pub expires_at: String,
+    /// The key version that signed (for the audit log).
+    #[serde(skip)]
+    pub version: String,
+}
+
+impl fmt::Debug for JwtResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtResponse")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Answer for JwtResponse {
+    fn version(&self) -> Option<&str> {
+        Some(&self.version)
+    }
+}
+
+/// `GET /v1/jwks`, `GET /.well-known/jwks.json`: RFC 7517 keys.
+#[derive(Debug, Serialize)]
+pub struct Jwks {
+    pub keys: Vec<serde_json::Value>,
+}
+
+impl Answer for Jwks {}
+
+/// `POST /v1/jwt/verify`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtVerifyRequest {
+    pub jwt: String,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
+
+impl fmt::Debug for JwtVerifyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtVerifyRequest")
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a JWT verified: its `kid`, and its header and claims when it
+/// did; why not when it did not.
+#[derive(Debug, Serialize)]
+pub struct JwtVerifyResponse {
+    pub valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claims: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Answer for JwtVerifyResponse {}
+
 /// `POST /v1/keys/{name}/rewrap`: a ciphertext of `encrypt` and its context;
 /// answered with an [`EncryptResponse`] under the current version.
 #[derive(Debug, Deserialize)]

@@ -88,6 +88,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub envelope: EnvelopeConfig,
+    #[serde(default)]
+    pub jwks: JwksConfig,
 }
 
 /// Whether two parts of a config are the same, as their serialized forms

@@ -28,6 +28,16 @@ pub struct EnvelopeConfig {
     pub accept_unbound_until: Option<Timestamp>,
 }
 
+/// `jwks`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwksConfig {
+    /// Keys whose JWKS the probe listener serves to anyone at
+    /// `GET /.well-known/jwks.json` (public keys only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub public: Vec<String>,
+}
+
 /// `audit`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

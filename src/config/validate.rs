@@ -188,6 +188,14 @@ impl Config {
                 );
             }
         }
+        for (i, alias) in self.jwks.public.iter().enumerate() {
+            if !self.keys.contains_key(alias) {
+                bad(
+                    format!("jwks.public[{i}]"),
+                    format!("`{alias}` is not a key in `keys`"),
+                );
+            }
+        }
         if let Some(cp) = self.audit.as_ref().and_then(|a| a.checkpoint.as_ref()) {
             if !self.keys.contains_key(&cp.key) {
                 bad(

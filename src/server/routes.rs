@@ -64,6 +64,12 @@ enum Route<'a> {
     Readyz,
     Metrics,
     ListKeys,
+    /// `GET /v1/jwks`.
+    Jwks,
+    /// `POST /v1/jwt/verify`.
+    JwtVerify,
+    /// `GET /.well-known/jwks.json`, on the probe listener only.
+    PublicJwks,
     Key(&'a str, Action),
 }
 
@@ -89,6 +95,7 @@ enum Action {
     Rewrap,
     EnvelopeRewrap,
     Flush,
+    Jwt,
 }
 
 /// Every `op` label of [`Route::label`], and `unknown`.
@@ -97,6 +104,9 @@ const LABELS: &[&str] = &[
     "readyz",
     "metrics",
     "list_keys",
+    "jwks",
+    "jwt_verify",
+    "public_jwks",
     "metadata",
     "public_key",
     "sign",
@@ -117,6 +127,7 @@ const LABELS: &[&str] = &[
     "rewrap",
     "envelope_rewrap",
     "flush",
+    "jwt",
     "unknown",
 ];
 
@@ -128,6 +139,9 @@ impl Route<'_> {
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
             Route::ListKeys => "list_keys",
+            Route::Jwks => "jwks",
+            Route::JwtVerify => "jwt_verify",
+            Route::PublicJwks => "public_jwks",
             Route::Key(_, a) => match a {
                 Action::Metadata => "metadata",
                 Action::PublicKey => "public_key",
@@ -149,6 +163,7 @@ impl Route<'_> {
                 Action::Rewrap => "rewrap",
                 Action::EnvelopeRewrap => "envelope_rewrap",
                 Action::Flush => "flush",
+                Action::Jwt => "jwt",
             },
         }
     }
@@ -159,13 +174,18 @@ impl Route<'_> {
             | Route::Healthz
             | Route::Readyz
             | Route::Metrics
-            | Route::ListKeys => Method::GET,
-            Route::Key(..) => Method::POST,
+            | Route::ListKeys
+            | Route::Jwks
+            | Route::PublicJwks => Method::GET,
+            Route::Key(..) | Route::JwtVerify => Method::POST,
         }
     }
 
     fn is_probe(self) -> bool {
-        matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
+        matches!(
+            self,
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::PublicJwks
+        )
     }
 }
 
@@ -182,6 +202,9 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
         ["readyz"] => Route::Readyz,
         ["metrics"] => Route::Metrics,
         ["v1", "keys"] => Route::ListKeys,
+        ["v1", "jwks"] => Route::Jwks,
+        ["v1", "jwt", "verify"] => Route::JwtVerify,
+        [".well-known", "jwks.json"] => Route::PublicJwks,
         ["v1", "keys", name] if !name.is_empty() => Route::Key(name, Action::Metadata),
         ["v1", "keys", name, action] if !name.is_empty() => {
             let action = match *action {
@@ -199,6 +222,7 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
                 "mac" => Action::Mac,
                 "verify-mac" => Action::VerifyMac,
                 "rotate" => Action::Rotate,
+                "jwt" => Action::Jwt,
                 _ => return None,
             };
             Route::Key(name, action)
@@ -228,7 +252,7 @@ impl Action {
         match self {
             Action::Metadata => Op::Metadata,
             Action::PublicKey => Op::PublicKey,
-            Action::Sign | Action::SignBatch => Op::Sign,
+            Action::Sign | Action::SignBatch | Action::Jwt => Op::Sign,
             Action::Verify => Op::Verify,
             Action::Encrypt | Action::EncryptBatch => Op::Encrypt,
             Action::Decrypt | Action::DecryptBatch => Op::Decrypt,
@@ -588,10 +612,33 @@ impl Routes {
                     body: ReplyBody::Full(Bytes::from(text)),
                 });
             }
+            (Route::PublicJwks, None) => return Ok(json(StatusCode::OK, &svc.public_jwks().await)),
             (_, None) => return Err(ApiError::new(Code::NotFound, "only probes are served here")),
+            (Route::PublicJwks, Some(_)) => {
+                return Err(ApiError::new(
+                    Code::NotFound,
+                    "`/.well-known/jwks.json` is served on the probe listener (jwks.public); use GET /v1/jwks here",
+                ));
+            }
             (Route::ListKeys, Some(c)) => {
                 self.rate_limit(&c)?;
                 return Ok(json(StatusCode::OK, &svc.list_keys(&c).await));
+            }
+            (Route::Jwks, Some(c)) => {
+                self.rate_limit(&c)?;
+                return Ok(json(StatusCode::OK, &svc.jwks(&c).await));
+            }
+            (Route::JwtVerify, Some(c)) => {
+                // The key is named inside the token: a caller no rule
+                // grants `verify` is refused before its body is read.
+                svc.may_verify_jwts(&c)?;
+                self.rate_limit(&c)?;
+                let (body, reservation) = self.read_body(parts, unread, &c).await?;
+                let reply = ok(svc.jwt_verify(&c, parse_json(&body)?).await);
+                return reply.map(|reply| Reply {
+                    hold: Some(reservation),
+                    ..reply
+                });
             }
             (Route::Key(alias, action), Some(c)) => (c, alias, action),
         };
@@ -624,25 +671,8 @@ impl Routes {
             )));
         }
         let (body, reservation) = if route.method() == Method::POST {
-            let incoming = unread.as_mut().expect("the body is unread until here");
-            let read = body::read(
-                incoming,
-                &parts.headers,
-                self.max_body,
-                &self.budget,
-                caller.uid,
-            );
-            let read = tokio::time::timeout(self.limits.body_timeout.0, read)
-                .await
-                .map_err(|_| {
-                    ApiError::invalid(format!(
-                        "the request body did not arrive within {:?} (limits.body_timeout)",
-                        self.limits.body_timeout.0
-                    ))
-                    .with_status(StatusCode::REQUEST_TIMEOUT)
-                })??;
-            *unread = None;
-            (read.0, Some(read.1))
+            let (body, reservation) = self.read_body(parts, unread, caller).await?;
+            (body, Some(reservation))
         } else {
             (Zeroizing::new(Vec::new()), None)
         };
@@ -673,6 +703,7 @@ impl Routes {
                 .await),
             Action::EncryptBatch => ok(svc.encrypt_batch(caller, alias, parse_json(&body)?).await),
             Action::Rewrap => ok(svc.rewrap(caller, alias, parse_json(&body)?).await),
+            Action::Jwt => ok(svc.jwt(caller, alias, parse_json(&body)?).await),
             Action::EnvelopeRewrap => {
                 ok(svc.envelope_rewrap(caller, alias, parse_json(&body)?).await)
             }
@@ -689,6 +720,35 @@ impl Routes {
             hold: reservation,
             ..reply
         })
+    }
+
+    /// The request body, read within `limits.max_body`, the body budget
+    /// and `limits.body_timeout`.
+    async fn read_body(
+        &self,
+        parts: &Parts,
+        unread: &mut Unread,
+        caller: &Caller,
+    ) -> Result<(Zeroizing<Vec<u8>>, body::Reservation), ApiError> {
+        let incoming = unread.as_mut().expect("the body is unread until here");
+        let read = body::read(
+            incoming,
+            &parts.headers,
+            self.max_body,
+            &self.budget,
+            caller.uid,
+        );
+        let read = tokio::time::timeout(self.limits.body_timeout.0, read)
+            .await
+            .map_err(|_| {
+                ApiError::invalid(format!(
+                    "the request body did not arrive within {:?} (limits.body_timeout)",
+                    self.limits.body_timeout.0
+                ))
+                .with_status(StatusCode::REQUEST_TIMEOUT)
+            })??;
+        *unread = None;
+        Ok(read)
     }
 
     /// Envelope encryption of a streamed body: no size limit, constant memory
@@ -821,12 +881,16 @@ mod tests {
             Action::Rewrap,
             Action::EnvelopeRewrap,
             Action::Flush,
+            Action::Jwt,
         ];
         let routes = [
             Route::Healthz,
             Route::Readyz,
             Route::Metrics,
             Route::ListKeys,
+            Route::Jwks,
+            Route::JwtVerify,
+            Route::PublicJwks,
         ]
         .into_iter()
         .chain(actions.into_iter().map(|a| Route::Key("k", a)));

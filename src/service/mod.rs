@@ -6,12 +6,14 @@
 //!   public key);
 //! - [`crypt`]: encrypt, decrypt (single and batches), data keys, MACs;
 //! - [`envelope`]: envelope encryption, JSON (single and batches) and
-//!   streamed;
+//!   streamed, and rewrap;
+//! - [`jwt`]: JWTs signed by a key, the JWKS, and JWT verification;
 //! - here: who may use which key, listing, metadata, public keys, rotation,
 //!   readiness.
 
 mod crypt;
 mod envelope;
+mod jwt;
 mod revocation;
 pub mod rules;
 mod sign;
@@ -53,6 +55,8 @@ pub struct Service {
     key_labels: crate::config::KeyLabels,
     /// The versions of each key that decrypted at the last revalidation.
     enabled_versions: Mutex<HashMap<String, Vec<String>>>,
+    /// `jwks.public`: served on the probe listener.
+    public_jwks: Vec<String>,
 }
 
 impl Service {
@@ -74,6 +78,7 @@ impl Service {
             accept_unbound_until: config.envelope.accept_unbound_until.map(|t| t.0),
             key_labels: config.metrics.key_labels,
             enabled_versions: Mutex::new(HashMap::new()),
+            public_jwks: config.jwks.public.clone(),
         }
     }
 
@@ -127,6 +132,22 @@ impl Service {
             Code::Forbidden,
             format!(
                 "caller uid {} gid {} may not read `/metrics` (a rule must grant `metrics`)",
+                caller.uid, caller.gid
+            ),
+        ))
+    }
+
+    /// May `caller` verify JWTs at all (some rule grants `verify`)? The key
+    /// is named in the token, so this is all that can be checked before
+    /// the body is read.
+    pub fn may_verify_jwts(&self, caller: &Caller) -> Result<(), ApiError> {
+        if self.policy.allows_global(caller, Op::Verify) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            Code::Forbidden,
+            format!(
+                "caller uid {} gid {} may not verify JWTs (a rule must grant `verify`)",
                 caller.uid, caller.gid
             ),
         ))

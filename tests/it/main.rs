@@ -22,6 +22,8 @@ mod errors;
 #[cfg(feature = "gcp")]
 mod gcp;
 mod interop;
+#[cfg(feature = "local")]
+mod jwt;
 mod lifecycle;
 #[cfg(feature = "pkcs11")]
 mod pkcs11;

@@ -20,6 +20,10 @@ pub const BACKEND: Backend = Backend {
             "the aws backend does not offer RSA encryption keys (KMS RSAES_OAEP takes no encryption context)",
         ),
         (Cap::Key(KeyType::Ed25519), "AWS KMS has no Ed25519 keys"),
+        (
+            Cap::Can(KeyType::Rsa, Op::Jwt),
+            "moto signs RSA-PSS with the longest salt; JWS PS256 needs a salt of the hash length, which AWS KMS itself uses",
+        ),
         (Cap::Can(KeyType::Ecdsa, Op::Rotate), ROTATES_SYMMETRIC_ONLY),
         (Cap::Can(KeyType::Rsa, Op::Rotate), ROTATES_SYMMETRIC_ONLY),
         (Cap::Can(KeyType::Hmac, Op::Rotate), ROTATES_SYMMETRIC_ONLY),

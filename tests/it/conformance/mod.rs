@@ -97,12 +97,12 @@ impl KeyType {
     fn ops(self) -> &'static [Op] {
         match self {
             Ecdsa => &[
-                Sign, SignDigest, SignRaw, Verify, PublicKey, Rotate, Metadata,
+                Sign, SignDigest, SignRaw, Verify, PublicKey, Jwt, Rotate, Metadata,
             ],
             Rsa => &[
-                Sign, SignDigest, SignPkcs1, Verify, PublicKey, Rotate, Metadata,
+                Sign, SignDigest, SignPkcs1, Verify, PublicKey, Jwt, Rotate, Metadata,
             ],
-            Ed25519 => &[Sign, Verify, PublicKey, Rotate, Metadata],
+            Ed25519 => &[Sign, Verify, PublicKey, Jwt, Rotate, Metadata],
             Aes => &[Encrypt, DataKey, Envelope, Rewrap, Rotate, Metadata],
             RsaOaep => &[Encrypt, DataKey, Envelope, Metadata],
             Hmac => &[Mac, Rotate, Metadata],
@@ -119,6 +119,7 @@ pub enum Op {
     SignPkcs1,
     Verify,
     PublicKey,
+    Jwt,
     Encrypt,
     DataKey,
     Envelope,
@@ -137,6 +138,7 @@ impl Op {
             Op::SignPkcs1 => "PKCS#1 v1.5 on request (`algorithm`)",
             Op::Verify => "verify",
             Op::PublicKey => "public key (PEM, JWK)",
+            Op::Jwt => "JWTs: sign, JWKS, verify",
             Op::Encrypt => "encrypt / decrypt",
             Op::DataKey => "data keys",
             Op::Envelope => "envelopes (JSON, streamed)",

@@ -6,11 +6,13 @@
 //! `errors.rs`; the helpers they share are here.
 
 mod errors;
+mod jwt;
 mod lifecycle;
 mod signatures;
 mod symmetric;
 
 pub use errors::*;
+pub use jwt::*;
 pub use lifecycle::*;
 pub use signatures::*;
 pub use symmetric::*;
@@ -51,6 +53,11 @@ macro_rules! every_case {
             public_key_pem_is_the_jwk_ec: [Can(Ecdsa, PublicKey)],
             public_key_pem_is_the_jwk_rsa: [Can(Rsa, PublicKey)],
             public_key_pem_is_the_jwk_ed25519: [Can(Ed25519, PublicKey)],
+            // JWTs and the JWKS.
+            jwt_ec_verifies_with_the_jwks: [Can(Ecdsa, Jwt)],
+            jwt_rsa_verifies_with_the_jwks: [Can(Rsa, Jwt)],
+            jwt_ed25519_verifies_with_the_jwks: [Can(Ed25519, Jwt)],
+            jwt_rotation_keeps_old_tokens_verifiable: [Can(Ecdsa, Jwt), Can(Ecdsa, Rotate)],
             // Encryption.
             encrypt_decrypt_with_context: [Can(Aes, Encrypt)],
             decrypt_with_the_wrong_context_fails: [Can(Aes, Encrypt)],
