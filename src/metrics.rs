@@ -77,6 +77,10 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Connections closed at accept because `limits.max_connections` was reached.
     pub connections_rejected: prometheus::IntCounter,
+    /// `identity_token_expiry_seconds{backend}`: seconds until the backend's
+    /// projected identity token expires (negative once it has), at the last
+    /// look.
+    pub identity_token_expiry: prometheus::GaugeVec,
     /// `config_reloads_total{outcome}`: `applied` or `rejected`.
     pub config_reloads: IntCounterVec,
     /// `config_generation`: 1 for the config the sidecar started with, one
@@ -210,6 +214,14 @@ impl Metrics {
             "Connections closed at accept because limits.max_connections was reached",
         )
         .expect("valid metric");
+        let identity_token_expiry = prometheus::GaugeVec::new(
+            Opts::new(
+                "identity_token_expiry_seconds",
+                "Seconds until the backend's projected identity token expires, at the last look",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "config_reloads_total",
@@ -244,6 +256,7 @@ impl Metrics {
             Box::new(rate_limited.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_rejected.clone()),
+            Box::new(identity_token_expiry.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
         ] {
@@ -269,6 +282,7 @@ impl Metrics {
             rate_limited,
             connections_open,
             connections_rejected,
+            identity_token_expiry,
             config_reloads,
             config_generation,
         }

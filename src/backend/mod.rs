@@ -23,6 +23,7 @@ pub mod credentials;
 pub mod facts;
 #[cfg(feature = "gcp")]
 pub mod gcp;
+pub mod identity;
 #[cfg(feature = "local")]
 pub mod local;
 #[cfg(feature = "pkcs11")]
@@ -595,6 +596,14 @@ pub async fn build_after(
             .filter(|(_, k)| &k.backend == name)
             .map(|(alias, k)| (alias.as_str(), k))
             .collect();
+        let identity =
+            identity::IdentityToken::of(name, backend, &crate::config::ProcessEnv, metrics);
+        if let Some(token) = &identity {
+            token.check_at_start().map_err(|p| BuildError {
+                backend: name.clone(),
+                message: p.to_string(),
+            })?;
+        }
         let (timeout, retries, circuit) = backend.resilience();
         let timeout = timeout.unwrap_or(config.limits.backend_timeout).0;
         let built = build_one(name, backend, &keys, timeout, metrics)
@@ -611,7 +620,8 @@ pub async fn build_after(
             circuit,
             config.limits.backend_concurrency,
             metrics.clone(),
-        );
+        )
+        .with_identity(identity);
         out.insert(name.clone(), Arc::new(wrapped) as Arc<dyn Backend>);
     }
     Ok(out)

@@ -14,7 +14,7 @@
 
 use super::{
     Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus, Plaintext,
-    PublicKey, Sealed, SignOptions, Signature, Verified,
+    PublicKey, Sealed, SignOptions, Signature, Verified, identity,
 };
 use crate::config::{Circuit, Retries};
 use crate::crypto::SignInput;
@@ -38,6 +38,8 @@ pub struct Resilient {
     metrics: Arc<Metrics>,
     /// This backend's series, looked up once rather than on every call.
     series: Series,
+    /// The projected identity token the backend reads, if any.
+    identity: Option<Arc<identity::IdentityToken>>,
 }
 
 /// The metric series of one backend: its breaker state, and per operation
@@ -104,7 +106,20 @@ impl Resilient {
             breaker: Breaker::new(circuit),
             permits: Semaphore::new(concurrency),
             metrics,
+            identity: None,
         }
+    }
+
+    /// Checks the backend's projected identity token every
+    /// [`identity::CHECK_EVERY`] and at each health check: a wrong, expired
+    /// or missing token is logged, and leads the readiness reason of a
+    /// backend that is not ready.
+    pub fn with_identity(mut self, token: Option<Arc<identity::IdentityToken>>) -> Self {
+        if let Some(token) = &token {
+            token.spawn_checks();
+        }
+        self.identity = token;
+        self
     }
 
     /// Runs one backend operation `op` under the layer, in its span, and
@@ -345,21 +360,35 @@ impl Backend for Resilient {
 
     /// The backend's own health (timed out like a call); an open circuit is
     /// unavailable.
+    /// The backend's own check. When it fails and the projected identity
+    /// token has a problem, the token's problem leads the reason: it is what
+    /// to fix, where the KMS's answer is often opaque. (A token problem
+    /// alone does not make the backend unready: credentials it already has
+    /// go on serving until they expire.)
     async fn health(&self) -> Result<(), Error> {
-        if !self.breaker.admits() {
-            return Err(self.open_error());
-        }
-        let check = async {
-            tokio::time::timeout(self.timeout, self.inner.health())
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!("health check timed out after {:?}", self.timeout),
-                    ))
-                })
+        let result = if self.breaker.admits() {
+            let check = async {
+                tokio::time::timeout(self.timeout, self.inner.health())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!("health check timed out after {:?}", self.timeout),
+                        ))
+                    })
+            };
+            self.observed("health", check).await
+        } else {
+            Err(self.open_error())
         };
-        self.observed("health", check).await
+        let token = self.identity.as_ref().map(|t| t.check());
+        match (result, token) {
+            (Err(e), Some(Err(problem))) => Err(Error::new(
+                e.kind,
+                format!("{problem}; the backend: {}", e.message),
+            )),
+            (result, _) => result,
+        }
     }
 
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {

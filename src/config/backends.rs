@@ -392,7 +392,15 @@ pub struct VaultRoleAuth {
     /// (`/var/run/secrets/kubernetes.io/serviceaccount/token`); required for `jwt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// The audience the Vault role expects (its `audience`, or a
+    /// `bound_audiences` entry for `jwt`): the token's `aud` is checked
+    /// against it at start and while running. Unset: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
 }
+
+/// The pod's own service-account token, `kubernetes` auth's default.
+pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// Retries of retryable backend failures (unreachable, throttled, timed out,
 /// 5xx), with exponential backoff and ±20 % jitter.

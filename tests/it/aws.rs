@@ -9,6 +9,7 @@
 use crate::harness::{Moto, Sidecar, aws_access_key_ids, b64, run_tool, unb64};
 use aws_sdk_kms::types::{KeySpec, KeyUsageType};
 use serde_json::json;
+use std::time::Duration;
 
 struct Keys {
     ec: String,
@@ -338,7 +339,8 @@ async fn irsa_web_identity_credentials_work() {
     let keys = create_keys(&moto).await;
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.first-projected-token.sig").unwrap();
+    let first = crate::harness::projected_token("sts.amazonaws.com", 3600);
+    std::fs::write(&token, &first).unwrap();
     let token_path = token.display().to_string();
     let env = [
         ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/kms-sidecar"),
@@ -347,7 +349,7 @@ async fn irsa_web_identity_credentials_work() {
         ("AWS_ENDPOINT_URL_STS", moto.url.as_str()),
     ];
     let s = Sidecar::start_with_env(&config(&moto, &keys), &env).await;
-    s.secret("first-projected-token");
+    s.secret(first);
     assert_eq!(s.get("/readyz").await.ok()["status"], "ready");
     let signed = s
         .post_ok("/v1/keys/sig/sign", json!({"message": b64("via IRSA")}))
@@ -628,7 +630,11 @@ async fn the_token_file_is_reread_at_every_refresh_and_the_last_good_credentials
     let keys = create_keys(&moto).await;
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, "projected-token-one").unwrap();
+    let (one, two) = (
+        crate::harness::projected_token("sts.amazonaws.com", 3600),
+        crate::harness::projected_token("sts.amazonaws.com", 7200),
+    );
+    std::fs::write(&token, &one).unwrap();
     let token_path = token.display().to_string();
     // IRSA with the STS endpoint from the config (a private VPC endpoint, here moto).
     let env = [
@@ -643,8 +649,8 @@ async fn the_token_file_is_reread_at_every_refresh_and_the_last_good_credentials
         ),
     );
     let s = Sidecar::start_with_env(&config, &env).await;
-    s.secret("projected-token-one");
-    s.secret("projected-token-two");
+    s.secret(one);
+    s.secret(two.clone());
     let refreshes = |outcome: &'static str| {
         let s = &s;
         async move {
@@ -668,7 +674,7 @@ async fn the_token_file_is_reread_at_every_refresh_and_the_last_good_credentials
     )
     .await;
     assert_eq!(s.get("/readyz").await.ok()["status"], "ready");
-    std::fs::write(&token, "projected-token-two").unwrap();
+    std::fs::write(&token, &two).unwrap();
     let ok_before = refreshes("ok").await;
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     assert!(
@@ -885,4 +891,145 @@ async fn an_unusable_pod_identity_token_never_reaches_the_log_or_an_answer() {
         "{answer}"
     );
     // The harness's log scan (at drop) fails the test if the token is in the log.
+}
+
+// === workload identity tokens explained ===
+
+/// IRSA through moto's STS, the token at `token`.
+fn irsa_env(token: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "AWS_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/kms-sidecar".into(),
+        ),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token.display().to_string()),
+    ]
+}
+
+fn irsa_config(moto: &Moto, keys: &Keys) -> String {
+    config(moto, keys).replace(
+        &format!("endpoint: \"{}\" }}", moto.url),
+        &format!(
+            "endpoint: \"{url}\", sts_endpoint: \"{url}\", credential_refresh: {{ min: 200ms, max: 300ms }} }}",
+            url = moto.url
+        ),
+    )
+}
+
+/// A token of another audience, an expired one, and a file that is no JWT
+/// stop the start (exit 2), naming the file and what is wrong; the token
+/// itself is never printed.
+#[tokio::test]
+async fn a_wrong_expired_or_non_jwt_identity_token_stops_the_start() {
+    let moto = Moto::start().await;
+    let keys = create_keys(&moto).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    let env = irsa_env(&token);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let config = irsa_config(&moto, &keys);
+    for (content, words) in [
+        (
+            crate::harness::projected_token("vault", 3600),
+            "has audience `vault` where `sts.amazonaws.com` is expected",
+        ),
+        (
+            crate::harness::projected_token("sts.amazonaws.com", -60),
+            "expired at",
+        ),
+        ("not-a-jwt-at-all".to_owned(), "is not a JWT"),
+    ] {
+        std::fs::write(&token, &content).unwrap();
+        let (code, _, err) = crate::harness::run_with_config(&["serve", "--config"], &config, &env);
+        assert_eq!(code, Some(2), "{words}: {err}");
+        assert!(
+            err.contains(&token.display().to_string())
+                && err.contains("AWS_WEB_IDENTITY_TOKEN_FILE")
+                && err.contains(words),
+            "{words}: {err}"
+        );
+        assert!(!err.contains(&content), "the token is not printed: {err}");
+    }
+}
+
+/// A token file not there at start is the readiness reason until it
+/// appears; then the sidecar serves, and the token's lifetime is a metric.
+#[tokio::test]
+async fn a_token_file_missing_at_start_is_the_reason_until_it_appears() {
+    let moto = Moto::start().await;
+    let keys = create_keys(&moto).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    let env = irsa_env(&token);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = Sidecar::start_with_env(&irsa_config(&moto, &keys), &env).await;
+    let r = s.get("/readyz").await;
+    assert_eq!(r.status, 503);
+    let reason = r.json()["backends"]["kms"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains(&format!(
+            "{} (AWS_WEB_IDENTITY_TOKEN_FILE) does not exist",
+            token.display()
+        )),
+        "{reason}"
+    );
+    let projected = crate::harness::projected_token("sts.amazonaws.com", 3600);
+    s.secret(projected.clone());
+    std::fs::write(&token, &projected).unwrap();
+    crate::harness::eventually(
+        Duration::from_secs(10),
+        "ready once the token is there",
+        || async { s.get("/readyz").await.status == 200 },
+    )
+    .await;
+    s.post_ok("/v1/keys/sig/sign", json!({"message": b64("now")}))
+        .await;
+    let left = s
+        .metric(r#"kms_sidecar_identity_token_expiry_seconds{backend="kms"} "#)
+        .await;
+    assert!((3500.0..=3600.0).contains(&left), "{left}");
+}
+
+/// A token that expires while nothing rotates it: the credentials it got
+/// serve on, the metric goes negative, and one warning says so.
+#[tokio::test]
+async fn an_expired_token_that_nothing_rotates_is_warned_about_once() {
+    let moto = Moto::start().await;
+    let keys = create_keys(&moto).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    let short = crate::harness::projected_token("sts.amazonaws.com", 2);
+    std::fs::write(&token, &short).unwrap();
+    let env = irsa_env(&token);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Credentials refreshed rarely: those from the first exchange serve on.
+    let config = irsa_config(&moto, &keys).replace(
+        "credential_refresh: { min: 200ms, max: 300ms }",
+        "credential_refresh: { min: 10m, max: 15m }",
+    );
+    let s = Sidecar::start_with_env(&config, &env).await;
+    s.secret(short);
+    assert_eq!(s.get("/readyz").await.status, 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Health checks look at the token (cached 5 s): three looks.
+    for _ in 0..3 {
+        assert_eq!(s.get("/readyz").await.status, 200, "credentials serve on");
+        tokio::time::sleep(Duration::from_millis(5200)).await;
+    }
+    s.post_ok("/v1/keys/sig/sign", json!({"message": b64("still")}))
+        .await;
+    assert!(
+        s.metric(r#"kms_sidecar_identity_token_expiry_seconds{backend="kms"} "#)
+            .await
+            < 0.0
+    );
+    let logs = s.logs();
+    assert_eq!(
+        logs.matches("nothing is rotating it").count(),
+        1,
+        "one warning:\n{logs}"
+    );
 }

@@ -346,22 +346,57 @@ async fn managed_identity_and_client_secret_credentials() {
     }
 }
 
+/// An expired federated token stops the start, naming the file; one with
+/// another audience too. Entra's own refusal (AADSTS700024) is what a
+/// token that expires later gets: not ready, its reason led by the file's.
 #[tokio::test]
-async fn an_expired_federated_token_is_not_ready_with_the_reason() {
+async fn an_expired_federated_token_stops_the_start_or_is_not_ready_with_the_reason() {
     let fake = Fake::azure().await;
-    let expired = fake.federated_token(-60).await;
-    std::fs::write(fake.path("federated-token"), &expired).unwrap();
+    let path = fake.path("federated-token");
+    let config = format!(
+        "backends:\n  kv: {}\nkeys:\n  sign: {{ backend: kv, key: azure-sign }}\ncallers:\n  - {{ uids: [0], keys: [\"*\"], ops: [\"*\"] }}\n",
+        fake.azure_backend("")
+    );
+    let env = fake.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for (token, words) in [
+        (fake.federated_token(-60).await, "expired at"),
+        (
+            fake.federated_token_for(3600, "api://SomethingElse").await,
+            "`api://SomethingElse` where `api://AzureADTokenExchange`",
+        ),
+    ] {
+        std::fs::write(&path, &token).unwrap();
+        let (code, _, err) = crate::harness::run_with_config(&["serve", "--config"], &config, &env);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains(words),
+            "{words}: {err}"
+        );
+        assert!(!err.contains(&token), "the token is not printed");
+    }
+    // Expired while running, and refused by Entra at the next exchange.
+    let short = fake.federated_token(2).await;
+    std::fs::write(&path, &short).unwrap();
     let s = sidecar(&fake, "", &[]).await;
-    s.secret(expired);
-    let ready = s.get("/readyz").await;
-    assert_eq!(ready.status, 503);
-    let text = String::from_utf8_lossy(&ready.body).to_string();
-    assert!(text.contains("AADSTS700024"), "the reason is given: {text}");
+    s.secret(short);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    fake.revoke_access_tokens().await;
+    // The next call finds its access token revoked; the exchange for a new
+    // one is refused: the expired file is why.
     let r = s
         .post("/v1/keys/sign/sign", json!({"message": b64(MSG)}))
         .await;
-    let body = r.expect(503, Some("backend_unavailable"));
-    assert_eq!(body["error"]["retryable"], true);
+    assert_eq!(r.status, 401, "{:?}", r.json());
+    crate::harness::eventually(std::time::Duration::from_secs(10), "not ready", || async {
+        s.get("/readyz").await.status == 503
+    })
+    .await;
+    let text = String::from_utf8_lossy(&s.get("/readyz").await.body).to_string();
+    assert!(
+        text.contains("expired at"),
+        "the file's problem leads: {text}"
+    );
 }
 
 #[tokio::test]

@@ -405,3 +405,40 @@ async fn ed25519_signs_messages_up_to_64_kib() {
     .await
     .expect(413, Some("payload_too_large"));
 }
+
+/// A subject token for another audience than the external account's
+/// workload identity provider stops the start, naming the file and both
+/// audiences (the provider's `//` and `https://` forms are accepted).
+#[tokio::test]
+async fn a_subject_token_of_another_audience_stops_the_start() {
+    let fake = Fake::gcp().await;
+    let path = fake.path("subject-token");
+    let wrong = fake
+        .admin(
+            "POST",
+            "subject-token",
+            json!({"write": true, "aud": "https://example.com/not-the-provider"}),
+        )
+        .await;
+    let config = format!(
+        "backends:\n  kms: {}\nkeys:\n  sign: {{ backend: kms, key: gcp-sign }}\ncallers:\n  - {{ uids: [0], keys: [\"*\"], ops: [\"*\"] }}\n",
+        fake.gcp_backend("")
+    );
+    let env = adc(&fake);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _, err) = crate::harness::run_with_config(&["serve", "--config"], &config, &env);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&path.display().to_string())
+            && err.contains(
+                "`https://example.com/not-the-provider` where `//iam.googleapis.com/projects/"
+            ),
+        "{err}"
+    );
+    assert!(!err.contains(wrong["token"].as_str().unwrap()));
+    // A token for the provider is accepted.
+    fake.admin("POST", "subject-token", json!({"write": true}))
+        .await;
+    let s = sidecar(&fake, "", &adc(&fake)).await;
+    sign(&s).await;
+}

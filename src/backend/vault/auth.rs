@@ -20,7 +20,7 @@ use zeroize::{Zeroize, Zeroizing};
 /// How often a `token` method's file is checked for a new token.
 const TOKEN_FILE_POLL: Duration = Duration::from_secs(5);
 /// Where the `kubernetes` method finds the pod's token by default.
-const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+use crate::config::SERVICE_ACCOUNT_TOKEN;
 
 /// When the token is renewed or replaced: at ~70 % of its TTL, at least
 /// once a day (a token without TTL too), at most every half second (below

@@ -160,6 +160,18 @@ impl Fake {
         answer["token"].as_str().expect("a token").to_owned()
     }
 
+    /// A federated token for another audience.
+    pub async fn federated_token_for(&self, ttl: i64, aud: &str) -> String {
+        let body = serde_json::json!({"ttl": ttl, "aud": aud});
+        let answer = self.admin("POST", "federated-token", body).await;
+        answer["token"].as_str().expect("a token").to_owned()
+    }
+
+    /// Revokes every access token the fake has issued.
+    pub async fn revoke_access_tokens(&self) {
+        self.admin("POST", "revoke", serde_json::json!({})).await;
+    }
+
     /// The fake's counters (`token_requests`, `keyvault_requests`, …).
     pub async fn stats(&self) -> Value {
         let out = self

@@ -751,6 +751,30 @@ where
     }
 }
 
+/// A projected service-account token as the kubelet writes one (a JWT with
+/// `iss`, `sub`, `aud`, `iat`, `exp`), expiring `ttl` seconds from now
+/// (negative: already expired). Signed with a throwaway key: the sidecar
+/// never verifies it, and moto's STS does not either.
+pub fn projected_token(aud: &str, ttl: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = serde_json::json!({
+        "iss": "https://kubernetes.default.svc.cluster.local",
+        "sub": "system:serviceaccount:default:kms-sidecar",
+        "aud": [aud],
+        "iat": now - 10,
+        "exp": now + ttl,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"throwaway"),
+    )
+    .unwrap()
+}
+
 /// Whether this process runs as root (then tests can act as other uids).
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

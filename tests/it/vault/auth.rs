@@ -322,14 +322,36 @@ async fn recovers_when_vault_restarts_and_reports_bad_jwts() {
     }
     drop(s);
 
-    // Wrong audience, expired: not ready with the reason, no crash.
-    for (bad, what) in [
-        (
-            issuer.mint("apps", "app", "not-vault", 3600),
-            "wrong audience",
-        ),
-        (issuer.mint("apps", "app", "vault", -600), "expired"),
-    ] {
+    // An expired token stops the start, naming the file (the sidecar's own
+    // check of projected tokens).
+    let expired = issuer.mint("apps", "app", "vault", -600);
+    write(&file, &expired);
+    let (code, _, err) = crate::harness::run_with_config(&["serve", "--config"], &cfg, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&file.display().to_string()) && err.contains("expired at"),
+        "{err}"
+    );
+    assert!(!err.contains(&expired), "the token is not printed");
+    // With the role's audience in the config, a token for another one
+    // stops the start too.
+    let other = issuer.mint("apps", "app", "not-vault", 3600);
+    write(&file, &other);
+    let with_audience = cfg.replace("role: app,", "role: app, audience: vault,");
+    let (code, _, err) =
+        crate::harness::run_with_config(&["serve", "--config"], &with_audience, &[]);
+    assert_eq!(code, Some(2), "{with_audience}\n{err}");
+    assert!(
+        err.contains("has audience `not-vault` where `vault` is expected"),
+        "{err}"
+    );
+
+    // A wrong audience (the config names none to check): not ready with
+    // Vault's reason, no crash.
+    for (bad, what) in [(
+        issuer.mint("apps", "app", "not-vault", 3600),
+        "wrong audience",
+    )] {
         write(&file, &bad);
         let s = Sidecar::start(&cfg).await;
         s.secret(bad.clone());
