@@ -895,25 +895,50 @@ async fn an_unusable_pod_identity_token_never_reaches_the_log_or_an_answer() {
 
 // === workload identity tokens explained ===
 
-/// IRSA through moto's STS, the token at `token`.
-fn irsa_env(token: &std::path::Path) -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "AWS_ROLE_ARN",
-            "arn:aws:iam::123456789012:role/kms-sidecar".into(),
-        ),
-        ("AWS_WEB_IDENTITY_TOKEN_FILE", token.display().to_string()),
-    ]
+/// IRSA through moto's STS (its endpoint in the config), with the token
+/// file in a directory of its own.
+struct Irsa {
+    moto: Moto,
+    keys: Keys,
+    token: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
-fn irsa_config(moto: &Moto, keys: &Keys) -> String {
-    config(moto, keys).replace(
-        &format!("endpoint: \"{}\" }}", moto.url),
-        &format!(
-            "endpoint: \"{url}\", sts_endpoint: \"{url}\", credential_refresh: {{ min: 200ms, max: 300ms }} }}",
-            url = moto.url
-        ),
-    )
+impl Irsa {
+    async fn start() -> Irsa {
+        let moto = Moto::start().await;
+        let keys = create_keys(&moto).await;
+        let dir = tempfile::tempdir().unwrap();
+        Irsa {
+            token: dir.path().join("token"),
+            moto,
+            keys,
+            _dir: dir,
+        }
+    }
+
+    fn env(&self) -> [(&'static str, String); 2] {
+        [
+            (
+                "AWS_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/kms-sidecar".into(),
+            ),
+            (
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                self.token.display().to_string(),
+            ),
+        ]
+    }
+
+    fn config(&self) -> String {
+        config(&self.moto, &self.keys).replace(
+            &format!("endpoint: \"{}\" }}", self.moto.url),
+            &format!(
+                "endpoint: \"{url}\", sts_endpoint: \"{url}\", credential_refresh: {{ min: 200ms, max: 300ms }} }}",
+                url = self.moto.url
+            ),
+        )
+    }
 }
 
 /// A token of another audience, an expired one, and a file that is no JWT
@@ -921,13 +946,10 @@ fn irsa_config(moto: &Moto, keys: &Keys) -> String {
 /// itself is never printed.
 #[tokio::test]
 async fn a_wrong_expired_or_non_jwt_identity_token_stops_the_start() {
-    let moto = Moto::start().await;
-    let keys = create_keys(&moto).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    let env = irsa_env(&token);
+    let irsa = Irsa::start().await;
+    let (token, env) = (&irsa.token, irsa.env());
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let config = irsa_config(&moto, &keys);
+    let config = irsa.config();
     for (content, words) in [
         (
             crate::harness::projected_token("vault", 3600),
@@ -939,7 +961,7 @@ async fn a_wrong_expired_or_non_jwt_identity_token_stops_the_start() {
         ),
         ("not-a-jwt-at-all".to_owned(), "is not a JWT"),
     ] {
-        std::fs::write(&token, &content).unwrap();
+        std::fs::write(token, &content).unwrap();
         let (code, _, err) = crate::harness::run_with_config(&["serve", "--config"], &config, &env);
         assert_eq!(code, Some(2), "{words}: {err}");
         assert!(
@@ -956,13 +978,10 @@ async fn a_wrong_expired_or_non_jwt_identity_token_stops_the_start() {
 /// appears; then the sidecar serves, and the token's lifetime is a metric.
 #[tokio::test]
 async fn a_token_file_missing_at_start_is_the_reason_until_it_appears() {
-    let moto = Moto::start().await;
-    let keys = create_keys(&moto).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    let env = irsa_env(&token);
+    let irsa = Irsa::start().await;
+    let (token, env) = (&irsa.token, irsa.env());
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let s = Sidecar::start_with_env(&irsa_config(&moto, &keys), &env).await;
+    let s = Sidecar::start_with_env(&irsa.config(), &env).await;
     let r = s.get("/readyz").await;
     assert_eq!(r.status, 503);
     let reason = r.json()["backends"]["kms"]["reason"]
@@ -978,7 +997,7 @@ async fn a_token_file_missing_at_start_is_the_reason_until_it_appears() {
     );
     let projected = crate::harness::projected_token("sts.amazonaws.com", 3600);
     s.secret(projected.clone());
-    std::fs::write(&token, &projected).unwrap();
+    std::fs::write(token, &projected).unwrap();
     crate::harness::eventually(
         Duration::from_secs(10),
         "ready once the token is there",
@@ -997,16 +1016,13 @@ async fn a_token_file_missing_at_start_is_the_reason_until_it_appears() {
 /// serve on, the metric goes negative, and one warning says so.
 #[tokio::test]
 async fn an_expired_token_that_nothing_rotates_is_warned_about_once() {
-    let moto = Moto::start().await;
-    let keys = create_keys(&moto).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
+    let irsa = Irsa::start().await;
     let short = crate::harness::projected_token("sts.amazonaws.com", 2);
-    std::fs::write(&token, &short).unwrap();
-    let env = irsa_env(&token);
+    std::fs::write(&irsa.token, &short).unwrap();
+    let env = irsa.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // Credentials refreshed rarely: those from the first exchange serve on.
-    let config = irsa_config(&moto, &keys).replace(
+    let config = irsa.config().replace(
         "credential_refresh: { min: 200ms, max: 300ms }",
         "credential_refresh: { min: 10m, max: 15m }",
     );
