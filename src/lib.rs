@@ -28,8 +28,8 @@
 //!   shares → backend; envelope operations included.
 //! - [`policy`]: pure decision: may this caller do this op on this key?
 //! - [`backend`]: the [`backend::Backend`] trait, its error type, the
-//!   credential refresher the KMSs share, and one module per KMS behind a
-//!   cargo feature.
+//!   credential refresher the KMSs share, the checks of projected identity
+//!   tokens, and one module per KMS behind a cargo feature.
 //! - [`envelope`]: envelope encryption — the v1 format, JSON and streaming.
 //! - [`stream`]: request bodies as byte streams — idle timeout, read errors,
 //!   the bounded drain of a lingering close.

@@ -1,6 +1,7 @@
 //! The one trait every KMS sits behind, its typed errors, and `build()` from
 //! config. Each KMS is one module behind a cargo feature; [`credentials`] is
-//! the credential refresher they share, [`resilient`] the layer around them.
+//! the credential refresher they share, [`identity`] the checks of the
+//! projected tokens they read, [`resilient`] the layer around them.
 //!
 //! A backend answers for *backend key references* (`KeyRef::id`: a file name,
 //! an ARN, a transit key name); aliases, policy and caching live above it in
