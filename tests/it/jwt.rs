@@ -210,11 +210,7 @@ async fn the_jwks_and_jwt_verify_follow_the_callers_rules() {
 /// anyone who reaches it; the socket answers it with 404.
 #[tokio::test]
 async fn the_probe_listener_serves_the_public_jwks() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::harness::free_port();
     let s = Sidecar::start_with_env(
         &config(&all_mine(), "jwks: { public: [ec, pkcs1] }\n"),
         &[("KMS_SIDECAR_LISTEN__PROBES", &format!("127.0.0.1:{port}"))],

@@ -198,10 +198,7 @@ async fn connections_over_the_limit_are_closed_and_counted() {
 
 #[tokio::test]
 async fn probes_listen_on_tcp_without_key_operations() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = crate::harness::free_port();
     let config = local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }")
         + &format!("listen: {{ probes: \"127.0.0.1:{port}\" }}\n");
     let s = Sidecar::start(&config).await;

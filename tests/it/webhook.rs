@@ -30,11 +30,7 @@ impl Webhook {
             config.replace("{dir}", &dir.path().display().to_string()),
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::harness::free_port();
         let listen = format!("127.0.0.1:{port}");
         let child = spawn_binary(
             dir.path(),

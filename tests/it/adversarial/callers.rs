@@ -234,11 +234,7 @@ async fn the_probe_listener_shows_key_labels_as_configured() {
         ("hashed", false, true),
         ("none", false, false),
     ] {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::harness::free_port();
         let s = Sidecar::start_with_env(
             &config(me, &format!("metrics: {{ key_labels: {labels} }}\n")),
             &[("KMS_SIDECAR_LISTEN__PROBES", &format!("127.0.0.1:{port}"))],

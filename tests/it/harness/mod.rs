@@ -775,6 +775,15 @@ pub fn projected_token(aud: &str, ttl: i64) -> String {
     .unwrap()
 }
 
+/// A TCP port on 127.0.0.1 that nothing listens on now (the OS's choice),
+/// for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
 /// Whether this process runs as root (then tests can act as other uids).
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

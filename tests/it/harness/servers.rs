@@ -20,11 +20,7 @@ pub struct Moto {
 
 impl Moto {
     pub async fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let child = Command::new("python3")
             .args([
                 "-m",
@@ -138,11 +134,7 @@ impl Bao {
     }
 
     async fn start_with(tls: bool) -> Bao {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let dir = tempfile::tempdir().expect("temp dir");
         let root_token = format!("root-{}", uuid::Uuid::new_v4().simple());
         let ca = tls.then(|| dir.path().join("vault-ca.pem"));
