@@ -95,6 +95,12 @@ async fn seal(s: &Sidecar, alias: &str) -> crate::harness::Resp {
     .await
 }
 
+/// The plaintext of an envelope of key `a` made by [`seal`].
+async fn open(s: &Sidecar, envelope: &Value) -> Vec<u8> {
+    let body = json!({"envelope": envelope, "context": {"app": "reload"}});
+    unb64(&s.post_ok("/v1/keys/a/envelope/decrypt", body).await["plaintext"])
+}
+
 const GENERATED_A: &str =
     r#"kms_sidecar_datakey_cache_backend_calls_total{key="a",op="generate_data_key"} "#;
 const APPLIED: &str = r#"kms_sidecar_config_reloads_total{outcome="applied"} "#;
@@ -151,14 +157,7 @@ async fn a_configmap_swap_adds_a_key_narrows_a_caller_and_an_invalid_one_is_reje
     .await;
     assert_eq!(s.metric(GENERATION).await, 3.0);
     seal(&s, "b").await.expect(403, Some("forbidden"));
-    let opened = s
-        .post(
-            "/v1/keys/a/envelope/decrypt",
-            json!({"envelope": before["envelope"], "context": {"app": "reload"}}),
-        )
-        .await
-        .ok();
-    assert_eq!(unb64(&opened["plaintext"]), b"kept");
+    assert_eq!(open(&s, &before["envelope"]).await, b"kept");
     let logs = s.logs();
     assert!(
         logs.contains("config reload rejected") && logs.contains("colour"),
@@ -283,15 +282,8 @@ async fn requests_in_flight_across_a_reload_complete() {
         assert_eq!(resp.status(), 200, "request {i}");
         let body: Value =
             serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-        let opened = s
-            .post(
-                "/v1/keys/a/envelope/decrypt",
-                json!({"envelope": body["envelope"], "context": {"app": "reload"}}),
-            )
-            .await
-            .ok();
         assert_eq!(
-            unb64(&opened["plaintext"]),
+            open(&s, &body["envelope"]).await,
             format!("message {i}").as_bytes()
         );
     }
@@ -309,11 +301,7 @@ async fn a_new_backend_that_is_not_healthy_rejects_the_reload() {
     let token = dir.path().join("token");
     std::fs::write(&token, "reload-test-token").unwrap();
     s.secret("reload-test-token");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::harness::free_port();
     let with_vault = text.replace(
         "keys:\n",
         &format!(
