@@ -19,7 +19,7 @@ pub mod rules;
 mod sign;
 
 use crate::api::{self, ApiError, Code};
-use crate::backend::{self, Backend};
+use crate::backend;
 use crate::cache::DataKeyCache;
 use crate::config::Config;
 use crate::crypto::{self, Algorithm};
@@ -27,7 +27,7 @@ use crate::health::HealthChecks;
 use crate::keys::{KeyEntry, Keys};
 use crate::metrics::Metrics;
 use crate::policy::{Caller, Op, Policy};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -60,15 +60,24 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(
+    pub fn new(config: &Config, backends: backend::Backends, metrics: Arc<Metrics>) -> Self {
+        let keys = Keys::new(config, &backends);
+        let data_keys = DataKeyCache::new(&config.cache.data_keys, metrics.clone());
+        Self::from_parts(config, keys, data_keys, HashMap::new(), backends, metrics)
+    }
+
+    fn from_parts(
         config: &Config,
-        backends: BTreeMap<String, Arc<dyn Backend>>,
+        keys: Keys,
+        data_keys: DataKeyCache,
+        enabled_versions: HashMap<String, Vec<String>>,
+        backends: backend::Backends,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            keys: Keys::new(config, &backends),
+            keys,
             health: HealthChecks::new(backends),
-            data_keys: DataKeyCache::new(&config.cache.data_keys, metrics.clone()),
+            data_keys,
             policy: Policy::new(config.callers.clone()),
             metrics,
             max_batch: config.limits.max_batch,
@@ -77,7 +86,7 @@ impl Service {
             public_key_ttl: config.cache.public_keys.ttl.0,
             accept_unbound_until: config.envelope.accept_unbound_until.map(|t| t.0),
             key_labels: config.metrics.key_labels,
-            enabled_versions: Mutex::new(HashMap::new()),
+            enabled_versions: Mutex::new(enabled_versions),
             public_jwks: config.jwks.public.clone(),
         }
     }
@@ -90,27 +99,27 @@ impl Service {
     /// of keys removed or redefined are dropped.
     pub fn next(&self, config: &Config, old: &Config, backends: backend::Backends) -> Self {
         let keys = Keys::new_after(config, old, &self.keys, &backends);
-        let mut next = Self::new(config, backends, self.metrics.clone());
-        next.keys = keys;
         let kept = |alias: &str| {
-            (next.keys.get(alias))
+            (keys.get(alias))
                 .zip(self.keys.get(alias))
                 .is_some_and(|(a, b)| Arc::ptr_eq(a, b))
         };
-        if crate::config::same(&config.cache.data_keys, &old.cache.data_keys) {
-            next.data_keys = self.data_keys.clone();
+        let data_keys = if crate::config::same(&config.cache.data_keys, &old.cache.data_keys) {
             for alias in self.keys.aliases().into_iter().filter(|a| !kept(a)) {
-                next.data_keys.forget_key(alias);
+                self.data_keys.forget_key(alias);
             }
-        }
-        let enabled: HashMap<String, Vec<String>> = (self.enabled_versions.lock())
+            self.data_keys.clone()
+        } else {
+            DataKeyCache::new(&config.cache.data_keys, self.metrics.clone())
+        };
+        let enabled = (self.enabled_versions.lock())
             .expect("never poisoned")
             .iter()
             .filter(|(alias, _)| kept(alias))
             .map(|(a, v)| (a.clone(), v.clone()))
             .collect();
-        *next.enabled_versions.lock().expect("never poisoned") = enabled;
-        next
+        let metrics = self.metrics.clone();
+        Self::from_parts(config, keys, data_keys, enabled, backends, metrics)
     }
 
     /// `metrics.key_labels`: the `key` label on the probe listener.
