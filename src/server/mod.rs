@@ -1,9 +1,11 @@
 //! The server owns the API surface on the Unix socket: binding it, accepting
 //! connections with their peer credentials, HTTP/1.1 keep-alive, and the
-//! bounded drain at shutdown. Routes are in [`routes`].
+//! bounded drain at shutdown. Paths are parsed in `route`, answered in
+//! [`routes`].
 
 pub mod body;
 mod replay;
+mod route;
 pub mod routes;
 mod socket;
 
