@@ -44,6 +44,9 @@ test-deps:
 	@python3 -c 'import jwt' 2>/dev/null || { \
 	  echo "installing PyJWT (verifies the sidecar's JWTs with its JWKS, as another service would)"; \
 	  python3 -m pip install -q pyjwt || python3 -m pip install -q --break-system-packages pyjwt; }
+	@python3 -c 'import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' 2>/dev/null || { \
+	  echo "installing opentelemetry-proto and grpcio (the OTLP trace receiver, tests/servers/)"; \
+	  python3 -m pip install -q opentelemetry-proto grpcio || python3 -m pip install -q --break-system-packages opentelemetry-proto grpcio; }
 	@python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null || { \
 	  echo "installing helm-python-sdk and kubernetes-validate (render and validate the Helm chart)"; \
 	  python3 -m pip install -q helm-python-sdk kubernetes-validate || python3 -m pip install -q --break-system-packages helm-python-sdk kubernetes-validate; }

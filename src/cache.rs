@@ -8,6 +8,7 @@ use crate::backend::{self, Context, ErrorKind, canonical_context};
 use crate::config::DataKeyCacheConfig;
 use crate::keys::KeyEntry;
 use crate::metrics::Metrics;
+use crate::telemetry;
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
@@ -16,6 +17,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
+use tracing::field::Empty;
 use zeroize::Zeroizing;
 
 /// A data key: plaintext (wiped on drop), wrapped form and the key version
@@ -184,7 +187,10 @@ impl DataKeyCache {
                         return Ok(Op::Nop);
                     }
                     generated = true;
-                    let dek = self.generate(key, context).await?;
+                    let dek = self
+                        .generate(key, context)
+                        .instrument(fetch_span(key, "generate_data_key"))
+                        .await?;
                     Ok::<_, backend::Error>(Op::Put(Arc::new(Active::new(dek))))
                 })
                 .await?
@@ -226,6 +232,7 @@ impl DataKeyCache {
                 let plaintext = key
                     .backend
                     .decrypt(key.key_ref(), wrapped, context)
+                    .instrument(fetch_span(key, "decrypt"))
                     .await
                     .inspect_err(|e| self.revoked_by(key, e))?;
                 inner
@@ -404,8 +411,20 @@ impl DataKeyCache {
         let this = self.clone();
         let (key, context, id, active) =
             (key.clone(), context.clone(), id.to_vec(), active.clone());
+        // A trace of its own: the request whose hit set it off has been
+        // answered already.
+        let span = tracing::debug_span!(
+            parent: None,
+            "datakey_refresh",
+            key.alias = %key.alias,
+            outcome = Empty,
+            otel.status_description = Empty,
+        );
         tokio::spawn(async move {
-            match this.generate(&key, &context).await {
+            let result = this.generate(&key, &context).instrument(span.clone()).await;
+            let outcome = result.as_ref().map_or_else(|e| e.kind.label(), |_| "ok");
+            telemetry::ended(&span, outcome, result.is_err());
+            match result {
                 Ok(dek) => {
                     let fresh = Arc::new(Active::new(dek));
                     this.0.encrypt.insert(id.clone(), fresh.clone()).await;
@@ -420,6 +439,12 @@ impl DataKeyCache {
             }
         });
     }
+}
+
+/// The span of a KMS call the cache makes on a miss (`op`:
+/// `generate_data_key` or `decrypt`).
+fn fetch_span(key: &KeyEntry, op: &'static str) -> tracing::Span {
+    tracing::debug_span!("datakey_fetch", key.alias = %key.alias, op)
 }
 
 #[cfg(test)]

@@ -164,10 +164,26 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(loaded) => loaded,
                 Err(e) => return fail(2, &e),
             };
+            let runtime = tokio::runtime::Runtime::new().expect("building the tokio runtime");
+            #[cfg(feature = "otlp")]
+            let traces = match telemetry::init_with_traces(
+                &config.log,
+                config.telemetry.otlp.as_ref(),
+                &ProcessEnv,
+                runtime.handle(),
+            ) {
+                Ok(traces) => traces,
+                Err(e) => {
+                    telemetry::init(&config.log);
+                    tracing::error!(error = %e, "kms-sidecar cannot run");
+                    eprintln!("kms-sidecar: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            #[cfg(not(feature = "otlp"))]
             telemetry::init(&config.log);
             tracing::info!(config = %source, version = env!("CARGO_PKG_VERSION"), "starting kms-sidecar");
-            let runtime = tokio::runtime::Runtime::new().expect("building the tokio runtime");
-            runtime.block_on(async {
+            let code = runtime.block_on(async {
                 let file = match source {
                     config::Source::File(path) => Some(path),
                     config::Source::Embedded => None,
@@ -180,7 +196,13 @@ pub fn run(cli: Cli) -> ExitCode {
                     Ok(_) => ExitCode::SUCCESS,
                     Err(e) => fail(1, &e),
                 }
-            })
+            });
+            // The last spans are exported on the runtime, which is still there.
+            #[cfg(feature = "otlp")]
+            if let Some(traces) = traces {
+                traces.shutdown();
+            }
+            code
         }
     }
 }

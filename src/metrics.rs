@@ -88,6 +88,35 @@ pub struct Metrics {
     pub config_generation: IntGauge,
 }
 
+/// `trace_spans_dropped_total{reason}`: spans lost to the OTLP export,
+/// `queue_full` (the bounded queue was full: the collector is slow or gone)
+/// or `export_failed`. One per process: the tracer outlives config reloads.
+pub fn trace_spans_dropped() -> &'static IntCounterVec {
+    static DROPPED: OnceLock<IntCounterVec> = OnceLock::new();
+    DROPPED.get_or_init(|| {
+        IntCounterVec::new(
+            Opts::new(
+                "trace_spans_dropped_total",
+                "Trace spans not exported over OTLP, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric")
+    })
+}
+
+/// `trace_spans_exported_total`: spans the OTLP collector accepted.
+pub fn trace_spans_exported() -> &'static prometheus::IntCounter {
+    static EXPORTED: OnceLock<prometheus::IntCounter> = OnceLock::new();
+    EXPORTED.get_or_init(|| {
+        prometheus::IntCounter::new(
+            "trace_spans_exported_total",
+            "Trace spans exported over OTLP",
+        )
+        .expect("valid metric")
+    })
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -259,6 +288,8 @@ impl Metrics {
             Box::new(identity_token_expiry.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
+            Box::new(trace_spans_dropped().clone()),
+            Box::new(trace_spans_exported().clone()),
         ] {
             registry
                 .register(c)

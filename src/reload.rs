@@ -254,6 +254,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     if !config::same(&old.log, &new.log) {
         out.push("log");
     }
+    if !config::same(&old.telemetry, &new.telemetry) {
+        out.push("telemetry");
+    }
     out
 }
 

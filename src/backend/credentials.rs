@@ -26,6 +26,7 @@
 //! source's own types, which redact and wipe them: nothing here prints one.
 
 use crate::metrics::Metrics;
+use crate::telemetry;
 use async_trait::async_trait;
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -33,6 +34,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
+use tracing::field::Empty;
 
 /// Which fraction of its remaining lifetime a credential is refreshed at.
 pub const REFRESH_AT: f64 = 0.7;
@@ -216,7 +218,7 @@ impl<T: Send + Sync + 'static> Refresher<T> {
         });
         let task = tokio::spawn(
             run(source, shared.clone(), schedule, metrics, attempts)
-                .instrument(tracing::info_span!("credential_refresh", backend)),
+                .instrument(tracing::info_span!("credentials", backend)),
         );
         Self {
             handle: Handle(shared),
@@ -492,16 +494,30 @@ async fn run<S: Source>(
         {
             continue;
         }
-        let outcome = source.refresh(current.as_deref()).await;
+        // Each refresh is a trace of its own, not a child of the task's
+        // span (which lives as long as the backend).
+        let span = tracing::info_span!(
+            parent: None,
+            "credential_refresh",
+            backend = %shared.backend,
+            outcome = Empty,
+            otel.status_description = Empty,
+        );
+        let outcome = source
+            .refresh(current.as_deref())
+            .instrument(span.clone())
+            .await;
         let now = Instant::now();
         match outcome.and_then(|fresh| shared.install(fresh, &metrics)) {
             Ok(left) => {
+                telemetry::ended(&span, "ok", false);
                 failures = 0;
                 due = now + schedule.refresh_in(left);
             }
             Err(error) => {
+                telemetry::ended(&span, "error", true);
+                span.in_scope(|| shared.failed(&error, &metrics));
                 failures += 1;
-                shared.failed(&error, &metrics);
                 due = now + schedule.retry_in(failures);
             }
         }

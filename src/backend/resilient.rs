@@ -19,6 +19,7 @@ use super::{
 use crate::config::{Circuit, Retries};
 use crate::crypto::SignInput;
 use crate::metrics::{Cached, Metrics};
+use crate::telemetry;
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use std::fmt;
@@ -26,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
+use tracing::field::Empty;
 
 /// A backend behind a timeout, retries, a circuit breaker and a concurrency cap.
 pub struct Resilient {
@@ -130,12 +132,19 @@ impl Resilient {
         call: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
         let started = Instant::now();
-        let span = tracing::debug_span!("backend_call", backend = %self.name, op);
+        let span = tracing::debug_span!(
+            "backend_call",
+            backend = %self.name,
+            op,
+            outcome = Empty,
+            otel.status_description = Empty,
+        );
         let result = call.instrument(span.clone()).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.kind.label(),
         };
+        telemetry::ended(&span, outcome, result.is_err());
         let elapsed = started.elapsed().as_secs_f64();
         let metrics = &self.metrics;
         let series = || {
@@ -192,8 +201,26 @@ impl Resilient {
             .with_max_times(self.retries.max_attempts.saturating_sub(1) as usize)
             .build()
             .map(jitter);
+        // i64: trace attributes have no unsigned integers.
+        let mut attempt = 0i64;
         loop {
-            let error = match self.attempt(&call, deadline).await {
+            attempt += 1;
+            let span = tracing::debug_span!(
+                "backend_attempt",
+                otel.kind = "client",
+                attempt,
+                outcome = Empty,
+                circuit = Empty,
+                retry_in_ms = Empty,
+                otel.status_description = Empty,
+            );
+            let result = self.attempt(&call, deadline).instrument(span.clone()).await;
+            telemetry::ended(
+                &span,
+                result.as_ref().map_or_else(|e| e.kind.label(), |_| "ok"),
+                result.is_err(),
+            );
+            let error = match result {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
@@ -211,6 +238,7 @@ impl Resilient {
             };
             match retry {
                 Some(delay) => {
+                    span.record("retry_in_ms", delay.as_millis() as i64);
                     self.metrics
                         .backend_retries
                         .with_label_values(&[&self.name])
@@ -230,6 +258,7 @@ impl Resilient {
         Fut: Future<Output = Result<T, Error>>,
     {
         if !self.breaker.admits() {
+            tracing::Span::current().record("circuit", "open");
             return Err(self.open_error());
         }
         let outcome = tokio::time::timeout_at(deadline, async {
@@ -248,6 +277,7 @@ impl Resilient {
         });
         let state = self.breaker.record(result.as_ref().err().map(|e| e.kind));
         self.series.circuit_state.set(state as i64);
+        tracing::Span::current().record("circuit", state.label());
         if state == State::Open && result.is_err() {
             tracing::warn!(backend = %self.name, "circuit breaker open: failing fast");
         }
@@ -276,6 +306,17 @@ pub enum State {
     Closed = 0,
     Open = 1,
     HalfOpen = 2,
+}
+
+impl State {
+    /// The state after an attempt, on its trace span.
+    fn label(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+        }
+    }
 }
 
 /// Counts consecutive failures (unreachable, timed out, 5xx — not the

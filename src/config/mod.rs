@@ -90,6 +90,8 @@ pub struct Config {
     pub envelope: EnvelopeConfig,
     #[serde(default)]
     pub jwks: JwksConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// Whether two parts of a config are the same, as their serialized forms

@@ -213,3 +213,41 @@ fn resolved_config_round_trips_through_yaml() {
     let again = Config::parse(&c.to_yaml(), "resolved", &no_env()).unwrap();
     assert_eq!(again.to_yaml(), c.to_yaml());
 }
+
+#[test]
+fn telemetry_otlp_is_checked_and_its_header_values_are_not_shown() {
+    let base = "backends: {d: {type: local, dir: x}}\nkeys: {}\n";
+    let good = format!(
+        "{base}telemetry:\n  otlp: {{ endpoint: \"http://collector:4317\", protocol: grpc, headers: {{ api-key: s3cr3t-value }}, sample_ratio: 0.25, timeout: 2s, max_queue: 100 }}\n"
+    );
+    let c = Config::parse(&good, "t.yaml", &no_env()).unwrap();
+    let otlp = c.telemetry.otlp.as_ref().unwrap();
+    assert_eq!(otlp.protocol, Some(OtlpProtocol::Grpc));
+    assert_eq!(otlp.sample_ratio, Some(0.25));
+    let shown = format!("{c:?}");
+    assert!(
+        shown.contains("api-key") && !shown.contains("s3cr3t-value"),
+        "{shown}"
+    );
+    for (bad, field) in [
+        ("{ sample_ratio: 1.5 }", "telemetry.otlp.sample_ratio"),
+        ("{ max_queue: 0 }", "telemetry.otlp.max_queue"),
+        (
+            "{ endpoint: \"collector:4317\" }",
+            "telemetry.otlp.endpoint",
+        ),
+        ("{ protocol: http/json }", "protocol"),
+        ("{ endpiont: \"http://c\" }", "endpiont"),
+        ("{ headers: { \"a b\": x } }", "telemetry.otlp.headers.a b"),
+        (
+            "{ headers: { k: \"line\\nbreak\" } }",
+            "telemetry.otlp.headers.k",
+        ),
+    ] {
+        let text = format!("{base}telemetry:\n  otlp: {bad}\n");
+        let err = Config::parse(&text, "t.yaml", &no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+}

@@ -1,5 +1,5 @@
 //! The config's own sections: listen, keys, callers, cache, limits, log,
-//! audit, metrics, envelope (backends are in `backends`).
+//! audit, metrics, envelope, jwks, telemetry (backends are in `backends`).
 
 use super::{ByteSize, Duration, KeyLabels, Mode, Rate, Timestamp};
 use crate::crypto::Algorithm;
@@ -36,6 +36,70 @@ pub struct JwksConfig {
     /// `GET /.well-known/jwks.json` (public keys only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub public: Vec<String>,
+}
+
+/// `telemetry`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OpenTelemetry traces over OTLP. Off unless an endpoint is set here
+    /// or in `OTEL_EXPORTER_OTLP_ENDPOINT` /
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// `telemetry.otlp`. Each field left unset falls back to its standard
+/// `OTEL_…` variable, then to the OpenTelemetry default.
+#[derive(Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// The collector's base URL (`http://otel-collector:4318`; gRPC:
+    /// `http://otel-collector:4317`). For `http/protobuf`, `/v1/traces` is
+    /// appended, as for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<OtlpProtocol>,
+    /// Headers sent with every export. A secret (a vendor's API key)
+    /// belongs in `OTEL_EXPORTER_OTLP_HEADERS` from a Secret, not here.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The share of traces the sidecar starts that are sampled, 0 to 1
+    /// (default 1). A request whose `traceparent` says whether the app
+    /// sampled it follows the app.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<f64>,
+    /// Bound on one export (default 10s, `OTEL_EXPORTER_OTLP_TIMEOUT`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Spans waiting for export; beyond it new spans are dropped and
+    /// counted (default 2048, `OTEL_BSP_MAX_QUEUE_SIZE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queue: Option<usize>,
+}
+
+/// Header values may carry credentials: only their names are shown.
+impl std::fmt::Debug for OtlpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpConfig")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("sample_ratio", &self.sample_ratio)
+            .field("timeout", &self.timeout)
+            .field("max_queue", &self.max_queue)
+            .finish()
+    }
+}
+
+/// The OTLP transport (`OTEL_EXPORTER_OTLP_PROTOCOL`'s values).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "grpc")]
+    Grpc,
 }
 
 /// `audit`.

@@ -196,6 +196,50 @@ impl Config {
                 );
             }
         }
+        if let Some(otlp) = &self.telemetry.otlp {
+            if let Some(r) = otlp.sample_ratio
+                && !(0.0..=1.0).contains(&r)
+            {
+                bad(
+                    "telemetry.otlp.sample_ratio".into(),
+                    format!("{r} is not between 0 and 1"),
+                );
+            }
+            if otlp.max_queue == Some(0) {
+                bad(
+                    "telemetry.otlp.max_queue".into(),
+                    "must be at least 1".into(),
+                );
+            }
+            if let Some(e) = &otlp.endpoint
+                && !(e.starts_with("http://") || e.starts_with("https://"))
+            {
+                bad(
+                    "telemetry.otlp.endpoint".into(),
+                    format!("`{e}` is not an http:// or https:// URL"),
+                );
+            }
+            for (name, value) in &otlp.headers {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    bad(
+                        format!("telemetry.otlp.headers.{name}"),
+                        "not a valid header name".into(),
+                    );
+                } else if http::HeaderValue::from_str(value).is_err() {
+                    // The value is not quoted: it may be a credential.
+                    bad(
+                        format!("telemetry.otlp.headers.{name}"),
+                        "the value is not a valid header value".into(),
+                    );
+                }
+            }
+            if !cfg!(feature = "otlp") {
+                bad(
+                    "telemetry.otlp".into(),
+                    "this kms-sidecar was built without the `otlp` feature".into(),
+                );
+            }
+        }
         if let Some(cp) = self.audit.as_ref().and_then(|a| a.checkpoint.as_ref()) {
             if !self.keys.contains_key(&cp.key) {
                 bad(

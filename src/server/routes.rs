@@ -11,6 +11,7 @@ use crate::config::{KeyLabels, Limits};
 use crate::envelope;
 use crate::policy::Caller;
 use crate::service::Service;
+use crate::telemetry;
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -271,15 +272,31 @@ impl Routes {
         };
         // Every field is known here: recording one later would make the
         // JSON log layer re-format the span's fields on every request.
-        let span = tracing::info_span!(
-            "request",
-            request_id = %request_id,
-            caller.uid = caller.map(|c| c.uid),
-            caller.gid = caller.map(|c| c.gid),
-            caller.pid = caller.and_then(|c| c.pid),
-            op,
-            key = (!key_label.is_empty()).then_some(key_label),
-        );
+        // Probes and scrapes get a span of their own name, which is not
+        // exported as a trace.
+        macro_rules! request_span {
+            ($name:literal) => {
+                tracing::info_span!(
+                    $name,
+                    request_id = %request_id,
+                    // i64: trace attributes have no unsigned integers.
+                    caller.uid = caller.map(|c| i64::from(c.uid)),
+                    caller.gid = caller.map(|c| i64::from(c.gid)),
+                    caller.pid = caller.and_then(|c| c.pid).map(i64::from),
+                    op,
+                    key = (!key_label.is_empty()).then_some(key_label),
+                    outcome = tracing::field::Empty,
+                    otel.status_description = tracing::field::Empty,
+                )
+            };
+        }
+        let span = if route.is_some_and(|r| r.is_probe()) {
+            request_span!("probe")
+        } else {
+            let span = request_span!("request");
+            telemetry::adopt_parent(&span, &parts.headers);
+            span
+        };
         async {
             let mut unread: Unread = Some(body);
             let reply = match route {
@@ -321,6 +338,11 @@ impl Routes {
                     reply = error_reply(&e, &request_id);
                     code = e.code.as_str();
                 }
+            }
+            if telemetry::exporting() {
+                // Only then: a field recorded now makes the JSON log layer
+                // format the span's fields again.
+                telemetry::ended(&tracing::Span::current(), code, reply.status.is_server_error());
             }
             let metrics = self.service.metrics();
             metrics.requests_total.with_label_values(&[op, key_label, code]).inc();

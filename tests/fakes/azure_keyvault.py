@@ -185,6 +185,7 @@ class State:
         self.throttles = {"keyvault": [0, 1], "token": [0, 1]}   # [count left, Retry-After]
         self.token_requests, self.unauthorized, self.throttled = [], 0, 0
         self.kv_requests = dict.fromkeys(STAT_OPS, 0)
+        self.traceparents = []  # the W3C `traceparent` of the last Key Vault calls that sent one
         self.issuer = base + "/oidc"    # stands for the cluster's service-account issuer
         self.issuer_key = ec.generate_private_key(ec.SECP256R1())
         self.issuer_kid = b64u(hashlib.sha256(self.issuer_key.public_key().public_bytes(
@@ -762,11 +763,18 @@ def admin(st, method, path, body):
     if method == "GET" and path == "/_fake/stats":
         with st.lock:
             return {"token_requests": [dict(r) for r in st.token_requests], "keyvault_requests": dict(st.kv_requests),
-                    "unauthorized": st.unauthorized, "throttled": st.throttled}
+                    "unauthorized": st.unauthorized, "throttled": st.throttled, "traceparents": list(st.traceparents)}
     raise KVError(404, "NotFound", f"No admin route {method} {path}.")
 
 
 # --------------------------------------------------------------------- main
+
+def record_traceparent(st, headers):
+    """Key Vault takes the W3C trace context (Azure SDKs send `traceparent`)."""
+    if headers.get("traceparent"):
+        with st.lock:
+            st.traceparents = (st.traceparents + [headers["traceparent"]])[-100:]
+
 
 class Handler(QuietHandler):
     server_version = "fake-azure"
@@ -816,6 +824,7 @@ class Handler(QuietHandler):
             elif tenant:
                 answer = token_endpoint(st, method, tenant.group(1), body)
             elif u.path == "/keys" or u.path.startswith("/keys/"):
+                record_traceparent(st, self.headers)
                 answer = keyvault(st, method, u.path, query, body, self.headers)
             else:
                 raise KVError(404, "NotFound", "The requested resource was not found.")

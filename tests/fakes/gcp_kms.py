@@ -269,6 +269,7 @@ class State:
         self.sts_requests, self.impersonation_requests = [], []
         self.metadata_requests = self.unauthenticated = self.throttled = 0
         self.kms_requests = dict.fromkeys((r for r, _ in KMS_ROUTES.values()), 0)
+        self.traceparents = []  # the W3C `traceparent` of the last Cloud KMS calls that sent one
         self.issuer_key = rsa.generate_private_key(65537, 2048)   # stands for the cluster's SA token issuer
         self.issuer_kid = b64u(hashlib.sha256(self.issuer_key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest()[:16])
@@ -938,7 +939,7 @@ def admin(st, method, path, raw):
             return {"sts_requests": [dict(r) for r in st.sts_requests], "impersonation_requests":
                     [dict(r) for r in st.impersonation_requests], "metadata_requests": st.metadata_requests,
                     "kms_requests": dict(st.kms_requests), "unauthenticated": st.unauthenticated,
-                    "throttled": st.throttled}
+                    "throttled": st.throttled, "traceparents": list(st.traceparents)}
     raise ApiError(404, "NOT_FOUND", f"No admin route {method} {path}.")
 
 # --------------------------------------------------------------------- main
@@ -986,6 +987,9 @@ class Handler(QuietHandler):
             elif iam and method == "POST":
                 self.send_json(200, generate_access_token(st, iam.group(1), self.headers, raw))
             elif path.startswith("/v1/projects/"):
+                if self.headers.get("traceparent"):  # Cloud KMS takes the W3C trace context
+                    with st.lock:
+                        st.traceparents = (st.traceparents + [self.headers["traceparent"]])[-100:]
                 answer = corrupt(st, kms(st, method, path[len("/v1/"):], query, self.headers, raw))
                 self.send_json(200, encode_enums(answer, "enum-encoding=int" in query.get("$alt", [""])[0]))
             else:

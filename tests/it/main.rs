@@ -31,6 +31,7 @@ mod pkcs11;
 mod reload;
 mod resilience;
 mod revocation;
+mod traces;
 #[cfg(feature = "vault")]
 mod vault;
 #[cfg(feature = "webhook")]

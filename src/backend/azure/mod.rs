@@ -32,7 +32,9 @@ use super::{
 use crate::config::AzureBackendConfig;
 use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
 use crate::metrics::Metrics;
+use crate::telemetry;
 use async_trait::async_trait;
+use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{ClientOptions, RequestContent, RetryOptions, Transport};
 use azure_security_keyvault_keys::models::{
     JsonWebKey, Key, KeyClientDecryptOptions, KeyClientEncryptOptions, KeyClientGetKeyOptions,
@@ -114,6 +116,7 @@ impl AzureBackend {
             client_options: ClientOptions {
                 transport: Some(transport),
                 retry: RetryOptions::none(),
+                per_try_policies: vec![Arc::new(TraceContext)],
                 ..Default::default()
             },
             // `Refreshed` checks the challenge's scope itself, exactly.
@@ -704,6 +707,24 @@ impl Backend for AzureBackend {
             .and_then(keys::version_of_kid)
             .map(str::to_owned)
             .ok_or_else(|| errors::malformed("a rotated key without a versioned `kid`"))
+    }
+}
+
+/// Carries the request's trace on to Key Vault, which takes the W3C trace
+/// context (`traceparent`, `tracestate`) as the Azure SDKs send it.
+#[derive(Debug)]
+struct TraceContext;
+
+#[async_trait]
+impl Policy for TraceContext {
+    async fn send(
+        &self,
+        ctx: &azure_core::http::Context,
+        request: &mut azure_core::http::Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
+        telemetry::inject(|name, value| request.insert_header(name, value));
+        next[0].send(ctx, request, &next[1..]).await
     }
 }
 

@@ -30,49 +30,12 @@ impl Fake {
     }
 
     async fn start(script: &str, what: &str) -> Fake {
-        let dir = tempfile::tempdir().expect("temp dir");
         let script = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fakes")
             .join(script);
-        let log = std::fs::File::create(dir.path().join("fake.log")).expect("fake log");
-        let child = Command::new("python3")
-            .arg(&script)
-            .arg("--dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start python3 ({e})"));
-        let mut fake = Fake {
-            child,
-            dir,
-            url: String::new(),
-        };
-        let url_file = fake.dir.path().join("url");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(url) = std::fs::read_to_string(&url_file) {
-                fake.url = url.trim().to_owned();
-                return fake;
-            }
-            if let Some(status) = fake.child.try_wait().unwrap() {
-                panic!(
-                    "the {what} fake exited ({status}): it needs Python's `cryptography` package (`make test` installs it with pip); its log:\n{}",
-                    fake.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the {what} fake did not start in 30s; its log:\n{}",
-                fake.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("fake.log")).unwrap_or_default()
+        let needs = "Python's `cryptography` package";
+        let (child, dir, url) = start_script(&script, &format!("the {what} fake"), needs).await;
+        Fake { child, dir, url }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -181,6 +144,48 @@ impl Fake {
             .await
             .expect("curl");
         serde_json::from_slice(&out.stdout).expect("stats are JSON")
+    }
+}
+
+/// Starts `python3 SCRIPT --dir DIR` and waits for it to write `DIR/url`:
+/// the process, DIR (its log is `fake.log`) and the URL. Fails naming
+/// `needs` (which `make test` installs) if the script exits first.
+pub(super) async fn start_script(
+    script: &Path,
+    what: &str,
+    needs: &str,
+) -> (Child, TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("fake.log");
+    let log = std::fs::File::create(&log_path).expect("fake log");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg("--dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start python3 ({e})"));
+    let url_file = dir.path().join("url");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(url) = std::fs::read_to_string(&url_file) {
+            return (child, dir, url.trim().to_owned());
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "{what} exited ({status}): it needs {needs} (`make test` installs it with pip); its log:\n{}",
+                read_log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start in 30s; its log:\n{}",
+            read_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 mod fakes;
+mod otlp;
 mod servers;
 mod softhsm;
 mod system;
 mod tools;
 
 pub use fakes::Fake;
+pub use otlp::Receiver;
 pub use servers::{Bao, Moto};
 pub use softhsm::{HsmKey, SoftHsm, softhsm_module};
 pub use system::{MemoryCgroup, hostile_client, run_as};
@@ -542,7 +544,14 @@ impl Sidecar {
     pub fn leaked_secrets(&self) -> Vec<String> {
         let log = std::fs::read(&self.log).unwrap_or_default();
         let from = self.scan_from.load(Ordering::SeqCst).min(log.len());
-        let log = String::from_utf8_lossy(&log[from..]);
+        self.secrets_in(&log[from..])
+    }
+
+    /// Every secret registered so far (and every key file's material, and
+    /// every AWS access key id) found in `bytes`: a log, or what the
+    /// sidecar sent somewhere.
+    pub fn secrets_in(&self, bytes: &[u8]) -> Vec<String> {
+        let log = String::from_utf8_lossy(bytes);
         let mut secrets = self.secrets.lock().unwrap().clone();
         secrets.extend(
             key_material(self.dir.path())

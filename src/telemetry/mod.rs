@@ -1,10 +1,17 @@
 //! The `tracing` subscriber: JSON lines when stderr is not a TTY (a
 //! container), human text on a terminal. `RUST_LOG` overrides `log.level`,
 //! except for library events that print credentials, which stay capped.
+//! With `telemetry.otlp` (or the `OTEL_…` variables), spans are exported as
+//! OpenTelemetry traces too ([`otlp`]); the helpers below tie a request to
+//! the app's trace and carry it on to the KMS.
+
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 use crate::config::{Log, LogFormat};
 use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::field::{Field, Visit};
 use tracing::span::Record;
 use tracing_subscriber::EnvFilter;
@@ -14,6 +21,7 @@ use tracing_subscriber::fmt::FormattedFields;
 use tracing_subscriber::fmt::format::{FormatFields, Writer};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
 
 /// AWS SDK targets whose events print credentials, and the most verbose
 /// level they may log at whatever `RUST_LOG` says (more specific targets
@@ -60,7 +68,38 @@ const CREDENTIAL_TARGETS: &[(&str, LevelFilter)] = &[
     ("google_cloud_kms_v1", LevelFilter::INFO),
 ];
 
+/// Logging only (the webhook, and the sidecar when no trace export is set).
 pub fn init(log: &Log) {
+    install(log, None);
+}
+
+/// Logging, and OpenTelemetry traces when `telemetry.otlp` or the standard
+/// `OTEL_EXPORTER_OTLP_…` variables name a collector. The returned export
+/// is to be shut down (flushed) before `runtime` ends.
+#[cfg(feature = "otlp")]
+pub fn init_with_traces(
+    log: &Log,
+    config: Option<&crate::config::OtlpConfig>,
+    env: &dyn crate::config::Env,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Option<otlp::Tracing>, String> {
+    let Some(settings) = otlp::Settings::resolve(config, env)? else {
+        init(log);
+        return Ok(None);
+    };
+    let traces = {
+        let _in = runtime.enter();
+        otlp::Tracing::start(&settings, runtime.clone())?
+    };
+    install(log, Some(Box::new(traces.layer())));
+    EXPORTING.store(true, Ordering::Relaxed);
+    tracing::info!(protocol = settings.protocol(), "exporting traces over OTLP");
+    Ok(Some(traces))
+}
+
+/// The subscriber: the trace export's layer (if any) and the log layer,
+/// each with its own filter, under the credential caps.
+fn install(log: &Log, traces: Option<Box<dyn Layer<Registry> + Send + Sync>>) {
     let spec = std::env::var("RUST_LOG")
         .ok()
         .filter(|s| EnvFilter::try_new(s).is_ok())
@@ -70,23 +109,90 @@ pub fn init(log: &Log) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(&spec))
-        .with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(traces);
     let result = if json {
-        builder
+        let logs = logs
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .fmt_fields(JsonSpanFields)
-            .finish()
+            .fmt_fields(JsonSpanFields);
+        registry
+            .with(logs.with_filter(filter(&spec)))
             .with(credential_caps())
             .try_init()
     } else {
-        builder.finish().with(credential_caps()).try_init()
+        registry
+            .with(logs.with_filter(filter(&spec)))
+            .with(credential_caps())
+            .try_init()
     };
     // A second init (tests building several apps) keeps the first subscriber.
     drop(result);
+}
+
+/// Whether spans are exported (set once, at start).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Makes the W3C trace context the app sent (`traceparent`, `tracestate`)
+/// the parent of `span`. A malformed header is ignored.
+pub fn adopt_parent(span: &tracing::Span, headers: &http::HeaderMap) {
+    #[cfg(feature = "otlp")]
+    if exporting() && headers.contains_key("traceparent") {
+        use opentelemetry::propagation::TextMapPropagator;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+            .extract(&opentelemetry_http::HeaderExtractor(headers));
+        let _ = span.set_parent(cx);
+    }
+    #[cfg(not(feature = "otlp"))]
+    let _ = (span, headers);
+}
+
+/// The current trace context as W3C headers (`traceparent`, and
+/// `tracestate` when there is one), for an outgoing KMS call; nothing when
+/// no span is exported.
+pub fn inject(mut set: impl FnMut(&'static str, String)) {
+    #[cfg(feature = "otlp")]
+    if exporting() {
+        use opentelemetry::propagation::{Injector, TextMapPropagator};
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        struct Set<'a>(&'a mut dyn FnMut(&'static str, String));
+        impl Injector for Set<'_> {
+            fn set(&mut self, key: &str, value: String) {
+                match key {
+                    "traceparent" => (self.0)("traceparent", value),
+                    "tracestate" if !value.is_empty() => (self.0)("tracestate", value),
+                    _ => {}
+                }
+            }
+        }
+        let mut cx = tracing::Span::current().context();
+        if !cx.span().span_context().is_valid() {
+            cx = opentelemetry::Context::current();
+        }
+        if cx.span().span_context().is_valid() {
+            opentelemetry_sdk::propagation::TraceContextPropagator::new()
+                .inject_context(&cx, &mut Set(&mut set));
+        }
+    }
+    #[cfg(not(feature = "otlp"))]
+    let _ = &mut set;
+}
+
+/// Records how the work of `span` ended, for its trace: `outcome` (`ok` or
+/// an error code) and, when `failed`, an error status. The span must
+/// declare both fields (`outcome`, `otel.status_description`) as `Empty`.
+pub fn ended(span: &tracing::Span, outcome: &str, failed: bool) {
+    span.record("outcome", outcome);
+    if failed {
+        span.record("otel.status_description", outcome);
+    }
 }
 
 /// The fields of a span as a JSON object, written straight into the
