@@ -10,7 +10,8 @@ use crate::policy::{Op, OpOrAll, grants};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// A key's metadata as last asked, and when.
 type Cached = Option<(Instant, Arc<backend::KeyMetadata>)>;
@@ -24,6 +25,10 @@ struct MetadataCache {
     ttl: Duration,
     slot: tokio::sync::Mutex<Cached>,
     refreshing: AtomicBool,
+    /// Bumped (under the slot's lock) each time the cache is cleared: a
+    /// background refresh that began before keeps what it fetched to itself,
+    /// or a rotation's clearing would be undone with the old metadata.
+    cleared: AtomicU64,
 }
 
 /// A configured key alias and the backend behind it.
@@ -89,9 +94,13 @@ impl KeyEntry {
             if age < cache.ttl {
                 if age >= cache.ttl / 5 * 4 && !cache.refreshing.swap(true, Ordering::AcqRel) {
                     let entry = self.clone();
+                    let cleared = cache.cleared.load(Ordering::Acquire);
                     tokio::spawn(async move {
                         if let Ok(m) = entry.backend.metadata(entry.key_ref()).await {
-                            *entry.metadata.slot.lock().await = Some((Instant::now(), Arc::new(m)));
+                            let mut slot = entry.metadata.slot.lock().await;
+                            if entry.metadata.cleared.load(Ordering::Acquire) == cleared {
+                                *slot = Some((Instant::now(), Arc::new(m)));
+                            }
                         }
                         entry.metadata.refreshing.store(false, Ordering::Release);
                     });
@@ -110,7 +119,9 @@ impl KeyEntry {
     /// Drops the cached metadata (a rotation, a version the cache does not
     /// know yet).
     pub async fn forget_metadata(&self) {
-        *self.metadata.slot.lock().await = None;
+        let mut slot = self.metadata.slot.lock().await;
+        *slot = None;
+        self.metadata.cleared.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn key_ref(&self) -> KeyRef<'_> {
@@ -215,5 +226,143 @@ impl Keys {
         let mut aliases: Vec<&str> = self.by_alias.keys().map(String::as_str).collect();
         aliases.sort_unstable();
         aliases
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Context, DataKey, KeyMetadata, Origin, Plaintext, PublicKey, Sealed};
+    use crate::backend::{SignOptions, Signature};
+    use crate::crypto::SignInput;
+    use async_trait::async_trait;
+    use tokio::sync::Semaphore;
+
+    /// A backend whose key is at `version`, and whose metadata calls can be
+    /// held: a held call answers with the version of when it was made.
+    #[derive(Debug, Default)]
+    struct Rotating {
+        version: AtomicU64,
+        gate: Option<Semaphore>,
+        calls: AtomicU64,
+    }
+
+    #[async_trait]
+    impl Backend for Rotating {
+        fn kind(&self) -> &'static str {
+            "rotating"
+        }
+        async fn health(&self) -> Result<(), backend::Error> {
+            Ok(())
+        }
+        async fn metadata(&self, _: KeyRef<'_>) -> Result<KeyMetadata, backend::Error> {
+            let version = self.version.load(Ordering::SeqCst).to_string();
+            if self.calls.fetch_add(1, Ordering::SeqCst) > 0
+                && let Some(gate) = &self.gate
+            {
+                gate.acquire().await.expect("open").forget();
+            }
+            Ok(KeyMetadata {
+                algorithm: Algorithm::Aes256Gcm,
+                current_version: version,
+                versions: vec![],
+                created: None,
+                origin: Origin::Software,
+                rotation_period: None,
+                details: BTreeMap::new(),
+            })
+        }
+        async fn public_key(
+            &self,
+            _: KeyRef<'_>,
+            _: Option<&str>,
+        ) -> Result<PublicKey, backend::Error> {
+            Err(backend::Error::unsupported("public_key"))
+        }
+        async fn sign(
+            &self,
+            _: KeyRef<'_>,
+            _: SignInput<'_>,
+            _: SignOptions,
+        ) -> Result<Signature, backend::Error> {
+            Err(backend::Error::unsupported("sign"))
+        }
+        async fn encrypt(
+            &self,
+            _: KeyRef<'_>,
+            _: &[u8],
+            _: &Context,
+        ) -> Result<Sealed, backend::Error> {
+            Err(backend::Error::unsupported("encrypt"))
+        }
+        async fn decrypt(
+            &self,
+            _: KeyRef<'_>,
+            _: &[u8],
+            _: &Context,
+        ) -> Result<Plaintext, backend::Error> {
+            Err(backend::Error::unsupported("decrypt"))
+        }
+        async fn generate_data_key(
+            &self,
+            _: KeyRef<'_>,
+            _: u32,
+            _: &Context,
+        ) -> Result<DataKey, backend::Error> {
+            Err(backend::Error::unsupported("generate_data_key"))
+        }
+    }
+
+    /// A background refresh that fetched before a rotation cleared the
+    /// cache, and finishes after, does not put the old metadata back.
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_from_before_a_clearing_is_not_kept() {
+        let backend = Arc::new(Rotating {
+            gate: Some(Semaphore::new(0)),
+            ..Default::default()
+        });
+        let mut entry = KeyEntry::new("k", "b", backend.clone(), "k");
+        entry.metadata.ttl = Duration::from_secs(10);
+        let entry = Arc::new(entry);
+        assert_eq!(entry.metadata().await.unwrap().current_version, "0");
+        // In the last fifth of its life: served, and refreshed behind.
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(entry.metadata().await.unwrap().current_version, "0");
+        tokio::task::yield_now().await;
+        assert_eq!(
+            backend.calls.load(Ordering::SeqCst),
+            2,
+            "the refresh is under way"
+        );
+        // The key rotates; the rotation clears the cache; then the held
+        // refresh, which read version 0, answers.
+        backend.version.store(1, Ordering::SeqCst);
+        entry.forget_metadata().await;
+        backend.gate.as_ref().unwrap().add_permits(100);
+        while entry.metadata.refreshing.load(Ordering::Acquire) {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(entry.metadata().await.unwrap().current_version, "1");
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 3);
+    }
+
+    /// Without a clearing, the refresh is kept: no call at the next read.
+    #[tokio::test(start_paused = true)]
+    async fn a_background_refresh_is_kept() {
+        let backend = Arc::new(Rotating::default());
+        let mut entry = KeyEntry::new("k", "b", backend.clone(), "k");
+        entry.metadata.ttl = Duration::from_secs(10);
+        let entry = Arc::new(entry);
+        entry.metadata().await.unwrap();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        backend.version.store(1, Ordering::SeqCst);
+        assert_eq!(entry.metadata().await.unwrap().current_version, "0");
+        while backend.calls.load(Ordering::SeqCst) < 2
+            || entry.metadata.refreshing.load(Ordering::Acquire)
+        {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(entry.metadata().await.unwrap().current_version, "1");
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
     }
 }
