@@ -202,24 +202,10 @@ impl Resilient {
             .build()
             .map(jitter);
         // i64: trace attributes have no unsigned integers.
-        let mut attempt = 0i64;
+        let mut attempt: i64 = 0;
         loop {
             attempt += 1;
-            let span = tracing::debug_span!(
-                "backend_attempt",
-                otel.kind = "client",
-                attempt,
-                outcome = Empty,
-                circuit = Empty,
-                retry_in_ms = Empty,
-                otel.status_description = Empty,
-            );
-            let result = self.attempt(&call, deadline).instrument(span.clone()).await;
-            telemetry::ended(
-                &span,
-                result.as_ref().map_or_else(|e| e.kind.label(), |_| "ok"),
-                result.is_err(),
-            );
+            let (result, span) = self.attempt(&call, deadline, attempt).await;
             let error = match result {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
@@ -251,14 +237,49 @@ impl Resilient {
         }
     }
 
-    /// One attempt, cut off at `deadline`.
-    async fn attempt<T, F, Fut>(&self, call: &F, deadline: tokio::time::Instant) -> Result<T, Error>
+    /// Attempt number `n`, cut off at `deadline`, in its `backend_attempt`
+    /// span: its outcome and the circuit's state after it are recorded
+    /// there, and the span is returned for the delay before the next.
+    async fn attempt<T, F, Fut>(
+        &self,
+        call: &F,
+        deadline: tokio::time::Instant,
+        n: i64,
+    ) -> (Result<T, Error>, tracing::Span)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let span = tracing::debug_span!(
+            "backend_attempt",
+            otel.kind = "client",
+            attempt = n,
+            outcome = Empty,
+            circuit = Empty,
+            retry_in_ms = Empty,
+            otel.status_description = Empty,
+        );
+        let result = self
+            .try_once(call, deadline, &span)
+            .instrument(span.clone())
+            .await;
+        let outcome = result.as_ref().map_or_else(|e| e.kind.label(), |_| "ok");
+        telemetry::ended(&span, outcome, result.is_err());
+        (result, span)
+    }
+
+    async fn try_once<T, F, Fut>(
+        &self,
+        call: &F,
+        deadline: tokio::time::Instant,
+        span: &tracing::Span,
+    ) -> Result<T, Error>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
         if !self.breaker.admits() {
-            tracing::Span::current().record("circuit", "open");
+            span.record("circuit", "open");
             return Err(self.open_error());
         }
         let outcome = tokio::time::timeout_at(deadline, async {
@@ -277,7 +298,7 @@ impl Resilient {
         });
         let state = self.breaker.record(result.as_ref().err().map(|e| e.kind));
         self.series.circuit_state.set(state as i64);
-        tracing::Span::current().record("circuit", state.label());
+        span.record("circuit", state.label());
         if state == State::Open && result.is_err() {
             tracing::warn!(backend = %self.name, "circuit breaker open: failing fast");
         }
@@ -535,8 +556,9 @@ impl Backend for Resilient {
     /// Not retried: a rotation that timed out may have happened.
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        self.observed("rotate", self.attempt(&|| self.inner.rotate(key), deadline))
-            .await
+        let call = || self.inner.rotate(key);
+        let once = async { self.attempt(&call, deadline, 1).await.0 };
+        self.observed("rotate", once).await
     }
 }
 

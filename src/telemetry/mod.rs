@@ -16,7 +16,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::Record;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
 use tracing_subscriber::fmt::FormattedFields;
 use tracing_subscriber::fmt::format::{FormatFields, Writer};
 use tracing_subscriber::layer::SubscriberExt;
@@ -98,7 +98,8 @@ pub fn init_with_traces(
 }
 
 /// The subscriber: the trace export's layer (if any) and the log layer,
-/// each with its own filter, under the credential caps.
+/// each with its own filter. No layer is unfiltered: a span or event that
+/// no filter wants (a `debug` span at level `info`) is not even made.
 fn install(log: &Log, traces: Option<Box<dyn Layer<Registry> + Send + Sync>>) {
     let spec = std::env::var("RUST_LOG")
         .ok()
@@ -118,13 +119,11 @@ fn install(log: &Log, traces: Option<Box<dyn Layer<Registry> + Send + Sync>>) {
             .with_span_list(false)
             .fmt_fields(JsonSpanFields);
         registry
-            .with(logs.with_filter(filter(&spec)))
-            .with(credential_caps())
+            .with(logs.with_filter(log_filter(&spec)))
             .try_init()
     } else {
         registry
-            .with(logs.with_filter(filter(&spec)))
-            .with(credential_caps())
+            .with(logs.with_filter(log_filter(&spec)))
             .try_init()
     };
     // A second init (tests building several apps) keeps the first subscriber.
@@ -315,6 +314,14 @@ fn filter(spec: &str) -> EnvFilter {
     filter
 }
 
+/// What the log layer writes: the [`filter`] `spec` asks for, under the
+/// [`credential_caps`].
+fn log_filter<S: tracing::Subscriber>(
+    spec: &str,
+) -> impl tracing_subscriber::layer::Filter<S> + use<S> {
+    filter(spec).and(credential_caps())
+}
+
 /// A second filter that only ever lowers levels: [`CREDENTIAL_TARGETS`] are
 /// capped even when `RUST_LOG` names them; everything else is left to the
 /// [`filter`].
@@ -348,10 +355,8 @@ mod tests {
 
     fn seen_with(spec: &str) -> Vec<String> {
         let seen = Seen::default();
-        let subscriber = tracing_subscriber::registry()
-            .with(filter(spec))
-            .with(credential_caps())
-            .with(seen.clone());
+        let subscriber =
+            tracing_subscriber::registry().with(seen.clone().with_filter(log_filter(spec)));
         tracing::subscriber::with_default(subscriber, || {
             tracing::debug!(target: "aws_smithy_runtime::client::orchestrator::endpoints", "resolving endpoint");
             tracing::info!(target: "aws_smithy_runtime::client::orchestrator::endpoints", "endpoint info");
@@ -433,6 +438,24 @@ mod tests {
         assert_eq!(lines[1]["span"]["caller.uid"], 1000);
         assert_eq!(lines[1]["fields"]["code"], "x");
         assert_eq!(lines[2]["span"]["name"], "bare");
+    }
+
+    /// The request path makes `debug` spans at every backend call: at
+    /// `info`, with no trace export, no layer wants them, so they are not
+    /// made at all (a span the registry makes and no layer writes costs
+    /// thousands of instructions).
+    #[test]
+    fn spans_no_layer_wants_are_not_made() {
+        let traces: Option<Box<dyn Layer<Registry> + Send + Sync>> = None;
+        let logs = tracing_subscriber::fmt::layer().with_writer(std::io::sink);
+        let subscriber = tracing_subscriber::registry()
+            .with(traces)
+            .with(logs.with_filter(log_filter("info")));
+        tracing::subscriber::with_default(subscriber, || {
+            assert_eq!(LevelFilter::current(), LevelFilter::INFO);
+            assert!(tracing::debug_span!("backend_call").is_disabled());
+            assert!(!tracing::info_span!("request").is_disabled());
+        });
     }
 
     #[test]

@@ -381,6 +381,33 @@ mod tests {
         assert_eq!((s.endpoint, s.max_queue), (None, 99));
     }
 
+    /// With traces on, the exported spans are made at any log level, and
+    /// other `debug` spans still are not.
+    #[test]
+    fn only_the_exported_spans_are_made_for_the_export() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let vars = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")]);
+        let settings = Settings::resolve(None, &vars).unwrap().unwrap();
+        let traces = {
+            let _in = runtime.enter();
+            Tracing::start(&settings, runtime.handle().clone()).unwrap()
+        };
+        let layer: Box<dyn Layer<Registry> + Send + Sync> = Box::new(traces.layer());
+        let logs = tracing_subscriber::fmt::layer().with_writer(std::io::sink);
+        let subscriber = tracing_subscriber::registry()
+            .with(Some(layer))
+            .with(logs.with_filter(super::super::log_filter("info")));
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(!tracing::debug_span!("backend_call").is_disabled());
+            assert!(tracing::debug_span!("connection").is_disabled());
+            assert!(tracing::trace_span!("request").is_disabled());
+        });
+        std::thread::spawn(move || traces.shutdown())
+            .join()
+            .unwrap();
+    }
+
     #[test]
     fn unsupported_protocols_and_bad_queue_sizes_are_named() {
         let vars = env(&[

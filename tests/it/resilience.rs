@@ -125,16 +125,8 @@ async fn a_backend_that_does_not_answer_times_out_with_504() {
 async fn the_circuit_opens_on_a_stopped_server_fails_fast_and_recovers() {
     use crate::harness::Bao;
     let mut bao = Bao::start().await;
-    async fn setup(bao: &Bao) {
-        bao.api("POST", "sys/mounts/transit", json!({"type": "transit"}))
-            .await;
-        bao.api("POST", "transit/keys/ec", json!({"type": "ecdsa-p256"}))
-            .await;
-    }
-    setup(&bao).await;
-    let creds = tempfile::tempdir().unwrap();
-    let token = creds.path().join("token");
-    std::fs::write(&token, &bao.root_token).unwrap();
+    bao.transit_with_key("ec", "ecdsa-p256").await;
+    let token = bao.root_token_file();
     let config = format!(
         "backends:\n  vault:\n    type: vault\n    address: {}\n    auth: {{ method: token, token_file: {} }}\n    retries: {{ max_attempts: 1 }}\n    circuit: {{ failures: 5, open_for: 2s, successes: 2 }}\nkeys:\n  ec: {{ backend: vault, key: ec }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
         bao.url,
@@ -182,7 +174,7 @@ async fn the_circuit_opens_on_a_stopped_server_fails_fast_and_recovers() {
     // The server is back: after open_for the circuit is half-open, and two
     // successes close it.
     bao.restart().await;
-    setup(&bao).await;
+    bao.transit_with_key("ec", "ecdsa-p256").await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     s.post_ok("/v1/keys/ec/sign", sign.clone()).await;
     assert_eq!(metric(&metrics(&s).await, state), Some(2.0));
@@ -264,13 +256,8 @@ async fn input_limits_refuse_deep_json_many_headers_and_slow_bodies() {
 async fn a_hung_backend_cannot_stall_the_probes_or_the_other_backends() {
     use crate::harness::Bao;
     let bao = Bao::start().await;
-    bao.api("POST", "sys/mounts/transit", json!({"type": "transit"}))
-        .await;
-    bao.api("POST", "transit/keys/ec", json!({"type": "ecdsa-p256"}))
-        .await;
-    let creds = tempfile::tempdir().unwrap();
-    let token = creds.path().join("token");
-    std::fs::write(&token, &bao.root_token).unwrap();
+    bao.transit_with_key("ec", "ecdsa-p256").await;
+    let token = bao.root_token_file();
     let config = format!(
         "backends:\n  dev: {{ type: local, dir: \"{{dir}}/keys\" }}\n  vault:\n    type: vault\n    address: {}\n    auth: {{ method: token, token_file: {} }}\n    timeout: 5s\nkeys:\n  ec: {{ backend: vault, key: ec }}\n  local: {{ backend: dev, key: local, algorithm: ecdsa-p256-sha256 }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
         bao.url,

@@ -119,13 +119,8 @@ async fn an_aws_key_disabled_in_kms_stops_its_cached_data_keys() {
 #[tokio::test]
 async fn a_vault_version_below_min_decryption_version_stops_its_cached_data_keys() {
     let bao = Bao::start().await;
-    bao.api("POST", "sys/mounts/transit", json!({"type": "transit"}))
-        .await;
-    bao.api("POST", "transit/keys/data", json!({"type": "aes256-gcm96"}))
-        .await;
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, &bao.root_token).unwrap();
+    bao.transit_with_key("data", "aes256-gcm96").await;
+    let token_file = bao.root_token_file();
     let config = format!(
         "backends:\n  vault: {{ type: vault, address: \"{}\", auth: {{ method: token, token_file: \"{}\" }} }}\nkeys:\n  data: {{ backend: vault, key: data, ops: [\"*\"] }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n{REVALIDATE}",
         bao.url,

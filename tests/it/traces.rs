@@ -367,13 +367,8 @@ async fn retries_and_the_open_circuit_are_in_the_trace() {
     }
     let receiver = Receiver::start().await;
     let mut bao = Bao::start().await;
-    bao.api("POST", "sys/mounts/transit", json!({"type": "transit"}))
-        .await;
-    bao.api("POST", "transit/keys/ec", json!({"type": "ecdsa-p256"}))
-        .await;
-    let creds = tempfile::tempdir().unwrap();
-    let token = creds.path().join("token");
-    std::fs::write(&token, &bao.root_token).unwrap();
+    bao.transit_with_key("ec", "ecdsa-p256").await;
+    let token = bao.root_token_file();
     let config = format!(
         "backends:\n  vault:\n    type: vault\n    address: {}\n    auth: {{ method: token, token_file: {} }}\n    retries: {{ max_attempts: 3, initial_backoff: 10ms, max_backoff: 20ms }}\n    circuit: {{ failures: 3, open_for: 1m }}\nkeys:\n  ec: {{ backend: vault, key: ec }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
         bao.url,

@@ -292,6 +292,30 @@ impl Bao {
         self.api_in(None, method, path, body).await
     }
 
+    /// Mounts transit and makes the one key `name` of `kind`
+    /// (`ecdsa-p256`, `aes256-gcm96`, …).
+    pub async fn transit_with_key(&self, name: &str, kind: &str) {
+        self.api(
+            "POST",
+            "sys/mounts/transit",
+            serde_json::json!({"type": "transit"}),
+        )
+        .await;
+        self.api(
+            "POST",
+            &format!("transit/keys/{name}"),
+            serde_json::json!({"type": kind}),
+        )
+        .await;
+    }
+
+    /// A file holding the root token, for `auth: { method: token }`.
+    pub fn root_token_file(&self) -> PathBuf {
+        let path = self.dir.path().join("root-token");
+        std::fs::write(&path, &self.root_token).expect("write the token file");
+        path
+    }
+
     pub async fn api_in(
         &self,
         namespace: Option<&str>,

@@ -371,13 +371,8 @@ async fn recovers_when_vault_restarts_and_reports_bad_jwts() {
 #[tokio::test]
 async fn tls_with_a_custom_ca_from_the_vault_environment() {
     let bao = Bao::start_tls().await;
-    bao.api("POST", "sys/mounts/transit", json!({"type": "transit"}))
-        .await;
-    bao.api("POST", "transit/keys/ec", json!({"type": "ecdsa-p256"}))
-        .await;
-    let creds = tempfile::tempdir().unwrap();
-    let file = creds.path().join("token");
-    write(&file, &bao.root_token);
+    bao.transit_with_key("ec", "ecdsa-p256").await;
+    let file = bao.root_token_file();
     // No address or CA in the config: VAULT_ADDR and VAULT_CACERT say.
     let cfg = format!(
         "backends:\n  vault:\n    type: vault\n    auth: {{ method: token, token_file: {} }}\nkeys:\n  ec: {{ backend: vault, key: ec }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
