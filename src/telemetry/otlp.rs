@@ -53,6 +53,8 @@ pub struct Settings {
     sample_ratio: Option<f64>,
     timeout: Option<Duration>,
     max_queue: usize,
+    /// The endpoint, wherever it was set, is `https://`.
+    tls: bool,
 }
 
 impl Settings {
@@ -67,9 +69,9 @@ impl Settings {
         let config = config.unwrap_or(&default);
         let from_env = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        if config.endpoint.is_none() && from_env.is_none() {
+        let Some(where_to) = config.endpoint.clone().or(from_env) else {
             return Ok(None);
-        }
+        };
         let protocol = match config.protocol {
             Some(p) => p,
             None => {
@@ -113,6 +115,7 @@ impl Settings {
             sample_ratio: config.sample_ratio,
             timeout: config.timeout.map(|t| t.0),
             max_queue,
+            tls: where_to.trim().starts_with("https://"),
         }))
     }
 
@@ -167,9 +170,14 @@ impl Tracing {
                     })
                     .collect();
                 let metadata = tonic::metadata::MetadataMap::from_headers(headers);
-                settings
-                    .apply(builder.with_tonic().with_metadata(metadata))
-                    .build()
+                let mut builder = builder.with_tonic().with_metadata(metadata);
+                if settings.tls {
+                    // The system's roots (`SSL_CERT_FILE` too), as the
+                    // HTTP exporter's client trusts.
+                    let roots = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
+                    builder = builder.with_tls_config(roots);
+                }
+                settings.apply(builder).build()
             }
         }
         .map_err(|e| format!("OTLP exporter: {e}"))?;

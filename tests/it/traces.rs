@@ -449,3 +449,42 @@ fn an_unsupported_otlp_protocol_stops_the_start() {
         "{err}"
     );
 }
+
+/// A collector behind TLS, trusted through `SSL_CERT_FILE` (a cluster's
+/// CA), over either protocol.
+#[tokio::test]
+async fn a_collector_over_tls_is_reached_with_either_protocol() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = crate::harness::issue_cert(certs.path(), "collector");
+    let receiver = Receiver::start_tls(&cert, &key).await;
+    for (protocol, endpoint) in [("http/protobuf", &receiver.http), ("grpc", &receiver.grpc)] {
+        assert!(endpoint.starts_with("https://"), "{endpoint}");
+        let ca = ca.display().to_string();
+        let s = Sidecar::start_with_env(
+            &keys(),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                ("SSL_CERT_FILE", &ca),
+                FAST,
+            ],
+        )
+        .await;
+        let id = format!("over-tls-{}", protocol.replace('/', "-"));
+        traced(
+            &s,
+            "/v1/keys/sig/sign",
+            json!({"message": b64("m")}),
+            &[("x-request-id", &id)],
+        )
+        .await;
+        receiver
+            .spans_until(&format!("the request span sent with {protocol}"), |spans| {
+                spans.iter().any(|s| {
+                    s["attributes"]["request_id"] == id.as_str()
+                        && s["transport"] == protocol.split('/').next().unwrap()
+                })
+            })
+            .await;
+    }
+}

@@ -2,11 +2,13 @@
 decoded with the official `opentelemetry-proto` definitions (a real
 receiver, not a fake of the sidecar: it accepts what any collector accepts).
 
-    python3 tests/servers/otlp_receiver.py --dir DIR
+    python3 tests/servers/otlp_receiver.py --dir DIR [--tls-cert PEM --tls-key PEM]
 
 When listening it writes, in DIR:
 - `url`: `http://127.0.0.1:PORT` (OTLP/HTTP; POST /v1/traces)
 - `grpc`: `http://127.0.0.1:PORT` (OTLP/gRPC; TraceService/Export)
+
+(`https://` for both with `--tls-cert` and `--tls-key`)
 
 and for every export it receives:
 - `raw.bin`: the request bytes as received, appended (for secret scans);
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import sys
 import threading
 from concurrent import futures
@@ -123,22 +126,34 @@ def main():
     global DIR
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", required=True, help="where `url`, `grpc` and the received spans go")
+    ap.add_argument("--tls-cert", help="serve both protocols over TLS with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="... and this key (PEM)")
     args = ap.parse_args()
     DIR = os.path.abspath(args.dir)
     os.makedirs(DIR, exist_ok=True)
+    scheme = "https" if args.tls_cert else "http"
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Grpc(), server)
-    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    if args.tls_cert:
+        with open(args.tls_key, "rb") as k, open(args.tls_cert, "rb") as c:
+            credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
+        grpc_port = server.add_secure_port("127.0.0.1:0", credentials)
+    else:
+        grpc_port = server.add_insecure_port("127.0.0.1:0")
     server.start()
 
     http = ThreadingHTTPServer(("127.0.0.1", 0), Http)
     http.daemon_threads = True
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        http.socket = context.wrap_socket(http.socket, server_side=True)
     threading.Thread(target=http.serve_forever, daemon=True).start()
 
-    write("grpc", f"http://127.0.0.1:{grpc_port}\n")
-    write("url", f"http://127.0.0.1:{http.server_address[1]}\n")
-    print(f"OTLP receiver: http://127.0.0.1:{http.server_address[1]} (HTTP), "
+    write("grpc", f"{scheme}://127.0.0.1:{grpc_port}\n")
+    write("url", f"{scheme}://127.0.0.1:{http.server_address[1]}\n")
+    print(f"OTLP receiver: {scheme}://127.0.0.1:{http.server_address[1]} (HTTP), "
           f"127.0.0.1:{grpc_port} (gRPC), spans in {DIR}", file=sys.stderr, flush=True)
 
     stop = threading.Event()

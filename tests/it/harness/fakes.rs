@@ -34,7 +34,8 @@ impl Fake {
             .join("tests/fakes")
             .join(script);
         let needs = "Python's `cryptography` package";
-        let (child, dir, url) = start_script(&script, &format!("the {what} fake"), needs).await;
+        let (child, dir, url) =
+            start_script(&script, &[], &format!("the {what} fake"), needs).await;
         Fake { child, dir, url }
     }
 
@@ -147,11 +148,12 @@ impl Fake {
     }
 }
 
-/// Starts `python3 SCRIPT --dir DIR` and waits for it to write `DIR/url`:
+/// Starts `python3 SCRIPT ARGS… --dir DIR` and waits for it to write `DIR/url`:
 /// the process, DIR (its log is `fake.log`) and the URL. Fails naming
 /// `needs` (which `make test` installs) if the script exits first.
 pub(super) async fn start_script(
     script: &Path,
+    args: &[&Path],
     what: &str,
     needs: &str,
 ) -> (Child, TempDir, String) {
@@ -160,6 +162,7 @@ pub(super) async fn start_script(
     let log = std::fs::File::create(&log_path).expect("fake log");
     let mut child = Command::new("python3")
         .arg(script)
+        .args(args)
         .arg("--dir")
         .arg(dir.path())
         .stdin(Stdio::null())

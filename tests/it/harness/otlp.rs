@@ -20,9 +20,19 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        Self::start_with(&[]).await
+    }
+
+    /// Both protocols over TLS, with this certificate and key (PEM).
+    pub async fn start_tls(cert: &Path, key: &Path) -> Receiver {
+        let tls = [Path::new("--tls-cert"), cert, Path::new("--tls-key"), key];
+        Self::start_with(&tls).await
+    }
+
+    async fn start_with(args: &[&Path]) -> Receiver {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers/otlp_receiver.py");
         let needs = "Python's `opentelemetry-proto` and `grpcio` packages";
-        let (child, dir, http) = start_script(&script, "the OTLP receiver", needs).await;
+        let (child, dir, http) = start_script(&script, args, "the OTLP receiver", needs).await;
         let grpc = std::fs::read_to_string(dir.path().join("grpc"))
             .expect("the receiver writes `grpc` before `url`")
             .trim()
