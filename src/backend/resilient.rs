@@ -129,6 +129,7 @@ impl Resilient {
     async fn observed<T>(
         &self,
         op: &'static str,
+        key: Option<&str>,
         call: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
         let started = Instant::now();
@@ -136,6 +137,7 @@ impl Resilient {
             "backend_call",
             backend = %self.name,
             op,
+            key.alias = key,
             outcome = Empty,
             otel.status_description = Empty,
         );
@@ -180,12 +182,12 @@ impl Resilient {
     /// for a slot, and retry retryable failures while attempts and
     /// `max_elapsed` allow — all within one `timeout`, which bounds the whole
     /// call, retries included (a caller never waits longer than it).
-    async fn run<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T, Error>
+    async fn run<T, F, Fut>(&self, op: &'static str, key: KeyRef<'_>, call: F) -> Result<T, Error>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        self.observed(op, self.retried(call)).await
+        self.observed(op, Some(key.alias), self.retried(call)).await
     }
 
     async fn retried<T, F, Fut>(&self, call: F) -> Result<T, Error>
@@ -439,7 +441,7 @@ impl Backend for Resilient {
                         ))
                     })
             };
-            self.observed("health", check).await
+            self.observed("health", None, check).await
         } else {
             Err(self.open_error())
         };
@@ -454,15 +456,16 @@ impl Backend for Resilient {
     }
 
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
-        self.run("metadata", || self.inner.metadata(key)).await
+        self.run("metadata", key, || self.inner.metadata(key)).await
     }
 
     async fn key_status(&self, key: KeyRef<'_>) -> Result<KeyStatus, Error> {
-        self.run("key_status", || self.inner.key_status(key)).await
+        self.run("key_status", key, || self.inner.key_status(key))
+            .await
     }
 
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
-        self.run("public_key", || self.inner.public_key(key, version))
+        self.run("public_key", key, || self.inner.public_key(key, version))
             .await
     }
 
@@ -472,7 +475,7 @@ impl Backend for Resilient {
         input: SignInput<'_>,
         options: SignOptions,
     ) -> Result<Signature, Error> {
-        self.run("sign", || self.inner.sign(key, input, options))
+        self.run("sign", key, || self.inner.sign(key, input, options))
             .await
     }
 
@@ -488,7 +491,7 @@ impl Backend for Resilient {
         options: SignOptions,
         version: Option<&str>,
     ) -> Result<Verified, Error> {
-        self.run("verify", || {
+        self.run("verify", key, || {
             self.inner.verify(key, input, signature, options, version)
         })
         .await
@@ -500,8 +503,10 @@ impl Backend for Resilient {
         plaintext: &[u8],
         context: &Context,
     ) -> Result<Sealed, Error> {
-        self.run("encrypt", || self.inner.encrypt(key, plaintext, context))
-            .await
+        self.run("encrypt", key, || {
+            self.inner.encrypt(key, plaintext, context)
+        })
+        .await
     }
 
     async fn decrypt(
@@ -510,8 +515,10 @@ impl Backend for Resilient {
         ciphertext: &[u8],
         context: &Context,
     ) -> Result<Plaintext, Error> {
-        self.run("decrypt", || self.inner.decrypt(key, ciphertext, context))
-            .await
+        self.run("decrypt", key, || {
+            self.inner.decrypt(key, ciphertext, context)
+        })
+        .await
     }
 
     async fn rewrap(
@@ -520,8 +527,10 @@ impl Backend for Resilient {
         ciphertext: &[u8],
         context: &Context,
     ) -> Result<Sealed, Error> {
-        self.run("rewrap", || self.inner.rewrap(key, ciphertext, context))
-            .await
+        self.run("rewrap", key, || {
+            self.inner.rewrap(key, ciphertext, context)
+        })
+        .await
     }
 
     async fn generate_data_key(
@@ -530,14 +539,14 @@ impl Backend for Resilient {
         bits: u32,
         context: &Context,
     ) -> Result<DataKey, Error> {
-        self.run("generate_data_key", || {
+        self.run("generate_data_key", key, || {
             self.inner.generate_data_key(key, bits, context)
         })
         .await
     }
 
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
-        self.run("mac", || self.inner.mac(key, message)).await
+        self.run("mac", key, || self.inner.mac(key, message)).await
     }
 
     async fn verify_mac(
@@ -547,7 +556,7 @@ impl Backend for Resilient {
         mac: &[u8],
         version: Option<&str>,
     ) -> Result<Verified, Error> {
-        self.run("verify_mac", || {
+        self.run("verify_mac", key, || {
             self.inner.verify_mac(key, message, mac, version)
         })
         .await
@@ -558,7 +567,7 @@ impl Backend for Resilient {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let call = || self.inner.rotate(key);
         let once = async { self.attempt(&call, deadline, 1).await.0 };
-        self.observed("rotate", once).await
+        self.observed("rotate", Some(key.alias), once).await
     }
 }
 

@@ -117,6 +117,7 @@ async fn a_request_continues_the_apps_trace_down_to_the_backend_call() {
     assert_eq!(fetch["attributes"]["op"], "generate_data_key");
     let call = child_of(&spans, fetch, "backend_call");
     assert_eq!(call["attributes"]["backend"], "dev");
+    assert_eq!(call["attributes"]["key.alias"], "pii");
     assert_eq!(call["attributes"]["op"], "generate_data_key");
     assert_eq!(call["attributes"]["outcome"], "ok");
     let attempt = child_of(&spans, call, "backend_attempt");
@@ -410,6 +411,7 @@ async fn retries_and_the_open_circuit_are_in_the_trace() {
         (calls[1], calls[0])
     };
     for call in [first, second] {
+        assert_eq!(call["attributes"]["key.alias"], "ec");
         assert_eq!(call["attributes"]["outcome"], "backend_unavailable");
         assert_eq!(call["status"]["code"], 2, "STATUS_CODE_ERROR: {call:#}");
         assert_eq!(call["status"]["message"], "backend_unavailable");
