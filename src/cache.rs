@@ -444,7 +444,12 @@ impl DataKeyCache {
 /// The span of a KMS call the cache makes on a miss (`op`:
 /// `generate_data_key` or `decrypt`).
 fn fetch_span(key: &KeyEntry, op: &'static str) -> tracing::Span {
-    tracing::debug_span!("datakey_fetch", key.alias = %key.alias, op)
+    tracing::debug_span!(
+        "datakey_fetch",
+        key.alias = %key.alias,
+        op,
+        request_id = telemetry::request_id().as_deref(),
+    )
 }
 
 #[cfg(test)]

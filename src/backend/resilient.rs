@@ -138,6 +138,7 @@ impl Resilient {
             backend = %self.name,
             op,
             key.alias = key,
+            request_id = telemetry::request_id().as_deref(),
             outcome = Empty,
             otel.status_description = Empty,
         );

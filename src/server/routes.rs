@@ -297,7 +297,7 @@ impl Routes {
             telemetry::adopt_parent(&span, &parts.headers);
             span
         };
-        async {
+        let answered = async {
             let mut unread: Unread = Some(body);
             let reply = match route {
                 None => Err(ApiError::new(Code::NotFound, format!("no route {} {}", parts.method, parts.uri.path()))),
@@ -366,8 +366,8 @@ impl Routes {
             }
             into_response(reply, &request_id, allow, close)
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        telemetry::with_request_id(&request_id, answered).await
     }
 
     async fn dispatch(

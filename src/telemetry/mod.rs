@@ -184,6 +184,33 @@ pub fn inject(mut set: impl FnMut(&'static str, String)) {
     let _ = &mut set;
 }
 
+tokio::task_local! {
+    /// The id of the request the task is serving, while traces are
+    /// exported: spans made under it (backend calls, data-key fetches)
+    /// carry it as `request_id`, as the request span does.
+    static REQUEST_ID: std::sync::Arc<str>;
+}
+
+/// Serves `request` with its id at hand for [`request_id`] (only while
+/// traces are exported; otherwise `request` as it is).
+pub fn with_request_id<F: std::future::Future>(
+    id: &str,
+    request: F,
+) -> impl std::future::Future<Output = F::Output> {
+    use futures_util::future::Either;
+    if exporting() {
+        Either::Left(REQUEST_ID.scope(std::sync::Arc::from(id), request))
+    } else {
+        Either::Right(request)
+    }
+}
+
+/// The id of the request being served, for a span's `request_id`: `None`
+/// in background work, or when traces are not exported.
+pub fn request_id() -> Option<std::sync::Arc<str>> {
+    REQUEST_ID.try_with(std::sync::Arc::clone).ok()
+}
+
 /// Records how the work of `span` ended, for its trace: `outcome` (`ok` or
 /// an error code) and, when `failed`, an error status. The span must
 /// declare both fields (`outcome`, `otel.status_description`) as `Empty`.

@@ -114,10 +114,12 @@ async fn a_request_continues_the_apps_trace_down_to_the_backend_call() {
 
     let fetch = child_of(&spans, request, "datakey_fetch");
     assert_eq!(fetch["attributes"]["key.alias"], "pii");
+    assert_eq!(fetch["attributes"]["request_id"], "req-traced-1");
     assert_eq!(fetch["attributes"]["op"], "generate_data_key");
     let call = child_of(&spans, fetch, "backend_call");
     assert_eq!(call["attributes"]["backend"], "dev");
     assert_eq!(call["attributes"]["key.alias"], "pii");
+    assert_eq!(call["attributes"]["request_id"], "req-traced-1");
     assert_eq!(call["attributes"]["op"], "generate_data_key");
     assert_eq!(call["attributes"]["outcome"], "ok");
     let attempt = child_of(&spans, call, "backend_attempt");
@@ -135,6 +137,7 @@ async fn a_request_continues_the_apps_trace_down_to_the_backend_call() {
     assert_eq!(refresh["parent_span_id"], "");
     let call = child_of(&spans, refresh, "backend_call");
     assert_eq!(call["attributes"]["op"], "generate_data_key");
+    assert!(call["attributes"].get("request_id").is_none(), "{call:#}");
 
     let own: Vec<_> = named(&spans, "request")
         .into_iter()
