@@ -192,8 +192,16 @@ impl Tracing {
             queued,
             limit: settings.max_queue,
         };
+        // The builder reads `OTEL_SERVICE_NAME` and
+        // `OTEL_RESOURCE_ATTRIBUTES`; the default name only when neither
+        // names the service.
         let mut resource = Resource::builder();
-        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+            || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| {
+                a.split(',')
+                    .any(|kv| kv.trim().starts_with("service.name="))
+            });
+        if !named {
             resource = resource.with_service_name("kms-sidecar");
         }
         let resource = resource

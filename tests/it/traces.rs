@@ -456,7 +456,7 @@ fn an_unsupported_otlp_protocol_stops_the_start() {
 }
 
 /// A collector behind TLS, trusted through `SSL_CERT_FILE` (a cluster's
-/// CA), over either protocol.
+/// CA), over either protocol; the resource from `OTEL_RESOURCE_ATTRIBUTES`.
 #[tokio::test]
 async fn a_collector_over_tls_is_reached_with_either_protocol() {
     let certs = tempfile::tempdir().unwrap();
@@ -471,6 +471,10 @@ async fn a_collector_over_tls_is_reached_with_either_protocol() {
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
                 ("SSL_CERT_FILE", &ca),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "service.name=from-attributes,k8s.pod.name=pod-1",
+                ),
                 FAST,
             ],
         )
@@ -483,7 +487,7 @@ async fn a_collector_over_tls_is_reached_with_either_protocol() {
             &[("x-request-id", &id)],
         )
         .await;
-        receiver
+        let spans = receiver
             .spans_until(&format!("the request span sent with {protocol}"), |spans| {
                 spans.iter().any(|s| {
                     s["attributes"]["request_id"] == id.as_str()
@@ -491,5 +495,12 @@ async fn a_collector_over_tls_is_reached_with_either_protocol() {
                 })
             })
             .await;
+        // The service's name from OTEL_RESOURCE_ATTRIBUTES, not the default.
+        let span = spans
+            .iter()
+            .find(|s| s["attributes"]["request_id"] == id.as_str())
+            .unwrap();
+        assert_eq!(span["resource"]["service.name"], "from-attributes");
+        assert_eq!(span["resource"]["k8s.pod.name"], "pod-1");
     }
 }
