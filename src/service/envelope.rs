@@ -11,6 +11,7 @@
 use super::{Service, rules};
 use crate::api::{self, ApiError, B64Out, Code};
 use crate::backend::{Context, canonical_context};
+use crate::cache::Dek;
 use crate::envelope::format::{self, AlgorithmId, Header, Opener, SEGMENT, Sealer, TAG};
 use crate::envelope::{
     Chunks, Refused, decryption_failed, next_segment, open_segment, wrapping_context,
@@ -29,21 +30,66 @@ use zeroize::{Zeroize, Zeroizing};
 const CHANNEL_DEPTH: usize = 4;
 
 impl Service {
-    /// The context to unwrap the DEK of an envelope of `algorithm` with:
-    /// bound for algorithms 3 to 6; the plain context for the older 1 and 2
-    /// only while `envelope.accept_unbound_until` allows.
-    fn unwrapping_context(
+    /// The data key of an envelope with `header`, unwrapped (from the
+    /// cache, else by the KMS) under the context its algorithm wrapped it
+    /// with: bound for algorithms 3 to 6; the plain context for the older 1
+    /// and 2 only while `envelope.accept_unbound_until` allows.
+    async fn header_dek(
         &self,
-        algorithm: AlgorithmId,
+        entry: &Arc<KeyEntry>,
+        header: &Header,
         context: &Context,
-    ) -> Result<Context, ApiError> {
-        if algorithm.purpose_bound() {
-            Ok(wrapping_context(context))
+    ) -> Result<Arc<Dek>, ApiError> {
+        let unwrap_with = if header.algorithm.purpose_bound() {
+            wrapping_context(context)
         } else if self.accepts_unbound_envelopes() {
-            Ok(context.clone())
+            context.clone()
         } else {
-            Err(decryption_failed())
+            return Err(decryption_failed());
+        };
+        Ok(self
+            .data_keys()
+            .decrypt_dek(entry, &unwrap_with, &header.wrapped_dek)
+            .await?)
+    }
+
+    /// The start of a streamed envelope request for `op`: the caller's key,
+    /// and the envelope's header (of this key, segmented), the bytes read
+    /// so far and how many of them are the header's prefix.
+    async fn streamed_header(
+        &self,
+        caller: &Caller,
+        alias: &str,
+        op: Op,
+        context: &Context,
+        input: &mut BoxedStream,
+    ) -> Result<(&Arc<KeyEntry>, Header, Vec<u8>, usize), ApiError> {
+        let (entry, _) = self.key_for(caller, alias, op).await?;
+        rules::check_context(context)?;
+        let (header, buf, prefix_len) = read_header(input).await?;
+        if header.alias != alias || !header.algorithm.segmented() {
+            return Err(decryption_failed());
         }
+        Ok((entry, header, buf, prefix_len))
+    }
+
+    /// An opener for the segments of a streamed envelope, its data key's
+    /// commitment checked; the header's prefix is taken off `buf`.
+    async fn streamed_opener(
+        &self,
+        entry: &Arc<KeyEntry>,
+        header: &Header,
+        buf: &mut Vec<u8>,
+        prefix_len: usize,
+        context: &Context,
+        canonical: &[u8],
+    ) -> Result<Opener, ApiError> {
+        let dek = self.header_dek(entry, header, context).await?;
+        let opener = Opener::new(&dek.plaintext, header, &buf[..prefix_len], canonical)
+            .map_err(|_| decryption_failed())?;
+        drop(dek);
+        buf.drain(..prefix_len);
+        Ok(opener)
     }
 
     /// Seals `plaintext` with a cached data key (algorithm 5).
@@ -136,11 +182,7 @@ impl Service {
             .flatten()
             .filter(|(h, _)| h.alias == alias)
             .ok_or_else(decryption_failed)?;
-        let unwrap_with = self.unwrapping_context(header.algorithm, &req.context)?;
-        let dek = self
-            .data_keys()
-            .decrypt_dek(entry, &unwrap_with, &header.wrapped_dek)
-            .await?;
+        let dek = self.header_dek(entry, &header, &req.context).await?;
         let plaintext = format::open(
             &dek.plaintext,
             &req.envelope.0,
@@ -225,27 +267,18 @@ impl Service {
         mut input: BoxedStream,
     ) -> Result<Chunks, Refused> {
         let prelude = async {
-            let (entry, _) = self.key_for(caller, alias, Op::Rewrap).await?;
-            rules::check_context(&context)?;
-            let (header, mut buf, prefix_len) = read_header(&mut input).await?;
-            if header.alias != alias || !header.algorithm.segmented() {
-                return Err(decryption_failed());
-            }
+            let (entry, header, mut buf, prefix_len) = self
+                .streamed_header(caller, alias, Op::Rewrap, &context, &mut input)
+                .await?;
             if header.algorithm.rewrappable() {
                 let header = self.rewrapped(entry, header, &context).await?;
                 buf.drain(..prefix_len);
                 return Ok((header.encode(), buf, None));
             }
-            let unwrap_with = self.unwrapping_context(header.algorithm, &context)?;
             let canonical = canonical_context(&context);
-            let dek = self
-                .data_keys()
-                .decrypt_dek(entry, &unwrap_with, &header.wrapped_dek)
+            let opener = self
+                .streamed_opener(entry, &header, &mut buf, prefix_len, &context, &canonical)
                 .await?;
-            let opener = Opener::new(&dek.plaintext, &header, &buf[..prefix_len], &canonical)
-                .map_err(|_| decryption_failed())?;
-            drop(dek);
-            buf.drain(..prefix_len);
             let dek = self
                 .data_keys()
                 .encrypt_dek(entry, &wrapping_context(&context), 0)
@@ -384,26 +417,13 @@ impl Service {
         mut input: BoxedStream,
     ) -> Result<Chunks, Refused> {
         let prelude = async {
-            let (entry, _) = self.key_for(caller, alias, Op::Envelope).await?;
-            rules::check_context(&context)?;
-            let (header, mut buf, prefix_len) = read_header(&mut input).await?;
-            if header.alias != alias || !header.algorithm.segmented() {
-                return Err(decryption_failed());
-            }
-            let unwrap_with = self.unwrapping_context(header.algorithm, &context)?;
-            let dek = self
-                .data_keys()
-                .decrypt_dek(entry, &unwrap_with, &header.wrapped_dek)
+            let (entry, header, mut buf, prefix_len) = self
+                .streamed_header(caller, alias, Op::Envelope, &context, &mut input)
                 .await?;
-            let mut opener = Opener::new(
-                &dek.plaintext,
-                &header,
-                &buf[..prefix_len],
-                &canonical_context(&context),
-            )
-            .map_err(|_| decryption_failed())?;
-            drop(dek);
-            buf.drain(..prefix_len);
+            let canonical = canonical_context(&context);
+            let mut opener = self
+                .streamed_opener(entry, &header, &mut buf, prefix_len, &context, &canonical)
+                .await?;
             let first = next_segment(&mut buf, &mut input)
                 .await
                 .map_err(|e| read_error(&e))?;

@@ -134,30 +134,29 @@ impl Service {
 
     /// May `caller` read `/metrics` on the socket (op `metrics`)?
     pub fn may_read_metrics(&self, caller: &Caller) -> Result<(), ApiError> {
-        if self.policy.allows_global(caller, Op::Metrics) {
-            return Ok(());
-        }
-        Err(ApiError::new(
-            Code::Forbidden,
-            format!(
-                "caller uid {} gid {} may not read `/metrics` (a rule must grant `metrics`)",
-                caller.uid, caller.gid
-            ),
-        ))
+        self.may_anywhere(caller, Op::Metrics, "read `/metrics`")
     }
 
     /// May `caller` verify JWTs at all (some rule grants `verify`)? The key
     /// is named in the token, so this is all that can be checked before
     /// the body is read.
     pub fn may_verify_jwts(&self, caller: &Caller) -> Result<(), ApiError> {
-        if self.policy.allows_global(caller, Op::Verify) {
+        self.may_anywhere(caller, Op::Verify, "verify JWTs")
+    }
+
+    /// 403 unless a rule grants `caller` the operation `op` (`what` it
+    /// does) on any key.
+    fn may_anywhere(&self, caller: &Caller, op: Op, what: &str) -> Result<(), ApiError> {
+        if self.policy.allows_global(caller, op) {
             return Ok(());
         }
         Err(ApiError::new(
             Code::Forbidden,
             format!(
-                "caller uid {} gid {} may not verify JWTs (a rule must grant `verify`)",
-                caller.uid, caller.gid
+                "caller uid {} gid {} may not {what} (a rule must grant `{}`)",
+                caller.uid,
+                caller.gid,
+                op.as_str()
             ),
         ))
     }
