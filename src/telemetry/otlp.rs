@@ -55,6 +55,10 @@ pub struct Settings {
     max_queue: usize,
     /// The endpoint, wherever it was set, is `https://`.
     tls: bool,
+    /// Neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` names
+    /// the service (which the resource builder reads), so it is
+    /// `kms-sidecar`.
+    default_service_name: bool,
 }
 
 impl Settings {
@@ -116,6 +120,11 @@ impl Settings {
             timeout: config.timeout.map(|t| t.0),
             max_queue,
             tls: where_to.trim().starts_with("https://"),
+            default_service_name: env.var("OTEL_SERVICE_NAME").is_none()
+                && !env.var("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| {
+                    a.split(',')
+                        .any(|kv| kv.trim().starts_with("service.name="))
+                }),
         }))
     }
 
@@ -192,16 +201,8 @@ impl Tracing {
             queued,
             limit: settings.max_queue,
         };
-        // The builder reads `OTEL_SERVICE_NAME` and
-        // `OTEL_RESOURCE_ATTRIBUTES`; the default name only when neither
-        // names the service.
         let mut resource = Resource::builder();
-        let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
-            || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| {
-                a.split(',')
-                    .any(|kv| kv.trim().starts_with("service.name="))
-            });
-        if !named {
+        if settings.default_service_name {
             resource = resource.with_service_name("kms-sidecar");
         }
         let resource = resource
@@ -395,6 +396,19 @@ mod tests {
         // appends the path itself.
         let s = Settings::resolve(None, &vars).unwrap().unwrap();
         assert_eq!((s.endpoint, s.max_queue), (None, 99));
+        assert!(s.default_service_name);
+        for named in [
+            ("OTEL_SERVICE_NAME", "payments"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "k8s.pod.name=p, service.name=payments",
+            ),
+        ] {
+            let mut vars = vars.clone();
+            vars.insert(named.0.into(), named.1.into());
+            let s = Settings::resolve(None, &vars).unwrap().unwrap();
+            assert!(!s.default_service_name, "{named:?}");
+        }
     }
 
     /// With traces on, the exported spans are made at any log level, and
