@@ -5,10 +5,19 @@ APT_INSTALL := $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get install 
 
 .PHONY: run build test test-deps lint fmt bench bench-compare bench-batch bench-instructions bench-webhook bench-burst load fuzz manifests fake-azure fake-gcp clean
 
-## run: build and start the sidecar with the embedded default (local keys, ./kms-sidecar.sock)
-run: build
+## run: build and start the sidecar. Without CONFIG: a slim build (the `local` backend only) serving the embedded default (local keys, ./kms-sidecar.sock); with CONFIG=file: every backend, serving that file
+CONFIG ?=
+SLIM_FEATURES := --no-default-features --features local
+ifeq ($(strip $(CONFIG)),)
+run:
+	$(CARGO) build --bin kms-sidecar $(SLIM_FEATURES)
 	./target/debug/kms-sidecar serve
+else
+run: build
+	./target/debug/kms-sidecar serve --config $(CONFIG)
+endif
 
+## build: the full binary: every backend, the webhook and traces (the default cargo features)
 build:
 	$(CARGO) build --bin kms-sidecar
 

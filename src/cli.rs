@@ -181,7 +181,22 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             };
             #[cfg(not(feature = "otlp"))]
-            telemetry::init(&config.log);
+            {
+                telemetry::init(&config.log);
+                let wanted = [
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                ];
+                if let Some(var) = wanted
+                    .into_iter()
+                    .find(|v| config::Env::var(&ProcessEnv, v).is_some())
+                {
+                    tracing::warn!(
+                        variable = var,
+                        "traces are not built into this binary (cargo feature `otlp`; `make build` has it): nothing is exported"
+                    );
+                }
+            }
             tracing::info!(config = %source, version = env!("CARGO_PKG_VERSION"), "starting kms-sidecar");
             let code = runtime.block_on(async {
                 let file = match source {

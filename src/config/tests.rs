@@ -251,3 +251,24 @@ fn telemetry_otlp_is_checked_and_its_header_values_are_not_shown() {
         assert!(err.contains(field), "{bad}: {err}");
     }
 }
+
+#[test]
+fn a_slim_build_names_the_feature_a_config_needs() {
+    let text = "backends:\n  dev: {type: local, dir: x}\n  kms: {type: aws, region: eu-west-1}\n  bao: {type: vault, address: \"http://127.0.0.1:8200\", auth: {method: token, token_file: /t}}\nkeys: {}\ntelemetry:\n  otlp: {endpoint: \"http://collector:4318\"}\n";
+    let c = Config::parse(text, "t", &no_env()).unwrap();
+    assert!(c.problems().is_empty(), "this build has every feature");
+    let slim = c.problems_in(|feature| feature == "local");
+    let found: Vec<_> = slim
+        .iter()
+        .map(|p| (p.path.as_str(), p.message.as_str()))
+        .collect();
+    assert_eq!(
+        found.iter().map(|(path, _)| *path).collect::<Vec<_>>(),
+        ["backends.bao.type", "backends.kms.type", "telemetry.otlp"]
+    );
+    assert!(found[1].1.contains("type `aws`") && found[1].1.contains("cargo feature `aws`"));
+    assert!(
+        found.iter().all(|(_, m)| m.contains("`make build`")),
+        "{found:?}"
+    );
+}

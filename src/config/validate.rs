@@ -6,11 +6,50 @@ use super::{
 };
 use crate::policy::OpOrAll;
 
+/// Whether this binary was built with the cargo feature `feature` (one of
+/// the backend types, or `otlp`): a slim build (`make run`) has `local` only.
+pub fn built_with(feature: &str) -> bool {
+    match feature {
+        "local" => cfg!(feature = "local"),
+        "aws" => cfg!(feature = "aws"),
+        "vault" => cfg!(feature = "vault"),
+        "azure" => cfg!(feature = "azure"),
+        "gcp" => cfg!(feature = "gcp"),
+        "pkcs11" => cfg!(feature = "pkcs11"),
+        "otlp" => cfg!(feature = "otlp"),
+        _ => false,
+    }
+}
+
 impl Config {
     /// Every semantic problem of the configuration, each with its field path.
     pub fn problems(&self) -> Vec<Problem> {
+        self.problems_in(built_with)
+    }
+
+    /// [`Config::problems`] for a binary built with the cargo features that
+    /// `built` accepts: a backend type or traces it lacks are problems.
+    pub(crate) fn problems_in(&self, built: impl Fn(&str) -> bool) -> Vec<Problem> {
         let mut out = Vec::new();
         let mut bad = |path: String, message: String| out.push(Problem { path, message });
+        let unbuilt = |what: &str, feature: &str| {
+            format!(
+                "{what} is not built into this binary: it needs the cargo feature `{feature}` \
+                 (`make build` builds every backend and traces; or `cargo build --features {feature}`)"
+            )
+        };
+        for (name, backend) in &self.backends {
+            let kind = backend.kind();
+            if !built(kind) {
+                bad(
+                    format!("backends.{name}.type"),
+                    unbuilt(&format!("type `{kind}`"), kind),
+                );
+            }
+        }
+        if self.telemetry.otlp.is_some() && !built("otlp") {
+            bad("telemetry.otlp".into(), unbuilt("exporting traces", "otlp"));
+        }
         if self.listen.socket.as_os_str().is_empty() {
             bad("listen.socket".into(), "must be a path".into());
         }
@@ -329,6 +368,12 @@ impl Config {
                     "must be at least limits.max_body ({}), or no body of that size could be read",
                     l.max_body
                 ),
+            );
+        }
+        if l.replay_memory.0 < 64 << 10 {
+            bad(
+                "limits.replay_memory".into(),
+                "must be at least 64KiB (128 bytes a remembered nonce)".into(),
             );
         }
         for (field, value) in [
