@@ -121,6 +121,8 @@ impl App {
         }
         let settings = Settings {
             socket: listen.socket.clone(),
+            mode: listen.mode.0,
+            group: listen.group.clone(),
             drain_timeout: listen.drain_timeout.0,
         };
         let (trigger, shutdown) = shutdown::channel();

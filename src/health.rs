@@ -81,6 +81,7 @@ impl HealthChecks {
                 status,
                 backends,
                 audit: None,
+                socket: None,
             },
         )
     }

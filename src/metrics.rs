@@ -77,6 +77,12 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Connections closed at accept because `limits.max_connections` was reached.
     pub connections_rejected: prometheus::IntCounter,
+    /// `socket_bound`: 1 while the file at `listen.socket` is the socket the
+    /// sidecar listens on, 0 while it could not take it back (not ready).
+    pub socket_bound: IntGauge,
+    /// `socket_replaced_total`: times the socket file was found removed or
+    /// replaced by another process.
+    pub socket_replaced: prometheus::IntCounter,
     /// `identity_token_expiry_seconds{backend}`: seconds until the backend's
     /// projected identity token expires (negative once it has), at the last
     /// look.
@@ -243,6 +249,16 @@ impl Metrics {
             "Connections closed at accept because limits.max_connections was reached",
         )
         .expect("valid metric");
+        let socket_bound = IntGauge::new(
+            "socket_bound",
+            "1 while listen.socket is the socket the sidecar listens on",
+        )
+        .expect("valid metric");
+        let socket_replaced = prometheus::IntCounter::new(
+            "socket_replaced_total",
+            "Times the socket file was found removed or replaced by another process",
+        )
+        .expect("valid metric");
         let identity_token_expiry = prometheus::GaugeVec::new(
             Opts::new(
                 "identity_token_expiry_seconds",
@@ -285,6 +301,8 @@ impl Metrics {
             Box::new(rate_limited.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_rejected.clone()),
+            Box::new(socket_bound.clone()),
+            Box::new(socket_replaced.clone()),
             Box::new(identity_token_expiry.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
@@ -313,6 +331,8 @@ impl Metrics {
             rate_limited,
             connections_open,
             connections_rejected,
+            socket_bound,
+            socket_replaced,
             identity_token_expiry,
             config_reloads,
             config_generation,

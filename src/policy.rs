@@ -127,6 +127,13 @@ pub struct Caller {
 }
 
 /// The `callers` rules.
+/// A caller as the per-caller limits count it (see [`Policy::principal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Principal {
+    Uid(u32),
+    Gid(u32),
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     rules: Vec<CallerRule>,
@@ -158,6 +165,21 @@ impl Policy {
     /// nothing but probes, so their connections are kept few and short.
     pub fn knows(&self, caller: &Caller) -> bool {
         self.matching(caller).next().is_some()
+    }
+
+    /// Who `caller` is to the per-caller limits: its uid when a rule names
+    /// the uid; its gid when only rules naming gids (any uid) match, so that
+    /// a process switching uids inside that gid is still one caller; `None`
+    /// when no rule names it.
+    pub fn principal(&self, caller: &Caller) -> Option<Principal> {
+        let mut by_gid = false;
+        for rule in self.matching(caller) {
+            if !rule.uids.is_empty() {
+                return Some(Principal::Uid(caller.uid));
+            }
+            by_gid = true;
+        }
+        by_gid.then_some(Principal::Gid(caller.gid))
     }
 
     fn matching<'a>(&'a self, caller: &'a Caller) -> impl Iterator<Item = &'a CallerRule> + 'a {
@@ -223,6 +245,8 @@ mod tests {
         assert!(!p.allows_global(&c(1000, 1), Op::Metrics));
         assert!(p.knows(&c(1000, 1)));
         assert!(!p.knows(&c(4000, 4000)));
+        assert_eq!(p.principal(&c(1000, 1)), Some(Principal::Uid(1000)));
+        assert_eq!(p.principal(&c(4000, 4000)), None);
     }
 
     #[test]

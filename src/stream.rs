@@ -1,5 +1,5 @@
 //! Request bodies as byte streams, for the server and the envelope code
-//! alike: the boxed stream type, the idle timeout of streamed uploads, the
+//! alike: the boxed stream type, the pace streamed uploads must keep, the
 //! API error a failed read maps to, and the bounded drain of a lingering
 //! close.
 //!
@@ -28,22 +28,38 @@ pub const LINGER_BYTES: usize = 16 << 20;
 /// How long an unwanted body is read after an early answer.
 pub const LINGER_TIME: Duration = Duration::from_secs(5);
 /// `input`, ended with a `TimedOut` error when no chunk arrives for `idle`
-/// (`limits.stream_idle_timeout`).
-pub fn idle_timeout<S>(input: S, idle: Duration) -> BoxedStream
+/// (`limits.stream_idle_timeout`), or when, past the first `idle`, it has
+/// come slower than `min_rate` bytes a second on average
+/// (`limits.stream_min_rate`): a client dripping a byte just inside the idle
+/// timeout would otherwise hold its connection and reservation forever.
+pub fn paced<S>(input: S, idle: Duration, min_rate: u64) -> BoxedStream
 where
     S: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin + 'static,
 {
+    let started = tokio::time::Instant::now();
+    let timed_out = |what: String| Err(io::Error::new(io::ErrorKind::TimedOut, what));
     Box::pin(
-        futures_util::stream::unfold(Some(input), move |state| async move {
-            let mut input = state?;
+        futures_util::stream::unfold(Some((input, 0u64)), move |state| async move {
+            let (mut input, mut seen) = state?;
             match tokio::time::timeout(idle, input.next()).await {
-                Ok(Some(item)) => Some((item, Some(input))),
+                Ok(Some(Ok(chunk))) => {
+                    seen = seen.saturating_add(chunk.len() as u64);
+                    let elapsed = started.elapsed();
+                    if elapsed > idle && (seen as f64) < min_rate as f64 * elapsed.as_secs_f64() {
+                        return Some((
+                            timed_out(format!(
+                                "{seen} bytes in {} s, under {min_rate} bytes a second (limits.stream_min_rate)",
+                                elapsed.as_secs()
+                            )),
+                            None,
+                        ));
+                    }
+                    Some((Ok(chunk), Some((input, seen))))
+                }
+                Ok(Some(Err(e))) => Some((Err(e), Some((input, seen)))),
                 Ok(None) => None,
                 Err(_) => Some((
-                    Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no data for {idle:?} (limits.stream_idle_timeout)"),
-                    )),
+                    timed_out(format!("no data for {idle:?} (limits.stream_idle_timeout)")),
                     None,
                 )),
             }

@@ -27,6 +27,8 @@ pub enum Code {
     BackendError,
     BackendUnavailable,
     BackendTimeout,
+    /// A bug: the request's task panicked. Answered and audited all the same.
+    Internal,
 }
 
 impl Code {
@@ -48,6 +50,7 @@ impl Code {
             Code::BackendError => "backend_error",
             Code::BackendUnavailable => "backend_unavailable",
             Code::BackendTimeout => "backend_timeout",
+            Code::Internal => "internal_error",
         }
     }
 
@@ -70,6 +73,7 @@ impl Code {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Code::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -160,6 +164,21 @@ impl From<backend::Error> for ApiError {
 /// Deepest nesting of arrays and objects a request body may have (API
 /// bodies need 3; serde_json alone would allow 128).
 pub const MAX_JSON_DEPTH: usize = 16;
+
+/// How many `items` a batch body holds, if it is a JSON object with an
+/// `items` array (the rest is checked when the body is parsed for real).
+pub fn batch_len(body: &[u8]) -> Option<usize> {
+    #[derive(serde::Deserialize)]
+    struct Items {
+        items: Vec<serde::de::IgnoredAny>,
+    }
+    if json_depth(body) > MAX_JSON_DEPTH {
+        return None;
+    }
+    serde_json::from_slice::<Items>(body)
+        .ok()
+        .map(|b| b.items.len())
+}
 
 /// Parses a JSON request body. An empty body reads as `{}`. Errors name the
 /// field and why, without quoting the value that was sent.

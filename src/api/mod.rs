@@ -3,7 +3,7 @@
 
 mod error;
 
-pub use error::{ApiError, Code, parse_json};
+pub use error::{ApiError, Code, batch_len, parse_json};
 
 use crate::backend::{Context, VersionInfo};
 use crate::crypto::{Algorithm, Purpose, SignatureFormat};
@@ -582,6 +582,10 @@ pub struct Readiness {
     /// The audit log's state, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditHealth>,
+    /// `lost` while another process holds the socket's path and the
+    /// sidecar could not take it back; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<&'static str>,
 }
 
 /// Whether the audit log's last write succeeded.

@@ -324,11 +324,14 @@ pub struct Limits {
     /// Items of one batch served at once (the backend's own
     /// `backend_concurrency` bounds them too).
     pub batch_concurrency: usize,
-    /// Most open connections on the socket; more are closed at accept.
+    /// Most open connections on the socket; more are closed at accept. The
+    /// default fits the 64 MiB the webhook gives the sidecar, every one of
+    /// them idle (about 16 KiB each).
     pub max_connections: usize,
     /// A request's headers must arrive within this time after the previous
-    /// answer (or the connect), so this also closes idle keep-alive
-    /// connections and slow-header (slowloris) clients.
+    /// answer (or the connect): the idle timeout of connections with no
+    /// request, keep-alive or never used, and of slow-header (slowloris)
+    /// clients.
     pub header_timeout: Duration,
     /// A JSON request body must arrive within this after its headers.
     pub body_timeout: Duration,
@@ -346,14 +349,24 @@ pub struct Limits {
     /// at most half of it while another waits; over it a request waits up to
     /// a second, then gets 503 `overloaded`.
     pub max_buffered_bytes: ByteSize,
-    /// Most open connections of one caller uid (uids no rule names share a
-    /// small pool instead).
+    /// Most open connections of one caller: a uid a rule names, or a gid
+    /// where only rules naming gids match it (so switching uids inside the
+    /// gid gains nothing); uids no rule names share a small pool instead.
     pub max_connections_per_caller: usize,
     /// Replay-guarded keys: how far `x-request-timestamp` may be off, and
     /// how long past its timestamp a nonce is remembered.
     pub replay_window: Duration,
+    /// What the replay guard may hold, all callers together (128 bytes a
+    /// nonce, any length): when full, guarded requests are refused with 503
+    /// `overloaded` (and a caller holding half of it gets 429) until older
+    /// nonces leave the window — a nonce is never forgotten early.
+    pub replay_memory: ByteSize,
     /// A streamed envelope body that sends nothing for this long is cut off.
     pub stream_idle_timeout: Duration,
+    /// Past its first `stream_idle_timeout`, a streamed envelope body that
+    /// has come slower than this many bytes a second on average is cut off
+    /// (no total deadline: a large body at a good pace may take its time).
+    pub stream_min_rate: ByteSize,
 }
 
 /// `limits.per_caller`: `rate` requests per second, minute or hour
@@ -371,8 +384,8 @@ impl Default for Limits {
             max_body: ByteSize(1 << 20),
             max_batch: 64,
             batch_concurrency: 8,
-            max_connections: 4096,
-            header_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_headers: 64,
             backend_timeout: Duration::from_secs(5),
@@ -381,7 +394,9 @@ impl Default for Limits {
             max_buffered_bytes: ByteSize(32 << 20),
             max_connections_per_caller: 256,
             replay_window: Duration::from_secs(300),
+            replay_memory: ByteSize(16 << 20),
             stream_idle_timeout: Duration::from_secs(30),
+            stream_min_rate: ByteSize(1 << 10),
         }
     }
 }

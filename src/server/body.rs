@@ -12,6 +12,11 @@
 //! `overloaded`. Uids that no rule names never get this far: they are
 //! refused from the path and their credentials, before any body is read.
 //!
+//! **Room for the others.** The last eighth of the budget ([`reserve`]) is
+//! only for a caller that holds nothing yet, or little ([`SMALL`]): one
+//! caller filling its share — even alone, before anybody else came — never
+//! leaves another caller's small request without room.
+//!
 //! **Lingering close.** An answer given before the body was read (403, 413
 //! from `Content-Length`, 429, …) is followed by reading and dropping the
 //! rest of the body ([`crate::stream::linger`]), then the connection is
@@ -39,6 +44,14 @@ pub const BUDGET_WAIT: Duration = Duration::from_secs(1);
 pub const STREAM_RESERVATION: u64 = 8 * 64 * 1024;
 /// A body of unknown length (chunked) reserves in steps of this much.
 const STEP: u64 = 64 * 1024;
+/// What a caller may hold in all and still use the reserve.
+pub const SMALL: u64 = STEP;
+
+/// The part of a budget of `total` bytes kept for callers that hold little:
+/// an eighth, less where a single `floor`-sized body would not fit beside it.
+fn reserve(total: u64, floor: u64) -> u64 {
+    (total / 8).min(total - floor)
+}
 
 /// The global budget of request bodies held in memory.
 #[derive(Debug)]
@@ -77,7 +90,10 @@ impl State {
 
     fn fits(&self, uid: u32, bytes: u64, total: u64, floor: u64) -> bool {
         let mine = self.held.get(&uid).copied().unwrap_or(0);
-        self.used + bytes <= total && mine + bytes <= self.share(uid, total, floor)
+        let into_reserve = self.used + bytes > total - reserve(total, floor);
+        self.used + bytes <= total
+            && mine + bytes <= self.share(uid, total, floor)
+            && (!into_reserve || mine == 0 || mine + bytes <= SMALL)
     }
 }
 
@@ -277,11 +293,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_caller_gets_half_while_another_waits_and_the_rest_waits_or_fails() {
         let budget = Budget::new(8 << 20, 1 << 20);
-        // Alone, a caller may use the whole budget.
+        // Alone, a caller may use the budget but its last eighth.
         let mut a: Vec<_> = Vec::new();
-        for _ in 0..8 {
+        for _ in 0..7 {
             a.push(budget.reserve(1, 1 << 20).await.unwrap());
         }
+        assert_eq!(budget.used(), 7 << 20);
+        // Another caller's first body takes the reserve.
+        a.push(budget.reserve(3, 1 << 20).await.unwrap());
         assert_eq!(budget.used(), 8 << 20);
         // Over it: a request waits, then gets a retryable 503.
         let e = budget.reserve(1, 1 << 20).await.unwrap_err();
@@ -305,6 +324,34 @@ mod tests {
         );
         drop((a, b, more));
         assert_eq!(budget.used(), 0, "everything is given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_filling_its_share_leaves_room_for_small_requests() {
+        // The review: one caller held 200 unfinished 1 MiB bodies and every
+        // 30-byte request of another got 503 for as long as they lasted.
+        let budget = Budget::new(32 << 20, 1 << 20);
+        let mut hog = Vec::new();
+        while let Ok(r) = budget.reserve(1, 1 << 20).await {
+            hog.push(r);
+        }
+        assert_eq!(budget.used(), 28 << 20, "all but the reserve");
+        // Small requests of others get in, one after another and together.
+        let mut small = Vec::new();
+        for uid in 2..40 {
+            small.push(budget.reserve(uid, 30).await.unwrap());
+            let more = budget.reserve(uid, 64 << 10).await.unwrap_err();
+            assert_eq!(
+                more.code,
+                Code::Overloaded,
+                "past SMALL, the reserve is not theirs"
+            );
+        }
+        // A caller that holds more than a little cannot enter it.
+        let big = budget.reserve(2, 1 << 20).await.unwrap_err();
+        assert_eq!(big.code, Code::Overloaded);
+        drop((hog, small));
+        assert_eq!(budget.used(), 0);
     }
 
     #[tokio::test(start_paused = true)]

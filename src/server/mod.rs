@@ -10,9 +10,10 @@ pub mod routes;
 mod socket;
 
 pub use socket::{BindError, bind, raise_fd_limit};
+use socket::{SocketId, socket_id};
 
 use crate::config::Limits;
-use crate::policy::Caller;
+use crate::policy::{Caller, Principal};
 use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -28,8 +29,17 @@ use tracing::Instrument;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub socket: PathBuf,
+    /// `listen.mode` and `listen.group`, to bind the socket again.
+    pub mode: u32,
+    pub group: Option<String>,
     pub drain_timeout: Duration,
 }
+
+/// How often the socket file is checked to still be the one the sidecar
+/// listens on. Another container that can write the socket's directory
+/// could delete it and listen in its place (and take the requests of the
+/// others); the sidecar takes the path back within this time.
+const SOCKET_CHECK: Duration = Duration::from_secs(1);
 
 /// The routes in force on the socket and on the probe listener (which has
 /// no audit log). A config reload swaps them whole ([`crate::reload`]): a
@@ -57,32 +67,38 @@ const UNKNOWN_CALLER_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// holds while its body is read or drained.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// Open connections: all, per caller uid, and of uids no rule names.
+/// Open connections: all, per caller (uid, or gid for gid-only rules: see
+/// [`Principal`]), and of uids no rule names.
 #[derive(Debug, Default)]
 struct Connections {
     total: usize,
-    per_uid: std::collections::HashMap<u32, usize>,
+    per_caller: std::collections::HashMap<Principal, usize>,
     unknown: usize,
 }
 
-/// A connection's place, given back when it closes.
+/// A connection's place, given back when it closes (however its task ends).
 struct Slot {
     table: Arc<std::sync::Mutex<Connections>>,
-    uid: u32,
-    known: bool,
+    /// `None` for a caller no rule names (the shared pool).
+    caller: Option<Principal>,
+    /// `connections_open`, counted down with the slot.
+    open: prometheus::IntGauge,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.open.dec();
         let mut t = self.table.lock().expect("never poisoned");
         t.total -= 1;
-        if !self.known {
-            t.unknown -= 1;
-        }
-        if let Some(n) = t.per_uid.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
-                t.per_uid.remove(&self.uid);
+        match self.caller {
+            None => t.unknown -= 1,
+            Some(caller) => {
+                if let Some(n) = t.per_caller.get_mut(&caller) {
+                    *n -= 1;
+                    if *n == 0 {
+                        t.per_caller.remove(&caller);
+                    }
+                }
             }
         }
     }
@@ -99,11 +115,23 @@ pub async fn serve(
 ) -> bool {
     let graceful = GracefulShutdown::new();
     let table = Arc::new(std::sync::Mutex::new(Connections::default()));
+    let mut listener = listener;
+    let mut bound = socket_id(&settings.socket);
+    let socket_metrics = live.load().socket.service().metrics().clone();
+    socket_metrics.socket_bound.set(1);
+    let mut check = tokio::time::interval(SOCKET_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
             biased;
             () = &mut shutdown => break,
+            _ = check.tick() => {
+                if let Some((l, id)) = take_back(&settings, bound, &socket_metrics) {
+                    (listener, bound) = (l, Some(id));
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -127,8 +155,10 @@ pub async fn serve(
         };
         let served = live.load_full();
         let (service, limits) = (served.socket.service(), served.socket.limits());
-        let known = service.knows(&caller);
-        let Some(slot) = admit(&table, caller.uid, known, limits) else {
+        let principal = service.principal(&caller);
+        let known = principal.is_some();
+        let open = &service.metrics().connections_open;
+        let Some(slot) = admit(&table, principal, limits, open) else {
             service.metrics().connections_rejected.inc();
             tracing::debug!(
                 caller.uid = caller.uid,
@@ -143,7 +173,6 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(served.socket.handle(req, Some(caller)).await) }
         });
         let conn = graceful.watch(http(limits, known).serve_connection(TokioIo::new(stream), svc));
-        let metrics = service.metrics().clone();
         let span = tracing::debug_span!(
             "connection",
             caller.uid = caller.uid,
@@ -152,18 +181,20 @@ pub async fn serve(
         );
         tokio::spawn(
             async move {
-                metrics.connections_open.inc();
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
-                metrics.connections_open.dec();
                 drop(slot);
             }
             .instrument(span),
         );
     }
     drop(listener);
-    if let Err(e) = std::fs::remove_file(&settings.socket) {
+    // Only the sidecar's own socket: a file someone else put there stays.
+    if bound.is_some()
+        && socket_id(&settings.socket) == bound
+        && let Err(e) = std::fs::remove_file(&settings.socket)
+    {
         tracing::warn!(socket = %settings.socket.display(), error = %e, "could not remove the socket");
     }
     tracing::info!("draining in-flight requests");
@@ -172,6 +203,50 @@ pub async fn serve(
         Err(_) => {
             tracing::warn!(timeout = ?settings.drain_timeout, "drain timed out; closing remaining connections");
             false
+        }
+    }
+}
+
+/// A new listener when the socket file is no longer the one bound as
+/// `bound` (deleted, or replaced by another process's socket): the path is
+/// taken back, loudly. While it cannot be, the sidecar is not ready
+/// (`kms_sidecar_socket_bound` 0) and tries again at the next check.
+fn take_back(
+    settings: &Settings,
+    bound: Option<SocketId>,
+    metrics: &crate::metrics::Metrics,
+) -> Option<(UnixListener, SocketId)> {
+    let now = socket_id(&settings.socket);
+    if bound.is_some() && now == bound {
+        return None;
+    }
+    if bound.is_some() {
+        metrics.socket_replaced.inc();
+        tracing::error!(
+            socket = %settings.socket.display(),
+            found = if now.is_none() { "nothing" } else { "another socket" },
+            "the socket was removed or replaced by another process; binding it again"
+        );
+    }
+    let rebound = socket::take_over(&settings.socket, settings.mode, settings.group.as_deref())
+        .and_then(|l| {
+            let id = socket_id(&settings.socket).ok_or_else(|| BindError::Io {
+                path: settings.socket.clone(),
+                what: "inspecting the new socket",
+                source: std::io::ErrorKind::NotFound.into(),
+            })?;
+            Ok((l, id))
+        });
+    match rebound {
+        Ok(rebound) => {
+            metrics.socket_bound.set(1);
+            tracing::warn!(socket = %settings.socket.display(), "the socket is the sidecar's again");
+            Some(rebound)
+        }
+        Err(e) => {
+            metrics.socket_bound.set(0);
+            tracing::error!(error = %e, "cannot bind the socket again; not ready until it is");
+            None
         }
     }
 }
@@ -192,31 +267,36 @@ fn http(limits: &Limits, known: bool) -> http1::Builder {
     http
 }
 
-/// A place for a new connection of `uid`: within `max_connections`, within
-/// `max_connections_per_caller` for a uid some rule names, and within the
-/// small shared pool of [`UNKNOWN_CALLER_CONNECTIONS`] otherwise.
+/// A place for a new connection of `caller`: within `max_connections`,
+/// within `max_connections_per_caller` for a caller some rule names (per
+/// uid, or per gid where only gid rules name it), and within the small
+/// shared pool of [`UNKNOWN_CALLER_CONNECTIONS`] otherwise.
 fn admit(
     table: &Arc<std::sync::Mutex<Connections>>,
-    uid: u32,
-    known: bool,
+    caller: Option<Principal>,
     limits: &Limits,
+    open: &prometheus::IntGauge,
 ) -> Option<Slot> {
     let mut t = table.lock().expect("never poisoned");
-    let mine = t.per_uid.get(&uid).copied().unwrap_or(0);
     let room = t.total < limits.max_connections
-        && mine < limits.max_connections_per_caller
-        && (known || t.unknown < UNKNOWN_CALLER_CONNECTIONS);
+        && match caller {
+            Some(c) => {
+                t.per_caller.get(&c).copied().unwrap_or(0) < limits.max_connections_per_caller
+            }
+            None => t.unknown < UNKNOWN_CALLER_CONNECTIONS,
+        };
     if !room {
         return None;
     }
     t.total += 1;
-    *t.per_uid.entry(uid).or_default() += 1;
-    if !known {
-        t.unknown += 1;
+    match caller {
+        Some(c) => *t.per_caller.entry(c).or_default() += 1,
+        None => t.unknown += 1,
     }
+    open.inc();
     Some(Slot {
         table: table.clone(),
-        uid,
-        known,
+        caller,
+        open: open.clone(),
     })
 }

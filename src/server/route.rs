@@ -194,6 +194,18 @@ pub(super) fn parse_route(path: &str) -> Option<Route<'_>> {
 }
 
 impl Action {
+    /// Whether the body is a batch (`{"items": [...]}`).
+    pub fn is_batch(self) -> bool {
+        matches!(
+            self,
+            Action::SignBatch
+                | Action::EncryptBatch
+                | Action::DecryptBatch
+                | Action::EnvelopeEncryptBatch
+                | Action::EnvelopeDecryptBatch
+        )
+    }
+
     /// The operation a caller needs granted for this action.
     pub(super) fn op(self) -> Op {
         match self {

@@ -13,6 +13,7 @@ use crate::policy::Caller;
 use crate::service::Service;
 use crate::telemetry;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{CONTENT_TYPE, HeaderValue};
@@ -25,6 +26,7 @@ use hyper::body::Frame;
 use hyper::body::Incoming;
 use serde::Serialize;
 use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -173,8 +175,9 @@ pub struct Routes {
     max_body: usize,
     /// `limits.max_buffered_bytes`.
     budget: Arc<body::Budget>,
-    /// `limits.per_caller`: a token bucket per caller uid.
-    per_caller: Option<Arc<DefaultKeyedRateLimiter<u32>>>,
+    /// `limits.per_caller`: a token bucket per caller (uid, or gid for
+    /// gid-only rules: [`crate::policy::Principal`]).
+    per_caller: Option<Arc<DefaultKeyedRateLimiter<crate::policy::Principal>>>,
     audit: Option<Audit>,
     replay: Arc<super::replay::ReplayGuard>,
     /// `request_duration` per route label.
@@ -198,16 +201,19 @@ impl Routes {
             budget: body::Budget::new(limits.max_buffered_bytes.0, limits.max_body.0),
             per_caller,
             audit,
-            replay: Arc::new(super::replay::ReplayGuard::new(limits.replay_window.0)),
+            replay: Arc::new(super::replay::ReplayGuard::new()),
             durations: crate::metrics::Cached::new(LABELS),
         }
     }
 
     /// The routes of a reloaded config over `service`. What callers hold
     /// carries over where its limit is unchanged: the body budget (with the
-    /// bodies in flight), each caller's token bucket, and the nonces seen.
+    /// bodies in flight) and each caller's token bucket. The nonces seen
+    /// always carry over: forgetting them would make captured requests
+    /// replayable.
     pub fn next(&self, service: Arc<Service>, limits: &Limits) -> Self {
         let mut next = Self::new(service, limits, self.audit.clone());
+        next.replay = self.replay.clone();
         let old = &self.limits;
         if (old.max_buffered_bytes.0, old.max_body.0)
             == (limits.max_buffered_bytes.0, limits.max_body.0)
@@ -216,9 +222,6 @@ impl Routes {
         }
         if old.per_caller == limits.per_caller {
             next.per_caller = self.per_caller.clone();
-        }
-        if old.replay_window.0 == limits.replay_window.0 {
-            next.replay = self.replay.clone();
         }
         next
     }
@@ -233,22 +236,36 @@ impl Routes {
 
     /// `limits.per_caller`: `Err` with the seconds until the caller may retry.
     fn rate_limit(&self, caller: &Caller) -> Result<(), ApiError> {
-        let Some(limiter) = &self.per_caller else {
+        self.charge(caller, 1)
+    }
+
+    /// `tokens` of the caller's bucket (a batch costs one per item).
+    fn charge(&self, caller: &Caller, tokens: u32) -> Result<(), ApiError> {
+        let (Some(limiter), Some(n)) = (&self.per_caller, NonZeroU32::new(tokens)) else {
             return Ok(());
         };
-        limiter.check_key(&caller.uid).map_err(|not_until| {
+        let over = |message: String| {
             self.service.metrics().rate_limited.inc();
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            ApiError::new(
-                Code::RateLimited,
-                format!(
-                    "caller uid {} is over its rate limit (limits.per_caller); retry in {} ms",
+            ApiError::new(Code::RateLimited, message)
+        };
+        match limiter.check_key_n(&self.service.counted_as(caller), n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Err(over(format!(
+                    "caller uid {} is over its rate limit (limits.per_caller{}); retry in {} ms",
                     caller.uid,
+                    if tokens > 1 {
+                        ", one token per batch item"
+                    } else {
+                        ""
+                    },
                     wait.as_millis()
-                ),
-            )
-            .retry_in(wait.as_secs_f64().ceil() as u64)
-        })
+                ))
+                .retry_in(wait.as_secs_f64().ceil() as u64))
+            }
+            Err(_) => Err(over(too_big_a_batch(tokens + 1))),
+        }
     }
 
     /// Answers one request. `caller` is `None` on the TCP probe listener,
@@ -301,7 +318,9 @@ impl Routes {
             let mut unread: Unread = Some(body);
             let reply = match route {
                 None => Err(ApiError::new(Code::NotFound, format!("no route {} {}", parts.method, parts.uri.path()))),
-                Some(route) => self.dispatch(route, &parts, &mut unread, caller).await,
+                Some(route) => {
+                    answer_panics(self.dispatch(route, &parts, &mut unread, caller)).await
+                }
             };
             let (mut reply, mut code) = match reply {
                 Ok(reply) => (reply, "ok"),
@@ -398,8 +417,12 @@ impl Routes {
                     let health = audit.health();
                     ready &= health.status == "ok" || !audit.fails_closed();
                     body.audit = Some(health);
-                    body.status = if ready { "ready" } else { "not_ready" };
                 }
+                if svc.metrics().socket_bound.get() != 1 {
+                    ready = false;
+                    body.socket = Some("lost");
+                }
+                body.status = if ready { "ready" } else { "not_ready" };
                 let status = if ready {
                     StatusCode::OK
                 } else {
@@ -464,7 +487,11 @@ impl Routes {
             audit.available()?;
         }
         if svc.replay_guarded(alias) {
-            self.replay.check(caller.uid, &parts.headers)?;
+            let window = super::replay::Window::new(
+                self.limits.replay_window.0,
+                self.limits.replay_memory.0,
+            );
+            self.replay.check(caller.uid, &parts.headers, window)?;
         }
         let header_context = encryption_context_header(&parts.headers)?;
         let streamed = matches!(
@@ -489,6 +516,15 @@ impl Routes {
         } else {
             (Zeroizing::new(Vec::new()), None)
         };
+        if action.is_batch() {
+            // The request's own token is spent: one more per further item.
+            let items = u32::try_from(api::batch_len(&body).unwrap_or(1)).unwrap_or(u32::MAX);
+            if self.limits.per_caller.is_some_and(|l| items > l.burst) {
+                self.service.metrics().rate_limited.inc();
+                return Err(ApiError::new(Code::RateLimited, too_big_a_batch(items)));
+            }
+            self.charge(caller, items.saturating_sub(1))?;
+        }
         let reply = match action {
             Action::Metadata => ok(svc.metadata(caller, alias).await),
             Action::PublicKey => ok(svc.public_key(caller, alias).await),
@@ -567,7 +603,8 @@ impl Routes {
     /// Envelope encryption of a streamed body: no size limit, constant memory
     /// (a fixed reservation of the body budget); the context travels in
     /// `x-encryption-context` as a JSON object. A body that sends nothing for
-    /// `limits.stream_idle_timeout` is cut off.
+    /// `limits.stream_idle_timeout`, or comes slower than
+    /// `limits.stream_min_rate`, is cut off.
     async fn envelope_stream(
         &self,
         caller: &Caller,
@@ -577,8 +614,11 @@ impl Routes {
         headers: &HeaderMap,
         input: Incoming,
     ) -> Result<Reply, ApiError> {
-        let input =
-            crate::stream::idle_timeout(body::stream(input), self.limits.stream_idle_timeout.0);
+        let input = crate::stream::paced(
+            body::stream(input),
+            self.limits.stream_idle_timeout.0,
+            self.limits.stream_min_rate.0,
+        );
         let reservation = match self
             .budget
             .reserve(caller.uid, body::STREAM_RESERVATION)
@@ -614,6 +654,30 @@ impl Routes {
             body: ReplyBody::Stream(chunks),
         })
     }
+}
+
+fn too_big_a_batch(items: u32) -> String {
+    format!(
+        "a batch of {items} items costs {items} rate-limit tokens, more than limits.per_caller.burst holds: send smaller batches"
+    )
+}
+
+/// `dispatched`, or a 500 `internal_error` if it panics: a bug must not
+/// take the connection with it, so the panic is answered, audited and
+/// counted like any error (what it said is not logged: see `telemetry`).
+async fn answer_panics<F>(dispatched: F) -> Result<Reply, ApiError>
+where
+    F: std::future::Future<Output = Result<Reply, ApiError>>,
+{
+    AssertUnwindSafe(dispatched)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                Code::Internal,
+                "the sidecar failed on this request (a bug, logged with its request id); it goes on serving",
+            ))
+        })
 }
 
 /// The encryption context of `x-encryption-context`, if sent: a JSON object
@@ -670,6 +734,28 @@ fn request_id(headers: &HeaderMap) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_a_request_is_a_500_answer() {
+        let fine = answer_panics(async { Ok(json(StatusCode::OK, &api::Health { status: "ok" })) });
+        assert_eq!(fine.await.ok().map(|r| r.status), Some(StatusCode::OK));
+        let bug = async {
+            let far: Option<u64> = None;
+            Ok(json(StatusCode::OK, &far.expect("a bug")))
+        };
+        let e = answer_panics(bug)
+            .await
+            .err()
+            .expect("answered as an error");
+        assert_eq!(
+            (e.code, e.status),
+            (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR)
+        );
+        assert!(
+            !e.message.contains("a bug\""),
+            "the panic's message is not shown"
+        );
+    }
 
     #[test]
     fn request_ids_are_echoed_only_when_safe() {

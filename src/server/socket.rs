@@ -82,6 +82,36 @@ pub fn bind(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixListener,
     Ok(listener)
 }
 
+/// What tells one socket file from another at the same path.
+pub type SocketId = (u64, u64);
+
+/// The device and inode of the socket at `path`, if a socket is there.
+pub fn socket_id(path: &Path) -> Option<SocketId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.file_type().is_socket())
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Binds `path` again after another process removed or replaced the
+/// sidecar's socket: whatever file is there now (another process's socket
+/// included) is removed first.
+pub fn take_over(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixListener, BindError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(BindError::Io {
+                path: path.to_path_buf(),
+                what: "removing what replaced the socket",
+                source,
+            });
+        }
+    }
+    bind(path, mode, group)
+}
+
 /// Raises the soft open-file limit to the hard limit, so that thousands of
 /// connections do not run out of descriptors.
 pub fn raise_fd_limit() {

@@ -26,7 +26,8 @@ impl Service {
         req: api::BatchRequest<api::EncryptRequest>,
     ) -> Result<api::BatchResponse<api::EncryptResponse>, ApiError> {
         let (entry, _) = self.key_for(caller, alias, Op::Encrypt).await?;
-        self.batch(req.items, |item| encrypt(entry, item)).await
+        self.batch(caller, req.items, |item| encrypt(entry, item))
+            .await
     }
 
     pub async fn decrypt(
@@ -46,7 +47,8 @@ impl Service {
         req: api::BatchRequest<api::DecryptRequest>,
     ) -> Result<api::BatchResponse<api::DecryptResponse>, ApiError> {
         let (entry, _) = self.key_for(caller, alias, Op::Decrypt).await?;
-        self.batch(req.items, |item| decrypt(entry, item)).await
+        self.batch(caller, req.items, |item| decrypt(entry, item))
+            .await
     }
 
     /// A ciphertext of `encrypt` under the key's current version; the

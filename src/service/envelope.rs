@@ -110,8 +110,10 @@ impl Service {
         req: api::BatchRequest<api::EnvelopeEncryptRequest>,
     ) -> Result<api::BatchResponse<api::EnvelopeEncryptResponse>, ApiError> {
         let (entry, _) = self.key_for(caller, alias, Op::Envelope).await?;
-        self.batch(req.items, |item| self.seal_envelope(entry, alias, item))
-            .await
+        self.batch(caller, req.items, |item| {
+            self.seal_envelope(entry, alias, item)
+        })
+        .await
     }
 
     pub async fn envelope_decrypt(
@@ -131,8 +133,10 @@ impl Service {
         req: api::BatchRequest<api::EnvelopeDecryptRequest>,
     ) -> Result<api::BatchResponse<api::DecryptResponse>, ApiError> {
         let (entry, _) = self.key_for(caller, alias, Op::Envelope).await?;
-        self.batch(req.items, |item| self.open_envelope(entry, alias, item))
-            .await
+        self.batch(caller, req.items, |item| {
+            self.open_envelope(entry, alias, item)
+        })
+        .await
     }
 
     /// A JSON envelope of `req` under `entry`'s cached data key.

@@ -14,6 +14,7 @@
 mod crypt;
 mod envelope;
 mod jwt;
+mod lanes;
 mod revocation;
 pub mod rules;
 mod sign;
@@ -45,7 +46,8 @@ pub struct Service {
     policy: Policy,
     metrics: Arc<Metrics>,
     max_batch: usize,
-    batch_concurrency: usize,
+    /// `limits.batch_concurrency` places per caller, for all its batches.
+    lanes: lanes::Lanes,
     public_keys: Mutex<PublicKeyCache>,
     public_key_ttl: Duration,
     health: HealthChecks,
@@ -81,7 +83,7 @@ impl Service {
             policy: Policy::new(config.callers.clone()),
             metrics,
             max_batch: config.limits.max_batch,
-            batch_concurrency: config.limits.batch_concurrency,
+            lanes: lanes::Lanes::new(config.limits.batch_concurrency),
             public_keys: Mutex::new(HashMap::new()),
             public_key_ttl: config.cache.public_keys.ttl.0,
             accept_unbound_until: config.envelope.accept_unbound_until.map(|t| t.0),
@@ -127,9 +129,10 @@ impl Service {
         self.key_labels
     }
 
-    /// Whether any caller rule names `caller` (see [`Policy::knows`]).
-    pub fn knows(&self, caller: &Caller) -> bool {
-        self.policy.knows(caller)
+    /// Who `caller` is to the per-caller limits, if any rule names it (see
+    /// [`crate::policy::Policy::principal`]).
+    pub fn principal(&self, caller: &Caller) -> Option<crate::policy::Principal> {
+        self.policy.principal(caller)
     }
 
     /// May `caller` read `/metrics` on the socket (op `metrics`)?
@@ -223,10 +226,12 @@ impl Service {
     }
 
     /// A batch of `items`: 1 to `limits.max_batch` of them, run through
-    /// `each` `limits.batch_concurrency` at a time; the results in the
-    /// items' order, each item's error its own.
+    /// `each` in `caller`'s lane (`limits.batch_concurrency` at a time, all
+    /// its batches together: [`lanes`]); the results in the items' order,
+    /// each item's error its own.
     pub(crate) async fn batch<I, T, Fut>(
         &self,
+        caller: &Caller,
         items: Vec<I>,
         each: impl FnMut(I) -> Fut,
     ) -> Result<api::BatchResponse<T>, ApiError>
@@ -237,12 +242,17 @@ impl Service {
         self.check_batch(items.len())?;
         // Futures are lazy: made here, run as the stream polls them.
         let calls: Vec<Fut> = items.into_iter().map(each).collect();
-        let items = futures_util::stream::iter(calls)
-            .buffered(self.batch_concurrency)
+        let items = (self.lanes.run(self.counted_as(caller), calls))
             .map(api::BatchItem::from)
             .collect()
             .await;
         Ok(api::BatchResponse { items })
+    }
+
+    /// Who `caller` is to the per-caller limits (rate, batch lanes): its
+    /// [`Service::principal`], or its uid where no rule names it.
+    pub fn counted_as(&self, caller: &Caller) -> crate::policy::Principal {
+        (self.policy.principal(caller)).unwrap_or(crate::policy::Principal::Uid(caller.uid))
     }
 
     pub(crate) fn check_batch(&self, items: usize) -> Result<(), ApiError> {

@@ -9,7 +9,7 @@ use crate::backend;
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use crate::keys::KeyEntry;
 use crate::policy::{Caller, Op};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 
 impl Service {
     pub async fn sign(
@@ -53,7 +53,8 @@ impl Service {
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         let options = rules::sign_options(req.format, algorithm);
-        // `limits.batch_concurrency` at a time, in order; the first failure
+        // In the caller's lane (`limits.batch_concurrency` at a time, all its
+        // batches together), in order; the first failure
         // fails the batch (its signatures are one answer).
         // (The calls are made first and polled by the stream: a closure in
         // the stream would not be Send for every lifetime of its input.)
@@ -61,8 +62,7 @@ impl Service {
             .into_iter()
             .map(|input| entry.backend.sign(entry.key_ref(), input, options))
             .collect();
-        let signed: Vec<backend::Signature> = futures_util::stream::iter(calls)
-            .buffered(self.batch_concurrency)
+        let signed: Vec<backend::Signature> = (self.lanes.run(self.counted_as(caller), calls))
             .try_collect()
             .await?;
         let mut signatures = Vec::with_capacity(signed.len());

@@ -128,6 +128,24 @@ fn install(log: &Log, traces: Option<Box<dyn Layer<Registry> + Send + Sync>>) {
     };
     // A second init (tests building several apps) keeps the first subscriber.
     drop(result);
+    log_panics();
+}
+
+/// Panics are logged as an event of the span they happened in (a request's
+/// carries its request id) with where they happened, never what they say: a
+/// message may hold whatever value the code that panicked formatted (a
+/// plaintext, a key). A request's panic is answered 500 `internal_error`
+/// and audited ([`crate::server::routes`]).
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()));
+        tracing::error!(
+            location = location.as_deref().unwrap_or("unknown"),
+            "panicked (the message is not logged)"
+        );
+    }));
 }
 
 /// Whether spans are exported (set once, at start).

@@ -23,12 +23,31 @@ judge.
   idle SOCKET CONNECTIONS WAIT_S
       Opens CONNECTIONS connections that send nothing and reports how many
       the sidecar closed at once ("refused") and within WAIT_S ("closed").
+
+  nonces SOCKET PATH COUNT PREFIX
+      COUNT signs ({"message": ...}) on one keep-alive connection, each with
+      a fresh 64-character `x-request-nonce` (PREFIX and a counter) and the
+      current `x-request-timestamp`: a flood of a replay-guarded key.
+      Prints {"statuses": {...}, "codes": {...}, "retry_after": [...]}.
+
+  squat SOCKET SECONDS
+      What a container that can write the socket's directory could do:
+      deletes the socket, listens on its path, and answers every request
+      with a forged `{"valid": true}` for SECONDS. Prints {"taken": bool,
+      "answered": n} (n: requests it got).
+
+  idle-uids SOCKET CONNECTIONS WAIT_S GID FIRST_UID
+      As idle, run as root, each connection made as another uid (FIRST_UID,
+      FIRST_UID + 1, ...) of group GID: the peer credentials a socket
+      records are the effective ones at connect(), as a root container
+      that switches uids would present them.
 """
 
 import base64
 import collections
 import http.client
 import json
+import os
 import resource
 import select
 import socket
@@ -179,12 +198,73 @@ def http_requests(sock_path, method, path, body_bytes, count, headers):
     print(json.dumps({"statuses": statuses, "codes": codes, "errors": errors, "retry_after": retry_after}))
 
 
-def idle(sock_path, connections, wait_s):
+def nonces(sock_path, path, count, prefix):
+    statuses, codes, retry_after = collections.Counter(), collections.Counter(), []
+    body = json.dumps({"message": base64.b64encode(b"flood").decode()}).encode()
+    conn = UnixHTTPConnection(sock_path)
+    for i in range(count):
+        nonce = f"{prefix}-{i:062d}"[-64:]
+        conn.request("POST", path, body=body, headers={
+            "Content-Type": "application/json",
+            "x-request-nonce": nonce,
+            "x-request-timestamp": str(int(time.time())),
+        })
+        resp = conn.getresponse()
+        data = resp.read()
+        statuses[str(resp.status)] += 1
+        if resp.status != 200:
+            codes[json.loads(data)["error"]["code"]] += 1
+            if resp.getheader("Retry-After") and len(retry_after) < 3:
+                retry_after.append(resp.getheader("Retry-After"))
+    conn.close()
+    print(json.dumps({"statuses": statuses, "codes": codes, "retry_after": retry_after}))
+
+
+def squat(sock_path, seconds):
+    try:
+        os.unlink(sock_path)
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(sock_path)
+        os.chmod(sock_path, 0o666)
+        srv.listen(64)
+    except OSError as e:
+        print(json.dumps({"taken": False, "answered": 0, "error": e.strerror}))
+        return
+    srv.settimeout(0.2)
+    answered, deadline = 0, time.monotonic() + seconds
+    body = b'{"valid": true, "version": "1"}\n'
+    while time.monotonic() < deadline:
+        try:
+            c, _ = srv.accept()
+        except socket.timeout:
+            continue
+        c.settimeout(1)
+        try:
+            c.recv(65536)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                      + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+            answered += 1
+        except OSError:
+            pass
+        c.close()
+    print(json.dumps({"taken": True, "answered": answered}))
+
+
+def idle(sock_path, connections, wait_s, as_ids=None):
     socks, refused = [], 0
-    for _ in range(connections):
+    for i in range(connections):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            s.connect(sock_path)
+            if as_ids:
+                gid, first_uid = as_ids
+                os.setegid(gid)
+                os.seteuid(first_uid + i)
+            try:
+                s.connect(sock_path)
+            finally:
+                if as_ids:
+                    os.seteuid(0)
+                    os.setegid(0)
             socks.append(s)
         except OSError:
             refused += 1
@@ -222,6 +302,12 @@ def main(argv):
         http_requests(argv[2], argv[3], argv[4], int(argv[5]), int(argv[6]), argv[7:])
     elif mode == "idle":
         idle(argv[2], int(argv[3]), float(argv[4]))
+    elif mode == "nonces":
+        nonces(argv[2], argv[3], int(argv[4]), argv[5])
+    elif mode == "squat":
+        squat(argv[2], float(argv[3]))
+    elif mode == "idle-uids":
+        idle(argv[2], int(argv[3]), float(argv[4]), (int(argv[5]), int(argv[6])))
     else:
         sys.exit(f"unknown mode {mode}")
 

@@ -122,3 +122,47 @@ async fn batches_and_rewrap_are_bounded_granted_and_parsed_like_single_calls() {
         .await;
     r.expect_saying(400, "invalid_request", "items[1]");
 }
+
+/// The review: a batch cost one rate-limit token for up to 64 KMS calls or
+/// RSA signatures.
+#[tokio::test]
+async fn a_batch_costs_one_rate_limit_token_per_item() {
+    let config = crate::harness::local_config(
+        "  sig: { backend: dev, key: sig, algorithm: ecdsa-p256-sha256 }",
+    ) + "limits: { per_caller: { rate: 1/m, burst: 10 } }\n";
+    let s = Sidecar::start(&config).await;
+    let batch = |n: usize| json!({ "items": vec![json!({"message": b64("m")}); n] });
+    // 5 items: 5 of the 10 tokens. 6 more do not fit in the 5 left.
+    s.post_ok("/v1/keys/sig/sign-batch", batch(5)).await;
+    let v = s
+        .post("/v1/keys/sig/sign-batch", batch(6))
+        .await
+        .expect(429, Some("rate_limited"));
+    assert_eq!(v["error"]["retryable"], true, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("one token per batch item"),
+        "{v}"
+    );
+    // 11 items can never fit a burst of 10: said so, not worth a retry.
+    let v = s
+        .post("/v1/keys/sig/sign-batch", batch(11))
+        .await
+        .expect(429, Some("rate_limited"));
+    assert_eq!(v["error"]["retryable"], false, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("smaller batches"),
+        "{v}"
+    );
+    // Each refused batch cost its request's token, as any request does:
+    // 10 - 5 - 1 - 1 leaves 3.
+    s.post_ok("/v1/keys/sig/sign-batch", batch(3)).await;
+    s.post("/v1/keys/sig/sign-batch", batch(1))
+        .await
+        .expect(429, Some("rate_limited"));
+}

@@ -120,7 +120,7 @@ async fn twelve_hundred_concurrent_connections_are_served() {
     // (limits.max_connections_per_caller, 256 by default) is raised.
     let config = local_config(
         "  ecdsa-p256: { backend: dev, key: ecdsa-p256, algorithm: ecdsa-p256-sha256 }",
-    ) + "limits: { max_connections_per_caller: 2000 }\n";
+    ) + "limits: { max_connections: 2000, max_connections_per_caller: 2000 }\n";
     let s = Sidecar::start(&config).await;
     let mut conns = Vec::new();
     for _ in 0..1200 {

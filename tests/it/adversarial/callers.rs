@@ -103,6 +103,64 @@ async fn ruled_callers_holding_hundreds_of_bodies_stay_within_the_budget() {
     .await;
 }
 
+/// The review: while one ruled uid (granted only `encrypt`) held 200
+/// unfinished 1 MiB bodies, every 30-byte sign of another caller got 503
+/// `overloaded` for the whole 5 s.
+#[tokio::test]
+async fn a_caller_holding_its_share_of_bodies_does_not_starve_small_requests() {
+    let me = nix::unistd::geteuid().as_raw();
+    // The hog is another uid when we can act as one; else a second
+    // connection pool of ours would share our own share.
+    assert!(
+        is_root(),
+        "this test runs clients as other uids: run the suite as root (CI does)"
+    );
+    let hog = 65533;
+    let extra = format!(
+        "  - {{ uids: [{hog}], keys: [aes], ops: [encrypt] }}\nlimits: {{ body_timeout: 8s }}\n"
+    );
+    let (mut s, cgroup) = start_limited(&config(me, &extra)).await;
+    let socket = s.socket.display().to_string();
+    let hold = std::thread::spawn(move || {
+        hostile_client(
+            Some(hog),
+            &[
+                "hold",
+                &socket,
+                "/v1/keys/aes/encrypt",
+                "200",
+                "1048576",
+                "1048575",
+                "6",
+            ],
+        )
+    });
+    // While the hog holds all it may, small requests of others are served.
+    let refused = r#"kms_sidecar_requests_total{code="overloaded",key="aes",op="encrypt"} "#;
+    crate::harness::eventually(
+        Duration::from_secs(5),
+        "the hog holds its share",
+        || async { s.metric(refused).await >= 150.0 },
+    )
+    .await;
+    for i in 0..20 {
+        let r = s
+            .post(
+                "/v1/keys/sig/sign",
+                json!({"message": b64(format!("small {i}"))}),
+            )
+            .await;
+        r.expect(200, None);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = hold.join().unwrap();
+    assert!(
+        count(&r, "codes", "overloaded") >= 150,
+        "the hog got its share only: {r}"
+    );
+    still_healthy(&mut s, &cgroup, "a caller holding its share of bodies").await;
+}
+
 #[tokio::test]
 async fn python_clients_get_early_answers_instead_of_broken_pipes() {
     let (uid, ruled) = outsider();
@@ -196,6 +254,91 @@ async fn no_uid_can_lock_the_others_out_with_idle_connections() {
     assert_eq!(r["refused"], 300 - 256, "{r}");
     s.post_ok("/v1/keys/sig/sign", json!({"message": b64("me")}))
         .await;
+}
+
+/// The review: a root app container with a `gids` rule opened 4,096 idle
+/// connections by switching uids (the cap was per uid) and the sidecar was
+/// OOM-killed in 64 MiB within 4 s.
+#[tokio::test]
+async fn switching_uids_cannot_open_more_connections_than_memory_allows() {
+    assert!(
+        is_root(),
+        "this test connects as other uids: run the suite as root (CI does)"
+    );
+    let me = nix::unistd::geteuid().as_raw();
+    // A gid rule names no uid: every uid of gid 4242 is one caller.
+    // 1,100 uids named one by one are 1,100 callers.
+    let many: Vec<String> = (30000..31100).map(|u| u.to_string()).collect();
+    let extra = format!(
+        "  - {{ gids: [4242], keys: [sig], ops: [sign] }}\n  - {{ uids: [{}], keys: [sig], ops: [sign] }}\n",
+        many.join(", ")
+    );
+    let (mut s, cgroup) = start_limited(&config(me, &extra)).await;
+    let socket = s.socket.display().to_string();
+    let r = hostile_client(None, &["idle-uids", &socket, "4096", "1", "4242", "20000"]);
+    // (Connections the sidecar had not yet closed when the client looked
+    // count as opened: at least, not exactly.)
+    assert!(
+        r["refused"].as_u64().unwrap() >= 4096 - 256,
+        "gid 4242 is one caller: {r}"
+    );
+    still_healthy(
+        &mut s,
+        &cgroup,
+        "4,096 connections of one gid, each another uid",
+    )
+    .await;
+    // Callers named one by one: the total cap (limits.max_connections,
+    // 1,024 by default) holds, and fits the 64 MiB the webhook sets.
+    let r = hostile_client(None, &["idle-uids", &socket, "1100", "1", "4243", "30000"]);
+    assert!(r["refused"].as_u64().unwrap() >= 1100 - 1024, "{r}");
+    still_healthy(&mut s, &cgroup, "1,024 idle connections of 1,024 callers").await;
+}
+
+/// The review: a uid with no rule deleted `kms.sock` and listened in its
+/// place; the other containers' verifies then answered `valid: true` for a
+/// tampered message and their plaintexts went to it, while the sidecar
+/// stayed ready. (The webhook also mounts the socket read-only into app
+/// containers, so that they cannot: `webhook.rs`.)
+#[tokio::test]
+async fn a_socket_taken_over_by_another_process_is_taken_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let (uid, ruled) = outsider();
+    let s = Sidecar::start(&config(ruled, "")).await;
+    // The socket's directory is writable by every container (an emptyDir).
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = s.socket.display().to_string();
+    let squat = std::thread::spawn(move || hostile_client(uid, &["squat", &socket, "6"]));
+    crate::harness::eventually(Duration::from_secs(5), "the sidecar notices", || async {
+        s.logs()
+            .contains("the socket was removed or replaced by another process")
+    })
+    .await;
+    crate::harness::eventually(
+        Duration::from_secs(5),
+        "the path is the sidecar's again",
+        || async {
+            s.try_get("/healthz")
+                .await
+                .is_some_and(|r| String::from_utf8_lossy(&r.body).contains(r#""status":"ok""#))
+        },
+    )
+    .await;
+    // Requests on the path reach the sidecar, not the squatter.
+    let forged = json!({"message": b64("tampered"), "signature": b64([7u8; 64])});
+    let v = s
+        .post("/v1/keys/sig/verify", forged)
+        .await
+        .expect(200, None);
+    assert_eq!(v["valid"], false, "{v}");
+    let r = squat.join().unwrap();
+    assert_eq!(
+        r["taken"], true,
+        "the squatter did take the path at first: {r}"
+    );
+    assert_eq!(s.metric("kms_sidecar_socket_replaced_total ").await, 1.0);
+    assert_eq!(s.metric("kms_sidecar_socket_bound ").await, 1.0);
+    assert_eq!(s.get("/readyz").await.status, 200);
 }
 
 #[tokio::test]

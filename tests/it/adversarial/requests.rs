@@ -127,6 +127,98 @@ async fn a_nonce_is_remembered_until_its_timestamp_leaves_the_window() {
     }
 }
 
+/// A sign of key `guarded` with `x-request-nonce` and `x-request-timestamp`.
+async fn guarded_sign(s: &Sidecar, nonce: &str, timestamp: &str) -> crate::harness::Resp {
+    s.request(
+        http::Method::POST,
+        "/v1/keys/guarded/sign",
+        &[
+            ("content-type", "application/json"),
+            ("x-request-nonce", nonce),
+            ("x-request-timestamp", timestamp),
+        ],
+        bytes::Bytes::from(json!({"message": b64("pay 10")}).to_string()),
+    )
+    .await
+}
+
+/// A flood of fresh nonces (the review: 4 keep-alive clients took RSS from
+/// 18 to 82 MB in 6 s and the sidecar was OOM-killed in 64 MiB; evicting
+/// the oldest made a request captured before the flood replayable; a reload
+/// that changed `replay_window` forgot every nonce).
+#[tokio::test]
+async fn a_nonce_flood_is_refused_not_remembered_and_nonces_survive_reloads() {
+    let me = nix::unistd::geteuid().as_raw();
+    // 1 MiB of nonces: 8,192 at 128 bytes each, half of it per caller.
+    let others = "  - { uids: [65533, 65532], keys: [guarded], ops: [sign] }\nlimits: { replay_memory: 1MiB }\n";
+    let text = config(me, others).replace(
+        "keys:\n",
+        "keys:\n  guarded: { backend: dev, key: guarded, algorithm: ecdsa-p256-sha256, replay_guard: true }\n",
+    );
+    let (mut s, cgroup) = start_limited(&text).await;
+    let socket = s.socket.display().to_string();
+    let captured_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    guarded_sign(&s, "captured-before-the-flood", &captured_at)
+        .await
+        .ok();
+    // Past its half the caller is refused (429, retryable); nothing is
+    // forgotten to make room.
+    let r = hostile_client(
+        None,
+        &["nonces", &socket, "/v1/keys/guarded/sign", "4500", "a"],
+    );
+    assert_eq!(count(&r, "statuses", "200"), 4096 - 1, "{r}");
+    assert_eq!(count(&r, "codes", "rate_limited"), 4500 - 4095, "{r}");
+    assert!(
+        r["retry_after"][0]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0,
+        "{r}"
+    );
+    guarded_sign(&s, "captured-before-the-flood", &captured_at)
+        .await
+        .expect(409, Some("replayed_request"));
+    // Another caller fills the rest; then the guard is full and refuses
+    // everybody (503, retryable) rather than evict.
+    if is_root() {
+        let r = hostile_client(
+            Some(65533),
+            &["nonces", &socket, "/v1/keys/guarded/sign", "4200", "b"],
+        );
+        assert_eq!(count(&r, "statuses", "200"), 4096, "{r}");
+        let r = hostile_client(
+            Some(65532),
+            &["nonces", &socket, "/v1/keys/guarded/sign", "5", "c"],
+        );
+        assert_eq!(count(&r, "codes", "overloaded"), 5, "{r}");
+    }
+    still_healthy(&mut s, &cgroup, "a flood of fresh nonces").await;
+    // A reload that changes replay_window keeps every nonce.
+    let path = s.dir.path().join("config.yaml");
+    let reloaded = std::fs::read_to_string(&path).unwrap().replace(
+        "replay_memory: 1MiB",
+        "replay_memory: 1MiB, replay_window: 10m",
+    );
+    let tmp = s.dir.path().join("config.yaml.new");
+    std::fs::write(&tmp, reloaded).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    signal(s.pid(), nix::sys::signal::Signal::SIGHUP);
+    crate::harness::eventually(Duration::from_secs(5), "the reload", || async {
+        s.metric("kms_sidecar_config_generation ").await >= 2.0
+    })
+    .await;
+    guarded_sign(&s, "captured-before-the-flood", &captured_at)
+        .await
+        .expect(409, Some("replayed_request"));
+}
+
 // === streams and shutdown ===
 
 #[tokio::test]
@@ -152,6 +244,35 @@ async fn a_stalled_streamed_upload_is_cut_off() {
     .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(!r.ends_with("0\r\n\r\n"), "no final chunk: {r:?}");
+}
+
+/// The review: a streamed upload dripping a byte just inside
+/// `stream_idle_timeout` was held open forever.
+#[tokio::test]
+async fn a_dripping_streamed_upload_is_cut_off() {
+    let me = nix::unistd::geteuid().as_raw();
+    let s = Sidecar::start(&config(me, "limits: { stream_idle_timeout: 1s }\n")).await;
+    let mut c = tokio::net::UnixStream::connect(&s.socket).await.unwrap();
+    c.write_all(b"POST /v1/keys/aes/envelope/decrypt HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut rx, mut tx) = c.into_split();
+    let drip = tokio::spawn(async move {
+        // A byte every 0.7 s, for up to 20 s: never idle for 1 s.
+        for byte in b"KSE1".iter().cycle().take(28) {
+            let chunk = [b'1', b'\r', b'\n', *byte, b'\r', b'\n'];
+            if tx.write_all(&chunk).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    });
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), rx.read_to_end(&mut out)).await;
+    drip.abort();
+    let r = String::from_utf8_lossy(&out);
+    assert!(r.starts_with("HTTP/1.1 408"), "cut off: {r:?}");
+    assert!(r.contains("stream_min_rate"), "{r}");
 }
 
 #[tokio::test]
