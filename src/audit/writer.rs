@@ -343,20 +343,21 @@ impl Writer {
         }
     }
 
-    /// One line per uid whose denials were counted rather than written.
+    /// The denial summary of the window that ended, if it counted any.
     async fn write_summaries(&mut self, all: bool) {
-        let summaries = self
+        let summary = self
             .shared
             .denials
             .lock()
             .expect("never poisoned")
-            .take_summaries(all);
+            .take_summary(all);
+        let Some(summary) = summary else {
+            return;
+        };
         let mark = self.mark();
         let mut lines = Vec::new();
-        for summary in &summaries {
-            self.push(&mut lines, summary);
-        }
-        self.write(lines, summaries.len() as u64, mark).await;
+        self.push(&mut lines, &summary);
+        self.write(lines, 1, mark).await;
     }
 
     /// Pending denial summaries and a last checkpoint over what is unsigned.
