@@ -94,6 +94,10 @@ pub struct Config {
     pub jwks: JwksConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The volume the sidecar writes to, when the webhook says (unset: the
+    /// audit log's rotation is not checked against a volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_volume: Option<DataVolume>,
 }
 
 /// Whether two parts of a config are the same, as their serialized forms
