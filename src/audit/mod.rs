@@ -29,7 +29,9 @@
 //! The writer ([`writer`]) runs as a task, its file I/O off the runtime; it
 //! rotates the file by size (`audit.max_file_size`, `audit.max_files`: `path`
 //! → `path.1` → …, the chain continuing in the new file), reopens the file
-//! on SIGHUP (external rotation), and signs checkpoints (`audit.checkpoint`).
+//! on SIGHUP (external rotation) and when the path no longer names it (a
+//! file deleted or replaced without SIGHUP: the chain continues in the new
+//! file, with a warning), and signs checkpoints (`audit.checkpoint`).
 
 mod denials;
 mod verify;
