@@ -1,8 +1,30 @@
 //! Config hot reload. Kubernetes updates a mounted ConfigMap by swapping its
 //! `..data` link; operators expect new keys and caller rules without a
-//! restart. The file's directory is watched (inotify), the file is also
-//! looked at every [`POLL`] in case no event comes (a watch that could not
-//! be set, a file system without events), and SIGHUP reloads at once.
+//! restart. The file is watched ([`watch`]: inotify on its directory and on
+//! the directory its links lead to), looked at every [`POLL`] in case no
+//! event comes, and SIGHUP reloads at once.
+//!
+//! **Only a whole file is applied.** A file read while its writer is half
+//! way is often valid YAML with fields missing (a key without its replay
+//! guard, a caller rule without its `keys`), so a change applies when its
+//! writer is done with it: the kubelet's `..data` rename or any rename onto
+//! the name (atomic writers), or the writer closing the file after writing
+//! (`IN_CLOSE_WRITE`). While a write has been seen and not closed, nothing
+//! is applied, SIGHUP included. A text read while a write was seen is
+//! dropped (the close brings the reloader back).
+//!
+//! **The poll obeys the same rule.** It is for changes no event vouched for
+//! (no watch could be set, the kernel's event queue overflowed, a file
+//! system without events, a removed or relinked name): such a change
+//! applies only when two polls [`POLL`] apart read the same text and no
+//! write was seen in between. That is robust where events are missing
+//! altogether, except against a writer that stops for longer than a poll
+//! while holding the file open on a file system without events; hence the
+//! README's advice to replace the file by a rename, as the kubelet does.
+//!
+//! **Only regular files, at most 1 MiB** ([`config::read_file`]): a FIFO or
+//! a device at the path is refused without blocking the reloader or reading
+//! without end.
 //!
 //! A reload is all or nothing: the new text must parse and validate, and
 //! every backend it changed must be built and answer its health check
@@ -15,14 +37,17 @@
 //! What a reload cannot change (`listen`, `audit`, `log`) is logged as
 //! needing a restart; the rest of the new config is applied.
 
+mod watch;
+
 use crate::backend::{self, Backend, ErrorKind};
 use crate::config::{self, Config, ProcessEnv};
 use crate::metrics::Metrics;
 use crate::server::{Live, Served};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+use watch::Watch;
 
 /// How often the file is read to catch a change no event told of.
 pub const POLL: Duration = Duration::from_secs(5);
@@ -39,12 +64,26 @@ pub struct Current {
     pub backends: backend::Backends,
 }
 
+/// What made the reloader look at the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// An event that may have changed it.
+    Event,
+    /// The periodic look.
+    Poll,
+    /// SIGHUP: even an unchanged file is applied.
+    Signal,
+}
+
 /// Reloads the config file into `live`.
 #[derive(Debug)]
 pub struct Reloader {
     path: PathBuf,
     live: Live,
     metrics: Arc<Metrics>,
+    watch: Arc<Watch>,
+    /// Told by the watch of every event that may have changed the file.
+    changed: Arc<Notify>,
     /// Held for a whole reload, so reloads never interleave.
     state: tokio::sync::Mutex<State>,
 }
@@ -57,9 +96,12 @@ struct State {
     /// that did not change is not reloaded again (SIGHUP forces it).
     applied: Option<Vec<u8>>,
     rejected: Option<Vec<u8>>,
-    /// The file could not be read at the last look (said once, not at
+    /// A changed text no event vouched for, as the last poll read it (and
+    /// the writes seen then): applied if the next poll reads it again.
+    pending: Option<(Vec<u8>, u64)>,
+    /// Why the file could not be read at the last look (said once, not at
     /// every poll).
-    unreadable: bool,
+    unreadable: Option<String>,
 }
 
 /// Why a reload was rejected (the old config keeps serving).
@@ -81,29 +123,31 @@ pub enum Rejected {
 
 impl Reloader {
     pub fn new(path: PathBuf, live: Live, current: Current, metrics: Arc<Metrics>) -> Arc<Self> {
-        let applied = std::fs::read(&path).ok().map(|text| sha256(&text));
+        let applied = config::read_file(&path).ok().map(|text| sha256(&text));
+        let changed = Arc::new(Notify::new());
+        let watch = Arc::new(Watch::start(&path, changed.clone()));
         Arc::new(Self {
             path,
             live,
             metrics,
+            watch,
+            changed,
             state: tokio::sync::Mutex::new(State {
                 current,
                 generation: 1,
                 applied,
                 rejected: None,
-                unreadable: false,
+                pending: None,
+                unreadable: None,
             }),
         })
     }
 
-    /// Watches the file, polls it and listens for SIGHUP until the process
-    /// ends.
+    /// Looks at the file on events, every [`POLL`] and on SIGHUP until the
+    /// process ends.
     pub fn spawn(self: &Arc<Self>) {
-        let changed = Arc::new(Notify::new());
-        let watcher = watch(&self.path, changed.clone());
         let this = self.clone();
         tokio::spawn(async move {
-            let _watcher = watcher; // dropping it ends the watch
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler: reload on file changes only"))
                 .ok();
@@ -111,43 +155,107 @@ impl Reloader {
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             poll.tick().await;
             loop {
-                let force = tokio::select! {
-                    () = changed.notified() => {
+                let look = tokio::select! {
+                    () = this.changed.notified() => {
                         // Let the burst of events of one swap settle.
-                        while tokio::time::timeout(SETTLE, changed.notified()).await.is_ok() {}
-                        false
+                        while tokio::time::timeout(SETTLE, this.changed.notified()).await.is_ok() {}
+                        Look::Event
                     }
-                    _ = poll.tick() => false,
+                    _ = poll.tick() => Look::Poll,
                     Some(()) = async { hup.as_mut()?.recv().await } => {
                         tracing::info!("SIGHUP: reloading the config");
-                        true
+                        Look::Signal
                     }
                 };
-                this.reload(force).await;
+                this.reload(look).await;
             }
         });
     }
 
-    /// Reads the file and, if its text changed (or `force`), applies it.
-    pub async fn reload(&self, force: bool) {
+    /// Reads the file and applies it if its writer is done with it and its
+    /// text changed (or on SIGHUP).
+    async fn reload(&self, look: Look) {
         let mut state = self.state.lock().await;
-        let text = match tokio::fs::read(&self.path).await {
-            Ok(text) => text,
-            Err(_) if state.unreadable && !force => return,
-            Err(source) => {
-                state.unreadable = true;
-                let path = self.path.clone();
-                return self.rejected(&mut state, None, Rejected::Read { path, source });
+        let before = self.watch.state();
+        if before.writing {
+            if look == Look::Signal {
+                tracing::warn!(config = %self.path.display(), "a writer still has the config file open: it is applied once the writer closes it");
             }
-        };
-        state.unreadable = false;
-        let hash = sha256(&text);
-        if !force
-            && (state.applied.as_ref() == Some(&hash) || state.rejected.as_ref() == Some(&hash))
-        {
             return;
         }
-        match self.apply(&mut state, &text).await {
+        let Some(text) = self.read(&mut state, look).await else {
+            return;
+        };
+        let hash = sha256(&text);
+        if look != Look::Signal
+            && (state.applied.as_ref() == Some(&hash) || state.rejected.as_ref() == Some(&hash))
+        {
+            state.pending = None;
+            return;
+        }
+        // The events of a write that began while the file was read are in
+        // by now: that text may be partial, and the close brings us back.
+        tokio::time::sleep(SETTLE).await;
+        let after = self.watch.state();
+        if after.writing || after.writes != before.writes {
+            return;
+        }
+        let vouched = look == Look::Signal || (look == Look::Event && after.whole && !after.blind);
+        if !vouched && !self.settled(&mut state, look, &hash, after.writes) {
+            return;
+        }
+        state.pending = None;
+        self.apply_text(&mut state, &text, hash).await;
+    }
+
+    /// The file's bytes (off the runtime), following where its links lead;
+    /// `None` if it cannot be read, rejected once per reason (SIGHUP
+    /// reports it again).
+    async fn read(&self, state: &mut State, look: Look) -> Option<Vec<u8>> {
+        let (path, watch) = (self.path.clone(), self.watch.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            let text = config::read_file(&path);
+            watch.follow();
+            text
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match read {
+            Ok(text) => {
+                state.unreadable = None;
+                Some(text)
+            }
+            Err(source) => {
+                let why = Some(source.to_string());
+                if state.unreadable != why || look == Look::Signal {
+                    state.unreadable = why;
+                    let path = self.path.clone();
+                    self.rejected(state, None, Rejected::Read { path, source });
+                }
+                None
+            }
+        }
+    }
+
+    /// Whether a change no event vouched for has held still: read the same
+    /// by two polls with no write seen between them.
+    fn settled(&self, state: &mut State, look: Look, hash: &[u8], writes: u64) -> bool {
+        if look != Look::Poll {
+            return false;
+        }
+        let seen = (hash.to_vec(), writes);
+        if state.pending.as_ref() == Some(&seen) {
+            return true;
+        }
+        tracing::info!(config = %self.path.display(), "the config file changed without a sign that its writer is done; applied if it reads the same at the next poll");
+        state.pending = Some(seen);
+        false
+    }
+
+    /// Applies `text` (whose SHA-256 is `hash`), counting and logging how
+    /// it went.
+    async fn apply_text(&self, state: &mut State, text: &[u8], hash: Vec<u8>) {
+        match self.apply(state, text).await {
             Ok(generation) => {
                 state.applied = Some(hash.clone());
                 state.rejected = None;
@@ -164,7 +272,7 @@ impl Reloader {
                     "config reloaded"
                 );
             }
-            Err(why) => self.rejected(&mut state, Some(hash), why),
+            Err(why) => self.rejected(state, Some(hash), why),
         }
     }
 
@@ -258,36 +366,6 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         out.push("telemetry");
     }
     out
-}
-
-/// Watches the directory of `path`: a ConfigMap swap renames `..data` there
-/// and never writes the file. Events that name the file or the kubelet's
-/// `..` entries count; others in the same directory (a log, a socket) are
-/// ignored. `None` when no watch could be set; a file whose link leads
-/// elsewhere is caught by the polling as well.
-fn watch(path: &Path, changed: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let name = path.file_name()?.to_owned();
-    let ours = move |p: &PathBuf| {
-        p.file_name()
-            .is_some_and(|n| *n == *name || n.as_encoded_bytes().starts_with(b".."))
-    };
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| e.paths.iter().any(&ours)) {
-            changed.notify_one();
-        }
-    })
-    .map_err(|e| tracing::warn!(error = %e, "cannot watch the config file; polling it instead"))
-    .ok()?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; polling it instead");
-        return None;
-    }
-    Some(watcher)
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {

@@ -18,18 +18,22 @@
 //! so the log recovers by itself once there is room. `fail_open` serves
 //! requests whatever happens to their lines (lost lines are counted).
 //!
-//! **Denials are summarised**: a uid's first [`DENIALS_PER_SECOND`] denied
-//! requests in a second (403, 429, unknown routes, 503 `overloaded`) are
-//! written line by line; past that they are counted and one
-//! `"type":"denials"` line per uid and second says how many there were, so a
-//! caller cannot fill the disk with its own refusals. Denials never wait for
-//! the writer.
+//! **Denials are summarised** ([`denials`]): a uid's first 10 denied
+//! requests in a second (403, 429, unknown routes, 503 `overloaded`), and
+//! at most 50 of all uids together, are written line by line; past that
+//! they are counted, and one `"type":"denials"` line per second, whatever
+//! the number of uids, says how many there were, from how many uids and
+//! which had the most, so callers cannot fill the disk with their own
+//! refusals. Denials never wait for the writer.
 //!
 //! The writer ([`writer`]) runs as a task, its file I/O off the runtime; it
 //! rotates the file by size (`audit.max_file_size`, `audit.max_files`: `path`
 //! → `path.1` → …, the chain continuing in the new file), reopens the file
-//! on SIGHUP (external rotation), and signs checkpoints (`audit.checkpoint`).
+//! on SIGHUP (external rotation) and when the path no longer names it (a
+//! file deleted or replaced without SIGHUP: the chain continues in the new
+//! file, with a warning), and signs checkpoints (`audit.checkpoint`).
 
+mod denials;
 mod verify;
 mod writer;
 
@@ -40,11 +44,10 @@ use crate::config::AuditFailure;
 use crate::keys::KeyEntry;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// `prev` of the first entry of a chain.
@@ -52,10 +55,6 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Entries waiting for the writer before requests wait for room.
 const QUEUE: usize = 65_536;
-
-/// Denied requests of one uid written line by line per second; the rest
-/// are summarised.
-pub const DENIALS_PER_SECOND: u32 = 10;
 
 /// Outcomes that are denials: the caller is refused before anything is
 /// done for it.
@@ -81,19 +80,6 @@ pub struct Entry {
     pub outcome: &'static str,
     pub status: u16,
     pub latency_us: u64,
-}
-
-/// How many denials of one uid were not written line by line.
-#[derive(Debug, Clone, Serialize)]
-struct DenialSummary {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    time: String,
-    uid: u32,
-    gid: u32,
-    /// Denied requests in the window that have no line of their own.
-    count: u64,
-    window_s: u64,
 }
 
 /// Signed checkpoints: the key, and how often.
@@ -138,7 +124,7 @@ struct Shared {
     healthy: AtomicBool,
     reason: Mutex<Option<String>>,
     lost: AtomicU64,
-    denials: Mutex<Denials>,
+    denials: Mutex<denials::Denials>,
 }
 
 impl Shared {
@@ -155,79 +141,6 @@ impl Shared {
             tracing::error!(error = %error, lines, "cannot write the audit log");
         }
         *self.reason.lock().expect("never poisoned") = Some(error.to_string());
-    }
-}
-
-/// The denials of each uid in the current second.
-#[derive(Debug, Default)]
-struct Denials {
-    by_uid: HashMap<u32, DenialWindow>,
-}
-
-#[derive(Debug)]
-struct DenialWindow {
-    gid: u32,
-    started: Instant,
-    written: u32,
-    summarised: u64,
-}
-
-impl Denials {
-    /// Whether this denial gets a line of its own; if not, it is counted
-    /// for the uid's summary.
-    fn admit(&mut self, uid: u32, gid: u32) -> bool {
-        let w = self.by_uid.entry(uid).or_insert_with(|| DenialWindow {
-            gid,
-            started: Instant::now(),
-            written: 0,
-            summarised: 0,
-        });
-        // A window with counted denials ends when its summary is taken.
-        if w.summarised == 0 && w.started.elapsed() >= Duration::from_secs(1) {
-            w.started = Instant::now();
-            w.written = 0;
-        }
-        if w.written < DENIALS_PER_SECOND {
-            w.written += 1;
-            true
-        } else {
-            w.summarised += 1;
-            false
-        }
-    }
-
-    /// An admitted denial that found no room in the writer's queue.
-    fn dropped(&mut self, uid: u32) {
-        if let Some(w) = self.by_uid.get_mut(&uid) {
-            w.written = w.written.saturating_sub(1);
-            w.summarised += 1;
-        }
-    }
-
-    /// One summary per uid whose window is over (every window with `all`,
-    /// at shutdown) with denials counted; the window starts again. Quiet
-    /// uids are forgotten.
-    fn take_summaries(&mut self, all: bool) -> Vec<DenialSummary> {
-        let mut out = Vec::new();
-        self.by_uid.retain(|uid, w| {
-            let age = w.started.elapsed();
-            if (all || age >= Duration::from_secs(1)) && w.summarised > 0 {
-                out.push(DenialSummary {
-                    kind: "denials",
-                    time: now_rfc3339(),
-                    uid: *uid,
-                    gid: w.gid,
-                    count: w.summarised,
-                    window_s: age.as_secs().max(1),
-                });
-                w.started = Instant::now();
-                w.written = 0;
-                w.summarised = 0;
-                return true;
-            }
-            age < Duration::from_secs(2)
-        });
-        out
     }
 }
 
@@ -253,7 +166,7 @@ impl Audit {
             healthy: AtomicBool::new(true),
             reason: Mutex::new(None),
             lost: AtomicU64::new(0),
-            denials: Mutex::new(Denials::default()),
+            denials: Mutex::new(denials::Denials::default()),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer = writer::Writer::new(sink, prev, settings.checkpoints, shared.clone());
@@ -393,34 +306,4 @@ fn hash_of(map: &Map<String, Value>, prev: &str) -> String {
 /// Whether `path` names standard output.
 fn is_stdout(path: &Path) -> bool {
     path == Path::new("-")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn denials_past_the_rate_are_summarised_per_uid() {
-        let mut d = Denials::default();
-        let admitted = (0..25).filter(|_| d.admit(65534, 65534)).count();
-        assert_eq!(admitted, DENIALS_PER_SECOND as usize);
-        assert!(d.admit(1000, 1000), "another uid has its own allowance");
-        assert!(d.take_summaries(false).is_empty(), "the second is not over");
-        d.by_uid.get_mut(&65534).unwrap().started -= Duration::from_secs(1);
-        let s = d.take_summaries(false);
-        assert_eq!(s.len(), 1);
-        assert_eq!((s[0].uid, s[0].count), (65534, 15));
-        // A new window: lines again, up to the rate.
-        assert!(d.admit(65534, 65534));
-        d.dropped(65534);
-        d.by_uid.get_mut(&65534).unwrap().started -= Duration::from_secs(1);
-        assert_eq!(
-            d.take_summaries(false)[0].count,
-            1,
-            "a dropped line is counted"
-        );
-        d.by_uid.get_mut(&1000).unwrap().started -= Duration::from_secs(3);
-        d.take_summaries(false);
-        assert!(!d.by_uid.contains_key(&1000), "quiet uids are forgotten");
-    }
 }

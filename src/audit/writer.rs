@@ -1,7 +1,8 @@
 //! The audit writer: a task that chains queued lines, writes them in
 //! batches (each batch's file I/O on the blocking pool), rolls a failed
 //! write back so no line is ever torn, rotates the file by size, reopens it
-//! on SIGHUP, writes denial summaries and signs checkpoints.
+//! on SIGHUP or when its path no longer names it (deleted or replaced),
+//! writes denial summaries and signs checkpoints.
 
 use super::{
     Checkpoints, Command, Entry, GENESIS, Settings, Shared, chain, is_stdout, now_rfc3339,
@@ -14,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +38,13 @@ pub(super) struct FileSink {
     file: File,
     /// Bytes in the file: where a failed write is cut back to.
     len: u64,
-    /// Only a regular file is rotated and cut back (not a pipe or device).
+    /// Only a regular file is rotated, cut back and followed (not a pipe
+    /// or device).
     regular: bool,
+    /// The open file's device and inode: before each write the path is
+    /// checked against them, so that a file deleted or replaced without
+    /// SIGHUP is noticed and the path reopened.
+    id: (u64, u64),
     max_size: u64,
     max_files: u32,
 }
@@ -58,15 +64,16 @@ impl Sink {
         tokio::task::spawn_blocking(move || {
             let prev = last_hash(&path)?.unwrap_or_else(|| GENESIS.to_owned());
             let file = open_append(&path)?;
-            let meta = file.metadata()?;
-            let sink = FileSink {
+            let mut sink = FileSink {
                 path,
                 file,
-                len: meta.len(),
-                regular: meta.is_file(),
+                len: 0,
+                regular: false,
+                id: (0, 0),
                 max_size,
                 max_files,
             };
+            sink.opened()?;
             Ok((Sink::File(sink), prev))
         })
         .await
@@ -87,16 +94,51 @@ impl Sink {
 
     /// Opens the file again at its path (after an external rotation).
     fn reopen(&mut self) -> io::Result<()> {
-        if let Sink::File(f) = self {
-            f.file = open_append(&f.path)?;
-            f.len = f.file.metadata()?.len();
+        match self {
+            Sink::File(f) => f.reopen(),
+            Sink::Stdout => Ok(()),
         }
-        Ok(())
     }
 }
 
 impl FileSink {
+    fn reopen(&mut self) -> io::Result<()> {
+        self.file = open_append(&self.path)?;
+        self.opened()
+    }
+
+    /// Takes in the newly opened file's length, type and identity.
+    fn opened(&mut self) -> io::Result<()> {
+        let meta = self.file.metadata()?;
+        self.len = meta.len();
+        self.regular = meta.is_file();
+        self.id = (meta.dev(), meta.ino());
+        Ok(())
+    }
+
+    /// Reopens the path if it no longer names the open file (deleted or
+    /// replaced without SIGHUP), so that no line goes to a file no one will
+    /// read; the chain goes on in the new file. If the path cannot be
+    /// opened the write fails (fail closed), and the next one tries again.
+    fn follow_path(&mut self) -> io::Result<()> {
+        let how = match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.id => return Ok(()),
+            Ok(_) => "replaced",
+            Err(e) if e.kind() == io::ErrorKind::NotFound => "removed",
+            Err(_) => return Ok(()), // cannot tell: the open file it is
+        };
+        tracing::warn!(
+            path = %self.path.display(),
+            how,
+            "the audit log file was removed or replaced without SIGHUP; reopening its path, the chain goes on in the new file"
+        );
+        self.reopen()
+    }
+
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.regular {
+            self.follow_path()?;
+        }
         if self.regular && self.len > 0 && self.len + bytes.len() as u64 > self.max_size {
             self.rotate()?;
         }
@@ -133,8 +175,7 @@ impl FileSink {
             }
         }
         std::fs::rename(&self.path, numbered(1))?;
-        self.file = open_append(&self.path)?;
-        self.len = 0;
+        self.reopen()?;
         tracing::info!(path = %self.path.display(), "audit log rotated");
         Ok(())
     }
@@ -343,20 +384,21 @@ impl Writer {
         }
     }
 
-    /// One line per uid whose denials were counted rather than written.
+    /// The denial summary of the window that ended, if it counted any.
     async fn write_summaries(&mut self, all: bool) {
-        let summaries = self
+        let summary = self
             .shared
             .denials
             .lock()
             .expect("never poisoned")
-            .take_summaries(all);
+            .take_summary(all);
+        let Some(summary) = summary else {
+            return;
+        };
         let mark = self.mark();
         let mut lines = Vec::new();
-        for summary in &summaries {
-            self.push(&mut lines, summary);
-        }
-        self.write(lines, summaries.len() as u64, mark).await;
+        self.push(&mut lines, &summary);
+        self.write(lines, 1, mark).await;
     }
 
     /// Pending denial summaries and a last checkpoint over what is unsigned.

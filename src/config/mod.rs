@@ -4,6 +4,7 @@
 
 mod backends;
 mod env;
+mod file;
 mod types;
 mod units;
 mod validate;
@@ -11,6 +12,7 @@ mod validate;
 pub use crate::metrics::KeyLabels;
 pub use backends::*;
 pub use env::{Env, ProcessEnv};
+pub use file::{MAX_FILE_SIZE, read_file};
 pub use types::*;
 pub use units::{ByteSize, Duration, Mode, Rate, Timestamp};
 
@@ -92,6 +94,10 @@ pub struct Config {
     pub jwks: JwksConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The volume the sidecar writes to, when the webhook says (unset: the
+    /// audit log's rotation is not checked against a volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_volume: Option<DataVolume>,
 }
 
 /// Whether two parts of a config are the same, as their serialized forms
@@ -134,10 +140,15 @@ impl Config {
         };
         let config = match &source {
             Source::File(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| Error::Read {
-                    path: p.clone(),
-                    source,
-                })?;
+                let text = read_file(p)
+                    .and_then(|bytes| {
+                        String::from_utf8(bytes)
+                            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+                    })
+                    .map_err(|source| Error::Read {
+                        path: p.clone(),
+                        source,
+                    })?;
                 Config::parse(&text, &source.to_string(), env)?
             }
             Source::Embedded => {

@@ -175,7 +175,7 @@ audit: {path: /tmp/a, max_file_size: 1KiB, max_files: 1}
     assert_eq!(audit.on_failure, AuditFailure::FailOpen);
     assert_eq!(
         (audit.max_file_size, audit.max_files),
-        (ByteSize(64 << 20), 4)
+        (ByteSize(8 << 20), 4)
     );
     assert_eq!(c.metrics.key_labels, KeyLabels::Hashed);
     assert_eq!(c.limits.max_buffered_bytes, ByteSize(32 << 20));
@@ -271,4 +271,62 @@ fn a_slim_build_names_the_feature_a_config_needs() {
         found.iter().all(|(_, m)| m.contains("`make build`")),
         "{found:?}"
     );
+}
+
+/// The webhook's data volume (64 MiB at /var/lib/kms-sidecar) holds the
+/// default rotation of an audit log in it; a rotation that can outgrow it
+/// is a problem of `audit.max_file_size`, and a log elsewhere (or no
+/// volume said) is not checked.
+#[test]
+fn an_audit_log_in_the_data_volume_must_fit_it() {
+    let volume: BTreeMap<String, String> = [
+        ("KMS_SIDECAR_DATA_VOLUME__PATH", "/var/lib/kms-sidecar"),
+        ("KMS_SIDECAR_DATA_VOLUME__SIZE_LIMIT", "64Mi"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let with = |audit: &str| {
+        format!("backends: {{d: {{type: local, dir: x}}}}\nkeys: {{}}\naudit: {audit}\n")
+    };
+    let fits = [
+        "{path: /var/lib/kms-sidecar/audit.jsonl}",
+        "{path: /var/lib/kms-sidecar/audit.jsonl, max_file_size: 16MiB, max_files: 3}",
+        "{path: /var/log/audit.jsonl, max_file_size: 1GiB}",
+        "{path: /var/lib/kms-sidecar-other/audit.jsonl, max_file_size: 1GiB}",
+        "{path: audit.jsonl, max_file_size: 1GiB}",
+        "{path: \"-\", max_file_size: 1GiB}",
+    ];
+    for audit in fits {
+        let c = Config::parse(&with(audit), "t", &volume);
+        assert!(c.is_ok(), "{audit}: {:?}", c.err());
+    }
+    let outgrows = [
+        "{path: /var/lib/kms-sidecar/audit.jsonl, max_file_size: 64MiB}",
+        "{path: /var/lib/kms-sidecar/logs/audit.jsonl, max_file_size: 16MiB}",
+        "{path: /var/lib/kms-sidecar/./x/../audit.jsonl, max_files: 8}",
+        "{path: /var/lib/kms-sidecar/audit.jsonl, max_file_size: 8EiB}",
+    ];
+    for audit in outgrows {
+        let Error::Invalid { problems, .. } =
+            Config::parse(&with(audit), "t", &volume).unwrap_err()
+        else {
+            panic!("{audit}: expected a problem")
+        };
+        assert_eq!(problems.len(), 1, "{audit}: {problems:?}");
+        assert_eq!(problems[0].path, "audit.max_file_size");
+        assert!(
+            problems[0].message.contains("data_volume.size_limit"),
+            "{}",
+            problems[0]
+        );
+    }
+    let c = Config::parse(&with(outgrows[0]), "t", &no_env());
+    assert!(c.is_ok(), "no volume said: not checked");
+    let partial: BTreeMap<String, String> =
+        [("KMS_SIDECAR_DATA_VOLUME__PATH".to_owned(), "/x".to_owned())].into();
+    let err = Config::parse(&with(fits[0]), "t", &partial)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("size_limit"), "{err}");
 }

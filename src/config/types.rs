@@ -123,6 +123,23 @@ pub struct AuditConfig {
     pub max_files: u32,
 }
 
+/// `data_volume`: the volume the sidecar writes to (local keys, an audit
+/// log) and its size limit, as the webhook tells it in
+/// `KMS_SIDECAR_DATA_VOLUME__PATH` and `KMS_SIDECAR_DATA_VOLUME__SIZE_LIMIT`.
+/// An audit log inside it must fit it with its rotation:
+/// `audit.max_file_size` × (`audit.max_files` + 1) at most `size_limit`. The
+/// `+ 1` is room beside the rotated files for the rest of the volume (local
+/// keys), a batch of lines written past `max_file_size` into a new file,
+/// and a deleted file a log shipper still holds open.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataVolume {
+    /// Where the volume is mounted in the sidecar container.
+    pub path: PathBuf,
+    /// Its size limit (the `emptyDir`'s `sizeLimit`).
+    pub size_limit: ByteSize,
+}
+
 /// `audit.on_failure`.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -135,8 +152,10 @@ pub enum AuditFailure {
     FailOpen,
 }
 
+/// 8 MiB × 4 files (+ 1 of room, see [`DataVolume`]) fits the 64 MiB data
+/// volume the webhook gives the sidecar.
 fn default_audit_file_size() -> ByteSize {
-    ByteSize(64 << 20)
+    ByteSize(8 << 20)
 }
 
 fn default_audit_files() -> u32 {

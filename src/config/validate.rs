@@ -1,10 +1,11 @@
 //! Semantic checks of a parsed config: every problem, with its field path.
 
 use super::{
-    BackendConfig, Config, NAME_RULE, Pkcs11KeyRef, Problem, VaultAuth, check_azure_vault_url,
-    check_vault_address, valid_name,
+    AuditConfig, BackendConfig, ByteSize, Config, DataVolume, NAME_RULE, Pkcs11KeyRef, Problem,
+    VaultAuth, check_azure_vault_url, check_vault_address, valid_name,
 };
 use crate::policy::OpOrAll;
+use std::path::{Path, PathBuf};
 
 /// Whether this binary was built with the cargo feature `feature` (one of
 /// the backend types, or `otlp`): a slim build (`make run`) has `local` only.
@@ -306,6 +307,9 @@ impl Config {
                     "must be at least 2 (the current file and one rotated file)".into(),
                 );
             }
+            if let Some(why) = self.data_volume.as_ref().and_then(|v| outgrows(audit, v)) {
+                bad("audit.max_file_size".into(), why);
+            }
         }
         let dk = &self.cache.data_keys;
         if dk.ttl.0 < std::time::Duration::from_millis(100) {
@@ -422,4 +426,45 @@ impl Config {
         }
         out
     }
+}
+
+/// Why the audit log's rotation can outgrow the data volume it is written
+/// to (see [`DataVolume`]); `None` when it fits, or lies elsewhere.
+fn outgrows(audit: &AuditConfig, volume: &DataVolume) -> Option<String> {
+    let (log, dir) = (lexical(&audit.path)?, lexical(&volume.path)?);
+    if !log.starts_with(&dir) || log == dir {
+        return None;
+    }
+    let files = u64::from(audit.max_files) + 1;
+    let total = audit.max_file_size.0.saturating_mul(files);
+    (total > volume.size_limit.0).then(|| {
+        format!(
+            "{} × ({} files + 1) = {} can outgrow the {} data volume (`data_volume.size_limit`, {}) that {} is written to: lower `audit.max_file_size` or `audit.max_files`, or write the log elsewhere",
+            audit.max_file_size,
+            audit.max_files,
+            ByteSize(total),
+            volume.size_limit,
+            volume.path.display(),
+            audit.path.display(),
+        )
+    })
+}
+
+/// An absolute path with its `.` and `..` resolved as text; `None` for a
+/// relative one.
+fn lexical(path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::RootDir => out.push("/"),
+            Component::Normal(p) => out.push(p),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            Component::Prefix(_) => return None,
+        }
+    }
+    path.is_absolute().then_some(out)
 }

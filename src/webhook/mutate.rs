@@ -71,6 +71,9 @@ pub const CONFIG_DIR: &str = "/etc/kms-sidecar";
 /// The sidecar's own writable directory (local dev keys, an audit log),
 /// mounted in no other container.
 pub const DATA_DIR: &str = "/var/lib/kms-sidecar";
+/// The size limit of that volume, told to the sidecar (with its path) so
+/// that it refuses an audit rotation that cannot fit.
+pub const DATA_VOLUME_LIMIT: &str = "64Mi";
 /// Where the projected tokens are mounted in the sidecar (one file per
 /// token: `aws`, `azure`, `gcp`, `vault`; and GCP's credentials file).
 pub const TOKEN_DIR: &str = "/var/run/secrets/kms-sidecar";
@@ -397,6 +400,8 @@ fn sidecar(o: &Overrides, config: &Config) -> Container {
             "KMS_SIDECAR_LISTEN__PROBES",
             &format!("0.0.0.0:{}", config.probes_port),
         ),
+        env("KMS_SIDECAR_DATA_VOLUME__PATH", DATA_DIR),
+        env("KMS_SIDECAR_DATA_VOLUME__SIZE_LIMIT", DATA_VOLUME_LIMIT),
     ];
     let mut mounts = vec![
         socket_mount(),
@@ -493,7 +498,7 @@ fn sidecar(o: &Overrides, config: &Config) -> Container {
 fn volumes(o: &Overrides, config: &Config) -> Vec<Volume> {
     let mut volumes = vec![
         empty_dir(SOCKET_VOLUME, "1Mi"),
-        empty_dir(DATA_VOLUME, "64Mi"),
+        empty_dir(DATA_VOLUME, DATA_VOLUME_LIMIT),
         Volume {
             name: CONFIG_VOLUME.into(),
             config_map: Some(ConfigMapVolumeSource {

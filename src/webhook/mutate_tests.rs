@@ -674,3 +674,57 @@ fn gcp_tokens_project_the_providers_audience_and_the_credentials_file() {
     let why = refusal(&annotated(json!({ TOKENS: "gcp" })), &config(&[]));
     assert!(why.contains(GCP_AUDIENCE), "{why}");
 }
+
+/// The sidecar is told where its data volume is and its size limit, the
+/// same as the `emptyDir`'s, so it can refuse an audit rotation that does
+/// not fit (`data_volume` in its config).
+#[test]
+fn the_sidecar_is_told_its_data_volume_and_its_size() {
+    let (p, _) = inject(&pod("bare"), &config(&[])).expect("injected");
+    let s = sidecar_of(&p);
+    let volume = p
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == DATA_VOLUME)
+        .unwrap();
+    let limit = volume
+        .empty_dir
+        .as_ref()
+        .unwrap()
+        .size_limit
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        env_of(s, "KMS_SIDECAR_DATA_VOLUME__SIZE_LIMIT").as_deref(),
+        Some(limit.0.as_str())
+    );
+    assert_eq!(
+        env_of(s, "KMS_SIDECAR_DATA_VOLUME__PATH").as_deref(),
+        Some(DATA_DIR)
+    );
+    let mount = s
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == DATA_VOLUME)
+        .unwrap();
+    assert_eq!(mount.mount_path, DATA_DIR);
+    // The sidecar reads them as its config's `data_volume`: the default
+    // audit rotation fits it.
+    let env: std::collections::BTreeMap<String, String> = s
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
+    let text = format!(
+        "backends: {{d: {{type: local, dir: x}}}}\nkeys: {{}}\naudit: {{path: {DATA_DIR}/audit.jsonl}}\n"
+    );
+    let c = crate::config::Config::parse(&text, "t", &env).expect("the defaults fit");
+    let v = c.data_volume.expect("the volume is known");
+    assert_eq!(v.size_limit.0, 64 << 20);
+}

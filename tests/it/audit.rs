@@ -182,6 +182,54 @@ async fn sighup_reopens_the_file_and_the_chain_goes_on() {
     assert!(!ok, "files out of order: {out}");
 }
 
+/// An audit file deleted (or replaced) without SIGHUP: the next write
+/// notices that the path no longer names the open file, reopens it with a
+/// warning, and the chain goes on in the new file — nothing is written to
+/// the deleted file, and `audit verify` passes on the new one.
+#[tokio::test]
+async fn a_deleted_audit_file_is_reopened_and_the_chain_goes_on() {
+    let mut s = Sidecar::start(&config()).await;
+    let log = s.dir.path().join("audit.jsonl");
+    for m in ["a", "b"] {
+        s.post_ok("/v1/keys/sig/sign", json!({"message": b64(m)}))
+            .await;
+    }
+    assert_eq!(
+        lines(&log).len(),
+        2,
+        "failing closed, lines are written before the answer"
+    );
+    let head = lines(&log)[1]["hash"].clone();
+    std::fs::remove_file(&log).unwrap();
+    s.post_ok("/v1/keys/sig/sign", json!({"message": b64("c")}))
+        .await;
+    let after = lines(&log);
+    assert_eq!(after.len(), 1, "the line is in a new file at the path");
+    assert_eq!(after[0]["prev"], head, "the chain goes on");
+    // Replaced by another file (renamed over it): the same.
+    let other = s.dir.path().join("other.jsonl");
+    std::fs::write(&other, "").unwrap();
+    std::fs::rename(&other, &log).unwrap();
+    s.post_ok("/v1/keys/sig/sign", json!({"message": b64("d")}))
+        .await;
+    let replaced = lines(&log);
+    assert_eq!(replaced.len(), 1);
+    assert_eq!(replaced[0]["prev"], after[0]["hash"]);
+    let (ok, out) = verify(&[&log]);
+    assert!(
+        ok && out.contains("continues from an earlier file"),
+        "{out}"
+    );
+    let logs = s.logs();
+    assert_eq!(
+        logs.matches("the audit log file was removed or replaced")
+            .count(),
+        2,
+        "a warning each time:\n{logs}"
+    );
+    assert!(s.terminate().success());
+}
+
 fn lines_or_empty(path: &Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
 }

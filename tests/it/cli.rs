@@ -119,3 +119,35 @@ async fn key_files_readable_by_others_are_refused() {
     assert_eq!(out.status.code(), Some(2), "{config}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
 }
+
+/// The webhook tells the sidecar its data volume's path and size limit
+/// (`KMS_SIDECAR_DATA_VOLUME__*`): an audit log in that volume whose
+/// rotation (`max_file_size` × (`max_files` + 1)) could outgrow it is
+/// refused by `serve` and `config check` alike, exit 2 naming both. The
+/// defaults fit the webhook's 64 MiB volume; a log elsewhere is not checked.
+#[test]
+fn an_audit_rotation_larger_than_its_data_volume_exits_2() {
+    let base = local_config("  k: { backend: dev, key: k, algorithm: aes-256-gcm }");
+    let volume = [
+        ("KMS_SIDECAR_DATA_VOLUME__PATH", "/var/lib/kms-sidecar"),
+        ("KMS_SIDECAR_DATA_VOLUME__SIZE_LIMIT", "64Mi"),
+    ];
+    let too_big = base.clone()
+        + "audit: { path: /var/lib/kms-sidecar/audit/../audit.jsonl, max_file_size: 16MiB }\n";
+    for command in [&["config", "check"][..], &["serve", "--config"]] {
+        let (code, _, err) = run_with_config(command, &too_big, &volume);
+        assert_eq!(code, Some(2), "{command:?}: {err}");
+        for says in ["audit.max_file_size", "data_volume.size_limit", "80.0 MiB"] {
+            assert!(err.contains(says), "{command:?} names {says:?}: {err}");
+        }
+    }
+    let defaults = base.clone() + "audit: { path: /var/lib/kms-sidecar/audit.jsonl }\n";
+    let (code, out, err) = check(&defaults, &volume);
+    assert_eq!(code, Some(0), "the defaults fit: {err}");
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&out).unwrap();
+    assert_eq!(v["audit"]["max_file_size"], "8.0 MiB");
+    assert_eq!(v["data_volume"]["size_limit"], "64.0 MiB");
+    let elsewhere = base + "audit: { path: /var/log/audit.jsonl, max_file_size: 64MiB }\n";
+    let (code, _, err) = check(&elsewhere, &volume);
+    assert_eq!(code, Some(0), "not in the volume: {err}");
+}

@@ -39,11 +39,16 @@ impl ConfigMap {
     /// The kubelet's atomic writer: the new payload in a fresh directory,
     /// a `..data_tmp` link to it renamed over `..data`, the old one removed.
     fn update(&mut self, text: &str) {
+        self.update_with(|file| std::fs::write(file, text).unwrap());
+    }
+
+    /// [`Self::update`] with the payload's `config.yaml` made by `make`.
+    fn update_with(&mut self, make: impl FnOnce(&Path)) {
         let old = format!("..2026_11_28_00_00_{:02}.{}", self.stamp, self.stamp);
         self.stamp += 1;
         let new = format!("..2026_11_28_00_00_{:02}.{}", self.stamp, self.stamp);
         std::fs::create_dir(self.dir.join(&new)).unwrap();
-        std::fs::write(self.dir.join(&new).join("config.yaml"), text).unwrap();
+        make(&self.dir.join(&new).join("config.yaml"));
         symlink(&new, self.dir.join("..data_tmp")).unwrap();
         std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
         let _ = std::fs::remove_dir_all(self.dir.join(old));
@@ -322,4 +327,126 @@ async fn a_new_backend_that_is_not_healthy_rejects_the_reload() {
         logs.contains("backend `vault` (changed) is not healthy after 10s"),
         "{logs}"
     );
+}
+
+/// The config with keys `a` and `b`, written so that a cut after `b`'s
+/// `algorithm` is still a valid config: `b` with its default operations
+/// (envelope among them). The whole file grants `b` `encrypt` only.
+fn half_and_rest(dir: &Path) -> (String, String) {
+    let b = "  b:\n    backend: dev2\n    key: b\n    algorithm: aes-256-gcm";
+    let half =
+        config(dir, "", &everything()).replace("keys:\n\n", "") + &format!("keys:\n{KEY_A}\n{b}\n");
+    (half, "    ops: [encrypt]\n".into())
+}
+
+/// Writes `half` into the file at `path` in place (truncated, not
+/// replaced), holds it open past two polls of the sidecar (which would
+/// apply a change no event vouched for), then writes `rest`
+/// and closes it. While the writer holds the file nothing is applied: the
+/// generation stays 1 and `b` never appears; once it closes, the whole
+/// file applies, once (generation 2), and `b`'s envelope is refused as the
+/// whole file says (the half file would have allowed it).
+async fn write_slowly_in_place(s: &Sidecar, path: &Path, half: &str, rest: &str) {
+    use std::io::Write;
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    writer.write_all(half.as_bytes()).unwrap();
+    writer.flush().unwrap();
+    let held = std::time::Instant::now();
+    while held.elapsed() < 2 * kms_sidecar::reload::POLL + Duration::from_secs(1) {
+        assert_eq!(listed(s).await, ["a"], "the half-written file was applied");
+        assert_eq!(s.metric(GENERATION).await, 1.0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    writer.write_all(rest.as_bytes()).unwrap();
+    drop(writer);
+    eventually(
+        Duration::from_secs(2),
+        "the closed file applies",
+        || async { s.metric(GENERATION).await == 2.0 },
+    )
+    .await;
+    assert_eq!(listed(s).await, ["a", "b"]);
+    seal(s, "b").await.expect(403, Some("forbidden"));
+    seal(s, "a").await.ok();
+    assert_eq!(s.metric(APPLIED).await, 1.0, "applied once, whole");
+    assert_eq!(s.metric(REJECTED).await, 0.0);
+}
+
+/// A config file written in place (no rename) by a writer that stops half
+/// way and holds the file open: nothing applies until it closes the file.
+#[tokio::test]
+async fn a_file_written_in_place_applies_only_once_its_writer_closes_it() {
+    let s = Sidecar::start(&config(Path::new("{dir}"), KEY_A, &everything())).await;
+    let (half, rest) = half_and_rest(s.dir.path());
+    let path = s.dir.path().join("config.yaml");
+    write_slowly_in_place(&s, &path, &half, &rest).await;
+}
+
+/// The same through a ConfigMap's links: the file `..data/config.yaml`
+/// leads to, written in place, is held back as well (the poll obeys the
+/// same rule as the events).
+#[tokio::test]
+async fn a_configmap_file_written_in_place_applies_only_once_its_writer_closes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, cm) = start(&config(dir.path(), KEY_A, &everything())).await;
+    let (half, rest) = half_and_rest(dir.path());
+    let target = cm.dir.join("..data/config.yaml");
+    write_slowly_in_place(&s, &target, &half, &rest).await;
+}
+
+/// What the config path leads to after a swap: not a regular file (a
+/// FIFO, `/dev/zero`), or a file over 1 MiB. Each is rejected at once,
+/// without blocking the reloader; the sidecar serves on, and the next good
+/// file applies.
+#[tokio::test]
+async fn a_fifo_a_device_or_a_huge_file_is_rejected_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, mut cm) = start(&config(dir.path(), KEY_A, &everything())).await;
+    // A FIFO no one writes to: reading it would wait forever.
+    cm.update_with(|file| nix::unistd::mkfifo(file, nix::sys::stat::Mode::S_IRWXU).unwrap());
+    eventually(Duration::from_secs(2), "the FIFO is rejected", || async {
+        s.metric(REJECTED).await == 1.0
+    })
+    .await;
+    seal(&s, "a").await.ok();
+    // `/dev/zero`: reading it would never end.
+    cm.update_with(|file| symlink("/dev/zero", file).unwrap());
+    eventually(Duration::from_secs(2), "/dev/zero is rejected", || async {
+        s.metric(REJECTED).await == 2.0
+    })
+    .await;
+    seal(&s, "a").await.ok();
+    // A regular file of 2 MiB: over the cap.
+    let huge = format!("# {}\n", "x".repeat(2 << 20));
+    cm.update(&(config(dir.path(), KEY_A, &everything()) + &huge));
+    eventually(
+        Duration::from_secs(2),
+        "the huge file is rejected",
+        || async { s.metric(REJECTED).await == 3.0 },
+    )
+    .await;
+    let logs = s.logs();
+    for why in [
+        "not a regular file (a FIFO)",
+        "not a regular file (a character device)",
+        "larger than 1 MiB",
+    ] {
+        assert!(logs.contains(why), "the rejection says {why:?}:\n{logs}");
+    }
+    // The next good file applies.
+    cm.update(&config(
+        dir.path(),
+        &format!("{KEY_A}\n{KEY_B}"),
+        &everything(),
+    ));
+    eventually(Duration::from_secs(2), "key `b` is listed", || async {
+        listed(&s).await == ["a", "b"]
+    })
+    .await;
+    assert_eq!(s.metric(GENERATION).await, 2.0);
+    seal(&s, "b").await.ok();
 }

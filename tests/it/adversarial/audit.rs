@@ -213,14 +213,115 @@ async fn a_flood_of_denials_is_summarised_not_written_line_by_line() {
         .count() as u64;
     let summarised: u64 = lines
         .iter()
-        .filter(|l| l["type"] == "denials" && l["uid"] == denied)
-        .map(|l| l["count"].as_u64().unwrap())
+        .filter(|l| l["type"] == "denials")
+        .flat_map(|l| l["top"].as_array().unwrap())
+        .filter(|t| t["uid"] == denied)
+        .map(|t| t["count"].as_u64().unwrap())
         .sum();
     assert_eq!(single + summarised, 300, "every denial is accounted for");
     assert!(
         single <= 10 * (seconds + 1),
         "{single} single lines in {seconds} s: at most 10 per second"
     );
+    let (ok, out) = verify(&[&s.dir.path().join("audit.jsonl")]);
+    assert!(ok, "{out}");
+}
+
+/// 200 uids without a rule, 20 denied requests each (`setpriv` + curl, 32
+/// uids at a time): past a global rate the denials are summarised whatever
+/// the uid, so no second of the log holds more than a bounded number of
+/// lines, the summaries name the uids, and every denial is accounted for.
+#[tokio::test]
+async fn a_flood_of_denials_across_uids_is_summarised_globally() {
+    assert!(
+        is_root(),
+        "acting as 200 uids needs root (setpriv): run the suite as root, as CI does"
+    );
+    let me = nix::unistd::geteuid().as_raw();
+    let mut s = Sidecar::start(&config(me, "audit: { path: \"{dir}/audit.jsonl\" }\n")).await;
+    s.open_to_other_uids();
+    let (uids, per_uid) = (20_000..20_200u32, 20);
+    let socket = s.socket.display().to_string();
+    let urls = vec!["http://localhost/v1/keys/sig/sign"; per_uid];
+    let uids: Vec<u32> = uids.collect();
+    let forbidden: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = uids
+            .chunks(uids.len().div_ceil(32))
+            .map(|chunk| {
+                let (socket, urls) = (&socket, &urls);
+                scope.spawn(move || {
+                    let mut forbidden = 0;
+                    for uid in chunk {
+                        let mut args = vec![
+                            "-s",
+                            "-o",
+                            "/dev/null",
+                            "-w",
+                            "%{http_code}\n",
+                            "--unix-socket",
+                            socket,
+                            "-d",
+                            r#"{"message":"AA=="}"#,
+                        ];
+                        args.extend(urls.iter().copied());
+                        let (ok, out, err) = crate::harness::run_as(Some(*uid), "curl", &args);
+                        assert!(ok, "curl as {uid}: {err}");
+                        forbidden += out.lines().filter(|l| *l == "403").count();
+                    }
+                    forbidden
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    assert_eq!(forbidden, uids.len() * per_uid, "every request is refused");
+    assert!(s.terminate().success());
+    let lines = lines(&s.dir.path().join("audit.jsonl"));
+    let single: Vec<_> = lines
+        .iter()
+        .filter(|l| l["outcome"] == "forbidden")
+        .collect();
+    let summaries: Vec<_> = lines.iter().filter(|l| l["type"] == "denials").collect();
+    let summarised: u64 = summaries.iter().map(|l| l["count"].as_u64().unwrap()).sum();
+    assert_eq!(
+        single.len() as u64 + summarised,
+        forbidden as u64,
+        "every denial is accounted for"
+    );
+    // At most 50 lines a second for all uids together (a window of the
+    // limit can straddle two seconds of the clock), and one summary a
+    // second whatever the number of uids.
+    let mut by_second = std::collections::BTreeMap::<&str, (u32, u32)>::new();
+    for l in &lines {
+        let second = &l["time"].as_str().unwrap()[..19];
+        let n = by_second.entry(second).or_default();
+        if l["type"] == "denials" {
+            n.1 += 1;
+        } else {
+            n.0 += 1;
+        }
+    }
+    for (second, (single, summaries)) in &by_second {
+        assert!(
+            *single <= 2 * 50 && *summaries <= 2,
+            "{second}: {single} denial lines and {summaries} summaries"
+        );
+    }
+    // The summaries count the uids and name the largest, a bounded list.
+    let uids_named: u64 = summaries
+        .iter()
+        .map(|l| l["uids"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(uids_named >= 50, "{uids_named} uids in a summary");
+    for l in &summaries {
+        let top = l["top"].as_array().unwrap();
+        assert!(!top.is_empty() && top.len() <= 10, "{l}");
+        assert!(
+            top.iter().all(|t| t["uid"].as_u64().unwrap() >= 20_000),
+            "{l}"
+        );
+    }
     let (ok, out) = verify(&[&s.dir.path().join("audit.jsonl")]);
     assert!(ok, "{out}");
 }
