@@ -4,8 +4,10 @@
 //!
 //! What the patch adds (SPEC §11): the sidecar as a native sidecar (first
 //! init container, `restartPolicy: Always`) or, for clusters before 1.29, a
-//! regular container; an `emptyDir` for the socket mounted at `/var/run/kms`
-//! in every other container with `KMS_SIDECAR_SOCKET`; the config map; a
+//! regular container; an `emptyDir` for the socket mounted read-only at
+//! `/var/run/kms` in every other container with `KMS_SIDECAR_SOCKET` (a
+//! read-only mount still connects, but cannot remove or replace the socket;
+//! only the sidecar's own mount is writable); the config map; a
 //! private `emptyDir` for the sidecar's own files; a
 //! projected service-account token per audience the backends need; the
 //! `kms-sidecar.io/status: injected` annotation that makes injection
@@ -22,9 +24,9 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvVar, HTTPGetAction, KeyToPath, Pod, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    EmptyDirVolumeSource, EnvVar, HTTPGetAction, KeyToPath, Pod, PodSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -83,7 +85,7 @@ const TOKEN_VOLUME: &str = "kms-sidecar-tokens";
 /// these names is refused (the API server would reject the duplicate).
 const VOLUMES: [&str; 4] = [SOCKET_VOLUME, CONFIG_VOLUME, DATA_VOLUME, TOKEN_VOLUME];
 /// The sidecar's own volumes, which no other container may mount (the
-/// socket's is shared; a pod may mount it by name where it likes).
+/// socket's is shared, read-only; a pod may mount it by name where it likes).
 const PRIVATE_VOLUMES: [&str; 2] = [DATA_VOLUME, TOKEN_VOLUME];
 
 /// The sidecar's CPU and memory, requests and limits alike, after
@@ -169,65 +171,15 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
             spec.init_containers.as_deref().unwrap_or_default(),
         ),
     ];
-    if let Some(volume) = spec
-        .volumes
-        .iter()
-        .flatten()
-        .find_map(|v| VOLUMES.into_iter().find(|&ours| v.name == ours))
-    {
-        return Err(Refusal::VolumeName { volume });
-    }
-    for (list, containers) in lists {
-        for (i, c) in containers.iter().enumerate() {
-            if let Some(volume) = c
-                .volume_mounts
-                .iter()
-                .flatten()
-                .find_map(|m| PRIVATE_VOLUMES.into_iter().find(|&ours| m.name == ours))
-            {
-                return Err(Refusal::PrivateMount {
-                    container: format!("spec.{list}[{i}]"),
-                    volume,
-                });
-            }
-        }
-    }
+    check_isolation(spec, lists)?;
     let overrides = Overrides::read(annotations, config)?;
 
     let mut ops = Vec::new();
     // App and init containers first, at their original indices (the sidecar
-    // is inserted before them last). A mount already at the socket's
-    // directory, however spelled, is left alone (two would be invalid).
+    // is inserted before them last).
     for (list, containers) in lists {
         for (i, c) in containers.iter().enumerate() {
-            let base = ["spec", list, &i.to_string()];
-            if !c.volume_mounts.iter().flatten().any(|m| {
-                Path::new(&m.mount_path)
-                    .components()
-                    .eq(Path::new(SOCKET_DIR).components())
-            }) {
-                push_items(
-                    &mut ops,
-                    &base,
-                    "volumeMounts",
-                    c.volume_mounts.is_some(),
-                    [socket_mount()],
-                );
-            }
-            if !c
-                .env
-                .iter()
-                .flatten()
-                .any(|e| e.name == "KMS_SIDECAR_SOCKET")
-            {
-                push_items(
-                    &mut ops,
-                    &base,
-                    "env",
-                    c.env.is_some(),
-                    [env("KMS_SIDECAR_SOCKET", SOCKET)],
-                );
-            }
+            app_container(&mut ops, ["spec", list, &i.to_string()], c);
         }
     }
     push_items(
@@ -260,6 +212,84 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
         ));
     }
     Ok(Decision::Inject(Patch(ops)))
+}
+
+/// Refuses a pod whose containers, injected, could reach into the sidecar
+/// (or that the API server would then reject): a volume named like one of
+/// the sidecar's, a container mounting the sidecar's own volumes.
+fn check_isolation(spec: &PodSpec, lists: [(&str, &[Container]); 2]) -> Result<(), Refusal> {
+    if let Some(volume) = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| VOLUMES.into_iter().find(|&ours| v.name == ours))
+    {
+        return Err(Refusal::VolumeName { volume });
+    }
+    for (list, containers) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            let container = || format!("spec.{list}[{i}]");
+            if let Some(volume) = private_mount(c.volume_mounts.as_deref()) {
+                return Err(Refusal::PrivateMount {
+                    container: container(),
+                    volume,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first of the sidecar's own volumes that `mounts` mounts.
+fn private_mount(mounts: Option<&[VolumeMount]>) -> Option<&'static str> {
+    mounts
+        .into_iter()
+        .flatten()
+        .find_map(|m| PRIVATE_VOLUMES.into_iter().find(|&ours| m.name == ours))
+}
+
+/// The patch for one app or init container at `base`: the socket mounted
+/// read-only and `KMS_SIDECAR_SOCKET`. A mount already at the socket's
+/// directory, however spelled, is left in place (two would be invalid), and
+/// any mount of the socket's volume it has is made read-only: a writable one
+/// could remove the socket and bind another in its place.
+fn app_container(ops: &mut Vec<PatchOperation>, base: [&str; 3], c: &Container) {
+    let mounts = c.volume_mounts.as_deref().unwrap_or_default();
+    for (j, m) in mounts.iter().enumerate() {
+        if m.name == SOCKET_VOLUME && m.read_only != Some(true) {
+            let j = j.to_string();
+            let path = [base[0], base[1], base[2], "volumeMounts", &j, "readOnly"];
+            ops.push(add(&path, Value::Bool(true)));
+        }
+    }
+    let at_socket_dir = |m: &VolumeMount| {
+        Path::new(&m.mount_path)
+            .components()
+            .eq(Path::new(SOCKET_DIR).components())
+    };
+    if !mounts.iter().any(at_socket_dir) {
+        push_items(
+            ops,
+            &base,
+            "volumeMounts",
+            c.volume_mounts.is_some(),
+            [socket_mount(true)],
+        );
+    }
+    if !c
+        .env
+        .iter()
+        .flatten()
+        .any(|e| e.name == "KMS_SIDECAR_SOCKET")
+    {
+        push_items(
+            ops,
+            &base,
+            "env",
+            c.env.is_some(),
+            [env("KMS_SIDECAR_SOCKET", SOCKET)],
+        );
+    }
 }
 
 /// The pod's annotations, validated, over the webhook's defaults.
@@ -399,7 +429,8 @@ fn sidecar(o: &Overrides, config: &Config) -> Container {
         ),
     ];
     let mut mounts = vec![
-        socket_mount(),
+        // The sidecar's own mount: the one that may create the socket.
+        socket_mount(false),
         VolumeMount {
             name: CONFIG_VOLUME.into(),
             mount_path: CONFIG_DIR.into(),
@@ -561,10 +592,12 @@ fn empty_dir(name: &str, size_limit: &str) -> Volume {
     }
 }
 
-fn socket_mount() -> VolumeMount {
+/// The socket's volume at [`SOCKET_DIR`]: writable for the sidecar only.
+fn socket_mount(read_only: bool) -> VolumeMount {
     VolumeMount {
         name: SOCKET_VOLUME.into(),
         mount_path: SOCKET_DIR.into(),
+        read_only: read_only.then_some(true),
         ..Default::default()
     }
 }

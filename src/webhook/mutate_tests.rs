@@ -58,6 +58,13 @@ fn assert_sees_socket(c: &Container) {
         .collect();
     assert_eq!(mounts.len(), 1, "{}: one socket mount", c.name);
     assert_eq!(mounts[0].name, SOCKET_VOLUME);
+    // Every mount of the socket's volume in an app container, the webhook's
+    // and the pod's own, is read-only: it connects, it cannot replace.
+    for m in c.volume_mounts.iter().flatten() {
+        if m.name == SOCKET_VOLUME {
+            assert_eq!(m.read_only, Some(true), "{}: {m:?}", c.name);
+        }
+    }
     let env: Vec<_> = c
         .env
         .iter()
@@ -115,9 +122,16 @@ fn multi_container_pod_keeps_everything_and_gains_the_sidecar() {
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations[STATUS], "injected");
 
-    // The sidecar: native, probed, hardened, small.
+    // The sidecar: native, probed, hardened, small; its socket mount alone
+    // is writable (it creates the socket).
     let s = sidecar_of(&p);
     assert_eq!(s.restart_policy.as_deref(), Some("Always"));
+    let own = s
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == SOCKET_VOLUME);
+    assert_eq!(own.map(|m| m.read_only), Some(None), "{own:?}");
     let startup = s.startup_probe.as_ref().unwrap().http_get.as_ref().unwrap();
     assert_eq!(startup.path.as_deref(), Some("/readyz"));
     assert_eq!(startup.port, IntOrString::Int(9102));
@@ -573,12 +587,27 @@ fn app_containers_cannot_mount_the_sidecars_private_volumes() {
             "{list} {name}: {why}"
         );
     }
-    // The socket is theirs to mount where they like.
-    let mut doc = pod("bare");
-    doc["spec"]["containers"][0]["volumeMounts"] =
-        json!([{ "name": SOCKET_VOLUME, "mountPath": "/run/kms" }]);
-    let (p, _) = inject(&doc, &tokens).expect("injected");
-    assert_sees_socket(&p.spec.as_ref().unwrap().containers[0]);
+    // The socket is theirs to mount where they like, read-only: a mount
+    // that says writable, or nothing, is made read-only.
+    for read_only in [json!(false), Value::Null] {
+        let mut doc = pod("bare");
+        let mut mount = json!({ "name": SOCKET_VOLUME, "mountPath": "/run/kms" });
+        if !read_only.is_null() {
+            mount["readOnly"] = read_only;
+        }
+        doc["spec"]["containers"][0]["volumeMounts"] = json!([mount]);
+        doc["spec"]["initContainers"] = json!([{ "name": "init", "volumeMounts": [
+            { "name": SOCKET_VOLUME, "mountPath": SOCKET_DIR, "subPath": "x" }
+        ] }]);
+        let (p, raw) = inject(&doc, &tokens).expect("injected");
+        let spec = p.spec.as_ref().unwrap();
+        assert_sees_socket(&spec.containers[0]);
+        assert_sees_socket(&spec.init_containers.as_ref().unwrap()[1]);
+        assert_eq!(
+            raw["spec"]["containers"][0]["volumeMounts"][0],
+            json!({ "name": SOCKET_VOLUME, "mountPath": "/run/kms", "readOnly": true })
+        );
+    }
 }
 
 #[test]

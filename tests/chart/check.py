@@ -230,6 +230,37 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
                   f"{origin}: service account impersonation follows injection.gcp.serviceAccount")
 
 
+def pod_specs(obj: dict) -> list[dict]:
+    """The pod spec of a Pod, or of a workload's pod template."""
+    spec = obj.get("spec") or {}
+    if obj.get("kind") == "Pod":
+        return [spec]
+    template = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template")
+    return [template["spec"]] if template else []
+
+
+def check_sidecar_isolation(spec: dict, origin: str) -> None:
+    """A pod with the sidecar written by hand keeps its other containers out
+    of it, as the webhook does: the socket mounted read-only, no shared
+    process namespace, no container running as the sidecar's uid."""
+    containers = spec.get("initContainers", []) + spec.get("containers", [])
+    sidecar = next((c for c in containers if c["name"] == "kms-sidecar"), None)
+    if sidecar is None:
+        return
+    check(not spec.get("shareProcessNamespace"), f"{origin}: shareProcessNamespace with the sidecar")
+
+    def uid(c: dict):
+        return (c.get("securityContext") or {}).get("runAsUser", (spec.get("securityContext") or {}).get("runAsUser"))
+
+    for c in containers:
+        if c is sidecar:
+            continue
+        for m in c.get("volumeMounts", []):
+            if m["name"] == "kms-sidecar-socket":
+                check(m.get("readOnly") is True, f"{origin}: {c['name']} mounts the socket writable")
+        check(uid(c) is None or uid(c) != uid(sidecar), f"{origin}: {c['name']} runs as the sidecar's uid")
+
+
 def manifest_from_chart() -> tuple[dict, str]:
     """manifests/values.yaml, and the chart rendered with it under a header
     made of that file's first paragraph."""
@@ -303,6 +334,9 @@ def main() -> int:
         objs = objects(path.read_text())
         check(bool(objs), f"examples/{path.name}: empty")
         validate(objs, f"examples/{path.name}")
+        for obj in objs:
+            for spec in pod_specs(obj):
+                check_sidecar_isolation(spec, f"examples/{path.name}")
         for cm in by_kind(objs, "ConfigMap"):
             config = cm.get("data", {}).get("config.yaml")
             if config is None:
