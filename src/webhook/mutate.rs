@@ -17,7 +17,8 @@
 //! that, injected, the API server would reject or that would break the
 //! sidecar's isolation — an annotation it cannot use (impossible resources
 //! included: see [`RESOURCE_BOUNDS`]), a volume named like the sidecar's, an
-//! app container mounting the sidecar's tokens or private directory.
+//! app container mounting the sidecar's tokens or private directory, a pod
+//! sharing one process namespace, a container running as the sidecar's uid.
 
 use super::config::{Config, Token};
 use json_patch::jsonptr::PointerBuf;
@@ -77,7 +78,7 @@ pub const DATA_DIR: &str = "/var/lib/kms-sidecar";
 /// token: `aws`, `azure`, `gcp`, `vault`; and GCP's credentials file).
 pub const TOKEN_DIR: &str = "/var/run/secrets/kms-sidecar";
 
-const SOCKET_VOLUME: &str = "kms-sidecar-socket";
+pub(crate) const SOCKET_VOLUME: &str = "kms-sidecar-socket";
 const CONFIG_VOLUME: &str = "kms-sidecar-config";
 const DATA_VOLUME: &str = "kms-sidecar-data";
 const TOKEN_VOLUME: &str = "kms-sidecar-tokens";
@@ -135,6 +136,24 @@ pub enum Refusal {
         container: String,
         volume: &'static str,
     },
+    /// `shareProcessNamespace: true`: every container would see the
+    /// sidecar's process, and one running as root or as the sidecar's uid
+    /// could read its memory and its token files through `/proc`.
+    #[error(
+        "the pod sets shareProcessNamespace: every container would see the sidecar's process (and, as root or its uid, its memory and KMS tokens through /proc): unset it"
+    )]
+    SharedProcessNamespace,
+    /// A container would run as the sidecar's uid: to the kernel it would
+    /// be the sidecar (its process, what it owns).
+    #[error(
+        "{container} runs as uid {uid}, the sidecar's, set in {set_in}: it could act as the sidecar; run it as another uid"
+    )]
+    SidecarUid {
+        container: String,
+        uid: i64,
+        /// `its securityContext` or `the pod's securityContext`.
+        set_in: &'static str,
+    },
 }
 
 /// Decides what to do with `pod` (a CREATE of a pod, or of a pod template
@@ -171,7 +190,7 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
             spec.init_containers.as_deref().unwrap_or_default(),
         ),
     ];
-    check_isolation(spec, lists)?;
+    check_isolation(spec, lists, config)?;
     let overrides = Overrides::read(annotations, config)?;
 
     let mut ops = Vec::new();
@@ -216,8 +235,14 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
 
 /// Refuses a pod whose containers, injected, could reach into the sidecar
 /// (or that the API server would then reject): a volume named like one of
-/// the sidecar's, a container mounting the sidecar's own volumes.
-fn check_isolation(spec: &PodSpec, lists: [(&str, &[Container]); 2]) -> Result<(), Refusal> {
+/// the sidecar's, a shared process namespace, a container mounting the
+/// sidecar's own volumes or running as its uid (its own `runAsUser`, else
+/// the pod's).
+fn check_isolation(
+    spec: &PodSpec,
+    lists: [(&str, &[Container]); 2],
+    config: &Config,
+) -> Result<(), Refusal> {
     if let Some(volume) = spec
         .volumes
         .iter()
@@ -225,6 +250,9 @@ fn check_isolation(spec: &PodSpec, lists: [(&str, &[Container]); 2]) -> Result<(
         .find_map(|v| VOLUMES.into_iter().find(|&ours| v.name == ours))
     {
         return Err(Refusal::VolumeName { volume });
+    }
+    if spec.share_process_namespace == Some(true) {
+        return Err(Refusal::SharedProcessNamespace);
     }
     for (list, containers) in lists {
         for (i, c) in containers.iter().enumerate() {
@@ -235,17 +263,40 @@ fn check_isolation(spec: &PodSpec, lists: [(&str, &[Container]); 2]) -> Result<(
                     volume,
                 });
             }
+            if let Some((uid, set_in)) = run_as_user(c.security_context.as_ref(), spec)
+                && uid == config.run_as_user
+            {
+                return Err(Refusal::SidecarUid {
+                    container: container(),
+                    uid,
+                    set_in,
+                });
+            }
         }
     }
     Ok(())
 }
 
 /// The first of the sidecar's own volumes that `mounts` mounts.
-fn private_mount(mounts: Option<&[VolumeMount]>) -> Option<&'static str> {
+pub(crate) fn private_mount(mounts: Option<&[VolumeMount]>) -> Option<&'static str> {
     mounts
         .into_iter()
         .flatten()
         .find_map(|m| PRIVATE_VOLUMES.into_iter().find(|&ours| m.name == ours))
+}
+
+/// The uid a container declares it runs as, and where that is set: its own
+/// `securityContext`, else the pod's. `None` when neither says (the image's
+/// user then applies, which the webhook cannot see).
+pub(crate) fn run_as_user(
+    container: Option<&SecurityContext>,
+    spec: &PodSpec,
+) -> Option<(i64, &'static str)> {
+    let pod = spec.security_context.as_ref().and_then(|sc| sc.run_as_user);
+    match container.and_then(|sc| sc.run_as_user) {
+        Some(uid) => Some((uid, "its securityContext")),
+        None => pod.map(|uid| (uid, "the pod's securityContext")),
+    }
 }
 
 /// The patch for one app or init container at `base`: the socket mounted

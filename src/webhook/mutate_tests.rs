@@ -611,6 +611,66 @@ fn app_containers_cannot_mount_the_sidecars_private_volumes() {
 }
 
 #[test]
+fn a_shared_process_namespace_is_refused() {
+    let mut doc = pod("multi-container");
+    doc["spec"]["shareProcessNamespace"] = json!(true);
+    let why = refusal(&doc, &config(&[]));
+    assert!(why.contains("shareProcessNamespace"), "{why}");
+    doc["spec"]["shareProcessNamespace"] = json!(false);
+    assert!(inject(&doc, &config(&[])).is_some());
+}
+
+#[test]
+fn containers_running_as_the_sidecars_uid_are_refused() {
+    let sidecar_uid = Config::default().run_as_user;
+    let as_sidecar = json!({ "runAsUser": sidecar_uid });
+    // Each place a container's uid is set: its own securityContext (app or
+    // init container), or the pod's for a container that sets none.
+    for (at, blamed, set_in) in [
+        (
+            Some(("containers", 1)),
+            "spec.containers[1]",
+            "its securityContext",
+        ),
+        (
+            Some(("initContainers", 0)),
+            "spec.initContainers[0]",
+            "its securityContext",
+        ),
+        (None, "spec.containers[0]", "the pod's securityContext"),
+    ] {
+        let mut doc = pod("multi-container");
+        match at {
+            Some((list, i)) => doc["spec"][list][i]["securityContext"] = as_sidecar.clone(),
+            None => doc["spec"]["securityContext"] = as_sidecar.clone(),
+        }
+        let why = refusal(&doc, &config(&[]));
+        assert!(
+            why.contains(blamed) && why.contains(&sidecar_uid.to_string()) && why.contains(set_in),
+            "{at:?}: {why}"
+        );
+    }
+    // The pod's uid does not apply to containers that set their own.
+    let mut doc = pod("multi-container");
+    doc["spec"]["securityContext"]["runAsUser"] = json!(sidecar_uid);
+    for list in ["containers", "initContainers"] {
+        for c in doc["spec"][list].as_array_mut().unwrap() {
+            c["securityContext"] = json!({ "runAsUser": 1000 });
+        }
+    }
+    assert!(inject(&doc, &config(&[])).is_some());
+    // The sidecar's uid is the webhook's setting.
+    let mut doc = pod("bare");
+    doc["spec"]["containers"][0]["securityContext"] = json!({ "runAsUser": 4242 });
+    assert!(inject(&doc, &config(&[])).is_some());
+    let other = Config {
+        run_as_user: 4242,
+        ..config(&[])
+    };
+    assert!(refusal(&doc, &other).contains("4242"));
+}
+
+#[test]
 fn a_mount_at_the_socket_dir_spelled_differently_is_not_doubled() {
     let mut doc = pod("bare");
     doc["spec"]["containers"][0]["volumeMounts"] =

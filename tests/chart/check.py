@@ -146,15 +146,28 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
     sc = container["securityContext"]
     check(sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"], f"{origin}: hardened webhook")
 
-    [hook] = mwc["webhooks"]
-    check(hook["sideEffects"] == "None", f"{origin}: sideEffects None")
+    hooks = {h["name"]: h for h in mwc["webhooks"]}
+    check(sorted(hooks) == ["ephemeral.kms-sidecar.io", "inject.kms-sidecar.io"], f"{origin}: webhooks {sorted(hooks)}")
+    hook, ephemeral = hooks["inject.kms-sidecar.io"], hooks.get("ephemeral.kms-sidecar.io", {"name": "ephemeral"})
+    for h in (hook, ephemeral):
+        check(h.get("sideEffects") == "None", f"{origin}: {h['name']}: sideEffects None")
+        check(h.get("admissionReviewVersions") == ["v1"], f"{origin}: {h['name']}: admission v1")
+        check(
+            h.get("objectSelector")
+            == {"matchExpressions": [{"key": "kms-sidecar.io/inject", "operator": "In", "values": ["true", "True", "TRUE"]}]},
+            f"{origin}: {h['name']}: objectSelector",
+        )
     check(hook["failurePolicy"] == web["failurePolicy"], f"{origin}: failurePolicy")
-    check(hook["admissionReviewVersions"] == ["v1"], f"{origin}: admission v1")
-    check(
-        hook["objectSelector"]
-        == {"matchExpressions": [{"key": "kms-sidecar.io/inject", "operator": "In", "values": ["true", "True", "TRUE"]}]},
-        f"{origin}: objectSelector",
-    )
+    check(hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
+                             "scope": "Namespaced"}], f"{origin}: rules")
+    # Ephemeral containers (kubectl debug) on injected pods are reviewed,
+    # closed while the webhook is unreachable, through the same Service.
+    check(ephemeral.get("rules") == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                                      "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}],
+          f"{origin}: ephemeral containers are reviewed: {ephemeral.get('rules')}")
+    check(ephemeral.get("failurePolicy") == "Fail", f"{origin}: the ephemeral containers' review fails closed")
+    check(ephemeral.get("clientConfig") == hook["clientConfig"], f"{origin}: one Service and CA for both webhooks")
+    check(ephemeral.get("namespaceSelector") == hook["namespaceSelector"], f"{origin}: the same namespaces for both webhooks")
     ns_sel = hook["namespaceSelector"]
     check({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [NAMESPACE]} in ns_sel["matchExpressions"],
           f"{origin}: the release namespace is excluded")
@@ -162,7 +175,6 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
     svc = hook["clientConfig"]["service"]
     check((svc["name"], svc["namespace"], svc["path"]) == (service["metadata"]["name"], NAMESPACE, "/mutate"),
           f"{origin}: clientConfig points at the Service")
-    check(hook["rules"][0]["resources"] == ["pods"] and hook["rules"][0]["operations"] == ["CREATE"], f"{origin}: rules")
 
     tls_secret = next(v["secret"]["secretName"] for v in pod["spec"]["volumes"] if v["name"] == "tls")
     if tls["source"] == "generate":

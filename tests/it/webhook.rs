@@ -3,7 +3,8 @@
 //! everything else admitted unchanged, malformed reviews answered with an
 //! error, the certificate reloaded when its files change.
 //!
-//! - [`isolation`]: the socket read-only in app containers;
+//! - [`isolation`]: the socket read-only in app containers; pods and
+//!   ephemeral containers that would reach into the sidecar refused;
 //! - [`socket`]: the read-only mount, for real, in a mount namespace.
 
 mod isolation;
