@@ -31,7 +31,8 @@ pub struct Config {
     /// and `callers` decides who may do what, so app containers running as
     /// any uid may connect by default.
     pub socket_mode: String,
-    /// The sidecar's uid (the image's non-root user).
+    /// The sidecar's uid (the image's non-root user). A pod with another
+    /// container running as it is refused.
     pub run_as_user: i64,
     /// Lifetime of projected service-account tokens (10m to 1h; the kubelet
     /// refreshes them at 80 %).

@@ -1,13 +1,19 @@
 //! The mutating admission webhook (`kms-sidecar webhook`, SPEC §11): an
 //! HTTPS server taking `admission.k8s.io/v1` AdmissionReviews on `POST
-//! /mutate` and answering with a JSONPatch that injects the sidecar, plus
-//! `/healthz` and `/metrics` for itself.
+//! /mutate` and answering with a JSONPatch that injects the sidecar (pod
+//! creations), or with a denial for ephemeral containers that would reach
+//! into it (`pods/ephemeralcontainers` updates), plus `/healthz` and
+//! `/metrics` for itself.
 //!
 //! - [`config`]: what it injects by default.
 //! - [`mutate`]: pure decision and patch, tested on real pod specs.
+//! - [`ephemeral`]: pure review of ephemeral containers added to an
+//!   injected pod (`pods/ephemeralcontainers`): denied when they would reach
+//!   into the sidecar.
 //! - [`tls`]: the certificate, reloaded when cert-manager rotates it.
 
 pub mod config;
+pub mod ephemeral;
 pub mod mutate;
 pub mod tls;
 
@@ -179,8 +185,9 @@ async fn accept(listener: &TcpListener) -> std::io::Result<(TcpStream, SocketAdd
 #[derive(Debug)]
 struct WebhookMetrics {
     registry: Registry,
-    /// `webhook_reviews_total{outcome}`: injected, skipped, refused (a
-    /// [`mutate::Refusal`] or not a pod), malformed (not an AdmissionReview).
+    /// `webhook_reviews_total{outcome}`: injected, skipped (admitted
+    /// unchanged), refused (a [`mutate::Refusal`] or not a pod), denied (an
+    /// [`ephemeral::Denial`]), malformed (not an AdmissionReview).
     reviews: IntCounterVec,
     review_duration: HistogramVec,
     /// `webhook_tls_reloads_total{outcome}`.
@@ -339,27 +346,36 @@ impl Handler {
         let response = AdmissionResponse::from(request);
         let namespace = request.namespace.as_deref().unwrap_or_default();
         let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
-        if !is_pod || request.operation != Operation::Create || request.sub_resource.is_some() {
-            tracing::debug!(kind = %request.kind.kind, operation = ?request.operation, "not a pod creation; admitted unchanged");
-            return ("skipped", response);
+        match (is_pod, &request.operation, request.sub_resource.as_deref()) {
+            (true, Operation::Create, None) => match pod_of(request) {
+                Ok(pod) => self.inject(&pod, response, namespace),
+                Err(e) => self.cannot_decide(response, namespace, &e),
+            },
+            (true, Operation::Update, Some("ephemeralcontainers")) => match pod_of(request) {
+                Ok(pod) => self.review_ephemeral(&pod, response, namespace),
+                Err(e) => {
+                    tracing::warn!(pod.namespace = namespace, reason = %e, "ephemeral containers denied: the pod cannot be read");
+                    let message =
+                        format!("kms-sidecar cannot review the ephemeral containers: {e}");
+                    ("denied", response.deny(message))
+                }
+            },
+            _ => {
+                tracing::debug!(kind = %request.kind.kind, operation = ?request.operation, "not a pod creation or ephemeral containers; admitted unchanged");
+                ("skipped", response)
+            }
         }
-        let pod = request
-            .object
-            .as_ref()
-            .ok_or_else(|| "the review has no object".to_string())
-            .and_then(|o| serde_json::to_value(o).map_err(|e| e.to_string()))
-            .and_then(|v| serde_json::from_value::<Pod>(v).map_err(|e| format!("not a pod: {e}")));
-        let pod = match pod {
-            Ok(pod) => pod,
-            Err(e) => return self.cannot_decide(response, namespace, &e),
-        };
-        let name = pod
-            .metadata
-            .name
-            .clone()
-            .or_else(|| pod.metadata.generate_name.clone())
-            .unwrap_or_default();
-        match mutate::mutate(&pod, &self.config) {
+    }
+
+    /// A pod's creation: injected, left alone, or refused.
+    fn inject(
+        &self,
+        pod: &Pod,
+        response: AdmissionResponse,
+        namespace: &str,
+    ) -> (&'static str, AdmissionResponse) {
+        let name = pod_name(pod);
+        match mutate::mutate(pod, &self.config) {
             Ok(mutate::Decision::Skip(reason)) => {
                 tracing::debug!(pod.namespace = namespace, pod.name = %name, reason, "admitted unchanged");
                 ("skipped", response)
@@ -372,6 +388,29 @@ impl Handler {
                 Err(e) => self.cannot_decide(response, namespace, &e.to_string()),
             },
             Err(refusal) => self.cannot_decide(response, namespace, &refusal.to_string()),
+        }
+    }
+
+    /// An update of a pod's ephemeral containers: denied when one would
+    /// reach into the sidecar ([`ephemeral::Denial`]) whatever the failure
+    /// policy (which is about pods the webhook cannot inject), else admitted
+    /// unchanged.
+    fn review_ephemeral(
+        &self,
+        pod: &Pod,
+        response: AdmissionResponse,
+        namespace: &str,
+    ) -> (&'static str, AdmissionResponse) {
+        let name = pod_name(pod);
+        match ephemeral::review(pod, &self.config) {
+            Ok(()) => {
+                tracing::debug!(pod.namespace = namespace, pod.name = %name, "ephemeral containers admitted");
+                ("skipped", response)
+            }
+            Err(denial) => {
+                tracing::warn!(pod.namespace = namespace, pod.name = %name, reason = %denial, "ephemeral container denied");
+                ("denied", response.deny(denial.to_string()))
+            }
         }
     }
 
@@ -401,6 +440,25 @@ impl Handler {
             }
         }
     }
+}
+
+/// The review's object as a pod.
+fn pod_of(request: &AdmissionRequest<DynamicObject>) -> Result<Pod, String> {
+    let object = request
+        .object
+        .as_ref()
+        .ok_or_else(|| "the review has no object".to_string())?;
+    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    serde_json::from_value::<Pod>(value).map_err(|e| format!("not a pod: {e}"))
+}
+
+/// The pod's name, or its `generateName` (a controller's pod has no name yet).
+fn pod_name(pod: &Pod) -> String {
+    pod.metadata
+        .name
+        .clone()
+        .or_else(|| pod.metadata.generate_name.clone())
+        .unwrap_or_default()
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, (StatusCode, String)> {

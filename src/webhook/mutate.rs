@@ -4,8 +4,10 @@
 //!
 //! What the patch adds (SPEC §11): the sidecar as a native sidecar (first
 //! init container, `restartPolicy: Always`) or, for clusters before 1.29, a
-//! regular container; an `emptyDir` for the socket mounted at `/var/run/kms`
-//! in every other container with `KMS_SIDECAR_SOCKET`; the config map; a
+//! regular container; an `emptyDir` for the socket mounted read-only at
+//! `/var/run/kms` in every other container with `KMS_SIDECAR_SOCKET` (a
+//! read-only mount still connects, but cannot remove or replace the socket;
+//! only the sidecar's own mount is writable); the config map; a
 //! private `emptyDir` for the sidecar's own files; a
 //! projected service-account token per audience the backends need; the
 //! `kms-sidecar.io/status: injected` annotation that makes injection
@@ -15,16 +17,17 @@
 //! that, injected, the API server would reject or that would break the
 //! sidecar's isolation — an annotation it cannot use (impossible resources
 //! included: see [`RESOURCE_BOUNDS`]), a volume named like the sidecar's, an
-//! app container mounting the sidecar's tokens or private directory.
+//! app container mounting the sidecar's tokens or private directory, a pod
+//! sharing one process namespace, a container running as the sidecar's uid.
 
 use super::config::{Config, Token};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvVar, HTTPGetAction, KeyToPath, Pod, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    EmptyDirVolumeSource, EnvVar, HTTPGetAction, KeyToPath, Pod, PodSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -78,7 +81,7 @@ pub const DATA_VOLUME_LIMIT: &str = "64Mi";
 /// token: `aws`, `azure`, `gcp`, `vault`; and GCP's credentials file).
 pub const TOKEN_DIR: &str = "/var/run/secrets/kms-sidecar";
 
-const SOCKET_VOLUME: &str = "kms-sidecar-socket";
+pub(crate) const SOCKET_VOLUME: &str = "kms-sidecar-socket";
 const CONFIG_VOLUME: &str = "kms-sidecar-config";
 const DATA_VOLUME: &str = "kms-sidecar-data";
 const TOKEN_VOLUME: &str = "kms-sidecar-tokens";
@@ -86,7 +89,7 @@ const TOKEN_VOLUME: &str = "kms-sidecar-tokens";
 /// these names is refused (the API server would reject the duplicate).
 const VOLUMES: [&str; 4] = [SOCKET_VOLUME, CONFIG_VOLUME, DATA_VOLUME, TOKEN_VOLUME];
 /// The sidecar's own volumes, which no other container may mount (the
-/// socket's is shared; a pod may mount it by name where it likes).
+/// socket's is shared, read-only; a pod may mount it by name where it likes).
 const PRIVATE_VOLUMES: [&str; 2] = [DATA_VOLUME, TOKEN_VOLUME];
 
 /// The sidecar's CPU and memory, requests and limits alike, after
@@ -136,6 +139,24 @@ pub enum Refusal {
         container: String,
         volume: &'static str,
     },
+    /// `shareProcessNamespace: true`: every container would see the
+    /// sidecar's process, and one running as root or as the sidecar's uid
+    /// could read its memory and its token files through `/proc`.
+    #[error(
+        "the pod sets shareProcessNamespace: every container would see the sidecar's process (and, as root or its uid, its memory and KMS tokens through /proc): unset it"
+    )]
+    SharedProcessNamespace,
+    /// A container would run as the sidecar's uid: to the kernel it would
+    /// be the sidecar (its process, what it owns).
+    #[error(
+        "{container} runs as uid {uid}, the sidecar's, set in {set_in}: it could act as the sidecar; run it as another uid"
+    )]
+    SidecarUid {
+        container: String,
+        uid: i64,
+        /// `its securityContext` or `the pod's securityContext`.
+        set_in: &'static str,
+    },
 }
 
 /// Decides what to do with `pod` (a CREATE of a pod, or of a pod template
@@ -172,65 +193,15 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
             spec.init_containers.as_deref().unwrap_or_default(),
         ),
     ];
-    if let Some(volume) = spec
-        .volumes
-        .iter()
-        .flatten()
-        .find_map(|v| VOLUMES.into_iter().find(|&ours| v.name == ours))
-    {
-        return Err(Refusal::VolumeName { volume });
-    }
-    for (list, containers) in lists {
-        for (i, c) in containers.iter().enumerate() {
-            if let Some(volume) = c
-                .volume_mounts
-                .iter()
-                .flatten()
-                .find_map(|m| PRIVATE_VOLUMES.into_iter().find(|&ours| m.name == ours))
-            {
-                return Err(Refusal::PrivateMount {
-                    container: format!("spec.{list}[{i}]"),
-                    volume,
-                });
-            }
-        }
-    }
+    check_isolation(spec, lists, config)?;
     let overrides = Overrides::read(annotations, config)?;
 
     let mut ops = Vec::new();
     // App and init containers first, at their original indices (the sidecar
-    // is inserted before them last). A mount already at the socket's
-    // directory, however spelled, is left alone (two would be invalid).
+    // is inserted before them last).
     for (list, containers) in lists {
         for (i, c) in containers.iter().enumerate() {
-            let base = ["spec", list, &i.to_string()];
-            if !c.volume_mounts.iter().flatten().any(|m| {
-                Path::new(&m.mount_path)
-                    .components()
-                    .eq(Path::new(SOCKET_DIR).components())
-            }) {
-                push_items(
-                    &mut ops,
-                    &base,
-                    "volumeMounts",
-                    c.volume_mounts.is_some(),
-                    [socket_mount()],
-                );
-            }
-            if !c
-                .env
-                .iter()
-                .flatten()
-                .any(|e| e.name == "KMS_SIDECAR_SOCKET")
-            {
-                push_items(
-                    &mut ops,
-                    &base,
-                    "env",
-                    c.env.is_some(),
-                    [env("KMS_SIDECAR_SOCKET", SOCKET)],
-                );
-            }
+            app_container(&mut ops, ["spec", list, &i.to_string()], c);
         }
     }
     push_items(
@@ -263,6 +234,116 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
         ));
     }
     Ok(Decision::Inject(Patch(ops)))
+}
+
+/// Refuses a pod whose containers, injected, could reach into the sidecar
+/// (or that the API server would then reject): a volume named like one of
+/// the sidecar's, a shared process namespace, a container mounting the
+/// sidecar's own volumes or running as its uid (its own `runAsUser`, else
+/// the pod's).
+fn check_isolation(
+    spec: &PodSpec,
+    lists: [(&str, &[Container]); 2],
+    config: &Config,
+) -> Result<(), Refusal> {
+    if let Some(volume) = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| VOLUMES.into_iter().find(|&ours| v.name == ours))
+    {
+        return Err(Refusal::VolumeName { volume });
+    }
+    if spec.share_process_namespace == Some(true) {
+        return Err(Refusal::SharedProcessNamespace);
+    }
+    for (list, containers) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            let container = || format!("spec.{list}[{i}]");
+            if let Some(volume) = private_mount(c.volume_mounts.as_deref()) {
+                return Err(Refusal::PrivateMount {
+                    container: container(),
+                    volume,
+                });
+            }
+            if let Some((uid, set_in)) = run_as_user(c.security_context.as_ref(), spec)
+                && uid == config.run_as_user
+            {
+                return Err(Refusal::SidecarUid {
+                    container: container(),
+                    uid,
+                    set_in,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first of the sidecar's own volumes that `mounts` mounts.
+pub(crate) fn private_mount(mounts: Option<&[VolumeMount]>) -> Option<&'static str> {
+    mounts
+        .into_iter()
+        .flatten()
+        .find_map(|m| PRIVATE_VOLUMES.into_iter().find(|&ours| m.name == ours))
+}
+
+/// The uid a container declares it runs as, and where that is set: its own
+/// `securityContext`, else the pod's. `None` when neither says (the image's
+/// user then applies, which the webhook cannot see).
+pub(crate) fn run_as_user(
+    container: Option<&SecurityContext>,
+    spec: &PodSpec,
+) -> Option<(i64, &'static str)> {
+    let pod = spec.security_context.as_ref().and_then(|sc| sc.run_as_user);
+    match container.and_then(|sc| sc.run_as_user) {
+        Some(uid) => Some((uid, "its securityContext")),
+        None => pod.map(|uid| (uid, "the pod's securityContext")),
+    }
+}
+
+/// The patch for one app or init container at `base`: the socket mounted
+/// read-only and `KMS_SIDECAR_SOCKET`. A mount already at the socket's
+/// directory, however spelled, is left in place (two would be invalid), and
+/// any mount of the socket's volume it has is made read-only: a writable one
+/// could remove the socket and bind another in its place.
+fn app_container(ops: &mut Vec<PatchOperation>, base: [&str; 3], c: &Container) {
+    let mounts = c.volume_mounts.as_deref().unwrap_or_default();
+    for (j, m) in mounts.iter().enumerate() {
+        if m.name == SOCKET_VOLUME && m.read_only != Some(true) {
+            let j = j.to_string();
+            let path = [base[0], base[1], base[2], "volumeMounts", &j, "readOnly"];
+            ops.push(add(&path, Value::Bool(true)));
+        }
+    }
+    let at_socket_dir = |m: &VolumeMount| {
+        Path::new(&m.mount_path)
+            .components()
+            .eq(Path::new(SOCKET_DIR).components())
+    };
+    if !mounts.iter().any(at_socket_dir) {
+        push_items(
+            ops,
+            &base,
+            "volumeMounts",
+            c.volume_mounts.is_some(),
+            [socket_mount(true)],
+        );
+    }
+    if !c
+        .env
+        .iter()
+        .flatten()
+        .any(|e| e.name == "KMS_SIDECAR_SOCKET")
+    {
+        push_items(
+            ops,
+            &base,
+            "env",
+            c.env.is_some(),
+            [env("KMS_SIDECAR_SOCKET", SOCKET)],
+        );
+    }
 }
 
 /// The pod's annotations, validated, over the webhook's defaults.
@@ -404,7 +485,8 @@ fn sidecar(o: &Overrides, config: &Config) -> Container {
         env("KMS_SIDECAR_DATA_VOLUME__SIZE_LIMIT", DATA_VOLUME_LIMIT),
     ];
     let mut mounts = vec![
-        socket_mount(),
+        // The sidecar's own mount: the one that may create the socket.
+        socket_mount(false),
         VolumeMount {
             name: CONFIG_VOLUME.into(),
             mount_path: CONFIG_DIR.into(),
@@ -566,10 +648,12 @@ fn empty_dir(name: &str, size_limit: &str) -> Volume {
     }
 }
 
-fn socket_mount() -> VolumeMount {
+/// The socket's volume at [`SOCKET_DIR`]: writable for the sidecar only.
+fn socket_mount(read_only: bool) -> VolumeMount {
     VolumeMount {
         name: SOCKET_VOLUME.into(),
         mount_path: SOCKET_DIR.into(),
+        read_only: read_only.then_some(true),
         ..Default::default()
     }
 }

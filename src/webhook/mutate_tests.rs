@@ -58,6 +58,13 @@ fn assert_sees_socket(c: &Container) {
         .collect();
     assert_eq!(mounts.len(), 1, "{}: one socket mount", c.name);
     assert_eq!(mounts[0].name, SOCKET_VOLUME);
+    // Every mount of the socket's volume in an app container, the webhook's
+    // and the pod's own, is read-only: it connects, it cannot replace.
+    for m in c.volume_mounts.iter().flatten() {
+        if m.name == SOCKET_VOLUME {
+            assert_eq!(m.read_only, Some(true), "{}: {m:?}", c.name);
+        }
+    }
     let env: Vec<_> = c
         .env
         .iter()
@@ -115,9 +122,16 @@ fn multi_container_pod_keeps_everything_and_gains_the_sidecar() {
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations[STATUS], "injected");
 
-    // The sidecar: native, probed, hardened, small.
+    // The sidecar: native, probed, hardened, small; its socket mount alone
+    // is writable (it creates the socket).
     let s = sidecar_of(&p);
     assert_eq!(s.restart_policy.as_deref(), Some("Always"));
+    let own = s
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == SOCKET_VOLUME);
+    assert_eq!(own.map(|m| m.read_only), Some(None), "{own:?}");
     let startup = s.startup_probe.as_ref().unwrap().http_get.as_ref().unwrap();
     assert_eq!(startup.path.as_deref(), Some("/readyz"));
     assert_eq!(startup.port, IntOrString::Int(9102));
@@ -573,12 +587,87 @@ fn app_containers_cannot_mount_the_sidecars_private_volumes() {
             "{list} {name}: {why}"
         );
     }
-    // The socket is theirs to mount where they like.
+    // The socket is theirs to mount where they like, read-only: a mount
+    // that says writable, or nothing, is made read-only.
+    for read_only in [json!(false), Value::Null] {
+        let mut doc = pod("bare");
+        let mut mount = json!({ "name": SOCKET_VOLUME, "mountPath": "/run/kms" });
+        if !read_only.is_null() {
+            mount["readOnly"] = read_only;
+        }
+        doc["spec"]["containers"][0]["volumeMounts"] = json!([mount]);
+        doc["spec"]["initContainers"] = json!([{ "name": "init", "volumeMounts": [
+            { "name": SOCKET_VOLUME, "mountPath": SOCKET_DIR, "subPath": "x" }
+        ] }]);
+        let (p, raw) = inject(&doc, &tokens).expect("injected");
+        let spec = p.spec.as_ref().unwrap();
+        assert_sees_socket(&spec.containers[0]);
+        assert_sees_socket(&spec.init_containers.as_ref().unwrap()[1]);
+        assert_eq!(
+            raw["spec"]["containers"][0]["volumeMounts"][0],
+            json!({ "name": SOCKET_VOLUME, "mountPath": "/run/kms", "readOnly": true })
+        );
+    }
+}
+
+#[test]
+fn a_shared_process_namespace_is_refused() {
+    let mut doc = pod("multi-container");
+    doc["spec"]["shareProcessNamespace"] = json!(true);
+    let why = refusal(&doc, &config(&[]));
+    assert!(why.contains("shareProcessNamespace"), "{why}");
+    doc["spec"]["shareProcessNamespace"] = json!(false);
+    assert!(inject(&doc, &config(&[])).is_some());
+}
+
+#[test]
+fn containers_running_as_the_sidecars_uid_are_refused() {
+    let sidecar_uid = Config::default().run_as_user;
+    let as_sidecar = json!({ "runAsUser": sidecar_uid });
+    // Each place a container's uid is set: its own securityContext (app or
+    // init container), or the pod's for a container that sets none.
+    for (at, blamed, set_in) in [
+        (
+            Some(("containers", 1)),
+            "spec.containers[1]",
+            "its securityContext",
+        ),
+        (
+            Some(("initContainers", 0)),
+            "spec.initContainers[0]",
+            "its securityContext",
+        ),
+        (None, "spec.containers[0]", "the pod's securityContext"),
+    ] {
+        let mut doc = pod("multi-container");
+        match at {
+            Some((list, i)) => doc["spec"][list][i]["securityContext"] = as_sidecar.clone(),
+            None => doc["spec"]["securityContext"] = as_sidecar.clone(),
+        }
+        let why = refusal(&doc, &config(&[]));
+        assert!(
+            why.contains(blamed) && why.contains(&sidecar_uid.to_string()) && why.contains(set_in),
+            "{at:?}: {why}"
+        );
+    }
+    // The pod's uid does not apply to containers that set their own.
+    let mut doc = pod("multi-container");
+    doc["spec"]["securityContext"]["runAsUser"] = json!(sidecar_uid);
+    for list in ["containers", "initContainers"] {
+        for c in doc["spec"][list].as_array_mut().unwrap() {
+            c["securityContext"] = json!({ "runAsUser": 1000 });
+        }
+    }
+    assert!(inject(&doc, &config(&[])).is_some());
+    // The sidecar's uid is the webhook's setting.
     let mut doc = pod("bare");
-    doc["spec"]["containers"][0]["volumeMounts"] =
-        json!([{ "name": SOCKET_VOLUME, "mountPath": "/run/kms" }]);
-    let (p, _) = inject(&doc, &tokens).expect("injected");
-    assert_sees_socket(&p.spec.as_ref().unwrap().containers[0]);
+    doc["spec"]["containers"][0]["securityContext"] = json!({ "runAsUser": 4242 });
+    assert!(inject(&doc, &config(&[])).is_some());
+    let other = Config {
+        run_as_user: 4242,
+        ..config(&[])
+    };
+    assert!(refusal(&doc, &other).contains("4242"));
 }
 
 #[test]

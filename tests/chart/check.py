@@ -146,15 +146,28 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
     sc = container["securityContext"]
     check(sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"], f"{origin}: hardened webhook")
 
-    [hook] = mwc["webhooks"]
-    check(hook["sideEffects"] == "None", f"{origin}: sideEffects None")
+    hooks = {h["name"]: h for h in mwc["webhooks"]}
+    check(sorted(hooks) == ["ephemeral.kms-sidecar.io", "inject.kms-sidecar.io"], f"{origin}: webhooks {sorted(hooks)}")
+    hook, ephemeral = hooks["inject.kms-sidecar.io"], hooks.get("ephemeral.kms-sidecar.io", {"name": "ephemeral"})
+    for h in (hook, ephemeral):
+        check(h.get("sideEffects") == "None", f"{origin}: {h['name']}: sideEffects None")
+        check(h.get("admissionReviewVersions") == ["v1"], f"{origin}: {h['name']}: admission v1")
+        check(
+            h.get("objectSelector")
+            == {"matchExpressions": [{"key": "kms-sidecar.io/inject", "operator": "In", "values": ["true", "True", "TRUE"]}]},
+            f"{origin}: {h['name']}: objectSelector",
+        )
     check(hook["failurePolicy"] == web["failurePolicy"], f"{origin}: failurePolicy")
-    check(hook["admissionReviewVersions"] == ["v1"], f"{origin}: admission v1")
-    check(
-        hook["objectSelector"]
-        == {"matchExpressions": [{"key": "kms-sidecar.io/inject", "operator": "In", "values": ["true", "True", "TRUE"]}]},
-        f"{origin}: objectSelector",
-    )
+    check(hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
+                             "scope": "Namespaced"}], f"{origin}: rules")
+    # Ephemeral containers (kubectl debug) on injected pods are reviewed,
+    # closed while the webhook is unreachable, through the same Service.
+    check(ephemeral.get("rules") == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                                      "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}],
+          f"{origin}: ephemeral containers are reviewed: {ephemeral.get('rules')}")
+    check(ephemeral.get("failurePolicy") == "Fail", f"{origin}: the ephemeral containers' review fails closed")
+    check(ephemeral.get("clientConfig") == hook["clientConfig"], f"{origin}: one Service and CA for both webhooks")
+    check(ephemeral.get("namespaceSelector") == hook["namespaceSelector"], f"{origin}: the same namespaces for both webhooks")
     ns_sel = hook["namespaceSelector"]
     check({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [NAMESPACE]} in ns_sel["matchExpressions"],
           f"{origin}: the release namespace is excluded")
@@ -162,7 +175,6 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
     svc = hook["clientConfig"]["service"]
     check((svc["name"], svc["namespace"], svc["path"]) == (service["metadata"]["name"], NAMESPACE, "/mutate"),
           f"{origin}: clientConfig points at the Service")
-    check(hook["rules"][0]["resources"] == ["pods"] and hook["rules"][0]["operations"] == ["CREATE"], f"{origin}: rules")
 
     tls_secret = next(v["secret"]["secretName"] for v in pod["spec"]["volumes"] if v["name"] == "tls")
     if tls["source"] == "generate":
@@ -228,6 +240,37 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
             impersonation = creds.get("service_account_impersonation_url", "")
             check((gcp["serviceAccount"] in impersonation) if gcp["serviceAccount"] else not impersonation,
                   f"{origin}: service account impersonation follows injection.gcp.serviceAccount")
+
+
+def pod_specs(obj: dict) -> list[dict]:
+    """The pod spec of a Pod, or of a workload's pod template."""
+    spec = obj.get("spec") or {}
+    if obj.get("kind") == "Pod":
+        return [spec]
+    template = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template")
+    return [template["spec"]] if template else []
+
+
+def check_sidecar_isolation(spec: dict, origin: str) -> None:
+    """A pod with the sidecar written by hand keeps its other containers out
+    of it, as the webhook does: the socket mounted read-only, no shared
+    process namespace, no container running as the sidecar's uid."""
+    containers = spec.get("initContainers", []) + spec.get("containers", [])
+    sidecar = next((c for c in containers if c["name"] == "kms-sidecar"), None)
+    if sidecar is None:
+        return
+    check(not spec.get("shareProcessNamespace"), f"{origin}: shareProcessNamespace with the sidecar")
+
+    def uid(c: dict):
+        return (c.get("securityContext") or {}).get("runAsUser", (spec.get("securityContext") or {}).get("runAsUser"))
+
+    for c in containers:
+        if c is sidecar:
+            continue
+        for m in c.get("volumeMounts", []):
+            if m["name"] == "kms-sidecar-socket":
+                check(m.get("readOnly") is True, f"{origin}: {c['name']} mounts the socket writable")
+        check(uid(c) is None or uid(c) != uid(sidecar), f"{origin}: {c['name']} runs as the sidecar's uid")
 
 
 def manifest_from_chart() -> tuple[dict, str]:
@@ -303,6 +346,9 @@ def main() -> int:
         objs = objects(path.read_text())
         check(bool(objs), f"examples/{path.name}: empty")
         validate(objs, f"examples/{path.name}")
+        for obj in objs:
+            for spec in pod_specs(obj):
+                check_sidecar_isolation(spec, f"examples/{path.name}")
         for cm in by_kind(objs, "ConfigMap"):
             config = cm.get("data", {}).get("config.yaml")
             if config is None:

@@ -2,6 +2,13 @@
 //! API server posts them (there is no API server here): pods injected,
 //! everything else admitted unchanged, malformed reviews answered with an
 //! error, the certificate reloaded when its files change.
+//!
+//! - [`isolation`]: the socket read-only in app containers; pods and
+//!   ephemeral containers that would reach into the sidecar refused;
+//! - [`socket`]: the read-only mount, for real, in a mount namespace.
+
+mod isolation;
+mod socket;
 
 use crate::harness::{issue_cert as issue, run_tool, spawn_binary, wait_timeout};
 use serde_json::{Value, json};
