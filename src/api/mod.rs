@@ -568,7 +568,8 @@ pub struct PublicKeyResponse {
     pub version: String,
 }
 
-/// `GET /healthz`.
+/// `GET /healthz`, and `GET /readyz` on the TCP probe port (the status
+/// alone).
 #[derive(Debug, Serialize)]
 pub struct Health {
     pub status: &'static str,

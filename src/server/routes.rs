@@ -421,7 +421,7 @@ impl Routes {
         let svc = &self.service;
         let (caller, alias, action) = match (route, caller) {
             (Route::Healthz, _) => return Ok(json(StatusCode::OK, &api::Health { status: "ok" })),
-            (Route::Readyz, _) => {
+            (Route::Readyz, c) => {
                 let (mut ready, mut body) = svc.readiness().await;
                 if let Some(audit) = &self.audit {
                     let health = audit.health();
@@ -434,6 +434,17 @@ impl Routes {
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
+                if c.is_none() {
+                    // The TCP probe port answers anyone who reaches it: the
+                    // status only, no backend names, files or errors (the
+                    // socket has the reasons).
+                    return Ok(json(
+                        status,
+                        &api::Health {
+                            status: body.status,
+                        },
+                    ));
+                }
                 return Ok(json(status, &body));
             }
             (Route::Metrics, c) => {
