@@ -72,7 +72,7 @@ fmt:
 
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS (default 60) each, seeds in fuzz/corpus (not part of `make test`)
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := request_json envelope config audit_verify
+FUZZ_TARGETS := request_json envelope config audit_verify jwt_request
 fuzz:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
 	@# Only stable Rust here: RUSTC_BOOTSTRAP lets cargo-fuzz use its nightly flags;

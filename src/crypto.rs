@@ -413,18 +413,7 @@ pub fn low_s(algorithm: Algorithm, signature: Vec<u8>, format: SignatureFormat) 
         SignatureFormat::Raw => return signature,
     };
     let (r, s) = raw.split_at(width);
-    // s > n/2  ⇔  2·s > n, compared on the big-endian bytes.
-    let mut doubled = vec![0u8; width + 1];
-    let mut carry = 0u16;
-    for i in (0..width).rev() {
-        let v = u16::from(s[i]) * 2 + carry;
-        doubled[i + 1] = v as u8;
-        carry = v >> 8;
-    }
-    doubled[0] = carry as u8;
-    let mut n = vec![0u8];
-    n.extend_from_slice(order);
-    if doubled <= n {
+    if !s_is_high(s, order) {
         return signature;
     }
     // n − s, with a borrow.
@@ -443,6 +432,35 @@ pub fn low_s(algorithm: Algorithm, signature: Vec<u8>, format: SignatureFormat) 
         SignatureFormat::Raw => raw,
         SignatureFormat::Der => ecdsa_raw_to_der(&raw, width),
     }
+}
+
+/// Whether a JOSE ECDSA signature (raw `r ‖ s` of `algorithm`'s width)
+/// has the high one of its two `s` values (`s > n/2`): the twin of a
+/// low-S signature, which [`low_s`] never lets out. `false` for other
+/// algorithms and other lengths.
+pub fn is_high_s(algorithm: Algorithm, raw: &[u8]) -> bool {
+    let (Some(width), Some(order)) = (algorithm.ecdsa_coordinate_len(), ecdsa_order(algorithm))
+    else {
+        return false;
+    };
+    raw.len() == 2 * width && s_is_high(&raw[width..], order)
+}
+
+/// `s > n/2` ⇔ `2·s > n`, compared on the big-endian bytes (`s` as wide as
+/// `order`).
+fn s_is_high(s: &[u8], order: &[u8]) -> bool {
+    let width = s.len();
+    let mut doubled = vec![0u8; width + 1];
+    let mut carry = 0u16;
+    for i in (0..width).rev() {
+        let v = u16::from(s[i]) * 2 + carry;
+        doubled[i + 1] = v as u8;
+        carry = v >> 8;
+    }
+    doubled[0] = carry as u8;
+    let mut n = vec![0u8];
+    n.extend_from_slice(order);
+    doubled > n
 }
 
 /// A DER ECDSA signature (`SEQUENCE { INTEGER r, INTEGER s }`, as KMSs return
@@ -550,6 +568,7 @@ mod tests {
             for i in 0..64u32 {
                 let message = i.to_be_bytes();
                 let raw = pair.sign(&rng, &message).unwrap().as_ref().to_vec();
+                assert_eq!(is_high_s(algorithm, &raw), !half(&raw[width..]));
                 if half(&raw[width..]) {
                     low += 1;
                 } else {
@@ -566,6 +585,7 @@ mod tests {
                         SignatureFormat::Der => ecdsa_der_to_raw(&normal, width).unwrap(),
                     };
                     assert!(half(&normal_raw[width..]), "{algorithm} {format:?}: low S");
+                    assert!(!is_high_s(algorithm, &normal_raw));
                     assert_eq!(normal_raw[..width], raw[..width], "r is kept");
                     for s in [&sig, &normal] {
                         assert!(

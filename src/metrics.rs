@@ -94,9 +94,11 @@ pub struct Metrics {
     pub config_generation: IntGauge,
 }
 
-/// `trace_spans_dropped_total{reason}`: spans lost to the OTLP export,
-/// `queue_full` (the bounded queue was full: the collector is slow or gone)
-/// or `export_failed`. One per process: the tracer outlives config reloads.
+/// `trace_spans_dropped_total{reason}`: spans not exported over OTLP,
+/// `queue_full` (the bounded queue was full: the collector is slow or gone),
+/// `export_failed`, or by design: `refused_before_body` (a request refused
+/// before its body was read) and `no_caller_rule` (a request of a caller no
+/// rule names). One per process: the tracer outlives config reloads.
 pub fn trace_spans_dropped() -> &'static IntCounterVec {
     static DROPPED: OnceLock<IntCounterVec> = OnceLock::new();
     DROPPED.get_or_init(|| {

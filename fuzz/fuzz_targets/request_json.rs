@@ -23,4 +23,6 @@ fuzz_target!(|data: &[u8]| {
     check::<api::MacRequest>(data);
     check::<api::VerifyMacRequest>(data);
     check::<api::RotateRequest>(data);
+    check::<api::JwtRequest>(data);
+    check::<api::JwtVerifyRequest>(data);
 });

@@ -272,7 +272,8 @@ pub struct FlushResponse {
 impl Answer for FlushResponse {}
 
 /// `POST /v1/keys/{name}/jwt`: the claims of a JWT the key signs; `header`
-/// adds fields to the JOSE header (`alg` and `kid` are the sidecar's).
+/// may set `typ` and `cty` of the JOSE header (`alg` and `kid` are the
+/// sidecar's; `service::jwt::prepare` checks all three fields).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtRequest {
@@ -568,7 +569,8 @@ pub struct PublicKeyResponse {
     pub version: String,
 }
 
-/// `GET /healthz`.
+/// `GET /healthz`, and `GET /readyz` on the TCP probe port (the status
+/// alone).
 #[derive(Debug, Serialize)]
 pub struct Health {
     pub status: &'static str,

@@ -105,6 +105,44 @@ fn listed(items: &[String], or: &str) -> String {
     }
 }
 
+/// The most characters of a token's claim (or of an error about it) that
+/// a message quotes, and the most audiences it lists.
+const SHOWN_CHARS: usize = 64;
+const SHOWN_AUDIENCES: usize = 4;
+
+/// Text from a token no one has verified, for a message that reaches
+/// stderr, the logs and `/readyz`: control characters, newlines, quotes and
+/// backslashes escaped as Rust's `Debug` does, cut at [`SHOWN_CHARS`], so
+/// that a token cannot write lines of its own.
+fn untrusted(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(SHOWN_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().nth(SHOWN_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// A token's audiences as [`listed`] prose, each [`untrusted`], at most
+/// [`SHOWN_AUDIENCES`] of them.
+fn audiences_found(found: &[String]) -> String {
+    let shown: Vec<String> = found
+        .iter()
+        .take(SHOWN_AUDIENCES)
+        .map(|a| untrusted(a))
+        .collect();
+    match found.len().saturating_sub(SHOWN_AUDIENCES) {
+        0 => listed(&shown, "and"),
+        more => {
+            let quoted: Vec<String> = shown.iter().map(|a| format!("`{a}`")).collect();
+            format!("{} and {more} more", quoted.join(", "))
+        }
+    }
+}
+
 impl IdentityToken {
     /// The projected token `backend` reads, if it reads one: from its config
     /// and the environment the platform sets (`env`).
@@ -199,7 +237,8 @@ impl IdentityToken {
             .map_err(|e| Problem::NotJwt {
                 path: path.clone(),
                 from,
-                why: e.to_string(),
+                // The decoder's errors may quote the token's header.
+                why: untrusted(&e.to_string()),
             })?
             .claims;
         let found: Vec<String> = match &claims["aud"] {
@@ -214,7 +253,7 @@ impl IdentityToken {
             return Err(Problem::Audience {
                 path,
                 from,
-                found: listed(&found, "and"),
+                found: audiences_found(&found),
                 expected: listed(&self.audiences, "or"),
             });
         }
@@ -294,7 +333,23 @@ impl IdentityToken {
 
 #[cfg(test)]
 mod tests {
-    use super::listed;
+    use super::{audiences_found, listed, untrusted};
+
+    /// A claim cannot start a line of its own, and is cut.
+    #[test]
+    fn claims_are_escaped_and_cut() {
+        let forged = "x\n{\"level\":\"ERROR\",\"message\":\"forged\"}\r\u{1b}[31m";
+        let shown = untrusted(forged);
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert!(shown.starts_with("x\\n{\\\"level"), "{shown}");
+        let long = untrusted(&"a".repeat(10_000));
+        assert_eq!(long, format!("{}…", "a".repeat(64)));
+        let many: Vec<String> = (0..100).map(|i| format!("aud{i}")).collect();
+        assert_eq!(
+            audiences_found(&many),
+            "`aud0`, `aud1`, `aud2`, `aud3` and 96 more"
+        );
+    }
 
     #[test]
     fn lists_read_as_prose() {

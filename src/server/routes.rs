@@ -304,6 +304,7 @@ impl Routes {
                     key = (!key_label.is_empty()).then_some(key_label),
                     outcome = tracing::field::Empty,
                     otel.status_description = tracing::field::Empty,
+                    not_exported = tracing::field::Empty,
                 )
             };
         }
@@ -316,12 +317,15 @@ impl Routes {
         };
         let answered = async {
             let mut unread: Unread = Some(body);
+            let mut admitted = false;
             let reply = match route {
                 None => Err(ApiError::new(Code::NotFound, format!("no route {} {}", parts.method, parts.uri.path()))),
                 Some(route) => {
-                    answer_panics(self.dispatch(route, &parts, &mut unread, caller)).await
+                    answer_panics(self.dispatch(route, &parts, &mut unread, caller, &mut admitted))
+                        .await
                 }
             };
+            let unexported = self.unexported(reply.is_err() && !admitted, caller);
             let (mut reply, mut code) = match reply {
                 Ok(reply) => (reply, "ok"),
                 Err(e) => {
@@ -361,7 +365,13 @@ impl Routes {
             if telemetry::exporting() {
                 // Only then: a field recorded now makes the JSON log layer
                 // format the span's fields again.
-                telemetry::ended(&tracing::Span::current(), code, reply.status.is_server_error());
+                let span = tracing::Span::current();
+                telemetry::ended(&span, code, reply.status.is_server_error());
+                // Only callers with a rule, past the checks made before the
+                // body, spend the export: the others' spans are counted.
+                if let Some(reason) = unexported {
+                    span.record("not_exported", reason);
+                }
             }
             let metrics = self.service.metrics();
             metrics.requests_total.with_label_values(&[op, key_label, code]).inc();
@@ -389,12 +399,32 @@ impl Routes {
         telemetry::with_request_id(&request_id, answered).await
     }
 
+    /// Why the span of a request is not exported, if it is not: it was
+    /// refused before its body, or its caller is one no rule names.
+    fn unexported(
+        &self,
+        refused_before_body: bool,
+        caller: Option<Caller>,
+    ) -> Option<&'static str> {
+        if refused_before_body {
+            Some(telemetry::REFUSED_BEFORE_BODY)
+        } else if caller.is_some_and(|c| telemetry::exporting() && !self.service.knows(&c)) {
+            Some(telemetry::NO_CALLER_RULE)
+        } else {
+            None
+        }
+    }
+
+    /// Answers `route`. `admitted` is set once the request has passed the
+    /// checks made before its body (method, rules, rate limit, audit log,
+    /// replay guard, headers): a refusal before that exports no span.
     async fn dispatch(
         &self,
         route: Route<'_>,
         parts: &Parts,
         unread: &mut Unread,
         caller: Option<Caller>,
+        admitted: &mut bool,
     ) -> Result<Reply, ApiError> {
         if parts.method != route.method() {
             return Err(ApiError::new(
@@ -411,7 +441,7 @@ impl Routes {
         let svc = &self.service;
         let (caller, alias, action) = match (route, caller) {
             (Route::Healthz, _) => return Ok(json(StatusCode::OK, &api::Health { status: "ok" })),
-            (Route::Readyz, _) => {
+            (Route::Readyz, c) => {
                 let (mut ready, mut body) = svc.readiness().await;
                 if let Some(audit) = &self.audit {
                     let health = audit.health();
@@ -428,6 +458,17 @@ impl Routes {
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
+                if c.is_none() {
+                    // The TCP probe port answers anyone who reaches it: the
+                    // status only, no backend names, files or errors (the
+                    // socket has the reasons).
+                    return Ok(json(
+                        status,
+                        &api::Health {
+                            status: body.status,
+                        },
+                    ));
+                }
                 return Ok(json(status, &body));
             }
             (Route::Metrics, c) => {
@@ -435,6 +476,7 @@ impl Routes {
                     // The socket: operators granted `metrics` see aliases.
                     Some(c) => {
                         svc.may_read_metrics(&c)?;
+                        *admitted = true;
                         svc.metrics().encode(KeyLabels::Alias)
                     }
                     None => svc.metrics().encode(svc.key_labels()),
@@ -458,10 +500,12 @@ impl Routes {
             }
             (Route::ListKeys, Some(c)) => {
                 self.rate_limit(&c)?;
+                *admitted = true;
                 return Ok(json(StatusCode::OK, &svc.list_keys(&c).await));
             }
             (Route::Jwks, Some(c)) => {
                 self.rate_limit(&c)?;
+                *admitted = true;
                 return Ok(json(StatusCode::OK, &svc.jwks(&c).await));
             }
             (Route::JwtVerify, Some(c)) => {
@@ -469,6 +513,7 @@ impl Routes {
                 // grants `verify` is refused before its body is read.
                 svc.may_verify_jwts(&c)?;
                 self.rate_limit(&c)?;
+                *admitted = true;
                 let (body, reservation) = self.read_body(parts, unread, &c).await?;
                 let reply = ok(svc.jwt_verify(&c, parse_json(&body)?).await);
                 return reply.map(|reply| Reply {
@@ -498,17 +543,18 @@ impl Routes {
             action,
             Action::EnvelopeEncrypt | Action::EnvelopeDecrypt | Action::EnvelopeRewrap
         ) && is_octet_stream(&parts.headers);
+        if !streamed && header_context.is_some() {
+            return Err(ApiError::invalid(format!(
+                "header `{ENCRYPTION_CONTEXT}` is only for streamed envelopes (Content-Type: application/octet-stream); send `context` in the JSON body"
+            )));
+        }
+        *admitted = true;
         if streamed {
             let context = header_context.unwrap_or_default();
             let input = unread.take().expect("the body is unread until here");
             return self
                 .envelope_stream(caller, alias, action, context, &parts.headers, input)
                 .await;
-        }
-        if header_context.is_some() {
-            return Err(ApiError::invalid(format!(
-                "header `{ENCRYPTION_CONTEXT}` is only for streamed envelopes (Content-Type: application/octet-stream); send `context` in the JSON body"
-            )));
         }
         let (body, reservation) = if route.method() == Method::POST {
             let (body, reservation) = self.read_body(parts, unread, caller).await?;

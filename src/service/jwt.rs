@@ -2,15 +2,17 @@
 //! the signing keys (RFC 7517), and verification against them.
 //!
 //! - `jwt`: the header gets `alg` from the key (ES256, ES384, PS256, RS256,
-//!   EdDSA) and `kid` = `name/version`; `iat` and `exp` are filled unless
-//!   given; ECDSA signatures are JOSE's raw `r ‖ s` (low-S). The signing
-//!   input goes to the backend like any message to sign, so the private key
-//!   stays in the KMS.
+//!   EdDSA) and `kid` = `name/version`, and may carry the caller's `typ` and
+//!   `cty`, nothing else; `iat` and `exp` are filled unless given, and `exp`
+//!   is at most 24 h ahead ([`prepare`]); ECDSA signatures are JOSE's raw
+//!   `r ‖ s` (low-S). The signing input goes to the backend like any
+//!   message to sign, so the private key stays in the KMS.
 //! - `jwks`: every enabled version of every signing key, so tokens signed
 //!   before a rotation still verify.
 //! - `jwt/verify`: the `kid` picks the key and version; signature, `exp` and
 //!   `nbf` (60 s leeway), and `aud`/`iss` when asked, are checked by the
-//!   `jsonwebtoken` crate against the cached public key.
+//!   `jsonwebtoken` crate against the cached public key; an ECDSA signature
+//!   with a high S (the twin of one the sidecar issued) is refused.
 
 use super::{Service, rules};
 use crate::api::{self, ApiError, Code};
@@ -21,6 +23,7 @@ use crate::policy::{Caller, Op};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,6 +55,143 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The longest `typ` or `cty` a caller may put in the header, in bytes.
+pub const MAX_HEADER_VALUE: usize = 128;
+
+/// What `jwt` signs, decided from the request and the clock alone.
+#[derive(Debug)]
+pub struct Unsigned {
+    /// The claims' JSON, base64url: with `iat` and `exp` filled in.
+    pub claims: String,
+    /// The caller's `typ` and `cty`, if sent (the sidecar adds `alg` and
+    /// `kid`, and `typ: JWT` unless given).
+    pub header: Map<String, Value>,
+    /// `exp` in RFC 3339.
+    pub expires_at: String,
+}
+
+/// The claims and header of a JWT for a key whose JWS `alg` is `alg`, at
+/// `now` (seconds since 1970). `exp` comes from `ttl` or `claims.exp` and
+/// lies within [`MAX_TTL`] ahead of `now`; `iat`, `nbf` and `exp` are whole
+/// seconds; the header takes only `typ` and `cty` (and `alg` if it is the
+/// key's). Pure, with checked arithmetic on every time: no request can make
+/// it panic (the `jwt_request` fuzz target feeds it any JSON).
+pub fn prepare(req: api::JwtRequest, alg: &str, now: u64) -> Result<Unsigned, ApiError> {
+    let header = caller_header(req.header, alg)?;
+    let mut claims = req.claims;
+    let exp = expiry(&claims, req.ttl.map(|t| t.0), now)?;
+    let iat = numeric_date(&claims, "iat")?;
+    if let Some(nbf) = numeric_date(&claims, "nbf")?
+        && nbf >= exp
+    {
+        return Err(ApiError::invalid(format!(
+            "field `claims.nbf`: {nbf} is not before `exp` ({exp}): the token would never be valid"
+        )));
+    }
+    let expires_at = UNIX_EPOCH
+        .checked_add(Duration::from_secs(exp))
+        .and_then(|t| {
+            let mut text = String::new();
+            write!(text, "{}", humantime::format_rfc3339_seconds(t)).ok()?;
+            Some(text)
+        })
+        .ok_or_else(|| ApiError::invalid(format!("field `claims.exp`: {exp} is out of range")))?;
+    if iat.is_none() {
+        claims.insert("iat".into(), now.into());
+    }
+    claims.insert("exp".into(), exp.into());
+    Ok(Unsigned {
+        claims: URL_SAFE_NO_PAD.encode(Value::Object(claims).to_string()),
+        header,
+        expires_at,
+    })
+}
+
+/// `exp`: `claims.exp` as sent, or `now + ttl` (default [`DEFAULT_TTL`]);
+/// either way after `now` and at most [`MAX_TTL`] later, as a signed
+/// bearer token cannot be revoked.
+fn expiry(claims: &Map<String, Value>, ttl: Option<Duration>, now: u64) -> Result<u64, ApiError> {
+    let cap = humantime::format_duration(MAX_TTL);
+    let latest = now.saturating_add(MAX_TTL.as_secs());
+    match (numeric_date(claims, "exp")?, ttl) {
+        (Some(_), Some(_)) => Err(ApiError::invalid("send `ttl` or `claims.exp`, not both")),
+        (Some(exp), None) if exp <= now => Err(ApiError::invalid(format!(
+            "field `claims.exp`: {exp} is not in the future (now is {now})"
+        ))),
+        (Some(exp), None) if exp > latest => Err(ApiError::invalid(format!(
+            "field `claims.exp`: {exp} is more than {cap} ahead (now is {now}); JWTs live at most {cap}, as with `ttl`"
+        ))),
+        (Some(exp), None) => Ok(exp),
+        (None, ttl) => {
+            let ttl = ttl.unwrap_or(DEFAULT_TTL);
+            if ttl < Duration::from_secs(1) || ttl > MAX_TTL {
+                return Err(ApiError::invalid(format!("field `ttl`: 1s to {cap}")));
+            }
+            now.checked_add(ttl.as_secs())
+                .ok_or_else(|| ApiError::invalid("field `ttl`: the expiry is out of range"))
+        }
+    }
+}
+
+/// The time claim `name`, if sent: a NumericDate in whole seconds (what
+/// the verifiers here read).
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, ApiError> {
+    claims
+        .get(name)
+        .map(|v| {
+            v.as_u64().ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "field `claims.{name}`: a NumericDate (whole seconds since 1970)"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// The header entries a caller may set: `typ` and `cty`, strings of at
+/// most [`MAX_HEADER_VALUE`] bytes (and `alg` when it is the key's own).
+/// Anything else — `jku`, `x5u`, `jwk`, `crit`, `b64`, … — would change
+/// how a verifier finds the key or reads the token, so it is refused.
+fn caller_header(header: Map<String, Value>, alg: &str) -> Result<Map<String, Value>, ApiError> {
+    let mut kept = Map::new();
+    for (name, value) in header {
+        match name.as_str() {
+            "alg" if value.as_str() == Some(alg) => {}
+            "alg" | "kid" => {
+                return Err(ApiError::invalid(format!(
+                    "field `header.{name}`: the sidecar sets it (`alg` is the key's, {alg}; `kid` is name/version)"
+                )));
+            }
+            "typ" | "cty" => match value.as_str() {
+                Some(v) if v.len() <= MAX_HEADER_VALUE => {
+                    kept.insert(name, value);
+                }
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "field `header.{name}`: a string of at most {MAX_HEADER_VALUE} bytes"
+                    )));
+                }
+            },
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "field `header.{}`: not allowed; a JWT header may set `typ` and `cty` (the sidecar sets `alg` and `kid`)",
+                    shown(&name)
+                )));
+            }
+        }
+    }
+    Ok(kept)
+}
+
+/// A name the caller sent, for a message: escaped, at most 64 characters.
+fn shown(name: &str) -> String {
+    let mut out: String = name.chars().take(64).flat_map(char::escape_debug).collect();
+    if name.chars().nth(64).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 impl Service {
     /// `POST /v1/keys/{name}/jwt`.
     pub async fn jwt(
@@ -62,42 +202,11 @@ impl Service {
     ) -> Result<api::JwtResponse, ApiError> {
         let (entry, key) = self.key_for(caller, alias, Op::Sign).await?;
         let alg = jwt_alg(alias, key)?;
-        let mut claims = req.claims;
-        let now = unix_now();
-        claims.entry("iat").or_insert(now.into());
-        let exp = match (claims.get("exp"), req.ttl) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::invalid("send `ttl` or `claims.exp`, not both"));
-            }
-            (Some(exp), None) => exp.as_u64().ok_or_else(|| {
-                ApiError::invalid("field `claims.exp`: a NumericDate (seconds since 1970)")
-            })?,
-            (None, ttl) => {
-                let ttl = ttl.map_or(DEFAULT_TTL, |t| t.0);
-                if ttl < Duration::from_secs(1) || ttl > MAX_TTL {
-                    return Err(ApiError::invalid(format!(
-                        "field `ttl`: 1s to {}",
-                        humantime::format_duration(MAX_TTL)
-                    )));
-                }
-                let exp = now + ttl.as_secs();
-                claims.insert("exp".into(), exp.into());
-                exp
-            }
-        };
-        for (name, value) in &req.header {
-            let refused = match name.as_str() {
-                "alg" => value.as_str() != Some(alg),
-                "kid" => true,
-                _ => false,
-            };
-            if refused {
-                return Err(ApiError::invalid(format!(
-                    "field `header.{name}`: the sidecar sets it (`alg` is the key's, {alg}; `kid` is name/version)"
-                )));
-            }
-        }
-        let claims = URL_SAFE_NO_PAD.encode(Value::Object(claims).to_string());
+        let Unsigned {
+            claims,
+            header: given,
+            expires_at,
+        } = prepare(req, alg, unix_now())?;
         // The kid names the version before it signs: the current one, and
         // if a rotation came between, the one that did sign.
         let mut version = entry.metadata().await?.current_version.clone();
@@ -105,7 +214,7 @@ impl Service {
             let kid = format!("{alias}/{version}");
             let mut header = Map::new();
             header.insert("typ".into(), "JWT".into());
-            header.extend(req.header.clone());
+            header.extend(given.clone());
             header.insert("alg".into(), alg.into());
             header.insert("kid".into(), kid.clone().into());
             let input = format!(
@@ -125,12 +234,11 @@ impl Service {
                 continue;
             }
             let sig = crypto::low_s(sig.algorithm, sig.bytes, SignatureFormat::Raw);
-            let expires = UNIX_EPOCH + Duration::from_secs(exp);
             return Ok(api::JwtResponse {
                 jwt: format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)),
                 kid,
                 alg,
-                expires_at: humantime::format_rfc3339_seconds(expires).to_string(),
+                expires_at,
                 version,
             });
         }
@@ -244,6 +352,18 @@ impl Service {
                 format!("key `{alias}` does not sign JWTs"),
             ));
         };
+        // (r, n − s) verifies like (r, s): a second valid string for the
+        // same token. The sidecar issues low-S only, so the twin is refused.
+        let signature = req.jwt.rsplit('.').next().unwrap_or_default();
+        if URL_SAFE_NO_PAD
+            .decode(signature)
+            .is_ok_and(|raw| crypto::is_high_s(pk.algorithm, &raw))
+        {
+            return Ok(invalid(
+                Some(kid),
+                "the ECDSA signature has a high S (s > n/2); the sidecar issues low-S signatures only".into(),
+            ));
+        }
         let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| {
             ApiError::new(
                 Code::BackendError,
@@ -270,5 +390,94 @@ impl Service {
             }),
             Err(e) => Ok(invalid(Some(kid), e.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn request(body: Value) -> api::JwtRequest {
+        serde_json::from_value(body).unwrap()
+    }
+
+    fn claims(u: &Unsigned) -> Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&u.claims).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn exp_is_within_the_cap_whatever_is_sent() {
+        let day = MAX_TTL.as_secs();
+        let u = prepare(request(serde_json::json!({"claims": {}})), "ES256", NOW).unwrap();
+        assert_eq!(claims(&u)["exp"], NOW + 300);
+        assert_eq!(claims(&u)["iat"], NOW);
+        assert_eq!(u.expires_at, "2027-01-15T08:05:00Z");
+        let u = prepare(
+            request(serde_json::json!({"claims": {"exp": NOW + day, "iat": 5}})),
+            "ES256",
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            (claims(&u)["exp"].as_u64(), claims(&u)["iat"].as_u64()),
+            (Some(NOW + day), Some(5))
+        );
+        for exp in [NOW + day + 1, NOW, NOW - 1, 0, 253_402_300_800, u64::MAX] {
+            let e = prepare(
+                request(serde_json::json!({"claims": {"exp": exp}})),
+                "ES256",
+                NOW,
+            )
+            .unwrap_err();
+            assert_eq!(e.code, Code::InvalidRequest);
+            assert!(e.message.contains("claims.exp"), "{exp}: {}", e.message);
+        }
+        // Any clock: never a panic, never an expiry past the cap.
+        for now in [0, 253_402_300_799, u64::MAX - 10, u64::MAX] {
+            for body in [
+                serde_json::json!({"claims": {}}),
+                serde_json::json!({"claims": {"exp": u64::MAX}}),
+                serde_json::json!({"claims": {}, "ttl": "1day"}),
+            ] {
+                if let Ok(u) = prepare(request(body), "ES256", now) {
+                    let exp = claims(&u)["exp"].as_u64().unwrap();
+                    assert!(exp > now && exp - now <= day);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_header_takes_typ_and_cty_only() {
+        let header = |h: Value| {
+            prepare(
+                request(serde_json::json!({"claims": {}, "header": h})),
+                "ES256",
+                NOW,
+            )
+        };
+        let u = header(serde_json::json!({"typ": "at+jwt", "cty": "JWT", "alg": "ES256"})).unwrap();
+        assert_eq!(
+            Value::Object(u.header),
+            serde_json::json!({"typ": "at+jwt", "cty": "JWT"})
+        );
+        for (h, words) in [
+            (
+                serde_json::json!({"jku": "https://x"}),
+                "`header.jku`: not allowed",
+            ),
+            (serde_json::json!({"crit": ["b64"]}), "`header.crit`"),
+            (serde_json::json!({"alg": "none"}), "`header.alg`"),
+            (serde_json::json!({"kid": "x/1"}), "`header.kid`"),
+            (serde_json::json!({"typ": "t".repeat(129)}), "`header.typ`"),
+            (serde_json::json!({"a\nb": 1}), "`header.a\\nb`"),
+        ] {
+            let e = header(h).unwrap_err();
+            assert!(e.message.contains(words), "{}", e.message);
+        }
+        let e = header(serde_json::json!({"x".repeat(100_000): 1})).unwrap_err();
+        assert!(e.message.len() < 300, "{}", e.message);
     }
 }

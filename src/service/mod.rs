@@ -13,7 +13,7 @@
 
 mod crypt;
 mod envelope;
-mod jwt;
+pub mod jwt;
 mod lanes;
 mod revocation;
 pub mod rules;

@@ -148,6 +148,16 @@ fn log_panics() {
     }));
 }
 
+/// Why a request's span is not exported (the `not_exported` field of the
+/// request span, and the `reason` it is counted under in
+/// `kms_sidecar_trace_spans_dropped_total`): the request was refused before
+/// its body (no rule for the caller, the key or the op; rate limit; replay
+/// guard; a bad header; no route)…
+pub const REFUSED_BEFORE_BODY: &str = "refused_before_body";
+/// …or the caller is one no rule names (its few answered requests, such
+/// as an empty `GET /v1/keys`). Only callers with a rule spend the export.
+pub const NO_CALLER_RULE: &str = "no_caller_rule";
+
 /// Whether spans are exported (set once, at start).
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
@@ -156,18 +166,78 @@ pub fn exporting() -> bool {
 }
 
 /// Makes the W3C trace context the app sent (`traceparent`, `tracestate`)
-/// the parent of `span`. A malformed header is ignored.
+/// the parent of `span`. A malformed header is ignored; the `tracestate`,
+/// which every span of the request carries to the collector and on to the
+/// KMS, is held to the spec's limits first ([`bounded_tracestate`]).
 pub fn adopt_parent(span: &tracing::Span, headers: &http::HeaderMap) {
     #[cfg(feature = "otlp")]
     if exporting() && headers.contains_key("traceparent") {
-        use opentelemetry::propagation::TextMapPropagator;
+        use opentelemetry::propagation::{Extractor, TextMapPropagator};
         use tracing_opentelemetry::OpenTelemetrySpanExt;
-        let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new()
-            .extract(&opentelemetry_http::HeaderExtractor(headers));
+        /// `traceparent` as sent, `tracestate` as bounded.
+        struct Bounded<'a>(&'a http::HeaderMap, Option<String>);
+        impl Extractor for Bounded<'_> {
+            fn get(&self, key: &str) -> Option<&str> {
+                match key {
+                    "tracestate" => self.1.as_deref(),
+                    _ => self.0.get(key).and_then(|v| v.to_str().ok()),
+                }
+            }
+            fn keys(&self) -> Vec<&str> {
+                vec!["traceparent", "tracestate"]
+            }
+        }
+        let extractor = Bounded(headers, bounded_tracestate(headers));
+        let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&extractor);
         let _ = span.set_parent(cx);
     }
     #[cfg(not(feature = "otlp"))]
     let _ = (span, headers);
+}
+
+/// The most list-members a `tracestate` may have (W3C Trace Context,
+/// "tracestate Header Field Values").
+pub const TRACESTATE_MEMBERS: usize = 32;
+/// The combined `tracestate` length the spec asks to propagate, commas
+/// included ("tracestate Limits"): what the sidecar keeps at most.
+pub const TRACESTATE_LENGTH: usize = 512;
+/// Entries longer than this are the first removed when truncating.
+const TRACESTATE_LONG_ENTRY: usize = 128;
+
+/// The app's `tracestate` within the W3C limits, or `None`: the header
+/// fields joined with commas (RFC 7230), empty members skipped; more than
+/// [`TRACESTATE_MEMBERS`] members, a member that is not `key=value`, or a
+/// key or value over 256 characters make the list invalid and it is
+/// dropped whole. A valid list longer than [`TRACESTATE_LENGTH`] loses whole
+/// entries as the spec says: those over 128 characters first, then from the
+/// end. (Keys and values are checked against the grammar again by the
+/// OpenTelemetry parser, which drops an invalid list.)
+pub fn bounded_tracestate(headers: &http::HeaderMap) -> Option<String> {
+    let mut members: Vec<&str> = Vec::new();
+    for field in headers.get_all("tracestate") {
+        for member in field.to_str().ok()?.split(',') {
+            let member = member.trim_matches([' ', '\t']);
+            if member.is_empty() {
+                continue;
+            }
+            let (key, value) = member.split_once('=')?;
+            if key.is_empty() || key.len() > 256 || value.len() > 256 {
+                return None;
+            }
+            members.push(member);
+            if members.len() > TRACESTATE_MEMBERS {
+                return None;
+            }
+        }
+    }
+    let length = |m: &[&str]| m.iter().map(|s| s.len()).sum::<usize>() + m.len().saturating_sub(1);
+    if length(&members) > TRACESTATE_LENGTH {
+        members.retain(|m| m.len() <= TRACESTATE_LONG_ENTRY);
+    }
+    while length(&members) > TRACESTATE_LENGTH {
+        members.pop();
+    }
+    (!members.is_empty()).then(|| members.join(","))
 }
 
 /// The current trace context as W3C headers (`traceparent`, and
@@ -501,6 +571,52 @@ mod tests {
             assert!(tracing::debug_span!("backend_call").is_disabled());
             assert!(!tracing::info_span!("request").is_disabled());
         });
+    }
+
+    fn tracestate(fields: &[&str]) -> Option<String> {
+        let mut headers = http::HeaderMap::new();
+        for f in fields {
+            headers.append("tracestate", http::HeaderValue::from_str(f).unwrap());
+        }
+        bounded_tracestate(&headers)
+    }
+
+    /// W3C Trace Context's `tracestate` limits: fields joined, at most 32
+    /// members, 512 characters kept (long entries dropped first, then from
+    /// the end), an invalid list dropped whole.
+    #[test]
+    fn tracestate_is_held_to_the_w3c_limits() {
+        assert_eq!(tracestate(&[]), None);
+        assert_eq!(tracestate(&[" , "]), None);
+        assert_eq!(
+            tracestate(&["rojo=00f067aa0ba902b7 ,\t congo=t61rcWkgMzE", "b=1"]).as_deref(),
+            Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,b=1")
+        );
+        let members: Vec<String> = (0..32).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(tracestate(&[&members.join(",")]), Some(members.join(",")));
+        let members: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(tracestate(&[&members.join(",")]), None, "33 members");
+        assert_eq!(tracestate(&["novalue"]), None);
+        assert_eq!(tracestate(&[&format!("k={}", "v".repeat(257))]), None);
+        // Over 512: the entries over 128 characters go first...
+        let long = format!("l={}", "v".repeat(200));
+        let kept = tracestate(&[&format!("a=1,{long},{long},{long},b=2")]);
+        assert_eq!(kept.as_deref(), Some("a=1,b=2"));
+        // ...then entries from the end, whole.
+        let mid: Vec<String> = (0..8)
+            .map(|i| format!("k{i}={}", "v".repeat(100)))
+            .collect();
+        let kept = tracestate(&[&mid.join(",")]).unwrap();
+        assert_eq!(kept, mid[..4].join(","));
+        assert!(kept.len() <= TRACESTATE_LENGTH);
+        // 512 characters, commas included, are kept whole.
+        let (a, b) = (
+            format!("a={}", "v".repeat(125)),
+            format!("b={}", "v".repeat(126)),
+        );
+        let full = [a.as_str(), &a, &a, &b].join(",");
+        assert_eq!(full.len(), TRACESTATE_LENGTH);
+        assert_eq!(tracestate(&[&full]), Some(full.clone()));
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! a bounded queue: when the collector is slow or gone, spans beyond
 //! `max_queue` are dropped and counted
 //! (`kms_sidecar_trace_spans_dropped_total{reason}`), and requests never
-//! wait.
+//! wait. The span of a request refused before its body, or of a caller no
+//! rule names, is not exported at all but counted under the same metric
+//! (`server::routes` marks it `not_exported`), so callers without a rule
+//! cannot spend the export.
 //!
 //! Exports run on the sidecar's tokio runtime ([`OnRuntime`]): both the async
 //! `reqwest` client and tonic need one, and the batch thread has none.
@@ -269,6 +272,12 @@ impl SpanProcessor for Bounded {
         if !span.span_context.is_sampled() {
             return;
         }
+        if let Some(reason) = not_exported(&span) {
+            metrics::trace_spans_dropped()
+                .with_label_values(&[reason])
+                .inc();
+            return;
+        }
         if self.queued.fetch_add(1, Ordering::AcqRel) >= self.limit {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             metrics::trace_spans_dropped()
@@ -290,6 +299,18 @@ impl SpanProcessor for Bounded {
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
     }
+}
+
+/// The reason a request span carries in `not_exported`, if any: such a
+/// span is counted, not queued.
+fn not_exported(span: &SpanData) -> Option<&'static str> {
+    let kv = span
+        .attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == "not_exported")?;
+    [super::REFUSED_BEFORE_BODY, super::NO_CALLER_RULE]
+        .into_iter()
+        .find(|r| kv.value.as_str() == *r)
 }
 
 /// An exporter run on the sidecar's runtime from the batch thread, which

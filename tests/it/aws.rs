@@ -974,6 +974,62 @@ async fn a_wrong_expired_or_non_jwt_identity_token_stops_the_start() {
     }
 }
 
+/// A projected token is read, never verified: what it says reaches stderr
+/// escaped and cut, so an audience or a header with newlines cannot write
+/// lines of its own (a forged log line), and a huge claim is not copied.
+#[test]
+fn an_identity_tokens_claims_cannot_forge_lines_on_stderr() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    let part = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let claims = json!({
+        "iss": "https://kubernetes.default.svc",
+        "sub": "system:serviceaccount:default:app",
+        "aud": ["vault\nforged-aud-line {\"level\":\"ERROR\"}", "y".repeat(5000)],
+        "exp": 4_000_000_000u64,
+    });
+    let bad_audience = format!(
+        "{}.{}.c2ln",
+        part(json!({"alg": "RS256", "typ": "JWT"})),
+        part(claims)
+    );
+    let bad_header = format!(
+        "{}.{}.c2ln",
+        part(json!({"alg": "x\nforged-header-line", "typ": "JWT"})),
+        part(json!({"sub": "s"}))
+    );
+    // Nothing listens on the endpoints: the start stops at the token.
+    let config = "backends:\n  kms: { type: aws, region: us-east-1, endpoint: \"http://127.0.0.1:9\", sts_endpoint: \"http://127.0.0.1:9\" }\nkeys:\n  sig: { backend: kms, key: alias/sig }\n";
+    let token_path = token.display().to_string();
+    let env = [
+        ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/kms-sidecar"),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_path.as_str()),
+    ];
+    for (content, forged, escaped) in [
+        (
+            &bad_audience,
+            "forged-aud-line",
+            "`vault\\nforged-aud-line {\\\"level",
+        ),
+        (&bad_header, "forged-header-line", "x\\nforged-header-line"),
+    ] {
+        std::fs::write(&token, content).unwrap();
+        let (code, _, err) = crate::harness::run_with_config(&["serve", "--config"], config, &env);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(escaped), "escaped on its line: {err}");
+        assert!(
+            !err.lines().any(|l| l.trim_start().starts_with(forged)),
+            "a line of the token's own: {err}"
+        );
+        assert!(
+            !err.contains(&"y".repeat(100)),
+            "a huge claim is cut: {err}"
+        );
+    }
+}
+
 /// A token file not there at start is the readiness reason until it
 /// appears; then the sidecar serves, and the token's lifetime is a metric.
 #[tokio::test]

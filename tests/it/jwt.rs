@@ -78,13 +78,17 @@ async fn jwt_fills_in_the_header_iat_and_exp_and_refuses_what_it_cannot_sign() {
         .unwrap();
     assert_eq!(sig.len(), 64);
     // Given iat and exp are kept; the default lifetime is 5 minutes.
+    let (iat, exp) = (before - 10, before + 600);
     let kept = s
-        .post_ok("/v1/keys/ec/jwt", json!({"claims": {"iat": 1, "exp": 2}}))
+        .post_ok(
+            "/v1/keys/ec/jwt",
+            json!({"claims": {"iat": iat, "exp": exp}}),
+        )
         .await;
     let claims = part(kept["jwt"].as_str().unwrap(), 1);
     assert_eq!(
         (claims["iat"].as_u64(), claims["exp"].as_u64()),
-        (Some(1), Some(2))
+        (Some(iat), Some(exp))
     );
     let default = s.post_ok("/v1/keys/ec/jwt", json!({"claims": {}})).await;
     let claims = part(default["jwt"].as_str().unwrap(), 1);
@@ -258,4 +262,173 @@ async fn the_probe_listener_serves_the_public_jwks() {
     );
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("jwks.public[0]"), "{err}");
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `claims.exp` is held to the cap on `ttl` (24 h ahead) and refused in
+/// the past; an `exp` of year 10000 or beyond, which once panicked the
+/// connection after the KMS had signed, is a 400 like any other, and the
+/// open-connection gauge stays right.
+#[tokio::test]
+async fn jwt_exp_is_capped_like_ttl_and_no_time_claim_can_panic() {
+    let s = Sidecar::start(&config(&all_mine(), "")).await;
+    let now = unix_now();
+    let day = 24 * 3600;
+    let made = s
+        .post_ok(
+            "/v1/keys/ec/jwt",
+            json!({"claims": {"exp": now + day - 60}}),
+        )
+        .await;
+    assert_eq!(
+        part(made["jwt"].as_str().unwrap(), 1)["exp"],
+        now + day - 60
+    );
+    for (claims, words) in [
+        (
+            json!({"exp": now + 100 * 365 * day}),
+            "more than 1day ahead",
+        ),
+        (json!({"exp": now + day + 120}), "more than 1day ahead"),
+        (json!({"exp": now - 3600}), "not in the future"),
+        (json!({"exp": 1}), "not in the future"),
+        (json!({"exp": 253_402_300_800u64}), "claims.exp"),
+        (json!({"exp": u64::MAX}), "claims.exp"),
+        (json!({"exp": -1}), "claims.exp"),
+        (json!({"exp": 1.0e300}), "claims.exp"),
+        (json!({"iat": u64::MAX, "nbf": u64::MAX}), "claims.nbf"),
+        (json!({"iat": -5}), "claims.iat"),
+        (json!({"nbf": "later"}), "claims.nbf"),
+        (
+            json!({"nbf": now + 7200, "exp": now + 3600}),
+            "never be valid",
+        ),
+    ] {
+        s.post("/v1/keys/ec/jwt", json!({"claims": claims}))
+            .await
+            .expect_saying(400, "invalid_request", words);
+    }
+    // The connections above were all answered and closed: only the
+    // scrape's own is open.
+    crate::harness::eventually(
+        std::time::Duration::from_secs(5),
+        "one connection open",
+        || async { s.metric("kms_sidecar_connections_open ").await == 1.0 },
+    )
+    .await;
+    assert!(!s.logs().contains("panicked"), "{}", s.logs());
+}
+
+/// The caller's header may set `typ` and `cty` only (strings of at most
+/// 128 bytes): `jku`, `x5u`, `jwk`, `crit`, `b64` or anything else is
+/// refused naming the field, and a 900 KB value is refused.
+#[tokio::test]
+async fn jwt_headers_take_only_typ_and_cty_within_a_size_cap() {
+    let s = Sidecar::start(&config(&all_mine(), "")).await;
+    let made = s
+        .post_ok(
+            "/v1/keys/ec/jwt",
+            json!({"claims": {}, "header": {"typ": "at+jwt", "cty": "JWT", "alg": "ES256"}}),
+        )
+        .await;
+    let header = part(made["jwt"].as_str().unwrap(), 0);
+    assert_eq!(
+        header,
+        json!({"typ": "at+jwt", "cty": "JWT", "alg": "ES256", "kid": "ec/1"})
+    );
+    let big = "x".repeat(900 * 1024);
+    for (header, words) in [
+        (
+            json!({"jku": "https://attacker.example/jwks"}),
+            "`header.jku`",
+        ),
+        (
+            json!({"x5u": "https://attacker.example/cert"}),
+            "`header.x5u`",
+        ),
+        (json!({"jwk": {"kty": "EC"}}), "`header.jwk`"),
+        (json!({"crit": ["b64"]}), "`header.crit`"),
+        (json!({"b64": false}), "`header.b64`"),
+        (json!({"zip": "DEF"}), "`header.zip`"),
+        (
+            json!({"typ": big}),
+            "`header.typ`: a string of at most 128 bytes",
+        ),
+        (json!({"cty": 5}), "`header.cty`"),
+        (json!({&big: "x"}), "not allowed"),
+    ] {
+        let r = s
+            .post("/v1/keys/ec/jwt", json!({"claims": {}, "header": header}))
+            .await;
+        let v = r.expect_saying(400, "invalid_request", words);
+        assert!(v.to_string().len() < 1024, "the message is short: {v}");
+    }
+}
+
+/// The order `n` of P-256 and P-384, big-endian.
+const P256_N: &str = "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551";
+const P384_N: &str = "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973";
+
+/// `n − s` of equal-width big-endian numbers.
+fn minus(n: &[u8], s: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; n.len()];
+    let mut borrow = 0i16;
+    for i in (0..n.len()).rev() {
+        let mut v = i16::from(n[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(v < 0);
+        if v < 0 {
+            v += 256;
+        }
+        out[i] = v as u8;
+    }
+    out
+}
+
+/// The high-S twin `(r, n − s)` of a token the sidecar issued verifies
+/// for the `jsonwebtoken` crate, but `jwt/verify` refuses it: the sidecar
+/// issues low-S signatures only, so a token has one valid string.
+#[tokio::test]
+async fn jwt_verify_refuses_the_high_s_twin_of_an_issued_token() {
+    let s = Sidecar::start(&config(&all_mine(), "")).await;
+    let jwks = s.get("/v1/jwks").await.ok();
+    for (alias, n) in [("ec", P256_N), ("ec384", P384_N)] {
+        let made = s
+            .post_ok(
+                &format!("/v1/keys/{alias}/jwt"),
+                json!({"claims": {"sub": alias}}),
+            )
+            .await;
+        let token = made["jwt"].as_str().unwrap();
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+        let (r, low) = sig.split_at(sig.len() / 2);
+        let twin = format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode([r, &minus(&hex::decode(n).unwrap(), low)].concat())
+        );
+        // A valid signature all the same, for a verifier without the rule.
+        let kid = made["kid"].as_str().unwrap();
+        let jwk = (jwks["keys"].as_array().unwrap().iter())
+            .find(|k| k["kid"] == kid)
+            .unwrap();
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk.clone()).unwrap();
+        let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+        let alg = made["alg"].as_str().unwrap().parse().unwrap();
+        jsonwebtoken::decode::<Value>(&twin, &key, &jsonwebtoken::Validation::new(alg))
+            .unwrap_or_else(|e| panic!("{alias}: the twin is a valid signature: {e}"));
+        let v = s.post_ok("/v1/jwt/verify", json!({"jwt": token})).await;
+        assert_eq!(v["valid"], true, "{alias}: {v}");
+        let v = s.post_ok("/v1/jwt/verify", json!({"jwt": twin})).await;
+        assert_eq!(v["valid"], false, "{alias}: {v}");
+        assert!(
+            v["reason"].as_str().unwrap().contains("high S"),
+            "{alias}: {v}"
+        );
+    }
 }

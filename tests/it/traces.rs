@@ -82,11 +82,11 @@ async fn a_request_continues_the_apps_trace_down_to_the_backend_call() {
     // Not traced by the app: a trace of the sidecar's own.
     s.post_ok("/v1/keys/sig/sign", json!({"message": b64("hello")}))
         .await;
-    // Refused: an outcome on the span, not an error status.
+    // Refused after its body: an outcome on the span, not an error status.
     let refused = s
-        .post("/v1/keys/nope/sign", json!({"message": b64("x")}))
+        .post("/v1/keys/sig/sign", json!({"message": "not base64!"}))
         .await;
-    assert_eq!(refused.status, 404);
+    assert_eq!(refused.status, 400);
     s.get("/healthz").await;
 
     let spans = receiver
@@ -150,7 +150,7 @@ async fn a_request_continues_the_apps_trace_down_to_the_backend_call() {
     );
     let refused = own
         .iter()
-        .find(|s| s["attributes"]["outcome"] == "key_not_found")
+        .find(|s| s["attributes"]["outcome"] == "invalid_request")
         .unwrap_or_else(|| panic!("no refused request span: {own:#?}"));
     assert_eq!(
         refused["status"]["code"], 0,
@@ -503,4 +503,151 @@ async fn a_collector_over_tls_is_reached_with_either_protocol() {
         assert_eq!(span["resource"]["service.name"], "from-attributes");
         assert_eq!(span["resource"]["k8s.pod.name"], "pod-1");
     }
+}
+
+/// The app's `tracestate` is held to the W3C limits before any span
+/// carries it: of an 8 KB list only what the spec keeps within 512
+/// characters (entries over 128 characters go first) reaches the
+/// collector, and a list of more than 32 members is dropped whole.
+#[tokio::test]
+async fn an_oversized_tracestate_never_reaches_the_exported_spans() {
+    let receiver = Receiver::start().await;
+    let s = Sidecar::start_with_env(
+        &keys(),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http), FAST],
+    )
+    .await;
+    let long = "v".repeat(250);
+    let big: Vec<String> = std::iter::once("rojo=00f067aa0ba902b7".to_owned())
+        .chain((1..32).map(|i| format!("k{i}={long}")))
+        .collect();
+    let big = big.join(",");
+    assert!(big.len() > 7900, "{}", big.len());
+    let many: Vec<String> = (0..40).map(|i| format!("m{i}=x")).collect();
+    let many = many.join(",");
+    let cases = [
+        (
+            "11111111111111111111111111111111",
+            &big,
+            "rojo=00f067aa0ba902b7",
+        ),
+        ("22222222222222222222222222222222", &many, ""),
+    ];
+    for (trace, state, _) in &cases {
+        let parent = format!("00-{trace}-{APP_SPAN}-01");
+        traced(
+            &s,
+            "/v1/keys/sig/sign",
+            json!({"message": b64("m")}),
+            &[("traceparent", &parent), ("tracestate", state)],
+        )
+        .await;
+    }
+    let spans = receiver
+        .spans_until("both requests' backend attempts", |spans| {
+            cases.iter().all(|(trace, _, _)| {
+                spans
+                    .iter()
+                    .any(|s| s["name"] == "backend_attempt" && s["trace_id"] == *trace)
+            })
+        })
+        .await;
+    for (trace, _, kept) in &cases {
+        let traced: Vec<_> = spans.iter().filter(|s| s["trace_id"] == *trace).collect();
+        assert!(traced.len() >= 3, "{traced:#?}");
+        for span in traced {
+            assert_eq!(span["trace_state"], *kept, "{span:#}");
+        }
+    }
+    assert!(
+        !String::from_utf8_lossy(&receiver.raw()).contains(&long[..128]),
+        "the long entries reached the collector"
+    );
+}
+
+/// A uid no rule names (another uid, through `setpriv`, when the suite
+/// runs as root) gets its 403s before the body: those requests export no
+/// span, whatever trace context they send, and are counted instead; so is
+/// a ruled caller's request refused before its body (an unknown key),
+/// while its signing is exported.
+#[tokio::test]
+async fn requests_refused_before_their_body_export_no_span() {
+    let me = nix::unistd::geteuid().as_raw();
+    let (outsider, ruled) = if crate::harness::is_root() {
+        (Some(65534), me)
+    } else {
+        (None, me + 1)
+    };
+    let receiver = Receiver::start().await;
+    let config = format!(
+        "listen: {{ mode: \"0666\" }}\nbackends:\n  dev: {{ type: local, dir: \"{{dir}}/keys\" }}\nkeys:\n  sig: {{ backend: dev, key: sig, algorithm: ecdsa-p256-sha256 }}\ncallers:\n  - {{ uids: [{ruled}], keys: [\"*\"], ops: [\"*\"] }}\n"
+    );
+    let s = Sidecar::start_with_env(
+        &config,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http), FAST],
+    )
+    .await;
+    s.open_to_other_uids();
+    const N: u32 = 25;
+    let socket = s.socket.display().to_string();
+    let parent = format!("traceparent:{}", traceparent(true));
+    let state = format!("tracestate:v={}", "s".repeat(250));
+    let seen = crate::harness::hostile_client(
+        outsider,
+        &[
+            "http",
+            &socket,
+            "POST",
+            "/v1/keys/sig/sign",
+            "64",
+            &N.to_string(),
+            &parent,
+            &state,
+        ],
+    );
+    assert_eq!(seen["statuses"]["403"], N, "{seen}");
+    let mut refused = f64::from(N);
+    if outsider.is_some() {
+        // Our own: one refused before its body, one signed and exported.
+        s.post("/v1/keys/nope/sign", json!({"message": b64("x")}))
+            .await
+            .expect(404, Some("key_not_found"));
+        refused += 1.0;
+        traced(
+            &s,
+            "/v1/keys/sig/sign",
+            json!({"message": b64("m")}),
+            &[("x-request-id", "ruled-1")],
+        )
+        .await;
+    }
+    let metric = "kms_sidecar_trace_spans_dropped_total{reason=\"refused_before_body\"}";
+    crate::harness::eventually(
+        Duration::from_secs(10),
+        "the refused requests counted",
+        || async { s.metric(metric).await == refused },
+    )
+    .await;
+    let spans = if outsider.is_some() {
+        receiver
+            .spans_until("the ruled caller's request", |spans| {
+                spans
+                    .iter()
+                    .any(|s| s["attributes"]["request_id"] == "ruled-1")
+            })
+            .await
+    } else {
+        receiver.spans()
+    };
+    let outsiders = i64::from(outsider.unwrap_or(me));
+    assert!(
+        spans.iter().all(|s| {
+            s["trace_id"] != APP_TRACE
+                && s["attributes"]["caller.uid"] != outsiders
+                && !["forbidden", "key_not_found"]
+                    .contains(&s["attributes"]["outcome"].as_str().unwrap_or(""))
+        }),
+        "refused requests exported: {spans:#?}"
+    );
+    assert_eq!(s.metric(metric).await, refused);
 }

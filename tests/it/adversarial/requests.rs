@@ -409,3 +409,56 @@ async fn an_unreadable_key_directory_makes_the_sidecar_unready() {
     }
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
+
+/// `/readyz` on the TCP probe port, which anyone on the network may reach,
+/// answers the status alone; the socket keeps the reasons (backend names,
+/// files, errors) for the pod's own containers.
+#[tokio::test]
+async fn readyz_on_the_probe_port_names_no_backend_or_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let runs_as = is_root().then_some(65534);
+    let port = crate::harness::free_port();
+    let probes = format!("127.0.0.1:{port}");
+    let s = Sidecar::start_as(
+        &config(me, ""),
+        &[("KMS_SIDECAR_LISTEN__PROBES", &probes)],
+        runs_as,
+    )
+    .await;
+    let probe = || {
+        let (ok, out, err) = crate::harness::run_tool(
+            "curl",
+            &[
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{probes}/readyz"),
+            ],
+            "install curl (`make test` does)",
+        );
+        assert!(ok, "{err}");
+        let (body, status) = out.trim_end().rsplit_once('\n').unwrap();
+        (
+            status.to_owned(),
+            serde_json::from_str::<Value>(body).unwrap(),
+        )
+    };
+    assert_eq!(probe(), ("200".into(), json!({"status": "ready"})));
+    let keys = s.dir.path().join("keys");
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o000)).unwrap();
+    crate::harness::eventually(Duration::from_secs(10), "not ready", || async {
+        s.get("/readyz").await.status == 503
+    })
+    .await;
+    let full = s.get("/readyz").await.json();
+    assert_eq!(full["backends"]["dev"]["status"], "error", "{full}");
+    assert!(
+        full["backends"]["dev"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("keys")),
+        "the socket has the reason: {full}"
+    );
+    assert_eq!(probe(), ("503".into(), json!({"status": "not_ready"})));
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700)).unwrap();
+}

@@ -131,14 +131,25 @@ async fn jwt_verifies_with_the_jwks(t: &Env, alias: &str, alg: &str) {
     let other_kid = format!("{}.{}.{}", b64url(&header), parts[1], parts[2]);
     t.jwt_rejected(&other_kid, "a kid of no version").await;
 
-    let expired = t
-        .jwt(
+    // `jwt` signs no `exp` in the past: an expired token is the same
+    // signing input signed with `sign` (JOSE's raw form).
+    let claims = json!({"sub": "svc-a", "iat": now() - 7200, "exp": now() - 3600});
+    let input = format!("{}.{}", parts[0], b64url(&claims));
+    let signed = t
+        .ok(
             alias,
-            json!({"sub": "svc-a", "iat": now() - 7200, "exp": now() - 3600}),
+            "sign",
+            json!({"message": crate::harness::b64(&input), "format": "raw"}),
         )
         .await;
-    t.jwt_rejected(expired["jwt"].as_str().unwrap(), "an expired token")
-        .await;
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(signed["signature"].as_str().unwrap())
+        .unwrap();
+    let expired = format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature));
+    t.jwt_rejected(&expired, "an expired token").await;
+    t.s.post(&format!("/v1/keys/{alias}/jwt"), json!({"claims": claims}))
+        .await
+        .expect_saying(400, "invalid_request", "claims.exp");
 }
 
 pub async fn jwt_ec_verifies_with_the_jwks(t: &Env) {
