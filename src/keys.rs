@@ -232,7 +232,7 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Context, DataKey, KeyMetadata, Origin, Plaintext, PublicKey, Sealed};
+    use crate::backend::{Context, DataKey, Decrypted, KeyMetadata, Origin, PublicKey, Sealed};
     use crate::backend::{SignOptions, Signature};
     use crate::crypto::SignInput;
     use async_trait::async_trait;
@@ -300,7 +300,7 @@ mod tests {
             _: KeyRef<'_>,
             _: &[u8],
             _: &Context,
-        ) -> Result<Plaintext, backend::Error> {
+        ) -> Result<Decrypted, backend::Error> {
             Err(backend::Error::unsupported("decrypt"))
         }
         async fn generate_data_key(
