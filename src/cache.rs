@@ -4,7 +4,7 @@
 //! their wrapped bytes for decryption. Plaintext DEKs live in `Zeroizing`
 //! buffers, wiped when the last holder drops them (eviction included).
 
-use crate::backend::{self, Context, ErrorKind, canonical_context};
+use crate::backend::{self, Context, ErrorKind, WrappedBy, canonical_context};
 use crate::config::DataKeyCacheConfig;
 use crate::keys::KeyEntry;
 use crate::metrics::Metrics;
@@ -21,18 +21,23 @@ use tracing::Instrument;
 use tracing::field::Empty;
 use zeroize::Zeroizing;
 
-/// A data key: plaintext (wiped on drop), wrapped form and the key version
-/// that wrapped it.
+/// A data key: plaintext (wiped on drop), wrapped form, the key version
+/// that wrapped it (of the DEKs generated here, which encrypt), and what
+/// the KMS reported for the wrapping when the DEK was generated or
+/// unwrapped: an envelope header is checked against it, on a cache hit as
+/// on a miss.
 pub struct Dek {
     pub plaintext: Zeroizing<Vec<u8>>,
     pub wrapped: Vec<u8>,
     pub version: String,
+    pub by: WrappedBy,
 }
 
 impl fmt::Debug for Dek {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Dek")
             .field("version", &self.version)
+            .field("by", &self.by)
             .finish_non_exhaustive()
     }
 }
@@ -229,7 +234,7 @@ impl DataKeyCache {
             .decrypt
             .try_get_with(id, async {
                 called = true;
-                let plaintext = key
+                let decrypted = key
                     .backend
                     .decrypt(key.key_ref(), wrapped, context)
                     .instrument(fetch_span(key, "decrypt"))
@@ -241,9 +246,10 @@ impl DataKeyCache {
                     .with_label_values(&[&key.alias, "decrypt"])
                     .inc();
                 Ok::<_, backend::Error>(Arc::new(Dek {
-                    plaintext: plaintext.0,
+                    plaintext: decrypted.plaintext.0,
                     wrapped: wrapped.to_vec(),
                     version: String::new(),
+                    by: decrypted.by,
                 }))
             })
             .await
@@ -281,6 +287,7 @@ impl DataKeyCache {
         let dek = Arc::new(Dek {
             plaintext: dk.plaintext.0,
             wrapped: dk.encrypted,
+            by: WrappedBy::exactly(dk.version.as_str(), dk.key_ref),
             version: dk.version,
         });
         // What we encrypt with now we can decrypt without asking the KMS.
@@ -457,7 +464,7 @@ mod tests {
     use super::*;
     use crate::backend::local::LocalBackend;
     use crate::backend::{
-        Backend, DataKey, KeyMetadata, KeyRef, Plaintext, PublicKey, Sealed, SignOptions, Signature,
+        Backend, DataKey, Decrypted, KeyMetadata, KeyRef, PublicKey, Sealed, SignOptions, Signature,
     };
     use crate::config::{ByteSize, Duration as Human};
     use crate::crypto::{Algorithm, SignInput};
@@ -529,7 +536,7 @@ mod tests {
             key: KeyRef<'_>,
             ct: &[u8],
             c: &Context,
-        ) -> Result<Plaintext, backend::Error> {
+        ) -> Result<Decrypted, backend::Error> {
             self.delay().await?;
             self.unwrapped.fetch_add(1, Ordering::Relaxed);
             self.inner.decrypt(key, ct, c).await
@@ -725,6 +732,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(unwrapped.plaintext, foreign.plaintext.0);
+        assert_eq!(
+            unwrapped.by,
+            WrappedBy::exactly("1", "k"),
+            "as the KMS reported"
+        );
         f.cache
             .decrypt_dek(&f.key, &c, &foreign.encrypted)
             .await

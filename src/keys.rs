@@ -55,7 +55,15 @@ pub struct KeyEntry {
     /// `pending_deletion`), as the last revalidation found: until one finds
     /// it usable again, requests are refused without a KMS call.
     revoked: std::sync::Mutex<Option<&'static str>>,
+    /// When an operator's `flush` last took effect ([`FLUSH_INTERVAL`]).
+    last_flush: std::sync::Mutex<Option<Instant>>,
 }
+
+/// The least time between two flushes of one key that take effect. A flush
+/// makes the key's next requests call the KMS (its data keys and public
+/// keys are gone), so flushes in a loop would be a KMS call storm; one a
+/// second per key still lets an operator drop a key at once.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl KeyEntry {
     /// An alias with the default operations and no rotation period.
@@ -72,7 +80,23 @@ impl KeyEntry {
             algorithm: OnceLock::new(),
             metadata: MetadataCache::default(),
             revoked: std::sync::Mutex::new(None),
+            last_flush: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Takes the key's turn to be flushed: `Err(wait)` while the last flush
+    /// that took effect is less than [`FLUSH_INTERVAL`] old.
+    pub fn take_flush(&self) -> Result<(), Duration> {
+        let mut last = self.last_flush.lock().expect("never poisoned");
+        let now = Instant::now();
+        if let Some(at) = *last {
+            let since = now.saturating_duration_since(at);
+            if since < FLUSH_INTERVAL {
+                return Err(FLUSH_INTERVAL - since);
+            }
+        }
+        *last = Some(now);
+        Ok(())
     }
 
     /// See [`KeyEntry::revoked`]: `Some(reason)` while refused.
@@ -232,7 +256,7 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Context, DataKey, KeyMetadata, Origin, Plaintext, PublicKey, Sealed};
+    use crate::backend::{Context, DataKey, Decrypted, KeyMetadata, Origin, PublicKey, Sealed};
     use crate::backend::{SignOptions, Signature};
     use crate::crypto::SignInput;
     use async_trait::async_trait;
@@ -300,7 +324,7 @@ mod tests {
             _: KeyRef<'_>,
             _: &[u8],
             _: &Context,
-        ) -> Result<Plaintext, backend::Error> {
+        ) -> Result<Decrypted, backend::Error> {
             Err(backend::Error::unsupported("decrypt"))
         }
         async fn generate_data_key(
@@ -364,5 +388,26 @@ mod tests {
         }
         assert_eq!(entry.metadata().await.unwrap().current_version, "1");
         assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// One flush a second per key takes effect; the others say how long
+    /// until the next one may.
+    #[tokio::test(start_paused = true)]
+    async fn one_flush_a_second_per_key_takes_effect() {
+        let backend = Arc::new(Rotating::default());
+        let a = KeyEntry::new("a", "b", backend.clone(), "a");
+        let b = KeyEntry::new("b", "b", backend, "b");
+        assert_eq!(a.take_flush(), Ok(()));
+        assert_eq!(b.take_flush(), Ok(()), "another key has its own turn");
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(a.take_flush(), Err(Duration::from_millis(700)));
+        assert_eq!(
+            a.take_flush(),
+            Err(Duration::from_millis(700)),
+            "a refused flush does not count"
+        );
+        tokio::time::advance(Duration::from_millis(700)).await;
+        assert_eq!(a.take_flush(), Ok(()));
+        assert!(a.take_flush().is_err());
     }
 }

@@ -71,7 +71,8 @@ pub struct Metrics {
     pub circuit_breaker_state: prometheus::IntGaugeVec,
     /// `backend_retries_total{backend}`: retried backend calls.
     pub backend_retries: IntCounterVec,
-    /// `rate_limited_total`: requests refused by `limits.per_caller`.
+    /// `rate_limited_total`: requests refused by `limits.per_caller`, and
+    /// flushes of a key within a second of the last one.
     pub rate_limited: prometheus::IntCounter,
     /// Open connections on the socket.
     pub connections_open: IntGauge,
@@ -240,7 +241,7 @@ impl Metrics {
         .expect("valid metric");
         let rate_limited = prometheus::IntCounter::new(
             "rate_limited_total",
-            "Requests refused by the per-caller rate limit",
+            "Requests refused by the per-caller rate limit or the per-key flush limit",
         )
         .expect("valid metric");
         let connections_open =

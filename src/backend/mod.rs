@@ -273,11 +273,15 @@ impl fmt::Debug for Plaintext {
     }
 }
 
-/// A fresh data key: its plaintext (zeroized on drop) and its wrapped form.
+/// A fresh data key: its plaintext (zeroized on drop), its wrapped form,
+/// and the key version and key reference the KMS reports for the wrapping
+/// (what an envelope header records, and what [`Backend::decrypt`] reports
+/// again when it unwraps it: see [`WrappedBy`]).
 pub struct DataKey {
     pub plaintext: Plaintext,
     pub encrypted: Vec<u8>,
     pub version: String,
+    pub key_ref: String,
 }
 
 impl fmt::Debug for DataKey {
@@ -286,8 +290,72 @@ impl fmt::Debug for DataKey {
             .field("plaintext", &self.plaintext)
             .field("encrypted_len", &self.encrypted.len())
             .field("version", &self.version)
+            .field("key_ref", &self.key_ref)
             .finish()
     }
+}
+
+/// The key versions a KMS's answer to a decryption allows: the one it
+/// names, or where it names none (Cloud KMS says only whether its primary
+/// version decrypted), the ones it leaves possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Versions {
+    /// The KMS named the version (or the version is bound into what it
+    /// decrypted, as transit's `vault:vN:`).
+    Exactly(String),
+    /// One of these.
+    OneOf(Vec<String>),
+}
+
+impl Versions {
+    /// Whether `version` is one the answer allows.
+    pub fn admit(&self, version: &str) -> bool {
+        match self {
+            Versions::Exactly(v) => v == version,
+            Versions::OneOf(vs) => vs.iter().any(|v| v == version),
+        }
+    }
+}
+
+/// What the KMS reports for a decryption (an unwrap): which version of
+/// which key did it. An envelope header names both outside the body's
+/// AAD, and the service refuses a header that names others (SPEC §5).
+///
+/// `key_ref` is the KMS's own name of the key, in the same form the
+/// backend reports in [`DataKey::key_ref`]: an AWS key ARN (in the primary
+/// region's form, so that a replica's answer names the same key), a Cloud
+/// KMS CryptoKey resource name, a Key Vault key name, a transit key name,
+/// a PKCS#11 label, a local key file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedBy {
+    pub versions: Versions,
+    pub key_ref: String,
+}
+
+impl WrappedBy {
+    /// Exactly `version` of `key_ref`.
+    pub fn exactly(version: impl Into<String>, key_ref: impl Into<String>) -> Self {
+        Self {
+            versions: Versions::Exactly(version.into()),
+            key_ref: key_ref.into(),
+        }
+    }
+}
+
+/// A decryption's plaintext (zeroized on drop) and what the KMS reports
+/// about the key that made it.
+#[derive(Debug)]
+pub struct Decrypted {
+    pub plaintext: Plaintext,
+    pub by: WrappedBy,
+}
+
+/// A ciphertext encrypted again under the current version ([`Sealed`]),
+/// and what the KMS reported for its decryption (`from`).
+#[derive(Debug, Clone)]
+pub struct Rewrapped {
+    pub from: WrappedBy,
+    pub sealed: Sealed,
 }
 
 /// The outcome of a verification: `valid` and the version that matched (or
@@ -439,28 +507,35 @@ pub trait Backend: Send + Sync + fmt::Debug {
         context: &Context,
     ) -> Result<Sealed, Error>;
 
-    /// Decrypts what [`Backend::encrypt`] (of any still-enabled version)
-    /// produced, with the same context. Any mismatch is
+    /// Decrypts what [`Backend::encrypt`] or [`Backend::generate_data_key`]
+    /// (of any still-enabled version) produced, with the same context, and
+    /// says which version of which key decrypted it, as the KMS reports it
+    /// ([`WrappedBy`]; each backend says how it knows). Any mismatch is
     /// [`ErrorKind::DecryptionFailed`].
     async fn decrypt(
         &self,
         key: KeyRef<'_>,
         ciphertext: &[u8],
         context: &Context,
-    ) -> Result<Plaintext, Error>;
+    ) -> Result<Decrypted, Error>;
 
     /// `ciphertext` (of any still-enabled version) encrypted again under the
-    /// current version, with the same context. The default decrypts and
-    /// encrypts inside the sidecar (the plaintext is wiped at once); a KMS
-    /// with a re-encrypt call may use it instead.
+    /// current version, with the same context, and what the KMS reported
+    /// for its decryption. The default decrypts and encrypts inside the
+    /// sidecar (the plaintext is wiped at once). The version of the answer
+    /// must be the one [`Backend::decrypt`] reports for it.
     async fn rewrap(
         &self,
         key: KeyRef<'_>,
         ciphertext: &[u8],
         context: &Context,
-    ) -> Result<Sealed, Error> {
-        let plaintext = self.decrypt(key, ciphertext, context).await?;
-        self.encrypt(key, &plaintext.0, context).await
+    ) -> Result<Rewrapped, Error> {
+        let opened = self.decrypt(key, ciphertext, context).await?;
+        let sealed = self.encrypt(key, &opened.plaintext.0, context).await?;
+        Ok(Rewrapped {
+            from: opened.by,
+            sealed,
+        })
     }
 
     /// A fresh random data key of `bits`, and the key wrapped with `context`

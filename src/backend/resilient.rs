@@ -13,8 +13,8 @@
 //! successes to close a half-open circuit nor expose the state for a metric.
 
 use super::{
-    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus, Plaintext,
-    PublicKey, Sealed, SignOptions, Signature, Verified, identity,
+    Backend, Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus,
+    PublicKey, Rewrapped, Sealed, SignOptions, Signature, Verified, identity,
 };
 use crate::config::{Circuit, Retries};
 use crate::crypto::SignInput;
@@ -515,7 +515,7 @@ impl Backend for Resilient {
         key: KeyRef<'_>,
         ciphertext: &[u8],
         context: &Context,
-    ) -> Result<Plaintext, Error> {
+    ) -> Result<Decrypted, Error> {
         self.run("decrypt", key, || {
             self.inner.decrypt(key, ciphertext, context)
         })
@@ -527,7 +527,7 @@ impl Backend for Resilient {
         key: KeyRef<'_>,
         ciphertext: &[u8],
         context: &Context,
-    ) -> Result<Sealed, Error> {
+    ) -> Result<Rewrapped, Error> {
         self.run("rewrap", key, || {
             self.inner.rewrap(key, ciphertext, context)
         })

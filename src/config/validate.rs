@@ -10,16 +10,16 @@ use std::path::{Path, PathBuf};
 /// Whether this binary was built with the cargo feature `feature` (one of
 /// the backend types, or `otlp`): a slim build (`make run`) has `local` only.
 pub fn built_with(feature: &str) -> bool {
-    match feature {
-        "local" => cfg!(feature = "local"),
-        "aws" => cfg!(feature = "aws"),
-        "vault" => cfg!(feature = "vault"),
-        "azure" => cfg!(feature = "azure"),
-        "gcp" => cfg!(feature = "gcp"),
-        "pkcs11" => cfg!(feature = "pkcs11"),
-        "otlp" => cfg!(feature = "otlp"),
-        _ => false,
-    }
+    const BUILT: [(&str, bool); 7] = [
+        ("local", cfg!(feature = "local")),
+        ("aws", cfg!(feature = "aws")),
+        ("vault", cfg!(feature = "vault")),
+        ("azure", cfg!(feature = "azure")),
+        ("gcp", cfg!(feature = "gcp")),
+        ("pkcs11", cfg!(feature = "pkcs11")),
+        ("otlp", cfg!(feature = "otlp")),
+    ];
+    BUILT.iter().any(|&(name, built)| built && name == feature)
 }
 
 impl Config {

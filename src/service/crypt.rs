@@ -64,7 +64,8 @@ impl Service {
         let sealed = entry
             .backend
             .rewrap(entry.key_ref(), &req.ciphertext.0, &req.context)
-            .await?;
+            .await?
+            .sealed;
         Ok(api::EncryptResponse {
             ciphertext: B64Out(sealed.bytes),
             version: sealed.version,
@@ -150,6 +151,6 @@ async fn decrypt(
         .decrypt(entry.key_ref(), &req.ciphertext.0, &req.context)
         .await?;
     Ok(api::DecryptResponse {
-        plaintext: B64Out(plain.0),
+        plaintext: B64Out(plain.plaintext.0),
     })
 }

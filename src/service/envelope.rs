@@ -10,7 +10,7 @@
 
 use super::{Service, rules};
 use crate::api::{self, ApiError, B64Out, Code};
-use crate::backend::{Context, canonical_context};
+use crate::backend::{Context, WrappedBy, canonical_context};
 use crate::cache::Dek;
 use crate::envelope::format::{self, AlgorithmId, Header, Opener, SEGMENT, Sealer, TAG};
 use crate::envelope::{
@@ -33,7 +33,9 @@ impl Service {
     /// The data key of an envelope with `header`, unwrapped (from the
     /// cache, else by the KMS) under the context its algorithm wrapped it
     /// with: bound for algorithms 3 to 6; the plain context for the older 1
-    /// and 2 only while `envelope.accept_unbound_until` allows.
+    /// and 2 only while `envelope.accept_unbound_until` allows. The header
+    /// of 5 and 6 must name the key version and key the KMS reported for
+    /// the unwrap (recorded with a cached DEK): [`names_the_unwrap`].
     async fn header_dek(
         &self,
         entry: &Arc<KeyEntry>,
@@ -47,10 +49,14 @@ impl Service {
         } else {
             return Err(decryption_failed());
         };
-        Ok(self
+        let dek = self
             .data_keys()
             .decrypt_dek(entry, &unwrap_with, &header.wrapped_dek)
-            .await?)
+            .await?;
+        if header.algorithm.rewrappable() && !names_the_unwrap(header, &dek.by, &entry.id) {
+            return Err(decryption_failed());
+        }
+        Ok(dek)
     }
 
     /// The start of a streamed envelope request for `op`: the caller's key,
@@ -155,12 +161,7 @@ impl Service {
                 req.plaintext.0.len() as u64,
             )
             .await?;
-        let header = new_header(
-            alias,
-            &entry.id,
-            &dek,
-            AlgorithmId::RewrappableAes256GcmHkdfSha256,
-        );
+        let header = new_header(alias, &dek, AlgorithmId::RewrappableAes256GcmHkdfSha256);
         let envelope = format::seal(
             &dek.plaintext,
             header,
@@ -234,14 +235,17 @@ impl Service {
         self.seal_envelope(entry, alias, req).await
     }
 
-    /// `header` with its DEK wrapped again under the current version.
+    /// `header` with its DEK wrapped again under the current version: the
+    /// header must name what the KMS reported for the unwrap
+    /// ([`names_the_unwrap`]), and the new one names what it reported for
+    /// the new wrapping, never what the old header said.
     async fn rewrapped(
         &self,
         entry: &Arc<KeyEntry>,
         header: Header,
         context: &Context,
     ) -> Result<Header, ApiError> {
-        let sealed = entry
+        let rewrapped = entry
             .backend
             .rewrap(
                 entry.key_ref(),
@@ -249,10 +253,14 @@ impl Service {
                 &wrapping_context(context),
             )
             .await?;
+        if !names_the_unwrap(&header, &rewrapped.from, &entry.id) {
+            return Err(decryption_failed());
+        }
         Ok(Header {
-            key_version: sealed.version,
-            key_ref: entry.id.clone(),
-            wrapped_dek: sealed.bytes,
+            key_version: rewrapped.sealed.version,
+            // A rewrap stays with the key that unwrapped (only its version moves).
+            key_ref: rewrapped.from.key_ref,
+            wrapped_dek: rewrapped.sealed.bytes,
             ..header
         })
     }
@@ -289,7 +297,6 @@ impl Service {
                 .await?;
             let header = new_header(
                 alias,
-                &entry.id,
                 &dek,
                 AlgorithmId::RewrappableAes256GcmHkdfSha256Segments64K,
             );
@@ -362,7 +369,6 @@ impl Service {
                 .await?;
             let header = new_header(
                 alias,
-                &entry.id,
                 &dek,
                 AlgorithmId::RewrappableAes256GcmHkdfSha256Segments64K,
             );
@@ -506,16 +512,25 @@ async fn read_header(input: &mut BoxedStream) -> Result<(Header, Vec<u8>, usize)
     }
 }
 
-fn new_header(
-    alias: &str,
-    key_ref: &str,
-    dek: &crate::cache::Dek,
-    algorithm: AlgorithmId,
-) -> Header {
+/// Whether an envelope header names the key version and key that the KMS
+/// reported for the unwrap of its DEK (`by`; SPEC §5): a version the
+/// answer allows, and the KMS's name of the key or, as earlier releases
+/// wrote it, the key's `key:` from the config (`configured`), which the
+/// unwrap went through. Algorithms 5 and 6 leave both fields out of the
+/// AAD, so a rewrap can replace them; this keeps them from lying about
+/// which version protects the envelope.
+fn names_the_unwrap(header: &Header, by: &WrappedBy, configured: &str) -> bool {
+    by.versions.admit(&header.key_version)
+        && (header.key_ref == by.key_ref || header.key_ref == configured)
+}
+
+/// A header for a new envelope under `dek`: its key version and key as the
+/// KMS reported them when it made the DEK.
+fn new_header(alias: &str, dek: &crate::cache::Dek, algorithm: AlgorithmId) -> Header {
     Header {
         alias: alias.to_owned(),
         key_version: dek.version.clone(),
-        key_ref: key_ref.to_owned(),
+        key_ref: dek.by.key_ref.clone(),
         wrapped_dek: dek.wrapped.clone(),
         message_id: format::new_message_id(),
         commitment: [0; 32],

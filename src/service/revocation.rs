@@ -8,9 +8,9 @@
 //! them too: see [`crate::cache`].)
 
 use super::Service;
-use crate::api::{self, ApiError};
+use crate::api::{self, ApiError, Code};
 use crate::backend::ErrorKind;
-use crate::keys::KeyEntry;
+use crate::keys::{FLUSH_INTERVAL, KeyEntry};
 use crate::policy::{Caller, Op};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -106,13 +106,28 @@ impl Service {
     }
 
     /// `POST /v1/keys/{name}/flush`: drops the key's cached data keys and
-    /// public keys now (incident response).
+    /// public keys now (incident response). One flush a second per key
+    /// takes effect ([`FLUSH_INTERVAL`]); another within that second is 429
+    /// `rate_limited` with `Retry-After`, so that a loop of flushes cannot
+    /// turn the key's traffic into a KMS call each.
     pub async fn flush(
         &self,
         caller: &Caller,
         alias: &str,
     ) -> Result<api::FlushResponse, ApiError> {
         let entry = self.authorize(caller, alias, Op::Flush)?;
+        if let Err(wait) = entry.take_flush() {
+            self.metrics.rate_limited.inc();
+            return Err(ApiError::new(
+                Code::RateLimited,
+                format!(
+                    "key `{alias}` was flushed less than {} s ago: one flush a second per key takes effect; retry in {} ms",
+                    FLUSH_INTERVAL.as_secs(),
+                    wait.as_millis()
+                ),
+            )
+            .retry_in(wait.as_secs_f64().ceil() as u64));
+        }
         self.drop_cached(entry, "flush").await;
         tracing::warn!(
             key.alias = alias,

@@ -192,3 +192,63 @@ async fn flush_drops_cached_data_keys_for_operators_only() {
         "{metrics}"
     );
 }
+
+/// The KMS calls of `op` that the backends made, as `backend_calls_total`
+/// counts them (every outcome).
+async fn backend_calls(s: &Sidecar, op: &str) -> u64 {
+    let text = String::from_utf8(s.get("/metrics").await.body.to_vec()).unwrap();
+    let op = format!(r#"op="{op}""#);
+    text.lines()
+        .filter(|l| l.starts_with("kms_sidecar_backend_calls_total{") && l.contains(&op))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// `flush` is not a way to make KMS call storms: in a burst of flushes by
+/// an operator, each followed by an envelope, one flush a second per key
+/// takes effect and the others are 429 `rate_limited` (retryable, with
+/// `Retry-After`) and keep the cached data key, so the KMS makes a data
+/// key per second of the burst at most, not one per flush.
+#[tokio::test]
+async fn a_burst_of_flushes_makes_a_bounded_number_of_kms_calls() {
+    let s = Sidecar::start(&local_config(
+        "  ops: { backend: dev, key: ops, algorithm: aes-256-gcm, ops: [envelope, flush] }",
+    ))
+    .await;
+    let started = Instant::now();
+    let (mut took_effect, mut refused) = (0u64, 0u64);
+    for _ in 0..40 {
+        let r = s.post("/v1/keys/ops/flush", json!({})).await;
+        if r.status == 200 {
+            took_effect += 1;
+        } else {
+            let v = r.expect(429, Some("rate_limited"));
+            assert_eq!(v["error"]["retryable"], true, "{v}");
+            let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert_eq!(wait, 1, "Retry-After: at most the one second");
+            refused += 1;
+        }
+        seal(&s, "ops").await.ok();
+    }
+    let seconds = started.elapsed().as_secs();
+    let generated = backend_calls(&s, "generate_data_key").await;
+    assert!(
+        took_effect <= 1 + seconds && generated <= 1 + seconds,
+        "{took_effect} flushes took effect and {generated} data keys were made in {seconds} s"
+    );
+    assert_eq!(took_effect + refused, 40);
+    assert_eq!(
+        generated, took_effect,
+        "a refused flush keeps the cached data key"
+    );
+    assert!(s.metric("kms_sidecar_rate_limited_total").await >= refused as f64);
+    // Once the second is over, a flush takes effect again.
+    eventually(
+        Duration::from_secs(3),
+        "a flush after Retry-After",
+        || async { s.post("/v1/keys/ops/flush", json!({})).await.status == 200 },
+    )
+    .await;
+    seal(&s, "ops").await.ok();
+    assert_eq!(backend_calls(&s, "generate_data_key").await, generated + 1);
+}

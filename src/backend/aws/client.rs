@@ -5,8 +5,9 @@
 use super::credentials::RefreshedProvider;
 use super::errors::{kms_error, missing, required};
 use crate::backend::{
-    Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus, Origin, Plaintext,
-    PublicKey, Sealed, SignOptions, Signature, Verified, VersionInfo,
+    Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus, Origin,
+    Plaintext, PublicKey, Rewrapped, Sealed, SignOptions, Signature, Verified, VersionInfo,
+    Versions, WrappedBy,
 };
 use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
 use aws_config::SdkConfig;
@@ -34,7 +35,10 @@ const KEY_INFO_TTL: Duration = Duration::from_secs(300);
 struct KeyInfo {
     algorithm: Algorithm,
     arn: String,
+    /// DescribeKey's `CurrentKeyMaterialId`, `1` where it names none.
     version: String,
+    /// Whether DescribeKey names key materials (not for multi-Region keys).
+    materials: bool,
     created: SystemTime,
     origin: Origin,
     multi_region: bool,
@@ -139,6 +143,7 @@ impl Regional {
             algorithm,
             arn: m.arn().unwrap_or(m.key_id()).to_owned(),
             version: m.current_key_material_id().unwrap_or("1").to_owned(),
+            materials: m.current_key_material_id().is_some(),
             created: m
                 .creation_date()
                 .and_then(|d| SystemTime::try_from(*d).ok())
@@ -413,13 +418,21 @@ impl Regional {
         })
     }
 
+    /// Decrypt names the key that decrypted (`KeyId`, its ARN) and, for
+    /// symmetric keys, the key material (`KeyMaterialId`): the version. A
+    /// KMS that names no material (moto, AWS for a `Recipient`) is taken at
+    /// the version DescribeKey names, `1` where it names none. A key whose
+    /// DescribeKey names no material (multi-Region keys) is `1` everywhere
+    /// else in the sidecar, as earlier releases wrote in envelopes: `1` is
+    /// allowed beside the material then. The second value says whether the
+    /// answer named the material.
     pub(super) async fn decrypt(
         &self,
         key: KeyRef<'_>,
         ciphertext: &[u8],
         context: &Context,
-    ) -> Result<Plaintext, Error> {
-        self.info_for(key, Purpose::Encrypt, "decrypt").await?;
+    ) -> Result<(Decrypted, bool), Error> {
+        let info = self.info_for(key, Purpose::Encrypt, "decrypt").await?;
         let out = self
             .client
             .decrypt()
@@ -430,7 +443,49 @@ impl Regional {
             .await
             .map_err(|e| kms_error(key, "Decrypt", e))?;
         let plaintext = required(out.plaintext(), "Decrypt", "Plaintext")?;
-        Ok(Plaintext(Zeroizing::new(plaintext.to_vec())))
+        let versions = match out.key_material_id() {
+            Some(material) if info.materials => Versions::Exactly(material.to_owned()),
+            Some(material) => Versions::OneOf(vec![material.to_owned(), info.version.clone()]),
+            None => Versions::Exactly(info.version.clone()),
+        };
+        let decrypted = Decrypted {
+            plaintext: Plaintext(Zeroizing::new(plaintext.to_vec())),
+            by: WrappedBy {
+                versions,
+                key_ref: out.key_id().unwrap_or(&info.arn).to_owned(),
+            },
+        };
+        Ok((decrypted, out.key_material_id().is_some()))
+    }
+
+    /// Decrypt, then Encrypt under the current version. Encrypt's answer
+    /// names no key material, and DescribeKey's current one may be minutes
+    /// old (or absent, as for multi-Region keys, whose ciphertexts Decrypt
+    /// names a material of nonetheless): where Decrypt names materials, the
+    /// new ciphertext's version is asked of Decrypt too, so that it is the
+    /// one a later decryption reports.
+    pub(super) async fn rewrap(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Rewrapped, Error> {
+        let (opened, named) = self.decrypt(key, ciphertext, context).await?;
+        let mut sealed = self.encrypt(key, &opened.plaintext.0, context).await?;
+        drop(opened.plaintext);
+        if named {
+            let (again, _) = self.decrypt(key, &sealed.bytes, context).await?;
+            // The material Decrypt named (first in `OneOf` too).
+            let material = match again.by.versions {
+                Versions::Exactly(version) => Some(version),
+                Versions::OneOf(versions) => versions.into_iter().next(),
+            };
+            sealed.version = material.unwrap_or(sealed.version);
+        }
+        Ok(Rewrapped {
+            from: opened.by,
+            sealed,
+        })
     }
 
     pub(super) async fn generate_data_key(
@@ -463,10 +518,12 @@ impl Regional {
             .map_err(|e| kms_error(key, "GenerateDataKey", e))?;
         let plaintext = required(out.plaintext(), "GenerateDataKey", "Plaintext")?;
         let encrypted = required(out.ciphertext_blob(), "GenerateDataKey", "CiphertextBlob")?;
+        // The version and key as Decrypt will report them (see `decrypt`).
         Ok(DataKey {
             plaintext: Plaintext(Zeroizing::new(plaintext.to_vec())),
             encrypted: encrypted.to_vec(),
-            version: info.version.clone(),
+            version: out.key_material_id().unwrap_or(&info.version).to_owned(),
+            key_ref: out.key_id().unwrap_or(&info.arn).to_owned(),
         })
     }
 

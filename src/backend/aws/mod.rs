@@ -15,8 +15,8 @@ pub use client::MAX_ENCRYPT;
 
 use super::credentials::{Refresher, Schedule};
 use super::{
-    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus, Plaintext,
-    PublicKey, Sealed, SignOptions, Signature, Verified,
+    Backend, Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus,
+    PublicKey, Rewrapped, Sealed, SignOptions, Signature, Verified,
 };
 use crate::config::AwsBackendConfig;
 use crate::crypto::SignInput;
@@ -86,6 +86,12 @@ impl AwsBackend {
             credentials,
             metrics,
         })
+    }
+
+    /// A key ARN a region reported, as the primary region names the key: a
+    /// multi-Region key's replica answers for the same key as the primary.
+    fn primary_arn(&self, arn: &str) -> String {
+        self.regions[0].key_id(arn)
     }
 
     fn note_failover(&self, key: KeyRef<'_>, from: &str, to: &str, error: &Error) {
@@ -191,8 +197,21 @@ impl Backend for AwsBackend {
         key: KeyRef<'_>,
         ciphertext: &[u8],
         context: &Context,
-    ) -> Result<Plaintext, Error> {
-        failover!(self, key, |r, k| r.decrypt(k, ciphertext, context))
+    ) -> Result<Decrypted, Error> {
+        let (mut decrypted, _) = failover!(self, key, |r, k| r.decrypt(k, ciphertext, context))?;
+        decrypted.by.key_ref = self.primary_arn(&decrypted.by.key_ref);
+        Ok(decrypted)
+    }
+
+    async fn rewrap(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Rewrapped, Error> {
+        let mut rewrapped = failover!(self, key, |r, k| r.rewrap(k, ciphertext, context))?;
+        rewrapped.from.key_ref = self.primary_arn(&rewrapped.from.key_ref);
+        Ok(rewrapped)
     }
 
     async fn generate_data_key(
@@ -201,7 +220,9 @@ impl Backend for AwsBackend {
         bits: u32,
         context: &Context,
     ) -> Result<DataKey, Error> {
-        failover!(self, key, |r, k| r.generate_data_key(k, bits, context))
+        let mut dk = failover!(self, key, |r, k| r.generate_data_key(k, bits, context))?;
+        dk.key_ref = self.primary_arn(&dk.key_ref);
+        Ok(dk)
     }
 
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {

@@ -20,10 +20,16 @@ pub(super) fn split_id(id: &str) -> (&str, Option<&str>) {
 
 /// The version named by a key id (`https://…/keys/NAME/VERSION`).
 pub(super) fn version_of_kid(kid: &str) -> Option<&str> {
+    name_and_version_of_kid(kid).map(|(_, version)| version)
+}
+
+/// The key name and version named by a key id
+/// (`https://…/keys/NAME/VERSION`).
+pub(super) fn name_and_version_of_kid(kid: &str) -> Option<(&str, &str)> {
     let mut parts = kid.trim_end_matches('/').rsplit('/');
     let version = parts.next()?;
-    let _name = parts.next()?;
-    (parts.next() == Some("keys")).then_some(version)
+    let name = parts.next()?;
+    (parts.next() == Some("keys")).then_some((name, version))
 }
 
 /// The sidecar's algorithm for a Key Vault key: EC keys by curve; RSA keys
@@ -273,5 +279,9 @@ mod tests {
             Some("0a1b")
         );
         assert_eq!(version_of_kid("https://v.vault.azure.net/secrets"), None);
+        assert_eq!(
+            name_and_version_of_kid("https://v.vault.azure.net/keys/k/0a1b"),
+            Some(("k", "0a1b"))
+        );
     }
 }

@@ -26,8 +26,8 @@ mod keys;
 use super::credentials::{Refresher, Schedule};
 use super::facts::KeyFacts;
 use super::{
-    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey,
-    Sealed, SignOptions, Signature, VersionInfo,
+    Backend, Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext,
+    PublicKey, Sealed, SignOptions, Signature, VersionInfo, WrappedBy,
 };
 use crate::config::AzureBackendConfig;
 use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
@@ -301,14 +301,15 @@ impl AzureBackend {
         Ok(algorithm)
     }
 
-    /// Encrypts or wraps `plaintext` with the current (or pinned) version.
+    /// Encrypts or wraps `plaintext` with the current (or pinned) version;
+    /// the key's name as the answer's `kid` gives it.
     async fn seal(
         &self,
         key: KeyRef<'_>,
         plaintext: &[u8],
         context: &Context,
         wrap: bool,
-    ) -> Result<Sealed, Error> {
+    ) -> Result<(Sealed, String), Error> {
         let info = self.info(key).await?;
         let algorithm = self.algorithm(key, &info, Some(Purpose::Encrypt), "encrypt")?;
         let (name, pinned) = keys::split_id(key.id);
@@ -363,7 +364,7 @@ impl AzureBackend {
                 answer.into_model()
             })
             .await?;
-        let version = result_version(&result)?;
+        let (name, version) = result_key(&result)?;
         let ciphertext = result
             .result
             .as_deref()
@@ -392,18 +393,23 @@ impl AzureBackend {
             ciphertext,
         }
         .seal();
-        Ok(Sealed { bytes, version })
+        Ok((Sealed { bytes, version }, name))
     }
+}
+
+/// The key name and version a key operation used, from its `kid`.
+fn result_key(result: &KeyOperationResult) -> Result<(String, String), Error> {
+    result
+        .kid
+        .as_deref()
+        .and_then(keys::name_and_version_of_kid)
+        .map(|(name, version)| (name.to_owned(), version.to_owned()))
+        .ok_or_else(|| errors::malformed("an answer without a versioned `kid`"))
 }
 
 /// The version a key operation used, from its `kid`.
 fn result_version(result: &KeyOperationResult) -> Result<String, Error> {
-    result
-        .kid
-        .as_deref()
-        .and_then(keys::version_of_kid)
-        .map(str::to_owned)
-        .ok_or_else(|| errors::malformed("an answer without a versioned `kid`"))
+    result_key(result).map(|(_, version)| version)
 }
 
 /// The token scope of a vault: `https://` + its host without the vault's
@@ -598,15 +604,16 @@ impl Backend for AzureBackend {
         plaintext: &[u8],
         context: &Context,
     ) -> Result<Sealed, Error> {
-        self.seal(key, plaintext, context, false).await
+        Ok(self.seal(key, plaintext, context, false).await?.0)
     }
 
+    /// Key Vault's answer names the key and version that decrypted (`kid`).
     async fn decrypt(
         &self,
         key: KeyRef<'_>,
         ciphertext: &[u8],
         context: &Context,
-    ) -> Result<Plaintext, Error> {
+    ) -> Result<Decrypted, Error> {
         let info = self.info(key).await?;
         let algorithm = self.algorithm(key, &info, Some(Purpose::Encrypt), "decrypt")?;
         let blob = Blob::open(ciphertext)?;
@@ -656,6 +663,7 @@ impl Backend for AzureBackend {
                 ErrorKind::KeyNotFound => Error::decryption_failed(),
                 _ => e,
             })?;
+        let (name, version) = result_key(&result)?;
         let opened = Zeroizing::new(
             result
                 .result
@@ -666,7 +674,10 @@ impl Backend for AzureBackend {
         } else {
             opened
         };
-        Ok(Plaintext(plaintext))
+        Ok(Decrypted {
+            plaintext: Plaintext(plaintext),
+            by: WrappedBy::exactly(version, name),
+        })
     }
 
     async fn generate_data_key(
@@ -678,11 +689,12 @@ impl Backend for AzureBackend {
         let mut dek = Zeroizing::new(vec![0u8; (bits / 8) as usize]);
         aws_lc_rs::rand::fill(&mut dek)
             .map_err(|_| Error::new(ErrorKind::Backend, "no randomness for a data key"))?;
-        let sealed = self.seal(key, &dek, context, true).await?;
+        let (sealed, name) = self.seal(key, &dek, context, true).await?;
         Ok(DataKey {
             plaintext: Plaintext(dek),
             encrypted: sealed.bytes,
             version: sealed.version,
+            key_ref: name,
         })
     }
 

@@ -24,8 +24,9 @@ mod errors;
 use super::credentials::Refresher;
 use super::facts::KeyFacts;
 use super::{
-    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey,
-    Sealed, SignOptions, Signature, Verified, VersionInfo, canonical_context,
+    Backend, Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext,
+    PublicKey, Sealed, SignOptions, Signature, Verified, VersionInfo, Versions, WrappedBy,
+    canonical_context,
 };
 use crate::config::GcpBackendConfig;
 use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
@@ -72,6 +73,8 @@ struct KeyInfo {
     /// The version operations use: the pinned one, the primary
     /// (symmetric keys), or the newest enabled one.
     current: String,
+    /// The CryptoKey's primary version (symmetric keys).
+    primary: Option<String>,
     versions: Vec<VersionInfo>,
     created: Option<SystemTime>,
     protection: String,
@@ -82,6 +85,26 @@ struct KeyInfo {
 impl KeyInfo {
     fn version_name(&self, version: &str) -> String {
         format!("{}/cryptoKeyVersions/{version}", self.name)
+    }
+
+    /// The versions a decrypt answer allows. Cloud KMS names no version
+    /// there, only whether the primary decrypted (`usedPrimary`): then the
+    /// primary, else one of the key's other versions. (The primary is the
+    /// one of these facts, at most [`super::facts::KEY_FACTS_TTL`] old.)
+    fn decrypted_by(&self, used_primary: bool) -> WrappedBy {
+        let versions = match (&self.primary, used_primary) {
+            (Some(primary), true) => Versions::Exactly(primary.clone()),
+            (primary, _) => Versions::OneOf(
+                (self.versions.iter())
+                    .map(|v| v.version.clone())
+                    .filter(|v| Some(v) != primary.as_ref())
+                    .collect(),
+            ),
+        };
+        WrappedBy {
+            versions,
+            key_ref: self.name.clone(),
+        }
     }
 }
 
@@ -270,6 +293,7 @@ impl GcpBackend {
             name,
             algorithm,
             current,
+            primary: crypto_key.primary.as_ref().map(number),
             versions,
             created: crypto_key
                 .create_time
@@ -425,7 +449,7 @@ impl GcpBackend {
         info: &KeyInfo,
         ciphertext: &[u8],
         context: &Context,
-    ) -> Result<Plaintext, Error> {
+    ) -> Result<Decrypted, Error> {
         let fail = Error::decryption_failed;
         let (&len, rest) = ciphertext.split_first().ok_or_else(fail)?;
         let (version, sealed) = rest.split_at_checked(usize::from(len)).ok_or_else(fail)?;
@@ -456,7 +480,11 @@ impl GcpBackend {
         if answer.plaintext_crc32c != Some(crc32c(&opened)) {
             return Err(corrupted(key, "asymmetricDecrypt", "plaintextCrc32c"));
         }
-        Ok(Plaintext(super::binding::unbind(context, &opened)?))
+        Ok(Decrypted {
+            plaintext: Plaintext(super::binding::unbind(context, &opened)?),
+            // The version named in the call's resource name decrypted.
+            by: WrappedBy::exactly(version, info.name.as_str()),
+        })
     }
 
     /// The versions a MAC is checked with: the one named, else every
@@ -679,12 +707,14 @@ impl Backend for GcpBackend {
         self.seal(key, plaintext, context).await
     }
 
+    /// The key is the CryptoKey asked for (Cloud KMS decrypts only with
+    /// its versions); the version, see [`KeyInfo::decrypted_by`].
     async fn decrypt(
         &self,
         key: KeyRef<'_>,
         ciphertext: &[u8],
         context: &Context,
-    ) -> Result<Plaintext, Error> {
+    ) -> Result<Decrypted, Error> {
         let info = self.info_for(key, Purpose::Encrypt, "decrypt").await?;
         if matches!(info.algorithm, Algorithm::RsaOaepSha256 { .. }) {
             return self.open_rsa(key, &info, ciphertext, context).await;
@@ -710,7 +740,10 @@ impl Backend for GcpBackend {
         if answer.plaintext_crc32c != Some(crc32c(&plaintext)) {
             return Err(corrupted(key, "decrypt", "plaintextCrc32c"));
         }
-        Ok(Plaintext(plaintext))
+        Ok(Decrypted {
+            plaintext: Plaintext(plaintext),
+            by: info.decrypted_by(answer.used_primary),
+        })
     }
 
     async fn generate_data_key(
@@ -727,6 +760,7 @@ impl Backend for GcpBackend {
             plaintext: Plaintext(dek),
             encrypted: sealed.bytes,
             version: sealed.version,
+            key_ref: self.resolve(key).0,
         })
     }
 

@@ -9,8 +9,9 @@ pub use keys::OpenError;
 use keys::{LocalKey, Material, generate, key_path, load, save, spki_of};
 
 use super::{
-    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus, Origin, Plaintext,
-    PublicKey, Sealed, SignOptions, Signature, Verified, VersionInfo, canonical_context,
+    Backend, Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus, Origin,
+    Plaintext, PublicKey, Sealed, SignOptions, Signature, Verified, VersionInfo, WrappedBy,
+    canonical_context,
 };
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use async_trait::async_trait;
@@ -345,12 +346,15 @@ impl Backend for LocalBackend {
         })
     }
 
+    /// The version is the one the ciphertext names (its first bytes, in the
+    /// AAD: another number opens under another key and fails); the key is
+    /// the file asked for, whose versions alone are tried.
     async fn decrypt(
         &self,
         key: KeyRef<'_>,
         ciphertext: &[u8],
         context: &Context,
-    ) -> Result<Plaintext, Error> {
+    ) -> Result<Decrypted, Error> {
         let k = self.enabled(key)?;
         if !matches!(k.current().material, Material::Aes(_)) {
             return Err(not_for(key, k.algorithm, "decrypt"));
@@ -380,7 +384,10 @@ impl Backend for LocalBackend {
             .map_err(|_| Error::decryption_failed())?
             .len();
         buf.truncate(len);
-        Ok(Plaintext(buf))
+        Ok(Decrypted {
+            plaintext: Plaintext(buf),
+            by: WrappedBy::exactly(number.to_string(), key.id),
+        })
     }
 
     async fn generate_data_key(
@@ -402,6 +409,7 @@ impl Backend for LocalBackend {
             plaintext: Plaintext(plaintext),
             encrypted: sealed.bytes,
             version: sealed.version,
+            key_ref: key.id.to_owned(),
         })
     }
 

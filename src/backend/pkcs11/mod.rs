@@ -21,8 +21,8 @@ mod token;
 
 use super::facts::KeyFacts;
 use super::{
-    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey,
-    Sealed, SignOptions, Signature, Verified, VersionInfo, canonical_context,
+    Backend, Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext,
+    PublicKey, Sealed, SignOptions, Signature, Verified, VersionInfo, WrappedBy, canonical_context,
 };
 use crate::config::{Pkcs11BackendConfig, Pkcs11KeyRef};
 use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
@@ -323,15 +323,19 @@ impl Backend for Pkcs11Backend {
         .await
     }
 
+    /// The version is the one whose `CKA_ID` the ciphertext names (in the
+    /// GCM AAD: another id opens under another key and fails); the key,
+    /// the label asked for, whose versions alone are tried.
     async fn decrypt(
         &self,
         key: KeyRef<'_>,
         ciphertext: &[u8],
         context: &Context,
-    ) -> Result<Plaintext, Error> {
+    ) -> Result<Decrypted, Error> {
         self.key_for(key, Purpose::Encrypt, "decrypt").await?;
         let ciphertext = ciphertext.to_vec();
         let context = canonical_context(context);
+        let label = key.id.to_owned();
         self.with_key(key, "decrypt", move |w, k| {
             let parts =
                 objects::split(&ciphertext).ok_or_else(|| Fail::Api(Error::decryption_failed()))?;
@@ -345,7 +349,10 @@ impl Backend for Pkcs11Backend {
                 let params = GcmParams::new(&mut iv, &aad, (objects::TAG_LEN as u64 * 8).into())?;
                 s.decrypt(&Mechanism::AesGcm(params), handle, parts.sealed)
             })
-            .map(|p| Plaintext(Zeroizing::new(p)))
+            .map(|p| Decrypted {
+                plaintext: Plaintext(Zeroizing::new(p)),
+                by: WrappedBy::exactly(v.name.clone(), label.clone()),
+            })
         })
         .await
     }
@@ -365,6 +372,7 @@ impl Backend for Pkcs11Backend {
         self.key_for(key, Purpose::Encrypt, "make data keys")
             .await?;
         let context = canonical_context(context);
+        let label = key.id.to_owned();
         self.with_key(key, "datakey", move |w, k| {
             let v = k.current();
             let plaintext = Zeroizing::new(w.call(|s| s.generate_random_vec(bits / 8))?);
@@ -373,6 +381,7 @@ impl Backend for Pkcs11Backend {
                 plaintext: Plaintext(plaintext),
                 encrypted,
                 version: v.name.clone(),
+                key_ref: label.clone(),
             })
         })
         .await

@@ -28,8 +28,8 @@ mod transit;
 use super::credentials::{NotReady, Refresher};
 use super::facts::KeyFacts;
 use super::{
-    Backend, Context, DataKey, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext, PublicKey,
-    Sealed, SignOptions, Signature, Verified, VersionInfo, canonical_context,
+    Backend, Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext,
+    PublicKey, Sealed, SignOptions, Signature, Verified, VersionInfo, WrappedBy, canonical_context,
 };
 use crate::config::VaultBackendConfig;
 use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
@@ -415,18 +415,18 @@ impl Backend for VaultBackend {
         seal_ciphertext(&data.ciphertext)
     }
 
+    /// Transit's answer names no version: the version is the `N` of the
+    /// ciphertext's `vault:vN:`, which transit decrypts with (under another
+    /// version the AEAD fails), and the key the one in the path.
     async fn decrypt(
         &self,
         key: KeyRef<'_>,
         ciphertext: &[u8],
         context: &Context,
-    ) -> Result<Plaintext, Error> {
+    ) -> Result<Decrypted, Error> {
         let info = self.info_for(key, Purpose::Encrypt, "decrypt").await?;
-        let body = Self::bind_context(
-            &info,
-            context,
-            serde_json::json!({ "ciphertext": open_ciphertext(ciphertext)? }),
-        );
+        let (version, transit) = open_ciphertext(ciphertext)?;
+        let body = Self::bind_context(&info, context, serde_json::json!({ "ciphertext": transit }));
         let path = self.path("decrypt", key);
         let call = Call::<PlaintextData>::post(path, &body);
         let mut data = self
@@ -436,7 +436,10 @@ impl Backend for VaultBackend {
             .await?;
         let plaintext = B64.decode(&data.plaintext).map_err(|_| malformed());
         data.plaintext.zeroize();
-        Ok(Plaintext(Zeroizing::new(plaintext?)))
+        Ok(Decrypted {
+            plaintext: Plaintext(Zeroizing::new(plaintext?)),
+            by: WrappedBy::exactly(version.to_string(), key.id),
+        })
     }
 
     /// `datakey/plaintext`, bound to the context like [`Backend::encrypt`]
@@ -470,6 +473,7 @@ impl Backend for VaultBackend {
             plaintext: Plaintext(plaintext),
             encrypted: sealed.bytes,
             version: sealed.version,
+            key_ref: key.id.to_owned(),
         })
     }
 

@@ -148,14 +148,14 @@ pub(super) fn seal_ciphertext(text: &str) -> Result<Sealed, Error> {
     })
 }
 
-/// Our ciphertext as transit's `vault:vN:…` string.
-pub(super) fn open_ciphertext(bytes: &[u8]) -> Result<String, Error> {
+/// Our ciphertext's version and its transit `vault:vN:…` string.
+pub(super) fn open_ciphertext(bytes: &[u8]) -> Result<(u32, String), Error> {
     if bytes.len() <= 4 {
         return Err(Error::decryption_failed());
     }
     let (version, payload) = bytes.split_at(4);
     let version = u32::from_be_bytes(version.try_into().expect("four bytes"));
-    Ok(format!("vault:v{version}:{}", B64.encode(payload)))
+    Ok((version, format!("vault:v{version}:{}", B64.encode(payload))))
 }
 
 /// A version string from the API as a transit version number.
@@ -306,7 +306,10 @@ mod tests {
         let sealed = seal_ciphertext("vault:v3:AQID").unwrap();
         assert_eq!(sealed.version, "3");
         assert_eq!(sealed.bytes, [0, 0, 0, 3, 1, 2, 3]);
-        assert_eq!(open_ciphertext(&sealed.bytes).unwrap(), "vault:v3:AQID");
+        assert_eq!(
+            open_ciphertext(&sealed.bytes).unwrap(),
+            (3, "vault:v3:AQID".to_owned())
+        );
         assert!(open_ciphertext(&[0, 0, 0, 1]).is_err());
     }
 

@@ -333,3 +333,169 @@ pub async fn envelope_rewrap_refuses_a_wrong_context_or_a_tampered_data_key(t: &
     t.refused("env", "envelope/rewrap", body, 403, "forbidden")
         .await;
 }
+
+// === envelope headers ===
+
+/// The indices of every byte of an envelope header's key version and key
+/// reference fields (their u16 lengths included): the two fields the AAD of
+/// algorithms 5 and 6 leaves out.
+fn version_and_key_bytes(envelope: &[u8]) -> std::ops::Range<usize> {
+    let field_end =
+        |at: usize| at + 2 + u16::from_be_bytes(envelope[at..at + 2].try_into().unwrap()) as usize;
+    let version = field_end(8);
+    version..field_end(field_end(version))
+}
+
+/// `envelope` with one bit of byte `at` flipped.
+fn flipped_at(envelope: &[u8], at: usize) -> Vec<u8> {
+    let mut out = envelope.to_vec();
+    out[at] ^= 0x01;
+    out
+}
+
+/// An envelope header names the key version and key that the KMS reports
+/// for the unwrap of its DEK (SPEC §5): a flip of any byte of those two
+/// fields is 422 `decryption_failed` for `envelope/decrypt` and
+/// `envelope/rewrap` (JSON and streamed), whether the DEK is unwrapped by
+/// the KMS or found in the cache; the untampered envelopes still open after
+/// a rotation, and `envelope/rewrap` names the version it wrapped under.
+pub async fn envelope_headers_name_the_version_and_key_that_unwrap(t: &Env) {
+    let probe = unb64(&t.seal(SECRET, context()).await["envelope"]);
+    // One envelope per byte, each under a context of its own, so that each
+    // has a data key of its own for the KMS to unwrap below.
+    let numbered =
+        |n: usize| json!({"tenant": "acme", "purpose": "conformance", "n": n.to_string()});
+    let mut sealed = Vec::new();
+    for at in version_and_key_bytes(&probe) {
+        let envelope = unb64(&t.seal(SECRET, numbered(at)).await["envelope"]);
+        assert_eq!(
+            version_and_key_bytes(&envelope),
+            version_and_key_bytes(&probe),
+            "{t}: envelopes of one key have one header layout"
+        );
+        sealed.push((at, envelope));
+    }
+    let streamed_context = r#"{"tenant":"acme"}"#;
+    let streamed = t.stream("encrypt", SECRET.to_vec(), streamed_context).await;
+    assert_eq!(streamed.status, 200, "{t}: streamed encrypt");
+    let new = rotate(t, "aes").await;
+    // No data key cached: the first unwrap of each is the KMS's.
+    t.ok("aes", "flush", json!({})).await;
+    let refused = |r: crate::harness::Resp, what: String| {
+        t.expect(&r, &what, 422, Some("decryption_failed"));
+    };
+    for pass in ["unwrapped by the KMS", "cached"] {
+        for (at, envelope) in &sealed {
+            let body =
+                json!({"envelope": b64(flipped_at(envelope, *at)), "context": numbered(*at)});
+            for op in ["envelope/decrypt", "envelope/rewrap"] {
+                let what = format!("{op} with byte {at} of the header flipped ({pass})");
+                refused(t.call("aes", op, body.clone()).await, what);
+            }
+        }
+    }
+    for at in version_and_key_bytes(&streamed.body) {
+        let tampered = flipped_at(&streamed.body, at);
+        for op in ["decrypt", "rewrap"] {
+            let r = t.stream(op, tampered.clone(), streamed_context).await;
+            refused(r, format!("streamed envelope/{op}, byte {at} flipped"));
+        }
+    }
+    // Untampered, they open after the rotation, and a rewrap moves them.
+    let (at, envelope) = &sealed[0];
+    let body = json!({"envelope": b64(envelope), "context": numbered(*at)});
+    assert_eq!(
+        t.open(&body["envelope"], numbered(*at)).await,
+        SECRET,
+        "{t}"
+    );
+    let rewrapped = t.ok("aes", "envelope/rewrap", body).await;
+    assert_eq!(rewrapped["version"], new.as_str(), "{t}: {rewrapped}");
+    let moved = unb64(&rewrapped["envelope"]);
+    assert_eq!(envelope_version(&moved), new, "{t}: the header's version");
+    assert_eq!(t.open(&rewrapped, numbered(*at)).await, SECRET, "{t}");
+    let opened = t
+        .stream("decrypt", streamed.body.to_vec(), streamed_context)
+        .await;
+    assert!(
+        opened.status == 200 && opened.body == SECRET,
+        "{t}: the streamed envelope opens: {opened:?}"
+    );
+}
+
+/// The error of a refused call, without its request id: what a caller can
+/// tell two refusals apart by.
+fn refusal(t: &Env, r: &crate::harness::Resp, what: &str) -> (u16, Value) {
+    let mut error = t.expect(r, what, 422, Some("decryption_failed"))["error"].clone();
+    error["request_id"] = Value::Null;
+    (r.status, error)
+}
+
+/// `rewrap` (of ciphertexts and of envelopes) answers a wrong context
+/// exactly as it answers a tampered or foreign ciphertext: the same status,
+/// code, message and `retryable`, so a caller granted `rewrap` learns no
+/// more than whether the context it guessed is right (which a rewrap that
+/// succeeds tells, as the README says).
+pub async fn rewrap_answers_a_wrong_context_as_a_tampered_ciphertext(t: &Env) {
+    let evil = json!({"tenant": "evil", "purpose": "conformance"});
+    let sealed = unb64(&t.encrypt("aes", SECRET, context()).await["ciphertext"]);
+    let rewrap = |ciphertext: Vec<u8>, context: Value| async move {
+        let body = json!({"ciphertext": b64(ciphertext), "context": context});
+        t.call("aes", "rewrap", body).await
+    };
+    let wrong = refusal(
+        t,
+        &rewrap(sealed.clone(), evil.clone()).await,
+        "rewrap, wrong context",
+    );
+    let mut extra = context();
+    extra["more"] = "x".into();
+    let middle = flipped_at(&sealed, sealed.len() / 2);
+    let mut variants = vec![
+        ("no context", sealed.clone(), json!({})),
+        ("one entry more", sealed.clone(), extra),
+        ("the last byte flipped", flipped(&sealed), context()),
+        ("a middle byte flipped", middle, context()),
+        ("truncated", sealed[..sealed.len() - 8].to_vec(), context()),
+        ("short garbage", b"not a ciphertext".to_vec(), context()),
+        ("empty", Vec::new(), context()),
+    ];
+    if t.backend
+        .lacks(crate::conformance::ForeignCiphertext)
+        .is_none()
+    {
+        variants.push(("the first byte flipped", flipped_at(&sealed, 0), context()));
+        let foreign = unb64(&t.encrypt("aes2", SECRET, context()).await["ciphertext"]);
+        variants.push(("another key's", foreign, context()));
+    }
+    for (what, ciphertext, context) in variants {
+        let what = format!("rewrap, {what}");
+        let answer = refusal(t, &rewrap(ciphertext, context).await, &what);
+        assert_eq!(
+            answer, wrong,
+            "{t}: {what} is answered unlike a wrong context"
+        );
+    }
+
+    let envelope = unb64(&t.seal(SECRET, context()).await["envelope"]);
+    let envelope_rewrap = |envelope: Vec<u8>, context: Value| async move {
+        let body = json!({"envelope": b64(envelope), "context": context});
+        t.call("aes", "envelope/rewrap", body).await
+    };
+    let what = "envelope/rewrap, wrong context";
+    let answer = refusal(t, &envelope_rewrap(envelope.clone(), evil).await, what);
+    assert_eq!(answer, wrong, "{t}: {what}");
+    let hints = version_and_key_bytes(&envelope);
+    let dek_end = envelope.len() - envelope_body(&envelope).len() - 65;
+    for (what, at) in [
+        ("the magic", 0),
+        ("the alias", 10),
+        ("the key version", hints.start + 2),
+        ("the key reference", hints.end - 1),
+        ("the wrapped DEK", dek_end - 1),
+    ] {
+        let what = format!("envelope/rewrap, a byte of {what} flipped");
+        let r = envelope_rewrap(flipped_at(&envelope, at), context()).await;
+        assert_eq!(refusal(t, &r, &what), wrong, "{t}: {what}");
+    }
+}

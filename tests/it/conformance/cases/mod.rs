@@ -96,6 +96,8 @@ macro_rules! every_case {
             rewrap_refuses_a_wrong_context_or_a_tampered_ciphertext: [Can(Aes, Rewrap), Can(Aes, Encrypt)],
             envelope_rewrap_moves_the_data_key_and_keeps_the_body: [Can(Aes, Rewrap), Can(Aes, Envelope), Can(Aes, Rotate), RotationVersions],
             envelope_rewrap_refuses_a_wrong_context_or_a_tampered_data_key: [Can(Aes, Rewrap), Can(Aes, Envelope)],
+            envelope_headers_name_the_version_and_key_that_unwrap: [Can(Aes, Envelope), Can(Aes, Rewrap), Can(Aes, Rotate)],
+            rewrap_answers_a_wrong_context_as_a_tampered_ciphertext: [Can(Aes, Rewrap), Can(Aes, Encrypt), Can(Aes, Envelope)],
             // Errors.
             missing_key_is_key_not_found: [AbsentKey],
             unconfigured_alias_is_key_not_found: [],
