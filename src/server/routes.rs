@@ -408,7 +408,9 @@ impl Routes {
     ) -> Option<&'static str> {
         if refused_before_body {
             Some(telemetry::REFUSED_BEFORE_BODY)
-        } else if caller.is_some_and(|c| telemetry::exporting() && self.service.principal(&c).is_none()) {
+        } else if caller
+            .is_some_and(|c| telemetry::exporting() && self.service.principal(&c).is_none())
+        {
             Some(telemetry::NO_CALLER_RULE)
         } else {
             None
