@@ -788,7 +788,7 @@ mod tests {
         let fine = answer_panics(async { Ok(json(StatusCode::OK, &api::Health { status: "ok" })) });
         assert_eq!(fine.await.ok().map(|r| r.status), Some(StatusCode::OK));
         let bug = async {
-            let far: Option<u64> = None;
+            let far: Option<u64> = std::hint::black_box(None);
             Ok(json(StatusCode::OK, &far.expect("a bug")))
         };
         let e = answer_panics(bug)
