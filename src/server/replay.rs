@@ -22,6 +22,7 @@
 //! learns nothing about the key and spends no nonce.
 
 use crate::api::{ApiError, Code};
+use crate::policy::Principal;
 use http::HeaderMap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -60,12 +61,12 @@ impl Window {
 
 #[derive(Default)]
 struct Seen {
-    /// Each remembered nonce: its timestamp and its caller uid.
-    tags: HashMap<Tag, (i64, u32)>,
+    /// Each remembered nonce: its timestamp and whose share it counts in.
+    tags: HashMap<Tag, (i64, Principal)>,
     /// The same nonces, oldest timestamp first, to forget them in order.
     queue: BinaryHeap<Reverse<(i64, Tag)>>,
-    /// Nonces remembered per caller uid.
-    per_uid: HashMap<u32, usize>,
+    /// Nonces remembered per caller (as the per-caller limits count them).
+    per_caller: HashMap<Principal, usize>,
 }
 
 impl Seen {
@@ -77,12 +78,12 @@ impl Seen {
                 break;
             }
             self.queue.pop();
-            if let Some((_, uid)) = self.tags.remove(&tag)
-                && let Some(n) = self.per_uid.get_mut(&uid)
+            if let Some((_, caller)) = self.tags.remove(&tag)
+                && let Some(n) = self.per_caller.get_mut(&caller)
             {
                 *n -= 1;
                 if *n == 0 {
-                    self.per_uid.remove(&uid);
+                    self.per_caller.remove(&caller);
                 }
             }
         }
@@ -139,12 +140,27 @@ impl ReplayGuard {
         self.lock().tags.len()
     }
 
-    /// Admits a request of caller `uid` once per nonce.
-    pub fn check(&self, uid: u32, headers: &HeaderMap, w: Window) -> Result<(), ApiError> {
-        self.check_at(uid, headers, w, unix_now())
+    /// Admits a request of caller `uid` once per nonce; its nonces count in
+    /// the share of `caller` (the uid, or the gid of a gid-only rule, so that
+    /// switching uids does not buy more room).
+    pub fn check(
+        &self,
+        uid: u32,
+        caller: Principal,
+        headers: &HeaderMap,
+        w: Window,
+    ) -> Result<(), ApiError> {
+        self.check_at(uid, caller, headers, w, unix_now())
     }
 
-    fn check_at(&self, uid: u32, headers: &HeaderMap, w: Window, now: i64) -> Result<(), ApiError> {
+    fn check_at(
+        &self,
+        uid: u32,
+        caller: Principal,
+        headers: &HeaderMap,
+        w: Window,
+        now: i64,
+    ) -> Result<(), ApiError> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let nonce = header(NONCE)
             .filter(|n| {
@@ -195,7 +211,7 @@ impl ReplayGuard {
             )
             .retry_in(retry()));
         }
-        let mine = seen.per_uid.get(&uid).copied().unwrap_or(0);
+        let mine = seen.per_caller.get(&caller).copied().unwrap_or(0);
         if mine >= (w.capacity / 2).max(1) {
             return Err(ApiError::new(
                 Code::RateLimited,
@@ -205,9 +221,9 @@ impl ReplayGuard {
             )
             .retry_in(retry()));
         }
-        seen.tags.insert(tag, (timestamp, uid));
+        seen.tags.insert(tag, (timestamp, caller));
         seen.queue.push(Reverse((timestamp, tag)));
-        *seen.per_uid.entry(uid).or_default() += 1;
+        *seen.per_caller.entry(caller).or_default() += 1;
         Ok(())
     }
 }
@@ -238,8 +254,15 @@ mod tests {
         let guard = ReplayGuard::new();
         let w = window(2, 100);
         let ahead = headers("nonce-ahead-1", NOW + 2);
-        guard.check_at(1, &ahead, w, NOW).unwrap();
-        let replayed = |now| guard.check_at(1, &ahead, w, now).unwrap_err().code;
+        guard
+            .check_at(1, Principal::Uid(1), &ahead, w, NOW)
+            .unwrap();
+        let replayed = |now| {
+            guard
+                .check_at(1, Principal::Uid(1), &ahead, w, now)
+                .unwrap_err()
+                .code
+        };
         assert_eq!(replayed(NOW), Code::ReplayedRequest);
         // Past the window's length, but its timestamp is still in the window:
         // a nonce kept only for `window` would be forgotten by now.
@@ -250,24 +273,39 @@ mod tests {
         );
         // Another uid has nonces of its own.
         guard
-            .check_at(2, &headers("nonce-ahead-1", NOW), w, NOW)
+            .check_at(2, Principal::Uid(2), &headers("nonce-ahead-1", NOW), w, NOW)
             .unwrap();
         // Too far off either way.
         for off in [-3, 3] {
             let e = guard
-                .check_at(1, &headers(&format!("nonce-off{off}"), NOW + off), w, NOW)
+                .check_at(
+                    1,
+                    Principal::Uid(1),
+                    &headers(&format!("nonce-off{off}"), NOW + off),
+                    w,
+                    NOW,
+                )
                 .unwrap_err();
             assert_eq!(e.code, Code::ReplayedRequest);
         }
         // Out of the window, it is refused for its timestamp, and forgotten
         // (with the other uid's) by the next request that gets through.
         assert_eq!(
-            guard.check_at(1, &ahead, w, NOW + 5).unwrap_err().code,
+            guard
+                .check_at(1, Principal::Uid(1), &ahead, w, NOW + 5)
+                .unwrap_err()
+                .code,
             Code::ReplayedRequest
         );
         assert_eq!(guard.remembered(), 2);
         guard
-            .check_at(1, &headers("nonce-later", NOW + 5), w, NOW + 5)
+            .check_at(
+                1,
+                Principal::Uid(1),
+                &headers("nonce-later", NOW + 5),
+                w,
+                NOW + 5,
+            )
             .unwrap();
         assert_eq!(guard.remembered(), 1);
     }
@@ -277,15 +315,23 @@ mod tests {
         let guard = ReplayGuard::new();
         let w = window(300, 8);
         let captured = headers("captured-before-the-flood", NOW);
-        guard.check_at(1, &captured, w, NOW).unwrap();
+        guard
+            .check_at(1, Principal::Uid(1), &captured, w, NOW)
+            .unwrap();
         // Caller 2 fills its half, then is refused (429, retryable).
         for i in 0..4 {
             guard
-                .check_at(2, &headers(&format!("flood-{i:04}"), NOW), w, NOW)
+                .check_at(
+                    2,
+                    Principal::Uid(2),
+                    &headers(&format!("flood-{i:04}"), NOW),
+                    w,
+                    NOW,
+                )
                 .unwrap();
         }
         let e = guard
-            .check_at(2, &headers("flood-more", NOW), w, NOW)
+            .check_at(2, Principal::Uid(2), &headers("flood-more", NOW), w, NOW)
             .unwrap_err();
         assert_eq!((e.code, e.retryable), (Code::RateLimited, true));
         assert_eq!(
@@ -297,34 +343,76 @@ mod tests {
         // request captured before the flood is still a replay.
         for uid in 3..6 {
             guard
-                .check_at(uid, &headers("other-caller", NOW), w, NOW)
+                .check_at(
+                    uid,
+                    Principal::Uid(uid),
+                    &headers("other-caller", NOW),
+                    w,
+                    NOW,
+                )
                 .unwrap();
         }
         let e = guard
-            .check_at(7, &headers("a-new-caller", NOW), w, NOW)
+            .check_at(7, Principal::Uid(7), &headers("a-new-caller", NOW), w, NOW)
             .unwrap_err();
         assert_eq!((e.code, e.retryable), (Code::Overloaded, true));
         assert_eq!(
-            guard.check_at(1, &captured, w, NOW + 10).unwrap_err().code,
+            guard
+                .check_at(1, Principal::Uid(1), &captured, w, NOW + 10)
+                .unwrap_err()
+                .code,
             Code::ReplayedRequest
         );
         assert_eq!(guard.remembered(), 8);
         // Once the old ones leave the window there is room again.
         guard
-            .check_at(7, &headers("a-new-caller", NOW + 301), w, NOW + 301)
+            .check_at(
+                7,
+                Principal::Uid(7),
+                &headers("a-new-caller", NOW + 301),
+                w,
+                NOW + 301,
+            )
             .unwrap();
         assert_eq!(guard.remembered(), 1);
+    }
+
+    #[test]
+    fn uids_counted_as_one_caller_share_one_share() {
+        // A root container switching uids inside a gid-only rule's gid.
+        let guard = ReplayGuard::new();
+        let (w, gid) = (window(300, 8), Principal::Gid(4242));
+        for uid in 20_000..20_004 {
+            guard
+                .check_at(uid, gid, &headers("nonce-of-one", NOW), w, NOW)
+                .unwrap();
+        }
+        let e = guard
+            .check_at(20_004, gid, &headers("nonce-of-one", NOW), w, NOW)
+            .unwrap_err();
+        assert_eq!(e.code, Code::RateLimited);
+        guard
+            .check_at(
+                1000,
+                Principal::Uid(1000),
+                &headers("another-caller", NOW),
+                w,
+                NOW,
+            )
+            .unwrap();
     }
 
     #[test]
     fn a_longer_window_keeps_the_nonces_already_seen_longer() {
         let guard = ReplayGuard::new();
         let stamp = headers("seen-under-10s", NOW);
-        guard.check_at(1, &stamp, window(10, 100), NOW).unwrap();
+        guard
+            .check_at(1, Principal::Uid(1), &stamp, window(10, 100), NOW)
+            .unwrap();
         // The window grew to 60 s (a reload): the timestamp is acceptable
         // for 60 s, so the nonce must be remembered that long.
         let e = guard
-            .check_at(1, &stamp, window(60, 100), NOW + 30)
+            .check_at(1, Principal::Uid(1), &stamp, window(60, 100), NOW + 30)
             .unwrap_err();
         assert_eq!(e.code, Code::ReplayedRequest);
         assert!(e.message.contains("already used"), "{}", e.message);
@@ -335,12 +423,19 @@ mod tests {
         let guard = ReplayGuard::new();
         let long = "n".repeat(MAX_NONCE + 1);
         let e = guard
-            .check_at(1, &headers(&long, NOW), window(300, 100), NOW)
+            .check_at(
+                1,
+                Principal::Uid(1),
+                &headers(&long, NOW),
+                window(300, 100),
+                NOW,
+            )
             .unwrap_err();
         assert_eq!(e.code, Code::InvalidRequest);
         guard
             .check_at(
                 1,
+                Principal::Uid(1),
                 &headers(&"n".repeat(MAX_NONCE), NOW),
                 window(300, 100),
                 NOW,

@@ -538,7 +538,8 @@ impl Routes {
                 self.limits.replay_window.0,
                 self.limits.replay_memory.0,
             );
-            self.replay.check(caller.uid, &parts.headers, window)?;
+            self.replay
+                .check(caller.uid, svc.counted_as(caller), &parts.headers, window)?;
         }
         let header_context = encryption_context_header(&parts.headers)?;
         let streamed = matches!(
