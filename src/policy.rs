@@ -161,16 +161,11 @@ impl Policy {
         self.matching(caller).any(|r| grants(&r.ops, op))
     }
 
-    /// Whether any rule names `caller` at all. Callers no rule names can do
-    /// nothing but probes, so their connections are kept few and short.
-    pub fn knows(&self, caller: &Caller) -> bool {
-        self.matching(caller).next().is_some()
-    }
-
     /// Who `caller` is to the per-caller limits: its uid when a rule names
     /// the uid; its gid when only rules naming gids (any uid) match, so that
     /// a process switching uids inside that gid is still one caller; `None`
-    /// when no rule names it.
+    /// when no rule names it (such a caller can do nothing but probes, so
+    /// its connections are kept few and short).
     pub fn principal(&self, caller: &Caller) -> Option<Principal> {
         let mut by_gid = false;
         for rule in self.matching(caller) {
@@ -243,10 +238,11 @@ mod tests {
             "\"*\" grants metrics"
         );
         assert!(!p.allows_global(&c(1000, 1), Op::Metrics));
-        assert!(p.knows(&c(1000, 1)));
-        assert!(!p.knows(&c(4000, 4000)));
         assert_eq!(p.principal(&c(1000, 1)), Some(Principal::Uid(1000)));
         assert_eq!(p.principal(&c(4000, 4000)), None);
+        // Only a gid rule names uid 5: it counts as its gid.
+        assert_eq!(p.principal(&c(5, 2000)), Some(Principal::Gid(2000)));
+        assert_eq!(p.principal(&c(3000, 3000)), Some(Principal::Uid(3000)));
     }
 
     #[test]
