@@ -376,17 +376,30 @@ impl Handler {
     ) -> (&'static str, AdmissionResponse) {
         let name = pod_name(pod);
         match mutate::mutate(pod, &self.config) {
-            Ok(mutate::Decision::Skip(reason)) => {
+            Ok(mutate::Decision::Skip { reason, warning }) => {
                 tracing::debug!(pod.namespace = namespace, pod.name = %name, reason, "admitted unchanged");
+                let mut response = response;
+                response.warnings = warning.map(|w| vec![format!("kms-sidecar not injected: {w}")]);
                 ("skipped", response)
             }
-            Ok(mutate::Decision::Inject(patch)) => match response.clone().with_patch(patch) {
-                Ok(patched) => {
-                    tracing::info!(pod.namespace = namespace, pod.name = %name, "sidecar injected");
-                    ("injected", patched)
+            Ok(mutate::Decision::Inject(injection)) => {
+                match response.clone().with_patch(injection.patch) {
+                    Ok(mut patched) => {
+                        tracing::info!(pod.namespace = namespace, pod.name = %name, "sidecar injected");
+                        if !injection.warnings.is_empty() {
+                            patched.warnings = Some(
+                                injection
+                                    .warnings
+                                    .iter()
+                                    .map(|w| format!("kms-sidecar: {w}"))
+                                    .collect(),
+                            );
+                        }
+                        ("injected", patched)
+                    }
+                    Err(e) => self.cannot_decide(response, namespace, &e.to_string()),
                 }
-                Err(e) => self.cannot_decide(response, namespace, &e.to_string()),
-            },
+            }
             Err(refusal) => self.cannot_decide(response, namespace, &refusal.to_string()),
         }
     }

@@ -111,10 +111,36 @@ pub const RESOURCE_BOUNDS: [(&str, i128, i128, &str); 2] = [
 /// What to do with a pod.
 #[derive(Debug)]
 pub enum Decision {
-    /// Admit unchanged; the reason is logged.
-    Skip(&'static str),
+    /// Admit unchanged: `reason` is logged; `warning`, when there is one,
+    /// is also shown to the user (the review's `warnings`, which kubectl
+    /// prints).
+    Skip {
+        reason: &'static str,
+        warning: Option<String>,
+    },
     /// Admit with this patch.
-    Inject(Patch),
+    Inject(Injection),
+}
+
+impl Decision {
+    fn skip(reason: &'static str) -> Result<Self, Refusal> {
+        Ok(Self::Skip {
+            reason,
+            warning: None,
+        })
+    }
+}
+
+/// A patch and what the handler needs to know about it.
+#[derive(Debug)]
+pub struct Injection {
+    pub patch: Patch,
+    /// Shown to the user (the review's `warnings`): what the patch could not
+    /// do for some container.
+    pub warnings: Vec<String>,
+    /// The ConfigMaps of the pod's namespace the patch mounts (the sidecar
+    /// config, GCP's credentials file): the pod cannot start without them.
+    pub config_maps: Vec<String>,
 }
 
 /// The pod asks for the sidecar but cannot have it as it is: the message
@@ -167,24 +193,24 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     let annotations = meta.annotations.as_ref().unwrap_or(&none);
     let labels = meta.labels.as_ref().unwrap_or(&none);
     let Some(spec) = &pod.spec else {
-        return Ok(Decision::Skip("the pod has no spec"));
+        return Decision::skip("the pod has no spec");
     };
     let says = |map: &BTreeMap<String, String>, word: &str| {
         map.get(INJECT)
             .is_some_and(|v| v.eq_ignore_ascii_case(word))
     };
     if says(annotations, "false") {
-        return Ok(Decision::Skip("the pod opts out by annotation"));
+        return Decision::skip("the pod opts out by annotation");
     }
     if !says(labels, "true") && !says(annotations, "true") {
-        return Ok(Decision::Skip("the pod does not ask for injection"));
+        return Decision::skip("the pod does not ask for injection");
     }
     let named_sidecar = |c: &Container| c.name == CONTAINER;
     if annotations.contains_key(STATUS)
         || spec.containers.iter().any(named_sidecar)
         || spec.init_containers.iter().flatten().any(named_sidecar)
     {
-        return Ok(Decision::Skip("the pod is already injected"));
+        return Decision::skip("the pod is already injected");
     }
     let lists = [
         ("containers", &spec.containers[..]),
@@ -233,7 +259,13 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
             serde_json::json!({ STATUS: "injected" }),
         ));
     }
-    Ok(Decision::Inject(Patch(ops)))
+    let mut config_maps = vec![overrides.config_map.clone()];
+    config_maps.extend(overrides.gcp.as_ref().map(|(_, map)| map.clone()));
+    Ok(Decision::Inject(Injection {
+        patch: Patch(ops),
+        warnings: Vec::new(),
+        config_maps,
+    }))
 }
 
 /// Refuses a pod whose containers, injected, could reach into the sidecar

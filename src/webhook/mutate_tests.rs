@@ -26,8 +26,8 @@ fn config(tokens: &[Token]) -> Config {
 fn inject(doc: &Value, config: &Config) -> Option<(Pod, Value)> {
     let pod: Pod = serde_json::from_value(doc.clone()).expect("a pod");
     match mutate(&pod, config).expect("no refusal") {
-        Decision::Skip(_) => None,
-        Decision::Inject(patch) => {
+        Decision::Skip { .. } => None,
+        Decision::Inject(Injection { patch, .. }) => {
             let mut patched = doc.clone();
             json_patch::patch(&mut patched, &patch).expect("the patch applies cleanly");
             let typed = serde_json::from_value(patched.clone()).expect("still a pod");
@@ -492,7 +492,7 @@ fn refusal(doc: &Value, config: &Config) -> String {
     let p: Pod = serde_json::from_value(doc.clone()).expect("a pod");
     match mutate(&p, config) {
         Err(refusal) => refusal.to_string(),
-        Ok(Decision::Skip(why)) => panic!("skipped ({why}) instead of refused"),
+        Ok(Decision::Skip { reason, .. }) => panic!("skipped ({reason}) instead of refused"),
         Ok(Decision::Inject(_)) => panic!("injected instead of refused"),
     }
 }
