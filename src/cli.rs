@@ -1,5 +1,5 @@
-//! The command line (clap): `serve`, `webhook`, `config check`, `audit
-//! verify`, and what each does — load the config, start telemetry, run the
+//! The command line (clap): `serve`, `webhook`, `probe`, `config check`,
+//! `audit verify`, and what each does — load the config, start telemetry, run the
 //! app until SIGTERM/SIGINT. Exit codes: 0 ok, 2 bad usage or config, 1
 //! runtime failure. `src/main.rs` only parses and calls [`run`].
 
@@ -46,6 +46,15 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Ask a running sidecar over its socket whether it is healthy or
+    /// ready (an exec probe): exit 0 on 200, 1 otherwise.
+    Probe {
+        /// The sidecar's socket.
+        #[arg(long, default_value = "./kms-sidecar.sock")]
+        socket: PathBuf,
+        #[arg(value_parser = crate::probe::PATHS)]
+        path: String,
+    },
     /// Work with config files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -86,6 +95,26 @@ pub fn run(cli: Cli) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(2, &e),
+            }
+        }
+        Command::Probe { socket, path } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building the tokio runtime");
+            match runtime.block_on(crate::probe::probe(&socket, &path)) {
+                Ok((200, body)) => {
+                    println!("{}", body.trim_end());
+                    ExitCode::SUCCESS
+                }
+                Ok((status, body)) => {
+                    println!("{status} {}", body.trim_end());
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    println!("kms-sidecar probe: {e}");
+                    ExitCode::from(1)
+                }
             }
         }
         Command::Audit(AuditCommand::Verify { public_key, files }) => {

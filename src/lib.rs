@@ -16,6 +16,8 @@
 //!   are swapped whole.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future, for the drain.
 //! - [`telemetry`]: the `tracing` subscriber (JSON off a TTY).
+//! - [`probe`]: `kms-sidecar probe`, a health check over the socket for
+//!   exec probes.
 //! - [`config`]: typed configuration, YAML + `KMS_SIDECAR_…` overrides,
 //!   validation that names every bad field.
 //! - [`api`]: wire types and the error body with its stable codes — pure
@@ -58,6 +60,7 @@ pub mod health;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
+pub mod probe;
 pub mod reload;
 pub mod server;
 pub mod service;

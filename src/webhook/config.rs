@@ -308,14 +308,14 @@ impl Config {
             ("limits", &config.resources.limits),
         ] {
             for (name, q) in map {
-                if let Err(problem) = super::mutate::check_resource(name, &q.0) {
+                if let Err(problem) = super::quantity::check_resource(name, &q.0) {
                     problems.push(format!("`resources.{section}.{name}`: {problem}"));
                 }
             }
         }
         for (name, limit) in &config.resources.limits {
             if let Some(request) = config.resources.requests.get(name)
-                && super::mutate::is_below(limit, request)
+                && super::quantity::is_below(limit, request)
             {
                 problems.push(format!(
                     "`resources.limits.{name}`: below `resources.requests.{name}`"

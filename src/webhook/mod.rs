@@ -14,7 +14,9 @@
 
 pub mod config;
 pub mod ephemeral;
+pub mod fit;
 pub mod mutate;
+pub mod quantity;
 pub mod tls;
 
 pub use config::{Config, FailurePolicy};
@@ -399,6 +401,11 @@ impl Handler {
                     }
                     Err(e) => self.cannot_decide(response, namespace, &e.to_string()),
                 }
+            }
+            Err(refusal @ mutate::Refusal::AfterInjection(_)) => {
+                tracing::warn!(pod.namespace = namespace, pod.name = %name, reason = %refusal, "pod denied");
+                let message = format!("kms-sidecar: {refusal}");
+                ("refused", response.deny(message))
             }
             Err(refusal) => self.cannot_decide(response, namespace, &refusal.to_string()),
         }

@@ -21,10 +21,12 @@
 //! sharing one process namespace, a container running as the sidecar's uid.
 
 use super::config::{Config, Token};
+use super::fit;
+use super::quantity::{check_resource, is_below};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    Capabilities, ConfigMapProjection, ExecAction, ConfigMapVolumeSource, Container, ContainerPort,
     EmptyDirVolumeSource, EnvVar, HTTPGetAction, KeyToPath, Pod, PodSpec, Probe,
     ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
@@ -60,6 +62,14 @@ pub const AZURE_CLIENT_ID: &str = "kms-sidecar.io/azure-client-id";
 /// with the external-account credentials file (`credentials.json`).
 pub const GCP_AUDIENCE: &str = "kms-sidecar.io/gcp-audience";
 pub const GCP_CREDENTIALS: &str = "kms-sidecar.io/gcp-credentials";
+/// The sidecar's probes and metrics port, when not the webhook's default
+/// (or, when a container declares that, the next port none declares).
+pub const PROBES_PORT: &str = "kms-sidecar.io/probes-port";
+/// Which container `kubectl logs` and `exec` pick: set to the first app
+/// container when the sidecar is a regular container (it goes first).
+pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+/// The image's entrypoint, for the exec probes of `hostNetwork` pods.
+pub const BINARY: &str = "/usr/local/bin/kms-sidecar";
 /// Where the GCP external-account file is, beside the tokens.
 pub const GCP_CREDENTIALS_FILE: &str = "/var/run/secrets/kms-sidecar/gcp-credentials.json";
 
@@ -91,22 +101,6 @@ const VOLUMES: [&str; 4] = [SOCKET_VOLUME, CONFIG_VOLUME, DATA_VOLUME, TOKEN_VOL
 /// The sidecar's own volumes, which no other container may mount (the
 /// socket's is shared, read-only; a pod may mount it by name where it likes).
 const PRIVATE_VOLUMES: [&str; 2] = [DATA_VOLUME, TOKEN_VOLUME];
-
-/// The sidecar's CPU and memory, requests and limits alike, after
-/// annotations over the webhook's defaults, in thousandths of a core or a
-/// byte (as `milli_value` counts): at least 1m and 1Mi, at most 64 cores
-/// and 64Gi, whatever a node has. Outside them a value is a mistake (`-1`,
-/// `64` for `64Mi`, `1e999`), not a sidecar that can run; a limit is also
-/// never below its request, as the API server requires.
-pub const RESOURCE_BOUNDS: [(&str, i128, i128, &str); 2] = [
-    ("cpu", 1, 64 * 1000, "must be between 1m and 64 (cores)"),
-    (
-        "memory",
-        (1 << 20) * 1000,
-        (64 << 30) * 1000,
-        "must be between 1Mi and 64Gi",
-    ),
-];
 
 /// What to do with a pod.
 #[derive(Debug)]
@@ -183,6 +177,21 @@ pub enum Refusal {
         /// `its securityContext` or `the pod's securityContext`.
         set_in: &'static str,
     },
+    /// The sidecar does not fit the pod's own resources (`spec.resources`):
+    /// the API server would reject the injected pod.
+    #[error(
+        "the sidecar does not fit the pod's {field} ({pod}): {problem}; raise it, or lower the sidecar's with the kms-sidecar.io/cpu-… and memory-… annotations"
+    )]
+    PodResources {
+        field: String,
+        pod: String,
+        problem: String,
+    },
+    /// A pod injected before gained a container that would reach into the
+    /// sidecar: denied whatever the failure policy, as the sidecar is
+    /// already in the pod.
+    #[error("{0} (the pod already has the sidecar)")]
+    AfterInjection(Box<Refusal>),
 }
 
 /// Decides what to do with `pod` (a CREATE of a pod, or of a pod template
@@ -202,82 +211,32 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     if says(annotations, "false") {
         return Decision::skip("the pod opts out by annotation");
     }
-    if !says(labels, "true") && !says(annotations, "true") {
-        return Decision::skip("the pod does not ask for injection");
+    if !says(labels, "true") {
+        // The chart's objectSelector sends the webhook labelled pods only:
+        // an annotation alone would work here and nowhere else.
+        let warning = says(annotations, "true").then(|| {
+            format!("the annotation {INJECT}: \"true\" does not opt in; label the pod {INJECT}: \"true\"")
+        });
+        return Ok(Decision::Skip {
+            reason: "the pod does not ask for injection",
+            warning,
+        });
+    }
+    if let Some(why) = fit::windows(spec) {
+        return Ok(Decision::Skip {
+            reason: "a Windows pod",
+            warning: Some(why),
+        });
+    }
+    if annotations.contains_key(STATUS) {
+        return reinvoked(spec, config);
     }
     let named_sidecar = |c: &Container| c.name == CONTAINER;
-    if annotations.contains_key(STATUS)
-        || spec.containers.iter().any(named_sidecar)
+    if spec.containers.iter().any(named_sidecar)
         || spec.init_containers.iter().flatten().any(named_sidecar)
     {
-        return Decision::skip("the pod is already injected");
+        return Decision::skip("the pod already has a container named kms-sidecar");
     }
-    let lists = [
-        ("containers", &spec.containers[..]),
-        (
-            "initContainers",
-            spec.init_containers.as_deref().unwrap_or_default(),
-        ),
-    ];
-    check_isolation(spec, lists, config)?;
-    let overrides = Overrides::read(annotations, config)?;
-
-    let mut ops = Vec::new();
-    // App and init containers first, at their original indices (the sidecar
-    // is inserted before them last).
-    for (list, containers) in lists {
-        for (i, c) in containers.iter().enumerate() {
-            app_container(&mut ops, ["spec", list, &i.to_string()], c);
-        }
-    }
-    push_items(
-        &mut ops,
-        &["spec"],
-        "volumes",
-        spec.volumes.is_some(),
-        volumes(&overrides, config),
-    );
-    let mut sidecar = sidecar(&overrides, config);
-    if config.native_sidecar {
-        sidecar.restart_policy = Some("Always".into());
-        if spec.init_containers.is_some() {
-            ops.push(add(&["spec", "initContainers", "0"], to_value(&sidecar)));
-        } else {
-            ops.push(add(
-                &["spec", "initContainers"],
-                Value::Array(vec![to_value(&sidecar)]),
-            ));
-        }
-    } else {
-        ops.push(add(&["spec", "containers", "0"], to_value(&sidecar)));
-    }
-    if meta.annotations.is_some() {
-        ops.push(add(&["metadata", "annotations", STATUS], "injected".into()));
-    } else {
-        ops.push(add(
-            &["metadata", "annotations"],
-            serde_json::json!({ STATUS: "injected" }),
-        ));
-    }
-    let mut config_maps = vec![overrides.config_map.clone()];
-    config_maps.extend(overrides.gcp.as_ref().map(|(_, map)| map.clone()));
-    Ok(Decision::Inject(Injection {
-        patch: Patch(ops),
-        warnings: Vec::new(),
-        config_maps,
-    }))
-}
-
-/// Refuses a pod whose containers, injected, could reach into the sidecar
-/// (or that the API server would then reject): a volume named like one of
-/// the sidecar's, a shared process namespace, a container mounting the
-/// sidecar's own volumes or running as its uid (its own `runAsUser`, else
-/// the pod's).
-fn check_isolation(
-    spec: &PodSpec,
-    lists: [(&str, &[Container]); 2],
-    config: &Config,
-) -> Result<(), Refusal> {
     if let Some(volume) = spec
         .volumes
         .iter()
@@ -286,11 +245,160 @@ fn check_isolation(
     {
         return Err(Refusal::VolumeName { volume });
     }
+    check_isolation(spec, config)?;
+    let overrides = Overrides::read(annotations, spec, config)?;
+    let mut sidecar = sidecar(&overrides, config);
+    if config.native_sidecar {
+        sidecar.restart_policy = Some("Always".into());
+    }
+    fit::check_pod_resources(spec, &sidecar, config.native_sidecar)?;
+
+    // App and init containers first, at their original indices (the sidecar
+    // is inserted before them last).
+    let mut ops = Vec::new();
+    let mut warnings = apps(&mut ops, spec, config.native_sidecar.then_some(0));
+    if !config.native_sidecar && spec.init_containers.is_some() {
+        warnings.push(
+            "init containers do not get the socket: the sidecar is a regular container (injection.nativeSidecar: false), which starts after them".into(),
+        );
+    }
+    push_items(
+        &mut ops,
+        &["spec"],
+        "volumes",
+        spec.volumes.is_some(),
+        volumes(&overrides, config),
+    );
+    let list = if config.native_sidecar {
+        "initContainers"
+    } else {
+        "containers"
+    };
+    push_first(&mut ops, list, spec, sidecar);
+    let mut added = BTreeMap::from([(STATUS.to_owned(), "injected".to_owned())]);
+    // Legacy mode puts the sidecar first: kubectl logs and exec would pick
+    // it over the app.
+    if let (false, Some(app)) = (config.native_sidecar, spec.containers.first())
+        && !annotations.contains_key(DEFAULT_CONTAINER)
+    {
+        added.insert(DEFAULT_CONTAINER.into(), app.name.clone());
+    }
+    push_entries(&mut ops, &["metadata", "annotations"], meta.annotations.is_some(), added);
+    let mut config_maps = vec![overrides.config_map.clone()];
+    config_maps.extend(overrides.gcp.as_ref().map(|(_, map)| map.clone()));
+    Ok(Decision::Inject(Injection {
+        patch: Patch(ops),
+        warnings,
+        config_maps,
+    }))
+}
+
+/// A pod injected before (the API server calls the webhook again when a
+/// later webhook changed the pod: `reinvocationPolicy: IfNeeded`): the
+/// containers added since get the socket, once; those that would reach into
+/// the sidecar are refused.
+fn reinvoked(spec: &PodSpec, config: &Config) -> Result<Decision, Refusal> {
+    check_isolation(spec, config).map_err(|r| Refusal::AfterInjection(Box::new(r)))?;
+    let sidecar_at = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .position(|c| c.name == CONTAINER);
+    let mut ops = Vec::new();
+    let warnings = apps(&mut ops, spec, sidecar_at.map(|i| i + 1));
+    if ops.is_empty() {
+        return Decision::skip("the pod is already injected");
+    }
+    Ok(Decision::Inject(Injection {
+        patch: Patch(ops),
+        warnings,
+        config_maps: Vec::new(),
+    }))
+}
+
+/// Gives every app container the socket (see [`app_container`]): all
+/// regular containers but the sidecar, and the init containers from index
+/// `init_from` on (those that run while the sidecar does; none without a
+/// native sidecar). Returns what could not be done, for the user.
+fn apps(ops: &mut Vec<PatchOperation>, spec: &PodSpec, init_from: Option<usize>) -> Vec<String> {
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+    let init = match init_from {
+        Some(from) => init.get(from..).unwrap_or_default(),
+        None => &[],
+    };
+    let lists = [
+        ("containers", &spec.containers[..], 0),
+        ("initContainers", init, init_from.unwrap_or(0)),
+    ];
+    let mut warnings = Vec::new();
+    for (list, containers, offset) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            if c.name == CONTAINER {
+                continue;
+            }
+            let i = (i + offset).to_string();
+            if let Some(volume) = app_container(ops, ["spec", list, &i], c) {
+                warnings.push(format!(
+                    "spec.{list}[{i}] ({}) has its own volume {volume} at {SOCKET_DIR}: it does not get the socket; move that volume to another path",
+                    c.name
+                ));
+            }
+        }
+    }
+    warnings
+}
+
+/// Inserts the sidecar first in `list` (`containers` or `initContainers`).
+fn push_first(ops: &mut Vec<PatchOperation>, list: &str, spec: &PodSpec, sidecar: Container) {
+    let exists = match list {
+        "containers" => true,
+        _ => spec.init_containers.is_some(),
+    };
+    if exists {
+        ops.push(add(&["spec", list, "0"], to_value(&sidecar)));
+    } else {
+        ops.push(add(&["spec", list], Value::Array(vec![to_value(&sidecar)])));
+    }
+}
+
+/// Adds `entries` to the map at `path`, creating it when it does not exist.
+fn push_entries(
+    ops: &mut Vec<PatchOperation>,
+    path: &[&str],
+    exists: bool,
+    entries: BTreeMap<String, String>,
+) {
+    if exists {
+        for (k, v) in entries {
+            let mut at = path.to_vec();
+            at.push(&k);
+            ops.push(add(&at, v.into()));
+        }
+    } else {
+        ops.push(add(path, to_value(&entries)));
+    }
+}
+
+/// Refuses a pod whose containers, injected, could reach into the sidecar:
+/// a shared process namespace, a container (other than the sidecar) mounting
+/// the sidecar's own volumes or running as its uid (its own `runAsUser`,
+/// else the pod's).
+fn check_isolation(spec: &PodSpec, config: &Config) -> Result<(), Refusal> {
     if spec.share_process_namespace == Some(true) {
         return Err(Refusal::SharedProcessNamespace);
     }
+    let lists = [
+        ("containers", &spec.containers[..]),
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ),
+    ];
     for (list, containers) in lists {
         for (i, c) in containers.iter().enumerate() {
+            if c.name == CONTAINER {
+                continue;
+            }
             let container = || format!("spec.{list}[{i}]");
             if let Some(volume) = private_mount(c.volume_mounts.as_deref()) {
                 return Err(Refusal::PrivateMount {
@@ -335,11 +443,18 @@ pub(crate) fn run_as_user(
 }
 
 /// The patch for one app or init container at `base`: the socket mounted
-/// read-only and `KMS_SIDECAR_SOCKET`. A mount already at the socket's
-/// directory, however spelled, is left in place (two would be invalid), and
-/// any mount of the socket's volume it has is made read-only: a writable one
-/// could remove the socket and bind another in its place.
-fn app_container(ops: &mut Vec<PatchOperation>, base: [&str; 3], c: &Container) {
+/// read-only and `KMS_SIDECAR_SOCKET`, each unless already there (so the
+/// patch of a pod injected before adds nothing twice). A mount already at
+/// the socket's directory, however spelled, is left in place (two would be
+/// invalid): when it is another volume, its name is returned, as that
+/// container does not get the socket. Any mount of the socket's volume is
+/// made read-only: a writable one could remove the socket and bind another
+/// in its place.
+fn app_container(
+    ops: &mut Vec<PatchOperation>,
+    base: [&str; 3],
+    c: &Container,
+) -> Option<String> {
     let mounts = c.volume_mounts.as_deref().unwrap_or_default();
     for (j, m) in mounts.iter().enumerate() {
         if m.name == SOCKET_VOLUME && m.read_only != Some(true) {
@@ -348,19 +463,24 @@ fn app_container(ops: &mut Vec<PatchOperation>, base: [&str; 3], c: &Container) 
             ops.push(add(&path, Value::Bool(true)));
         }
     }
-    let at_socket_dir = |m: &VolumeMount| {
+    let at_socket_dir = |m: &&VolumeMount| {
         Path::new(&m.mount_path)
             .components()
             .eq(Path::new(SOCKET_DIR).components())
     };
-    if !mounts.iter().any(at_socket_dir) {
-        push_items(
-            ops,
-            &base,
-            "volumeMounts",
-            c.volume_mounts.is_some(),
-            [socket_mount(true)],
-        );
+    match mounts.iter().find(at_socket_dir) {
+        None => {
+            push_items(
+                ops,
+                &base,
+                "volumeMounts",
+                c.volume_mounts.is_some(),
+                [socket_mount(true)],
+            );
+        }
+        // No socket there: no variable pointing at one either.
+        Some(m) if m.name != SOCKET_VOLUME => return Some(m.name.clone()),
+        Some(_) => {}
     }
     if !c
         .env
@@ -376,6 +496,7 @@ fn app_container(ops: &mut Vec<PatchOperation>, base: [&str; 3], c: &Container) 
             [env("KMS_SIDECAR_SOCKET", SOCKET)],
         );
     }
+    None
 }
 
 /// The pod's annotations, validated, over the webhook's defaults.
@@ -390,10 +511,17 @@ struct Overrides {
     /// With a `gcp` token: the provider's audience and the credentials
     /// ConfigMap.
     gcp: Option<(String, String)>,
+    /// The probes' port; `None` on a `hostNetwork` pod, whose ports are the
+    /// node's: probes then run the binary against the socket.
+    probes_port: Option<u16>,
 }
 
 impl Overrides {
-    fn read(a: &BTreeMap<String, String>, config: &Config) -> Result<Self, Refusal> {
+    fn read(
+        a: &BTreeMap<String, String>,
+        spec: &PodSpec,
+        config: &Config,
+    ) -> Result<Self, Refusal> {
         let refuse = |annotation, problem: &str| Refusal::Annotation {
             annotation,
             problem: problem.into(),
@@ -490,29 +618,55 @@ impl Overrides {
             aws_role_arn: identity(AWS_ROLE_ARN, &config.aws.role_arn)?,
             azure_client_id: identity(AZURE_CLIENT_ID, &config.azure.client_id)?,
             gcp,
+            probes_port: match spec.host_network {
+                Some(true) => None,
+                _ => Some(fit::probes_port(
+                    spec,
+                    a.get(PROBES_PORT),
+                    config.probes_port,
+                )?),
+            },
         })
     }
 }
 
 fn sidecar(o: &Overrides, config: &Config) -> Container {
-    let probe = |path: &str, period, failures| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::Int(config.probes_port.into()),
+    let probe = |path: &str, period, failures| {
+        let mut probe = Probe {
+            period_seconds: Some(period),
+            failure_threshold: Some(failures),
+            timeout_seconds: Some(2),
             ..Default::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        timeout_seconds: Some(2),
-        ..Default::default()
+        };
+        match o.probes_port {
+            Some(port) => {
+                probe.http_get = Some(HTTPGetAction {
+                    path: Some(path.into()),
+                    port: IntOrString::Int(port.into()),
+                    ..Default::default()
+                });
+            }
+            None => {
+                probe.exec = Some(ExecAction {
+                    command: Some(
+                        [BINARY, "probe", "--socket", SOCKET, path]
+                            .map(String::from)
+                            .into(),
+                    ),
+                });
+            }
+        }
+        probe
+    };
+    let probes = match o.probes_port {
+        Some(port) => format!("0.0.0.0:{port}"),
+        // No TCP listener at all (the YAML null): nothing on the node.
+        None => "null".into(),
     };
     let mut envs = vec![
         env("KMS_SIDECAR_LISTEN__SOCKET", SOCKET),
         env("KMS_SIDECAR_LISTEN__MODE", &config.socket_mode),
-        env(
-            "KMS_SIDECAR_LISTEN__PROBES",
-            &format!("0.0.0.0:{}", config.probes_port),
-        ),
+        env("KMS_SIDECAR_LISTEN__PROBES", &probes),
         env("KMS_SIDECAR_DATA_VOLUME__PATH", DATA_DIR),
         env("KMS_SIDECAR_DATA_VOLUME__SIZE_LIMIT", DATA_VOLUME_LIMIT),
     ];
@@ -573,12 +727,14 @@ fn sidecar(o: &Overrides, config: &Config) -> Container {
             format!("{CONFIG_DIR}/config.yaml"),
         ]),
         env: Some(envs),
-        ports: Some(vec![ContainerPort {
-            name: Some("kms-probes".into()),
-            container_port: config.probes_port.into(),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: o.probes_port.map(|port| {
+            vec![ContainerPort {
+                name: Some("kms-probes".into()),
+                container_port: port.into(),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]
+        }),
         // Up to a minute to log in to the KMS before the pod's other
         // containers start; then readiness and liveness.
         startup_probe: Some(probe("/readyz", 1, 60)),
@@ -661,7 +817,12 @@ fn volumes(o: &Overrides, config: &Config) -> Vec<Volume> {
             name: TOKEN_VOLUME.into(),
             projected: Some(ProjectedVolumeSource {
                 sources: Some(sources),
-                default_mode: Some(0o440),
+                // Readable by the sidecar whatever its pod's uids and fsGroup:
+            // the kubelet leaves these files owned by root unless the pod
+            // has an fsGroup (then 0640, that group's, which every
+            // container has) or all containers one uid (never, with the
+            // sidecar's uid its own). Only the sidecar mounts this volume.
+            default_mode: Some(0o444),
             }),
             ..Default::default()
         });
@@ -751,110 +912,6 @@ pub(crate) fn is_dns_subdomain(s: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
-}
-
-/// Why `q` cannot be the sidecar's `resource` (a request or a limit): not a
-/// quantity, not positive, or outside [`RESOURCE_BOUNDS`] (which only bound
-/// `cpu` and `memory`).
-pub(crate) fn check_resource(resource: &str, q: &str) -> Result<(), &'static str> {
-    let milli = milli_value(q).ok_or("not a Kubernetes quantity (e.g. 10m, 16Mi)")?;
-    if milli <= 0 {
-        return Err("must be positive");
-    }
-    match RESOURCE_BOUNDS.iter().find(|(name, ..)| *name == resource) {
-        Some((_, min, max, range)) if !(min..=max).contains(&&milli) => Err(*range),
-        _ => Ok(()),
-    }
-}
-
-/// `limit` below `request`, compared as the API server compares them
-/// (`100m` equals `0.1`, `1Gi` equals `1073741824`); false when either is
-/// not a quantity.
-pub(crate) fn is_below(limit: &Quantity, request: &Quantity) -> bool {
-    milli_value(&limit.0)
-        .zip(milli_value(&request.0))
-        .is_some_and(|(limit, request)| limit < request)
-}
-
-/// A Kubernetes resource quantity's value in thousandths of its unit
-/// (millicores, millibytes), or `None` when `s` is not a quantity: a decimal
-/// number with an optional binary (`Ki`…`Ei`), decimal (`n`, `u`, `m`, `k`,
-/// `M`…`E`) or exponent (`e3`, `E-2`) suffix. Exact, in integers: rounded
-/// up to the thousandth as the API server rounds (`0.1m` is `1m`), and
-/// saturating at `i128::MAX` (`1e999`). Past 30 significant digits it is
-/// exact only below a thousandth, far beyond any bound.
-pub(crate) fn milli_value(s: &str) -> Option<i128> {
-    let (negative, s) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(end);
-    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-    if frac.contains('.') || whole.len() + frac.len() == 0 {
-        return None;
-    }
-    // The value is digits × 10^exp10 × 1024^exp1024.
-    let (exp10, exp1024): (i64, u32) = match suffix {
-        "n" => (-9, 0),
-        "u" => (-6, 0),
-        "m" => (-3, 0),
-        "" => (0, 0),
-        "k" => (3, 0),
-        "M" => (6, 0),
-        "G" => (9, 0),
-        "T" => (12, 0),
-        "P" => (15, 0),
-        "E" => (18, 0),
-        "Ki" => (0, 1),
-        "Mi" => (0, 2),
-        "Gi" => (0, 3),
-        "Ti" => (0, 4),
-        "Pi" => (0, 5),
-        "Ei" => (0, 6),
-        e => {
-            let exp = e.strip_prefix(['e', 'E'])?;
-            let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            // Clamped so that adding digit counts cannot overflow; from
-            // far below this on, a value saturates or rounds up to one.
-            let n = digits.parse::<i64>().unwrap_or(i64::MAX).min(1 << 50);
-            (if exp.starts_with('-') { -n } else { n }, 0)
-        }
-    };
-    let digits: Vec<u8> = whole
-        .bytes()
-        .chain(frac.bytes())
-        .map(|b| b - b'0')
-        .skip_while(|&d| d == 0)
-        .collect();
-    let kept = digits.len().min(30);
-    let mantissa = digits[..kept]
-        .iter()
-        .fold(0u128, |m, &d| m * 10 + u128::from(d));
-    let dropped_nonzero = digits[kept..].iter().any(|&d| d != 0);
-    let len = |n: usize| i64::try_from(n).unwrap_or(1 << 50);
-    // In thousandths.
-    let exp10 = exp10 + 3 - len(frac.len()) + len(digits.len() - kept);
-    let pow10 = |e: i64| u32::try_from(e).ok().and_then(|e| 10u128.checked_pow(e));
-    let milli = match mantissa.checked_mul(1 << (10 * exp1024)) {
-        None => u128::MAX,
-        Some(0) => 0,
-        Some(v) if exp10 >= 0 => pow10(exp10)
-            .and_then(|p| v.checked_mul(p))
-            .unwrap_or(u128::MAX),
-        Some(v) => match pow10(-exp10) {
-            Some(p) => v / p + u128::from(v % p != 0 || dropped_nonzero),
-            // Positive, under a thousandth: one.
-            None => 1,
-        },
-    };
-    let milli = i128::try_from(milli).unwrap_or(i128::MAX);
-    Some(if negative { -milli } else { milli })
 }
 
 #[cfg(test)]

@@ -5,10 +5,13 @@
 //!
 //! - [`isolation`]: the socket read-only in app containers; pods and
 //!   ephemeral containers that would reach into the sidecar refused;
-//! - [`socket`]: the read-only mount, for real, in a mount namespace.
+//! - [`socket`]: the read-only mount, for real, in a mount namespace;
+//! - [`tokens`]: the token files readable by the sidecar under the kubelet's
+//!   ownership rules.
 
 mod isolation;
 mod socket;
+mod tokens;
 
 use crate::harness::{issue_cert as issue, run_tool, spawn_binary, wait_timeout};
 use serde_json::{Value, json};
@@ -256,9 +259,12 @@ fn injects_labelled_pods_and_admits_everything_else_unchanged() {
         "injected"
     );
 
-    // Reinvocation on the patched pod, an already injected pod, an opted-out
-    // pod: allowed, no patch.
-    for pod in [patched, fixture("already-injected"), fixture("opted-out")] {
+    // Reinvocation on the patched pod (nothing new), an opted-out pod, a pod
+    // with the opt-in annotation but not the label: allowed, no patch.
+    let mut annotated = fixture("bare");
+    annotated["metadata"]["labels"] = json!({});
+    annotated["metadata"]["annotations"] = json!({"kms-sidecar.io/inject": "true"});
+    for pod in [patched, fixture("opted-out"), annotated] {
         let r = hook.review(&pod_review(&pod));
         assert_eq!(r["allowed"], true);
         assert!(r.get("patch").is_none(), "{r}");
