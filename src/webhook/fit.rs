@@ -39,9 +39,8 @@ pub fn windows(spec: &PodSpec) -> Option<String> {
         .as_ref()?
         .node_selector_terms;
     // Terms are alternatives: Windows only if every one of them is.
-    (!terms.is_empty() && terms.iter().all(asks_for_windows)).then(|| {
-        why("a required node affinity for kubernetes.io/os: windows".into())
-    })
+    (!terms.is_empty() && terms.iter().all(asks_for_windows))
+        .then(|| why("a required node affinity for kubernetes.io/os: windows".into()))
 }
 
 fn is_windows(os: &str) -> bool {
@@ -111,7 +110,10 @@ pub fn check_pod_resources(
             return Err(Refusal::PodResources {
                 field: format!("spec.resources.limits.{resource}"),
                 pod: bound.0.clone(),
-                problem: format!("the sidecar's {resource} limit is {}", show(resource, limit)),
+                problem: format!(
+                    "the sidecar's {resource} limit is {}",
+                    show(resource, limit)
+                ),
             });
         }
     }

@@ -26,8 +26,8 @@ use super::quantity::{check_resource, is_below};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapProjection, ExecAction, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvVar, HTTPGetAction, KeyToPath, Pod, PodSpec, Probe,
+    Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvVar, ExecAction, HTTPGetAction, KeyToPath, Pod, PodSpec, Probe,
     ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
@@ -283,7 +283,12 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     {
         added.insert(DEFAULT_CONTAINER.into(), app.name.clone());
     }
-    push_entries(&mut ops, &["metadata", "annotations"], meta.annotations.is_some(), added);
+    push_entries(
+        &mut ops,
+        &["metadata", "annotations"],
+        meta.annotations.is_some(),
+        added,
+    );
     let mut config_maps = vec![overrides.config_map.clone()];
     config_maps.extend(overrides.gcp.as_ref().map(|(_, map)| map.clone()));
     Ok(Decision::Inject(Injection {
@@ -450,11 +455,7 @@ pub(crate) fn run_as_user(
 /// container does not get the socket. Any mount of the socket's volume is
 /// made read-only: a writable one could remove the socket and bind another
 /// in its place.
-fn app_container(
-    ops: &mut Vec<PatchOperation>,
-    base: [&str; 3],
-    c: &Container,
-) -> Option<String> {
+fn app_container(ops: &mut Vec<PatchOperation>, base: [&str; 3], c: &Container) -> Option<String> {
     let mounts = c.volume_mounts.as_deref().unwrap_or_default();
     for (j, m) in mounts.iter().enumerate() {
         if m.name == SOCKET_VOLUME && m.read_only != Some(true) {
@@ -818,11 +819,11 @@ fn volumes(o: &Overrides, config: &Config) -> Vec<Volume> {
             projected: Some(ProjectedVolumeSource {
                 sources: Some(sources),
                 // Readable by the sidecar whatever its pod's uids and fsGroup:
-            // the kubelet leaves these files owned by root unless the pod
-            // has an fsGroup (then 0640, that group's, which every
-            // container has) or all containers one uid (never, with the
-            // sidecar's uid its own). Only the sidecar mounts this volume.
-            default_mode: Some(0o444),
+                // the kubelet leaves these files owned by root unless the pod
+                // has an fsGroup (then 0640, that group's, which every
+                // container has) or all containers one uid (never, with the
+                // sidecar's uid its own). Only the sidecar mounts this volume.
+                default_mode: Some(0o444),
             }),
             ..Default::default()
         });

@@ -2,8 +2,8 @@
 //! RFC 6902) to real-world pod specs from `tests/webhook/pods/`.
 
 use super::*;
-use crate::webhook::quantity::*;
 use crate::webhook::config::FailurePolicy;
+use crate::webhook::quantity::*;
 use serde_json::json;
 
 fn pod(name: &str) -> Value {
@@ -852,9 +852,7 @@ fn windows_pods_are_left_alone_with_a_warning() {
     }
     // A required node affinity whose every term asks for Windows.
     let mut affinity = pod("bare");
-    let term = |op: &str, os: &str| {
-        json!({"matchExpressions": [{"key": "kubernetes.io/os", "operator": op, "values": [os]}]})
-    };
+    let term = |op: &str, os: &str| json!({"matchExpressions": [{"key": "kubernetes.io/os", "operator": op, "values": [os]}]});
     let with_terms = |doc: &mut Value, terms: Vec<Value>| {
         doc["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}});
     };
@@ -905,7 +903,10 @@ fn the_sidecar_must_fit_the_pods_own_resources() {
         "resources": {"requests": {"memory": "90Mi"}}
     }]);
     let refused = refusal(&init, &config(&[]));
-    assert!(refused.contains("106Mi with the sidecar's 16Mi"), "{refused}");
+    assert!(
+        refused.contains("106Mi with the sidecar's 16Mi"),
+        "{refused}"
+    );
     // Without pod-level resources nothing is checked.
     let mut plain = doc;
     plain["spec"].as_object_mut().unwrap().remove("resources");
@@ -931,7 +932,10 @@ fn the_probes_port_is_one_no_container_declares() {
     let (p, _) = inject(&annotated, &config(&[])).unwrap();
     assert_eq!(port(sidecar_of(&p)), 9125);
     for (value, problem) in [
-        ("9102", "port 9102 is declared by spec.containers[0] (prometheus-statsd-exporter)"),
+        (
+            "9102",
+            "port 9102 is declared by spec.containers[0] (prometheus-statsd-exporter)",
+        ),
         ("0", "not a port"),
         ("http", "not a port"),
         ("65536", "not a port"),
@@ -979,7 +983,9 @@ fn containers_added_later_get_the_socket_on_reinvocation() {
     injected["spec"]["initContainers"]
         .as_array_mut()
         .unwrap()
-        .push(json!({"name": "added-init", "image": "busybox", "env": [{"name": "A", "value": "b"}]}));
+        .push(
+            json!({"name": "added-init", "image": "busybox", "env": [{"name": "A", "value": "b"}]}),
+        );
     let before = injected.clone();
     let (p, again) = inject(&injected, &config).expect("the new containers are patched");
     let spec = p.spec.as_ref().unwrap();
@@ -1033,13 +1039,23 @@ fn legacy_mode_names_the_default_container_and_skips_init_containers() {
         doc["spec"]["initContainers"][0]
     );
     let said = warnings(&doc, &legacy);
-    assert!(said[0].contains("init containers do not get the socket"), "{said:?}");
+    assert!(
+        said[0].contains("init containers do not get the socket"),
+        "{said:?}"
+    );
     // A default the pod chose is kept.
     let (_, raw) = inject(&pod("node-exporter"), &legacy).unwrap();
-    assert_eq!(raw["metadata"]["annotations"][DEFAULT_CONTAINER], "node-exporter");
+    assert_eq!(
+        raw["metadata"]["annotations"][DEFAULT_CONTAINER],
+        "node-exporter"
+    );
     // Native sidecars leave the annotation alone.
     let (_, raw) = inject(&doc, &config(&[])).unwrap();
-    assert!(raw["metadata"]["annotations"].get(DEFAULT_CONTAINER).is_none());
+    assert!(
+        raw["metadata"]["annotations"]
+            .get(DEFAULT_CONTAINER)
+            .is_none()
+    );
 }
 
 #[test]
@@ -1054,12 +1070,18 @@ fn a_container_with_its_own_volume_at_the_socket_dir_is_named_in_a_warning() {
     let said = warnings(&doc, &config(&[]));
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(
-        said[0].contains("spec.containers[1] (log-shipper) has its own volume run-kms at /var/run/kms"),
+        said[0].contains(
+            "spec.containers[1] (log-shipper) has its own volume run-kms at /var/run/kms"
+        ),
         "{said:?}"
     );
     let (p, _) = inject(&doc, &config(&[])).unwrap();
     let shipper = &p.spec.as_ref().unwrap().containers[1];
-    assert_eq!(env_of(shipper, "KMS_SIDECAR_SOCKET"), None, "no socket, no variable");
+    assert_eq!(
+        env_of(shipper, "KMS_SIDECAR_SOCKET"),
+        None,
+        "no socket, no variable"
+    );
 }
 
 #[test]

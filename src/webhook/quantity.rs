@@ -123,4 +123,3 @@ pub(crate) fn milli_value(s: &str) -> Option<i128> {
     let milli = i128::try_from(milli).unwrap_or(i128::MAX);
     Some(if negative { -milli } else { milli })
 }
-

@@ -267,3 +267,43 @@ async fn sigint_stops_cleanly_too() {
     assert!(status.success(), "{status:?}");
     assert!(!s.socket.exists());
 }
+
+/// `kms-sidecar probe`, the exec probe the webhook gives hostNetwork pods:
+/// 0 when the sidecar answers 200 over its socket, 1 otherwise; and the
+/// YAML null the webhook sets there (`KMS_SIDECAR_LISTEN__PROBES=null`)
+/// turns the TCP listener off even when the config has one.
+#[tokio::test]
+async fn exec_probes_ask_over_the_socket_and_null_turns_the_tcp_listener_off() {
+    let port = crate::harness::free_port();
+    let config = local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }")
+        + &format!("listen: {{ probes: \"127.0.0.1:{port}\" }}\n");
+    let s = Sidecar::start_with_env(&config, &[("KMS_SIDECAR_LISTEN__PROBES", "null")]).await;
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "no TCP listener"
+    );
+    let probe = |socket: &std::path::Path, path: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kms-sidecar"))
+            .args(["probe", "--socket"])
+            .arg(socket)
+            .arg(path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, out) = probe(&s.socket, "/readyz");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("\"status\":\"ready\""), "{out}");
+    assert_eq!(probe(&s.socket, "/healthz").0, Some(0));
+    let (code, out) = probe(&s.socket.with_extension("gone"), "/readyz");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("cannot connect"), "{out}");
+    // Only the two probe paths.
+    assert_eq!(probe(&s.socket, "/v1/keys").0, Some(2));
+    drop(s);
+}

@@ -484,12 +484,24 @@ fn injected_pods_are_valid_and_the_hand_written_example_matches() {
     )
     .unwrap();
     let mut injected = Vec::new();
-    for pod in [
-        app.clone(),
-        fixture("multi-container"),
-        fixture("job-pod"),
-        fixture("bare"),
-    ] {
+    let mut pods = vec![app.clone()];
+    // Published specs (sources in each file): a probes port taken, a
+    // hostNetwork DaemonSet's pod, init containers, an fsGroup, pod-level
+    // resources (1.32+).
+    pods.extend(
+        [
+            "multi-container",
+            "job-pod",
+            "bare",
+            "statsd-exporter",
+            "node-exporter",
+            "init-containers",
+            "security-context",
+            "pod-level-resources",
+        ]
+        .map(fixture),
+    );
+    for pod in pods {
         let response = hook.review(&pod_review(&pod));
         let mut patched = pod.clone();
         json_patch::patch(&mut patched, &patch_of(&response)).unwrap();
@@ -498,7 +510,12 @@ fn injected_pods_are_valid_and_the_hand_written_example_matches() {
     for (i, pod) in injected.iter().enumerate() {
         let file = hook.dir.path().join(format!("injected-{i}.json"));
         std::fs::write(&file, pod.to_string()).unwrap();
-        for version in ["1.29.0", "1.33.0"] {
+        let versions: &[&str] = if pod["spec"]["resources"].is_object() {
+            &["1.33.0"]
+        } else {
+            &["1.29.0", "1.33.0"]
+        };
+        for &version in versions {
             let (ok, out, err) = run_tool(
                 "python3",
                 &[
@@ -593,6 +610,47 @@ fn impossible_pods_follow_the_failure_policy_and_booleans_ignore_case() {
         assert!(message.contains(blamed), "{blamed}: {r}");
     }
 
+    // Windows pods: admitted unchanged whatever the policy, with the reason.
+    for hook in [&ignore, &fail] {
+        for name in ["windows-iis", "windows-run-as-username"] {
+            let r = hook.review(&pod_review(&fixture(name)));
+            assert_eq!(r["allowed"], true, "{r}");
+            assert!(r.get("patch").is_none(), "{r}");
+            let warning = r["warnings"][0].as_str().unwrap_or_default();
+            assert!(warning.contains("Windows"), "{r}");
+        }
+    }
+    // A pod whose own requests leave no room for the sidecar, and a probes
+    // port annotation that clashes: refused as the policy says.
+    let mut full = fixture("pod-level-resources");
+    full["spec"]["resources"]["requests"]["memory"] = json!("50Mi");
+    let mut clash = fixture("statsd-exporter");
+    clash["metadata"]["annotations"] = json!({"kms-sidecar.io/probes-port": "9102"});
+    for (pod, blamed) in [
+        (full, "spec.resources.requests.memory"),
+        (clash, "kms-sidecar.io/probes-port"),
+    ] {
+        let r = ignore.review(&pod_review(&pod));
+        assert_eq!(r["allowed"], true, "{r}");
+        assert!(r.get("patch").is_none(), "{r}");
+        assert!(
+            r["warnings"][0]
+                .as_str()
+                .unwrap_or_default()
+                .contains(blamed),
+            "{r}"
+        );
+        let r = fail.review(&pod_review(&pod));
+        assert_eq!(r["allowed"], false, "{r}");
+        assert!(
+            r["status"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(blamed),
+            "{r}"
+        );
+    }
+
     let mut shouted = fixture("bare");
     shouted["metadata"]["labels"]["kms-sidecar.io/inject"] = json!("TRUE");
     let r = ignore.review(&pod_review(&shouted));
@@ -604,6 +662,6 @@ fn impossible_pods_follow_the_failure_policy_and_booleans_ignore_case() {
     assert!(r.get("patch").is_none(), "`FALSE` opts out: {r}");
     assert_eq!(
         ignore.metric("kms_sidecar_webhook_reviews_total{outcome=\"refused\"}"),
-        4.0
+        6.0
     );
 }

@@ -58,6 +58,7 @@ native_sidecar: {{ $i.nativeSidecar }}
 resources: {{ toJson $i.resources }}
 socket_mode: {{ $i.socketMode | quote }}
 run_as_user: {{ $i.runAsUser }}
+probes_port: {{ $i.probesPort }}
 token_expiration: {{ $i.tokenExpiration }}
 vault_audience: {{ $i.vaultAudience | quote }}
 aws:
