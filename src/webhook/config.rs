@@ -285,7 +285,7 @@ impl Config {
         if config.image.trim().is_empty() {
             problems.push("`image`: must not be empty".to_string());
         }
-        if !super::mutate::is_dns_subdomain(&config.config_map) {
+        if !super::annotations::is_dns_subdomain(&config.config_map) {
             problems.push("`config_map`: not a valid ConfigMap name".into());
         }
         if config.probes_port == 0 {

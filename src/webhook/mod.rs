@@ -6,12 +6,16 @@
 //! `/metrics` for itself.
 //!
 //! - [`config`]: what it injects by default.
-//! - [`mutate`]: pure decision and patch, tested on real pod specs.
+//! - [`mutate`]: pure decision and patch, tested on real pod specs;
+//!   `annotations` reads the pod's overrides, [`fit`] whether the sidecar
+//!   can run in the pod (its OS, pod-level resources, a free probes port),
+//!   [`quantity`] Kubernetes quantities.
 //! - [`ephemeral`]: pure review of ephemeral containers added to an
 //!   injected pod (`pods/ephemeralcontainers`): denied when they would reach
 //!   into the sidecar.
 //! - [`tls`]: the certificate, reloaded when cert-manager rotates it.
 
+mod annotations;
 pub mod config;
 pub mod ephemeral;
 pub mod fit;

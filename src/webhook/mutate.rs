@@ -11,18 +11,21 @@
 //! private `emptyDir` for the sidecar's own files; a
 //! projected service-account token per audience the backends need; the
 //! `kms-sidecar.io/status: injected` annotation that makes injection
-//! idempotent.
+//! idempotent, save for containers another webhook adds later, which get the
+//! socket when the API server calls again.
 //!
+//! What it leaves alone with a warning: Windows pods (see [`super::fit`]).
 //! What it refuses ([`Refusal`], then the failure policy applies): a pod
 //! that, injected, the API server would reject or that would break the
 //! sidecar's isolation — an annotation it cannot use (impossible resources
-//! included: see [`RESOURCE_BOUNDS`]), a volume named like the sidecar's, an
+//! included: see [`super::quantity::RESOURCE_BOUNDS`]), pod-level resources
+//! the sidecar overflows, a volume named like the sidecar's, an
 //! app container mounting the sidecar's tokens or private directory, a pod
 //! sharing one process namespace, a container running as the sidecar's uid.
 
+use super::annotations::Overrides;
 use super::config::{Config, Token};
 use super::fit;
-use super::quantity::{check_resource, is_below};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
@@ -500,137 +503,6 @@ fn app_container(ops: &mut Vec<PatchOperation>, base: [&str; 3], c: &Container) 
     None
 }
 
-/// The pod's annotations, validated, over the webhook's defaults.
-struct Overrides {
-    config_map: String,
-    image: String,
-    requests: BTreeMap<String, Quantity>,
-    limits: BTreeMap<String, Quantity>,
-    tokens: Vec<Token>,
-    aws_role_arn: Option<String>,
-    azure_client_id: Option<String>,
-    /// With a `gcp` token: the provider's audience and the credentials
-    /// ConfigMap.
-    gcp: Option<(String, String)>,
-    /// The probes' port; `None` on a `hostNetwork` pod, whose ports are the
-    /// node's: probes then run the binary against the socket.
-    probes_port: Option<u16>,
-}
-
-impl Overrides {
-    fn read(
-        a: &BTreeMap<String, String>,
-        spec: &PodSpec,
-        config: &Config,
-    ) -> Result<Self, Refusal> {
-        let refuse = |annotation, problem: &str| Refusal::Annotation {
-            annotation,
-            problem: problem.into(),
-        };
-        let config_map = match a.get(CONFIG) {
-            Some(name) if !is_dns_subdomain(name) => {
-                return Err(refuse(CONFIG, "not a valid ConfigMap name"));
-            }
-            Some(name) => name.clone(),
-            None => config.config_map.clone(),
-        };
-        let image = match a.get(IMAGE) {
-            Some(i) if !is_one_word(i) => return Err(refuse(IMAGE, "not an image reference")),
-            Some(i) => i.clone(),
-            None => config.image.clone(),
-        };
-        let mut requests = config.resources.requests.clone();
-        let mut limits = config.resources.limits.clone();
-        for (resource, request_annotation, limit_annotation) in [
-            ("cpu", CPU_REQUEST, CPU_LIMIT),
-            ("memory", MEMORY_REQUEST, MEMORY_LIMIT),
-        ] {
-            for (annotation, map) in [
-                (request_annotation, &mut requests),
-                (limit_annotation, &mut limits),
-            ] {
-                if let Some(q) = a.get(annotation) {
-                    check_resource(resource, q).map_err(|p| refuse(annotation, p))?;
-                    map.insert(resource.into(), Quantity(q.clone()));
-                }
-            }
-            // The webhook's defaults agree (checked at start): an annotation
-            // broke the order, and the one to blame is the annotated side.
-            if let (Some(request), Some(limit)) = (requests.get(resource), limits.get(resource))
-                && is_below(limit, request)
-            {
-                let (annotation, problem) = if !a.contains_key(limit_annotation) {
-                    let default = &limit.0;
-                    (
-                        request_annotation,
-                        format!("above the webhook's default {resource} limit {default}"),
-                    )
-                } else if !a.contains_key(request_annotation) {
-                    let default = &request.0;
-                    (
-                        limit_annotation,
-                        format!("below the webhook's default {resource} request {default}"),
-                    )
-                } else {
-                    (
-                        limit_annotation,
-                        format!("below {request_annotation} (a limit is at least its request)"),
-                    )
-                };
-                return Err(refuse(annotation, &problem));
-            }
-        }
-        let tokens = match a.get(TOKENS) {
-            Some(list) => Token::parse_list(list).map_err(|e| refuse(TOKENS, &e))?,
-            // The tokens the default config's backends need (also for a
-            // config map the webhook has not read, unless the pod names them).
-            None => config.tokens.clone().unwrap_or_default(),
-        };
-        let identity = |annotation: &'static str, default: &Option<String>| match a.get(annotation)
-        {
-            Some(v) if !is_one_word(v) => Err(refuse(annotation, "must be one word")),
-            Some(v) => Ok(Some(v.clone())),
-            None => Ok(default.clone()),
-        };
-        let gcp = if tokens.contains(&Token::Gcp) {
-            let audience = identity(GCP_AUDIENCE, &config.gcp.audience)?.ok_or_else(|| {
-                refuse(
-                    GCP_AUDIENCE,
-                    "a gcp token needs the workload identity provider's audience: set it here or in the webhook's gcp.audience",
-                )
-            })?;
-            let config_map = match a.get(GCP_CREDENTIALS) {
-                Some(name) if !is_dns_subdomain(name) => {
-                    return Err(refuse(GCP_CREDENTIALS, "not a valid ConfigMap name"));
-                }
-                Some(name) => name.clone(),
-                None => config.gcp.credentials_config_map.clone(),
-            };
-            Some((audience, config_map))
-        } else {
-            None
-        };
-        Ok(Self {
-            config_map,
-            image,
-            requests,
-            limits,
-            tokens,
-            aws_role_arn: identity(AWS_ROLE_ARN, &config.aws.role_arn)?,
-            azure_client_id: identity(AZURE_CLIENT_ID, &config.azure.client_id)?,
-            gcp,
-            probes_port: match spec.host_network {
-                Some(true) => None,
-                _ => Some(fit::probes_port(
-                    spec,
-                    a.get(PROBES_PORT),
-                    config.probes_port,
-                )?),
-            },
-        })
-    }
-}
-
 fn sidecar(o: &Overrides, config: &Config) -> Container {
     let probe = |path: &str, period, failures| {
         let mut probe = Probe {
@@ -893,26 +765,6 @@ fn add(tokens: &[&str], value: Value) -> PatchOperation {
 
 fn to_value(v: &impl serde::Serialize) -> Value {
     serde_json::to_value(v).expect("Kubernetes types serialize to JSON")
-}
-
-/// Non-empty, without spaces or control characters (an image reference, an
-/// ARN, a client id).
-fn is_one_word(s: &str) -> bool {
-    !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
-}
-
-/// RFC 1123 subdomain, as Kubernetes names objects.
-pub(crate) fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 #[cfg(test)]
