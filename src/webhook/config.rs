@@ -43,9 +43,16 @@ pub struct Config {
     pub azure: AzureIdentity,
     pub gcp: GcpIdentity,
     /// What to do with a pod the webhook cannot inject (a bad annotation, a
-    /// volume named like the sidecar's: [`super::mutate::Refusal`]):
-    /// `ignore` admits it unchanged and logs why, `fail` denies it.
+    /// volume named like the sidecar's: [`super::mutate::Refusal`]; a
+    /// missing ConfigMap): `ignore` admits it unchanged and logs why, `fail`
+    /// denies it.
     pub failure_policy: FailurePolicy,
+    /// Look up, through the Kubernetes API, that `config_map` and
+    /// `gcp.credentials_config_map` exist in the pod's namespace before
+    /// injecting ([`super::config_maps`]): a pod without them is refused
+    /// (it would wait in `ContainerCreating`). Needs get/list/watch on those
+    /// ConfigMaps (the chart's ClusterRole); `false` checks nothing.
+    pub check_config_maps: bool,
     pub log: Log,
 }
 
@@ -72,6 +79,7 @@ impl Default for Config {
             azure: AzureIdentity::default(),
             gcp: GcpIdentity::default(),
             failure_policy: FailurePolicy::Ignore,
+            check_config_maps: true,
             log: Log::default(),
         }
     }
@@ -287,6 +295,9 @@ impl Config {
         }
         if !super::annotations::is_dns_subdomain(&config.config_map) {
             problems.push("`config_map`: not a valid ConfigMap name".into());
+        }
+        if !super::annotations::is_dns_subdomain(&config.gcp.credentials_config_map) {
+            problems.push("`gcp.credentials_config_map`: not a valid ConfigMap name".into());
         }
         if config.probes_port == 0 {
             problems.push("`probes_port`: must not be 0".into());

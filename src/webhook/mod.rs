@@ -6,6 +6,8 @@
 //! `/metrics` for itself.
 //!
 //! - [`config`]: what it injects by default.
+//! - [`config_maps`]: whether the ConfigMaps a pod would mount exist (a
+//!   metadata-only watch through the Kubernetes API).
 //! - [`mutate`]: pure decision and patch, tested on real pod specs;
 //!   `annotations` reads the pod's overrides, [`fit`] whether the sidecar
 //!   can run in the pod (its OS, pod-level resources, a free probes port),
@@ -17,6 +19,7 @@
 
 mod annotations;
 pub mod config;
+pub mod config_maps;
 pub mod ephemeral;
 pub mod fit;
 pub mod mutate;
@@ -28,6 +31,7 @@ pub use config::{Config, FailurePolicy};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
+use config_maps::ConfigMaps;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -38,7 +42,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use k8s_openapi::api::core::v1::Pod;
 use kube_core::DynamicObject;
 use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -88,11 +94,18 @@ pub async fn run(
             addr: settings.listen,
             source,
         })?;
-    let handler = Arc::new(Handler::new(settings.config));
+    let metrics = WebhookMetrics::new();
+    let config_maps = ConfigMaps::start(&settings.config, metrics.config_map_watches.clone()).await;
+    let handler = Arc::new(Handler {
+        config: settings.config,
+        metrics,
+        config_maps,
+    });
     tracing::info!(
         listen = %listener.local_addr().unwrap_or(settings.listen),
         native_sidecar = handler.config.native_sidecar,
         tokens = ?handler.config.tokens,
+        check_config_maps = handler.config.check_config_maps,
         "kms-sidecar webhook ready"
     );
     let reloads = handler.metrics.tls_reloads.clone();
@@ -198,6 +211,12 @@ struct WebhookMetrics {
     review_duration: HistogramVec,
     /// `webhook_tls_reloads_total{outcome}`.
     tls_reloads: IntCounterVec,
+    /// `webhook_config_map_lookups_total{outcome}`: found, missing,
+    /// not_watched, unavailable ([`config_maps::Presence`]).
+    config_map_lookups: IntCounterVec,
+    /// `webhook_config_map_watch_ready{config_map}`: 1 once the watch of
+    /// that (configured) name has listed.
+    config_map_watches: IntGaugeVec,
 }
 
 impl WebhookMetrics {
@@ -231,10 +250,28 @@ impl WebhookMetrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let config_map_lookups = IntCounterVec::new(
+            Opts::new(
+                "webhook_config_map_lookups_total",
+                "Lookups of the ConfigMaps an injection mounts, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let config_map_watches = IntGaugeVec::new(
+            Opts::new(
+                "webhook_config_map_watch_ready",
+                "1 once the watch of a configured ConfigMap name has listed",
+            ),
+            &["config_map"],
+        )
+        .expect("valid metric");
         for m in [
             Box::new(reviews.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(review_duration.clone()),
             Box::new(tls_reloads.clone()),
+            Box::new(config_map_lookups.clone()),
+            Box::new(config_map_watches.clone()),
         ] {
             registry.register(m).expect("metric registered once");
         }
@@ -243,6 +280,8 @@ impl WebhookMetrics {
             reviews,
             review_duration,
             tls_reloads,
+            config_map_lookups,
+            config_map_watches,
         }
     }
 }
@@ -252,16 +291,10 @@ impl WebhookMetrics {
 pub struct Handler {
     config: Config,
     metrics: WebhookMetrics,
+    config_maps: ConfigMaps,
 }
 
 impl Handler {
-    pub fn new(config: Config) -> Self {
-        Self {
-            config,
-            metrics: WebhookMetrics::new(),
-        }
-    }
-
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -275,7 +308,7 @@ impl Handler {
             (&Method::POST, "/mutate") => {
                 let started = Instant::now();
                 let (status, body) = match read_body(req).await {
-                    Ok(body) => self.review(&body),
+                    Ok(body) => self.review(&body).await,
                     Err((status, message)) => {
                         self.metrics.reviews.with_label_values(&["malformed"]).inc();
                         (status, error_body(&message))
@@ -300,7 +333,7 @@ impl Handler {
     /// One AdmissionReview in, one out. A body that is not an
     /// AdmissionReview gets a 400 with a JSON error (the API server then
     /// applies the webhook's `failurePolicy`).
-    pub fn review(&self, body: &[u8]) -> (StatusCode, Vec<u8>) {
+    pub async fn review(&self, body: &[u8]) -> (StatusCode, Vec<u8>) {
         let malformed = |message: String| {
             self.metrics.reviews.with_label_values(&["malformed"]).inc();
             tracing::warn!(error = %message, "malformed AdmissionReview");
@@ -325,7 +358,7 @@ impl Handler {
             Ok(r) => r,
             Err(_) => return malformed("the AdmissionReview has no request".into()),
         };
-        let (outcome, mut response) = self.decide(&request);
+        let (outcome, mut response) = self.decide(&request).await;
         self.metrics.reviews.with_label_values(&[outcome]).inc();
         // The API documents `patch` as base64 (a Go []byte); kube-core's
         // Vec<u8> would go out as an array of numbers (kube-rs/kube#1781).
@@ -345,7 +378,7 @@ impl Handler {
         }
     }
 
-    fn decide(
+    async fn decide(
         &self,
         request: &AdmissionRequest<DynamicObject>,
     ) -> (&'static str, AdmissionResponse) {
@@ -354,7 +387,7 @@ impl Handler {
         let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
         match (is_pod, &request.operation, request.sub_resource.as_deref()) {
             (true, Operation::Create, None) => match pod_of(request) {
-                Ok(pod) => self.inject(&pod, response, namespace),
+                Ok(pod) => self.inject(&pod, response, namespace).await,
                 Err(e) => self.cannot_decide(response, namespace, &e),
             },
             (true, Operation::Update, Some("ephemeralcontainers")) => match pod_of(request) {
@@ -373,8 +406,9 @@ impl Handler {
         }
     }
 
-    /// A pod's creation: injected, left alone, or refused.
-    fn inject(
+    /// A pod's creation: injected, left alone, or refused (the pod as it
+    /// is, or the ConfigMaps its patch mounts missing from its namespace).
+    async fn inject(
         &self,
         pod: &Pod,
         response: AdmissionResponse,
@@ -388,7 +422,11 @@ impl Handler {
                 response.warnings = warning.map(|w| vec![format!("kms-sidecar not injected: {w}")]);
                 ("skipped", response)
             }
-            Ok(mutate::Decision::Inject(injection)) => {
+            Ok(mutate::Decision::Inject(mut injection)) => {
+                match self.check_config_maps(&injection, namespace).await {
+                    Ok(warnings) => injection.warnings.extend(warnings),
+                    Err(why) => return self.cannot_decide(response, namespace, &why),
+                }
                 match response.clone().with_patch(injection.patch) {
                     Ok(mut patched) => {
                         tracing::info!(pod.namespace = namespace, pod.name = %name, "sidecar injected");
@@ -413,6 +451,27 @@ impl Handler {
             }
             Err(refusal) => self.cannot_decide(response, namespace, &refusal.to_string()),
         }
+    }
+
+    /// Looks up the ConfigMaps `injection` mounts: `Err` when one is missing
+    /// (the refusal), else the warnings for those it could not check.
+    async fn check_config_maps(
+        &self,
+        injection: &mutate::Injection,
+        namespace: &str,
+    ) -> Result<Vec<String>, String> {
+        let found = self
+            .config_maps
+            .check(namespace, &injection.config_maps)
+            .await;
+        for (name, presence) in &found {
+            self.metrics
+                .config_map_lookups
+                .with_label_values(&[presence.outcome()])
+                .inc();
+            tracing::debug!(pod.namespace = namespace, config_map.name = %name, outcome = presence.outcome(), "ConfigMap looked up");
+        }
+        config_maps::verdict(namespace, &found)
     }
 
     /// An update of a pod's ephemeral containers: denied when one would

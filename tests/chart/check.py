@@ -142,7 +142,7 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
     check(pdb["spec"]["selector"]["matchLabels"] == labels, f"{origin}: the PDB selects the webhook pods")
     container = pod["spec"]["containers"][0]
     check(container["args"][0] == "webhook", f"{origin}: the container runs `webhook`")
-    check(pod["spec"].get("automountServiceAccountToken") is False, f"{origin}: no API token in the webhook")
+    check_rbac(objs, merged, pod, origin)
     sc = container["securityContext"]
     check(sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"], f"{origin}: hardened webhook")
 
@@ -240,6 +240,37 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
             impersonation = creds.get("service_account_impersonation_url", "")
             check((gcp["serviceAccount"] in impersonation) if gcp["serviceAccount"] else not impersonation,
                   f"{origin}: service account impersonation follows injection.gcp.serviceAccount")
+
+
+def check_rbac(objs: list[dict], merged: dict, pod: dict, origin: str) -> None:
+    """The webhook's API access: get/list/watch on the sidecar's ConfigMaps,
+    by name, bound to its service account; with checkConfigMaps false, no
+    RBAC and no token."""
+    roles, bindings = by_kind(objs, "ClusterRole"), by_kind(objs, "ClusterRoleBinding")
+    check(not by_kind(objs, "Role") and not by_kind(objs, "RoleBinding"), f"{origin}: no namespaced RBAC")
+    [account] = by_kind(objs, "ServiceAccount")
+    check(account.get("automountServiceAccountToken") is False, f"{origin}: other pods of the account get no token")
+    check(pod["spec"].get("serviceAccountName") == account["metadata"]["name"], f"{origin}: the webhook's service account")
+    enabled = merged["webhook"].get("checkConfigMaps")
+    check(isinstance(enabled, bool), f"{origin}: webhook.checkConfigMaps (true by default) in values.yaml")
+    enabled = enabled is not False
+    check(pod["spec"].get("automountServiceAccountToken") is enabled,
+          f"{origin}: the webhook's token is mounted only for ConfigMap lookups")
+    if not enabled:
+        check(not roles and not bindings, f"{origin}: no RBAC without ConfigMap lookups")
+        return
+    names = sorted({merged["sidecar"]["configMapName"], merged["injection"]["gcp"]["credentialsConfigMap"]})
+    check(len(roles) == 1 and len(bindings) == 1, f"{origin}: one ClusterRole and its binding for ConfigMap lookups")
+    if len(roles) != 1 or len(bindings) != 1:
+        return
+    [role], [binding] = roles, bindings
+    rules = [{**r, "resourceNames": sorted(r.get("resourceNames", []))} for r in role["rules"]]
+    check(rules == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names,
+                     "verbs": ["get", "list", "watch"]}], f"{origin}: least-privilege ClusterRole: {role['rules']}")
+    check(binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                 "name": role["metadata"]["name"]}, f"{origin}: the binding names the ClusterRole")
+    check(binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                   "namespace": NAMESPACE}], f"{origin}: bound to the webhook's service account only")
 
 
 def pod_specs(obj: dict) -> list[dict]:

@@ -7,8 +7,11 @@
 //!   ephemeral containers that would reach into the sidecar refused;
 //! - [`socket`]: the read-only mount, for real, in a mount namespace;
 //! - [`tokens`]: the token files readable by the sidecar under the kubelet's
-//!   ownership rules.
+//!   ownership rules;
+//! - [`config_maps`]: pods whose namespace lacks the sidecar's ConfigMap,
+//!   through a real API server.
 
+mod config_maps;
 mod isolation;
 mod socket;
 mod tokens;
@@ -29,8 +32,14 @@ struct Webhook {
 }
 
 impl Webhook {
-    /// Starts `kms-sidecar webhook` with `config` (the webhook's YAML).
+    /// Starts `kms-sidecar webhook` with `config` (the webhook's YAML),
+    /// with no Kubernetes API credentials (`KUBECONFIG` names no file).
     fn start(config: &str) -> Webhook {
+        Self::start_with_kubeconfig(config, Path::new("/nonexistent/kubeconfig"))
+    }
+
+    /// [`Self::start`] with `KUBECONFIG` set to `kubeconfig`.
+    fn start_with_kubeconfig(config: &str, kubeconfig: &Path) -> Webhook {
         let dir = tempfile::tempdir().unwrap();
         let (ca, cert, key) = issue(dir.path(), "first");
         std::fs::copy(&cert, dir.path().join("tls.crt")).unwrap();
@@ -55,7 +64,7 @@ impl Webhook {
                 "--config",
                 "webhook.yaml",
             ],
-            &[],
+            &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
             &dir.path().join("webhook.log"),
         );
         let mut hook = Webhook {
@@ -77,6 +86,11 @@ impl Webhook {
             std::thread::sleep(Duration::from_millis(50));
         }
         hook
+    }
+
+    /// Where an API server calls it (the certificate names 127.0.0.1).
+    fn mutate_url(&self) -> String {
+        format!("{}/mutate", self.url.replace("localhost", "127.0.0.1"))
     }
 
     fn logs(&self) -> String {

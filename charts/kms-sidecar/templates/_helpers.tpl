@@ -71,5 +71,6 @@ gcp:
   audience: {{ $i.gcp.audience | default nil | toJson }}
   credentials_config_map: {{ $i.gcp.credentialsConfigMap | quote }}
 failure_policy: {{ .Values.webhook.failurePolicy | lower }}
+check_config_maps: {{ .Values.webhook.checkConfigMaps }}
 log: { level: {{ .Values.webhook.logLevel }}, format: json }
 {{- end }}
