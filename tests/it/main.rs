@@ -24,6 +24,7 @@ mod gcp;
 mod interop;
 #[cfg(feature = "local")]
 mod jwt;
+mod kube;
 mod lifecycle;
 #[cfg(feature = "pkcs11")]
 mod pkcs11;

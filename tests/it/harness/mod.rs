@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 mod fakes;
+mod kube;
 mod otlp;
 mod servers;
 mod softhsm;
@@ -28,6 +29,7 @@ mod system;
 mod tools;
 
 pub use fakes::Fake;
+pub use kube::{ControlPlane, SecondWebhook};
 pub use otlp::Receiver;
 pub use servers::{Bao, Moto};
 pub use softhsm::{HsmKey, SoftHsm, softhsm_module};

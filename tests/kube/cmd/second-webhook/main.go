@@ -1,0 +1,98 @@
+// Command second-webhook is a tiny mutating admission webhook for the test
+// suite: it stands for another webhook that adds a container to pods after
+// ours (as Istio's or Linkerd's injectors do). To every pod it sees without a
+// container named "added-later" it adds one (image busybox, `sleep`) with a
+// JSONPatch; a pod that has it already gets no patch, so it is idempotent when
+// the API server reinvokes it (reinvocationPolicy: IfNeeded).
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Added is the name of the container this webhook adds.
+const Added = "added-later"
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:8443", "address to serve HTTPS on")
+	cert := flag.String("tls-cert", "", "PEM certificate file (required)")
+	key := flag.String("tls-key", "", "PEM private key file (required)")
+	flag.Parse()
+	if *cert == "" || *key == "" {
+		log.Fatal("--tls-cert and --tls-key are required")
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/mutate", serve)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
+	log.Printf("second-webhook serving https://%s/mutate", *listen)
+	log.Fatal(http.ListenAndServeTLS(*listen, *cert, *key, mux))
+}
+
+func serve(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(body, &review); err != nil || review.Request == nil {
+		http.Error(w, fmt.Sprintf("not an AdmissionReview: %v", err), http.StatusBadRequest)
+		return
+	}
+	resp, err := mutate(review.Request)
+	if err != nil {
+		resp = &admissionv1.AdmissionResponse{
+			Allowed: false,
+			Result:  &metav1.Status{Message: err.Error(), Code: http.StatusBadRequest},
+		}
+	}
+	resp.UID = review.Request.UID
+	review.Response = resp
+	review.Request = nil
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(review)
+}
+
+// mutate allows every request; a pod without the container gets a patch
+// adding it at the end of spec.containers.
+func mutate(req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, error) {
+	allowed := &admissionv1.AdmissionResponse{Allowed: true}
+	if req.Kind.Kind != "Pod" {
+		return allowed, nil
+	}
+	var pod corev1.Pod
+	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+		return nil, fmt.Errorf("not a pod: %w", err)
+	}
+	for _, c := range pod.Spec.Containers {
+		if c.Name == Added {
+			return allowed, nil
+		}
+	}
+	patch, err := json.Marshal([]map[string]any{{
+		"op":   "add",
+		"path": "/spec/containers/-",
+		"value": corev1.Container{
+			Name:    Added,
+			Image:   "busybox",
+			Command: []string{"sleep", "infinity"},
+		},
+	}})
+	if err != nil {
+		return nil, err
+	}
+	pt := admissionv1.PatchTypeJSONPatch
+	allowed.Patch = patch
+	allowed.PatchType = &pt
+	log.Printf("patched pod %s/%s: added container %s", req.Namespace, pod.Name, Added)
+	return allowed, nil
+}
