@@ -148,10 +148,10 @@ impl ControlPlane {
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if let (200, body) = self.get("/readyz") {
-                if body.trim() == "ok" {
-                    return;
-                }
+            if let (200, body) = self.get("/readyz")
+                && body.trim() == "ok"
+            {
+                return;
             }
             if let Some((name, status)) = self.exited() {
                 panic!("{name} exited ({status}); log:\n{}", self.log(name));
