@@ -333,7 +333,7 @@ def check_cert_manager(objs: list[dict], tls_secret: str, mwc: dict, cm: dict, s
     ca_issuer = issuers.get(ref["name"]) if ref.get("kind") == "Issuer" else None
     ca_secret = ((ca_issuer or {}).get("spec") or {}).get("ca", {}).get("secretName")
     check(ca_secret is not None,
-          f"{origin}: the serving Certificate is signed by a CA Issuer, not {ref} ({(ca_issuer or {}).get('spec')}): "
+          f"{origin}: the serving Certificate must be signed by a CA Issuer, not {ref} ({(ca_issuer or {}).get('spec')}): "
           "a self-signed one changes the CA bundle at every renewal")
     ca_certs = [c for c in certs if c["spec"]["secretName"] == ca_secret]
     check(len(ca_certs) == 1, f"{origin}: one CA Certificate in the CA Issuer's Secret {ca_secret}")
