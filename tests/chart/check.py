@@ -4,11 +4,14 @@
 Run by `cargo nextest` (tests/it/chart.rs) as part of `make test`:
 
 - lints the chart (Helm's own linter, strict), renders it with every values
-  file in tests/chart/values/ and validates every object against the
-  Kubernetes OpenAPI schemas of 1.29 to 1.33 with --strict (kubernetes-validate);
-- checks what matters about the objects (webhook selectors, TLS wiring, one
-  sidecar ConfigMap per namespace), and runs the real binary's `config
-  check` and `webhook --check` on the configs the chart renders;
+  file in tests/chart/values/ as for each Kubernetes version of 1.29 to 1.33
+  (a file of KUBE_VERSIONS_OF: its own versions) and validates every object
+  against that version's OpenAPI schemas with --strict (kubernetes-validate);
+- checks what matters about the objects (webhook selectors, TLS wiring and
+  its CA, a PodDisruptionBudget that lets a drain evict, one sidecar
+  ConfigMap per namespace), and runs the real binary's `config check` and
+  `webhook --check` on the configs the chart renders;
+- expects native sidecars to be refused on clusters before 1.29;
 - expects every file in tests/chart/bad-values/ to be refused by
   values.schema.json;
 - compares manifests/kms-sidecar.yaml with a fresh render of
@@ -23,15 +26,19 @@ import argparse
 import base64
 import json
 import functools
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 try:
     import helm_python as helm
+    from helm_python import _native
     import kubernetes_validate
     import yaml
 except ImportError as e:  # pragma: no cover - the message is the point
@@ -42,6 +49,9 @@ CHART = ROOT / "charts" / "kms-sidecar"
 MANIFESTS = ROOT / "manifests"
 HERE = Path(__file__).resolve().parent
 KUBE_VERSIONS = ["1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0"]
+# Values files for other clusters: rendered (.Capabilities.KubeVersion) and
+# validated as for these versions instead.
+KUBE_VERSIONS_OF = {"legacy-cluster.yaml": ["1.25.0", "1.28.0"]}
 RELEASE, NAMESPACE = "kms-sidecar", "kms-system"
 # cert-manager's kinds are CRDs, not in the Kubernetes schemas: checked by
 # hand against the fields cert-manager.io/v1 requires.
@@ -49,6 +59,8 @@ CERT_MANAGER_REQUIRED = {
     "Issuer": [],
     "Certificate": ["secretName", "issuerRef"],
 }
+# An Issuer is exactly one of these.
+ISSUER_TYPES = {"selfSigned", "ca", "vault", "venafi", "acme"}
 
 failures: list[str] = []
 # Files handed to the binary and openssl; removed at exit.
@@ -70,9 +82,12 @@ def chart() -> "helm.Chart":
     return helm.Chart.load(str(CHART))
 
 
-def render(values: dict) -> str:
-    """The chart rendered as `helm template` prints it (NOTES left out)."""
-    out = chart().render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+def render(values: dict, kube_version: str = KUBE_VERSIONS[0]) -> str:
+    """The chart rendered as `helm template --kube-version` prints it (NOTES
+    left out). Chart.render does not take the cluster's version, which the
+    library's render options do: they are passed as Chart.render passes its own."""
+    opts = {"name": RELEASE, "namespace": NAMESPACE, "is_install": True, "kube_version": f"v{kube_version}"}
+    out = json.loads(_native.call_string("helm_render", chart()._raw(), json.dumps(values), json.dumps(opts)))
     parts = []
     for path in sorted(out):
         if path.endswith("NOTES.txt") or path.endswith(".tpl"):
@@ -89,7 +104,7 @@ def objects(text: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-def validate(objs: list[dict], origin: str) -> None:
+def validate(objs: list[dict], origin: str, versions: list[str] = KUBE_VERSIONS) -> None:
     for obj in objs:
         kind = obj.get("kind")
         name = f"{origin}: {kind}/{obj.get('metadata', {}).get('name')}"
@@ -99,8 +114,10 @@ def validate(objs: list[dict], origin: str) -> None:
             spec = obj.get("spec", {})
             for field in CERT_MANAGER_REQUIRED.get(kind, []):
                 check(field in spec, f"{name}: spec.{field} is required")
+            if kind == "Issuer":
+                check(len(ISSUER_TYPES & spec.keys()) == 1, f"{name}: one issuer type of {sorted(ISSUER_TYPES)}")
             continue
-        for version in KUBE_VERSIONS:
+        for version in versions:
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as e:
@@ -140,6 +157,7 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
     check(deployment["spec"]["replicas"] == web["replicas"], f"{origin}: replicas")
     check(service["spec"]["selector"] == labels, f"{origin}: the Service selects the webhook pods")
     check(pdb["spec"]["selector"]["matchLabels"] == labels, f"{origin}: the PDB selects the webhook pods")
+    check_drains(pdb, web["replicas"], origin)
     container = pod["spec"]["containers"][0]
     check(container["args"][0] == "webhook", f"{origin}: the container runs `webhook`")
     check_rbac(objs, merged, pod, origin)
@@ -178,26 +196,9 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
 
     tls_secret = next(v["secret"]["secretName"] for v in pod["spec"]["volumes"] if v["name"] == "tls")
     if tls["source"] == "generate":
-        [secret] = by_kind(objs, "Secret")
-        check(secret["metadata"]["name"] == tls_secret, f"{origin}: the Deployment mounts the generated Secret")
-        check(hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"], f"{origin}: caBundle is the generated CA")
-        ca, crt = (write_tmp(base64.b64decode(secret["data"][key]).decode()) for key in ("ca.crt", "tls.crt"))
-        verify = subprocess.run(["openssl", "verify", "-CAfile", ca, crt], capture_output=True, text=True)
-        check(verify.returncode == 0, f"{origin}: the certificate is signed by the CA: {verify.stderr}")
-        text = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", crt],
-                              capture_output=True, text=True).stdout
-        check(f"DNS:{svc['name']}.{NAMESPACE}.svc" in text, f"{origin}: the certificate names the Service: {text}")
-        check(not by_kind(objs, "Certificate"), f"{origin}: no Certificate with generated TLS")
+        check_generated_tls(objs, tls_secret, hook, svc["name"], origin)
     else:
-        [cert] = by_kind(objs, "Certificate")
-        check(cert["spec"]["secretName"] == tls_secret, f"{origin}: the Deployment mounts the Certificate's Secret")
-        check(f"{svc['name']}.{NAMESPACE}.svc" in cert["spec"]["dnsNames"], f"{origin}: the Certificate names the Service")
-        inject_from = mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
-        check(inject_from == f"{NAMESPACE}/{cert['metadata']['name']}", f"{origin}: inject-ca-from names the Certificate")
-        check("caBundle" not in hook["clientConfig"], f"{origin}: cert-manager injects the caBundle")
-        check(not by_kind(objs, "Secret"), f"{origin}: no generated Secret with cert-manager")
-        issuers = by_kind(objs, "Issuer")
-        check(len(issuers) == (0 if tls["certManager"]["issuerRef"] else 1), f"{origin}: self-signed Issuer only by default")
+        check_cert_manager(objs, tls_secret, mwc, tls["certManager"], svc["name"], origin)
 
     # One sidecar ConfigMap per namespace, each a config the sidecar accepts.
     configmaps = by_kind(objs, "ConfigMap")
@@ -273,6 +274,137 @@ def check_rbac(objs: list[dict], merged: dict, pod: dict, origin: str) -> None:
                                    "namespace": NAMESPACE}], f"{origin}: bound to the webhook's service account only")
 
 
+def scaled(value, total: int) -> int:
+    """A PDB's integer or percentage of `total` pods, rounded up as the
+    disruption controller does."""
+    if isinstance(value, str) and value.endswith("%"):
+        return math.ceil(total * int(value[:-1]) / 100)
+    return int(value)
+
+
+def check_drains(pdb: dict, replicas: int, origin: str) -> None:
+    """With every webhook pod healthy, the PDB allows at least one eviction,
+    or a node drain never finishes."""
+    spec = pdb["spec"]
+    if "maxUnavailable" in spec:
+        allowed = min(scaled(spec["maxUnavailable"], replicas), replicas)
+    else:
+        allowed = replicas - scaled(spec.get("minAvailable", 0), replicas)
+    check(allowed >= 1, f"{origin}: the PDB allows {allowed} evictions of {replicas} healthy replicas: drains block")
+
+
+def go_hours(duration: str) -> float:
+    """A Go duration (cert-manager's) in hours."""
+    units = {"h": 1, "m": 1 / 60, "s": 1 / 3600, "ms": 1 / 3.6e6, "us": 1 / 3.6e9, "µs": 1 / 3.6e9, "ns": 1 / 3.6e12}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ns|us|µs|ms|s|m|h)", duration))
+
+
+def openssl_x509(pem_file: Path, *args: str) -> str:
+    return subprocess.run(["openssl", "x509", "-noout", *args, "-in", pem_file], capture_output=True, text=True).stdout
+
+
+def check_generated_tls(objs: list[dict], tls_secret: str, hook: dict, service: str, origin: str) -> None:
+    """Helm's own CA: the caBundle trusts the Secret's certificate, which
+    names the Service, and the annotations an upgrade decides by (keep or
+    renew) say what is in the certificate."""
+    [secret] = by_kind(objs, "Secret")
+    check(secret["metadata"]["name"] == tls_secret, f"{origin}: the Deployment mounts the generated Secret")
+    check(hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"], f"{origin}: caBundle is the generated CA")
+    ca, crt = (write_tmp(base64.b64decode(secret["data"][key]).decode()) for key in ("ca.crt", "tls.crt"))
+    verify = subprocess.run(["openssl", "verify", "-CAfile", ca, crt], capture_output=True, text=True)
+    check(verify.returncode == 0, f"{origin}: the certificate is signed by the CA: {verify.stderr}")
+    text = openssl_x509(crt, "-ext", "subjectAltName")
+    sans = sorted(re.findall(r"DNS:([^,\s]+)", text))
+    check(f"{service}.{NAMESPACE}.svc" in sans, f"{origin}: the certificate names the Service: {text}")
+    check(not by_kind(objs, "Certificate"), f"{origin}: no Certificate with generated TLS")
+    notes = secret["metadata"].get("annotations") or {}
+    check(sorted((notes.get("kms-sidecar.io/tls-names") or "").split(",")) == sans,
+          f"{origin}: kms-sidecar.io/tls-names {notes.get('kms-sidecar.io/tls-names')!r} != the certificate's {sans}")
+    end = openssl_x509(crt, "-enddate").strip().removeprefix("notAfter=")
+    start = openssl_x509(crt, "-startdate").strip().removeprefix("notBefore=")
+    try:
+        cert_end, cert_start = (datetime.strptime(s, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=timezone.utc) for s in (end, start))
+        not_after = datetime.fromisoformat(notes["kms-sidecar.io/tls-not-after"].replace("Z", "+00:00"))
+        renew_after = datetime.fromisoformat(notes["kms-sidecar.io/tls-renew-after"].replace("Z", "+00:00"))
+    except (KeyError, ValueError) as e:
+        fail(f"{origin}: the Secret's validity annotations: {e!r} in {notes}")
+        return
+    check(abs((not_after - cert_end).total_seconds()) < 120,
+          f"{origin}: kms-sidecar.io/tls-not-after {not_after} != the certificate's notAfter {cert_end}")
+    # cert-manager's default: renew with a third of the validity left.
+    third = (cert_end - cert_start) / 3
+    check(abs((cert_end - renew_after) - third).total_seconds() < 3600 * 24 + 120,
+          f"{origin}: kms-sidecar.io/tls-renew-after {renew_after} is not a third of the validity before {cert_end}")
+
+
+def check_cert_manager(objs: list[dict], tls_secret: str, mwc: dict, cm: dict, service: str, origin: str) -> None:
+    """cert-manager: the serving Certificate in the Deployment's Secret, and
+    a CA bundle that a renewal of it leaves unchanged. By default the chart's
+    own CA: a self-signed Issuer issues a CA Certificate (its key kept), a CA
+    Issuer signs the serving Certificate with it, and inject-ca-from names
+    the CA Certificate. A given issuerRef signs the serving Certificate."""
+    certs = by_kind(objs, "Certificate")
+    issuers = {i["metadata"]["name"]: i for i in by_kind(objs, "Issuer")}
+    check(not by_kind(objs, "Secret"), f"{origin}: no generated Secret with cert-manager")
+    check("caBundle" not in mwc["webhooks"][0]["clientConfig"], f"{origin}: cert-manager injects the caBundle")
+    serving = [c for c in certs if c["spec"]["secretName"] == tls_secret]
+    check(len(serving) == 1, f"{origin}: one Certificate in the Deployment's Secret {tls_secret}")
+    if len(serving) != 1:
+        return
+    [serving] = serving
+    check(f"{service}.{NAMESPACE}.svc" in serving["spec"]["dnsNames"], f"{origin}: the Certificate names the Service")
+    check(not serving["spec"].get("isCA"), f"{origin}: the serving Certificate is no CA")
+    inject_from = mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+    if cm["issuerRef"]:
+        check(serving["spec"]["issuerRef"] == cm["issuerRef"], f"{origin}: the given issuerRef signs the serving Certificate")
+        check(not issuers and len(certs) == 1, f"{origin}: no Issuer or other Certificate with a given issuerRef")
+        check(inject_from == f"{NAMESPACE}/{serving['metadata']['name']}", f"{origin}: inject-ca-from names the Certificate")
+        return
+    ref = serving["spec"]["issuerRef"]
+    ca_issuer = issuers.get(ref["name"]) if ref.get("kind") == "Issuer" else None
+    ca_secret = ((ca_issuer or {}).get("spec") or {}).get("ca", {}).get("secretName")
+    check(ca_secret is not None,
+          f"{origin}: the serving Certificate must be signed by a CA Issuer, not {ref} ({(ca_issuer or {}).get('spec')}): "
+          "a self-signed one changes the CA bundle at every renewal")
+    ca_certs = [c for c in certs if c["spec"]["secretName"] == ca_secret]
+    check(len(ca_certs) == 1, f"{origin}: one CA Certificate in the CA Issuer's Secret {ca_secret}")
+    if ca_secret is None or len(ca_certs) != 1:
+        return
+    [ca] = ca_certs
+    check(ca["spec"].get("isCA") is True, f"{origin}: the CA Certificate has isCA: true")
+    root = issuers.get(ca["spec"]["issuerRef"]["name"], {}).get("spec", {})
+    check(ca["spec"]["issuerRef"].get("kind") == "Issuer" and "selfSigned" in root,
+          f"{origin}: a self-signed Issuer of the chart issues the CA")
+    check(ca["spec"]["privateKey"].get("rotationPolicy") == "Never",
+          f"{origin}: the CA keeps its key when it renews, so what it signed stays trusted")
+    check(go_hours(ca["spec"]["duration"]) >= 10 * go_hours(serving["spec"]["duration"]),
+          f"{origin}: the CA ({ca['spec']['duration']}) outlives many serving certificates ({serving['spec']['duration']})")
+    check(inject_from == f"{NAMESPACE}/{ca['metadata']['name']}",
+          f"{origin}: inject-ca-from {inject_from} names the CA Certificate {ca['metadata']['name']}")
+    check(set(issuers) == {ref["name"], ca["spec"]["issuerRef"]["name"]} and len(certs) == 2,
+          f"{origin}: the chart's CA, its Issuers and the serving Certificate only")
+
+
+def check_native_sidecars() -> None:
+    """Native sidecars need 1.29: before, the sidecar would be an init
+    container that never exits. The render fails there, naming the fix;
+    vendor versions (EKS, GKE) compare by their release."""
+    for version in ["1.25.0", "1.28.0", "1.28.15-eks-7f0fe3b"]:
+        try:
+            render({}, version)
+            fail(f"native sidecars: rendered for Kubernetes {version}, where the sidecar never exits")
+        except helm.HelmError as e:
+            message = " ".join(str(e).split())
+            check("injection.nativeSidecar=false" in message and f"v{version}" in message,
+                  f"native sidecars on {version}: the error names neither the fix nor the version: {message}")
+    for version in ["1.29.0", "1.29.1-gke.1589018", "1.33.0"]:
+        try:
+            render({}, version)
+        except helm.HelmError as e:
+            fail(f"native sidecars: refused on {version}: {e}")
+    print("ok native sidecars: refused before Kubernetes 1.29, rendered from 1.29")
+
+
 def pod_specs(obj: dict) -> list[dict]:
     """The pod spec of a Pod, or of a workload's pod template."""
     spec = obj.get("spec") or {}
@@ -339,16 +471,20 @@ def main() -> int:
     for path in sorted((HERE / "values").glob("*.yaml")):
         values = yaml.safe_load(path.read_text()) or {}
         origin = f"values/{path.name}"
-        try:
-            chart().validate_schema(values)
-            text = render(values)
-        except helm.HelmError as e:
-            fail(f"{origin}: {e}")
-            continue
-        objs = objects(text)
-        validate(objs, origin)
-        check_semantics(objs, values, origin)
-        print(f"ok {origin}: {len(objs)} objects valid on {', '.join(KUBE_VERSIONS)}")
+        versions = KUBE_VERSIONS_OF.get(path.name, KUBE_VERSIONS)
+        for i, version in enumerate(versions):
+            try:
+                chart().validate_schema(values)
+                objs = objects(render(values, version))
+            except helm.HelmError as e:
+                fail(f"{origin} on {version}: {e}")
+                break
+            validate(objs, origin, [version])
+            if i == 0:
+                check_semantics(objs, values, origin)
+        else:
+            print(f"ok {origin}: {len(objs)} objects rendered and valid on {', '.join(versions)}")
+    check_native_sidecars()
 
     for path in sorted((HERE / "bad-values").glob("*.yaml")):
         values = yaml.safe_load(path.read_text()) or {}

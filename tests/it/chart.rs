@@ -1,9 +1,13 @@
 //! The Helm chart, the plain manifests and their examples, checked by
 //! `tests/chart/check.py`: Helm's library (helm-python-sdk) renders and lints
-//! the chart with every values file, kubernetes-validate checks every object
-//! against the 1.29–1.33 schemas (strict), bad values must fail
-//! values.schema.json, the rendered configs pass this binary's `config
-//! check` / `webhook --check`, and manifests/ must equal a fresh render.
+//! the chart with every values file as for each of Kubernetes 1.29–1.33 (the
+//! legacy-cluster file: 1.25 and 1.28), kubernetes-validate checks every
+//! object against that version's schemas (strict), bad values must fail
+//! values.schema.json, native sidecars are refused before 1.29, the TLS
+//! wiring (Helm's CA and its annotations, cert-manager's stable CA) and the
+//! PodDisruptionBudget are checked, the rendered configs pass this binary's
+//! `config check` / `webhook --check`, and manifests/ must equal a fresh
+//! render.
 
 use std::process::Command;
 
@@ -34,6 +38,15 @@ fn chart_renders_valid_objects_and_manifests_do_not_drift() {
         "ok manifests/examples/gcp-workload-identity.yaml",
         "ok manifests/examples/pkcs11-hsm.yaml",
         "ok values/gcp.yaml",
+        // A drain can evict a webhook pod, with one replica too (issue 30, item 10).
+        "ok values/single-replica.yaml",
+        "ok bad-values/pdb-blocks-drains.yaml: refused",
+        "ok bad-values/pdb-min-available.yaml: refused",
+        // Rendered as for a 1.28 cluster; native sidecars refused there (item 11).
+        "ok values/legacy-cluster.yaml: 8 objects rendered and valid on 1.25.0, 1.28.0",
+        "ok native sidecars: refused before Kubernetes 1.29",
+        // The chart's own CA under cert-manager (item 12).
+        "ok values/cert-manager-chart-ca.yaml",
     ] {
         assert!(
             stdout.contains(expected),

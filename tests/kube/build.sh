@@ -4,7 +4,9 @@
 #   ${KMS_SIDECAR_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kms-sidecar}/kube-vX.Y.Z/
 # kube-apiserver and kubectl from k8s.io/kubernetes at the release go.mod
 # pins, etcd embedded from go.etcd.io/etcd/server/v3 (cmd/etcd), and the
-# tests' second mutating webhook (cmd/second-webhook).
+# tests' second mutating webhook (cmd/second-webhook); and the Helm CLI of
+# helm.sh/helm/v4 at $helm_version (go install, outside this module: its own
+# dependency graph), which installs and upgrades the chart in the tests.
 #
 # A later run does nothing when every binary is there and the stamp file holds
 # the hash of go.mod, go.sum, this script and our Go sources. Test
@@ -17,7 +19,8 @@ cd "$here"
 release=$(sed -n 's/^[[:space:]]*k8s\.io\/kubernetes \(v[0-9.]*\).*/\1/p' go.mod | head -n1)
 [ -n "$release" ] || { echo "build.sh: no k8s.io/kubernetes version in $here/go.mod" >&2; exit 1; }
 out="${KMS_SIDECAR_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kms-sidecar}/kube-$release"
-bins=(kube-apiserver kubectl etcd second-webhook)
+helm_version=v4.3.2
+bins=(kube-apiserver kubectl etcd second-webhook helm)
 stamp=$(cat go.mod go.sum build.sh cmd/*/*.go | sha256sum | cut -d' ' -f1)
 
 all_there() {
@@ -56,6 +59,9 @@ nice -n 10 go build -trimpath -buildvcs=false -ldflags="$ldflags" -o "$tmp/" \
 	k8s.io/kubernetes/cmd/kubectl \
 	./cmd/etcd \
 	./cmd/second-webhook
+GOBIN="$tmp" nice -n 10 go install -trimpath -buildvcs=false \
+	-ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version" \
+	"helm.sh/helm/v4/cmd/helm@$helm_version"
 for b in "${bins[@]}"; do mv -f "$tmp/$b" "$out/$b"; done
 echo "$stamp" >"$out/stamp"
 echo "kube-bin: built in $(($(date +%s) - start))s: $out"

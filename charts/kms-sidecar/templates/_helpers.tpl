@@ -74,3 +74,41 @@ failure_policy: {{ .Values.webhook.failurePolicy | lower }}
 check_config_maps: {{ .Values.webhook.checkConfigMaps }}
 log: { level: {{ .Values.webhook.logLevel }}, format: json }
 {{- end }}
+
+{{/* Refuses native sidecars on a cluster that has none (before 1.29): the
+sidecar would be an init container that never exits, so pods would stay in
+Init. The version is the cluster's, or `helm template --kube-version`. */}}
+{{- define "kms-sidecar.requireNativeSidecars" -}}
+{{- $version := .Capabilities.KubeVersion.Version }}
+{{- if and .Values.injection.nativeSidecar (semverCompare "<1.29.0-0" $version) }}
+{{- fail (printf "injection.nativeSidecar=true needs Kubernetes 1.29 or later (native sidecar containers), and this cluster is %s: the sidecar would never exit and pods would stay in Init. Set injection.nativeSidecar=false to inject a regular container." $version) }}
+{{- end }}
+{{- end }}
+
+{{/* The webhook's serving Certificate (cert-manager), issued by issuerRef;
+root is the chart's context, dns the Service's names. */}}
+{{- define "kms-sidecar.servingCertificate" -}}
+{{- $ := .root }}
+{{- $service := include "kms-sidecar.webhookName" $ }}
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata:
+  name: {{ $service }}
+  namespace: {{ $.Release.Namespace }}
+  labels:
+    {{- include "kms-sidecar.labels" $ | nindent 4 }}
+spec:
+  secretName: {{ include "kms-sidecar.tlsSecret" $ }}
+  commonName: {{ printf "%s.%s.svc" $service $.Release.Namespace }}
+  dnsNames:
+    {{- toYaml .dns | nindent 4 }}
+  duration: {{ $.Values.tls.certManager.duration }}
+  renewBefore: {{ $.Values.tls.certManager.renewBefore }}
+  privateKey:
+    algorithm: ECDSA
+    size: 256
+    rotationPolicy: Always
+  issuerRef:
+    {{- toYaml .issuerRef | nindent 4 }}
+---
+{{- end }}

@@ -10,7 +10,8 @@
 //! (a ClusterRoleBinding of the harness opens it to unauthenticated users).
 //! There is no controller manager, scheduler or kubelet: a pod is stored and
 //! stays Pending, and a namespace gets no `default` ServiceAccount by itself.
-//! Dropping the [`ControlPlane`] kills both processes.
+//! `kubectl` of the same release and the Helm CLI drive it. Dropping the
+//! [`ControlPlane`] kills both processes.
 
 use super::{free_port, issue_cert, run_tool};
 use std::io::Write;
@@ -23,7 +24,13 @@ use tempfile::TempDir;
 const GO_MOD: &str = include_str!("../../kube/go.mod");
 
 /// What `make kube-bin` builds.
-pub const KUBE_BINARIES: [&str; 4] = ["kube-apiserver", "kubectl", "etcd", "second-webhook"];
+pub const KUBE_BINARIES: [&str; 5] = [
+    "kube-apiserver",
+    "kubectl",
+    "etcd",
+    "second-webhook",
+    "helm",
+];
 
 /// The Kubernetes release the binaries are built from (`v1.N.M`).
 pub fn kube_release() -> String {
@@ -59,7 +66,7 @@ pub fn kube_binary(name: &str) -> PathBuf {
     assert!(
         missing.is_empty(),
         "missing {missing:?}: run `make kube-bin` (builds kube-apiserver, kubectl, etcd and \
-         second-webhook of Kubernetes {} from tests/kube into {}; `make test` does)",
+         second-webhook of Kubernetes {}, and helm, from tests/kube into {}; `make test` does)",
         kube_release(),
         dir.display()
     );
@@ -251,6 +258,41 @@ impl ControlPlane {
         assert!(
             out.status.success(),
             "kubectl apply failed: {}\n{yaml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The Helm CLI (`make kube-bin` builds it) with the admin kubeconfig;
+    /// its config, cache and data directories are the test's own.
+    pub fn helm(&self, args: &[&str]) -> Output {
+        let home = self.dir.path().join("helm");
+        let mut command = Command::new(kube_binary("helm"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("HELM_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run helm")
+    }
+
+    /// [`Self::helm`] that must succeed; returns its stdout.
+    #[track_caller]
+    pub fn helm_ok(&self, args: &[&str]) -> String {
+        let out = self.helm(args);
+        assert!(
+            out.status.success(),
+            "helm {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
