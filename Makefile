@@ -21,12 +21,16 @@ endif
 build:
 	$(CARGO) build --bin kms-sidecar
 
-## test: install what the tests need if missing, lint, then run the whole suite
-test: test-deps lint
+## test: install what the tests need if missing, lint, then run the whole suite. The control plane's Go build (`make kube-bin`, minutes on a fresh machine) runs beside clippy and the test build, on the core they leave idle, and is waited for before the tests run
+test: test-deps
+	@mkdir -p target; ./tests/kube/build.sh > target/kube-bin.log 2>&1 & kube=$$!; \
+	built=0; $(MAKE) --no-print-directory lint && $(CARGO) nextest run --all-targets --no-run || built=$$?; \
+	wait $$kube; kube_status=$$?; cat target/kube-bin.log; \
+	[ $$built = 0 ] || exit $$built; [ $$kube_status = 0 ] || exit $$kube_status; \
 	$(CARGO) nextest run --all-targets --no-fail-fast
 
-## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv and the system python3 to act as another uid, moto as the AWS KMS test server, OpenBao as the Vault server, Python's cryptography for the Azure Key Vault contract fake, PyJWT to verify the sidecar's JWTs as another service would, SoftHSM2 and OpenSC's pkcs11-tool as the PKCS#11 token, Helm's library and the Kubernetes schemas for the chart; first `make kube-bin`, the control plane)
-test-deps: kube-bin
+## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv and the system python3 to act as another uid, moto as the AWS KMS test server, OpenBao as the Vault server, Python's cryptography for the Azure Key Vault contract fake, PyJWT to verify the sidecar's JWTs as another service would, SoftHSM2 and OpenSC's pkcs11-tool as the PKCS#11 token, Helm's library and the Kubernetes schemas for the chart)
+test-deps:
 	@missing=""; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \

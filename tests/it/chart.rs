@@ -43,7 +43,7 @@ fn chart_renders_valid_objects_and_manifests_do_not_drift() {
         "ok bad-values/pdb-blocks-drains.yaml: refused",
         "ok bad-values/pdb-min-available.yaml: refused",
         // Rendered as for a 1.28 cluster; native sidecars refused there (item 11).
-        "ok values/legacy-cluster.yaml: 8 objects rendered and valid on 1.25.0, 1.28.0",
+        "ok values/legacy-cluster.yaml: 10 objects rendered and valid on 1.25.0, 1.28.0",
         "ok native sidecars: refused before Kubernetes 1.29",
         // The chart's own CA under cert-manager (item 12).
         "ok values/cert-manager-chart-ca.yaml",

@@ -9,10 +9,13 @@
 //! - [`tokens`]: the token files readable by the sidecar under the kubelet's
 //!   ownership rules;
 //! - [`config_maps`]: pods whose namespace lacks the sidecar's ConfigMap,
-//!   through a real API server.
+//!   through a real API server;
+//! - [`reinvocation`]: a container another webhook adds after ours gets the
+//!   socket, through a real API server.
 
 mod config_maps;
 mod isolation;
+mod reinvocation;
 mod socket;
 mod tokens;
 
