@@ -17,14 +17,63 @@ impl ControlPlane {
     /// with the webhook's mark (its status annotation, or a warning of its
     /// own).
     pub async fn register_webhook(&self, name: &str, url: &str, ca: &Path, namespace: &str) {
-        let ca_bundle = b64(std::fs::read(ca).expect("read the webhook's CA"));
-        self.apply(&format!(
-            r#"apiVersion: admissionregistration.k8s.io/v1
+        let selector = r#"
+  objectSelector:
+    matchExpressions:
+    - { key: kms-sidecar.io/inject, operator: In, values: ["true", "True", "TRUE"] }"#;
+        self.apply(&mutating_webhook(
+            name,
+            "inject.kms-sidecar.io",
+            url,
+            ca,
+            selector,
+        ));
+        let probe = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: webhook-probe\n  namespace: {namespace}\n  labels: {{ kms-sidecar.io/inject: \"true\" }}\nspec:\n  containers: [{{ name: c, image: busybox }}]\n"
+        );
+        let marks = ["kms-sidecar.io/status", "Warning: kms-sidecar"];
+        self.wait_until_called(&format!("the webhook at {url}"), &probe, &marks)
+            .await;
+    }
+
+    /// Waits until a server-side dry run of `pod` (YAML) succeeds with one
+    /// of `marks` in kubectl's output or warnings: the API server calls the
+    /// webhook just registered.
+    pub async fn wait_until_called(&self, webhook: &str, pod: &str, marks: &[&str]) {
+        eventually(
+            Duration::from_secs(30),
+            &format!("the API server calls {webhook}"),
+            || {
+                let out = self.kubectl_with_input(
+                    &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+                    Some(pod),
+                );
+                let said = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let called = out.status.success() && marks.iter().any(|m| said.contains(m));
+                async move { called }
+            },
+        )
+        .await;
+    }
+}
+
+/// A MutatingWebhookConfiguration `name` with one webhook, `hook`, for pod
+/// `CREATE`s, sent to `url` (HTTPS, its certificate signed by the PEM CA
+/// `ca`), `failurePolicy: Fail` and `reinvocationPolicy: IfNeeded`;
+/// `extra` is more YAML for the webhook (an `objectSelector`).
+pub fn mutating_webhook(name: &str, hook: &str, url: &str, ca: &Path, extra: &str) -> String {
+    let ca_bundle = b64(std::fs::read(ca).expect("read the webhook's CA"));
+    format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
 metadata:
   name: {name}
 webhooks:
-- name: inject.kms-sidecar.io
+- name: {hook}
   clientConfig:
     url: {url}
     caBundle: {ca_bundle}
@@ -33,34 +82,12 @@ webhooks:
     apiVersions: ["v1"]
     operations: ["CREATE"]
     resources: ["pods"]
-    scope: Namespaced
-  objectSelector:
-    matchExpressions:
-    - {{ key: kms-sidecar.io/inject, operator: In, values: ["true", "True", "TRUE"] }}
+    scope: Namespaced{extra}
   admissionReviewVersions: ["v1"]
   sideEffects: None
   failurePolicy: Fail
   reinvocationPolicy: IfNeeded
   timeoutSeconds: 10
 "#
-        ));
-        let probe = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: webhook-probe\n  namespace: {namespace}\n  labels: {{ kms-sidecar.io/inject: \"true\" }}\nspec:\n  containers: [{{ name: c, image: busybox }}]\n"
-        );
-        eventually(
-            Duration::from_secs(30),
-            &format!("the API server calls the webhook at {url}"),
-            || {
-                let out = self.kubectl_with_input(
-                    &["create", "--dry-run=server", "-o", "json", "-f", "-"],
-                    Some(&probe),
-                );
-                let called = out.status.success()
-                    && (String::from_utf8_lossy(&out.stdout).contains("kms-sidecar.io/status")
-                        || String::from_utf8_lossy(&out.stderr).contains("Warning: kms-sidecar"));
-                async move { called }
-            },
-        )
-        .await;
-    }
+    )
 }

@@ -446,47 +446,18 @@ impl SecondWebhook {
             async move { ok }
         })
         .await;
-        let ca_bundle = super::b64(std::fs::read(&ca).expect("read the CA"));
-        cp.apply(&format!(
-            r#"apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata:
-  name: zz-second-webhook
-webhooks:
-- name: second-webhook.kms-sidecar.test
-  clientConfig:
-    url: {url}
-    caBundle: {ca_bundle}
-  rules:
-  - apiGroups: [""]
-    apiVersions: ["v1"]
-    operations: ["CREATE"]
-    resources: ["pods"]
-  admissionReviewVersions: ["v1"]
-  sideEffects: None
-  failurePolicy: Fail
-  reinvocationPolicy: IfNeeded
-  timeoutSeconds: 10
-"#,
-            url = hook.url
+        cp.apply(&super::admission::mutating_webhook(
+            "zz-second-webhook",
+            "second-webhook.kms-sidecar.test",
+            &hook.url,
+            &ca,
+            "",
         ));
         let probe = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{ name: probe, namespace: {namespace} }}\nspec:\n  containers: [{{ name: c, image: busybox }}]\n"
         );
-        super::eventually(
-            Duration::from_secs(30),
-            "the API server calls second-webhook",
-            || {
-                let out = cp.kubectl_with_input(
-                    &["create", "--dry-run=server", "-o", "json", "-f", "-"],
-                    Some(&probe),
-                );
-                let ok = out.status.success()
-                    && String::from_utf8_lossy(&out.stdout).contains("added-later");
-                async move { ok }
-            },
-        )
-        .await;
+        cp.wait_until_called("second-webhook", &probe, &["added-later"])
+            .await;
         hook
     }
 }
