@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test suite's Kubernetes control plane (issue 31) from the Go
 # module in this directory, once per release, into
-#   ${KMS_SIDECAR_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kms-sidecar}/kube-vX.Y.Z/
+#   ${KUBE_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kms-sidecar}/kube-vX.Y.Z/
 # kube-apiserver and kubectl from k8s.io/kubernetes at the release go.mod
 # pins, etcd embedded from go.etcd.io/etcd/server/v3 (cmd/etcd), and the
 # tests' second mutating webhook (cmd/second-webhook); and the Helm CLI of
@@ -18,7 +18,7 @@ cd "$here"
 
 release=$(sed -n 's/^[[:space:]]*k8s\.io\/kubernetes \(v[0-9.]*\).*/\1/p' go.mod | head -n1)
 [ -n "$release" ] || { echo "build.sh: no k8s.io/kubernetes version in $here/go.mod" >&2; exit 1; }
-out="${KMS_SIDECAR_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kms-sidecar}/kube-$release"
+out="${KUBE_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kms-sidecar}/kube-$release"
 helm_version=v4.3.2
 bins=(kube-apiserver kubectl etcd second-webhook helm)
 stamp=$(cat go.mod go.sum build.sh cmd/*/*.go | sha256sum | cut -d' ' -f1)

@@ -44,7 +44,7 @@ pub fn kube_release() -> String {
 
 /// Where `tests/kube/build.sh` puts the binaries: the same rule as the script.
 pub fn kube_bin_dir() -> PathBuf {
-    let base = std::env::var_os("KMS_SIDECAR_KUBE_CACHE")
+    let base = std::env::var_os("KUBE_TEST_CACHE")
         .map(PathBuf::from)
         .or_else(|| {
             std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("kms-sidecar"))
