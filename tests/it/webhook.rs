@@ -11,8 +11,11 @@
 //! - [`config_maps`]: pods whose namespace lacks the sidecar's ConfigMap,
 //!   through a real API server;
 //! - [`reinvocation`]: a container another webhook adds after ours gets the
-//!   socket, through a real API server.
+//!   socket, through a real API server;
+//! - [`admitted`]: the real API server's PodSecurity and validation accept
+//!   what the webhook injects into published pods.
 
+mod admitted;
 mod config_maps;
 mod isolation;
 mod reinvocation;

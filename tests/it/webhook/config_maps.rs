@@ -23,7 +23,7 @@ fn pod(namespace: &str, name: &str) -> String {
 /// `kubectl create` of `yaml`, which must succeed: (the object as stored, what
 /// kubectl printed on stderr: its warnings).
 #[track_caller]
-fn create(cp: &ControlPlane, yaml: &str) -> (Value, String) {
+pub(super) fn create(cp: &ControlPlane, yaml: &str) -> (Value, String) {
     let out = cp.kubectl_with_input(&["create", "-o", "json", "-f", "-"], Some(yaml));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "kubectl create failed: {stderr}");
@@ -31,12 +31,12 @@ fn create(cp: &ControlPlane, yaml: &str) -> (Value, String) {
 }
 
 /// Read back from the API server (no kubelet: it stays Pending).
-fn stored(cp: &ControlPlane, namespace: &str, name: &str) -> Value {
+pub(super) fn stored(cp: &ControlPlane, namespace: &str, name: &str) -> Value {
     let json = cp.kubectl_ok(&["-n", namespace, "get", "pod", name, "-o", "json"]);
     serde_json::from_str(&json).unwrap()
 }
 
-fn injected(pod: &Value) -> bool {
+pub(super) fn injected(pod: &Value) -> bool {
     let sidecar = pod["spec"]["initContainers"]
         .as_array()
         .is_some_and(|c| c.iter().any(|c| c["name"] == "kms-sidecar"));
