@@ -102,6 +102,10 @@ spec:
   commonName: {{ printf "%s.%s.svc" $service $.Release.Namespace }}
   dnsNames:
     {{- toYaml .dns | nindent 4 }}
+  {{- with .ips }}
+  ipAddresses:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   duration: {{ $.Values.tls.certManager.duration }}
   renewBefore: {{ $.Values.tls.certManager.renewBefore }}
   privateKey:
