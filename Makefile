@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_INSTALL := $(if $(shell command -v sudo 2>/dev/null),sudo ,)apt-get install -y --no-install-recommends
 
-.PHONY: run build test test-deps kube-bin lint fmt bench bench-compare bench-batch bench-instructions bench-webhook bench-burst load fuzz manifests fake-azure fake-gcp clean
+.PHONY: run build test test-deps kube-bin kube-up lint fmt bench bench-compare bench-batch bench-instructions bench-webhook bench-burst load fuzz manifests fake-azure fake-gcp clean
 
 ## run: build and start the sidecar. Without CONFIG: a slim build (the `local` backend only) serving the embedded default (local keys, ./kms-sidecar.sock); with CONFIG=file: every backend, serving that file
 CONFIG ?=
@@ -67,6 +67,12 @@ test-deps:
 ## kube-bin: the suite's real Kubernetes control plane (tests/kube/, test infrastructure only): kube-apiserver and kubectl of the k8s.io/kubernetes release tests/kube/go.mod pins, etcd embedded from its Go module (the version that release pins), the tests' second mutating webhook, and the Helm CLI (helm.sh/helm/v4, the version build.sh pins) that installs the chart, built with Go once per release into ${KUBE_TEST_CACHE:-${XDG_CACHE_HOME:-~/.cache}/kms-sidecar}/kube-vX.Y.Z/ and reused while go.mod, go.sum and the sources are unchanged; the first build (modules downloaded, nothing cached) took 1388 s here beside the Rust build of make test, a cached run 0.05 s. Go >= 1.26.0 (tests/kube/go.mod); none newer is needed, so no GOTOOLCHAIN
 kube-bin:
 	./tests/kube/build.sh
+
+## kube-up: a real Kubernetes cluster in the foreground, like fake-azure (tests/kube/cmd/kube-up, the control plane of the Kubernetes tests): etcd, kube-apiserver, kube-controller-manager, the chart installed by the real `helm install` (its webhook.url pointed at 127.0.0.1, as no Service routes to this machine; KUBE_UP_ARGS adds kube-up flags, e.g. --helm-arg=--set=webhook.failurePolicy=Fail) and the webhook (./target/debug/kms-sidecar) running as the chart's Deployment says; namespace apps is ready for labelled pods. Writes KUBE_DIR/kubeconfig, env, bin/kubectl, bin/helm and the logs; Ctrl-C or SIGTERM stops all of it
+kube-up: KUBE_DIR ?= ./.kube-up
+kube-up: kube-bin build
+	@echo "then, in another shell: $(KUBE_DIR)/bin/kubectl --kubeconfig $(KUBE_DIR)/kubeconfig get pods -A"
+	"$$(./tests/kube/build.sh --print-dir)/kube-up" --dir $(KUBE_DIR) --chart charts/kms-sidecar --webhook ./target/debug/kms-sidecar $(KUBE_UP_ARGS)
 
 ## lint: formatting and clippy, warnings are errors
 lint:

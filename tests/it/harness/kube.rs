@@ -1,34 +1,43 @@
-//! A real Kubernetes control plane for one test (issue 31): etcd (embedded
-//! from its Go module, `tests/kube/cmd/etcd`) and the real `kube-apiserver`
-//! of the release `tests/kube/go.mod` pins, built by `make kube-bin` into a
-//! cache directory outside the work tree. Both listen on free loopback ports;
-//! the API server serves TLS with a test CA, authenticates an admin by a
+//! A real Kubernetes control plane for one test (issue 31), started by
+//! `kube-up` (`tests/kube/cmd/kube-up`, the one place for its flags, which
+//! `make kube-up` runs too): etcd (embedded from its Go module), the real
+//! `kube-apiserver` of the release `tests/kube/go.mod` pins and, when a test
+//! asks, `kube-controller-manager`, built by `make kube-bin` into a cache
+//! directory outside the work tree. All listen on free loopback ports; the
+//! API server serves TLS with a CA of the run, authenticates an admin by a
 //! bearer token (in `system:masters`), authorizes with RBAC, runs the
 //! mutating/validating webhook, PodSecurity and ServiceAccount admission
 //! plugins, and issues service-account tokens whose OIDC discovery
-//! (`/.well-known/openid-configuration`, `/openid/v1/jwks`) anyone may read
-//! (a ClusterRoleBinding of the harness opens it to unauthenticated users).
-//! There is no controller manager, scheduler or kubelet: a pod is stored and
-//! stays Pending, and a namespace gets no `default` ServiceAccount by itself.
+//! (`/.well-known/openid-configuration`, `/openid/v1/jwks`) anyone may read.
+//! Without the controller manager a namespace gets no `default`
+//! ServiceAccount by itself and a Deployment makes no pods; there is never a
+//! scheduler or kubelet: a pod is stored and stays Pending. With
+//! [`KubeUp::chart`], kube-up installs the chart with `helm install` and
+//! runs the suite's webhook binary as the chart's Deployment says.
 //! `kubectl` of the same release and the Helm CLI drive it. Dropping the
-//! [`ControlPlane`] kills both processes.
+//! [`ControlPlane`] stops kube-up, which stops everything it started.
 
-use super::{free_port, issue_cert, run_tool};
+use super::{free_port, issue_cert};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// The module that builds the binaries; its `k8s.io/kubernetes` line names the release.
 const GO_MOD: &str = include_str!("../../kube/go.mod");
 
+/// The chart kube-up installs.
+pub const CHART_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/kms-sidecar");
+
 /// What `make kube-bin` builds.
-pub const KUBE_BINARIES: [&str; 5] = [
+pub const KUBE_BINARIES: [&str; 7] = [
     "kube-apiserver",
+    "kube-controller-manager",
     "kubectl",
     "etcd",
     "second-webhook",
+    "kube-up",
     "helm",
 ];
 
@@ -65,19 +74,124 @@ pub fn kube_binary(name: &str) -> PathBuf {
         .collect();
     assert!(
         missing.is_empty(),
-        "missing {missing:?}: run `make kube-bin` (builds kube-apiserver, kubectl, etcd and \
-         second-webhook of Kubernetes {}, and helm, from tests/kube into {}; `make test` does)",
+        "missing {missing:?}: run `make kube-bin` (builds kube-apiserver, kube-controller-manager, \
+         kubectl, etcd, second-webhook and kube-up of Kubernetes {}, and helm, from tests/kube \
+         into {}; `make test` does)",
         kube_release(),
         dir.display()
     );
     dir.join(name)
 }
 
-/// etcd and kube-apiserver on 127.0.0.1, for one test.
+/// What [`KubeUp::start`] asks kube-up for, beyond etcd and the API server.
+#[derive(Debug, Default, Clone)]
+pub struct KubeUp {
+    controller_manager: bool,
+    chart: Option<Vec<String>>,
+}
+
+impl KubeUp {
+    /// kube-controller-manager too: Deployments make ReplicaSets and Pods,
+    /// namespaces get their `default` ServiceAccount.
+    pub fn controller_manager(mut self) -> Self {
+        self.controller_manager = true;
+        self
+    }
+
+    /// The chart installed by `helm install` with `helm_args` after
+    /// kube-up's own values (the webhook's URL, `sidecar.namespaces: [apps]`),
+    /// the webhook binary running, namespace `apps` labelled to match the
+    /// chart's `webhook.namespaceLabels`.
+    pub fn chart(mut self, helm_args: &[&str]) -> Self {
+        self.chart = Some(helm_args.iter().map(|a| a.to_string()).collect());
+        self
+    }
+
+    /// Runs kube-up and waits until it has written `env` (everything ready).
+    pub async fn start(self) -> ControlPlane {
+        let t0 = Instant::now();
+        let bin = kube_binary("kube-up");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut command = Command::new(&bin);
+        command
+            .arg(format!("--dir={}", dir.path().display()))
+            .arg(format!("--controller-manager={}", self.controller_manager))
+            .arg("--stop-on-stdin-eof");
+        if let Some(helm_args) = &self.chart {
+            command
+                .arg(format!("--chart={CHART_DIR}"))
+                .arg(format!("--webhook={}", super::BIN));
+            for arg in helm_args {
+                command.arg(format!("--helm-arg={arg}"));
+            }
+        }
+        let log = std::fs::File::create(dir.path().join("kube-up.log")).expect("log file");
+        let mut child = command
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {} ({e}); run `make kube-bin`", bin.display())
+            });
+        let stdin = child.stdin.take();
+        let env = wait_for_env(dir.path(), &mut child).await;
+        let var = |name: &str| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("kube-up's env has no {name}: {env:?}"))
+        };
+        let token = std::fs::read_to_string(var("KUBE_TOKEN_FILE")).expect("the admin token");
+        let cp = ControlPlane {
+            url: var("KUBE_API_URL"),
+            ca: var("KUBE_CA").into(),
+            token: token.trim().to_owned(),
+            kubeconfig: var("KUBECONFIG").into(),
+            webhook_url: env
+                .iter()
+                .find(|(k, _)| k == "KMS_SIDECAR_WEBHOOK_URL")
+                .map(|(_, v)| v.clone()),
+            started_in: t0.elapsed(),
+            kube_up: Some((child, stdin)),
+            dir,
+        };
+        eprintln!("control plane ready in {:?} at {}", cp.started_in, cp.url);
+        cp
+    }
+}
+
+/// Waits for DIR/env (kube-up writes it last, whole) and parses it; fails
+/// the test with kube-up's log when it exits first or takes over 3 minutes.
+async fn wait_for_env(dir: &Path, child: &mut Child) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let log = || std::fs::read_to_string(dir.join("kube-up.log")).unwrap_or_default();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(dir.join("env")) {
+            return text
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("kube-up exited ({status}); its log:\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kube-up not ready in 180s; its log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A control plane kube-up started for one test.
 pub struct ControlPlane {
     pub dir: TempDir,
-    etcd: Child,
-    apiserver: Child,
+    /// kube-up, and the pipe whose end stops it.
+    kube_up: Option<(Child, Option<ChildStdin>)>,
     /// `https://127.0.0.1:PORT`, the API server; also the service-account issuer.
     pub url: String,
     /// The CA that signed the API server's serving certificate.
@@ -86,95 +200,52 @@ pub struct ControlPlane {
     pub token: String,
     /// A kubeconfig for the admin (server, CA, token).
     pub kubeconfig: PathBuf,
-    /// How long [`Self::start`] took until `/readyz` said ok.
+    /// With [`KubeUp::chart`]: where the API server calls the webhook.
+    pub webhook_url: Option<String>,
+    /// How long the start took, until kube-up said ready.
     pub started_in: Duration,
 }
 
 impl ControlPlane {
-    /// Starts etcd and the API server and waits until `/readyz` answers ok.
+    /// etcd and the API server only (see [`KubeUp`] for more).
     pub async fn start() -> ControlPlane {
-        let t0 = Instant::now();
-        let (etcd_bin, apiserver_bin) = (kube_binary("etcd"), kube_binary("kube-apiserver"));
-        let dir = tempfile::tempdir().expect("temp dir");
-        let d = dir.path();
-        let (ca, cert, key) = issue_cert(d, "apiserver");
-        let sa_key = d.join("service-account.key");
-        let (ok, _, err) = run_tool(
-            "openssl",
-            &["genrsa", "-out", &sa_key.display().to_string(), "2048"],
-            "install openssl (apt-get install openssl)",
-        );
-        assert!(ok, "openssl genrsa: {err}");
-        let token = format!("admin-{}", uuid::Uuid::new_v4().simple());
-        let tokens = d.join("tokens.csv");
-        std::fs::write(&tokens, format!("{token},admin,admin,\"system:masters\"\n")).unwrap();
+        KubeUp::default().start().await
+    }
 
-        let etcd_url = format!("http://127.0.0.1:{}", free_port());
-        let etcd = spawn(
-            &etcd_bin,
-            &[
-                format!("--data-dir={}", d.join("etcd").display()),
-                format!("--listen-client-url={etcd_url}"),
-                format!("--listen-peer-url=http://127.0.0.1:{}", free_port()),
-            ],
-            &d.join("etcd.log"),
-        );
-        let port = free_port();
-        let url = format!("https://127.0.0.1:{port}");
-        let args = apiserver_args(d, port, &etcd_url, (&cert, &key), &sa_key, &tokens);
-        let apiserver = spawn(&apiserver_bin, &args, &d.join("kube-apiserver.log"));
-        let kubeconfig = d.join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_yaml(&url, &ca, &token)).unwrap();
-        let mut cp = ControlPlane {
-            dir,
-            etcd,
-            apiserver,
-            url,
-            ca,
-            token,
-            kubeconfig,
-            started_in: Duration::ZERO,
+    /// The processes kube-up started (and kube-up itself), by name, from
+    /// DIR/pids.
+    pub fn pids(&self) -> Vec<(String, i32)> {
+        std::fs::read_to_string(self.dir.path().join("pids"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(name, pid)| (name.to_owned(), pid.trim().parse().expect("a pid")))
+            .collect()
+    }
+
+    /// Sends kube-up SIGTERM, as Ctrl-C or a service manager would, and
+    /// waits until it has stopped what it started and exited.
+    pub fn stop(&mut self) -> ExitStatus {
+        let (mut child, stdin) = self.kube_up.take().expect("kube-up is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait().expect("wait");
+            }
+            std::thread::sleep(Duration::from_millis(50));
         };
-        cp.wait_ready().await;
-        // The bootstrap policy binds the discovery role to service accounts
-        // only; like a cluster whose issuer is public (as OpenBao's `jwt`
-        // auth or any outside verifier needs), anyone may read it here.
-        cp.apply(DISCOVERY_PUBLIC);
-        cp.started_in = t0.elapsed();
-        eprintln!("control plane ready in {:?} at {}", cp.started_in, cp.url);
-        cp
+        drop(stdin);
+        status
     }
 
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if let (200, body) = self.get("/readyz")
-                && body.trim() == "ok"
-            {
-                return;
-            }
-            if let Some((name, status)) = self.exited() {
-                panic!("{name} exited ({status}); log:\n{}", self.log(name));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kube-apiserver not ready in 90s; log:\n{}",
-                self.log("kube-apiserver")
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Which of the two processes has exited, if one has.
-    fn exited(&mut self) -> Option<(&'static str, std::process::ExitStatus)> {
-        if let Some(status) = self.etcd.try_wait().expect("wait") {
-            return Some(("etcd", status));
-        }
-        let status = self.apiserver.try_wait().expect("wait")?;
-        Some(("kube-apiserver", status))
-    }
-
-    /// The end of `etcd`'s or `kube-apiserver`'s log.
+    /// The end of a log kube-up keeps: `etcd`, `kube-apiserver`,
+    /// `kube-controller-manager`, `webhook`, or `kube-up`'s own.
     pub fn log(&self, name: &str) -> String {
         let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
             .unwrap_or_default();
@@ -325,29 +396,11 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        for child in [&mut self.apiserver, &mut self.etcd] {
-            let _ = child.kill();
-            let _ = child.wait();
+        if self.kube_up.is_some() {
+            self.stop();
         }
     }
 }
-
-/// Binds `system:service-account-issuer-discovery` (the bootstrap role that
-/// may GET the discovery document and the JWKS) to unauthenticated users too,
-/// as Kubernetes' documentation says to for a public issuer.
-const DISCOVERY_PUBLIC: &str = "apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: service-account-issuer-discovery-public
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: system:service-account-issuer-discovery
-subjects:
-- apiGroup: rbac.authorization.k8s.io
-  kind: Group
-  name: system:unauthenticated
-";
 
 fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("log file");
@@ -358,49 +411,6 @@ fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {} ({e}); run `make kube-bin`", bin.display()))
-}
-
-/// The API server's flags: loopback only, its own etcd, TLS, token and
-/// anonymous authentication, RBAC, the admission plugins the suite relies on,
-/// and a service-account issuer at its own URL (so the discovery document's
-/// `jwks_uri` is on this server).
-fn apiserver_args(
-    d: &Path,
-    port: u16,
-    etcd_url: &str,
-    (cert, key): (&Path, &Path),
-    sa_key: &Path,
-    tokens: &Path,
-) -> Vec<String> {
-    let p = |p: &Path| p.display().to_string();
-    vec![
-        format!("--etcd-servers={etcd_url}"),
-        "--bind-address=127.0.0.1".into(),
-        "--advertise-address=127.0.0.1".into(),
-        format!("--secure-port={port}"),
-        format!("--cert-dir={}", p(&d.join("apiserver-certs"))),
-        format!("--tls-cert-file={}", p(cert)),
-        format!("--tls-private-key-file={}", p(key)),
-        format!("--token-auth-file={}", p(tokens)),
-        "--anonymous-auth=true".into(),
-        "--authorization-mode=RBAC".into(),
-        "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,PodSecurity,ServiceAccount".into(),
-        format!("--service-account-issuer=https://127.0.0.1:{port}"),
-        format!("--service-account-signing-key-file={}", p(sa_key)),
-        format!("--service-account-key-file={}", p(sa_key)),
-        "--service-cluster-ip-range=10.0.0.0/24".into(),
-        // The `kubernetes` Service's endpoints may not be a loopback address.
-        "--endpoint-reconciler-type=none".into(),
-        "--profiling=false".into(),
-        "--v=1".into(),
-    ]
-}
-
-fn kubeconfig_yaml(url: &str, ca: &Path, token: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {url}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\ncurrent-context: test\n",
-        ca.display()
-    )
 }
 
 /// The tests' second mutating webhook (`tests/kube/cmd/second-webhook`),

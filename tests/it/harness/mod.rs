@@ -30,7 +30,7 @@ mod system;
 mod tools;
 
 pub use fakes::Fake;
-pub use kube::{ControlPlane, SecondWebhook};
+pub use kube::{CHART_DIR, ControlPlane, KubeUp, SecondWebhook, kube_bin_dir, kube_release};
 pub use otlp::Receiver;
 pub use servers::{Bao, Moto};
 pub use softhsm::{HsmKey, SoftHsm, softhsm_module};
