@@ -35,6 +35,7 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlparse
 
 try:
     import helm_python as helm
@@ -190,15 +191,20 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
     check({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [NAMESPACE]} in ns_sel["matchExpressions"],
           f"{origin}: the release namespace is excluded")
     check(ns_sel.get("matchLabels", {}) == web["namespaceLabels"], f"{origin}: namespace opt-in labels")
-    svc = hook["clientConfig"]["service"]
-    check((svc["name"], svc["namespace"], svc["path"]) == (service["metadata"]["name"], NAMESPACE, "/mutate"),
-          f"{origin}: clientConfig points at the Service")
+    svc = hook["clientConfig"].get("service") or {}
+    host = urlparse(web["url"]).hostname if web["url"] else None
+    if host:
+        # A webhook outside the cluster: the URL instead of the Service.
+        check(hook["clientConfig"].get("url") == web["url"] and not svc, f"{origin}: clientConfig is webhook.url")
+    else:
+        check((svc.get("name"), svc.get("namespace"), svc.get("path")) == (service["metadata"]["name"], NAMESPACE, "/mutate"),
+              f"{origin}: clientConfig points at the Service")
 
     tls_secret = next(v["secret"]["secretName"] for v in pod["spec"]["volumes"] if v["name"] == "tls")
     if tls["source"] == "generate":
-        check_generated_tls(objs, tls_secret, hook, svc["name"], origin)
+        check_generated_tls(objs, tls_secret, hook, service["metadata"]["name"], host, origin)
     else:
-        check_cert_manager(objs, tls_secret, mwc, tls["certManager"], svc["name"], origin)
+        check_cert_manager(objs, tls_secret, mwc, tls["certManager"], service["metadata"]["name"], origin)
 
     # One sidecar ConfigMap per namespace, each a config the sidecar accepts.
     configmaps = by_kind(objs, "ConfigMap")
@@ -303,10 +309,11 @@ def openssl_x509(pem_file: Path, *args: str) -> str:
     return subprocess.run(["openssl", "x509", "-noout", *args, "-in", pem_file], capture_output=True, text=True).stdout
 
 
-def check_generated_tls(objs: list[dict], tls_secret: str, hook: dict, service: str, origin: str) -> None:
+def check_generated_tls(objs: list[dict], tls_secret: str, hook: dict, service: str, host: str | None,
+                        origin: str) -> None:
     """Helm's own CA: the caBundle trusts the Secret's certificate, which
-    names the Service, and the annotations an upgrade decides by (keep or
-    renew) say what is in the certificate."""
+    names the Service (and webhook.url's host), and the annotations an
+    upgrade decides by (keep or renew) say what is in the certificate."""
     [secret] = by_kind(objs, "Secret")
     check(secret["metadata"]["name"] == tls_secret, f"{origin}: the Deployment mounts the generated Secret")
     check(hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"], f"{origin}: caBundle is the generated CA")
@@ -314,8 +321,9 @@ def check_generated_tls(objs: list[dict], tls_secret: str, hook: dict, service: 
     verify = subprocess.run(["openssl", "verify", "-CAfile", ca, crt], capture_output=True, text=True)
     check(verify.returncode == 0, f"{origin}: the certificate is signed by the CA: {verify.stderr}")
     text = openssl_x509(crt, "-ext", "subjectAltName")
-    sans = sorted(re.findall(r"DNS:([^,\s]+)", text))
+    sans = sorted(re.findall(r"(?:DNS|IP Address):([^,\s]+)", text))
     check(f"{service}.{NAMESPACE}.svc" in sans, f"{origin}: the certificate names the Service: {text}")
+    check(host is None or host in sans, f"{origin}: the certificate names webhook.url's host {host}: {text}")
     check(not by_kind(objs, "Certificate"), f"{origin}: no Certificate with generated TLS")
     notes = secret["metadata"].get("annotations") or {}
     check(sorted((notes.get("kms-sidecar.io/tls-names") or "").split(",")) == sans,
