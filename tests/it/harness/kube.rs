@@ -292,8 +292,10 @@ impl ControlPlane {
     }
 
     /// Creates namespace `name` with `labels` and its `default`
-    /// ServiceAccount (which the controller manager, not running here, would
-    /// make; the ServiceAccount admission plugin refuses pods without it).
+    /// ServiceAccount (which the controller manager would make, when it runs;
+    /// the ServiceAccount admission plugin refuses pods without it). Not for
+    /// a control plane with the controller manager: the two may race to
+    /// create the account.
     #[track_caller]
     pub fn namespace(&self, name: &str, labels: &[(&str, &str)]) {
         let labels: String = labels
