@@ -151,7 +151,7 @@ impl KubeUp {
             kubeconfig: var("KUBECONFIG").into(),
             webhook_url: env
                 .iter()
-                .find(|(k, _)| k == "KMS_SIDECAR_WEBHOOK_URL")
+                .find(|(k, _)| k == "KUBE_WEBHOOK_URL")
                 .map(|(_, v)| v.clone()),
             started_in: t0.elapsed(),
             kube_up: Some((child, stdin)),

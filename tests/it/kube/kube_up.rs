@@ -46,7 +46,7 @@ async fn kube_up_runs_a_cluster_a_user_drives_and_sigterm_stops_all_of_it() {
     let webhook = cp.webhook_url.clone().expect("the webhook's URL");
     assert!(webhook.starts_with("https://127.0.0.1:"), "{webhook}");
     assert!(
-        env.contains(&format!("KMS_SIDECAR_WEBHOOK_URL={webhook}\n")),
+        env.contains(&format!("KUBE_WEBHOOK_URL={webhook}\n")),
         "{env}"
     );
     let kubeconfig = kubeconfig.to_str().unwrap();

@@ -120,6 +120,7 @@ func up(s *supervisor, o options) error {
 	if err != nil {
 		return err
 	}
+	// No KMS_SIDECAR_ names: those are config overrides to the binary.
 	env := [][2]string{
 		{"KUBECONFIG", cp.kubeconfig},
 		{"KUBE_API_URL", cp.url},
@@ -132,7 +133,7 @@ func up(s *supervisor, o options) error {
 		if err != nil {
 			return err
 		}
-		env = append(env, [2]string{"KMS_SIDECAR_WEBHOOK_URL", url})
+		env = append(env, [2]string{"KUBE_WEBHOOK_URL", url})
 	}
 	if err := s.writePids(); err != nil {
 		return err
