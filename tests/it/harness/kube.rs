@@ -24,11 +24,12 @@ use tempfile::TempDir;
 const GO_MOD: &str = include_str!("../../kube/go.mod");
 
 /// What `make kube-bin` builds.
-pub const KUBE_BINARIES: [&str; 5] = [
+pub const KUBE_BINARIES: [&str; 6] = [
     "kube-apiserver",
     "kubectl",
     "etcd",
     "second-webhook",
+    "pod-runner",
     "helm",
 ];
 

@@ -5,3 +5,4 @@
 
 mod chart;
 mod control_plane;
+mod runner;
