@@ -20,7 +20,7 @@ const SIDECAR_ENTRYPOINT: &str = "/usr/local/bin/kms-sidecar";
 const SIDECAR_USER: &str = "65532:65532";
 
 /// How the runner runs a pod.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 pub struct RunOptions {
     /// `--compressed-token-life`: the runner's named deviation from the
     /// kubelet, which refreshes each token at 80 % of this life instead of

@@ -6,3 +6,4 @@
 mod chart;
 mod control_plane;
 mod runner;
+mod tokens;
