@@ -66,8 +66,9 @@ pub fn kube_binary(name: &str) -> PathBuf {
         .collect();
     assert!(
         missing.is_empty(),
-        "missing {missing:?}: run `make kube-bin` (builds kube-apiserver, kubectl, etcd and \
-         second-webhook of Kubernetes {}, and helm, from tests/kube into {}; `make test` does)",
+        "missing {missing:?}: run `make kube-bin` (builds kube-apiserver, kubectl, etcd, \
+         second-webhook and pod-runner of Kubernetes {}, and helm, from tests/kube into {}; \
+         `make test` does)",
         kube_release(),
         dir.display()
     );
