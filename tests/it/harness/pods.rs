@@ -6,7 +6,7 @@
 //! one, as `kubectl exec` would. Runs as root. Dropping the [`RunningPod`]
 //! stops the runner, which stops the containers.
 
-use super::{BIN, ControlPlane, eventually, kube::kube_binary};
+use super::{BIN, ControlPlane, kube::kube_binary};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -34,20 +34,26 @@ pub struct RunningPod {
     child: Child,
     pub state: TempDir,
     pub namespace: String,
-    pub name: String,
 }
 
 impl RunningPod {
     /// Starts the runner for pod `namespace/name`, stored in `cp`, and
     /// waits until every container runs (init sidecars after their startup
     /// probe); the pod's sidecar image stands for the `kms-sidecar` binary.
-    pub async fn start(cp: &ControlPlane, namespace: &str, name: &str, options: RunOptions) -> RunningPod {
+    pub async fn start(
+        cp: &ControlPlane,
+        namespace: &str,
+        name: &str,
+        options: RunOptions,
+    ) -> RunningPod {
         assert!(
             super::is_root(),
             "the kubelet stand-in mounts volumes in mount namespaces and runs containers as their uids: run the suite as root (as `make test` in CI does)"
         );
-        let pod: Value = serde_json::from_str(&cp.kubectl_ok(&["-n", namespace, "get", "pod", name, "-o", "json"]))
-            .expect("the pod as JSON");
+        let pod: Value = serde_json::from_str(
+            &cp.kubectl_ok(&["-n", namespace, "get", "pod", name, "-o", "json"]),
+        )
+        .expect("the pod as JSON");
         let state = tempfile::tempdir().expect("temp dir");
         let mut args = vec![
             "run".to_owned(),
@@ -81,7 +87,6 @@ impl RunningPod {
             child,
             state,
             namespace: namespace.into(),
-            name: name.into(),
         };
         pod.wait_running().await;
         pod
@@ -111,7 +116,9 @@ impl RunningPod {
             if path.extension().is_some_and(|e| e == "log") {
                 let body = std::fs::read_to_string(&path).unwrap_or_default();
                 let start = body.len().saturating_sub(6000);
-                let start = (start..body.len()).find(|i| body.is_char_boundary(*i)).unwrap_or(0);
+                let start = (start..body.len())
+                    .find(|i| body.is_char_boundary(*i))
+                    .unwrap_or(0);
                 text.push_str(&format!("\n--- {}:\n{}", path.display(), &body[start..]));
             }
         }
@@ -121,12 +128,6 @@ impl RunningPod {
     /// The runner's own log (JSON lines).
     pub fn runner_log(&self) -> String {
         std::fs::read_to_string(self.state.path().join("runner.log")).unwrap_or_default()
-    }
-
-    /// A container's output.
-    pub fn container_log(&self, container: &str) -> String {
-        std::fs::read_to_string(self.state.path().join(format!("containers/{container}.log")))
-            .unwrap_or_default()
     }
 
     /// The runner's log lines whose message is `msg`.
@@ -155,15 +156,6 @@ impl RunningPod {
             .stdin(Stdio::null())
             .output()
             .expect("run pod-runner exec")
-    }
-
-    /// Waits until the runner has logged `count` events `msg`.
-    pub async fn wait_for_events(&self, msg: &str, count: usize, within: Duration) {
-        eventually(within, &format!("{count} × {msg:?} in the runner's log"), || {
-            let n = self.events(msg).len();
-            async move { n >= count }
-        })
-        .await;
     }
 }
 

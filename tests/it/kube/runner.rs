@@ -100,22 +100,39 @@ async fn the_runner_makes_volumes_and_containers_by_the_kubelets_rules() {
     let token = grouped.volume("tokens").join("token");
     assert_eq!(owner_mode(&token), (0, 3000, 0o640));
     // configMap: defaultMode 0644 or the item's mode; group read with an fsGroup.
-    assert_eq!(owner_mode(&same.volume("settings").join("a.txt")), (0, 0, 0o644));
-    assert_eq!(owner_mode(&same.volume("settings").join("b.txt")), (0, 0, 0o400));
-    assert_eq!(owner_mode(&grouped.volume("settings").join("b.txt")), (0, 3000, 0o440));
+    assert_eq!(
+        owner_mode(&same.volume("settings").join("a.txt")),
+        (0, 0, 0o644)
+    );
+    assert_eq!(
+        owner_mode(&same.volume("settings").join("b.txt")),
+        (0, 0, 0o400)
+    );
+    assert_eq!(
+        owner_mode(&grouped.volume("settings").join("b.txt")),
+        (0, 3000, 0o440)
+    );
     // emptyDir: 0777; with an fsGroup, setgid and the group's.
     assert_eq!(owner_mode(&same.volume("shared")), (0, 0, 0o777));
     assert_eq!(owner_mode(&grouped.volume("shared")), (0, 3000, 0o2777));
     // The atomic writer's layout: user-visible links through `..data`.
     let link = std::fs::read_link(same.volume("tokens").join("token")).unwrap();
     assert_eq!(link, Path::new("..data/token"));
-    assert!(std::fs::symlink_metadata(same.volume("tokens").join("..data")).unwrap().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(same.volume("tokens").join("..data"))
+            .unwrap()
+            .is_symlink()
+    );
 
     // The token is the API server's: the spec's audience and life, bound to the pod.
     let text = std::fs::read_to_string(same.volume("tokens").join("token")).unwrap();
     let c = claims(&text);
     assert_eq!(c["aud"], serde_json::json!(["rules-test"]), "{c}");
-    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 600, "{c}");
+    assert_eq!(
+        c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+        600,
+        "{c}"
+    );
     assert_eq!(c["kubernetes.io"]["pod"]["name"], "same-uid", "{c}");
     assert_eq!(c["iss"], cp.url.as_str(), "{c}");
     // Refreshed by the kubelet's rule (pkg/kubelet/token/token_manager.go):
@@ -130,17 +147,33 @@ async fn the_runner_makes_volumes_and_containers_by_the_kubelets_rules() {
     assert_eq!(e["refresh_from"].as_i64().unwrap(), exp - 130, "{e}");
 
     // Inside: the mounts at the spec's paths, the uid and groups, the env.
-    assert_eq!(exec_ok(&same, "one", &["cat", "/etc/settings/a.txt"]), "alpha");
-    assert_eq!(exec_ok(&same, "one", &["cat", "/var/run/secrets/tokens/token"]), text.trim());
+    assert_eq!(
+        exec_ok(&same, "one", &["cat", "/etc/settings/a.txt"]),
+        "alpha"
+    );
+    assert_eq!(
+        exec_ok(&same, "one", &["cat", "/var/run/secrets/tokens/token"]),
+        text.trim()
+    );
     assert_eq!(exec_ok(&same, "one", &["id", "-u"]), "1234");
     assert_eq!(exec_ok(&grouped, "two", &["id", "-G"]), "0 3000 3001");
     // `$(VAR)` expands from the entries before it only, as the kubelet does.
-    assert_eq!(exec_ok(&same, "one", &["sh", "-c", "echo $WHO $ME"]), "$(POD)-one same-uid-one");
+    assert_eq!(
+        exec_ok(&same, "one", &["sh", "-c", "echo $WHO $ME"]),
+        "$(POD)-one same-uid-one"
+    );
     // The second uid cannot read the first one's token; the fsGroup's member can.
     let out = same.exec("two", &["cat", "/var/run/secrets/tokens/token"]);
-    assert!(!out.status.success(), "container two has no mount of the tokens");
+    assert!(
+        !out.status.success(),
+        "container two has no mount of the tokens"
+    );
     let out = grouped.exec("one", &["cat", "/var/run/secrets/tokens/token"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The emptyDir is shared between the pod's containers, and only theirs.
     exec_ok(&same, "one", &["sh", "-c", "echo hi > /shared/note"]);
     assert_eq!(exec_ok(&same, "two", &["cat", "/shared/note"]), "hi");

@@ -83,12 +83,22 @@ async fn openbao(cp: &ControlPlane) -> Bao {
     bao.api("POST", "transit/keys/pii", json!({"type": "aes256-gcm96"}))
         .await;
     let policy = r#"path "transit/*" { capabilities = ["create", "read", "update", "list"] }"#;
-    bao.api("PUT", "sys/policies/acl/sidecar", json!({ "policy": policy }))
-        .await;
+    bao.api(
+        "PUT",
+        "sys/policies/acl/sidecar",
+        json!({ "policy": policy }),
+    )
+    .await;
     let ca = std::fs::read_to_string(&cp.ca).unwrap();
     cp.apply(REVIEWER);
     let reviewer = cp.kubectl_ok(&[
-        "-n", "kube-system", "create", "token", "bao-reviewer", "--duration", "1h",
+        "-n",
+        "kube-system",
+        "create",
+        "token",
+        "bao-reviewer",
+        "--duration",
+        "1h",
     ]);
     let role = |ns: &str| {
         json!({
@@ -115,7 +125,8 @@ async fn openbao(cp: &ControlPlane) -> Bao {
     .await;
     bao.api("POST", "auth/kubernetes/role/app", role("kubernetes"))
         .await;
-    bao.api("POST", "sys/auth/jwt", json!({"type": "jwt"})).await;
+    bao.api("POST", "sys/auth/jwt", json!({"type": "jwt"}))
+        .await;
     bao.api(
         "POST",
         "auth/jwt/config",
@@ -166,8 +177,16 @@ fn app_round(pod: &RunningPod, round: usize) {
     let message = b64(format!("round {round}"));
     let signed = curl(pod, "/v1/keys/sig/sign", &json!({ "message": message }));
     assert!(signed["signature"].is_string(), "{signed}");
-    let sealed = curl(pod, "/v1/keys/pii/envelope/encrypt", &json!({ "plaintext": message }));
-    let opened = curl(pod, "/v1/keys/pii/envelope/decrypt", &json!({ "envelope": sealed["envelope"] }));
+    let sealed = curl(
+        pod,
+        "/v1/keys/pii/envelope/encrypt",
+        &json!({ "plaintext": message }),
+    );
+    let opened = curl(
+        pod,
+        "/v1/keys/pii/envelope/decrypt",
+        &json!({ "envelope": sealed["envelope"] }),
+    );
     assert_eq!(opened["plaintext"], message.as_str());
 }
 
@@ -205,13 +224,16 @@ fn claims(token: &str) -> Value {
 /// Whether OpenBao's audit log has a successful login at `auth/{method}/login`
 /// with the token whose audit hash is `hash`.
 fn logged_in_with(audit: &str, method: &str, hash: &str) -> bool {
-    audit.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|e| {
-        e["type"] == "response"
-            && e["request"]["path"] == format!("auth/{method}/login")
-            && e["request"]["data"]["jwt"] == hash
-            && e["error"].as_str().unwrap_or("").is_empty()
-            && e["response"]["auth"]["client_token"].is_string()
-    })
+    audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|e| {
+            e["type"] == "response"
+                && e["request"]["path"] == format!("auth/{method}/login")
+                && e["request"]["data"]["jwt"] == hash
+                && e["error"].as_str().unwrap_or("").is_empty()
+                && e["response"]["auth"]["client_token"].is_string()
+        })
 }
 
 #[tokio::test]
@@ -222,11 +244,17 @@ async fn real_tokens_through_kubernetes_and_jwt_auth_are_refreshed_with_no_faile
     for ns in ["kubernetes", "jwt"] {
         namespace(&cp, ns, &bao);
     }
-    let hook = Webhook::start_with_kubeconfig("tokens: [vault]\ntoken_expiration: 10m\n", &cp.kubeconfig);
+    let hook =
+        Webhook::start_with_kubeconfig("tokens: [vault]\ntoken_expiration: 10m\n", &cp.kubeconfig);
     cp.register_webhook("kms-sidecar", &hook.mutate_url(), &hook.ca, "kubernetes")
         .await;
     let ports = [free_port(), free_port()];
-    cp.apply(&APP_POD.replace("NS", "kubernetes").replace("PORT", &ports[0].to_string()).replace("EXTRA", ""));
+    cp.apply(
+        &APP_POD
+            .replace("NS", "kubernetes")
+            .replace("PORT", &ports[0].to_string())
+            .replace("EXTRA", ""),
+    );
     // The second pod has an fsGroup: the token file is the group's (0640).
     cp.apply(
         &APP_POD
@@ -249,17 +277,26 @@ async fn real_tokens_through_kubernetes_and_jwt_auth_are_refreshed_with_no_faile
     let deadline = Instant::now() + Duration::from_secs(100);
     let mut round = 0;
     while pods.iter().any(|p| vault_tokens_issued(p).len() < 3) {
-        assert!(Instant::now() < deadline, "not refreshed twice in 100 s:\n{}\n{}", pods[0].logs(), pods[1].logs());
+        assert!(
+            Instant::now() < deadline,
+            "not refreshed twice in 100 s:\n{}\n{}",
+            pods[0].logs(),
+            pods[1].logs()
+        );
         for (pod, seen) in pods.iter().zip(&mut seen) {
             app_round(pod, round);
-            seen.insert(std::fs::read_to_string(pod.volume("kms-sidecar-tokens").join("vault")).unwrap());
+            seen.insert(
+                std::fs::read_to_string(pod.volume("kms-sidecar-tokens").join("vault")).unwrap(),
+            );
         }
         round += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for (pod, seen) in pods.iter().zip(&mut seen) {
         app_round(pod, round);
-        seen.insert(std::fs::read_to_string(pod.volume("kms-sidecar-tokens").join("vault")).unwrap());
+        seen.insert(
+            std::fs::read_to_string(pod.volume("kms-sidecar-tokens").join("vault")).unwrap(),
+        );
         assert!(seen.len() >= 3, "{}: {} tokens", pod.namespace, seen.len());
     }
 
@@ -270,8 +307,16 @@ async fn real_tokens_through_kubernetes_and_jwt_auth_are_refreshed_with_no_faile
             let c = claims(token);
             assert_eq!(c["aud"], json!(["vault"]), "{c}");
             assert_eq!(c["iss"], cp.url.as_str(), "{c}");
-            assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 600, "{c}");
-            assert_eq!(c["sub"], format!("system:serviceaccount:{method}:app"), "{c}");
+            assert_eq!(
+                c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+                600,
+                "{c}"
+            );
+            assert_eq!(
+                c["sub"],
+                format!("system:serviceaccount:{method}:app"),
+                "{c}"
+            );
             assert_eq!(c["kubernetes.io"]["pod"]["name"], "app", "{c}");
             // And OpenBao took each one: a successful login with it.
             let hash = bao
@@ -280,11 +325,15 @@ async fn real_tokens_through_kubernetes_and_jwt_auth_are_refreshed_with_no_faile
                 .as_str()
                 .unwrap()
                 .to_owned();
-            eventually(Duration::from_secs(20), &format!("{method} login with each token"), || {
-                let audit = std::fs::read_to_string(&audit_log).unwrap_or_default();
-                let done = logged_in_with(&audit, method, &hash);
-                async move { done }
-            })
+            eventually(
+                Duration::from_secs(20),
+                &format!("{method} login with each token"),
+                || {
+                    let audit = std::fs::read_to_string(&audit_log).unwrap_or_default();
+                    let done = logged_in_with(&audit, method, &hash);
+                    async move { done }
+                },
+            )
             .await;
         }
         // The sidecar's identity-token checks read the real token: its
@@ -295,7 +344,9 @@ async fn real_tokens_through_kubernetes_and_jwt_auth_are_refreshed_with_no_faile
         ));
         let left: f64 = metrics
             .lines()
-            .find_map(|l| l.strip_prefix("kms_sidecar_identity_token_expiry_seconds{backend=\"vault\"} "))
+            .find_map(|l| {
+                l.strip_prefix("kms_sidecar_identity_token_expiry_seconds{backend=\"vault\"} ")
+            })
             .unwrap_or_else(|| panic!("no identity token expiry in:\n{metrics}"))
             .trim()
             .parse()
@@ -318,12 +369,18 @@ async fn real_tokens_through_kubernetes_and_jwt_auth_are_refreshed_with_no_faile
         );
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(err.contains("has audience `vault` where `elsewhere` is expected"), "{err}");
+        assert!(
+            err.contains("has audience `vault` where `elsewhere` is expected"),
+            "{err}"
+        );
     }
     // The group path of the kubelet's rules, for real: the jwt pod's fsGroup.
     let meta = std::fs::metadata(pods[1].volume("kms-sidecar-tokens").join("vault")).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, 2000, 0o640));
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (0, 2000, 0o640)
+    );
 }
 
 /// A plain HTTP GET from this machine: (status, body).
