@@ -78,22 +78,11 @@ fn claims(token: &str) -> Value {
     serde_json::from_slice(&bytes).expect("JSON claims")
 }
 
-#[tokio::test]
-async fn the_runner_makes_volumes_and_containers_by_the_kubelets_rules() {
-    let cp = ControlPlane::start().await;
-    cp.namespace("rules", &[]);
-    cp.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: { name: settings, namespace: rules }\ndata: { a: alpha, b: beta }\n");
-    // One uid for every container, no fsGroup: the token is that uid's, 0600.
-    cp.apply(&pod("same-uid", "{}", (1234, 1234)));
-    // Two uids and an fsGroup: no owner (root), the group's, 0600 | 0440.
-    cp.apply(&pod(
-        "fs-group",
-        "{ fsGroup: 3000, supplementalGroups: [3001] }",
-        (1234, 1235),
-    ));
-    let same = RunningPod::start(&cp, "rules", "same-uid", RunOptions::default()).await;
-    let grouped = RunningPod::start(&cp, "rules", "fs-group", RunOptions::default()).await;
-
+/// The files as the kubelet leaves them: owner, group and mode by
+/// pkg/volume/projected/projected.go, pkg/volume/configmap,
+/// pkg/volume/emptydir and pkg/volume/volume_linux.go; the atomic writer's
+/// layout.
+fn assert_kubelet_files(same: &RunningPod, grouped: &RunningPod) {
     // pkg/volume/projected/projected.go and pkg/volume/volume_linux.go.
     let token = same.volume("tokens").join("token");
     assert_eq!(owner_mode(&token), (1234, 0, 0o600));
@@ -123,8 +112,11 @@ async fn the_runner_makes_volumes_and_containers_by_the_kubelets_rules() {
             .unwrap()
             .is_symlink()
     );
+}
 
-    // The token is the API server's: the spec's audience and life, bound to the pod.
+/// The token is the API server's (the spec's audience and life, bound to
+/// the pod), refreshed by the kubelet's rule; returns it.
+fn assert_real_token_on_kubelets_schedule(cp: &ControlPlane, same: &RunningPod) -> String {
     let text = std::fs::read_to_string(same.volume("tokens").join("token")).unwrap();
     let c = claims(&text);
     assert_eq!(c["aud"], serde_json::json!(["rules-test"]), "{c}");
@@ -145,8 +137,12 @@ async fn the_runner_makes_volumes_and_containers_by_the_kubelets_rules() {
     assert_eq!(exp, c["exp"].as_i64().unwrap(), "{e}");
     assert_eq!(e["refresh_by"].as_i64().unwrap(), exp - 120, "{e}");
     assert_eq!(e["refresh_from"].as_i64().unwrap(), exp - 130, "{e}");
+    text
+}
 
-    // Inside: the mounts at the spec's paths, the uid and groups, the env.
+/// Inside the containers: the mounts at the spec's paths, the uid and
+/// groups, the env.
+fn assert_containers(same: &RunningPod, grouped: &RunningPod, text: &str) {
     assert_eq!(
         exec_ok(&same, "one", &["cat", "/etc/settings/a.txt"]),
         "alpha"
@@ -162,7 +158,8 @@ async fn the_runner_makes_volumes_and_containers_by_the_kubelets_rules() {
         exec_ok(&same, "one", &["sh", "-c", "echo $WHO $ME"]),
         "$(POD)-one same-uid-one"
     );
-    // The second uid cannot read the first one's token; the fsGroup's member can.
+    // A container without the mount has no token there; a member of the
+    // fsGroup reads a token that is not its uid's.
     let out = same.exec("two", &["cat", "/var/run/secrets/tokens/token"]);
     assert!(
         !out.status.success(),
@@ -181,4 +178,24 @@ async fn the_runner_makes_volumes_and_containers_by_the_kubelets_rules() {
     // Mount points are made in the container's own root, not on this machine.
     assert!(!Path::new("/var/run/secrets/tokens").exists());
     assert!(!Path::new("/etc/settings").exists());
+}
+
+#[tokio::test]
+async fn the_runner_makes_volumes_and_containers_by_the_kubelets_rules() {
+    let cp = ControlPlane::start().await;
+    cp.namespace("rules", &[]);
+    cp.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: { name: settings, namespace: rules }\ndata: { a: alpha, b: beta }\n");
+    // One uid for every container, no fsGroup: the token is that uid's, 0600.
+    cp.apply(&pod("same-uid", "{}", (1234, 1234)));
+    // Two uids and an fsGroup: no owner (root), the group's, 0600 | 0440.
+    cp.apply(&pod(
+        "fs-group",
+        "{ fsGroup: 3000, supplementalGroups: [3001] }",
+        (1234, 1235),
+    ));
+    let same = RunningPod::start(&cp, "rules", "same-uid", RunOptions::default()).await;
+    let grouped = RunningPod::start(&cp, "rules", "fs-group", RunOptions::default()).await;
+    assert_kubelet_files(&same, &grouped);
+    let text = assert_real_token_on_kubelets_schedule(&cp, &same);
+    assert_containers(&same, &grouped, &text);
 }

@@ -6,8 +6,9 @@
 //! this API server (with a reviewer token bound to `system:auth-delegator`),
 //! and OpenBao's `jwt` auth against the API server's OIDC discovery and
 //! JWKS; the sidecar is the binary cargo built, run by the kubelet stand-in
-//! as the admitted spec says; the app container calls it with curl as its
-//! own uid through the socket mount.
+//! as the admitted spec says; the app's calls are curl run inside the app
+//! container (its mount namespace, uid and env, as `kubectl exec` would)
+//! through the socket mount its spec has.
 //!
 //! What is compressed: the API server issues no token for less than 10
 //! minutes (`MinTokenAgeSec`, pkg/apis/authentication/validation and pod
@@ -23,6 +24,7 @@ use crate::harness::{Bao, ControlPlane, RunOptions, RunningPod, b64, eventually,
 use crate::webhook::Webhook;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 /// The sidecar's config in namespace NS: the Vault backend logging in with
@@ -190,11 +192,15 @@ fn app_round(pod: &RunningPod, round: usize) {
     assert_eq!(opened["plaintext"], message.as_str());
 }
 
-/// curl in the app container, to the socket its `KMS_SIDECAR_SOCKET` names.
-fn curl(pod: &RunningPod, path: &str, body: &Value) -> Value {
-    let script = r#"exec curl -sS --fail-with-body --max-time 10 --unix-socket "$KMS_SIDECAR_SOCKET" -H 'content-type: application/json' --data-binary "$2" "http://localhost$1""#;
-    let out = pod.exec("app", &["sh", "-c", script, "sh", path, &body.to_string()]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+/// curl in the app container, to the socket its `KMS_SIDECAR_SOCKET`
+/// names, with `args` before the URL of `path`; its output, which must be
+/// a success.
+fn app_curl(pod: &RunningPod, path: &str, args: &[&str]) -> String {
+    let script = r#"path=$1; shift; exec curl -sS --fail-with-body --max-time 10 --unix-socket "$KMS_SIDECAR_SOCKET" "$@" "http://localhost$path""#;
+    let mut command = vec!["sh", "-c", script, "sh", path];
+    command.extend_from_slice(args);
+    let out = pod.exec("app", &command);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{}: {path} failed: {stdout} {}\n{}",
@@ -202,7 +208,23 @@ fn curl(pod: &RunningPod, path: &str, body: &Value) -> Value {
         String::from_utf8_lossy(&out.stderr),
         pod.logs()
     );
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {stdout}"))
+    stdout
+}
+
+/// A JSON POST through [`app_curl`].
+fn curl(pod: &RunningPod, path: &str, body: &Value) -> Value {
+    let body = body.to_string();
+    let out = app_curl(
+        pod,
+        path,
+        &[
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &body,
+        ],
+    );
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {out}"))
 }
 
 /// The `jti`s of the runner's tokens for the sidecar's `vault` file.
@@ -236,160 +258,172 @@ fn logged_in_with(audit: &str, method: &str, hash: &str) -> bool {
         })
 }
 
-#[tokio::test]
-async fn real_tokens_through_kubernetes_and_jwt_auth_are_refreshed_with_no_failed_call() {
-    let cp = ControlPlane::start().await;
-    let bao = openbao(&cp).await;
-    let audit_log = bao.audit_log();
-    for ns in ["kubernetes", "jwt"] {
-        namespace(&cp, ns, &bao);
-    }
+/// The two pods, admitted by the API server through our webhook and run
+/// by the runner with its refresh schedule compressed to `life`: `app` in
+/// namespace `kubernetes`, and `app` in `jwt`, with an `fsGroup` (its token
+/// file is then the group's, 0640). Each sidecar has its own probes port.
+async fn start_pods(cp: &ControlPlane, life: Duration) -> ([RunningPod; 2], Webhook) {
     let hook =
         Webhook::start_with_kubeconfig("tokens: [vault]\ntoken_expiration: 10m\n", &cp.kubeconfig);
     cp.register_webhook("kms-sidecar", &hook.mutate_url(), &hook.ca, "kubernetes")
         .await;
-    let ports = [free_port(), free_port()];
-    cp.apply(
-        &APP_POD
-            .replace("NS", "kubernetes")
-            .replace("PORT", &ports[0].to_string())
-            .replace("EXTRA", ""),
-    );
-    // The second pod has an fsGroup: the token file is the group's (0640).
-    cp.apply(
-        &APP_POD
-            .replace("NS", "jwt")
-            .replace("PORT", &ports[1].to_string())
-            .replace("EXTRA", ", fsGroup: 2000"),
-    );
+    for (ns, extra) in [("kubernetes", ""), ("jwt", ", fsGroup: 2000")] {
+        cp.apply(
+            &APP_POD
+                .replace("NS", ns)
+                .replace("PORT", &free_port().to_string())
+                .replace("EXTRA", extra),
+        );
+    }
     let compressed = RunOptions {
-        compressed_token_life: Some(Duration::from_secs(20)),
+        compressed_token_life: Some(life),
     };
     // Started: the sidecar's startup probe (/readyz) passed, so it has
     // logged in to OpenBao with its first token.
     let pods = [
-        RunningPod::start(&cp, "kubernetes", "app", compressed).await,
-        RunningPod::start(&cp, "jwt", "app", compressed).await,
+        RunningPod::start(cp, "kubernetes", "app", compressed).await,
+        RunningPod::start(cp, "jwt", "app", compressed).await,
     ];
+    (pods, hook)
+}
 
-    // The app calls and calls while the runner refreshes the tokens twice.
+/// The app calls and calls (every call must succeed) until the runner has
+/// issued each sidecar's `vault` token three times (two refreshes), then
+/// once more; returns the tokens seen in each pod's file.
+async fn call_through_two_refreshes(pods: &[RunningPod; 2]) -> [BTreeSet<String>; 2] {
+    let token = |pod: &RunningPod| {
+        std::fs::read_to_string(pod.volume("kms-sidecar-tokens").join("vault")).unwrap()
+    };
     let mut seen: [BTreeSet<String>; 2] = Default::default();
     let deadline = Instant::now() + Duration::from_secs(100);
     let mut round = 0;
-    while pods.iter().any(|p| vault_tokens_issued(p).len() < 3) {
+    loop {
+        let done = pods.iter().all(|p| vault_tokens_issued(p).len() >= 3);
+        for (pod, seen) in pods.iter().zip(&mut seen) {
+            app_round(pod, round);
+            seen.insert(token(pod));
+        }
+        if done {
+            return seen;
+        }
         assert!(
             Instant::now() < deadline,
             "not refreshed twice in 100 s:\n{}\n{}",
             pods[0].logs(),
             pods[1].logs()
         );
-        for (pod, seen) in pods.iter().zip(&mut seen) {
-            app_round(pod, round);
-            seen.insert(
-                std::fs::read_to_string(pod.volume("kms-sidecar-tokens").join("vault")).unwrap(),
-            );
-        }
         round += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for (pod, seen) in pods.iter().zip(&mut seen) {
-        app_round(pod, round);
-        seen.insert(
-            std::fs::read_to_string(pod.volume("kms-sidecar-tokens").join("vault")).unwrap(),
-        );
-        assert!(seen.len() >= 3, "{}: {} tokens", pod.namespace, seen.len());
-    }
+}
 
+/// Each token `pod`'s sidecar had is the API server's (the spec's audience
+/// and life, bound to the pod) and OpenBao took it: a successful login at
+/// `auth/{namespace}/login` with it in OpenBao's audit log.
+async fn assert_real_and_logged_in_with(
+    cp: &ControlPlane,
+    bao: &Bao,
+    pod: &RunningPod,
+    seen: &BTreeSet<String>,
+) {
+    let method = pod.namespace.as_str();
+    assert!(seen.len() >= 3, "{method}: {} tokens", seen.len());
+    for token in seen {
+        let c = claims(token);
+        assert_eq!(c["aud"], json!(["vault"]), "{c}");
+        assert_eq!(c["iss"], cp.url.as_str(), "{c}");
+        assert_eq!(
+            c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+            600,
+            "{c}"
+        );
+        assert_eq!(
+            c["sub"],
+            format!("system:serviceaccount:{method}:app"),
+            "{c}"
+        );
+        assert_eq!(c["kubernetes.io"]["pod"]["name"], "app", "{c}");
+        let hash = bao
+            .api("POST", "sys/audit-hash/file", json!({ "input": token }))
+            .await["hash"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let audit_log = bao.audit_log();
+        eventually(
+            Duration::from_secs(20),
+            &format!("a {method} login with each token"),
+            || {
+                let audit = std::fs::read_to_string(&audit_log).unwrap_or_default();
+                let done = logged_in_with(&audit, method, &hash);
+                async move { done }
+            },
+        )
+        .await;
+    }
+}
+
+/// The sidecar's identity-token checks read the real token: the expiry it
+/// exports is the real one, its credential refreshes never failed, and
+/// started with another audience expected, it refuses the token (exit 2).
+fn assert_identity_checks(pod: &RunningPod) {
+    let metrics = app_curl(pod, "/metrics", &[]);
+    let left: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("kms_sidecar_identity_token_expiry_seconds{backend=\"vault\"} ")
+        })
+        .unwrap_or_else(|| panic!("no identity token expiry in:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(left > 500.0 && left <= 600.0, "{left}");
+    // Many logins (5 s Vault tokens), none failed.
+    assert!(
+        metrics.contains("kms_sidecar_credential_refresh_total{backend=\"vault\",outcome=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("outcome=\"error\""), "{metrics}");
+    let out = pod.exec(
+        "kms-sidecar",
+        &[
+            "env",
+            "KMS_SIDECAR_BACKENDS__VAULT__AUTH__AUDIENCE=elsewhere",
+            "KMS_SIDECAR_LISTEN__SOCKET=/var/lib/kms-sidecar/check.sock",
+            "KMS_SIDECAR_LISTEN__PROBES=null",
+            "timeout",
+            "20",
+            "/usr/local/bin/kms-sidecar",
+            "serve",
+            "--config",
+            "/etc/kms-sidecar/config.yaml",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("has audience `vault` where `elsewhere` is expected"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn real_tokens_through_kubernetes_and_jwt_auth_are_refreshed_with_no_failed_call() {
+    let cp = ControlPlane::start().await;
+    let bao = openbao(&cp).await;
+    for ns in ["kubernetes", "jwt"] {
+        namespace(&cp, ns, &bao);
+    }
+    let (pods, _hook) = start_pods(&cp, Duration::from_secs(20)).await;
+    let seen = call_through_two_refreshes(&pods).await;
     for (pod, seen) in pods.iter().zip(&seen) {
-        let method = pod.namespace.as_str();
-        for token in seen {
-            // Each is the API server's: the spec's audience and life, bound to the pod.
-            let c = claims(token);
-            assert_eq!(c["aud"], json!(["vault"]), "{c}");
-            assert_eq!(c["iss"], cp.url.as_str(), "{c}");
-            assert_eq!(
-                c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
-                600,
-                "{c}"
-            );
-            assert_eq!(
-                c["sub"],
-                format!("system:serviceaccount:{method}:app"),
-                "{c}"
-            );
-            assert_eq!(c["kubernetes.io"]["pod"]["name"], "app", "{c}");
-            // And OpenBao took each one: a successful login with it.
-            let hash = bao
-                .api("POST", "sys/audit-hash/file", json!({ "input": token }))
-                .await["hash"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            eventually(
-                Duration::from_secs(20),
-                &format!("{method} login with each token"),
-                || {
-                    let audit = std::fs::read_to_string(&audit_log).unwrap_or_default();
-                    let done = logged_in_with(&audit, method, &hash);
-                    async move { done }
-                },
-            )
-            .await;
-        }
-        // The sidecar's identity-token checks read the real token: its
-        // expiry is the real one, and another audience is refused at start.
-        let (_, metrics) = http_get(&format!(
-            "http://127.0.0.1:{}/metrics",
-            ports[usize::from(method == "jwt")]
-        ));
-        let left: f64 = metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("kms_sidecar_identity_token_expiry_seconds{backend=\"vault\"} ")
-            })
-            .unwrap_or_else(|| panic!("no identity token expiry in:\n{metrics}"))
-            .trim()
-            .parse()
-            .unwrap();
-        assert!(left > 500.0 && left <= 600.0, "{left}");
-        let out = pod.exec(
-            "kms-sidecar",
-            &[
-                "env",
-                "KMS_SIDECAR_BACKENDS__VAULT__AUTH__AUDIENCE=elsewhere",
-                "KMS_SIDECAR_LISTEN__SOCKET=/var/lib/kms-sidecar/check.sock",
-                "KMS_SIDECAR_LISTEN__PROBES=null",
-                "timeout",
-                "20",
-                "/usr/local/bin/kms-sidecar",
-                "serve",
-                "--config",
-                "/etc/kms-sidecar/config.yaml",
-            ],
-        );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(
-            err.contains("has audience `vault` where `elsewhere` is expected"),
-            "{err}"
-        );
+        assert_real_and_logged_in_with(&cp, &bao, pod, seen).await;
+        assert_identity_checks(pod);
     }
     // The group path of the kubelet's rules, for real: the jwt pod's fsGroup.
     let meta = std::fs::metadata(pods[1].volume("kms-sidecar-tokens").join("vault")).unwrap();
-    use std::os::unix::fs::MetadataExt;
     assert_eq!(
         (meta.uid(), meta.gid(), meta.mode() & 0o777),
         (0, 2000, 0o640)
     );
-}
-
-/// A plain HTTP GET from this machine: (status, body).
-fn http_get(url: &str) -> (u16, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (status.trim().parse().unwrap_or(0), body.to_owned())
 }
