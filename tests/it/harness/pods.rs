@@ -27,6 +27,9 @@ pub struct RunOptions {
     /// its real one (the tokens themselves stay the API server's, with
     /// their real `expirationSeconds`).
     pub compressed_token_life: Option<Duration>,
+    /// `--only`: run only these containers, and set up only the volumes
+    /// they mount (empty: every container).
+    pub only: &'static [&'static str],
 }
 
 /// A pod the runner runs.
@@ -71,6 +74,9 @@ impl RunningPod {
             args.push(format!(
                 "--image={image}=entrypoint={SIDECAR_ENTRYPOINT},binary={BIN},user={SIDECAR_USER}"
             ));
+        }
+        if !options.only.is_empty() {
+            args.push(format!("--only={}", options.only.join(",")));
         }
         if let Some(life) = options.compressed_token_life {
             args.push(format!("--compressed-token-life={}s", life.as_secs()));

@@ -144,18 +144,18 @@ fn assert_real_token_on_kubelets_schedule(cp: &ControlPlane, same: &RunningPod) 
 /// groups, the env.
 fn assert_containers(same: &RunningPod, grouped: &RunningPod, text: &str) {
     assert_eq!(
-        exec_ok(&same, "one", &["cat", "/etc/settings/a.txt"]),
+        exec_ok(same, "one", &["cat", "/etc/settings/a.txt"]),
         "alpha"
     );
     assert_eq!(
-        exec_ok(&same, "one", &["cat", "/var/run/secrets/tokens/token"]),
+        exec_ok(same, "one", &["cat", "/var/run/secrets/tokens/token"]),
         text.trim()
     );
-    assert_eq!(exec_ok(&same, "one", &["id", "-u"]), "1234");
-    assert_eq!(exec_ok(&grouped, "two", &["id", "-G"]), "0 3000 3001");
+    assert_eq!(exec_ok(same, "one", &["id", "-u"]), "1234");
+    assert_eq!(exec_ok(grouped, "two", &["id", "-G"]), "0 3000 3001");
     // `$(VAR)` expands from the entries before it only, as the kubelet does.
     assert_eq!(
-        exec_ok(&same, "one", &["sh", "-c", "echo $WHO $ME"]),
+        exec_ok(same, "one", &["sh", "-c", "echo $WHO $ME"]),
         "$(POD)-one same-uid-one"
     );
     // A container without the mount has no token there; a member of the
@@ -172,8 +172,8 @@ fn assert_containers(same: &RunningPod, grouped: &RunningPod, text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     // The emptyDir is shared between the pod's containers, and only theirs.
-    exec_ok(&same, "one", &["sh", "-c", "echo hi > /shared/note"]);
-    assert_eq!(exec_ok(&same, "two", &["cat", "/shared/note"]), "hi");
+    exec_ok(same, "one", &["sh", "-c", "echo hi > /shared/note"]);
+    assert_eq!(exec_ok(same, "two", &["cat", "/shared/note"]), "hi");
     assert!(grouped.exec("two", &["cat", "/shared/note"]).status.code() != Some(0));
     // Mount points are made in the container's own root, not on this machine.
     assert!(!Path::new("/var/run/secrets/tokens").exists());

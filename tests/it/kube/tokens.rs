@@ -277,6 +277,7 @@ async fn start_pods(cp: &ControlPlane, life: Duration) -> ([RunningPod; 2], Webh
     }
     let compressed = RunOptions {
         compressed_token_life: Some(life),
+        ..RunOptions::default()
     };
     // Started: the sidecar's startup probe (/readyz) passed, so it has
     // logged in to OpenBao with its first token.

@@ -22,7 +22,7 @@
 //
 //	pod-runner run --kubeconfig F --namespace NS --pod NAME --state DIR \
 //	    [--image NAME=entrypoint=PATH,binary=HOSTPATH,user=UID:GID]... \
-//	    [--compressed-token-life 20s]
+//	    [--compressed-token-life 20s] [--only CONTAINER,...]
 //	pod-runner exec --state DIR CONTAINER -- COMMAND [ARG]...
 //
 // `run` stays in the foreground until SIGTERM or SIGINT, then stops the

@@ -41,6 +41,8 @@ type runner struct {
 	tokens     *tokenManager
 	containers map[string]*running
 	exited     chan exit
+	// only, when not empty, names the containers to run (see --only).
+	only map[string]bool
 }
 
 // sync is how often the volumes are set up again (the kubelet does it at
@@ -55,6 +57,7 @@ func run(args []string) error {
 	name := fs.String("pod", "", "the pod's name")
 	state := fs.String("state", "", "a directory of the runner's own for the pod's volumes and containers")
 	compressed := fs.Duration("compressed-token-life", 0, "DEVIATION from the kubelet, off by default: refresh each token at 80 % of this life instead of 80 % of its real one (the tokens stay real, with their real expiry)")
+	only := fs.String("only", "", "run only these containers (comma-separated) and set up only the volumes they mount; the others are left out, as if they were not in the pod")
 	var images imageFlags
 	fs.Var(&images, "image", "NAME=entrypoint=PATH,binary=HOSTPATH[,user=UID:GID] (repeatable)")
 	if err := fs.Parse(args); err != nil {
@@ -83,6 +86,12 @@ func run(args []string) error {
 		tokens:     newTokenManager(client, pod, *compressed),
 		containers: map[string]*running{},
 		exited:     make(chan exit, 16),
+		only:       map[string]bool{},
+	}
+	for _, name := range strings.Split(*only, ",") {
+		if name != "" {
+			r.only[name] = true
+		}
 	}
 	err = r.start(ctx)
 	r.stopAll()
@@ -124,6 +133,9 @@ func (r *runner) start(ctx context.Context) error {
 func (r *runner) startContainers(ctx context.Context) error {
 	for i := range r.pod.Spec.InitContainers {
 		c := &r.pod.Spec.InitContainers[i]
+		if !r.runs(c) {
+			continue
+		}
 		rc, err := r.startContainer(c)
 		if err != nil {
 			return err
@@ -139,12 +151,34 @@ func (r *runner) startContainers(ctx context.Context) error {
 		}
 	}
 	for i := range r.pod.Spec.Containers {
+		if !r.runs(&r.pod.Spec.Containers[i]) {
+			continue
+		}
 		if _, err := r.startContainer(&r.pod.Spec.Containers[i]); err != nil {
 			return err
 		}
 	}
 	slog.Info("pod running", "pod", r.pod.Name)
 	return nil
+}
+
+// runs says whether the runner runs c (all containers, unless --only).
+func (r *runner) runs(c *v1.Container) bool {
+	return len(r.only) == 0 || r.only[c.Name]
+}
+
+// mounted says whether a container the runner runs mounts volume name.
+func (r *runner) mounted(name string) bool {
+	for _, list := range [][]v1.Container{r.pod.Spec.InitContainers, r.pod.Spec.Containers} {
+		for i := range list {
+			for _, m := range list[i].VolumeMounts {
+				if m.Name == name && r.runs(&list[i]) {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // stopAll stops regular containers, then init sidecars in reverse order, as

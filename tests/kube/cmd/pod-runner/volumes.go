@@ -28,6 +28,9 @@ func (r *runner) volumeDir(name string) string {
 func (r *runner) setUpVolumes(ctx context.Context) error {
 	for i := range r.pod.Spec.Volumes {
 		v := &r.pod.Spec.Volumes[i]
+		if len(r.only) != 0 && !r.mounted(v.Name) {
+			continue
+		}
 		if err := r.setUpVolume(ctx, v); err != nil {
 			return fmt.Errorf("volume %s: %w", v.Name, err)
 		}
