@@ -30,11 +30,11 @@ use std::time::{Duration, Instant};
 
 const CURL_HINT: &str = "install curl (apt-get install curl)";
 
-struct Webhook {
+pub(crate) struct Webhook {
     child: Child,
     dir: tempfile::TempDir,
     url: String,
-    ca: PathBuf,
+    pub(crate) ca: PathBuf,
 }
 
 impl Webhook {
@@ -45,7 +45,7 @@ impl Webhook {
     }
 
     /// [`Self::start`] with `KUBECONFIG` set to `kubeconfig`.
-    fn start_with_kubeconfig(config: &str, kubeconfig: &Path) -> Webhook {
+    pub(crate) fn start_with_kubeconfig(config: &str, kubeconfig: &Path) -> Webhook {
         let dir = tempfile::tempdir().unwrap();
         let (ca, cert, key) = issue(dir.path(), "first");
         std::fs::copy(&cert, dir.path().join("tls.crt")).unwrap();
@@ -95,7 +95,7 @@ impl Webhook {
     }
 
     /// Where an API server calls it (the certificate names 127.0.0.1).
-    fn mutate_url(&self) -> String {
+    pub(crate) fn mutate_url(&self) -> String {
         format!("{}/mutate", self.url.replace("localhost", "127.0.0.1"))
     }
 

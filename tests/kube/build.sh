@@ -5,6 +5,7 @@
 # kube-apiserver and kubectl from k8s.io/kubernetes at the release go.mod
 # pins, etcd embedded from go.etcd.io/etcd/server/v3 (cmd/etcd), and the
 # tests' second mutating webhook (cmd/second-webhook), kube-controller-manager,
+# the kubelet stand-in that runs an admitted pod's containers (cmd/pod-runner),
 # and kube-up (cmd/kube-up: starts them all, the one place for their flags,
 # for `make kube-up` and for each test); the Helm CLI of helm.sh/helm/v4 at
 # $helm_version (go install, outside this module: its own dependency graph),
@@ -24,7 +25,7 @@ release=$(sed -n 's/^[[:space:]]*k8s\.io\/kubernetes \(v[0-9.]*\).*/\1/p' go.mod
 [ -n "$release" ] || { echo "build.sh: no k8s.io/kubernetes version in $here/go.mod" >&2; exit 1; }
 out="${KUBE_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kms-sidecar}/kube-$release"
 helm_version=v4.3.2
-bins=(kube-apiserver kube-controller-manager kubectl etcd second-webhook kube-up helm)
+bins=(kube-apiserver kube-controller-manager kubectl etcd second-webhook kube-up pod-runner helm)
 cert_manager_version=v1.21.2
 stamp=$(cat go.mod go.sum build.sh cmd/*/*.go | sha256sum | cut -d' ' -f1)
 
@@ -72,7 +73,8 @@ nice -n 10 go build -trimpath -buildvcs=false -ldflags="$ldflags" -o "$tmp/" \
 	k8s.io/kubernetes/cmd/kubectl \
 	./cmd/etcd \
 	./cmd/second-webhook \
-	./cmd/kube-up
+	./cmd/kube-up \
+	./cmd/pod-runner
 GOBIN="$tmp" nice -n 10 go install -trimpath -buildvcs=false \
 	-ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version" \
 	"helm.sh/helm/v4/cmd/helm@$helm_version"

@@ -31,13 +31,14 @@ const GO_MOD: &str = include_str!("../../kube/go.mod");
 pub const CHART_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/kms-sidecar");
 
 /// What `make kube-bin` builds.
-pub const KUBE_BINARIES: [&str; 7] = [
+pub const KUBE_BINARIES: [&str; 8] = [
     "kube-apiserver",
     "kube-controller-manager",
     "kubectl",
     "etcd",
     "second-webhook",
     "kube-up",
+    "pod-runner",
     "helm",
 ];
 
@@ -75,7 +76,7 @@ pub fn kube_binary(name: &str) -> PathBuf {
     assert!(
         missing.is_empty(),
         "missing {missing:?}: run `make kube-bin` (builds kube-apiserver, kube-controller-manager, \
-         kubectl, etcd, second-webhook and kube-up of Kubernetes {}, and helm, from tests/kube \
+         kubectl, etcd, second-webhook, kube-up and pod-runner of Kubernetes {}, and helm, from tests/kube \
          into {}; `make test` does)",
         kube_release(),
         dir.display()

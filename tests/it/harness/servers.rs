@@ -125,17 +125,38 @@ fn bao_binary() -> PathBuf {
 
 impl Bao {
     pub async fn start() -> Bao {
-        Self::start_with(false).await
+        Self::start_with(false, false).await
     }
 
     /// A dev server on HTTPS, its certificate from a CA in `ca`.
     pub async fn start_tls() -> Bao {
-        Self::start_with(true).await
+        Self::start_with(true, false).await
     }
 
-    async fn start_with(tls: bool) -> Bao {
+    /// A dev server with a file audit device writing to
+    /// [`Self::audit_log`] (OpenBao enables audit devices from its config
+    /// file only, not through the API).
+    pub async fn start_audited() -> Bao {
+        Self::start_with(false, true).await
+    }
+
+    /// The audit log of a server from [`Self::start_audited`]: JSON lines,
+    /// secrets HMAC'd (`sys/audit-hash/file` gives a value's hash).
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
+    async fn start_with(tls: bool, audited: bool) -> Bao {
         let port = super::free_port();
         let dir = tempfile::tempdir().expect("temp dir");
+        if audited {
+            let log = dir.path().join("audit.log");
+            let config = format!(
+                "audit \"file\" \"file\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                log.display()
+            );
+            std::fs::write(dir.path().join("audit.hcl"), config).expect("write the audit config");
+        }
         let root_token = format!("root-{}", uuid::Uuid::new_v4().simple());
         let ca = tls.then(|| dir.path().join("vault-ca.pem"));
         let mut bao = Bao {
@@ -163,6 +184,10 @@ impl Bao {
             format!("-dev-root-token-id={root_token}"),
             format!("-dev-listen-address=127.0.0.1:{port}"),
         ];
+        let audit = dir.join("audit.hcl");
+        if audit.exists() {
+            args.push(format!("-config={}", audit.display()));
+        }
         if tls {
             args.push("-dev-tls".into());
             args.push(format!("-dev-tls-cert-dir={}", dir.display()));

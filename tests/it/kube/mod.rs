@@ -10,7 +10,11 @@
 //! - [`injection`]: the chart installed by helm, its webhook running, pods
 //!   (and a Deployment's) injected where the chart says and only there;
 //! - [`failure_policy`]: what the API server does with the webhook down;
-//! - [`kube_up`]: kube-up itself, as `make kube-up` runs it.
+//! - [`kube_up`]: kube-up itself, as `make kube-up` runs it;
+//! - [`runner`]: the kubelet stand-in (`tests/kube/cmd/pod-runner`) makes
+//!   volumes and runs containers by the kubelet's rules;
+//! - [`tokens`]: injected pods run by the stand-in log in to OpenBao with
+//!   real tokens (`kubernetes` and `jwt` auth) through two refreshes.
 
 mod chart;
 mod control_plane;
@@ -18,6 +22,8 @@ mod failure_policy;
 mod injection;
 mod install;
 mod kube_up;
+mod runner;
+mod tokens;
 
 use crate::harness::ControlPlane;
 use serde_json::Value;

@@ -1,10 +1,12 @@
 //! The sidecar can read its own tokens whatever the pod's uids and
-//! `fsGroup`: published pod specs are injected by the real webhook, then the
-//! files of the token volume are made as the kubelet makes them and opened
-//! as the sidecar's process would be started by the container runtime.
+//! `fsGroup`: published pod specs are created in a real API server, which
+//! calls the webhook; then the kubelet stand-in (`pod-runner`, see
+//! `docs/kubernetes-tests.md`) makes the token volume of each stored pod
+//! with the kubelet's own code of k8s.io/kubernetes v1.37.2 (the release
+//! `make kube-bin` builds) and starts the sidecar container as the spec
+//! says, in which the token files are then read.
 //!
-//! There is no kubelet here: its rules are emulated from its source
-//! (k8s.io/kubernetes v1.37.2, the release `make kube-bin` builds):
+//! The kubelet's rules that decide it, applied by that code:
 //!
 //! - `pkg/volume/util/util.go`, `FsUserFrom`: the volume's file owner is the
 //!   one uid every container (init containers included) runs as, or none
@@ -22,11 +24,11 @@
 //!   its gid is its `runAsGroup`, else the pod's, else the image's (65532,
 //!   distroless `nonroot`, the sidecar image's user).
 
-use super::{Webhook, fixture, patch_of, pod_review};
+use super::config_maps::{create, injected, stored};
+use super::{Webhook, fixture};
+use crate::harness::{ControlPlane, RunOptions, RunningPod, free_port};
 use serde_json::Value;
-use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::Path;
-use std::process::Command;
 
 const GCP_PROVIDER: &str =
     "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k8s";
@@ -64,128 +66,129 @@ fn published() -> Vec<(String, Value)> {
     pods
 }
 
-/// The effective uid of a container: its own `runAsUser`, else the pod's.
-fn run_as(pod: &Value, c: &Value, field: &str) -> Option<i64> {
-    c["securityContext"][field]
-        .as_i64()
-        .or_else(|| pod["spec"]["securityContext"][field].as_i64())
-}
-
-/// `FsUserFrom`: the uid all containers run as, if they all set the same.
-fn fs_user(pod: &Value) -> Option<i64> {
-    let spec = &pod["spec"];
-    let all = ["initContainers", "containers"]
-        .iter()
-        .flat_map(|list| spec[list].as_array().cloned().unwrap_or_default());
-    let mut user = None;
-    for c in all {
-        let uid = run_as(pod, &c, "runAsUser")?;
-        if user.is_some_and(|u| u != uid) {
-            return None;
-        }
-        user = Some(uid);
+/// The published pod as this test's namespace stores it: its own name, no
+/// service account of its own (the namespace has `default`).
+fn to_create(pod: &Value, name: &str) -> Value {
+    let mut pod = pod.clone();
+    pod["metadata"]["namespace"] = "published".into();
+    pod["metadata"]["name"] = name.into();
+    if let Some(m) = pod["metadata"].as_object_mut() {
+        m.remove("generateName");
     }
-    user
+    if let Some(spec) = pod["spec"].as_object_mut() {
+        spec.remove("serviceAccountName");
+    }
+    pod
 }
 
-/// One file of the token volume as the kubelet leaves it: (name, owner uid,
-/// group, mode).
-fn kubelet_files(pod: &Value) -> Vec<(String, u32, u32, u32)> {
+/// The paths in the sidecar's token volume of a stored pod.
+fn token_files(pod: &Value) -> Vec<String> {
     let volume = pod["spec"]["volumes"]
         .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "kms-sidecar-tokens")
-        .expect("a token volume");
-    let projected = &volume["projected"];
-    let default_mode = projected["defaultMode"].as_u64().unwrap_or(0o644) as u32;
-    let fs_group = pod["spec"]["securityContext"]["fsGroup"].as_i64();
-    let owner = fs_user(pod);
-    let mut files = Vec::new();
-    for source in projected["sources"].as_array().unwrap() {
-        let (path, mode, file_owner) = if let Some(t) = source.get("serviceAccountToken") {
-            let mode = if owner.is_some() || fs_group.is_some() {
-                0o600
-            } else {
-                default_mode
-            };
-            (t["path"].as_str().unwrap().to_string(), mode, owner)
-        } else {
-            let item = &source["configMap"]["items"][0];
-            let mode = item["mode"].as_u64().map_or(default_mode, |m| m as u32);
-            (item["path"].as_str().unwrap().to_string(), mode, None)
-        };
-        let uid = file_owner.unwrap_or(0) as u32;
-        let (gid, mode) = match fs_group {
-            Some(g) => (g as u32, mode | 0o440),
-            None => (0, mode),
-        };
-        files.push((path, uid, gid, mode));
-    }
-    files
-}
-
-/// `setpriv` arguments for the sidecar container's process.
-fn sidecar_credentials(pod: &Value) -> Vec<String> {
-    let sidecar = &pod["spec"]["initContainers"][0];
-    assert_eq!(sidecar["name"], "kms-sidecar");
-    let uid = run_as(pod, sidecar, "runAsUser").expect("the sidecar sets its uid");
-    let gid = run_as(pod, sidecar, "runAsGroup").unwrap_or(65532);
-    let sc = &pod["spec"]["securityContext"];
-    let groups: Vec<String> = sc["fsGroup"]
-        .as_i64()
         .into_iter()
-        .chain(
-            sc["supplementalGroups"]
+        .flatten()
+        .find(|v| v["name"] == "kms-sidecar-tokens")
+        .unwrap_or_else(|| panic!("no token volume: {pod}"));
+    volume["projected"]["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| {
+            let token = s["serviceAccountToken"]["path"].as_str().map(str::to_owned);
+            let items = s["configMap"]["items"]
                 .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_i64),
-        )
-        .map(|g| g.to_string())
-        .collect();
-    let mut args = vec![format!("--reuid={uid}"), format!("--regid={gid}")];
-    if groups.is_empty() {
-        args.push("--clear-groups".into());
-    } else {
-        args.push(format!("--groups={}", groups.join(",")));
-    }
-    args
+                .cloned()
+                .unwrap_or_default();
+            token.into_iter().chain(
+                items
+                    .into_iter()
+                    .filter_map(|i| i["path"].as_str().map(str::to_owned)),
+            )
+        })
+        .collect()
 }
 
-#[test]
-fn the_sidecar_reads_its_tokens_whatever_the_pods_uids_and_fs_group() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test makes files owned by other uids and opens them as the sidecar's: run the suite as root (as `make test` in CI does)"
+/// A config that starts without a KMS: these tests are about the files.
+const SIDECAR_CONFIG: &str =
+    "backends:\n  dev: { type: local, dir: /var/lib/kms-sidecar/keys }\nkeys: {}\ncallers: []\n";
+
+/// GCP's external-account file (its content does not matter here).
+const GCP_CREDENTIALS: &str = "{\"type\": \"external_account\"}";
+
+/// The namespace, with the sidecar's ConfigMaps (a config serving no key,
+/// GCP's credentials file) and `kube-root-ca.crt`, and the webhook asked
+/// for every token.
+async fn setup(cp: &ControlPlane) -> Webhook {
+    cp.namespace("published", &[]);
+    let ca = std::fs::read_to_string(&cp.ca).unwrap();
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kms-sidecar", "namespace": "published"},
+         "data": {"config.yaml": SIDECAR_CONFIG}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kms-sidecar-gcp", "namespace": "published"},
+         "data": {"credentials.json": GCP_CREDENTIALS}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": "published"},
+         "data": {"ca.crt": ca}},
+    ]});
+    cp.apply(&list.to_string());
+    let hook = Webhook::start_with_kubeconfig(
+        &format!(
+            "tokens: [aws, azure, gcp, vault]\ngcp: {{ audience: \"{GCP_PROVIDER}\" }}\nprobes_port: {}\n",
+            free_port()
+        ),
+        &cp.kubeconfig,
     );
-    let hook = Webhook::start(&format!(
-        "tokens: [aws, azure, gcp, vault]\ngcp: {{ audience: \"{GCP_PROVIDER}\" }}\n"
-    ));
-    let mut checked = 0;
-    let mut with_fs_group = 0;
-    for (name, pod) in published() {
-        let response = hook.review(&pod_review(&pod));
-        let mut injected = pod.clone();
-        json_patch::patch(&mut injected, &patch_of(&response)).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let credentials = sidecar_credentials(&injected);
-        for (file, uid, gid, mode) in kubelet_files(&injected) {
-            let path = dir.path().join(&file);
-            std::fs::write(&path, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln").unwrap();
-            chown(&path, Some(uid), Some(gid)).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-            let out = Command::new("setpriv")
-                .args(&credentials)
-                .args(["--", "cat"])
-                .arg(&path)
-                .output()
-                .expect("setpriv (util-linux) runs");
+    cp.register_webhook("kms-sidecar", &hook.mutate_url(), &hook.ca, "published")
+        .await;
+    hook
+}
+
+/// The ConfigMaps a pod's annotations name instead of the webhook's.
+fn config_maps_named_by(cp: &ControlPlane, pod: &Value) {
+    let annotations = &pod["metadata"]["annotations"];
+    let wanted = [
+        ("kms-sidecar.io/config", "config.yaml", SIDECAR_CONFIG),
+        (
+            "kms-sidecar.io/gcp-credentials",
+            "credentials.json",
+            GCP_CREDENTIALS,
+        ),
+    ];
+    for (annotation, key, value) in wanted {
+        if let Some(name) = annotations[annotation].as_str() {
+            let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": "published"}, "data": {key: value}});
+            cp.apply(&cm.to_string());
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_sidecar_reads_its_tokens_whatever_the_pods_uids_and_fs_group() {
+    let cp = ControlPlane::start().await;
+    let _hook = setup(&cp).await;
+    let (mut checked, mut with_fs_group) = (0, 0);
+    for (i, (source, pod)) in published().into_iter().enumerate() {
+        let name = format!("published-{i}");
+        config_maps_named_by(&cp, &pod);
+        let (_, warnings) = create(&cp, &to_create(&pod, &name).to_string());
+        let pod = stored(&cp, "published", &name);
+        assert!(injected(&pod), "{source}: not injected: {warnings}");
+        // Only the sidecar runs (the apps' images are not here), but the
+        // kubelet's rules see every container of the pod.
+        let only = RunOptions {
+            only: &["kms-sidecar"],
+            ..RunOptions::default()
+        };
+        let running = RunningPod::start(&cp, "published", &name, only).await;
+        for file in token_files(&pod) {
+            let path = format!("/var/run/secrets/kms-sidecar/{file}");
+            let out = running.exec("kms-sidecar", &["cat", &path]);
+            let on_disk = std::fs::read(running.volume("kms-sidecar-tokens").join(&file)).unwrap();
             assert!(
-                out.status.success(),
-                "{name}: the sidecar ({credentials:?}) cannot read {file} (owner {uid}:{gid}, mode {mode:o}): {}",
-                String::from_utf8_lossy(&out.stderr)
+                out.status.success() && out.stdout == on_disk,
+                "{source}: the sidecar cannot read {file}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                running.logs()
             );
             checked += 1;
         }
