@@ -346,6 +346,14 @@ fn reinvoked(
     let after = moved.map(|(_, proxy)| proxy).or(sidecar_at);
     let mut warnings = apps(&mut ops, spec, after.map(|i| i + 1));
     if let Some((from, proxy)) = moved {
+        for (i, c) in init.iter().enumerate().take(proxy).skip(from + 1) {
+            if !mesh::is_mesh_container(&c.name) {
+                warnings.push(format!(
+                    "spec.initContainers[{i}] ({}) now runs before the sidecar, which follows the mesh's native proxy {} put after it: it cannot use the socket",
+                    c.name, init[proxy].name
+                ));
+            }
+        }
         // Removed first, then inserted where the proxy's successor was.
         let (from, to) = (from.to_string(), proxy.to_string());
         ops.push(PatchOperation::Move(MoveOperation {
