@@ -43,11 +43,18 @@ fn has_socket(c: &Container) -> bool {
         .iter()
         .flatten()
         .any(|m| m.name == SOCKET_VOLUME)
-        || c.env.iter().flatten().any(|e| e.name == "KMS_SIDECAR_SOCKET")
+        || c.env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "KMS_SIDECAR_SOCKET")
 }
 
 fn annotation<'a>(p: &'a Pod, key: &str) -> Option<&'a str> {
-    p.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+    p.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
 }
 
 fn with_ports(ports: &[u16]) -> Config {
@@ -61,7 +68,11 @@ fn with_ports(ports: &[u16]) -> Config {
 fn the_sidecar_goes_right_after_a_native_mesh_proxy() {
     for (fixture, mesh, app) in [
         ("istio-native", ["istio-init", "istio-proxy"], "hello"),
-        ("linkerd-native", ["linkerd-init", "linkerd-proxy"], "vote-bot"),
+        (
+            "linkerd-native",
+            ["linkerd-init", "linkerd-proxy"],
+            "vote-bot",
+        ),
     ] {
         let (p, raw, warnings) = admit(&pod(fixture), &config(&[])).unwrap();
         // The proxy is started (its startup probe passed) before ours
@@ -121,9 +132,15 @@ fn before_a_classic_proxy_the_sidecar_stays_first_and_its_kms_ports_bypass_the_p
 
     // With the mesh's CNI plugin (no iptables init container), which reads
     // the annotation when the pod's network is set up: nothing to tell.
-    for (fixture, key) in [("istio-classic", ISTIO_EXCLUDE), ("linkerd-classic", LINKERD_SKIP)] {
+    for (fixture, key) in [
+        ("istio-classic", ISTIO_EXCLUDE),
+        ("linkerd-classic", LINKERD_SKIP),
+    ] {
         let mut cni = pod(fixture);
-        cni["spec"].as_object_mut().unwrap().remove("initContainers");
+        cni["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("initContainers");
         let (p, _, warnings) = admit(&cni, &config(&[])).unwrap();
         assert_eq!(init_names(&p), [CONTAINER]);
         assert_eq!(annotation(&p, key), Some("443"), "{fixture}");
@@ -135,7 +152,9 @@ fn before_a_classic_proxy_the_sidecar_stays_first_and_its_kms_ports_bypass_the_p
     // ports (a Vault's) are added to the pod's list.
     let mut set = pod("istio-classic");
     set["metadata"]["annotations"][ISTIO_EXCLUDE] = json!("443");
-    let args = set["spec"]["initContainers"][0]["args"].as_array_mut().unwrap();
+    let args = set["spec"]["initContainers"][0]["args"]
+        .as_array_mut()
+        .unwrap();
     args.extend([json!("-o"), json!("443")]);
     let (p, _, warnings) = admit(&set, &config(&[])).unwrap();
     assert_eq!(annotation(&p, ISTIO_EXCLUDE), Some("443"));
@@ -156,7 +175,10 @@ fn reinvocation_keeps_the_sidecar_after_a_native_proxy_whichever_webhook_runs_fi
     // linkerd-init and linkerd-proxy at initContainers 0 and 1.
     let linkerd = pod("linkerd-native");
     let mut plain = linkerd.clone();
-    plain["spec"].as_object_mut().unwrap().remove("initContainers");
+    plain["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("initContainers");
     let (_, mut ours, _) = admit(&plain, &config(&[])).unwrap();
     let init = ours["spec"]["initContainers"].as_array_mut().unwrap();
     for (i, c) in linkerd["spec"]["initContainers"]
@@ -179,7 +201,10 @@ fn reinvocation_keeps_the_sidecar_after_a_native_proxy_whichever_webhook_runs_fi
     // moves right after the proxy.
     let istio = pod("istio-native");
     let mut plain = istio.clone();
-    plain["spec"].as_object_mut().unwrap().remove("initContainers");
+    plain["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("initContainers");
     let (_, mut ours, _) = admit(&plain, &config(&[])).unwrap();
     let init = ours["spec"]["initContainers"].as_array_mut().unwrap();
     init.extend(istio["spec"]["initContainers"].as_array().unwrap().clone());
@@ -194,8 +219,14 @@ fn reinvocation_keeps_the_sidecar_after_a_native_proxy_whichever_webhook_runs_fi
     // run time), and the user is told that linkerd-init was made without.
     let classic = pod("linkerd-classic");
     let mut plain = classic.clone();
-    plain["spec"].as_object_mut().unwrap().remove("initContainers");
-    let proxy = plain["spec"]["containers"].as_array_mut().unwrap().remove(0);
+    plain["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("initContainers");
+    let proxy = plain["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .remove(0);
     assert_eq!(proxy["name"], "linkerd-proxy");
     let (_, mut ours, _) = admit(&plain, &config(&[])).unwrap();
     ours["spec"]["containers"]
@@ -212,6 +243,9 @@ fn reinvocation_keeps_the_sidecar_after_a_native_proxy_whichever_webhook_runs_fi
     assert!(!has_socket(container(&p, "linkerd-proxy")));
     assert!(!has_socket(container(&p, "linkerd-init")));
     assert_eq!(annotation(&p, LINKERD_SKIP), Some("4567,4568,443"));
-    assert!(warnings.iter().any(|w| w.contains("(linkerd-init)")), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|w| w.contains("(linkerd-init)")),
+        "{warnings:?}"
+    );
     assert!(admit(&raw, &config(&[])).is_none(), "stable");
 }

@@ -13,9 +13,7 @@
 
 use super::Webhook;
 use super::config_maps::{create, injected, stored};
-use crate::harness::{
-    ControlPlane, SecondWebhook, Sidecar, free_port, projected_token, run_tool,
-};
+use crate::harness::{ControlPlane, SecondWebhook, Sidecar, free_port, projected_token, run_tool};
 use serde_json::Value;
 
 const ISTIO_EXCLUDE: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
@@ -31,7 +29,9 @@ fn names(list: &Value) -> Vec<&str> {
 
 fn has_socket(c: &Value) -> bool {
     let mounts = c["volumeMounts"].as_array().into_iter().flatten();
-    mounts.into_iter().any(|m| m["name"] == "kms-sidecar-socket")
+    mounts
+        .into_iter()
+        .any(|m| m["name"] == "kms-sidecar-socket")
 }
 
 /// The mesh fixture `name`, in `namespace`, created through the API server:
@@ -58,7 +58,11 @@ async fn mesh_pods_are_stored_with_the_sidecar_where_it_can_start() {
     // Native proxies: ours right after, nothing excluded.
     for (fixture, mesh, app) in [
         ("istio-native", ["istio-init", "istio-proxy"], "hello"),
-        ("linkerd-native", ["linkerd-init", "linkerd-proxy"], "vote-bot"),
+        (
+            "linkerd-native",
+            ["linkerd-init", "linkerd-proxy"],
+            "vote-bot",
+        ),
     ] {
         let (pod, warnings) = create_fixture(&cp, fixture, "meshed");
         assert!(injected(&pod), "{fixture}: {warnings}");
@@ -87,7 +91,13 @@ async fn mesh_pods_are_stored_with_the_sidecar_where_it_can_start() {
     // annotation (merged into linkerd-init's list), and kubectl shows what
     // to set on the template for the init container made before.
     for (fixture, mesh_init, key, value, proxy) in [
-        ("istio-classic", "istio-init", ISTIO_EXCLUDE, "443", "istio-proxy"),
+        (
+            "istio-classic",
+            "istio-init",
+            ISTIO_EXCLUDE,
+            "443",
+            "istio-proxy",
+        ),
         (
             "linkerd-classic",
             "linkerd-init",
@@ -119,7 +129,9 @@ async fn mesh_pods_are_stored_with_the_sidecar_where_it_can_start() {
     let pod = stored(&cp, "meshed", "istio-native");
     let sidecar = &pod["spec"]["initContainers"][2];
     let startup = sidecar["startupProbe"]["httpGet"]["path"].as_str().unwrap();
-    let ready = sidecar["readinessProbe"]["httpGet"]["path"].as_str().unwrap();
+    let ready = sidecar["readinessProbe"]["httpGet"]["path"]
+        .as_str()
+        .unwrap();
     with_no_network(startup, ready).await;
 }
 
@@ -167,7 +179,10 @@ async fn with_no_network(startup: &str, ready: &str) {
     assert_eq!(vault["status"], "error", "{body}");
     println!("/readyz with no network: {body}");
     let reason = vault["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("Connection refused"), "/readyz says why: {body}");
+    assert!(
+        reason.contains("Connection refused"),
+        "/readyz says why: {body}"
+    );
     // The socket serves requests meanwhile (the key's backend answers with
     // an error, not the socket with silence).
     let r = s.get("/v1/keys").await;
