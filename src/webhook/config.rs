@@ -53,6 +53,13 @@ pub struct Config {
     /// (it would wait in `ContainerCreating`). Needs get/list/watch on those
     /// ConfigMaps (the chart's ClusterRole); `false` checks nothing.
     pub check_config_maps: bool,
+    /// The ports the sidecar reaches its KMS on (AWS, Azure, GCP: 443; a
+    /// Vault's own port). In a pod whose mesh proxy is a regular container,
+    /// which starts after the sidecar, they are added to the mesh's
+    /// exclusion annotation (`traffic.sidecar.istio.io/excludeOutboundPorts`,
+    /// `config.linkerd.io/skip-outbound-ports`), so that the sidecar's KMS
+    /// traffic bypasses the proxy ([`super::mesh`]); empty: nothing added.
+    pub kms_ports: Vec<u16>,
     pub log: Log,
 }
 
@@ -80,6 +87,7 @@ impl Default for Config {
             gcp: GcpIdentity::default(),
             failure_policy: FailurePolicy::Ignore,
             check_config_maps: true,
+            kms_ports: vec![443],
             log: Log::default(),
         }
     }

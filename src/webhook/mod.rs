@@ -22,6 +22,7 @@ pub mod config;
 pub mod config_maps;
 pub mod ephemeral;
 pub mod fit;
+pub mod mesh;
 pub mod mutate;
 pub mod quantity;
 pub mod tls;

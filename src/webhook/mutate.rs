@@ -3,8 +3,11 @@
 //! tests apply its patches to real-world pod specs.
 //!
 //! What the patch adds (SPEC §11): the sidecar as a native sidecar (first
-//! init container, `restartPolicy: Always`) or, for clusters before 1.29, a
-//! regular container; an `emptyDir` for the socket mounted read-only at
+//! init container, `restartPolicy: Always`, or right after a service mesh's
+//! native proxy: see [`super::mesh`]) or, for clusters before 1.29, a
+//! regular container, its startup probe on `/healthz` (the socket serves:
+//! pod start never waits for the network) and readiness on `/readyz` (the
+//! KMS); a classic mesh proxy's exclusion annotation with the KMS ports; an `emptyDir` for the socket mounted read-only at
 //! `/var/run/kms` in every other container with `KMS_SIDECAR_SOCKET` (a
 //! read-only mount still connects, but cannot remove or replace the socket;
 //! only the sidecar's own mount is writable); the config map; a
@@ -26,8 +29,9 @@
 use super::annotations::Overrides;
 use super::config::{Config, Token};
 use super::fit;
+use super::mesh;
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
+use json_patch::{AddOperation, MoveOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
     EmptyDirVolumeSource, EnvVar, ExecAction, HTTPGetAction, KeyToPath, Pod, PodSpec, Probe,
@@ -232,7 +236,7 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
         });
     }
     if annotations.contains_key(STATUS) {
-        return reinvoked(spec, config);
+        return reinvoked(spec, annotations, config);
     }
     let named_sidecar = |c: &Container| c.name == CONTAINER;
     if spec.containers.iter().any(named_sidecar)
@@ -257,9 +261,11 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     fit::check_pod_resources(spec, &sidecar, config.native_sidecar)?;
 
     // App and init containers first, at their original indices (the sidecar
-    // is inserted before them last).
+    // is inserted before them last), after a mesh's native proxy if any.
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+    let at = mesh::sidecar_index(init);
     let mut ops = Vec::new();
-    let mut warnings = apps(&mut ops, spec, config.native_sidecar.then_some(0));
+    let mut warnings = apps(&mut ops, spec, config.native_sidecar.then_some(at));
     if !config.native_sidecar && spec.init_containers.is_some() {
         warnings.push(
             "init containers do not get the socket: the sidecar is a regular container (injection.nativeSidecar: false), which starts after them".into(),
@@ -277,15 +283,10 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     } else {
         "containers"
     };
-    push_first(&mut ops, list, spec, sidecar);
-    let mut added = BTreeMap::from([(STATUS.to_owned(), "injected".to_owned())]);
-    // Legacy mode puts the sidecar first: kubectl logs and exec would pick
-    // it over the app.
-    if let (false, Some(app)) = (config.native_sidecar, spec.containers.first())
-        && !annotations.contains_key(DEFAULT_CONTAINER)
-    {
-        added.insert(DEFAULT_CONTAINER.into(), app.name.clone());
-    }
+    let at = if config.native_sidecar { at } else { 0 };
+    push_at(&mut ops, list, spec, sidecar, at);
+    let (added, more) = added_annotations(spec, annotations, config);
+    warnings.extend(more);
     push_entries(
         &mut ops,
         &["metadata", "annotations"],
@@ -301,19 +302,75 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     }))
 }
 
+/// The annotations the patch adds: the status, the default container (when
+/// the sidecar is a regular container, it goes first: kubectl logs and exec
+/// would pick it over the app), a classic mesh proxy's exclusions; and
+/// what the user must set where the webhook comes too late.
+fn added_annotations(
+    spec: &PodSpec,
+    annotations: &BTreeMap<String, String>,
+    config: &Config,
+) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut added = BTreeMap::from([(STATUS.to_owned(), "injected".to_owned())]);
+    if let (false, Some(app)) = (config.native_sidecar, spec.containers.first())
+        && !annotations.contains_key(DEFAULT_CONTAINER)
+    {
+        added.insert(DEFAULT_CONTAINER.into(), app.name.clone());
+    }
+    let exclusions = mesh::exclusions(spec, annotations, &config.kms_ports);
+    added.extend(exclusions.annotations);
+    (added, exclusions.warnings)
+}
+
 /// A pod injected before (the API server calls the webhook again when a
 /// later webhook changed the pod: `reinvocationPolicy: IfNeeded`): the
 /// containers added since get the socket, once; those that would reach into
-/// the sidecar are refused.
-fn reinvoked(spec: &PodSpec, config: &Config) -> Result<Decision, Refusal> {
+/// the sidecar are refused; a mesh's native proxy added before the sidecar
+/// is fine, one added after it has the sidecar moved right after it; a
+/// classic proxy gets its exclusion annotation.
+fn reinvoked(
+    spec: &PodSpec,
+    annotations: &BTreeMap<String, String>,
+    config: &Config,
+) -> Result<Decision, Refusal> {
     check_isolation(spec, config).map_err(|r| Refusal::AfterInjection(Box::new(r)))?;
-    let sidecar_at = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .position(|c| c.name == CONTAINER);
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+    let sidecar_at = init.iter().position(|c| c.name == CONTAINER);
+    let moved = match (sidecar_at, mesh::native_proxy(init)) {
+        (Some(from), Some(proxy)) if proxy > from => Some((from, proxy)),
+        _ => None,
+    };
     let mut ops = Vec::new();
-    let warnings = apps(&mut ops, spec, sidecar_at.map(|i| i + 1));
+    // The socket for the init containers that will run after the sidecar
+    // (indices before the move, which comes last).
+    let after = moved.map(|(_, proxy)| proxy).or(sidecar_at);
+    let mut warnings = apps(&mut ops, spec, after.map(|i| i + 1));
+    if let Some((from, proxy)) = moved {
+        for (i, c) in init.iter().enumerate().take(proxy).skip(from + 1) {
+            if !mesh::is_mesh_container(&c.name) {
+                warnings.push(format!(
+                    "spec.initContainers[{i}] ({}) now runs before the sidecar, which follows the mesh's native proxy {} put after it: it cannot use the socket",
+                    c.name, init[proxy].name
+                ));
+            }
+        }
+        // Removed first, then inserted where the proxy's successor was.
+        let (from, to) = (from.to_string(), proxy.to_string());
+        ops.push(PatchOperation::Move(MoveOperation {
+            from: pointer(&["spec", "initContainers", &from]),
+            path: pointer(&["spec", "initContainers", &to]),
+        }));
+    }
+    let exclusions = mesh::exclusions(spec, annotations, &config.kms_ports);
+    warnings.extend(exclusions.warnings);
+    if !exclusions.annotations.is_empty() {
+        push_entries(
+            &mut ops,
+            &["metadata", "annotations"],
+            true,
+            exclusions.annotations,
+        );
+    }
     if ops.is_empty() {
         return Decision::skip("the pod is already injected");
     }
@@ -341,7 +398,8 @@ fn apps(ops: &mut Vec<PatchOperation>, spec: &PodSpec, init_from: Option<usize>)
     let mut warnings = Vec::new();
     for (list, containers, offset) in lists {
         for (i, c) in containers.iter().enumerate() {
-            if c.name == CONTAINER {
+            // A mesh's proxy and init containers are not apps.
+            if c.name == CONTAINER || mesh::is_mesh_container(&c.name) {
                 continue;
             }
             let i = (i + offset).to_string();
@@ -356,14 +414,21 @@ fn apps(ops: &mut Vec<PatchOperation>, spec: &PodSpec, init_from: Option<usize>)
     warnings
 }
 
-/// Inserts the sidecar first in `list` (`containers` or `initContainers`).
-fn push_first(ops: &mut Vec<PatchOperation>, list: &str, spec: &PodSpec, sidecar: Container) {
+/// Inserts the sidecar at index `at` of `list` (`containers` or
+/// `initContainers`).
+fn push_at(
+    ops: &mut Vec<PatchOperation>,
+    list: &str,
+    spec: &PodSpec,
+    sidecar: Container,
+    at: usize,
+) {
     let exists = match list {
         "containers" => true,
         _ => spec.init_containers.is_some(),
     };
     if exists {
-        ops.push(add(&["spec", list, "0"], to_value(&sidecar)));
+        ops.push(add(&["spec", list, &at.to_string()], to_value(&sidecar)));
     } else {
         ops.push(add(&["spec", list], Value::Array(vec![to_value(&sidecar)])));
     }
@@ -608,9 +673,11 @@ fn sidecar(o: &Overrides, config: &Config) -> Container {
                 ..Default::default()
             }]
         }),
-        // Up to a minute to log in to the KMS before the pod's other
-        // containers start; then readiness and liveness.
-        startup_probe: Some(probe("/readyz", 1, 60)),
+        // Started once the socket serves: the pod's other containers start
+        // then, whether or not the KMS is reachable yet (a mesh's proxy
+        // that is a regular container, which carries the sidecar's egress,
+        // starts only after it). Readiness reports the KMS.
+        startup_probe: Some(probe("/healthz", 1, 60)),
         readiness_probe: Some(probe("/readyz", 5, 3)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         resources: Some(ResourceRequirements {

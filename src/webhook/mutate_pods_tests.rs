@@ -149,6 +149,10 @@ fn host_network_pods_get_exec_probes_and_no_port() {
     }
     assert_eq!(
         raw["spec"]["initContainers"][0]["startupProbe"]["exec"]["command"][4],
+        "/healthz"
+    );
+    assert_eq!(
+        raw["spec"]["initContainers"][0]["readinessProbe"]["exec"]["command"][4],
         "/readyz"
     );
 }

@@ -13,11 +13,15 @@
 //! - [`reinvocation`]: a container another webhook adds after ours gets the
 //!   socket, through a real API server;
 //! - [`admitted`]: the real API server's PodSecurity and validation accept
-//!   what the webhook injects into published pods.
+//!   what the webhook injects into published pods;
+//! - [`meshes`]: pods Istio's and Linkerd's injectors made, injected through
+//!   a real API server where the sidecar can start, and the sidecar started
+//!   with no network to its KMS.
 
 mod admitted;
 mod config_maps;
 mod isolation;
+mod meshes;
 mod reinvocation;
 mod socket;
 mod tokens;

@@ -59,6 +59,7 @@ resources: {{ toJson $i.resources }}
 socket_mode: {{ $i.socketMode | quote }}
 run_as_user: {{ $i.runAsUser }}
 probes_port: {{ $i.probesPort }}
+kms_ports: {{ toJson $i.kmsPorts }}
 token_expiration: {{ $i.tokenExpiration }}
 vault_audience: {{ $i.vaultAudience | quote }}
 aws:

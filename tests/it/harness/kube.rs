@@ -432,17 +432,32 @@ impl SecondWebhook {
     /// a pod in `namespace` (a dry run; the namespace needs its `default`
     /// ServiceAccount, see [`ControlPlane::namespace`]).
     pub async fn start(cp: &ControlPlane, namespace: &str) -> SecondWebhook {
+        Self::start_as(cp, namespace, "zz-second-webhook", None).await
+    }
+
+    /// [`Self::start`] registered as the configuration `config` (its name
+    /// orders it among the API server's webhooks), and with `native_proxy`
+    /// appending a native sidecar of that name to `initContainers` (as a
+    /// mesh's injector) instead of adding `added-later`.
+    pub async fn start_as(
+        cp: &ControlPlane,
+        namespace: &str,
+        config: &str,
+        native_proxy: Option<&str>,
+    ) -> SecondWebhook {
         let d = cp.dir.path();
         let (ca, cert, key) = issue_cert(d, "second-webhook");
         let listen = format!("127.0.0.1:{}", free_port());
+        let mut args = vec![
+            format!("--listen={listen}"),
+            format!("--tls-cert={}", cert.display()),
+            format!("--tls-key={}", key.display()),
+        ];
+        args.extend(native_proxy.map(|name| format!("--native-proxy={name}")));
         let child = spawn(
             &kube_binary("second-webhook"),
-            &[
-                format!("--listen={listen}"),
-                format!("--tls-cert={}", cert.display()),
-                format!("--tls-key={}", key.display()),
-            ],
-            &d.join("second-webhook.log"),
+            &args,
+            &d.join(format!("{config}.log")),
         );
         let hook = SecondWebhook {
             child,
@@ -460,7 +475,7 @@ impl SecondWebhook {
         })
         .await;
         cp.apply(&super::admission::mutating_webhook(
-            "zz-second-webhook",
+            config,
             "second-webhook.kms-sidecar.test",
             &hook.url,
             &ca,
@@ -469,8 +484,8 @@ impl SecondWebhook {
         let probe = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{ name: probe, namespace: {namespace} }}\nspec:\n  containers: [{{ name: c, image: busybox }}]\n"
         );
-        cp.wait_until_called("second-webhook", &probe, &["added-later"])
-            .await;
+        let mark = native_proxy.unwrap_or("added-later");
+        cp.wait_until_called(config, &probe, &[mark]).await;
         hook
     }
 }

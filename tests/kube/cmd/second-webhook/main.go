@@ -4,6 +4,12 @@
 // container named "added-later" it adds one (image busybox, `sleep`) with a
 // JSONPatch; a pod that has it already gets no patch, so it is idempotent when
 // the API server reinvokes it (reinvocationPolicy: IfNeeded).
+//
+// With --native-proxy NAME it stands for a service mesh's injector instead:
+// it appends an init container NAME with restartPolicy: Always (a native
+// sidecar, as Istio's istio-proxy or Linkerd's linkerd-proxy) at the end of
+// spec.initContainers, after whatever is there (ours included), unless the
+// pod has one so named.
 package main
 
 import (
@@ -22,10 +28,15 @@ import (
 // Added is the name of the container this webhook adds.
 const Added = "added-later"
 
+// nativeProxy is --native-proxy: the name of the native sidecar to append
+// to spec.initContainers instead ("" adds the Added container).
+var nativeProxy string
+
 func main() {
 	listen := flag.String("listen", "127.0.0.1:8443", "address to serve HTTPS on")
 	cert := flag.String("tls-cert", "", "PEM certificate file (required)")
 	key := flag.String("tls-key", "", "PEM private key file (required)")
+	flag.StringVar(&nativeProxy, "native-proxy", "", "append a native sidecar init container of this name instead")
 	flag.Parse()
 	if *cert == "" || *key == "" {
 		log.Fatal("--tls-cert and --tls-key are required")
@@ -73,26 +84,33 @@ func mutate(req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, 
 	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
 		return nil, fmt.Errorf("not a pod: %w", err)
 	}
-	for _, c := range pod.Spec.Containers {
-		if c.Name == Added {
+	name, list, path := Added, pod.Spec.Containers, "/spec/containers/-"
+	if nativeProxy != "" {
+		name, list, path = nativeProxy, pod.Spec.InitContainers, "/spec/initContainers/-"
+	}
+	for _, c := range list {
+		if c.Name == name {
 			return allowed, nil
 		}
 	}
-	patch, err := json.Marshal([]map[string]any{{
-		"op":   "add",
-		"path": "/spec/containers/-",
-		"value": corev1.Container{
-			Name:    Added,
-			Image:   "busybox",
-			Command: []string{"sleep", "infinity"},
-		},
-	}})
+	added := corev1.Container{Name: name, Image: "busybox", Command: []string{"sleep", "infinity"}}
+	var value any = added
+	if nativeProxy != "" {
+		always := corev1.ContainerRestartPolicyAlways
+		added.RestartPolicy = &always
+		value = added
+		if len(list) == 0 {
+			// No list to append to: the list itself, with the proxy.
+			path, value = "/spec/initContainers", []corev1.Container{added}
+		}
+	}
+	patch, err := json.Marshal([]map[string]any{{"op": "add", "path": path, "value": value}})
 	if err != nil {
 		return nil, err
 	}
 	pt := admissionv1.PatchTypeJSONPatch
 	allowed.Patch = patch
 	allowed.PatchType = &pt
-	log.Printf("patched pod %s/%s: added container %s", req.Namespace, pod.Name, Added)
+	log.Printf("patched pod %s/%s: added container %s", req.Namespace, pod.Name, name)
 	return allowed, nil
 }
