@@ -292,19 +292,27 @@ impl ControlPlane {
         (status.trim().parse().unwrap_or(0), body.to_owned())
     }
 
-    /// Creates namespace `name` with `labels` and its `default`
-    /// ServiceAccount (which the controller manager would make, when it runs;
-    /// the ServiceAccount admission plugin refuses pods without it). Not for
-    /// a control plane with the controller manager: the two may race to
-    /// create the account.
+    /// Creates namespace `name` with `labels`, and what the controller
+    /// manager would make in it, when it runs: its `default` ServiceAccount
+    /// (the ServiceAccount admission plugin refuses pods without it) and
+    /// the `kube-root-ca.crt` ConfigMap (the root-ca-cert-publisher's: the
+    /// CA every pod's `kube-api-access` volume projects, which the kubelet
+    /// stand-in reads). Not for a control plane with the controller
+    /// manager: the two may race to create them.
     #[track_caller]
     pub fn namespace(&self, name: &str, labels: &[(&str, &str)]) {
         let labels: String = labels
             .iter()
             .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
             .collect();
+        let ca = std::fs::read_to_string(&self.ca).expect("the API server's CA");
+        let root_ca = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "kube-root-ca.crt", "namespace": name },
+            "data": { "ca.crt": ca },
+        });
         self.apply(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    kms-sidecar-test: \"true\"\n{labels}---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: default\n  namespace: {name}\n"
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    kms-sidecar-test: \"true\"\n{labels}---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: default\n  namespace: {name}\n---\n{root_ca}\n"
         ));
     }
 

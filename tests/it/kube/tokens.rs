@@ -153,20 +153,15 @@ async fn openbao(cp: &ControlPlane) -> Bao {
 }
 
 /// Namespace `ns` (its `default` and `app` service accounts) with the
-/// sidecar's config for `auth`, and `kube-root-ca.crt` (the CA every pod's
-/// `kube-api-access` volume projects; the controller manager's
-/// root-ca-cert-publisher makes it in a cluster).
+/// sidecar's config for `auth`.
 fn namespace(cp: &ControlPlane, ns: &str, bao: &Bao) {
     cp.namespace(ns, &[]);
     let config = SIDECAR_CONFIG.replace("BAO", &bao.url).replace("AUTH", ns);
-    let ca = std::fs::read_to_string(&cp.ca).unwrap();
     let cm = json!({
         "apiVersion": "v1", "kind": "List", "items": [
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": ns}},
             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kms-sidecar", "namespace": ns},
              "data": {"config.yaml": config}},
-            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": ns},
-             "data": {"ca.crt": ca}},
         ]
     });
     cp.apply(&cm.to_string());
@@ -279,8 +274,8 @@ async fn start_pods(cp: &ControlPlane, life: Duration) -> ([RunningPod; 2], Webh
         compressed_token_life: Some(life),
         ..RunOptions::default()
     };
-    // Started: the sidecar's startup probe (/readyz) passed, so it has
-    // logged in to OpenBao with its first token.
+    // Started: the sidecar's startup probe (/healthz) passed, so its socket
+    // serves; the app's first call may be the one that waits for the login.
     let pods = [
         RunningPod::start(cp, "kubernetes", "app", compressed).await,
         RunningPod::start(cp, "jwt", "app", compressed).await,

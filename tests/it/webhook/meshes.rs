@@ -3,8 +3,8 @@
 //! in each), created through the real API server with our webhook
 //! registered: stored with the sidecar right after a native proxy, or first
 //! with the mesh's exclusion annotation before a classic one; and the
-//! sidecar, with no network to its KMS, passes the startup probe those pods
-//! got while `/readyz` says why it is not ready. And with a mesh-like
+//! sidecar, run by the kubelet stand-in with no network to its KMS, passes
+//! the startup probe those pods got while `/readyz` says why it is not ready. And with a mesh-like
 //! webhook (`tests/kube/cmd/second-webhook --native-proxy`) called before
 //! ours or after (the API server orders configurations by name: Istio's
 //! `istio-sidecar-injector` before `kms-sidecar`, Linkerd's
@@ -13,7 +13,7 @@
 
 use super::Webhook;
 use super::config_maps::{create, injected, stored};
-use crate::harness::{ControlPlane, SecondWebhook, Sidecar, free_port, projected_token, run_tool};
+use crate::harness::{ControlPlane, RunOptions, RunningPod, SecondWebhook, free_port, run_tool};
 use serde_json::Value;
 
 const ISTIO_EXCLUDE: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
@@ -48,10 +48,17 @@ fn create_fixture(cp: &ControlPlane, name: &str, namespace: &str) -> (Value, Str
 async fn mesh_pods_are_stored_with_the_sidecar_where_it_can_start() {
     let cp = ControlPlane::start().await;
     cp.namespace("meshed", &[]);
-    cp.apply(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: kms-sidecar, namespace: meshed }\ndata: { config.yaml: \"{}\" }\n",
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "kms-sidecar", "namespace": "meshed" },
+        "data": { "config.yaml": offline_config() },
+    });
+    cp.apply(&config.to_string());
+    let probes_port = free_port();
+    let hook = Webhook::start_with_kubeconfig(
+        &format!("tokens: [vault]\nprobes_port: {probes_port}\n"),
+        &cp.kubeconfig,
     );
-    let hook = Webhook::start_with_kubeconfig("", &cp.kubeconfig);
     cp.register_webhook("kms-sidecar", &hook.mutate_url(), &hook.ca, "meshed")
         .await;
 
@@ -123,58 +130,72 @@ async fn mesh_pods_are_stored_with_the_sidecar_where_it_can_start() {
         assert!(!has_socket(proxy), "{fixture}: the proxy is no app");
     }
 
-    // The startup probe these pods got passes against a sidecar whose KMS
-    // cannot be reached (as before the mesh's proxy runs), and readiness
-    // says why it is not ready.
-    let pod = stored(&cp, "meshed", "istio-native");
-    let sidecar = &pod["spec"]["initContainers"][2];
-    let startup = sidecar["startupProbe"]["httpGet"]["path"].as_str().unwrap();
-    let ready = sidecar["readinessProbe"]["httpGet"]["path"]
-        .as_str()
-        .unwrap();
-    with_no_network(startup, ready).await;
+    // A meshed pod as stored, run by the kubelet stand-in: its sidecar
+    // starts while its KMS cannot be reached.
+    starts_with_no_network(&cp, "istio-native", probes_port).await;
 }
 
-/// A sidecar whose Vault (Kubernetes auth, as in a pod) is at an address
-/// where nothing answers: its socket serves, the probe listener answers
-/// `startup` with 200 and `ready` with 503 naming the backend and why.
-async fn with_no_network(startup: &str, ready: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("vault-token");
-    let jwt = projected_token("vault", 3600);
-    std::fs::write(&token, &jwt).unwrap();
-    let config = format!(
-        "backends:\n  vault:\n    type: vault\n    address: http://127.0.0.1:{}\n    timeout: 1s\n    auth: {{ method: kubernetes, role: app, token_file: {} }}\nkeys:\n  k: {{ backend: vault, key: k }}\ncallers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
-        free_port(),
-        token.display(),
-        nix::unistd::geteuid().as_raw()
-    );
-    let port = free_port();
-    let probes = format!("127.0.0.1:{port}");
-    // Started: its socket serves (the harness waits for /healthz on it).
-    let s = Sidecar::start_with_env(&config, &[("KMS_SIDECAR_LISTEN__PROBES", &probes)]).await;
-    s.secret(jwt);
-    let get = |path: &str| {
-        let url = format!("http://{probes}{path}");
-        let (ok, out, err) = run_tool(
-            "curl",
-            &["-s", "--max-time", "5", "-w", "\n%{http_code}", &url],
-            super::CURL_HINT,
-        );
+/// The sidecar's config in the meshed namespace: a Vault (Kubernetes auth
+/// with the token the webhook projects) at an address where nothing
+/// answers, as before a mesh's proxy runs; root (the test, from outside the
+/// pod) may call.
+fn offline_config() -> String {
+    format!(
+        "backends:\n  vault:\n    type: vault\n    address: http://127.0.0.1:{}\n    timeout: 1s\n    auth: {{ method: kubernetes, role: app, token_file: /var/run/secrets/kms-sidecar/vault, audience: vault }}\nkeys:\n  k: {{ backend: vault, key: k }}\ncallers:\n  - {{ uids: [0], keys: [\"*\"], ops: [\"*\"] }}\n",
+        free_port()
+    )
+}
+
+/// Runs the stored pod `name`'s sidecar with the kubelet stand-in, which
+/// starts the pod's other containers only once its startup probe passes:
+/// with no network to its KMS it starts (socket serving, the stored startup
+/// probe 200), while the stored readiness probe gets 503 and `/readyz` on
+/// the socket says why.
+async fn starts_with_no_network(cp: &ControlPlane, name: &str, probes_port: u16) {
+    let pod = stored(cp, "meshed", name);
+    let sidecar = pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kms-sidecar")
+        .unwrap();
+    let path = |probe: &str| {
+        sidecar[probe]["httpGet"]["path"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (startup, ready) = (path("startupProbe"), path("readinessProbe"));
+    let only = RunOptions {
+        only: &["kms-sidecar"],
+        ..RunOptions::default()
+    };
+    // Returns once the runner saw the startup probe pass.
+    let running = RunningPod::start(cp, "meshed", name, only).await;
+    let started = running.events("startup probe passed");
+    assert!(!started.is_empty(), "{}", running.logs());
+    let socket = running.volume("kms-sidecar-socket").join("kms.sock");
+    let curl = |extra: &[&str], url: &str| {
+        let mut args = vec!["-s", "--max-time", "5", "-w", "\n%{http_code}"];
+        args.extend_from_slice(extra);
+        args.push(url);
+        let (ok, out, err) = run_tool("curl", &args, super::CURL_HINT);
         assert!(ok, "curl {url}: {err}");
         let (body, code) = out.rsplit_once('\n').unwrap();
         (code.to_owned(), body.to_owned())
     };
-    let (code, body) = get(startup);
+    let probe = |path: &str| curl(&[], &format!("http://127.0.0.1:{probes_port}{path}"));
+    let (code, body) = probe(&startup);
     assert_eq!(code, "200", "the startup probe {startup}: {body}");
     // The probe port tells the kubelet the status alone; the socket tells
     // the app why.
-    let (code, body) = get(ready);
+    let (code, body) = probe(&ready);
     assert_eq!(code, "503", "{ready}: {body}");
     assert!(body.contains("not_ready"), "{body}");
-    let r = s.get("/readyz").await;
-    assert_eq!(r.status, 503);
-    let body = r.json();
+    let on_socket = ["--unix-socket", socket.to_str().unwrap()];
+    let (code, body) = curl(&on_socket, "http://kms/readyz");
+    assert_eq!(code, "503", "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
     let vault = &body["backends"]["vault"];
     assert_eq!(vault["status"], "error", "{body}");
     println!("/readyz with no network: {body}");
@@ -183,10 +204,9 @@ async fn with_no_network(startup: &str, ready: &str) {
         reason.contains("Connection refused"),
         "/readyz says why: {body}"
     );
-    // The socket serves requests meanwhile (the key's backend answers with
-    // an error, not the socket with silence).
-    let r = s.get("/v1/keys").await;
-    assert_eq!(r.status, 200);
+    // The socket serves requests meanwhile.
+    let (code, body) = curl(&on_socket, "http://kms/v1/keys");
+    assert_eq!(code, "200", "{body}");
 }
 
 #[tokio::test]

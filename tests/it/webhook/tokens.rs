@@ -116,18 +116,15 @@ const SIDECAR_CONFIG: &str =
 const GCP_CREDENTIALS: &str = "{\"type\": \"external_account\"}";
 
 /// The namespace, with the sidecar's ConfigMaps (a config serving no key,
-/// GCP's credentials file) and `kube-root-ca.crt`, and the webhook asked
+/// GCP's credentials file), and the webhook asked
 /// for every token.
 async fn setup(cp: &ControlPlane) -> Webhook {
     cp.namespace("published", &[]);
-    let ca = std::fs::read_to_string(&cp.ca).unwrap();
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kms-sidecar", "namespace": "published"},
          "data": {"config.yaml": SIDECAR_CONFIG}},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kms-sidecar-gcp", "namespace": "published"},
          "data": {"credentials.json": GCP_CREDENTIALS}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": "published"},
-         "data": {"ca.crt": ca}},
     ]});
     cp.apply(&list.to_string());
     let hook = Webhook::start_with_kubeconfig(
