@@ -7,15 +7,15 @@
 //! native proxy: see [`super::mesh`]) or, for clusters before 1.29, a
 //! regular container, its startup probe on `/healthz` (the socket serves:
 //! pod start never waits for the network) and readiness on `/readyz` (the
-//! KMS); a classic mesh proxy's exclusion annotation with the KMS ports; an `emptyDir` for the socket mounted read-only at
-//! `/var/run/kms` in every other container with `KMS_SIDECAR_SOCKET` (a
-//! read-only mount still connects, but cannot remove or replace the socket;
-//! only the sidecar's own mount is writable); the config map; a
-//! private `emptyDir` for the sidecar's own files; a
-//! projected service-account token per audience the backends need; the
-//! `kms-sidecar.io/status: injected` annotation that makes injection
-//! idempotent, save for containers another webhook adds later, which get the
-//! socket when the API server calls again.
+//! KMS); a classic mesh proxy's exclusion annotation with the KMS ports; an
+//! `emptyDir` for the socket mounted read-only at `/var/run/kms` in every
+//! other container with `KMS_SIDECAR_SOCKET` (a read-only mount still
+//! connects, but cannot remove or replace the socket; only the sidecar's own
+//! mount is writable); the config map; a private `emptyDir` for the
+//! sidecar's own files; a projected service-account token per audience the
+//! backends need; the `kms-sidecar.io/status: injected` annotation that
+//! makes injection idempotent, save for containers another webhook adds
+//! later, which get the socket when the API server calls again.
 //!
 //! What it leaves alone with a warning: Windows pods (see [`super::fit`]).
 //! What it refuses ([`Refusal`], then the failure policy applies): a pod
