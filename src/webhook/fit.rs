@@ -72,7 +72,7 @@ fn asks_for_windows(term: &NodeSelectorTerm) -> bool {
 pub fn check_pod_resources(
     spec: &PodSpec,
     sidecar: &Container,
-    native: bool,
+    native_at: Option<usize>,
 ) -> Result<(), Refusal> {
     let Some(pod) = &spec.resources else {
         return Ok(());
@@ -80,7 +80,7 @@ pub fn check_pod_resources(
     let none = BTreeMap::new();
     let pod_requests = pod.requests.as_ref().unwrap_or(&none);
     let pod_limits = pod.limits.as_ref().unwrap_or(&none);
-    let total = aggregate_requests(spec, sidecar, native);
+    let total = aggregate_requests(spec, sidecar, native_at);
     for (resource, &needed) in &total {
         let (field, bound) = match (pod_requests.get(resource), pod_limits.get(resource)) {
             (Some(q), _) => ("requests", q),
@@ -120,9 +120,13 @@ pub fn check_pod_resources(
     Ok(())
 }
 
-/// The pod's requests per resource once `sidecar` is in it (as the first
-/// init container when `native`, else as a container), in thousandths.
-fn aggregate_requests(spec: &PodSpec, sidecar: &Container, native: bool) -> BTreeMap<String, i128> {
+/// The pod's requests per resource once `sidecar` is in it (as the init
+/// container at index `native_at`, else as a container), in thousandths.
+fn aggregate_requests(
+    spec: &PodSpec,
+    sidecar: &Container,
+    native_at: Option<usize>,
+) -> BTreeMap<String, i128> {
     let mut total = BTreeMap::new();
     let add = |into: &mut BTreeMap<String, i128>, c: &Container| {
         for resource in requested(c) {
@@ -134,14 +138,15 @@ fn aggregate_requests(spec: &PodSpec, sidecar: &Container, native: bool) -> BTre
     }
     let init = spec.init_containers.as_deref().unwrap_or_default();
     let (mut sidecars, mut init_peak) = (BTreeMap::new(), BTreeMap::new());
-    if !native {
-        add(&mut total, sidecar);
-    }
-    let ours = native.then_some((sidecar, true));
-    let theirs = init
+    let mut order: Vec<(&Container, bool)> = init
         .iter()
-        .map(|c| (c, c.restart_policy.as_deref() == Some("Always")));
-    for (c, restartable) in ours.into_iter().chain(theirs) {
+        .map(|c| (c, c.restart_policy.as_deref() == Some("Always")))
+        .collect();
+    match native_at {
+        Some(at) => order.insert(at.min(order.len()), (sidecar, true)),
+        None => add(&mut total, sidecar),
+    }
+    for (c, restartable) in order {
         let mut use_now = sidecars.clone();
         add(&mut use_now, c);
         if restartable {

@@ -249,3 +249,28 @@ fn reinvocation_keeps_the_sidecar_after_a_native_proxy_whichever_webhook_runs_fi
     );
     assert!(admit(&raw, &config(&[])).is_none(), "stable");
 }
+
+#[test]
+fn pod_level_resources_count_the_sidecar_where_it_goes_after_a_native_proxy() {
+    // istio-init runs before the proxy, so before the sidecar, and alone:
+    // the pod's init peak is its own request. The API server counts the
+    // stored order (component-helpers resource/helpers.go,
+    // AggregateContainerRequests): 500Mi for istio-init, then 128Mi + 16Mi
+    // for the proxy and the sidecar, which stay.
+    let mut doc = pod("istio-native");
+    doc["spec"]["initContainers"][0]["resources"]["requests"]["memory"] = json!("500Mi");
+    doc["spec"]["resources"] = json!({ "requests": { "memory": "500Mi" } });
+    let (p, _, warnings) = admit(&doc, &config(&[])).expect("injected");
+    assert_eq!(init_names(&p), ["istio-init", "istio-proxy", CONTAINER]);
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    // A Mi less: refused, naming the field.
+    doc["spec"]["resources"]["requests"]["memory"] = json!("499Mi");
+    let pod: Pod = serde_json::from_value(doc).expect("a pod");
+    match mutate(&pod, &config(&[])) {
+        Err(Refusal::PodResources { field, .. }) => {
+            assert_eq!(field, "spec.resources.requests.memory");
+        }
+        other => panic!("not refused for its resources: {other:?}"),
+    }
+}

@@ -258,14 +258,16 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     if config.native_sidecar {
         sidecar.restart_policy = Some("Always".into());
     }
-    fit::check_pod_resources(spec, &sidecar, config.native_sidecar)?;
+    // Where a native sidecar goes: first, or after a mesh's native proxy.
+    let native_at = config
+        .native_sidecar
+        .then(|| mesh::sidecar_index(spec.init_containers.as_deref().unwrap_or_default()));
+    fit::check_pod_resources(spec, &sidecar, native_at)?;
 
     // App and init containers first, at their original indices (the sidecar
-    // is inserted before them last), after a mesh's native proxy if any.
-    let init = spec.init_containers.as_deref().unwrap_or_default();
-    let at = mesh::sidecar_index(init);
+    // is inserted before them last).
     let mut ops = Vec::new();
-    let mut warnings = apps(&mut ops, spec, config.native_sidecar.then_some(at));
+    let mut warnings = apps(&mut ops, spec, native_at);
     if !config.native_sidecar && spec.init_containers.is_some() {
         warnings.push(
             "init containers do not get the socket: the sidecar is a regular container (injection.nativeSidecar: false), which starts after them".into(),
@@ -283,8 +285,7 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     } else {
         "containers"
     };
-    let at = if config.native_sidecar { at } else { 0 };
-    push_at(&mut ops, list, spec, sidecar, at);
+    push_at(&mut ops, list, spec, sidecar, native_at.unwrap_or(0));
     let (added, more) = added_annotations(spec, annotations, config);
     warnings.extend(more);
     push_entries(
