@@ -356,7 +356,8 @@ struct BreakerState {
     state: State,
     failures: u32,
     successes: u32,
-    opened: Instant,
+    /// Tokio's clock, so that tests can pause and advance it.
+    opened: tokio::time::Instant,
 }
 
 impl Breaker {
@@ -367,7 +368,7 @@ impl Breaker {
                 state: State::Closed,
                 failures: 0,
                 successes: 0,
-                opened: Instant::now(),
+                opened: tokio::time::Instant::now(),
             }),
         }
     }
@@ -396,7 +397,7 @@ impl Breaker {
                 s.failures += 1;
                 if s.failures >= self.circuit.failures {
                     s.state = State::Open;
-                    s.opened = Instant::now();
+                    s.opened = tokio::time::Instant::now();
                 }
             }
             (State::HalfOpen, false) => {
@@ -408,7 +409,7 @@ impl Breaker {
             }
             (State::HalfOpen, true) => {
                 s.state = State::Open;
-                s.opened = Instant::now();
+                s.opened = tokio::time::Instant::now();
             }
             // A call admitted before the circuit opened.
             (State::Open, _) => {}
@@ -599,18 +600,20 @@ mod tests {
         assert!(!b.admits());
     }
 
-    #[test]
-    fn half_open_closes_after_successes_and_reopens_on_failure() {
+    #[tokio::test(start_paused = true)]
+    async fn half_open_closes_after_successes_and_reopens_on_failure() {
         let b = Breaker::new(circuit());
         for _ in 0..3 {
             b.record(Some(ErrorKind::Backend));
         }
         assert!(!b.admits());
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(49)).await;
+        assert!(!b.admits(), "open for open_for");
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(b.admits(), "half-open after open_for");
         assert_eq!(b.record(None), State::HalfOpen);
         assert_eq!(b.record(Some(ErrorKind::Unavailable)), State::Open);
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(50)).await;
         assert!(b.admits());
         assert_eq!(b.record(None), State::HalfOpen);
         assert_eq!(b.record(None), State::Closed);
