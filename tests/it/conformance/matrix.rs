@@ -1,6 +1,8 @@
 //! The capability matrix of `docs/backends.md`, rendered from the backends'
 //! declarations and the case list — what decides run or skip — so the docs
-//! cannot drift from the suite.
+//! cannot drift from the suite; and from the same declarations, nextest's
+//! `default-filter` in `.config/nextest.toml`, which leaves out the cases a
+//! backend lacks, so that nextest reports them as skipped.
 // Its test needs every backend compiled in (the full build).
 #![cfg_attr(not(feature = "vault"), allow(dead_code))]
 
@@ -128,26 +130,63 @@ fn check_coverage() {
     }
 }
 
-/// Compares the block between the markers of `docs/backends.md` with a
-/// fresh rendering: fails on drift, or rewrites it with `UPDATE_DOCS` set.
+/// Compares the generated blocks of `docs/backends.md` (the matrix) and
+/// `.config/nextest.toml` (the cases left out) with a fresh rendering:
+/// fails on drift, or rewrites them with `UPDATE_DOCS` set.
 pub fn check_docs(backends: &[&Backend]) {
     check_coverage();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/backends.md");
-    let doc = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{DOC}: {e}"));
+    check_block(DOC, BEGIN, END, &render(backends));
+    check_block(
+        NEXTEST,
+        NEXTEST_BEGIN,
+        NEXTEST_END,
+        &render_filter(backends),
+    );
+}
+
+const NEXTEST: &str = ".config/nextest.toml";
+const NEXTEST_BEGIN: &str =
+    "# conformance-gaps:begin (generated from tests/it/conformance: UPDATE_DOCS=1 rewrites it)\n";
+const NEXTEST_END: &str = "# conformance-gaps:end";
+
+/// nextest's `default-filter`: every test but the cases a backend lacks a
+/// capability for (the reasons are in `docs/backends.md`).
+fn render_filter(backends: &[&Backend]) -> String {
+    let mut gaps = Vec::new();
+    for b in backends {
+        for (case, needs) in CASES {
+            if needs.iter().any(|c| b.lacks(*c).is_some()) {
+                gaps.push(format!("test(=conformance::{}::{case})", b.name));
+            }
+        }
+    }
+    format!(
+        "# The conformance cases a backend declares it cannot run (why: the\n\
+         # capability matrix in docs/backends.md): nextest lists them as skipped.\n\
+         default-filter = \"\"\"\nnot (\n    {}\n)\n\"\"\"\n",
+        gaps.join("\n  | ")
+    )
+}
+
+/// The block of the file at `name` between `begin` and `end` is `fresh`:
+/// else a panic naming the first difference, or with `UPDATE_DOCS` set the
+/// block rewritten.
+fn check_block(name: &str, begin: &str, end: &str, fresh: &str) {
+    let path = format!("{}/{name}", env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
     let (before, rest) = doc
-        .split_once(BEGIN)
-        .unwrap_or_else(|| panic!("{DOC} has no line {BEGIN:?}"));
+        .split_once(begin)
+        .unwrap_or_else(|| panic!("{name} has no line {begin:?}"));
     let (current, after) = rest
-        .split_once(END)
-        .unwrap_or_else(|| panic!("{DOC} has no line {END:?}"));
-    let fresh = render(backends);
+        .split_once(end)
+        .unwrap_or_else(|| panic!("{name} has no line {end:?}"));
     if current == fresh {
         return;
     }
     if std::env::var_os("UPDATE_DOCS").is_some() {
-        std::fs::write(path, format!("{before}{BEGIN}{fresh}{END}{after}"))
-            .unwrap_or_else(|e| panic!("{DOC}: {e}"));
-        eprintln!("rewrote the capability matrix in {DOC}");
+        std::fs::write(&path, format!("{before}{begin}{fresh}{end}{after}"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        eprintln!("rewrote the generated block of {name}");
         return;
     }
     let drift = current
@@ -155,10 +194,10 @@ pub fn check_docs(backends: &[&Backend]) {
         .zip(fresh.lines())
         .find(|(a, b)| a != b)
         .map_or("A line was added or removed.".to_owned(), |(a, b)| {
-            format!("First difference:\n  {DOC}:  {a}\n  generated: {b}")
+            format!("First difference:\n  {name}:  {a}\n  generated: {b}")
         });
     panic!(
-        "{DOC}'s capability matrix is out of date with the suite's declarations \
+        "{name}'s generated block is out of date with the suite's declarations \
          (tests/it/conformance); rewrite it with \
          `UPDATE_DOCS=1 cargo nextest run -E 'test(the_capability_matrix_in_docs_is_current)'`.\n{drift}"
     );

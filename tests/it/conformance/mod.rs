@@ -10,8 +10,10 @@
 //!   `env`/`dec`/`dk` with restricted ops, `missing` and `down`), and ends
 //!   with one line, `every_case!(crate::conformance::case_tests)`, which makes
 //!   a test `conformance::<backend>::<case>` of every case.
-//! - A case needing a capability the backend lacks is skipped with a line on
-//!   stderr saying which and why; every other case runs.
+//! - A case needing a capability the backend lacks is left out by nextest's
+//!   `default-filter` (rendered into `.config/nextest.toml` by `matrix.rs`),
+//!   so nextest lists it as skipped; run on purpose, it says on stderr which
+//!   capability and why, and returns. Every other case runs.
 //! - `matrix.rs` renders the backends' declarations and the case list into
 //!   `docs/backends.md`.
 //!
