@@ -210,27 +210,21 @@ impl Keys {
         Self { by_alias }
     }
 
-    /// The aliases of a reloaded `config` (the last one was `old`, with
-    /// `keys`): an alias whose definition, backend and metadata TTL are
-    /// unchanged is the same entry as before, state and caches included.
+    /// The aliases of a reloaded `config` (the last ones were `keys`): an
+    /// alias [`crate::config::Changes::key_kept`] whose backend is the same
+    /// is the same entry as before, state and caches included.
     pub fn new_after(
         config: &Config,
-        old: &Config,
+        changes: crate::config::Changes<'_>,
         keys: &Keys,
         backends: &backend::Backends,
     ) -> Self {
         let mut next = Self::new(config, backends);
-        let ttl_same = config.cache.metadata.ttl.0 == old.cache.metadata.ttl.0;
         for (alias, entry) in &mut next.by_alias {
             let Some(before) = keys.get(alias) else {
                 continue;
             };
-            let same = ttl_same
-                && Arc::ptr_eq(&before.backend, &entry.backend)
-                && (old.keys.get(alias))
-                    .zip(config.keys.get(alias))
-                    .is_some_and(|(a, b)| crate::config::same(a, b));
-            if same {
+            if changes.key_kept(alias) && Arc::ptr_eq(&before.backend, &entry.backend) {
                 *entry = before.clone();
             }
         }

@@ -296,9 +296,9 @@ impl Reloader {
         let text = String::from_utf8_lossy(text);
         let config = Config::parse(&text, &self.path.display().to_string(), &ProcessEnv)?;
         let old = &state.current;
+        let changes = config::Changes::between(&old.config, &config);
         let backends =
-            backend::build_after(&config, &self.metrics, Some((&old.config, &old.backends)))
-                .await?;
+            backend::build_after(&config, &self.metrics, Some((changes, &old.backends))).await?;
         for (name, backend) in &backends {
             let kept = old
                 .backends
@@ -308,22 +308,23 @@ impl Reloader {
                 healthy(name, backend.as_ref()).await?;
             }
         }
-        for section in restart_only(&old.config, &config) {
+        for section in changes.restart_only() {
             tracing::warn!(
                 field = section,
                 "config reload: `{section}` changed, which takes effect at the next restart"
             );
         }
         let served = self.live.load_full();
-        let service = Arc::new(served.socket.service().next(
-            &config,
-            &old.config,
-            backends.clone(),
-        ));
+        let service = Arc::new(
+            served
+                .socket
+                .service()
+                .next(&config, changes, backends.clone()),
+        );
         service.spawn_revalidation(config.cache.data_keys.revalidate.0);
         self.live.store(Arc::new(Served {
-            socket: served.socket.next(service.clone(), &config.limits),
-            probes: served.probes.next(service, &config.limits),
+            socket: served.socket.next(service.clone(), &config.limits, changes),
+            probes: served.probes.next(service, &config.limits, changes),
         }));
         state.current = Current { config, backends };
         state.generation += 1;
@@ -348,24 +349,6 @@ async fn healthy(name: &str, backend: &dyn Backend) -> Result<(), Rejected> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-/// The sections a reload cannot apply that differ between `old` and `new`.
-fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if !config::same(&old.listen, &new.listen) {
-        out.push("listen");
-    }
-    if !config::same(&old.audit, &new.audit) {
-        out.push("audit");
-    }
-    if !config::same(&old.log, &new.log) {
-        out.push("log");
-    }
-    if !config::same(&old.telemetry, &new.telemetry) {
-        out.push("telemetry");
-    }
-    out
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {

@@ -648,20 +648,20 @@ pub async fn build(config: &Config, metrics: &Arc<Metrics>) -> Result<Backends, 
     build_after(config, metrics, None).await
 }
 
-/// The backends of a reloaded `config`, given the last one and its built
-/// backends: a backend whose section, keys and backend limits are unchanged
-/// is the same `Arc` as before (credentials, circuit and sessions go on);
-/// the others are built anew.
+/// The backends of a reloaded `config`, given what changed and the last
+/// built backends: a backend [`crate::config::Changes::backend_kept`] is the
+/// same `Arc` as before (credentials, circuit and sessions go on); the
+/// others are built anew.
 pub async fn build_after(
     config: &Config,
     metrics: &Arc<Metrics>,
-    last: Option<(&Config, &Backends)>,
+    last: Option<(crate::config::Changes<'_>, &Backends)>,
 ) -> Result<Backends, BuildError> {
     let mut out = BTreeMap::new();
     for (name, backend) in &config.backends {
-        if let Some((old, built)) = last
+        if let Some((changes, built)) = last
             && let Some(same) = built.get(name)
-            && build_inputs(old, name) == build_inputs(config, name)
+            && changes.backend_kept(name)
         {
             out.insert(name.clone(), same.clone());
             continue;
@@ -701,25 +701,6 @@ pub async fn build_after(
         out.insert(name.clone(), Arc::new(wrapped) as Arc<dyn Backend>);
     }
     Ok(out)
-}
-
-/// What building backend `name` reads from `config`: its section, the limits
-/// its resilience layer takes, and the keys that name it for the backends
-/// that open their keys when built (AWS and Vault look keys up per call, so
-/// adding a key keeps their credentials and circuit).
-fn build_inputs(config: &Config, name: &str) -> Option<serde_json::Value> {
-    let section = config.backends.get(name)?;
-    let keys: BTreeMap<&String, &KeyConfig> = (config.keys.iter())
-        .filter(|(_, k)| k.backend == name)
-        .filter(|_| !matches!(section, BackendConfig::Aws(_) | BackendConfig::Vault(_)))
-        .collect();
-    serde_json::to_value((
-        section,
-        keys,
-        &config.limits.backend_timeout,
-        config.limits.backend_concurrency,
-    ))
-    .ok()
 }
 
 async fn build_one(

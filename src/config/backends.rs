@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// One backend (a KMS and how to reach it), selected by `type`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum BackendConfig {
     /// Software keys in a local directory (development, tests).
@@ -50,7 +50,7 @@ impl BackendConfig {
 }
 
 /// `type: local`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalBackend {
     /// Directory of key files (created 0700; files 0600).
@@ -68,7 +68,7 @@ pub struct LocalBackend {
 
 /// `type: aws`. Credentials come from the AWS default chain (IRSA web
 /// identity, EKS Pod Identity, environment), never from this file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsBackendConfig {
     pub region: String,
@@ -103,7 +103,7 @@ pub struct AwsBackendConfig {
 /// `type: vault`: HashiCorp Vault or OpenBao, transit secrets engine.
 /// `address`, `namespace` and `ca_file` default to `$VAULT_ADDR`,
 /// `$VAULT_NAMESPACE` and `$VAULT_CACERT`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultBackendConfig {
     /// `https://vault:8200`; default `$VAULT_ADDR`.
@@ -140,7 +140,7 @@ pub struct VaultBackendConfig {
 /// `type: azure`: Azure Key Vault or Managed HSM. Credentials come from the
 /// platform (workload identity's projected token, managed identity, or a
 /// client secret in a file or `$AZURE_CLIENT_SECRET`), never from this file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AzureBackendConfig {
     /// `https://NAME.vault.azure.net` or `https://NAME.managedhsm.azure.net`.
@@ -190,7 +190,7 @@ pub struct AzureBackendConfig {
 /// `type: gcp`: Google Cloud KMS. Credentials come from the platform
 /// (Application Default Credentials: workload identity federation's
 /// external-account file, the GKE metadata server), never from this file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GcpBackendConfig {
     pub project: String,
@@ -230,7 +230,7 @@ pub struct GcpBackendConfig {
 /// `type: pkcs11`: a token of a PKCS#11 module (an HSM vendor's library,
 /// SoftHSM2), loaded at run time. The user PIN comes from a file or an
 /// environment variable, never from this file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pkcs11BackendConfig {
     /// Path of the vendor's PKCS#11 library (`/usr/lib/softhsm/libsofthsm2.so`).
@@ -337,7 +337,7 @@ fn default_transit_mount() -> String {
 }
 
 /// How the sidecar gets its Vault token, selected by `method`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "method", rename_all = "lowercase")]
 pub enum VaultAuth {
     /// A token in a file (written by an operator or another agent), re-read
@@ -363,13 +363,13 @@ impl VaultAuth {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultTokenAuth {
     pub token_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultAppRoleAuth {
     /// Mount path of the auth method; default `approle`.
@@ -379,7 +379,7 @@ pub struct VaultAppRoleAuth {
     pub secret_id_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultRoleAuth {
     /// Mount path of the auth method; default: the method's name.
@@ -404,7 +404,7 @@ pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/servicea
 
 /// Retries of retryable backend failures (unreachable, throttled, timed out,
 /// 5xx), with exponential backoff and ±20 % jitter.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retries {
     /// Attempts in all; 1 disables retries.
@@ -431,7 +431,7 @@ impl Default for Retries {
 /// is not called for `open_for` (requests fail fast with
 /// `backend_unavailable`); then calls are let through again (half-open), and
 /// `successes` consecutive successes close it, one failure opens it again.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Circuit {
     pub failures: u32,
@@ -450,7 +450,7 @@ impl Default for Circuit {
 }
 
 /// Bounds of a background credential refresh interval.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RefreshBounds {
     pub min: Duration,
@@ -468,7 +468,7 @@ impl Default for RefreshBounds {
 
 /// A replica region: its name, or `{region, endpoint}` for an endpoint
 /// override (VPC endpoint, test server).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged, deny_unknown_fields)]
 pub enum ReplicaRegion {
     Name(String),
@@ -487,7 +487,7 @@ impl ReplicaRegion {
 }
 
 /// `assume_role` of an AWS backend.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssumeRole {
     pub role_arn: String,

@@ -3,6 +3,7 @@
 //! with its field path (SPEC §3).
 
 mod backends;
+mod changes;
 mod env;
 mod file;
 mod types;
@@ -11,6 +12,7 @@ mod validate;
 
 pub use crate::metrics::KeyLabels;
 pub use backends::*;
+pub use changes::Changes;
 pub use env::{Env, ProcessEnv};
 pub use file::{MAX_FILE_SIZE, read_file};
 pub use types::*;
@@ -68,7 +70,7 @@ impl fmt::Display for Problem {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -98,15 +100,6 @@ pub struct Config {
     /// audit log's rotation is not checked against a volume).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_volume: Option<DataVolume>,
-}
-
-/// Whether two parts of a config are the same, as their serialized forms
-/// (what a reload compares to tell what changed).
-pub fn same<T: Serialize>(a: &T, b: &T) -> bool {
-    matches!(
-        (serde_json::to_value(a), serde_json::to_value(b)),
-        (Ok(a), Ok(b)) if a == b
-    )
 }
 
 /// Where a configuration came from.

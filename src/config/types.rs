@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// `metrics`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// What the `key` label holds on the TCP probes listener (the socket's
@@ -17,7 +17,7 @@ pub struct MetricsConfig {
 }
 
 /// `envelope`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnvelopeConfig {
     /// Until this time, `envelope/decrypt` also opens envelopes of
@@ -29,7 +29,7 @@ pub struct EnvelopeConfig {
 }
 
 /// `jwks`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwksConfig {
     /// Keys whose JWKS the probe listener serves to anyone at
@@ -39,7 +39,7 @@ pub struct JwksConfig {
 }
 
 /// `telemetry`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// OpenTelemetry traces over OTLP. Off unless an endpoint is set here
@@ -51,7 +51,7 @@ pub struct TelemetryConfig {
 
 /// `telemetry.otlp`. Each field left unset falls back to its standard
 /// `OTEL_…` variable, then to the OpenTelemetry default.
-#[derive(Clone, Default, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpConfig {
     /// The collector's base URL (`http://otel-collector:4318`; gRPC:
@@ -103,7 +103,7 @@ pub enum OtlpProtocol {
 }
 
 /// `audit`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// JSON-lines file, appended to (created 0600); `-` writes to stdout.
@@ -131,7 +131,7 @@ pub struct AuditConfig {
 /// `+ 1` is room beside the rotated files for the rest of the volume (local
 /// keys), a batch of lines written past `max_file_size` into a new file,
 /// and a deleted file a log shipper still holds open.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataVolume {
     /// Where the volume is mounted in the sidecar container.
@@ -164,7 +164,7 @@ fn default_audit_files() -> u32 {
 
 /// `audit.checkpoint`: a signed checkpoint line after every `every_entries`
 /// lines, and at least every `every` while lines keep coming.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditCheckpoint {
     /// The alias of a signing key (in `keys`).
@@ -184,7 +184,7 @@ fn default_checkpoint_every() -> Duration {
 }
 
 /// `listen`: the Unix socket and the optional TCP probe listener.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
     /// Path of the Unix socket; created at start, removed on exit.
@@ -224,7 +224,7 @@ impl Default for Listen {
 }
 
 /// One key alias, as the app names it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// Name of the backend (in `backends`) that holds the key.
@@ -270,7 +270,7 @@ pub struct CallerRule {
 }
 
 /// `cache`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Cache {
     pub public_keys: PublicKeyCache,
@@ -281,7 +281,7 @@ pub struct Cache {
 /// `cache.metadata`: how long a key's metadata (algorithm, versions,
 /// rotation) is reused for listings, metadata and version checks, so that a
 /// probe or a dashboard polling `GET /v1/keys` costs the KMS nothing.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetadataCache {
     /// `0s`: asked of the KMS at every request.
@@ -298,7 +298,7 @@ impl Default for MetadataCache {
 
 /// `cache.data_keys`: how long and how much one data key is reused for
 /// envelope encryption (cf. the AWS Encryption SDK's caching CMM).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataKeyCacheConfig {
     /// A data key is used for new messages at most this long.
@@ -333,7 +333,7 @@ impl Default for DataKeyCacheConfig {
 }
 
 /// `cache.public_keys`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PublicKeyCache {
     pub ttl: Duration,
@@ -348,7 +348,7 @@ impl Default for PublicKeyCache {
 }
 
 /// `limits`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest request body; larger ones get 413 before they are read.
@@ -436,7 +436,7 @@ impl Default for Limits {
 }
 
 /// `log`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     /// A `tracing` filter (`info`, `kms_sidecar=debug`); `RUST_LOG` wins.

@@ -211,16 +211,18 @@ impl Routes {
     /// bodies in flight) and each caller's token bucket. The nonces seen
     /// always carry over: forgetting them would make captured requests
     /// replayable.
-    pub fn next(&self, service: Arc<Service>, limits: &Limits) -> Self {
+    pub fn next(
+        &self,
+        service: Arc<Service>,
+        limits: &Limits,
+        changes: crate::config::Changes<'_>,
+    ) -> Self {
         let mut next = Self::new(service, limits, self.audit.clone());
         next.replay = self.replay.clone();
-        let old = &self.limits;
-        if (old.max_buffered_bytes.0, old.max_body.0)
-            == (limits.max_buffered_bytes.0, limits.max_body.0)
-        {
+        if changes.body_budget_kept() {
             next.budget = self.budget.clone();
         }
-        if old.per_caller == limits.per_caller {
+        if changes.rate_limits_kept() {
             next.per_caller = self.per_caller.clone();
         }
         next

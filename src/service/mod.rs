@@ -93,20 +93,25 @@ impl Service {
         }
     }
 
-    /// The service of a reloaded `config` (the last one was `old`) over
+    /// The service of a reloaded `config` (`changes` from the last) over
     /// `backends`, where a backend the reload left alone is the same `Arc`
     /// as before. A key whose definition and backend are unchanged keeps its
     /// state (rotation generation, algorithm, cached metadata, revocation)
     /// and, while `cache.data_keys` is unchanged, its cached data keys; those
     /// of keys removed or redefined are dropped.
-    pub fn next(&self, config: &Config, old: &Config, backends: backend::Backends) -> Self {
-        let keys = Keys::new_after(config, old, &self.keys, &backends);
+    pub fn next(
+        &self,
+        config: &Config,
+        changes: crate::config::Changes<'_>,
+        backends: backend::Backends,
+    ) -> Self {
+        let keys = Keys::new_after(config, changes, &self.keys, &backends);
         let kept = |alias: &str| {
             (keys.get(alias))
                 .zip(self.keys.get(alias))
                 .is_some_and(|(a, b)| Arc::ptr_eq(a, b))
         };
-        let data_keys = if crate::config::same(&config.cache.data_keys, &old.cache.data_keys) {
+        let data_keys = if changes.data_keys_kept() {
             for alias in self.keys.aliases().into_iter().filter(|a| !kept(a)) {
                 self.data_keys.forget_key(alias);
             }
