@@ -23,6 +23,12 @@ pub enum Error {
     Bind(#[from] BindError),
     #[error(transparent)]
     Audit(#[from] crate::audit::OpenError),
+    #[error("listen.per_container_dir {dir}: {source}")]
+    PerContainerDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("listen.probes {addr}: {source}")]
     Probes {
         addr: std::net::SocketAddr,
@@ -61,7 +67,7 @@ impl App {
         let started = Instant::now();
         let listen = &self.config.listen;
         server::raise_fd_limit();
-        let listener = server::bind(&listen.socket, listen.mode.0, listen.group.as_deref())?;
+        let sockets = bind_sockets(listen)?;
         let audit = match &self.config.audit {
             Some(a) => {
                 let checkpoints = a.checkpoint.as_ref().and_then(|c| {
@@ -120,7 +126,6 @@ impl App {
             });
         }
         let settings = Settings {
-            socket: listen.socket.clone(),
             mode: listen.mode.0,
             group: listen.group.clone(),
             drain_timeout: listen.drain_timeout.0,
@@ -140,11 +145,12 @@ impl App {
         tracing::info!(
             socket = %listen.socket.display(),
             mode = %listen.mode,
+            containers = sockets.len() - 1,
             keys = config.keys.len(),
             startup_ms = started.elapsed().as_millis() as u64,
             "kms-sidecar ready"
         );
-        let drained = server::serve(listener, live, settings, async {
+        let drained = server::serve(sockets, live, settings, async {
             stop.await;
             trigger.trigger();
         })
@@ -155,4 +161,43 @@ impl App {
         }
         Ok(drained)
     }
+}
+
+/// The shared socket, and a socket of its own for every container with a
+/// directory in `listen.per_container_dir` at start: `<dir>/<name>/kms.sock`.
+/// A directory whose name is no container name is left out, with a warning.
+fn bind_sockets(listen: &crate::config::Listen) -> Result<Vec<server::Listening>, Error> {
+    let (mode, group) = (listen.mode.0, listen.group.as_deref());
+    let shared = server::bind(&listen.socket, mode, group)?;
+    let mut sockets = vec![server::Listening::new(shared, listen.socket.clone(), None)];
+    let Some(dir) = &listen.per_container_dir else {
+        return Ok(sockets);
+    };
+    let io = |source| Error::PerContainerDir {
+        dir: dir.clone(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type().map_err(io)?.is_dir() {
+            continue;
+        }
+        if crate::config::is_container_name(&name) {
+            names.push(name);
+        } else {
+            tracing::warn!(dir = %dir.display(), name, "not a container name; no socket served there");
+        }
+    }
+    names.sort();
+    for name in names {
+        let path = dir.join(&name).join("kms.sock");
+        let listener = server::bind(&path, mode, group)?;
+        // Found once, at start: the names live as long as the process.
+        let name: &'static str = Box::leak(name.into_boxed_str());
+        tracing::info!(container = name, socket = %path.display(), "container socket ready");
+        sockets.push(server::Listening::new(listener, path, Some(name)));
+    }
+    Ok(sockets)
 }

@@ -44,6 +44,10 @@ pub struct Metrics {
     pub requests_total: IntCounterVec,
     /// `request_duration_seconds{op}`.
     pub request_duration: HistogramVec,
+    /// `container_requests_total{container,code}`: API requests that came
+    /// through a container's own socket (`listen.per_container_dir`); the
+    /// containers are those found at start, so the label set is bounded.
+    pub container_requests: IntCounterVec,
     /// `backend_calls_total{backend,op,outcome}`; `outcome` is `ok` or the error code.
     pub backend_calls_total: IntCounterVec,
     /// `backend_call_duration_seconds{backend,op}`.
@@ -142,6 +146,14 @@ impl Metrics {
                 "API requests by operation, key alias and result code",
             ),
             &["op", "key", "code"],
+        )
+        .expect("valid metric");
+        let container_requests = IntCounterVec::new(
+            Opts::new(
+                "container_requests_total",
+                "API requests through a container's own socket, by container and result code",
+            ),
+            &["container", "code"],
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
@@ -290,6 +302,7 @@ impl Metrics {
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
+            Box::new(container_requests.clone()),
             Box::new(backend_calls_total.clone()),
             Box::new(backend_call_duration.clone()),
             Box::new(datakey_cache_hits.clone()),
@@ -320,6 +333,7 @@ impl Metrics {
             registry,
             requests_total,
             request_duration,
+            container_requests,
             backend_calls_total,
             backend_call_duration,
             datakey_cache_hits,

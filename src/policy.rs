@@ -117,23 +117,42 @@ pub fn grants(ops: &[OpOrAll], op: Op) -> bool {
         .any(|o| matches!(o, OpOrAll::All) || *o == OpOrAll::Op(op))
 }
 
-/// Peer credentials of a socket connection (`SO_PEERCRED`).
+/// Who is on a socket connection: its peer credentials (`SO_PEERCRED`),
+/// and the container whose own socket it came through, if it did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     /// Often absent or 0 in a pod (no shared PID namespace).
     pub pid: Option<i32>,
+    /// The socket `listen.per_container_dir/<name>/kms.sock` names the
+    /// container `<name>`; `None` on the shared socket. (The names are those
+    /// found at start, kept for the life of the process.)
+    pub container: Option<&'static str>,
 }
 
-/// The `callers` rules.
+/// As errors name a caller: `uid 1000 gid 1000`, and `container api` on a
+/// container's own socket.
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "uid {} gid {}", self.uid, self.gid)?;
+        match self.container {
+            Some(c) => write!(f, " (container {c})"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A caller as the per-caller limits count it (see [`Policy::principal`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Principal {
     Uid(u32),
     Gid(u32),
+    /// A container on its own socket, whatever its uid.
+    Container(&'static str),
 }
 
+/// The `callers` rules.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     rules: Vec<CallerRule>,
@@ -161,26 +180,33 @@ impl Policy {
         self.matching(caller).any(|r| grants(&r.ops, op))
     }
 
-    /// Who `caller` is to the per-caller limits: its uid when a rule names
-    /// the uid; its gid when only rules naming gids (any uid) match, so that
-    /// a process switching uids inside that gid is still one caller; `None`
-    /// when no rule names it (such a caller can do nothing but probes, so
-    /// its connections are kept few and short).
+    /// Who `caller` is to the per-caller limits, when some rule names it:
+    /// the container, on a container's own socket (containers sharing a uid
+    /// are apart); else its uid when a rule names the uid; else its gid
+    /// (only rules naming gids match), so that a process switching uids
+    /// inside that gid is still one caller. `None` when no rule names it
+    /// (such a caller can do nothing but probes, so its connections are
+    /// kept few and short).
     pub fn principal(&self, caller: &Caller) -> Option<Principal> {
-        let mut by_gid = false;
-        for rule in self.matching(caller) {
-            if !rule.uids.is_empty() {
-                return Some(Principal::Uid(caller.uid));
-            }
-            by_gid = true;
+        let mut matched = self.matching(caller).peekable();
+        matched.peek()?;
+        if let Some(container) = caller.container {
+            return Some(Principal::Container(container));
         }
-        by_gid.then_some(Principal::Gid(caller.gid))
+        if matched.any(|rule| !rule.uids.is_empty()) {
+            return Some(Principal::Uid(caller.uid));
+        }
+        Some(Principal::Gid(caller.gid))
     }
 
     fn matching<'a>(&'a self, caller: &'a Caller) -> impl Iterator<Item = &'a CallerRule> + 'a {
         self.rules.iter().filter(move |r| {
             (r.uids.is_empty() || r.uids.contains(&caller.uid))
                 && (r.gids.is_empty() || r.gids.contains(&caller.gid))
+                && (r.containers.is_empty()
+                    || caller
+                        .container
+                        .is_some_and(|c| r.containers.iter().any(|n| n == c)))
         })
     }
 }
@@ -200,6 +226,7 @@ mod tests {
         CallerRule {
             uids: uids.to_vec(),
             gids: gids.to_vec(),
+            containers: vec![],
             keys: keys.iter().map(|s| s.to_string()).collect(),
             ops: ops.to_vec(),
         }
@@ -216,6 +243,7 @@ mod tests {
             uid,
             gid,
             pid: None,
+            container: None,
         };
         assert!(p.allows(&c(1000, 1), "payments-signing", Op::Sign));
         assert!(!p.allows(&c(1000, 1), "payments-signing", Op::Verify));
@@ -243,6 +271,45 @@ mod tests {
         // Only a gid rule names uid 5: it counts as its gid.
         assert_eq!(p.principal(&c(5, 2000)), Some(Principal::Gid(2000)));
         assert_eq!(p.principal(&c(3000, 3000)), Some(Principal::Uid(3000)));
+    }
+
+    #[test]
+    fn container_rules_match_the_socket_a_caller_came_through() {
+        let mut api = rule(&[], &[], &["payments"], &[OpOrAll::Op(Op::Sign)]);
+        api.containers = vec!["api".into()];
+        let mut both = rule(&[1000], &[], &["pii"], &[OpOrAll::Op(Op::Encrypt)]);
+        both.containers = vec!["api".into(), "worker".into()];
+        let p = Policy::new(vec![api, both]);
+        let on = |container| Caller {
+            uid: 1000,
+            gid: 1000,
+            pid: None,
+            container,
+        };
+        assert!(p.allows(&on(Some("api")), "payments", Op::Sign));
+        assert!(
+            !p.allows(&on(Some("worker")), "payments", Op::Sign),
+            "same uid, another container"
+        );
+        assert!(
+            !p.allows(&on(None), "payments", Op::Sign),
+            "the shared socket is no container"
+        );
+        assert!(p.allows(&on(Some("worker")), "pii", Op::Encrypt));
+        let as_2000 = Caller {
+            uid: 2000,
+            ..on(Some("worker"))
+        };
+        assert!(
+            !p.allows(&as_2000, "pii", Op::Encrypt),
+            "uids and containers must both match"
+        );
+        assert_eq!(
+            p.principal(&on(Some("api"))),
+            Some(Principal::Container("api"))
+        );
+        assert_eq!(p.principal(&as_2000), None);
+        assert_eq!(p.principal(&on(None)), None);
     }
 
     #[test]

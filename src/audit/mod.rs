@@ -70,6 +70,9 @@ pub struct Entry {
     pub gid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
+    /// The container whose own socket the request came through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<&'static str>,
     pub op: &'static str,
     /// The key alias (`-` for an unknown one, absent for key listings).
     #[serde(skip_serializing_if = "Option::is_none")]

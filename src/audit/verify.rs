@@ -182,6 +182,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             pid: Some(42),
+            container: None,
             op: "sign",
             key: Some("payments".into()),
             version: Some("1".into()),

@@ -157,6 +157,7 @@ impl Config {
                     c.callers.push(CallerRule {
                         uids: vec![nix::unistd::geteuid().as_raw()],
                         gids: vec![],
+                        containers: vec![],
                         keys: vec!["*".into()],
                         ops: vec![OpOrAll::All],
                     });
@@ -218,6 +219,19 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A container's name as Kubernetes allows it (an RFC 1123 label: at most
+/// 63 lowercase letters, digits and `-`, starting and ending with a letter
+/// or digit); the names of `callers[].containers` and of the directories in
+/// `listen.per_container_dir`.
+pub fn is_container_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 #[cfg(test)]

@@ -330,3 +330,28 @@ fn an_audit_log_in_the_data_volume_must_fit_it() {
         .to_string();
     assert!(err.contains("size_limit"), "{err}");
 }
+
+#[test]
+fn container_rules_need_a_socket_per_container_and_container_names() {
+    let text = "backends: {d: {type: local, dir: x}}\nkeys: {k: {backend: d, key: k}}\ncallers:\n  - {containers: [api, Worker_1], keys: [k], ops: [sign]}\n";
+    let err = Config::parse(text, "t.yaml", &no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`callers[0].containers`: needs a socket per container")
+            && err.contains("`callers[0].containers[1]`: `Worker_1` is not a container name"),
+        "{err}"
+    );
+    // The webhook sets the directory in the sidecar's environment.
+    let env: BTreeMap<String, String> = [(
+        "KMS_SIDECAR_LISTEN__PER_CONTAINER_DIR".to_owned(),
+        "/var/run/kms-sidecar/containers".to_owned(),
+    )]
+    .into();
+    let c = Config::parse(&text.replace(", Worker_1", ""), "t.yaml", &env).unwrap();
+    assert_eq!(
+        c.listen.per_container_dir,
+        Some(PathBuf::from("/var/run/kms-sidecar/containers"))
+    );
+    assert_eq!(c.callers[0].containers, ["api"]);
+}

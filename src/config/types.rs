@@ -199,6 +199,15 @@ pub struct Listen {
     pub probes: Option<std::net::SocketAddr>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// A directory with one subdirectory per app container (named after
+    /// it): the sidecar serves a socket `<dir>/<name>/kms.sock` in each
+    /// subdirectory present at start, and a connection on it is the
+    /// container `<name>` to `callers[].containers`. The webhook mounts each
+    /// container's directory in that container only
+    /// (`kms-sidecar.io/socket-per-container`), so no container can open
+    /// another's socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_container_dir: Option<PathBuf>,
 }
 
 impl Default for Listen {
@@ -209,6 +218,7 @@ impl Default for Listen {
             group: None,
             probes: None,
             drain_timeout: Duration::from_secs(10),
+            per_container_dir: None,
         }
     }
 }
@@ -238,7 +248,8 @@ pub struct KeyConfig {
     pub replay_guard: bool,
 }
 
-/// A rule granting keys × operations to callers matched by uid/gid.
+/// A rule granting keys × operations to callers matched by uid, gid and
+/// container (every one given must match).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CallerRule {
@@ -248,6 +259,10 @@ pub struct CallerRule {
     /// Caller gids this rule matches (any of them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gids: Vec<u32>,
+    /// Containers this rule matches (any of them): the caller connected on
+    /// that container's own socket (`listen.per_container_dir`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
     /// Key aliases, `"*"` or a prefix pattern like `"payments-*"`.
     pub keys: Vec<String>,
     /// Operations granted, or `"*"`.

@@ -109,10 +109,26 @@ impl Config {
             }
         }
         for (i, rule) in self.callers.iter().enumerate() {
-            if rule.uids.is_empty() && rule.gids.is_empty() {
+            if rule.uids.is_empty() && rule.gids.is_empty() && rule.containers.is_empty() {
                 bad(
                     format!("callers[{i}]"),
-                    "a rule needs `uids` or `gids`".into(),
+                    "a rule needs `uids`, `gids` or `containers`".into(),
+                );
+            }
+            for (j, name) in rule.containers.iter().enumerate() {
+                if !super::is_container_name(name) {
+                    bad(
+                        format!("callers[{i}].containers[{j}]"),
+                        format!(
+                            "`{name}` is not a container name (lowercase letters, digits and `-`, at most 63)"
+                        ),
+                    );
+                }
+            }
+            if !rule.containers.is_empty() && self.listen.per_container_dir.is_none() {
+                bad(
+                    format!("callers[{i}].containers"),
+                    "needs a socket per container: set `listen.per_container_dir` (the webhook does, with `kms-sidecar.io/socket-per-container: \"true\"` or `injection.socketPerContainer`)".into(),
                 );
             }
             if rule.ops.is_empty() {

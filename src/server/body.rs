@@ -5,12 +5,14 @@
 //! its segment buffers) holds a [`Reservation`] of a global budget,
 //! `limits.max_buffered_bytes`, for as long as its request runs and until
 //! its answer has been written (so unread answers are bounded too). A caller
-//! uid may hold at most its fair share: the budget divided among the uids
-//! holding or waiting for a reservation, and never more than half of it
-//! while anybody else wants some (a single `max_body` is always allowed).
-//! A request that does not fit waits up to [`BUDGET_WAIT`], then gets 503
-//! `overloaded`. Uids that no rule names never get this far: they are
-//! refused from the path and their credentials, before any body is read.
+//! (a [`Principal`]: its uid, the gid of gid-only rules, or the container
+//! on its own socket) may hold at most its fair share: the budget divided
+//! among the callers holding or waiting for a reservation, and never more
+//! than half of it while anybody else wants some (a single `max_body` is
+//! always allowed). A request that does not fit waits up to
+//! [`BUDGET_WAIT`], then gets 503 `overloaded`. Callers that no rule names
+//! never get this far: they are refused from the path and their
+//! credentials, before any body is read.
 //!
 //! **Room for the others.** The last eighth of the budget ([`reserve`]) is
 //! only for a caller that holds nothing yet, or little ([`SMALL`]): one
@@ -23,6 +25,7 @@
 //! closed.
 
 use crate::api::{ApiError, Code};
+use crate::policy::Principal;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::HeaderMap;
@@ -66,33 +69,33 @@ pub struct Budget {
 #[derive(Debug, Default)]
 struct State {
     used: u64,
-    /// Bytes held per caller uid.
-    held: HashMap<u32, u64>,
-    /// Requests waiting per caller uid (they count for the fair share).
-    waiting: HashMap<u32, u32>,
+    /// Bytes held per caller.
+    held: HashMap<Principal, u64>,
+    /// Requests waiting per caller (they count for the fair share).
+    waiting: HashMap<Principal, u32>,
 }
 
 impl State {
-    /// The most one uid may hold now.
-    fn share(&self, uid: u32, total: u64, floor: u64) -> u64 {
+    /// The most one caller may hold now.
+    fn share(&self, who: Principal, total: u64, floor: u64) -> u64 {
         let mut callers = self.held.len() + self.waiting.len();
-        if !self.held.contains_key(&uid) && !self.waiting.contains_key(&uid) {
+        if !self.held.contains_key(&who) && !self.waiting.contains_key(&who) {
             callers += 1;
         }
         let others = self
             .held
             .keys()
             .chain(self.waiting.keys())
-            .any(|u| *u != uid);
+            .any(|u| *u != who);
         let divisor = if others { callers.max(2) } else { 1 } as u64;
         (total / divisor).max(floor)
     }
 
-    fn fits(&self, uid: u32, bytes: u64, total: u64, floor: u64) -> bool {
-        let mine = self.held.get(&uid).copied().unwrap_or(0);
+    fn fits(&self, who: Principal, bytes: u64, total: u64, floor: u64) -> bool {
+        let mine = self.held.get(&who).copied().unwrap_or(0);
         let into_reserve = self.used + bytes > total - reserve(total, floor);
         self.used + bytes <= total
-            && mine + bytes <= self.share(uid, total, floor)
+            && mine + bytes <= self.share(who, total, floor)
             && (!into_reserve || mine == 0 || mine + bytes <= SMALL)
     }
 }
@@ -101,7 +104,7 @@ impl State {
 #[derive(Debug)]
 pub struct Reservation {
     budget: Arc<Budget>,
-    uid: u32,
+    who: Principal,
     bytes: u64,
 }
 
@@ -126,39 +129,43 @@ impl Budget {
         self.lock().used
     }
 
-    fn try_take(&self, uid: u32, bytes: u64) -> bool {
+    fn try_take(&self, who: Principal, bytes: u64) -> bool {
         if bytes == 0 {
             return true;
         }
         let mut s = self.lock();
-        if !s.fits(uid, bytes, self.total, self.floor) {
+        if !s.fits(who, bytes, self.total, self.floor) {
             return false;
         }
         s.used += bytes;
-        *s.held.entry(uid).or_default() += bytes;
+        *s.held.entry(who).or_default() += bytes;
         true
     }
 
-    /// `bytes` for caller `uid`, waiting up to [`BUDGET_WAIT`] for room.
-    pub async fn reserve(self: &Arc<Self>, uid: u32, bytes: u64) -> Result<Reservation, ApiError> {
+    /// `bytes` for caller `who`, waiting up to [`BUDGET_WAIT`] for room.
+    pub async fn reserve(
+        self: &Arc<Self>,
+        who: Principal,
+        bytes: u64,
+    ) -> Result<Reservation, ApiError> {
         let mut r = Reservation {
             budget: self.clone(),
-            uid,
+            who,
             bytes: 0,
         };
         r.grow(bytes).await?;
         Ok(r)
     }
 
-    async fn take(&self, uid: u32, bytes: u64) -> Result<(), ApiError> {
-        if self.try_take(uid, bytes) {
+    async fn take(&self, who: Principal, bytes: u64) -> Result<(), ApiError> {
+        if self.try_take(who, bytes) {
             return Ok(());
         }
-        *self.lock().waiting.entry(uid).or_default() += 1;
+        *self.lock().waiting.entry(who).or_default() += 1;
         let waited = tokio::time::timeout(BUDGET_WAIT, async {
             loop {
                 let freed = self.freed.notified();
-                if self.try_take(uid, bytes) {
+                if self.try_take(who, bytes) {
                     return;
                 }
                 freed.await;
@@ -167,10 +174,10 @@ impl Budget {
         .await;
         {
             let mut s = self.lock();
-            if let Some(n) = s.waiting.get_mut(&uid) {
+            if let Some(n) = s.waiting.get_mut(&who) {
                 *n -= 1;
                 if *n == 0 {
-                    s.waiting.remove(&uid);
+                    s.waiting.remove(&who);
                 }
             }
         }
@@ -185,17 +192,17 @@ impl Budget {
         })
     }
 
-    fn give_back(&self, uid: u32, bytes: u64) {
+    fn give_back(&self, who: Principal, bytes: u64) {
         if bytes == 0 {
             return;
         }
         let waiters = {
             let mut s = self.lock();
             s.used -= bytes;
-            if let Some(held) = s.held.get_mut(&uid) {
+            if let Some(held) = s.held.get_mut(&who) {
                 *held -= bytes;
                 if *held == 0 {
-                    s.held.remove(&uid);
+                    s.held.remove(&who);
                 }
             }
             !s.waiting.is_empty()
@@ -211,7 +218,7 @@ impl Budget {
 impl Reservation {
     /// Takes `bytes` more (waiting like [`Budget::reserve`]).
     pub async fn grow(&mut self, bytes: u64) -> Result<(), ApiError> {
-        self.budget.take(self.uid, bytes).await?;
+        self.budget.take(self.who, bytes).await?;
         self.bytes += bytes;
         Ok(())
     }
@@ -223,7 +230,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.budget.give_back(self.uid, self.bytes);
+        self.budget.give_back(self.who, self.bytes);
     }
 }
 
@@ -252,13 +259,13 @@ pub async fn read(
     headers: &HeaderMap,
     max: usize,
     budget: &Arc<Budget>,
-    uid: u32,
+    who: Principal,
 ) -> Result<(Zeroizing<Vec<u8>>, Reservation), ApiError> {
     let declared = declared_length(headers);
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large(max));
     }
-    let mut reservation = budget.reserve(uid, declared.unwrap_or(STEP)).await?;
+    let mut reservation = budget.reserve(who, declared.unwrap_or(STEP)).await?;
     let mut buf = Zeroizing::new(Vec::with_capacity(declared.unwrap_or(0) as usize));
     while let Some(frame) = body.frame().await {
         let frame = frame
@@ -296,29 +303,36 @@ mod tests {
         // Alone, a caller may use the budget but its last eighth.
         let mut a: Vec<_> = Vec::new();
         for _ in 0..7 {
-            a.push(budget.reserve(1, 1 << 20).await.unwrap());
+            a.push(budget.reserve(Principal::Uid(1), 1 << 20).await.unwrap());
         }
         assert_eq!(budget.used(), 7 << 20);
         // Another caller's first body takes the reserve.
-        a.push(budget.reserve(3, 1 << 20).await.unwrap());
+        a.push(budget.reserve(Principal::Uid(3), 1 << 20).await.unwrap());
         assert_eq!(budget.used(), 8 << 20);
         // Over it: a request waits, then gets a retryable 503.
-        let e = budget.reserve(1, 1 << 20).await.unwrap_err();
+        let e = budget
+            .reserve(Principal::Uid(1), 1 << 20)
+            .await
+            .unwrap_err();
         assert_eq!(e.code, Code::Overloaded);
         assert!(e.retryable && e.retry_after == Some(1));
         // Another caller waits; as the first caller's requests end, it gets in.
         let waiter = {
             let budget = budget.clone();
-            tokio::spawn(async move { budget.reserve(2, 1 << 20).await })
+            tokio::spawn(async move { budget.reserve(Principal::Uid(2), 1 << 20).await })
         };
         tokio::task::yield_now().await;
         a.pop();
         let b = waiter.await.unwrap().unwrap();
         // While caller 2 holds some, caller 1 may hold at most half.
         a.truncate(3);
-        let more = budget.reserve(1, 1 << 20).await.unwrap();
+        let more = budget.reserve(Principal::Uid(1), 1 << 20).await.unwrap();
         assert_eq!(
-            budget.reserve(1, 1 << 20).await.unwrap_err().code,
+            budget
+                .reserve(Principal::Uid(1), 1 << 20)
+                .await
+                .unwrap_err()
+                .code,
             Code::Overloaded,
             "caller 1 holds 4 MiB of 8: its half"
         );
@@ -332,15 +346,18 @@ mod tests {
         // 30-byte request of another got 503 for as long as they lasted.
         let budget = Budget::new(32 << 20, 1 << 20);
         let mut hog = Vec::new();
-        while let Ok(r) = budget.reserve(1, 1 << 20).await {
+        while let Ok(r) = budget.reserve(Principal::Uid(1), 1 << 20).await {
             hog.push(r);
         }
         assert_eq!(budget.used(), 28 << 20, "all but the reserve");
         // Small requests of others get in, one after another and together.
         let mut small = Vec::new();
         for uid in 2..40 {
-            small.push(budget.reserve(uid, 30).await.unwrap());
-            let more = budget.reserve(uid, 64 << 10).await.unwrap_err();
+            small.push(budget.reserve(Principal::Uid(uid), 30).await.unwrap());
+            let more = budget
+                .reserve(Principal::Uid(uid), 64 << 10)
+                .await
+                .unwrap_err();
             assert_eq!(
                 more.code,
                 Code::Overloaded,
@@ -348,7 +365,10 @@ mod tests {
             );
         }
         // A caller that holds more than a little cannot enter it.
-        let big = budget.reserve(2, 1 << 20).await.unwrap_err();
+        let big = budget
+            .reserve(Principal::Uid(2), 1 << 20)
+            .await
+            .unwrap_err();
         assert_eq!(big.code, Code::Overloaded);
         drop((hog, small));
         assert_eq!(budget.used(), 0);
@@ -357,7 +377,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn growing_a_reservation_is_bounded_too() {
         let budget = Budget::new(1 << 20, 1 << 20);
-        let mut r = budget.reserve(7, STEP).await.unwrap();
+        let mut r = budget.reserve(Principal::Uid(7), STEP).await.unwrap();
         for _ in 1..16 {
             r.grow(STEP).await.unwrap();
         }

@@ -28,11 +28,33 @@ use tracing::Instrument;
 /// Connection settings of the socket server that stay until a restart.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub socket: PathBuf,
-    /// `listen.mode` and `listen.group`, to bind the socket again.
+    /// `listen.mode` and `listen.group`, to bind a socket again.
     pub mode: u32,
     pub group: Option<String>,
     pub drain_timeout: Duration,
+}
+
+/// A bound socket: the shared `listen.socket`, or a container's own in
+/// `listen.per_container_dir` (a connection on it is that container).
+#[derive(Debug)]
+pub struct Listening {
+    pub listener: UnixListener,
+    pub path: PathBuf,
+    pub container: Option<&'static str>,
+    /// The socket file bound, to tell it from one put in its place.
+    bound: Option<SocketId>,
+}
+
+impl Listening {
+    pub fn new(listener: UnixListener, path: PathBuf, container: Option<&'static str>) -> Self {
+        let bound = socket_id(&path);
+        Self {
+            listener,
+            path,
+            container,
+            bound,
+        }
+    }
 }
 
 /// How often the socket file is checked to still be the one the sidecar
@@ -104,36 +126,35 @@ impl Drop for Slot {
     }
 }
 
-/// Serves `listener` until `shutdown` resolves; then stops accepting, removes
-/// the socket file, and waits (at most `drain_timeout`) for in-flight
-/// requests to finish. Returns whether the drain completed in time.
+/// Serves `sockets` until `shutdown` resolves; then stops accepting,
+/// removes the socket files, and waits (at most `drain_timeout`) for
+/// in-flight requests to finish. Returns whether the drain completed in
+/// time.
 pub async fn serve(
-    listener: UnixListener,
+    mut sockets: Vec<Listening>,
     live: Live,
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> bool {
     let graceful = GracefulShutdown::new();
     let table = Arc::new(std::sync::Mutex::new(Connections::default()));
-    let mut listener = listener;
-    let mut bound = socket_id(&settings.socket);
     let socket_metrics = live.load().socket.service().metrics().clone();
     socket_metrics.socket_bound.set(1);
     let mut check = tokio::time::interval(SOCKET_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = 0;
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, container) = tokio::select! {
             biased;
             () = &mut shutdown => break,
             _ = check.tick() => {
-                if let Some((l, id)) = take_back(&settings, bound, &socket_metrics) {
-                    (listener, bound) = (l, Some(id));
-                }
+                let all = sockets.iter_mut().all(|s| take_back(s, &settings, &socket_metrics));
+                socket_metrics.socket_bound.set(i64::from(all));
                 continue;
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+            (accepted, container) = accept(&sockets, &mut next) => match accepted {
+                Ok(stream) => (stream, container),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -147,6 +168,7 @@ pub async fn serve(
                 uid: c.uid(),
                 gid: c.gid(),
                 pid: c.pid(),
+                container,
             },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read peer credentials; closing the connection");
@@ -162,6 +184,7 @@ pub async fn serve(
             service.metrics().connections_rejected.inc();
             tracing::debug!(
                 caller.uid = caller.uid,
+                caller.container = caller.container,
                 known,
                 "connection limit reached; closing a new connection"
             );
@@ -177,7 +200,8 @@ pub async fn serve(
             "connection",
             caller.uid = caller.uid,
             caller.gid = caller.gid,
-            caller.pid = caller.pid
+            caller.pid = caller.pid,
+            caller.container = caller.container,
         );
         tokio::spawn(
             async move {
@@ -189,13 +213,8 @@ pub async fn serve(
             .instrument(span),
         );
     }
-    drop(listener);
-    // Only the sidecar's own socket: a file someone else put there stays.
-    if bound.is_some()
-        && socket_id(&settings.socket) == bound
-        && let Err(e) = std::fs::remove_file(&settings.socket)
-    {
-        tracing::warn!(socket = %settings.socket.display(), error = %e, "could not remove the socket");
+    for socket in sockets {
+        remove(socket);
     }
     tracing::info!("draining in-flight requests");
     match tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await {
@@ -207,46 +226,90 @@ pub async fn serve(
     }
 }
 
-/// A new listener when the socket file is no longer the one bound as
-/// `bound` (deleted, or replaced by another process's socket): the path is
-/// taken back, loudly. While it cannot be, the sidecar is not ready
+/// The next connection on any of `sockets`, with the container its socket
+/// names. The socket after the last one that had a connection is asked
+/// first, so that a busy one cannot starve the others.
+async fn accept(
+    sockets: &[Listening],
+    next: &mut usize,
+) -> (
+    std::io::Result<tokio::net::UnixStream>,
+    Option<&'static str>,
+) {
+    std::future::poll_fn(|cx| {
+        let n = sockets.len();
+        for k in 0..n {
+            let i = (*next + k) % n;
+            if let std::task::Poll::Ready(accepted) = sockets[i].listener.poll_accept(cx) {
+                *next = i + 1;
+                let container = sockets[i].container;
+                return std::task::Poll::Ready((accepted.map(|(s, _)| s), container));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Closes `socket` and removes its file: only the sidecar's own, a file
+/// someone else put there stays.
+fn remove(socket: Listening) {
+    let Listening {
+        listener,
+        path,
+        bound,
+        ..
+    } = socket;
+    drop(listener);
+    if bound.is_some()
+        && socket_id(&path) == bound
+        && let Err(e) = std::fs::remove_file(&path)
+    {
+        tracing::warn!(socket = %path.display(), error = %e, "could not remove the socket");
+    }
+}
+
+/// Whether `socket`'s file is (again) the socket it listens on. When it
+/// is no longer (deleted, or replaced by another process's socket), the
+/// path is taken back, loudly. While it cannot be, the sidecar is not ready
 /// (`kms_sidecar_socket_bound` 0) and tries again at the next check.
 fn take_back(
+    socket: &mut Listening,
     settings: &Settings,
-    bound: Option<SocketId>,
     metrics: &crate::metrics::Metrics,
-) -> Option<(UnixListener, SocketId)> {
-    let now = socket_id(&settings.socket);
-    if bound.is_some() && now == bound {
-        return None;
+) -> bool {
+    let path = &socket.path;
+    let now = socket_id(path);
+    if socket.bound.is_some() && now == socket.bound {
+        return true;
     }
-    if bound.is_some() {
+    if socket.bound.is_some() {
         metrics.socket_replaced.inc();
         tracing::error!(
-            socket = %settings.socket.display(),
+            socket = %path.display(),
             found = if now.is_none() { "nothing" } else { "another socket" },
             "the socket was removed or replaced by another process; binding it again"
         );
     }
-    let rebound = socket::take_over(&settings.socket, settings.mode, settings.group.as_deref())
-        .and_then(|l| {
-            let id = socket_id(&settings.socket).ok_or_else(|| BindError::Io {
-                path: settings.socket.clone(),
-                what: "inspecting the new socket",
-                source: std::io::ErrorKind::NotFound.into(),
-            })?;
-            Ok((l, id))
-        });
+    let rebound = socket::take_over(path, settings.mode, settings.group.as_deref()).and_then(|l| {
+        let id = socket_id(path).ok_or_else(|| BindError::Io {
+            path: path.clone(),
+            what: "inspecting the new socket",
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        Ok((l, id))
+    });
     match rebound {
-        Ok(rebound) => {
-            metrics.socket_bound.set(1);
-            tracing::warn!(socket = %settings.socket.display(), "the socket is the sidecar's again");
-            Some(rebound)
+        Ok((listener, id)) => {
+            tracing::warn!(socket = %path.display(), "the socket is the sidecar's again");
+            (socket.listener, socket.bound) = (listener, Some(id));
+            true
         }
         Err(e) => {
-            metrics.socket_bound.set(0);
             tracing::error!(error = %e, "cannot bind the socket again; not ready until it is");
-            None
+            // Not ours any more: tried again at the next check.
+            socket.bound = None;
+            false
         }
     }
 }

@@ -253,8 +253,7 @@ impl Routes {
             Ok(Err(not_until)) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 Err(over(format!(
-                    "caller uid {} is over its rate limit (limits.per_caller{}); retry in {} ms",
-                    caller.uid,
+                    "caller {caller} is over its rate limit (limits.per_caller{}); retry in {} ms",
                     if tokens > 1 {
                         ", one token per batch item"
                     } else {
@@ -300,6 +299,7 @@ impl Routes {
                     caller.uid = caller.map(|c| i64::from(c.uid)),
                     caller.gid = caller.map(|c| i64::from(c.gid)),
                     caller.pid = caller.and_then(|c| c.pid).map(i64::from),
+                    caller.container = caller.and_then(|c| c.container),
                     op,
                     key = (!key_label.is_empty()).then_some(key_label),
                     outcome = tracing::field::Empty,
@@ -347,6 +347,7 @@ impl Routes {
                         uid: c.uid,
                         gid: c.gid,
                         pid: c.pid,
+                        container: c.container,
                         op,
                         key: (!key_label.is_empty()).then(|| key_label.to_owned()),
                         version: reply.version.clone(),
@@ -375,6 +376,9 @@ impl Routes {
             }
             let metrics = self.service.metrics();
             metrics.requests_total.with_label_values(&[op, key_label, code]).inc();
+            if let Some(container) = caller.and_then(|c| c.container) {
+                metrics.container_requests.with_label_values(&[container, code]).inc();
+            }
             let elapsed = started.elapsed().as_secs_f64();
             self.durations.with(
                 op,
@@ -634,7 +638,7 @@ impl Routes {
             &parts.headers,
             self.max_body,
             &self.budget,
-            caller.uid,
+            self.service.counted_as(caller),
         );
         let read = tokio::time::timeout(self.limits.body_timeout.0, read)
             .await
@@ -670,7 +674,7 @@ impl Routes {
         );
         let reservation = match self
             .budget
-            .reserve(caller.uid, body::STREAM_RESERVATION)
+            .reserve(self.service.counted_as(caller), body::STREAM_RESERVATION)
             .await
         {
             Ok(r) => r,

@@ -156,9 +156,7 @@ impl Service {
         Err(ApiError::new(
             Code::Forbidden,
             format!(
-                "caller uid {} gid {} may not {what} (a rule must grant `{}`)",
-                caller.uid,
-                caller.gid,
+                "caller {caller} may not {what} (a rule must grant `{}`)",
                 op.as_str()
             ),
         ))
@@ -207,10 +205,7 @@ impl Service {
         if !self.policy.allows(caller, alias, op) {
             return Err(ApiError::new(
                 Code::Forbidden,
-                format!(
-                    "caller uid {} gid {} may not `{op}` key `{alias}`",
-                    caller.uid, caller.gid
-                ),
+                format!("caller {caller} may not `{op}` key `{alias}`"),
             ));
         }
         let entry = self.keys.get(alias).ok_or_else(|| {

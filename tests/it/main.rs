@@ -16,6 +16,7 @@ mod callers;
 mod chart;
 mod cli;
 mod conformance;
+mod containers;
 mod docs;
 mod envelope;
 mod errors;
