@@ -177,11 +177,13 @@ pub enum Refusal {
         container: String,
         volume: String,
     },
-    /// `hostPID: true` where the sidecar's uid is the platform's (OpenShift
-    /// gives every container of the pod the same one): a container would
-    /// see the sidecar's process and, as its uid, read its memory.
+    /// `hostPID: true` where containers may share a uid with the sidecar
+    /// (OpenShift gives every container of the pod the same one) or with
+    /// each other (per-container sockets): through `/proc/PID/root` and
+    /// `/proc/PID/mem`, one would reach the sidecar's memory or another
+    /// container's socket.
     #[error(
-        "the pod sets hostPID, and on OpenShift its containers run as the sidecar's uid: they could read its memory and KMS tokens through /proc; unset it"
+        "the pod sets hostPID: its containers would see the sidecar's process and each other's, and one of the same uid could reach the sidecar's memory, or another container's socket, through /proc; unset it"
     )]
     HostPid,
     /// `shareProcessNamespace: true`: every container would see the
@@ -564,13 +566,14 @@ fn push_entries(
 /// the sidecar's own volumes or running as its uid (its own `runAsUser`,
 /// else the pod's); in per-container mode, one mounting a socket not its
 /// own. On OpenShift the platform gives every container the sidecar's uid:
-/// no uid is compared, and `hostPID`, which would then expose the sidecar's
-/// memory, is refused.
+/// no uid is compared. In either mode `hostPID` is refused: it would expose
+/// the sidecar's memory, or another container's socket, to a process of the
+/// same uid.
 fn check_isolation(spec: &PodSpec, config: &Config, per_container: bool) -> Result<(), Refusal> {
     if spec.share_process_namespace == Some(true) {
         return Err(Refusal::SharedProcessNamespace);
     }
-    if config.openshift && spec.host_pid == Some(true) {
+    if (config.openshift || per_container) && spec.host_pid == Some(true) {
         return Err(Refusal::HostPid);
     }
     let lists = [

@@ -271,6 +271,13 @@ fn openshift_mode_compares_no_uid_and_refuses_host_pid() {
     doc["spec"]["hostPID"] = json!(true);
     let why = refusal(&doc, &openshift());
     assert!(why.contains("hostPID"), "{why}");
+    // So would it with a socket per container, each a uid's to share.
+    let per_container = Config {
+        socket_per_container: true,
+        ..config(&[])
+    };
+    assert!(refusal(&doc, &per_container).contains("hostPID"));
+    assert!(inject(&doc, &config(&[])).is_some(), "as before otherwise");
     // And every other isolation rule still holds.
     let mut doc = pod("multi-container");
     doc["spec"]["shareProcessNamespace"] = json!(true);
