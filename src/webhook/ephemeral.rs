@@ -16,7 +16,8 @@
 //! for the pod's own containers: [`super::mutate`]).
 
 use super::config::Config;
-use super::mutate::{self, CONTAINER, SOCKET_VOLUME};
+use super::isolation;
+use super::mutate::{CONTAINER, SOCKET_VOLUME};
 use super::sockets;
 use k8s_openapi::api::core::v1::Pod;
 
@@ -69,11 +70,11 @@ pub fn review(pod: &Pod, config: &Config) -> Result<(), Denial> {
     };
     // The uid the sidecar runs as in this pod (set by hand, perhaps), else
     // the one the webhook gives it.
-    let sidecar_uid = mutate::run_as_user(sidecar.security_context.as_ref(), spec)
+    let sidecar_uid = isolation::run_as_user(sidecar.security_context.as_ref(), spec)
         .map_or(config.run_as_user, |(uid, _)| uid);
     for e in spec.ephemeral_containers.iter().flatten() {
         let container = || e.name.clone();
-        if let Some(volume) = mutate::private_mount(e.volume_mounts.as_deref()) {
+        if let Some(volume) = isolation::private_mount(e.volume_mounts.as_deref()) {
             return Err(Denial::PrivateMount {
                 container: container(),
                 volume,
@@ -104,7 +105,7 @@ pub fn review(pod: &Pod, config: &Config) -> Result<(), Denial> {
                 container: container(),
             });
         }
-        if let Some((uid, set_in)) = mutate::run_as_user(e.security_context.as_ref(), spec)
+        if let Some((uid, set_in)) = isolation::run_as_user(e.security_context.as_ref(), spec)
             && !config.openshift
             && uid == sidecar_uid
         {

@@ -15,6 +15,8 @@
 //! - [`sockets`]: a socket per container (which pods, the volumes' names).
 //! - [`openshift`]: whether a pod's namespace is OpenShift's (its
 //!   `openshift.io/sa.scc.uid-range` annotation, a metadata-only watch).
+//! - [`isolation`]: whether a pod's containers could reach into the
+//!   sidecar (its process, volumes, uid; another container's socket).
 //! - [`ephemeral`]: pure review of ephemeral containers added to an
 //!   injected pod (`pods/ephemeralcontainers`): denied when they would reach
 //!   into the sidecar.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod config_maps;
 pub mod ephemeral;
 pub mod fit;
+pub mod isolation;
 pub mod mesh;
 pub mod mutate;
 pub mod openshift;

@@ -29,6 +29,7 @@
 use super::annotations::Overrides;
 use super::config::{Config, Token};
 use super::fit;
+use super::isolation::check_isolation;
 use super::mesh;
 use super::sockets::{self, VOLUME_PREFIX};
 use json_patch::jsonptr::PointerBuf;
@@ -108,7 +109,7 @@ const TOKEN_VOLUME: &str = "kms-sidecar-tokens";
 const VOLUMES: [&str; 4] = [SOCKET_VOLUME, CONFIG_VOLUME, DATA_VOLUME, TOKEN_VOLUME];
 /// The sidecar's own volumes, which no other container may mount (the
 /// socket's is shared, read-only; a pod may mount it by name where it likes).
-const PRIVATE_VOLUMES: [&str; 2] = [DATA_VOLUME, TOKEN_VOLUME];
+pub(crate) const PRIVATE_VOLUMES: [&str; 2] = [DATA_VOLUME, TOKEN_VOLUME];
 
 /// What to do with a pod.
 #[derive(Debug)]
@@ -389,7 +390,7 @@ fn reinvoked(
         sockets,
     } = apps(&mut ops, spec, after.map(|i| i + 1), per_container);
     if let Some(sidecar) = sidecar {
-        new_sockets(&mut ops, spec, sidecar, sidecar_at, &sockets);
+        sockets::new_sockets(&mut ops, spec, sidecar, sidecar_at, &sockets);
     }
     if let Some((from, proxy)) = moved {
         for (i, c) in init.iter().enumerate().take(proxy).skip(from + 1) {
@@ -425,48 +426,6 @@ fn reinvoked(
         warnings,
         config_maps: Vec::new(),
     }))
-}
-
-/// The volumes and the sidecar's mounts of the per-container `sockets` a
-/// reinvocation gave containers added since, each unless already there.
-/// The sidecar is init container `sidecar_at`, else a regular container.
-fn new_sockets(
-    ops: &mut Vec<PatchOperation>,
-    spec: &PodSpec,
-    sidecar: &Container,
-    sidecar_at: Option<usize>,
-    sockets: &[String],
-) {
-    let (list, at) = match sidecar_at {
-        Some(i) => ("initContainers", i),
-        None => (
-            "containers",
-            spec.containers
-                .iter()
-                .position(|c| c.name == CONTAINER)
-                .unwrap_or_default(),
-        ),
-    };
-    let at = at.to_string();
-    for name in sockets {
-        let volume = sockets::volume_name(name);
-        if !spec.volumes.iter().flatten().any(|v| v.name == volume) {
-            push_items(ops, &["spec"], "volumes", true, [empty_dir(&volume, "1Mi")]);
-        }
-        let dir = sockets::sidecar_dir(name);
-        let mounts = sidecar.volume_mounts.as_deref().unwrap_or_default();
-        if !mounts.iter().any(|m| m.mount_path == dir) {
-            let base = ["spec", list, &at];
-            let exists = sidecar.volume_mounts.is_some();
-            push_items(
-                ops,
-                &base,
-                "volumeMounts",
-                exists,
-                [sockets::sidecar_mount(name)],
-            );
-        }
-    }
 }
 
 /// What [`apps`] did: what could not be done, for the user; in
@@ -558,87 +517,6 @@ fn push_entries(
         }
     } else {
         ops.push(add(path, to_value(&entries)));
-    }
-}
-
-/// Refuses a pod whose containers, injected, could reach into the sidecar:
-/// a shared process namespace, a container (other than the sidecar) mounting
-/// the sidecar's own volumes or running as its uid (its own `runAsUser`,
-/// else the pod's); in per-container mode, one mounting a socket not its
-/// own. On OpenShift the platform gives every container the sidecar's uid:
-/// no uid is compared. In either mode `hostPID` is refused: it would expose
-/// the sidecar's memory, or another container's socket, to a process of the
-/// same uid.
-fn check_isolation(spec: &PodSpec, config: &Config, per_container: bool) -> Result<(), Refusal> {
-    if spec.share_process_namespace == Some(true) {
-        return Err(Refusal::SharedProcessNamespace);
-    }
-    if (config.openshift || per_container) && spec.host_pid == Some(true) {
-        return Err(Refusal::HostPid);
-    }
-    let lists = [
-        ("containers", &spec.containers[..]),
-        (
-            "initContainers",
-            spec.init_containers.as_deref().unwrap_or_default(),
-        ),
-    ];
-    for (list, containers) in lists {
-        for (i, c) in containers.iter().enumerate() {
-            if c.name == CONTAINER {
-                continue;
-            }
-            let container = || format!("spec.{list}[{i}]");
-            if let Some(volume) = private_mount(c.volume_mounts.as_deref()) {
-                return Err(Refusal::PrivateMount {
-                    container: container(),
-                    volume,
-                });
-            }
-            let mounts = c.volume_mounts.as_deref().unwrap_or_default();
-            if let Some(volume) = per_container
-                .then(|| sockets::foreign_socket(c, mounts))
-                .flatten()
-            {
-                return Err(Refusal::ForeignSocket {
-                    container: container(),
-                    volume: volume.to_owned(),
-                });
-            }
-            if let Some((uid, set_in)) = run_as_user(c.security_context.as_ref(), spec)
-                && !config.openshift
-                && uid == config.run_as_user
-            {
-                return Err(Refusal::SidecarUid {
-                    container: container(),
-                    uid,
-                    set_in,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The first of the sidecar's own volumes that `mounts` mounts.
-pub(crate) fn private_mount(mounts: Option<&[VolumeMount]>) -> Option<&'static str> {
-    mounts
-        .into_iter()
-        .flatten()
-        .find_map(|m| PRIVATE_VOLUMES.into_iter().find(|&ours| m.name == ours))
-}
-
-/// The uid a container declares it runs as, and where that is set: its own
-/// `securityContext`, else the pod's. `None` when neither says (the image's
-/// user then applies, which the webhook cannot see).
-pub(crate) fn run_as_user(
-    container: Option<&SecurityContext>,
-    spec: &PodSpec,
-) -> Option<(i64, &'static str)> {
-    let pod = spec.security_context.as_ref().and_then(|sc| sc.run_as_user);
-    match container.and_then(|sc| sc.run_as_user) {
-        Some(uid) => Some((uid, "its securityContext")),
-        None => pod.map(|uid| (uid, "the pod's securityContext")),
     }
 }
 
@@ -907,7 +785,7 @@ fn volumes(o: &Overrides, config: &Config) -> Vec<Volume> {
     volumes
 }
 
-fn empty_dir(name: &str, size_limit: &str) -> Volume {
+pub(crate) fn empty_dir(name: &str, size_limit: &str) -> Volume {
     Volume {
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource {
@@ -947,7 +825,7 @@ fn env(name: &str, value: &str) -> EnvVar {
 
 /// Adds `items` to the list `field` under `base`: each appended when the
 /// list exists, else the list is created with all of them.
-fn push_items<T: serde::Serialize>(
+pub(crate) fn push_items<T: serde::Serialize>(
     ops: &mut Vec<PatchOperation>,
     base: &[&str],
     field: &str,

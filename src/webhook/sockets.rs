@@ -17,8 +17,9 @@
 //! forms never have the same length: distinct containers get distinct
 //! volumes.
 
-use super::mutate::{Refusal, SOCKET_DIR, SOCKET_VOLUME};
-use k8s_openapi::api::core::v1::{Container, VolumeMount};
+use super::mutate::{CONTAINER, Refusal, SOCKET_DIR, SOCKET_VOLUME, empty_dir, push_items};
+use json_patch::PatchOperation;
+use k8s_openapi::api::core::v1::{Container, PodSpec, VolumeMount};
 use std::collections::BTreeMap;
 
 /// The pod annotation that turns per-container sockets on (`"true"`) or off
@@ -98,6 +99,42 @@ pub fn not_here(list: &str, i: &str, name: &str, volume: &str) -> String {
     format!(
         "spec.{list}[{i}] ({name}) has its own volume {volume} at {SOCKET_DIR}: it does not get the socket; move that volume to another path"
     )
+}
+
+/// The volumes and the sidecar's mounts of the per-container `sockets` a
+/// reinvocation gave containers added since, each unless already there.
+/// The sidecar is init container `sidecar_at`, else a regular container.
+pub(crate) fn new_sockets(
+    ops: &mut Vec<PatchOperation>,
+    spec: &PodSpec,
+    sidecar: &Container,
+    sidecar_at: Option<usize>,
+    sockets: &[String],
+) {
+    let (list, at) = match sidecar_at {
+        Some(i) => ("initContainers", i),
+        None => (
+            "containers",
+            spec.containers
+                .iter()
+                .position(|c| c.name == CONTAINER)
+                .unwrap_or_default(),
+        ),
+    };
+    let at = at.to_string();
+    for name in sockets {
+        let volume = volume_name(name);
+        if !spec.volumes.iter().flatten().any(|v| v.name == volume) {
+            push_items(ops, &["spec"], "volumes", true, [empty_dir(&volume, "1Mi")]);
+        }
+        let dir = sidecar_dir(name);
+        let mounts = sidecar.volume_mounts.as_deref().unwrap_or_default();
+        if !mounts.iter().any(|m| m.mount_path == dir) {
+            let base = ["spec", list, &at];
+            let exists = sidecar.volume_mounts.is_some();
+            push_items(ops, &base, "volumeMounts", exists, [sidecar_mount(name)]);
+        }
+    }
 }
 
 #[cfg(test)]
