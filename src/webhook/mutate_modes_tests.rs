@@ -299,3 +299,50 @@ fn openshift_and_per_container_together() {
     let sc = sidecar_of(&p).security_context.clone().unwrap();
     assert_eq!(sc.run_as_user, None);
 }
+
+#[test]
+fn per_container_mode_follows_a_native_proxy_added_later_with_its_mounts() {
+    let (_, mut injected) = inject(&pod("multi-container"), &per_container()).unwrap();
+    // A mesh's injector, called after ours, appends its native proxy.
+    injected["spec"]["initContainers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "name": "istio-proxy", "image": "proxyv2", "restartPolicy": "Always" }));
+    let (p, _) = inject(&injected, &config(&[])).expect("moved after the proxy");
+    let init = p.spec.as_ref().unwrap().init_containers.as_ref().unwrap();
+    assert_eq!(names(init), ["migrate", "istio-proxy", CONTAINER]);
+    // The sidecar moved whole: its sockets, for the containers that run
+    // while it does, are still there.
+    let s = &init[2];
+    for app in ["api", "log-shipper", "migrate"] {
+        let dir = format!("{CONTAINERS_DIR}/{app}");
+        assert!(
+            s.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == dir),
+            "{app}"
+        );
+    }
+}
+
+#[test]
+fn the_socket_mode_loses_others_access_on_openshift_only() {
+    for (mode, on_openshift) in [
+        ("0666", "0660"),
+        ("0660", "0660"),
+        ("0777", "0770"),
+        ("600", "0600"),
+    ] {
+        let c = Config {
+            socket_mode: mode.into(),
+            ..openshift()
+        };
+        assert_eq!(socket_mode(&c), on_openshift, "{mode}");
+        let c = Config {
+            socket_mode: mode.into(),
+            ..config(&[])
+        };
+        assert_eq!(socket_mode(&c), mode);
+    }
+}
