@@ -37,6 +37,23 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The exit code (SPEC §2): 2 for what the config got wrong (a
+    /// `listen.group` that does not exist, a `listen.per_container_dir`
+    /// that is not there), 1 for a failure at run time.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Bind(BindError::NoSuchGroup { .. }) => 2,
+            Error::PerContainerDir { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                2
+            }
+            _ => 1,
+        }
+    }
+}
+
 /// A built sidecar, ready to run.
 #[derive(Debug)]
 pub struct App {

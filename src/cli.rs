@@ -238,7 +238,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 };
                 match app.run(shutdown::signal_received()).await {
                     Ok(_) => ExitCode::SUCCESS,
-                    Err(e) => fail(1, &e),
+                    Err(e) => fail(e.exit_code(), &e),
                 }
             });
             // The last spans are exported on the runtime, which is still there.

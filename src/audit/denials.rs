@@ -5,6 +5,8 @@
 //! uids together at most [`PER_SECOND`]; the rest are counted, and one
 //! `"type":"denials"` line per window, whatever the number of uids, says how
 //! many there were, from how many uids, and which [`TOP`] uids had the most.
+//! A container on its own socket counts apart from the others of its uid
+//! (its entries in `top` name it), so that it cannot spend their lines.
 
 use serde::Serialize;
 use std::collections::HashMap;
@@ -41,8 +43,14 @@ pub(super) struct Summary {
 struct UidCount {
     uid: u32,
     gid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'static str>,
     count: u64,
 }
+
+/// Whose denials are counted together: a uid, or a uid's container on its
+/// own socket.
+pub(super) type Who = (u32, Option<&'static str>);
 
 /// The denials of the current window.
 #[derive(Debug)]
@@ -50,7 +58,7 @@ pub(super) struct Denials {
     started: Instant,
     written: u32,
     summarised: u64,
-    by_uid: HashMap<u32, PerUid>,
+    by_uid: HashMap<Who, PerUid>,
 }
 
 #[derive(Debug)]
@@ -74,15 +82,15 @@ impl Default for Denials {
 impl Denials {
     /// Whether this denial gets a line of its own; if not, it is counted
     /// for the window's summary.
-    pub(super) fn admit(&mut self, uid: u32, gid: u32) -> bool {
+    pub(super) fn admit(&mut self, who: Who, gid: u32) -> bool {
         // A window with counted denials ends when its summary is taken.
         if self.summarised == 0 && self.started.elapsed() >= WINDOW {
             self.restart();
         }
         let room = self.by_uid.len() < MAX_UIDS;
-        let this = match self.by_uid.get_mut(&uid) {
+        let this = match self.by_uid.get_mut(&who) {
             Some(this) => Some(this),
-            None if room => Some(self.by_uid.entry(uid).or_insert(PerUid {
+            None if room => Some(self.by_uid.entry(who).or_insert(PerUid {
                 gid,
                 written: 0,
                 summarised: 0,
@@ -107,10 +115,10 @@ impl Denials {
 
     /// An admitted denial that found no room in the writer's queue: it is
     /// counted in the summary instead.
-    pub(super) fn dropped(&mut self, uid: u32) {
+    pub(super) fn dropped(&mut self, who: Who) {
         self.written = self.written.saturating_sub(1);
         self.summarised += 1;
-        if let Some(this) = self.by_uid.get_mut(&uid) {
+        if let Some(this) = self.by_uid.get_mut(&who) {
             this.written = this.written.saturating_sub(1);
             this.summarised += 1;
         }
@@ -128,14 +136,17 @@ impl Denials {
                 .by_uid
                 .iter()
                 .filter(|(_, u)| u.summarised > 0)
-                .map(|(uid, u)| UidCount {
+                .map(|((uid, container), u)| UidCount {
                     uid: *uid,
                     gid: u.gid,
+                    container: *container,
                     count: u.summarised,
                 })
                 .collect();
             let uids = top.len() as u64;
-            top.sort_unstable_by(|a, b| b.count.cmp(&a.count).then(a.uid.cmp(&b.uid)));
+            top.sort_unstable_by(|a, b| {
+                (b.count.cmp(&a.count)).then((a.uid, a.container).cmp(&(b.uid, b.container)))
+            });
             top.truncate(TOP);
             Summary {
                 kind: "denials",
@@ -169,17 +180,20 @@ mod tests {
     #[test]
     fn one_uid_past_its_rate_is_summarised() {
         let mut d = Denials::default();
-        let admitted = (0..25).filter(|_| d.admit(65534, 65534)).count();
+        let admitted = (0..25).filter(|_| d.admit((65534, None), 65534)).count();
         assert_eq!(admitted, PER_UID_PER_SECOND as usize);
-        assert!(d.admit(1000, 1000), "another uid has its own allowance");
+        assert!(
+            d.admit((1000, None), 1000),
+            "another uid has its own allowance"
+        );
         assert!(d.take_summary(false).is_none(), "the second is not over");
         over(&mut d);
         let s = d.take_summary(false).unwrap();
         assert_eq!((s.count, s.uids), (15, 1));
         assert_eq!((s.top[0].uid, s.top[0].count), (65534, 15));
         // A new window: lines again, up to the rate; a dropped line counts.
-        assert!(d.admit(65534, 65534));
-        d.dropped(65534);
+        assert!(d.admit((65534, None), 65534));
+        d.dropped((65534, None));
         over(&mut d);
         assert_eq!(d.take_summary(false).unwrap().count, 1);
         over(&mut d);
@@ -192,7 +206,7 @@ mod tests {
         let mut admitted = 0;
         for uid in 0..300u32 {
             for _ in 0..30 {
-                admitted += u32::from(d.admit(uid, uid));
+                admitted += u32::from(d.admit((uid, None), uid));
             }
         }
         assert_eq!(admitted, PER_SECOND, "one rate for all uids");
@@ -205,7 +219,7 @@ mod tests {
         assert_eq!(s.top[0].count, 30, "a uid with no line of its own");
         // Past MAX_UIDS, uids count in the total only.
         for uid in 0..(MAX_UIDS as u32 + 100) {
-            d.admit(uid, uid);
+            d.admit((uid, None), uid);
         }
         assert_eq!(d.by_uid.len(), MAX_UIDS);
         over(&mut d);

@@ -183,15 +183,15 @@ impl Audit {
     /// only waits for room in the queue.
     pub async fn record(&self, entry: Entry) -> Result<(), ApiError> {
         if DENIALS.contains(&entry.outcome) {
-            let (uid, gid) = (entry.uid, entry.gid);
+            let (who, gid) = ((entry.uid, entry.container), entry.gid);
             let mut denials = self.shared.denials.lock().expect("never poisoned");
-            if denials.admit(uid, gid)
+            if denials.admit(who, gid)
                 && self
                     .tx
                     .try_send(Command::Entry(Box::new(entry), None))
                     .is_err()
             {
-                denials.dropped(uid);
+                denials.dropped(who);
             }
             return Ok(());
         }

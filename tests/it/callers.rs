@@ -150,7 +150,7 @@ async fn the_socket_gets_the_configured_group() {
         crate::harness::local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }")
             + "listen: { group: no-such-group-kms }\n";
     let (code, _, err) = crate::harness::run_with_config(&["serve", "--config"], &config, &[]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2), "a config error (SPEC §2): {err}");
     assert!(
         err.contains("group `no-such-group-kms` does not exist"),
         "{err}"

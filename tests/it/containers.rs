@@ -283,3 +283,18 @@ fn closed_by_peer(stream: &mut tokio::net::UnixStream) -> bool {
     let mut buf = [0u8; 1];
     matches!(stream.try_read(&mut buf), Ok(0))
 }
+
+/// A `listen.per_container_dir` that is not there is a config error: exit 2
+/// (SPEC §2), naming it.
+#[test]
+fn a_missing_per_container_dir_stops_the_start_with_exit_2() {
+    let config =
+        crate::harness::local_config("  k: { backend: dev, key: k, algorithm: hmac-sha256 }")
+            + "listen: { per_container_dir: /nonexistent/kms-containers }\n";
+    let (code, _, err) = crate::harness::run_with_config(&["serve", "--config"], &config, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("listen.per_container_dir /nonexistent/kms-containers"),
+        "{err}"
+    );
+}
