@@ -277,7 +277,7 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     }
     check_isolation(spec, config, per_container)?;
     let overrides = Overrides::read(annotations, spec, config)?;
-    let mut sidecar = sidecar(&overrides, config, per_container);
+    let mut sidecar = sidecar(&overrides, config);
     if config.native_sidecar {
         sidecar.restart_policy = Some("Always".into());
     }
@@ -295,6 +295,14 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
         sockets,
     } = apps(&mut ops, spec, native_at, per_container);
     let mut volumes = volumes(&overrides, config);
+    // The sidecar's containers directory, when there is one to serve (the
+    // sidecar refuses to start on a missing one).
+    if !sockets.is_empty() {
+        sidecar
+            .env
+            .get_or_insert_default()
+            .push(env(sockets::DIR_ENV, sockets::CONTAINERS_DIR));
+    }
     for name in &sockets {
         volumes.push(empty_dir(&sockets::volume_name(name), "1Mi"));
         sidecar
@@ -578,7 +586,7 @@ fn app_container(
     None
 }
 
-fn sidecar(o: &Overrides, config: &Config, per_container: bool) -> Container {
+fn sidecar(o: &Overrides, config: &Config) -> Container {
     let probe = |path: &str, period, failures| {
         let mut probe = Probe {
             period_seconds: Some(period),
@@ -618,9 +626,6 @@ fn sidecar(o: &Overrides, config: &Config, per_container: bool) -> Container {
         env("KMS_SIDECAR_DATA_VOLUME__PATH", DATA_DIR),
         env("KMS_SIDECAR_DATA_VOLUME__SIZE_LIMIT", DATA_VOLUME_LIMIT),
     ];
-    if per_container {
-        envs.push(env(sockets::DIR_ENV, sockets::CONTAINERS_DIR));
-    }
     let mut mounts = vec![
         // The sidecar's own mount: the one that may create the socket.
         socket_mount(SOCKET_VOLUME, false),

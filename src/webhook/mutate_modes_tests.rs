@@ -161,6 +161,18 @@ fn per_container_mode_keeps_the_mesh_order_and_the_legacy_mode() {
 }
 
 #[test]
+fn a_pod_with_no_container_to_give_a_socket_gets_no_containers_directory() {
+    // Its one container has its own volume at /var/run/kms: no socket for
+    // it, so none to serve (the sidecar would refuse a missing directory).
+    let mut doc = pod("bare");
+    doc["spec"]["containers"][0]["volumeMounts"] =
+        json!([{ "name": "mine", "mountPath": "/var/run/kms" }]);
+    doc["spec"]["volumes"] = json!([{ "name": "mine", "emptyDir": {} }]);
+    let (p, _) = inject(&doc, &per_container()).expect("injected");
+    assert_eq!(env_of(sidecar_of(&p), DIR_ENV), None);
+}
+
+#[test]
 fn per_container_mode_refuses_a_container_mounting_a_socket_not_its_own() {
     // The attack: `log-shipper` names `api`'s socket volume, which the
     // patch would add; or the shared one, the sidecar's own in this mode.
