@@ -34,6 +34,17 @@ pub struct Config {
     /// The sidecar's uid (the image's non-root user). A pod with another
     /// container running as it is refused.
     pub run_as_user: i64,
+    /// Give every app container its own socket (a pod's
+    /// `kms-sidecar.io/socket-per-container` annotation overrides it): the
+    /// sidecar then knows which container calls, and `callers` rules may
+    /// name containers ([`super::sockets`]).
+    pub socket_per_container: bool,
+    /// OpenShift: the sidecar gets no `runAsUser` (the SCC assigns one from
+    /// the namespace's range, with gid 0) and its socket no access for
+    /// others; no container is compared with the sidecar's uid, which is
+    /// the pod's. `false`: decided per pod by its namespace's
+    /// `openshift.io/sa.scc.uid-range` annotation ([`super::openshift`]).
+    pub openshift: bool,
     /// Lifetime of projected service-account tokens (10m to 1h; the kubelet
     /// refreshes them at 80 %).
     pub token_expiration: Duration,
@@ -80,6 +91,8 @@ impl Default for Config {
             probes_port: 9102,
             socket_mode: "0666".into(),
             run_as_user: 65532,
+            socket_per_container: false,
+            openshift: false,
             token_expiration: Duration(std::time::Duration::from_secs(3600)),
             vault_audience: "vault".into(),
             aws: AwsIdentity::default(),

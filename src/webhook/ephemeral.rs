@@ -9,9 +9,16 @@
 //! no `targetContainerName` naming the sidecar (its process namespace, and
 //! through `/proc` its memory and files), no run as the sidecar's uid. A pod
 //! without the sidecar is not this webhook's business and is allowed.
+//!
+//! With a socket per container, no ephemeral container mounts a container's
+//! socket volume (it would call as that container). On OpenShift, where the
+//! platform gives every container the sidecar's uid, no uid is compared (as
+//! for the pod's own containers: [`super::mutate`]).
 
 use super::config::Config;
-use super::mutate::{self, CONTAINER, SOCKET_VOLUME};
+use super::isolation;
+use super::mutate::{CONTAINER, SOCKET_VOLUME};
+use super::sockets;
 use k8s_openapi::api::core::v1::Pod;
 
 /// Why an ephemeral container is denied; the message names it and what to
@@ -27,6 +34,10 @@ pub enum Denial {
         "ephemeral container {container} mounts {SOCKET_VOLUME} writable: mount it with readOnly: true (the socket connects through a read-only mount; a writable one could replace it)"
     )]
     WritableSocket { container: String },
+    #[error(
+        "ephemeral container {container} mounts {volume}, a container's own socket: it would call the sidecar as that container"
+    )]
+    ContainerSocket { container: String, volume: String },
     #[error(
         "ephemeral container {container} targets {CONTAINER}: it would share the sidecar's process namespace; target an app container"
     )]
@@ -59,11 +70,11 @@ pub fn review(pod: &Pod, config: &Config) -> Result<(), Denial> {
     };
     // The uid the sidecar runs as in this pod (set by hand, perhaps), else
     // the one the webhook gives it.
-    let sidecar_uid = mutate::run_as_user(sidecar.security_context.as_ref(), spec)
+    let sidecar_uid = isolation::run_as_user(sidecar.security_context.as_ref(), spec)
         .map_or(config.run_as_user, |(uid, _)| uid);
     for e in spec.ephemeral_containers.iter().flatten() {
         let container = || e.name.clone();
-        if let Some(volume) = mutate::private_mount(e.volume_mounts.as_deref()) {
+        if let Some(volume) = isolation::private_mount(e.volume_mounts.as_deref()) {
             return Err(Denial::PrivateMount {
                 container: container(),
                 volume,
@@ -78,12 +89,24 @@ pub fn review(pod: &Pod, config: &Config) -> Result<(), Denial> {
                 container: container(),
             });
         }
+        if let Some(m) = e
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name.starts_with(sockets::VOLUME_PREFIX))
+        {
+            return Err(Denial::ContainerSocket {
+                container: container(),
+                volume: m.name.clone(),
+            });
+        }
         if e.target_container_name.as_deref() == Some(CONTAINER) {
             return Err(Denial::TargetsSidecar {
                 container: container(),
             });
         }
-        if let Some((uid, set_in)) = mutate::run_as_user(e.security_context.as_ref(), spec)
+        if let Some((uid, set_in)) = isolation::run_as_user(e.security_context.as_ref(), spec)
+            && !config.openshift
             && uid == sidecar_uid
         {
             return Err(Denial::SidecarUid {
@@ -193,6 +216,33 @@ mod tests {
         spec.init_containers.as_mut().unwrap()[0].security_context = None;
         spec.security_context.as_mut().unwrap().run_as_user = Some(4242);
         assert!(review(&p, &Config::default()).is_err());
+    }
+
+    #[test]
+    fn no_debug_container_calls_as_another_and_openshift_compares_no_uid() {
+        // A container's own socket (per-container mode): calling through it
+        // would be calling as that container.
+        let volume = sockets::volume_name("app");
+        let p = pod(json!([{ "name": "debugger", "volumeMounts": [
+            { "name": volume, "mountPath": "/s", "readOnly": true }
+        ] }]));
+        let why = review(&p, &Config::default()).unwrap_err().to_string();
+        assert!(
+            why.contains(&volume) && why.contains("as that container"),
+            "{why}"
+        );
+        // On OpenShift the platform gives every container the sidecar's uid:
+        // a debug container of that uid is no worse than the pod's own.
+        let p = pod(json!([{ "name": "debugger", "securityContext": { "runAsUser": 65532 } }]));
+        assert!(review(&p, &Config::default()).is_err());
+        let openshift = Config {
+            openshift: true,
+            ..Config::default()
+        };
+        assert_eq!(review(&p, &openshift), Ok(()));
+        // Targeting the sidecar stays denied there.
+        let p = pod(json!([{ "name": "debugger", "targetContainerName": CONTAINER }]));
+        assert!(review(&p, &openshift).is_err());
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //!   `annotations` reads the pod's overrides, [`fit`] whether the sidecar
 //!   can run in the pod (its OS, pod-level resources, a free probes port),
 //!   [`quantity`] Kubernetes quantities.
+//! - [`sockets`]: a socket per container (which pods, the volumes' names).
+//! - [`openshift`]: whether a pod's namespace is OpenShift's (its
+//!   `openshift.io/sa.scc.uid-range` annotation, a metadata-only watch).
+//! - [`isolation`]: whether a pod's containers could reach into the
+//!   sidecar (its process, volumes, uid; another container's socket).
 //! - [`ephemeral`]: pure review of ephemeral containers added to an
 //!   injected pod (`pods/ephemeralcontainers`): denied when they would reach
 //!   into the sidecar.
@@ -22,9 +27,12 @@ pub mod config;
 pub mod config_maps;
 pub mod ephemeral;
 pub mod fit;
+pub mod isolation;
 pub mod mesh;
 pub mod mutate;
+pub mod openshift;
 pub mod quantity;
+pub mod sockets;
 pub mod tls;
 
 pub use config::{Config, FailurePolicy};
@@ -46,6 +54,7 @@ use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview,
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,16 +106,20 @@ pub async fn run(
         })?;
     let metrics = WebhookMetrics::new();
     let config_maps = ConfigMaps::start(&settings.config, metrics.config_map_watches.clone()).await;
+    let namespaces = openshift::Namespaces::start(settings.config.openshift).await;
     let handler = Arc::new(Handler {
         config: settings.config,
         metrics,
         config_maps,
+        namespaces,
     });
     tracing::info!(
         listen = %listener.local_addr().unwrap_or(settings.listen),
         native_sidecar = handler.config.native_sidecar,
         tokens = ?handler.config.tokens,
         check_config_maps = handler.config.check_config_maps,
+        socket_per_container = handler.config.socket_per_container,
+        openshift = handler.config.openshift,
         "kms-sidecar webhook ready"
     );
     let reloads = handler.metrics.tls_reloads.clone();
@@ -218,6 +231,9 @@ struct WebhookMetrics {
     /// `webhook_config_map_watch_ready{config_map}`: 1 once the watch of
     /// that (configured) name has listed.
     config_map_watches: IntGaugeVec,
+    /// `webhook_namespace_lookups_total{outcome}`: openshift, kubernetes,
+    /// unavailable (the webhook's `openshift` setting applied).
+    namespace_lookups: IntCounterVec,
 }
 
 impl WebhookMetrics {
@@ -267,8 +283,17 @@ impl WebhookMetrics {
             &["config_map"],
         )
         .expect("valid metric");
+        let namespace_lookups = IntCounterVec::new(
+            Opts::new(
+                "webhook_namespace_lookups_total",
+                "Lookups of a pod's namespace for OpenShift's uid range, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for m in [
             Box::new(reviews.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(namespace_lookups.clone()),
             Box::new(review_duration.clone()),
             Box::new(tls_reloads.clone()),
             Box::new(config_map_lookups.clone()),
@@ -283,6 +308,7 @@ impl WebhookMetrics {
             tls_reloads,
             config_map_lookups,
             config_map_watches,
+            namespace_lookups,
         }
     }
 }
@@ -293,6 +319,7 @@ pub struct Handler {
     config: Config,
     metrics: WebhookMetrics,
     config_maps: ConfigMaps,
+    namespaces: openshift::Namespaces,
 }
 
 impl Handler {
@@ -392,7 +419,7 @@ impl Handler {
                 Err(e) => self.cannot_decide(response, namespace, &e),
             },
             (true, Operation::Update, Some("ephemeralcontainers")) => match pod_of(request) {
-                Ok(pod) => self.review_ephemeral(&pod, response, namespace),
+                Ok(pod) => self.review_ephemeral(&pod, response, namespace).await,
                 Err(e) => {
                     tracing::warn!(pod.namespace = namespace, reason = %e, "ephemeral containers denied: the pod cannot be read");
                     let message =
@@ -416,7 +443,8 @@ impl Handler {
         namespace: &str,
     ) -> (&'static str, AdmissionResponse) {
         let name = pod_name(pod);
-        match mutate::mutate(pod, &self.config) {
+        let config = self.config_for(namespace).await;
+        match mutate::mutate(pod, &config) {
             Ok(mutate::Decision::Skip { reason, warning }) => {
                 tracing::debug!(pod.namespace = namespace, pod.name = %name, reason, "admitted unchanged");
                 let mut response = response;
@@ -454,6 +482,33 @@ impl Handler {
         }
     }
 
+    /// The config for a pod of `namespace`: in OpenShift mode when the
+    /// webhook's says so or the namespace is OpenShift's; when the webhook
+    /// cannot tell, its own.
+    async fn config_for(&self, namespace: &str) -> Cow<'_, Config> {
+        if self.config.openshift {
+            return Cow::Borrowed(&self.config);
+        }
+        let detected = self.namespaces.is_openshift(namespace).await;
+        let outcome = match detected {
+            Some(true) => "openshift",
+            Some(false) => "kubernetes",
+            None => "unavailable",
+        };
+        self.metrics
+            .namespace_lookups
+            .with_label_values(&[outcome])
+            .inc();
+        tracing::debug!(pod.namespace = namespace, outcome, "namespace looked up");
+        match detected {
+            Some(true) => Cow::Owned(Config {
+                openshift: true,
+                ..self.config.clone()
+            }),
+            _ => Cow::Borrowed(&self.config),
+        }
+    }
+
     /// Looks up the ConfigMaps `injection` mounts: `Err` when one is missing
     /// (the refusal), else the warnings for those it could not check.
     async fn check_config_maps(
@@ -479,14 +534,15 @@ impl Handler {
     /// reach into the sidecar ([`ephemeral::Denial`]) whatever the failure
     /// policy (which is about pods the webhook cannot inject), else admitted
     /// unchanged.
-    fn review_ephemeral(
+    async fn review_ephemeral(
         &self,
         pod: &Pod,
         response: AdmissionResponse,
         namespace: &str,
     ) -> (&'static str, AdmissionResponse) {
         let name = pod_name(pod);
-        match ephemeral::review(pod, &self.config) {
+        let config = self.config_for(namespace).await;
+        match ephemeral::review(pod, &config) {
             Ok(()) => {
                 tracing::debug!(pod.namespace = namespace, pod.name = %name, "ephemeral containers admitted");
                 ("skipped", response)

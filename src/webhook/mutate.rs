@@ -29,7 +29,9 @@
 use super::annotations::Overrides;
 use super::config::{Config, Token};
 use super::fit;
+use super::isolation::check_isolation;
 use super::mesh;
+use super::sockets::{self, VOLUME_PREFIX};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, MoveOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
@@ -107,7 +109,7 @@ const TOKEN_VOLUME: &str = "kms-sidecar-tokens";
 const VOLUMES: [&str; 4] = [SOCKET_VOLUME, CONFIG_VOLUME, DATA_VOLUME, TOKEN_VOLUME];
 /// The sidecar's own volumes, which no other container may mount (the
 /// socket's is shared, read-only; a pod may mount it by name where it likes).
-const PRIVATE_VOLUMES: [&str; 2] = [DATA_VOLUME, TOKEN_VOLUME];
+pub(crate) const PRIVATE_VOLUMES: [&str; 2] = [DATA_VOLUME, TOKEN_VOLUME];
 
 /// What to do with a pod.
 #[derive(Debug)]
@@ -158,7 +160,7 @@ pub enum Refusal {
     #[error(
         "the pod already has a volume named {volume}, a name the sidecar's volumes use: rename it"
     )]
-    VolumeName { volume: &'static str },
+    VolumeName { volume: String },
     /// A container of the pod mounts one of the sidecar's own volumes.
     #[error("{container} mounts {volume}, which only the sidecar may mount")]
     PrivateMount {
@@ -166,6 +168,25 @@ pub enum Refusal {
         container: String,
         volume: &'static str,
     },
+    /// Per-container sockets: a container mounts the shared socket's volume
+    /// (the sidecar's own in that mode) or another container's socket.
+    #[error(
+        "{container} mounts {volume}, a socket that is not its own (each container gets its socket at /var/run/kms, and may mount no other): remove that mount"
+    )]
+    ForeignSocket {
+        /// Where: `spec.containers[1]`.
+        container: String,
+        volume: String,
+    },
+    /// `hostPID: true` where containers may share a uid with the sidecar
+    /// (OpenShift gives every container of the pod the same one) or with
+    /// each other (per-container sockets): through `/proc/PID/root` and
+    /// `/proc/PID/mem`, one would reach the sidecar's memory or another
+    /// container's socket.
+    #[error(
+        "the pod sets hostPID: its containers would see the sidecar's process and each other's, and one of the same uid could reach the sidecar's memory, or another container's socket, through /proc; unset it"
+    )]
+    HostPid,
     /// `shareProcessNamespace: true`: every container would see the
     /// sidecar's process, and one running as root or as the sidecar's uid
     /// could read its memory and its token files through `/proc`.
@@ -244,15 +265,17 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     {
         return Decision::skip("the pod already has a container named kms-sidecar");
     }
-    if let Some(volume) = spec
-        .volumes
-        .iter()
-        .flatten()
-        .find_map(|v| VOLUMES.into_iter().find(|&ours| v.name == ours))
+    let per_container = sockets::requested(annotations, config.socket_per_container)?;
+    if let Some(volume) =
+        spec.volumes.iter().flatten().map(|v| &v.name).find(|&v| {
+            VOLUMES.contains(&v.as_str()) || (per_container && v.starts_with(VOLUME_PREFIX))
+        })
     {
-        return Err(Refusal::VolumeName { volume });
+        return Err(Refusal::VolumeName {
+            volume: volume.clone(),
+        });
     }
-    check_isolation(spec, config)?;
+    check_isolation(spec, config, per_container)?;
     let overrides = Overrides::read(annotations, spec, config)?;
     let mut sidecar = sidecar(&overrides, config);
     if config.native_sidecar {
@@ -267,7 +290,26 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     // App and init containers first, at their original indices (the sidecar
     // is inserted before them last).
     let mut ops = Vec::new();
-    let mut warnings = apps(&mut ops, spec, native_at);
+    let Apps {
+        mut warnings,
+        sockets,
+    } = apps(&mut ops, spec, native_at, per_container);
+    let mut volumes = volumes(&overrides, config);
+    // The sidecar's containers directory, when there is one to serve (the
+    // sidecar refuses to start on a missing one).
+    if !sockets.is_empty() {
+        sidecar
+            .env
+            .get_or_insert_default()
+            .push(env(sockets::DIR_ENV, sockets::CONTAINERS_DIR));
+    }
+    for name in &sockets {
+        volumes.push(empty_dir(&sockets::volume_name(name), "1Mi"));
+        sidecar
+            .volume_mounts
+            .get_or_insert_default()
+            .push(sockets::sidecar_mount(name));
+    }
     if !config.native_sidecar && spec.init_containers.is_some() {
         warnings.push(
             "init containers do not get the socket: the sidecar is a regular container (injection.nativeSidecar: false), which starts after them".into(),
@@ -278,7 +320,7 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
         &["spec"],
         "volumes",
         spec.volumes.is_some(),
-        volumes(&overrides, config),
+        volumes,
     );
     let list = if config.native_sidecar {
         "initContainers"
@@ -334,9 +376,15 @@ fn reinvoked(
     annotations: &BTreeMap<String, String>,
     config: &Config,
 ) -> Result<Decision, Refusal> {
-    check_isolation(spec, config).map_err(|r| Refusal::AfterInjection(Box::new(r)))?;
     let init = spec.init_containers.as_deref().unwrap_or_default();
     let sidecar_at = init.iter().position(|c| c.name == CONTAINER);
+    let sidecar = init
+        .iter()
+        .chain(&spec.containers)
+        .find(|c| c.name == CONTAINER);
+    let per_container = sidecar.is_some_and(sockets::is_per_container);
+    check_isolation(spec, config, per_container)
+        .map_err(|r| Refusal::AfterInjection(Box::new(r)))?;
     let moved = match (sidecar_at, mesh::native_proxy(init)) {
         (Some(from), Some(proxy)) if proxy > from => Some((from, proxy)),
         _ => None,
@@ -345,7 +393,13 @@ fn reinvoked(
     // The socket for the init containers that will run after the sidecar
     // (indices before the move, which comes last).
     let after = moved.map(|(_, proxy)| proxy).or(sidecar_at);
-    let mut warnings = apps(&mut ops, spec, after.map(|i| i + 1));
+    let Apps {
+        mut warnings,
+        sockets,
+    } = apps(&mut ops, spec, after.map(|i| i + 1), per_container);
+    if let Some(sidecar) = sidecar {
+        sockets::new_sockets(&mut ops, spec, sidecar, sidecar_at, &sockets);
+    }
     if let Some((from, proxy)) = moved {
         for (i, c) in init.iter().enumerate().take(proxy).skip(from + 1) {
             if !mesh::is_mesh_container(&c.name) {
@@ -382,11 +436,24 @@ fn reinvoked(
     }))
 }
 
+/// What [`apps`] did: what could not be done, for the user; in
+/// per-container mode, the containers given their own socket (whose volume
+/// and sidecar mount the pod needs).
+struct Apps {
+    warnings: Vec<String>,
+    sockets: Vec<String>,
+}
+
 /// Gives every app container the socket (see [`app_container`]): all
 /// regular containers but the sidecar, and the init containers from index
 /// `init_from` on (those that run while the sidecar does; none without a
-/// native sidecar). Returns what could not be done, for the user.
-fn apps(ops: &mut Vec<PatchOperation>, spec: &PodSpec, init_from: Option<usize>) -> Vec<String> {
+/// native sidecar); in per-container mode each its own.
+fn apps(
+    ops: &mut Vec<PatchOperation>,
+    spec: &PodSpec,
+    init_from: Option<usize>,
+    per_container: bool,
+) -> Apps {
     let init = spec.init_containers.as_deref().unwrap_or_default();
     let init = match init_from {
         Some(from) => init.get(from..).unwrap_or_default(),
@@ -396,7 +463,10 @@ fn apps(ops: &mut Vec<PatchOperation>, spec: &PodSpec, init_from: Option<usize>)
         ("containers", &spec.containers[..], 0),
         ("initContainers", init, init_from.unwrap_or(0)),
     ];
-    let mut warnings = Vec::new();
+    let mut done = Apps {
+        warnings: Vec::new(),
+        sockets: Vec::new(),
+    };
     for (list, containers, offset) in lists {
         for (i, c) in containers.iter().enumerate() {
             // A mesh's proxy and init containers are not apps.
@@ -404,15 +474,20 @@ fn apps(ops: &mut Vec<PatchOperation>, spec: &PodSpec, init_from: Option<usize>)
                 continue;
             }
             let i = (i + offset).to_string();
-            if let Some(volume) = app_container(ops, ["spec", list, &i], c) {
-                warnings.push(format!(
-                    "spec.{list}[{i}] ({}) has its own volume {volume} at {SOCKET_DIR}: it does not get the socket; move that volume to another path",
-                    c.name
-                ));
+            let volume = match per_container {
+                true => sockets::volume_name(&c.name),
+                false => SOCKET_VOLUME.to_owned(),
+            };
+            match app_container(ops, ["spec", list, &i], c, &volume) {
+                Some(other) => done
+                    .warnings
+                    .push(sockets::not_here(list, &i, &c.name, &other)),
+                None if per_container => done.sockets.push(c.name.clone()),
+                None => {}
             }
         }
     }
-    warnings
+    done
 }
 
 /// Inserts the sidecar at index `at` of `list` (`containers` or
@@ -453,81 +528,23 @@ fn push_entries(
     }
 }
 
-/// Refuses a pod whose containers, injected, could reach into the sidecar:
-/// a shared process namespace, a container (other than the sidecar) mounting
-/// the sidecar's own volumes or running as its uid (its own `runAsUser`,
-/// else the pod's).
-fn check_isolation(spec: &PodSpec, config: &Config) -> Result<(), Refusal> {
-    if spec.share_process_namespace == Some(true) {
-        return Err(Refusal::SharedProcessNamespace);
-    }
-    let lists = [
-        ("containers", &spec.containers[..]),
-        (
-            "initContainers",
-            spec.init_containers.as_deref().unwrap_or_default(),
-        ),
-    ];
-    for (list, containers) in lists {
-        for (i, c) in containers.iter().enumerate() {
-            if c.name == CONTAINER {
-                continue;
-            }
-            let container = || format!("spec.{list}[{i}]");
-            if let Some(volume) = private_mount(c.volume_mounts.as_deref()) {
-                return Err(Refusal::PrivateMount {
-                    container: container(),
-                    volume,
-                });
-            }
-            if let Some((uid, set_in)) = run_as_user(c.security_context.as_ref(), spec)
-                && uid == config.run_as_user
-            {
-                return Err(Refusal::SidecarUid {
-                    container: container(),
-                    uid,
-                    set_in,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The first of the sidecar's own volumes that `mounts` mounts.
-pub(crate) fn private_mount(mounts: Option<&[VolumeMount]>) -> Option<&'static str> {
-    mounts
-        .into_iter()
-        .flatten()
-        .find_map(|m| PRIVATE_VOLUMES.into_iter().find(|&ours| m.name == ours))
-}
-
-/// The uid a container declares it runs as, and where that is set: its own
-/// `securityContext`, else the pod's. `None` when neither says (the image's
-/// user then applies, which the webhook cannot see).
-pub(crate) fn run_as_user(
-    container: Option<&SecurityContext>,
-    spec: &PodSpec,
-) -> Option<(i64, &'static str)> {
-    let pod = spec.security_context.as_ref().and_then(|sc| sc.run_as_user);
-    match container.and_then(|sc| sc.run_as_user) {
-        Some(uid) => Some((uid, "its securityContext")),
-        None => pod.map(|uid| (uid, "the pod's securityContext")),
-    }
-}
-
-/// The patch for one app or init container at `base`: the socket mounted
-/// read-only and `KMS_SIDECAR_SOCKET`, each unless already there (so the
-/// patch of a pod injected before adds nothing twice). A mount already at
-/// the socket's directory, however spelled, is left in place (two would be
-/// invalid): when it is another volume, its name is returned, as that
-/// container does not get the socket. Any mount of the socket's volume is
-/// made read-only: a writable one could remove the socket and bind another
-/// in its place.
-fn app_container(ops: &mut Vec<PatchOperation>, base: [&str; 3], c: &Container) -> Option<String> {
+/// The patch for one app or init container at `base`: the socket's
+/// `volume` (the shared one, or its own) mounted read-only and
+/// `KMS_SIDECAR_SOCKET`, each unless already there (so the patch of a pod
+/// injected before adds nothing twice). A mount already at the socket's
+/// directory, however spelled, is left in place (two would be invalid):
+/// when it is another volume, its name is returned, as that container does
+/// not get the socket. Any mount of the socket's volume is made read-only: a
+/// writable one could remove the socket and bind another in its place.
+fn app_container(
+    ops: &mut Vec<PatchOperation>,
+    base: [&str; 3],
+    c: &Container,
+    volume: &str,
+) -> Option<String> {
     let mounts = c.volume_mounts.as_deref().unwrap_or_default();
     for (j, m) in mounts.iter().enumerate() {
-        if m.name == SOCKET_VOLUME && m.read_only != Some(true) {
+        if m.name == volume && m.read_only != Some(true) {
             let j = j.to_string();
             let path = [base[0], base[1], base[2], "volumeMounts", &j, "readOnly"];
             ops.push(add(&path, Value::Bool(true)));
@@ -545,11 +562,11 @@ fn app_container(ops: &mut Vec<PatchOperation>, base: [&str; 3], c: &Container) 
                 &base,
                 "volumeMounts",
                 c.volume_mounts.is_some(),
-                [socket_mount(true)],
+                [socket_mount(volume, true)],
             );
         }
         // No socket there: no variable pointing at one either.
-        Some(m) if m.name != SOCKET_VOLUME => return Some(m.name.clone()),
+        Some(m) if m.name != volume => return Some(m.name.clone()),
         Some(_) => {}
     }
     if !c
@@ -604,14 +621,14 @@ fn sidecar(o: &Overrides, config: &Config) -> Container {
     };
     let mut envs = vec![
         env("KMS_SIDECAR_LISTEN__SOCKET", SOCKET),
-        env("KMS_SIDECAR_LISTEN__MODE", &config.socket_mode),
+        env("KMS_SIDECAR_LISTEN__MODE", &socket_mode(config)),
         env("KMS_SIDECAR_LISTEN__PROBES", &probes),
         env("KMS_SIDECAR_DATA_VOLUME__PATH", DATA_DIR),
         env("KMS_SIDECAR_DATA_VOLUME__SIZE_LIMIT", DATA_VOLUME_LIMIT),
     ];
     let mut mounts = vec![
         // The sidecar's own mount: the one that may create the socket.
-        socket_mount(false),
+        socket_mount(SOCKET_VOLUME, false),
         VolumeMount {
             name: CONFIG_VOLUME.into(),
             mount_path: CONFIG_DIR.into(),
@@ -688,7 +705,9 @@ fn sidecar(o: &Overrides, config: &Config) -> Container {
         }),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
-            run_as_user: Some(config.run_as_user),
+            // On OpenShift the SCC assigns the uid (gid 0), from the
+            // namespace's range: a fixed one would be refused.
+            run_as_user: (!config.openshift).then_some(config.run_as_user),
             read_only_root_filesystem: Some(true),
             allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities {
@@ -771,7 +790,7 @@ fn volumes(o: &Overrides, config: &Config) -> Vec<Volume> {
     volumes
 }
 
-fn empty_dir(name: &str, size_limit: &str) -> Volume {
+pub(crate) fn empty_dir(name: &str, size_limit: &str) -> Volume {
     Volume {
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource {
@@ -782,10 +801,19 @@ fn empty_dir(name: &str, size_limit: &str) -> Volume {
     }
 }
 
-/// The socket's volume at [`SOCKET_DIR`]: writable for the sidecar only.
-fn socket_mount(read_only: bool) -> VolumeMount {
+/// The socket's file mode: the webhook's, without any access for others on
+/// OpenShift, where the pod's containers share group 0 with the sidecar.
+fn socket_mode(config: &Config) -> String {
+    match u32::from_str_radix(&config.socket_mode, 8) {
+        Ok(mode) if config.openshift => format!("{:04o}", mode & 0o7770),
+        _ => config.socket_mode.clone(),
+    }
+}
+
+/// A socket's volume at [`SOCKET_DIR`]: writable for the sidecar only.
+fn socket_mount(volume: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
-        name: SOCKET_VOLUME.into(),
+        name: volume.into(),
         mount_path: SOCKET_DIR.into(),
         read_only: read_only.then_some(true),
         ..Default::default()
@@ -802,7 +830,7 @@ fn env(name: &str, value: &str) -> EnvVar {
 
 /// Adds `items` to the list `field` under `base`: each appended when the
 /// list exists, else the list is created with all of them.
-fn push_items<T: serde::Serialize>(
+pub(crate) fn push_items<T: serde::Serialize>(
     ops: &mut Vec<PatchOperation>,
     base: &[&str],
     field: &str,

@@ -4,7 +4,7 @@
 use super::*;
 
 /// The decision on `doc`, refusal included.
-fn decide(doc: &Value, config: &Config) -> Result<Decision, Refusal> {
+pub(super) fn decide(doc: &Value, config: &Config) -> Result<Decision, Refusal> {
     let pod: Pod = serde_json::from_value(doc.clone()).expect("a pod");
     mutate(&pod, config)
 }

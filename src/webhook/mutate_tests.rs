@@ -831,3 +831,7 @@ mod pods;
 /// Pods a service mesh's injector made (Istio's and Linkerd's test data).
 #[path = "mesh_tests.rs"]
 mod meshes;
+
+/// A socket per container, and OpenShift (issue 32 §1, §2).
+#[path = "mutate_modes_tests.rs"]
+mod modes;

@@ -251,29 +251,39 @@ def check_semantics(objs: list[dict], values: dict, origin: str) -> None:
 
 def check_rbac(objs: list[dict], merged: dict, pod: dict, origin: str) -> None:
     """The webhook's API access: get/list/watch on the sidecar's ConfigMaps,
-    by name, bound to its service account; with checkConfigMaps false, no
-    RBAC and no token."""
+    by name (unless checkConfigMaps is false), and on namespaces, to tell
+    OpenShift's (unless injection.openshift is true), bound to its service
+    account; with neither, no RBAC and no token."""
     roles, bindings = by_kind(objs, "ClusterRole"), by_kind(objs, "ClusterRoleBinding")
     check(not by_kind(objs, "Role") and not by_kind(objs, "RoleBinding"), f"{origin}: no namespaced RBAC")
     [account] = by_kind(objs, "ServiceAccount")
     check(account.get("automountServiceAccountToken") is False, f"{origin}: other pods of the account get no token")
     check(pod["spec"].get("serviceAccountName") == account["metadata"]["name"], f"{origin}: the webhook's service account")
-    enabled = merged["webhook"].get("checkConfigMaps")
-    check(isinstance(enabled, bool), f"{origin}: webhook.checkConfigMaps (true by default) in values.yaml")
-    enabled = enabled is not False
+    lookups = merged["webhook"].get("checkConfigMaps")
+    check(isinstance(lookups, bool), f"{origin}: webhook.checkConfigMaps (true by default) in values.yaml")
+    openshift = merged["injection"].get("openshift")
+    check(isinstance(openshift, bool), f"{origin}: injection.openshift (false by default) in values.yaml")
+    lookups, detect = lookups is not False, openshift is not True
+    enabled = lookups or detect
     check(pod["spec"].get("automountServiceAccountToken") is enabled,
-          f"{origin}: the webhook's token is mounted only for ConfigMap lookups")
+          f"{origin}: the webhook's token is mounted only for its lookups")
     if not enabled:
-        check(not roles and not bindings, f"{origin}: no RBAC without ConfigMap lookups")
+        check(not roles and not bindings, f"{origin}: no RBAC without lookups")
         return
     names = sorted({merged["sidecar"]["configMapName"], merged["injection"]["gcp"]["credentialsConfigMap"]})
-    check(len(roles) == 1 and len(bindings) == 1, f"{origin}: one ClusterRole and its binding for ConfigMap lookups")
+    check(len(roles) == 1 and len(bindings) == 1, f"{origin}: one ClusterRole and its binding for the lookups")
     if len(roles) != 1 or len(bindings) != 1:
         return
     [role], [binding] = roles, bindings
     rules = [{**r, "resourceNames": sorted(r.get("resourceNames", []))} for r in role["rules"]]
-    check(rules == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names,
-                     "verbs": ["get", "list", "watch"]}], f"{origin}: least-privilege ClusterRole: {role['rules']}")
+    expected = []
+    if lookups:
+        expected.append({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names,
+                         "verbs": ["get", "list", "watch"]})
+    if detect:
+        expected.append({"apiGroups": [""], "resources": ["namespaces"], "resourceNames": [],
+                         "verbs": ["get", "list", "watch"]})
+    check(rules == expected, f"{origin}: least-privilege ClusterRole: {role['rules']}")
     check(binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                  "name": role["metadata"]["name"]}, f"{origin}: the binding names the ClusterRole")
     check(binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],

@@ -4,7 +4,7 @@
 //! name containers. Here the containers are processes of one uid on this
 //! machine; that a container cannot open another's socket (its directory is
 //! mounted in it alone) is shown on the kubelet stand-in, in
-//! `kube::runner`.
+//! `kube::containers`.
 
 use crate::harness::{Receiver, Sidecar, b64, eventually, is_root, run_as};
 use serde_json::{Value, json};

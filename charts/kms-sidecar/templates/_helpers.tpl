@@ -58,6 +58,8 @@ native_sidecar: {{ $i.nativeSidecar }}
 resources: {{ toJson $i.resources }}
 socket_mode: {{ $i.socketMode | quote }}
 run_as_user: {{ $i.runAsUser }}
+socket_per_container: {{ $i.socketPerContainer }}
+openshift: {{ $i.openshift }}
 probes_port: {{ $i.probesPort }}
 kms_ports: {{ toJson $i.kmsPorts }}
 token_expiration: {{ $i.tokenExpiration }}

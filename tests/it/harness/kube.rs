@@ -453,6 +453,33 @@ impl SecondWebhook {
         config: &str,
         native_proxy: Option<&str>,
     ) -> SecondWebhook {
+        let args: Vec<String> = native_proxy
+            .map(|name| format!("--native-proxy={name}"))
+            .into_iter()
+            .collect();
+        let mark = native_proxy.unwrap_or("added-later");
+        Self::launch(cp, namespace, config, args, mark).await
+    }
+
+    /// It as OpenShift's SCC admission with `restricted-v2`, whose
+    /// namespace range is `range` (`1000680000/10000`, as the annotation
+    /// `openshift.io/sa.scc.uid-range` says): each container without a uid
+    /// gets the range's first, a pod without an fsGroup that too; a uid
+    /// outside is refused. Registered as `zz-scc`, after ours.
+    pub async fn scc(cp: &ControlPlane, namespace: &str, range: &str) -> SecondWebhook {
+        let first = range.split('/').next().expect("MIN/SIZE");
+        let mark = format!("\"runAsUser\": {first}");
+        let args = vec![format!("--scc-uid-range={range}")];
+        Self::launch(cp, namespace, "zz-scc", args, &mark).await
+    }
+
+    async fn launch(
+        cp: &ControlPlane,
+        namespace: &str,
+        config: &str,
+        extra: Vec<String>,
+        mark: &str,
+    ) -> SecondWebhook {
         let d = cp.dir.path();
         let (ca, cert, key) = issue_cert(d, "second-webhook");
         let listen = format!("127.0.0.1:{}", free_port());
@@ -461,7 +488,7 @@ impl SecondWebhook {
             format!("--tls-cert={}", cert.display()),
             format!("--tls-key={}", key.display()),
         ];
-        args.extend(native_proxy.map(|name| format!("--native-proxy={name}")));
+        args.extend(extra);
         let child = spawn(
             &kube_binary("second-webhook"),
             &args,
@@ -492,7 +519,6 @@ impl SecondWebhook {
         let probe = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{ name: probe, namespace: {namespace} }}\nspec:\n  containers: [{{ name: c, image: busybox }}]\n"
         );
-        let mark = native_proxy.unwrap_or("added-later");
         cp.wait_until_called(config, &probe, &[mark]).await;
         hook
     }

@@ -1,8 +1,8 @@
 //! Running an admitted pod with the kubelet stand-in (`tests/kube/cmd/
 //! pod-runner`, see `docs/kubernetes-tests.md`): it reads the pod from a
 //! [`ControlPlane`], materialises its volumes (tokens from the TokenRequest
-//! API among them) and runs its containers, each in a private mount
-//! namespace as the spec's uid; [`RunningPod::exec`] runs a command inside
+//! API among them) and runs its containers, each in private mount and PID
+//! namespaces as the spec's uid; [`RunningPod::exec`] runs a command inside
 //! one, as `kubectl exec` would. Runs as root. Dropping the [`RunningPod`]
 //! stops the runner, which stops the containers.
 

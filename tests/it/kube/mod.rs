@@ -13,10 +13,13 @@
 //! - [`kube_up`]: kube-up itself, as `make kube-up` runs it;
 //! - [`runner`]: the kubelet stand-in (`tests/kube/cmd/pod-runner`) makes
 //!   volumes and runs containers by the kubelet's rules;
+//! - [`containers`]: a socket per container and OpenShift's uids, injected
+//!   pods run by the stand-in, called from inside each container;
 //! - [`tokens`]: injected pods run by the stand-in log in to OpenBao with
 //!   real tokens (`kubernetes` and `jwt` auth) through two refreshes.
 
 mod chart;
+mod containers;
 mod control_plane;
 mod failure_policy;
 mod injection;

@@ -78,3 +78,128 @@ async fn the_api_server_admits_what_the_webhook_injects_and_what_it_leaves_alone
         }
     }
 }
+
+/// The socket volume mounts of each container of a stored pod, sorted:
+/// (container, volume, path, read-only).
+fn socket_mounts(pod: &Value) -> Vec<(String, String, String, bool)> {
+    let mut out: Vec<_> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|list| pod["spec"][list].as_array().cloned().unwrap_or_default())
+        .flat_map(|c| {
+            let name = c["name"].as_str().unwrap_or_default().to_owned();
+            c["volumeMounts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| {
+                    m["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with("kms-sidecar-socket")
+                })
+                .map(move |m| {
+                    let s = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
+                    (
+                        name.clone(),
+                        s("name"),
+                        s("mountPath"),
+                        m["readOnly"] == true,
+                    )
+                })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn per_container_sockets_and_openshift_namespaces_are_stored_as_injected() {
+    let cp = ControlPlane::start().await;
+    cp.namespace("apps", &[]);
+    cp.namespace("team", &[]);
+    for ns in ["apps", "team"] {
+        cp.apply(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: kms-sidecar, namespace: {ns} }}\ndata: {{ config.yaml: \"{{}}\" }}\n"
+        ));
+    }
+    let hook = Webhook::start_with_kubeconfig("socket_per_container: true\n", &cp.kubeconfig);
+    cp.register_webhook("kms-sidecar", &hook.mutate_url(), &hook.ca, "apps")
+        .await;
+    // OpenShift's namespace controller annotates every namespace with its
+    // range; PodSecurity `restricted` stands for restricted-v2's demands.
+    cp.kubectl_ok(&[
+        "annotate",
+        "namespace",
+        "team",
+        "openshift.io/sa.scc.uid-range=1000680000/10000",
+    ]);
+    cp.kubectl_ok(&[
+        "label",
+        "namespace",
+        "team",
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    let pod = |ns: &str, sc: &str, csc: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\n  namespace: {ns}\n  labels: {{ kms-sidecar.io/inject: \"true\" }}\nspec:\n  securityContext: {sc}\n  containers:\n    - {{ name: api, image: busybox, securityContext: {csc} }}\n    - {{ name: a-container-name-of-sixty-three-characters-the-longest-allowedx, image: busybox, securityContext: {csc} }}\n"
+        )
+    };
+    let long = "a-container-name-of-sixty-three-characters-the-longest-allowedx";
+    assert_eq!(long.len(), 63);
+
+    // Each container its own volume, and a name within the API's 63.
+    let (_, warnings) = create(&cp, &pod("apps", "{ runAsUser: 1000 }", "{}"));
+    let stored_pod = stored(&cp, "apps", "app");
+    assert!(injected(&stored_pod), "{warnings}");
+    let long_volume = "kms-sidecar-socket-a-container-name-of-sixty-";
+    let mounts = socket_mounts(&stored_pod);
+    let s = |x: &str| x.to_owned();
+    assert_eq!(mounts.len(), 5, "{mounts:?}");
+    assert!(
+        mounts[0].1.starts_with(long_volume) && mounts[0].1.len() == 62,
+        "{mounts:?}"
+    );
+    assert_eq!(mounts[0].2, "/var/run/kms");
+    assert_eq!(
+        mounts[1],
+        (
+            s("api"),
+            s("kms-sidecar-socket-api"),
+            s("/var/run/kms"),
+            true
+        )
+    );
+    assert_eq!(mounts[2].1, "kms-sidecar-socket");
+    assert_eq!(
+        mounts[3],
+        (
+            s("kms-sidecar"),
+            mounts[0].1.clone(),
+            format!("/var/run/kms-sidecar/containers/{long}"),
+            false
+        )
+    );
+
+    // An OpenShift namespace under `restricted`: admitted, the sidecar
+    // with no uid of the webhook's.
+    let restricted = pod(
+        "team",
+        "{ runAsNonRoot: true, seccompProfile: { type: RuntimeDefault } }",
+        "{ allowPrivilegeEscalation: false, capabilities: { drop: [ALL] } }",
+    );
+    let (_, warnings) = create(&cp, &restricted);
+    let stored_pod = stored(&cp, "team", "app");
+    assert!(injected(&stored_pod), "{warnings}");
+    let sidecar = &stored_pod["spec"]["initContainers"][0];
+    assert_eq!(sidecar["name"], "kms-sidecar");
+    assert!(
+        sidecar["securityContext"]["runAsUser"].is_null(),
+        "{sidecar}"
+    );
+    assert_eq!(sidecar["securityContext"]["runAsNonRoot"], true);
+    assert!(stored_pod["spec"]["securityContext"]["fsGroup"].is_null());
+    assert!(
+        hook.metric("kms_sidecar_webhook_namespace_lookups_total{outcome=\"openshift\"}") >= 1.0
+    );
+}

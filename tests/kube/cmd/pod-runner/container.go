@@ -48,6 +48,7 @@ type spec struct {
 	GID        int64             `json:"gid"`
 	Groups     []int64           `json:"groups"`
 	NoNewPrivs bool              `json:"no_new_privs"`
+	HostPID    bool              `json:"host_pid"` // the pod's hostPID: no PID namespace of its own
 	ReadOnly   bool              `json:"read_only_root"`
 	Pid        int               `json:"pid,omitempty"`
 }
@@ -93,6 +94,12 @@ func (r *runner) startContainer(c *v1.Container) (*running, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Unshareflags: syscall.CLONE_NEWNS, // Go makes / private (MS_REC|MS_PRIVATE) in the child
 		Pdeathsig:    syscall.SIGKILL,
+	}
+	if !s.HostPID {
+		// Each container its own PID namespace, as the runtime gives it
+		// (the pod's shareProcessNamespace is not supported): it sees
+		// only its own processes, not the others' /proc/PID/root.
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
 	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -164,9 +171,13 @@ func (r *runner) containerSpec(c *v1.Container) (spec, error) {
 	for _, s := range c.Args {
 		argv = append(argv, expansion.Expand(s, mapping))
 	}
+	if share := r.pod.Spec.ShareProcessNamespace; share != nil && *share {
+		return spec{}, errors.New("shareProcessNamespace is not supported by the runner")
+	}
 	s := spec{
 		Name: c.Name, Root: filepath.Join(r.state, "containers", c.Name+".root"),
 		Image: map[string]string{}, Argv: argv, Env: env, WorkingDir: c.WorkingDir,
+		HostPID: r.pod.Spec.HostPID,
 	}
 	if known {
 		s.Image[img.entrypoint] = img.binary
@@ -181,6 +192,11 @@ func (r *runner) containerSpec(c *v1.Container) (spec, error) {
 	switch {
 	case sc.RunAsGroup != nil:
 		s.GID = *sc.RunAsGroup
+	case sc.RunAsUser != nil && (img.uid == nil || *img.uid != *sc.RunAsUser):
+		// A uid the image's /etc/passwd does not have (the image's USER is
+		// the one entry the runner knows): group 0, as containerd's
+		// oci.WithUserID (pkg/oci/spec_opts.go) and CRI-O give it.
+		s.GID = 0
 	case img.gid != nil:
 		s.GID = *img.gid
 	}
@@ -281,8 +297,9 @@ func (s *spec) setprivArgs() []string {
 	return append(args, "--pdeathsig=keep", "--")
 }
 
-// execIn runs a command inside a running container: its mount namespace
-// and root (nsenter), its uid, gid and groups (setpriv), its environment.
+// execIn runs a command inside a running container: its mount and PID
+// namespaces and root (nsenter), its uid, gid and groups (setpriv), its
+// environment.
 func execIn(args []string) error {
 	if len(args) < 5 || args[0] != "--state" || args[3] != "--" {
 		return errors.New("usage: pod-runner exec --state DIR CONTAINER -- COMMAND [ARG]...")
@@ -298,7 +315,11 @@ func execIn(args []string) error {
 	if s.Pid == 0 {
 		return fmt.Errorf("container %s has not started", args[2])
 	}
-	argv := append([]string{"nsenter", "-t", strconv.Itoa(s.Pid), "-m", "-r", "-w", "--"}, s.setprivArgs()...)
+	argv := []string{"nsenter", "-t", strconv.Itoa(s.Pid), "-m", "-r", "-w"}
+	if !s.HostPID {
+		argv = append(argv, "-p")
+	}
+	argv = append(append(argv, "--"), s.setprivArgs()...)
 	argv = append(argv, args[4:]...)
 	return syscall.Exec("/usr/bin/nsenter", argv, s.Env)
 }

@@ -10,6 +10,20 @@
 // sidecar, as Istio's istio-proxy or Linkerd's linkerd-proxy) at the end of
 // spec.initContainers, after whatever is there (ours included), unless the
 // pod has one so named.
+//
+// With --scc-uid-range MIN/SIZE (the format of OpenShift's namespace
+// annotation openshift.io/sa.scc.uid-range) it stands for OpenShift's SCC
+// admission with the restricted-v2 SCC instead, which runs after the
+// mutating webhooks: each container (and init container) whose effective
+// runAsUser is unset gets runAsUser MIN in its securityContext
+// (openshift/apiserver-library-go pkg/securitycontextconstraints/user/
+// mustrunasrange.go: Generate returns UIDRangeMin; the provider sets it on
+// the container), one outside [MIN, MIN+SIZE-1] is refused as its
+// ValidateContainer refuses it, and a pod without an fsGroup gets MIN
+// (restricted-v2's fsGroup MustRunAs, from the namespace's
+// sa.scc.supplemental-groups annotation, which OpenShift gives the same
+// range). runAsGroup is left unset, as restricted-v2 does: the runtime then
+// runs the uid, absent from the image's /etc/passwd, with group 0.
 package main
 
 import (
@@ -32,12 +46,23 @@ const Added = "added-later"
 // to spec.initContainers instead ("" adds the Added container).
 var nativeProxy string
 
+// sccMin and sccMax are --scc-uid-range's bounds (sccMax 0: not set).
+var sccMin, sccMax int64
+
 func main() {
 	listen := flag.String("listen", "127.0.0.1:8443", "address to serve HTTPS on")
 	cert := flag.String("tls-cert", "", "PEM certificate file (required)")
 	key := flag.String("tls-key", "", "PEM private key file (required)")
 	flag.StringVar(&nativeProxy, "native-proxy", "", "append a native sidecar init container of this name instead")
+	sccRange := flag.String("scc-uid-range", "", "MIN/SIZE: act as OpenShift's restricted-v2 SCC admission instead")
 	flag.Parse()
+	if *sccRange != "" {
+		var size int64
+		if _, err := fmt.Sscanf(*sccRange, "%d/%d", &sccMin, &size); err != nil || size < 1 {
+			log.Fatalf("--scc-uid-range %q: want MIN/SIZE", *sccRange)
+		}
+		sccMax = sccMin + size - 1
+	}
 	if *cert == "" || *key == "" {
 		log.Fatal("--tls-cert and --tls-key are required")
 	}
@@ -84,6 +109,9 @@ func mutate(req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, 
 	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
 		return nil, fmt.Errorf("not a pod: %w", err)
 	}
+	if sccMax != 0 {
+		return scc(&pod, allowed)
+	}
 	name, list, path := Added, pod.Spec.Containers, "/spec/containers/-"
 	if nativeProxy != "" {
 		name, list, path = nativeProxy, pod.Spec.InitContainers, "/spec/initContainers/-"
@@ -112,5 +140,53 @@ func mutate(req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, 
 	allowed.Patch = patch
 	allowed.PatchType = &pt
 	log.Printf("patched pod %s/%s: added container %s", req.Namespace, pod.Name, name)
+	return allowed, nil
+}
+
+// scc assigns and checks uids as restricted-v2's MustRunAsRange does (see
+// the package comment).
+func scc(pod *corev1.Pod, allowed *admissionv1.AdmissionResponse) (*admissionv1.AdmissionResponse, error) {
+	var podUID *int64
+	if pod.Spec.SecurityContext != nil {
+		podUID = pod.Spec.SecurityContext.RunAsUser
+	}
+	var ops []map[string]any
+	for _, l := range []struct {
+		name string
+		list []corev1.Container
+	}{{"initContainers", pod.Spec.InitContainers}, {"containers", pod.Spec.Containers}} {
+		for i, c := range l.list {
+			uid := podUID
+			if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
+				uid = c.SecurityContext.RunAsUser
+			}
+			switch {
+			case uid == nil && c.SecurityContext == nil:
+				ops = append(ops, map[string]any{"op": "add", "path": fmt.Sprintf("/spec/%s/%d/securityContext", l.name, i),
+					"value": map[string]any{"runAsUser": sccMin}})
+			case uid == nil:
+				ops = append(ops, map[string]any{"op": "add", "path": fmt.Sprintf("/spec/%s/%d/securityContext/runAsUser", l.name, i), "value": sccMin})
+			case *uid < sccMin || *uid > sccMax:
+				return nil, fmt.Errorf("spec.%s[%d].securityContext.runAsUser: Invalid value: %d: must be in the ranges: [%d, %d]", l.name, i, *uid, sccMin, sccMax)
+			}
+		}
+	}
+	switch {
+	case pod.Spec.SecurityContext == nil:
+		ops = append(ops, map[string]any{"op": "add", "path": "/spec/securityContext", "value": map[string]any{"fsGroup": sccMin}})
+	case pod.Spec.SecurityContext.FSGroup == nil:
+		ops = append(ops, map[string]any{"op": "add", "path": "/spec/securityContext/fsGroup", "value": sccMin})
+	}
+	if len(ops) == 0 {
+		return allowed, nil
+	}
+	patch, err := json.Marshal(ops)
+	if err != nil {
+		return nil, err
+	}
+	pt := admissionv1.PatchTypeJSONPatch
+	allowed.Patch = patch
+	allowed.PatchType = &pt
+	log.Printf("patched pod %s: %d uid or fsGroup assignments", pod.Name, len(ops))
 	return allowed, nil
 }
