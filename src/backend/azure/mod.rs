@@ -542,7 +542,7 @@ impl Backend for AzureBackend {
     ) -> Result<Signature, Error> {
         let info = self.info(key).await?;
         let own = self.algorithm(key, &info, Some(Purpose::Sign), "sign")?;
-        let algorithm = super::signing_algorithm(own, options.algorithm)?;
+        let algorithm = super::signing_algorithm(own, options.algorithm);
         let alg = match algorithm {
             Algorithm::EcdsaP256Sha256 => SignatureAlgorithm::Es256,
             Algorithm::EcdsaP384Sha384 => SignatureAlgorithm::Es384,

@@ -282,7 +282,7 @@ impl Backend for Pkcs11Backend {
         options: SignOptions,
     ) -> Result<Signature, Error> {
         let k = self.key_for(key, Purpose::Sign, "sign").await?;
-        let algorithm = super::signing_algorithm(k.algorithm, options.algorithm)?;
+        let algorithm = super::signing_algorithm(k.algorithm, options.algorithm);
         let data = to_be_signed(algorithm, input)?;
         let (bytes, version) = self
             .with_key(key, "sign", move |w, k| {
