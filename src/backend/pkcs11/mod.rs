@@ -229,7 +229,10 @@ impl Backend for Pkcs11Backend {
             })
     }
 
+    /// Always looked up on the token (the objects are remembered afresh):
+    /// the service's revalidation finds a destroyed key from here.
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
+        self.facts.forget(key.id);
         let k = self.key(key).await?;
         let current = k.current();
         let mut details: BTreeMap<String, String> = current.facts.clone();
