@@ -1,6 +1,8 @@
 //! What a backend remembers of its keys for a few minutes (type, versions):
 //! facts that decide requests without a KMS call each time. Dropped on a
-//! rotation through the sidecar; another change shows after `ttl`.
+//! rotation through the sidecar and by every `metadata` call (which asks the
+//! KMS, so that the service's revalidation sees a disabled key); another
+//! change shows after `ttl`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -610,26 +610,18 @@ pub(crate) fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// The algorithm a signature is made with: the key's own, or PKCS#1 v1.5
-/// where the caller asked for it of an RSA-PSS key (KMS RSA keys sign
-/// either padding); anything else asked is refused.
-#[cfg(any(feature = "aws", feature = "azure", feature = "pkcs11"))]
-pub(crate) fn signing_algorithm(
-    algorithm: Algorithm,
-    asked: Option<Algorithm>,
-) -> Result<Algorithm, Error> {
-    match (algorithm, asked) {
-        (Algorithm::RsaPssSha256 { bits }, Some(Algorithm::RsaPkcs1Sha256 { bits: b }))
-            if b == bits =>
-        {
-            Ok(Algorithm::RsaPkcs1Sha256 { bits })
-        }
-        (a, Some(asked)) if asked != a => Err(Error::new(
-            ErrorKind::InvalidRequest,
-            format!("field `algorithm`: this key signs {a}, not {asked}"),
-        )),
-        (a, _) => Ok(a),
-    }
+/// The algorithm a signature is made with: the one the service decided
+/// ([`crate::service::rules::signing_algorithm`]: the key's own, or the other
+/// RSA padding at the key's size, whichever the key was configured for),
+/// else the key's own. Drivers do not decide it again.
+#[cfg(any(
+    feature = "aws",
+    feature = "vault",
+    feature = "azure",
+    feature = "pkcs11"
+))]
+pub(crate) fn signing_algorithm(algorithm: Algorithm, decided: Option<Algorithm>) -> Algorithm {
+    decided.unwrap_or(algorithm)
 }
 
 /// The built backends, by name.

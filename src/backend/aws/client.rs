@@ -174,7 +174,7 @@ fn signing_spec(
     algorithm: Algorithm,
     asked: Option<Algorithm>,
 ) -> Result<(Algorithm, SigningAlgorithmSpec), Error> {
-    let effective = crate::backend::signing_algorithm(algorithm, asked)?;
+    let effective = crate::backend::signing_algorithm(algorithm, asked);
     let spec = match effective {
         Algorithm::EcdsaP256Sha256 => SigningAlgorithmSpec::EcdsaSha256,
         Algorithm::EcdsaP384Sha384 => SigningAlgorithmSpec::EcdsaSha384,

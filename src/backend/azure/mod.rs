@@ -17,7 +17,9 @@
 //! A256GCM (the context as AAD) and wrap with A256KW. Where the algorithm
 //! has no associated data (RSA-OAEP, A256KW) the context is bound inside
 //! the sealed block (`keys.rs`). Key facts (type, versions, rotation
-//! policy) are cached for a few minutes.
+//! policy) are cached for a few minutes for the operations; `metadata`
+//! always asks Key Vault, so that the service's revalidation sees a disabled
+//! key at once.
 
 mod credentials;
 mod errors;
@@ -161,7 +163,7 @@ impl AzureBackend {
             .map_err(|e| errors::error(key, op, &e))
     }
 
-    /// The key's facts, cached for a few minutes.
+    /// The key's facts, cached for a few minutes (but see `metadata`).
     async fn info(&self, key: KeyRef<'_>) -> Result<Arc<KeyInfo>, Error> {
         if let Some(info) = self.keys.get(key.id) {
             return Ok(info);
@@ -464,7 +466,10 @@ impl Backend for AzureBackend {
         .await
     }
 
+    /// Always asked of Key Vault (the facts are remembered afresh): the
+    /// service's revalidation reads whether the key is enabled from here.
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
+        self.keys.forget(key.id);
         let info = self.info(key).await?;
         let algorithm = self.algorithm(key, &info, None, "")?;
         let mut details = BTreeMap::from([
@@ -542,7 +547,7 @@ impl Backend for AzureBackend {
     ) -> Result<Signature, Error> {
         let info = self.info(key).await?;
         let own = self.algorithm(key, &info, Some(Purpose::Sign), "sign")?;
-        let algorithm = super::signing_algorithm(own, options.algorithm)?;
+        let algorithm = super::signing_algorithm(own, options.algorithm);
         let alg = match algorithm {
             Algorithm::EcdsaP256Sha256 => SignatureAlgorithm::Es256,
             Algorithm::EcdsaP384Sha384 => SignatureAlgorithm::Es384,

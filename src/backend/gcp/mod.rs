@@ -16,7 +16,8 @@
 //! are encrypted to locally with the version's public key, the context bound
 //! inside the block (`super::binding`), and decrypted by
 //! `asymmetricDecrypt`. Key facts (purpose, versions, primary) are cached for
-//! a few minutes.
+//! a few minutes for the operations; `metadata` always asks Cloud KMS, so
+//! that the service's revalidation sees a disabled version at once.
 
 mod credentials;
 mod errors;
@@ -584,7 +585,10 @@ impl Backend for GcpBackend {
         }
     }
 
+    /// Always asked of Cloud KMS (the facts are remembered afresh): the
+    /// service's revalidation reads the versions' states from here.
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
+        self.keys.forget(key.id);
         let info = self.info(key).await?;
         Ok(KeyMetadata {
             algorithm: info.algorithm,

@@ -229,7 +229,10 @@ impl Backend for Pkcs11Backend {
             })
     }
 
+    /// Always looked up on the token (the objects are remembered afresh):
+    /// the service's revalidation finds a destroyed key from here.
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
+        self.facts.forget(key.id);
         let k = self.key(key).await?;
         let current = k.current();
         let mut details: BTreeMap<String, String> = current.facts.clone();
@@ -282,7 +285,7 @@ impl Backend for Pkcs11Backend {
         options: SignOptions,
     ) -> Result<Signature, Error> {
         let k = self.key_for(key, Purpose::Sign, "sign").await?;
-        let algorithm = super::signing_algorithm(k.algorithm, options.algorithm)?;
+        let algorithm = super::signing_algorithm(k.algorithm, options.algorithm);
         let data = to_be_signed(algorithm, input)?;
         let (bytes, version) = self
             .with_key(key, "sign", move |w, k| {

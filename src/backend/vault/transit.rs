@@ -187,20 +187,7 @@ pub(super) fn sign_params(
     options: SignOptions,
 ) -> Result<(Algorithm, serde_json::Value), Error> {
     crate::backend::require_purpose(key, info.algorithm, Purpose::Sign, "sign or verify")?;
-    let algorithm = match (info.algorithm, options.algorithm) {
-        (Algorithm::RsaPssSha256 { bits }, Some(Algorithm::RsaPkcs1Sha256 { bits: b }))
-            if b == bits =>
-        {
-            Algorithm::RsaPkcs1Sha256 { bits }
-        }
-        (own, Some(asked)) if asked != own => {
-            return Err(Error::unsupported(format!(
-                "key `{}` is {own}: it does not sign with {asked}",
-                key.alias
-            )));
-        }
-        (own, _) => own,
-    };
+    let algorithm = crate::backend::signing_algorithm(info.algorithm, options.algorithm);
     let mut params = serde_json::json!({});
     let input = match (algorithm.digest(), input) {
         (None, SignInput::Message(m)) => B64.encode(m),

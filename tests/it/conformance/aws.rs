@@ -1,9 +1,10 @@
 //! The conformance suite on the `aws` backend, against a moto server: the
 //! keys are created there (one `CreateKey` each, concurrently), `missing` is
-//! an alias moto does not have, `down` a second backend on 127.0.0.1:1.
+//! an alias moto does not have, `down` a second backend on 127.0.0.1:1; a key
+//! is disabled with `DisableKey`.
 
 use super::cases::every_case;
-use super::{Backend, Cap, Env, KeyType, Op, Setup, aliases_of};
+use super::{Backend, Cap, Disable, Env, KeyType, Op, Setup, aliases_of};
 use crate::aws::{STATIC, create_key};
 use crate::harness::Moto;
 use aws_sdk_kms::types::{KeySpec, KeyUsageType};
@@ -57,10 +58,23 @@ async fn start() -> Env {
         create_key(&kms, spec, usage)
     }))
     .await;
+    let id_of = |alias: &str| {
+        let at = aliases.iter().position(|(a, _)| *a == alias);
+        ids[at.expect("a configured alias")].clone()
+    };
+    // AWS KMS RSA keys sign either padding: the alias names the `rsa` key.
+    let pkcs1 = format!("key: \"{}\", algorithm: rsa-pkcs1-2048-sha256", id_of("rsa"));
+    let aes = id_of("aes");
+    let disable: Disable = Box::new(move || {
+        let (kms, aes) = (kms.clone(), aes.clone());
+        Box::pin(async move {
+            kms.disable_key().key_id(aes).send().await.expect("DisableKey");
+        })
+    });
     let keys = aliases
-        .into_iter()
-        .zip(ids)
-        .map(|((alias, _), id)| (alias, format!("key: \"{id}\"")))
+        .iter()
+        .zip(&ids)
+        .map(|((alias, _), id)| (*alias, format!("key: \"{id}\"")))
         .collect();
     let region = "type: aws, region: us-east-1";
     let setup = Setup {
@@ -68,6 +82,8 @@ async fn start() -> Env {
         down: Some(format!("{{ {region}, endpoint: \"http://127.0.0.1:1\" }}")),
         keys,
         missing: Some("key: alias/missing".into()),
+        pkcs1: Some(pkcs1),
+        disable: Some(disable),
         env: STATIC.iter().map(|(k, v)| (*k, v.to_string())).collect(),
         secrets: vec![],
         server: Box::new(moto),

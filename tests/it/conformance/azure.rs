@@ -3,12 +3,14 @@
 //! the fake's federated token, the suite's keys created in the fake (EC
 //! P-256, RSA 2048 for signing and one for RSA-OAEP, `oct-HSM` AES keys as on
 //! a Managed HSM); `missing` is a key the vault does not have, `down` a
-//! second backend on 127.0.0.1:1.
+//! second backend on 127.0.0.1:1; a key is disabled with Key Vault's Update
+//! Key.
 
 use super::cases::every_case;
-use super::{Backend, Cap, Env, KeyType, Setup, aliases_of};
+use super::{Backend, Cap, Disable, Env, KeyType, Setup, aliases_of};
 use crate::harness::Fake;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 pub const BACKEND: Backend = Backend {
     name: "azure",
@@ -50,6 +52,25 @@ async fn start() -> Env {
         std::fs::read_to_string(fake.path("federated-token")).expect("the federated token"),
         std::fs::read_to_string(fake.path("client-secret")).expect("the client secret"),
     ];
+    let fake = Arc::new(fake);
+    let server = fake.clone();
+    // Update Key (learn.microsoft.com/rest/api/keyvault/keys/update-key):
+    // `PATCH {vault}/keys/{name}/{version}` `{"attributes": {"enabled": false}}`
+    // on the current version, which Get Key names in its `kid`.
+    let disable: Disable = Box::new(move || {
+        let fake = server.clone();
+        Box::pin(async move {
+            let token = fake.azure_access_token().await;
+            let key = fake
+                .call_api("GET", "/keys/aes?api-version=7.5", &token, Value::Null)
+                .await;
+            let kid = key["key"]["kid"].as_str().expect("a kid");
+            let version = kid.rsplit('/').next().expect("a versioned kid");
+            let body = json!({"attributes": {"enabled": false}});
+            let path = format!("/keys/aes/{version}?api-version=7.5");
+            fake.call_api("PATCH", &path, &token, body).await;
+        })
+    });
     let setup = Setup {
         backend: fake.azure_backend(""),
         down: Some(r#"{ type: azure, vault_url: "https://127.0.0.1:1" }"#.into()),
@@ -58,6 +79,8 @@ async fn start() -> Env {
             .map(|(alias, _)| (*alias, format!("key: {alias}")))
             .collect(),
         missing: Some("key: missing".into()),
+        pkcs1: Some("key: rsa, algorithm: rsa-pkcs1-2048-sha256".into()),
+        disable: Some(disable),
         env,
         secrets,
         server: Box::new(fake),

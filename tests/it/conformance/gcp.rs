@@ -2,12 +2,14 @@
 //! contract fake (`tests/fakes/gcp_kms.py`): workload identity federation
 //! with service-account impersonation (the fake's external-account file),
 //! the suite's keys created in the fake's key ring; `missing` is a key the
-//! ring does not have, `down` a second backend on 127.0.0.1:1.
+//! ring does not have, `down` a second backend on 127.0.0.1:1; a key is
+//! disabled with `cryptoKeyVersions.patch` on its version.
 
 use super::cases::every_case;
-use super::{Backend, Cap, Env, KeyType, Op, Setup, aliases_of};
+use super::{Backend, Cap, Disable, Env, KeyType, Op, Setup, aliases_of};
 use crate::harness::Fake;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 pub const BACKEND: Backend = Backend {
     name: "gcp",
@@ -42,7 +44,25 @@ async fn start() -> Env {
             .map(|(alias, key)| async move { server.create_key(alias, spec(*key)).await }),
     )
     .await;
+    // A Cloud KMS key's algorithm names its padding.
+    let pkcs1 = json!({"purpose": "ASYMMETRIC_SIGN", "algorithm": "RSA_SIGN_PKCS1_2048_SHA256"});
+    fake.create_key("pkcs1", pkcs1).await;
     let secrets = vec![std::fs::read_to_string(fake.path("subject-token")).expect("the subject token")];
+    let fake = Arc::new(fake);
+    let server = fake.clone();
+    // cryptoKeyVersions.patch (cloud.google.com/kms/docs/reference/rest/v1/
+    // projects.locations.keyRings.cryptoKeys.cryptoKeyVersions/patch):
+    // `PATCH …/cryptoKeyVersions/1?updateMask=state` `{"state": "DISABLED"}`,
+    // the primary (and only) version of the `aes` key.
+    let disable: Disable = Box::new(move || {
+        let fake = server.clone();
+        Box::pin(async move {
+            let token = fake.gcp_access_token().await;
+            let path = "/v1/projects/fake-project/locations/global/keyRings/fake-ring/cryptoKeys/aes/cryptoKeyVersions/1?updateMask=state";
+            let body = json!({"state": "DISABLED"});
+            fake.call_api("PATCH", path, &token, body).await;
+        })
+    });
     let setup = Setup {
         backend: fake.gcp_backend(""),
         down: Some(
@@ -54,6 +74,8 @@ async fn start() -> Env {
             .map(|(alias, _)| (*alias, format!("key: {alias}")))
             .collect(),
         missing: Some("key: missing".into()),
+        pkcs1: Some("key: pkcs1".into()),
+        disable: Some(disable),
         // Application Default Credentials: the impersonating external account.
         env: fake
             .env()

@@ -1,8 +1,10 @@
 //! The conformance suite on the `local` backend: software keys the sidecar
-//! creates in its own directory.
+//! creates in a directory of the harness; a key is disabled with
+//! `"disabled": true` in its file.
 
 use super::cases::every_case;
-use super::{Backend, Cap, Env, KeyType, Setup, aliases_of};
+use super::{Backend, Cap, Disable, Env, KeyType, Setup, aliases_of};
+use serde_json::Value;
 
 pub const BACKEND: Backend = Backend {
     name: "local",
@@ -24,6 +26,20 @@ pub const BACKEND: Backend = Backend {
 };
 
 async fn start() -> Env {
+    // The key files in a directory of the harness's own, so that it can set
+    // `"disabled": true` in one as an operator would.
+    let files = tempfile::tempdir().expect("temp dir");
+    let dir = files.path().join("keys");
+    let aes = dir.join("aes.json");
+    let disable: Disable = Box::new(move || {
+        let aes = aes.clone();
+        Box::pin(async move {
+            let mut key: Value = serde_json::from_slice(&std::fs::read(&aes).unwrap()).unwrap();
+            key["disabled"] = true.into();
+            // Written in place: the file keeps its 0600 mode.
+            std::fs::write(&aes, serde_json::to_vec(&key).unwrap()).unwrap();
+        })
+    });
     let keys = aliases_of(&BACKEND)
         .map(|(alias, key)| {
             (
@@ -33,13 +49,15 @@ async fn start() -> Env {
         })
         .collect();
     let setup = Setup {
-        backend: r#"{ type: local, dir: "{dir}/keys" }"#.into(),
+        backend: format!(r#"{{ type: local, dir: "{}" }}"#, dir.display()),
         down: None,
         keys,
         missing: None,
+        pkcs1: Some("key: pkcs1, algorithm: rsa-pkcs1-2048-sha256".into()),
+        disable: Some(disable),
         env: vec![],
         secrets: vec![],
-        server: Box::new(()),
+        server: Box::new(files),
     };
     Env::start(&BACKEND, setup).await
 }

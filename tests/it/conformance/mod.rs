@@ -48,10 +48,12 @@ backends!(
 
 use crate::harness::{Resp, Sidecar};
 use cases::every_case;
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::time::Duration;
 
 /// The kinds of key the suite's aliases stand for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +139,7 @@ impl Op {
             Op::Sign => "sign a message",
             Op::SignDigest => "sign a digest",
             Op::SignRaw => "raw `r‖s` signatures",
-            Op::SignPkcs1 => "PKCS#1 v1.5 on request (`algorithm`)",
+            Op::SignPkcs1 => "the other padding on request (`algorithm`: PKCS#1 v1.5 ↔ PSS)",
             Op::Verify => "verify",
             Op::PublicKey => "public key (PEM, JWK)",
             Op::Jwt => "JWTs: sign, JWKS, verify",
@@ -168,6 +170,10 @@ pub enum Cap {
     ForeignCiphertext,
     /// A rotation gives the key a new version that ciphertexts name.
     RotationVersions,
+    /// The harness can disable the `aes` key in the backend's server, as an
+    /// operator does there ([`Setup::disable`]): the sidecar refuses it (409)
+    /// and drops its cached data keys within `cache.data_keys.revalidate` + 1 s.
+    Revocation,
 }
 
 pub use Cap::*;
@@ -178,7 +184,13 @@ impl Cap {
         KeyType::ALL
             .into_iter()
             .flat_map(|k| k.ops().iter().map(move |op| Can(k, *op)))
-            .chain([AbsentKey, Unreachable, ForeignCiphertext, RotationVersions])
+            .chain([
+                AbsentKey,
+                Unreachable,
+                ForeignCiphertext,
+                RotationVersions,
+                Revocation,
+            ])
     }
 
     /// The matrix's first two columns.
@@ -190,6 +202,10 @@ impl Cap {
             Unreachable => ("any", "an unreachable endpoint → 503, retryable"),
             ForeignCiphertext => ("AES-256", "a ciphertext of another key → 422"),
             RotationVersions => ("AES-256", "a rotation moves ciphertexts to a new version"),
+            Revocation => (
+                "AES-256",
+                "a key disabled in the KMS → 409, its data keys dropped within `revalidate` + 1 s",
+            ),
         }
     }
 }
@@ -250,6 +266,14 @@ pub fn aliases_of(backend: &Backend) -> impl Iterator<Item = (&'static str, KeyT
     ALIASES.into_iter().filter(|(_, k)| backend.has(*k))
 }
 
+/// Disables the suite's `aes` key in the backend's server, the way an
+/// operator does it there ([`Cap::Revocation`]).
+pub type Disable = Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// How often the suite's sidecars revalidate keys with cached data keys
+/// (`cache.data_keys.revalidate`).
+pub const REVALIDATE: Duration = Duration::from_secs(1);
+
 /// What a harness started: the sidecar's config pieces and environment, and
 /// the server to keep running.
 pub struct Setup {
@@ -264,6 +288,12 @@ pub struct Setup {
     /// How `missing` names a key the backend does not have, where it has
     /// [`Cap::AbsentKey`].
     pub missing: Option<String>,
+    /// How `pkcs1` names an RSA 2048 signing key configured for PKCS#1 v1.5
+    /// (`key: …, algorithm: rsa-pkcs1-2048-sha256`, or a key of that
+    /// algorithm where the KMS fixes it), where the backend has RSA keys.
+    pub pkcs1: Option<String>,
+    /// Where the backend has [`Cap::Revocation`].
+    pub disable: Option<Disable>,
     pub env: Vec<(&'static str, String)>,
     /// Values that must never reach the sidecar's log (tokens).
     pub secrets: Vec<String>,
@@ -287,6 +317,9 @@ impl Setup {
         if let Some(missing) = &self.missing {
             keys.push(format!("missing: {{ backend: kms, {missing} }}"));
         }
+        if let Some(pkcs1) = &self.pkcs1 {
+            keys.push(format!("pkcs1: {{ backend: kms, {pkcs1}, ops: [\"*\"] }}"));
+        }
         let mut backends = vec![format!("kms: {}", self.backend)];
         if let Some(down) = &self.down {
             backends.push(format!("down: {down}"));
@@ -295,10 +328,11 @@ impl Setup {
         let indent =
             |lines: Vec<String>| -> String { lines.iter().map(|l| format!("  {l}\n")).collect() };
         format!(
-            "backends:\n{}keys:\n{}callers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\n",
+            "backends:\n{}keys:\n{}callers:\n  - {{ uids: [{}], keys: [\"*\"], ops: [\"*\"] }}\ncache: {{ data_keys: {{ revalidate: {}s }} }}\n",
             indent(backends),
             indent(keys),
-            nix::unistd::geteuid().as_raw()
+            nix::unistd::geteuid().as_raw(),
+            REVALIDATE.as_secs()
         )
     }
 
@@ -316,6 +350,7 @@ impl Setup {
 pub struct Env {
     pub s: Sidecar,
     pub backend: &'static Backend,
+    disable: Option<Disable>,
     /// Dropped after the sidecar (fields drop in order).
     _server: Box<dyn Any>,
 }
@@ -334,6 +369,8 @@ impl Env {
         for (given, cap, what) in [
             (setup.down.is_some(), Unreachable, "`down`"),
             (setup.missing.is_some(), AbsentKey, "`missing`"),
+            (setup.disable.is_some(), Revocation, "`disable`"),
+            (setup.pkcs1.is_some(), Key(Rsa), "`pkcs1`"),
         ] {
             assert_eq!(
                 given,
@@ -350,8 +387,18 @@ impl Env {
         Env {
             s,
             backend,
+            disable: setup.disable,
             _server: setup.server,
         }
+    }
+
+    /// Disables the `aes` key in the backend's server ([`Setup::disable`]).
+    pub async fn disable_aes_key(&self) {
+        let disable = self
+            .disable
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: the harness cannot disable a key", self.backend.name));
+        disable().await;
     }
 
     /// POSTs `body` to `/v1/keys/{alias}/{op}`.

@@ -2,11 +2,13 @@
 //! private token directory, a token initialized with `softhsm2-util`, the
 //! suite's keys made with `pkcs11-tool` (label = alias, `CKA_ID` 01), the
 //! user PIN in a file; `missing` is a label the token does not have, `down`
-//! a second backend on a token label no slot holds.
+//! a second backend on a token label no slot holds; a key is revoked by
+//! destroying its object (`pkcs11-tool --delete-object`).
 
 use super::cases::every_case;
-use super::{Backend, Cap, Env, KeyType, Setup, aliases_of};
+use super::{Backend, Cap, Disable, Env, KeyType, Setup, aliases_of};
 use crate::harness::{HsmKey, SoftHsm};
+use std::sync::Arc;
 
 pub const BACKEND: Backend = Backend {
     name: "pkcs11",
@@ -34,10 +36,21 @@ async fn start() -> Env {
     for (alias, key) in &aliases {
         hsm.create_key(kind(*key), alias, "01");
     }
+    hsm.create_key(HsmKey::Rsa2048, "pkcs1", "01");
     let down = hsm.backend().replace(
         "token_label: \"conformance\"",
         "token_label: \"no-such-token\"",
     );
+    let hsm = Arc::new(hsm);
+    let server = hsm.clone();
+    // A token has no disabled state that every token honours: an operator
+    // revokes a key by destroying its object (C_DestroyObject).
+    let disable: Disable = Box::new(move || {
+        let hsm = server.clone();
+        Box::pin(async move {
+            hsm.tool(&["--delete-object", "--type", "secrkey", "--label", "aes"]);
+        })
+    });
     let setup = Setup {
         backend: hsm.backend(),
         down: Some(down),
@@ -46,6 +59,8 @@ async fn start() -> Env {
             .map(|(alias, _)| (*alias, format!("key: {alias}")))
             .collect(),
         missing: Some("key: missing".into()),
+        pkcs1: Some("key: pkcs1, algorithm: rsa-pkcs1-2048-sha256".into()),
+        disable: Some(disable),
         env: hsm.env(),
         secrets: vec![hsm.pin.clone()],
         server: Box::new(hsm),

@@ -2,13 +2,15 @@
 //! server: transit with the suite's keys (created concurrently), and a token
 //! with the README's policy that the sidecar reads from a file; `missing` is
 //! a transit key that does not exist, `down` a second backend on
-//! 127.0.0.1:1.
+//! 127.0.0.1:1; a key is revoked by deleting it (transit keys have no
+//! disabled state).
 
 use super::cases::every_case;
-use super::{Backend, Cap, Env, KeyType, Setup, aliases_of};
+use super::{Backend, Cap, Disable, Env, KeyType, Setup, aliases_of};
 use crate::harness::Bao;
 use crate::vault::put_readme_policy;
-use serde_json::json;
+use serde_json::{Value, json};
+use std::sync::Arc;
 
 pub const BACKEND: Backend = Backend {
     name: "vault",
@@ -65,6 +67,17 @@ async fn start() -> Env {
         "auth: {{ method: token, token_file: \"{}\" }}",
         token_file.display()
     );
+    let bao = Arc::new(bao);
+    let server = bao.clone();
+    // Transit has no disabled state: an operator revokes a key by deleting it.
+    let disable: Disable = Box::new(move || {
+        let bao = server.clone();
+        Box::pin(async move {
+            let allow = json!({"deletion_allowed": true});
+            bao.api("POST", "transit/keys/aes/config", allow).await;
+            bao.api("DELETE", "transit/keys/aes", Value::Null).await;
+        })
+    });
     let setup = Setup {
         backend: format!("{{ type: vault, address: \"{}\", {auth} }}", bao.url),
         down: Some(format!(
@@ -75,6 +88,9 @@ async fn start() -> Env {
             .map(|(alias, _)| (*alias, format!("key: {alias}")))
             .collect(),
         missing: Some("key: missing".into()),
+        // Transit RSA keys sign either padding: the alias names the `rsa` key.
+        pkcs1: Some("key: rsa, algorithm: rsa-pkcs1-2048-sha256".into()),
+        disable: Some(disable),
         env: vec![],
         secrets: vec![token, bao.root_token.clone()],
         server: Box::new((bao, files)),

@@ -107,6 +107,90 @@ impl Fake {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
+    /// Calls the faked service's own API (`path` with its query) as an
+    /// operator's tooling does, with a bearer `token` and a JSON `body`
+    /// (none when null): the JSON answer, which must be a success.
+    pub async fn call_api(&self, method: &str, path: &str, token: &str, body: Value) -> Value {
+        let mut curl = self.curl();
+        curl.args(["--fail-with-body", "-X", method, "-H"])
+            .arg(format!("authorization: Bearer {token}"));
+        if !body.is_null() {
+            curl.args(["-H", "content-type: application/json", "-d"])
+                .arg(body.to_string());
+        }
+        let out = curl
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .await
+            .expect("curl (`make test` installs it)");
+        assert!(
+            out.status.success(),
+            "{method} {path}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// An access token for the Azure fake's vault, from the client-secret
+    /// grant of its Entra ID endpoint ("Microsoft identity platform and the
+    /// OAuth 2.0 client credentials flow"), for [`Self::call_api`].
+    pub async fn azure_access_token(&self) -> String {
+        let env: std::collections::HashMap<_, _> = self.env().into_iter().collect();
+        let secret = std::fs::read_to_string(self.path("client-secret")).expect("client-secret");
+        // The vault's resource: its host without the first label.
+        let host = self
+            .url
+            .trim_start_matches("https://")
+            .split(':')
+            .next()
+            .unwrap_or_default();
+        let resource = host.split_once('.').map_or(host, |(_, rest)| rest);
+        let out = self
+            .curl()
+            .args(["--fail-with-body", "-X", "POST"])
+            .args(["--data-urlencode", "grant_type=client_credentials"])
+            .arg("--data-urlencode")
+            .arg(format!("client_id={}", env["AZURE_CLIENT_ID"]))
+            .arg("--data-urlencode")
+            .arg(format!("client_secret={}", secret.trim()))
+            .arg("--data-urlencode")
+            .arg(format!("scope=https://{resource}/.default"))
+            .arg(format!(
+                "{}/{}/oauth2/v2.0/token",
+                self.url, env["AZURE_TENANT_ID"]
+            ))
+            .output()
+            .await
+            .expect("curl");
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        answer["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access token: {answer}"))
+            .to_owned()
+    }
+
+    /// An access token from the GCP fake's metadata server ("Query VM
+    /// metadata": `instance/service-accounts/default/token`), for
+    /// [`Self::call_api`].
+    pub async fn gcp_access_token(&self) -> String {
+        let out = self
+            .curl()
+            .args(["--fail-with-body", "-H", "Metadata-Flavor: Google"])
+            .arg(format!(
+                "{}/computeMetadata/v1/instance/service-accounts/default/token",
+                self.url
+            ))
+            .output()
+            .await
+            .expect("curl");
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        answer["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access token: {answer}"))
+            .to_owned()
+    }
+
     /// Creates a key (Azure: `kty`, `crv`/`key_size`, `key_ops` as Key
     /// Vault takes them; GCP: `purpose`, `algorithm`): the fake's answer.
     pub async fn create_key(&self, name: &str, spec: Value) -> Value {

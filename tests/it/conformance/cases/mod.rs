@@ -2,18 +2,20 @@
 //! and error code the README documents. Each takes a running [`Env`] with the
 //! suite's aliases; `every_case!` lists them once, with what they need.
 //! The cases live by subject in `signatures.rs`, `symmetric.rs` (encryption,
-//! data keys, envelopes, MACs), `lifecycle.rs` (metadata, rotation) and
-//! `errors.rs`; the helpers they share are here.
+//! data keys, envelopes, MACs), `lifecycle.rs` (metadata, rotation),
+//! `revocation.rs` and `errors.rs`; the helpers they share are here.
 
 mod errors;
 mod jwt;
 mod lifecycle;
+mod revocation;
 mod signatures;
 mod symmetric;
 
 pub use errors::*;
 pub use jwt::*;
 pub use lifecycle::*;
+pub use revocation::*;
 pub use signatures::*;
 pub use symmetric::*;
 
@@ -46,6 +48,7 @@ macro_rules! every_case {
             rsa_pss_sign_verify: [Can(Rsa, Sign), Can(Rsa, Verify), Can(Rsa, PublicKey)],
             rsa_digest_sign_verify: [Can(Rsa, SignDigest), Can(Rsa, Verify)],
             rsa_pkcs1_on_request: [Can(Rsa, SignPkcs1), Can(Rsa, Verify), Can(Rsa, PublicKey)],
+            rsa_pkcs1_key_signs_pss_on_request: [Can(Rsa, SignPkcs1), Can(Rsa, Verify), Can(Rsa, PublicKey)],
             ed25519_sign_verify: [Can(Ed25519, Sign), Can(Ed25519, Verify), Can(Ed25519, PublicKey)],
             ed25519_digest_sign_is_operation_not_supported: [Can(Ed25519, Sign)],
             ed25519_digest_verify_is_operation_not_supported: [Can(Ed25519, Sign), Can(Ed25519, Verify)],
@@ -98,6 +101,8 @@ macro_rules! every_case {
             envelope_rewrap_refuses_a_wrong_context_or_a_tampered_data_key: [Can(Aes, Rewrap), Can(Aes, Envelope)],
             envelope_headers_name_the_version_and_key_that_unwrap: [Can(Aes, Envelope), Can(Aes, Rewrap), Can(Aes, Rotate)],
             rewrap_answers_a_wrong_context_as_a_tampered_ciphertext: [Can(Aes, Rewrap), Can(Aes, Encrypt), Can(Aes, Envelope)],
+            // Revocation.
+            a_disabled_key_is_refused_and_its_data_keys_dropped: [Can(Aes, Envelope), Revocation],
             // Errors.
             missing_key_is_key_not_found: [AbsentKey],
             unconfigured_alias_is_key_not_found: [],

@@ -229,6 +229,24 @@ pub async fn rsa_pkcs1_on_request(t: &Env) {
     assert!(t.valid("rsa", "verify", body).await, "{t}");
 }
 
+/// An RSA key configured for PKCS#1 v1.5 (alias `pkcs1`) asked for PSS
+/// signs PSS: an RSA key signs either padding at its size (SPEC §4, the
+/// service's `rules::signing_algorithm`), whichever the key was configured
+/// for, and the driver signs what the service decided.
+pub async fn rsa_pkcs1_key_signs_pss_on_request(t: &Env) {
+    let algorithm = "rsa-pss-2048-sha256";
+    let body = json!({"message": b64(MSG), "algorithm": algorithm});
+    let signed = t.ok("pkcs1", "sign", body).await;
+    assert_eq!(signed["algorithm"], algorithm, "{t}: {signed}");
+    assert!(
+        openssl_accepts(t, "pkcs1", MSG, &signed["signature"], &PSS, false).await,
+        "{t}: openssl rejects the PSS signature"
+    );
+    let mut body = verify_body(MSG, &signed["signature"]);
+    body["algorithm"] = algorithm.into();
+    assert!(t.valid("pkcs1", "verify", body).await, "{t}");
+}
+
 pub async fn ed25519_sign_verify(t: &Env) {
     signature_checks_out(t, "ed", ("ed25519", 64), &[], true).await;
 }
