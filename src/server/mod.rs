@@ -4,6 +4,7 @@
 //! [`routes`].
 
 pub mod body;
+mod endpoints;
 mod replay;
 mod route;
 pub mod routes;

@@ -3,14 +3,15 @@
 //! request span and request metrics.
 
 use super::body;
-use super::route::{Action, LABELS, Route, parse_route};
+use super::endpoints::{Endpoint, Input, Streamed};
+use super::route::{Route, labels, parse_route};
 use crate::api::{self, ApiError, Code, parse_json};
 use crate::audit::{self as audit_log, Audit};
 use crate::backend::Context;
 use crate::config::{KeyLabels, Limits};
 use crate::envelope;
 use crate::policy::Caller;
-use crate::service::Service;
+use crate::service::{Grant, Service};
 use crate::telemetry;
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -64,7 +65,7 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub const ENCRYPTION_CONTEXT: &str = "x-encryption-context";
 
 /// A response before headers: status, content type, body.
-struct Reply {
+pub(super) struct Reply {
     status: StatusCode,
     content_type: &'static str,
     body: ReplyBody,
@@ -150,7 +151,7 @@ fn into_response(
     response
 }
 
-fn ok<T: api::Answer>(result: Result<T, ApiError>) -> Result<Reply, ApiError> {
+pub(super) fn ok<T: api::Answer>(result: Result<T, ApiError>) -> Result<Reply, ApiError> {
     result.map(|v| Reply {
         status: StatusCode::OK,
         content_type: "application/json",
@@ -202,7 +203,7 @@ impl Routes {
             per_caller,
             audit,
             replay: Arc::new(super::replay::ReplayGuard::new()),
-            durations: crate::metrics::Cached::new(LABELS),
+            durations: crate::metrics::Cached::new(&labels()),
         }
     }
 
@@ -447,7 +448,7 @@ impl Routes {
             .with_status(StatusCode::METHOD_NOT_ALLOWED));
         }
         let svc = &self.service;
-        let (caller, alias, action) = match (route, caller) {
+        let (caller, alias, endpoint) = match (route, caller) {
             (Route::Healthz, _) => return Ok(json(StatusCode::OK, &api::Health { status: "ok" })),
             (Route::Readyz, c) => {
                 let (mut ready, mut body) = svc.readiness().await;
@@ -529,17 +530,34 @@ impl Routes {
                     ..reply
                 });
             }
-            (Route::Key(alias, action), Some(c)) => (c, alias, action),
+            (Route::Key(alias, endpoint), Some(c)) => (c, alias, endpoint),
         };
-        let caller = &caller;
-        // Who may do what is decided from the path and the peer credentials
-        // alone, before a byte of the body is read or buffered.
-        svc.authorize(caller, alias, action.op())?;
+        self.key_request(endpoint, alias, &caller, parts, unread, admitted)
+            .await
+    }
+
+    /// A key endpoint's request, through the pipeline every one runs: the
+    /// rules (decided once, from the path and the peer credentials alone,
+    /// before a byte of the body is read or buffered), the rate limit, the
+    /// audit log's availability, the replay guard and the headers; then
+    /// the body (whole, or streamed where the endpoint streams), and the
+    /// endpoint's service call.
+    async fn key_request(
+        &self,
+        endpoint: &'static Endpoint,
+        alias: &str,
+        caller: &Caller,
+        parts: &Parts,
+        unread: &mut Unread,
+        admitted: &mut bool,
+    ) -> Result<Reply, ApiError> {
+        let svc = &self.service;
+        let grant = svc.authorize(caller, alias, endpoint.op)?;
         self.rate_limit(caller)?;
         if let Some(audit) = &self.audit {
             audit.available()?;
         }
-        if svc.replay_guarded(alias) {
+        if grant.entry.replay_guard {
             let window = super::replay::Window::new(
                 self.limits.replay_window.0,
                 self.limits.replay_memory.0,
@@ -548,30 +566,29 @@ impl Routes {
                 .check(caller.uid, svc.counted_as(caller), &parts.headers, window)?;
         }
         let header_context = encryption_context_header(&parts.headers)?;
-        let streamed = matches!(
-            action,
-            Action::EnvelopeEncrypt | Action::EnvelopeDecrypt | Action::EnvelopeRewrap
-        ) && is_octet_stream(&parts.headers);
-        if !streamed && header_context.is_some() {
+        let streamed = endpoint
+            .streamed
+            .filter(|_| is_octet_stream(&parts.headers));
+        if streamed.is_none() && header_context.is_some() {
             return Err(ApiError::invalid(format!(
                 "header `{ENCRYPTION_CONTEXT}` is only for streamed envelopes (Content-Type: application/octet-stream); send `context` in the JSON body"
             )));
         }
         *admitted = true;
-        if streamed {
+        if let Some(streamed) = streamed {
             let context = header_context.unwrap_or_default();
             let input = unread.take().expect("the body is unread until here");
             return self
-                .envelope_stream(caller, alias, action, context, &parts.headers, input)
+                .envelope_stream(&grant, streamed, context, &parts.headers, input)
                 .await;
         }
-        let (body, reservation) = if route.method() == Method::POST {
+        let (body, reservation) = if endpoint.input == Input::None {
+            (Zeroizing::new(Vec::new()), None)
+        } else {
             let (body, reservation) = self.read_body(parts, unread, caller).await?;
             (body, Some(reservation))
-        } else {
-            (Zeroizing::new(Vec::new()), None)
         };
-        if action.is_batch() {
+        if endpoint.input == Input::Batch {
             // The request's own token is spent: one more per further item.
             let items = u32::try_from(api::batch_len(&body).unwrap_or(1)).unwrap_or(u32::MAX);
             if self.limits.per_caller.is_some_and(|l| items > l.burst) {
@@ -580,45 +597,7 @@ impl Routes {
             }
             self.charge(caller, items.saturating_sub(1))?;
         }
-        let reply = match action {
-            Action::Metadata => ok(svc.metadata(caller, alias).await),
-            Action::PublicKey => ok(svc.public_key(caller, alias).await),
-            Action::Sign => ok(svc.sign(caller, alias, parse_json(&body)?).await),
-            Action::SignBatch => ok(svc.sign_batch(caller, alias, parse_json(&body)?).await),
-            Action::Verify => ok(svc.verify(caller, alias, parse_json(&body)?).await),
-            Action::Encrypt => ok(svc.encrypt(caller, alias, parse_json(&body)?).await),
-            Action::Decrypt => ok(svc.decrypt(caller, alias, parse_json(&body)?).await),
-            Action::Datakey => ok(svc.datakey(caller, alias, parse_json(&body)?).await),
-            Action::Mac => ok(svc.mac(caller, alias, parse_json(&body)?).await),
-            Action::VerifyMac => ok(svc.verify_mac(caller, alias, parse_json(&body)?).await),
-            Action::Rotate => {
-                let api::RotateRequest {} = parse_json(&body)?;
-                ok(svc.rotate(caller, alias).await)
-            }
-            Action::Flush => {
-                let api::RotateRequest {} = parse_json(&body)?;
-                ok(svc.flush(caller, alias).await)
-            }
-            Action::EnvelopeEncrypt => ok(svc
-                .envelope_encrypt(caller, alias, parse_json(&body)?)
-                .await),
-            Action::EnvelopeDecrypt => ok(svc
-                .envelope_decrypt(caller, alias, parse_json(&body)?)
-                .await),
-            Action::EncryptBatch => ok(svc.encrypt_batch(caller, alias, parse_json(&body)?).await),
-            Action::Rewrap => ok(svc.rewrap(caller, alias, parse_json(&body)?).await),
-            Action::Jwt => ok(svc.jwt(caller, alias, parse_json(&body)?).await),
-            Action::EnvelopeRewrap => {
-                ok(svc.envelope_rewrap(caller, alias, parse_json(&body)?).await)
-            }
-            Action::DecryptBatch => ok(svc.decrypt_batch(caller, alias, parse_json(&body)?).await),
-            Action::EnvelopeEncryptBatch => ok(svc
-                .envelope_encrypt_batch(caller, alias, parse_json(&body)?)
-                .await),
-            Action::EnvelopeDecryptBatch => ok(svc
-                .envelope_decrypt_batch(caller, alias, parse_json(&body)?)
-                .await),
-        };
+        let reply = (endpoint.serve)(svc, &grant, &body).await;
         drop(body);
         reply.map(|reply| Reply {
             hold: reservation,
@@ -662,9 +641,8 @@ impl Routes {
     /// `limits.stream_min_rate`, is cut off.
     async fn envelope_stream(
         &self,
-        caller: &Caller,
-        alias: &str,
-        action: Action,
+        grant: &Grant<'_>,
+        streamed: Streamed,
         context: Context,
         headers: &HeaderMap,
         input: Incoming,
@@ -676,7 +654,10 @@ impl Routes {
         );
         let reservation = match self
             .budget
-            .reserve(self.service.counted_as(caller), body::STREAM_RESERVATION)
+            .reserve(
+                self.service.counted_as(&grant.caller),
+                body::STREAM_RESERVATION,
+            )
             .await
         {
             Ok(r) => r,
@@ -686,15 +667,13 @@ impl Routes {
             }
         };
         let svc = &self.service;
-        let result = match action {
-            Action::EnvelopeEncrypt => {
+        let result = match streamed {
+            Streamed::Encrypt => {
                 let declared = body::declared_length(headers);
-                (svc.envelope_encrypt_stream(caller, alias, context, declared, input)).await
+                (svc.envelope_encrypt_stream(grant, context, declared, input)).await
             }
-            Action::EnvelopeRewrap => {
-                (svc.envelope_rewrap_stream(caller, alias, context, input)).await
-            }
-            _ => (svc.envelope_decrypt_stream(caller, alias, context, input)).await,
+            Streamed::Rewrap => (svc.envelope_rewrap_stream(grant, context, input)).await,
+            Streamed::Decrypt => (svc.envelope_decrypt_stream(grant, context, input)).await,
         };
         let chunks = result.map_err(|(e, rest)| {
             crate::stream::linger(rest);

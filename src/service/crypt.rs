@@ -2,51 +2,49 @@
 //! caller's own crypto, and MACs — after the shared [`rules`] on purpose,
 //! context and data-key size.
 
-use super::{Service, rules};
+use super::{Grant, Service, rules};
 use crate::api::{self, ApiError, B64Out, b64};
 use crate::keys::KeyEntry;
-use crate::policy::{Caller, Op};
+use crate::policy::Op;
 use zeroize::Zeroizing;
 
 impl Service {
     pub async fn encrypt(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::EncryptRequest,
     ) -> Result<api::EncryptResponse, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::Encrypt).await?;
+        let (entry, _) = self.key_for(grant, Op::Encrypt).await?;
         encrypt(entry, req).await
     }
 
     pub async fn encrypt_batch(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::BatchRequest<api::EncryptRequest>,
     ) -> Result<api::BatchResponse<api::EncryptResponse>, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::Encrypt).await?;
+        let caller = &grant.caller;
+        let (entry, _) = self.key_for(grant, Op::Encrypt).await?;
         self.batch(caller, req.items, |item| encrypt(entry, item))
             .await
     }
 
     pub async fn decrypt(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::DecryptRequest,
     ) -> Result<api::DecryptResponse, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::Decrypt).await?;
+        let (entry, _) = self.key_for(grant, Op::Decrypt).await?;
         decrypt(entry, req).await
     }
 
     pub async fn decrypt_batch(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::BatchRequest<api::DecryptRequest>,
     ) -> Result<api::BatchResponse<api::DecryptResponse>, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::Decrypt).await?;
+        let caller = &grant.caller;
+        let (entry, _) = self.key_for(grant, Op::Decrypt).await?;
         self.batch(caller, req.items, |item| decrypt(entry, item))
             .await
     }
@@ -55,11 +53,10 @@ impl Service {
     /// caller never sees the plaintext.
     pub async fn rewrap(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::RewrapRequest,
     ) -> Result<api::EncryptResponse, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::Rewrap).await?;
+        let (entry, _) = self.key_for(grant, Op::Rewrap).await?;
         rules::check_context(&req.context)?;
         let sealed = entry
             .backend
@@ -74,11 +71,10 @@ impl Service {
 
     pub async fn datakey(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::DataKeyRequest,
     ) -> Result<api::DataKeyResponse, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::Datakey).await?;
+        let (entry, _) = self.key_for(grant, Op::Datakey).await?;
         rules::check_context(&req.context)?;
         rules::check_bits(req.bits)?;
         let dk = entry
@@ -94,11 +90,10 @@ impl Service {
 
     pub async fn mac(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::MacRequest,
     ) -> Result<api::MacResponse, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::Mac).await?;
+        let (entry, _) = self.key_for(grant, Op::Mac).await?;
         let mac = entry.backend.mac(entry.key_ref(), &req.message.0).await?;
         Ok(api::MacResponse {
             mac: b64(&mac.bytes),
@@ -108,11 +103,10 @@ impl Service {
 
     pub async fn verify_mac(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::VerifyMacRequest,
     ) -> Result<api::VerifyResponse, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::Mac).await?;
+        let (entry, _) = self.key_for(grant, Op::Mac).await?;
         let version = req.version.as_ref().map(|v| v.0.as_str());
         self.check_version(entry, version).await?;
         let v = entry

@@ -8,7 +8,7 @@
 //! version and leaves the body as it is (algorithms 5 and 6); older
 //! envelopes are opened and sealed again inside the sidecar.
 
-use super::{Service, rules};
+use super::{Grant, Service, rules};
 use crate::api::{self, ApiError, B64Out, Code};
 use crate::backend::{Context, WrappedBy, canonical_context};
 use crate::cache::Dek;
@@ -17,7 +17,7 @@ use crate::envelope::{
     Chunks, Refused, decryption_failed, next_segment, open_segment, wrapping_context,
 };
 use crate::keys::KeyEntry;
-use crate::policy::{Caller, Op};
+use crate::policy::Op;
 use crate::stream::{BoxedStream, drain, read_error};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -62,15 +62,15 @@ impl Service {
     /// The start of a streamed envelope request for `op`: the caller's key,
     /// and the envelope's header (of this key, segmented), the bytes read
     /// so far and how many of them are the header's prefix.
-    async fn streamed_header(
+    async fn streamed_header<'g>(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'g>,
         op: Op,
         context: &Context,
         input: &mut BoxedStream,
-    ) -> Result<(&Arc<KeyEntry>, Header, Vec<u8>, usize), ApiError> {
-        let (entry, _) = self.key_for(caller, alias, op).await?;
+    ) -> Result<(&'g Arc<KeyEntry>, Header, Vec<u8>, usize), ApiError> {
+        let alias = grant.alias;
+        let (entry, _) = self.key_for(grant, op).await?;
         rules::check_context(context)?;
         let (header, buf, prefix_len) = read_header(input).await?;
         if header.alias != alias || !header.algorithm.segmented() {
@@ -101,21 +101,21 @@ impl Service {
     /// Seals `plaintext` with a cached data key (algorithm 5).
     pub async fn envelope_encrypt(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::EnvelopeEncryptRequest,
     ) -> Result<api::EnvelopeEncryptResponse, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::Envelope).await?;
+        let alias = grant.alias;
+        let (entry, _) = self.key_for(grant, Op::Envelope).await?;
         self.seal_envelope(entry, alias, req).await
     }
 
     pub async fn envelope_encrypt_batch(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::BatchRequest<api::EnvelopeEncryptRequest>,
     ) -> Result<api::BatchResponse<api::EnvelopeEncryptResponse>, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::Envelope).await?;
+        let (caller, alias) = (&grant.caller, grant.alias);
+        let (entry, _) = self.key_for(grant, Op::Envelope).await?;
         self.batch(caller, req.items, |item| {
             self.seal_envelope(entry, alias, item)
         })
@@ -124,21 +124,21 @@ impl Service {
 
     pub async fn envelope_decrypt(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::EnvelopeDecryptRequest,
     ) -> Result<api::DecryptResponse, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::Envelope).await?;
+        let alias = grant.alias;
+        let (entry, _) = self.key_for(grant, Op::Envelope).await?;
         self.open_envelope(entry, alias, req).await
     }
 
     pub async fn envelope_decrypt_batch(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::BatchRequest<api::EnvelopeDecryptRequest>,
     ) -> Result<api::BatchResponse<api::DecryptResponse>, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::Envelope).await?;
+        let (caller, alias) = (&grant.caller, grant.alias);
+        let (entry, _) = self.key_for(grant, Op::Envelope).await?;
         self.batch(caller, req.items, |item| {
             self.open_envelope(entry, alias, item)
         })
@@ -206,11 +206,11 @@ impl Service {
     /// with a fresh message id, its plaintext never leaving the sidecar.
     pub async fn envelope_rewrap(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::EnvelopeDecryptRequest,
     ) -> Result<api::EnvelopeEncryptResponse, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::Rewrap).await?;
+        let alias = grant.alias;
+        let (entry, _) = self.key_for(grant, Op::Rewrap).await?;
         rules::check_context(&req.context)?;
         let (header, n) = Header::parse(&req.envelope.0)
             .ok()
@@ -273,14 +273,14 @@ impl Service {
     /// answering, and a later failure aborts the answer.
     pub async fn envelope_rewrap_stream(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         context: Context,
         mut input: BoxedStream,
     ) -> Result<Chunks, Refused> {
+        let alias = grant.alias;
         let prelude = async {
             let (entry, header, mut buf, prefix_len) = self
-                .streamed_header(caller, alias, Op::Rewrap, &context, &mut input)
+                .streamed_header(grant, Op::Rewrap, &context, &mut input)
                 .await?;
             if header.algorithm.rewrappable() {
                 let header = self.rewrapped(entry, header, &context).await?;
@@ -344,14 +344,14 @@ impl Service {
     /// with the unread input; later ones abort the stream.
     pub async fn envelope_encrypt_stream(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         context: Context,
         declared_len: Option<u64>,
         mut input: BoxedStream,
     ) -> Result<Chunks, Refused> {
+        let alias = grant.alias;
         let prelude = async {
-            let (entry, _) = self.key_for(caller, alias, Op::Envelope).await?;
+            let (entry, _) = self.key_for(grant, Op::Envelope).await?;
             rules::check_context(&context)?;
             // Reading before answering lets a client that sent `Expect:
             // 100-continue` start its upload now rather than after its timeout.
@@ -421,14 +421,14 @@ impl Service {
     /// unread input).
     pub async fn envelope_decrypt_stream(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         context: Context,
         mut input: BoxedStream,
     ) -> Result<Chunks, Refused> {
+        let alias = grant.alias;
         let prelude = async {
             let (entry, header, mut buf, prefix_len) = self
-                .streamed_header(caller, alias, Op::Envelope, &context, &mut input)
+                .streamed_header(grant, Op::Envelope, &context, &mut input)
                 .await?;
             let canonical = canonical_context(&context);
             let mut opener = self

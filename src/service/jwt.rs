@@ -14,7 +14,7 @@
 //!   `jsonwebtoken` crate against the cached public key; an ECDSA signature
 //!   with a high S (the twin of one the sidecar issued) is refused.
 
-use super::{Service, rules};
+use super::{Grant, Service, rules};
 use crate::api::{self, ApiError, Code};
 use crate::backend::ErrorKind;
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
@@ -196,11 +196,11 @@ impl Service {
     /// `POST /v1/keys/{name}/jwt`.
     pub async fn jwt(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::JwtRequest,
     ) -> Result<api::JwtResponse, ApiError> {
-        let (entry, key) = self.key_for(caller, alias, Op::Sign).await?;
+        let alias = grant.alias;
+        let (entry, key) = self.key_for(grant, Op::Sign).await?;
         let alg = jwt_alg(alias, key)?;
         let Unsigned {
             claims,
@@ -324,7 +324,7 @@ impl Service {
             return Ok(invalid(Some(kid), "`kid` is not `name/version`".into()));
         };
         let entry = match self.authorize(caller, alias, Op::Verify) {
-            Ok(entry) => entry,
+            Ok(grant) => grant.entry,
             Err(e) if e.code == Code::KeyNotFound => {
                 return Ok(invalid(
                     Some(kid),

@@ -40,6 +40,18 @@ const PUBLIC_KEY_CACHE_MAX: usize = 4096;
 type PublicKeyCache = HashMap<(String, String), (Instant, Arc<backend::PublicKey>)>;
 
 /// The operations of API v1, shared by every connection.
+/// A request's authorization: `caller` may do `op` on the key `alias`
+/// (`entry`). [`Service::authorize`] makes it once per request, from the
+/// path and the peer credentials; the service's operations take it instead
+/// of checking the rules again.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant<'a> {
+    pub caller: Caller,
+    pub alias: &'a str,
+    pub entry: &'a Arc<KeyEntry>,
+    pub op: Op,
+}
+
 #[derive(Debug)]
 pub struct Service {
     keys: Keys,
@@ -194,19 +206,16 @@ impl Service {
         self.keys.get(alias).cloned()
     }
 
-    /// Whether requests for `alias` need a fresh nonce and timestamp.
-    pub fn replay_guarded(&self, alias: &str) -> bool {
-        self.keys.get(alias).is_some_and(|k| k.replay_guard)
-    }
-
-    /// Policy first (so unknown callers learn nothing about keys), then the
-    /// key, then what the key allows.
-    pub(crate) fn authorize(
-        &self,
+    /// Whether `caller` may do `op` on the key `alias`: policy first (so
+    /// unknown callers learn nothing about keys), then the key, then what
+    /// the key allows. Decided once per request, before its body is read;
+    /// the [`Grant`] is what the service's operations take.
+    pub fn authorize<'a>(
+        &'a self,
         caller: &Caller,
-        alias: &str,
+        alias: &'a str,
         op: Op,
-    ) -> Result<&Arc<KeyEntry>, ApiError> {
+    ) -> Result<Grant<'a>, ApiError> {
         if !self.policy.allows(caller, alias, op) {
             return Err(ApiError::new(
                 Code::Forbidden,
@@ -222,7 +231,12 @@ impl Service {
                 format!("key `{alias}` does not allow `{op}` (see keys.{alias}.ops)"),
             ));
         }
-        Ok(entry)
+        Ok(Grant {
+            caller: *caller,
+            alias,
+            entry,
+            op,
+        })
     }
 
     /// A batch of `items`: 1 to `limits.max_batch` of them, run through
@@ -265,13 +279,15 @@ impl Service {
         Ok(())
     }
 
-    pub(crate) async fn key_for(
+    /// The key of `grant` for `op`, usable now: not revoked, and of an
+    /// algorithm whose purpose allows `op`. The grant was decided once, by
+    /// the routes; `op` must be the one it was given for.
+    pub(crate) async fn key_for<'g>(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'g>,
         op: Op,
-    ) -> Result<(&Arc<KeyEntry>, Algorithm), ApiError> {
-        let entry = self.authorize(caller, alias, op)?;
+    ) -> Result<(&'g Arc<KeyEntry>, Algorithm), ApiError> {
+        let (entry, alias) = (self.granted(grant, op)?, grant.alias);
         if let Some(reason) = entry.revoked() {
             return Err(ApiError::new(
                 Code::KeyDisabled,
@@ -284,6 +300,22 @@ impl Service {
         let algorithm = entry.algorithm().await?;
         rules::require_purpose(alias, algorithm, op)?;
         Ok((entry, algorithm))
+    }
+
+    /// The key of `grant`, which must be a grant of `op` (a route given the
+    /// grant of another operation is a bug: 500, never a wider grant).
+    pub(crate) fn granted<'g>(
+        &self,
+        grant: &Grant<'g>,
+        op: Op,
+    ) -> Result<&'g Arc<KeyEntry>, ApiError> {
+        if grant.op != op {
+            return Err(ApiError::new(
+                Code::Internal,
+                format!("a request granted `{}` asked for `{op}`", grant.op),
+            ));
+        }
+        Ok(grant.entry)
     }
 
     /// A version the request names must be one of the key's (400) — the
@@ -352,12 +384,9 @@ impl Service {
         api::KeyList { keys }
     }
 
-    pub async fn metadata(
-        &self,
-        caller: &Caller,
-        alias: &str,
-    ) -> Result<api::KeyMetadataResponse, ApiError> {
-        let entry = self.authorize(caller, alias, Op::Metadata)?;
+    pub async fn metadata(&self, grant: &Grant<'_>) -> Result<api::KeyMetadataResponse, ApiError> {
+        let alias = grant.alias;
+        let entry = self.granted(grant, Op::Metadata)?;
         let m = entry.metadata().await?;
         let m = backend::KeyMetadata::clone(&m);
         let last = m
@@ -422,12 +451,9 @@ impl Service {
         Ok(pk)
     }
 
-    pub async fn public_key(
-        &self,
-        caller: &Caller,
-        alias: &str,
-    ) -> Result<api::PublicKeyResponse, ApiError> {
-        let (entry, _) = self.key_for(caller, alias, Op::PublicKey).await?;
+    pub async fn public_key(&self, grant: &Grant<'_>) -> Result<api::PublicKeyResponse, ApiError> {
+        let alias = grant.alias;
+        let (entry, _) = self.key_for(grant, Op::PublicKey).await?;
         let pk = self.cached_public_key(entry, None).await?;
         let kid = format!("{alias}/{}", pk.version);
         let jwk = crypto::public_key_jwk(pk.algorithm, &pk.spki_der, &kid)
@@ -442,12 +468,9 @@ impl Service {
 
     // === administration ===
 
-    pub async fn rotate(
-        &self,
-        caller: &Caller,
-        alias: &str,
-    ) -> Result<api::RotateResponse, ApiError> {
-        let entry = self.authorize(caller, alias, Op::Rotate)?;
+    pub async fn rotate(&self, grant: &Grant<'_>) -> Result<api::RotateResponse, ApiError> {
+        let (caller, alias) = (&grant.caller, grant.alias);
+        let entry = self.granted(grant, Op::Rotate)?;
         let version = entry.backend.rotate(entry.key_ref()).await;
         // Whatever the answer, the versions may have changed.
         entry.forget_metadata().await;

@@ -7,11 +7,11 @@
 //! operator's word. (A `key_disabled` answer to any data-key call drops
 //! them too: see [`crate::cache`].)
 
-use super::Service;
+use super::{Grant, Service};
 use crate::api::{self, ApiError, Code};
 use crate::backend::ErrorKind;
 use crate::keys::{FLUSH_INTERVAL, KeyEntry};
-use crate::policy::{Caller, Op};
+use crate::policy::Op;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -110,12 +110,9 @@ impl Service {
     /// takes effect ([`FLUSH_INTERVAL`]); another within that second is 429
     /// `rate_limited` with `Retry-After`, so that a loop of flushes cannot
     /// turn the key's traffic into a KMS call each.
-    pub async fn flush(
-        &self,
-        caller: &Caller,
-        alias: &str,
-    ) -> Result<api::FlushResponse, ApiError> {
-        let entry = self.authorize(caller, alias, Op::Flush)?;
+    pub async fn flush(&self, grant: &Grant<'_>) -> Result<api::FlushResponse, ApiError> {
+        let (caller, alias) = (&grant.caller, grant.alias);
+        let entry = self.granted(grant, Op::Flush)?;
         if let Err(wait) = entry.take_flush() {
             self.metrics.rate_limited.inc();
             return Err(ApiError::new(

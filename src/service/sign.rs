@@ -3,22 +3,22 @@
 //! ECDSA signatures come out low-S whatever the backend returned; backends
 //! without a verify API are verified against the cached public key.
 
-use super::{Service, rules};
+use super::{Grant, Service, rules};
 use crate::api::{self, ApiError, B64Out, Code, b64};
 use crate::backend;
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use crate::keys::KeyEntry;
-use crate::policy::{Caller, Op};
+use crate::policy::Op;
 use futures_util::TryStreamExt;
 
 impl Service {
     pub async fn sign(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::SignRequest,
     ) -> Result<api::SignResponse, ApiError> {
-        let (entry, key) = self.key_for(caller, alias, Op::Sign).await?;
+        let alias = grant.alias;
+        let (entry, key) = self.key_for(grant, Op::Sign).await?;
         let algorithm = rules::signing_algorithm(alias, key, req.algorithm)?;
         let input = rules::sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
         rules::check_sign_input(algorithm, input, "")?;
@@ -34,11 +34,11 @@ impl Service {
 
     pub async fn sign_batch(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::SignBatchRequest,
     ) -> Result<api::SignBatchResponse, ApiError> {
-        let (entry, key) = self.key_for(caller, alias, Op::Sign).await?;
+        let (caller, alias) = (&grant.caller, grant.alias);
+        let (entry, key) = self.key_for(grant, Op::Sign).await?;
         self.check_batch(req.items.len())?;
         let algorithm = rules::signing_algorithm(alias, key, req.algorithm)?;
         let inputs = req
@@ -86,11 +86,11 @@ impl Service {
 
     pub async fn verify(
         &self,
-        caller: &Caller,
-        alias: &str,
+        grant: &Grant<'_>,
         req: api::VerifyRequest,
     ) -> Result<api::VerifyResponse, ApiError> {
-        let (entry, key) = self.key_for(caller, alias, Op::Verify).await?;
+        let alias = grant.alias;
+        let (entry, key) = self.key_for(grant, Op::Verify).await?;
         let algorithm = rules::signing_algorithm(alias, key, req.algorithm)?;
         let input = rules::sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
         rules::check_sign_input(algorithm, input, "")?;
