@@ -150,6 +150,23 @@ impl Drop for ConfigMaps {
     }
 }
 
+/// The webhook's Kubernetes API client, from `KUBECONFIG` (or
+/// `~/.kube/config`), else the pod's service account, as kube-rs infers it;
+/// `None`, with a warning saying what then goes `unchecked`, without one.
+pub(super) async fn api_client(unchecked: &'static str) -> Option<Client> {
+    match kube::Config::infer().await.map(Client::try_from) {
+        Ok(Ok(client)) => Some(client),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, consequence = unchecked, "no Kubernetes API client");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, consequence = unchecked, "no Kubernetes API credentials");
+            None
+        }
+    }
+}
+
 impl ConfigMaps {
     /// Lookups off: nothing is checked, nothing warned.
     pub fn off() -> Self {
@@ -164,20 +181,11 @@ impl ConfigMaps {
             tracing::info!("ConfigMap lookups are off (check_config_maps: false)");
             return Self::off();
         }
-        let client = match kube::Config::infer().await.map(Client::try_from) {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "no Kubernetes API client; pods are injected without checking their ConfigMaps");
-                return Self {
-                    state: State::NoClient,
-                };
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "no Kubernetes API credentials; pods are injected without checking their ConfigMaps");
-                return Self {
-                    state: State::NoClient,
-                };
-            }
+        let Some(client) = api_client("pods are injected without checking their ConfigMaps").await
+        else {
+            return Self {
+                state: State::NoClient,
+            };
         };
         let mut stores = BTreeMap::new();
         let mut tasks = Vec::new();

@@ -61,16 +61,10 @@ impl Namespaces {
             tracing::info!("OpenShift mode for every pod (openshift: true)");
             return Self::off();
         }
-        let client = match kube::Config::infer().await.map(Client::try_from) {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "no Kubernetes API client; OpenShift namespaces are not detected");
-                return Self::off();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "no Kubernetes API credentials; OpenShift namespaces are not detected");
-                return Self::off();
-            }
+        let Some(client) =
+            super::config_maps::api_client("OpenShift namespaces are not detected").await
+        else {
+            return Self::off();
         };
         let (store, task) = watch(client.clone());
         Self {

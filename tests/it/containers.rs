@@ -6,7 +6,7 @@
 //! mounted in it alone) is shown on the kubelet stand-in, in
 //! `kube::containers`.
 
-use crate::harness::{Receiver, Sidecar, b64, eventually, is_root, run_as};
+use crate::harness::{Receiver, Sidecar, b64, curl_on, eventually, is_root, run_as};
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,9 @@ fn container_dirs(names: &[&str]) -> TempDir {
     }
     parent
 }
+
+/// The rule of most tests here: `api` may sign with `sig`.
+const API_SIGNS: &str = "  - { containers: [api], keys: [sig], ops: [sign] }\n";
 
 fn socket_of(parent: &Path, container: &str) -> PathBuf {
     parent.join(container).join("kms.sock")
@@ -55,21 +58,7 @@ callers:
 
 /// `curl` POSTing `body` to `path` on `socket` as `uid`: (status, body).
 fn curl(uid: Option<u32>, socket: &Path, path: &str, body: &Value) -> (u16, Value) {
-    let socket = socket.display().to_string();
-    let (_, out, err) = run_as(
-        uid,
-        "curl",
-        &[
-            "-s",
-            "-w",
-            "\n%{http_code}",
-            "--unix-socket",
-            &socket,
-            "-d",
-            &body.to_string(),
-            &format!("http://localhost{path}"),
-        ],
-    );
+    let (_, out, err) = curl_on(uid, socket, path, body);
     let (text, status) = out
         .rsplit_once('\n')
         .unwrap_or_else(|| panic!("no status from curl: {out} {err}"));
@@ -85,13 +74,7 @@ fn curl(uid: Option<u32>, socket: &Path, path: &str, body: &Value) -> (u16, Valu
 #[tokio::test]
 async fn containers_under_one_uid_get_only_their_own_grants() {
     let parent = container_dirs(&["api", "worker"]);
-    let s = start(
-        parent.path(),
-        "  - { containers: [api], keys: [sig], ops: [sign] }\n",
-        "",
-        &[],
-    )
-    .await;
+    let s = start(parent.path(), API_SIGNS, "", &[]).await;
     // Both app containers run as one uid (another one than ours when we
     // can: the sidecar's own uid has no rule either way).
     let app = is_root().then_some(1000);
@@ -262,13 +245,7 @@ async fn connection_limits_count_each_container_apart() {
 #[tokio::test]
 async fn a_directory_that_is_no_container_name_gets_no_socket() {
     let parent = container_dirs(&["api", "Not_A_Container"]);
-    let s = start(
-        parent.path(),
-        "  - { containers: [api], keys: [sig], ops: [sign] }\n",
-        "",
-        &[],
-    )
-    .await;
+    let s = start(parent.path(), API_SIGNS, "", &[]).await;
     assert!(socket_of(parent.path(), "api").exists());
     assert!(!socket_of(parent.path(), "Not_A_Container").exists());
     assert!(s.logs().contains("not a container name"), "{}", s.logs());

@@ -36,7 +36,7 @@ pub use otlp::Receiver;
 pub use pods::{RunOptions, RunningPod};
 pub use servers::{Bao, Moto};
 pub use softhsm::{HsmKey, SoftHsm, softhsm_module};
-pub use system::{MemoryCgroup, hostile_client, run_as};
+pub use system::{MemoryCgroup, curl_on, hostile_client, run_as};
 pub use tools::{issue_cert, openssl_verifies};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kms-sidecar");

@@ -59,22 +59,7 @@ impl Sidecar {
     /// [`run_as`]): (exit success, stdout ending with a line that holds the
     /// status, stderr).
     pub fn curl_as(&self, uid: Option<u32>, path: &str, body: &Value) -> (bool, String, String) {
-        let socket = self.socket.display().to_string();
-        let (body, url) = (body.to_string(), format!("http://localhost{path}"));
-        run_as(
-            uid,
-            "curl",
-            &[
-                "-s",
-                "-w",
-                "\n%{http_code}",
-                "--unix-socket",
-                &socket,
-                "-d",
-                &body,
-                &url,
-            ],
-        )
+        curl_on(uid, &self.socket, path, body)
     }
 
     /// The sidecar's resident memory now (VmRSS), in bytes.
@@ -185,4 +170,31 @@ impl Drop for MemoryCgroup {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// `curl` POSTing `body` to `path` on the socket at `socket` as `uid` (see
+/// [`run_as`]): (exit success, stdout ending with a line that holds the
+/// status, stderr).
+pub fn curl_on(
+    uid: Option<u32>,
+    socket: &std::path::Path,
+    path: &str,
+    body: &Value,
+) -> (bool, String, String) {
+    let socket = socket.display().to_string();
+    let (body, url) = (body.to_string(), format!("http://localhost{path}"));
+    run_as(
+        uid,
+        "curl",
+        &[
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+            &socket,
+            "-d",
+            &body,
+            &url,
+        ],
+    )
 }
