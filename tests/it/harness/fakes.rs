@@ -89,22 +89,12 @@ impl Fake {
 
     /// Calls the fake's admin API (`/_fake/…`): the JSON answer.
     pub async fn admin(&self, method: &str, path: &str, body: Value) -> Value {
-        let out = self
-            .curl()
-            .arg("--fail-with-body")
+        let mut curl = self.curl();
+        curl.arg("--fail-with-body")
             .args(["-X", method, "-H", "content-type: application/json", "-d"])
             .arg(body.to_string())
-            .arg(format!("{}/_fake/{path}", self.url))
-            .output()
-            .await
-            .expect("curl (`make test` installs it)");
-        assert!(
-            out.status.success(),
-            "{method} /_fake/{path}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+            .arg(format!("{}/_fake/{path}", self.url));
+        answer(curl, &format!("{method} /_fake/{path}")).await
     }
 
     /// Calls the faked service's own API (`path` with its query) as an
@@ -118,18 +108,8 @@ impl Fake {
             curl.args(["-H", "content-type: application/json", "-d"])
                 .arg(body.to_string());
         }
-        let out = curl
-            .arg(format!("{}{path}", self.url))
-            .output()
-            .await
-            .expect("curl (`make test` installs it)");
-        assert!(
-            out.status.success(),
-            "{method} {path}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        curl.arg(format!("{}{path}", self.url));
+        answer(curl, &format!("{method} {path}")).await
     }
 
     /// An access token for the Azure fake's vault, from the client-secret
@@ -281,4 +261,17 @@ impl Drop for Fake {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The JSON answer of `curl` (null if it is not JSON), which must have
+/// succeeded: else a panic naming the request (`what`) and what came back.
+async fn answer(mut curl: tokio::process::Command, what: &str) -> Value {
+    let out = curl.output().await.expect("curl (`make test` installs it)");
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
