@@ -272,7 +272,7 @@ impl DataKeyCache {
         let inner = &self.0;
         let dk = key
             .backend
-            .generate_data_key(key.key_ref(), 256, context)
+            .generate_data_key(key.key_ref(), backend::DataKeySize::Aes256, context)
             .await
             .inspect_err(|e| self.revoked_by(key, e))?;
         inner
@@ -350,7 +350,7 @@ impl DataKeyCache {
     /// A backend answer that the key is disabled drops its data keys at once.
     fn revoked_by(&self, key: &KeyEntry, err: &backend::Error) {
         if err.kind == ErrorKind::KeyDisabled {
-            self.drop_key(&key.alias, "disabled");
+            self.drop_key(&key.alias, backend::Revocation::Disabled.label());
         }
     }
 
@@ -466,7 +466,7 @@ mod tests {
     use super::*;
     use crate::backend::local::LocalBackend;
     use crate::backend::{
-        Backend, DataKey, Decrypted, KeyMetadata, KeyRef, PublicKey, Sealed, SignOptions, Signature,
+        Backend, DataKey, Decrypted, KeyMetadata, KeyRef, PublicKey, Sealed, Signature,
     };
     use crate::config::{ByteSize, Duration as Human};
     use crate::crypto::{Algorithm, SignInput};
@@ -521,9 +521,9 @@ mod tests {
             &self,
             key: KeyRef<'_>,
             i: SignInput<'_>,
-            o: SignOptions,
+            a: crate::crypto::Algorithm,
         ) -> Result<Signature, backend::Error> {
-            self.inner.sign(key, i, o).await
+            self.inner.sign(key, i, a).await
         }
         async fn encrypt(
             &self,
@@ -546,12 +546,12 @@ mod tests {
         async fn generate_data_key(
             &self,
             key: KeyRef<'_>,
-            bits: u32,
+            size: backend::DataKeySize,
             c: &Context,
         ) -> Result<DataKey, backend::Error> {
             self.delay().await?;
             self.generated.fetch_add(1, Ordering::Relaxed);
-            self.inner.generate_data_key(key, bits, c).await
+            self.inner.generate_data_key(key, size, c).await
         }
     }
 
@@ -698,7 +698,7 @@ mod tests {
         let foreign = f
             .backend
             .inner
-            .generate_data_key(f.key.key_ref(), 256, &c)
+            .generate_data_key(f.key.key_ref(), backend::DataKeySize::Aes256, &c)
             .await
             .unwrap();
         f.backend.down.store(true, Ordering::Relaxed);

@@ -366,6 +366,53 @@ pub fn guess_format(algorithm: Algorithm, signature: &[u8]) -> SignatureFormat {
     }
 }
 
+/// A signature as a KMS made it (`made`: its encoding) in the encoding the
+/// caller asked for (`wanted`), low-S ([`low_s`]); `None` when an ECDSA
+/// signature is not a well-formed one of its encoding (a KMS's fault).
+/// Other algorithms have one encoding and pass unchanged.
+pub fn signature_for_caller(
+    algorithm: Algorithm,
+    signature: Vec<u8>,
+    made: SignatureFormat,
+    wanted: SignatureFormat,
+) -> Option<Vec<u8>> {
+    let Some(n) = algorithm.ecdsa_coordinate_len() else {
+        return Some(signature);
+    };
+    if made == wanted {
+        return Some(low_s(algorithm, signature, made));
+    }
+    let raw = match made {
+        SignatureFormat::Raw if signature.len() == 2 * n => signature,
+        SignatureFormat::Raw => return None,
+        SignatureFormat::Der => ecdsa_der_to_raw(&signature, n)?,
+    };
+    let raw = low_s(algorithm, raw, SignatureFormat::Raw);
+    Some(match wanted {
+        SignatureFormat::Raw => raw,
+        SignatureFormat::Der => ecdsa_raw_to_der(&raw, n),
+    })
+}
+
+/// A caller's signature as a KMS's verify API takes it: ECDSA in DER (a raw
+/// `r‖s`, labelled `format` or guessed by its length, converted), others
+/// unchanged.
+pub fn signature_as_der(
+    algorithm: Algorithm,
+    signature: &[u8],
+    format: Option<SignatureFormat>,
+) -> Vec<u8> {
+    match algorithm.ecdsa_coordinate_len() {
+        Some(n)
+            if format.unwrap_or_else(|| guess_format(algorithm, signature))
+                == SignatureFormat::Raw =>
+        {
+            ecdsa_raw_to_der(signature, n)
+        }
+        _ => signature.to_vec(),
+    }
+}
+
 /// The order `n` of the curve of an ECDSA algorithm (big-endian).
 fn ecdsa_order(algorithm: Algorithm) -> Option<&'static [u8]> {
     const P256: [u8; 32] = [

@@ -1,7 +1,9 @@
 //! The key aliases of the config and what stands behind each: backend, key
 //! reference, allowed operations, rotation period, replay guard, and — once
-//! known — the key's algorithm and (for `cache.metadata.ttl`) its metadata. Below the service, the data-key cache and the
-//! audit log, which all name keys by alias.
+//! known — the key's facts: its algorithm, its metadata (for
+//! `cache.metadata.ttl`) and its public keys (for `cache.public_keys.ttl`),
+//! the one cache of them above the backends. Below the service, the
+//! data-key cache and the audit log, which all name keys by alias.
 
 use crate::backend::{self, Backend, KeyRef};
 use crate::config::Config;
@@ -31,6 +33,17 @@ struct MetadataCache {
     cleared: AtomicU64,
 }
 
+/// Most public keys kept per key (versions asked for, and the current one).
+const PUBLIC_KEYS_PER_KEY: usize = 64;
+
+/// A key's public keys by version (`""`: the current one), each with when
+/// it was asked, reused for `cache.public_keys.ttl`.
+#[derive(Debug, Default)]
+struct PublicKeys {
+    ttl: Duration,
+    by_version: std::sync::Mutex<HashMap<String, (Instant, Arc<backend::PublicKey>)>>,
+}
+
 /// A configured key alias and the backend behind it.
 #[derive(Debug)]
 pub struct KeyEntry {
@@ -51,10 +64,11 @@ pub struct KeyEntry {
     /// type of an existing key.
     algorithm: OnceLock<Algorithm>,
     metadata: MetadataCache,
-    /// Why the KMS says the key may not be used (`disabled`, `deleted`,
-    /// `pending_deletion`), as the last revalidation found: until one finds
-    /// it usable again, requests are refused without a KMS call.
-    revoked: std::sync::Mutex<Option<&'static str>>,
+    public_keys: PublicKeys,
+    /// Why the KMS says the key may not be used, as the last revalidation
+    /// found: until one finds it usable again, requests are refused without
+    /// a KMS call.
+    revoked: std::sync::Mutex<Option<backend::Revocation>>,
     /// When an operator's `flush` last took effect ([`FLUSH_INTERVAL`]).
     last_flush: std::sync::Mutex<Option<Instant>>,
 }
@@ -79,6 +93,7 @@ impl KeyEntry {
             generation: AtomicU64::new(0),
             algorithm: OnceLock::new(),
             metadata: MetadataCache::default(),
+            public_keys: PublicKeys::default(),
             revoked: std::sync::Mutex::new(None),
             last_flush: std::sync::Mutex::new(None),
         }
@@ -100,11 +115,11 @@ impl KeyEntry {
     }
 
     /// See [`KeyEntry::revoked`]: `Some(reason)` while refused.
-    pub fn revoked(&self) -> Option<&'static str> {
+    pub fn revoked(&self) -> Option<backend::Revocation> {
         *self.revoked.lock().expect("never poisoned")
     }
 
-    pub fn set_revoked(&self, reason: Option<&'static str>) {
+    pub fn set_revoked(&self, reason: Option<backend::Revocation>) {
         *self.revoked.lock().expect("never poisoned") = reason;
     }
 
@@ -146,6 +161,39 @@ impl KeyEntry {
         let mut slot = self.metadata.slot.lock().await;
         *slot = None;
         self.metadata.cleared.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The public key of `version` (default: the current one), from the
+    /// cache while `cache.public_keys.ttl` allows.
+    pub async fn public_key(
+        &self,
+        version: Option<&str>,
+    ) -> Result<Arc<backend::PublicKey>, backend::Error> {
+        let cache = &self.public_keys;
+        let slot = version.unwrap_or("");
+        if let Some((at, pk)) = cache.by_version.lock().expect("never poisoned").get(slot)
+            && at.elapsed() < cache.ttl
+        {
+            return Ok(pk.clone());
+        }
+        let pk = Arc::new(self.backend.public_key(self.key_ref(), version).await?);
+        let mut kept = cache.by_version.lock().expect("never poisoned");
+        if kept.len() >= PUBLIC_KEYS_PER_KEY {
+            kept.clear();
+        }
+        kept.insert(slot.to_owned(), (Instant::now(), pk.clone()));
+        Ok(pk)
+    }
+
+    /// Drops everything cached of the key's facts: metadata and public keys
+    /// (a rotation, a revocation, an operator's flush).
+    pub async fn forget_facts(&self) {
+        self.forget_metadata().await;
+        self.public_keys
+            .by_version
+            .lock()
+            .expect("never poisoned")
+            .clear();
     }
 
     pub fn key_ref(&self) -> KeyRef<'_> {
@@ -204,6 +252,7 @@ impl Keys {
                 entry.rotation_period = k.rotation_period.map(|d| d.0);
                 entry.replay_guard = k.replay_guard;
                 entry.metadata.ttl = config.cache.metadata.ttl.0;
+                entry.public_keys.ttl = config.cache.public_keys.ttl.0;
                 Some((alias.clone(), Arc::new(entry)))
             })
             .collect();
@@ -250,8 +299,8 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Signature;
     use crate::backend::{Context, DataKey, Decrypted, KeyMetadata, Origin, PublicKey, Sealed};
-    use crate::backend::{SignOptions, Signature};
     use crate::crypto::SignInput;
     use async_trait::async_trait;
     use tokio::sync::Semaphore;
@@ -301,7 +350,7 @@ mod tests {
             &self,
             _: KeyRef<'_>,
             _: SignInput<'_>,
-            _: SignOptions,
+            _: crate::crypto::Algorithm,
         ) -> Result<Signature, backend::Error> {
             Err(backend::Error::unsupported("sign"))
         }
@@ -324,7 +373,7 @@ mod tests {
         async fn generate_data_key(
             &self,
             _: KeyRef<'_>,
-            _: u32,
+            _: backend::DataKeySize,
             _: &Context,
         ) -> Result<DataKey, backend::Error> {
             Err(backend::Error::unsupported("generate_data_key"))

@@ -8,8 +8,7 @@ use super::{
     Checkpoints, Command, Entry, GENESIS, Settings, Shared, chain, is_stdout, now_rfc3339,
     seal_line,
 };
-use crate::backend::SignOptions;
-use crate::crypto::SignInput;
+use crate::crypto::{self, SignInput, SignatureFormat};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value};
@@ -419,16 +418,30 @@ impl Writer {
         let Some(c) = &self.checkpoints else {
             return;
         };
-        let signed = c
-            .key
-            .backend
-            .sign(
-                c.key.key_ref(),
-                SignInput::Message(self.prev.as_bytes()),
-                SignOptions::default(),
+        let signed = async {
+            let algorithm = c.key.algorithm().await?;
+            let input = SignInput::Message(self.prev.as_bytes());
+            let sig = c
+                .key
+                .backend
+                .sign(c.key.key_ref(), input, algorithm)
+                .await?;
+            let der = crypto::signature_for_caller(
+                sig.algorithm,
+                sig.bytes,
+                sig.encoding,
+                SignatureFormat::Der,
             )
-            .await;
-        let sig = match signed {
+            .ok_or_else(|| {
+                crate::backend::Error::new(
+                    crate::backend::ErrorKind::Backend,
+                    "the backend returned a malformed signature",
+                )
+            })?;
+            Ok::<_, crate::backend::Error>((sig.algorithm, sig.version, der))
+        }
+        .await;
+        let (algorithm, version, signature) = match signed {
             Ok(sig) => sig,
             Err(e) => {
                 tracing::warn!(key = %c.key.alias, error = %e, "cannot sign an audit checkpoint");
@@ -439,9 +452,9 @@ impl Writer {
         map.insert("type".into(), "checkpoint".into());
         map.insert("time".into(), now_rfc3339().into());
         map.insert("key".into(), c.key.alias.clone().into());
-        map.insert("version".into(), sig.version.into());
-        map.insert("algorithm".into(), sig.algorithm.to_string().into());
-        map.insert("signature".into(), B64.encode(&sig.bytes).into());
+        map.insert("version".into(), version.into());
+        map.insert("algorithm".into(), algorithm.to_string().into());
+        map.insert("signature".into(), B64.encode(&signature).into());
         map.insert("prev".into(), self.prev.clone().into());
         let (line, hash) = seal_line(map, &self.prev);
         self.prev = hash;

@@ -232,19 +232,44 @@ impl From<crate::crypto::BadInput> for Error {
     }
 }
 
-/// How to sign or verify: the signature encoding (only ECDSA has two) and,
-/// for keys that allow several algorithms (an AWS RSA key signs PSS and
-/// PKCS#1), the one the caller asked for; `None` is the key's own.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SignOptions {
-    pub format: SignatureFormat,
-    pub algorithm: Option<Algorithm>,
+/// The size of a data key, decided by the service (SPEC §4: 128 or 256
+/// bits); a driver asks its KMS for exactly this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKeySize {
+    Aes128,
+    Aes256,
 }
 
-/// A signature and what made it.
+impl DataKeySize {
+    /// From a request's `bits`; `None` for any other size.
+    pub fn from_bits(bits: u32) -> Option<Self> {
+        match bits {
+            128 => Some(Self::Aes128),
+            256 => Some(Self::Aes256),
+            _ => None,
+        }
+    }
+
+    pub fn bits(self) -> u32 {
+        match self {
+            Self::Aes128 => 128,
+            Self::Aes256 => 256,
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        self.bits() as usize / 8
+    }
+}
+
+/// A signature as the KMS made it: its bytes in the KMS's own `encoding`
+/// (only ECDSA has two: DER from AWS, Cloud KMS, transit and local keys;
+/// raw `r‖s` from Key Vault and PKCS#11), the algorithm and the version.
+/// The service gives the caller the encoding asked for, low-S.
 #[derive(Debug, Clone)]
 pub struct Signature {
     pub bytes: Vec<u8>,
+    pub encoding: SignatureFormat,
     pub algorithm: Algorithm,
     pub version: String,
 }
@@ -408,13 +433,32 @@ pub struct KeyMetadata {
     pub details: BTreeMap<String, String>,
 }
 
+/// Why a KMS says a key may not be used at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    Disabled,
+    Deleted,
+    PendingDeletion,
+}
+
+impl Revocation {
+    /// As the `reason` label of `datakey_revocations_total` and in
+    /// messages (`pending_deletion`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Revocation::Disabled => "disabled",
+            Revocation::Deleted => "deleted",
+            Revocation::PendingDeletion => "pending_deletion",
+        }
+    }
+}
+
 /// Whether a key may still be used, for the revalidation of cached data
 /// keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyStatus {
-    /// Why the key may not be used at all (`disabled`, `deleted`,
-    /// `pending_deletion`), if so.
-    pub revoked: Option<&'static str>,
+    /// Why the key may not be used at all, if so.
+    pub revoked: Option<Revocation>,
     /// The versions that still decrypt, where the KMS disables versions on
     /// their own (`None`: all of them while the key is usable).
     pub enabled_versions: Option<Vec<String>>,
@@ -428,13 +472,20 @@ pub fn rfc3339<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::
     }
 }
 
-/// A KMS behind kms-sidecar.
+/// A KMS behind kms-sidecar: a driver, which translates. The service
+/// decides before it calls one (the caller's grant, the key's purpose, the
+/// signing algorithm, the sign input and digest length, the data-key size,
+/// the context's limits, that a named version exists) and after (the
+/// signature encoding the caller wants, low-S); it caches key facts
+/// (metadata, public keys) in [`crate::keys::KeyEntry`], and
+/// [`resilient::Resilient`] adds timeouts, retries and the circuit breaker.
+/// `docs/backends.md` ("Writing a driver") says how to write one.
 ///
-/// Every method may be called concurrently. Errors carry the API code
-/// through [`ErrorKind`] and say whether a retry may succeed. Optional
-/// capabilities have default methods that answer `operation_not_supported`;
-/// the service then falls back where it can (verify with the cached public
-/// key).
+/// Every method may be called concurrently and makes one attempt. Errors
+/// carry the API code through [`ErrorKind`] and say whether a retry may
+/// succeed. Optional capabilities have default methods that answer
+/// `operation_not_supported`; the service then falls back where it can
+/// (verify with the cached public key).
 #[async_trait]
 pub trait Backend: Send + Sync + fmt::Debug {
     /// The backend type (`local`, `aws`, …) for metrics and logs.
@@ -458,7 +509,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
             .find(|v| v.version == m.current_version)
             .is_none_or(|v| v.enabled);
         Ok(KeyStatus {
-            revoked: (!current_enabled).then_some("disabled"),
+            revoked: (!current_enabled).then_some(Revocation::Disabled),
             enabled_versions: Some(
                 m.versions
                     .iter()
@@ -472,12 +523,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// The public key of `version` (default: current) of a signing key.
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error>;
 
-    /// Signs with the current version.
+    /// Signs `input` with the current version, by `algorithm`: the key's
+    /// own or, for an RSA key, the other padding at its size (decided and
+    /// checked by the service, with the digest's length). Returns the
+    /// signature in the KMS's own encoding ([`Signature::encoding`]).
     async fn sign(
         &self,
         key: KeyRef<'_>,
         input: SignInput<'_>,
-        options: SignOptions,
+        algorithm: Algorithm,
     ) -> Result<Signature, Error>;
 
     /// Whether [`Backend::verify`] is the KMS's own verify API. When `false`
@@ -487,13 +541,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
         false
     }
 
-    /// Verifies with the KMS's own API (see [`Backend::verifies`]).
+    /// Verifies with the KMS's own API (see [`Backend::verifies`]), by
+    /// `algorithm` as for [`Backend::sign`]. An ECDSA `signature` comes
+    /// DER-encoded, whatever encoding the caller sent.
     async fn verify(
         &self,
         _key: KeyRef<'_>,
         _input: SignInput<'_>,
         _signature: &[u8],
-        _options: SignOptions,
+        _algorithm: Algorithm,
         _version: Option<&str>,
     ) -> Result<Verified, Error> {
         Err(Error::unsupported("this backend has no verify API"))
@@ -538,12 +594,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
         })
     }
 
-    /// A fresh random data key of `bits`, and the key wrapped with `context`
-    /// so that [`Backend::decrypt`] unwraps it.
+    /// A fresh random data key of `size`, and the key wrapped with
+    /// `context` so that [`Backend::decrypt`] unwraps it.
     async fn generate_data_key(
         &self,
         key: KeyRef<'_>,
-        bits: u32,
+        size: DataKeySize,
         context: &Context,
     ) -> Result<DataKey, Error>;
 
@@ -571,29 +627,6 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
 }
 
-/// Refuses a key whose algorithm is not made for `purpose` (as KMSs do).
-#[cfg(any(
-    feature = "aws",
-    feature = "vault",
-    feature = "azure",
-    feature = "gcp",
-    feature = "pkcs11"
-))]
-pub(crate) fn require_purpose(
-    key: KeyRef<'_>,
-    algorithm: Algorithm,
-    purpose: crate::crypto::Purpose,
-    what: &str,
-) -> Result<(), Error> {
-    if algorithm.purpose() == purpose {
-        return Ok(());
-    }
-    Err(Error::unsupported(format!(
-        "key `{}` is {algorithm}: it cannot {what}",
-        key.alias
-    )))
-}
-
 /// An error and its causes as one line, each cause once (a transport
 /// error's reason is deepest).
 #[cfg(any(feature = "azure", feature = "gcp"))]
@@ -608,20 +641,6 @@ pub(crate) fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
         cause = e.source();
     }
     text
-}
-
-/// The algorithm a signature is made with: the one the service decided
-/// ([`crate::service::rules::signing_algorithm`]: the key's own, or the other
-/// RSA padding at the key's size, whichever the key was configured for),
-/// else the key's own. Drivers do not decide it again.
-#[cfg(any(
-    feature = "aws",
-    feature = "vault",
-    feature = "azure",
-    feature = "pkcs11"
-))]
-pub(crate) fn signing_algorithm(algorithm: Algorithm, decided: Option<Algorithm>) -> Algorithm {
-    decided.unwrap_or(algorithm)
 }
 
 /// The built backends, by name.

@@ -13,11 +13,11 @@
 //! successes to close a half-open circuit nor expose the state for a metric.
 
 use super::{
-    Backend, Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus,
-    PublicKey, Rewrapped, Sealed, SignOptions, Signature, Verified, identity,
+    Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
+    KeyStatus, PublicKey, Rewrapped, Sealed, Signature, Verified, identity,
 };
 use crate::config::{Circuit, Retries};
-use crate::crypto::SignInput;
+use crate::crypto::{Algorithm, SignInput};
 use crate::metrics::{Cached, Metrics};
 use crate::telemetry;
 use async_trait::async_trait;
@@ -475,9 +475,9 @@ impl Backend for Resilient {
         &self,
         key: KeyRef<'_>,
         input: SignInput<'_>,
-        options: SignOptions,
+        algorithm: Algorithm,
     ) -> Result<Signature, Error> {
-        self.run("sign", key, || self.inner.sign(key, input, options))
+        self.run("sign", key, || self.inner.sign(key, input, algorithm))
             .await
     }
 
@@ -490,11 +490,11 @@ impl Backend for Resilient {
         key: KeyRef<'_>,
         input: SignInput<'_>,
         signature: &[u8],
-        options: SignOptions,
+        algorithm: Algorithm,
         version: Option<&str>,
     ) -> Result<Verified, Error> {
         self.run("verify", key, || {
-            self.inner.verify(key, input, signature, options, version)
+            self.inner.verify(key, input, signature, algorithm, version)
         })
         .await
     }
@@ -538,11 +538,11 @@ impl Backend for Resilient {
     async fn generate_data_key(
         &self,
         key: KeyRef<'_>,
-        bits: u32,
+        size: DataKeySize,
         context: &Context,
     ) -> Result<DataKey, Error> {
         self.run("generate_data_key", key, || {
-            self.inner.generate_data_key(key, bits, context)
+            self.inner.generate_data_key(key, size, context)
         })
         .await
     }

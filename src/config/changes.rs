@@ -50,9 +50,11 @@ impl<'a> Changes<'a> {
     }
 
     /// Whether the key `alias` is defined as before, under the same
-    /// metadata TTL (its backend being kept is the caller's to check).
+    /// metadata and public-key TTLs (its backend being kept is the caller's
+    /// to check).
     pub fn key_kept(&self, alias: &str) -> bool {
         self.old.cache.metadata.ttl == self.new.cache.metadata.ttl
+            && self.old.cache.public_keys == self.new.cache.public_keys
             && self
                 .old
                 .keys

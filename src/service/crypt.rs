@@ -76,10 +76,10 @@ impl Service {
     ) -> Result<api::DataKeyResponse, ApiError> {
         let (entry, _) = self.key_for(grant, Op::Datakey).await?;
         rules::check_context(&req.context)?;
-        rules::check_bits(req.bits)?;
+        let size = rules::data_key_size(req.bits)?;
         let dk = entry
             .backend
-            .generate_data_key(entry.key_ref(), req.bits, &req.context)
+            .generate_data_key(entry.key_ref(), size, &req.context)
             .await?;
         Ok(api::DataKeyResponse {
             plaintext_key: Zeroizing::new(b64(&dk.plaintext.0)),

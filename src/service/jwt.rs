@@ -14,7 +14,7 @@
 //!   `jsonwebtoken` crate against the cached public key; an ECDSA signature
 //!   with a high S (the twin of one the sidecar issued) is refused.
 
-use super::{Grant, Service, rules};
+use super::{Grant, Service};
 use crate::api::{self, ApiError, Code};
 use crate::backend::ErrorKind;
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
@@ -221,19 +221,20 @@ impl Service {
                 "{}.{claims}",
                 URL_SAFE_NO_PAD.encode(Value::Object(header).to_string())
             );
-            let options = rules::sign_options(Some(SignatureFormat::Raw), key);
             let sig = (entry.backend)
-                .sign(
-                    entry.key_ref(),
-                    SignInput::Message(input.as_bytes()),
-                    options,
-                )
+                .sign(entry.key_ref(), SignInput::Message(input.as_bytes()), key)
                 .await?;
             if sig.version != version {
                 version = sig.version;
                 continue;
             }
-            let sig = crypto::low_s(sig.algorithm, sig.bytes, SignatureFormat::Raw);
+            let sig = super::sign::for_caller(
+                entry,
+                sig.algorithm,
+                sig.bytes,
+                sig.encoding,
+                SignatureFormat::Raw,
+            )?;
             return Ok(api::JwtResponse {
                 jwt: format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)),
                 kid,
@@ -291,7 +292,7 @@ impl Service {
         }
         let mut keys = Vec::new();
         for v in metadata.versions.iter().rev().filter(|v| v.enabled) {
-            let pk = self.cached_public_key(entry, Some(&v.version)).await?;
+            let pk = entry.public_key(Some(&v.version)).await?;
             let kid = format!("{}/{}", entry.alias, pk.version);
             let jwk = crypto::public_key_jwk(pk.algorithm, &pk.spki_der, &kid)
                 .map_err(|e| crate::backend::Error::new(ErrorKind::Backend, e.to_string()))?;
@@ -341,7 +342,7 @@ impl Service {
                 format!("key `{alias}` has no enabled version `{version}`"),
             ));
         }
-        let pk = self.cached_public_key(entry, Some(version)).await?;
+        let pk = entry.public_key(Some(version)).await?;
         let jwk = crypto::public_key_jwk(pk.algorithm, &pk.spki_der, kid)
             .ok()
             .and_then(|jwk| serde_json::from_value::<jsonwebtoken::jwk::Jwk>(jwk).ok());

@@ -31,13 +31,7 @@ use crate::policy::{Caller, Op, Policy};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
-
-/// Most cached public keys (aliases × versions).
-const PUBLIC_KEY_CACHE_MAX: usize = 4096;
-
-/// Public keys by (alias, version or "" for current), with when they were fetched.
-type PublicKeyCache = HashMap<(String, String), (Instant, Arc<backend::PublicKey>)>;
+use std::time::SystemTime;
 
 /// The operations of API v1, shared by every connection.
 /// A request's authorization: `caller` may do `op` on the key `alias`
@@ -60,8 +54,6 @@ pub struct Service {
     max_batch: usize,
     /// `limits.batch_concurrency` places per caller, for all its batches.
     lanes: lanes::Lanes,
-    public_keys: Mutex<PublicKeyCache>,
-    public_key_ttl: Duration,
     health: HealthChecks,
     data_keys: DataKeyCache,
     /// `envelope.accept_unbound_until`.
@@ -96,8 +88,6 @@ impl Service {
             metrics,
             max_batch: config.limits.max_batch,
             lanes: lanes::Lanes::new(config.limits.batch_concurrency),
-            public_keys: Mutex::new(HashMap::new()),
-            public_key_ttl: config.cache.public_keys.ttl.0,
             accept_unbound_until: config.envelope.accept_unbound_until.map(|t| t.0),
             key_labels: config.metrics.key_labels,
             enabled_versions: Mutex::new(enabled_versions),
@@ -293,7 +283,7 @@ impl Service {
                 Code::KeyDisabled,
                 format!(
                     "key `{alias}` is {} in its KMS (found by the last check of cache.data_keys.revalidate); it is checked again at the next",
-                    reason.replace('_', " ")
+                    reason.label().replace('_', " ")
                 ),
             ));
         }
@@ -422,39 +412,10 @@ impl Service {
         })
     }
 
-    async fn cached_public_key(
-        &self,
-        entry: &KeyEntry,
-        version: Option<&str>,
-    ) -> Result<Arc<backend::PublicKey>, backend::Error> {
-        let cache_key = (entry.alias.clone(), version.unwrap_or("").to_owned());
-        {
-            let cache = self
-                .public_keys
-                .lock()
-                .expect("cache lock is never poisoned");
-            if let Some((at, pk)) = cache.get(&cache_key)
-                && at.elapsed() < self.public_key_ttl
-            {
-                return Ok(pk.clone());
-            }
-        }
-        let pk = Arc::new(entry.backend.public_key(entry.key_ref(), version).await?);
-        let mut cache = self
-            .public_keys
-            .lock()
-            .expect("cache lock is never poisoned");
-        if cache.len() >= PUBLIC_KEY_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(cache_key, (Instant::now(), pk.clone()));
-        Ok(pk)
-    }
-
     pub async fn public_key(&self, grant: &Grant<'_>) -> Result<api::PublicKeyResponse, ApiError> {
         let alias = grant.alias;
         let (entry, _) = self.key_for(grant, Op::PublicKey).await?;
-        let pk = self.cached_public_key(entry, None).await?;
+        let pk = entry.public_key(None).await?;
         let kid = format!("{alias}/{}", pk.version);
         let jwk = crypto::public_key_jwk(pk.algorithm, &pk.spki_der, &kid)
             .map_err(|e| ApiError::new(Code::BackendError, e.to_string()))?;
@@ -473,12 +434,8 @@ impl Service {
         let entry = self.granted(grant, Op::Rotate)?;
         let version = entry.backend.rotate(entry.key_ref()).await;
         // Whatever the answer, the versions may have changed.
-        entry.forget_metadata().await;
+        entry.forget_facts().await;
         let version = version?;
-        self.public_keys
-            .lock()
-            .expect("cache lock is never poisoned")
-            .retain(|(a, _), _| a != alias);
         entry.generation.fetch_add(1, Ordering::Relaxed);
         tracing::info!(key.alias = alias, version = %version, caller.uid = caller.uid, "key rotated");
         Ok(api::RotateResponse {

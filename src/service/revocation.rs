@@ -9,7 +9,7 @@
 
 use super::{Grant, Service};
 use crate::api::{self, ApiError, Code};
-use crate::backend::ErrorKind;
+use crate::backend::{ErrorKind, Revocation};
 use crate::keys::{FLUSH_INTERVAL, KeyEntry};
 use crate::policy::Op;
 use std::sync::{Arc, Weak};
@@ -59,21 +59,21 @@ impl Service {
 
     /// Why the key's cached data keys must go, if they must;
     /// `dek_versions` wrapped its encrypt-side ones.
-    async fn revoked(
-        &self,
-        entry: &Arc<KeyEntry>,
-        dek_versions: &[String],
-    ) -> Option<&'static str> {
+    async fn revoked(&self, entry: &Arc<KeyEntry>, dek_versions: &[String]) -> Option<Dropped> {
         let status = match entry.backend.key_status(entry.key_ref()).await {
             Ok(status) => status,
-            Err(e) if e.kind == ErrorKind::KeyDisabled => return Some("disabled"),
-            Err(e) if e.kind == ErrorKind::KeyNotFound => return Some("deleted"),
+            Err(e) if e.kind == ErrorKind::KeyDisabled => {
+                return Some(Dropped::Revoked(Revocation::Disabled));
+            }
+            Err(e) if e.kind == ErrorKind::KeyNotFound => {
+                return Some(Dropped::Revoked(Revocation::Deleted));
+            }
             // Unreachable or refused: no news about the key (the resilience
             // layer logged and counted the failure); asked again next time.
-            Err(_) => return entry.revoked(),
+            Err(_) => return entry.revoked().map(Dropped::Revoked),
         };
-        if status.revoked.is_some() {
-            return status.revoked;
+        if let Some(revocation) = status.revoked {
+            return Some(Dropped::Revoked(revocation));
         }
         let enabled = status.enabled_versions?;
         let mut last = self.enabled_versions.lock().expect("never poisoned");
@@ -84,25 +84,21 @@ impl Service {
             .is_some_and(|before| before.iter().any(|v| !enabled.contains(v)));
         let cached_disabled = dek_versions.iter().any(|v| !enabled.contains(v));
         last.insert(entry.alias.clone(), enabled);
-        (shrank || cached_disabled).then_some("version_disabled")
+        (shrank || cached_disabled).then_some(Dropped::VersionDisabled)
     }
 
     /// Drops the key's cached data keys (both sides), metadata and public
     /// keys; a key disabled, deleted or pending deletion is refused from now
     /// on, until a revalidation finds it usable.
-    async fn drop_cached(&self, entry: &Arc<KeyEntry>, reason: &'static str) {
-        if matches!(reason, "disabled" | "deleted" | "pending_deletion") {
-            if entry.revoked() == Some(reason) {
+    async fn drop_cached(&self, entry: &Arc<KeyEntry>, why: Dropped) {
+        if let Dropped::Revoked(revocation) = why {
+            if entry.revoked() == Some(revocation) {
                 return; // already refused, nothing cached since
             }
-            entry.set_revoked(Some(reason));
+            entry.set_revoked(Some(revocation));
         }
-        self.data_keys.drop_key(&entry.alias, reason);
-        entry.forget_metadata().await;
-        self.public_keys
-            .lock()
-            .expect("cache lock is never poisoned")
-            .retain(|(a, _), _| *a != entry.alias);
+        self.data_keys.drop_key(&entry.alias, why.label());
+        entry.forget_facts().await;
     }
 
     /// `POST /v1/keys/{name}/flush`: drops the key's cached data keys and
@@ -125,7 +121,7 @@ impl Service {
             )
             .retry_in(wait.as_secs_f64().ceil() as u64));
         }
-        self.drop_cached(entry, "flush").await;
+        self.drop_cached(entry, Dropped::Flush).await;
         tracing::warn!(
             key.alias = alias,
             caller.uid = caller.uid,
@@ -135,5 +131,27 @@ impl Service {
             key: alias.to_owned(),
             flushed: true,
         })
+    }
+}
+
+/// Why a key's cached data keys, metadata and public keys are dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropped {
+    /// The KMS refuses the key: so does the sidecar from now on.
+    Revoked(Revocation),
+    /// A version that decrypted does not any more.
+    VersionDisabled,
+    /// An operator's `flush`.
+    Flush,
+}
+
+impl Dropped {
+    /// The `reason` label of `datakey_revocations_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Dropped::Revoked(r) => r.label(),
+            Dropped::VersionDisabled => "version_disabled",
+            Dropped::Flush => "flush",
+        }
     }
 }

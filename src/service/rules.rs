@@ -6,8 +6,8 @@
 //! only translate.
 
 use crate::api::{self, ApiError, Code};
-use crate::backend::{Context, SignOptions};
-use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
+use crate::backend::{Context, DataKeySize};
+use crate::crypto::{self, Algorithm, Purpose, SignInput};
 use crate::policy::Op;
 
 /// The purpose a key must have for `op` (`None`: any key).
@@ -97,21 +97,10 @@ pub fn check_sign_input(
     }
 }
 
-/// How a backend signs or verifies: the decided algorithm, the encoding.
-pub fn sign_options(format: Option<SignatureFormat>, algorithm: Algorithm) -> SignOptions {
-    SignOptions {
-        format: format.unwrap_or_default(),
-        algorithm: Some(algorithm),
-    }
-}
-
 /// Data keys are 128 or 256 bits.
-pub fn check_bits(bits: u32) -> Result<(), ApiError> {
-    if bits == 128 || bits == 256 {
-        Ok(())
-    } else {
-        Err(ApiError::invalid("field `bits`: must be 128 or 256"))
-    }
+pub fn data_key_size(bits: u32) -> Result<DataKeySize, ApiError> {
+    DataKeySize::from_bits(bits)
+        .ok_or_else(|| ApiError::invalid("field `bits`: must be 128 or 256"))
 }
 
 /// Most pairs in an encryption context, and the largest key or value.
@@ -200,7 +189,8 @@ mod tests {
         );
         let e = check_sign_input(Algorithm::Ed25519, SignInput::Digest(&[0; 32]), "").unwrap_err();
         assert_eq!(e.code, Code::OperationNotSupported);
-        assert!(check_bits(128).is_ok() && check_bits(256).is_ok());
-        assert_eq!(check_bits(192).unwrap_err().code, Code::InvalidRequest);
+        assert_eq!(data_key_size(128).unwrap(), DataKeySize::Aes128);
+        assert_eq!(data_key_size(256).unwrap().bytes(), 32);
+        assert_eq!(data_key_size(192).unwrap_err().code, Code::InvalidRequest);
     }
 }

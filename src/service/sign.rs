@@ -22,11 +22,20 @@ impl Service {
         let algorithm = rules::signing_algorithm(alias, key, req.algorithm)?;
         let input = rules::sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
         rules::check_sign_input(algorithm, input, "")?;
-        let options = rules::sign_options(req.format, algorithm);
-        let sig = entry.backend.sign(entry.key_ref(), input, options).await?;
+        let sig = entry
+            .backend
+            .sign(entry.key_ref(), input, algorithm)
+            .await?;
+        let wanted = req.format.unwrap_or_default();
         Ok(api::SignResponse {
-            signature: B64Out(crypto::low_s(sig.algorithm, sig.bytes, options.format)),
             algorithm: sig.algorithm,
+            signature: B64Out(for_caller(
+                entry,
+                sig.algorithm,
+                sig.bytes,
+                sig.encoding,
+                wanted,
+            )?),
             key: alias.to_owned(),
             version: sig.version,
         })
@@ -52,7 +61,6 @@ impl Service {
                 Ok(input)
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
-        let options = rules::sign_options(req.format, algorithm);
         // In the caller's lane (`limits.batch_concurrency` at a time, all its
         // batches together), in order; the first failure
         // fails the batch (its signatures are one answer).
@@ -60,19 +68,17 @@ impl Service {
         // the stream would not be Send for every lifetime of its input.)
         let calls: Vec<_> = inputs
             .into_iter()
-            .map(|input| entry.backend.sign(entry.key_ref(), input, options))
+            .map(|input| entry.backend.sign(entry.key_ref(), input, algorithm))
             .collect();
         let signed: Vec<backend::Signature> = (self.lanes.run(self.counted_as(caller), calls))
             .try_collect()
             .await?;
+        let wanted = req.format.unwrap_or_default();
         let mut signatures = Vec::with_capacity(signed.len());
         let mut made_by = None;
         for sig in signed {
-            signatures.push(b64(&crypto::low_s(
-                sig.algorithm,
-                sig.bytes,
-                options.format,
-            )));
+            let bytes = for_caller(entry, sig.algorithm, sig.bytes, sig.encoding, wanted)?;
+            signatures.push(b64(&bytes));
             made_by = Some((sig.algorithm, sig.version));
         }
         let (algorithm, version) = made_by.expect("at least one item was signed");
@@ -97,10 +103,10 @@ impl Service {
         let version = req.version.as_ref().map(|v| v.0.as_str());
         self.check_version(entry, version).await?;
         let verified = if entry.backend.verifies() {
-            let options = rules::sign_options(req.format, algorithm);
+            let der = crypto::signature_as_der(algorithm, &req.signature.0, req.format);
             entry
                 .backend
-                .verify(entry.key_ref(), input, &req.signature.0, options, version)
+                .verify(entry.key_ref(), input, &der, algorithm, version)
                 .await?
         } else {
             self.verify_locally(
@@ -149,7 +155,7 @@ impl Service {
         };
         let format = format.unwrap_or_else(|| crypto::guess_format(algorithm, signature));
         for v in &versions {
-            let pk = self.cached_public_key(entry, Some(v)).await?;
+            let pk = entry.public_key(Some(v)).await?;
             let valid = crypto::verify_locally(algorithm, &pk.spki_der, input, signature, format)
                 .map_err(|e| ApiError::new(Code::OperationNotSupported, e.to_string()))?;
             if valid {
@@ -164,4 +170,24 @@ impl Service {
             version: versions[0].clone(),
         })
     }
+}
+
+/// A signature as the backend made it, in the encoding the caller asked
+/// for and low-S; a malformed one from the KMS is its error (502).
+pub(super) fn for_caller(
+    entry: &KeyEntry,
+    algorithm: Algorithm,
+    bytes: Vec<u8>,
+    made: SignatureFormat,
+    wanted: SignatureFormat,
+) -> Result<Vec<u8>, ApiError> {
+    crypto::signature_for_caller(algorithm, bytes, made, wanted).ok_or_else(|| {
+        ApiError::new(
+            Code::BackendError,
+            format!(
+                "backend `{}` returned a malformed {algorithm} signature for key `{}`",
+                entry.backend_name, entry.alias
+            ),
+        )
+    })
 }

@@ -5,11 +5,11 @@
 use super::credentials::RefreshedProvider;
 use super::errors::{kms_error, missing, required};
 use crate::backend::{
-    Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus, Origin,
-    Plaintext, PublicKey, Rewrapped, Sealed, SignOptions, Signature, Verified, VersionInfo,
+    Context, DataKey, DataKeySize, Decrypted, Error, KeyMetadata, KeyRef, KeyStatus, Origin,
+    Plaintext, PublicKey, Revocation, Rewrapped, Sealed, Signature, Verified, VersionInfo,
     Versions, WrappedBy,
 };
-use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
+use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use aws_config::SdkConfig;
 use aws_sdk_kms::Client;
 use aws_sdk_kms::config::Region;
@@ -44,7 +44,7 @@ struct KeyInfo {
     multi_region: bool,
     /// Why the key may not be used (`KeyState` disabled or pending
     /// deletion), if so.
-    revoked: Option<&'static str>,
+    revoked: Option<Revocation>,
 }
 
 /// One region's client and key facts.
@@ -90,18 +90,6 @@ impl Regional {
             client: Client::from_conf(kms.build()),
             keys: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// [`Self::info`], refusing keys not made for `purpose` (KMS would too).
-    async fn info_for(
-        &self,
-        key: KeyRef<'_>,
-        purpose: Purpose,
-        what: &str,
-    ) -> Result<Arc<KeyInfo>, Error> {
-        let info = self.info(key).await?;
-        crate::backend::require_purpose(key, info.algorithm, purpose, what)?;
-        Ok(info)
     }
 
     /// The key's algorithm and facts, from a `DescribeKey` at most
@@ -155,9 +143,9 @@ impl Regional {
             },
             multi_region: m.multi_region().unwrap_or(false),
             revoked: match m.key_state() {
-                Some(KeyState::Disabled) => Some("disabled"),
+                Some(KeyState::Disabled) => Some(Revocation::Disabled),
                 Some(KeyState::PendingDeletion | KeyState::PendingReplicaDeletion) => {
-                    Some("pending_deletion")
+                    Some(Revocation::PendingDeletion)
                 }
                 _ => None,
             },
@@ -170,19 +158,15 @@ impl Regional {
     }
 }
 
-fn signing_spec(
-    algorithm: Algorithm,
-    asked: Option<Algorithm>,
-) -> Result<(Algorithm, SigningAlgorithmSpec), Error> {
-    let effective = crate::backend::signing_algorithm(algorithm, asked);
-    let spec = match effective {
+/// KMS's name of a signing algorithm.
+fn signing_spec(algorithm: Algorithm) -> Result<SigningAlgorithmSpec, Error> {
+    Ok(match algorithm {
         Algorithm::EcdsaP256Sha256 => SigningAlgorithmSpec::EcdsaSha256,
         Algorithm::EcdsaP384Sha384 => SigningAlgorithmSpec::EcdsaSha384,
         Algorithm::RsaPssSha256 { .. } => SigningAlgorithmSpec::RsassaPssSha256,
         Algorithm::RsaPkcs1Sha256 { .. } => SigningAlgorithmSpec::RsassaPkcs1V15Sha256,
         other => return Err(Error::unsupported(format!("a {other} key cannot sign"))),
-    };
-    Ok((effective, spec))
+    })
 }
 
 /// KMS's `MessageType` and bytes for an input: messages over 4 KiB are
@@ -318,10 +302,10 @@ impl Regional {
         &self,
         key: KeyRef<'_>,
         input: SignInput<'_>,
-        options: SignOptions,
+        algorithm: Algorithm,
     ) -> Result<Signature, Error> {
         let info = self.info(key).await?;
-        let (algorithm, spec) = signing_spec(info.algorithm, options.algorithm)?;
+        let spec = signing_spec(algorithm)?;
         let (message_type, bytes) = kms_input(algorithm, input)?;
         let out = self
             .client
@@ -334,19 +318,9 @@ impl Regional {
             .await
             .map_err(|e| kms_error(key, "Sign", e))?;
         let der = required(out.signature(), "Sign", "Signature")?;
-        let bytes = match (options.format, algorithm.ecdsa_coordinate_len()) {
-            (SignatureFormat::Raw, Some(n)) => {
-                crypto::ecdsa_der_to_raw(der, n).ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Backend,
-                        "AWS KMS returned a malformed ECDSA signature",
-                    )
-                })?
-            }
-            _ => der.to_vec(),
-        };
         Ok(Signature {
-            bytes,
+            bytes: der.to_vec(),
+            encoding: SignatureFormat::Der,
             algorithm,
             version: info.version.clone(),
         })
@@ -357,23 +331,12 @@ impl Regional {
         key: KeyRef<'_>,
         input: SignInput<'_>,
         signature: &[u8],
-        options: SignOptions,
+        algorithm: Algorithm,
         _version: Option<&str>,
     ) -> Result<Verified, Error> {
         let info = self.info(key).await?;
-        let (algorithm, spec) = signing_spec(info.algorithm, options.algorithm)?;
+        let spec = signing_spec(algorithm)?;
         let (message_type, bytes) = kms_input(algorithm, input)?;
-        // KMS takes DER; a raw r‖s signature (labelled, or of exactly twice the
-        // coordinate width) is converted first.
-        let signature = match algorithm.ecdsa_coordinate_len() {
-            Some(n)
-                if options.format == SignatureFormat::Raw
-                    || crypto::guess_format(algorithm, signature) == SignatureFormat::Raw =>
-            {
-                crypto::ecdsa_raw_to_der(signature, n)
-            }
-            _ => signature.to_vec(),
-        };
         let result = self
             .client
             .verify()
@@ -381,7 +344,7 @@ impl Regional {
             .message(Blob::new(bytes))
             .message_type(message_type)
             .signing_algorithm(spec)
-            .signature(Blob::new(signature))
+            .signature(Blob::new(signature.to_vec()))
             .send()
             .await;
         let valid = match result {
@@ -402,7 +365,7 @@ impl Regional {
         context: &Context,
     ) -> Result<Sealed, Error> {
         Error::check_plaintext(plaintext.len(), MAX_ENCRYPT, "AWS KMS encrypts")?;
-        let info = self.info_for(key, Purpose::Encrypt, "encrypt").await?;
+        let info = self.info(key).await?;
         let out = self
             .client
             .encrypt()
@@ -432,7 +395,7 @@ impl Regional {
         ciphertext: &[u8],
         context: &Context,
     ) -> Result<(Decrypted, bool), Error> {
-        let info = self.info_for(key, Purpose::Encrypt, "decrypt").await?;
+        let info = self.info(key).await?;
         let out = self
             .client
             .decrypt()
@@ -491,27 +454,19 @@ impl Regional {
     pub(super) async fn generate_data_key(
         &self,
         key: KeyRef<'_>,
-        bits: u32,
+        size: DataKeySize,
         context: &Context,
     ) -> Result<DataKey, Error> {
-        let info = self
-            .info_for(key, Purpose::Encrypt, "make data keys")
-            .await?;
+        let info = self.info(key).await?;
         let mut call = self
             .client
             .generate_data_key()
             .key_id(key.id)
             .set_encryption_context(context_map(context));
-        call = match bits {
-            256 => call.key_spec(DataKeySpec::Aes256),
-            128 => call.key_spec(DataKeySpec::Aes128),
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::InvalidRequest,
-                    "`bits` must be 128 or 256",
-                ));
-            }
-        };
+        call = call.key_spec(match size {
+            DataKeySize::Aes256 => DataKeySpec::Aes256,
+            DataKeySize::Aes128 => DataKeySpec::Aes128,
+        });
         let out = call
             .send()
             .await
@@ -528,7 +483,7 @@ impl Regional {
     }
 
     pub(super) async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
-        let info = self.info_for(key, Purpose::Mac, "compute a MAC").await?;
+        let info = self.info(key).await?;
         let out = self
             .client
             .generate_mac()
@@ -551,7 +506,7 @@ impl Regional {
         mac: &[u8],
         _version: Option<&str>,
     ) -> Result<Verified, Error> {
-        let info = self.info_for(key, Purpose::Mac, "verify a MAC").await?;
+        let info = self.info(key).await?;
         let result = self
             .client
             .verify_mac()

@@ -15,11 +15,11 @@ pub use client::MAX_ENCRYPT;
 
 use super::credentials::{Refresher, Schedule};
 use super::{
-    Backend, Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus,
-    PublicKey, Rewrapped, Sealed, SignOptions, Signature, Verified,
+    Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
+    KeyStatus, PublicKey, Rewrapped, Sealed, Signature, Verified,
 };
 use crate::config::AwsBackendConfig;
-use crate::crypto::SignInput;
+use crate::crypto::{Algorithm, SignInput};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
@@ -162,9 +162,9 @@ impl Backend for AwsBackend {
         &self,
         key: KeyRef<'_>,
         input: SignInput<'_>,
-        options: SignOptions,
+        algorithm: Algorithm,
     ) -> Result<Signature, Error> {
-        failover!(self, key, |r, k| r.sign(k, input, options))
+        failover!(self, key, |r, k| r.sign(k, input, algorithm))
     }
 
     fn verifies(&self) -> bool {
@@ -176,11 +176,11 @@ impl Backend for AwsBackend {
         key: KeyRef<'_>,
         input: SignInput<'_>,
         signature: &[u8],
-        options: SignOptions,
+        algorithm: Algorithm,
         version: Option<&str>,
     ) -> Result<Verified, Error> {
         failover!(self, key, |r, k| r
-            .verify(k, input, signature, options, version))
+            .verify(k, input, signature, algorithm, version))
     }
 
     async fn encrypt(
@@ -217,10 +217,10 @@ impl Backend for AwsBackend {
     async fn generate_data_key(
         &self,
         key: KeyRef<'_>,
-        bits: u32,
+        size: DataKeySize,
         context: &Context,
     ) -> Result<DataKey, Error> {
-        let mut dk = failover!(self, key, |r, k| r.generate_data_key(k, bits, context))?;
+        let mut dk = failover!(self, key, |r, k| r.generate_data_key(k, size, context))?;
         dk.key_ref = self.primary_arn(&dk.key_ref);
         Ok(dk)
     }

@@ -28,11 +28,11 @@ mod keys;
 use super::credentials::{Refresher, Schedule};
 use super::facts::KeyFacts;
 use super::{
-    Backend, Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext,
-    PublicKey, Sealed, SignOptions, Signature, VersionInfo, WrappedBy,
+    Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
+    Origin, Plaintext, PublicKey, Sealed, Signature, VersionInfo, WrappedBy,
 };
 use crate::config::AzureBackendConfig;
-use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
+use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use crate::metrics::Metrics;
 use crate::telemetry;
 use async_trait::async_trait;
@@ -286,21 +286,10 @@ impl AzureBackend {
         }
     }
 
-    /// The key's algorithm for this alias, refusing keys not made for
-    /// `purpose`.
-    fn algorithm(
-        &self,
-        key: KeyRef<'_>,
-        info: &KeyInfo,
-        purpose: Option<Purpose>,
-        what: &str,
-    ) -> Result<Algorithm, Error> {
-        let algorithm =
-            keys::algorithm_of(key, &info.jwk, self.configured.get(key.alias).copied())?;
-        if let Some(purpose) = purpose {
-            super::require_purpose(key, algorithm, purpose, what)?;
-        }
-        Ok(algorithm)
+    /// The key's algorithm for this alias (its JWK, and for an RSA key the
+    /// algorithm configured).
+    fn algorithm(&self, key: KeyRef<'_>, info: &KeyInfo) -> Result<Algorithm, Error> {
+        keys::algorithm_of(key, &info.jwk, self.configured.get(key.alias).copied())
     }
 
     /// Encrypts or wraps `plaintext` with the current (or pinned) version;
@@ -313,7 +302,7 @@ impl AzureBackend {
         wrap: bool,
     ) -> Result<(Sealed, String), Error> {
         let info = self.info(key).await?;
-        let algorithm = self.algorithm(key, &info, Some(Purpose::Encrypt), "encrypt")?;
+        let algorithm = self.algorithm(key, &info)?;
         let (name, pinned) = keys::split_id(key.id);
         let made = match (algorithm, wrap) {
             (Algorithm::RsaOaepSha256 { .. }, false) => Made::RsaEncrypt,
@@ -366,37 +355,43 @@ impl AzureBackend {
                 answer.into_model()
             })
             .await?;
-        let (name, version) = result_key(&result)?;
-        let ciphertext = result
-            .result
-            .as_deref()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| errors::malformed("no ciphertext"))?;
-        let (iv, tag) = match made {
-            Made::AesGcm => (
-                result.iv.as_deref().filter(|iv| iv.len() == 12),
-                result
-                    .authentication_tag
-                    .as_deref()
-                    .filter(|t| t.len() == 16),
-            ),
-            _ => (Some(&[][..]), Some(&[][..])),
-        };
-        let (Some(iv), Some(tag)) = (iv, tag) else {
-            return Err(errors::malformed(
-                "an AES-GCM answer without a 12-byte iv and 16-byte tag",
-            ));
-        };
-        let bytes = Blob {
-            made,
-            version: &version,
-            iv,
-            tag,
-            ciphertext,
-        }
-        .seal();
-        Ok((Sealed { bytes, version }, name))
+        sealed_of(made, &result)
     }
+}
+
+/// Our ciphertext of Key Vault's answer to an encrypt or wrap made as
+/// `made`, and the key's name as the answer's `kid` gives it.
+fn sealed_of(made: Made, result: &KeyOperationResult) -> Result<(Sealed, String), Error> {
+    let (name, version) = result_key(result)?;
+    let ciphertext = result
+        .result
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| errors::malformed("no ciphertext"))?;
+    let (iv, tag) = match made {
+        Made::AesGcm => (
+            result.iv.as_deref().filter(|iv| iv.len() == 12),
+            result
+                .authentication_tag
+                .as_deref()
+                .filter(|t| t.len() == 16),
+        ),
+        _ => (Some(&[][..]), Some(&[][..])),
+    };
+    let (Some(iv), Some(tag)) = (iv, tag) else {
+        return Err(errors::malformed(
+            "an AES-GCM answer without a 12-byte iv and 16-byte tag",
+        ));
+    };
+    let bytes = Blob {
+        made,
+        version: &version,
+        iv,
+        tag,
+        ciphertext,
+    }
+    .seal();
+    Ok((Sealed { bytes, version }, name))
 }
 
 /// The key name and version a key operation used, from its `kid`.
@@ -471,7 +466,7 @@ impl Backend for AzureBackend {
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
         self.keys.forget(key.id);
         let info = self.info(key).await?;
-        let algorithm = self.algorithm(key, &info, None, "")?;
+        let algorithm = self.algorithm(key, &info)?;
         let mut details = BTreeMap::from([
             ("vault_url".to_owned(), self.vault_url.clone()),
             (
@@ -507,7 +502,7 @@ impl Backend for AzureBackend {
 
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
         let info = self.info(key).await?;
-        let algorithm = self.algorithm(key, &info, Some(Purpose::Sign), "give a public key")?;
+        let algorithm = self.algorithm(key, &info)?;
         let jwk = match version {
             None => info.jwk.clone(),
             Some(v) if v == info.current => info.jwk.clone(),
@@ -543,11 +538,8 @@ impl Backend for AzureBackend {
         &self,
         key: KeyRef<'_>,
         input: SignInput<'_>,
-        options: SignOptions,
+        algorithm: Algorithm,
     ) -> Result<Signature, Error> {
-        let info = self.info(key).await?;
-        let own = self.algorithm(key, &info, Some(Purpose::Sign), "sign")?;
-        let algorithm = super::signing_algorithm(own, options.algorithm);
         let alg = match algorithm {
             Algorithm::EcdsaP256Sha256 => SignatureAlgorithm::Es256,
             Algorithm::EcdsaP384Sha384 => SignatureAlgorithm::Es384,
@@ -584,20 +576,12 @@ impl Backend for AzureBackend {
             })
             .await?;
         let version = result_version(&result)?;
-        let raw = result
+        let bytes = result
             .result
             .ok_or_else(|| errors::malformed("no signature"))?;
-        let bytes = match (algorithm.ecdsa_coordinate_len(), options.format) {
-            (Some(n), SignatureFormat::Der) if raw.len() == 2 * n => {
-                crypto::ecdsa_raw_to_der(&raw, n)
-            }
-            (Some(n), _) if raw.len() != 2 * n => {
-                return Err(errors::malformed("an ECDSA signature of the wrong width"));
-            }
-            _ => raw,
-        };
         Ok(Signature {
             bytes,
+            encoding: SignatureFormat::Raw,
             algorithm,
             version,
         })
@@ -620,7 +604,7 @@ impl Backend for AzureBackend {
         context: &Context,
     ) -> Result<Decrypted, Error> {
         let info = self.info(key).await?;
-        let algorithm = self.algorithm(key, &info, Some(Purpose::Encrypt), "decrypt")?;
+        let algorithm = self.algorithm(key, &info)?;
         let blob = Blob::open(ciphertext)?;
         // A blob of the other kind of key is someone else's ciphertext.
         let rsa = matches!(algorithm, Algorithm::RsaOaepSha256 { .. });
@@ -688,10 +672,10 @@ impl Backend for AzureBackend {
     async fn generate_data_key(
         &self,
         key: KeyRef<'_>,
-        bits: u32,
+        size: DataKeySize,
         context: &Context,
     ) -> Result<DataKey, Error> {
-        let mut dek = Zeroizing::new(vec![0u8; (bits / 8) as usize]);
+        let mut dek = Zeroizing::new(vec![0u8; size.bytes()]);
         aws_lc_rs::rand::fill(&mut dek)
             .map_err(|_| Error::new(ErrorKind::Backend, "no randomness for a data key"))?;
         let (sealed, name) = self.seal(key, &dek, context, true).await?;

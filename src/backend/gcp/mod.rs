@@ -26,19 +26,19 @@ mod names;
 use super::credentials::Refresher;
 use super::facts::KeyFacts;
 use super::{
-    Backend, Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext,
-    PublicKey, Sealed, SignOptions, Signature, Verified, VersionInfo, Versions, WrappedBy,
+    Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
+    Origin, Plaintext, PublicKey, Sealed, Signature, Verified, VersionInfo, Versions, WrappedBy,
     canonical_context,
 };
 use crate::config::GcpBackendConfig;
-use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
+use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use credentials::{Login, Refreshed, Token};
 use errors::{corrupted, crc32c, malformed};
 use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_kms_v1::client::KeyManagementService;
-use google_cloud_kms_v1::model::{CryptoKeyVersion, Digest};
+use google_cloud_kms_v1::model::{CryptoKey, CryptoKeyVersion, Digest};
 use names::{algorithm_of, version_number};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -211,25 +211,7 @@ impl GcpBackend {
                 self.client.get_crypto_key().set_name(name.clone()).send()
             })
             .await?;
-        let mut listed: Vec<CryptoKeyVersion> = Vec::new();
-        let mut page = String::new();
-        loop {
-            let answer = self
-                .call(key, "listCryptoKeyVersions", || {
-                    self.client
-                        .list_crypto_key_versions()
-                        .set_parent(name.clone())
-                        .set_page_size(100)
-                        .set_page_token(page.clone())
-                        .send()
-                })
-                .await?;
-            listed.extend(answer.crypto_key_versions);
-            if answer.next_page_token.is_empty() {
-                break;
-            }
-            page = answer.next_page_token;
-        }
+        let mut listed = self.versions_of(key, &name).await?;
         let number = |v: &CryptoKeyVersion| version_number(&v.name).unwrap_or_default().to_owned();
         listed.sort_by_key(|v| number(v).parse::<u64>().unwrap_or(0));
         let template = crypto_key.version_template.as_ref();
@@ -264,34 +246,12 @@ impl GcpBackend {
         let pending = listed
             .iter()
             .any(|v| v.state.name() == Some("PENDING_GENERATION"));
-        let versions = listed
-            .iter()
-            .map(|v| VersionInfo {
-                version: number(v),
-                created: v.create_time.as_ref().map(|t| system_time(t.seconds())),
-                enabled: enabled(v),
-                state: v.state.name().map(str::to_owned),
-            })
-            .collect();
+        let versions = listed.iter().map(|v| version_info(v, number(v))).collect();
         let protection = template
             .and_then(|t| t.protection_level.name())
             .unwrap_or("SOFTWARE")
             .to_owned();
-        let mut details = BTreeMap::from([
-            ("resource".to_owned(), name.clone()),
-            ("gcp_algorithm".to_owned(), gcp_algorithm),
-            ("protection_level".to_owned(), protection.clone()),
-            (
-                "purpose".to_owned(),
-                crypto_key.purpose.name().unwrap_or_default().to_owned(),
-            ),
-        ]);
-        if let Some(next) = &crypto_key.next_rotation_time {
-            details.insert(
-                "next_rotation_time".to_owned(),
-                humantime::format_rfc3339_seconds(system_time(next.seconds())).to_string(),
-            );
-        }
+        let details = details_of(&name, gcp_algorithm, &protection, &crypto_key);
         let info = KeyInfo {
             name,
             algorithm,
@@ -315,16 +275,31 @@ impl GcpBackend {
         })
     }
 
-    /// [`Self::info`], refusing keys not made for `purpose`.
-    async fn info_for(
+    /// Every version of the CryptoKey `name`, page by page.
+    async fn versions_of(
         &self,
         key: KeyRef<'_>,
-        purpose: Purpose,
-        what: &str,
-    ) -> Result<Arc<KeyInfo>, Error> {
-        let info = self.info(key).await?;
-        super::require_purpose(key, info.algorithm, purpose, what)?;
-        Ok(info)
+        name: &str,
+    ) -> Result<Vec<CryptoKeyVersion>, Error> {
+        let mut listed = Vec::new();
+        let mut page = String::new();
+        loop {
+            let answer = self
+                .call(key, "listCryptoKeyVersions", || {
+                    self.client
+                        .list_crypto_key_versions()
+                        .set_parent(name.to_owned())
+                        .set_page_size(100)
+                        .set_page_token(page.clone())
+                        .send()
+                })
+                .await?;
+            listed.extend(answer.crypto_key_versions);
+            if answer.next_page_token.is_empty() {
+                return Ok(listed);
+            }
+            page = answer.next_page_token;
+        }
     }
 
     /// The SubjectPublicKeyInfo of a version, its PEM's CRC32C checked.
@@ -352,7 +327,7 @@ impl GcpBackend {
         plaintext: &[u8],
         context: &Context,
     ) -> Result<Sealed, Error> {
-        let info = self.info_for(key, Purpose::Encrypt, "encrypt").await?;
+        let info = self.info(key).await?;
         if let Algorithm::RsaOaepSha256 { bits } = info.algorithm {
             return self.seal_rsa(key, &info, bits, plaintext, context).await;
         }
@@ -521,6 +496,41 @@ fn system_time(seconds: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64)
 }
 
+/// What the metadata says of a CryptoKeyVersion numbered `number`.
+fn version_info(v: &CryptoKeyVersion, number: String) -> VersionInfo {
+    VersionInfo {
+        version: number,
+        created: v.create_time.as_ref().map(|t| system_time(t.seconds())),
+        enabled: v.state.name() == Some("ENABLED"),
+        state: v.state.name().map(str::to_owned),
+    }
+}
+
+/// The metadata's `details` of a CryptoKey.
+fn details_of(
+    name: &str,
+    gcp_algorithm: String,
+    protection: &str,
+    crypto_key: &CryptoKey,
+) -> BTreeMap<String, String> {
+    let mut details = BTreeMap::from([
+        ("resource".to_owned(), name.to_owned()),
+        ("gcp_algorithm".to_owned(), gcp_algorithm),
+        ("protection_level".to_owned(), protection.to_owned()),
+        (
+            "purpose".to_owned(),
+            crypto_key.purpose.name().unwrap_or_default().to_owned(),
+        ),
+    ]);
+    if let Some(next) = &crypto_key.next_rotation_time {
+        details.insert(
+            "next_rotation_time".to_owned(),
+            humantime::format_rfc3339_seconds(system_time(next.seconds())).to_string(),
+        );
+    }
+    details
+}
+
 #[async_trait]
 impl Backend for GcpBackend {
     fn kind(&self) -> &'static str {
@@ -571,9 +581,7 @@ impl Backend for GcpBackend {
     }
 
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
-        let info = self
-            .info_for(key, Purpose::Sign, "give a public key")
-            .await?;
+        let info = self.info(key).await?;
         let version = version.unwrap_or(&info.current).to_owned();
         Ok(PublicKey {
             spki_der: self.spki(key, &info.version_name(&version)).await?,
@@ -586,17 +594,15 @@ impl Backend for GcpBackend {
         &self,
         key: KeyRef<'_>,
         input: SignInput<'_>,
-        options: SignOptions,
+        algorithm: Algorithm,
     ) -> Result<Signature, Error> {
-        let info = self.info_for(key, Purpose::Sign, "sign").await?;
-        let algorithm = info.algorithm;
-        if let Some(asked) = options.algorithm
-            && asked != algorithm
-        {
+        let info = self.info(key).await?;
+        if algorithm != info.algorithm {
             return Err(Error::new(
                 ErrorKind::InvalidRequest,
                 format!(
-                    "field `algorithm`: this key signs {algorithm}, not {asked} (a Cloud KMS key has one algorithm)"
+                    "field `algorithm`: this key signs {}, not {algorithm} (a Cloud KMS key has one algorithm)",
+                    info.algorithm
                 ),
             ));
         }
@@ -655,13 +661,9 @@ impl Backend for GcpBackend {
         if answer.name != version_name {
             return Err(malformed("a signature by another version than asked"));
         }
-        let bytes = match (options.format, algorithm.ecdsa_coordinate_len()) {
-            (SignatureFormat::Raw, Some(n)) => crypto::ecdsa_der_to_raw(&answer.signature, n)
-                .ok_or_else(|| malformed("an ECDSA signature that is not DER"))?,
-            _ => answer.signature.to_vec(),
-        };
         Ok(Signature {
-            bytes,
+            bytes: answer.signature.to_vec(),
+            encoding: SignatureFormat::Der,
             algorithm,
             version: info.current.clone(),
         })
@@ -684,7 +686,7 @@ impl Backend for GcpBackend {
         ciphertext: &[u8],
         context: &Context,
     ) -> Result<Decrypted, Error> {
-        let info = self.info_for(key, Purpose::Encrypt, "decrypt").await?;
+        let info = self.info(key).await?;
         if matches!(info.algorithm, Algorithm::RsaOaepSha256 { .. }) {
             return self.open_rsa(key, &info, ciphertext, context).await;
         }
@@ -718,10 +720,10 @@ impl Backend for GcpBackend {
     async fn generate_data_key(
         &self,
         key: KeyRef<'_>,
-        bits: u32,
+        size: DataKeySize,
         context: &Context,
     ) -> Result<DataKey, Error> {
-        let mut dek = Zeroizing::new(vec![0u8; (bits / 8) as usize]);
+        let mut dek = Zeroizing::new(vec![0u8; size.bytes()]);
         aws_lc_rs::rand::fill(&mut dek)
             .map_err(|_| Error::new(ErrorKind::Backend, "no randomness for a data key"))?;
         let sealed = self.seal(key, &dek, context).await?;
@@ -734,7 +736,7 @@ impl Backend for GcpBackend {
     }
 
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
-        let info = self.info_for(key, Purpose::Mac, "make a MAC").await?;
+        let info = self.info(key).await?;
         let version_name = info.version_name(&info.current);
         let answer = self
             .call(key, "macSign", || {
@@ -765,7 +767,7 @@ impl Backend for GcpBackend {
         mac: &[u8],
         version: Option<&str>,
     ) -> Result<Verified, Error> {
-        let info = self.info_for(key, Purpose::Mac, "check a MAC").await?;
+        let info = self.info(key).await?;
         for v in Self::mac_versions(&info, version) {
             let version_name = info.version_name(&v);
             let answer = self

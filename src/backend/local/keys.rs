@@ -65,9 +65,8 @@ pub(super) struct Version {
 #[allow(clippy::large_enum_variant)] // one per key version, built once, never moved on a request
 pub(super) enum Material {
     Ecdsa {
-        /// Two views of one key: DER signatures and raw `r‖s` ones.
+        /// Signs DER signatures (the service re-encodes for the caller).
         asn1: sig::EcdsaKeyPair,
-        fixed: sig::EcdsaKeyPair,
         spki: Vec<u8>,
     },
     Ed25519 {
@@ -148,7 +147,7 @@ pub(super) fn generate(algorithm: Algorithm, number: u32) -> Result<Version, Str
     let fail = |_| "key generation failed".to_string();
     let stored: Zeroizing<Vec<u8>> = match algorithm {
         Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384 | Algorithm::EcdsaP521Sha512 => {
-            let (asn1, _) = ecdsa_algs(algorithm);
+            let asn1 = ecdsa_alg(algorithm);
             Zeroizing::new(
                 sig::EcdsaKeyPair::generate_pkcs8(asn1, &rand::SystemRandom::new())
                     .map_err(fail)?
@@ -187,25 +186,11 @@ pub(super) fn generate(algorithm: Algorithm, number: u32) -> Result<Version, Str
     })
 }
 
-fn ecdsa_algs(
-    algorithm: Algorithm,
-) -> (
-    &'static sig::EcdsaSigningAlgorithm,
-    &'static sig::EcdsaSigningAlgorithm,
-) {
+fn ecdsa_alg(algorithm: Algorithm) -> &'static sig::EcdsaSigningAlgorithm {
     match algorithm {
-        Algorithm::EcdsaP384Sha384 => (
-            &sig::ECDSA_P384_SHA384_ASN1_SIGNING,
-            &sig::ECDSA_P384_SHA384_FIXED_SIGNING,
-        ),
-        Algorithm::EcdsaP521Sha512 => (
-            &sig::ECDSA_P521_SHA512_ASN1_SIGNING,
-            &sig::ECDSA_P521_SHA512_FIXED_SIGNING,
-        ),
-        _ => (
-            &sig::ECDSA_P256_SHA256_ASN1_SIGNING,
-            &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
-        ),
+        Algorithm::EcdsaP384Sha384 => &sig::ECDSA_P384_SHA384_ASN1_SIGNING,
+        Algorithm::EcdsaP521Sha512 => &sig::ECDSA_P521_SHA512_ASN1_SIGNING,
+        _ => &sig::ECDSA_P256_SHA256_ASN1_SIGNING,
     }
 }
 
@@ -221,11 +206,9 @@ fn parse_material(algorithm: Algorithm, stored: &[u8]) -> Result<Material, Strin
     };
     Ok(match algorithm {
         Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384 | Algorithm::EcdsaP521Sha512 => {
-            let (asn1, fixed) = ecdsa_algs(algorithm);
-            let asn1 = sig::EcdsaKeyPair::from_pkcs8(asn1, stored).map_err(bad)?;
-            let fixed = sig::EcdsaKeyPair::from_pkcs8(fixed, stored).map_err(bad)?;
+            let asn1 = sig::EcdsaKeyPair::from_pkcs8(ecdsa_alg(algorithm), stored).map_err(bad)?;
             let spki = spki(asn1.public_key().as_der())?;
-            Material::Ecdsa { asn1, fixed, spki }
+            Material::Ecdsa { asn1, spki }
         }
         Algorithm::Ed25519 => {
             let pair = sig::Ed25519KeyPair::from_pkcs8(stored).map_err(bad)?;

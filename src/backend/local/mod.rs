@@ -9,9 +9,9 @@ pub use keys::OpenError;
 use keys::{LocalKey, Material, generate, key_path, load, save, spki_of};
 
 use super::{
-    Backend, Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, KeyStatus, Origin,
-    Plaintext, PublicKey, Sealed, SignOptions, Signature, Verified, VersionInfo, WrappedBy,
-    canonical_context,
+    Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
+    KeyStatus, Origin, Plaintext, PublicKey, Revocation, Sealed, Signature, Verified, VersionInfo,
+    WrappedBy, canonical_context,
 };
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use async_trait::async_trait;
@@ -267,32 +267,22 @@ impl Backend for LocalBackend {
         &self,
         key: KeyRef<'_>,
         input: SignInput<'_>,
-        options: SignOptions,
+        algorithm: Algorithm,
     ) -> Result<Signature, Error> {
         let k = self.enabled(key)?;
-        // The service decided the algorithm (`service::rules`): the key's
-        // own, or for an RSA key possibly the other padding.
-        let algorithm = options.algorithm.unwrap_or(k.algorithm);
         let v = k.current();
         let rng = rand::SystemRandom::new();
         let failed = |_| internal("signing");
         let bytes = match (&v.material, input) {
-            (Material::Ecdsa { asn1, fixed, .. }, input) => {
-                let pair = if options.format == SignatureFormat::Raw {
-                    fixed
-                } else {
-                    asn1
-                };
-                match input {
-                    SignInput::Message(m) => pair.sign(&rng, m).map_err(failed)?,
-                    SignInput::Digest(d) => {
-                        let digest = crypto::import_digest(k.algorithm, d)?;
-                        pair.sign_digest(&digest).map_err(failed)?
-                    }
+            (Material::Ecdsa { asn1, .. }, input) => match input {
+                SignInput::Message(m) => asn1.sign(&rng, m).map_err(failed)?,
+                SignInput::Digest(d) => {
+                    let digest = crypto::import_digest(k.algorithm, d)?;
+                    asn1.sign_digest(&digest).map_err(failed)?
                 }
-                .as_ref()
-                .to_vec()
             }
+            .as_ref()
+            .to_vec(),
             (Material::Ed25519 { pair, .. }, SignInput::Message(m)) => {
                 pair.sign(m).as_ref().to_vec()
             }
@@ -323,6 +313,7 @@ impl Backend for LocalBackend {
         };
         Ok(Signature {
             bytes,
+            encoding: SignatureFormat::Der,
             algorithm,
             version: v.number.to_string(),
         })
@@ -393,16 +384,10 @@ impl Backend for LocalBackend {
     async fn generate_data_key(
         &self,
         key: KeyRef<'_>,
-        bits: u32,
+        size: DataKeySize,
         context: &Context,
     ) -> Result<DataKey, Error> {
-        if bits != 128 && bits != 256 {
-            return Err(Error::new(
-                ErrorKind::InvalidRequest,
-                "`bits` must be 128 or 256",
-            ));
-        }
-        let mut plaintext = Zeroizing::new(vec![0u8; bits as usize / 8]);
+        let mut plaintext = Zeroizing::new(vec![0u8; size.bytes()]);
         rand::fill(&mut plaintext).map_err(|_| internal("random data key"))?;
         let sealed = self.encrypt(key, &plaintext, context).await?;
         Ok(DataKey {
@@ -463,13 +448,13 @@ impl Backend for LocalBackend {
             Ok(k) => Arc::new(k),
             Err(OpenError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(KeyStatus {
-                    revoked: Some("deleted"),
+                    revoked: Some(Revocation::Deleted),
                     enabled_versions: None,
                 });
             }
             Err(e) => return Err(internal("reading the key file").with_source(e)),
         };
-        let revoked = k.disabled.then_some("disabled");
+        let revoked = k.disabled.then_some(Revocation::Disabled);
         self.keys
             .write()
             .expect("the key map lock is never poisoned: no code panics while holding it")

@@ -39,17 +39,17 @@ impl Fail {
         )
     }
 
-    /// Our error for a call of `op` (`sign`, `decrypt`, …) on `key`, logged
-    /// with the token's reason.
-    pub(super) fn for_key(self, key: KeyRef<'_>, op: &str) -> Error {
+    /// Our error for a call of `op` on `key`, logged with the token's
+    /// reason.
+    pub(super) fn for_key(self, key: KeyRef<'_>, op: Call) -> Error {
         let (rv, detail) = match self {
             Fail::Api(e) => return e,
             Fail::Lib(why) => (None, why),
             Fail::Stale => (None, "the key's objects changed on the token".into()),
             Fail::Ck(rv, function) => (Some(rv), format!("C_{function:?}: {}", ckr_name(rv))),
         };
-        let kind = rv.map_or(ErrorKind::Backend, |rv| kind_of(rv, op == "decrypt"));
-        tracing::warn!(key.alias = key.alias, op, error = %detail, "PKCS#11 call failed");
+        let kind = rv.map_or(ErrorKind::Backend, |rv| kind_of(rv, op == Call::Decrypt));
+        tracing::warn!(key.alias = key.alias, op = %op, error = %detail, "PKCS#11 call failed");
         let alias = key.alias;
         match kind {
             ErrorKind::DecryptionFailed => Error::decryption_failed(),
@@ -61,6 +61,35 @@ impl Fail {
             ),
             _ => Error::new(kind, format!("PKCS#11 {op} for key `{alias}`: {detail}")),
         }
+    }
+}
+
+/// What a key was used for when the token failed, for error mapping and
+/// messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Call {
+    Find,
+    Sign,
+    Encrypt,
+    Decrypt,
+    DataKey,
+    Mac,
+    VerifyMac,
+    Rotate,
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Call::Find => "find",
+            Call::Sign => "sign",
+            Call::Encrypt => "encrypt",
+            Call::Decrypt => "decrypt",
+            Call::DataKey => "datakey",
+            Call::Mac => "mac",
+            Call::VerifyMac => "verify-mac",
+            Call::Rotate => "rotate",
+        })
     }
 }
 

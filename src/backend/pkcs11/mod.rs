@@ -21,18 +21,19 @@ mod token;
 
 use super::facts::KeyFacts;
 use super::{
-    Backend, Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext,
-    PublicKey, Sealed, SignOptions, Signature, Verified, VersionInfo, WrappedBy, canonical_context,
+    Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
+    Origin, Plaintext, PublicKey, Sealed, Signature, Verified, VersionInfo, WrappedBy,
+    canonical_context,
 };
 use crate::config::{Pkcs11BackendConfig, Pkcs11KeyRef};
-use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
+use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use async_trait::async_trait;
 use aws_lc_rs::{digest, rand};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use errors::Fail;
+use errors::{Call, Fail};
 use objects::TokenKey;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -119,7 +120,7 @@ impl Pkcs11Backend {
                 }
             })
             .await
-            .map_err(|f| f.for_key(key, "find"))?
+            .map_err(|f| f.for_key(key, Call::Find))?
             .ok_or_else(|| Error::key_not_found(key))?;
         Ok(self.facts.put(key.id, found))
     }
@@ -130,7 +131,7 @@ impl Pkcs11Backend {
     async fn with_key<T: Send + 'static>(
         &self,
         key: KeyRef<'_>,
-        op: &str,
+        op: Call,
         job: impl Fn(&mut Worker<'_>, &TokenKey) -> Result<T, Fail> + Send + Sync + 'static,
     ) -> Result<T, Error> {
         let job = Arc::new(job);
@@ -156,17 +157,6 @@ impl Pkcs11Backend {
                 Err(fail) => return Err(fail.for_key(key, op)),
             }
         }
-    }
-
-    async fn key_for(
-        &self,
-        key: KeyRef<'_>,
-        purpose: Purpose,
-        what: &str,
-    ) -> Result<Arc<TokenKey>, Error> {
-        let k = self.key(key).await?;
-        super::require_purpose(key, k.algorithm, purpose, what)?;
-        Ok(k)
     }
 }
 
@@ -259,9 +249,7 @@ impl Backend for Pkcs11Backend {
     }
 
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
-        let k = self
-            .key_for(key, Purpose::Sign, "give a public key")
-            .await?;
+        let k = self.key(key).await?;
         let v = match version {
             Some(name) => k.version(name).ok_or_else(|| {
                 Error::new(
@@ -282,25 +270,20 @@ impl Backend for Pkcs11Backend {
         &self,
         key: KeyRef<'_>,
         input: SignInput<'_>,
-        options: SignOptions,
+        algorithm: Algorithm,
     ) -> Result<Signature, Error> {
-        let k = self.key_for(key, Purpose::Sign, "sign").await?;
-        let algorithm = super::signing_algorithm(k.algorithm, options.algorithm);
         let data = to_be_signed(algorithm, input)?;
         let (bytes, version) = self
-            .with_key(key, "sign", move |w, k| {
+            .with_key(key, Call::Sign, move |w, k| {
                 let v = k.current();
                 let handle = v.handle;
                 let sig = w.call(|s| s.sign(&sign_mechanism(algorithm), handle, &data))?;
                 Ok((sig, v.name.clone()))
             })
             .await?;
-        let bytes = match (algorithm.ecdsa_coordinate_len(), options.format) {
-            (Some(n), SignatureFormat::Der) => crypto::ecdsa_raw_to_der(&bytes, n),
-            _ => bytes,
-        };
         Ok(Signature {
             bytes,
+            encoding: SignatureFormat::Raw,
             algorithm,
             version,
         })
@@ -313,10 +296,9 @@ impl Backend for Pkcs11Backend {
         context: &Context,
     ) -> Result<Sealed, Error> {
         Error::check_plaintext(plaintext.len(), MAX_ENCRYPT, "direct encryption takes")?;
-        self.key_for(key, Purpose::Encrypt, "encrypt").await?;
         let plaintext = Zeroizing::new(plaintext.to_vec());
         let context = canonical_context(context);
-        self.with_key(key, "encrypt", move |w, k| {
+        self.with_key(key, Call::Encrypt, move |w, k| {
             let v = k.current();
             seal(w, v, &plaintext, &context).map(|bytes| Sealed {
                 bytes,
@@ -335,11 +317,10 @@ impl Backend for Pkcs11Backend {
         ciphertext: &[u8],
         context: &Context,
     ) -> Result<Decrypted, Error> {
-        self.key_for(key, Purpose::Encrypt, "decrypt").await?;
         let ciphertext = ciphertext.to_vec();
         let context = canonical_context(context);
         let label = key.id.to_owned();
-        self.with_key(key, "decrypt", move |w, k| {
+        self.with_key(key, Call::Decrypt, move |w, k| {
             let parts =
                 objects::split(&ciphertext).ok_or_else(|| Fail::Api(Error::decryption_failed()))?;
             let v = k
@@ -363,22 +344,14 @@ impl Backend for Pkcs11Backend {
     async fn generate_data_key(
         &self,
         key: KeyRef<'_>,
-        bits: u32,
+        size: DataKeySize,
         context: &Context,
     ) -> Result<DataKey, Error> {
-        if bits != 128 && bits != 256 {
-            return Err(Error::new(
-                ErrorKind::InvalidRequest,
-                "`bits` must be 128 or 256",
-            ));
-        }
-        self.key_for(key, Purpose::Encrypt, "make data keys")
-            .await?;
         let context = canonical_context(context);
         let label = key.id.to_owned();
-        self.with_key(key, "datakey", move |w, k| {
+        self.with_key(key, Call::DataKey, move |w, k| {
             let v = k.current();
-            let plaintext = Zeroizing::new(w.call(|s| s.generate_random_vec(bits / 8))?);
+            let plaintext = Zeroizing::new(w.call(|s| s.generate_random_vec(size.bytes() as u32))?);
             let encrypted = seal(w, v, &plaintext, &context)?;
             Ok(DataKey {
                 plaintext: Plaintext(plaintext),
@@ -391,9 +364,8 @@ impl Backend for Pkcs11Backend {
     }
 
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
-        self.key_for(key, Purpose::Mac, "compute a MAC").await?;
         let message = Zeroizing::new(message.to_vec());
-        self.with_key(key, "mac", move |w, k| {
+        self.with_key(key, Call::Mac, move |w, k| {
             let v = k.current();
             let handle = v.handle;
             let bytes = w.call(|s| s.sign(&Mechanism::Sha256Hmac, handle, &message))?;
@@ -412,7 +384,7 @@ impl Backend for Pkcs11Backend {
         mac: &[u8],
         version: Option<&str>,
     ) -> Result<Verified, Error> {
-        let k = self.key_for(key, Purpose::Mac, "verify a MAC").await?;
+        let k = self.key(key).await?;
         if let Some(name) = version
             && k.version(name).is_none()
         {
@@ -424,7 +396,7 @@ impl Backend for Pkcs11Backend {
         let message = Zeroizing::new(message.to_vec());
         let mac = mac.to_vec();
         let version = version.map(str::to_owned);
-        self.with_key(key, "verify-mac", move |w, k| {
+        self.with_key(key, Call::VerifyMac, move |w, k| {
             // Newest first: most MACs are recent.
             for v in k.versions.iter().rev() {
                 if version.as_ref().is_some_and(|want| *want != v.name) {
@@ -468,7 +440,7 @@ impl Backend for Pkcs11Backend {
             }
         };
         let made = self
-            .with_key(key, "rotate", move |w, k| {
+            .with_key(key, Call::Rotate, move |w, k| {
                 w.call(|s| objects::generate_next(s, &label, k))
             })
             .await;

@@ -367,6 +367,25 @@ fn unwrap_point(algorithm: Algorithm, value: &[u8]) -> &[u8] {
     }
 }
 
+/// The attributes every object of a version has: on the token, its label
+/// and `CKA_ID`, and for secret and private keys sensitive, private and
+/// not extractable.
+fn version_template(label: &str, id: &[u8], private: bool) -> Vec<Attribute> {
+    let mut t = vec![
+        Attribute::Token(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ];
+    if private {
+        t.extend([
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+        ]);
+    }
+    t
+}
+
 /// Makes the next version of `key` on the token: a new object (a key pair
 /// for signing keys) with the same label and key parameters, the next
 /// `CKA_ID`, sensitive and not extractable. Returns the new id.
@@ -377,21 +396,7 @@ pub(super) fn generate_next(
 ) -> Result<Vec<u8>, Fail> {
     let current = key.current();
     let id = next_id(&current.id);
-    let common = |private: bool| {
-        let mut t = vec![
-            Attribute::Token(true),
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Id(id.clone()),
-        ];
-        if private {
-            t.extend([
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-            ]);
-        }
-        t
-    };
+    let common = |private: bool| version_template(label, &id, private);
     let params = session.get_attributes(
         current.handle,
         &[

@@ -2,6 +2,7 @@
 //! of an error (never tokens or data), and their API codes (SPEC §4).
 
 use crate::backend::{Error, ErrorKind, KeyRef};
+use std::fmt;
 use vaultrs::error::ClientError;
 
 /// The HTTP status of a Vault error answer, if it was one.
@@ -69,15 +70,45 @@ fn timed_out(err: &ClientError) -> bool {
     false
 }
 
+/// A transit call, for error mapping and messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Call {
+    ReadKey,
+    Sign,
+    Verify,
+    Encrypt,
+    Decrypt,
+    DataKey,
+    Hmac,
+    VerifyHmac,
+    Rotate,
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Call::ReadKey => "read key",
+            Call::Sign => "sign",
+            Call::Verify => "verify",
+            Call::Encrypt => "encrypt",
+            Call::Decrypt => "decrypt",
+            Call::DataKey => "datakey",
+            Call::Hmac => "hmac",
+            Call::VerifyHmac => "verify hmac",
+            Call::Rotate => "rotate",
+        })
+    }
+}
+
 /// Our error for a Vault one (SPEC §4), logged with Vault's reasons;
 /// `rejected`: Vault no longer accepts the token the call was made with.
-pub(super) fn error(key: KeyRef<'_>, op: &str, err: &ClientError, rejected: bool) -> Error {
+pub(super) fn error(key: KeyRef<'_>, op: Call, err: &ClientError, rejected: bool) -> Error {
     let detail = describe(err);
     let status = status_of(err);
     let kind = match status {
         // A version below the key's `min_decryption_version`.
         Some(400) if detail.contains("disallowed by policy") => ErrorKind::KeyDisabled,
-        Some(400) if op == "decrypt" => ErrorKind::DecryptionFailed,
+        Some(400) if op == Call::Decrypt => ErrorKind::DecryptionFailed,
         Some(400) if detail.contains("not found") => ErrorKind::KeyNotFound,
         Some(400) => ErrorKind::InvalidRequest,
         Some(401 | 403) if rejected => ErrorKind::Unauthenticated,
@@ -99,7 +130,7 @@ pub(super) fn error(key: KeyRef<'_>, op: &str, err: &ClientError, rejected: bool
         }
         None => ErrorKind::Backend,
     };
-    tracing::warn!(key.alias = key.alias, op, error = %detail, "Vault call failed");
+    tracing::warn!(key.alias = key.alias, op = %op, error = %detail, "Vault call failed");
     match kind {
         ErrorKind::DecryptionFailed => Error::decryption_failed(),
         ErrorKind::KeyNotFound => Error::key_not_found(key),

@@ -28,16 +28,17 @@ mod transit;
 use super::credentials::{NotReady, Refresher};
 use super::facts::KeyFacts;
 use super::{
-    Backend, Context, DataKey, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef, Origin, Plaintext,
-    PublicKey, Sealed, SignOptions, Signature, Verified, VersionInfo, WrappedBy, canonical_context,
+    Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
+    Origin, Plaintext, PublicKey, Sealed, Signature, Verified, VersionInfo, WrappedBy,
+    canonical_context,
 };
 use crate::config::VaultBackendConfig;
-use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
+use crate::crypto::{Algorithm, SignInput, SignatureFormat};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use auth::Token;
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::engine::general_purpose::STANDARD as B64;
 use client::Call;
 use errors::{malformed, status_of};
 use std::collections::BTreeMap;
@@ -47,7 +48,7 @@ use std::time::{Duration, Instant};
 use transit::{
     CiphertextData, DataKeyData, KeyData, KeyInfo, KeyVersion, PlaintextData, SignatureData,
     ValidData, algorithm_of, first_valid, open_ciphertext, parse_version, seal_ciphertext,
-    sign_params, split_versioned, versioned_signature, wipe,
+    sign_params, split_versioned, wipe,
 };
 use vaultrs::client::VaultClient;
 use vaultrs::error::ClientError;
@@ -104,7 +105,7 @@ impl VaultBackend {
     /// (retries and the circuit breaker are the shared layer's,
     /// [`super::resilient`]). A refusal (401/403) is `forbidden` while Vault
     /// still accepts the token, `unauthenticated` when it no longer does.
-    async fn call<T, F, Fut>(&self, key: KeyRef<'_>, op: &str, f: F) -> Result<T, Error>
+    async fn call<T, F, Fut>(&self, key: KeyRef<'_>, op: errors::Call, f: F) -> Result<T, Error>
     where
         F: FnOnce(Arc<Token>) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
@@ -144,7 +145,7 @@ impl VaultBackend {
         }
         let path = self.path("keys", key);
         let data: KeyData = self
-            .call(key, "read key", |t| async move {
+            .call(key, errors::Call::ReadKey, |t| async move {
                 client::exec(&t.client, Call::<KeyData>::get(path)).await
             })
             .await?;
@@ -159,18 +160,6 @@ impl VaultBackend {
 
     fn forget(&self, key: KeyRef<'_>) {
         self.keys.forget(key.id);
-    }
-
-    /// [`Self::info`], refusing keys not made for `purpose`.
-    async fn info_for(
-        &self,
-        key: KeyRef<'_>,
-        purpose: Purpose,
-        what: &str,
-    ) -> Result<Arc<KeyInfo>, Error> {
-        let info = self.info(key).await?;
-        super::require_purpose(key, info.algorithm, purpose, what)?;
-        Ok(info)
     }
 
     /// A transit request `body` with `context` bound to the key: derived
@@ -198,10 +187,10 @@ impl VaultBackend {
         params: &serde_json::Value,
     ) -> Result<bool, Error> {
         let mut body = params.clone();
-        body["signature"] = versioned_signature(version, signature, params).into();
+        body["signature"] = format!("vault:v{version}:{}", B64.encode(signature)).into();
         let path = self.path("verify", key);
         let data: ValidData = self
-            .call(key, "verify", |t| {
+            .call(key, errors::Call::Verify, |t| {
                 let call = Call::<ValidData>::post(path, &body);
                 async move { client::exec(&t.client, call).await }
             })
@@ -218,7 +207,7 @@ impl VaultBackend {
     ) -> Result<bool, Error> {
         let hmac = format!("vault:v{version}:{}", B64.encode(mac));
         let data = self
-            .call(key, "verify hmac", |t| async move {
+            .call(key, errors::Call::VerifyHmac, |t| async move {
                 vaultrs::transit::data::verify(
                     &t.client,
                     &self.mount,
@@ -292,9 +281,7 @@ impl Backend for VaultBackend {
     }
 
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
-        let mut info = self
-            .info_for(key, Purpose::Sign, "export a public key")
-            .await?;
+        let mut info = self.info(key).await?;
         let version = match version {
             Some(v) => parse_version(v)?,
             None => info.data.latest_version,
@@ -339,26 +326,21 @@ impl Backend for VaultBackend {
         &self,
         key: KeyRef<'_>,
         input: SignInput<'_>,
-        options: SignOptions,
+        algorithm: Algorithm,
     ) -> Result<Signature, Error> {
-        let info = self.info(key).await?;
-        let (algorithm, params) = sign_params(key, &info, input, options)?;
+        let params = sign_params(algorithm, input)?;
         let path = self.path("sign", key);
         let data: SignatureData = self
-            .call(key, "sign", |t| {
+            .call(key, errors::Call::Sign, |t| {
                 let call = Call::<SignatureData>::post(path, &params);
                 async move { client::exec(&t.client, call).await }
             })
             .await?;
         let (version, encoded) = split_versioned(&data.signature).ok_or_else(malformed)?;
-        let bytes = if params["marshaling_algorithm"] == "jws" {
-            B64URL.decode(encoded)
-        } else {
-            B64.decode(encoded)
-        }
-        .map_err(|_| malformed())?;
+        let bytes = B64.decode(encoded).map_err(|_| malformed())?;
         Ok(Signature {
             bytes,
+            encoding: SignatureFormat::Der,
             algorithm,
             version: version.to_string(),
         })
@@ -375,17 +357,11 @@ impl Backend for VaultBackend {
         key: KeyRef<'_>,
         input: SignInput<'_>,
         signature: &[u8],
-        options: SignOptions,
+        algorithm: Algorithm,
         version: Option<&str>,
     ) -> Result<Verified, Error> {
         let info = self.info(key).await?;
-        let format = match options.format {
-            // The caller did not say: tell by the length.
-            SignatureFormat::Der => crypto::guess_format(info.algorithm, signature),
-            raw => raw,
-        };
-        let options = SignOptions { format, ..options };
-        let (_, params) = sign_params(key, &info, input, options)?;
+        let params = sign_params(algorithm, input)?;
         first_valid(&info, version, |v| {
             self.verify_version(key, v, signature, &params)
         })
@@ -398,7 +374,7 @@ impl Backend for VaultBackend {
         plaintext: &[u8],
         context: &Context,
     ) -> Result<Sealed, Error> {
-        let info = self.info_for(key, Purpose::Encrypt, "encrypt").await?;
+        let info = self.info(key).await?;
         let body = Self::bind_context(
             &info,
             context,
@@ -408,7 +384,7 @@ impl Backend for VaultBackend {
         let call = Call::<CiphertextData>::post(path, &body);
         wipe(body);
         let data = self
-            .call(key, "encrypt", |t| async move {
+            .call(key, errors::Call::Encrypt, |t| async move {
                 client::exec(&t.client, call).await
             })
             .await?;
@@ -424,13 +400,13 @@ impl Backend for VaultBackend {
         ciphertext: &[u8],
         context: &Context,
     ) -> Result<Decrypted, Error> {
-        let info = self.info_for(key, Purpose::Encrypt, "decrypt").await?;
+        let info = self.info(key).await?;
         let (version, transit) = open_ciphertext(ciphertext)?;
         let body = Self::bind_context(&info, context, serde_json::json!({ "ciphertext": transit }));
         let path = self.path("decrypt", key);
         let call = Call::<PlaintextData>::post(path, &body);
         let mut data = self
-            .call(key, "decrypt", |t| async move {
+            .call(key, errors::Call::Decrypt, |t| async move {
                 client::exec(&t.client, call).await
             })
             .await?;
@@ -447,16 +423,14 @@ impl Backend for VaultBackend {
     async fn generate_data_key(
         &self,
         key: KeyRef<'_>,
-        bits: u32,
+        size: DataKeySize,
         context: &Context,
     ) -> Result<DataKey, Error> {
-        let info = self
-            .info_for(key, Purpose::Encrypt, "wrap data keys")
-            .await?;
-        let body = Self::bind_context(&info, context, serde_json::json!({ "bits": bits }));
+        let info = self.info(key).await?;
+        let body = Self::bind_context(&info, context, serde_json::json!({ "bits": size.bits() }));
         let path = self.path("datakey/plaintext", key);
         let data: DataKeyData = self
-            .call(key, "datakey", |t| {
+            .call(key, errors::Call::DataKey, |t| {
                 let call = Call::<DataKeyData>::post(path, &body);
                 async move { client::exec(&t.client, call).await }
             })
@@ -465,7 +439,7 @@ impl Backend for VaultBackend {
             B64.decode(data.plaintext.as_bytes())
                 .map_err(|_| malformed())?,
         );
-        if plaintext.len() * 8 != bits as usize {
+        if plaintext.len() != size.bytes() {
             return Err(malformed());
         }
         let sealed = seal_ciphertext(&data.ciphertext)?;
@@ -478,10 +452,10 @@ impl Backend for VaultBackend {
     }
 
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
-        self.info_for(key, Purpose::Mac, "compute MACs").await?;
+        self.info(key).await?;
         let encoded = Zeroizing::new(B64.encode(message));
         let data = self
-            .call(key, "hmac", |t| async move {
+            .call(key, errors::Call::Hmac, |t| async move {
                 vaultrs::transit::generate::hmac(
                     &t.client,
                     &self.mount,
@@ -509,7 +483,7 @@ impl Backend for VaultBackend {
         mac: &[u8],
         version: Option<&str>,
     ) -> Result<Verified, Error> {
-        let info = self.info_for(key, Purpose::Mac, "verify MACs").await?;
+        let info = self.info(key).await?;
         let encoded = Zeroizing::new(B64.encode(message));
         first_valid(&info, version, |v| {
             self.verify_mac_version(key, v, &encoded, mac)
@@ -519,7 +493,7 @@ impl Backend for VaultBackend {
 
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
         self.info(key).await?;
-        self.call(key, "rotate", |t| async move {
+        self.call(key, errors::Call::Rotate, |t| async move {
             vaultrs::transit::key::rotate(&t.client, &self.mount, key.id).await
         })
         .await?;

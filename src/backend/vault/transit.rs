@@ -8,10 +8,10 @@
 //! verify/decrypt rebuild the prefix.
 
 use super::errors::malformed;
-use crate::backend::{Error, ErrorKind, KeyRef, Sealed, SignOptions, Verified};
-use crate::crypto::{self, Algorithm, Purpose, SignInput, SignatureFormat};
+use crate::backend::{Error, ErrorKind, Sealed, Verified};
+use crate::crypto::{self, Algorithm, SignInput};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -181,13 +181,9 @@ fn hash_name(algorithm: Algorithm) -> &'static str {
 /// digest is what is signed either way, and it keeps requests small);
 /// Ed25519 signs the message.
 pub(super) fn sign_params(
-    key: KeyRef<'_>,
-    info: &KeyInfo,
+    algorithm: Algorithm,
     input: SignInput<'_>,
-    options: SignOptions,
-) -> Result<(Algorithm, serde_json::Value), Error> {
-    crate::backend::require_purpose(key, info.algorithm, Purpose::Sign, "sign or verify")?;
-    let algorithm = crate::backend::signing_algorithm(info.algorithm, options.algorithm);
+) -> Result<serde_json::Value, Error> {
     let mut params = serde_json::json!({});
     let input = match (algorithm.digest(), input) {
         (None, SignInput::Message(m)) => B64.encode(m),
@@ -216,29 +212,9 @@ pub(super) fn sign_params(
         Algorithm::RsaPkcs1Sha256 { .. } => {
             params["signature_algorithm"] = "pkcs1v15".into();
         }
-        Algorithm::EcdsaP256Sha256 | Algorithm::EcdsaP384Sha384
-            if options.format == SignatureFormat::Raw =>
-        {
-            params["marshaling_algorithm"] = "jws".into();
-        }
         _ => {}
     }
-    Ok((algorithm, params))
-}
-
-/// Encodes a signature as transit wants it back (JWS marshaling is
-/// unpadded base64url).
-pub(super) fn versioned_signature(
-    version: u32,
-    signature: &[u8],
-    params: &serde_json::Value,
-) -> String {
-    let encoded = if params["marshaling_algorithm"] == "jws" {
-        B64URL.encode(signature)
-    } else {
-        B64.encode(signature)
-    };
-    format!("vault:v{version}:{encoded}")
+    Ok(params)
 }
 
 /// Transit's answer carrying a versioned value (`signature`, `hmac`, …).
