@@ -1,7 +1,9 @@
 //! The README's curl tour and `examples/curl.sh` work as written against the
-//! embedded default, the way `make run` starts it.
+//! embedded default, the way `make run` starts it; the config and webhook
+//! references of `docs/` are valid.
 
 use crate::harness::Sidecar;
+use std::path::Path;
 use std::process::Command;
 
 const HINT: &str = "install bash, curl, jq and openssl (`make test` does)";
@@ -22,10 +24,15 @@ fn run_script(s: &Sidecar, script: &str) -> String {
     stdout
 }
 
+/// The text of `path`, relative to the repository (`README.md`, `docs/api.md`).
+pub fn doc(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
 #[tokio::test]
 async fn the_readme_tour_runs_as_written() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = doc("README.md");
     let tour = readme
         .split("## Try it")
         .nth(1)
@@ -72,16 +79,15 @@ async fn the_readme_tour_runs_as_written() {
     s.secret("c2VjcmV0");
 }
 
-/// The README's ```yaml block that starts with `first_line`.
-pub fn readme_yaml_block(first_line: &str) -> String {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    readme
+/// The ```yaml block of the document at `path` (relative to the
+/// repository) that starts with `first_line`.
+pub fn yaml_block(path: &str, first_line: &str) -> String {
+    doc(path)
         .split("```yaml\n")
         .skip(1)
         .map(|b| b.split("```").next().unwrap())
         .find(|b| b.starts_with(first_line))
-        .unwrap_or_else(|| panic!("README has a yaml block starting with `{first_line}`"))
+        .unwrap_or_else(|| panic!("{path} has a yaml block starting with `{first_line}`"))
         .to_owned()
 }
 
@@ -92,11 +98,12 @@ async fn examples_curl_sh_passes() {
     run_script(&s, script);
 }
 
-/// The README's configuration reference (the ```yaml block that starts with
-/// `listen:`) is a valid config, so its defaults and field names are real.
+/// The configuration reference of `docs/configuration.md` (the ```yaml block
+/// that starts with `listen:`) is a valid config, so its defaults and field
+/// names are real.
 #[test]
-fn the_readme_config_reference_passes_config_check() {
-    let reference = readme_yaml_block("listen:");
+fn the_documented_config_reference_passes_config_check() {
+    let reference = yaml_block("docs/configuration.md", "listen:");
     let (code, out, err) = crate::harness::run_with_config(&["config", "check"], &reference, &[]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("backend_timeout: 5s"), "{out}");
@@ -145,12 +152,12 @@ async fn examples_app_sh_passes_and_fails_when_it_should() {
     );
 }
 
-/// The README's webhook config reference (the ```yaml block that starts with
-/// `image:`) passes `kms-sidecar webhook --check`.
+/// The webhook config reference of `docs/kubernetes.md` (the ```yaml block
+/// that starts with `image:`) passes `kms-sidecar webhook --check`.
 #[cfg(feature = "webhook")]
 #[test]
-fn the_readme_webhook_config_passes_webhook_check() {
-    let reference = readme_yaml_block("image:");
+fn the_documented_webhook_config_passes_webhook_check() {
+    let reference = yaml_block("docs/kubernetes.md", "image:");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("webhook.yaml");
     // The sidecar config it names is mounted in a cluster; here, one with an AWS backend.
@@ -188,11 +195,7 @@ fn the_readme_webhook_config_passes_webhook_check() {
 /// `envelope::format` check that the code makes the same bytes.)
 #[test]
 fn the_documented_python_decoder_opens_both_test_vectors() {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/docs/envelope-format.md"
-    ))
-    .unwrap();
+    let doc = doc("docs/envelope-format.md");
     let decoder = doc
         .split("```python\n")
         .nth(1)
