@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A 64-item batch against 64 single calls, through the sidecar's vault
 # backend to an OpenBao dev server on this machine (transit, a token of the
-# README's policy, as benches/common.sh sets it up): sign P-256 (`sign-batch` vs `sign`) and direct encrypt
+# policy of docs/vault.md, as benches/common.sh sets it up): sign P-256 (`sign-batch` vs `sign`) and direct encrypt
 # 1 KiB (`encrypt-batch` vs `encrypt`). One connection, one request at a
 # time, as an app calling in a loop would: the single calls' mean latency
 # × 64 against the batch's mean latency. Items run

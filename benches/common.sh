@@ -111,7 +111,7 @@ bao_root() {
 
 # bao_bench_transit URL ROOT_TOKEN: on an OpenBao dev server, the transit
 # mount, the keys bench-aes (aes256-gcm96) and bench-p256 (ecdsa-p256), and
-# the policy bench-transit: the one the README gives the sidecar, without
+# the policy bench-transit: the one docs/vault.md gives the sidecar, without
 # rotate and hmac. Every client uses a token of it (a root token would create
 # missing keys, and skips the ACL checks that a real deployment pays for).
 bao_bench_transit() {

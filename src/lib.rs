@@ -2,8 +2,8 @@
 //! pod, served as JSON over HTTP/1.1 on a Unix domain socket, while the sidecar
 //! alone holds the pod's KMS credentials.
 //!
-//! The design is in `SPEC.md` (kept beside the project); the README shows the
-//! API as a user sees it.
+//! The design is in `SPEC.md` (kept beside the project); `docs/api.md` shows
+//! the API as a user sees it.
 //!
 //! # Layout
 //!

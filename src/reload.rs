@@ -20,7 +20,8 @@
 //! write was seen in between. That is robust where events are missing
 //! altogether, except against a writer that stops for longer than a poll
 //! while holding the file open on a file system without events; hence the
-//! README's advice to replace the file by a rename, as the kubelet does.
+//! advice of `docs/operations.md` to replace the file by a rename, as the
+//! kubelet does.
 //!
 //! **Only regular files, at most 1 MiB** ([`config::read_file`]): a FIFO or
 //! a device at the path is refused without blocking the reloader or reading

@@ -7,7 +7,7 @@ use http::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Stable error codes (documented in the README).
+/// Stable error codes (documented in `docs/api.md`, "Errors").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Code {

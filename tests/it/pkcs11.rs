@@ -442,19 +442,19 @@ async fn the_token_verifies_what_the_sidecar_signed() {
     assert!(said.contains("Signature is valid"), "{said}");
 }
 
-/// The README's SoftHSM2 walk-through runs as written, in a directory of
-/// its own, with this build's binary in place of `./target/debug/kms-sidecar`.
+/// The SoftHSM2 walk-through of `docs/pkcs11.md` runs as written, in a
+/// directory of its own, with this build's binary in place of
+/// `./target/debug/kms-sidecar`.
 #[tokio::test]
-async fn the_readme_softhsm2_walk_through_runs_as_written() {
+async fn the_documented_softhsm2_walk_through_runs_as_written() {
     crate::harness::softhsm_module();
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let walk = readme
-        .split("### A walk-through with SoftHSM2")
+    let page = crate::docs::doc("docs/pkcs11.md");
+    let walk = page
+        .split("## A walk-through with SoftHSM2")
         .nth(1)
         .and_then(|s| s.split("```sh").nth(1))
         .and_then(|s| s.split("```").next())
-        .expect("the README has a ```sh block under ### A walk-through with SoftHSM2");
+        .expect("docs/pkcs11.md has a ```sh block under ## A walk-through with SoftHSM2");
     assert!(walk.contains("./target/debug/kms-sidecar serve"));
     let walk = walk.replace("./target/debug/kms-sidecar", crate::harness::BIN);
     let dir = tempfile::tempdir().unwrap();
@@ -481,10 +481,10 @@ async fn the_readme_softhsm2_walk_through_runs_as_written() {
     assert!(!log.contains("11223344"), "the PIN is never logged:\n{log}");
 }
 
-/// The README's PKCS#11 config example is a valid config.
+/// The PKCS#11 config example of `docs/pkcs11.md` is a valid config.
 #[test]
-fn the_readme_pkcs11_config_passes_config_check() {
-    let block = crate::docs::readme_yaml_block("backends:\n  hsm:\n    type: pkcs11");
+fn the_documented_pkcs11_config_passes_config_check() {
+    let block = crate::docs::yaml_block("docs/pkcs11.md", "backends:\n  hsm:\n    type: pkcs11");
     let config = format!("{block}callers:\n  - {{ uids: [0], keys: [\"*\"], ops: [\"*\"] }}\n");
     let (code, out, err) = run_with_config(&["config", "check"], &config, &[]);
     assert_eq!(code, Some(0), "{out}{err}");

@@ -1,6 +1,6 @@
 //! Key Vault's answers as our errors: the HTTP status, Key Vault's error
 //! code and message (which name keys and reasons, never tokens or data),
-//! `Retry-After`, and their API codes (the README's table).
+//! `Retry-After`, and their API codes (the table in `docs/azure.md`).
 
 use crate::backend::{Error, ErrorKind, KeyRef};
 use azure_core::error::ErrorKind as AzureKind;

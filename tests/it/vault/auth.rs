@@ -18,7 +18,7 @@ async fn token_file_in_a_namespace_is_re_read_when_it_changes() {
         ns,
         "PUT",
         "sys/policies/acl/sidecar",
-        json!({"policy": readme_policy()}),
+        json!({"policy": documented_policy()}),
     )
     .await;
     let new_token = || async {
@@ -414,7 +414,7 @@ async fn a_revoked_vault_token_is_unauthenticated_and_approle_logs_in_again() {
     // A genuine denial: this policy refuses signing with `ed`.
     let policy = format!(
         "{}\npath \"transit/sign/ed\" {{\n  capabilities = [\"deny\"]\n}}\n",
-        readme_policy()
+        documented_policy()
     );
     bao.api("PUT", "sys/policies/acl/sidecar", json!({"policy": policy}))
         .await;

@@ -14,17 +14,16 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The policy the README documents, taken from the README so that the docs
-/// are what the tests prove sufficient.
-fn readme_policy() -> String {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme
+/// The policy `docs/vault.md` documents, taken from that page so that the
+/// docs are what the tests prove sufficient.
+fn documented_policy() -> String {
+    let page = crate::docs::doc("docs/vault.md");
+    let start = page
         .find("```hcl\n")
-        .expect("README has the Vault policy in an ```hcl block")
+        .expect("docs/vault.md has the Vault policy in an ```hcl block")
         + 7;
-    let len = readme[start..].find("```").unwrap();
-    readme[start..start + len].to_owned()
+    let len = page[start..].find("```").unwrap();
+    page[start..start + len].to_owned()
 }
 
 const KEYS: &[(&str, &str)] = &[
@@ -37,7 +36,7 @@ const KEYS: &[(&str, &str)] = &[
     ("mac", "hmac"),
 ];
 
-/// Transit with the test keys (and a derived AES key), the README policy.
+/// Transit with the test keys (and a derived AES key), the documented policy.
 async fn setup_transit(bao: &Bao) {
     bao.api("POST", "sys/mounts/transit", json!({"type": "transit"}))
         .await;
@@ -54,15 +53,15 @@ async fn setup_transit(bao: &Bao) {
         json!({"type": "aes256-gcm96", "derived": true}),
     )
     .await;
-    put_readme_policy(bao).await;
+    put_documented_policy(bao).await;
 }
 
-/// The README's policy as `sidecar`.
-pub(crate) async fn put_readme_policy(bao: &Bao) {
+/// The documented policy (`docs/vault.md`) as `sidecar`.
+pub(crate) async fn put_documented_policy(bao: &Bao) {
     bao.api(
         "PUT",
         "sys/policies/acl/sidecar",
-        json!({"policy": readme_policy()}),
+        json!({"policy": documented_policy()}),
     )
     .await;
 }

@@ -435,7 +435,7 @@ fn refusal(t: &Env, r: &crate::harness::Resp, what: &str) -> (u16, Value) {
 /// exactly as it answers a tampered or foreign ciphertext: the same status,
 /// code, message and `retryable`, so a caller granted `rewrap` learns no
 /// more than whether the context it guessed is right (which a rewrap that
-/// succeeds tells, as the README says).
+/// succeeds tells, as `docs/api.md` says).
 pub async fn rewrap_answers_a_wrong_context_as_a_tampered_ciphertext(t: &Env) {
     let evil = json!({"tenant": "evil", "purpose": "conformance"});
     let sealed = unb64(&t.encrypt("aes", SECRET, context()).await["ciphertext"]);

@@ -1,5 +1,5 @@
 //! The conformance cases: what every backend must answer, with the status
-//! and error code the README documents. Each takes a running [`Env`] with the
+//! and error code `docs/api.md` documents. Each takes a running [`Env`] with the
 //! suite's aliases; `every_case!` lists them once, with what they need.
 //! The cases live by subject in `signatures.rs`, `symmetric.rs` (encryption,
 //! data keys, envelopes, MACs), `lifecycle.rs` (metadata, rotation),
