@@ -3,7 +3,7 @@
 //! app on a temporary socket.
 
 use crate::backend;
-use crate::config::Config;
+use crate::config::{Config, Env, ProcessEnv};
 use crate::metrics::Metrics;
 use crate::reload::{Current, Reloader};
 use crate::server::{self, BindError, Live, Served, Settings, routes::Routes};
@@ -18,7 +18,7 @@ use std::time::Instant;
 pub enum Error {
     /// A backend could not be set up (missing key, bad key directory).
     #[error(transparent)]
-    Backend(#[from] backend::BuildError),
+    Backend(#[from] backend::BuildFailed),
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error(transparent)]
@@ -67,7 +67,8 @@ pub struct App {
 impl App {
     pub async fn build(config: Config, file: Option<PathBuf>) -> Result<App, Error> {
         let metrics = Arc::new(Metrics::new());
-        let backends = backend::build(&config, &metrics).await?;
+        let env: Arc<dyn Env> = Arc::new(ProcessEnv);
+        let backends = backend::build(&config, &metrics, &env).await?;
         let service = Arc::new(Service::new(&config, backends.clone(), metrics));
         service.spawn_revalidation(config.cache.data_keys.revalidate.0);
         Ok(App {
@@ -85,28 +86,7 @@ impl App {
         let listen = &self.config.listen;
         server::raise_fd_limit();
         let sockets = bind_sockets(listen)?;
-        let audit = match &self.config.audit {
-            Some(a) => {
-                let checkpoints = a.checkpoint.as_ref().and_then(|c| {
-                    Some(crate::audit::Checkpoints {
-                        key: self.service.key_entry(&c.key)?,
-                        every_entries: c.every_entries,
-                        every: c.every.0,
-                    })
-                });
-                Some(
-                    crate::audit::Audit::start(crate::audit::Settings {
-                        path: a.path.clone(),
-                        checkpoints,
-                        on_failure: a.on_failure,
-                        max_file_size: a.max_file_size.0,
-                        max_files: a.max_files,
-                    })
-                    .await?,
-                )
-            }
-            None => None,
-        };
+        let audit = self.start_audit().await?;
         let App {
             config,
             backends,
@@ -129,18 +109,7 @@ impl App {
             Reloader::new(file, live.clone(), current, metrics).spawn();
         }
         if let Some(audit) = audit.clone() {
-            // SIGHUP: reopen the audit log after rotation (and reload the
-            // config: see `Reloader::spawn`).
-            tokio::spawn(async move {
-                let Ok(mut hup) =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                else {
-                    return;
-                };
-                while hup.recv().await.is_some() {
-                    audit.reopen().await;
-                }
-            });
+            reopen_on_hangup(audit);
         }
         let settings = Settings {
             mode: listen.mode.0,
@@ -149,15 +118,7 @@ impl App {
         };
         let (trigger, shutdown) = shutdown::channel();
         if let Some(addr) = listen.probes {
-            let tcp = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Probes { addr, source })?;
-            tokio::spawn(crate::admin::serve(
-                tcp,
-                live.clone(),
-                shutdown.clone().wait(),
-            ));
-            tracing::info!(%addr, "probe listener ready");
+            serve_probes(addr, live.clone(), shutdown.clone()).await?;
         }
         tracing::info!(
             socket = %listen.socket.display(),
@@ -178,6 +139,57 @@ impl App {
         }
         Ok(drained)
     }
+
+    /// The audit log, when configured, with its checkpoint key.
+    async fn start_audit(&self) -> Result<Option<crate::audit::Audit>, Error> {
+        let Some(a) = &self.config.audit else {
+            return Ok(None);
+        };
+        let checkpoints = a.checkpoint.as_ref().and_then(|c| {
+            Some(crate::audit::Checkpoints {
+                key: self.service.key_entry(&c.key)?,
+                every_entries: c.every_entries,
+                every: c.every.0,
+            })
+        });
+        let audit = crate::audit::Audit::start(crate::audit::Settings {
+            path: a.path.clone(),
+            checkpoints,
+            on_failure: a.on_failure,
+            max_file_size: a.max_file_size.0,
+            max_files: a.max_files,
+        })
+        .await?;
+        Ok(Some(audit))
+    }
+}
+
+/// SIGHUP: reopen the audit log after rotation (and reload the config: see
+/// `Reloader::spawn`).
+fn reopen_on_hangup(audit: crate::audit::Audit) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            audit.reopen().await;
+        }
+    });
+}
+
+/// The TCP listener for probes and metrics (`listen.probes`).
+async fn serve_probes(
+    addr: std::net::SocketAddr,
+    live: Live,
+    shutdown: shutdown::Shutdown,
+) -> Result<(), Error> {
+    let tcp = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Probes { addr, source })?;
+    tokio::spawn(crate::admin::serve(tcp, live, shutdown.wait()));
+    tracing::info!(%addr, "probe listener ready");
+    Ok(())
 }
 
 /// The shared socket, and a socket of its own for every container with a

@@ -29,6 +29,7 @@
 //! - [`service`]: one operation end to end — policy → the rules every backend
 //!   shares → backend; envelope operations included.
 //! - [`policy`]: pure decision: may this caller do this op on this key?
+//! - [`ops`]: the operations a caller may be granted, named by config and policy.
 //! - [`backend`]: the [`backend::Backend`] trait, its error type, the
 //!   credential refresher the KMSs share, the checks of projected identity
 //!   tokens, and one module per KMS behind a cargo feature.
@@ -59,6 +60,7 @@ pub mod envelope;
 pub mod health;
 pub mod keys;
 pub mod metrics;
+pub mod ops;
 pub mod policy;
 pub mod probe;
 pub mod reload;

@@ -130,6 +130,165 @@ pub fn trace_spans_exported() -> &'static prometheus::IntCounter {
     })
 }
 
+/// A metric: its name (after the `kms_sidecar_` prefix), help text and
+/// labels (none for a single series).
+struct Spec {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+const REQUESTS_TOTAL: Spec = Spec {
+    name: "requests_total",
+    help: "API requests by operation, key alias and result code",
+    labels: &["op", "key", "code"],
+};
+const CONTAINER_REQUESTS: Spec = Spec {
+    name: "container_requests_total",
+    help: "API requests through a container's own socket, by container and result code",
+    labels: &["container", "code"],
+};
+const REQUEST_DURATION: Spec = Spec {
+    name: "request_duration_seconds",
+    help: "API request latency by operation",
+    labels: &["op"],
+};
+const BACKEND_CALLS: Spec = Spec {
+    name: "backend_calls_total",
+    help: "Calls to a KMS backend by operation and outcome",
+    labels: &["backend", "op", "outcome"],
+};
+const BACKEND_CALL_DURATION: Spec = Spec {
+    name: "backend_call_duration_seconds",
+    help: "KMS backend call latency",
+    labels: &["backend", "op"],
+};
+const DATAKEY_CACHE_HITS: Spec = Spec {
+    name: "datakey_cache_hits_total",
+    help: "Data keys served from the cache (each one a KMS call saved)",
+    labels: &["key", "op"],
+};
+const DATAKEY_CACHE_MISSES: Spec = Spec {
+    name: "datakey_cache_misses_total",
+    help: "Data key requests the cache could not serve",
+    labels: &["key", "op"],
+};
+const DATAKEY_REVOCATIONS: Spec = Spec {
+    name: "datakey_cache_revocations_total",
+    help: "Times a key's cached data keys were dropped: the key was disabled, deleted or pending deletion, a version was disabled, or an operator flushed it",
+    labels: &["key", "reason"],
+};
+const DATAKEY_BACKEND_CALLS: Spec = Spec {
+    name: "datakey_cache_backend_calls_total",
+    help: "KMS calls made by the data-key cache, refreshes included",
+    labels: &["key", "op"],
+};
+const CREDENTIAL_EXPIRY: Spec = Spec {
+    name: "credential_expiry_timestamp_seconds",
+    help: "When the backend's current credentials expire (Unix time)",
+    labels: &["backend"],
+};
+const CREDENTIAL_REFRESH: Spec = Spec {
+    name: "credential_refresh_total",
+    help: "Background credential refreshes by outcome",
+    labels: &["backend", "outcome"],
+};
+const BACKEND_FAILOVERS: Spec = Spec {
+    name: "backend_failovers_total",
+    help: "Backend calls that failed over to a replica region",
+    labels: &["backend", "from", "to"],
+};
+const CIRCUIT_BREAKER_STATE: Spec = Spec {
+    name: "circuit_breaker_state",
+    help: "Circuit breaker of each backend: 0 closed, 1 open, 2 half-open",
+    labels: &["backend"],
+};
+const BACKEND_RETRIES: Spec = Spec {
+    name: "backend_retries_total",
+    help: "Backend calls retried after a retryable failure",
+    labels: &["backend"],
+};
+const RATE_LIMITED: Spec = Spec {
+    name: "rate_limited_total",
+    help: "Requests refused by the per-caller rate limit or the per-key flush limit",
+    labels: &[],
+};
+const CONNECTIONS_OPEN: Spec = Spec {
+    name: "connections_open",
+    help: "Open connections on the Unix socket",
+    labels: &[],
+};
+const CONNECTIONS_REJECTED: Spec = Spec {
+    name: "connections_rejected_total",
+    help: "Connections closed at accept because limits.max_connections was reached",
+    labels: &[],
+};
+const SOCKET_BOUND: Spec = Spec {
+    name: "socket_bound",
+    help: "1 while listen.socket is the socket the sidecar listens on",
+    labels: &[],
+};
+const SOCKET_REPLACED: Spec = Spec {
+    name: "socket_replaced_total",
+    help: "Times the socket file was found removed or replaced by another process",
+    labels: &[],
+};
+const IDENTITY_TOKEN_EXPIRY: Spec = Spec {
+    name: "identity_token_expiry_seconds",
+    help: "Seconds until the backend's projected identity token expires, at the last look",
+    labels: &["backend"],
+};
+const CONFIG_RELOADS: Spec = Spec {
+    name: "config_reloads_total",
+    help: "Config file reloads by outcome (applied, rejected)",
+    labels: &["outcome"],
+};
+const CONFIG_GENERATION: Spec = Spec {
+    name: "config_generation",
+    help: "The live config: 1 at start, one more for each reload applied",
+    labels: &[],
+};
+
+/// Makes each metric of a [`Spec`] and registers it.
+struct Registrar(Registry);
+
+impl Registrar {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, metric: C) -> C {
+        (self.0)
+            .register(Box::new(metric.clone()))
+            .expect("each metric is registered once");
+        metric
+    }
+
+    fn counters(&self, spec: &Spec) -> IntCounterVec {
+        let opts = Opts::new(spec.name, spec.help);
+        self.add(IntCounterVec::new(opts, spec.labels).expect("valid metric"))
+    }
+
+    fn histograms(&self, spec: &Spec) -> HistogramVec {
+        let opts = HistogramOpts::new(spec.name, spec.help).buckets(LATENCY_BUCKETS.to_vec());
+        self.add(HistogramVec::new(opts, spec.labels).expect("valid metric"))
+    }
+
+    fn gauges(&self, spec: &Spec) -> prometheus::GaugeVec {
+        let opts = Opts::new(spec.name, spec.help);
+        self.add(prometheus::GaugeVec::new(opts, spec.labels).expect("valid metric"))
+    }
+
+    fn int_gauges(&self, spec: &Spec) -> prometheus::IntGaugeVec {
+        let opts = Opts::new(spec.name, spec.help);
+        self.add(prometheus::IntGaugeVec::new(opts, spec.labels).expect("valid metric"))
+    }
+
+    fn counter(&self, spec: &Spec) -> prometheus::IntCounter {
+        self.add(prometheus::IntCounter::new(spec.name, spec.help).expect("valid metric"))
+    }
+
+    fn gauge(&self, spec: &Spec) -> IntGauge {
+        self.add(IntGauge::new(spec.name, spec.help).expect("valid metric"))
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -138,222 +297,49 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("kms_sidecar".into()), None)
-            .expect("a constant prefix is valid");
-        let requests_total = IntCounterVec::new(
-            Opts::new(
-                "requests_total",
-                "API requests by operation, key alias and result code",
-            ),
-            &["op", "key", "code"],
-        )
-        .expect("valid metric");
-        let container_requests = IntCounterVec::new(
-            Opts::new(
-                "container_requests_total",
-                "API requests through a container's own socket, by container and result code",
-            ),
-            &["container", "code"],
-        )
-        .expect("valid metric");
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "request_duration_seconds",
-                "API request latency by operation",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["op"],
-        )
-        .expect("valid metric");
-        let backend_calls_total = IntCounterVec::new(
-            Opts::new(
-                "backend_calls_total",
-                "Calls to a KMS backend by operation and outcome",
-            ),
-            &["backend", "op", "outcome"],
-        )
-        .expect("valid metric");
-        let backend_call_duration = HistogramVec::new(
-            HistogramOpts::new("backend_call_duration_seconds", "KMS backend call latency")
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            &["backend", "op"],
-        )
-        .expect("valid metric");
-        let datakey_cache_hits = IntCounterVec::new(
-            Opts::new(
-                "datakey_cache_hits_total",
-                "Data keys served from the cache (each one a KMS call saved)",
-            ),
-            &["key", "op"],
-        )
-        .expect("valid metric");
-        let datakey_cache_misses = IntCounterVec::new(
-            Opts::new(
-                "datakey_cache_misses_total",
-                "Data key requests the cache could not serve",
-            ),
-            &["key", "op"],
-        )
-        .expect("valid metric");
-        let datakey_revocations = IntCounterVec::new(
-            Opts::new(
-                "datakey_cache_revocations_total",
-                "Times a key's cached data keys were dropped: the key was disabled, deleted or pending deletion, a version was disabled, or an operator flushed it",
-            ),
-            &["key", "reason"],
-        )
-        .expect("valid metric");
-        let datakey_backend_calls = IntCounterVec::new(
-            Opts::new(
-                "datakey_cache_backend_calls_total",
-                "KMS calls made by the data-key cache, refreshes included",
-            ),
-            &["key", "op"],
-        )
-        .expect("valid metric");
-        let credential_expiry = prometheus::GaugeVec::new(
-            Opts::new(
-                "credential_expiry_timestamp_seconds",
-                "When the backend's current credentials expire (Unix time)",
-            ),
-            &["backend"],
-        )
-        .expect("valid metric");
-        let credential_refresh = IntCounterVec::new(
-            Opts::new(
-                "credential_refresh_total",
-                "Background credential refreshes by outcome",
-            ),
-            &["backend", "outcome"],
-        )
-        .expect("valid metric");
-        let backend_failovers = IntCounterVec::new(
-            Opts::new(
-                "backend_failovers_total",
-                "Backend calls that failed over to a replica region",
-            ),
-            &["backend", "from", "to"],
-        )
-        .expect("valid metric");
-        let circuit_breaker_state = prometheus::IntGaugeVec::new(
-            Opts::new(
-                "circuit_breaker_state",
-                "Circuit breaker of each backend: 0 closed, 1 open, 2 half-open",
-            ),
-            &["backend"],
-        )
-        .expect("valid metric");
-        let backend_retries = IntCounterVec::new(
-            Opts::new(
-                "backend_retries_total",
-                "Backend calls retried after a retryable failure",
-            ),
-            &["backend"],
-        )
-        .expect("valid metric");
-        let rate_limited = prometheus::IntCounter::new(
-            "rate_limited_total",
-            "Requests refused by the per-caller rate limit or the per-key flush limit",
-        )
-        .expect("valid metric");
-        let connections_open =
-            IntGauge::new("connections_open", "Open connections on the Unix socket")
-                .expect("valid metric");
-        let connections_rejected = prometheus::IntCounter::new(
-            "connections_rejected_total",
-            "Connections closed at accept because limits.max_connections was reached",
-        )
-        .expect("valid metric");
-        let socket_bound = IntGauge::new(
-            "socket_bound",
-            "1 while listen.socket is the socket the sidecar listens on",
-        )
-        .expect("valid metric");
-        let socket_replaced = prometheus::IntCounter::new(
-            "socket_replaced_total",
-            "Times the socket file was found removed or replaced by another process",
-        )
-        .expect("valid metric");
-        let identity_token_expiry = prometheus::GaugeVec::new(
-            Opts::new(
-                "identity_token_expiry_seconds",
-                "Seconds until the backend's projected identity token expires, at the last look",
-            ),
-            &["backend"],
-        )
-        .expect("valid metric");
-        let config_reloads = IntCounterVec::new(
-            Opts::new(
-                "config_reloads_total",
-                "Config file reloads by outcome (applied, rejected)",
-            ),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let config_generation = IntGauge::new(
-            "config_generation",
-            "The live config: 1 at start, one more for each reload applied",
-        )
-        .expect("valid metric");
-        config_generation.set(1);
+        let r = Registrar(
+            Registry::new_custom(Some("kms_sidecar".into()), None)
+                .expect("a constant prefix is valid"),
+        );
+        let metrics = Self {
+            requests_total: r.counters(&REQUESTS_TOTAL),
+            request_duration: r.histograms(&REQUEST_DURATION),
+            container_requests: r.counters(&CONTAINER_REQUESTS),
+            backend_calls_total: r.counters(&BACKEND_CALLS),
+            backend_call_duration: r.histograms(&BACKEND_CALL_DURATION),
+            datakey_cache_hits: r.counters(&DATAKEY_CACHE_HITS),
+            datakey_cache_misses: r.counters(&DATAKEY_CACHE_MISSES),
+            datakey_backend_calls: r.counters(&DATAKEY_BACKEND_CALLS),
+            datakey_revocations: r.counters(&DATAKEY_REVOCATIONS),
+            credential_expiry: r.gauges(&CREDENTIAL_EXPIRY),
+            credential_refresh: r.counters(&CREDENTIAL_REFRESH),
+            backend_failovers: r.counters(&BACKEND_FAILOVERS),
+            circuit_breaker_state: r.int_gauges(&CIRCUIT_BREAKER_STATE),
+            backend_retries: r.counters(&BACKEND_RETRIES),
+            rate_limited: r.counter(&RATE_LIMITED),
+            connections_open: r.gauge(&CONNECTIONS_OPEN),
+            connections_rejected: r.counter(&CONNECTIONS_REJECTED),
+            socket_bound: r.gauge(&SOCKET_BOUND),
+            socket_replaced: r.counter(&SOCKET_REPLACED),
+            identity_token_expiry: r.gauges(&IDENTITY_TOKEN_EXPIRY),
+            config_reloads: r.counters(&CONFIG_RELOADS),
+            config_generation: r.gauge(&CONFIG_GENERATION),
+            registry: r.0,
+        };
+        metrics.config_generation.set(1);
         for outcome in ["applied", "rejected"] {
-            config_reloads.with_label_values(&[outcome]);
+            metrics.config_reloads.with_label_values(&[outcome]);
         }
         for c in [
-            Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(request_duration.clone()),
-            Box::new(container_requests.clone()),
-            Box::new(backend_calls_total.clone()),
-            Box::new(backend_call_duration.clone()),
-            Box::new(datakey_cache_hits.clone()),
-            Box::new(datakey_cache_misses.clone()),
-            Box::new(datakey_backend_calls.clone()),
-            Box::new(datakey_revocations.clone()),
-            Box::new(credential_expiry.clone()),
-            Box::new(credential_refresh.clone()),
-            Box::new(backend_failovers.clone()),
-            Box::new(circuit_breaker_state.clone()),
-            Box::new(backend_retries.clone()),
-            Box::new(rate_limited.clone()),
-            Box::new(connections_open.clone()),
-            Box::new(connections_rejected.clone()),
-            Box::new(socket_bound.clone()),
-            Box::new(socket_replaced.clone()),
-            Box::new(identity_token_expiry.clone()),
-            Box::new(config_reloads.clone()),
-            Box::new(config_generation.clone()),
-            Box::new(trace_spans_dropped().clone()),
+            Box::new(trace_spans_dropped().clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(trace_spans_exported().clone()),
         ] {
-            registry
+            metrics
+                .registry
                 .register(c)
                 .expect("each metric is registered once");
         }
-        Self {
-            registry,
-            requests_total,
-            request_duration,
-            container_requests,
-            backend_calls_total,
-            backend_call_duration,
-            datakey_cache_hits,
-            datakey_cache_misses,
-            datakey_backend_calls,
-            datakey_revocations,
-            credential_expiry,
-            credential_refresh,
-            backend_failovers,
-            circuit_breaker_state,
-            backend_retries,
-            rate_limited,
-            connections_open,
-            connections_rejected,
-            socket_bound,
-            socket_replaced,
-            identity_token_expiry,
-            config_reloads,
-            config_generation,
-        }
+        metrics
     }
 
     /// The Prometheus text exposition of every metric, with the `key`

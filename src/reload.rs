@@ -117,7 +117,7 @@ pub enum Rejected {
     #[error(transparent)]
     Invalid(#[from] config::Error),
     #[error(transparent)]
-    Backend(#[from] backend::BuildError),
+    Backend(#[from] backend::BuildFailed),
     #[error("backend `{backend}` (changed) is not healthy after {}s: {reason}", READY_WAIT.as_secs())]
     NotReady { backend: String, reason: String },
 }
@@ -296,10 +296,12 @@ impl Reloader {
     async fn apply(&self, state: &mut State, text: &[u8]) -> Result<i64, Rejected> {
         let text = String::from_utf8_lossy(text);
         let config = Config::parse(&text, &self.path.display().to_string(), &ProcessEnv)?;
+        let env: Arc<dyn config::Env> = Arc::new(ProcessEnv);
         let old = &state.current;
         let changes = config::Changes::between(&old.config, &config);
         let backends =
-            backend::build_after(&config, &self.metrics, Some((changes, &old.backends))).await?;
+            backend::build_after(&config, &self.metrics, &env, Some((changes, &old.backends)))
+                .await?;
         for (name, backend) in &backends {
             let kept = old
                 .backends

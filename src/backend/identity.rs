@@ -17,7 +17,7 @@
 //!   token has left, and a token past its expiry that has not changed since
 //!   the last look is warned about once: nothing is rotating it.
 
-use crate::config::{BackendConfig, GcpCredentials, VaultAuth};
+use crate::config::TokenRule;
 use crate::metrics::Metrics;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -26,13 +26,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How often a backend's token is looked at besides its health checks.
 pub const CHECK_EVERY: Duration = Duration::from_secs(30);
-
-/// Azure's token exchange audiences: public cloud, China, US Government.
-const AZURE_AUDIENCES: [&str; 3] = [
-    "api://AzureADTokenExchange",
-    "api://AzureADTokenExchangeChina",
-    "api://AzureADTokenExchangeUSGov",
-];
 
 /// A projected service-account token a backend reads, and what it must say.
 #[derive(Debug)]
@@ -144,69 +137,17 @@ fn audiences_found(found: &[String]) -> String {
 }
 
 impl IdentityToken {
-    /// The projected token `backend` reads, if it reads one: from its config
-    /// and the environment the platform sets (`env`).
-    pub fn of(
-        name: &str,
-        backend: &BackendConfig,
-        env: &dyn crate::config::Env,
-        metrics: &Arc<Metrics>,
-    ) -> Option<Arc<IdentityToken>> {
-        let (path, source, audiences): (PathBuf, &'static str, Vec<String>) = match backend {
-            BackendConfig::Aws(_) => (
-                env.var("AWS_WEB_IDENTITY_TOKEN_FILE")?.into(),
-                "AWS_WEB_IDENTITY_TOKEN_FILE",
-                vec!["sts.amazonaws.com".into()],
-            ),
-            BackendConfig::Azure(c)
-                if c.credential == crate::config::AzureCredential::WorkloadIdentity =>
-            {
-                let (path, source) = match &c.token_file {
-                    Some(p) => (p.clone(), "token_file"),
-                    None => (
-                        env.var("AZURE_FEDERATED_TOKEN_FILE")?.into(),
-                        "AZURE_FEDERATED_TOKEN_FILE",
-                    ),
-                };
-                (path, source, AZURE_AUDIENCES.map(String::from).to_vec())
-            }
-            BackendConfig::Gcp(c) if c.credentials != Some(GcpCredentials::Metadata) => {
-                let file: PathBuf = match &c.credentials_file {
-                    Some(p) => p.clone(),
-                    None => env.var("GOOGLE_APPLICATION_CREDENTIALS")?.into(),
-                };
-                let account: Value = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
-                if account["type"] != "external_account" {
-                    return None;
-                }
-                let path = account["credential_source"]["file"].as_str()?;
-                let audience = account["audience"].as_str()?;
-                let audiences = vec![audience.to_owned(), format!("https:{audience}")];
-                (
-                    path.into(),
-                    "the external account's credential_source.file",
-                    audiences,
-                )
-            }
-            BackendConfig::Vault(c) => match &c.auth {
-                VaultAuth::Kubernetes(a) | VaultAuth::Jwt(a) => (
-                    (a.token_file.clone())
-                        .unwrap_or_else(|| crate::config::SERVICE_ACCOUNT_TOKEN.into()),
-                    "auth.token_file",
-                    a.audience.iter().cloned().collect(),
-                ),
-                _ => return None,
-            },
-            _ => return None,
-        };
-        Some(Arc::new(IdentityToken {
-            backend: name.to_owned(),
-            path,
-            source,
-            audiences,
+    /// The checks of the token `backend` reads, as its config and the
+    /// environment resolved it ([`TokenRule`]: which file, which audiences).
+    pub fn of(backend: &str, rule: &TokenRule, metrics: &Arc<Metrics>) -> Arc<IdentityToken> {
+        Arc::new(IdentityToken {
+            backend: backend.to_owned(),
+            path: rule.path.clone(),
+            source: rule.from,
+            audiences: rule.audiences.clone(),
             metrics: metrics.clone(),
             last: Mutex::new(None),
-        }))
+        })
     }
 
     /// At start: a token that is there must be right; one not there yet
@@ -232,10 +173,24 @@ impl IdentityToken {
                 return Err(Problem::Unreadable { path, from, why });
             }
         };
-        let token = String::from_utf8_lossy(&text);
+        let exp = self.claims_problem(&text, &path)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.metrics
+            .identity_token_expiry
+            .with_label_values(&[&self.backend])
+            .set(exp as f64 - now as f64);
+        self.expiry_problem(&text, &path, exp, now)
+    }
+
+    /// The token's expiry, once its audience and claims are right.
+    fn claims_problem(&self, text: &[u8], path: &str) -> Result<u64, Problem> {
+        let from = self.source;
+        let token = String::from_utf8_lossy(text);
         let claims = jsonwebtoken::dangerous::insecure_decode::<Value>(token.trim())
             .map_err(|e| Problem::NotJwt {
-                path: path.clone(),
+                path: path.to_owned(),
                 from,
                 // The decoder's errors may quote the token's header.
                 why: untrusted(&e.to_string()),
@@ -251,7 +206,7 @@ impl IdentityToken {
         };
         if !self.audiences.is_empty() && !found.iter().any(|a| self.audiences.contains(a)) {
             return Err(Problem::Audience {
-                path,
+                path: path.to_owned(),
                 from,
                 found: audiences_found(&found),
                 expected: listed(&self.audiences, "or"),
@@ -259,24 +214,21 @@ impl IdentityToken {
         }
         for claim in ["iss", "sub"] {
             if !claims[claim].is_string() {
+                let path = path.to_owned();
                 return Err(Problem::NoClaim { path, from, claim });
             }
         }
-        let Some(exp) = claims["exp"].as_u64() else {
-            return Err(Problem::NoClaim {
-                path,
-                from,
-                claim: "exp",
-            });
-        };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.metrics
-            .identity_token_expiry
-            .with_label_values(&[&self.backend])
-            .set(exp as f64 - now as f64);
-        let hash: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &text)
+        claims["exp"].as_u64().ok_or_else(|| Problem::NoClaim {
+            path: path.to_owned(),
+            from,
+            claim: "exp",
+        })
+    }
+
+    /// Whether the token (`text`, expiring at `exp`) has expired by `now`;
+    /// an expired token seen before unchanged is warned about once.
+    fn expiry_problem(&self, text: &[u8], path: &str, exp: u64, now: u64) -> Result<(), Problem> {
+        let hash: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text)
             .as_ref()
             .try_into()
             .expect("32 bytes");
@@ -298,8 +250,8 @@ impl IdentityToken {
         }
         *last = Some((hash, seen_before || warned));
         Err(Problem::Expired {
-            path,
-            from,
+            path: path.to_owned(),
+            from: self.source,
             at: at.to_string(),
         })
     }

@@ -1,7 +1,7 @@
 //! `backends.*`: one config type per KMS, selected by `type`, and the
 //! resilience settings every backend takes.
 
-use super::Duration;
+use super::{Duration, Resilience, WithResilience};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -10,30 +10,30 @@ use std::path::PathBuf;
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum BackendConfig {
     /// Software keys in a local directory (development, tests).
-    Local(LocalBackend),
+    Local(WithResilience<LocalBackend>),
     /// AWS KMS.
-    Aws(AwsBackendConfig),
+    Aws(WithResilience<AwsBackendConfig>),
     /// HashiCorp Vault or OpenBao transit.
-    Vault(VaultBackendConfig),
+    Vault(WithResilience<VaultBackendConfig>),
     /// Azure Key Vault or Managed HSM.
-    Azure(AzureBackendConfig),
+    Azure(WithResilience<AzureBackendConfig>),
     /// Google Cloud KMS.
-    Gcp(GcpBackendConfig),
+    Gcp(WithResilience<GcpBackendConfig>),
     /// A PKCS#11 token (an HSM, SoftHSM2).
-    Pkcs11(Pkcs11BackendConfig),
+    Pkcs11(WithResilience<Pkcs11BackendConfig>),
 }
 
 impl BackendConfig {
     /// The per-call timeout (unset: `limits.backend_timeout`), retries and
     /// circuit breaker every backend takes.
-    pub fn resilience(&self) -> (Option<Duration>, Retries, Circuit) {
+    pub fn resilience(&self) -> &Resilience {
         match self {
-            BackendConfig::Local(c) => (c.timeout, c.retries, c.circuit),
-            BackendConfig::Aws(c) => (c.timeout, c.retries, c.circuit),
-            BackendConfig::Vault(c) => (c.timeout, c.retries, c.circuit),
-            BackendConfig::Azure(c) => (c.timeout, c.retries, c.circuit),
-            BackendConfig::Gcp(c) => (c.timeout, c.retries, c.circuit),
-            BackendConfig::Pkcs11(c) => (c.timeout, c.retries, c.circuit),
+            BackendConfig::Local(c) => &c.resilience,
+            BackendConfig::Aws(c) => &c.resilience,
+            BackendConfig::Vault(c) => &c.resilience,
+            BackendConfig::Azure(c) => &c.resilience,
+            BackendConfig::Gcp(c) => &c.resilience,
+            BackendConfig::Pkcs11(c) => &c.resilience,
         }
     }
 
@@ -55,15 +55,6 @@ impl BackendConfig {
 pub struct LocalBackend {
     /// Directory of key files (created 0700; files 0600).
     pub dir: PathBuf,
-    /// Timeout of one backend call; default `limits.backend_timeout`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Duration>,
-    /// Retries of retryable failures (SPEC §8).
-    #[serde(default)]
-    pub retries: Retries,
-    /// The circuit breaker (SPEC §8).
-    #[serde(default)]
-    pub circuit: Circuit,
 }
 
 /// `type: aws`. Credentials come from the AWS default chain (IRSA web
@@ -89,15 +80,6 @@ pub struct AwsBackendConfig {
     /// but no sooner than `min` and no later than `max` after the last refresh.
     #[serde(default)]
     pub credential_refresh: RefreshBounds,
-    /// Timeout of one backend call; default `limits.backend_timeout`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Duration>,
-    /// Retries of retryable failures (SPEC §8).
-    #[serde(default)]
-    pub retries: Retries,
-    /// The circuit breaker (SPEC §8).
-    #[serde(default)]
-    pub circuit: Circuit,
 }
 
 /// `type: vault`: HashiCorp Vault or OpenBao, transit secrets engine.
@@ -126,15 +108,6 @@ pub struct VaultBackendConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key: Option<PathBuf>,
     pub auth: VaultAuth,
-    /// Timeout of one backend call; default `limits.backend_timeout`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Duration>,
-    /// Retries of retryable failures (SPEC §8).
-    #[serde(default)]
-    pub retries: Retries,
-    /// The circuit breaker (SPEC §8).
-    #[serde(default)]
-    pub circuit: Circuit,
 }
 
 /// `type: azure`: Azure Key Vault or Managed HSM. Credentials come from the
@@ -176,15 +149,6 @@ pub struct AzureBackendConfig {
     /// lifetime, within these bounds.
     #[serde(default)]
     pub credential_refresh: RefreshBounds,
-    /// Timeout of one backend call; default `limits.backend_timeout`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Duration>,
-    /// Retries of retryable failures (SPEC §8).
-    #[serde(default)]
-    pub retries: Retries,
-    /// The circuit breaker (SPEC §8).
-    #[serde(default)]
-    pub circuit: Circuit,
 }
 
 /// `type: gcp`: Google Cloud KMS. Credentials come from the platform
@@ -216,15 +180,6 @@ pub struct GcpBackendConfig {
     /// `$GOOGLE_APPLICATION_CREDENTIALS`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<PathBuf>,
-    /// Timeout of one backend call; default `limits.backend_timeout`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Duration>,
-    /// Retries of retryable failures (SPEC §8).
-    #[serde(default)]
-    pub retries: Retries,
-    /// The circuit breaker (SPEC §8).
-    #[serde(default)]
-    pub circuit: Circuit,
 }
 
 /// `type: pkcs11`: a token of a PKCS#11 module (an HSM vendor's library,
@@ -248,15 +203,6 @@ pub struct Pkcs11BackendConfig {
     /// this many calls run at once.
     #[serde(default = "default_pkcs11_sessions")]
     pub sessions: u16,
-    /// Timeout of one backend call; default `limits.backend_timeout`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Duration>,
-    /// Retries of retryable failures (SPEC §8).
-    #[serde(default)]
-    pub retries: Retries,
-    /// The circuit breaker (SPEC §8).
-    #[serde(default)]
-    pub circuit: Circuit,
 }
 
 fn default_pkcs11_sessions() -> u16 {

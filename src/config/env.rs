@@ -1,4 +1,7 @@
-//! The one place that reads `KMS_SIDECAR_…` environment overrides.
+//! The one place that reads the environment: [`Env`], the process's or a
+//! map in tests, is how every other module sees it (config overrides,
+//! `RUST_LOG`, the variables backends take defaults and secrets from, see
+//! [`super::resolved`]). `KMS_SIDECAR_…` variables override config fields.
 //!
 //! `KMS_SIDECAR_LISTEN__SOCKET=/run/kms.sock` sets `listen.socket`: the rest
 //! of the name is the field path, segments separated by `__`, lower-cased.
@@ -15,7 +18,7 @@ pub const PREFIX: &str = "KMS_SIDECAR_";
 const RESERVED: &[&str] = &["KMS_SIDECAR_CONFIG", "KMS_SIDECAR_SOCKET"];
 
 /// Where environment variables come from: the process, or a map in tests.
-pub trait Env {
+pub trait Env: Send + Sync {
     fn vars(&self) -> Vec<(String, String)>;
     fn var(&self, name: &str) -> Option<String> {
         self.vars()
@@ -33,6 +36,11 @@ impl Env for ProcessEnv {
         std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect()
+    }
+
+    /// One variable, without copying the others (some hold secrets).
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
     }
 }
 

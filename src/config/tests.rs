@@ -62,8 +62,8 @@ keys: {k: {backend: v, key: k}}
         panic!("not vault")
     };
     assert_eq!(v.mount, "transit");
-    assert_eq!(v.timeout, None);
-    assert_eq!(v.retries.max_attempts, 3);
+    assert_eq!(v.resilience.timeout, None);
+    assert_eq!(v.resilience.retries.max_attempts, 3);
     assert!(matches!(&v.auth, VaultAuth::Kubernetes(r) if r.role == "app"));
 
     let text = r#"
@@ -354,4 +354,53 @@ fn container_rules_need_a_socket_per_container_and_container_names() {
         Some(PathBuf::from("/var/run/kms-sidecar/containers"))
     );
     assert_eq!(c.callers[0].containers, ["api"]);
+}
+
+/// Each backend's rule for its identity token, resolved once: the config's
+/// file before the environment's, none where the credential reads none.
+#[test]
+fn identity_tokens_resolve_from_config_then_environment() {
+    let text = r#"
+backends:
+  wi: {type: azure, vault_url: "https://v.vault.azure.net"}
+  own: {type: azure, vault_url: "https://v.vault.azure.net", token_file: /own}
+  mi: {type: azure, vault_url: "https://v.vault.azure.net", credential: managed_identity}
+  k8s: {type: vault, auth: {method: kubernetes, role: r}}
+  jwt: {type: vault, auth: {method: jwt, role: r, token_file: /jwt, audience: bao}}
+  md: {type: gcp, project: p, location: l, key_ring: r, credentials: metadata}
+  aws: {type: aws, region: r}
+keys: {}
+"#;
+    let env: BTreeMap<String, String> = [
+        ("AZURE_FEDERATED_TOKEN_FILE", "/azure"),
+        ("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent.json"),
+        ("VAULT_NAMESPACE", "team"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let c = Config::parse(text, "t", &no_env()).unwrap();
+    let token = |name: &str| {
+        let resolved = c.backends[name].resolve(&env);
+        resolved
+            .identity_token()
+            .map(|t| (t.path.display().to_string(), t.from, t.audiences.len()))
+    };
+    assert_eq!(
+        token("wi"),
+        Some(("/azure".into(), "AZURE_FEDERATED_TOKEN_FILE", 3))
+    );
+    assert_eq!(token("own"), Some(("/own".into(), "token_file", 3)));
+    assert_eq!(token("mi"), None);
+    assert_eq!(
+        token("k8s"),
+        Some((SERVICE_ACCOUNT_TOKEN.into(), "auth.token_file", 0))
+    );
+    assert_eq!(token("jwt"), Some(("/jwt".into(), "auth.token_file", 1)));
+    assert_eq!(token("md"), None);
+    assert_eq!(token("aws"), None, "no AWS_WEB_IDENTITY_TOKEN_FILE");
+    let Resolved::Vault(v) = c.backends["k8s"].resolve(&env) else {
+        panic!("not vault")
+    };
+    assert_eq!((v.namespace.as_deref(), v.address), (Some("team"), None));
 }

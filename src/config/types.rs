@@ -3,7 +3,7 @@
 
 use super::{ByteSize, Duration, KeyLabels, Mode, Rate, Timestamp};
 use crate::crypto::Algorithm;
-use crate::policy::OpOrAll;
+use crate::ops::OpOrAll;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

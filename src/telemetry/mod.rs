@@ -8,7 +8,7 @@
 #[cfg(feature = "otlp")]
 pub mod otlp;
 
-use crate::config::{Log, LogFormat};
+use crate::config::{Env, Log, LogFormat};
 use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,9 +68,10 @@ const CREDENTIAL_TARGETS: &[(&str, LevelFilter)] = &[
     ("google_cloud_kms_v1", LevelFilter::INFO),
 ];
 
-/// Logging only (the webhook, and the sidecar when no trace export is set).
-pub fn init(log: &Log) {
-    install(log, None);
+/// Logging only (the webhook, and the sidecar when no trace export is set);
+/// `RUST_LOG` in `env` overrides `log.level`.
+pub fn init(log: &Log, env: &dyn Env) {
+    install(log, env, None);
 }
 
 /// Logging, and OpenTelemetry traces when `telemetry.otlp` or the standard
@@ -80,18 +81,18 @@ pub fn init(log: &Log) {
 pub fn init_with_traces(
     log: &Log,
     config: Option<&crate::config::OtlpConfig>,
-    env: &dyn crate::config::Env,
+    env: &dyn Env,
     runtime: &tokio::runtime::Handle,
 ) -> Result<Option<otlp::Tracing>, String> {
     let Some(settings) = otlp::Settings::resolve(config, env)? else {
-        init(log);
+        init(log, env);
         return Ok(None);
     };
     let traces = {
         let _in = runtime.enter();
         otlp::Tracing::start(&settings, runtime.clone())?
     };
-    install(log, Some(Box::new(traces.layer())));
+    install(log, env, Some(Box::new(traces.layer())));
     EXPORTING.store(true, Ordering::Relaxed);
     tracing::info!(protocol = settings.protocol(), "exporting traces over OTLP");
     Ok(Some(traces))
@@ -100,9 +101,8 @@ pub fn init_with_traces(
 /// The subscriber: the trace export's layer (if any) and the log layer,
 /// each with its own filter. No layer is unfiltered: a span or event that
 /// no filter wants (a `debug` span at level `info`) is not even made.
-fn install(log: &Log, traces: Option<Box<dyn Layer<Registry> + Send + Sync>>) {
-    let spec = std::env::var("RUST_LOG")
-        .ok()
+fn install(log: &Log, env: &dyn Env, traces: Option<Box<dyn Layer<Registry> + Send + Sync>>) {
+    let spec = (env.var("RUST_LOG"))
         .filter(|s| EnvFilter::try_new(s).is_ok())
         .unwrap_or_else(|| log.level.clone());
     let json = match log.format {

@@ -151,3 +151,110 @@ fn an_audit_rotation_larger_than_its_data_volume_exits_2() {
     let (code, _, err) = check(&elsewhere, &volume);
     assert_eq!(code, Some(0), "not in the volume: {err}");
 }
+
+/// `config check` prints, after the config, each backend's settings as
+/// resolved with the environment — token files and their audiences,
+/// endpoints, where secrets come from — as YAML comments (the output still
+/// loads as a config), and never a secret: not the PIN, not the client
+/// secret, not a token.
+#[test]
+fn config_check_prints_resolved_values_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let gcp = dir.path().join("gcp.json");
+    let audience =
+        "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k";
+    std::fs::write(
+        &gcp,
+        serde_json::json!({
+            "type": "external_account",
+            "audience": audience,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "token_url": "https://sts.googleapis.com/v1/token",
+            "credential_source": { "file": "/var/run/secrets/tokens/gcp" },
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let config = format!(
+        r#"backends:
+  kms: {{ type: aws, region: eu-west-1, sts_endpoint: "http://127.0.0.1:1" }}
+  bao: {{ type: vault, auth: {{ method: kubernetes, role: app, audience: vault }} }}
+  kv: {{ type: azure, vault_url: "https://v.vault.azure.net", credential: client_secret }}
+  hsm: {{ type: pkcs11, module: /usr/lib/softhsm/libsofthsm2.so, token_label: t, pin_env: HSM_PIN }}
+  gc: {{ type: gcp, project: p, location: global, key_ring: r, credentials: external_account, credentials_file: "{}" }}
+keys: {{}}
+"#,
+        gcp.display()
+    );
+    let secrets = ["azure-s3cret-value-1234", "pin-s3cret-9876"];
+    let (code, out, err) = check(
+        &config,
+        &[
+            ("AWS_ROLE_ARN", "arn:aws:iam::111122223333:role/app"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/eks/token"),
+            ("VAULT_ADDR", "https://vault.example:8200"),
+            ("AZURE_TENANT_ID", "tenant-1"),
+            ("AZURE_CLIENT_ID", "client-1"),
+            ("AZURE_CLIENT_SECRET", secrets[0]),
+            ("HSM_PIN", secrets[1]),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    for secret in secrets {
+        assert!(!out.contains(secret) && !err.contains(secret), "{out}{err}");
+    }
+    // The output is still a config, resolved values aside.
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&out).unwrap();
+    assert_eq!(v["backends"]["kms"]["region"], "eu-west-1");
+    let (_, comments) = out
+        .split_once("# Resolved with the environment")
+        .unwrap_or_else(|| panic!("no resolved values in {out}"));
+    let resolved: String = comments
+        .lines()
+        .skip(1)
+        .map(|l| {
+            format!(
+                "{}\n",
+                l.strip_prefix("# ").unwrap_or_else(|| panic!("{l:?}"))
+            )
+        })
+        .collect();
+    let r: serde_yaml_ng::Value = serde_yaml_ng::from_str(&resolved).unwrap();
+    let b = &r["backends"];
+    assert_eq!(b["kms"]["type"], "aws");
+    assert_eq!(b["kms"]["role_arn"], "arn:aws:iam::111122223333:role/app");
+    assert_eq!(
+        b["kms"]["identity_token"]["path"],
+        "/var/run/secrets/eks/token"
+    );
+    assert_eq!(
+        b["kms"]["identity_token"]["from"],
+        "AWS_WEB_IDENTITY_TOKEN_FILE"
+    );
+    assert_eq!(
+        b["kms"]["identity_token"]["audiences"][0],
+        "sts.amazonaws.com"
+    );
+    assert_eq!(b["bao"]["address"], "https://vault.example:8200");
+    assert_eq!(
+        b["bao"]["identity_token"]["path"],
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    );
+    assert_eq!(b["bao"]["identity_token"]["audiences"][0], "vault");
+    assert_eq!(b["kv"]["tenant_id"], "tenant-1");
+    assert_eq!(b["kv"]["client_secret"]["env"], "AZURE_CLIENT_SECRET");
+    assert_eq!(b["hsm"]["pin"]["env"], "HSM_PIN");
+    assert_eq!(
+        b["gc"]["credentials_file"],
+        gcp.display().to_string().as_str()
+    );
+    assert_eq!(
+        b["gc"]["identity_token"]["path"],
+        "/var/run/secrets/tokens/gcp"
+    );
+    assert_eq!(b["gc"]["identity_token"]["audiences"][0], audience);
+    assert_eq!(
+        b["gc"]["identity_token"]["audiences"][1],
+        format!("https:{audience}").as_str()
+    );
+}

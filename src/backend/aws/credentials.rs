@@ -7,12 +7,13 @@
 //! KMS clients sign with what the refresher holds ([`RefreshedProvider`]).
 
 use crate::backend::credentials::{Fresh, Handle, RefreshError, Source};
-use crate::config::AwsBackendConfig;
+use crate::config::{AwsBackendConfig, AwsResolved, Env};
 use async_trait::async_trait;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::future::ProvideCredentials as CredentialsFuture;
 use aws_sdk_kms::config::{Credentials, ProvideCredentials, SharedCredentialsProvider};
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 use zeroize::Zeroizing;
 
@@ -21,8 +22,10 @@ use zeroize::Zeroizing;
 pub(super) async fn chain(
     sdk: &aws_config::SdkConfig,
     config: &AwsBackendConfig,
+    resolved: &AwsResolved,
+    env: Arc<dyn Env>,
 ) -> Result<Chain, String> {
-    let mut source = match WebIdentity::from_env(sdk, config) {
+    let mut source = match WebIdentity::resolved(sdk, resolved) {
         Some(web_identity) => Some(SharedCredentialsProvider::new(web_identity)),
         None => sdk.credentials_provider(),
     };
@@ -49,12 +52,16 @@ pub(super) async fn chain(
         };
     }
     let source = source.ok_or("no AWS credentials provider could be configured")?;
-    Ok(Chain(source))
+    Ok(Chain { source, env })
 }
 
 /// The provider chain as the refresher's source: every refresh asks it
-/// anew (a web identity re-reads its token file).
-pub(super) struct Chain(SharedCredentialsProvider);
+/// anew (a web identity re-reads its token file). The environment names
+/// the tokens to cut out of its errors.
+pub(super) struct Chain {
+    source: SharedCredentialsProvider,
+    env: Arc<dyn Env>,
+}
 
 #[async_trait]
 impl Source for Chain {
@@ -64,11 +71,13 @@ impl Source for Chain {
         &self,
         _current: Option<&Credentials>,
     ) -> Result<Fresh<Credentials>, RefreshError> {
-        let credentials = match self.0.provide_credentials().await {
+        let credentials = match self.source.provide_credentials().await {
             Ok(c) => c,
             Err(e) => {
                 let message = aws_sdk_kms::error::DisplayErrorContext(&e).to_string();
-                return Err(RefreshError(without_tokens(message).await));
+                return Err(RefreshError(
+                    without_tokens(message, self.env.as_ref()).await,
+                ));
             }
         };
         Ok(Fresh {
@@ -82,19 +91,19 @@ impl Source for Chain {
 /// name no keys, but aws-config quotes the content of a token it cannot use
 /// (Pod Identity's token file with a trailing newline, say: its
 /// `InvalidAuthToken` error holds the whole token).
-async fn without_tokens(mut message: String) -> String {
+async fn without_tokens(mut message: String, env: &dyn Env) -> String {
     let mut tokens = Vec::new();
     for file in [
         "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
         "AWS_WEB_IDENTITY_TOKEN_FILE",
     ] {
-        if let Ok(path) = std::env::var(file)
+        if let Some(path) = env.var(file)
             && let Ok(token) = tokio::fs::read_to_string(path).await
         {
             tokens.push(zeroize::Zeroizing::new(token));
         }
     }
-    if let Ok(token) = std::env::var("AWS_CONTAINER_AUTHORIZATION_TOKEN") {
+    if let Some(token) = env.var("AWS_CONTAINER_AUTHORIZATION_TOKEN") {
         tokens.push(zeroize::Zeroizing::new(token));
     }
     for token in &tokens {
@@ -128,13 +137,12 @@ impl fmt::Debug for WebIdentity {
 
 impl WebIdentity {
     /// Set up when `sts_endpoint` is configured and the pod has IRSA's
-    /// `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE`.
-    fn from_env(sdk: &aws_config::SdkConfig, config: &AwsBackendConfig) -> Option<Self> {
-        let endpoint = config.sts_endpoint.as_ref()?;
-        let role_arn = std::env::var("AWS_ROLE_ARN").ok()?;
-        let token_file = std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE")?.into();
-        let session_name =
-            std::env::var("AWS_ROLE_SESSION_NAME").unwrap_or_else(|_| "kms-sidecar".into());
+    /// `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE` (as resolved).
+    fn resolved(sdk: &aws_config::SdkConfig, resolved: &AwsResolved) -> Option<Self> {
+        let endpoint = resolved.sts_endpoint.as_ref()?;
+        let role_arn = resolved.role_arn.clone()?;
+        let token_file = resolved.identity_token.as_ref()?.path.clone();
+        let session_name = resolved.role_session_name.clone();
         let sts = aws_sdk_sts::config::Builder::from(sdk)
             .endpoint_url(endpoint)
             .build();

@@ -53,16 +53,19 @@ impl fmt::Debug for AwsBackend {
 
 impl AwsBackend {
     pub async fn new(
-        name: &str,
+        ctx: &super::BuildContext<'_>,
         config: &AwsBackendConfig,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+        resolved: &crate::config::AwsResolved,
+    ) -> Result<Self, super::BuildError> {
+        let (name, metrics) = (ctx.name, ctx.metrics.clone());
         let region = RegionProviderChain::first_try(Region::new(config.region.clone()));
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .region(region)
             .load()
             .await;
-        let chain = credentials::chain(&sdk, config).await?;
+        let chain = credentials::chain(&sdk, config, resolved, ctx.env.clone())
+            .await
+            .map_err(super::BuildError::Credentials)?;
         let schedule = Schedule::within(config.credential_refresh);
         let credentials = Refresher::spawn(name, chain, schedule, metrics.clone());
         // Start with credentials when they come quickly, so that a normal

@@ -8,7 +8,7 @@
 //! never calls Entra itself, so requests never wait on a login.
 
 use crate::backend::credentials::{Fresh, Handle, NotReady, RefreshError, Source};
-use crate::config::{AzureBackendConfig, AzureCredential};
+use crate::config::{AzureCredential, AzureResolved, Env, SecretFrom};
 use async_trait::async_trait;
 use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
 use azure_core::http::{ClientMethodOptions, ClientOptions, RetryOptions, Transport};
@@ -46,31 +46,32 @@ pub(super) struct Login {
     client_id: Option<String>,
     authority_host: Option<String>,
     token_file: Option<PathBuf>,
-    secret_file: Option<PathBuf>,
+    secret: Option<SecretFrom>,
+    /// Where `AZURE_CLIENT_SECRET` is read, at every token request.
+    env: Arc<dyn Env>,
     /// The HTTP client every SDK credential of this backend shares.
     transport: Transport,
 }
 
 impl Login {
-    /// The login of `config`, with the defaults from the standard `AZURE_*`
-    /// variables checked now, so that a missing one fails at start.
+    /// The login of the backend's settings as resolved with the standard
+    /// `AZURE_*` variables, checked now, so that a missing one fails at
+    /// start.
     pub(super) fn new(
-        config: &AzureBackendConfig,
+        resolved: &AzureResolved,
+        env: Arc<dyn Env>,
         scope: String,
         transport: Transport,
     ) -> Result<Self, String> {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let login = Self {
-            kind: config.credential,
+            kind: resolved.credential,
             scope,
-            tenant_id: config.tenant_id.clone().or_else(|| env("AZURE_TENANT_ID")),
-            client_id: config.client_id.clone().or_else(|| env("AZURE_CLIENT_ID")),
-            authority_host: config.authority_host.clone(),
-            token_file: config
-                .token_file
-                .clone()
-                .or_else(|| env("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from)),
-            secret_file: config.client_secret_file.clone(),
+            tenant_id: resolved.tenant_id.clone(),
+            client_id: resolved.client_id.clone(),
+            authority_host: resolved.authority_host.clone(),
+            token_file: (resolved.identity_token.as_ref()).map(|t| t.path.clone()),
+            secret: resolved.client_secret.clone(),
+            env,
             transport,
         };
         let needs: &[(&str, bool)] = match login.kind {
@@ -87,7 +88,7 @@ impl Login {
                 ("client_id (or AZURE_CLIENT_ID)", login.client_id.is_some()),
                 (
                     "client_secret_file (or AZURE_CLIENT_SECRET)",
-                    login.secret_file.is_some() || env("AZURE_CLIENT_SECRET").is_some(),
+                    login.secret.is_some(),
                 ),
             ],
             AzureCredential::ManagedIdentity => &[],
@@ -108,11 +109,7 @@ impl Login {
     }
 
     fn kind_name(&self) -> &'static str {
-        match self.kind {
-            AzureCredential::WorkloadIdentity => "workload_identity",
-            AzureCredential::ManagedIdentity => "managed_identity",
-            AzureCredential::ClientSecret => "client_secret",
-        }
+        self.kind.name()
     }
 
     /// Options of an SDK credential: our HTTP client, no SDK retries (the
@@ -169,16 +166,17 @@ impl Login {
     /// The client secret: the file's content (read now), else
     /// `AZURE_CLIENT_SECRET`.
     async fn client_secret(&self) -> Result<Zeroizing<String>, String> {
-        match &self.secret_file {
-            Some(path) => {
+        match &self.secret {
+            Some(SecretFrom::File { file: path }) => {
                 let text = tokio::fs::read_to_string(path)
                     .await
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 Ok(Zeroizing::new(text.trim().to_owned()))
             }
-            None => std::env::var("AZURE_CLIENT_SECRET")
+            Some(SecretFrom::Env { env: var }) => (self.env.var(var))
                 .map(Zeroizing::new)
-                .map_err(|_| "AZURE_CLIENT_SECRET is not set".to_owned()),
+                .ok_or_else(|| format!("{var} is not set")),
+            None => Err("AZURE_CLIENT_SECRET is not set".to_owned()),
         }
     }
 }

@@ -95,19 +95,21 @@ struct Rotation {
 
 impl AzureBackend {
     pub async fn new(
-        name: &str,
+        ctx: &super::BuildContext<'_>,
         config: &AzureBackendConfig,
-        aliases: &[(&str, Option<Algorithm>)],
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
-        crate::config::check_azure_vault_url(&config.vault_url)?;
+        resolved: &crate::config::AzureResolved,
+    ) -> Result<Self, super::BuildError> {
+        use super::BuildError::{Client, Setting};
+        let (name, metrics): (&str, Arc<Metrics>) = (ctx.name, ctx.metrics.clone());
+        crate::config::check_azure_vault_url(&config.vault_url).map_err(Setting)?;
         let vault_url = config.vault_url.trim_end_matches('/').to_owned();
         let scope = match &config.scope {
             Some(scope) => scope.clone(),
-            None => default_scope(&vault_url)?,
+            None => default_scope(&vault_url).map_err(Setting)?,
         };
         let transport = Transport::new(azure_core::http::new_http_client(None));
-        let login = Login::new(config, scope.clone(), transport.clone())?;
+        let login = Login::new(resolved, ctx.env.clone(), scope.clone(), transport.clone())
+            .map_err(Setting)?;
         let credentials = Refresher::spawn(
             name,
             login,
@@ -130,7 +132,7 @@ impl AzureBackend {
             scope,
         };
         let client = KeyClient::new(&vault_url, Arc::new(credential), Some(options))
-            .map_err(|e| format!("vault_url: {}", errors::describe(&e)))?;
+            .map_err(|e| Client(format!("vault_url: {}", errors::describe(&e))))?;
         // Get a token at once when Entra answers quickly, so that a normal
         // start is ready at once; the refresher goes on either way.
         credentials.first_refresh(Duration::from_secs(5)).await;
@@ -138,9 +140,8 @@ impl AzureBackend {
             vault_url,
             client,
             credentials,
-            configured: aliases
-                .iter()
-                .filter_map(|(alias, a)| Some(((*alias).to_owned(), (*a)?)))
+            configured: (ctx.keys.iter())
+                .filter_map(|(alias, k)| Some(((*alias).to_owned(), k.algorithm?)))
                 .collect(),
             keys: KeyFacts::default(),
         })

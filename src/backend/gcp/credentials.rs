@@ -14,8 +14,9 @@
 //! [`Refreshed`] gives the KMS client the refresher's token: requests never
 //! wait on an exchange.
 
+use crate::backend::BuildError;
 use crate::backend::credentials::{Fresh, Handle, RefreshError, Schedule, Source};
-use crate::config::{GcpBackendConfig, GcpCredentials};
+use crate::config::{GcpBackendConfig, GcpCredentials, GcpResolved};
 use async_trait::async_trait;
 use google_cloud_auth::credentials::{
     AccessTokenCredentials, CacheableResource, CredentialsProvider, EntityTag, external_account,
@@ -67,20 +68,22 @@ pub(super) struct Login {
 }
 
 impl Login {
-    pub(super) fn new(config: &GcpBackendConfig) -> Result<Self, String> {
-        let file = config.credentials_file.clone().or_else(|| {
-            std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        });
+    /// The login of `config`, its credentials file as resolved (`credentials_file`,
+    /// else `GOOGLE_APPLICATION_CREDENTIALS`); a file that cannot be used fails
+    /// the start.
+    pub(super) fn new(
+        config: &GcpBackendConfig,
+        resolved: &GcpResolved,
+    ) -> Result<Self, BuildError> {
+        let file = resolved.credentials_file.clone();
         if matches!(
             config.credentials,
             Some(GcpCredentials::ExternalAccount | GcpCredentials::File)
         ) && file.is_none()
         {
-            return Err(
+            return Err(BuildError::Setting(
                 "`credentials` needs `credentials_file` (or GOOGLE_APPLICATION_CREDENTIALS)".into(),
-            );
+            ));
         }
         let login = Self {
             kind: config.credentials,
@@ -90,7 +93,7 @@ impl Login {
             handed_out: Mutex::new(false),
         };
         // A credentials file that cannot be used fails the start.
-        login.build()?;
+        login.build().map_err(BuildError::Credentials)?;
         Ok(login)
     }
 

@@ -113,12 +113,13 @@ impl KeyInfo {
 
 impl GcpBackend {
     pub async fn new(
-        name: &str,
+        ctx: &super::BuildContext<'_>,
         config: &GcpBackendConfig,
-        key_ids: &[&str],
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
-        let login = Login::new(config)?;
+        resolved: &crate::config::GcpResolved,
+    ) -> Result<Self, super::BuildError> {
+        let (name, metrics): (&str, Arc<Metrics>) = (ctx.name, ctx.metrics.clone());
+        let key_ids: Vec<&str> = ctx.keys.iter().map(|(_, k)| k.key.as_str()).collect();
+        let login = Login::new(config, resolved)?;
         let credentials = Refresher::spawn(name, login, credentials::SCHEDULE, metrics);
         let mut builder = KeyManagementService::builder()
             .with_credentials(google_cloud_auth::credentials::Credentials::from(
@@ -128,10 +129,9 @@ impl GcpBackend {
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint.trim_end_matches('/'));
         }
-        let client = builder
-            .build()
-            .await
-            .map_err(|e| format!("cannot build the Cloud KMS client: {e}"))?;
+        let client = builder.build().await.map_err(|e| {
+            super::BuildError::Client(format!("cannot build the Cloud KMS client: {e}"))
+        })?;
         // Get a token at once when the exchange answers quickly, so that a
         // normal start is ready at once; the refresher goes on either way.
         credentials.first_refresh(Duration::from_secs(5)).await;

@@ -71,22 +71,22 @@ impl fmt::Debug for Pkcs11Backend {
 }
 
 impl Pkcs11Backend {
-    /// Loads the module and starts the session workers; `keys` are the
-    /// configured keys' `key` strings and algorithms.
+    /// Loads the module and starts the session workers, for the configured
+    /// keys' `key` strings and algorithms.
     pub fn new(
-        name: &str,
+        ctx: &super::BuildContext<'_>,
         config: &Pkcs11BackendConfig,
-        keys: &[(&str, Option<Algorithm>)],
-    ) -> Result<Self, String> {
+        resolved: &crate::config::Pkcs11Resolved,
+    ) -> Result<Self, super::BuildError> {
         let mut refs = HashMap::new();
-        for (key, algorithm) in keys {
-            let parsed = Pkcs11KeyRef::parse(key)?;
+        for (_, k) in &ctx.keys {
+            let parsed = Pkcs11KeyRef::parse(&k.key).map_err(super::BuildError::Key)?;
             let slot: &mut (Pkcs11KeyRef, Option<Algorithm>) =
-                refs.entry((*key).to_owned()).or_insert((parsed, None));
-            slot.1 = slot.1.or(*algorithm);
+                refs.entry(k.key.clone()).or_insert((parsed, None));
+            slot.1 = slot.1.or(k.algorithm);
         }
         Ok(Self {
-            token: Token::open(name, config)?,
+            token: Token::open(ctx.name, config, resolved, ctx.env.clone())?,
             token_label: config.token_label.clone(),
             keys: refs,
             facts: KeyFacts::default(),

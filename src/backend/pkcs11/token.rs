@@ -20,7 +20,8 @@
 
 use super::errors::Fail;
 use super::module::{Module, Pool, State};
-use crate::config::Pkcs11BackendConfig;
+use crate::backend::BuildError;
+use crate::config::{Env, Pkcs11BackendConfig, Pkcs11Resolved, SecretFrom};
 use aws_lc_rs::digest;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, SessionState, UserType};
@@ -31,10 +32,17 @@ use std::sync::{Arc, Mutex, mpsc};
 use zeroize::Zeroizing;
 
 /// Where the user PIN comes from; read at every login, never kept.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum PinSource {
     File(PathBuf),
-    Env(String),
+    /// A variable of the environment, read through it.
+    Env(String, Arc<dyn Env>),
+}
+
+impl std::fmt::Debug for PinSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl PinSource {
@@ -49,7 +57,7 @@ impl PinSource {
                     ))
                 })?)
             }
-            PinSource::Env(var) => Zeroizing::new(std::env::var(var).map_err(|_| {
+            PinSource::Env(var, env) => Zeroizing::new(env.var(var).ok_or_else(|| {
                 Fail::unauthenticated(format!("the PIN variable ${var} is not set"))
             })?),
         };
@@ -61,7 +69,7 @@ impl PinSource {
     fn describe(&self) -> String {
         match self {
             PinSource::File(path) => format!("the PIN in {}", path.display()),
-            PinSource::Env(var) => format!("the PIN in ${var}"),
+            PinSource::Env(var, _) => format!("the PIN in ${var}"),
         }
     }
 }
@@ -113,17 +121,22 @@ impl std::fmt::Debug for Token {
 impl Token {
     /// Loads the module and starts `config.sessions` workers. The token
     /// need not be present yet: readiness says so until it is.
-    pub(super) fn open(name: &str, config: &Pkcs11BackendConfig) -> Result<Self, String> {
+    pub(super) fn open(
+        name: &str,
+        config: &Pkcs11BackendConfig,
+        resolved: &Pkcs11Resolved,
+        env: Arc<dyn Env>,
+    ) -> Result<Self, BuildError> {
         let sessions = Arc::new(Pool::default());
-        let module = Module::open(&config.module, &sessions)?;
-        let pin = match (&config.pin_file, &config.pin_env) {
-            (Some(file), _) => PinSource::File(file.clone()),
-            (None, Some(var)) => PinSource::Env(var.clone()),
-            (None, None) => return Err("needs `pin_file` or `pin_env`".into()),
+        let module = Module::open(&resolved.module, &sessions).map_err(BuildError::Client)?;
+        let pin = match &resolved.pin {
+            Some(SecretFrom::File { file }) => PinSource::File(file.clone()),
+            Some(SecretFrom::Env { env: var }) => PinSource::Env(var.clone(), env),
+            None => return Err(BuildError::Setting("needs `pin_file` or `pin_env`".into())),
         };
         let shared = Arc::new(Shared {
             module,
-            token_label: config.token_label.clone(),
+            token_label: resolved.token_label.clone(),
             pin,
             slot: Mutex::new(None),
             sessions,
@@ -146,7 +159,9 @@ impl Token {
                         shared.work(job);
                     }
                 })
-                .map_err(|e| format!("cannot start a PKCS#11 worker thread: {e}"))?;
+                .map_err(|e| {
+                    BuildError::Client(format!("cannot start a PKCS#11 worker thread: {e}"))
+                })?;
         }
         Ok(Self { jobs: tx, shared })
     }

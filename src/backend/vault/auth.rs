@@ -11,7 +11,7 @@ use crate::backend::credentials::{Fresh, Handle, NotReady, RefreshError, Schedul
 use crate::backend::{Error, ErrorKind};
 use crate::config::VaultAuth;
 use async_trait::async_trait;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use vaultrs::client::VaultClient;
@@ -19,8 +19,6 @@ use zeroize::{Zeroize, Zeroizing};
 
 /// How often a `token` method's file is checked for a new token.
 const TOKEN_FILE_POLL: Duration = Duration::from_secs(5);
-/// Where the `kubernetes` method finds the pod's token by default.
-use crate::config::SERVICE_ACCOUNT_TOKEN;
 
 /// When the token is renewed or replaced: at ~70 % of its TTL, at least
 /// once a day (a token without TTL too), at most every half second (below
@@ -201,10 +199,7 @@ impl Login {
                 self.adopt(auth)
             }
             VaultAuth::Kubernetes(r) => {
-                let file = r
-                    .token_file
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(SERVICE_ACCOUNT_TOKEN));
+                let file = r.token_path();
                 let jwt = read_secret(&file).await?;
                 let auth = vaultrs::auth::kubernetes::login(
                     self.base.as_ref(),
@@ -223,7 +218,7 @@ impl Login {
                 self.adopt(auth)
             }
             VaultAuth::Jwt(r) => {
-                let file = r.token_file.clone().unwrap_or_default();
+                let file = r.token_path();
                 let jwt = read_secret(&file).await?;
                 let auth = vaultrs::auth::oidc::login(
                     self.base.as_ref(),

@@ -3,33 +3,34 @@
 //! calls (transit and health) sent on vaultrs's HTTP client by [`exec`].
 
 use super::errors::{describe, status_of};
-use crate::backend::{Error, ErrorKind};
-use crate::config::VaultBackendConfig;
+use crate::backend::{BuildError, Error, ErrorKind};
+use crate::config::{VaultBackendConfig, VaultResolved};
 use rustify::errors::ClientError as Rest;
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use vaultrs::api::EndpointMiddleware;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
 
-/// The token-less client: address, TLS, namespace and timeout, from the
-/// config with `VAULT_ADDR`, `VAULT_CACERT`, `VAULT_NAMESPACE` as defaults.
+/// The token-less client: address, TLS, namespace and timeout, as
+/// resolved from the config with `VAULT_ADDR`, `VAULT_CACERT`,
+/// `VAULT_NAMESPACE` as defaults.
 pub(super) async fn base_client(
     config: &VaultBackendConfig,
+    resolved: &VaultResolved,
     timeout: Duration,
-) -> Result<VaultClient, String> {
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let address = config
-        .address
-        .clone()
-        .or_else(|| env("VAULT_ADDR"))
-        .ok_or("`address` is not set and neither is VAULT_ADDR")?;
+) -> Result<VaultClient, BuildError> {
+    let address = (resolved.address.clone()).ok_or_else(|| {
+        BuildError::Setting("`address` is not set and neither is VAULT_ADDR".into())
+    })?;
     // vaultrs panics on a bad URL: check it first.
-    crate::config::check_vault_address(&address).map_err(|why| format!("address {why}"))?;
-    url::Url::parse(&address).map_err(|e| format!("address is not a URL: {e}"))?;
+    crate::config::check_vault_address(&address)
+        .map_err(|why| BuildError::Setting(format!("address {why}")))?;
+    url::Url::parse(&address)
+        .map_err(|e| BuildError::Setting(format!("address is not a URL: {e}")))?;
     let mut settings = VaultClientSettingsBuilder::default();
     settings
         .address(&address)
@@ -39,28 +40,26 @@ pub(super) async fn base_client(
         // client certificate comes from the config only.
         .verify(true)
         .identity(None);
-    let ca_file = config
-        .ca_file
-        .clone()
-        .or_else(|| env("VAULT_CACERT").map(PathBuf::from));
     settings.ca_certs(
-        ca_file
-            .iter()
+        (resolved.ca_file.iter())
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>(),
     );
-    if let Some(namespace) = config.namespace.clone().or_else(|| env("VAULT_NAMESPACE")) {
+    if let Some(namespace) = resolved.namespace.clone() {
         settings.set_namespace(namespace);
     }
     if let (Some(cert), Some(key)) = (&config.client_cert, &config.client_key) {
-        let mut pem = read_file(cert).await?;
-        pem.extend_from_slice(&read_file(key).await?);
+        let mut pem = read_file(cert).await.map_err(BuildError::Setting)?;
+        pem.extend_from_slice(&read_file(key).await.map_err(BuildError::Setting)?);
         let identity = reqwest::Identity::from_pem(&pem)
-            .map_err(|e| format!("client certificate and key: {e}"))?;
+            .map_err(|e| BuildError::Setting(format!("client certificate and key: {e}")))?;
         settings.identity(Some(identity));
     }
-    let settings = settings.build().map_err(|e| e.to_string())?;
-    VaultClient::new(settings).map_err(|e| format!("cannot build the Vault client: {e}"))
+    let settings = settings
+        .build()
+        .map_err(|e| BuildError::Client(e.to_string()))?;
+    VaultClient::new(settings)
+        .map_err(|e| BuildError::Client(format!("cannot build the Vault client: {e}")))
 }
 
 /// A file's bytes, read off the runtime, wiped on drop.

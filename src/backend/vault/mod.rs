@@ -77,19 +77,19 @@ impl fmt::Debug for VaultBackend {
 
 impl VaultBackend {
     pub async fn new(
-        name: &str,
+        ctx: &super::BuildContext<'_>,
         config: &VaultBackendConfig,
-        timeout: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
-        let base = Arc::new(client::base_client(config, timeout).await?);
+        resolved: &crate::config::VaultResolved,
+    ) -> Result<Self, super::BuildError> {
+        let (name, metrics): (&str, Arc<Metrics>) = (ctx.name, ctx.metrics.clone());
+        let base = Arc::new(client::base_client(config, resolved, ctx.timeout).await?);
         let login = auth::Login::new(name, base.clone(), config.auth.clone());
         let credentials = Refresher::spawn(name, login, auth::SCHEDULE, metrics);
         // Log in at once when Vault answers quickly, so that a normal start
         // is ready at once; the refresher goes on either way.
         credentials.first_refresh(Duration::from_secs(5)).await;
         Ok(Self {
-            mount: config.mount.trim_matches('/').to_owned(),
+            mount: resolved.mount.clone(),
             base,
             auth_method: config.auth.method(),
             credentials,
