@@ -24,7 +24,8 @@
 //!   serde, no IO.
 //! - [`server`]: the Unix socket (mode, stale socket), the accept loop with
 //!   peer credentials and per-uid connection caps, the request-body budget,
-//!   and the thin HTTP routes.
+//!   and the route table (every endpoint declared once) with the one
+//!   pipeline each request runs through.
 //! - [`keys`]: the configured aliases and what stands behind each.
 //! - [`service`]: one operation end to end — policy → the rules every backend
 //!   shares → backend; envelope operations included.

@@ -1,16 +1,56 @@
-//! The key endpoints, each declared once: its path under
-//! `/v1/keys/{name}/`, method, metrics label, the operation a caller needs
-//! granted, how it takes its body, and the service function that answers.
-//! The routes run every one through the same pipeline (rules → rate limit →
-//! audit availability → replay guard → body → service → audit → answer);
-//! adding an endpoint is one line here plus its service function.
+//! Every endpoint of the API, declared once in [`ENDPOINTS`]: its path,
+//! method, `op` label (metrics, logs, audit log), who may call it, how it
+//! takes its body, whether it streams, and the function that answers it.
+//! [`super::routes::Routes`] runs every request through one pipeline from
+//! that declaration:
+//!
+//! caller → rules → rate limit → replay guard → body → service → audit → answer
+//!
+//! What each kind of endpoint goes through, decided once per request from
+//! the path and the peer credentials, before a byte of its body is read:
+//!
+//! | kind | listeners | rules | rate limit | audit | replay guard |
+//! |---|---|---|---|---|---|
+//! | `probe!` | socket and probe listener | none, or [`OnSocket`] | no | no | no |
+//! | `caller!` | socket | none, or a rule granting an op on any key | yes | yes | no |
+//! | `key!` | socket | the op on the key named in the path | yes (a batch: one token per item) | yes, and refused while the audit log is down | the key's `replay_guard` |
+//!
+//! # Adding an endpoint
+//!
+//! One line in [`ENDPOINTS`] plus the function that answers:
+//!
+//! - under a key (`/v1/keys/{name}/...`): `key!(POST "path", "label", Op,
+//!   Json, method)` with `Service::method(&self, &Grant, Request) ->
+//!   Result<impl api::Answer, ApiError>` (`Input::None`: a GET,
+//!   `Service::method(&self, &Grant)`; `Batch`: `{"items": [...]}`);
+//! - for any caller: `caller!(GET "v1/path", "label", method)` with
+//!   `Service::method(&self, &Caller) -> impl api::Answer`, or
+//!   `caller!(POST "v1/path", "label", check, method)` with a JSON request,
+//!   where `Service::check(&self, &Caller)` refuses before the body;
+//! - a probe: `probe!("path", "label", OnSocket::..., function)` with
+//!   `async fn function(&Routes, on_socket: bool) -> Reply` in `probes`.
+//!
+//! The label is counted in metrics from the start (`route::labels`), the
+//! 405 for another method, the 403 before the body, the audit record and
+//! the request metrics come from the pipeline.
 
-use super::routes::{Reply, ok};
+use super::probes;
+use super::reply::{Reply, json, ok};
+use super::routes::Routes;
 use crate::api::{self, ApiError, parse_json};
-use crate::policy::Op;
+use crate::policy::{Caller, Op};
 use crate::service::{Grant, Service};
 use futures_util::future::BoxFuture;
-use http::Method;
+use http::{Method, StatusCode};
+
+/// Where an endpoint is, relative to the API's root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Path<'a> {
+    /// This path (without its leading `/`).
+    Fixed(&'a str),
+    /// This path after `/v1/keys/{name}` (`""`: the key itself).
+    Key(&'a str),
+}
 
 /// How an endpoint takes its request body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,22 +72,58 @@ pub(super) enum Streamed {
     Rewrap,
 }
 
-/// The service call of an endpoint: the grant and the body read whole.
-pub(super) type Serve =
+/// A check that a caller may call an endpoint at all, made before its body
+/// is read (`Service::may_read_metrics`, `Service::may_verify_jwts`).
+pub(super) type Check = fn(&Service, &Caller) -> Result<(), ApiError>;
+
+/// Who may call a probe on the socket (on the probe listener: anyone).
+#[derive(Clone, Copy)]
+pub(super) enum OnSocket {
+    Anyone,
+    /// Callers `Check` lets through.
+    Checked(Check),
+    /// Nobody: a 404 with this message.
+    NotHere(&'static str),
+}
+
+/// A probe's answer; `bool`: asked on the socket (not the probe listener).
+pub(super) type ProbeFn = for<'a> fn(&'a Routes, bool) -> BoxFuture<'a, Reply>;
+/// A caller endpoint's answer: the caller and the body read whole.
+pub(super) type CallerFn =
+    for<'a> fn(&'a Service, &'a Caller, &'a [u8]) -> BoxFuture<'a, Result<Reply, ApiError>>;
+/// A key endpoint's answer: the grant and the body read whole.
+pub(super) type KeyFn =
     for<'a> fn(&'a Service, &'a Grant<'a>, &'a [u8]) -> BoxFuture<'a, Result<Reply, ApiError>>;
 
-/// One key endpoint.
+/// Who may call an endpoint (the kinds of the table above) and what
+/// answers it.
+#[derive(Clone, Copy)]
+pub(super) enum Serve {
+    Probe(OnSocket, ProbeFn),
+    /// `Some(check)`: the callers it lets through; else any caller (the
+    /// answer is what its rules grant).
+    Caller(Option<Check>, CallerFn),
+    /// Callers granted `Op` on the key named in the path.
+    Key(Op, KeyFn),
+}
+
+/// One endpoint.
 pub(super) struct Endpoint {
-    /// The path after `/v1/keys/{name}`: `""` for the key itself.
-    pub path: &'static str,
+    pub path: Path<'static>,
     pub method: Method,
     /// The `op` label of metrics, logs and the audit log.
     pub label: &'static str,
-    /// What a caller needs granted on the key.
-    pub op: Op,
     pub input: Input,
     pub streamed: Option<Streamed>,
     pub serve: Serve,
+}
+
+impl Endpoint {
+    /// A probe: served on the probe listener too, in a span of its own,
+    /// neither audited nor rate-limited.
+    pub(super) fn is_probe(&self) -> bool {
+        matches!(self.serve, Serve::Probe(..))
+    }
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -64,132 +140,138 @@ impl PartialEq for Endpoint {
 
 impl Eq for Endpoint {}
 
-/// A JSON endpoint answered by `$call(grant, request)`.
-macro_rules! json {
-    ($path:literal, $label:literal, $op:ident, $input:ident, $call:ident) => {
-        json!($path, $label, $op, $input, None, $call)
-    };
-    ($path:literal, $label:literal, $op:ident, $input:ident, $streamed:expr, $call:ident) => {
+/// A probe answered by `probes::$answer`.
+macro_rules! probe {
+    ($path:literal, $label:literal, $on_socket:expr, $answer:ident) => {
         Endpoint {
-            path: $path,
-            method: Method::POST,
+            path: Path::Fixed($path),
+            method: Method::GET,
             label: $label,
-            op: Op::$op,
-            input: Input::$input,
-            streamed: $streamed,
-            serve: |s, g, body| Box::pin(async move { ok(s.$call(g, parse_json(body)?).await) }),
+            input: Input::None,
+            streamed: None,
+            serve: Serve::Probe($on_socket, |r, socket| Box::pin(probes::$answer(r, socket))),
         }
     };
 }
 
-/// An endpoint that takes no request but an empty object (`{}` or nothing).
-macro_rules! empty {
-    ($path:literal, $label:literal, $op:ident, $call:ident) => {
+/// An endpoint for callers: a GET answered by `Service::$call(caller)`, or
+/// a POST of JSON that `Service::$check` lets through, answered by
+/// `Service::$call(caller, request)`.
+macro_rules! caller {
+    (GET $path:literal, $label:literal, $call:ident) => {
         Endpoint {
-            path: $path,
+            path: Path::Fixed($path),
+            method: Method::GET,
+            label: $label,
+            input: Input::None,
+            streamed: None,
+            serve: Serve::Caller(None, |s, c, _| {
+                Box::pin(async move { Ok(json(StatusCode::OK, &s.$call(c).await)) })
+            }),
+        }
+    };
+    (POST $path:literal, $label:literal, $check:ident, $call:ident) => {
+        Endpoint {
+            path: Path::Fixed($path),
             method: Method::POST,
             label: $label,
-            op: Op::$op,
             input: Input::Json,
             streamed: None,
-            serve: |s, g, body| {
+            serve: Serve::Caller(Some(Service::$check), |s, c, body| {
+                Box::pin(async move { ok(s.$call(c, parse_json(body)?).await) })
+            }),
+        }
+    };
+}
+
+/// A key endpoint: a POST of JSON (or a batch, or a stream) answered by
+/// `Service::$call(grant, request)`, a POST of an empty object (`{}` or
+/// nothing) or a GET answered by `Service::$call(grant)`.
+macro_rules! key {
+    (POST $path:literal, $label:literal, $op:ident, $input:ident, $call:ident) => {
+        key!(POST $path, $label, $op, $input, None, $call)
+    };
+    (POST $path:literal, $label:literal, $op:ident, $input:ident, $streamed:expr, $call:ident) => {
+        Endpoint {
+            path: Path::Key($path),
+            method: Method::POST,
+            label: $label,
+            input: Input::$input,
+            streamed: $streamed,
+            serve: Serve::Key(Op::$op, |s, g, body| {
+                Box::pin(async move { ok(s.$call(g, parse_json(body)?).await) })
+            }),
+        }
+    };
+    (POST $path:literal, $label:literal, $op:ident, $call:ident) => {
+        Endpoint {
+            path: Path::Key($path),
+            method: Method::POST,
+            label: $label,
+            input: Input::Json,
+            streamed: None,
+            serve: Serve::Key(Op::$op, |s, g, body| {
                 Box::pin(async move {
                     let api::RotateRequest {} = parse_json(body)?;
                     ok(s.$call(g).await)
                 })
-            },
+            }),
         }
     };
-}
-
-/// A GET endpoint.
-macro_rules! get {
-    ($path:literal, $label:literal, $op:ident, $call:ident) => {
+    (GET $path:literal, $label:literal, $op:ident, $call:ident) => {
         Endpoint {
-            path: $path,
+            path: Path::Key($path),
             method: Method::GET,
             label: $label,
-            op: Op::$op,
             input: Input::None,
             streamed: None,
-            serve: |s, g, _| Box::pin(async move { ok(s.$call(g).await) }),
+            serve: Serve::Key(Op::$op, |s, g, _| Box::pin(async move { ok(s.$call(g).await) })),
         }
     };
 }
 
-/// Every key endpoint.
-pub(super) static KEY_ENDPOINTS: [Endpoint; 21] = [
-    get!("", "metadata", Metadata, metadata),
-    get!("public-key", "public_key", PublicKey, public_key),
-    json!("sign", "sign", Sign, Json, sign),
-    json!("sign-batch", "sign_batch", Sign, Batch, sign_batch),
-    json!("verify", "verify", Verify, Json, verify),
-    json!("encrypt", "encrypt", Encrypt, Json, encrypt),
-    json!("decrypt", "decrypt", Decrypt, Json, decrypt),
-    json!(
-        "encrypt-batch",
-        "encrypt_batch",
-        Encrypt,
-        Batch,
-        encrypt_batch
-    ),
-    json!(
-        "decrypt-batch",
-        "decrypt_batch",
-        Decrypt,
-        Batch,
-        decrypt_batch
-    ),
-    json!("rewrap", "rewrap", Rewrap, Json, rewrap),
-    json!("datakey", "datakey", Datakey, Json, datakey),
-    json!("mac", "mac", Mac, Json, mac),
-    json!("verify-mac", "verify_mac", Mac, Json, verify_mac),
-    json!("jwt", "jwt", Sign, Json, jwt),
-    empty!("rotate", "rotate", Rotate, rotate),
-    empty!("flush", "flush", Flush, flush),
-    json!(
-        "envelope/encrypt",
-        "envelope_encrypt",
-        Envelope,
-        Json,
-        Some(Streamed::Encrypt),
-        envelope_encrypt
-    ),
-    json!(
-        "envelope/decrypt",
-        "envelope_decrypt",
-        Envelope,
-        Json,
-        Some(Streamed::Decrypt),
-        envelope_decrypt
-    ),
-    json!(
-        "envelope/rewrap",
-        "envelope_rewrap",
-        Rewrap,
-        Json,
-        Some(Streamed::Rewrap),
-        envelope_rewrap
-    ),
-    json!(
-        "envelope/encrypt-batch",
-        "envelope_encrypt_batch",
-        Envelope,
-        Batch,
-        envelope_encrypt_batch
-    ),
-    json!(
-        "envelope/decrypt-batch",
-        "envelope_decrypt_batch",
-        Envelope,
-        Batch,
-        envelope_decrypt_batch
-    ),
+/// The message of `/.well-known/jwks.json` on the socket.
+const PUBLIC_JWKS_ELSEWHERE: &str =
+    "`/.well-known/jwks.json` is served on the probe listener (jwks.public); use GET /v1/jwks here";
+
+/// Every endpoint.
+#[rustfmt::skip]
+pub(super) static ENDPOINTS: [Endpoint; 28] = [
+    probe!("healthz", "healthz", OnSocket::Anyone, healthz),
+    probe!("readyz", "readyz", OnSocket::Anyone, readyz),
+    probe!("metrics", "metrics", OnSocket::Checked(Service::may_read_metrics), metrics),
+    probe!(".well-known/jwks.json", "public_jwks", OnSocket::NotHere(PUBLIC_JWKS_ELSEWHERE), public_jwks),
+    caller!(GET "v1/keys", "list_keys", list_keys),
+    caller!(GET "v1/jwks", "jwks", jwks),
+    // The key is named inside the token: a caller no rule grants `verify`
+    // is refused before its body is read.
+    caller!(POST "v1/jwt/verify", "jwt_verify", may_verify_jwts, jwt_verify),
+    key!(GET "", "metadata", Metadata, metadata),
+    key!(GET "public-key", "public_key", PublicKey, public_key),
+    key!(POST "sign", "sign", Sign, Json, sign),
+    key!(POST "sign-batch", "sign_batch", Sign, Batch, sign_batch),
+    key!(POST "verify", "verify", Verify, Json, verify),
+    key!(POST "encrypt", "encrypt", Encrypt, Json, encrypt),
+    key!(POST "decrypt", "decrypt", Decrypt, Json, decrypt),
+    key!(POST "encrypt-batch", "encrypt_batch", Encrypt, Batch, encrypt_batch),
+    key!(POST "decrypt-batch", "decrypt_batch", Decrypt, Batch, decrypt_batch),
+    key!(POST "rewrap", "rewrap", Rewrap, Json, rewrap),
+    key!(POST "datakey", "datakey", Datakey, Json, datakey),
+    key!(POST "mac", "mac", Mac, Json, mac),
+    key!(POST "verify-mac", "verify_mac", Mac, Json, verify_mac),
+    key!(POST "jwt", "jwt", Sign, Json, jwt),
+    key!(POST "rotate", "rotate", Rotate, rotate),
+    key!(POST "flush", "flush", Flush, flush),
+    key!(POST "envelope/encrypt", "envelope_encrypt", Envelope, Json, Some(Streamed::Encrypt), envelope_encrypt),
+    key!(POST "envelope/decrypt", "envelope_decrypt", Envelope, Json, Some(Streamed::Decrypt), envelope_decrypt),
+    key!(POST "envelope/rewrap", "envelope_rewrap", Rewrap, Json, Some(Streamed::Rewrap), envelope_rewrap),
+    key!(POST "envelope/encrypt-batch", "envelope_encrypt_batch", Envelope, Batch, envelope_encrypt_batch),
+    key!(POST "envelope/decrypt-batch", "envelope_decrypt_batch", Envelope, Batch, envelope_decrypt_batch),
 ];
 
-/// The endpoint at `path` (after `/v1/keys/{name}`, without its slash).
-pub(super) fn find(path: &str) -> Option<&'static Endpoint> {
-    KEY_ENDPOINTS.iter().find(|e| e.path == path)
+/// The endpoint at `path`.
+pub(super) fn find(path: Path<'_>) -> Option<&'static Endpoint> {
+    ENDPOINTS.iter().find(|e| e.path == path)
 }
 
 #[cfg(test)]
@@ -198,12 +280,34 @@ mod tests {
 
     #[test]
     fn paths_and_labels_are_unique() {
-        for (i, e) in KEY_ENDPOINTS.iter().enumerate() {
-            for other in &KEY_ENDPOINTS[i + 1..] {
+        for (i, e) in ENDPOINTS.iter().enumerate() {
+            for other in &ENDPOINTS[i + 1..] {
                 assert_ne!(e.path, other.path);
                 assert_ne!(e.label, other.label);
             }
             assert_eq!(find(e.path).map(|f| f.label), Some(e.label));
+            assert_ne!(e.label, "unknown");
+        }
+    }
+
+    #[test]
+    fn only_key_endpoints_stream_or_take_batches() {
+        for e in &ENDPOINTS {
+            let key = matches!(e.serve, Serve::Key(..));
+            assert_eq!(key, matches!(e.path, Path::Key(_)), "{}", e.label);
+            if !key {
+                assert!(
+                    e.streamed.is_none() && e.input != Input::Batch,
+                    "{}",
+                    e.label
+                );
+            }
+            assert_eq!(
+                e.input == Input::None,
+                e.method == Method::GET,
+                "{}",
+                e.label
+            );
         }
     }
 }

@@ -1,11 +1,13 @@
 //! The server owns the API surface on the Unix socket: binding it, accepting
 //! connections with their peer credentials, HTTP/1.1 keep-alive, and the
-//! bounded drain at shutdown. Paths are parsed in `route`, answered in
-//! [`routes`].
+//! bounded drain at shutdown. Every endpoint is declared once in
+//! `endpoints`; [`routes`] runs each request through the pipeline.
 
 pub mod body;
 mod endpoints;
+mod probes;
 mod replay;
+mod reply;
 mod route;
 pub mod routes;
 mod socket;
@@ -146,82 +148,97 @@ pub async fn serve(
     let mut next = 0;
     tokio::pin!(shutdown);
     loop {
-        let (stream, container) = tokio::select! {
+        tokio::select! {
             biased;
             () = &mut shutdown => break,
             _ = check.tick() => {
                 let all = sockets.iter_mut().all(|s| take_back(s, &settings, &socket_metrics));
                 socket_metrics.socket_bound.set(i64::from(all));
-                continue;
             }
             (accepted, container) = accept(&sockets, &mut next) => match accepted {
-                Ok(stream) => (stream, container),
+                Ok(stream) => connect(stream, container, &live, &table, &graceful),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
             },
-        };
-        let caller = match stream.peer_cred() {
-            Ok(c) => Caller {
-                uid: c.uid(),
-                gid: c.gid(),
-                pid: c.pid(),
-                container,
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read peer credentials; closing the connection");
-                continue;
-            }
-        };
-        let served = live.load_full();
-        let (service, limits) = (served.socket.service(), served.socket.limits());
-        let principal = service.principal(&caller);
-        let known = principal.is_some();
-        let open = &service.metrics().connections_open;
-        let Some(slot) = admit(&table, principal, limits, open) else {
-            service.metrics().connections_rejected.inc();
-            tracing::debug!(
-                caller.uid = caller.uid,
-                caller.container = caller.container,
-                known,
-                "connection limit reached; closing a new connection"
-            );
-            continue;
-        };
-        let live = live.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            let served = live.load_full();
-            async move { Ok::<_, Infallible>(served.socket.handle(req, Some(caller)).await) }
-        });
-        let conn = graceful.watch(http(limits, known).serve_connection(TokioIo::new(stream), svc));
-        let span = tracing::debug_span!(
-            "connection",
-            caller.uid = caller.uid,
-            caller.gid = caller.gid,
-            caller.pid = caller.pid,
-            caller.container = caller.container,
-        );
-        tokio::spawn(
-            async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                drop(slot);
-            }
-            .instrument(span),
-        );
+        }
     }
     for socket in sockets {
         remove(socket);
     }
+    drain(graceful, settings.drain_timeout).await
+}
+
+/// Serves a new connection on a socket of `container` in a task of its
+/// own, if its caller (from its peer credentials) has room for one more.
+fn connect(
+    stream: tokio::net::UnixStream,
+    container: Option<&'static str>,
+    live: &Live,
+    table: &Arc<std::sync::Mutex<Connections>>,
+    graceful: &GracefulShutdown,
+) {
+    let caller = match stream.peer_cred() {
+        Ok(c) => Caller {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+            container,
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read peer credentials; closing the connection");
+            return;
+        }
+    };
+    let served = live.load_full();
+    let (service, limits) = (served.socket.service(), served.socket.limits());
+    let principal = service.principal(&caller);
+    let known = principal.is_some();
+    let open = &service.metrics().connections_open;
+    let Some(slot) = admit(table, principal, limits, open) else {
+        service.metrics().connections_rejected.inc();
+        tracing::debug!(
+            caller.uid = caller.uid,
+            caller.container = caller.container,
+            known,
+            "connection limit reached; closing a new connection"
+        );
+        return;
+    };
+    let live = live.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let served = live.load_full();
+        async move { Ok::<_, Infallible>(served.socket.handle(req, Some(caller)).await) }
+    });
+    let conn = graceful.watch(http(limits, known).serve_connection(TokioIo::new(stream), svc));
+    let span = tracing::debug_span!(
+        "connection",
+        caller.uid = caller.uid,
+        caller.gid = caller.gid,
+        caller.pid = caller.pid,
+        caller.container = caller.container,
+    );
+    tokio::spawn(
+        async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        }
+        .instrument(span),
+    );
+}
+
+/// Waits at most `timeout` for the connections' in-flight requests to
+/// finish; whether they did.
+async fn drain(graceful: GracefulShutdown, timeout: Duration) -> bool {
     tracing::info!("draining in-flight requests");
-    match tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await {
+    match tokio::time::timeout(timeout, graceful.shutdown()).await {
         Ok(()) => true,
         Err(_) => {
-            tracing::warn!(timeout = ?settings.drain_timeout, "drain timed out; closing remaining connections");
+            tracing::warn!(timeout = ?timeout, "drain timed out; closing remaining connections");
             false
         }
     }

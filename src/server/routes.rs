@@ -1,31 +1,30 @@
-//! Thin HTTP routes: route → operation (the path is parsed in `route`),
-//! body → wire type, result → JSON, plus request ids, the body limit, the
-//! request span and request metrics.
+//! The request pipeline every endpoint runs through, from its declaration
+//! in [`super::endpoints`]: request ids, the request span, the method, the
+//! rules (once per request), the rate limit, a key's checks (audit log,
+//! replay guard, headers), the body within its limits, the answer, the
+//! audit record and the request metrics. Answers are built in
+//! [`super::reply`], paths parsed in `route`.
 
 use super::body;
-use super::endpoints::{Endpoint, Input, Streamed};
-use super::route::{Route, labels, parse_route};
+use super::endpoints::{Endpoint, Input, OnSocket, Serve, Streamed};
+pub use super::reply::{Body, Chunk};
+use super::reply::{Reply, error_reply, into_response};
+use super::route::{Route, UNKNOWN, labels, parse_route};
 use crate::api::{self, ApiError, Code, parse_json};
 use crate::audit::{self as audit_log, Audit};
 use crate::backend::Context;
-use crate::config::{KeyLabels, Limits};
-use crate::envelope;
+use crate::config::Limits;
 use crate::policy::Caller;
 use crate::service::{Grant, Service};
 use crate::telemetry;
-use bytes::Bytes;
 use futures_util::FutureExt;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::CONTENT_TYPE;
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Body as _;
-use hyper::body::Frame;
 use hyper::body::Incoming;
-use serde::Serialize;
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -33,139 +32,64 @@ use std::time::Instant;
 use tracing::Instrument;
 use zeroize::Zeroizing;
 
-/// Response body type of every route.
-pub type Body = BoxBody<Chunk, std::io::Error>;
-
-/// A piece of an answer. It keeps the request's share of the body budget
-/// (if any) until hyper has written it and lets it go, so answers a client
-/// does not read stay within `limits.max_buffered_bytes`.
-pub struct Chunk {
-    bytes: Bytes,
-    _hold: Option<Arc<body::Reservation>>,
-}
-
-impl bytes::Buf for Chunk {
-    fn remaining(&self) -> usize {
-        self.bytes.remaining()
-    }
-
-    fn chunk(&self) -> &[u8] {
-        self.bytes.chunk()
-    }
-
-    fn advance(&mut self, n: usize) {
-        self.bytes.advance(n)
-    }
-}
-
 /// The request id header, echoed when the caller sends a usable one.
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// The header carrying the encryption context of a streamed envelope.
 pub const ENCRYPTION_CONTEXT: &str = "x-encryption-context";
 
-/// A response before headers: status, content type, body.
-pub(super) struct Reply {
-    status: StatusCode,
-    content_type: &'static str,
-    body: ReplyBody,
-    /// Seconds for `Retry-After` (429, 503).
-    retry_after: Option<u64>,
-    /// The key version the answer names (for the audit log).
-    version: Option<String>,
-    /// The request's share of the body budget, held until the answer has
-    /// been written: a caller that does not read its answers cannot pile
-    /// them up in memory beyond the budget.
-    hold: Option<body::Reservation>,
-}
-
-enum ReplyBody {
-    Full(Bytes),
-    /// Streamed chunks; an `Err` aborts the response before its final chunk.
-    Stream(envelope::Chunks),
-}
-
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
-    Reply {
-        status,
-        content_type: "application/json",
-        retry_after: None,
-        version: None,
-        hold: None,
-        body: ReplyBody::Full(Bytes::from({
-            let mut body = serde_json::to_vec(value).expect("API types always serialize");
-            body.push(b'\n'); // so that `curl` output ends its line
-            body
-        })),
-    }
-}
-
-fn error_reply(e: &ApiError, request_id: &str) -> Reply {
-    let mut reply = json(e.status, &e.body(request_id));
-    reply.retry_after = e.retry_after;
-    reply
-}
-
-/// The HTTP response of a reply, with the request id, `Allow` for 405, and
-/// `Connection: close` when the rest of the request body is being dropped.
-fn into_response(
-    reply: Reply,
-    request_id: &str,
-    allow: Option<&'static str>,
-    close: bool,
-) -> Response<Body> {
-    let hold = reply.hold.map(Arc::new);
-    let chunk = move |bytes| Chunk {
-        bytes,
-        _hold: hold.clone(),
-    };
-    let body = match reply.body {
-        ReplyBody::Full(bytes) => Full::new(chunk(bytes))
-            .map_err(|never| match never {})
-            .boxed(),
-        ReplyBody::Stream(chunks) => {
-            let frames =
-                futures_util::stream::unfold((chunks, chunk), |(mut rx, chunk)| async move {
-                    let next = rx.recv().await?;
-                    Some((next.map(|b| Frame::data(chunk(b))), (rx, chunk)))
-                });
-            BodyExt::boxed(StreamBody::new(frames))
-        }
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = reply.status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID, v);
-    }
-    if let Some(allow) = allow {
-        headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
-    }
-    if let Some(seconds) = reply.retry_after {
-        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    if close {
-        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
-pub(super) fn ok<T: api::Answer>(result: Result<T, ApiError>) -> Result<Reply, ApiError> {
-    result.map(|v| Reply {
-        status: StatusCode::OK,
-        content_type: "application/json",
-        retry_after: None,
-        version: v.version().map(str::to_owned),
-        hold: None,
-        body: ReplyBody::Full(Bytes::from(v.to_json())),
-    })
-}
-
 /// The request body while a route decides whether to read it: `Some` until
 /// it is read to the end or handed to a stream; what is left afterwards is
 /// drained by the lingering close.
 type Unread = Option<Incoming>;
+
+/// What is known of a request before it is answered.
+struct Facts<'a> {
+    id: String,
+    /// `None` on the probe listener.
+    caller: Option<Caller>,
+    route: Option<Route<'a>>,
+    /// The `op` label of metrics, logs and the audit log.
+    op: &'static str,
+    /// The key label: the alias of a configured key, `-` for another name,
+    /// `""` for no key.
+    key: &'a str,
+    started: Instant,
+}
+
+impl Facts<'_> {
+    /// The request's span, with every field known now: recording one
+    /// later would make the JSON log layer re-format the span's fields on
+    /// every request. Probes and scrapes get a span of their own name,
+    /// which is not exported as a trace.
+    fn span(&self, headers: &HeaderMap) -> tracing::Span {
+        let (request_id, caller, op, key_label) = (&self.id, self.caller, self.op, self.key);
+        macro_rules! request_span {
+            ($name:literal) => {
+                tracing::info_span!(
+                    $name,
+                    request_id = %request_id,
+                    // i64: trace attributes have no unsigned integers.
+                    caller.uid = caller.map(|c| i64::from(c.uid)),
+                    caller.gid = caller.map(|c| i64::from(c.gid)),
+                    caller.pid = caller.and_then(|c| c.pid).map(i64::from),
+                    caller.container = caller.and_then(|c| c.container),
+                    op,
+                    key = (!key_label.is_empty()).then_some(key_label),
+                    outcome = tracing::field::Empty,
+                    otel.status_description = tracing::field::Empty,
+                    not_exported = tracing::field::Empty,
+                )
+            };
+        }
+        if self.route.is_some_and(|r| r.is_probe()) {
+            return request_span!("probe");
+        }
+        let span = request_span!("request");
+        telemetry::adopt_parent(&span, headers);
+        span
+    }
+}
 
 /// The routes, shared by every connection. A config reload builds new ones
 /// ([`Routes::next`]); a request keeps the routes it started with.
@@ -237,6 +161,11 @@ impl Routes {
         &self.limits
     }
 
+    /// The audit log (none on the probe listener).
+    pub(super) fn audit(&self) -> Option<&Audit> {
+        self.audit.as_ref()
+    }
+
     /// `limits.per_caller`: `Err` with the seconds until the caller may retry.
     fn rate_limit(&self, caller: &Caller) -> Result<(), ApiError> {
         self.charge(caller, 1)
@@ -271,139 +200,150 @@ impl Routes {
     }
 
     /// Answers one request. `caller` is `None` on the TCP probe listener,
-    /// which serves `/healthz`, `/readyz` and `/metrics` only.
+    /// which serves the probes only.
     pub async fn handle(&self, req: Request<Incoming>, caller: Option<Caller>) -> Response<Body> {
         let started = Instant::now();
-        let request_id = request_id(req.headers());
+        let id = request_id(req.headers());
         let (parts, body) = req.into_parts();
         let route = parse_route(parts.uri.path()).filter(|r| caller.is_some() || r.is_probe());
-        let (op, key_label) = match route {
-            Some(r @ Route::Key(alias, _)) => {
-                let label = if self.service.is_key(alias) {
-                    alias
+        let key = match route.and_then(|r| r.key) {
+            Some(alias) if self.service.is_key(alias) => alias,
+            Some(_) => "-",
+            None => "",
+        };
+        let request = Facts {
+            id,
+            caller,
+            route,
+            op: route.map_or(UNKNOWN, Route::label),
+            key,
+            started,
+        };
+        let span = request.span(&parts.headers);
+        let answered = self.answer(&request, &parts, body).instrument(span);
+        telemetry::with_request_id(&request.id, answered).await
+    }
+
+    /// The pipeline after the span is entered: the route's answer (or an
+    /// error), its audit record, the request metrics, the response.
+    async fn answer(&self, request: &Facts<'_>, parts: &Parts, body: Incoming) -> Response<Body> {
+        let mut unread: Unread = Some(body);
+        let mut admitted = false;
+        let reply = match request.route {
+            None => Err(ApiError::new(
+                Code::NotFound,
+                format!("no route {} {}", parts.method, parts.uri.path()),
+            )),
+            Some(route) => {
+                let caller = request.caller;
+                answer_panics(self.dispatch(route, parts, &mut unread, caller, &mut admitted)).await
+            }
+        };
+        let unexported = self.unexported(reply.is_err() && !admitted, request.caller);
+        let (reply, code) = self.audited(request, reply).await;
+        self.observe(request, &reply, code, unexported);
+        let allow = (reply.status == StatusCode::METHOD_NOT_ALLOWED)
+            .then_some(request.route)
+            .flatten()
+            .map(|r| {
+                if r.endpoint.method == Method::GET {
+                    "GET"
                 } else {
-                    "-"
-                };
-                (r.label(), label)
-            }
-            Some(r) => (r.label(), ""),
-            None => ("unknown", ""),
-        };
-        // Every field is known here: recording one later would make the
-        // JSON log layer re-format the span's fields on every request.
-        // Probes and scrapes get a span of their own name, which is not
-        // exported as a trace.
-        macro_rules! request_span {
-            ($name:literal) => {
-                tracing::info_span!(
-                    $name,
-                    request_id = %request_id,
-                    // i64: trace attributes have no unsigned integers.
-                    caller.uid = caller.map(|c| i64::from(c.uid)),
-                    caller.gid = caller.map(|c| i64::from(c.gid)),
-                    caller.pid = caller.and_then(|c| c.pid).map(i64::from),
-                    caller.container = caller.and_then(|c| c.container),
-                    op,
-                    key = (!key_label.is_empty()).then_some(key_label),
-                    outcome = tracing::field::Empty,
-                    otel.status_description = tracing::field::Empty,
-                    not_exported = tracing::field::Empty,
-                )
-            };
+                    "POST"
+                }
+            });
+        // Answered before its body was read: drop the rest of the body
+        // while the client reads the answer, then close.
+        let linger = unread.filter(|b| !b.is_end_stream());
+        let close = linger.is_some();
+        if let Some(rest) = linger {
+            crate::stream::linger(body::stream(rest));
         }
-        let span = if route.is_some_and(|r| r.is_probe()) {
-            request_span!("probe")
-        } else {
-            let span = request_span!("request");
-            telemetry::adopt_parent(&span, &parts.headers);
-            span
+        into_response(reply, &request.id, allow, close)
+    }
+
+    /// The reply of `answered` and its outcome code, once its audit record
+    /// is written (for every request on the socket but the probes). An
+    /// answer whose record is lost is not given: it becomes the error.
+    async fn audited(
+        &self,
+        request: &Facts<'_>,
+        answered: Result<Reply, ApiError>,
+    ) -> (Reply, &'static str) {
+        let (mut reply, mut code) = match answered {
+            Ok(reply) => (reply, "ok"),
+            Err(e) => {
+                refused(&e);
+                (error_reply(&e, &request.id), e.code.as_str())
+            }
         };
-        let answered = async {
-            let mut unread: Unread = Some(body);
-            let mut admitted = false;
-            let reply = match route {
-                None => Err(ApiError::new(Code::NotFound, format!("no route {} {}", parts.method, parts.uri.path()))),
-                Some(route) => {
-                    answer_panics(self.dispatch(route, &parts, &mut unread, caller, &mut admitted))
-                        .await
-                }
-            };
-            let unexported = self.unexported(reply.is_err() && !admitted, caller);
-            let (mut reply, mut code) = match reply {
-                Ok(reply) => (reply, "ok"),
-                Err(e) => {
-                    if e.status.is_server_error() {
-                        tracing::warn!(code = e.code.as_str(), message = %e.message, "request failed");
-                    } else {
-                        tracing::debug!(code = e.code.as_str(), message = %e.message, "request refused");
-                    }
-                    (error_reply(&e, &request_id), e.code.as_str())
-                }
-            };
-            if let (Some(audit), Some(c)) = (&self.audit, caller)
-                && !route.is_some_and(|r| r.is_probe())
-            {
-                let written = audit
-                    .record(audit_log::Entry {
-                        time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
-                        request_id: request_id.clone(),
-                        uid: c.uid,
-                        gid: c.gid,
-                        pid: c.pid,
-                        container: c.container,
-                        op,
-                        key: (!key_label.is_empty()).then(|| key_label.to_owned()),
-                        version: reply.version.clone(),
-                        outcome: code,
-                        status: reply.status.as_u16(),
-                        latency_us: started.elapsed().as_micros() as u64,
-                    })
-                    .await;
-                if let Err(e) = written {
-                    // Fail closed: an answer whose record is lost is not given.
-                    tracing::warn!(code = e.code.as_str(), message = %e.message, "request failed");
-                    reply = error_reply(&e, &request_id);
-                    code = e.code.as_str();
-                }
-            }
-            if telemetry::exporting() {
-                // Only then: a field recorded now makes the JSON log layer
-                // format the span's fields again.
-                let span = tracing::Span::current();
-                telemetry::ended(&span, code, reply.status.is_server_error());
-                // Only callers with a rule, past the checks made before the
-                // body, spend the export: the others' spans are counted.
-                if let Some(reason) = unexported {
-                    span.record("not_exported", reason);
-                }
-            }
-            let metrics = self.service.metrics();
-            metrics.requests_total.with_label_values(&[op, key_label, code]).inc();
-            if let Some(container) = caller.and_then(|c| c.container) {
-                metrics.container_requests.with_label_values(&[container, code]).inc();
-            }
-            let elapsed = started.elapsed().as_secs_f64();
-            self.durations.with(
-                op,
-                || metrics.request_duration.with_label_values(&[op]),
-                |duration| duration.observe(elapsed),
-            );
-            tracing::debug!(status = reply.status.as_u16(), micros = started.elapsed().as_micros() as u64, "request done");
-            let allow = (reply.status == StatusCode::METHOD_NOT_ALLOWED)
-                .then_some(route)
-                .flatten()
-                .map(|r| if r.method() == Method::GET { "GET" } else { "POST" });
-            // Answered before its body was read: drop the rest of the body
-            // while the client reads the answer, then close.
-            let linger = unread.filter(|b| !b.is_end_stream());
-            let close = linger.is_some();
-            if let Some(rest) = linger {
-                crate::stream::linger(body::stream(rest));
-            }
-            into_response(reply, &request_id, allow, close)
+        let (Some(audit), Some(c)) = (&self.audit, request.caller) else {
+            return (reply, code);
+        };
+        if request.route.is_some_and(|r| r.is_probe()) {
+            return (reply, code);
         }
-        .instrument(span);
-        telemetry::with_request_id(&request_id, answered).await
+        let written = audit
+            .record(audit_log::Entry {
+                time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                request_id: request.id.clone(),
+                uid: c.uid,
+                gid: c.gid,
+                pid: c.pid,
+                container: c.container,
+                op: request.op,
+                key: (!request.key.is_empty()).then(|| request.key.to_owned()),
+                version: reply.version.clone(),
+                outcome: code,
+                status: reply.status.as_u16(),
+                latency_us: request.started.elapsed().as_micros() as u64,
+            })
+            .await;
+        if let Err(e) = written {
+            tracing::warn!(code = e.code.as_str(), message = %e.message, "request failed");
+            reply = error_reply(&e, &request.id);
+            code = e.code.as_str();
+        }
+        (reply, code)
+    }
+
+    /// The request's trace outcome and its metrics.
+    fn observe(
+        &self,
+        request: &Facts<'_>,
+        reply: &Reply,
+        code: &'static str,
+        unexported: Option<&'static str>,
+    ) {
+        if telemetry::exporting() {
+            // Only then: a field recorded now makes the JSON log layer
+            // format the span's fields again.
+            let span = tracing::Span::current();
+            telemetry::ended(&span, code, reply.status.is_server_error());
+            // Only callers with a rule, past the checks made before the
+            // body, spend the export: the others' spans are counted.
+            if let Some(reason) = unexported {
+                span.record("not_exported", reason);
+            }
+        }
+        let (op, started) = (request.op, request.started);
+        let metrics = self.service.metrics();
+        (metrics.requests_total)
+            .with_label_values(&[op, request.key, code])
+            .inc();
+        if let Some(container) = request.caller.and_then(|c| c.container) {
+            (metrics.container_requests)
+                .with_label_values(&[container, code])
+                .inc();
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        self.durations.with(
+            op,
+            || metrics.request_duration.with_label_values(&[op]),
+            |duration| duration.observe(elapsed),
+        );
+        let micros = started.elapsed().as_micros() as u64;
+        tracing::debug!(status = reply.status.as_u16(), micros, "request done");
     }
 
     /// Why the span of a request is not exported, if it is not: it was
@@ -424,9 +364,12 @@ impl Routes {
         }
     }
 
-    /// Answers `route`. `admitted` is set once the request has passed the
-    /// checks made before its body (method, rules, rate limit, audit log,
-    /// replay guard, headers): a refusal before that exports no span.
+    /// Answers `route` as its endpoint declares ([`super::endpoints`]):
+    /// the method, who may call it (decided once, from the path and the
+    /// peer credentials alone, before a byte of the body is read), the
+    /// rate limit, a key's checks, the body, the answer. `admitted` is set
+    /// once the request has passed the checks made before its body: a
+    /// refusal before that exports no span.
     async fn dispatch(
         &self,
         route: Route<'_>,
@@ -435,125 +378,71 @@ impl Routes {
         caller: Option<Caller>,
         admitted: &mut bool,
     ) -> Result<Reply, ApiError> {
-        if parts.method != route.method() {
-            return Err(ApiError::new(
-                Code::OperationNotSupported,
-                format!(
-                    "{} {} is not supported; use {}",
-                    parts.method,
-                    parts.uri.path(),
-                    route.method()
-                ),
-            )
-            .with_status(StatusCode::METHOD_NOT_ALLOWED));
+        let endpoint = route.endpoint;
+        if parts.method != endpoint.method {
+            return Err(wrong_method(parts, endpoint));
         }
         let svc = &self.service;
-        let (caller, alias, endpoint) = match (route, caller) {
-            (Route::Healthz, _) => return Ok(json(StatusCode::OK, &api::Health { status: "ok" })),
-            (Route::Readyz, c) => {
-                let (mut ready, mut body) = svc.readiness().await;
-                if let Some(audit) = &self.audit {
-                    let health = audit.health();
-                    ready &= health.status == "ok" || !audit.fails_closed();
-                    body.audit = Some(health);
-                }
-                if svc.metrics().socket_bound.get() != 1 {
-                    ready = false;
-                    body.socket = Some("lost");
-                }
-                body.status = if ready { "ready" } else { "not_ready" };
-                let status = if ready {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                if c.is_none() {
-                    // The TCP probe port answers anyone who reaches it: the
-                    // status only, no backend names, files or errors (the
-                    // socket has the reasons).
-                    return Ok(json(
-                        status,
-                        &api::Health {
-                            status: body.status,
-                        },
-                    ));
-                }
-                return Ok(json(status, &body));
-            }
-            (Route::Metrics, c) => {
-                let text = match c {
-                    // The socket: operators granted `metrics` see aliases.
-                    Some(c) => {
-                        svc.may_read_metrics(&c)?;
-                        *admitted = true;
-                        svc.metrics().encode(KeyLabels::Alias)
+        match (endpoint.serve, caller) {
+            (Serve::Probe(on_socket, answer), c) => {
+                if let Some(c) = c {
+                    match on_socket {
+                        OnSocket::Anyone => {}
+                        OnSocket::Checked(check) => check(svc, &c)?,
+                        OnSocket::NotHere(message) => {
+                            return Err(ApiError::new(Code::NotFound, message));
+                        }
                     }
-                    None => svc.metrics().encode(svc.key_labels()),
-                };
-                return Ok(Reply {
-                    status: StatusCode::OK,
-                    content_type: "text/plain; version=0.0.4; charset=utf-8",
-                    retry_after: None,
-                    version: None,
-                    hold: None,
-                    body: ReplyBody::Full(Bytes::from(text)),
-                });
+                    *admitted = true;
+                }
+                Ok(answer(self, c.is_some()).await)
             }
-            (Route::PublicJwks, None) => return Ok(json(StatusCode::OK, &svc.public_jwks().await)),
-            (_, None) => return Err(ApiError::new(Code::NotFound, "only probes are served here")),
-            (Route::PublicJwks, Some(_)) => {
-                return Err(ApiError::new(
-                    Code::NotFound,
-                    "`/.well-known/jwks.json` is served on the probe listener (jwks.public); use GET /v1/jwks here",
-                ));
-            }
-            (Route::ListKeys, Some(c)) => {
+            (_, None) => Err(ApiError::new(Code::NotFound, "only probes are served here")),
+            (Serve::Caller(check, answer), Some(c)) => {
+                if let Some(check) = check {
+                    check(svc, &c)?;
+                }
                 self.rate_limit(&c)?;
                 *admitted = true;
-                return Ok(json(StatusCode::OK, &svc.list_keys(&c).await));
+                let (body, hold) = self.read_input(endpoint.input, parts, unread, &c).await?;
+                Ok(answer(svc, &c, &body).await?.holding(hold))
             }
-            (Route::Jwks, Some(c)) => {
+            (Serve::Key(op, answer), Some(c)) => {
+                // Never "": a key endpoint's route names its key (`parse_route`).
+                let alias = route.key.unwrap_or_default();
+                let grant = svc.authorize(&c, alias, op)?;
                 self.rate_limit(&c)?;
+                let streamed = self.key_checks(&grant, endpoint, &parts.headers)?;
                 *admitted = true;
-                return Ok(json(StatusCode::OK, &svc.jwks(&c).await));
+                if let Some((streamed, context)) = streamed {
+                    let input = unread.take().expect("the body is unread until here");
+                    return (self.envelope_stream(
+                        &grant,
+                        streamed,
+                        context,
+                        &parts.headers,
+                        input,
+                    ))
+                    .await;
+                }
+                let (body, hold) = self.read_input(endpoint.input, parts, unread, &c).await?;
+                let reply = answer(svc, &grant, &body).await;
+                drop(body);
+                Ok(reply?.holding(hold))
             }
-            (Route::JwtVerify, Some(c)) => {
-                // The key is named inside the token: a caller no rule
-                // grants `verify` is refused before its body is read.
-                svc.may_verify_jwts(&c)?;
-                self.rate_limit(&c)?;
-                *admitted = true;
-                let (body, reservation) = self.read_body(parts, unread, &c).await?;
-                let reply = ok(svc.jwt_verify(&c, parse_json(&body)?).await);
-                return reply.map(|reply| Reply {
-                    hold: Some(reservation),
-                    ..reply
-                });
-            }
-            (Route::Key(alias, endpoint), Some(c)) => (c, alias, endpoint),
-        };
-        self.key_request(endpoint, alias, &caller, parts, unread, admitted)
-            .await
+        }
     }
 
-    /// A key endpoint's request, through the pipeline every one runs: the
-    /// rules (decided once, from the path and the peer credentials alone,
-    /// before a byte of the body is read or buffered), the rate limit, the
-    /// audit log's availability, the replay guard and the headers; then
-    /// the body (whole, or streamed where the endpoint streams), and the
-    /// endpoint's service call.
-    async fn key_request(
+    /// What a key endpoint's request passes after the rules and the rate
+    /// limit, before its body: the audit log can be written, the key's
+    /// replay guard, the headers. `Some`: the body is a streamed envelope,
+    /// with this encryption context.
+    fn key_checks(
         &self,
-        endpoint: &'static Endpoint,
-        alias: &str,
-        caller: &Caller,
-        parts: &Parts,
-        unread: &mut Unread,
-        admitted: &mut bool,
-    ) -> Result<Reply, ApiError> {
-        let svc = &self.service;
-        let grant = svc.authorize(caller, alias, endpoint.op)?;
-        self.rate_limit(caller)?;
+        grant: &Grant<'_>,
+        endpoint: &Endpoint,
+        headers: &HeaderMap,
+    ) -> Result<Option<(Streamed, Context)>, ApiError> {
         if let Some(audit) = &self.audit {
             audit.available()?;
         }
@@ -562,34 +451,34 @@ impl Routes {
                 self.limits.replay_window.0,
                 self.limits.replay_memory.0,
             );
-            self.replay
-                .check(caller.uid, svc.counted_as(caller), &parts.headers, window)?;
+            let caller = &grant.caller;
+            (self.replay).check(caller.uid, self.service.counted_as(caller), headers, window)?;
         }
-        let header_context = encryption_context_header(&parts.headers)?;
-        let streamed = endpoint
-            .streamed
-            .filter(|_| is_octet_stream(&parts.headers));
-        if streamed.is_none() && header_context.is_some() {
-            return Err(ApiError::invalid(format!(
+        let header_context = encryption_context_header(headers)?;
+        match endpoint.streamed.filter(|_| is_octet_stream(headers)) {
+            Some(streamed) => Ok(Some((streamed, header_context.unwrap_or_default()))),
+            None if header_context.is_some() => Err(ApiError::invalid(format!(
                 "header `{ENCRYPTION_CONTEXT}` is only for streamed envelopes (Content-Type: application/octet-stream); send `context` in the JSON body"
-            )));
+            ))),
+            None => Ok(None),
         }
-        *admitted = true;
-        if let Some(streamed) = streamed {
-            let context = header_context.unwrap_or_default();
-            let input = unread.take().expect("the body is unread until here");
-            return self
-                .envelope_stream(&grant, streamed, context, &parts.headers, input)
-                .await;
+    }
+
+    /// The body as `input` says: none, or read whole with its share of the
+    /// body budget (a batch spends one more rate-limit token per further
+    /// item, the request's own being spent).
+    async fn read_input(
+        &self,
+        input: Input,
+        parts: &Parts,
+        unread: &mut Unread,
+        caller: &Caller,
+    ) -> Result<(Zeroizing<Vec<u8>>, Option<body::Reservation>), ApiError> {
+        if input == Input::None {
+            return Ok((Zeroizing::new(Vec::new()), None));
         }
-        let (body, reservation) = if endpoint.input == Input::None {
-            (Zeroizing::new(Vec::new()), None)
-        } else {
-            let (body, reservation) = self.read_body(parts, unread, caller).await?;
-            (body, Some(reservation))
-        };
-        if endpoint.input == Input::Batch {
-            // The request's own token is spent: one more per further item.
+        let (body, reservation) = self.read_body(parts, unread, caller).await?;
+        if input == Input::Batch {
             let items = u32::try_from(api::batch_len(&body).unwrap_or(1)).unwrap_or(u32::MAX);
             if self.limits.per_caller.is_some_and(|l| items > l.burst) {
                 self.service.metrics().rate_limited.inc();
@@ -597,12 +486,7 @@ impl Routes {
             }
             self.charge(caller, items.saturating_sub(1))?;
         }
-        let reply = (endpoint.serve)(svc, &grant, &body).await;
-        drop(body);
-        reply.map(|reply| Reply {
-            hold: reservation,
-            ..reply
-        })
+        Ok((body, Some(reservation)))
     }
 
     /// The request body, read within `limits.max_body`, the body budget
@@ -679,14 +563,7 @@ impl Routes {
             crate::stream::linger(rest);
             e
         })?;
-        Ok(Reply {
-            status: StatusCode::OK,
-            content_type: "application/octet-stream",
-            retry_after: None,
-            version: None,
-            hold: Some(reservation),
-            body: ReplyBody::Stream(chunks),
-        })
+        Ok(Reply::stream(chunks, reservation))
     }
 }
 
@@ -694,6 +571,29 @@ fn too_big_a_batch(items: u32) -> String {
     format!(
         "a batch of {items} items costs {items} rate-limit tokens, more than limits.per_caller.burst holds: send smaller batches"
     )
+}
+
+/// The 405 of a request with another method than `endpoint`'s.
+fn wrong_method(parts: &Parts, endpoint: &Endpoint) -> ApiError {
+    ApiError::new(
+        Code::OperationNotSupported,
+        format!(
+            "{} {} is not supported; use {}",
+            parts.method,
+            parts.uri.path(),
+            endpoint.method
+        ),
+    )
+    .with_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+/// Logs an error answer: a warning for the sidecar's own failures.
+fn refused(e: &ApiError) {
+    if e.status.is_server_error() {
+        tracing::warn!(code = e.code.as_str(), message = %e.message, "request failed");
+    } else {
+        tracing::debug!(code = e.code.as_str(), message = %e.message, "request refused");
+    }
 }
 
 /// `dispatched`, or a 500 `internal_error` if it panics: a bug must not
@@ -767,7 +667,9 @@ fn request_id(headers: &HeaderMap) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::reply::json;
     use super::*;
+    use http::header::HeaderValue;
 
     #[tokio::test]
     async fn a_panic_in_a_request_is_a_500_answer() {

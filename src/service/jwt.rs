@@ -309,38 +309,42 @@ impl Service {
         caller: &Caller,
         req: api::JwtVerifyRequest,
     ) -> Result<api::JwtVerifyResponse, ApiError> {
-        let invalid = |kid: Option<&str>, reason: String| api::JwtVerifyResponse {
-            valid: false,
-            kid: kid.map(str::to_owned),
-            header: None,
-            claims: None,
-            reason: Some(reason),
-        };
         let header = jsonwebtoken::decode_header(&req.jwt)
             .map_err(|e| ApiError::invalid(format!("field `jwt`: not a compact JWS: {e}")))?;
         let Some(kid) = header.kid.as_deref() else {
             return Ok(invalid(None, "the header has no `kid`".into()));
         };
+        Ok(match self.jwt_key(caller, kid, &req.jwt).await? {
+            Ok((key, alg)) => decode_jwt(&req, kid, &key, alg),
+            Err(reason) => invalid(Some(kid), reason),
+        })
+    }
+
+    /// The key and algorithm that verify a token of `kid` (`name/version`),
+    /// or why none does; the token's `jwt` for its signature's S.
+    async fn jwt_key(
+        &self,
+        caller: &Caller,
+        kid: &str,
+        jwt: &str,
+    ) -> Result<Result<(jsonwebtoken::DecodingKey, jsonwebtoken::Algorithm), String>, ApiError>
+    {
         let Some((alias, version)) = kid.rsplit_once('/') else {
-            return Ok(invalid(Some(kid), "`kid` is not `name/version`".into()));
+            return Ok(Err("`kid` is not `name/version`".into()));
         };
         let entry = match self.authorize(caller, alias, Op::Verify) {
             Ok(grant) => grant.entry,
             Err(e) if e.code == Code::KeyNotFound => {
-                return Ok(invalid(
-                    Some(kid),
-                    format!("no key `{alias}` is configured"),
-                ));
+                return Ok(Err(format!("no key `{alias}` is configured")));
             }
             Err(e) => return Err(e),
         };
         let enabled =
             (entry.metadata().await?.versions.iter()).any(|v| v.version == version && v.enabled);
         if !enabled {
-            return Ok(invalid(
-                Some(kid),
-                format!("key `{alias}` has no enabled version `{version}`"),
-            ));
+            return Ok(Err(format!(
+                "key `{alias}` has no enabled version `{version}`"
+            )));
         }
         let pk = entry.public_key(Some(version)).await?;
         let jwk = crypto::public_key_jwk(pk.algorithm, &pk.spki_der, kid)
@@ -348,20 +352,16 @@ impl Service {
             .and_then(|jwk| serde_json::from_value::<jsonwebtoken::jwk::Jwk>(jwk).ok());
         let alg = pk.algorithm.jose_name().and_then(|a| a.parse().ok());
         let (Some(jwk), Some(alg)) = (jwk, alg) else {
-            return Ok(invalid(
-                Some(kid),
-                format!("key `{alias}` does not sign JWTs"),
-            ));
+            return Ok(Err(format!("key `{alias}` does not sign JWTs")));
         };
         // (r, n − s) verifies like (r, s): a second valid string for the
         // same token. The sidecar issues low-S only, so the twin is refused.
-        let signature = req.jwt.rsplit('.').next().unwrap_or_default();
+        let signature = jwt.rsplit('.').next().unwrap_or_default();
         if URL_SAFE_NO_PAD
             .decode(signature)
             .is_ok_and(|raw| crypto::is_high_s(pk.algorithm, &raw))
         {
-            return Ok(invalid(
-                Some(kid),
+            return Ok(Err(
                 "the ECDSA signature has a high S (s > n/2); the sidecar issues low-S signatures only".into(),
             ));
         }
@@ -371,26 +371,48 @@ impl Service {
                 format!("the public key of `{kid}`: {e}"),
             )
         })?;
-        let mut validation = jsonwebtoken::Validation::new(alg);
-        validation.leeway = LEEWAY_SECONDS;
-        validation.validate_nbf = true;
-        match &req.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
-        if let Some(iss) = &req.issuer {
-            validation.set_issuer(&[iss]);
-        }
-        match jsonwebtoken::decode::<Value>(&req.jwt, &key, &validation) {
-            Ok(data) => Ok(api::JwtVerifyResponse {
-                valid: true,
-                kid: Some(kid.to_owned()),
-                header: serde_json::to_value(&data.header).ok(),
-                claims: Some(data.claims),
-                reason: None,
-            }),
-            Err(e) => Ok(invalid(Some(kid), e.to_string())),
-        }
+        Ok(Ok((key, alg)))
+    }
+}
+
+/// A token that does not verify, and why.
+fn invalid(kid: Option<&str>, reason: String) -> api::JwtVerifyResponse {
+    api::JwtVerifyResponse {
+        valid: false,
+        kid: kid.map(str::to_owned),
+        header: None,
+        claims: None,
+        reason: Some(reason),
+    }
+}
+
+/// The token of `req` checked with `key`: its signature, its times (with
+/// [`LEEWAY_SECONDS`]), and the audience and issuer `req` asks for.
+fn decode_jwt(
+    req: &api::JwtVerifyRequest,
+    kid: &str,
+    key: &jsonwebtoken::DecodingKey,
+    alg: jsonwebtoken::Algorithm,
+) -> api::JwtVerifyResponse {
+    let mut validation = jsonwebtoken::Validation::new(alg);
+    validation.leeway = LEEWAY_SECONDS;
+    validation.validate_nbf = true;
+    match &req.audience {
+        Some(aud) => validation.set_audience(&[aud]),
+        None => validation.validate_aud = false,
+    }
+    if let Some(iss) = &req.issuer {
+        validation.set_issuer(&[iss]);
+    }
+    match jsonwebtoken::decode::<Value>(&req.jwt, key, &validation) {
+        Ok(data) => api::JwtVerifyResponse {
+            valid: true,
+            kid: Some(kid.to_owned()),
+            header: serde_json::to_value(&data.header).ok(),
+            claims: Some(data.claims),
+            reason: None,
+        },
+        Err(e) => invalid(Some(kid), e.to_string()),
     }
 }
 

@@ -122,24 +122,7 @@ pub async fn run(
         openshift = handler.config.openshift,
         "kms-sidecar webhook ready"
     );
-    let reloads = handler.metrics.tls_reloads.clone();
-    let reloader = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(tls::POLL);
-        loop {
-            tick.tick().await;
-            match cert.reload_if_changed() {
-                Ok(false) => {}
-                Ok(true) => {
-                    reloads.with_label_values(&["ok"]).inc();
-                    tracing::info!("TLS certificate reloaded");
-                }
-                Err(e) => {
-                    reloads.with_label_values(&["error"]).inc();
-                    tracing::warn!(error = %e, "TLS certificate change not loaded; serving the previous one");
-                }
-            }
-        }
-    });
+    let reloader = tokio::spawn(reload_tls(cert, handler.metrics.tls_reloads.clone()));
 
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
@@ -160,35 +143,16 @@ pub async fn run(
                 }
             },
         };
-        let acceptor = acceptor.clone();
-        let handler = handler.clone();
-        let http = http.clone();
+        let (acceptor, handler) = (acceptor.clone(), handler.clone());
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let svc = hyper::service::service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler.handle(req).await) }
-            });
-            if let Err(e) = watcher
-                .watch(http.serve_connection(TokioIo::new(tls), svc))
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        tokio::spawn(connection(
+            stream,
+            peer,
+            acceptor,
+            handler,
+            http.clone(),
+            watcher,
+        ));
     }
     drop(listener);
     reloader.abort();
@@ -200,6 +164,69 @@ pub async fn run(
         tracing::warn!("drain timed out");
     }
     Ok(())
+}
+
+/// Reloads the TLS certificate when cert-manager rotates it, counting
+/// reloads in `reloads`; runs until aborted.
+async fn reload_tls(cert: Arc<tls::ReloadingCert>, reloads: IntCounterVec) {
+    let mut tick = tokio::time::interval(tls::POLL);
+    loop {
+        tick.tick().await;
+        match cert.reload_if_changed() {
+            Ok(false) => {}
+            Ok(true) => {
+                reloads.with_label_values(&["ok"]).inc();
+                tracing::info!("TLS certificate reloaded");
+            }
+            Err(e) => {
+                reloads.with_label_values(&["error"]).inc();
+                tracing::warn!(error = %e, "TLS certificate change not loaded; serving the previous one");
+            }
+        }
+    }
+}
+
+/// Serves one connection from `peer`: its TLS handshake, then its reviews.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handler: Arc<Handler>,
+    http: http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let Some(tls) = handshake(&acceptor, stream, peer).await else {
+        return;
+    };
+    let svc = hyper::service::service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.handle(req).await) }
+    });
+    if let Err(e) = watcher
+        .watch(http.serve_connection(TokioIo::new(tls), svc))
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The TLS handshake of a new connection, within 10 s.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// Accepts one connection, with Nagle's algorithm off: a review is one

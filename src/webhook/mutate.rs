@@ -232,29 +232,8 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     let Some(spec) = &pod.spec else {
         return Decision::skip("the pod has no spec");
     };
-    let says = |map: &BTreeMap<String, String>, word: &str| {
-        map.get(INJECT)
-            .is_some_and(|v| v.eq_ignore_ascii_case(word))
-    };
-    if says(annotations, "false") {
-        return Decision::skip("the pod opts out by annotation");
-    }
-    if !says(labels, "true") {
-        // The chart's objectSelector sends the webhook labelled pods only:
-        // an annotation alone would work here and nowhere else.
-        let warning = says(annotations, "true").then(|| {
-            format!("the annotation {INJECT}: \"true\" does not opt in; label the pod {INJECT}: \"true\"")
-        });
-        return Ok(Decision::Skip {
-            reason: "the pod does not ask for injection",
-            warning,
-        });
-    }
-    if let Some(why) = fit::windows(spec) {
-        return Ok(Decision::Skip {
-            reason: "a Windows pod",
-            warning: Some(why),
-        });
+    if let Some(skip) = not_asked(spec, annotations, labels) {
+        return Ok(skip);
     }
     if annotations.contains_key(STATUS) {
         return reinvoked(spec, annotations, config);
@@ -277,7 +256,55 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     }
     check_isolation(spec, config, per_container)?;
     let overrides = Overrides::read(annotations, spec, config)?;
-    let mut sidecar = sidecar(&overrides, config);
+    let pod_annotations = (annotations, meta.annotations.is_some());
+    inject(spec, pod_annotations, &overrides, config, per_container)
+}
+
+/// Why a pod is left alone, if it is: it opts out, does not opt in (by
+/// its label), or runs Windows.
+fn not_asked(
+    spec: &PodSpec,
+    annotations: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> Option<Decision> {
+    let says = |map: &BTreeMap<String, String>, word: &str| {
+        map.get(INJECT)
+            .is_some_and(|v| v.eq_ignore_ascii_case(word))
+    };
+    if says(annotations, "false") {
+        return Some(Decision::Skip {
+            reason: "the pod opts out by annotation",
+            warning: None,
+        });
+    }
+    if !says(labels, "true") {
+        // The chart's objectSelector sends the webhook labelled pods only:
+        // an annotation alone would work here and nowhere else.
+        let warning = says(annotations, "true").then(|| {
+            format!("the annotation {INJECT}: \"true\" does not opt in; label the pod {INJECT}: \"true\"")
+        });
+        return Some(Decision::Skip {
+            reason: "the pod does not ask for injection",
+            warning,
+        });
+    }
+    fit::windows(spec).map(|why| Decision::Skip {
+        reason: "a Windows pod",
+        warning: Some(why),
+    })
+}
+
+/// The patch that injects a new pod: the sidecar (with `overrides`), the
+/// socket in the app containers, the volumes, the annotations (the pod's,
+/// and whether it has the map at all).
+fn inject(
+    spec: &PodSpec,
+    (annotations, annotations_exist): (&BTreeMap<String, String>, bool),
+    overrides: &Overrides,
+    config: &Config,
+    per_container: bool,
+) -> Result<Decision, Refusal> {
+    let mut sidecar = sidecar(overrides, config);
     if config.native_sidecar {
         sidecar.restart_policy = Some("Always".into());
     }
@@ -294,22 +321,8 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
         mut warnings,
         sockets,
     } = apps(&mut ops, spec, native_at, per_container);
-    let mut volumes = volumes(&overrides, config);
-    // The sidecar's containers directory, when there is one to serve (the
-    // sidecar refuses to start on a missing one).
-    if !sockets.is_empty() {
-        sidecar
-            .env
-            .get_or_insert_default()
-            .push(env(sockets::DIR_ENV, sockets::CONTAINERS_DIR));
-    }
-    for name in &sockets {
-        volumes.push(empty_dir(&sockets::volume_name(name), "1Mi"));
-        sidecar
-            .volume_mounts
-            .get_or_insert_default()
-            .push(sockets::sidecar_mount(name));
-    }
+    let mut volumes = volumes(overrides, config);
+    serve_sockets(&mut sidecar, &mut volumes, &sockets);
     if !config.native_sidecar && spec.init_containers.is_some() {
         warnings.push(
             "init containers do not get the socket: the sidecar is a regular container (injection.nativeSidecar: false), which starts after them".into(),
@@ -333,7 +346,7 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
     push_entries(
         &mut ops,
         &["metadata", "annotations"],
-        meta.annotations.is_some(),
+        annotations_exist,
         added,
     );
     let mut config_maps = vec![overrides.config_map.clone()];
@@ -343,6 +356,25 @@ pub fn mutate(pod: &Pod, config: &Config) -> Result<Decision, Refusal> {
         warnings,
         config_maps,
     }))
+}
+
+/// Per-container sockets: the sidecar serves the containers directory
+/// (when there is one to serve: it refuses to start on a missing one) and
+/// mounts each socket's volume, which the pod gains.
+fn serve_sockets(sidecar: &mut Container, volumes: &mut Vec<Volume>, sockets: &[String]) {
+    if !sockets.is_empty() {
+        sidecar
+            .env
+            .get_or_insert_default()
+            .push(env(sockets::DIR_ENV, sockets::CONTAINERS_DIR));
+    }
+    for name in sockets {
+        volumes.push(empty_dir(&sockets::volume_name(name), "1Mi"));
+        sidecar
+            .volume_mounts
+            .get_or_insert_default()
+            .push(sockets::sidecar_mount(name));
+    }
 }
 
 /// The annotations the patch adds: the status, the default container (when
@@ -586,34 +618,8 @@ fn app_container(
     None
 }
 
+/// The sidecar's container.
 fn sidecar(o: &Overrides, config: &Config) -> Container {
-    let probe = |path: &str, period, failures| {
-        let mut probe = Probe {
-            period_seconds: Some(period),
-            failure_threshold: Some(failures),
-            timeout_seconds: Some(2),
-            ..Default::default()
-        };
-        match o.probes_port {
-            Some(port) => {
-                probe.http_get = Some(HTTPGetAction {
-                    path: Some(path.into()),
-                    port: IntOrString::Int(port.into()),
-                    ..Default::default()
-                });
-            }
-            None => {
-                probe.exec = Some(ExecAction {
-                    command: Some(
-                        [BINARY, "probe", "--socket", SOCKET, path]
-                            .map(String::from)
-                            .into(),
-                    ),
-                });
-            }
-        }
-        probe
-    };
     let probes = match o.probes_port {
         Some(port) => format!("0.0.0.0:{port}"),
         // No TCP listener at all (the YAML null): nothing on the node.
@@ -626,6 +632,76 @@ fn sidecar(o: &Overrides, config: &Config) -> Container {
         env("KMS_SIDECAR_DATA_VOLUME__PATH", DATA_DIR),
         env("KMS_SIDECAR_DATA_VOLUME__SIZE_LIMIT", DATA_VOLUME_LIMIT),
     ];
+    envs.extend(token_env(o, config));
+    Container {
+        name: CONTAINER.into(),
+        image: Some(o.image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
+        args: Some(vec![
+            "serve".into(),
+            "--config".into(),
+            format!("{CONFIG_DIR}/config.yaml"),
+        ]),
+        env: Some(envs),
+        ports: o.probes_port.map(|port| {
+            vec![ContainerPort {
+                name: Some("kms-probes".into()),
+                container_port: port.into(),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]
+        }),
+        // Started once the socket serves: the pod's other containers start
+        // then, whether or not the KMS is reachable yet (a mesh's proxy
+        // that is a regular container, which carries the sidecar's egress,
+        // starts only after it). Readiness reports the KMS.
+        startup_probe: Some(probe(o, "/healthz", 1, 60)),
+        readiness_probe: Some(probe(o, "/readyz", 5, 3)),
+        liveness_probe: Some(probe(o, "/healthz", 10, 3)),
+        resources: Some(ResourceRequirements {
+            requests: Some(o.requests.clone()).filter(|m| !m.is_empty()),
+            limits: Some(o.limits.clone()).filter(|m| !m.is_empty()),
+            ..Default::default()
+        }),
+        security_context: Some(security_context(config)),
+        volume_mounts: Some(sidecar_mounts(o)),
+        ..Default::default()
+    }
+}
+
+/// A probe of the sidecar on `path`: HTTP on the probes port, or (without
+/// one) the binary's `probe` command on the socket.
+fn probe(o: &Overrides, path: &str, period: i32, failures: i32) -> Probe {
+    let mut probe = Probe {
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    };
+    match o.probes_port {
+        Some(port) => {
+            probe.http_get = Some(HTTPGetAction {
+                path: Some(path.into()),
+                port: IntOrString::Int(port.into()),
+                ..Default::default()
+            });
+        }
+        None => {
+            probe.exec = Some(ExecAction {
+                command: Some(
+                    [BINARY, "probe", "--socket", SOCKET, path]
+                        .map(String::from)
+                        .into(),
+                ),
+            });
+        }
+    }
+    probe
+}
+
+/// The sidecar's mounts: the socket's volume (the one mount that may
+/// create the socket), the config, its own directory, the tokens.
+fn sidecar_mounts(o: &Overrides) -> Vec<VolumeMount> {
     let mut mounts = vec![
         // The sidecar's own mount: the one that may create the socket.
         socket_mount(SOCKET_VOLUME, false),
@@ -649,6 +725,13 @@ fn sidecar(o: &Overrides, config: &Config) -> Container {
             ..Default::default()
         });
     }
+    mounts
+}
+
+/// The variables that point each cloud's SDK at its projected token and
+/// workload identity.
+fn token_env(o: &Overrides, config: &Config) -> Vec<EnvVar> {
+    let mut envs = Vec::new();
     let token_file = |t: Token| format!("{TOKEN_DIR}/{}", t.file());
     for t in &o.tokens {
         match t {
@@ -673,54 +756,26 @@ fn sidecar(o: &Overrides, config: &Config) -> Container {
             Token::Vault => {}
         }
     }
-    Container {
-        name: CONTAINER.into(),
-        image: Some(o.image.clone()),
-        image_pull_policy: config.image_pull_policy.clone(),
-        args: Some(vec![
-            "serve".into(),
-            "--config".into(),
-            format!("{CONFIG_DIR}/config.yaml"),
-        ]),
-        env: Some(envs),
-        ports: o.probes_port.map(|port| {
-            vec![ContainerPort {
-                name: Some("kms-probes".into()),
-                container_port: port.into(),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]
-        }),
-        // Started once the socket serves: the pod's other containers start
-        // then, whether or not the KMS is reachable yet (a mesh's proxy
-        // that is a regular container, which carries the sidecar's egress,
-        // starts only after it). Readiness reports the KMS.
-        startup_probe: Some(probe("/healthz", 1, 60)),
-        readiness_probe: Some(probe("/readyz", 5, 3)),
-        liveness_probe: Some(probe("/healthz", 10, 3)),
-        resources: Some(ResourceRequirements {
-            requests: Some(o.requests.clone()).filter(|m| !m.is_empty()),
-            limits: Some(o.limits.clone()).filter(|m| !m.is_empty()),
+    envs
+}
+
+/// The sidecar runs as non-root with nothing it does not need.
+fn security_context(config: &Config) -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        // On OpenShift the SCC assigns the uid (gid 0), from the
+        // namespace's range: a fixed one would be refused.
+        run_as_user: (!config.openshift).then_some(config.run_as_user),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
             ..Default::default()
         }),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            // On OpenShift the SCC assigns the uid (gid 0), from the
-            // namespace's range: a fixed one would be refused.
-            run_as_user: (!config.openshift).then_some(config.run_as_user),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
             ..Default::default()
         }),
-        volume_mounts: Some(mounts),
         ..Default::default()
     }
 }

@@ -84,21 +84,30 @@ fn env_of(c: &Container, name: &str) -> Option<String> {
         .and_then(|e| e.value.clone())
 }
 
-#[test]
-fn multi_container_pod_keeps_everything_and_gains_the_sidecar() {
+/// `multi-container.yaml`, injected with AWS and Vault tokens: the
+/// document, the pod and the patched document.
+fn multi_container() -> (Value, Pod, Value) {
     let doc = pod("multi-container");
     let (p, raw) = inject(&doc, &config(&[Token::Aws, Token::Vault])).expect("injected");
+    (doc, p, raw)
+}
+
+/// The app and init containers after the sidecar.
+fn apps_of(p: &Pod) -> impl Iterator<Item = &Container> {
+    let spec = p.spec.as_ref().unwrap();
+    (spec.containers.iter()).chain(&spec.init_containers.as_ref().unwrap()[1..])
+}
+
+#[test]
+fn multi_container_pod_keeps_everything_and_gains_the_sidecar() {
+    let (doc, p, raw) = multi_container();
     let spec = p.spec.as_ref().unwrap();
     assert_eq!(
         names(spec.init_containers.as_ref().unwrap()),
         ["kms-sidecar", "migrate"]
     );
     assert_eq!(names(&spec.containers), ["api", "log-shipper"]);
-    for c in spec
-        .containers
-        .iter()
-        .chain(&spec.init_containers.as_ref().unwrap()[1..])
-    {
+    for c in apps_of(&p) {
         assert_sees_socket(c);
     }
     // What was there is still there, first and unchanged.
@@ -122,9 +131,14 @@ fn multi_container_pod_keeps_everything_and_gains_the_sidecar() {
     let annotations = p.metadata.annotations.as_ref().unwrap();
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations[STATUS], "injected");
+    // Idempotent: the injected pod is left alone.
+    assert!(inject(&raw, &config(&[Token::Aws])).is_none());
+}
 
-    // The sidecar: native, probed, hardened, small; its socket mount alone
-    // is writable (it creates the socket).
+#[test]
+fn the_sidecar_is_native_probed_hardened_and_small() {
+    let (_, p, _) = multi_container();
+    // Its socket mount alone is writable (it creates the socket).
     let s = sidecar_of(&p);
     assert_eq!(s.restart_policy.as_deref(), Some("Always"));
     let own = s
@@ -174,12 +188,12 @@ fn multi_container_pod_keeps_everything_and_gains_the_sidecar() {
         None,
         "no role ARN configured or annotated"
     );
-    // Only the sidecar sees the tokens and its private directory.
-    for c in spec
-        .containers
-        .iter()
-        .chain(&spec.init_containers.as_ref().unwrap()[1..])
-    {
+}
+
+#[test]
+fn only_the_sidecar_sees_its_tokens_and_private_directory() {
+    let (_, p, _) = multi_container();
+    for c in apps_of(&p) {
         let ours: Vec<_> = c
             .volume_mounts
             .iter()
@@ -190,6 +204,7 @@ fn multi_container_pod_keeps_everything_and_gains_the_sidecar() {
     }
 
     // One projected volume, a token per audience, at most an hour.
+    let volumes = p.spec.as_ref().unwrap().volumes.as_ref().unwrap();
     let tokens = volumes.iter().find(|v| v.name == TOKEN_VOLUME).unwrap();
     let sources = tokens.projected.as_ref().unwrap().sources.as_ref().unwrap();
     let audiences: Vec<_> = sources
@@ -209,9 +224,6 @@ fn multi_container_pod_keeps_everything_and_gains_the_sidecar() {
     );
     let cm = volumes.iter().find(|v| v.name == CONFIG_VOLUME).unwrap();
     assert_eq!(cm.config_map.as_ref().unwrap().name, "kms-sidecar");
-
-    // Idempotent: the injected pod is left alone.
-    assert!(inject(&raw, &config(&[Token::Aws])).is_none());
 }
 
 #[test]
