@@ -32,6 +32,7 @@ pub mod mesh;
 pub mod mutate;
 pub mod openshift;
 pub mod quantity;
+mod sidecar;
 pub mod sockets;
 pub mod tls;
 

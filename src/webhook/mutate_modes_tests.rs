@@ -3,6 +3,7 @@
 
 use super::pods::decide;
 use super::*;
+use crate::webhook::sidecar::socket_mode;
 use crate::webhook::sockets::{self, CONTAINERS_DIR, DIR_ENV, PER_CONTAINER};
 
 fn per_container() -> Config {

@@ -2,8 +2,10 @@
 //! RFC 6902) to real-world pod specs from `tests/webhook/pods/`.
 
 use super::*;
-use crate::webhook::config::FailurePolicy;
+use crate::webhook::config::{FailurePolicy, Token};
 use crate::webhook::quantity::*;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 fn pod(name: &str) -> Value {
