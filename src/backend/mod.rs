@@ -16,6 +16,7 @@ pub mod azure;
 pub mod binding;
 pub mod credentials;
 #[cfg(any(
+    feature = "aws",
     feature = "vault",
     feature = "azure",
     feature = "gcp",

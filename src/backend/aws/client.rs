@@ -4,6 +4,7 @@
 
 use super::credentials::RefreshedProvider;
 use super::errors::{kms_error, missing, required};
+use crate::backend::facts::KeyFacts;
 use crate::backend::{
     Context, DataKey, DataKeySize, Decrypted, Error, KeyMetadata, KeyRef, KeyStatus, Origin,
     Plaintext, PublicKey, Revocation, Rewrapped, Sealed, Signature, Verified, VersionInfo,
@@ -19,16 +20,14 @@ use aws_sdk_kms::types::{
     DataKeySpec, KeySpec, KeyState, MacAlgorithmSpec, MessageType, OriginType, SigningAlgorithmSpec,
 };
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 use zeroize::Zeroizing;
 
 /// Largest plaintext KMS `Encrypt` takes.
 pub const MAX_ENCRYPT: usize = 4096;
 /// Largest message KMS `Sign` takes as `RAW`; longer ones are hashed here.
 const MAX_RAW_MESSAGE: usize = 4096;
-/// How long `DescribeKey` results are reused for sign/verify decisions.
-const KEY_INFO_TTL: Duration = Duration::from_secs(300);
 
 /// What `DescribeKey` says about a key.
 #[derive(Debug)]
@@ -51,7 +50,7 @@ struct KeyInfo {
 pub(super) struct Regional {
     pub(super) region: String,
     client: Client,
-    keys: Mutex<HashMap<String, (Instant, Arc<KeyInfo>)>>,
+    keys: KeyFacts<KeyInfo>,
 }
 
 impl Regional {
@@ -88,17 +87,15 @@ impl Regional {
         Regional {
             region,
             client: Client::from_conf(kms.build()),
-            keys: Mutex::new(HashMap::new()),
+            keys: KeyFacts::default(),
         }
     }
 
     /// The key's algorithm and facts, from a `DescribeKey` at most
-    /// [`KEY_INFO_TTL`] old.
+    /// [`KEY_FACTS_TTL`](crate::backend::facts::KEY_FACTS_TTL) old.
     async fn info(&self, key: KeyRef<'_>) -> Result<Arc<KeyInfo>, Error> {
-        if let Some((at, info)) = self.keys.lock().expect("never poisoned").get(key.id)
-            && at.elapsed() < KEY_INFO_TTL
-        {
-            return Ok(info.clone());
+        if let Some(info) = self.keys.get(key.id) {
+            return Ok(info);
         }
         let out = self
             .client
@@ -127,7 +124,7 @@ impl Regional {
                 )));
             }
         };
-        let info = Arc::new(KeyInfo {
+        let info = KeyInfo {
             algorithm,
             arn: m.arn().unwrap_or(m.key_id()).to_owned(),
             version: m.current_key_material_id().unwrap_or("1").to_owned(),
@@ -149,12 +146,8 @@ impl Regional {
                 }
                 _ => None,
             },
-        });
-        self.keys
-            .lock()
-            .expect("never poisoned")
-            .insert(key.id.to_owned(), (Instant::now(), info.clone()));
-        Ok(info)
+        };
+        Ok(self.keys.put(key.id, info))
     }
 }
 
@@ -202,7 +195,7 @@ fn context_map(context: &Context) -> Option<HashMap<String, String>> {
 impl Regional {
     /// The key's state from a fresh `DescribeKey` (one call).
     pub(super) async fn key_status(&self, key: KeyRef<'_>) -> Result<KeyStatus, Error> {
-        self.keys.lock().expect("never poisoned").remove(key.id);
+        self.keys.forget(key.id);
         let info = self.info(key).await?;
         Ok(KeyStatus {
             revoked: info.revoked,
@@ -212,7 +205,7 @@ impl Regional {
     }
 
     pub(super) async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
-        self.keys.lock().expect("never poisoned").remove(key.id);
+        self.keys.forget(key.id);
         let info = self.info(key).await?;
         let mut details = BTreeMap::from([
             ("arn".to_owned(), info.arn.clone()),
@@ -535,7 +528,7 @@ impl Regional {
             .send()
             .await
             .map_err(|e| kms_error(key, "RotateKeyOnDemand", e))?;
-        self.keys.lock().expect("never poisoned").remove(key.id);
+        self.keys.forget(key.id);
         Ok(self.info(key).await?.version.clone())
     }
 }
