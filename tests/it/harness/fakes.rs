@@ -126,9 +126,8 @@ impl Fake {
             .next()
             .unwrap_or_default();
         let resource = host.split_once('.').map_or(host, |(_, rest)| rest);
-        let out = self
-            .curl()
-            .args(["--fail-with-body", "-X", "POST"])
+        let mut curl = self.curl();
+        curl.args(["--fail-with-body", "-X", "POST"])
             .args(["--data-urlencode", "grant_type=client_credentials"])
             .arg("--data-urlencode")
             .arg(format!("client_id={}", env["AZURE_CLIENT_ID"]))
@@ -139,36 +138,21 @@ impl Fake {
             .arg(format!(
                 "{}/{}/oauth2/v2.0/token",
                 self.url, env["AZURE_TENANT_ID"]
-            ))
-            .output()
-            .await
-            .expect("curl");
-        let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        answer["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no access token: {answer}"))
-            .to_owned()
+            ));
+        access_token(curl, "Entra ID token").await
     }
 
     /// An access token from the GCP fake's metadata server ("Query VM
     /// metadata": `instance/service-accounts/default/token`), for
     /// [`Self::call_api`].
     pub async fn gcp_access_token(&self) -> String {
-        let out = self
-            .curl()
-            .args(["--fail-with-body", "-H", "Metadata-Flavor: Google"])
+        let mut curl = self.curl();
+        curl.args(["--fail-with-body", "-H", "Metadata-Flavor: Google"])
             .arg(format!(
                 "{}/computeMetadata/v1/instance/service-accounts/default/token",
                 self.url
-            ))
-            .output()
-            .await
-            .expect("curl");
-        let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        answer["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no access token: {answer}"))
-            .to_owned()
+            ));
+        access_token(curl, "metadata server token").await
     }
 
     /// Creates a key (Azure: `kty`, `crv`/`key_size`, `key_ops` as Key
@@ -261,6 +245,15 @@ impl Drop for Fake {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `access_token` of a token endpoint's answer (`what` names it).
+async fn access_token(curl: tokio::process::Command, what: &str) -> String {
+    let answer = answer(curl, what).await;
+    answer["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no access token: {answer}"))
+        .to_owned()
 }
 
 /// The JSON answer of `curl` (null if it is not JSON), which must have
