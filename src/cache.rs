@@ -236,9 +236,10 @@ impl DataKeyCache {
             .decrypt
             .try_get_with(id, async {
                 called = true;
+                let known = key.metadata().await?;
                 let decrypted = key
                     .backend
-                    .decrypt(key.key_ref(), wrapped, context)
+                    .decrypt(key.known(&known), wrapped, context)
                     .instrument(fetch_span(key, "decrypt"))
                     .await
                     .inspect_err(|e| self.revoked_by(key, e))?;
@@ -270,9 +271,10 @@ impl DataKeyCache {
         context: &Context,
     ) -> Result<Arc<Dek>, backend::Error> {
         let inner = &self.0;
+        let known = key.metadata().await?;
         let dk = key
             .backend
-            .generate_data_key(key.key_ref(), backend::DataKeySize::Aes256, context)
+            .generate_data_key(key.known(&known), backend::DataKeySize::Aes256, context)
             .await
             .inspect_err(|e| self.revoked_by(key, e))?;
         inner

@@ -166,7 +166,7 @@ impl KeyEntry {
     /// The public key of `version` (default: the current one), from the
     /// cache while `cache.public_keys.ttl` allows.
     pub async fn public_key(
-        &self,
+        self: &Arc<Self>,
         version: Option<&str>,
     ) -> Result<Arc<backend::PublicKey>, backend::Error> {
         let cache = &self.public_keys;
@@ -176,7 +176,8 @@ impl KeyEntry {
         {
             return Ok(pk.clone());
         }
-        let pk = Arc::new(self.backend.public_key(self.key_ref(), version).await?);
+        let known = self.metadata().await?;
+        let pk = Arc::new(self.backend.public_key(self.known(&known), version).await?);
         let mut kept = cache.by_version.lock().expect("never poisoned");
         if kept.len() >= PUBLIC_KEYS_PER_KEY {
             kept.clear();
@@ -196,10 +197,19 @@ impl KeyEntry {
             .clear();
     }
 
+    /// The key as its backend knows it, nothing known of it (for the
+    /// metadata call itself and the revalidation, which always ask the KMS).
     pub fn key_ref(&self) -> KeyRef<'_> {
+        KeyRef::new(&self.alias, &self.id)
+    }
+
+    /// The key with its cached `metadata` (from [`KeyEntry::metadata`]),
+    /// which carries the driver's own facts of it: every other backend call
+    /// goes with it, so that no driver keeps a cache of its own.
+    pub fn known<'a>(&'a self, metadata: &'a backend::KeyMetadata) -> KeyRef<'a> {
         KeyRef {
-            alias: &self.alias,
-            id: &self.id,
+            known: Some(metadata),
+            ..self.key_ref()
         }
     }
 
@@ -337,6 +347,7 @@ mod tests {
                 origin: Origin::Software,
                 rotation_period: None,
                 details: BTreeMap::new(),
+                driver: None,
             })
         }
         async fn public_key(

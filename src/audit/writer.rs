@@ -421,10 +421,11 @@ impl Writer {
         let signed = async {
             let algorithm = c.key.algorithm().await?;
             let input = SignInput::Message(self.prev.as_bytes());
+            let known = c.key.metadata().await?;
             let sig = c
                 .key
                 .backend
-                .sign(c.key.key_ref(), input, algorithm)
+                .sign(c.key.known(&known), input, algorithm)
                 .await?;
             let der = crypto::signature_for_caller(
                 sig.algorithm,

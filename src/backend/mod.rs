@@ -15,14 +15,6 @@ pub mod azure;
 #[cfg(any(feature = "azure", feature = "gcp"))]
 pub mod binding;
 pub mod credentials;
-#[cfg(any(
-    feature = "aws",
-    feature = "vault",
-    feature = "azure",
-    feature = "gcp",
-    feature = "pkcs11"
-))]
-pub mod facts;
 #[cfg(feature = "gcp")]
 pub mod gcp;
 pub mod identity;
@@ -39,6 +31,7 @@ use crate::crypto::{Algorithm, SignInput, SignatureFormat};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use serde::Serialize;
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -62,6 +55,53 @@ pub struct KeyRef<'a> {
     pub alias: &'a str,
     /// The backend's own reference (file name, ARN, transit key name).
     pub id: &'a str,
+    /// The key's metadata as the service's cache holds it
+    /// ([`crate::keys::KeyEntry`], `cache.metadata.ttl`), with the facts
+    /// the driver put in it ([`KeyRef::facts`]); `None` where the service
+    /// has none (the metadata call itself, the revalidation).
+    pub known: Option<&'a KeyMetadata>,
+}
+
+impl<'a> KeyRef<'a> {
+    /// `id` under `alias`, with nothing known of it.
+    pub fn new(alias: &'a str, id: &'a str) -> Self {
+        Self {
+            alias,
+            id,
+            known: None,
+        }
+    }
+
+    /// The driver's own facts of the key ([`KeyMetadata::driver`]) from
+    /// the cached metadata, if there are and they are of type `T`: a
+    /// driver that finds none asks its KMS.
+    pub fn facts<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let facts = self.known?.driver.as_ref()?;
+        facts.0.clone().downcast().ok()
+    }
+}
+
+/// What a driver keeps of a key beside its metadata, in a type of its own
+/// (transit's key data, Key Vault's JWK, Cloud KMS's version names, the
+/// AWS key ARN, PKCS#11 object handles): cached with the metadata, handed
+/// back with every call ([`KeyRef::facts`]), dropped with it.
+#[derive(Clone)]
+pub struct DriverFacts(Arc<dyn Any + Send + Sync>);
+
+impl DriverFacts {
+    pub fn new<T: Any + Send + Sync>(facts: T) -> Self {
+        Self(Arc::new(facts))
+    }
+
+    pub fn shared<T: Any + Send + Sync>(facts: Arc<T>) -> Self {
+        Self(facts)
+    }
+}
+
+impl fmt::Debug for DriverFacts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DriverFacts(..)")
+    }
 }
 
 /// What kind of failure, which fixes the API code, status and retryability.
@@ -432,6 +472,8 @@ pub struct KeyMetadata {
     pub rotation_period: Option<std::time::Duration>,
     /// Backend-specific facts worth showing (region, key ARN, …).
     pub details: BTreeMap<String, String>,
+    /// The driver's own facts of the key, never shown ([`DriverFacts`]).
+    pub driver: Option<DriverFacts>,
 }
 
 /// Why a KMS says a key may not be used at all.
@@ -496,7 +538,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// by the cached readiness check, never on the request path.
     async fn health(&self) -> Result<(), Error>;
 
-    /// Algorithm, versions, creation time and rotation facts of a key.
+    /// Algorithm, versions, creation time and rotation facts of a key,
+    /// always asked of the KMS. What the driver's other calls need of the
+    /// key goes in [`KeyMetadata::driver`]; the service caches the answer
+    /// and hands it back with each call ([`KeyRef::facts`]).
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error>;
 
     /// Whether the key may still be used ([`KeyStatus`]): one call to the

@@ -5,6 +5,7 @@
 use super::{Grant, Service, rules};
 use crate::api::{self, ApiError, B64Out, b64};
 use crate::keys::KeyEntry;
+use std::sync::Arc;
 use crate::policy::Op;
 use zeroize::Zeroizing;
 
@@ -58,9 +59,10 @@ impl Service {
     ) -> Result<api::EncryptResponse, ApiError> {
         let (entry, _) = self.key_for(grant, Op::Rewrap).await?;
         rules::check_context(&req.context)?;
+        let known = entry.metadata().await?;
         let sealed = entry
             .backend
-            .rewrap(entry.key_ref(), &req.ciphertext.0, &req.context)
+            .rewrap(entry.known(&known), &req.ciphertext.0, &req.context)
             .await?
             .sealed;
         Ok(api::EncryptResponse {
@@ -77,9 +79,10 @@ impl Service {
         let (entry, _) = self.key_for(grant, Op::Datakey).await?;
         rules::check_context(&req.context)?;
         let size = rules::data_key_size(req.bits)?;
+        let known = entry.metadata().await?;
         let dk = entry
             .backend
-            .generate_data_key(entry.key_ref(), size, &req.context)
+            .generate_data_key(entry.known(&known), size, &req.context)
             .await?;
         Ok(api::DataKeyResponse {
             plaintext_key: Zeroizing::new(b64(&dk.plaintext.0)),
@@ -94,7 +97,8 @@ impl Service {
         req: api::MacRequest,
     ) -> Result<api::MacResponse, ApiError> {
         let (entry, _) = self.key_for(grant, Op::Mac).await?;
-        let mac = entry.backend.mac(entry.key_ref(), &req.message.0).await?;
+        let known = entry.metadata().await?;
+        let mac = entry.backend.mac(entry.known(&known), &req.message.0).await?;
         Ok(api::MacResponse {
             mac: b64(&mac.bytes),
             version: mac.version,
@@ -109,9 +113,10 @@ impl Service {
         let (entry, _) = self.key_for(grant, Op::Mac).await?;
         let version = req.version.as_ref().map(|v| v.0.as_str());
         self.check_version(entry, version).await?;
+        let known = entry.metadata().await?;
         let v = entry
             .backend
-            .verify_mac(entry.key_ref(), &req.message.0, &req.mac.0, version)
+            .verify_mac(entry.known(&known), &req.message.0, &req.mac.0, version)
             .await?;
         Ok(api::VerifyResponse {
             valid: v.valid,
@@ -121,13 +126,14 @@ impl Service {
 }
 
 async fn encrypt(
-    entry: &KeyEntry,
+    entry: &Arc<KeyEntry>,
     req: api::EncryptRequest,
 ) -> Result<api::EncryptResponse, ApiError> {
     rules::check_context(&req.context)?;
+    let known = entry.metadata().await?;
     let sealed = entry
         .backend
-        .encrypt(entry.key_ref(), &req.plaintext.0, &req.context)
+        .encrypt(entry.known(&known), &req.plaintext.0, &req.context)
         .await?;
     Ok(api::EncryptResponse {
         ciphertext: B64Out(sealed.bytes),
@@ -136,13 +142,14 @@ async fn encrypt(
 }
 
 async fn decrypt(
-    entry: &KeyEntry,
+    entry: &Arc<KeyEntry>,
     req: api::DecryptRequest,
 ) -> Result<api::DecryptResponse, ApiError> {
     rules::check_context(&req.context)?;
+    let known = entry.metadata().await?;
     let plain = entry
         .backend
-        .decrypt(entry.key_ref(), &req.ciphertext.0, &req.context)
+        .decrypt(entry.known(&known), &req.ciphertext.0, &req.context)
         .await?;
     Ok(api::DecryptResponse {
         plaintext: B64Out(plain.plaintext.0),

@@ -245,10 +245,11 @@ impl Service {
         header: Header,
         context: &Context,
     ) -> Result<Header, ApiError> {
+        let known = entry.metadata().await?;
         let rewrapped = entry
             .backend
             .rewrap(
-                entry.key_ref(),
+                entry.known(&known),
                 &header.wrapped_dek,
                 &wrapping_context(context),
             )

@@ -209,7 +209,8 @@ impl Service {
         } = prepare(req, alg, unix_now())?;
         // The kid names the version before it signs: the current one, and
         // if a rotation came between, the one that did sign.
-        let mut version = entry.metadata().await?.current_version.clone();
+        let known = entry.metadata().await?;
+        let mut version = known.current_version.clone();
         for _ in 0..2 {
             let kid = format!("{alias}/{version}");
             let mut header = Map::new();
@@ -222,7 +223,7 @@ impl Service {
                 URL_SAFE_NO_PAD.encode(Value::Object(header).to_string())
             );
             let sig = (entry.backend)
-                .sign(entry.key_ref(), SignInput::Message(input.as_bytes()), key)
+                .sign(entry.known(&known), SignInput::Message(input.as_bytes()), key)
                 .await?;
             if sig.version != version {
                 version = sig.version;

@@ -432,7 +432,8 @@ impl Service {
     pub async fn rotate(&self, grant: &Grant<'_>) -> Result<api::RotateResponse, ApiError> {
         let (caller, alias) = (&grant.caller, grant.alias);
         let entry = self.granted(grant, Op::Rotate)?;
-        let version = entry.backend.rotate(entry.key_ref()).await;
+        let known = entry.metadata().await?;
+        let version = entry.backend.rotate(entry.known(&known)).await;
         // Whatever the answer, the versions may have changed.
         entry.forget_facts().await;
         let version = version?;

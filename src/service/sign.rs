@@ -8,6 +8,7 @@ use crate::api::{self, ApiError, B64Out, Code, b64};
 use crate::backend;
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use crate::keys::KeyEntry;
+use std::sync::Arc;
 use crate::policy::Op;
 use futures_util::TryStreamExt;
 
@@ -22,9 +23,10 @@ impl Service {
         let algorithm = rules::signing_algorithm(alias, key, req.algorithm)?;
         let input = rules::sign_input(req.message.as_ref(), req.digest.as_ref(), "")?;
         rules::check_sign_input(algorithm, input, "")?;
+        let known = entry.metadata().await?;
         let sig = entry
             .backend
-            .sign(entry.key_ref(), input, algorithm)
+            .sign(entry.known(&known), input, algorithm)
             .await?;
         let wanted = req.format.unwrap_or_default();
         Ok(api::SignResponse {
@@ -66,9 +68,10 @@ impl Service {
         // fails the batch (its signatures are one answer).
         // (The calls are made first and polled by the stream: a closure in
         // the stream would not be Send for every lifetime of its input.)
+        let known = entry.metadata().await?;
         let calls: Vec<_> = inputs
             .into_iter()
-            .map(|input| entry.backend.sign(entry.key_ref(), input, algorithm))
+            .map(|input| entry.backend.sign(entry.known(&known), input, algorithm))
             .collect();
         let signed: Vec<backend::Signature> = (self.lanes.run(self.counted_as(caller), calls))
             .try_collect()
@@ -104,9 +107,10 @@ impl Service {
         self.check_version(entry, version).await?;
         let verified = if entry.backend.verifies() {
             let der = crypto::signature_as_der(algorithm, &req.signature.0, req.format);
+            let known = entry.metadata().await?;
             entry
                 .backend
-                .verify(entry.key_ref(), input, &der, algorithm, version)
+                .verify(entry.known(&known), input, &der, algorithm, version)
                 .await?
         } else {
             self.verify_locally(
@@ -129,7 +133,7 @@ impl Service {
     /// verify API: the named version, or every enabled version newest first.
     async fn verify_locally(
         &self,
-        entry: &KeyEntry,
+        entry: &Arc<KeyEntry>,
         algorithm: Algorithm,
         input: SignInput<'_>,
         signature: &[u8],

@@ -1,12 +1,11 @@
-//! One AWS region of the `aws` backend: its KMS client, the key facts it
-//! caches (`DescribeKey`), and every KMS call, with KMS's answers checked
-//! and turned into ours.
+//! One AWS region of the `aws` backend: its KMS client, the key facts of
+//! its `DescribeKey` (cached with the key's metadata, [`KeyRef::facts`]),
+//! and every KMS call, with KMS's answers checked and turned into ours.
 
 use super::credentials::RefreshedProvider;
 use super::errors::{kms_error, missing, required};
-use crate::backend::facts::KeyFacts;
 use crate::backend::{
-    Context, DataKey, DataKeySize, Decrypted, Error, KeyMetadata, KeyRef, KeyStatus, Origin,
+    Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, KeyMetadata, KeyRef, KeyStatus, Origin,
     Plaintext, PublicKey, Revocation, Rewrapped, Sealed, Signature, Verified, VersionInfo,
     Versions, WrappedBy,
 };
@@ -32,6 +31,8 @@ const MAX_RAW_MESSAGE: usize = 4096;
 /// What `DescribeKey` says about a key.
 #[derive(Debug)]
 struct KeyInfo {
+    /// The region that answered (a replica's ARN names its own).
+    region: String,
     algorithm: Algorithm,
     arn: String,
     /// DescribeKey's `CurrentKeyMaterialId`, `1` where it names none.
@@ -50,7 +51,6 @@ struct KeyInfo {
 pub(super) struct Regional {
     pub(super) region: String,
     client: Client,
-    keys: KeyFacts<KeyInfo>,
 }
 
 impl Regional {
@@ -87,16 +87,20 @@ impl Regional {
         Regional {
             region,
             client: Client::from_conf(kms.build()),
-            keys: KeyFacts::default(),
         }
     }
 
-    /// The key's algorithm and facts, from a `DescribeKey` at most
-    /// [`KEY_FACTS_TTL`](crate::backend::facts::KEY_FACTS_TTL) old.
+    /// The key's algorithm and facts, as cached with its metadata if this
+    /// region described it, or from a `DescribeKey`.
     async fn info(&self, key: KeyRef<'_>) -> Result<Arc<KeyInfo>, Error> {
-        if let Some(info) = self.keys.get(key.id) {
-            return Ok(info);
+        match key.facts::<KeyInfo>() {
+            Some(info) if info.region == self.region => Ok(info),
+            _ => self.describe(key).await.map(Arc::new),
         }
+    }
+
+    /// The key's algorithm and facts, from a `DescribeKey`.
+    async fn describe(&self, key: KeyRef<'_>) -> Result<KeyInfo, Error> {
         let out = self
             .client
             .describe_key()
@@ -125,6 +129,7 @@ impl Regional {
             }
         };
         let info = KeyInfo {
+            region: self.region.clone(),
             algorithm,
             arn: m.arn().unwrap_or(m.key_id()).to_owned(),
             version: m.current_key_material_id().unwrap_or("1").to_owned(),
@@ -147,7 +152,7 @@ impl Regional {
                 _ => None,
             },
         };
-        Ok(self.keys.put(key.id, info))
+        Ok(info)
     }
 }
 
@@ -195,8 +200,7 @@ fn context_map(context: &Context) -> Option<HashMap<String, String>> {
 impl Regional {
     /// The key's state from a fresh `DescribeKey` (one call).
     pub(super) async fn key_status(&self, key: KeyRef<'_>) -> Result<KeyStatus, Error> {
-        self.keys.forget(key.id);
-        let info = self.info(key).await?;
+        let info = self.describe(key).await?;
         Ok(KeyStatus {
             revoked: info.revoked,
             // Every key material decrypts while the key is enabled.
@@ -205,8 +209,7 @@ impl Regional {
     }
 
     pub(super) async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
-        self.keys.forget(key.id);
-        let info = self.info(key).await?;
+        let info = Arc::new(self.describe(key).await?);
         let mut details = BTreeMap::from([
             ("arn".to_owned(), info.arn.clone()),
             ("region".to_owned(), self.region.clone()),
@@ -268,6 +271,7 @@ impl Regional {
             origin: info.origin,
             rotation_period,
             details,
+            driver: Some(DriverFacts::shared(info)),
         })
     }
 
@@ -528,7 +532,6 @@ impl Regional {
             .send()
             .await
             .map_err(|e| kms_error(key, "RotateKeyOnDemand", e))?;
-        self.keys.forget(key.id);
-        Ok(self.info(key).await?.version.clone())
+        Ok(self.describe(key).await?.version)
     }
 }

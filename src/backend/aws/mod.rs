@@ -114,10 +114,7 @@ macro_rules! failover {
         let mut answer = None;
         for (i, $r) in $self.regions.iter().enumerate() {
             let id = $r.key_id($key.id);
-            let $k = KeyRef {
-                alias: $key.alias,
-                id: &id,
-            };
+            let $k = KeyRef { id: &id, ..$key };
             match $call.await {
                 Err(e) if e.retryable && i + 1 < $self.regions.len() => {
                     $self.note_failover($key, &$r.region, &$self.regions[i + 1].region, &e);

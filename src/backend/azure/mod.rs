@@ -26,9 +26,8 @@ mod errors;
 mod keys;
 
 use super::credentials::{Refresher, Schedule};
-use super::facts::KeyFacts;
 use super::{
-    Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
+    Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata, KeyRef,
     Origin, Plaintext, PublicKey, Sealed, Signature, VersionInfo, WrappedBy,
 };
 use crate::config::AzureBackendConfig;
@@ -64,7 +63,6 @@ pub struct AzureBackend {
     /// `keys.*.algorithm` by alias (an RSA key may serve a signing and an
     /// encrypting alias).
     configured: HashMap<String, Algorithm>,
-    keys: KeyFacts<KeyInfo>,
 }
 
 impl fmt::Debug for AzureBackend {
@@ -143,7 +141,6 @@ impl AzureBackend {
             configured: (ctx.keys.iter())
                 .filter_map(|(alias, k)| Some(((*alias).to_owned(), k.algorithm?)))
                 .collect(),
-            keys: KeyFacts::default(),
         })
     }
 
@@ -164,11 +161,18 @@ impl AzureBackend {
             .map_err(|e| errors::error(key, op, &e))
     }
 
-    /// The key's facts, cached for a few minutes (but see `metadata`).
+    /// The key's facts, as cached with its metadata ([`KeyRef::facts`]),
+    /// or asked of Key Vault.
     async fn info(&self, key: KeyRef<'_>) -> Result<Arc<KeyInfo>, Error> {
-        if let Some(info) = self.keys.get(key.id) {
-            return Ok(info);
+        match key.facts() {
+            Some(info) => Ok(info),
+            None => self.get_key(key).await.map(Arc::new),
         }
+    }
+
+    /// The key's facts (its JWK, versions, rotation policy), asked of Key
+    /// Vault.
+    async fn get_key(&self, key: KeyRef<'_>) -> Result<KeyInfo, Error> {
         let (name, pinned) = keys::split_id(key.id);
         let got: Key = self
             .call(key, "get key", || async {
@@ -231,7 +235,7 @@ impl AzureBackend {
             versions,
             rotation: self.rotation(key, name).await,
         };
-        Ok(self.keys.put(key.id, info))
+        Ok(info)
     }
 
     /// The rotation policy; one the identity may not read is reported as
@@ -447,10 +451,7 @@ impl Backend for AzureBackend {
     /// A valid token, and one page of one key listed (any identity that may
     /// use keys may list them). A throttled answer is a working vault.
     async fn health(&self) -> Result<(), Error> {
-        let probe = KeyRef {
-            alias: "(health check)",
-            id: "-",
-        };
+        let probe = KeyRef::new("(health check)", "-");
         self.call(probe, "list keys", || async {
             let options = KeyClientListKeyPropertiesOptions {
                 maxresults: Some(1),
@@ -462,11 +463,10 @@ impl Backend for AzureBackend {
         .await
     }
 
-    /// Always asked of Key Vault (the facts are remembered afresh): the
-    /// service's revalidation reads whether the key is enabled from here.
+    /// Always asked of Key Vault: the service's revalidation reads whether
+    /// the key is enabled from here.
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
-        self.keys.forget(key.id);
-        let info = self.info(key).await?;
+        let info = Arc::new(self.get_key(key).await?);
         let algorithm = self.algorithm(key, &info)?;
         let mut details = BTreeMap::from([
             ("vault_url".to_owned(), self.vault_url.clone()),
@@ -498,6 +498,7 @@ impl Backend for AzureBackend {
             },
             rotation_period: info.rotation.period,
             details,
+            driver: Some(DriverFacts::shared(info)),
         })
     }
 
@@ -701,7 +702,6 @@ impl Backend for AzureBackend {
                 self.client.rotate_key(name, None).await?.into_model()
             })
             .await?;
-        self.keys.forget(key.id);
         rotated
             .key
             .as_ref()

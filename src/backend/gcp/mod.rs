@@ -24,9 +24,8 @@ mod errors;
 mod names;
 
 use super::credentials::Refresher;
-use super::facts::KeyFacts;
 use super::{
-    Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
+    Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata, KeyRef,
     Origin, Plaintext, PublicKey, Sealed, Signature, Verified, VersionInfo, Versions, WrappedBy,
     canonical_context,
 };
@@ -53,11 +52,8 @@ pub struct GcpBackend {
     client: KeyManagementService,
     /// The access token; dropping it stops the refresh.
     credentials: Refresher<Token>,
-    keys: KeyFacts<KeyInfo>,
     /// A configured key, read by the health check.
     probe: Option<String>,
-    /// SubjectPublicKeyInfo of RSA-OAEP versions, by version name.
-    public: KeyFacts<Vec<u8>>,
 }
 
 impl fmt::Debug for GcpBackend {
@@ -83,6 +79,11 @@ struct KeyInfo {
     protection: String,
     rotation_period: Option<Duration>,
     details: BTreeMap<String, String>,
+    /// A version is still being generated: these facts are not kept.
+    pending: bool,
+    /// The current version's SubjectPublicKeyInfo (RSA-OAEP keys, which
+    /// encrypt here), asked once while these facts are kept.
+    spki: tokio::sync::OnceCell<Vec<u8>>,
 }
 
 impl KeyInfo {
@@ -93,7 +94,7 @@ impl KeyInfo {
     /// The versions a decrypt answer allows. Cloud KMS names no version
     /// there, only whether the primary decrypted (`usedPrimary`): then the
     /// primary, else one of the key's other versions. (The primary is the
-    /// one of these facts, at most [`super::facts::KEY_FACTS_TTL`] old.)
+    /// one of these facts, as old as the cached metadata.)
     fn decrypted_by(&self, used_primary: bool) -> WrappedBy {
         let versions = match (&self.primary, used_primary) {
             (Some(primary), true) => Versions::Exactly(primary.clone()),
@@ -144,16 +145,11 @@ impl GcpBackend {
             }),
             client,
             credentials,
-            keys: KeyFacts::default(),
             probe: None,
-            public: KeyFacts::default(),
         };
         backend.probe = key_ids.first().map(|id| {
             backend
-                .resolve(KeyRef {
-                    alias: "(health check)",
-                    id,
-                })
+                .resolve(KeyRef::new("(health check)", id))
                 .0
         });
         Ok(backend)
@@ -199,12 +195,17 @@ impl GcpBackend {
         }
     }
 
-    /// The key's facts, cached for a few minutes (not while a version is
-    /// still being generated).
+    /// The key's facts, as cached with its metadata ([`KeyRef::facts`]),
+    /// or asked of Cloud KMS.
     async fn info(&self, key: KeyRef<'_>) -> Result<Arc<KeyInfo>, Error> {
-        if let Some(info) = self.keys.get(key.id) {
-            return Ok(info);
+        match key.facts() {
+            Some(info) => Ok(info),
+            None => self.describe(key).await.map(Arc::new),
         }
+    }
+
+    /// The key's facts, asked of Cloud KMS (the CryptoKey and its versions).
+    async fn describe(&self, key: KeyRef<'_>) -> Result<KeyInfo, Error> {
         let (name, pinned) = self.resolve(key);
         let crypto_key = self
             .call(key, "getCryptoKey", || {
@@ -267,12 +268,10 @@ impl GcpBackend {
                 .rotation_period()
                 .map(|d| Duration::from_secs(d.seconds().max(0) as u64)),
             details,
+            pending,
+            spki: Default::default(),
         };
-        Ok(if pending {
-            Arc::new(info)
-        } else {
-            self.keys.put(key.id, info)
-        })
+        Ok(info)
     }
 
     /// Every version of the CryptoKey `name`, page by page.
@@ -397,13 +396,10 @@ impl GcpBackend {
             ));
         }
         let version_name = info.version_name(&info.current);
-        let spki = match self.public.get(&version_name) {
-            Some(spki) => spki,
-            None => self
-                .public
-                .put(&version_name, self.spki(key, &version_name).await?),
-        };
-        let public = PublicEncryptingKey::from_der(&spki)
+        let spki = (info.spki)
+            .get_or_try_init(|| self.spki(key, &version_name))
+            .await?;
+        let public = PublicEncryptingKey::from_der(spki)
             .ok()
             .and_then(|k| OaepPublicEncryptingKey::new(k).ok())
             .ok_or_else(|| malformed("an RSA public key that does not parse"))?;
@@ -540,10 +536,7 @@ impl Backend for GcpBackend {
     /// A valid token, and a configured key readable (`cloudkms.cryptoKeys.get`,
     /// in `roles/cloudkms.viewer`). A throttled answer is a working KMS.
     async fn health(&self) -> Result<(), Error> {
-        let probe = KeyRef {
-            alias: "(health check)",
-            id: "-",
-        };
+        let probe = KeyRef::new("(health check)", "-");
         match &self.probe {
             Some(name) => self
                 .call(probe, "getCryptoKey", || {
@@ -563,8 +556,7 @@ impl Backend for GcpBackend {
     /// Always asked of Cloud KMS (the facts are remembered afresh): the
     /// service's revalidation reads the versions' states from here.
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
-        self.keys.forget(key.id);
-        let info = self.info(key).await?;
+        let info = Arc::new(self.describe(key).await?);
         Ok(KeyMetadata {
             algorithm: info.algorithm,
             current_version: info.current.clone(),
@@ -577,6 +569,7 @@ impl Backend for GcpBackend {
             },
             rotation_period: info.rotation_period,
             details: info.details.clone(),
+            driver: (!info.pending).then(|| DriverFacts::shared(info.clone())),
         })
     }
 
@@ -833,7 +826,6 @@ impl Backend for GcpBackend {
             })
             .await?;
         }
-        self.keys.forget(key.id);
         Ok(version)
     }
 }

@@ -248,6 +248,7 @@ impl Backend for LocalBackend {
                 key_path(&self.dir, key.id).display().to_string(),
             )]
             .into(),
+            driver: None,
         })
     }
 

@@ -19,9 +19,8 @@ mod module;
 mod objects;
 mod token;
 
-use super::facts::KeyFacts;
 use super::{
-    Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
+    Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata, KeyRef,
     Origin, Plaintext, PublicKey, Sealed, Signature, Verified, VersionInfo, WrappedBy,
     canonical_context,
 };
@@ -57,7 +56,6 @@ pub struct Pkcs11Backend {
     /// Each configured key's reference and configured algorithm, by its
     /// `key` string.
     keys: HashMap<String, (Pkcs11KeyRef, Option<Algorithm>)>,
-    facts: KeyFacts<TokenKey>,
     /// Serializes rotations, so that two never make the same next id.
     rotating: tokio::sync::Mutex<()>,
 }
@@ -89,7 +87,6 @@ impl Pkcs11Backend {
             token: Token::open(ctx.name, config, resolved, ctx.env.clone())?,
             token_label: config.token_label.clone(),
             keys: refs,
-            facts: KeyFacts::default(),
             rotating: tokio::sync::Mutex::new(()),
         })
     }
@@ -103,11 +100,17 @@ impl Pkcs11Backend {
         }
     }
 
-    /// The key's objects, looked up on the token unless remembered.
+    /// The key's objects, as cached with its metadata ([`KeyRef::facts`]),
+    /// or looked up on the token.
     async fn key(&self, key: KeyRef<'_>) -> Result<Arc<TokenKey>, Error> {
-        if let Some(facts) = self.facts.get(key.id) {
-            return Ok(facts);
+        match key.facts() {
+            Some(facts) => Ok(facts),
+            None => self.find(key).await.map(Arc::new),
         }
+    }
+
+    /// The key's objects, looked up on the token.
+    async fn find(&self, key: KeyRef<'_>) -> Result<TokenKey, Error> {
         let (reference, configured) = self.key_ref(key)?;
         let found = self
             .token
@@ -122,7 +125,7 @@ impl Pkcs11Backend {
             .await
             .map_err(|f| f.for_key(key, Call::Find))?
             .ok_or_else(|| Error::key_not_found(key))?;
-        Ok(self.facts.put(key.id, found))
+        Ok(found)
     }
 
     /// Runs `job` with the key's objects on a worker. A handle the token no
@@ -137,7 +140,10 @@ impl Pkcs11Backend {
         let job = Arc::new(job);
         let mut looked_up_again = false;
         loop {
-            let facts = self.key(key).await?;
+            let facts = match looked_up_again {
+                false => self.key(key).await?,
+                true => Arc::new(self.find(key).await?),
+            };
             let run = job.clone();
             let ran = self
                 .token
@@ -151,7 +157,6 @@ impl Pkcs11Backend {
             match ran {
                 Ok(v) => return Ok(v),
                 Err(fail) if fail.is_stale() && !looked_up_again => {
-                    self.facts.forget(key.id);
                     looked_up_again = true;
                 }
                 Err(fail) => return Err(fail.for_key(key, op)),
@@ -219,11 +224,10 @@ impl Backend for Pkcs11Backend {
             })
     }
 
-    /// Always looked up on the token (the objects are remembered afresh):
-    /// the service's revalidation finds a destroyed key from here.
+    /// Always looked up on the token: the service's revalidation finds a
+    /// destroyed key from here.
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
-        self.facts.forget(key.id);
-        let k = self.key(key).await?;
+        let k = Arc::new(self.find(key).await?);
         let current = k.current();
         let mut details: BTreeMap<String, String> = current.facts.clone();
         details.insert("token".into(), self.token_label.clone());
@@ -245,6 +249,7 @@ impl Backend for Pkcs11Backend {
             origin: Origin::Hsm,
             rotation_period: None,
             details,
+            driver: Some(DriverFacts::shared(k)),
         })
     }
 
@@ -428,7 +433,8 @@ impl Backend for Pkcs11Backend {
 
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
         let _one_at_a_time = self.rotating.lock().await;
-        self.facts.forget(key.id);
+        // The objects as the token has them now, not as cached.
+        let key = KeyRef { known: None, ..key };
         let k = self.key(key).await?;
         let label = match (&self.key_ref(key)?.0.label, k.pinned) {
             (Some(label), false) => label.clone(),
@@ -444,7 +450,6 @@ impl Backend for Pkcs11Backend {
                 w.call(|s| objects::generate_next(s, &label, k))
             })
             .await;
-        self.facts.forget(key.id);
         let id = made?;
         tracing::info!(key.alias = key.alias, version = %hex::encode(&id), "PKCS#11 key rotated: new object generated on the token");
         Ok(hex::encode(id))

@@ -26,9 +26,8 @@ mod errors;
 mod transit;
 
 use super::credentials::{NotReady, Refresher};
-use super::facts::KeyFacts;
 use super::{
-    Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
+    Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata, KeyRef,
     Origin, Plaintext, PublicKey, Sealed, Signature, Verified, VersionInfo, WrappedBy,
     canonical_context,
 };
@@ -62,7 +61,6 @@ pub struct VaultBackend {
     auth_method: &'static str,
     /// The token, renewed in the background; dropping it stops the renewal.
     credentials: Refresher<Token>,
-    keys: KeyFacts<KeyInfo>,
 }
 
 impl fmt::Debug for VaultBackend {
@@ -93,7 +91,6 @@ impl VaultBackend {
             base,
             auth_method: config.auth.method(),
             credentials,
-            keys: KeyFacts::default(),
         })
     }
 
@@ -138,11 +135,17 @@ impl VaultBackend {
         auth::no_token(why)
     }
 
-    /// The key's type and versions, cached for a few minutes.
+    /// The key's type and versions, as cached with its metadata
+    /// ([`KeyRef::facts`]), or asked of transit.
     async fn info(&self, key: KeyRef<'_>) -> Result<Arc<KeyInfo>, Error> {
-        if let Some(info) = self.keys.get(key.id) {
-            return Ok(info);
+        match key.facts() {
+            Some(info) => Ok(info),
+            None => self.read_key(key).await.map(Arc::new),
         }
+    }
+
+    /// The key's type and versions, asked of transit.
+    async fn read_key(&self, key: KeyRef<'_>) -> Result<KeyInfo, Error> {
         let path = self.path("keys", key);
         let data: KeyData = self
             .call(key, errors::Call::ReadKey, |t| async move {
@@ -155,11 +158,7 @@ impl VaultBackend {
                 key.alias, data.key_type
             ))
         })?;
-        Ok(self.keys.put(key.id, KeyInfo { algorithm, data }))
-    }
-
-    fn forget(&self, key: KeyRef<'_>) {
-        self.keys.forget(key.id);
+        Ok(KeyInfo { algorithm, data })
     }
 
     /// A transit request `body` with `context` bound to the key: derived
@@ -242,8 +241,7 @@ impl Backend for VaultBackend {
     }
 
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
-        self.forget(key);
-        let info = self.info(key).await?;
+        let info = Arc::new(self.read_key(key).await?);
         let data = &info.data;
         let versions: Vec<VersionInfo> = (1..=data.latest_version)
             .map(|v| VersionInfo {
@@ -277,6 +275,7 @@ impl Backend for VaultBackend {
             rotation_period: (data.auto_rotate_period > 0)
                 .then(|| Duration::from_secs(data.auto_rotate_period)),
             details,
+            driver: Some(DriverFacts::shared(info)),
         })
     }
 
@@ -288,8 +287,7 @@ impl Backend for VaultBackend {
         };
         if version > info.data.latest_version {
             // Rotated elsewhere since we looked.
-            self.forget(key);
-            info = self.info(key).await?;
+            info = Arc::new(self.read_key(key).await?);
         }
         let Some(KeyVersion::Asymmetric { public_key, .. }) =
             info.data.keys.get(&version.to_string())
@@ -497,7 +495,6 @@ impl Backend for VaultBackend {
             vaultrs::transit::key::rotate(&t.client, &self.mount, key.id).await
         })
         .await?;
-        self.forget(key);
-        Ok(self.info(key).await?.data.latest_version.to_string())
+        Ok(self.read_key(key).await?.data.latest_version.to_string())
     }
 }
