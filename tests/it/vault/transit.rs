@@ -267,3 +267,73 @@ async fn grants_hold_for_envelopes_and_signatures_are_low_s() {
     crate::adversarial::envelope_grants_hold(&s, "env", "dec", "dk").await;
     crate::adversarial::signatures_are_low_s(&s, "ec").await;
 }
+
+/// No driver keeps a cache of its own (issue 33): what transit says of a
+/// key travels with the metadata the sidecar caches (`cache.metadata.ttl`)
+/// and comes back with every call. Forty calls read the key from transit
+/// once, as OpenBao's own audit log shows; a rotation through the sidecar
+/// reads it again (the new version) and drops the cached metadata, so the
+/// next call reads it once more.
+#[tokio::test]
+async fn transit_reads_a_key_once_per_cached_metadata_not_once_per_call() {
+    let bao = Bao::start_audited().await;
+    setup_transit(&bao).await;
+    let token = bao
+        .api(
+            "POST",
+            "auth/token/create",
+            json!({"policies": ["sidecar"], "ttl": "1h"}),
+        )
+        .await["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let creds = tempfile::tempdir().unwrap();
+    let file = creds.path().join("token");
+    write(&file, &token);
+    let s = Sidecar::start(&config(
+        &bao,
+        &format!("{{ method: token, token_file: {} }}", file.display()),
+    ))
+    .await;
+    s.secret(token);
+    s.secret(bao.root_token.clone());
+    ready(&s).await;
+    let reads = || {
+        let log = std::fs::read_to_string(bao.audit_log()).unwrap();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| {
+                e["type"] == "request"
+                    && e["request"]["path"] == "transit/keys/aes"
+                    && e["request"]["operation"] == "read"
+            })
+            .count()
+    };
+    for i in 0..20 {
+        let plaintext = b64(format!("message {i}").as_bytes());
+        let enc = s
+            .post_ok("/v1/keys/aes/encrypt", json!({"plaintext": plaintext}))
+            .await;
+        let dec = s
+            .post_ok(
+                "/v1/keys/aes/decrypt",
+                json!({"ciphertext": enc["ciphertext"]}),
+            )
+            .await;
+        assert_eq!(dec["plaintext"], plaintext);
+    }
+    assert_eq!(reads(), 1, "40 calls, one read of the key");
+
+    let rotated = s.post_ok("/v1/keys/aes/rotate", json!({})).await;
+    assert_eq!(rotated["version"], "2", "{rotated}");
+    let enc = s
+        .post_ok("/v1/keys/aes/encrypt", json!({"plaintext": b64(b"after")}))
+        .await;
+    assert_eq!(enc["version"], "2", "{enc}");
+    assert_eq!(
+        reads(),
+        3,
+        "the rotation reads the new version, the next call the metadata"
+    );
+}
