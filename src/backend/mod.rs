@@ -526,9 +526,12 @@ pub fn rfc3339<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::
 ///
 /// Every method may be called concurrently and makes one attempt. Errors
 /// carry the API code through [`ErrorKind`] and say whether a retry may
-/// succeed. Optional capabilities have default methods that answer
-/// `operation_not_supported`; the service then falls back where it can
-/// (verify with the cached public key).
+/// succeed. Optional abilities are traits of their own ([`Verify`],
+/// [`Mac`], [`Rotate`], [`Rewrap`]): a driver that has one implements it
+/// and returns itself from the matching method ([`Backend::verifier`], …);
+/// without it the service falls back where it can (verify with the cached
+/// public key, rewrap inside the sidecar) and answers 422
+/// `operation_not_supported` elsewhere.
 #[async_trait]
 pub trait Backend: Send + Sync + fmt::Debug {
     /// The backend type (`local`, `aws`, …) for metrics and logs.
@@ -580,27 +583,6 @@ pub trait Backend: Send + Sync + fmt::Debug {
         algorithm: Algorithm,
     ) -> Result<Signature, Error>;
 
-    /// Whether [`Backend::verify`] is the KMS's own verify API. When `false`
-    /// (the default) the service verifies locally with the cached public key
-    /// and never calls `verify`.
-    fn verifies(&self) -> bool {
-        false
-    }
-
-    /// Verifies with the KMS's own API (see [`Backend::verifies`]), by
-    /// `algorithm` as for [`Backend::sign`]. An ECDSA `signature` comes
-    /// DER-encoded, whatever encoding the caller sent.
-    async fn verify(
-        &self,
-        _key: KeyRef<'_>,
-        _input: SignInput<'_>,
-        _signature: &[u8],
-        _algorithm: Algorithm,
-        _version: Option<&str>,
-    ) -> Result<Verified, Error> {
-        Err(Error::unsupported("this backend has no verify API"))
-    }
-
     /// Encrypts small data with the current version, binding `context`.
     async fn encrypt(
         &self,
@@ -621,25 +603,6 @@ pub trait Backend: Send + Sync + fmt::Debug {
         context: &Context,
     ) -> Result<Decrypted, Error>;
 
-    /// `ciphertext` (of any still-enabled version) encrypted again under the
-    /// current version, with the same context, and what the KMS reported
-    /// for its decryption. The default decrypts and encrypts inside the
-    /// sidecar (the plaintext is wiped at once). The version of the answer
-    /// must be the one [`Backend::decrypt`] reports for it.
-    async fn rewrap(
-        &self,
-        key: KeyRef<'_>,
-        ciphertext: &[u8],
-        context: &Context,
-    ) -> Result<Rewrapped, Error> {
-        let opened = self.decrypt(key, ciphertext, context).await?;
-        let sealed = self.encrypt(key, &opened.plaintext.0, context).await?;
-        Ok(Rewrapped {
-            from: opened.by,
-            sealed,
-        })
-    }
-
     /// A fresh random data key of `size`, and the key wrapped with
     /// `context` so that [`Backend::decrypt`] unwraps it.
     async fn generate_data_key(
@@ -649,28 +612,113 @@ pub trait Backend: Send + Sync + fmt::Debug {
         context: &Context,
     ) -> Result<DataKey, Error>;
 
-    /// HMAC of `message` with the current version.
-    async fn mac(&self, _key: KeyRef<'_>, _message: &[u8]) -> Result<Sealed, Error> {
-        Err(Error::unsupported("this backend has no MAC keys"))
+    /// The KMS's own verify API, if it has one ([`Verify`]).
+    fn verifier(&self) -> Option<&dyn Verify> {
+        None
     }
+
+    /// MAC keys, if the KMS has them ([`Mac`]).
+    fn macs(&self) -> Option<&dyn Mac> {
+        None
+    }
+
+    /// Rotation on demand, if the KMS can ([`Rotate`]).
+    fn rotator(&self) -> Option<&dyn Rotate> {
+        None
+    }
+
+    /// Re-encryption inside the KMS, if it has it ([`Rewrap`]).
+    fn rewrapper(&self) -> Option<&dyn Rewrap> {
+        None
+    }
+}
+
+/// A KMS's own verify API (AWS `Verify`, transit `verify`). Without one,
+/// the service verifies with the cached public key.
+#[async_trait]
+pub trait Verify: Send + Sync {
+    /// Verifies by `algorithm` as for [`Backend::sign`]. An ECDSA
+    /// `signature` comes DER-encoded, whatever encoding the caller sent.
+    async fn verify(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        signature: &[u8],
+        algorithm: Algorithm,
+        version: Option<&str>,
+    ) -> Result<Verified, Error>;
+}
+
+/// MAC keys. Without them, `mac` and `verify-mac` answer 422.
+#[async_trait]
+pub trait Mac: Send + Sync {
+    /// HMAC of `message` with the current version.
+    async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error>;
 
     /// Checks a MAC made by `version` (default: any enabled version).
     async fn verify_mac(
         &self,
-        _key: KeyRef<'_>,
-        _message: &[u8],
-        _mac: &[u8],
-        _version: Option<&str>,
-    ) -> Result<Verified, Error> {
-        Err(Error::unsupported("this backend has no MAC keys"))
+        key: KeyRef<'_>,
+        message: &[u8],
+        mac: &[u8],
+        version: Option<&str>,
+    ) -> Result<Verified, Error>;
+}
+
+/// Rotation on demand. Without it, `rotate` answers 422.
+#[async_trait]
+pub trait Rotate: Send + Sync {
+    /// Adds a new version and makes it current; returns its name.
+    async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error>;
+}
+
+/// Re-encryption inside the KMS (AWS `ReEncrypt`). Without it, the service
+/// decrypts and encrypts inside the sidecar ([`rewrap`]).
+#[async_trait]
+pub trait Rewrap: Send + Sync {
+    /// `ciphertext` (of any still-enabled version) encrypted again under
+    /// the current version, with the same context, and what the KMS
+    /// reported for its decryption: the version [`Backend::decrypt`]
+    /// reports for it.
+    async fn rewrap(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Rewrapped, Error>;
+}
+
+impl dyn Backend {
+    /// The MAC keys, or 422 `operation_not_supported`.
+    pub fn mac_keys(&self) -> Result<&dyn Mac, Error> {
+        (self.macs()).ok_or_else(|| Error::unsupported("this backend has no MAC keys"))
     }
 
-    /// Adds a new version and makes it current; returns its name.
-    async fn rotate(&self, _key: KeyRef<'_>) -> Result<String, Error> {
-        Err(Error::unsupported(
-            "this backend cannot rotate keys on demand",
-        ))
+    /// Rotation on demand, or 422 `operation_not_supported`.
+    pub fn rotation(&self) -> Result<&dyn Rotate, Error> {
+        (self.rotator())
+            .ok_or_else(|| Error::unsupported("this backend cannot rotate keys on demand"))
     }
+}
+
+/// `ciphertext` encrypted again under the current version: by the KMS where
+/// it can ([`Rewrap`]), else decrypted and encrypted inside the sidecar (the
+/// plaintext is wiped at once).
+pub async fn rewrap(
+    backend: &dyn Backend,
+    key: KeyRef<'_>,
+    ciphertext: &[u8],
+    context: &Context,
+) -> Result<Rewrapped, Error> {
+    if let Some(kms) = backend.rewrapper() {
+        return kms.rewrap(key, ciphertext, context).await;
+    }
+    let opened = backend.decrypt(key, ciphertext, context).await?;
+    let sealed = backend.encrypt(key, &opened.plaintext.0, context).await?;
+    Ok(Rewrapped {
+        from: opened.by,
+        sealed,
+    })
 }
 
 /// An error and its causes as one line, each cause once (a transport

@@ -14,7 +14,8 @@
 
 use super::{
     Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
-    KeyStatus, PublicKey, Rewrapped, Sealed, Signature, Verified, identity,
+    KeyStatus, Mac, PublicKey, Rewrap, Rewrapped, Rotate, Sealed, Signature, Verified, Verify,
+    identity,
 };
 use crate::config::{Circuit, Retries};
 use crate::crypto::{Algorithm, SignInput};
@@ -481,24 +482,6 @@ impl Backend for Resilient {
             .await
     }
 
-    fn verifies(&self) -> bool {
-        self.inner.verifies()
-    }
-
-    async fn verify(
-        &self,
-        key: KeyRef<'_>,
-        input: SignInput<'_>,
-        signature: &[u8],
-        algorithm: Algorithm,
-        version: Option<&str>,
-    ) -> Result<Verified, Error> {
-        self.run("verify", key, || {
-            self.inner.verify(key, input, signature, algorithm, version)
-        })
-        .await
-    }
-
     async fn encrypt(
         &self,
         key: KeyRef<'_>,
@@ -523,18 +506,6 @@ impl Backend for Resilient {
         .await
     }
 
-    async fn rewrap(
-        &self,
-        key: KeyRef<'_>,
-        ciphertext: &[u8],
-        context: &Context,
-    ) -> Result<Rewrapped, Error> {
-        self.run("rewrap", key, || {
-            self.inner.rewrap(key, ciphertext, context)
-        })
-        .await
-    }
-
     async fn generate_data_key(
         &self,
         key: KeyRef<'_>,
@@ -547,8 +518,48 @@ impl Backend for Resilient {
         .await
     }
 
+    fn verifier(&self) -> Option<&dyn Verify> {
+        self.inner.verifier().map(|_| self as &dyn Verify)
+    }
+
+    fn macs(&self) -> Option<&dyn Mac> {
+        self.inner.macs().map(|_| self as &dyn Mac)
+    }
+
+    fn rotator(&self) -> Option<&dyn Rotate> {
+        self.inner.rotator().map(|_| self as &dyn Rotate)
+    }
+
+    /// Always: the driver's own, or its decrypt and encrypt, as one call.
+    fn rewrapper(&self) -> Option<&dyn Rewrap> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Verify for Resilient {
+    async fn verify(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        signature: &[u8],
+        algorithm: Algorithm,
+        version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        let inner = (self.inner.verifier())
+            .ok_or_else(|| Error::unsupported("this backend has no verify API"))?;
+        self.run("verify", key, || {
+            inner.verify(key, input, signature, algorithm, version)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Mac for Resilient {
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
-        self.run("mac", key, || self.inner.mac(key, message)).await
+        let inner = self.inner.mac_keys()?;
+        self.run("mac", key, || inner.mac(key, message)).await
     }
 
     async fn verify_mac(
@@ -558,18 +569,38 @@ impl Backend for Resilient {
         mac: &[u8],
         version: Option<&str>,
     ) -> Result<Verified, Error> {
+        let inner = self.inner.mac_keys()?;
         self.run("verify_mac", key, || {
-            self.inner.verify_mac(key, message, mac, version)
+            inner.verify_mac(key, message, mac, version)
         })
         .await
     }
+}
 
+#[async_trait]
+impl Rotate for Resilient {
     /// Not retried: a rotation that timed out may have happened.
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
+        let inner = self.inner.rotation()?;
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let call = || self.inner.rotate(key);
+        let call = || inner.rotate(key);
         let once = async { self.attempt(&call, deadline, 1).await.0 };
         self.observed("rotate", Some(key.alias), once).await
+    }
+}
+
+#[async_trait]
+impl Rewrap for Resilient {
+    async fn rewrap(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Rewrapped, Error> {
+        self.run("rewrap", key, || {
+            super::rewrap(self.inner.as_ref(), key, ciphertext, context)
+        })
+        .await
     }
 }
 

@@ -4,9 +4,10 @@
 
 use super::{Grant, Service, rules};
 use crate::api::{self, ApiError, B64Out, b64};
+use crate::backend;
 use crate::keys::KeyEntry;
-use std::sync::Arc;
 use crate::policy::Op;
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 impl Service {
@@ -60,9 +61,8 @@ impl Service {
         let (entry, _) = self.key_for(grant, Op::Rewrap).await?;
         rules::check_context(&req.context)?;
         let known = entry.metadata().await?;
-        let sealed = entry
-            .backend
-            .rewrap(entry.known(&known), &req.ciphertext.0, &req.context)
+        let (backend, key) = (entry.backend.as_ref(), entry.known(&known));
+        let sealed = backend::rewrap(backend, key, &req.ciphertext.0, &req.context)
             .await?
             .sealed;
         Ok(api::EncryptResponse {
@@ -98,7 +98,8 @@ impl Service {
     ) -> Result<api::MacResponse, ApiError> {
         let (entry, _) = self.key_for(grant, Op::Mac).await?;
         let known = entry.metadata().await?;
-        let mac = entry.backend.mac(entry.known(&known), &req.message.0).await?;
+        let macs = entry.backend.mac_keys()?;
+        let mac = macs.mac(entry.known(&known), &req.message.0).await?;
         Ok(api::MacResponse {
             mac: b64(&mac.bytes),
             version: mac.version,
@@ -114,8 +115,7 @@ impl Service {
         let version = req.version.as_ref().map(|v| v.0.as_str());
         self.check_version(entry, version).await?;
         let known = entry.metadata().await?;
-        let v = entry
-            .backend
+        let v = (entry.backend.mac_keys()?)
             .verify_mac(entry.known(&known), &req.message.0, &req.mac.0, version)
             .await?;
         Ok(api::VerifyResponse {

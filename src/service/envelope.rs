@@ -10,7 +10,7 @@
 
 use super::{Grant, Service, rules};
 use crate::api::{self, ApiError, B64Out, Code};
-use crate::backend::{Context, WrappedBy, canonical_context};
+use crate::backend::{self, Context, WrappedBy, canonical_context};
 use crate::cache::Dek;
 use crate::envelope::format::{self, AlgorithmId, Header, Opener, SEGMENT, Sealer, TAG};
 use crate::envelope::{
@@ -246,14 +246,13 @@ impl Service {
         context: &Context,
     ) -> Result<Header, ApiError> {
         let known = entry.metadata().await?;
-        let rewrapped = entry
-            .backend
-            .rewrap(
-                entry.known(&known),
-                &header.wrapped_dek,
-                &wrapping_context(context),
-            )
-            .await?;
+        let rewrapped = backend::rewrap(
+            entry.backend.as_ref(),
+            entry.known(&known),
+            &header.wrapped_dek,
+            &wrapping_context(context),
+        )
+        .await?;
         if !names_the_unwrap(&header, &rewrapped.from, &entry.id) {
             return Err(decryption_failed());
         }

@@ -223,7 +223,11 @@ impl Service {
                 URL_SAFE_NO_PAD.encode(Value::Object(header).to_string())
             );
             let sig = (entry.backend)
-                .sign(entry.known(&known), SignInput::Message(input.as_bytes()), key)
+                .sign(
+                    entry.known(&known),
+                    SignInput::Message(input.as_bytes()),
+                    key,
+                )
                 .await?;
             if sig.version != version {
                 version = sig.version;

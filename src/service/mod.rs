@@ -432,8 +432,9 @@ impl Service {
     pub async fn rotate(&self, grant: &Grant<'_>) -> Result<api::RotateResponse, ApiError> {
         let (caller, alias) = (&grant.caller, grant.alias);
         let entry = self.granted(grant, Op::Rotate)?;
+        let rotation = entry.backend.rotation()?;
         let known = entry.metadata().await?;
-        let version = entry.backend.rotate(entry.known(&known)).await;
+        let version = rotation.rotate(entry.known(&known)).await;
         // Whatever the answer, the versions may have changed.
         entry.forget_facts().await;
         let version = version?;

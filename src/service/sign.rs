@@ -8,9 +8,9 @@ use crate::api::{self, ApiError, B64Out, Code, b64};
 use crate::backend;
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use crate::keys::KeyEntry;
-use std::sync::Arc;
 use crate::policy::Op;
 use futures_util::TryStreamExt;
+use std::sync::Arc;
 
 impl Service {
     pub async fn sign(
@@ -105,12 +105,10 @@ impl Service {
         rules::check_sign_input(algorithm, input, "")?;
         let version = req.version.as_ref().map(|v| v.0.as_str());
         self.check_version(entry, version).await?;
-        let verified = if entry.backend.verifies() {
+        let verified = if let Some(kms) = entry.backend.verifier() {
             let der = crypto::signature_as_der(algorithm, &req.signature.0, req.format);
             let known = entry.metadata().await?;
-            entry
-                .backend
-                .verify(entry.known(&known), input, &der, algorithm, version)
+            kms.verify(entry.known(&known), input, &der, algorithm, version)
                 .await?
         } else {
             self.verify_locally(

@@ -5,8 +5,8 @@
 use super::credentials::RefreshedProvider;
 use super::errors::{kms_error, missing, required};
 use crate::backend::{
-    Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, KeyMetadata, KeyRef, KeyStatus, Origin,
-    Plaintext, PublicKey, Revocation, Rewrapped, Sealed, Signature, Verified, VersionInfo,
+    Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, KeyMetadata, KeyRef, KeyStatus,
+    Origin, Plaintext, PublicKey, Revocation, Rewrapped, Sealed, Signature, Verified, VersionInfo,
     Versions, WrappedBy,
 };
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};

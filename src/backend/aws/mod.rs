@@ -16,7 +16,7 @@ pub use client::MAX_ENCRYPT;
 use super::credentials::{Refresher, Schedule};
 use super::{
     Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
-    KeyStatus, PublicKey, Rewrapped, Sealed, Signature, Verified,
+    KeyStatus, Mac, PublicKey, Rewrap, Rewrapped, Rotate, Sealed, Signature, Verified, Verify,
 };
 use crate::config::AwsBackendConfig;
 use crate::crypto::{Algorithm, SignInput};
@@ -167,22 +167,6 @@ impl Backend for AwsBackend {
         failover!(self, key, |r, k| r.sign(k, input, algorithm))
     }
 
-    fn verifies(&self) -> bool {
-        true
-    }
-
-    async fn verify(
-        &self,
-        key: KeyRef<'_>,
-        input: SignInput<'_>,
-        signature: &[u8],
-        algorithm: Algorithm,
-        version: Option<&str>,
-    ) -> Result<Verified, Error> {
-        failover!(self, key, |r, k| r
-            .verify(k, input, signature, algorithm, version))
-    }
-
     async fn encrypt(
         &self,
         key: KeyRef<'_>,
@@ -203,17 +187,6 @@ impl Backend for AwsBackend {
         Ok(decrypted)
     }
 
-    async fn rewrap(
-        &self,
-        key: KeyRef<'_>,
-        ciphertext: &[u8],
-        context: &Context,
-    ) -> Result<Rewrapped, Error> {
-        let mut rewrapped = failover!(self, key, |r, k| r.rewrap(k, ciphertext, context))?;
-        rewrapped.from.key_ref = self.primary_arn(&rewrapped.from.key_ref);
-        Ok(rewrapped)
-    }
-
     async fn generate_data_key(
         &self,
         key: KeyRef<'_>,
@@ -225,6 +198,40 @@ impl Backend for AwsBackend {
         Ok(dk)
     }
 
+    fn verifier(&self) -> Option<&dyn Verify> {
+        Some(self)
+    }
+
+    fn macs(&self) -> Option<&dyn Mac> {
+        Some(self)
+    }
+
+    fn rotator(&self) -> Option<&dyn Rotate> {
+        Some(self)
+    }
+
+    fn rewrapper(&self) -> Option<&dyn Rewrap> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Verify for AwsBackend {
+    async fn verify(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        signature: &[u8],
+        algorithm: Algorithm,
+        version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        failover!(self, key, |r, k| r
+            .verify(k, input, signature, algorithm, version))
+    }
+}
+
+#[async_trait]
+impl Mac for AwsBackend {
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
         failover!(self, key, |r, k| r.mac(k, message))
     }
@@ -238,9 +245,26 @@ impl Backend for AwsBackend {
     ) -> Result<Verified, Error> {
         failover!(self, key, |r, k| r.verify_mac(k, message, mac, version))
     }
+}
 
+#[async_trait]
+impl Rotate for AwsBackend {
     /// Rotation happens in the primary region (KMS replicates it).
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
         self.regions[0].rotate(key).await
+    }
+}
+
+#[async_trait]
+impl Rewrap for AwsBackend {
+    async fn rewrap(
+        &self,
+        key: KeyRef<'_>,
+        ciphertext: &[u8],
+        context: &Context,
+    ) -> Result<Rewrapped, Error> {
+        let mut rewrapped = failover!(self, key, |r, k| r.rewrap(k, ciphertext, context))?;
+        rewrapped.from.key_ref = self.primary_arn(&rewrapped.from.key_ref);
+        Ok(rewrapped)
     }
 }

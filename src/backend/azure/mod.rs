@@ -27,8 +27,8 @@ mod keys;
 
 use super::credentials::{Refresher, Schedule};
 use super::{
-    Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata, KeyRef,
-    Origin, Plaintext, PublicKey, Sealed, Signature, VersionInfo, WrappedBy,
+    Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata,
+    KeyRef, Origin, Plaintext, PublicKey, Rotate, Sealed, Signature, VersionInfo, WrappedBy,
 };
 use crate::config::AzureBackendConfig;
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
@@ -689,6 +689,13 @@ impl Backend for AzureBackend {
         })
     }
 
+    fn rotator(&self) -> Option<&dyn Rotate> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Rotate for AzureBackend {
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
         let (name, pinned) = keys::split_id(key.id);
         if pinned.is_some() {

@@ -25,9 +25,9 @@ mod names;
 
 use super::credentials::Refresher;
 use super::{
-    Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata, KeyRef,
-    Origin, Plaintext, PublicKey, Sealed, Signature, Verified, VersionInfo, Versions, WrappedBy,
-    canonical_context,
+    Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata,
+    KeyRef, Mac, Origin, Plaintext, PublicKey, Rotate, Sealed, Signature, Verified, VersionInfo,
+    Versions, WrappedBy, canonical_context,
 };
 use crate::config::GcpBackendConfig;
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
@@ -147,11 +147,9 @@ impl GcpBackend {
             credentials,
             probe: None,
         };
-        backend.probe = key_ids.first().map(|id| {
-            backend
-                .resolve(KeyRef::new("(health check)", id))
-                .0
-        });
+        backend.probe = key_ids
+            .first()
+            .map(|id| backend.resolve(KeyRef::new("(health check)", id)).0);
         Ok(backend)
     }
 
@@ -728,6 +726,17 @@ impl Backend for GcpBackend {
         })
     }
 
+    fn macs(&self) -> Option<&dyn Mac> {
+        Some(self)
+    }
+
+    fn rotator(&self) -> Option<&dyn Rotate> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Mac for GcpBackend {
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
         let info = self.info(key).await?;
         let version_name = info.version_name(&info.current);
@@ -793,7 +802,10 @@ impl Backend for GcpBackend {
             version: version.unwrap_or(&info.current).to_owned(),
         })
     }
+}
 
+#[async_trait]
+impl Rotate for GcpBackend {
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
         let (name, pinned) = self.resolve(key);
         if pinned.is_some() {

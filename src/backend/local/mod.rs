@@ -10,8 +10,8 @@ use keys::{LocalKey, Material, generate, key_path, load, save, spki_of};
 
 use super::{
     Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
-    KeyStatus, Origin, Plaintext, PublicKey, Revocation, Sealed, Signature, Verified, VersionInfo,
-    WrappedBy, canonical_context,
+    KeyStatus, Mac, Origin, Plaintext, PublicKey, Revocation, Rotate, Sealed, Signature, Verified,
+    VersionInfo, WrappedBy, canonical_context,
 };
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use async_trait::async_trait;
@@ -399,6 +399,45 @@ impl Backend for LocalBackend {
         })
     }
 
+    /// Reads the key file again (an operator may have set `"disabled"`).
+    async fn key_status(&self, key: KeyRef<'_>) -> Result<KeyStatus, Error> {
+        let _not_while_rotating = self.rotating.lock().await;
+        let path = key_path(&self.dir, key.id);
+        let loaded = tokio::task::spawn_blocking(move || load(&path))
+            .await
+            .map_err(|_| internal("reading the key file"))?;
+        let k = match loaded {
+            Ok(k) => Arc::new(k),
+            Err(OpenError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(KeyStatus {
+                    revoked: Some(Revocation::Deleted),
+                    enabled_versions: None,
+                });
+            }
+            Err(e) => return Err(internal("reading the key file").with_source(e)),
+        };
+        let revoked = k.disabled.then_some(Revocation::Disabled);
+        self.keys
+            .write()
+            .expect("the key map lock is never poisoned: no code panics while holding it")
+            .insert(key.id.to_owned(), k);
+        Ok(KeyStatus {
+            revoked,
+            enabled_versions: None,
+        })
+    }
+
+    fn macs(&self) -> Option<&dyn Mac> {
+        Some(self)
+    }
+
+    fn rotator(&self) -> Option<&dyn Rotate> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Mac for LocalBackend {
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
         let k = self.enabled(key)?;
         let v = k.current();
@@ -437,35 +476,10 @@ impl Backend for LocalBackend {
             version: k.version(key, version)?.number.to_string(),
         })
     }
+}
 
-    /// Reads the key file again (an operator may have set `"disabled"`).
-    async fn key_status(&self, key: KeyRef<'_>) -> Result<KeyStatus, Error> {
-        let _not_while_rotating = self.rotating.lock().await;
-        let path = key_path(&self.dir, key.id);
-        let loaded = tokio::task::spawn_blocking(move || load(&path))
-            .await
-            .map_err(|_| internal("reading the key file"))?;
-        let k = match loaded {
-            Ok(k) => Arc::new(k),
-            Err(OpenError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(KeyStatus {
-                    revoked: Some(Revocation::Deleted),
-                    enabled_versions: None,
-                });
-            }
-            Err(e) => return Err(internal("reading the key file").with_source(e)),
-        };
-        let revoked = k.disabled.then_some(Revocation::Disabled);
-        self.keys
-            .write()
-            .expect("the key map lock is never poisoned: no code panics while holding it")
-            .insert(key.id.to_owned(), k);
-        Ok(KeyStatus {
-            revoked,
-            enabled_versions: None,
-        })
-    }
-
+#[async_trait]
+impl Rotate for LocalBackend {
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
         let _one_at_a_time = self.rotating.lock().await;
         let old = self.enabled(key)?;

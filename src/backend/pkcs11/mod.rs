@@ -20,9 +20,9 @@ mod objects;
 mod token;
 
 use super::{
-    Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata, KeyRef,
-    Origin, Plaintext, PublicKey, Sealed, Signature, Verified, VersionInfo, WrappedBy,
-    canonical_context,
+    Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata,
+    KeyRef, Mac, Origin, Plaintext, PublicKey, Rotate, Sealed, Signature, Verified, VersionInfo,
+    WrappedBy, canonical_context,
 };
 use crate::config::{Pkcs11BackendConfig, Pkcs11KeyRef};
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
@@ -368,6 +368,17 @@ impl Backend for Pkcs11Backend {
         .await
     }
 
+    fn macs(&self) -> Option<&dyn Mac> {
+        Some(self)
+    }
+
+    fn rotator(&self) -> Option<&dyn Rotate> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Mac for Pkcs11Backend {
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
         let message = Zeroizing::new(message.to_vec());
         self.with_key(key, Call::Mac, move |w, k| {
@@ -430,7 +441,10 @@ impl Backend for Pkcs11Backend {
         })
         .await
     }
+}
 
+#[async_trait]
+impl Rotate for Pkcs11Backend {
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
         let _one_at_a_time = self.rotating.lock().await;
         // The objects as the token has them now, not as cached.

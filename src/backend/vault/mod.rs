@@ -27,9 +27,9 @@ mod transit;
 
 use super::credentials::{NotReady, Refresher};
 use super::{
-    Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata, KeyRef,
-    Origin, Plaintext, PublicKey, Sealed, Signature, Verified, VersionInfo, WrappedBy,
-    canonical_context,
+    Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata,
+    KeyRef, Mac, Origin, Plaintext, PublicKey, Rotate, Sealed, Signature, Verified, Verify,
+    VersionInfo, WrappedBy, canonical_context,
 };
 use crate::config::VaultBackendConfig;
 use crate::crypto::{Algorithm, SignInput, SignatureFormat};
@@ -344,28 +344,6 @@ impl Backend for VaultBackend {
         })
     }
 
-    fn verifies(&self) -> bool {
-        true
-    }
-
-    /// Transit's verify; without a version, every version that still
-    /// verifies is tried, newest first.
-    async fn verify(
-        &self,
-        key: KeyRef<'_>,
-        input: SignInput<'_>,
-        signature: &[u8],
-        algorithm: Algorithm,
-        version: Option<&str>,
-    ) -> Result<Verified, Error> {
-        let info = self.info(key).await?;
-        let params = sign_params(algorithm, input)?;
-        first_valid(&info, version, |v| {
-            self.verify_version(key, v, signature, &params)
-        })
-        .await
-    }
-
     async fn encrypt(
         &self,
         key: KeyRef<'_>,
@@ -449,6 +427,42 @@ impl Backend for VaultBackend {
         })
     }
 
+    fn verifier(&self) -> Option<&dyn Verify> {
+        Some(self)
+    }
+
+    fn macs(&self) -> Option<&dyn Mac> {
+        Some(self)
+    }
+
+    fn rotator(&self) -> Option<&dyn Rotate> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Verify for VaultBackend {
+    /// Transit's verify; without a version, every version that still
+    /// verifies is tried, newest first.
+    async fn verify(
+        &self,
+        key: KeyRef<'_>,
+        input: SignInput<'_>,
+        signature: &[u8],
+        algorithm: Algorithm,
+        version: Option<&str>,
+    ) -> Result<Verified, Error> {
+        let info = self.info(key).await?;
+        let params = sign_params(algorithm, input)?;
+        first_valid(&info, version, |v| {
+            self.verify_version(key, v, signature, &params)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Mac for VaultBackend {
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error> {
         self.info(key).await?;
         let encoded = Zeroizing::new(B64.encode(message));
@@ -488,7 +502,10 @@ impl Backend for VaultBackend {
         })
         .await
     }
+}
 
+#[async_trait]
+impl Rotate for VaultBackend {
     async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {
         self.info(key).await?;
         self.call(key, errors::Call::Rotate, |t| async move {
