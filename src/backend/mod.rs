@@ -424,14 +424,6 @@ pub struct Rewrapped {
     pub sealed: Sealed,
 }
 
-/// The outcome of a verification: `valid` and the version that matched (or
-/// the current version when none did).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified {
-    pub valid: bool,
-    pub version: String,
-}
-
 /// Where a key's material lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -637,16 +629,19 @@ pub trait Backend: Send + Sync + fmt::Debug {
 /// the service verifies with the cached public key.
 #[async_trait]
 pub trait Verify: Send + Sync {
-    /// Verifies by `algorithm` as for [`Backend::sign`]. An ECDSA
-    /// `signature` comes DER-encoded, whatever encoding the caller sent.
+    /// Whether `signature` is `input`'s by `version` of the key, by
+    /// `algorithm` as for [`Backend::sign`]. An ECDSA `signature` comes
+    /// DER-encoded, whatever encoding the caller sent. The service picks
+    /// the versions to try (the one named, else every enabled one newest
+    /// first) and says which matched.
     async fn verify(
         &self,
         key: KeyRef<'_>,
         input: SignInput<'_>,
         signature: &[u8],
         algorithm: Algorithm,
-        version: Option<&str>,
-    ) -> Result<Verified, Error>;
+        version: &str,
+    ) -> Result<bool, Error>;
 }
 
 /// MAC keys. Without them, `mac` and `verify-mac` answer 422.
@@ -655,14 +650,15 @@ pub trait Mac: Send + Sync {
     /// HMAC of `message` with the current version.
     async fn mac(&self, key: KeyRef<'_>, message: &[u8]) -> Result<Sealed, Error>;
 
-    /// Checks a MAC made by `version` (default: any enabled version).
+    /// Whether `mac` is `message`'s MAC by `version` of the key (the
+    /// service picks the versions to try, as for [`Verify::verify`]).
     async fn verify_mac(
         &self,
         key: KeyRef<'_>,
         message: &[u8],
         mac: &[u8],
-        version: Option<&str>,
-    ) -> Result<Verified, Error>;
+        version: &str,
+    ) -> Result<bool, Error>;
 }
 
 /// Rotation on demand. Without it, `rotate` answers 422.

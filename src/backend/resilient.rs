@@ -14,8 +14,7 @@
 
 use super::{
     Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
-    KeyStatus, Mac, PublicKey, Rewrap, Rewrapped, Rotate, Sealed, Signature, Verified, Verify,
-    identity,
+    KeyStatus, Mac, PublicKey, Rewrap, Rewrapped, Rotate, Sealed, Signature, Verify, identity,
 };
 use crate::config::{Circuit, Retries};
 use crate::crypto::{Algorithm, SignInput};
@@ -544,8 +543,8 @@ impl Verify for Resilient {
         input: SignInput<'_>,
         signature: &[u8],
         algorithm: Algorithm,
-        version: Option<&str>,
-    ) -> Result<Verified, Error> {
+        version: &str,
+    ) -> Result<bool, Error> {
         let inner = (self.inner.verifier())
             .ok_or_else(|| Error::unsupported("this backend has no verify API"))?;
         self.run("verify", key, || {
@@ -567,8 +566,8 @@ impl Mac for Resilient {
         key: KeyRef<'_>,
         message: &[u8],
         mac: &[u8],
-        version: Option<&str>,
-    ) -> Result<Verified, Error> {
+        version: &str,
+    ) -> Result<bool, Error> {
         let inner = self.inner.mac_keys()?;
         self.run("verify_mac", key, || {
             inner.verify_mac(key, message, mac, version)

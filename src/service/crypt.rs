@@ -2,6 +2,7 @@
 //! caller's own crypto, and MACs — after the shared [`rules`] on purpose,
 //! context and data-key size.
 
+use super::sign::{first_valid, versions_to_try};
 use super::{Grant, Service, rules};
 use crate::api::{self, ApiError, B64Out, b64};
 use crate::backend;
@@ -115,13 +116,12 @@ impl Service {
         let version = req.version.as_ref().map(|v| v.0.as_str());
         self.check_version(entry, version).await?;
         let known = entry.metadata().await?;
-        let v = (entry.backend.mac_keys()?)
-            .verify_mac(entry.known(&known), &req.message.0, &req.mac.0, version)
-            .await?;
-        Ok(api::VerifyResponse {
-            valid: v.valid,
-            version: v.version,
+        let (macs, key) = (entry.backend.mac_keys()?, entry.known(&known));
+        let (message, mac) = (&req.message.0, &req.mac.0);
+        first_valid(versions_to_try(&known, version), |v| async move {
+            Ok(macs.verify_mac(key, message, mac, &v).await?)
         })
+        .await
     }
 }
 

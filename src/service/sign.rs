@@ -6,11 +6,10 @@
 use super::{Grant, Service, rules};
 use crate::api::{self, ApiError, B64Out, Code, b64};
 use crate::backend;
-use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
+use crate::crypto::{self, Algorithm, SignatureFormat};
 use crate::keys::KeyEntry;
 use crate::policy::Op;
 use futures_util::TryStreamExt;
-use std::sync::Arc;
 
 impl Service {
     pub async fn sign(
@@ -105,73 +104,73 @@ impl Service {
         rules::check_sign_input(algorithm, input, "")?;
         let version = req.version.as_ref().map(|v| v.0.as_str());
         self.check_version(entry, version).await?;
-        let verified = if let Some(kms) = entry.backend.verifier() {
-            let der = crypto::signature_as_der(algorithm, &req.signature.0, req.format);
-            let known = entry.metadata().await?;
-            kms.verify(entry.known(&known), input, &der, algorithm, version)
-                .await?
-        } else {
-            self.verify_locally(
-                entry,
-                algorithm,
-                input,
-                &req.signature.0,
-                req.format,
-                version,
-            )
-            .await?
-        };
-        Ok(api::VerifyResponse {
-            valid: verified.valid,
-            version: verified.version,
-        })
-    }
-
-    /// Verification with the cached public key, for backends without a
-    /// verify API: the named version, or every enabled version newest first.
-    async fn verify_locally(
-        &self,
-        entry: &Arc<KeyEntry>,
-        algorithm: Algorithm,
-        input: SignInput<'_>,
-        signature: &[u8],
-        format: Option<SignatureFormat>,
-        version: Option<&str>,
-    ) -> Result<backend::Verified, ApiError> {
-        let versions: Vec<String> = match version {
-            Some(v) => vec![v.to_owned()],
-            None => {
-                let m = entry.backend.metadata(entry.key_ref()).await?;
-                let mut vs: Vec<_> = m
-                    .versions
-                    .into_iter()
-                    .filter(|v| v.enabled)
-                    .map(|v| v.version)
-                    .collect();
-                vs.reverse();
-                if vs.is_empty() {
-                    vs.push(m.current_version);
-                }
-                vs
+        let known = entry.metadata().await?;
+        let versions = versions_to_try(&known, version);
+        match entry.backend.verifier() {
+            Some(kms) => {
+                let der = &crypto::signature_as_der(algorithm, &req.signature.0, req.format);
+                let key = entry.known(&known);
+                first_valid(versions, |v| async move {
+                    Ok(kms.verify(key, input, der, algorithm, &v).await?)
+                })
+                .await
             }
-        };
-        let format = format.unwrap_or_else(|| crypto::guess_format(algorithm, signature));
-        for v in &versions {
-            let pk = entry.public_key(Some(v)).await?;
-            let valid = crypto::verify_locally(algorithm, &pk.spki_der, input, signature, format)
-                .map_err(|e| ApiError::new(Code::OperationNotSupported, e.to_string()))?;
-            if valid {
-                return Ok(backend::Verified {
-                    valid: true,
-                    version: pk.version.clone(),
-                });
+            // No verify API: with the cached public key of each version.
+            None => {
+                let signature = &req.signature.0;
+                let format =
+                    (req.format).unwrap_or_else(|| crypto::guess_format(algorithm, signature));
+                first_valid(versions, |v| async move {
+                    let pk = entry.public_key(Some(&v)).await?;
+                    crypto::verify_locally(algorithm, &pk.spki_der, input, signature, format)
+                        .map_err(|e| ApiError::new(Code::OperationNotSupported, e.to_string()))
+                })
+                .await
             }
         }
-        Ok(backend::Verified {
-            valid: false,
-            version: versions[0].clone(),
-        })
     }
+}
+
+/// The versions a verification tries: the one the caller named, else every
+/// enabled version of the key's cached metadata, newest first (most
+/// signatures and MACs are recent), or the current one if none is marked
+/// enabled.
+pub(super) fn versions_to_try(m: &backend::KeyMetadata, named: Option<&str>) -> Vec<String> {
+    if let Some(v) = named {
+        return vec![v.to_owned()];
+    }
+    let mut versions: Vec<String> = (m.versions.iter().rev())
+        .filter(|v| v.enabled)
+        .map(|v| v.version.clone())
+        .collect();
+    if versions.is_empty() {
+        versions.push(m.current_version.clone());
+    }
+    versions
+}
+
+/// The first of `versions` that `check` finds valid; when none is, the
+/// answer names the first tried.
+pub(super) async fn first_valid<F, Fut>(
+    versions: Vec<String>,
+    mut check: F,
+) -> Result<api::VerifyResponse, ApiError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<bool, ApiError>>,
+{
+    for v in &versions {
+        if check(v.clone()).await? {
+            return Ok(api::VerifyResponse {
+                valid: true,
+                version: v.clone(),
+            });
+        }
+    }
+    Ok(api::VerifyResponse {
+        valid: false,
+        version: versions.into_iter().next().unwrap_or_default(),
+    })
 }
 
 /// A signature as the backend made it, in the encoding the caller asked

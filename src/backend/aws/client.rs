@@ -6,8 +6,8 @@ use super::credentials::RefreshedProvider;
 use super::errors::{kms_error, missing, required};
 use crate::backend::{
     Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, KeyMetadata, KeyRef, KeyStatus,
-    Origin, Plaintext, PublicKey, Revocation, Rewrapped, Sealed, Signature, Verified, VersionInfo,
-    Versions, WrappedBy,
+    Origin, Plaintext, PublicKey, Revocation, Rewrapped, Sealed, Signature, VersionInfo, Versions,
+    WrappedBy,
 };
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
 use aws_config::SdkConfig;
@@ -329,9 +329,7 @@ impl Regional {
         input: SignInput<'_>,
         signature: &[u8],
         algorithm: Algorithm,
-        _version: Option<&str>,
-    ) -> Result<Verified, Error> {
-        let info = self.info(key).await?;
+    ) -> Result<bool, Error> {
         let spec = signing_spec(algorithm)?;
         let (message_type, bytes) = kms_input(algorithm, input)?;
         let result = self
@@ -344,15 +342,11 @@ impl Regional {
             .signature(Blob::new(signature.to_vec()))
             .send()
             .await;
-        let valid = match result {
-            Ok(out) => out.signature_valid(),
-            Err(e) if e.code() == Some("KMSInvalidSignatureException") => false,
-            Err(e) => return Err(kms_error(key, "Verify", e)),
-        };
-        Ok(Verified {
-            valid,
-            version: info.version.clone(),
-        })
+        match result {
+            Ok(out) => Ok(out.signature_valid()),
+            Err(e) if e.code() == Some("KMSInvalidSignatureException") => Ok(false),
+            Err(e) => Err(kms_error(key, "Verify", e)),
+        }
     }
 
     pub(super) async fn encrypt(
@@ -501,9 +495,7 @@ impl Regional {
         key: KeyRef<'_>,
         message: &[u8],
         mac: &[u8],
-        _version: Option<&str>,
-    ) -> Result<Verified, Error> {
-        let info = self.info(key).await?;
+    ) -> Result<bool, Error> {
         let result = self
             .client
             .verify_mac()
@@ -513,15 +505,11 @@ impl Regional {
             .mac_algorithm(MacAlgorithmSpec::HmacSha256)
             .send()
             .await;
-        let valid = match result {
-            Ok(out) => out.mac_valid(),
-            Err(e) if e.code() == Some("KMSInvalidMacException") => false,
-            Err(e) => return Err(kms_error(key, "VerifyMac", e)),
-        };
-        Ok(Verified {
-            valid,
-            version: info.version.clone(),
-        })
+        match result {
+            Ok(out) => Ok(out.mac_valid()),
+            Err(e) if e.code() == Some("KMSInvalidMacException") => Ok(false),
+            Err(e) => Err(kms_error(key, "VerifyMac", e)),
+        }
     }
 
     pub(super) async fn rotate(&self, key: KeyRef<'_>) -> Result<String, Error> {

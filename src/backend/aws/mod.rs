@@ -16,7 +16,7 @@ pub use client::MAX_ENCRYPT;
 use super::credentials::{Refresher, Schedule};
 use super::{
     Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
-    KeyStatus, Mac, PublicKey, Rewrap, Rewrapped, Rotate, Sealed, Signature, Verified, Verify,
+    KeyStatus, Mac, PublicKey, Rewrap, Rewrapped, Rotate, Sealed, Signature, Verify,
 };
 use crate::config::AwsBackendConfig;
 use crate::crypto::{Algorithm, SignInput};
@@ -217,16 +217,16 @@ impl Backend for AwsBackend {
 
 #[async_trait]
 impl Verify for AwsBackend {
+    /// An AWS signing key has one key material: no version to choose.
     async fn verify(
         &self,
         key: KeyRef<'_>,
         input: SignInput<'_>,
         signature: &[u8],
         algorithm: Algorithm,
-        version: Option<&str>,
-    ) -> Result<Verified, Error> {
-        failover!(self, key, |r, k| r
-            .verify(k, input, signature, algorithm, version))
+        _version: &str,
+    ) -> Result<bool, Error> {
+        failover!(self, key, |r, k| r.verify(k, input, signature, algorithm))
     }
 }
 
@@ -241,9 +241,9 @@ impl Mac for AwsBackend {
         key: KeyRef<'_>,
         message: &[u8],
         mac: &[u8],
-        version: Option<&str>,
-    ) -> Result<Verified, Error> {
-        failover!(self, key, |r, k| r.verify_mac(k, message, mac, version))
+        _version: &str,
+    ) -> Result<bool, Error> {
+        failover!(self, key, |r, k| r.verify_mac(k, message, mac))
     }
 }
 

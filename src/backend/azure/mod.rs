@@ -16,10 +16,10 @@
 //! wrap data keys with `wrapKey`; `oct-HSM` keys (Managed HSM) encrypt with
 //! A256GCM (the context as AAD) and wrap with A256KW. Where the algorithm
 //! has no associated data (RSA-OAEP, A256KW) the context is bound inside
-//! the sealed block (`keys.rs`). Key facts (type, versions, rotation
-//! policy) are cached for a few minutes for the operations; `metadata`
-//! always asks Key Vault, so that the service's revalidation sees a disabled
-//! key at once.
+//! the sealed block (`keys.rs`). `metadata` always asks Key
+//! Vault, so that the service's revalidation sees a disabled key at once;
+//! what the operations need (the JWK, the current version) comes back with
+//! the service's cached metadata ([`KeyRef::facts`]).
 
 mod credentials;
 mod errors;
@@ -41,7 +41,7 @@ use azure_security_keyvault_keys::models::{
     JsonWebKey, Key, KeyClientDecryptOptions, KeyClientEncryptOptions, KeyClientGetKeyOptions,
     KeyClientListKeyPropertiesOptions, KeyClientListKeyPropertiesVersionsOptions,
     KeyClientSignOptions, KeyClientWrapKeyOptions, KeyOperationParameters, KeyOperationResult,
-    KeyProperties, SignParameters, SignatureAlgorithm,
+    KeyProperties, KeyType, SignParameters, SignatureAlgorithm,
 };
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
 use credentials::{Login, Refreshed, Token};
@@ -73,16 +73,11 @@ impl fmt::Debug for AzureBackend {
     }
 }
 
-/// What the backend remembers of a key for a few minutes.
+/// What the calls need of a key, kept with its cached metadata.
 struct KeyInfo {
     /// The public JWK of the current (or pinned) version.
     jwk: JsonWebKey,
     current: String,
-    current_enabled: bool,
-    versions: Vec<VersionInfo>,
-    created: Option<SystemTime>,
-    hsm: bool,
-    rotation: Rotation,
 }
 
 /// The key's rotation policy, as far as it could be read.
@@ -166,13 +161,13 @@ impl AzureBackend {
     async fn info(&self, key: KeyRef<'_>) -> Result<Arc<KeyInfo>, Error> {
         match key.facts() {
             Some(info) => Ok(info),
-            None => self.get_key(key).await.map(Arc::new),
+            None => Ok(self.get_key(key).await?.1),
         }
     }
 
-    /// The key's facts (its JWK, versions, rotation policy), asked of Key
-    /// Vault.
-    async fn get_key(&self, key: KeyRef<'_>) -> Result<KeyInfo, Error> {
+    /// The key's metadata (versions, rotation policy) and facts (its JWK),
+    /// asked of Key Vault.
+    async fn get_key(&self, key: KeyRef<'_>) -> Result<(KeyMetadata, Arc<KeyInfo>), Error> {
         let (name, pinned) = keys::split_id(key.id);
         let got: Key = self
             .call(key, "get key", || async {
@@ -218,24 +213,42 @@ impl AzureBackend {
             })
             .collect();
         versions.sort_by_key(|v| v.created);
-        let attributes = got.attributes.as_ref();
-        let info = KeyInfo {
-            hsm: matches!(
-                jwk.kty,
-                Some(
-                    azure_security_keyvault_keys::models::KeyType::EcHsm
-                        | azure_security_keyvault_keys::models::KeyType::RsaHsm
-                        | azure_security_keyvault_keys::models::KeyType::OctHsm
-                )
+        let hsm = matches!(
+            jwk.kty,
+            Some(KeyType::EcHsm | KeyType::RsaHsm | KeyType::OctHsm)
+        );
+        let rotation = self.rotation(key, name).await;
+        let mut details = BTreeMap::from([
+            ("vault_url".to_owned(), self.vault_url.clone()),
+            (
+                "key_type".to_owned(),
+                (jwk.kty.as_ref())
+                    .map(|k| k.to_string())
+                    .unwrap_or_default(),
             ),
-            jwk,
-            current,
-            current_enabled: attributes.and_then(|a| a.enabled).unwrap_or(true),
+            ("rotation_policy".to_owned(), rotation.text),
+        ]);
+        if let Some(ops) = &jwk.key_ops {
+            details.insert("key_ops".to_owned(), ops.join(","));
+        }
+        if !(got.attributes.as_ref())
+            .and_then(|a| a.enabled)
+            .unwrap_or(true)
+        {
+            details.insert("current_version_enabled".to_owned(), "false".into());
+        }
+        let info = Arc::new(KeyInfo { jwk, current });
+        let metadata = KeyMetadata {
+            algorithm: self.algorithm(key, &info)?,
+            current_version: info.current.clone(),
             created: versions.first().and_then(|v| v.created),
             versions,
-            rotation: self.rotation(key, name).await,
+            origin: if hsm { Origin::Hsm } else { Origin::Software },
+            rotation_period: rotation.period,
+            details,
+            driver: Some(DriverFacts::shared(info.clone())),
         };
-        Ok(info)
+        Ok((metadata, info))
     }
 
     /// The rotation policy; one the identity may not read is reported as
@@ -466,40 +479,7 @@ impl Backend for AzureBackend {
     /// Always asked of Key Vault: the service's revalidation reads whether
     /// the key is enabled from here.
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
-        let info = Arc::new(self.get_key(key).await?);
-        let algorithm = self.algorithm(key, &info)?;
-        let mut details = BTreeMap::from([
-            ("vault_url".to_owned(), self.vault_url.clone()),
-            (
-                "key_type".to_owned(),
-                info.jwk
-                    .kty
-                    .as_ref()
-                    .map(|k| k.to_string())
-                    .unwrap_or_default(),
-            ),
-            ("rotation_policy".to_owned(), info.rotation.text.clone()),
-        ]);
-        if let Some(ops) = &info.jwk.key_ops {
-            details.insert("key_ops".to_owned(), ops.join(","));
-        }
-        if !info.current_enabled {
-            details.insert("current_version_enabled".to_owned(), "false".into());
-        }
-        Ok(KeyMetadata {
-            algorithm,
-            current_version: info.current.clone(),
-            versions: info.versions.clone(),
-            created: info.created,
-            origin: if info.hsm {
-                Origin::Hsm
-            } else {
-                Origin::Software
-            },
-            rotation_period: info.rotation.period,
-            details,
-            driver: Some(DriverFacts::shared(info)),
-        })
+        Ok(self.get_key(key).await?.0)
     }
 
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {

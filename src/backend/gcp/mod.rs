@@ -15,9 +15,10 @@
 //! keys encrypt with the context as AAD; RSA-OAEP keys (`ASYMMETRIC_DECRYPT`)
 //! are encrypted to locally with the version's public key, the context bound
 //! inside the block (`super::binding`), and decrypted by
-//! `asymmetricDecrypt`. Key facts (purpose, versions, primary) are cached for
-//! a few minutes for the operations; `metadata` always asks Cloud KMS, so
-//! that the service's revalidation sees a disabled version at once.
+//! `asymmetricDecrypt`. `metadata` always asks Cloud KMS, so that the
+//! service's revalidation sees a disabled version at once; what the
+//! operations need (resource name, versions, primary) comes back with the
+//! service's cached metadata ([`KeyRef::facts`]).
 
 mod credentials;
 mod errors;
@@ -26,8 +27,8 @@ mod names;
 use super::credentials::Refresher;
 use super::{
     Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata,
-    KeyRef, Mac, Origin, Plaintext, PublicKey, Rotate, Sealed, Signature, Verified, VersionInfo,
-    Versions, WrappedBy, canonical_context,
+    KeyRef, Mac, Origin, Plaintext, PublicKey, Rotate, Sealed, Signature, VersionInfo, Versions,
+    WrappedBy, canonical_context,
 };
 use crate::config::GcpBackendConfig;
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
@@ -64,7 +65,7 @@ impl fmt::Debug for GcpBackend {
     }
 }
 
-/// What the backend remembers of a CryptoKey for a few minutes.
+/// What the calls need of a CryptoKey, kept with its cached metadata.
 struct KeyInfo {
     /// The CryptoKey's resource name.
     name: String,
@@ -75,12 +76,6 @@ struct KeyInfo {
     /// The CryptoKey's primary version (symmetric keys).
     primary: Option<String>,
     versions: Vec<VersionInfo>,
-    created: Option<SystemTime>,
-    protection: String,
-    rotation_period: Option<Duration>,
-    details: BTreeMap<String, String>,
-    /// A version is still being generated: these facts are not kept.
-    pending: bool,
     /// The current version's SubjectPublicKeyInfo (RSA-OAEP keys, which
     /// encrypt here), asked once while these facts are kept.
     spki: tokio::sync::OnceCell<Vec<u8>>,
@@ -198,12 +193,14 @@ impl GcpBackend {
     async fn info(&self, key: KeyRef<'_>) -> Result<Arc<KeyInfo>, Error> {
         match key.facts() {
             Some(info) => Ok(info),
-            None => self.describe(key).await.map(Arc::new),
+            None => Ok(self.describe(key).await?.1),
         }
     }
 
-    /// The key's facts, asked of Cloud KMS (the CryptoKey and its versions).
-    async fn describe(&self, key: KeyRef<'_>) -> Result<KeyInfo, Error> {
+    /// The key's metadata and facts, asked of Cloud KMS (the CryptoKey and
+    /// its versions); the facts go with the metadata unless a version is
+    /// still being generated.
+    async fn describe(&self, key: KeyRef<'_>) -> Result<(KeyMetadata, Arc<KeyInfo>), Error> {
         let (name, pinned) = self.resolve(key);
         let crypto_key = self
             .call(key, "getCryptoKey", || {
@@ -245,31 +242,35 @@ impl GcpBackend {
         let pending = listed
             .iter()
             .any(|v| v.state.name() == Some("PENDING_GENERATION"));
-        let versions = listed.iter().map(|v| version_info(v, number(v))).collect();
+        let versions: Vec<_> = listed.iter().map(|v| version_info(v, number(v))).collect();
         let protection = template
             .and_then(|t| t.protection_level.name())
-            .unwrap_or("SOFTWARE")
-            .to_owned();
-        let details = details_of(&name, gcp_algorithm, &protection, &crypto_key);
-        let info = KeyInfo {
+            .unwrap_or("SOFTWARE");
+        let details = details_of(&name, gcp_algorithm, protection, &crypto_key);
+        let info = Arc::new(KeyInfo {
             name,
             algorithm,
-            current,
+            current: current.clone(),
             primary: crypto_key.primary.as_ref().map(number),
+            versions: versions.clone(),
+            spki: Default::default(),
+        });
+        let metadata = KeyMetadata {
+            algorithm,
+            current_version: current,
             versions,
-            created: crypto_key
-                .create_time
-                .as_ref()
-                .map(|t| system_time(t.seconds())),
-            protection,
-            rotation_period: crypto_key
-                .rotation_period()
+            created: (crypto_key.create_time.as_ref()).map(|t| system_time(t.seconds())),
+            origin: match protection {
+                "SOFTWARE" => Origin::Software,
+                "EXTERNAL" | "EXTERNAL_VPC" => Origin::External,
+                _ => Origin::Hsm,
+            },
+            rotation_period: (crypto_key.rotation_period())
                 .map(|d| Duration::from_secs(d.seconds().max(0) as u64)),
             details,
-            pending,
-            spki: Default::default(),
+            driver: (!pending).then(|| DriverFacts::shared(info.clone())),
         };
-        Ok(info)
+        Ok((metadata, info))
     }
 
     /// Every version of the CryptoKey `name`, page by page.
@@ -458,21 +459,6 @@ impl GcpBackend {
             by: WrappedBy::exactly(version, info.name.as_str()),
         })
     }
-
-    /// The versions a MAC is checked with: the one named, else every
-    /// enabled one, newest first.
-    fn mac_versions(info: &KeyInfo, version: Option<&str>) -> Vec<String> {
-        match version {
-            Some(v) => vec![v.to_owned()],
-            None => info
-                .versions
-                .iter()
-                .rev()
-                .filter(|v| v.enabled)
-                .map(|v| v.version.clone())
-                .collect(),
-        }
-    }
 }
 
 /// The largest message Cloud KMS signs as `data` (Ed25519).
@@ -551,24 +537,10 @@ impl Backend for GcpBackend {
         }
     }
 
-    /// Always asked of Cloud KMS (the facts are remembered afresh): the
-    /// service's revalidation reads the versions' states from here.
+    /// Always asked of Cloud KMS: the service's revalidation reads the
+    /// versions' states from here.
     async fn metadata(&self, key: KeyRef<'_>) -> Result<KeyMetadata, Error> {
-        let info = Arc::new(self.describe(key).await?);
-        Ok(KeyMetadata {
-            algorithm: info.algorithm,
-            current_version: info.current.clone(),
-            versions: info.versions.clone(),
-            created: info.created,
-            origin: match info.protection.as_str() {
-                "SOFTWARE" => Origin::Software,
-                "EXTERNAL" | "EXTERNAL_VPC" => Origin::External,
-                _ => Origin::Hsm,
-            },
-            rotation_period: info.rotation_period,
-            details: info.details.clone(),
-            driver: (!info.pending).then(|| DriverFacts::shared(info.clone())),
-        })
+        Ok(self.describe(key).await?.0)
     }
 
     async fn public_key(&self, key: KeyRef<'_>, version: Option<&str>) -> Result<PublicKey, Error> {
@@ -767,40 +739,28 @@ impl Mac for GcpBackend {
         key: KeyRef<'_>,
         message: &[u8],
         mac: &[u8],
-        version: Option<&str>,
-    ) -> Result<Verified, Error> {
-        let info = self.info(key).await?;
-        for v in Self::mac_versions(&info, version) {
-            let version_name = info.version_name(&v);
-            let answer = self
-                .call(key, "macVerify", || {
-                    self.client
-                        .mac_verify()
-                        .set_name(version_name.clone())
-                        .set_data(message.to_vec())
-                        .set_data_crc32c(crc32c(message))
-                        .set_mac(mac.to_vec())
-                        .set_mac_crc32c(crc32c(mac))
-                        .send()
-                })
-                .await?;
-            if !answer.verified_data_crc32c || !answer.verified_mac_crc32c {
-                return Err(corrupted(key, "macVerify", "verified input CRC32C"));
-            }
-            if answer.verified_success_integrity != answer.success {
-                return Err(corrupted(key, "macVerify", "verifiedSuccessIntegrity"));
-            }
-            if answer.success {
-                return Ok(Verified {
-                    valid: true,
-                    version: v,
-                });
-            }
+        version: &str,
+    ) -> Result<bool, Error> {
+        let version_name = self.info(key).await?.version_name(version);
+        let answer = self
+            .call(key, "macVerify", || {
+                self.client
+                    .mac_verify()
+                    .set_name(version_name.clone())
+                    .set_data(message.to_vec())
+                    .set_data_crc32c(crc32c(message))
+                    .set_mac(mac.to_vec())
+                    .set_mac_crc32c(crc32c(mac))
+                    .send()
+            })
+            .await?;
+        if !answer.verified_data_crc32c || !answer.verified_mac_crc32c {
+            return Err(corrupted(key, "macVerify", "verified input CRC32C"));
         }
-        Ok(Verified {
-            valid: false,
-            version: version.unwrap_or(&info.current).to_owned(),
-        })
+        if answer.verified_success_integrity != answer.success {
+            return Err(corrupted(key, "macVerify", "verifiedSuccessIntegrity"));
+        }
+        Ok(answer.success)
     }
 }
 

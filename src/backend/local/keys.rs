@@ -129,18 +129,6 @@ impl LocalKey {
                 }),
         }
     }
-
-    /// The versions to try when the caller did not name one: newest first.
-    pub(super) fn candidates<'a>(
-        &'a self,
-        key: KeyRef<'_>,
-        version: Option<&str>,
-    ) -> Result<Vec<&'a Arc<Version>>, Error> {
-        Ok(match version {
-            Some(_) => vec![self.version(key, version)?],
-            None => self.versions.iter().rev().collect(),
-        })
-    }
 }
 
 pub(super) fn generate(algorithm: Algorithm, number: u32) -> Result<Version, String> {

@@ -10,7 +10,7 @@ use keys::{LocalKey, Material, generate, key_path, load, save, spki_of};
 
 use super::{
     Backend, Context, DataKey, DataKeySize, Decrypted, Error, ErrorKind, KeyMetadata, KeyRef,
-    KeyStatus, Mac, Origin, Plaintext, PublicKey, Revocation, Rotate, Sealed, Signature, Verified,
+    KeyStatus, Mac, Origin, Plaintext, PublicKey, Revocation, Rotate, Sealed, Signature,
     VersionInfo, WrappedBy, canonical_context,
 };
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
@@ -455,25 +455,12 @@ impl Mac for LocalBackend {
         key: KeyRef<'_>,
         message: &[u8],
         mac: &[u8],
-        version: Option<&str>,
-    ) -> Result<Verified, Error> {
+        version: &str,
+    ) -> Result<bool, Error> {
         let k = self.enabled(key)?;
-        if !matches!(k.current().material, Material::Hmac(_)) {
-            return Err(not_for(key, k.algorithm, "verify a MAC"));
-        }
-        for v in k.candidates(key, version)? {
-            if let Material::Hmac(h) = &v.material
-                && hmac::verify(h, message, mac).is_ok()
-            {
-                return Ok(Verified {
-                    valid: true,
-                    version: v.number.to_string(),
-                });
-            }
-        }
-        Ok(Verified {
-            valid: false,
-            version: k.version(key, version)?.number.to_string(),
+        Ok(match &k.version(key, Some(version))?.material {
+            Material::Hmac(h) => hmac::verify(h, message, mac).is_ok(),
+            _ => false,
         })
     }
 }

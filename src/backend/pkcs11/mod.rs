@@ -21,8 +21,8 @@ mod token;
 
 use super::{
     Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata,
-    KeyRef, Mac, Origin, Plaintext, PublicKey, Rotate, Sealed, Signature, Verified, VersionInfo,
-    WrappedBy, canonical_context,
+    KeyRef, Mac, Origin, Plaintext, PublicKey, Rotate, Sealed, Signature, VersionInfo, WrappedBy,
+    canonical_context,
 };
 use crate::config::{Pkcs11BackendConfig, Pkcs11KeyRef};
 use crate::crypto::{self, Algorithm, SignInput, SignatureFormat};
@@ -398,46 +398,22 @@ impl Mac for Pkcs11Backend {
         key: KeyRef<'_>,
         message: &[u8],
         mac: &[u8],
-        version: Option<&str>,
-    ) -> Result<Verified, Error> {
-        let k = self.key(key).await?;
-        if let Some(name) = version
-            && k.version(name).is_none()
-        {
-            return Err(Error::new(
-                ErrorKind::KeyNotFound,
-                format!("key `{}` has no version `{name}`", key.alias),
-            ));
-        }
+        version: &str,
+    ) -> Result<bool, Error> {
         let message = Zeroizing::new(message.to_vec());
         let mac = mac.to_vec();
-        let version = version.map(str::to_owned);
+        let version = version.to_owned();
         self.with_key(key, Call::VerifyMac, move |w, k| {
-            // Newest first: most MACs are recent.
-            for v in k.versions.iter().rev() {
-                if version.as_ref().is_some_and(|want| *want != v.name) {
-                    continue;
-                }
-                let handle = v.handle;
-                let checked =
-                    w.call(
-                        |s| match s.verify(&Mechanism::Sha256Hmac, handle, &message, &mac) {
-                            Ok(()) => Ok(true),
-                            Err(e) if objects::invalid_signature(&e) => Ok(false),
-                            Err(e) => Err(e),
-                        },
-                    )?;
-                if checked {
-                    return Ok(Verified {
-                        valid: true,
-                        version: v.name.clone(),
-                    });
-                }
-            }
-            Ok(Verified {
-                valid: false,
-                version: version.clone().unwrap_or_else(|| k.current().name.clone()),
-            })
+            let Some(handle) = k.version(&version).map(|v| v.handle) else {
+                return Ok(false);
+            };
+            w.call(
+                |s| match s.verify(&Mechanism::Sha256Hmac, handle, &message, &mac) {
+                    Ok(()) => Ok(true),
+                    Err(e) if objects::invalid_signature(&e) => Ok(false),
+                    Err(e) => Err(e),
+                },
+            )
         })
         .await
     }

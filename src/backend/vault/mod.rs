@@ -28,8 +28,8 @@ mod transit;
 use super::credentials::{NotReady, Refresher};
 use super::{
     Backend, Context, DataKey, DataKeySize, Decrypted, DriverFacts, Error, ErrorKind, KeyMetadata,
-    KeyRef, Mac, Origin, Plaintext, PublicKey, Rotate, Sealed, Signature, Verified, Verify,
-    VersionInfo, WrappedBy, canonical_context,
+    KeyRef, Mac, Origin, Plaintext, PublicKey, Rotate, Sealed, Signature, Verify, VersionInfo,
+    WrappedBy, canonical_context,
 };
 use crate::config::VaultBackendConfig;
 use crate::crypto::{Algorithm, SignInput, SignatureFormat};
@@ -46,8 +46,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use transit::{
     CiphertextData, DataKeyData, KeyData, KeyInfo, KeyVersion, PlaintextData, SignatureData,
-    ValidData, algorithm_of, first_valid, open_ciphertext, parse_version, seal_ciphertext,
-    sign_params, split_versioned, wipe,
+    ValidData, algorithm_of, open_ciphertext, parse_version, seal_ciphertext, sign_params,
+    split_versioned, wipe,
 };
 use vaultrs::client::VaultClient;
 use vaultrs::error::ClientError;
@@ -176,52 +176,6 @@ impl VaultBackend {
         };
         body[field] = B64.encode(canonical_context(context)).into();
         body
-    }
-
-    async fn verify_version(
-        &self,
-        key: KeyRef<'_>,
-        version: u32,
-        signature: &[u8],
-        params: &serde_json::Value,
-    ) -> Result<bool, Error> {
-        let mut body = params.clone();
-        body["signature"] = format!("vault:v{version}:{}", B64.encode(signature)).into();
-        let path = self.path("verify", key);
-        let data: ValidData = self
-            .call(key, errors::Call::Verify, |t| {
-                let call = Call::<ValidData>::post(path, &body);
-                async move { client::exec(&t.client, call).await }
-            })
-            .await?;
-        Ok(data.valid)
-    }
-
-    async fn verify_mac_version(
-        &self,
-        key: KeyRef<'_>,
-        version: u32,
-        message: &str,
-        mac: &[u8],
-    ) -> Result<bool, Error> {
-        let hmac = format!("vault:v{version}:{}", B64.encode(mac));
-        let data = self
-            .call(key, errors::Call::VerifyHmac, |t| async move {
-                vaultrs::transit::data::verify(
-                    &t.client,
-                    &self.mount,
-                    key.id,
-                    message,
-                    Some(
-                        vaultrs::api::transit::requests::VerifySignedDataRequest::builder()
-                            .hmac(hmac)
-                            .hash_algorithm(vaultrs::api::transit::HashAlgorithm::Sha2_256),
-                    ),
-                )
-                .await
-            })
-            .await?;
-        Ok(data.valid)
     }
 }
 
@@ -442,22 +396,25 @@ impl Backend for VaultBackend {
 
 #[async_trait]
 impl Verify for VaultBackend {
-    /// Transit's verify; without a version, every version that still
-    /// verifies is tried, newest first.
     async fn verify(
         &self,
         key: KeyRef<'_>,
         input: SignInput<'_>,
         signature: &[u8],
         algorithm: Algorithm,
-        version: Option<&str>,
-    ) -> Result<Verified, Error> {
-        let info = self.info(key).await?;
-        let params = sign_params(algorithm, input)?;
-        first_valid(&info, version, |v| {
-            self.verify_version(key, v, signature, &params)
-        })
-        .await
+        version: &str,
+    ) -> Result<bool, Error> {
+        let mut body = sign_params(algorithm, input)?;
+        let signature = B64.encode(signature);
+        body["signature"] = format!("vault:v{}:{signature}", parse_version(version)?).into();
+        let path = self.path("verify", key);
+        let data: ValidData = self
+            .call(key, errors::Call::Verify, |t| {
+                let call = Call::<ValidData>::post(path, &body);
+                async move { client::exec(&t.client, call).await }
+            })
+            .await?;
+        Ok(data.valid)
     }
 }
 
@@ -493,14 +450,27 @@ impl Mac for VaultBackend {
         key: KeyRef<'_>,
         message: &[u8],
         mac: &[u8],
-        version: Option<&str>,
-    ) -> Result<Verified, Error> {
-        let info = self.info(key).await?;
-        let encoded = Zeroizing::new(B64.encode(message));
-        first_valid(&info, version, |v| {
-            self.verify_mac_version(key, v, &encoded, mac)
-        })
-        .await
+        version: &str,
+    ) -> Result<bool, Error> {
+        let message = Zeroizing::new(B64.encode(message));
+        let hmac = format!("vault:v{}:{}", parse_version(version)?, B64.encode(mac));
+        let data = self
+            .call(key, errors::Call::VerifyHmac, |t| async move {
+                vaultrs::transit::data::verify(
+                    &t.client,
+                    &self.mount,
+                    key.id,
+                    &message,
+                    Some(
+                        vaultrs::api::transit::requests::VerifySignedDataRequest::builder()
+                            .hmac(hmac)
+                            .hash_algorithm(vaultrs::api::transit::HashAlgorithm::Sha2_256),
+                    ),
+                )
+                .await
+            })
+            .await?;
+        Ok(data.valid)
     }
 }
 

@@ -8,7 +8,7 @@
 //! verify/decrypt rebuild the prefix.
 
 use super::errors::malformed;
-use crate::backend::{Error, ErrorKind, Sealed, Verified};
+use crate::backend::{Error, ErrorKind, Sealed};
 use crate::crypto::{self, Algorithm, SignInput};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -71,46 +71,6 @@ impl KeyInfo {
             }
         }
     }
-
-    /// Versions that still verify, decrypt and unwrap, newest first.
-    fn usable_versions(&self) -> impl Iterator<Item = u32> + '_ {
-        let oldest = self.data.min_decryption_version.max(1);
-        (oldest..=self.data.latest_version).rev()
-    }
-}
-
-/// Runs `check` on `version` if the caller named one, else on every version
-/// that still verifies, newest first; the first that passes is the answer
-/// (`valid: false` names the version asked for, or the newest).
-pub(super) async fn first_valid<F, Fut>(
-    info: &KeyInfo,
-    version: Option<&str>,
-    mut check: F,
-) -> Result<Verified, Error>
-where
-    F: FnMut(u32) -> Fut,
-    Fut: Future<Output = Result<bool, Error>>,
-{
-    let versions: Vec<u32> = match version {
-        Some(v) => vec![parse_version(v)?],
-        None => info.usable_versions().collect(),
-    };
-    for &v in &versions {
-        if check(v).await? {
-            return Ok(Verified {
-                valid: true,
-                version: v.to_string(),
-            });
-        }
-    }
-    let reported = versions
-        .first()
-        .copied()
-        .unwrap_or(info.data.latest_version);
-    Ok(Verified {
-        valid: false,
-        version: reported.to_string(),
-    })
 }
 
 /// Our algorithm for a transit key type.
