@@ -210,11 +210,11 @@ impl Error {
     pub(crate) fn from_kms(
         kind: ErrorKind,
         kms: &str,
-        op: &str,
+        op: impl fmt::Display,
         key: KeyRef<'_>,
         detail: &str,
     ) -> Self {
-        tracing::warn!(key.alias = key.alias, op, error = %detail, "{kms} call failed");
+        tracing::warn!(key.alias = key.alias, op = %op, error = %detail, "{kms} call failed");
         let alias = key.alias;
         match kind {
             ErrorKind::DecryptionFailed => Self::decryption_failed(),

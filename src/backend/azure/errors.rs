@@ -6,6 +6,7 @@ use crate::backend::{Error, ErrorKind, KeyRef};
 use azure_core::error::ErrorKind as AzureKind;
 use azure_core::http::headers::RETRY_AFTER;
 use azure_core::http::{RawResponse, StatusCode};
+use std::fmt;
 use std::time::Duration;
 
 /// What Key Vault said: `{"error":{"code","message","innererror":{"code"}}}`.
@@ -87,14 +88,47 @@ pub(super) fn describe(err: &azure_core::Error) -> String {
     crate::backend::with_causes(err)
 }
 
+/// A Key Vault call, for error mapping and messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Call {
+    GetKey,
+    ListVersions,
+    GetRotationPolicy,
+    ListKeys,
+    Sign,
+    Encrypt,
+    WrapKey,
+    Decrypt,
+    UnwrapKey,
+    Rotate,
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Call::GetKey => "get key",
+            Call::ListVersions => "list key versions",
+            Call::GetRotationPolicy => "get rotation policy",
+            Call::ListKeys => "list keys",
+            Call::Sign => "sign",
+            Call::Encrypt => "encrypt",
+            Call::WrapKey => "wrapKey",
+            Call::Decrypt => "decrypt",
+            Call::UnwrapKey => "unwrapKey",
+            Call::Rotate => "rotate",
+        })
+    }
+}
+
 /// Our error for a failed Key Vault call `op` on `key` (SPEC §4), logged
 /// with Key Vault's reasons.
-pub(super) fn error(key: KeyRef<'_>, op: &str, err: &azure_core::Error) -> Error {
+pub(super) fn error(key: KeyRef<'_>, op: Call, err: &azure_core::Error) -> Error {
     let answer = Answer::of(err);
     let detail = describe(err);
-    let decrypting = matches!(op, "decrypt" | "unwrapKey");
     let kind = match (answer.status, err.kind()) {
-        (Some(400), _) if decrypting => ErrorKind::DecryptionFailed,
+        (Some(400), _) if matches!(op, Call::Decrypt | Call::UnwrapKey) => {
+            ErrorKind::DecryptionFailed
+        }
         (Some(400), _) => ErrorKind::InvalidRequest,
         (Some(401), _) => ErrorKind::Unauthenticated,
         (Some(403), _) if answer.disabled() => ErrorKind::KeyDisabled,

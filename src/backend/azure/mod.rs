@@ -23,6 +23,8 @@
 
 mod credentials;
 mod errors;
+
+use errors::Call;
 mod keys;
 
 use super::credentials::{Refresher, Schedule};
@@ -142,7 +144,7 @@ impl AzureBackend {
     /// Runs a Key Vault call with the current token. A 401 drops the token
     /// (if still current), waits for a new one, and sends the call once
     /// more; other failures map to our errors.
-    async fn call<T, F, Fut>(&self, key: KeyRef<'_>, op: &str, f: F) -> Result<T, Error>
+    async fn call<T, F, Fut>(&self, key: KeyRef<'_>, op: Call, f: F) -> Result<T, Error>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = azure_core::Result<T>>,
@@ -170,7 +172,7 @@ impl AzureBackend {
     async fn get_key(&self, key: KeyRef<'_>) -> Result<(KeyMetadata, Arc<KeyInfo>), Error> {
         let (name, pinned) = keys::split_id(key.id);
         let got: Key = self
-            .call(key, "get key", || async {
+            .call(key, Call::GetKey, || async {
                 let options = KeyClientGetKeyOptions {
                     key_version: pinned.map(str::to_owned),
                     ..Default::default()
@@ -188,7 +190,7 @@ impl AzureBackend {
             .ok_or_else(|| errors::malformed("a key without a versioned `kid`"))?
             .to_owned();
         let listed: Vec<KeyProperties> = self
-            .call(key, "list key versions", || async {
+            .call(key, Call::ListVersions, || async {
                 let options = KeyClientListKeyPropertiesVersionsOptions {
                     maxresults: Some(25),
                     ..Default::default()
@@ -255,7 +257,7 @@ impl AzureBackend {
     /// such rather than failing the metadata.
     async fn rotation(&self, key: KeyRef<'_>, name: &str) -> Rotation {
         let policy = self
-            .call(key, "get rotation policy", || async {
+            .call(key, Call::GetRotationPolicy, || async {
                 self.client
                     .get_key_rotation_policy(name, None)
                     .await?
@@ -346,7 +348,7 @@ impl AzureBackend {
             Zeroizing::new(plaintext.to_vec())
         };
         let aad = (made == Made::AesGcm).then(|| super::canonical_context(context));
-        let op = if wrap { "wrapKey" } else { "encrypt" };
+        let op = if wrap { Call::WrapKey } else { Call::Encrypt };
         let result: KeyOperationResult = self
             .call(key, op, || async {
                 let params = KeyOperationParameters {
@@ -465,7 +467,7 @@ impl Backend for AzureBackend {
     /// use keys may list them). A throttled answer is a working vault.
     async fn health(&self) -> Result<(), Error> {
         let probe = KeyRef::new("(health check)", "-");
-        self.call(probe, "list keys", || async {
+        self.call(probe, Call::ListKeys, || async {
             let options = KeyClientListKeyPropertiesOptions {
                 maxresults: Some(1),
                 ..Default::default()
@@ -491,7 +493,7 @@ impl Backend for AzureBackend {
             Some(v) => {
                 let (name, _) = keys::split_id(key.id);
                 let got: Key = self
-                    .call(key, "get key", || async {
+                    .call(key, Call::GetKey, || async {
                         let options = KeyClientGetKeyOptions {
                             key_version: Some(v.to_owned()),
                             ..Default::default()
@@ -542,7 +544,7 @@ impl Backend for AzureBackend {
         };
         let (name, pinned) = keys::split_id(key.id);
         let result: KeyOperationResult = self
-            .call(key, "sign", || async {
+            .call(key, Call::Sign, || async {
                 let params = SignParameters {
                     algorithm: Some(alg.clone()),
                     value: Some(digest.clone()),
@@ -595,9 +597,9 @@ impl Backend for AzureBackend {
         }
         let (name, _) = keys::split_id(key.id);
         let op = if blob.made.wrapped() {
-            "unwrapKey"
+            Call::UnwrapKey
         } else {
-            "decrypt"
+            Call::Decrypt
         };
         let aad = (blob.made == Made::AesGcm).then(|| super::canonical_context(context));
         let result: KeyOperationResult = self
@@ -685,7 +687,7 @@ impl Rotate for AzureBackend {
             )));
         }
         let rotated: Key = self
-            .call(key, "rotate", || async {
+            .call(key, Call::Rotate, || async {
                 self.client.rotate_key(name, None).await?.into_model()
             })
             .await?;

@@ -5,6 +5,7 @@
 use crate::backend::{Error, ErrorKind, KeyRef};
 use google_cloud_gax::error::Error as GaxError;
 use google_cloud_gax::error::rpc::Code;
+use std::fmt;
 
 /// An error for logs and messages: the status and Cloud KMS's message, or
 /// the transport's deepest cause.
@@ -29,12 +30,46 @@ pub(super) fn unauthenticated(err: &GaxError) -> bool {
         || err.http_status_code() == Some(401)
 }
 
+/// A Cloud KMS call, for error mapping and messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Call {
+    GetCryptoKey,
+    ListVersions,
+    GetPublicKey,
+    Encrypt,
+    Decrypt,
+    AsymmetricDecrypt,
+    AsymmetricSign,
+    MacSign,
+    MacVerify,
+    CreateVersion,
+    UpdatePrimary,
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Call::GetCryptoKey => "getCryptoKey",
+            Call::ListVersions => "listCryptoKeyVersions",
+            Call::GetPublicKey => "getPublicKey",
+            Call::Encrypt => "encrypt",
+            Call::Decrypt => "decrypt",
+            Call::AsymmetricDecrypt => "asymmetricDecrypt",
+            Call::AsymmetricSign => "asymmetricSign",
+            Call::MacSign => "macSign",
+            Call::MacVerify => "macVerify",
+            Call::CreateVersion => "createCryptoKeyVersion",
+            Call::UpdatePrimary => "updateCryptoKeyPrimaryVersion",
+        })
+    }
+}
+
 /// Our error for a failed Cloud KMS call `op` on `key` (SPEC §4), logged
 /// with Cloud KMS's reasons.
-pub(super) fn error(key: KeyRef<'_>, op: &str, err: &GaxError) -> Error {
+pub(super) fn error(key: KeyRef<'_>, op: Call, err: &GaxError) -> Error {
     let detail = describe(err);
     let message = err.status().map(|s| s.message.as_str()).unwrap_or_default();
-    let decrypting = matches!(op, "decrypt" | "asymmetricDecrypt");
+    let decrypting = matches!(op, Call::Decrypt | Call::AsymmetricDecrypt);
     let kind = match err.status().map(|s| s.code) {
         Some(Code::InvalidArgument) if decrypting => ErrorKind::DecryptionFailed,
         Some(Code::InvalidArgument | Code::OutOfRange) => ErrorKind::InvalidRequest,
@@ -81,10 +116,10 @@ pub(super) fn crc32c(data: &[u8]) -> i64 {
 
 /// An answer whose integrity fields do not match what was sent or received:
 /// corrupted in transit. Retryable: a new call may well arrive intact.
-pub(super) fn corrupted(key: KeyRef<'_>, op: &str, what: &str) -> Error {
+pub(super) fn corrupted(key: KeyRef<'_>, op: Call, what: &str) -> Error {
     tracing::warn!(
         key.alias = key.alias,
-        op,
+        op = %op,
         what,
         "Cloud KMS answer failed its CRC32C check"
     );

@@ -22,6 +22,8 @@
 
 mod credentials;
 mod errors;
+
+use errors::Call;
 mod names;
 
 use super::credentials::Refresher;
@@ -151,7 +153,7 @@ impl GcpBackend {
     /// Runs a Cloud KMS call with the current token. A 401 drops the token
     /// (if still current), waits for a new one, and sends the call once
     /// more; other failures map to our errors.
-    async fn call<T, F, Fut>(&self, key: KeyRef<'_>, op: &str, f: F) -> Result<T, Error>
+    async fn call<T, F, Fut>(&self, key: KeyRef<'_>, op: Call, f: F) -> Result<T, Error>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = google_cloud_kms_v1::Result<T>>,
@@ -203,7 +205,7 @@ impl GcpBackend {
     async fn describe(&self, key: KeyRef<'_>) -> Result<(KeyMetadata, Arc<KeyInfo>), Error> {
         let (name, pinned) = self.resolve(key);
         let crypto_key = self
-            .call(key, "getCryptoKey", || {
+            .call(key, Call::GetCryptoKey, || {
                 self.client.get_crypto_key().set_name(name.clone()).send()
             })
             .await?;
@@ -283,7 +285,7 @@ impl GcpBackend {
         let mut page = String::new();
         loop {
             let answer = self
-                .call(key, "listCryptoKeyVersions", || {
+                .call(key, Call::ListVersions, || {
                     self.client
                         .list_crypto_key_versions()
                         .set_parent(name.to_owned())
@@ -303,7 +305,7 @@ impl GcpBackend {
     /// The SubjectPublicKeyInfo of a version, its PEM's CRC32C checked.
     async fn spki(&self, key: KeyRef<'_>, version_name: &str) -> Result<Vec<u8>, Error> {
         let answer = self
-            .call(key, "getPublicKey", || {
+            .call(key, Call::GetPublicKey, || {
                 self.client
                     .get_public_key()
                     .set_name(version_name.to_owned())
@@ -311,7 +313,7 @@ impl GcpBackend {
             })
             .await?;
         if answer.pem_crc32c != Some(crc32c(answer.pem.as_bytes())) {
-            return Err(corrupted(key, "getPublicKey", "pemCrc32c"));
+            return Err(corrupted(key, Call::GetPublicKey, "pemCrc32c"));
         }
         let pem = pem::parse(answer.pem.as_bytes())
             .map_err(|_| malformed("a public key that is not PEM"))?;
@@ -337,7 +339,7 @@ impl GcpBackend {
             info.name.clone()
         };
         let answer = self
-            .call(key, "encrypt", || {
+            .call(key, Call::Encrypt, || {
                 self.client
                     .encrypt()
                     .set_name(target.clone())
@@ -349,17 +351,17 @@ impl GcpBackend {
             })
             .await?;
         if !answer.verified_plaintext_crc32c {
-            return Err(corrupted(key, "encrypt", "verifiedPlaintextCrc32c"));
+            return Err(corrupted(key, Call::Encrypt, "verifiedPlaintextCrc32c"));
         }
         if !answer.verified_additional_authenticated_data_crc32c {
             return Err(corrupted(
                 key,
-                "encrypt",
+                Call::Encrypt,
                 "verifiedAdditionalAuthenticatedDataCrc32c",
             ));
         }
         if answer.ciphertext_crc32c != Some(crc32c(&answer.ciphertext)) {
-            return Err(corrupted(key, "encrypt", "ciphertextCrc32c"));
+            return Err(corrupted(key, Call::Encrypt, "ciphertextCrc32c"));
         }
         let version = version_number(&answer.name)
             .ok_or_else(|| malformed("an encrypt answer without the version's name"))?
@@ -432,7 +434,7 @@ impl GcpBackend {
         }
         let version_name = info.version_name(version);
         let answer = self
-            .call(key, "asymmetricDecrypt", || {
+            .call(key, Call::AsymmetricDecrypt, || {
                 self.client
                     .asymmetric_decrypt()
                     .set_name(version_name.clone())
@@ -445,13 +447,13 @@ impl GcpBackend {
         if !answer.verified_ciphertext_crc32c {
             return Err(corrupted(
                 key,
-                "asymmetricDecrypt",
+                Call::AsymmetricDecrypt,
                 "verifiedCiphertextCrc32c",
             ));
         }
         let opened = Zeroizing::new(answer.plaintext.to_vec());
         if answer.plaintext_crc32c != Some(crc32c(&opened)) {
-            return Err(corrupted(key, "asymmetricDecrypt", "plaintextCrc32c"));
+            return Err(corrupted(key, Call::AsymmetricDecrypt, "plaintextCrc32c"));
         }
         Ok(Decrypted {
             plaintext: Plaintext(super::binding::unbind(context, &opened)?),
@@ -523,7 +525,7 @@ impl Backend for GcpBackend {
         let probe = KeyRef::new("(health check)", "-");
         match &self.probe {
             Some(name) => self
-                .call(probe, "getCryptoKey", || {
+                .call(probe, Call::GetCryptoKey, || {
                     self.client.get_crypto_key().set_name(name.clone()).send()
                 })
                 .await
@@ -608,7 +610,7 @@ impl Backend for GcpBackend {
         let version_name = info.version_name(&info.current);
         let request = request.set_name(version_name.clone());
         let answer = self
-            .call(key, "asymmetricSign", || request.clone().send())
+            .call(key, Call::AsymmetricSign, || request.clone().send())
             .await?;
         let (verified, field) = if sent_data {
             (answer.verified_data_crc32c, "verifiedDataCrc32c")
@@ -616,10 +618,10 @@ impl Backend for GcpBackend {
             (answer.verified_digest_crc32c, "verifiedDigestCrc32c")
         };
         if !verified {
-            return Err(corrupted(key, "asymmetricSign", field));
+            return Err(corrupted(key, Call::AsymmetricSign, field));
         }
         if answer.signature_crc32c != Some(crc32c(&answer.signature)) {
-            return Err(corrupted(key, "asymmetricSign", "signatureCrc32c"));
+            return Err(corrupted(key, Call::AsymmetricSign, "signatureCrc32c"));
         }
         if answer.name != version_name {
             return Err(malformed("a signature by another version than asked"));
@@ -658,7 +660,7 @@ impl Backend for GcpBackend {
         }
         let aad = canonical_context(context);
         let answer = self
-            .call(key, "decrypt", || {
+            .call(key, Call::Decrypt, || {
                 self.client
                     .decrypt()
                     .set_name(info.name.clone())
@@ -672,7 +674,7 @@ impl Backend for GcpBackend {
             .map_err(not_this_keys)?;
         let plaintext = Zeroizing::new(answer.plaintext.to_vec());
         if answer.plaintext_crc32c != Some(crc32c(&plaintext)) {
-            return Err(corrupted(key, "decrypt", "plaintextCrc32c"));
+            return Err(corrupted(key, Call::Decrypt, "plaintextCrc32c"));
         }
         Ok(Decrypted {
             plaintext: Plaintext(plaintext),
@@ -713,7 +715,7 @@ impl Mac for GcpBackend {
         let info = self.info(key).await?;
         let version_name = info.version_name(&info.current);
         let answer = self
-            .call(key, "macSign", || {
+            .call(key, Call::MacSign, || {
                 self.client
                     .mac_sign()
                     .set_name(version_name.clone())
@@ -723,10 +725,10 @@ impl Mac for GcpBackend {
             })
             .await?;
         if !answer.verified_data_crc32c {
-            return Err(corrupted(key, "macSign", "verifiedDataCrc32c"));
+            return Err(corrupted(key, Call::MacSign, "verifiedDataCrc32c"));
         }
         if answer.mac_crc32c != Some(crc32c(&answer.mac)) {
-            return Err(corrupted(key, "macSign", "macCrc32c"));
+            return Err(corrupted(key, Call::MacSign, "macCrc32c"));
         }
         Ok(Sealed {
             bytes: answer.mac.to_vec(),
@@ -743,7 +745,7 @@ impl Mac for GcpBackend {
     ) -> Result<bool, Error> {
         let version_name = self.info(key).await?.version_name(version);
         let answer = self
-            .call(key, "macVerify", || {
+            .call(key, Call::MacVerify, || {
                 self.client
                     .mac_verify()
                     .set_name(version_name.clone())
@@ -755,10 +757,10 @@ impl Mac for GcpBackend {
             })
             .await?;
         if !answer.verified_data_crc32c || !answer.verified_mac_crc32c {
-            return Err(corrupted(key, "macVerify", "verified input CRC32C"));
+            return Err(corrupted(key, Call::MacVerify, "verified input CRC32C"));
         }
         if answer.verified_success_integrity != answer.success {
-            return Err(corrupted(key, "macVerify", "verifiedSuccessIntegrity"));
+            return Err(corrupted(key, Call::MacVerify, "verifiedSuccessIntegrity"));
         }
         Ok(answer.success)
     }
@@ -776,7 +778,7 @@ impl Rotate for GcpBackend {
         }
         let info = self.info(key).await?;
         let created = self
-            .call(key, "createCryptoKeyVersion", || {
+            .call(key, Call::CreateVersion, || {
                 self.client
                     .create_crypto_key_version()
                     .set_parent(name.clone())
@@ -789,7 +791,7 @@ impl Rotate for GcpBackend {
             .to_owned();
         // Symmetric keys encrypt with their primary: make the new one it.
         if info.algorithm == Algorithm::Aes256Gcm {
-            self.call(key, "updateCryptoKeyPrimaryVersion", || {
+            self.call(key, Call::UpdatePrimary, || {
                 self.client
                     .update_crypto_key_primary_version()
                     .set_name(name.clone())
