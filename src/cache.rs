@@ -606,7 +606,7 @@ mod tests {
         [("tenant".to_string(), v.to_string())].into()
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn concurrent_misses_make_one_backend_call() {
         let f = fixture(config(300_000, 30_000, 1_000_000, 1 << 30), 50).await;
         let tasks: Vec<_> = (0..100)
