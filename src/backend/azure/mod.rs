@@ -189,32 +189,7 @@ impl AzureBackend {
             .and_then(keys::version_of_kid)
             .ok_or_else(|| errors::malformed("a key without a versioned `kid`"))?
             .to_owned();
-        let listed: Vec<KeyProperties> = self
-            .call(key, Call::ListVersions, || async {
-                let options = KeyClientListKeyPropertiesVersionsOptions {
-                    maxresults: Some(25),
-                    ..Default::default()
-                };
-                self.client
-                    .list_key_properties_versions(name, Some(options))?
-                    .try_collect()
-                    .await
-            })
-            .await?;
-        let mut versions: Vec<VersionInfo> = listed
-            .iter()
-            .filter_map(|p| {
-                let version = keys::version_of_kid(p.kid.as_deref()?)?.to_owned();
-                let attributes = p.attributes.as_ref();
-                Some(VersionInfo {
-                    version,
-                    created: attributes.and_then(|a| a.created).map(system_time),
-                    enabled: attributes.and_then(|a| a.enabled).unwrap_or(true),
-                    state: None,
-                })
-            })
-            .collect();
-        versions.sort_by_key(|v| v.created);
+        let versions = self.versions(key, name).await?;
         let hsm = matches!(
             jwk.kty,
             Some(KeyType::EcHsm | KeyType::RsaHsm | KeyType::OctHsm)
@@ -251,6 +226,37 @@ impl AzureBackend {
             driver: Some(DriverFacts::shared(info.clone())),
         };
         Ok((metadata, info))
+    }
+
+    /// The key's versions, page by page, oldest first.
+    async fn versions(&self, key: KeyRef<'_>, name: &str) -> Result<Vec<VersionInfo>, Error> {
+        let listed: Vec<KeyProperties> = self
+            .call(key, Call::ListVersions, || async {
+                let options = KeyClientListKeyPropertiesVersionsOptions {
+                    maxresults: Some(25),
+                    ..Default::default()
+                };
+                self.client
+                    .list_key_properties_versions(name, Some(options))?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        let mut versions: Vec<VersionInfo> = listed
+            .iter()
+            .filter_map(|p| {
+                let version = keys::version_of_kid(p.kid.as_deref()?)?.to_owned();
+                let attributes = p.attributes.as_ref();
+                Some(VersionInfo {
+                    version,
+                    created: attributes.and_then(|a| a.created).map(system_time),
+                    enabled: attributes.and_then(|a| a.enabled).unwrap_or(true),
+                    state: None,
+                })
+            })
+            .collect();
+        versions.sort_by_key(|v| v.created);
+        Ok(versions)
     }
 
     /// The rotation policy; one the identity may not read is reported as
