@@ -416,14 +416,11 @@ impl Routes {
                 *admitted = true;
                 if let Some((streamed, context)) = streamed {
                     let input = unread.take().expect("the body is unread until here");
-                    return (self.envelope_stream(
-                        &grant,
-                        streamed,
-                        context,
-                        &parts.headers,
-                        input,
-                    ))
-                    .await;
+                    // Boxed: its state would make every request's future
+                    // (moved several times on the way) as large as its own.
+                    let stream =
+                        self.envelope_stream(&grant, streamed, context, &parts.headers, input);
+                    return Box::pin(stream).await;
                 }
                 let (body, hold) = self.read_input(endpoint.input, parts, unread, &c).await?;
                 let reply = answer(svc, &grant, &body).await;
