@@ -109,8 +109,25 @@ impl KubeUp {
     }
 
     /// Runs kube-up and waits until it has written `env` (everything ready).
+    /// kube-up picks free ports, which another test may take before its
+    /// server binds them: such a start is made again (three times at most).
     pub async fn start(self) -> ControlPlane {
         let t0 = Instant::now();
+        let mut attempts = 1;
+        loop {
+            match self.launch(t0).await {
+                Ok(cp) => return cp,
+                Err(log) if log.contains("address already in use") && attempts < 3 => {
+                    eprintln!("kube-up lost a port to another process; starting it again");
+                    attempts += 1;
+                }
+                Err(log) => panic!("{log}"),
+            }
+        }
+    }
+
+    /// One kube-up start; `Err` with its log if it exited before ready.
+    async fn launch(&self, t0: Instant) -> Result<ControlPlane, String> {
         let bin = kube_binary("kube-up");
         let dir = tempfile::tempdir().expect("temp dir");
         let mut command = Command::new(&bin);
@@ -137,7 +154,7 @@ impl KubeUp {
                 panic!("cannot start {} ({e}); run `make kube-bin`", bin.display())
             });
         let stdin = child.stdin.take();
-        let env = wait_for_env(dir.path(), &mut child).await;
+        let env = wait_for_env(dir.path(), &mut child).await?;
         let var = |name: &str| {
             env.iter()
                 .find(|(k, _)| k == name)
@@ -159,25 +176,26 @@ impl KubeUp {
             dir,
         };
         eprintln!("control plane ready in {:?} at {}", cp.started_in, cp.url);
-        cp
+        Ok(cp)
     }
 }
 
-/// Waits for DIR/env (kube-up writes it last, whole) and parses it; fails
-/// the test with kube-up's log when it exits first or takes over 3 minutes.
-async fn wait_for_env(dir: &Path, child: &mut Child) -> Vec<(String, String)> {
+/// Waits for DIR/env (kube-up writes it last, whole) and parses it; `Err`
+/// with kube-up's log when it exits first, and fails the test when it takes
+/// over 3 minutes.
+async fn wait_for_env(dir: &Path, child: &mut Child) -> Result<Vec<(String, String)>, String> {
     let deadline = Instant::now() + Duration::from_secs(180);
     let log = || std::fs::read_to_string(dir.join("kube-up.log")).unwrap_or_default();
     loop {
         if let Ok(text) = std::fs::read_to_string(dir.join("env")) {
-            return text
+            return Ok(text
                 .lines()
                 .filter_map(|l| l.split_once('='))
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
+                .collect());
         }
         if let Some(status) = child.try_wait().expect("wait") {
-            panic!("kube-up exited ({status}); its log:\n{}", log());
+            return Err(format!("kube-up exited ({status}); its log:\n{}", log()));
         }
         assert!(
             Instant::now() < deadline,
