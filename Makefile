@@ -29,7 +29,7 @@ test: test-deps
 	[ $$built = 0 ] || exit $$built; [ $$kube_status = 0 ] || exit $$kube_status; \
 	$(CARGO) nextest run --all-targets --no-fail-fast
 
-## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv and the system python3 to act as another uid, moto as the AWS KMS test server, OpenBao as the Vault server, Python's cryptography for the Azure Key Vault contract fake, PyJWT to verify the sidecar's JWTs as another service would, SoftHSM2 and OpenSC's pkcs11-tool as the PKCS#11 token, Helm's library and the Kubernetes schemas for the chart)
+## test-deps: tools the test suite calls (openssl, curl and jq to check the API and the README independently, setpriv and the system python3 to act as another uid, moto as the AWS KMS test server, OpenBao as the Vault server, Python's cryptography for the Azure Key Vault contract fake, PyJWT to verify the sidecar's JWTs as another service would, SoftHSM2 and OpenSC's pkcs11-tool as the PKCS#11 token, Helm's library and the Kubernetes schemas for the chart, and the official Vault clients of tests/clients/ with which the Vault-transit-compatible API is tested, into a cache outside the tree)
 test-deps:
 	@missing=""; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
@@ -63,6 +63,7 @@ test-deps:
 	@python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null || { \
 	  echo "installing helm-python-sdk and kubernetes-validate (render and validate the Helm chart)"; \
 	  python3 -m pip install -q helm-python-sdk kubernetes-validate || python3 -m pip install -q --break-system-packages helm-python-sdk kubernetes-validate; }
+	@./tests/clients/install.sh
 
 ## kube-bin: the suite's real Kubernetes control plane (tests/kube/, test infrastructure only): kube-apiserver, kube-controller-manager and kubectl of the k8s.io/kubernetes release tests/kube/go.mod pins, etcd embedded from its Go module (the version that release pins), the tests' second mutating webhook, kube-up (starts them, for make kube-up and each test), the kubelet stand-in pod-runner (runs an admitted pod's containers), the Helm CLI (helm.sh/helm/v4, the version build.sh pins) that installs the chart, and cert-manager's CRDs (from its Go module), built with Go once per release into ${KUBE_TEST_CACHE:-${XDG_CACHE_HOME:-~/.cache}/kms-sidecar}/kube-vX.Y.Z/ and reused while go.mod, go.sum and the sources are unchanged; the first build (modules downloaded, nothing cached) took 1461 s here beside the Rust build of make test (which took 1946 s in all from a clean clone), a rebuild with Go's caches warm about two minutes, a cached run 0.05 s. Go >= 1.26.0 (tests/kube/go.mod); none newer is needed, so no GOTOOLCHAIN
 kube-bin:

@@ -15,6 +15,8 @@ mod callers;
 #[cfg(feature = "webhook")]
 mod chart;
 mod cli;
+#[cfg(all(feature = "local", feature = "vault"))]
+mod compat;
 mod conformance;
 mod containers;
 mod docs;
