@@ -35,6 +35,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("listen.tcp {addr}: {source}")]
+    Tcp {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -86,6 +92,14 @@ impl App {
         let listen = &self.config.listen;
         server::raise_fd_limit();
         let sockets = bind_sockets(listen)?;
+        let tcp = match listen.tcp {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Tcp { addr, source })?,
+            ),
+            None => None,
+        };
         let audit = self.start_audit().await?;
         let App {
             config,
@@ -128,7 +142,10 @@ impl App {
             startup_ms = started.elapsed().as_millis() as u64,
             "kms-sidecar ready"
         );
-        let drained = server::serve(sockets, live, settings, async {
+        if let Some(addr) = listen.tcp {
+            tracing::info!(%addr, "loopback TCP listener ready (the caller is the owner of the peer's socket)");
+        }
+        let drained = server::serve(sockets, tcp, live, settings, async {
             stop.await;
             trigger.trigger();
         })

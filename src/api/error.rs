@@ -165,19 +165,24 @@ impl From<backend::Error> for ApiError {
 /// bodies need 3; serde_json alone would allow 128).
 pub const MAX_JSON_DEPTH: usize = 16;
 
-/// How many `items` a batch body holds, if it is a JSON object with an
-/// `items` array (the rest is checked when the body is parsed for real).
+/// How many `items` (or `batch_input`) a batch body holds, if it is a JSON
+/// object with such an array (the rest is checked when the body is parsed for real).
 pub fn batch_len(body: &[u8]) -> Option<usize> {
     #[derive(serde::Deserialize)]
     struct Items {
-        items: Vec<serde::de::IgnoredAny>,
+        items: Option<Vec<serde::de::IgnoredAny>>,
+        /// Vault's transit API's name.
+        batch_input: Option<Vec<serde::de::IgnoredAny>>,
     }
     if json_depth(body) > MAX_JSON_DEPTH {
         return None;
     }
-    serde_json::from_slice::<Items>(body)
-        .ok()
-        .map(|b| b.items.len())
+    let b = serde_json::from_slice::<Items>(body).ok()?;
+    let count = |v: Option<Vec<_>>| v.map(|v| v.len());
+    match (count(b.items), count(b.batch_input)) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    }
 }
 
 /// Parses a JSON request body. An empty body reads as `{}`. Errors name the

@@ -2,6 +2,7 @@
 //! Pure serde: no IO, no backend calls.
 
 mod error;
+pub mod transit;
 
 pub use error::{ApiError, Code, batch_len, parse_json};
 

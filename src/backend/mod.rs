@@ -606,6 +606,24 @@ pub trait Backend: Send + Sync + fmt::Debug {
         context: &Context,
     ) -> Result<DataKey, Error>;
 
+    /// A ciphertext of [`Backend::encrypt`] or [`Backend::generate_data_key`]
+    /// as Vault transit's own `vault:vN:…` text, where the KMS is transit
+    /// and has one: the Vault-transit-compatible API answers it, so that a
+    /// ciphertext of the sidecar is the real Vault's and the reverse.
+    /// `None` (every other KMS): the API writes `vault:v<N>:<base64 of the
+    /// ciphertext>`.
+    fn transit_text(&self, ciphertext: &[u8]) -> Option<String> {
+        let _ = ciphertext;
+        None
+    }
+
+    /// The ciphertext of a transit `vault:vN:…` text, the reverse of
+    /// [`Backend::transit_text`]; `None` where the KMS is not transit.
+    fn from_transit_text(&self, text: &str) -> Option<Result<Vec<u8>, Error>> {
+        let _ = text;
+        None
+    }
+
     /// The KMS's own verify API, if it has one ([`Verify`]).
     fn verifier(&self) -> Option<&dyn Verify> {
         None

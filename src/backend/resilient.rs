@@ -517,6 +517,14 @@ impl Backend for Resilient {
         .await
     }
 
+    fn transit_text(&self, ciphertext: &[u8]) -> Option<String> {
+        self.inner.transit_text(ciphertext)
+    }
+
+    fn from_transit_text(&self, text: &str) -> Option<Result<Vec<u8>, Error>> {
+        self.inner.from_transit_text(text)
+    }
+
     fn verifier(&self) -> Option<&dyn Verify> {
         self.inner.verifier().map(|_| self as &dyn Verify)
     }

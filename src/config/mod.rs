@@ -100,6 +100,8 @@ pub struct Config {
     pub jwks: JwksConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub compat: CompatConfig,
     /// The volume the sidecar writes to, when the webhook says (unset: the
     /// audit log's rotation is not checked against a volume).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -38,6 +38,33 @@ pub struct JwksConfig {
     pub public: Vec<String>,
 }
 
+/// `compat`: other products' APIs served beside API v1.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompatConfig {
+    pub vault_transit: VaultTransitConfig,
+}
+
+/// `compat.vault_transit`: Vault's transit API at `/v1/<mount>/…`, so that
+/// apps written for Vault's clients change `VAULT_ADDR` only.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultTransitConfig {
+    pub enabled: bool,
+    /// The mount the apps name (`transit/encrypt/…`): one or more path
+    /// segments of letters, digits, `-` and `_`.
+    pub mount: String,
+}
+
+impl Default for VaultTransitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            mount: "transit".into(),
+        }
+    }
+}
+
 /// `telemetry`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -197,6 +224,13 @@ pub struct Listen {
     /// TCP address for `/healthz`, `/readyz` and `/metrics` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probes: Option<std::net::SocketAddr>,
+    /// A loopback TCP address serving the socket's routes, for clients that
+    /// cannot dial a Unix socket (Java's HTTP clients). The caller is the
+    /// uid that owns the connecting socket in the kernel's socket table
+    /// (`/proc/net/tcp`, `/proc/net/tcp6`); a connection whose owner cannot
+    /// be found is closed. Loopback addresses only; off when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<std::net::SocketAddr>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_timeout: Duration,
     /// A directory with one subdirectory per app container (named after
@@ -217,6 +251,7 @@ impl Default for Listen {
             mode: Mode(0o660),
             group: None,
             probes: None,
+            tcp: None,
             drain_timeout: Duration::from_secs(10),
             per_container_dir: None,
         }

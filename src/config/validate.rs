@@ -34,6 +34,7 @@ impl Config {
         let mut p = Found(Vec::new());
         built_in(self, &built, &mut p);
         listen(self, &mut p);
+        compat(self, &mut p);
         backend_names(self, &mut p);
         keys(self, &mut p);
         callers(self, &mut p);
@@ -89,6 +90,37 @@ fn listen(c: &Config, p: &mut Found) {
         p.bad(
             "listen.mode".into(),
             "setuid/setgid/sticky bits are not allowed".into(),
+        );
+    }
+    if let Some(addr) = c.listen.tcp.filter(|a| !a.ip().is_loopback()) {
+        p.bad(
+            "listen.tcp".into(),
+            format!(
+                "{addr} is not a loopback address: the caller of a TCP connection is found in this network namespace's socket table, so only 127.0.0.1 or [::1] may be served (e.g. 127.0.0.1:8200)"
+            ),
+        );
+    }
+}
+
+/// `compat`: the mount of the Vault-transit-compatible API.
+fn compat(c: &Config, p: &mut Found) {
+    let mount = &c.compat.vault_transit.mount;
+    let segments_ok = mount.split('/').all(|s| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if !segments_ok {
+        p.bad(
+            "compat.vault_transit.mount".into(),
+            format!("`{mount}` must be path segments of letters, digits, `-` and `_`, separated by `/` (e.g. `transit`)"),
+        );
+    }
+    let first = mount.split('/').next().unwrap_or_default();
+    if ["keys", "jwks", "jwt", "sys", "auth"].contains(&first) {
+        p.bad(
+            "compat.vault_transit.mount".into(),
+            format!("`{mount}` would hide `/v1/{first}`, which the sidecar or Vault's clients use: choose another mount (e.g. `transit`)"),
         );
     }
 }
@@ -156,6 +188,15 @@ fn callers(c: &Config, p: &mut Found) {
             p.bad(
                 format!("callers[{i}]"),
                 "a rule needs `uids`, `gids` or `containers`".into(),
+            );
+        }
+        if let Some(j) = (rule.gids.iter()).position(|g| *g == crate::server::peer::NO_GID) {
+            p.bad(
+                format!("callers[{i}].gids[{j}]"),
+                format!(
+                    "{} is no group: it stands for the missing gid of a TCP caller (listen.tcp)",
+                    crate::server::peer::NO_GID
+                ),
             );
         }
         for (j, name) in rule.containers.iter().enumerate() {

@@ -37,6 +37,7 @@
 use super::probes;
 use super::reply::{Reply, json, ok};
 use super::routes::Routes;
+use super::transit;
 use crate::api::{self, ApiError, parse_json};
 use crate::policy::{Caller, Op};
 use crate::service::{Grant, Service};
@@ -50,6 +51,23 @@ pub(super) enum Path<'a> {
     Fixed(&'a str),
     /// This path after `/v1/keys/{name}` (`""`: the key itself).
     Key(&'a str),
+    /// Vault's path after `/v1/` (`sys/health`), served while
+    /// `compat.vault_transit` is on.
+    Vault(&'a str),
+    /// This transit path after `/v1/<mount>/` (`encrypt/{name}`, with the
+    /// key's place as `{name}`), while `compat.vault_transit` is on.
+    Transit(&'a str),
+}
+
+/// The API an endpoint belongs to: its errors' shape and the methods it
+/// takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Dialect {
+    /// API v1: `{"error": {...}}`.
+    Ours,
+    /// Vault's (`compat.vault_transit`): `{"errors": [...]}`; a POST is also
+    /// a PUT, a GET also a LIST.
+    Vault,
 }
 
 /// How an endpoint takes its request body.
@@ -91,9 +109,14 @@ pub(super) type ProbeFn = for<'a> fn(&'a Routes, bool) -> BoxFuture<'a, Reply>;
 /// A caller endpoint's answer: the caller and the body read whole.
 pub(super) type CallerFn =
     for<'a> fn(&'a Service, &'a Caller, &'a [u8]) -> BoxFuture<'a, Result<Reply, ApiError>>;
-/// A key endpoint's answer: the grant and the body read whole.
-pub(super) type KeyFn =
-    for<'a> fn(&'a Service, &'a Grant<'a>, &'a [u8]) -> BoxFuture<'a, Result<Reply, ApiError>>;
+/// A key endpoint's answer: the grant, the path's parameter after the key
+/// (transit's `sign/{name}/{hash}`) and the body read whole.
+pub(super) type KeyFn = for<'a> fn(
+    &'a Service,
+    &'a Grant<'a>,
+    Option<&'a str>,
+    &'a [u8],
+) -> BoxFuture<'a, Result<Reply, ApiError>>;
 
 /// Who may call an endpoint (the kinds of the table above) and what
 /// answers it.
@@ -103,8 +126,10 @@ pub(super) enum Serve {
     /// `Some(check)`: the callers it lets through; else any caller (the
     /// answer is what its rules grant).
     Caller(Option<Check>, CallerFn),
-    /// Callers granted `Op` on the key named in the path.
-    Key(Op, KeyFn),
+    /// Callers granted the first `Op` on the key named in the path (or
+    /// the second, when there is one: transit's `verify` checks signatures
+    /// and HMACs, and the body says which).
+    Key(Op, Option<Op>, KeyFn),
 }
 
 /// One endpoint.
@@ -116,6 +141,7 @@ pub(super) struct Endpoint {
     pub input: Input,
     pub streamed: Option<Streamed>,
     pub serve: Serve,
+    pub dialect: Dialect,
 }
 
 impl Endpoint {
@@ -123,6 +149,15 @@ impl Endpoint {
     /// neither audited nor rate-limited.
     pub(super) fn is_probe(&self) -> bool {
         matches!(self.serve, Serve::Probe(..))
+    }
+
+    /// Whether `method` is this endpoint's: Vault's clients write with PUT
+    /// or POST and list with LIST (or GET).
+    pub(super) fn takes(&self, method: &Method) -> bool {
+        *method == self.method
+            || self.dialect == Dialect::Vault
+                && (self.method == Method::POST && *method == Method::PUT
+                    || self.method == Method::GET && method.as_str() == "LIST")
     }
 }
 
@@ -150,6 +185,7 @@ macro_rules! probe {
             input: Input::None,
             streamed: None,
             serve: Serve::Probe($on_socket, |r, socket| Box::pin(probes::$answer(r, socket))),
+            dialect: Dialect::Ours,
         }
     };
 }
@@ -168,6 +204,7 @@ macro_rules! caller {
             serve: Serve::Caller(None, |s, c, _| {
                 Box::pin(async move { Ok(json(StatusCode::OK, &s.$call(c).await)) })
             }),
+            dialect: Dialect::Ours,
         }
     };
     (POST $path:literal, $label:literal, $check:ident, $call:ident) => {
@@ -180,6 +217,7 @@ macro_rules! caller {
             serve: Serve::Caller(Some(Service::$check), |s, c, body| {
                 Box::pin(async move { ok(s.$call(c, parse_json(body)?).await) })
             }),
+            dialect: Dialect::Ours,
         }
     };
 }
@@ -198,9 +236,10 @@ macro_rules! key {
             label: $label,
             input: Input::$input,
             streamed: $streamed,
-            serve: Serve::Key(Op::$op, |s, g, body| {
+            serve: Serve::Key(Op::$op, None, |s, g, _, body| {
                 Box::pin(async move { ok(s.$call(g, parse_json(body)?).await) })
             }),
+            dialect: Dialect::Ours,
         }
     };
     (POST $path:literal, $label:literal, $op:ident, $call:ident) => {
@@ -210,12 +249,13 @@ macro_rules! key {
             label: $label,
             input: Input::Json,
             streamed: None,
-            serve: Serve::Key(Op::$op, |s, g, body| {
+            serve: Serve::Key(Op::$op, None, |s, g, _, body| {
                 Box::pin(async move {
                     let api::RotateRequest {} = parse_json(body)?;
                     ok(s.$call(g).await)
                 })
             }),
+            dialect: Dialect::Ours,
         }
     };
     (GET $path:literal, $label:literal, $op:ident, $call:ident) => {
@@ -225,7 +265,54 @@ macro_rules! key {
             label: $label,
             input: Input::None,
             streamed: None,
-            serve: Serve::Key(Op::$op, |s, g, _| Box::pin(async move { ok(s.$call(g).await) })),
+            serve: Serve::Key(Op::$op, None, |s, g, _, _| Box::pin(async move { ok(s.$call(g).await) })),
+            dialect: Dialect::Ours,
+        }
+    };
+}
+
+/// A transit endpoint on a key (`compat.vault_transit`): `$op` (or `$also`)
+/// on it, answered by `transit::$answer(service, grant, parameter, body)`.
+macro_rules! transit {
+    ($method:ident $path:literal, $label:literal, $op:ident $(or $also:ident)?, $input:ident, $answer:ident) => {
+        Endpoint {
+            path: Path::Transit($path),
+            method: Method::$method,
+            label: $label,
+            input: Input::$input,
+            streamed: None,
+            serve: Serve::Key(Op::$op, transit!(@also $($also)?), |s, g, p, body| {
+                Box::pin(transit::$answer(s, g, p, body))
+            }),
+            dialect: Dialect::Vault,
+        }
+    };
+    (@also) => { None };
+    (@also $also:ident) => { Some(Op::$also) };
+}
+
+/// A Vault endpoint for any caller, or a probe (`compat.vault_transit`).
+macro_rules! vault {
+    (GET $path:expr, $label:literal, caller $answer:ident) => {
+        Endpoint {
+            path: $path,
+            method: Method::GET,
+            label: $label,
+            input: Input::None,
+            streamed: None,
+            serve: Serve::Caller(None, |s, c, _| Box::pin(transit::$answer(s, c))),
+            dialect: Dialect::Vault,
+        }
+    };
+    (GET $path:expr, $label:literal, probe $answer:ident) => {
+        Endpoint {
+            path: $path,
+            method: Method::GET,
+            label: $label,
+            input: Input::None,
+            streamed: None,
+            serve: Serve::Probe(OnSocket::Anyone, |r, _| Box::pin(transit::$answer(r))),
+            dialect: Dialect::Vault,
         }
     };
 }
@@ -236,7 +323,7 @@ const PUBLIC_JWKS_ELSEWHERE: &str =
 
 /// Every endpoint.
 #[rustfmt::skip]
-pub(super) static ENDPOINTS: [Endpoint; 28] = [
+pub(super) static ENDPOINTS: [Endpoint; 42] = [
     probe!("healthz", "healthz", OnSocket::Anyone, healthz),
     probe!("readyz", "readyz", OnSocket::Anyone, readyz),
     probe!("metrics", "metrics", OnSocket::Checked(Service::may_read_metrics), metrics),
@@ -267,6 +354,23 @@ pub(super) static ENDPOINTS: [Endpoint; 28] = [
     key!(POST "envelope/rewrap", "envelope_rewrap", Rewrap, Json, Some(Streamed::Rewrap), envelope_rewrap),
     key!(POST "envelope/encrypt-batch", "envelope_encrypt_batch", Envelope, Batch, envelope_encrypt_batch),
     key!(POST "envelope/decrypt-batch", "envelope_decrypt_batch", Envelope, Batch, envelope_decrypt_batch),
+    // Vault's transit API (`compat.vault_transit`, `transit`).
+    transit!(POST "encrypt/{name}", "transit_encrypt", Encrypt, Batch, encrypt),
+    transit!(POST "decrypt/{name}", "transit_decrypt", Decrypt, Batch, decrypt),
+    transit!(POST "rewrap/{name}", "transit_rewrap", Rewrap, Batch, rewrap),
+    transit!(POST "datakey/{type}/{name}", "transit_datakey", Datakey, Json, datakey),
+    transit!(POST "sign/{name}", "transit_sign", Sign, Batch, sign),
+    // A signature (`verify`) or an HMAC (`mac`): the body says which.
+    transit!(POST "verify/{name}", "transit_verify", Verify or Mac, Batch, verify),
+    transit!(POST "hmac/{name}", "transit_hmac", Mac, Batch, hmac),
+    transit!(GET "keys/{name}", "transit_read_key", Metadata, None, read_key),
+    transit!(POST "keys/{name}/rotate", "transit_rotate", Rotate, Json, rotate),
+    vault!(GET Path::Transit("keys"), "transit_list_keys", caller list_keys),
+    // Every other path under the mount: Vault's "unsupported path", whatever the method.
+    vault!(GET Path::Transit(transit::UNSUPPORTED), "transit_unsupported", caller unsupported),
+    vault!(GET Path::Vault("auth/token/lookup-self"), "vault_token_lookup", caller token_lookup),
+    vault!(GET Path::Vault("sys/health"), "vault_health", probe health),
+    vault!(GET Path::Vault("sys/seal-status"), "vault_seal_status", probe seal_status),
 ];
 
 /// The endpoint at `path`.
@@ -294,7 +398,18 @@ mod tests {
     fn only_key_endpoints_stream_or_take_batches() {
         for e in &ENDPOINTS {
             let key = matches!(e.serve, Serve::Key(..));
-            assert_eq!(key, matches!(e.path, Path::Key(_)), "{}", e.label);
+            let names_a_key = match e.path {
+                Path::Key(_) => true,
+                Path::Transit(p) => p.contains("{name}"),
+                _ => false,
+            };
+            assert_eq!(key, names_a_key, "{}", e.label);
+            assert_eq!(
+                e.dialect == Dialect::Vault,
+                matches!(e.path, Path::Transit(_) | Path::Vault(_)),
+                "{}",
+                e.label
+            );
             if !key {
                 assert!(
                     e.streamed.is_none() && e.input != Input::Batch,

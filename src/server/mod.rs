@@ -5,12 +5,14 @@
 
 pub mod body;
 mod endpoints;
+pub mod peer;
 mod probes;
 mod replay;
 mod reply;
 mod route;
 pub mod routes;
 mod socket;
+mod transit;
 
 pub use socket::{BindError, bind, raise_fd_limit};
 use socket::{SocketId, socket_id};
@@ -135,6 +137,7 @@ impl Drop for Slot {
 /// time.
 pub async fn serve(
     mut sockets: Vec<Listening>,
+    tcp: Option<tokio::net::TcpListener>,
     live: Live,
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()>,
@@ -156,12 +159,18 @@ pub async fn serve(
                 socket_metrics.socket_bound.set(i64::from(all));
             }
             (accepted, container) = accept(&sockets, &mut next) => match accepted {
-                Ok(stream) => connect(stream, container, &live, &table, &graceful),
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Ok(stream) => match unix_caller(&stream, container) {
+                    Some(caller) => connect(stream, caller, &live, &table, &graceful),
+                    None => continue,
+                },
+                Err(e) => backoff(e).await,
+            },
+            accepted = accept_tcp(tcp.as_ref()) => match accepted {
+                Ok((stream, peer)) => match tcp_caller(&stream, peer) {
+                    Some(caller) => connect(stream, caller, &live, &table, &graceful),
+                    None => continue,
+                },
+                Err(e) => backoff(e).await,
             },
         }
     }
@@ -171,27 +180,70 @@ pub async fn serve(
     drain(graceful, settings.drain_timeout).await
 }
 
-/// Serves a new connection on a socket of `container` in a task of its
-/// own, if its caller (from its peer credentials) has room for one more.
-fn connect(
-    stream: tokio::net::UnixStream,
-    container: Option<&'static str>,
-    live: &Live,
-    table: &Arc<std::sync::Mutex<Connections>>,
-    graceful: &GracefulShutdown,
-) {
-    let caller = match stream.peer_cred() {
-        Ok(c) => Caller {
+/// A failed accept (EMFILE and friends): back off instead of spinning.
+async fn backoff(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// The caller of a connection on a socket of `container`: its peer
+/// credentials; `None` (the connection is closed) when they cannot be read.
+fn unix_caller(stream: &tokio::net::UnixStream, container: Option<&'static str>) -> Option<Caller> {
+    match stream.peer_cred() {
+        Ok(c) => Some(Caller {
             uid: c.uid(),
             gid: c.gid(),
             pid: c.pid(),
             container,
-        },
+        }),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read peer credentials; closing the connection");
-            return;
+            None
         }
-    };
+    }
+}
+
+/// The next connection on the loopback TCP listener, if there is one.
+async fn accept_tcp(
+    tcp: Option<&tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match tcp {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The caller of a TCP connection: the owner of its peer's socket
+/// ([`peer::tcp_caller`]); `None` (the connection is closed) when the
+/// kernel does not list it.
+fn tcp_caller(stream: &tokio::net::TcpStream, peer: std::net::SocketAddr) -> Option<Caller> {
+    let found = stream
+        .local_addr()
+        .and_then(|local| peer::tcp_caller(local, peer));
+    match found {
+        Ok(Some(caller)) => Some(caller),
+        Ok(None) => {
+            tracing::warn!(%peer, "no owner of this TCP connection in the kernel's socket table; closing it");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot read the kernel's socket table; closing a TCP connection");
+            None
+        }
+    }
+}
+
+/// Serves a new connection of `caller` in a task of its own, if the
+/// caller has room for one more.
+fn connect<S>(
+    stream: S,
+    caller: Caller,
+    live: &Live,
+    table: &Arc<std::sync::Mutex<Connections>>,
+    graceful: &GracefulShutdown,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let served = live.load_full();
     let (service, limits) = (served.socket.service(), served.socket.limits());
     let principal = service.principal(&caller);

@@ -115,6 +115,26 @@ pub(super) fn error_reply(e: &ApiError, request_id: &str) -> Reply {
     reply
 }
 
+/// An error of Vault's transit API (`compat.vault_transit`) as Vault
+/// answers one: `{"errors": [message]}`, 400 where API v1 says 422, and
+/// "permission denied" first in a 403's message, as Vault's clients expect.
+pub(super) fn vault_error_reply(e: &ApiError) -> Reply {
+    let status = match e.status {
+        StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+        other => other,
+    };
+    let message = match e.code {
+        api::Code::Forbidden => format!("permission denied: {}", e.message),
+        _ => e.message.clone(),
+    };
+    let errors = api::transit::VaultErrors {
+        errors: vec![message],
+    };
+    let mut reply = json(status, &errors);
+    reply.retry_after = e.retry_after;
+    reply
+}
+
 /// The HTTP response of a reply, with the request id, `Allow` for 405, and
 /// `Connection: close` when the rest of the request body is being dropped.
 pub(super) fn into_response(

@@ -9,6 +9,9 @@ pub(super) struct Route<'a> {
     pub endpoint: &'static Endpoint,
     /// The key named in the path (`/v1/keys/{name}/...`).
     pub key: Option<&'a str>,
+    /// What the path says after (or, for transit's `datakey`, before) the
+    /// key: transit's hash algorithm or data-key type.
+    pub param: Option<&'a str>,
 }
 
 /// The `op` label of requests to no route.
@@ -32,8 +35,15 @@ impl Route<'_> {
     }
 }
 
-pub(super) fn parse_route(path: &str) -> Option<Route<'_>> {
+/// The route of `path`; `transit`: the mount of `compat.vault_transit`,
+/// when it is on.
+pub(super) fn parse_route<'a>(path: &'a str, transit: Option<&str>) -> Option<Route<'a>> {
     let path = path.trim_start_matches('/');
+    if let Some(mount) = transit
+        && let Some(route) = super::transit::route(path, mount)
+    {
+        return Some(route);
+    }
     if let Some(key) = path.strip_prefix("v1/keys/") {
         let (name, rest) = match key.split_once('/') {
             None => (key, ""),
@@ -44,12 +54,14 @@ pub(super) fn parse_route(path: &str) -> Option<Route<'_>> {
         return (!name.is_empty()).then_some(Route {
             endpoint,
             key: Some(name),
+            param: None,
         });
     }
     let endpoint = endpoints::find(Path::Fixed(path))?;
     Some(Route {
         endpoint,
         key: None,
+        param: None,
     })
 }
 
@@ -58,12 +70,12 @@ mod tests {
     use super::*;
 
     fn key(path: &str) -> Option<(&str, &'static str)> {
-        let route = parse_route(path)?;
+        let route = parse_route(path, None)?;
         Some((route.key?, route.label()))
     }
 
     fn label(path: &str) -> Option<&'static str> {
-        parse_route(path)
+        parse_route(path, None)
             .filter(|r| r.key.is_none())
             .map(Route::label)
     }
@@ -88,19 +100,19 @@ mod tests {
         assert_eq!(label("/.well-known/jwks.json"), Some("public_jwks"));
         assert_eq!(key("/v1/keys/a"), Some(("a", "metadata")));
         assert_eq!(key("/v1/keys/a/sign-batch"), Some(("a", "sign_batch")));
-        assert_eq!(parse_route("/v1/keys/a/explode"), None);
-        assert_eq!(parse_route("/v1/keys//sign"), None);
-        assert_eq!(parse_route("/v1/keys/a/"), None);
-        assert_eq!(parse_route("/v1/keys/"), None);
-        assert_eq!(parse_route("/v2/keys"), None);
-        assert_eq!(parse_route("/sign"), None);
-        assert_eq!(parse_route("/v1/keys/healthz/healthz"), None);
+        assert_eq!(parse_route("/v1/keys/a/explode", None), None);
+        assert_eq!(parse_route("/v1/keys//sign", None), None);
+        assert_eq!(parse_route("/v1/keys/a/", None), None);
+        assert_eq!(parse_route("/v1/keys/", None), None);
+        assert_eq!(parse_route("/v2/keys", None), None);
+        assert_eq!(parse_route("/sign", None), None);
+        assert_eq!(parse_route("/v1/keys/healthz/healthz", None), None);
         assert_eq!(
             key("/v1/keys/a/envelope/encrypt"),
             Some(("a", "envelope_encrypt"))
         );
-        assert_eq!(parse_route("/v1/keys/a/envelope"), None);
-        assert_eq!(parse_route("/v1/keys/a/envelope/encrypt/more"), None);
+        assert_eq!(parse_route("/v1/keys/a/envelope", None), None);
+        assert_eq!(parse_route("/v1/keys/a/envelope/encrypt/more", None), None);
         assert_eq!(
             key("/v1/keys/a/encrypt-batch"),
             Some(("a", "encrypt_batch"))

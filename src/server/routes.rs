@@ -6,9 +6,9 @@
 //! [`super::reply`], paths parsed in `route`.
 
 use super::body;
-use super::endpoints::{Endpoint, Input, OnSocket, Serve, Streamed};
+use super::endpoints::{Dialect, Endpoint, Input, OnSocket, Serve, Streamed};
 pub use super::reply::{Body, Chunk};
-use super::reply::{Reply, error_reply, into_response};
+use super::reply::{Reply, error_reply, into_response, vault_error_reply};
 use super::route::{Route, UNKNOWN, labels, parse_route};
 use crate::api::{self, ApiError, Code, parse_json};
 use crate::audit::{self as audit_log, Audit};
@@ -205,7 +205,9 @@ impl Routes {
         let started = Instant::now();
         let id = request_id(req.headers());
         let (parts, body) = req.into_parts();
-        let route = parse_route(parts.uri.path()).filter(|r| caller.is_some() || r.is_probe());
+        let transit = self.service.transit_mount();
+        let route =
+            parse_route(parts.uri.path(), transit).filter(|r| caller.is_some() || r.is_probe());
         let key = match route.and_then(|r| r.key) {
             Some(alias) if self.service.is_key(alias) => alias,
             Some(_) => "-",
@@ -274,7 +276,7 @@ impl Routes {
             Ok(reply) => (reply, "ok"),
             Err(e) => {
                 refused(&e);
-                (error_reply(&e, &request.id), e.code.as_str())
+                (self.error_reply(request, &e), e.code.as_str())
             }
         };
         let (Some(audit), Some(c)) = (&self.audit, request.caller) else {
@@ -301,10 +303,18 @@ impl Routes {
             .await;
         if let Err(e) = written {
             tracing::warn!(code = e.code.as_str(), message = %e.message, "request failed");
-            reply = error_reply(&e, &request.id);
+            reply = self.error_reply(request, &e);
             code = e.code.as_str();
         }
         (reply, code)
+    }
+
+    /// The answer of error `e`, in the shape of the request's API.
+    fn error_reply(&self, request: &Facts<'_>, e: &ApiError) -> Reply {
+        match request.route.map(|r| r.endpoint.dialect) {
+            Some(Dialect::Vault) => vault_error_reply(e),
+            _ => error_reply(e, &request.id),
+        }
     }
 
     /// The request's trace outcome and its metrics.
@@ -379,7 +389,7 @@ impl Routes {
         admitted: &mut bool,
     ) -> Result<Reply, ApiError> {
         let endpoint = route.endpoint;
-        if parts.method != endpoint.method {
+        if !endpoint.takes(&parts.method) {
             return Err(wrong_method(parts, endpoint));
         }
         let svc = &self.service;
@@ -407,10 +417,13 @@ impl Routes {
                 let (body, hold) = self.read_input(endpoint.input, parts, unread, &c).await?;
                 Ok(answer(svc, &c, &body).await?.holding(hold))
             }
-            (Serve::Key(op, answer), Some(c)) => {
+            (Serve::Key(op, also, answer), Some(c)) => {
                 // Never "": a key endpoint's route names its key (`parse_route`).
                 let alias = route.key.unwrap_or_default();
-                let grant = svc.authorize(&c, alias, op)?;
+                let grant = match (svc.authorize(&c, alias, op), also) {
+                    (Err(e), Some(also)) => svc.authorize(&c, alias, also).map_err(|_| e)?,
+                    (granted, _) => granted?,
+                };
                 self.rate_limit(&c)?;
                 let streamed = self.key_checks(&grant, endpoint, &parts.headers)?;
                 *admitted = true;
@@ -423,7 +436,7 @@ impl Routes {
                     return Box::pin(stream).await;
                 }
                 let (body, hold) = self.read_input(endpoint.input, parts, unread, &c).await?;
-                let reply = answer(svc, &grant, &body).await;
+                let reply = answer(svc, &grant, route.param, &body).await;
                 drop(body);
                 Ok(reply?.holding(hold))
             }

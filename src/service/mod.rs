@@ -63,6 +63,8 @@ pub struct Service {
     enabled_versions: Mutex<HashMap<String, Vec<String>>>,
     /// `jwks.public`: served on the probe listener.
     public_jwks: Vec<String>,
+    /// `compat.vault_transit.mount`, while the transit API is on.
+    transit_mount: Option<String>,
 }
 
 impl Service {
@@ -92,6 +94,9 @@ impl Service {
             key_labels: config.metrics.key_labels,
             enabled_versions: Mutex::new(enabled_versions),
             public_jwks: config.jwks.public.clone(),
+            transit_mount: (config.compat.vault_transit)
+                .enabled
+                .then(|| config.compat.vault_transit.mount.clone()),
         }
     }
 
@@ -129,6 +134,12 @@ impl Service {
             .collect();
         let metrics = self.metrics.clone();
         Self::from_parts(config, keys, data_keys, enabled, backends, metrics)
+    }
+
+    /// The mount of the Vault-transit-compatible API, when it is on
+    /// (`compat.vault_transit`).
+    pub fn transit_mount(&self) -> Option<&str> {
+        self.transit_mount.as_deref()
     }
 
     /// `metrics.key_labels`: the `key` label on the probe listener.

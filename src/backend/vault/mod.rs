@@ -163,19 +163,43 @@ impl VaultBackend {
 
     /// A transit request `body` with `context` bound to the key: derived
     /// keys derive from it (`context`), others authenticate it as AEAD
-    /// associated data (`associated_data`).
+    /// associated data (`associated_data`). An empty context binds nothing,
+    /// as transit itself does without associated data, so that ciphertexts
+    /// made by Vault's own clients and by the sidecar are the same.
     fn bind_context(
         info: &KeyInfo,
         context: &Context,
-        mut body: serde_json::Value,
+        body: serde_json::Value,
     ) -> serde_json::Value {
+        if context.is_empty() && !info.data.derived {
+            return body;
+        }
+        Self::bind_bytes(info, &canonical_context(context), body)
+    }
+
+    fn bind_bytes(info: &KeyInfo, bound: &[u8], mut body: serde_json::Value) -> serde_json::Value {
         let field = if info.data.derived {
             "context"
         } else {
             "associated_data"
         };
-        body[field] = B64.encode(canonical_context(context)).into();
+        body[field] = B64.encode(bound).into();
         body
+    }
+
+    /// Transit's `decrypt` of `body` (a `vault:vN:` ciphertext and what binds it).
+    async fn transit_decrypt(
+        &self,
+        key: KeyRef<'_>,
+        body: serde_json::Value,
+    ) -> Result<PlaintextData, Error> {
+        let path = self.path("decrypt", key);
+        let call = Call::<PlaintextData>::post(path, &body);
+        wipe(body);
+        self.call(key, errors::Call::Decrypt, |t| async move {
+            client::exec(&t.client, call).await
+        })
+        .await
     }
 }
 
@@ -332,14 +356,22 @@ impl Backend for VaultBackend {
     ) -> Result<Decrypted, Error> {
         let info = self.info(key).await?;
         let (version, transit) = open_ciphertext(ciphertext)?;
-        let body = Self::bind_context(&info, context, serde_json::json!({ "ciphertext": transit }));
-        let path = self.path("decrypt", key);
-        let call = Call::<PlaintextData>::post(path, &body);
-        let mut data = self
-            .call(key, errors::Call::Decrypt, |t| async move {
-                client::exec(&t.client, call).await
-            })
-            .await?;
+        let body = |bound: Option<&[u8]>| {
+            let body = serde_json::json!({ "ciphertext": transit });
+            match bound {
+                None => Self::bind_context(&info, context, body),
+                Some(bytes) => Self::bind_bytes(&info, bytes, body),
+            }
+        };
+        let mut data = match self.transit_decrypt(key, body(None)).await {
+            // Sealed by an earlier kms-sidecar, which bound an empty
+            // context as the associated data `{}`.
+            Err(e) if e.kind == ErrorKind::DecryptionFailed && context.is_empty() => {
+                let legacy = canonical_context(context);
+                self.transit_decrypt(key, body(Some(&legacy))).await?
+            }
+            answered => answered?,
+        };
         let plaintext = B64.decode(&data.plaintext).map_err(|_| malformed());
         data.plaintext.zeroize();
         Ok(Decrypted {
@@ -379,6 +411,15 @@ impl Backend for VaultBackend {
             version: sealed.version,
             key_ref: key.id.to_owned(),
         })
+    }
+
+    /// Our ciphertext is transit's, its version first ([`open_ciphertext`]).
+    fn transit_text(&self, ciphertext: &[u8]) -> Option<String> {
+        open_ciphertext(ciphertext).ok().map(|(_, text)| text)
+    }
+
+    fn from_transit_text(&self, text: &str) -> Option<Result<Vec<u8>, Error>> {
+        Some(seal_ciphertext(text).map(|sealed| sealed.bytes))
     }
 
     fn verifier(&self) -> Option<&dyn Verify> {

@@ -46,6 +46,35 @@ async fn a_uid_without_a_rule_is_refused_before_its_body_is_read() {
 }
 
 #[tokio::test]
+async fn the_transit_api_refuses_a_uid_without_a_rule_before_its_body() {
+    let (uid, ruled) = outsider();
+    let compat = "compat: { vault_transit: { enabled: true } }\n";
+    let (mut s, cgroup) = start_limited(&config(ruled, compat)).await;
+    let socket = s.socket.display().to_string();
+    let r = hostile_client(
+        uid,
+        &[
+            "hold",
+            &socket,
+            "/v1/transit/encrypt/aes",
+            "100",
+            "1048576",
+            "1048575",
+            "10",
+        ],
+    );
+    let forbidden = count(&r, "statuses", "403");
+    assert!(forbidden >= 1, "{r}");
+    assert_eq!(forbidden + r["closed"].as_u64().unwrap(), 100, "{r}");
+    still_healthy(
+        &mut s,
+        &cgroup,
+        "100 held 1 MiB transit bodies from a uid without a rule",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn ruled_callers_holding_hundreds_of_bodies_stay_within_the_budget() {
     let me = nix::unistd::geteuid().as_raw();
     let (mut s, cgroup) = start_limited(&config(me, "limits: { body_timeout: 5s }\n")).await;

@@ -78,7 +78,9 @@ impl Running {
                 let keys: String = KEYS
                     .iter()
                     .map(|(name, _, algorithm)| {
-                        format!("  {name}: {{ backend: dev, key: {name}, algorithm: {algorithm} }}\n")
+                        format!(
+                            "  {name}: {{ backend: dev, key: {name}, algorithm: {algorithm} }}\n"
+                        )
                     })
                     .collect();
                 let config = format!(
@@ -108,7 +110,9 @@ impl Running {
 
     async fn sidecar(target: Target, bao: Option<Bao>, config: &str, tcp: u16) -> Running {
         let sidecar = Sidecar::start(config).await;
-        sidecar.ready_within(std::time::Duration::from_secs(20)).await;
+        sidecar
+            .ready_within(std::time::Duration::from_secs(20))
+            .await;
         Running {
             target,
             sidecar: Some(sidecar),
@@ -149,7 +153,11 @@ impl Running {
 /// The sidecar's config after its backends and keys: the app's caller rule
 /// (every key but `secret`, every op), the transit API and the TCP listener.
 fn sidecar_rest(tcp: u16) -> String {
-    let keys: Vec<&str> = KEYS.iter().map(|k| k.0).filter(|k| *k != "secret").collect();
+    let keys: Vec<&str> = KEYS
+        .iter()
+        .map(|k| k.0)
+        .filter(|k| *k != "secret")
+        .collect();
     format!(
         "callers:\n  - {{ uids: [{}], keys: {keys:?}, ops: [\"*\"] }}\nlisten:\n  tcp: 127.0.0.1:{tcp}\ncompat:\n  vault_transit:\n    enabled: true\n",
         nix::unistd::geteuid().as_raw()
@@ -244,6 +252,7 @@ pub fn passed(client: &str, target: Target, out: &Output) {
     );
 }
 
+mod api;
 mod bao;
 mod go;
 mod hvac;
