@@ -78,9 +78,7 @@ impl Running {
                 let keys: String = KEYS
                     .iter()
                     .map(|(name, _, algorithm)| {
-                        format!(
-                            "  {name}: {{ backend: dev, key: {name}, algorithm: {algorithm} }}\n"
-                        )
+                        format!("  {name}: {{ backend: dev, key: {name}, algorithm: {algorithm}, ops: [\"*\"] }}\n")
                     })
                     .collect();
                 let config = format!(
@@ -95,7 +93,9 @@ impl Running {
                 let tcp = free_port();
                 let keys: String = KEYS
                     .iter()
-                    .map(|(name, _, _)| format!("  {name}: {{ backend: vault, key: {name} }}\n"))
+                    .map(|(name, _, _)| {
+                        format!("  {name}: {{ backend: vault, key: {name}, ops: [\"*\"] }}\n")
+                    })
                     .collect();
                 let config = format!(
                     "backends:\n  vault:\n    type: vault\n    address: {}\n    auth: {{ method: token, token_file: {} }}\nkeys:\n{keys}{}",
