@@ -619,7 +619,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// The ciphertext of a transit `vault:vN:…` text, the reverse of
     /// [`Backend::transit_text`]; `None` where the KMS is not transit.
-    fn from_transit_text(&self, text: &str) -> Option<Result<Vec<u8>, Error>> {
+    fn transit_ciphertext(&self, text: &str) -> Option<Result<Vec<u8>, Error>> {
         let _ = text;
         None
     }

@@ -521,8 +521,8 @@ impl Backend for Resilient {
         self.inner.transit_text(ciphertext)
     }
 
-    fn from_transit_text(&self, text: &str) -> Option<Result<Vec<u8>, Error>> {
-        self.inner.from_transit_text(text)
+    fn transit_ciphertext(&self, text: &str) -> Option<Result<Vec<u8>, Error>> {
+        self.inner.transit_ciphertext(text)
     }
 
     fn verifier(&self) -> Option<&dyn Verify> {

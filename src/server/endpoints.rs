@@ -152,9 +152,11 @@ impl Endpoint {
     }
 
     /// Whether `method` is this endpoint's: Vault's clients write with PUT
-    /// or POST and list with LIST (or GET).
+    /// or POST and list with LIST (or GET); a transit path no endpoint
+    /// serves is unsupported whatever the method.
     pub(super) fn takes(&self, method: &Method) -> bool {
         *method == self.method
+            || self.path == Path::Transit(transit::UNSUPPORTED)
             || self.dialect == Dialect::Vault
                 && (self.method == Method::POST && *method == Method::PUT
                     || self.method == Method::GET && method.as_str() == "LIST")

@@ -215,7 +215,7 @@ impl<'g> Shown<'g> {
                 "field `ciphertext`: is not a transit ciphertext (`vault:v<N>:<base64>`)",
             )
         };
-        if let Some(bytes) = self.grant.entry.backend.from_transit_text(text) {
+        if let Some(bytes) = self.grant.entry.backend.transit_ciphertext(text) {
             return bytes.map(Zeroizing::new).map_err(|_| bad());
         }
         let (_, bytes) = versioned(text, false).ok_or_else(bad)?;

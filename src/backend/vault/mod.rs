@@ -418,7 +418,7 @@ impl Backend for VaultBackend {
         open_ciphertext(ciphertext).ok().map(|(_, text)| text)
     }
 
-    fn from_transit_text(&self, text: &str) -> Option<Result<Vec<u8>, Error>> {
+    fn transit_ciphertext(&self, text: &str) -> Option<Result<Vec<u8>, Error>> {
         Some(seal_ciphertext(text).map(|sealed| sealed.bytes))
     }
 
