@@ -34,7 +34,7 @@ pub use fakes::Fake;
 pub use kube::{CHART_DIR, ControlPlane, KubeUp, SecondWebhook, kube_bin_dir, kube_release};
 pub use otlp::Receiver;
 pub use pods::{RunOptions, RunningPod};
-pub use servers::{Bao, Moto};
+pub use servers::{Bao, Moto, bao_binary};
 pub use softhsm::{HsmKey, SoftHsm, softhsm_module};
 pub use system::{MemoryCgroup, curl_on, hostile_client, run_as};
 pub use tools::{issue_cert, openssl_verifies};

