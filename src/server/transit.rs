@@ -284,12 +284,15 @@ where
     let mut failed = 0;
     let batch_results = (done.items.into_iter().zip(references))
         .map(|(result, reference)| match result {
-            BatchItem::Done((item, _)) => TransitItem { reference, ..item },
+            BatchItem::Done((item, _)) => TransitItem {
+                reference: Some(reference.unwrap_or_default()),
+                ..item
+            },
             BatchItem::Failed { error } => {
                 failed += 1;
                 TransitItem {
                     error: Some(error.message),
-                    reference,
+                    reference: Some(reference.unwrap_or_default()),
                     ..TransitItem::default()
                 }
             }
@@ -306,6 +309,15 @@ where
     Ok(answer(status, TransitBatch { batch_results }, None))
 }
 
+/// A transit request body: JSON, where `null` is `{}` (the body of an
+/// empty write of Go's client and of the CLI's `-force`).
+fn request(body: &[u8]) -> Result<TransitRequest, ApiError> {
+    if body.trim_ascii() == b"null" {
+        return Ok(TransitRequest::default());
+    }
+    parse_json(body)
+}
+
 fn missing(field: &str, what: &str) -> ApiError {
     ApiError::invalid(format!("missing `{field}` to {what}"))
 }
@@ -316,7 +328,7 @@ pub(super) async fn encrypt(
     _: Option<&str>,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
-    let req: TransitRequest = parse_json(body)?;
+    let req = request(body)?;
     let shown = &Shown::of(grant).await?;
     shown.latest_only(&req)?;
     items(svc, grant, req, |item| async move {
@@ -343,7 +355,7 @@ pub(super) async fn decrypt(
     _: Option<&str>,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
-    let req: TransitRequest = parse_json(body)?;
+    let req = request(body)?;
     let shown = &Shown::of(grant).await?;
     items(svc, grant, req, |item| async move {
         let context = shown.context(&item)?;
@@ -376,7 +388,7 @@ pub(super) async fn rewrap(
     _: Option<&str>,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
-    let req: TransitRequest = parse_json(body)?;
+    let req = request(body)?;
     let shown = &Shown::of(grant).await?;
     shown.latest_only(&req)?;
     items(svc, grant, req, |item| async move {
@@ -422,7 +434,7 @@ pub(super) async fn datakey(
             ));
         }
     };
-    let req: TransitRequest = parse_json(body)?;
+    let req = request(body)?;
     let shown = Shown::of(grant).await?;
     let context = shown.context(&req)?;
     let bits = match req.bits.map(|b| b.0) {
@@ -541,7 +553,7 @@ pub(super) async fn sign(
     hash: Option<&str>,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
-    let req: TransitRequest = parse_json(body)?;
+    let req = request(body)?;
     let shown = &Shown::of(grant).await?;
     shown.latest_only(&req)?;
     let signing = Signing::of(grant, hash, &req).await?;
@@ -582,7 +594,7 @@ pub(super) async fn verify(
     hash: Option<&str>,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
-    let req: TransitRequest = parse_json(body)?;
+    let req = request(body)?;
     let shown = &Shown::of(grant).await?;
     let signing = match shown.meta.algorithm.purpose() {
         crypto::Purpose::Sign => Some(Signing::of(grant, hash, &req).await?),
@@ -662,7 +674,7 @@ pub(super) async fn hmac(
     algorithm: Option<&str>,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
-    let req: TransitRequest = parse_json(body)?;
+    let req = request(body)?;
     sha256_only(
         algorithm
             .or(req.algorithm.as_deref())
@@ -677,7 +689,6 @@ pub(super) async fn hmac(
         let r = svc.mac(grant, api::MacRequest { message }).await?;
         let item = TransitItem {
             hmac: Some(format!("vault:v{}:{}", shown.number(&r.version), r.mac)),
-            key_version: Some(shown.number(&r.version)),
             ..TransitItem::default()
         };
         Ok((item, r.version))
@@ -703,7 +714,7 @@ pub(super) async fn rotate(
     _: Option<&str>,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
-    let _: TransitRequest = parse_json(body)?;
+    request(body)?;
     let rotated = svc.rotate(grant).await?;
     let data = key_data(svc, grant).await?;
     Ok(answer(StatusCode::OK, data, Some(rotated.version)))
@@ -749,6 +760,7 @@ async fn key_data(svc: &Service, grant: &Grant<'_>) -> Result<serde_json::Value,
             };
             serde_json::json!({
                 "name": transit_type(m.algorithm),
+                "certificate_chain": "",
                 "public_key": pem.map(|pk| crypto::public_key_pem(&pk.spki_der)).unwrap_or_default(),
                 "creation_time": humantime::format_rfc3339_seconds(created).to_string(),
             })
@@ -773,6 +785,7 @@ async fn key_data(svc: &Service, grant: &Grant<'_>) -> Result<serde_json::Value,
         "exportable": false,
         "allow_plaintext_backup": false,
         "imported_key": m.origin == crate::backend::Origin::External,
+        "soft_deleted": false,
         "auto_rotate_period": period.map_or(0, |p| p.as_secs()),
         "supports_encryption": purpose == crypto::Purpose::Encrypt,
         "supports_decryption": purpose == crypto::Purpose::Encrypt,
