@@ -208,6 +208,16 @@ impl<'g> Shown<'g> {
             .unwrap_or_else(|| format!("vault:v{}:{}", self.number(version), b64(ciphertext)))
     }
 
+    /// An answer of encrypt or rewrap as its item, with its version.
+    fn sealed(&self, r: api::EncryptResponse) -> (TransitItem, String) {
+        let item = TransitItem {
+            ciphertext: Some(self.ciphertext_text(&r.ciphertext.0, &r.version)),
+            key_version: Some(self.number(&r.version)),
+            ..TransitItem::default()
+        };
+        (item, r.version)
+    }
+
     /// The ciphertext of transit text.
     fn ciphertext(&self, text: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
         let bad = || {
@@ -339,12 +349,7 @@ pub(super) async fn encrypt(
         let r = svc
             .encrypt(grant, api::EncryptRequest { plaintext, context })
             .await?;
-        let item = TransitItem {
-            ciphertext: Some(shown.ciphertext_text(&r.ciphertext.0, &r.version)),
-            key_version: Some(shown.number(&r.version)),
-            ..TransitItem::default()
-        };
-        Ok((item, r.version))
+        Ok(shown.sealed(r))
     })
     .await
 }
@@ -407,13 +412,7 @@ pub(super) async fn rewrap(
             )
             .await?;
         // Numbered after the rotation that made the version, not before.
-        let shown = Shown::of(shown.grant).await?;
-        let item = TransitItem {
-            ciphertext: Some(shown.ciphertext_text(&r.ciphertext.0, &r.version)),
-            key_version: Some(shown.number(&r.version)),
-            ..TransitItem::default()
-        };
-        Ok((item, r.version))
+        Ok(Shown::of(shown.grant).await?.sealed(r))
     })
     .await
 }

@@ -25,6 +25,9 @@ cp -R "$here/pom.xml" "$here/src" "$work/"
 mvn -q -B -Dstyle.color=never -f "$work/pom.xml" package
 mkdir "$work/out"
 mv "$work/target/app.jar" "$work/target/lib" "$work/out/"
+# The sources it was built from, which the tests compare with the tree's.
+mkdir "$work/out/src"
+cp "$here/pom.xml" "$here/src/main/java/app/TransitApp.java" "$work/out/src/"
 echo "$key" >"$work/out/.key"
 rm -rf "$dest"
 mv "$work/out" "$dest"

@@ -4,8 +4,7 @@
 //! sidecar over its socket (`VAULT_ADDR=unix://…`, which vault/api dials
 //! itself).
 
-use super::{Running, Target, installed, passed};
-use std::time::Duration;
+use super::{Running, Target, built_from_tree, installed, run_app};
 use tokio::process::Command;
 
 #[tokio::test]
@@ -25,26 +24,10 @@ async fn go_vault_api_against_sidecar_vault() {
 
 async fn scenario(target: Target) {
     let app = installed("go", "transit-app");
-    for file in ["main.go", "go.mod", "go.sum"] {
-        let built = installed("go", &format!("src/{file}"));
-        let source = format!("{}/tests/clients/go/{file}", env!("CARGO_MANIFEST_DIR"));
-        assert!(
-            std::fs::read(&built).ok() == std::fs::read(&source).ok(),
-            "{} was built from another {source}: run `make test-deps` (tests/clients/install.sh)",
-            app.display()
-        );
-    }
+    let sources = ["main.go", "go.mod", "go.sum"].map(|f| (format!("src/{f}"), f));
+    let sources: Vec<(&str, &str)> = sources.iter().map(|(c, t)| (c.as_str(), *t)).collect();
+    built_from_tree("go", &sources);
     let running = Running::start(target).await;
-    // vault/api reads the environment (VAULT_CACERT, VAULT_NAMESPACE, …):
-    // the app gets the contract's variables and nothing else.
-    let run = Command::new(&app)
-        .env_clear()
-        .envs(running.client_env(&running.unix_addr()))
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("the Go app ends within 120 s")
-        .expect("the Go app runs");
-    passed("go vault/api", target, &out);
+    let addr = running.unix_addr();
+    run_app("go vault/api", &running, &addr, Command::new(&app)).await;
 }

@@ -2,7 +2,8 @@
 //! against OpenBao, and against the sidecar over its TCP listener and over
 //! its socket (`VAULT_ADDR=unix://…`, through requests-unixsocket2).
 
-use super::{Running, Target, installed, passed};
+use super::{Running, Target, built_from_tree, installed, run_app};
+use tokio::process::Command;
 
 #[tokio::test]
 async fn hvac_against_openbao() {
@@ -24,12 +25,7 @@ async fn hvac_against_sidecar_vault() {
 async fn scenario(target: Target) {
     let python = installed("python", "bin/python");
     let app = installed("python", "app.py");
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python/app.py");
-    assert!(
-        std::fs::read(&app).ok() == std::fs::read(source).ok(),
-        "{} is not {source}: run `make test-deps` (tests/clients/install.sh)",
-        app.display()
-    );
+    built_from_tree("python", &[("app.py", "app.py")]);
     let ways: &[&str] = match target {
         Target::OpenBao => &["tcp"],
         Target::Local | Target::Vault => &["tcp", "unix"],
@@ -40,17 +36,8 @@ async fn scenario(target: Target) {
             "unix" => running.unix_addr(),
             _ => running.tcp_addr(),
         };
-        let mut app_run = tokio::process::Command::new(&python);
-        // hvac also reads VAULT_CACERT, VAULT_CAPATH, VAULT_CLIENT_CERT/KEY.
-        for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("VAULT_")) {
-            app_run.env_remove(name);
-        }
-        let out = app_run
-            .arg(&app)
-            .envs(running.client_env(&addr))
-            .output()
-            .await
-            .expect("the python app runs");
-        passed(&format!("hvac over {way}"), running.target, &out);
+        let mut run = Command::new(&python);
+        run.arg(&app);
+        run_app(&format!("hvac over {way}"), &running, &addr, run).await;
     }
 }

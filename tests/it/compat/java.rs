@@ -3,25 +3,8 @@
 //! target. Java cannot dial a Unix socket, so the app reaches the sidecar
 //! over its loopback TCP listener.
 
-use super::{Running, Target, installed, passed};
-use std::time::Duration;
+use super::{Running, Target, built_from_tree, installed, run_app};
 use tokio::process::Command;
-
-async fn scenario(target: Target) {
-    let jar = installed("java", "app.jar");
-    let running = Running::start(target).await;
-    let run = Command::new("java")
-        .arg("-jar")
-        .arg(&jar)
-        .envs(running.client_env(&running.tcp_addr()))
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("the java app ends within 120 s")
-        .expect("java runs");
-    passed("java", target, &out);
-}
 
 #[tokio::test]
 async fn java_against_openbao() {
@@ -36,4 +19,18 @@ async fn java_against_sidecar_local() {
 #[tokio::test]
 async fn java_against_sidecar_vault() {
     scenario(Target::Vault).await;
+}
+
+async fn scenario(target: Target) {
+    let jar = installed("java", "app.jar");
+    let sources = [
+        ("src/pom.xml", "pom.xml"),
+        ("src/TransitApp.java", "src/main/java/app/TransitApp.java"),
+    ];
+    built_from_tree("java", &sources);
+    let running = Running::start(target).await;
+    let addr = running.tcp_addr();
+    let mut run = Command::new("java");
+    run.arg("-jar").arg(&jar);
+    run_app("Spring Vault", &running, &addr, run).await;
 }

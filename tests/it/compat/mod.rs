@@ -10,6 +10,8 @@ use crate::harness::{Bao, Sidecar, free_port};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::Output;
+use std::time::Duration;
+use tokio::process::Command;
 
 /// The scenario's steps, in order (`tests/clients/README.md`).
 pub const STEPS: [&str; 10] = [
@@ -231,10 +233,48 @@ pub fn installed(client: &str, path: &str) -> PathBuf {
     at
 }
 
+/// Checks that the cached copies of an app's sources (`(in the cache, in
+/// tests/clients/<client>/)`, where its install.sh put them) are the
+/// tree's: an app built from other sources fails with the install hint.
+pub fn built_from_tree(client: &str, files: &[(&str, &str)]) {
+    for (cached, tree) in files {
+        let cached = installed(client, cached);
+        let tree = format!(
+            "{}/tests/clients/{client}/{tree}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        assert!(
+            std::fs::read(&cached).ok() == std::fs::read(&tree).ok(),
+            "{} is not {tree}: run `make test-deps` (tests/clients/install.sh)",
+            cached.display()
+        );
+    }
+}
+
+/// Runs `app` (`name` in messages) with the contract's environment for
+/// `addr` and none of the test's own `VAULT_*`/`BAO_*` (the clients read
+/// VAULT_CACERT, VAULT_NAMESPACE, …), for at most 120 s, and checks that
+/// it ran the whole scenario.
+pub async fn run_app(name: &str, running: &Running, addr: &str, mut app: Command) {
+    let theirs = |k: &String| k.starts_with("VAULT_") || k.starts_with("BAO_");
+    for (k, _) in std::env::vars().filter(|(k, _)| theirs(k)) {
+        app.env_remove(k);
+    }
+    let run = app
+        .envs(running.client_env(addr))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .unwrap_or_else(|_| panic!("{name} did not end within 120 s"))
+        .unwrap_or_else(|e| panic!("{name} does not run: {e}"));
+    passed(name, running.target, &out);
+}
+
 /// Checks an app's run: exit 0, and `ok: <step>` printed for every step
 /// of the scenario, in order.
 #[track_caller]
-pub fn passed(client: &str, target: Target, out: &Output) {
+fn passed(client: &str, target: Target, out: &Output) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
