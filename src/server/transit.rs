@@ -117,11 +117,22 @@ fn transit_route(rest: &str) -> Option<Route<'_>> {
 /// A transit answer: Vault's envelope around `data`; `version`: the key
 /// version for the audit log.
 fn answer<T: serde::Serialize>(status: StatusCode, data: T, version: Option<String>) -> Reply {
-    let id = crate::telemetry::request_id();
-    let envelope = VaultAnswer::new(id.as_deref().unwrap_or_default(), "transit", data);
-    let mut reply = json(status, &envelope);
+    let mut reply = vault_answer(status, "transit", data);
     reply.version = version;
     reply
+}
+
+/// Vault's envelope around `data` of a mount of `mount_type`.
+fn vault_answer<T: serde::Serialize>(
+    status: StatusCode,
+    mount_type: &'static str,
+    data: T,
+) -> Reply {
+    let id = crate::telemetry::request_id();
+    json(
+        status,
+        &VaultAnswer::new(id.as_deref().unwrap_or_default(), mount_type, data),
+    )
 }
 
 /// A key as transit shows it: its versions as numbers, its ciphertexts as
@@ -377,7 +388,10 @@ pub(super) async fn decrypt(
                 },
             )
             .await?;
-        let version = versioned(&text, false).map(|(n, _)| n.to_string());
+        let version = text
+            .strip_prefix("vault:v")
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(n, _)| n.to_owned());
         let item = TransitItem {
             plaintext: Some(Secret(Zeroizing::new(b64(&r.plaintext.0)))),
             ..TransitItem::default()
@@ -821,8 +835,7 @@ pub(super) async fn unsupported(_: &Service, _: &Caller) -> Result<Reply, ApiErr
 
 /// `auth/token/lookup-self`, which clients call to check their token: the
 /// caller is the peer, whatever token it sends.
-pub(super) async fn token_lookup(svc: &Service, caller: &Caller) -> Result<Reply, ApiError> {
-    let keys = svc.list_keys(caller).await.keys.len();
+pub(super) async fn token_lookup(_: &Service, caller: &Caller) -> Result<Reply, ApiError> {
     let data = serde_json::json!({
         "accessor": "",
         "creation_time": 0,
@@ -832,7 +845,7 @@ pub(super) async fn token_lookup(svc: &Service, caller: &Caller) -> Result<Reply
         "expire_time": null,
         "explicit_max_ttl": 0,
         "id": "",
-        "meta": { "uid": caller.uid.to_string(), "keys": keys.to_string() },
+        "meta": { "uid": caller.uid.to_string() },
         "num_uses": 0,
         "orphan": true,
         "path": "",
@@ -841,10 +854,7 @@ pub(super) async fn token_lookup(svc: &Service, caller: &Caller) -> Result<Reply
         "ttl": 0,
         "type": "service",
     });
-    let mut reply = answer(StatusCode::OK, data, None);
-    // Not a transit answer.
-    reply.version = None;
-    Ok(reply)
+    Ok(vault_answer(StatusCode::OK, "token", data))
 }
 
 /// `sys/health`: 200 while the sidecar is ready, else 503 as a sealed

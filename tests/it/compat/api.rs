@@ -472,3 +472,48 @@ async fn with_the_vault_backend_ciphertexts_are_vaults_own() {
         .await;
     assert_eq!(plain["plaintext"], b64("sealed before"));
 }
+
+/// The README's lines for Vault's CLI (under "Coming from Vault") work as
+/// written against the embedded default with the transit API on.
+#[tokio::test]
+async fn the_readmes_vault_lines_run_as_written() {
+    let readme = crate::docs::doc("README.md");
+    let block = readme
+        .split("## Coming from Vault")
+        .nth(1)
+        .and_then(|s| s.split("```sh").nth(2))
+        .and_then(|s| s.split("```").next())
+        .expect("a second ```sh block under ## Coming from Vault");
+    let (start, lines) = block
+        .trim_start()
+        .split_once('\n')
+        .expect("lines after the start");
+    assert!(start.starts_with("KMS_SIDECAR_COMPAT__VAULT_TRANSIT__ENABLED=true make run"));
+    let s =
+        Sidecar::start_default_with_env(&[("KMS_SIDECAR_COMPAT__VAULT_TRANSIT__ENABLED", "true")])
+            .await;
+    let bao = crate::harness::bao_binary();
+    let path = format!(
+        "{}:{}",
+        bao.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &format!("set -euo pipefail\n{lines}")])
+        .current_dir(s.dir.path())
+        .env("PATH", path)
+        .env("HOME", s.dir.path())
+        .env_remove("VAULT_TOKEN")
+        .output()
+        .expect("bash runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("hello"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ecdsa-p256") && stdout.contains("latest_version"),
+        "{stdout}"
+    );
+}

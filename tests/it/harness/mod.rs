@@ -130,9 +130,14 @@ pub fn unb64(v: &Value) -> Vec<u8> {
 impl Sidecar {
     /// The embedded default (no config at all), as `make run` starts it.
     pub async fn start_default() -> Sidecar {
+        Self::start_default_with_env(&[]).await
+    }
+
+    /// The embedded default with `env` (`KMS_SIDECAR_…` overrides).
+    pub async fn start_default_with_env(env: &[(&str, &str)]) -> Sidecar {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("kms-sidecar.sock");
-        Self::spawn(dir, socket, &["serve"], &[], None).await
+        Self::spawn(dir, socket, &["serve"], env, None).await
     }
 
     /// A config file; `{dir}` in it is replaced by the temporary directory.
