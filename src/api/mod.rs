@@ -83,7 +83,7 @@ impl JsonObject {
 
     /// `name` is one of our field names: plain ASCII, no escaping needed.
     fn name(&mut self, name: &'static str) {
-        if self.0.len() > 1 {
+        if !matches!(self.0.last(), Some(b'{' | b'[')) {
             self.0.push(b',');
         }
         self.0.push(b'"');
@@ -91,16 +91,61 @@ impl JsonObject {
         self.0.extend_from_slice(b"\":");
     }
 
-    pub fn b64(mut self, name: &'static str, bytes: &[u8]) -> Self {
+    pub fn b64(self, name: &'static str, bytes: &[u8]) -> Self {
+        self.text(name, "", bytes, &STANDARD)
+    }
+
+    /// `prefix` (plain ASCII, no escaping needed) and the base64 of `bytes`
+    /// by `engine`: transit's `vault:v1:…`.
+    pub fn text(
+        mut self,
+        name: &'static str,
+        prefix: &str,
+        bytes: &[u8],
+        engine: &impl Engine,
+    ) -> Self {
         self.name(name);
         self.0.push(b'"');
+        self.0.extend_from_slice(prefix.as_bytes());
         let start = self.0.len();
         let len = base64::encoded_len(bytes.len(), true).expect("an answer fits in memory");
         self.0.resize(start + len, 0);
-        STANDARD
+        let written = engine
             .encode_slice(bytes, &mut self.0[start..])
             .expect("the buffer has the encoded length");
+        self.0.truncate(start + written);
         self.0.push(b'"');
+        self
+    }
+
+    /// An object as the value of `name`, its fields written by `fields`.
+    pub fn object(mut self, name: &'static str, fields: impl FnOnce(Self) -> Self) -> Self {
+        self.name(name);
+        self.0.push(b'{');
+        let mut o = fields(self);
+        o.0.push(b'}');
+        o
+    }
+
+    /// An array of objects as the value of `name`, one per item, the
+    /// fields of each written by `fields`.
+    pub fn objects<T>(
+        mut self,
+        name: &'static str,
+        items: impl IntoIterator<Item = T>,
+        fields: impl Fn(Self, T) -> Self,
+    ) -> Self {
+        self.name(name);
+        self.0.push(b'[');
+        for item in items {
+            if self.0.last() != Some(&b'[') {
+                self.0.push(b',');
+            }
+            self.0.push(b'{');
+            self = fields(self, item);
+            self.0.push(b'}');
+        }
+        self.0.push(b']');
         self
     }
 

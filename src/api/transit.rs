@@ -4,7 +4,8 @@
 //! CLI sends `key=value` pairs; fields it does not know are ignored, as
 //! Vault ignores them), and Vault's answer envelope. Pure serde.
 
-use super::B64;
+use super::{B64, JsonObject};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -92,74 +93,139 @@ impl<'de> Deserialize<'de> for Flag {
     }
 }
 
+/// A `vault:vN:` value of an answer: transit's own text (a ciphertext of the
+/// `vault` backend), or its number and bytes, written as base64 (base64url
+/// for `marshaling_algorithm=jws`) after the prefix.
+#[derive(Debug)]
+pub enum Text {
+    Transit(String),
+    Versioned {
+        number: u32,
+        bytes: Vec<u8>,
+        url: bool,
+    },
+}
+
+impl Text {
+    pub fn versioned(number: u32, bytes: Vec<u8>) -> Self {
+        Text::Versioned {
+            number,
+            bytes,
+            url: false,
+        }
+    }
+
+    fn write(&self, o: JsonObject, name: &'static str) -> JsonObject {
+        match self {
+            Text::Transit(text) => o.value(name, text),
+            Text::Versioned { number, bytes, url } => {
+                let prefix = format!("vault:v{number}:");
+                if *url {
+                    o.text(name, &prefix, bytes, &URL_SAFE_NO_PAD)
+                } else {
+                    o.text(name, &prefix, bytes, &STANDARD)
+                }
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Text::Transit(text) => text.len(),
+            Text::Versioned { bytes, .. } => bytes.len() * 4 / 3 + 16,
+        }
+    }
+}
+
 /// One item's result (a single request's `data`, or one of
-/// `batch_results`): only the fields of its operation.
-#[derive(Debug, Default, Serialize)]
+/// `batch_results`): only the fields of its operation. Written into the
+/// answer in place ([`JsonObject`]): its base64 is never copied or escaped.
+#[derive(Default)]
 pub struct TransitItem {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ciphertext: Option<String>,
-    /// Holds plaintext: zeroized on drop, never printed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub plaintext: Option<Secret>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signature: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hmac: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ciphertext: Option<Text>,
+    /// Plaintext: zeroized on drop, never printed.
+    pub plaintext: Option<Zeroizing<Vec<u8>>>,
+    pub signature: Option<Text>,
+    pub hmac: Option<Text>,
     pub valid: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_version: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-/// Base64 of secret bytes in an answer: zeroized on drop, never printed.
-#[derive(Serialize)]
-#[serde(transparent)]
-pub struct Secret(pub Zeroizing<String>);
-
-impl fmt::Debug for Secret {
+impl fmt::Debug for TransitItem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(redacted)")
+        f.debug_struct("TransitItem")
+            .field("ciphertext", &self.ciphertext)
+            .field("plaintext", &self.plaintext.as_ref().map(|_| "<redacted>"))
+            .field("signature", &self.signature)
+            .field("hmac", &self.hmac)
+            .field("valid", &self.valid)
+            .field("key_version", &self.key_version)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
     }
 }
 
-/// `data` of a batch.
-#[derive(Debug, Serialize)]
-pub struct TransitBatch {
-    pub batch_results: Vec<TransitItem>,
-}
+impl TransitItem {
+    /// The base64 this item holds, to size its answer's buffer.
+    pub fn binary_len(&self) -> usize {
+        let text = |t: &Option<Text>| t.as_ref().map_or(0, Text::len);
+        text(&self.ciphertext)
+            + text(&self.signature)
+            + text(&self.hmac)
+            + self.plaintext.as_ref().map_or(0, |p| p.len())
+    }
 
-/// Vault's answer envelope around `data`.
-#[derive(Debug, Serialize)]
-pub struct VaultAnswer<'a, T> {
-    pub request_id: &'a str,
-    pub lease_id: &'static str,
-    pub renewable: bool,
-    pub lease_duration: u64,
-    pub data: T,
-    pub wrap_info: Option<()>,
-    pub warnings: Option<()>,
-    pub auth: Option<()>,
-    pub mount_type: &'static str,
-}
-
-impl<'a, T> VaultAnswer<'a, T> {
-    pub fn new(request_id: &'a str, mount_type: &'static str, data: T) -> Self {
-        Self {
-            request_id,
-            lease_id: "",
-            renewable: false,
-            lease_duration: 0,
-            data,
-            wrap_info: None,
-            warnings: None,
-            auth: None,
-            mount_type,
+    /// The item's fields, written into `o`.
+    pub fn write(&self, mut o: JsonObject) -> JsonObject {
+        for (name, text) in [
+            ("ciphertext", &self.ciphertext),
+            ("signature", &self.signature),
+            ("hmac", &self.hmac),
+        ] {
+            if let Some(text) = text {
+                o = text.write(o, name);
+            }
         }
+        if let Some(plaintext) = &self.plaintext {
+            o = o.b64("plaintext", plaintext);
+        }
+        if let Some(valid) = self.valid {
+            o = o.value("valid", &valid);
+        }
+        if let Some(version) = self.key_version {
+            o = o.value("key_version", &version);
+        }
+        if let Some(reference) = &self.reference {
+            o = o.value("reference", reference);
+        }
+        if let Some(error) = &self.error {
+            o = o.value("error", error);
+        }
+        o
     }
+}
+
+/// Vault's answer around `data` (written by `data` as the field `data`)
+/// of a mount of `mount_type`, for the request `request_id`.
+pub fn vault_answer(
+    request_id: &str,
+    mount_type: &str,
+    binary: usize,
+    data: impl FnOnce(JsonObject) -> JsonObject,
+) -> Vec<u8> {
+    let o = JsonObject::new(binary)
+        .value("request_id", request_id)
+        .value("lease_id", "")
+        .value("renewable", &false)
+        .value("lease_duration", &0);
+    data(o)
+        .value("wrap_info", &())
+        .value("warnings", &())
+        .value("auth", &())
+        .value("mount_type", mount_type)
+        .finish()
 }
 
 /// Vault's error body.
@@ -192,9 +258,30 @@ mod tests {
         let r: TransitRequest = parse_json(br#"{"plaintext": "c2VjcmV0"}"#).unwrap();
         assert!(!format!("{r:?}").contains("c2VjcmV0"));
         let item = TransitItem {
-            plaintext: Some(Secret(Zeroizing::new("c2VjcmV0".into()))),
+            plaintext: Some(Zeroizing::new(b"secret".to_vec())),
             ..TransitItem::default()
         };
-        assert!(!format!("{item:?}").contains("c2VjcmV0"));
+        assert!(!format!("{item:?}").contains("secret"));
+    }
+
+    #[test]
+    fn items_are_written_as_vault_writes_them() {
+        let item = TransitItem {
+            signature: Some(Text::Versioned {
+                number: 2,
+                bytes: vec![0xfb, 0xff],
+                url: true,
+            }),
+            ciphertext: Some(Text::versioned(1, vec![0xfb, 0xff])),
+            key_version: Some(2),
+            ..TransitItem::default()
+        };
+        let body = vault_answer("id", "transit", 0, |o| o.object("data", |d| item.write(d)));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["data"]["signature"], "vault:v2:-_8");
+        assert_eq!(v["data"]["ciphertext"], "vault:v1:+/8=");
+        assert_eq!(v["data"]["key_version"], 2);
+        assert_eq!(v["request_id"], "id");
+        assert!(v["wrap_info"].is_null() && v["lease_duration"] == 0, "{v}");
     }
 }

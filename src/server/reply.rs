@@ -95,17 +95,20 @@ enum ReplyBody {
 }
 
 pub(super) fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+    let mut body = serde_json::to_vec(value).expect("API types always serialize");
+    body.push(b'\n'); // so that `curl` output ends its line
+    json_body(status, body)
+}
+
+/// A JSON answer already written.
+pub(super) fn json_body(status: StatusCode, body: Vec<u8>) -> Reply {
     Reply {
         status,
         content_type: "application/json",
         retry_after: None,
         version: None,
         hold: None,
-        body: ReplyBody::Full(Bytes::from({
-            let mut body = serde_json::to_vec(value).expect("API types always serialize");
-            body.push(b'\n'); // so that `curl` output ends its line
-            body
-        })),
+        body: ReplyBody::Full(Bytes::from(body)),
     }
 }
 

@@ -2,13 +2,12 @@
 //! `datakey` and `hmac`, translated into the service's operations.
 
 use super::{Shown, answer, items, missing, request};
-use crate::api::transit::{Secret, TransitItem};
-use crate::api::{self, ApiError, B64, Code, b64};
+use crate::api::transit::{Text, TransitItem};
+use crate::api::{self, ApiError, B64, Code};
 use crate::server::reply::Reply;
 use crate::service::{Grant, Service};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use http::StatusCode;
 use zeroize::Zeroizing;
 
 pub(in crate::server) async fn encrypt(
@@ -61,7 +60,7 @@ pub(in crate::server) async fn decrypt(
             .and_then(|rest| rest.split_once(':'))
             .map(|(n, _)| n.to_owned());
         let item = TransitItem {
-            plaintext: Some(Secret(Zeroizing::new(b64(&r.plaintext.0)))),
+            plaintext: Some(r.plaintext.0),
             ..TransitItem::default()
         };
         Ok((item, version.unwrap_or_default()))
@@ -125,16 +124,16 @@ pub(in crate::server) async fn datakey(
     let r = svc
         .datakey(grant, api::DataKeyRequest { context, bits })
         .await?;
-    let encrypted = STANDARD
-        .decode(&r.encrypted_key)
-        .map_err(|_| ApiError::new(Code::Internal, "a data key came back unreadable"))?;
+    let unreadable = |_| ApiError::new(Code::Internal, "a data key came back unreadable");
+    let encrypted = STANDARD.decode(&r.encrypted_key).map_err(unreadable)?;
+    let plaintext = Zeroizing::new(STANDARD.decode(&*r.plaintext_key).map_err(unreadable)?);
     let item = TransitItem {
-        ciphertext: Some(shown.ciphertext_text(&encrypted, &r.version)),
-        plaintext: with_plaintext.then(|| Secret(r.plaintext_key.clone())),
+        ciphertext: Some(shown.ciphertext_text(encrypted, &r.version)),
+        plaintext: with_plaintext.then_some(plaintext),
         key_version: Some(shown.number(&r.version)),
         ..TransitItem::default()
     };
-    Ok(answer(StatusCode::OK, item, Some(r.version.clone())))
+    Ok(answer(&item, Some(r.version.clone())))
 }
 
 /// HMAC-SHA-256 is the only HMAC of kms-sidecar's keys.
@@ -168,7 +167,11 @@ pub(in crate::server) async fn hmac(
             .ok_or_else(|| missing("input", "make an HMAC of"))?;
         let r = svc.mac(grant, api::MacRequest { message }).await?;
         let item = TransitItem {
-            hmac: Some(format!("vault:v{}:{}", shown.number(&r.version), r.mac)),
+            hmac: Some(Text::Transit(format!(
+                "vault:v{}:{}",
+                shown.number(&r.version),
+                r.mac
+            ))),
             ..TransitItem::default()
         };
         Ok((item, r.version))

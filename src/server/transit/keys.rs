@@ -1,6 +1,6 @@
 //! Transit's keys: read one, rotate one, list those the caller may use.
 
-use super::{Shown, answer, request};
+use super::{Shown, answer_with, request};
 use crate::api::{self, ApiError};
 use crate::crypto::{self, Algorithm};
 use crate::policy::{Caller, Op};
@@ -16,7 +16,7 @@ pub(in crate::server) async fn read_key(
     _: &[u8],
 ) -> Result<Reply, ApiError> {
     let data = key_data(svc, grant).await?;
-    Ok(answer(StatusCode::OK, data, None))
+    Ok(answer_with("transit", &data))
 }
 
 /// `POST keys/{name}/rotate`: answered with the key, as Vault does.
@@ -29,7 +29,9 @@ pub(in crate::server) async fn rotate(
     request(body)?;
     let rotated = svc.rotate(grant).await?;
     let data = key_data(svc, grant).await?;
-    Ok(answer(StatusCode::OK, data, Some(rotated.version)))
+    let mut reply = answer_with("transit", &data);
+    reply.version = Some(rotated.version);
+    Ok(reply)
 }
 
 /// Transit's name of a key type.
@@ -120,9 +122,8 @@ pub(in crate::server) async fn list_keys(
             &api::transit::VaultErrors { errors: vec![] },
         ));
     }
-    Ok(answer(
-        StatusCode::OK,
-        serde_json::json!({ "keys": names }),
-        None,
+    Ok(answer_with(
+        "transit",
+        &serde_json::json!({ "keys": names }),
     ))
 }

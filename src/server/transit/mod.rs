@@ -37,10 +37,10 @@ pub(super) use sign::{sign, verify};
 pub(super) use vault::{health, seal_status, token_lookup, unsupported};
 
 use super::endpoints::{self, Path};
-use super::reply::{Reply, json};
+use super::reply::{Reply, json_body};
 use super::route::Route;
-use crate::api::transit::{TransitBatch, TransitItem, TransitRequest, VaultAnswer};
-use crate::api::{self, ApiError, BatchItem, b64, parse_json};
+use crate::api::transit::{Text, TransitItem, TransitRequest, vault_answer};
+use crate::api::{self, ApiError, BatchItem, JsonObject, parse_json};
 use crate::backend::{Context, KeyMetadata};
 use crate::service::{Grant, Service};
 use base64::Engine;
@@ -58,23 +58,28 @@ pub(super) const UNSUPPORTED: &str = "*";
 /// endpoint serves it).
 pub(super) fn route<'a>(path: &'a str, mount: &str) -> Option<Route<'a>> {
     let rest = path.strip_prefix("v1/")?;
-    if let Some(endpoint) = endpoints::find(Path::Vault(rest)) {
-        return Some(Route {
-            endpoint,
+    if let Some(under) = rest.strip_prefix(mount) {
+        let under = match under {
+            "" => "",
+            under => under.strip_prefix('/')?,
+        };
+        let route = transit_route(under).unwrap_or(Route {
+            endpoint: endpoints::find(Path::Transit(UNSUPPORTED))?,
             key: None,
             param: None,
         });
+        return Some(route);
     }
-    let rest = match rest.strip_prefix(mount)? {
-        "" => "",
-        under => under.strip_prefix('/')?,
-    };
-    let route = transit_route(rest).unwrap_or(Route {
-        endpoint: endpoints::find(Path::Transit(UNSUPPORTED))?,
+    // The mount is neither (config validation): API v1's paths are not
+    // looked for among Vault's.
+    if !(rest.starts_with("sys/") || rest.starts_with("auth/")) {
+        return None;
+    }
+    Some(Route {
+        endpoint: endpoints::find(Path::Vault(rest))?,
         key: None,
         param: None,
-    });
-    Some(route)
+    })
 }
 
 /// A transit path after the mount.
@@ -125,25 +130,34 @@ fn transit_route(rest: &str) -> Option<Route<'_>> {
     })
 }
 
-/// A transit answer: Vault's envelope around `data`; `version`: the key
-/// version for the audit log.
-fn answer<T: serde::Serialize>(status: StatusCode, data: T, version: Option<String>) -> Reply {
-    let mut reply = vault_answer(status, "transit", data);
+/// A transit answer of one item; `version`: the key version for the
+/// audit log.
+fn answer(item: &TransitItem, version: Option<String>) -> Reply {
+    let body = envelope("transit", item.binary_len(), |o| {
+        o.object("data", |data| item.write(data))
+    });
+    let mut reply = json_body(StatusCode::OK, body);
     reply.version = version;
     reply
 }
 
-/// Vault's envelope around `data` of a mount of `mount_type`.
-fn vault_answer<T: serde::Serialize>(
-    status: StatusCode,
-    mount_type: &'static str,
-    data: T,
-) -> Reply {
-    let id = crate::telemetry::request_id();
-    json(
-        status,
-        &VaultAnswer::new(id.as_deref().unwrap_or_default(), mount_type, data),
+/// Vault's envelope around `data` (any other answer) of a mount of
+/// `mount_type`.
+fn answer_with<T: serde::Serialize>(mount_type: &'static str, data: &T) -> Reply {
+    json_body(
+        StatusCode::OK,
+        envelope(mount_type, 0, |o| o.value("data", data)),
     )
+}
+
+/// Vault's envelope; `data` writes the field `data`.
+fn envelope(
+    mount_type: &'static str,
+    binary: usize,
+    data: impl FnOnce(JsonObject) -> JsonObject,
+) -> Vec<u8> {
+    let id = crate::telemetry::request_id();
+    vault_answer(id.as_deref().unwrap_or_default(), mount_type, binary, data)
 }
 
 /// A key as transit shows it: its versions as numbers, its ciphertexts as
@@ -225,15 +239,17 @@ impl<'g> Shown<'g> {
     }
 
     /// A ciphertext as transit text.
-    fn ciphertext_text(&self, ciphertext: &[u8], version: &str) -> String {
-        (self.grant.entry.backend.transit_text(ciphertext))
-            .unwrap_or_else(|| format!("vault:v{}:{}", self.number(version), b64(ciphertext)))
+    fn ciphertext_text(&self, ciphertext: Vec<u8>, version: &str) -> Text {
+        match self.grant.entry.backend.transit_text(&ciphertext) {
+            Some(text) => Text::Transit(text),
+            None => Text::versioned(self.number(version), ciphertext),
+        }
     }
 
     /// An answer of encrypt or rewrap as its item, with its version.
     fn sealed(&self, r: api::EncryptResponse) -> (TransitItem, String) {
         let item = TransitItem {
-            ciphertext: Some(self.ciphertext_text(&r.ciphertext.0, &r.version)),
+            ciphertext: Some(self.ciphertext_text(r.ciphertext.0, &r.version)),
             key_version: Some(self.number(&r.version)),
             ..TransitItem::default()
         };
@@ -255,13 +271,12 @@ impl<'g> Shown<'g> {
     }
 
     /// `vault:vN:` and the base64 (`jws`: base64url) of `bytes`.
-    fn text(&self, bytes: &[u8], version: &str, jws: bool) -> String {
-        let encoded = if jws {
-            URL_SAFE_NO_PAD.encode(bytes)
-        } else {
-            b64(bytes)
-        };
-        format!("vault:v{}:{encoded}", self.number(version))
+    fn text(&self, bytes: Vec<u8>, version: &str, jws: bool) -> Text {
+        Text::Versioned {
+            number: self.number(version),
+            bytes,
+            url: jws,
+        }
     }
 
     /// `key_version` in an encrypt, sign or HMAC request: only the latest
@@ -308,7 +323,7 @@ where
     let mut each = each;
     let Some(batch) = req.batch_input.take() else {
         let (item, version) = each(req).await?;
-        return Ok(answer(StatusCode::OK, item, Some(version)));
+        return Ok(answer(&item, Some(version)));
     };
     let references: Vec<Option<String>> = batch.iter().map(|i| i.reference.clone()).collect();
     let done = svc.batch(&grant.caller, batch, each).await?;
@@ -338,7 +353,14 @@ where
             .unwrap_or(StatusCode::BAD_REQUEST),
         _ => StatusCode::BAD_REQUEST,
     };
-    Ok(answer(status, TransitBatch { batch_results }, None))
+    let batch_results: Vec<TransitItem> = batch_results;
+    let binary = batch_results.iter().map(TransitItem::binary_len).sum();
+    let body = envelope("transit", binary, |o| {
+        o.object("data", |data| {
+            data.objects("batch_results", &batch_results, |o, item| item.write(o))
+        })
+    });
+    Ok(json_body(status, body))
 }
 
 /// A transit request body: JSON, where `null` is `{}` (the body of an

@@ -125,7 +125,7 @@ pub(in crate::server) async fn sign(
         };
         let r = svc.sign(grant, request).await?;
         let item = TransitItem {
-            signature: Some(shown.text(&r.signature.0, &r.version, signing.jws)),
+            signature: Some(shown.text(r.signature.0, &r.version, signing.jws)),
             key_version: Some(shown.number(&r.version)),
             ..TransitItem::default()
         };

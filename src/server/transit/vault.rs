@@ -2,7 +2,7 @@
 //! (`auth/token/lookup-self`), `sys/health`, `sys/seal-status`, and the
 //! "unsupported path" of every transit path not offered.
 
-use super::vault_answer;
+use super::answer_with;
 use crate::api::{ApiError, Code};
 use crate::policy::Caller;
 use crate::server::reply::{Reply, json};
@@ -42,7 +42,7 @@ pub(in crate::server) async fn token_lookup(
         "ttl": 0,
         "type": "service",
     });
-    Ok(vault_answer(StatusCode::OK, "token", data))
+    Ok(answer_with("token", &data))
 }
 
 /// `sys/health`: 200 while the sidecar is ready, else 503 as a sealed
