@@ -25,12 +25,25 @@ type Cached = Option<(Instant, Arc<backend::KeyMetadata>)>;
 #[derive(Debug, Default)]
 struct MetadataCache {
     ttl: Duration,
+    /// What `slot` holds, read without its lock: every request reads the
+    /// metadata, often twice, and concurrent requests of one key would
+    /// otherwise queue on the lock.
+    fresh: arc_swap::ArcSwapOption<(Instant, Arc<backend::KeyMetadata>)>,
     slot: tokio::sync::Mutex<Cached>,
     refreshing: AtomicBool,
     /// Bumped (under the slot's lock) each time the cache is cleared: a
     /// background refresh that began before keeps what it fetched to itself,
     /// or a rotation's clearing would be undone with the old metadata.
     cleared: AtomicU64,
+}
+
+impl MetadataCache {
+    /// Keeps `m`, asked now, in `slot` (its lock held) and in `fresh`.
+    fn keep(&self, slot: &mut Cached, m: Arc<backend::KeyMetadata>) {
+        let now = Instant::now();
+        *slot = Some((now, m.clone()));
+        self.fresh.store(Some(Arc::new((now, m))));
+    }
 }
 
 /// Most public keys kept per key (versions asked for, and the current one).
@@ -127,6 +140,12 @@ impl KeyEntry {
     /// (see [`MetadataCache`]).
     pub async fn metadata(self: &Arc<Self>) -> Result<Arc<backend::KeyMetadata>, backend::Error> {
         let cache = &self.metadata;
+        // Young enough to need no refresh: no lock.
+        if let Some(hit) = &*cache.fresh.load()
+            && hit.0.elapsed() < cache.ttl / 5 * 4
+        {
+            return Ok(hit.1.clone());
+        }
         let mut slot = cache.slot.lock().await;
         if let Some((at, m)) = &*slot {
             let age = at.elapsed();
@@ -138,7 +157,7 @@ impl KeyEntry {
                         if let Ok(m) = entry.backend.metadata(entry.key_ref()).await {
                             let mut slot = entry.metadata.slot.lock().await;
                             if entry.metadata.cleared.load(Ordering::Acquire) == cleared {
-                                *slot = Some((Instant::now(), Arc::new(m)));
+                                entry.metadata.keep(&mut slot, Arc::new(m));
                             }
                         }
                         entry.metadata.refreshing.store(false, Ordering::Release);
@@ -150,7 +169,7 @@ impl KeyEntry {
         // One call for every caller waiting on the lock.
         let m = Arc::new(self.backend.metadata(self.key_ref()).await?);
         if !cache.ttl.is_zero() {
-            *slot = Some((Instant::now(), m.clone()));
+            cache.keep(&mut slot, m.clone());
         }
         Ok(m)
     }
@@ -160,6 +179,7 @@ impl KeyEntry {
     pub async fn forget_metadata(&self) {
         let mut slot = self.metadata.slot.lock().await;
         *slot = None;
+        self.metadata.fresh.store(None);
         self.metadata.cleared.fetch_add(1, Ordering::AcqRel);
     }
 
