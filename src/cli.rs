@@ -250,6 +250,10 @@ fn serve(config: Option<&std::path::Path>) -> ExitCode {
     if let Some(traces) = traces {
         traces.shutdown();
     }
+    // The runtime's tasks end, and with them the last backends.
+    drop(runtime);
+    #[cfg(feature = "pkcs11")]
+    crate::backend::pkcs11::finish(std::time::Duration::from_secs(5));
     code
 }
 

@@ -37,6 +37,7 @@ use objects::TokenKey;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
+pub use token::finish;
 use token::{Token, Worker};
 use zeroize::Zeroizing;
 

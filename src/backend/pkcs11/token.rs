@@ -17,6 +17,10 @@
 //!   ([`super::module`]). Slots and object handles of an older
 //!   initialization are never used: they carry the generation they were
 //!   found in.
+//! - The process waits for the workers before it exits ([`finish`]): a
+//!   module still called into while `exit` runs its static destructors
+//!   crashes or hangs (SoftHSM2: a segmentation fault in about one exit of
+//!   forty, and now and then a hang).
 
 use super::errors::Fail;
 use super::module::{Module, Pool, State};
@@ -28,7 +32,8 @@ use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 /// Where the user PIN comes from; read at every login, never kept.
@@ -148,16 +153,14 @@ impl Token {
         for i in 0..config.sessions.max(1) {
             let rx = rx.clone();
             let shared = shared.clone();
+            let running = Running::start();
             std::thread::Builder::new()
                 .name(format!("pkcs11-{name}-{i}"))
                 .spawn(move || {
-                    loop {
-                        let job = match rx.lock().expect("never poisoned").recv() {
-                            Ok(job) => job,
-                            Err(_) => return, // the backend is gone
-                        };
-                        shared.work(job);
-                    }
+                    serve_jobs(&rx, shared);
+                    // Only once this worker's share of the module is gone
+                    // (the last one finalizes it).
+                    drop(running);
                 })
                 .map_err(|e| {
                     BuildError::Client(format!("cannot start a PKCS#11 worker thread: {e}"))
@@ -184,6 +187,60 @@ impl Token {
         rx.await
             .map_err(|_| Fail::unavailable("the PKCS#11 call panicked in the module"))?
     }
+}
+
+/// A worker's loop: jobs until the backend is gone (its sender dropped).
+fn serve_jobs(jobs: &Mutex<mpsc::Receiver<Job>>, shared: Arc<Shared>) {
+    loop {
+        let job = match jobs.lock().expect("never poisoned").recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        shared.work(job);
+    }
+}
+
+/// How many worker threads of the process are running, and a wake-up for
+/// [`finish`] when that changes.
+static RUNNING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// One running worker, counted until dropped (also when the thread
+/// unwinds).
+struct Running(());
+
+impl Running {
+    fn start() -> Running {
+        *RUNNING.0.lock().expect("never poisoned") += 1;
+        Running(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        *RUNNING.0.lock().expect("never poisoned") -= 1;
+        RUNNING.1.notify_all();
+    }
+}
+
+/// Waits, at most `timeout`, for the workers of every dropped backend to end
+/// their last call and finalize their modules; whether they all did. The
+/// process calls it before it exits, once its backends are dropped.
+pub fn finish(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut running = RUNNING.0.lock().expect("never poisoned");
+    while *running > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            tracing::warn!(workers = *running, "PKCS#11 calls still running at exit");
+            return false;
+        }
+        running = RUNNING
+            .1
+            .wait_timeout(running, left)
+            .expect("never poisoned")
+            .0;
+    }
+    true
 }
 
 impl Shared {

@@ -583,12 +583,27 @@ impl Sidecar {
 }
 
 impl Drop for Sidecar {
+    /// Stops the sidecar, which must exit 0 (a crash at exit, such as a
+    /// module called into while `exit` runs, fails the test), and checks its
+    /// log for secrets.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        let status = self.child.take().map(|mut child| {
             signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
-            wait_timeout(&mut child, Duration::from_secs(30));
-        }
+            wait_timeout(&mut child, Duration::from_secs(30))
+        });
         if !std::thread::panicking() {
+            if let Some(status) = status {
+                assert!(
+                    status.success(),
+                    "kms-sidecar exited with {status} on SIGTERM; its log ends: {}",
+                    self.logs()
+                        .lines()
+                        .rev()
+                        .take(20)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
             let leaked = self.leaked_secrets();
             assert!(
                 leaked.is_empty(),
