@@ -124,7 +124,7 @@ bench:
 	./benches/load.sh
 	./benches/burst.sh
 
-## bench-compare: the sidecar (local and Vault backends) against an OpenBao dev server, OpenBao Agent's API proxy and a bare hyper transport ceiling at 1, 16 and 64 connections (rps, p50/p99, CPU per request, RSS, ratios, targets); appends to docs/benchmarks.md (BENCH_COMPARE_APPEND=0: only prints)
+## bench-compare: the sidecar (local and Vault backends) against an OpenBao dev server, OpenBao Agent's API proxy, a thin hyper proxy and a bare hyper transport ceiling at 1, 16 and 64 connections (rps, p50/p99, CPU per request, RSS, ratios), a streamed 1 GiB envelope, and the targets with ✔/✘ (the ceiling and proxy ratios on alternating rounds); appends to docs/benchmarks.md (BENCH_COMPARE_APPEND=0: only prints)
 bench-compare:
 	BENCH_COMPARE_INVOKED_AS="make bench-compare" ./benches/compare.sh
 
