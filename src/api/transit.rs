@@ -5,7 +5,6 @@
 //! Vault ignores them), and Vault's answer envelope. Pure serde.
 
 use super::{B64, JsonObject};
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -121,9 +120,9 @@ impl Text {
             Text::Versioned { number, bytes, url } => {
                 let prefix = format!("vault:v{number}:");
                 if *url {
-                    o.text(name, &prefix, bytes, &URL_SAFE_NO_PAD)
+                    o.text(name, &prefix, bytes, &base64_simd::URL_SAFE_NO_PAD)
                 } else {
-                    o.text(name, &prefix, bytes, &STANDARD)
+                    o.text(name, &prefix, bytes, &base64_simd::STANDARD)
                 }
             }
         }

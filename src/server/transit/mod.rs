@@ -43,8 +43,6 @@ use crate::api::transit::{Text, TransitItem, TransitRequest, vault_answer};
 use crate::api::{self, ApiError, BatchItem, JsonObject, parse_json};
 use crate::backend::{Context, KeyMetadata};
 use crate::service::{Grant, Service};
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use http::StatusCode;
 use std::sync::Arc;
 use zeroize::Zeroizing;
@@ -221,7 +219,7 @@ impl<'g> Shown<'g> {
             let Some(value) = value.filter(|v| !v.is_empty()) else {
                 return Ok(());
             };
-            STANDARD.decode(value).map_err(|_| {
+            base64_simd::STANDARD.decode_to_vec(value).map_err(|_| {
                 ApiError::invalid(format!("field `{field}`: is not valid standard base64"))
             })?;
             context.insert(field.to_owned(), value.clone());
@@ -299,9 +297,11 @@ impl<'g> Shown<'g> {
 fn versioned(text: &str, jws: bool) -> Option<(u32, Vec<u8>)> {
     let (number, payload) = text.strip_prefix("vault:v")?.split_once(':')?;
     let bytes = if jws {
-        URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?
+        (base64_simd::URL_SAFE_NO_PAD)
+            .decode_to_vec(payload.trim_end_matches('='))
+            .ok()?
     } else {
-        STANDARD.decode(payload).ok()?
+        base64_simd::STANDARD.decode_to_vec(payload).ok()?
     };
     Some((number.parse().ok()?, bytes))
 }
